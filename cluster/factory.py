@@ -1,0 +1,234 @@
+"""One entry point from a :class:`ClusterConfig` to a connected ``distributed.Client``."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+
+import dask
+from distributed import Client, LocalCluster
+from distributed.deploy.utils import nprocesses_nthreads
+
+from shardflow.cluster.config import ClusterConfig
+from shardflow.cluster.plugins import NativeThreadsPlugin, native_thread_env
+from shardflow.tasks.backend import gpu_install_hint
+from shardflow.tasks.errors import ShardflowError
+
+logger = logging.getLogger("shardflow.cluster")
+
+
+class ClusterError(ShardflowError, RuntimeError):
+    """The cluster cannot be started or reached; the message says what to change."""
+
+
+@dataclass
+class Runtime:
+    """A connected client, the dataframe backend its partitions use, and what owns it."""
+
+    client: Client
+    backend: str
+    kind: str
+    cluster: object = None
+
+    @property
+    def dashboard_link(self) -> str | None:
+        try:
+            return self.client.dashboard_link
+        except Exception:  # no dashboard configured
+            return None
+
+    def layout(self) -> dict:
+        """Workers, threads and memory as the scheduler sees them (for the manifest)."""
+        info = self.client.scheduler_info(n_workers=-1)
+        workers = info.get("workers", {})
+        return {
+            "kind": self.kind,
+            "backend": self.backend,
+            "scheduler": self.client.scheduler.address,
+            "workers": len(workers),
+            "threads": [w["nthreads"] for w in workers.values()],
+            "memory_limit": [w.get("memory_limit") for w in workers.values()],
+            "resources": [w.get("resources", {}) for w in workers.values()],
+        }
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def cuda_available() -> bool:
+    """A CUDA device is visible and dask-cuda and cuDF are installed.
+
+    Checked without importing cuDF or creating a CUDA context (NVML only).
+    """
+    if importlib.util.find_spec("cudf") is None or importlib.util.find_spec("dask_cuda") is None:
+        return False
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return False
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlDeviceGetCount() > 0
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return False
+
+
+def resolve_spec(config: ClusterConfig) -> str:
+    """``auto`` resolved to ``local-cuda`` or ``local``; other specs unchanged."""
+    if config.spec != "auto":
+        return config.spec
+    return "local-cuda" if cuda_available() else "local"
+
+
+def start(config: ClusterConfig | None = None, **overrides) -> Runtime:
+    """Start (or connect to) the cluster a config describes and return a :class:`Runtime`.
+
+    Parameters
+    ----------
+    config : ClusterConfig, optional
+        Defaults to ``ClusterConfig()``: ``auto`` on this machine, bound to 127.0.0.1.
+    **overrides
+        Fields of ``ClusterConfig`` to change, e.g. ``spec="local", n_workers=2``.
+
+    Returns
+    -------
+    Runtime
+        ``runtime.client`` is connected; ``runtime.backend`` is ``"pandas"`` or
+        ``"cudf"`` and is also set as Dask's ``dataframe.backend`` in this process.
+
+    Raises
+    ------
+    ClusterError
+        ``local-cuda`` without dask-cuda/cuDF (says what to install), or an address
+        that does not answer.
+
+    Examples
+    --------
+    >>> runtime = start(spec="local", n_workers=2, memory_limit="2GB")  # doctest: +SKIP
+    >>> runtime.client.submit(sum, [1, 2]).result()  # doctest: +SKIP
+    3
+    >>> runtime.close()  # doctest: +SKIP
+    """
+    config = config or ClusterConfig()
+    if overrides:
+        config = ClusterConfig(**{**config.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
+    config.validate()
+    kind = resolve_spec(config)
+    if kind == "local":
+        runtime = _start_local(config)
+    elif kind == "local-cuda":
+        runtime = _start_local_cuda(config)
+    else:
+        runtime = _connect(config)
+    # Native libraries in workers started elsewhere still run with OMP_NUM_THREADS=1.
+    runtime.client.register_plugin(NativeThreadsPlugin(config.threads_per_worker))
+    dask.config.set({"dataframe.backend": runtime.backend})
+    link = runtime.dashboard_link
+    logger.info(
+        "cluster %s: %d workers, backend %s%s",
+        kind,
+        len(runtime.client.scheduler_info(n_workers=-1).get("workers", {})),
+        runtime.backend,
+        f", dashboard {link}" if link else "",
+    )
+    return runtime
+
+
+@contextlib.contextmanager
+def connect(config: ClusterConfig | None = None, **overrides):
+    """Context manager around :func:`start` that closes what it started.
+
+    Examples
+    --------
+    >>> with connect(spec="local", n_workers=2) as runtime:  # doctest: +SKIP
+    ...     print(runtime.dashboard_link)
+    """
+    runtime = start(config, **overrides)
+    try:
+        yield runtime
+    finally:
+        runtime.close()
+
+
+def _start_local(config: ClusterConfig) -> Runtime:
+    cores = os.cpu_count() or 1
+    if config.n_workers and config.threads_per_worker:
+        n_workers, threads = config.n_workers, config.threads_per_worker
+    elif config.n_workers:
+        n_workers, threads = config.n_workers, max(1, cores // config.n_workers)
+    elif config.threads_per_worker:
+        threads = config.threads_per_worker
+        n_workers = max(1, cores // threads)
+    else:
+        n_workers, threads = nprocesses_nthreads(cores)
+    cluster = LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=threads,
+        processes=True,
+        host=config.host,
+        dashboard_address=config.dashboard_address or None,
+        memory_limit=config.memory_limit or "auto",
+        local_directory=config.local_directory,
+        resources=config.resources,
+        env=native_thread_env(threads),
+    )
+    return Runtime(Client(cluster), backend="pandas", kind="local", cluster=cluster)
+
+
+def _start_local_cuda(config: ClusterConfig) -> Runtime:
+    missing = [m for m in ("dask_cuda", "cudf", "dask_cudf") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ClusterError(
+            f"cluster spec 'local-cuda' needs {', '.join(missing)}, which is not installed: {gpu_install_hint()}"
+        )
+    from dask_cuda import LocalCUDACluster
+
+    threads = config.threads_per_worker or 1
+    kwargs = dict(
+        n_workers=config.n_workers,
+        threads_per_worker=threads,
+        host=config.host,
+        dashboard_address=config.dashboard_address or None,
+        memory_limit=config.memory_limit or "auto",
+        local_directory=config.local_directory,
+        rmm_pool_size=config.rmm_pool_size,
+        enable_cudf_spill=config.enable_cudf_spill,
+        resources=config.resources,
+        env=native_thread_env(threads),
+    )
+    if config.device_memory_limit is not None:
+        kwargs["device_memory_limit"] = config.device_memory_limit
+    try:
+        cluster = LocalCUDACluster(**{k: v for k, v in kwargs.items() if v is not None})
+    except Exception as err:
+        raise ClusterError(f"cannot start LocalCUDACluster: {err}") from err
+    return Runtime(Client(cluster), backend="cudf", kind="local-cuda", cluster=cluster)
+
+
+def _connect(config: ClusterConfig) -> Runtime:
+    try:
+        client = Client(config.spec, timeout="20s")
+    except (OSError, TimeoutError) as err:
+        raise ClusterError(
+            f"cannot reach the scheduler at {config.spec} ({err}); "
+            "check config key 'cluster.spec' and that `dask scheduler` is running"
+        ) from None
+    backend = _remote_backend(client)
+    return Runtime(client, backend=backend, kind="address")
+
+
+def _remote_backend(client: Client) -> str:
+    """cuDF when every worker has a GPU and cuDF, else pandas."""
+    def probe():
+        return cuda_available()
+
+    answers = client.run(probe)
+    return "cudf" if answers and all(answers.values()) else "pandas"

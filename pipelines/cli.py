@@ -1,0 +1,158 @@
+"""The ``shardflow`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from shardflow.tasks.errors import ShardflowError
+
+logger = logging.getLogger("shardflow")
+
+DEFAULT_ROWS = 1_000_000
+DEFAULT_WORK_DIR = Path("shardflow-work")
+
+
+def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("cluster (override the config's cluster: section)")
+    group.add_argument("--cluster", metavar="SPEC",
+                       help="auto (default), local, local-cuda, or a scheduler address tcp://host:8786")
+    group.add_argument("--n-workers", type=int, metavar="N", help="worker processes of a local cluster")
+    group.add_argument("--threads-per-worker", type=int, metavar="N")
+    group.add_argument("--memory-limit", metavar="BYTES", help="per worker, e.g. 2GB")
+
+
+def _add_config_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("-c", "--config", required=required, metavar="YAML",
+                        help="job config" + ("" if required else " (default: the built-in trips job)"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set features.numeric=[a,b] (repeatable)")
+    parser.add_argument("--runs-dir", metavar="DIR", help="where run directories go (output.runs_dir)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shardflow",
+        description="Distributed ETL-plus-training pipelines on Dask (pandas or cuDF partitions).",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, Dask's included")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="the whole job (default dataset and job when no config is given)")
+    _add_config_options(run, required=False)
+    run.add_argument("--rows", type=int, default=DEFAULT_ROWS,
+                     help=f"rows of the default dataset, generated when absent (default {DEFAULT_ROWS:,})")
+    run.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
+                     help="where the default dataset and runs go (default ./shardflow-work)")
+    _add_cluster_options(run)
+
+    etl = sub.add_parser("etl", help="the ETL stage: input → features (Parquet + Zarr)")
+    _add_config_options(etl, required=True)
+    _add_cluster_options(etl)
+
+    gen = sub.add_parser("generate", help="write the synthetic trips dataset")
+    gen.add_argument("--rows", type=int, required=True)
+    gen.add_argument("--out", type=Path, required=True)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--rows-per-partition", type=int, default=None, help="default 1,000,000")
+    gen.add_argument("--overwrite", action="store_true")
+    _add_cluster_options(gen)
+    return parser
+
+
+def _setup_logging(quiet: bool, verbose: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("shardflow")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    if not verbose:
+        for noisy in ("distributed", "dask"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _cluster_overrides(args) -> list[str]:
+    pairs = {"spec": args.cluster, "n_workers": args.n_workers,
+             "threads_per_worker": args.threads_per_worker, "memory_limit": args.memory_limit}
+    return [f"cluster.{k}={v}" for k, v in pairs.items() if v is not None]
+
+
+def _load(args, base_dir=None):
+    from shardflow.pipelines.config import load_config
+
+    overrides = list(args.overrides) + _cluster_overrides(args)
+    if args.runs_dir:
+        overrides.append(f"output.runs_dir={args.runs_dir}")
+    return load_config(args.config, overrides, base_dir=base_dir)
+
+
+def cmd_generate(args) -> int:
+    from shardflow.cluster.config import ClusterConfig
+    from shardflow.cluster.factory import connect
+    from shardflow.pipelines.generate import DEFAULT_ROWS_PER_PARTITION, generate
+
+    cluster = ClusterConfig(spec=args.cluster or "local", n_workers=args.n_workers,
+                            threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit)
+    with connect(cluster) as runtime:
+        generate(args.out, args.rows, seed=args.seed,
+                 rows_per_partition=args.rows_per_partition or DEFAULT_ROWS_PER_PARTITION,
+                 runtime=runtime, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_etl(args) -> int:
+    from shardflow.pipelines.etl import etl
+
+    config = _load(args)
+    result = etl(config)
+    print(result.stage_dir)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from shardflow.cluster.factory import connect
+    from shardflow.pipelines.etl import etl
+    from shardflow.pipelines.generate import generate, is_generated
+
+    work = args.work_dir.expanduser().resolve()
+    if args.config is None:
+        data_dir = work / "data" / f"trips-{args.rows}"
+        if args.runs_dir is None:
+            args.runs_dir = str(work / "runs")
+        config = _load(args, base_dir=data_dir)
+    else:
+        data_dir = None
+        config = _load(args)
+    with connect(config.cluster) as runtime:
+        if data_dir is not None and not is_generated(data_dir, args.rows, seed=0):
+            logger.info("default dataset %s is absent: generating %d rows", data_dir, args.rows)
+            generate(data_dir, args.rows, runtime=runtime, overwrite=True)
+        result = etl(config, runtime=runtime)
+    print(result.run_dir)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["run", *(argv if argv is not None else sys.argv[1:])])
+    _setup_logging(args.quiet, args.verbose)
+    commands = {"run": cmd_run, "etl": cmd_etl, "generate": cmd_generate}
+    try:
+        return commands[args.command](args)
+    except ShardflowError as err:
+        print(f"shardflow: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("shardflow: interrupted; no partial output was kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

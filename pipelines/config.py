@@ -1,0 +1,346 @@
+"""Job configuration: YAML in, validated dataclasses out, every error naming its key.
+
+A config file is a mapping of sections (``input``, ``joins``, ``target``, ``features``,
+``clean``, ``encode``, ``split``, ``output``, ``cluster``); ``data/trips.yaml`` is a
+commented example. Command-line overrides use dotted keys: ``--set
+features.numeric=[a,b]`` (values are parsed as YAML).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from shardflow.cluster.config import ClusterConfig
+from shardflow.tasks.errors import ShardflowError
+from shardflow.tasks.schema import DATETIME_PARTS, TASK_TYPES, expression_names
+
+
+class ConfigError(ShardflowError, ValueError):
+    """A config value is missing, of the wrong type or inconsistent; the message names the key."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. YAML 1.1 also reads ``on``/``off``/``yes``/``no``
+    as booleans, which would turn the join key ``on:`` into ``True``."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def _parse_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+@dataclass
+class InputConfig:
+    """``input:`` the fact table.
+
+    ``path`` is a Parquet file or directory, or a CSV file or glob (``raw/*.csv``);
+    ``format`` ``auto`` decides by the file names. ``blocksize`` bounds a CSV
+    partition; ``max_partition_rows`` bounds a Parquet partition (a file with many
+    row groups is split between them).
+    """
+
+    path: str = ""
+    format: str = "auto"
+    csv_delimiter: str = ","
+    blocksize: str = "128MB"
+    max_partition_rows: int = 2_000_000
+
+
+@dataclass
+class JoinConfig:
+    """``joins: - ...`` a small dimension table joined (left) on key columns.
+
+    Columns of the dimension table whose names clash with the fact table's get the
+    suffix ``_<name>`` (``name`` defaults to the file's stem), so the result never
+    depends on column order.
+    """
+
+    path: str = ""
+    on: list[str] = field(default_factory=list)
+    right_on: list[str] | None = None
+    columns: list[str] | None = None
+    name: str | None = None
+
+
+@dataclass
+class TargetConfig:
+    """``target:`` what to predict; ``expression`` derives it (``arr_delay > 15``)."""
+
+    column: str = ""
+    task: str = "classification"
+    expression: str | None = None
+
+
+@dataclass
+class FeaturesConfig:
+    """``features:`` model inputs by kind; ``derived`` maps new names to expressions."""
+
+    numeric: list[str] = field(default_factory=list)
+    categorical: list[str] = field(default_factory=list)
+    datetime: list[str] = field(default_factory=list)
+    datetime_parts: list[str] = field(default_factory=lambda: ["hour", "dayofweek", "month"])
+    derived: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class CleanConfig:
+    """``clean:`` ``valid_ranges`` (outside: row quarantined) and outlier clipping."""
+
+    valid_ranges: dict[str, list] = field(default_factory=dict)
+    clip_sigma: float | None = 5.0
+
+
+@dataclass
+class EncodeConfig:
+    """``encode:`` categorical vocabularies fitted across all partitions."""
+
+    min_frequency: int = 10
+    max_categories: int = 10_000
+
+
+@dataclass
+class SplitConfig:
+    """``split:`` hash-based train/validation split; ``key`` defaults to every input column."""
+
+    key: list[str] | None = None
+    validation_fraction: float = 0.2
+    seed: int = 0
+
+
+@dataclass
+class OutputConfig:
+    """``output:`` where runs go and what the feature table carries along."""
+
+    runs_dir: str = "shardflow-work/runs"
+    keep_columns: list[str] = field(default_factory=list)
+    zarr_chunk_rows: int | None = None
+
+
+@dataclass
+class Config:
+    """A whole job. Build it with :func:`load_config`; ``base_dir`` anchors relative paths."""
+
+    input: InputConfig = field(default_factory=InputConfig)
+    joins: list[JoinConfig] = field(default_factory=list)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    base_dir: str = field(default=".", metadata={"internal": True})
+
+    def resolve(self, path: str) -> str:
+        """``path`` made absolute against the config's ``base_dir`` (globs kept)."""
+        p = Path(path).expanduser()
+        return str(p if p.is_absolute() else Path(self.base_dir) / p)
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data.pop("base_dir")
+        return data
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def default_config_path() -> Path:
+    return Path(__file__).resolve().parent.parent / "data" / "trips.yaml"
+
+
+def load_config(path=None, overrides=(), base_dir=None) -> Config:
+    """Read, override and validate a job config.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        YAML file. ``None`` loads the default job (``data/trips.yaml``).
+    overrides : iterable of str
+        ``"dotted.key=value"`` strings; values are parsed as YAML.
+    base_dir : str, optional
+        Directory relative paths are resolved against (default: the file's directory).
+
+    Returns
+    -------
+    Config
+
+    Raises
+    ------
+    ConfigError
+        With the file and the offending key in the message.
+
+    Examples
+    --------
+    >>> cfg = load_config(overrides=["input.path=/data/trips", "cluster.n_workers=2"])
+    >>> cfg.cluster.n_workers
+    2
+    """
+    path = Path(path) if path is not None else default_config_path()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    try:
+        raw = _parse_yaml(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config is a mapping of sections, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides)
+    try:
+        config = _build(Config, raw, "")
+        config.base_dir = str(Path(base_dir) if base_dir else path.resolve().parent)
+        validate(config)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    return config
+
+
+def apply_overrides(raw: dict, overrides) -> dict:
+    """A copy of ``raw`` with each ``dotted.key=value`` override set."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected dotted.key=value, e.g. cluster.n_workers=2")
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = _parse_yaml(value)
+    return raw
+
+
+def _build(cls, data, prefix: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key '{prefix.rstrip('.')}': expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = set(data) - set(fields)
+    if unknown:
+        key = sorted(unknown)[0]
+        close = difflib.get_close_matches(key, fields, n=1)
+        hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; known: {', '.join(fields)}"
+        raise ConfigError(f"config key '{prefix}{key}' is not a known option{hint}")
+    values = {name: _coerce(data[name], hints[name], f"{prefix}{name}") for name in fields if name in data}
+    return cls(**values)
+
+
+def _coerce(value, hint, key: str):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, f"{key}.")
+    if origin is list:
+        if isinstance(value, (str, int, float)) and args and args[0] is str:
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") if args else v for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        if args:
+            return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        return value
+    return value
+
+
+def validate(config: Config) -> None:
+    """Checks that need more than one key; raises :class:`ConfigError`."""
+    if not config.input.path:
+        raise ConfigError("config key 'input.path' is required: a Parquet directory or a CSV glob")
+    if config.input.format not in ("auto", "parquet", "csv"):
+        raise ConfigError(f"config key 'input.format': {config.input.format!r} is not one of auto, parquet, csv")
+    if not config.target.column:
+        raise ConfigError("config key 'target.column' is required: the column to predict")
+    if config.target.task not in TASK_TYPES:
+        raise ConfigError(f"config key 'target.task': {config.target.task!r} is not one of {', '.join(TASK_TYPES)}")
+    for key, expression in [("target.expression", config.target.expression), *(
+            (f"features.derived.{k}", v) for k, v in config.features.derived.items())]:
+        if expression is None:
+            continue
+        try:
+            expression_names(expression)
+        except SyntaxError as err:
+            raise ConfigError(f"config key '{key}': {expression!r} is not a valid expression ({err.msg})") from None
+    for part in config.features.datetime_parts:
+        if part not in DATETIME_PARTS:
+            raise ConfigError(
+                f"config key 'features.datetime_parts': {part!r} is not one of {', '.join(DATETIME_PARTS)}")
+    f = config.features
+    names = f.numeric + f.categorical + list(f.derived) + [
+        f"{c}_{p}" for c in f.datetime for p in f.datetime_parts]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"config key 'features': column {name!r} is listed more than once")
+    if config.target.column in names:
+        raise ConfigError(f"config key 'target.column': {config.target.column!r} is also a feature; remove it from features")
+    if not names:
+        raise ConfigError("config key 'features': no feature columns configured (numeric, categorical, datetime or derived)")
+    for col, bounds in config.clean.valid_ranges.items():
+        if not isinstance(bounds, list) or len(bounds) != 2:
+            raise ConfigError(f"config key 'clean.valid_ranges.{col}': expected [min, max] (null for open), got {bounds!r}")
+    if config.clean.clip_sigma is not None and config.clean.clip_sigma <= 0:
+        raise ConfigError(f"config key 'clean.clip_sigma': must be positive or null, got {config.clean.clip_sigma}")
+    if not 0.0 <= config.split.validation_fraction < 1.0:
+        raise ConfigError(
+            f"config key 'split.validation_fraction': must be in [0, 1), got {config.split.validation_fraction}")
+    if config.encode.min_frequency < 1 or config.encode.max_categories < 1:
+        raise ConfigError("config key 'encode': min_frequency and max_categories must be at least 1")
+    for i, join in enumerate(config.joins):
+        if not join.path or not join.on:
+            raise ConfigError(f"config key 'joins[{i}]': path and on are required")
+        if join.right_on is not None and len(join.right_on) != len(join.on):
+            raise ConfigError(f"config key 'joins[{i}].right_on': needs as many columns as 'on' ({len(join.on)})")
+    try:
+        config.cluster.validate()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None

@@ -1,0 +1,310 @@
+"""The ETL stage: raw table → validated, encoded, standardised features (Parquet + Zarr).
+
+Three passes over the partitions, each one ``compute``:
+
+1. **profile** — type, validate, join and derive each partition; reduce row counts,
+   quarantine reasons, numeric moments and category frequencies in a tree.
+2. **clip statistics** — moments of the numerics clipped to ``mean ± clip_sigma·std``
+   (skipped when ``clean.clip_sigma`` is null).
+3. **write** — transform each partition with the fitted :class:`Preprocessor` and write
+   its Parquet file, its quarantined rows and its rows of the Zarr arrays.
+
+The input is read once per pass and never held whole in memory, so the table may be
+many times larger than the cluster's memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dask
+import numpy as np
+
+from shardflow.cluster.factory import Runtime, start
+from shardflow.cluster.memory import peak_memory, reset_peak_memory
+from shardflow.pipelines import outputs
+from shardflow.pipelines.config import Config
+from shardflow.pipelines.graph import task_names, tree_reduce
+from shardflow.pipelines.rundir import (
+    library_versions,
+    new_run_id,
+    stage_output,
+    update_manifest,
+    write_text_atomic,
+)
+from shardflow.pipelines.source import (
+    dimension_frames,
+    inspect_source,
+    load_dimensions,
+    prepared_meta,
+    read_source,
+    table_spec,
+)
+from shardflow.tasks.encode import Preprocessor, fit_vocabulary
+from shardflow.tasks.errors import InputError
+from shardflow.tasks.prepare import prepare_partition
+from shardflow.tasks.stats import (
+    Moments,
+    combine_moments,
+    combine_profiles,
+    partition_clipped_moments,
+    partition_profile,
+)
+
+logger = logging.getLogger("shardflow.etl")
+
+#: Upper bound of one Zarr chunk of ``X`` (bytes, uncompressed).
+MAX_CHUNK_BYTES = 64 * 2**20
+
+
+@dataclass
+class EtlResult:
+    """What :func:`etl` produced.
+
+    Attributes
+    ----------
+    run_dir : Path
+        The run directory; the stage output is ``run_dir / "etl"``.
+    rows, partitions, validation_rows : int
+        Rows written (quarantined ones excluded), partitions, rows in the validation split.
+    quarantined : dict
+        Quarantined row count per reason.
+    seconds : float
+        Wall time of the stage (cluster start excluded).
+    peak_memory : dict
+        Peak resident memory (bytes) per worker during the stage.
+    preprocessor : Preprocessor
+        Fitted vocabularies and statistics (also in ``etl/preprocessor.json``).
+    """
+
+    run_dir: Path
+    rows: int
+    partitions: int
+    validation_rows: int
+    quarantined: dict
+    seconds: float
+    peak_memory: dict
+    preprocessor: Preprocessor
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def stage_dir(self) -> Path:
+        return self.run_dir / "etl"
+
+    @property
+    def rows_per_second(self) -> float:
+        total = self.rows + sum(self.quarantined.values())
+        return total / self.seconds if self.seconds else float("nan")
+
+
+def etl(config: Config, runtime: Runtime | None = None, run_dir=None) -> EtlResult:
+    """Run the ETL stage of a job and write its output into a run directory.
+
+    Parameters
+    ----------
+    config : Config
+        The job (see :func:`~shardflow.pipelines.config.load_config`).
+    runtime : Runtime, optional
+        A started cluster; by default one is started from ``config.cluster`` and closed
+        at the end.
+    run_dir : path, optional
+        Run directory to write ``etl/`` into; default a new one under ``output.runs_dir``.
+
+    Returns
+    -------
+    EtlResult
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable input, a missing or mistyped column, no rows, an
+        all-null target, a bad join key. Nothing is written then.
+
+    Examples
+    --------
+    >>> from shardflow.pipelines.config import load_config
+    >>> result = etl(load_config("job.yaml"))  # doctest: +SKIP
+    >>> result.rows, result.quarantined  # doctest: +SKIP
+    (19996000, {'trip_distance: below 0': 4000})
+    """
+    source = inspect_source(config)
+    if source.rows == 0:
+        raise InputError(f"input.path {config.input.path!r}: the dataset has no rows")
+    dims = load_dimensions(config, source)
+    spec = table_spec(config, source, dims)
+    owns_runtime = runtime is None
+    runtime = runtime or start(config.cluster)
+    try:
+        return _run(config, runtime, source, dims, spec, run_dir)
+    finally:
+        if owns_runtime:
+            runtime.close()
+
+
+def _run(config, runtime, source, dims, spec, run_dir) -> EtlResult:
+    client, backend_name = runtime.client, runtime.backend
+    prepared_meta(source, spec, dims, backend_name)  # fails early on a bad expression
+    started = time.perf_counter()
+    reset_peak_memory(client)
+    timings = {}
+    dim_frames = client.scatter(dimension_frames(dims, backend_name), broadcast=True, hash=False) if dims else []
+
+    def prepared(stage):
+        raw = read_source(config, backend_name, source, spec)
+        name = task_names(f"{stage}-prepare", source.fingerprint, spec)
+        return [dask.delayed(prepare_partition, pure=True)(part, spec, dim_frames, dask_key_name=name(i))
+                for i, part in enumerate(raw.to_delayed())]
+
+    # Pass 1: profile.
+    t = time.perf_counter()
+    name = task_names("etl-profile", source.fingerprint, spec)
+    parts = prepared("etl-profile")
+    profiles = [dask.delayed(partition_profile, pure=True)(p, spec, i, dask_key_name=name(i))
+                for i, p in enumerate(parts)]
+    profile = client.compute(tree_reduce(profiles, combine_profiles, "etl-profile-combine")).result()
+    timings["profile"] = time.perf_counter() - t
+    _check_profile(profile, config, source)
+    partition_rows = profile.partition_rows + [0] * (len(parts) - len(profile.partition_rows))
+    logger.info("etl pass 1/3 (profile): %d rows valid, %d quarantined, %d partitions, %.1fs",
+                profile.rows, sum(profile.quarantined.values()), len(parts), timings["profile"])
+
+    # Pass 2: statistics of the clipped numerics.
+    t = time.perf_counter()
+    numeric = spec.numeric_features
+    raw_mean, raw_std = profile.numeric.mean, np.nan_to_num(profile.numeric.std)
+    if config.clean.clip_sigma is not None and numeric:
+        k = config.clean.clip_sigma
+        lower = [float(m - k * s) if c > 0 else None for m, s, c in zip(raw_mean, raw_std, profile.numeric.count)]
+        upper = [float(m + k * s) if c > 0 else None for m, s, c in zip(raw_mean, raw_std, profile.numeric.count)]
+        lo = [-np.inf if v is None else v for v in lower]
+        hi = [np.inf if v is None else v for v in upper]
+        name = task_names("etl-clipstats", source.fingerprint, spec, lo, hi)
+        parts = prepared("etl-clipstats")
+        moments = [dask.delayed(partition_clipped_moments, pure=True)(p, numeric, lo, hi, dask_key_name=name(i))
+                   for i, p in enumerate(parts)]
+        clipped: Moments = client.compute(tree_reduce(moments, combine_moments, "etl-clipstats-combine")).result()
+        logger.info("etl pass 2/3 (clip statistics): %.1fs", time.perf_counter() - t)
+    else:
+        lower = upper = [None] * len(numeric)
+        clipped = profile.numeric
+    timings["clip_statistics"] = time.perf_counter() - t
+    for col, count in zip(numeric, clipped.count):
+        if count == 0:
+            logger.warning("feature %r is missing in every row; it will be constant 0", col)
+    preprocessor = Preprocessor(
+        numeric=numeric,
+        lower=lower,
+        upper=upper,
+        mean=[float(m) if c > 0 else 0.0 for m, c in zip(clipped.mean, clipped.count)],
+        std=[float(s) if c > 0 and s > 0 else 1.0 for s, c in zip(clipped.std, clipped.count)],
+        categorical=list(spec.categorical),
+        vocabularies={col: fit_vocabulary(profile.category_counts[col], config.encode.min_frequency,
+                                          config.encode.max_categories) for col in spec.categorical},
+        target=spec.target,
+        task=spec.task,
+        keep_columns=list(spec.keep_columns),
+    )
+
+    # Pass 3: transform and write.
+    t = time.perf_counter()
+    run_dir = Path(run_dir) if run_dir else Path(config.output.runs_dir).expanduser().resolve() / new_run_id()
+    n_features = len(preprocessor.feature_names)
+    chunk_rows = config.output.zarr_chunk_rows or _auto_chunk_rows(profile.rows, len(partition_rows), n_features)
+    offsets = np.concatenate([[0], np.cumsum(partition_rows)[:-1]]).astype(int).tolist()
+    with stage_output(run_dir, "etl") as stage_dir:
+        (stage_dir / outputs.FEATURES_DIR).mkdir()
+        (stage_dir / outputs.QUARANTINE_DIR).mkdir()
+        outputs.create_feature_arrays(stage_dir, profile.rows, n_features, chunk_rows, {
+            "feature_names": preprocessor.feature_names,
+            "target": spec.target,
+            "partition_offsets": offsets,
+            "partition_rows": partition_rows,
+        })
+        name = task_names("etl-write", source.fingerprint, spec, str(stage_dir))
+        parts = prepared("etl-write")
+        writes = [
+            dask.delayed(outputs.write_etl_partition, pure=False)(
+                p, i, preprocessor, str(stage_dir), offsets[i], partition_rows[i], profile.rows, chunk_rows,
+                f"shardflow-zarr-{stage_dir.name}", dask_key_name=name(i))
+            for i, p in enumerate(parts)
+        ]
+        written = client.gather(client.compute(writes))
+        timings["write"] = time.perf_counter() - t
+        seconds = time.perf_counter() - started
+        peaks = peak_memory(client)
+        logger.info("etl pass 3/3 (write): %.1fs", timings["write"])
+        summary = {
+            "rows": profile.rows,
+            "partitions": len(partition_rows),
+            "validation_rows": profile.validation_rows,
+            "quarantined": profile.quarantined,
+            "quarantined_rows": sum(profile.quarantined.values()),
+            "partition_rows": partition_rows,
+            "partition_quarantined": [w["quarantined"] for w in written],
+            "feature_names": preprocessor.feature_names,
+            "zarr_chunk_rows": chunk_rows,
+            "seconds": seconds,
+            "timings": timings,
+            "peak_memory": peaks,
+            "backend": backend_name,
+        }
+        (stage_dir / outputs.PREPROCESSOR_FILE).write_text(preprocessor.to_json())
+        (stage_dir / outputs.SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
+    write_text_atomic(run_dir / "config.yaml", config.to_yaml())
+    update_manifest(
+        run_dir,
+        run_id=run_dir.name,
+        input={"path": config.input.path, "format": source.format, "files": len(source.files),
+               "fingerprint": source.fingerprint},
+        versions=library_versions(),
+        cluster=runtime.layout(),
+        seeds={"split": config.split.seed},
+        stages={"etl": {"completed": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": profile.rows,
+                        "partitions": len(partition_rows), "seconds": round(seconds, 3)}},
+    )
+    result = EtlResult(run_dir, profile.rows, len(partition_rows), profile.validation_rows,
+                       profile.quarantined, seconds, peaks, preprocessor, timings)
+    logger.info(
+        "etl done: %d rows (%d quarantined) in %d partitions, %.1fs, %.0f rows/s, peak worker memory %s → %s",
+        result.rows, summary["quarantined_rows"], result.partitions, seconds, result.rows_per_second,
+        _format_bytes(max(peaks.values()) if peaks else 0), result.stage_dir,
+    )
+    return result
+
+
+def _check_profile(profile, config: Config, source) -> None:
+    quarantined = sum(profile.quarantined.values())
+    if profile.rows + quarantined == 0:
+        raise InputError(f"input.path {config.input.path!r}: the dataset has no rows")
+    if profile.rows == 0:
+        target_reason = f"{config.target.column}: missing target"
+        if set(profile.quarantined) == {target_reason}:
+            what = "target.expression" if config.target.expression else "target.column"
+            raise InputError(
+                f"target {config.target.column!r} is null in every row of {config.input.path!r}; "
+                f"check config key '{what}'"
+            )
+        reasons = ", ".join(f"{k} ({v})" for k, v in sorted(profile.quarantined.items(), key=lambda kv: -kv[1]))
+        raise InputError(
+            f"every row of {config.input.path!r} was quarantined: {reasons}; check clean.valid_ranges and the input"
+        )
+    train_rows = profile.rows - profile.validation_rows
+    if train_rows == 0 or (config.split.validation_fraction > 0 and profile.validation_rows == 0):
+        logger.warning("the split left %d training and %d validation rows; adjust split.validation_fraction",
+                       train_rows, profile.validation_rows)
+
+
+def _auto_chunk_rows(rows: int, partitions: int, n_features: int) -> int:
+    """Chunks about one partition long, so that most chunks are written by one task."""
+    per_partition = max(1, int(round(rows / max(1, partitions))))
+    return max(1, min(per_partition, MAX_CHUNK_BYTES // (4 * max(1, n_features))))
+
+
+def _format_bytes(n: float) -> str:
+    from dask.utils import format_bytes
+
+    return format_bytes(int(n))

@@ -1,0 +1,49 @@
+"""Small graph-building helpers shared by the pipelines."""
+
+from __future__ import annotations
+
+import dask
+from dask.base import tokenize
+
+
+def task_names(stage: str, *token_parts) -> callable:
+    """A function giving dashboard-friendly keys ``(f"{stage}-{token}", i)``.
+
+    The key prefix (``etl-profile``, ``train-xgboost``) is what the dashboard's task
+    stream and progress bars show, so it says which stage and operation runs.
+    """
+    token = tokenize(*token_parts)[:8]
+
+    def name(i):
+        return (f"{stage}-{token}", i)
+
+    return name
+
+
+def tree_reduce(items, combine, stage: str, split_every: int = 8):
+    """Combine Delayed ``items`` pairwise-associatively in a tree of fan-in ``split_every``.
+
+    Returns one Delayed; the client receives only the final, small result.
+    """
+    if not items:
+        raise ValueError(f"{stage}: nothing to reduce")
+    level = 0
+    token = tokenize(stage, [getattr(i, "key", i) for i in items])[:8]
+    while len(items) > 1:
+        grouped = []
+        for j in range(0, len(items), split_every):
+            group = items[j : j + split_every]
+            grouped.append(
+                dask.delayed(_combine_all, pure=True)(
+                    combine, *group, dask_key_name=(f"{stage}-{token}-L{level}", j // split_every)
+                )
+            )
+        items, level = grouped, level + 1
+    return items[0]
+
+
+def _combine_all(combine, first, *rest):
+    out = first
+    for item in rest:
+        out = combine(out, item)
+    return out

@@ -1,0 +1,340 @@
+"""Inspect the input on the client before any task runs: files, schema, pieces, dimensions.
+
+Everything a user can get wrong about the input (a missing path, a truncated file, a
+missing or mistyped column, an empty table, a bad join key) is found here from file
+footers and headers, and reported as one line naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import dask
+import dask.dataframe as dd
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from dask.utils import parse_bytes
+
+from shardflow.pipelines.config import Config
+from shardflow.tasks import backend
+from shardflow.tasks.errors import InputError
+from shardflow.tasks.io import Piece, csv_header, read_piece
+from shardflow.tasks.prepare import prepare_partition
+from shardflow.tasks.schema import JoinSpec, TableSpec
+
+CSV_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz")
+
+
+@dataclass
+class Source:
+    """The input table as found on disk."""
+
+    format: str
+    files: list
+    schema: dict  #: column name -> arrow type (CSV: string)
+    pieces: list
+    rows: int | None  #: known for Parquet from the footers; None for CSV
+    fingerprint: str
+    csv_delimiter: str = ","
+    file_rows: dict = field(default_factory=dict)
+
+
+def inspect_source(config: Config) -> Source:
+    """List and check the input files of ``config.input`` (footers and headers only)."""
+    raw_path = config.input.path
+    path = config.resolve(raw_path)
+    fmt = config.input.format
+    if any(ch in path for ch in "*?["):
+        files = sorted(glob.glob(path, recursive=True))
+        if not files:
+            raise InputError(f"input.path {raw_path!r}: no file matches this pattern; check config key 'input.path'")
+    elif os.path.isdir(path):
+        files = sorted(str(p) for p in Path(path).rglob("*") if p.is_file() and not p.name.startswith((".", "_")))
+        if fmt == "auto":
+            parquet = [f for f in files if f.endswith((".parquet", ".parq", ".pq"))]
+            files = parquet or [f for f in files if f.endswith(CSV_SUFFIXES)]
+        if not files:
+            raise InputError(f"input.path {raw_path!r}: the directory holds no Parquet or CSV files")
+    elif os.path.isfile(path):
+        files = [path]
+    else:
+        raise InputError(
+            f"input.path {raw_path!r}: no such file or directory (resolved to {path}); "
+            "check config key 'input.path'"
+        )
+    if fmt == "auto":
+        fmt = "csv" if all(f.endswith(CSV_SUFFIXES) for f in files) else "parquet"
+    if fmt == "parquet":
+        source = _inspect_parquet(files, config.input.max_partition_rows)
+    else:
+        source = _inspect_csv(files, config.input.csv_delimiter, parse_bytes(config.input.blocksize))
+    return source
+
+
+def _inspect_parquet(files, max_rows: int) -> Source:
+    schema: dict = {}
+    first_seen: dict = {}
+    pieces, rows, file_rows = [], 0, {}
+    for f in files:
+        try:
+            meta = pq.ParquetFile(f).metadata
+            file_schema = meta.schema.to_arrow_schema()
+        except Exception as err:  # noqa: BLE001
+            raise InputError(
+                f"{f}: not a readable Parquet file ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                "it may be truncated or still being written: repair or remove it"
+            ) from None
+        for name, typ in zip(file_schema.names, file_schema.types):
+            if name in schema and not _compatible(schema[name], typ):
+                raise InputError(
+                    f"{f}: column {name!r} has type {typ} but {first_seen[name]} has {schema[name]}; "
+                    "rewrite the file with one type for the column"
+                )
+            if name not in schema:
+                schema[name], first_seen[name] = typ, f
+            elif pa.types.is_floating(typ) and not pa.types.is_floating(schema[name]):
+                schema[name] = typ  # int in one file, float in another: read as float
+        file_rows[f] = meta.num_rows
+        rows += meta.num_rows
+        group, group_rows = [], 0
+        for rg in range(meta.num_row_groups):
+            n = meta.row_group(rg).num_rows
+            if group and group_rows + n > max_rows:
+                pieces.append(Piece(f, "parquet", tuple(group)))
+                group, group_rows = [], 0
+            group.append(rg)
+            group_rows += n
+        if group or meta.num_row_groups == 0:
+            whole = meta.num_row_groups == len(group)
+            pieces.append(Piece(f, "parquet", None if whole else tuple(group)))
+    return Source("parquet", files, schema, pieces, rows, _fingerprint(files), file_rows=file_rows)
+
+
+def _kind(typ: pa.DataType) -> str:
+    """Types that read into the same pandas column kind are compatible across files."""
+    if pa.types.is_dictionary(typ):
+        return _kind(typ.value_type)
+    if pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ):
+        return "number"
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ):
+        return "string"
+    if pa.types.is_timestamp(typ) or pa.types.is_date(typ):
+        return "datetime"
+    return str(typ)
+
+
+def _compatible(a: pa.DataType, b: pa.DataType) -> bool:
+    return _kind(a) == _kind(b)
+
+
+def _inspect_csv(files, delimiter: str, blocksize: int) -> Source:
+    schema: dict = {}
+    pieces = []
+    for f in files:
+        try:
+            header = csv_header(f, delimiter)
+        except Exception as err:  # noqa: BLE001
+            raise InputError(f"{f}: cannot read the CSV header ({type(err).__name__}); check the file") from None
+        if schema and set(header) != set(schema):
+            missing = sorted(set(schema) - set(header)) or sorted(set(header) - set(schema))
+            raise InputError(f"{f}: its columns differ from {files[0]} (e.g. {missing[0]!r}); give all CSV files one header")
+        schema = {name: pa.string() for name in header}
+        size = os.path.getsize(f)
+        if f.endswith(".gz") or size <= blocksize:
+            pieces.append(Piece(f, "csv"))
+        else:
+            for start in range(0, size, blocksize):
+                pieces.append(Piece(f, "csv", start=start, end=min(size, start + blocksize)))
+    return Source("csv", files, schema, pieces, None, _fingerprint(files), csv_delimiter=delimiter)
+
+
+def _fingerprint(files) -> str:
+    """Hash of every input file's path, size and modification time."""
+    digest = hashlib.sha256()
+    for f in files:
+        st = os.stat(f)
+        digest.update(f"{os.path.abspath(f)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class Dimension:
+    """A loaded dimension table, keys renamed to the fact table's names."""
+
+    join: JoinSpec
+    frame: pd.DataFrame
+    path: str
+
+
+def load_dimensions(config: Config, source: Source) -> list[Dimension]:
+    """Read every ``joins`` table, check its keys, and resolve column-name clashes."""
+    taken = set(source.schema)
+    dims = []
+    for i, join in enumerate(config.joins):
+        path = config.resolve(join.path)
+        if not os.path.exists(path):
+            raise InputError(f"joins[{i}].path {join.path!r}: no such file (resolved to {path})")
+        try:
+            if path.endswith(CSV_SUFFIXES):
+                table = pd.read_csv(path, sep=config.input.csv_delimiter)
+            else:
+                table = pq.read_table(path).to_pandas()
+        except Exception as err:  # noqa: BLE001
+            raise InputError(f"{path}: cannot read the dimension table ({type(err).__name__}: {err})") from None
+        right_on = join.right_on or join.on
+        for key_cfg, key in (("on", join.on), ("right_on", right_on)):
+            where = source.schema if key_cfg == "on" else table.columns
+            for col in key:
+                if col not in where:
+                    owner = "the input table" if key_cfg == "on" else path
+                    raise InputError(
+                        f"joins[{i}].{key_cfg}: key column {col!r} is not in {owner}; "
+                        f"available: {', '.join(map(str, where))}"
+                    )
+        columns = join.columns if join.columns is not None else [c for c in table.columns if c not in right_on]
+        for col in columns:
+            if col not in table.columns:
+                raise InputError(f"joins[{i}].columns: column {col!r} is not in {path}; available: {', '.join(table.columns)}")
+        if table.duplicated(list(right_on)).any():
+            dup = table[table.duplicated(list(right_on), keep=False)][list(right_on)].iloc[0].tolist()
+            raise InputError(
+                f"{path}: key {dup} appears more than once in columns {list(right_on)}; "
+                "a dimension table needs unique keys (deduplicate it)"
+            )
+        name = join.name or Path(path).name.split(".")[0]
+        table = table[list(right_on) + list(columns)].rename(columns=dict(zip(right_on, join.on)))
+        rename = {}
+        for col in columns:
+            if col in taken or col in join.on:
+                rename[col] = f"{col}_{name}"
+        taken.update(rename.get(c, c) for c in columns)
+        dims.append(Dimension(JoinSpec(name, tuple(join.on), tuple(columns), rename), table, path))
+    return dims
+
+
+def table_spec(config: Config, source: Source, dims: list[Dimension]) -> TableSpec:
+    """The :class:`TableSpec` for ``config``, checked against the columns really present."""
+    f = config.features
+    spec = TableSpec(
+        target=config.target.column,
+        task=config.target.task,
+        numeric=tuple(f.numeric),
+        categorical=tuple(f.categorical),
+        datetime=tuple(f.datetime),
+        datetime_parts=tuple(f.datetime_parts),
+        derived=tuple(f.derived.items()),
+        target_expression=config.target.expression,
+        valid_ranges=tuple((c, b[0], b[1]) for c, b in config.clean.valid_ranges.items()),
+        joins=tuple(d.join for d in dims),
+        split_key=tuple(config.split.key or ()),
+        validation_fraction=config.split.validation_fraction,
+        split_seed=config.split.seed,
+        keep_columns=tuple(config.output.keep_columns),
+    )
+    available = dict(source.schema)
+    for d in dims:
+        dim_schema = pa.Schema.from_pandas(d.frame, preserve_index=False)
+        for col in d.join.columns:
+            available[d.join.rename.get(col, col)] = dim_schema.field(col).type
+    where = {
+        "features.numeric": f.numeric,
+        "features.categorical": f.categorical,
+        "features.datetime": f.datetime,
+        "output.keep_columns": config.output.keep_columns,
+        "split.key": config.split.key or [],
+        "clean.valid_ranges": list(config.clean.valid_ranges),
+        "target.expression" if config.target.expression else "target.column": spec.target_inputs,
+        "features.derived": spec.derived_inputs,
+    }
+    first = source.files[0]
+    for key, columns in where.items():
+        for col in columns:
+            if col not in available and col not in dict(spec.derived):
+                raise InputError(
+                    f"column {col!r} (config key '{key}') is not in the input ({first}) or a joined table; "
+                    f"available: {', '.join(sorted(available))}"
+                )
+    if source.format == "parquet":
+        for key, columns in (("features.numeric", f.numeric),
+                             ("target.column", [] if config.target.expression else [config.target.column])):
+            for col in columns:
+                typ = available[col]
+                if not (pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_boolean(typ)
+                        or pa.types.is_decimal(typ)):
+                    raise InputError(
+                        f"column {col!r} (config key '{key}') has type {typ} in {first}, expected a number; "
+                        "list it under features.categorical or convert it"
+                    )
+        for col in f.datetime:
+            typ = available[col]
+            if not (pa.types.is_timestamp(typ) or pa.types.is_date(typ) or pa.types.is_string(typ)
+                    or pa.types.is_large_string(typ)):
+                raise InputError(
+                    f"column {col!r} (config key 'features.datetime') has type {typ} in {first}, "
+                    "expected a timestamp, date or string"
+                )
+    if not spec.split_key:
+        # Default split key: every column the job reads, so identical rows agree.
+        spec = replace(spec, split_key=tuple(sorted(spec.source_columns())))
+    return spec
+
+
+def raw_meta(source: Source, columns, backend_name: str):
+    """An empty frame with the columns and dtypes one piece reads as."""
+    if source.format == "csv":
+        frame = pd.DataFrame({c: pd.Series([], dtype="str") for c in columns})
+        if backend_name == "pandas":
+            return frame
+        return backend.from_arrow(pa.Table.from_pandas(frame, preserve_index=False), backend_name)
+    fields = [pa.field(c, source.schema[c]) for c in columns]
+    return backend.from_arrow(pa.schema(fields).empty_table(), backend_name)
+
+
+def read_source(config: Config, backend_name: str = "pandas", source: Source | None = None,
+                spec: TableSpec | None = None) -> dd.DataFrame:
+    """The raw input as a lazy Dask DataFrame: one partition per piece, configured columns only.
+
+    Examples
+    --------
+    >>> raw = read_source(load_config("job.yaml"))  # doctest: +SKIP
+    >>> raw.npartitions  # doctest: +SKIP
+    """
+    source = source or inspect_source(config)
+    if spec is None:
+        spec = table_spec(config, source, load_dimensions(config, source))
+    columns = spec.source_columns()
+    # The meta already has the dtypes each piece reads as; no object→string pass.
+    with dask.config.set({"dataframe.convert-string": False}):
+        return dd.from_map(
+            read_piece,
+            source.pieces,
+            args=[columns, backend_name, source.csv_delimiter],
+            meta=raw_meta(source, columns, backend_name),
+            label="etl-read",
+            enforce_metadata=False,
+        )
+
+
+def dimension_frames(dims: list[Dimension], backend_name: str) -> list:
+    """The dimension tables as frames of the job's backend."""
+    if backend_name == "pandas":
+        return [d.frame for d in dims]
+    return [backend.from_arrow(pa.Table.from_pandas(d.frame, preserve_index=False), backend_name) for d in dims]
+
+
+def prepared_meta(source: Source, spec: TableSpec, dims, backend_name: str):
+    """Run :func:`prepare_partition` on an empty frame: the output's meta, and an early
+    check that every expression in the config evaluates."""
+    empty = raw_meta(source, spec.source_columns(), backend_name)
+    try:
+        return prepare_partition(empty, spec, dimension_frames(dims, backend_name))
+    except Exception as err:  # noqa: BLE001
+        raise InputError(
+            f"the configured features cannot be computed on the input's columns "
+            f"({type(err).__name__}: {err}); check features.derived and target.expression"
+        ) from None

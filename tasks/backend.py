@@ -1,0 +1,148 @@
+"""The few operations where pandas and cuDF differ, behind one dispatch each.
+
+pandas implementations are registered eagerly; cuDF ones lazily, the first time a
+cuDF object reaches a dispatch (``Dispatch.register_lazy``), so importing shardflow
+never imports cudf or cupy and never creates a CUDA context.
+
+Readers are chosen by backend *name* (``"pandas"`` or ``"cudf"``, Dask's
+``dataframe.backend`` values) because they have no frame to dispatch on yet.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from dask.utils import Dispatch
+
+BACKENDS = ("pandas", "cudf")
+
+to_numeric = Dispatch("to_numeric")
+to_datetime = Dispatch("to_datetime")
+to_pandas = Dispatch("to_pandas")
+to_host_array = Dispatch("to_host_array")
+category_codes = Dispatch("category_codes")
+as_strings = Dispatch("as_strings")
+write_parquet = Dispatch("write_parquet")
+
+
+def gpu_install_hint() -> str:
+    return (
+        "install the GPU stack: `pip install \"shardflow[gpu]\"` (CUDA 13) or "
+        "`conda env create -f environment.yml`"
+    )
+
+
+def frame_module(backend: str):
+    """The dataframe library for ``backend``, imported on first use."""
+    if backend not in BACKENDS:
+        raise ValueError(f"dataframe backend {backend!r} is not one of {BACKENDS}")
+    try:
+        return importlib.import_module(backend)
+    except ImportError as err:  # pragma: no cover - only without cudf
+        raise ImportError(f"backend {backend!r} needs cuDF: {gpu_install_hint()}") from err
+
+
+def from_arrow(table: pa.Table, backend: str):
+    """An Arrow table as a frame of ``backend`` (host → device copy for cuDF)."""
+    if backend == "pandas":
+        return table.to_pandas()
+    return frame_module(backend).DataFrame.from_arrow(table)
+
+
+# ----------------------------------------------------------------------------- pandas
+
+
+@to_numeric.register((pd.Series, pd.Index))
+def _to_numeric_pandas(series):
+    return pd.to_numeric(series, errors="coerce")
+
+
+@to_datetime.register(pd.Series)
+def _to_datetime_pandas(series):
+    if pd.api.types.is_datetime64_any_dtype(series.dtype):
+        return series
+    return pd.to_datetime(series, errors="coerce", format="mixed")
+
+
+@to_pandas.register((pd.DataFrame, pd.Series))
+def _to_pandas_pandas(obj):
+    return obj
+
+
+@to_host_array.register((pd.DataFrame, pd.Series))
+def _to_host_array_pandas(obj, dtype):
+    return obj.to_numpy(dtype=dtype, na_value=np.nan)
+
+
+@write_parquet.register(pd.DataFrame)
+def _write_parquet_pandas(frame, path):
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+
+
+@as_strings.register(pd.Series)
+def _as_strings_pandas(series):
+    if pd.api.types.is_string_dtype(series.dtype) and series.dtype != object:
+        return series
+    return series.astype("string")
+
+
+@category_codes.register(pd.Series)
+def _category_codes_pandas(series, vocabulary):
+    """Position of each value in ``vocabulary``; -1 for values not in it (and nulls)."""
+    return pd.Categorical(series, categories=pd.Index(vocabulary, dtype=object)).codes
+
+
+# ----------------------------------------------------------------------------- cuDF
+
+
+@to_numeric.register_lazy("cudf")
+@to_datetime.register_lazy("cudf")
+@to_pandas.register_lazy("cudf")
+@to_host_array.register_lazy("cudf")
+@category_codes.register_lazy("cudf")
+@as_strings.register_lazy("cudf")
+@write_parquet.register_lazy("cudf")
+def _register_cudf():
+    import cudf
+    import cupy
+
+    @to_numeric.register((cudf.Series, cudf.Index))
+    def _to_numeric_cudf(series):
+        return cudf.to_numeric(series, errors="coerce")
+
+    @to_datetime.register(cudf.Series)
+    def _to_datetime_cudf(series):
+        if series.dtype.kind == "M":
+            return series
+        return cudf.to_datetime(series, errors="coerce")
+
+    @to_pandas.register((cudf.DataFrame, cudf.Series))
+    def _to_pandas_cudf(obj):
+        return obj.to_pandas()
+
+    @to_host_array.register((cudf.DataFrame, cudf.Series))
+    def _to_host_array_cudf(obj, dtype):
+        return cupy.asnumpy(obj.astype(dtype).to_cupy(na_value=np.nan))
+
+    @write_parquet.register(cudf.DataFrame)
+    def _write_parquet_cudf(frame, path):
+        frame.to_parquet(path, index=False)
+
+    @as_strings.register(cudf.Series)
+    def _as_strings_cudf(series):
+        return series if series.dtype == "object" else series.astype("str")
+
+    @category_codes.register(cudf.Series)
+    def _category_codes_cudf(series, vocabulary):
+        lookup = cudf.DataFrame(
+            {"_value": cudf.Series(list(vocabulary), dtype="str"),
+             "_code": cupy.arange(len(vocabulary), dtype="int64")}
+        )
+        left = cudf.DataFrame({"_value": series.astype("str"), "_row": cupy.arange(len(series))})
+        merged = left.merge(lookup, on="_value", how="left").sort_values("_row")
+        return cupy.asnumpy(merged["_code"].fillna(-1).to_cupy()).astype(np.int64)

@@ -1,0 +1,111 @@
+"""Fitted preprocessing (vocabularies, clip bounds, scaling) and its per-partition transform."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from shardflow.tasks import backend
+from shardflow.tasks.schema import SPLIT_COLUMN
+from shardflow.tasks.stats import clip_columns
+
+#: Code of a missing categorical value.
+MISSING_CODE = 0
+#: Code of a category that is rare in the training data or unseen at prediction time.
+OTHER_CODE = 1
+#: Code of ``vocabulary[0]``; ``vocabulary[k]`` is ``FIRST_CODE + k``.
+FIRST_CODE = 2
+
+
+def fit_vocabulary(counts: pd.Series, min_frequency: int, max_categories: int) -> list[str]:
+    """Categories kept for encoding: frequent enough, most frequent first, ties by value."""
+    kept = counts[counts >= min_frequency]
+    order = sorted(zip(kept.index, kept.to_numpy()), key=lambda kv: (-int(kv[1]), str(kv[0])))
+    return [str(value) for value, _ in order[:max_categories]]
+
+
+@dataclass
+class Preprocessor:
+    """Everything fitted on the whole table that the transform of one partition needs.
+
+    Saved as JSON next to the features, and loaded again for batch inference, so a
+    model always sees inputs prepared exactly as at training time.
+
+    Attributes
+    ----------
+    numeric : list of str
+        Numeric feature columns, in model input order.
+    lower, upper : list of float or None
+        Clip bounds per numeric column (``None``: no clipping).
+    mean, std : list of float
+        Mean and population standard deviation of each clipped numeric column; the
+        mean also imputes missing values (they standardise to 0).
+    categorical : list of str
+        Categorical feature columns, after the numeric ones in model input order.
+    vocabularies : dict of str to list of str
+        Kept categories per column; see ``MISSING_CODE``, ``OTHER_CODE``, ``FIRST_CODE``.
+    """
+
+    numeric: list
+    lower: list
+    upper: list
+    mean: list
+    std: list
+    categorical: list
+    vocabularies: dict
+    target: str
+    task: str
+    keep_columns: list = field(default_factory=list)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.numeric) + list(self.categorical)
+
+    @property
+    def cardinalities(self) -> dict:
+        """Number of distinct codes of each categorical column (for embeddings)."""
+        return {col: FIRST_CODE + len(self.vocabularies[col]) for col in self.categorical}
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Preprocessor":
+        return cls(**json.loads(text))
+
+    def transform(self, features):
+        """Clip, impute, standardise and encode one prepared partition.
+
+        Parameters
+        ----------
+        features : pandas.DataFrame or cudf.DataFrame
+            The ``features`` output of :func:`~shardflow.tasks.prepare.prepare_partition`.
+
+        Returns
+        -------
+        DataFrame
+            ``keep_columns``, numeric features as float32, categorical codes as int32,
+            the target as float32 and the boolean ``_is_validation`` column.
+        """
+        out = features[list(self.keep_columns)].copy() if self.keep_columns else features[[]].copy()
+        if self.numeric:
+            lower = [-np.inf if v is None else v for v in self.lower]
+            upper = [np.inf if v is None else v for v in self.upper]
+            clipped = clip_columns(features[list(self.numeric)], self.numeric, lower, upper)
+            for col, mean, std in zip(self.numeric, self.mean, self.std):
+                scale = std if std and std > 0 else 1.0
+                out[col] = ((clipped[col].fillna(mean) - mean) / scale).astype("float32")
+        for col in self.categorical:
+            codes = backend.category_codes(features[col], self.vocabularies[col])
+            missing = backend.to_host_array(features[col].isna(), bool)
+            encoded = np.where(codes >= 0, codes + FIRST_CODE, OTHER_CODE)
+            encoded[missing] = MISSING_CODE
+            out[col] = encoded.astype(np.int32)
+        if self.target in features.columns:
+            out[self.target] = features[self.target].astype("float32")
+        if SPLIT_COLUMN in features.columns:
+            out[SPLIT_COLUMN] = features[SPLIT_COLUMN]
+        return out

@@ -1,0 +1,177 @@
+"""Validate, type, join and derive one partition: raw rows in, feature rows + quarantine out.
+
+Nothing here depends on global statistics: every row's fate (kept or quarantined, and
+with which reason) and its train/validation membership is a function of the row alone,
+so the result does not depend on how the table is partitioned.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from shardflow.tasks import backend
+from shardflow.tasks.schema import REASON_COLUMN, SPLIT_COLUMN, TableSpec
+
+_SPLIT_BUCKETS = 1 << 20
+
+
+class PreparedPartition(NamedTuple):
+    """The two outputs of :func:`prepare_partition` for one partition."""
+
+    features: object  #: good rows: typed, joined, derived columns + target + split flag
+    quarantine: object  #: rejected rows with their raw values and a ``_reason`` column
+
+
+def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
+    """Type, validate, join and derive the columns of one raw partition.
+
+    Parameters
+    ----------
+    raw : pandas.DataFrame or cudf.DataFrame
+        One partition as read from the source (``spec.source_columns()``).
+    spec : TableSpec
+        The table schema.
+    dimensions : sequence of DataFrame
+        One frame per ``spec.joins`` entry, same backend as ``raw``, keys unique.
+
+    Returns
+    -------
+    PreparedPartition
+        ``features`` holds the rows that passed every check, with numeric feature
+        columns as float64, categoricals as strings, the target as float64 and a
+        boolean ``_is_validation`` column. ``quarantine`` holds the other rows with
+        their raw values and the first failed check in ``_reason``.
+    """
+    n = len(raw)
+    reasons = np.zeros(n, dtype=np.int16)
+    messages: list[str] = []
+
+    def reject(mask, message: str) -> None:
+        host = backend.to_host_array(mask, bool) if n else np.zeros(0, bool)
+        fresh = host & (reasons == 0)
+        if fresh.any():
+            if message not in messages:
+                messages.append(message)
+            reasons[fresh] = messages.index(message) + 1
+
+    frame = raw.copy()
+    for join, table in zip(spec.joins, dimensions):
+        frame = _left_join(frame, table, join)
+    for col in spec.numeric:
+        before = frame[col]
+        frame[col] = _as_float(before)
+        reject(before.notna() & frame[col].isna(), f"{col}: not a number")
+    for col in spec.datetime:
+        before = frame[col]
+        frame[col] = backend.to_datetime(before)
+        reject(before.notna() & frame[col].isna(), f"{col}: not a datetime")
+    for col, low, high in spec.valid_ranges:
+        values = frame[col]
+        if values.dtype.kind not in "fiubM":
+            before, values = values, _as_float(values)
+            frame[col] = values
+            reject(before.notna() & values.isna(), f"{col}: not a number")
+        bound = pd.Timestamp if values.dtype.kind == "M" else float
+        if low is not None:
+            reject(values < bound(low), f"{col}: below {low}")
+        if high is not None:
+            reject(values > bound(high), f"{col}: above {high}")
+
+    target = _target(frame, spec)
+    reject(target.isna(), f"{spec.target}: missing target")
+    if spec.task == "classification":
+        reject(target.notna() & ~target.isin([0.0, 1.0]), f"{spec.target}: not 0/1")
+
+    good = reasons == 0
+    split = split_membership(raw[list(spec.split_key)], spec.validation_fraction, spec.split_seed)
+
+    features = frame[list(spec.keep_columns)].copy() if spec.keep_columns else frame[[]].copy()
+    for col in spec.numeric:
+        features[col] = frame[col]
+    for name, expression in spec.derived:
+        features[name] = _as_float(frame.eval(expression))
+    for col in spec.datetime:
+        for part in spec.datetime_parts:
+            features[f"{col}_{part}"] = _as_float(getattr(frame[col].dt, part))
+    for col in spec.categorical:
+        features[col] = backend.as_strings(frame[col])
+    features[spec.target] = target
+    features[SPLIT_COLUMN] = split
+    # Division by zero in a derived feature is a missing value, not a number.
+    for col in spec.numeric_features:
+        features[col] = features[col].where(~features[col].isin([np.inf, -np.inf]))
+
+    quarantine = raw[~good]
+    quarantine = quarantine.assign(
+        **{REASON_COLUMN: np.array(messages, dtype=object)[reasons[~good] - 1] if (~good).any()
+           else np.array([], dtype=object)}
+    )
+    return PreparedPartition(features[good], quarantine)
+
+
+def split_membership(keys, validation_fraction: float, seed: int) -> np.ndarray:
+    """Deterministic validation flags from a hash of each row's key columns.
+
+    The hash is computed on host from canonical values (strings as Python objects,
+    numbers as float64, datetimes as int64 nanoseconds), so pandas and cuDF inputs,
+    and any partitioning of the same rows, give the same membership.
+    """
+    keys = backend.to_pandas(keys)
+    n = len(keys)
+    combined = np.full(n, np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15), dtype=np.uint64)
+    for col in keys.columns:
+        combined = _mix(combined, pd.util.hash_array(_canonical(keys[col]), categorize=False))
+    bucket = combined % np.uint64(_SPLIT_BUCKETS)
+    return bucket < np.uint64(round(validation_fraction * _SPLIT_BUCKETS))
+
+
+def _canonical(series: pd.Series) -> np.ndarray:
+    if pd.api.types.is_datetime64_any_dtype(series.dtype):
+        values = series.astype("datetime64[ns]").to_numpy().view("int64").astype(np.float64)
+        values[series.isna().to_numpy()] = np.nan
+        return values
+    if pd.api.types.is_bool_dtype(series.dtype) or pd.api.types.is_numeric_dtype(series.dtype):
+        return series.to_numpy(dtype=np.float64, na_value=np.nan)
+    return series.astype(object).where(series.notna(), None).to_numpy(dtype=object)
+
+
+def _mix(h: np.ndarray, v: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        h = (h ^ v) * np.uint64(0xBF58476D1CE4E5B9)
+        return h ^ (h >> np.uint64(31))
+
+
+def _as_float(series):
+    if series.dtype.kind == "b":
+        return series.astype("float64")
+    if series.dtype.kind in "iuf":
+        return series.astype("float64")
+    return backend.to_numeric(series).astype("float64")
+
+
+def _target(frame, spec: TableSpec):
+    if spec.target_expression is None:
+        return _as_float(frame[spec.target])
+    value = _as_float(frame.eval(spec.target_expression))
+    # `NaN > 15` is False in pandas; a target computed from a missing input is missing.
+    missing = None
+    for col in spec.target_inputs:
+        missing = frame[col].isna() if missing is None else missing | frame[col].isna()
+    return value if missing is None else value.where(~missing)
+
+
+def _left_join(frame, table, join):
+    """Left join keeping the fact table's row order (cuDF's merge does not)."""
+    right = table[list(join.on) + list(join.columns)].rename(columns=dict(join.rename))
+    left = frame.assign(_row_order=np.arange(len(frame)) if len(frame) else np.zeros(0, np.int64))
+    for key in join.on:
+        if left[key].dtype != right[key].dtype:
+            left[key] = backend.as_strings(left[key])
+            right = right.assign(**{key: backend.as_strings(right[key])})
+    merged = left.merge(right, on=list(join.on), how="left", sort=False)
+    merged = merged.sort_values("_row_order")
+    merged.index = frame.index
+    return merged.drop(columns="_row_order")

@@ -1,0 +1,117 @@
+"""What one partition's tasks need to know about the table, as plain picklable data.
+
+The pipeline builds a :class:`TableSpec` from the validated YAML config once, on the
+client; tasks receive it as an argument and never read configuration themselves.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+
+DATETIME_PARTS = ("hour", "dayofweek", "month", "day", "dayofyear", "minute", "year")
+TASK_TYPES = ("classification", "regression")
+REASON_COLUMN = "_reason"
+SPLIT_COLUMN = "_is_validation"
+
+
+def expression_names(expression: str) -> list[str]:
+    """Column names an expression such as ``"arr_delay > 15"`` refers to, in order.
+
+    Backticked names (``\\`dep time\\` > 3``, pandas ``eval`` syntax) are included.
+    """
+    names: list[str] = []
+    # pandas.eval writes columns with spaces in backticks; ast cannot parse those.
+    parts = expression.split("`")
+    plain = " ".join(p if i % 2 == 0 else "_" for i, p in enumerate(parts))
+    names.extend(p for i, p in enumerate(parts) if i % 2 == 1)
+    tree = ast.parse(plain, mode="eval")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id not in names and node.id not in {"_", "True", "False"}:
+            names.append(node.id)
+    return names
+
+
+@dataclass(frozen=True)
+class JoinSpec:
+    """A left join with a small dimension table, broadcast to every partition.
+
+    ``rename`` maps a dimension column to its name in the joined table (name clashes
+    with the fact table get the join's suffix); only ``columns`` are brought in.
+    """
+
+    name: str
+    on: tuple[str, ...]
+    columns: tuple[str, ...]
+    rename: dict = field(default_factory=dict)
+
+    def joined_names(self) -> list[str]:
+        return [self.rename.get(c, c) for c in self.columns]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """The schema of the input table and of the features the ETL derives from it."""
+
+    target: str
+    task: str
+    numeric: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+    datetime: tuple[str, ...] = ()
+    datetime_parts: tuple[str, ...] = ("hour", "dayofweek", "month")
+    derived: tuple[tuple[str, str], ...] = ()
+    target_expression: str | None = None
+    valid_ranges: tuple[tuple[str, float | None, float | None], ...] = ()
+    joins: tuple[JoinSpec, ...] = ()
+    split_key: tuple[str, ...] = ()
+    validation_fraction: float = 0.2
+    split_seed: int = 0
+    keep_columns: tuple[str, ...] = ()
+
+    @property
+    def datetime_features(self) -> list[str]:
+        return [f"{col}_{part}" for col in self.datetime for part in self.datetime_parts]
+
+    @property
+    def numeric_features(self) -> list[str]:
+        """Numeric model inputs: raw numerics, derived expressions, datetime parts."""
+        return list(self.numeric) + [name for name, _ in self.derived] + self.datetime_features
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Every model input column, numeric first, then the encoded categoricals."""
+        return self.numeric_features + list(self.categorical)
+
+    @property
+    def joined_columns(self) -> list[str]:
+        return [c for join in self.joins for c in join.joined_names()]
+
+    @property
+    def target_inputs(self) -> list[str]:
+        if self.target_expression is None:
+            return [self.target]
+        return expression_names(self.target_expression)
+
+    @property
+    def derived_inputs(self) -> list[str]:
+        return [n for _, expr in self.derived for n in expression_names(expr)]
+
+    def source_columns(self) -> list[str]:
+        """Columns to read from the fact table (everything else is never loaded)."""
+        wanted = [
+            *self.keep_columns,
+            *self.numeric,
+            *self.categorical,
+            *self.datetime,
+            *self.split_key,
+            *(k for join in self.joins for k in join.on),
+            *self.target_inputs,
+            *self.derived_inputs,
+            *(col for col, _, _ in self.valid_ranges),
+        ]
+        produced = set(self.joined_columns) | {name for name, _ in self.derived}
+        seen: dict[str, None] = {}
+        for col in wanted:
+            if col not in produced:
+                seen.setdefault(col)
+        return list(seen)

@@ -1,0 +1,151 @@
+"""Per-partition statistics and the associative functions that combine them.
+
+Every ``partition_*`` function summarises one partition into a small host-side object;
+every ``combine_*`` function merges two summaries. Combining is associative, so the
+pipeline can reduce thousands of partitions with a tree of any shape and get the same
+answer as one pass over the whole table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from shardflow.tasks import backend
+from shardflow.tasks.prepare import PreparedPartition
+from shardflow.tasks.schema import REASON_COLUMN, SPLIT_COLUMN, TableSpec
+
+
+@dataclass
+class Moments:
+    """Count, mean, sum of squared deviations, min and max of each column (NaN skipped).
+
+    Merged with Chan et al.'s pairwise update, which stays accurate where the
+    naive sum-of-squares formula cancels catastrophically (timestamps, large means).
+    """
+
+    columns: list
+    count: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+    minimum: np.ndarray
+    maximum: np.ndarray
+
+    @classmethod
+    def of(cls, frame, columns, lower=None, upper=None) -> "Moments":
+        """Moments of ``frame[columns]``, optionally clipped to per-column bounds first."""
+        data = frame[list(columns)]
+        if lower is not None:
+            data = clip_columns(data, columns, lower, upper)
+        count = _host(data.count()).astype(np.float64)
+        mean = _host(data.mean())
+        var = _host(data.var(ddof=0))
+        return cls(
+            list(columns),
+            count,
+            np.where(count > 0, mean, 0.0),
+            np.where(count > 0, var * count, 0.0),
+            np.where(count > 0, _host(data.min()), np.inf),
+            np.where(count > 0, _host(data.max()), -np.inf),
+        )
+
+    def merge(self, other: "Moments") -> "Moments":
+        n = self.count + other.count
+        safe = np.where(n > 0, n, 1.0)
+        delta = other.mean - self.mean
+        return Moments(
+            self.columns,
+            n,
+            self.mean + delta * other.count / safe,
+            self.m2 + other.m2 + delta**2 * self.count * other.count / safe,
+            np.minimum(self.minimum, other.minimum),
+            np.maximum(self.maximum, other.maximum),
+        )
+
+    @property
+    def std(self) -> np.ndarray:
+        """Population standard deviation (``ddof=0``); NaN for an empty column."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.sqrt(self.m2 / self.count)
+
+
+@dataclass
+class Profile:
+    """Everything the ETL learns about the table in its first pass."""
+
+    rows: int
+    partition_rows: list
+    quarantined: dict
+    numeric: Moments
+    category_counts: dict
+    target: Moments
+    validation_rows: int
+
+
+def partition_profile(part: PreparedPartition, spec: TableSpec, index: int) -> Profile:
+    """Summarise one prepared partition: counts, moments, category frequencies."""
+    features, quarantine = part
+    reasons = backend.to_pandas(quarantine[REASON_COLUMN]).value_counts()
+    counts = {}
+    for col in spec.categorical:
+        vc = backend.to_pandas(features[col].value_counts(dropna=True))
+        vc.index = vc.index.astype(object)
+        counts[col] = vc.astype(np.int64)
+    partition_rows = [0] * (index + 1)
+    partition_rows[index] = len(features)
+    return Profile(
+        rows=len(features),
+        partition_rows=partition_rows,
+        quarantined={str(k): int(v) for k, v in reasons.items()},
+        numeric=Moments.of(features, spec.numeric_features),
+        category_counts=counts,
+        target=Moments.of(features, [spec.target]),
+        validation_rows=int(backend.to_host_array(features[SPLIT_COLUMN], bool).sum()),
+    )
+
+
+def combine_profiles(a: Profile, b: Profile) -> Profile:
+    """Merge two profiles (associative; partition row counts are kept by index)."""
+    width = max(len(a.partition_rows), len(b.partition_rows))
+    rows = [0] * width
+    for source in (a.partition_rows, b.partition_rows):
+        for i, r in enumerate(source):
+            rows[i] += r
+    quarantined = dict(a.quarantined)
+    for k, v in b.quarantined.items():
+        quarantined[k] = quarantined.get(k, 0) + v
+    counts = {
+        col: a.category_counts[col].add(b.category_counts[col], fill_value=0).astype(np.int64)
+        for col in a.category_counts
+    }
+    return Profile(
+        rows=a.rows + b.rows,
+        partition_rows=rows,
+        quarantined=quarantined,
+        numeric=a.numeric.merge(b.numeric),
+        category_counts=counts,
+        target=a.target.merge(b.target),
+        validation_rows=a.validation_rows + b.validation_rows,
+    )
+
+
+def partition_clipped_moments(part: PreparedPartition, columns, lower, upper) -> Moments:
+    """Moments of one partition's numeric features after clipping to global bounds."""
+    return Moments.of(part.features, columns, lower, upper)
+
+
+def combine_moments(a: Moments, b: Moments) -> Moments:
+    return a.merge(b)
+
+
+def clip_columns(frame, columns, lower, upper):
+    """``frame`` with each of ``columns`` clipped to its own ``[lower, upper]``."""
+    return frame.assign(
+        **{col: frame[col].clip(lo, hi) for col, lo, hi in zip(columns, lower, upper)}
+    )
+
+
+def _host(series) -> np.ndarray:
+    return np.asarray(backend.to_pandas(series), dtype=np.float64)
