@@ -59,13 +59,12 @@ class NativeThreadsPlugin(WorkerPlugin):
             sys.modules["torch"].set_num_threads(threads)
 
 
-def worker_thread_report() -> dict:
-    """What a worker's native libraries really use (for tests and the run manifest)."""
-    from distributed import get_worker
+def worker_thread_report(dask_worker) -> dict:
+    """What a worker's native libraries really use: ``client.run(worker_thread_report)``."""
     from threadpoolctl import threadpool_info
 
     report = {
-        "nthreads": get_worker().state.nthreads,
+        "nthreads": dask_worker.state.nthreads,
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "blas": sorted({info["num_threads"] for info in threadpool_info()}),
     }

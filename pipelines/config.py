@@ -21,7 +21,7 @@ import yaml
 
 from shardflow.cluster.config import ClusterConfig
 from shardflow.tasks.errors import ShardflowError
-from shardflow.tasks.schema import DATETIME_PARTS, TASK_TYPES, expression_names
+from shardflow.tasks.schema import COLUMN_KINDS, DATETIME_PARTS, TASK_TYPES, expression_names
 
 
 class ConfigError(ShardflowError, ValueError):
@@ -55,7 +55,9 @@ class InputConfig:
     ``path`` is a Parquet file or directory, or a CSV file or glob (``raw/*.csv``);
     ``format`` ``auto`` decides by the file names. ``blocksize`` bounds a CSV
     partition; ``max_partition_rows`` bounds a Parquet partition (a file with many
-    row groups is split between them).
+    row groups is split between them). ``types`` gives the kind (``number``,
+    ``datetime``, ``string``) of columns that are not features but are used by
+    expressions; CSV has no types, so there such columns default to ``number``.
     """
 
     path: str = ""
@@ -63,6 +65,7 @@ class InputConfig:
     csv_delimiter: str = ","
     blocksize: str = "128MB"
     max_partition_rows: int = 2_000_000
+    types: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -297,6 +300,9 @@ def validate(config: Config) -> None:
     """Checks that need more than one key; raises :class:`ConfigError`."""
     if not config.input.path:
         raise ConfigError("config key 'input.path' is required: a Parquet directory or a CSV glob")
+    for col, kind in config.input.types.items():
+        if kind not in COLUMN_KINDS:
+            raise ConfigError(f"config key 'input.types.{col}': {kind!r} is not one of {', '.join(COLUMN_KINDS)}")
     if config.input.format not in ("auto", "parquet", "csv"):
         raise ConfigError(f"config key 'input.format': {config.input.format!r} is not one of auto, parquet, csv")
     if not config.target.column:

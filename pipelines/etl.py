@@ -258,7 +258,7 @@ def _run(config, runtime, source, dims, spec, run_dir) -> EtlResult:
     update_manifest(
         run_dir,
         run_id=run_dir.name,
-        input={"path": config.input.path, "format": source.format, "files": len(source.files),
+        input={"path": config.resolve(config.input.path), "format": source.format, "files": len(source.files),
                "fingerprint": source.fingerprint},
         versions=library_versions(),
         cluster=runtime.layout(),
@@ -280,14 +280,13 @@ def _check_profile(profile, config: Config, source) -> None:
     quarantined = sum(profile.quarantined.values())
     if profile.rows + quarantined == 0:
         raise InputError(f"input.path {config.input.path!r}: the dataset has no rows")
+    if profile.missing_targets == profile.rows + quarantined:
+        what = "target.expression" if config.target.expression else "target.column"
+        raise InputError(
+            f"target {config.target.column!r} is null in every row of {config.input.path!r}; "
+            f"check config key '{what}'"
+        )
     if profile.rows == 0:
-        target_reason = f"{config.target.column}: missing target"
-        if set(profile.quarantined) == {target_reason}:
-            what = "target.expression" if config.target.expression else "target.column"
-            raise InputError(
-                f"target {config.target.column!r} is null in every row of {config.input.path!r}; "
-                f"check config key '{what}'"
-            )
         reasons = ", ".join(f"{k} ({v})" for k, v in sorted(profile.quarantined.items(), key=lambda kv: -kv[1]))
         raise InputError(
             f"every row of {config.input.path!r} was quarantined: {reasons}; check clean.valid_ranges and the input"

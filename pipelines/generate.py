@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from shardflow.cluster.factory import Runtime, start
 from shardflow.data import trips
+from shardflow.pipelines.config import default_config_path
 from shardflow.pipelines.graph import task_names
 from shardflow.tasks.errors import ShardflowError
 
@@ -41,7 +42,8 @@ def write_trips_partition(seed: int, index: int, rows: int, first_trip_id: int, 
 
 def generate(out, rows: int, seed: int = 0, rows_per_partition: int = DEFAULT_ROWS_PER_PARTITION,
              runtime: Runtime | None = None, overwrite: bool = False) -> GenerateResult:
-    """Write the synthetic trips dataset (``out/trips/*.parquet`` and ``out/zones.parquet``).
+    """Write the synthetic trips dataset: ``out/trips/*.parquet``, ``out/zones.parquet`` and
+    the default job config ``out/trips.yaml`` (run it with ``shardflow etl -c out/trips.yaml``).
 
     Parameters
     ----------
@@ -84,6 +86,8 @@ def generate(out, rows: int, seed: int = 0, rows_per_partition: int = DEFAULT_RO
             first += n
         runtime.client.gather(runtime.client.compute(tasks))
         pq.write_table(trips.zones_table(seed), tmp / "zones.parquet")
+        # The default job, next to the data it describes: `shardflow etl -c OUT/trips.yaml`.
+        shutil.copyfile(default_config_path(), tmp / "trips.yaml")
         (tmp / MARKER).write_text(json.dumps({"rows": rows, "seed": seed, "partitions": len(sizes),
                                               "rows_per_partition": rows_per_partition}))
         if out.exists():

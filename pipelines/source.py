@@ -278,10 +278,29 @@ def table_spec(config: Config, source: Source, dims: list[Dimension]) -> TableSp
                     f"column {col!r} (config key 'features.datetime') has type {typ} in {first}, "
                     "expected a timestamp, date or string"
                 )
+    spec = replace(spec, column_types=_column_types(config, source, spec))
     if not spec.split_key:
         # Default split key: every column the job reads, so identical rows agree.
         spec = replace(spec, split_key=tuple(sorted(spec.source_columns())))
     return spec
+
+
+def _column_types(config: Config, source: Source, spec: TableSpec) -> tuple:
+    """Kinds of the columns that are not features but feed expressions, ranges or the target."""
+    typed = set(spec.numeric) | set(spec.categorical) | set(spec.datetime)
+    used = [*spec.target_inputs, *spec.derived_inputs, *(c for c, _, _ in spec.valid_ranges)]
+    kinds = {}
+    for col in used:
+        if col in typed or col in kinds:
+            continue
+        if col in config.input.types:
+            kinds[col] = config.input.types[col]
+        elif source.format == "csv" and col in source.schema:
+            kinds[col] = "number"
+    for col, kind in config.input.types.items():
+        if col not in typed:
+            kinds.setdefault(col, kind)
+    return tuple(kinds.items())
 
 
 def raw_meta(source: Source, columns, backend_name: str):

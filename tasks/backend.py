@@ -26,6 +26,8 @@ to_host_array = Dispatch("to_host_array")
 category_codes = Dispatch("category_codes")
 as_strings = Dispatch("as_strings")
 write_parquet = Dispatch("write_parquet")
+row_positions = Dispatch("row_positions")
+take_rows = Dispatch("take_rows")
 
 
 def gpu_install_hint() -> str:
@@ -84,6 +86,22 @@ def _write_parquet_pandas(frame, path):
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
 
 
+@row_positions.register(pd.DataFrame)
+def _row_positions_pandas(keys, table_keys):
+    """Row of ``table_keys`` (unique) holding each row of ``keys``; -1 where none does."""
+    if keys.shape[1] == 1:
+        return pd.Index(table_keys.iloc[:, 0]).get_indexer(keys.iloc[:, 0])
+    return pd.MultiIndex.from_frame(table_keys).get_indexer(pd.MultiIndex.from_frame(keys))
+
+
+@take_rows.register(pd.DataFrame)
+def _take_rows_pandas(table, positions):
+    """``table``'s rows at ``positions`` (-1: a row of nulls), indexed like nothing else."""
+    return pd.DataFrame(
+        {col: pd.api.extensions.take(table[col].array, positions, allow_fill=True) for col in table.columns}
+    )
+
+
 @as_strings.register(pd.Series)
 def _as_strings_pandas(series):
     if pd.api.types.is_string_dtype(series.dtype) and series.dtype != object:
@@ -107,6 +125,8 @@ def _category_codes_pandas(series, vocabulary):
 @category_codes.register_lazy("cudf")
 @as_strings.register_lazy("cudf")
 @write_parquet.register_lazy("cudf")
+@row_positions.register_lazy("cudf")
+@take_rows.register_lazy("cudf")
 def _register_cudf():
     import cudf
     import cupy
@@ -132,6 +152,20 @@ def _register_cudf():
     @write_parquet.register(cudf.DataFrame)
     def _write_parquet_cudf(frame, path):
         frame.to_parquet(path, index=False)
+
+    @row_positions.register(cudf.DataFrame)
+    def _row_positions_cudf(keys, table_keys):
+        left = keys.reset_index(drop=True).assign(_row=cupy.arange(len(keys)))
+        right = table_keys.reset_index(drop=True).assign(_pos=cupy.arange(len(table_keys)))
+        merged = left.merge(right, on=list(keys.columns), how="left").sort_values("_row")
+        return merged["_pos"].fillna(-1).astype("int64").to_cupy()
+
+    @take_rows.register(cudf.DataFrame)
+    def _take_rows_cudf(table, positions):
+        positions = cupy.asarray(positions)
+        found = positions >= 0
+        taken = table.reset_index(drop=True).take(cupy.where(found, positions, 0))
+        return taken.where(cudf.Series(found), None) if len(taken) else taken
 
     @as_strings.register(cudf.Series)
     def _as_strings_cudf(series):

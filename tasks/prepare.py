@@ -23,6 +23,7 @@ class PreparedPartition(NamedTuple):
 
     features: object  #: good rows: typed, joined, derived columns + target + split flag
     quarantine: object  #: rejected rows with their raw values and a ``_reason`` column
+    missing_targets: int = 0  #: rows whose target is missing, whatever else is wrong with them
 
 
 def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
@@ -57,7 +58,7 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
                 messages.append(message)
             reasons[fresh] = messages.index(message) + 1
 
-    frame = raw.copy()
+    frame = raw.copy(deep=False)
     for join, table in zip(spec.joins, dimensions):
         frame = _left_join(frame, table, join)
     for col in spec.numeric:
@@ -68,6 +69,16 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
         before = frame[col]
         frame[col] = backend.to_datetime(before)
         reject(before.notna() & frame[col].isna(), f"{col}: not a datetime")
+    for col, kind in spec.column_types:
+        before = frame[col]
+        if kind == "number":
+            frame[col] = _as_float(before, booleans=True)
+            reject(before.notna() & frame[col].isna(), f"{col}: not a number")
+        elif kind == "datetime":
+            frame[col] = backend.to_datetime(before)
+            reject(before.notna() & frame[col].isna(), f"{col}: not a datetime")
+        else:
+            frame[col] = backend.as_strings(before)
     for col, low, high in spec.valid_ranges:
         values = frame[col]
         if values.dtype.kind not in "fiubM":
@@ -81,7 +92,8 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
             reject(values > bound(high), f"{col}: above {high}")
 
     target = _target(frame, spec)
-    reject(target.isna(), f"{spec.target}: missing target")
+    target_missing = target.isna()
+    reject(target_missing, f"{spec.target}: missing target")
     if spec.task == "classification":
         reject(target.notna() & ~target.isin([0.0, 1.0]), f"{spec.target}: not 0/1")
 
@@ -95,7 +107,7 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
         features[name] = _as_float(frame.eval(expression))
     for col in spec.datetime:
         for part in spec.datetime_parts:
-            features[f"{col}_{part}"] = _as_float(getattr(frame[col].dt, part))
+            features[f"{col}_{part}"] = _as_float(_datetime_part(frame[col], part))
     for col in spec.categorical:
         features[col] = backend.as_strings(frame[col])
     features[spec.target] = target
@@ -109,7 +121,7 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
         **{REASON_COLUMN: np.array(messages, dtype=object)[reasons[~good] - 1] if (~good).any()
            else np.array([], dtype=object)}
     )
-    return PreparedPartition(features[good], quarantine)
+    return PreparedPartition(features[good], quarantine, int(target_missing.sum()))
 
 
 def split_membership(keys, validation_fraction: float, seed: int) -> np.ndarray:
@@ -144,11 +156,23 @@ def _mix(h: np.ndarray, v: np.ndarray) -> np.ndarray:
         return h ^ (h >> np.uint64(31))
 
 
-def _as_float(series):
-    if series.dtype.kind == "b":
+def _datetime_part(series, part: str):
+    accessor = series.dt
+    modern = {"dayofweek": "day_of_week", "dayofyear": "day_of_year"}.get(part, part)
+    return getattr(accessor, modern) if hasattr(accessor, modern) else getattr(accessor, part)
+
+
+def _as_float(series, booleans: bool = False):
+    """``series`` as float64; unparseable strings become NaN (the caller quarantines them).
+
+    With ``booleans``, the strings true/false (any case) read as 1/0, as CSV writers
+    spell boolean columns that way.
+    """
+    if series.dtype.kind in "biuf":
         return series.astype("float64")
-    if series.dtype.kind in "iuf":
-        return series.astype("float64")
+    if booleans:
+        lowered = series.str.lower()
+        series = series.where(~lowered.isin(["true", "false"]), (lowered == "true").astype("int64").astype(str))
     return backend.to_numeric(series).astype("float64")
 
 
@@ -164,14 +188,18 @@ def _target(frame, spec: TableSpec):
 
 
 def _left_join(frame, table, join):
-    """Left join keeping the fact table's row order (cuDF's merge does not)."""
-    right = table[list(join.on) + list(join.columns)].rename(columns=dict(join.rename))
-    left = frame.assign(_row_order=np.arange(len(frame)) if len(frame) else np.zeros(0, np.int64))
+    """Left join that keeps the fact table's rows and order, and never copies the partition.
+
+    Each fact row's position in the (unique-keyed) dimension table is looked up, and
+    the dimension columns are gathered by position; unmatched keys give nulls.
+    """
+    keys = frame[list(join.on)]
+    dim_keys = table[list(join.on)]
     for key in join.on:
-        if left[key].dtype != right[key].dtype:
-            left[key] = backend.as_strings(left[key])
-            right = right.assign(**{key: backend.as_strings(right[key])})
-    merged = left.merge(right, on=list(join.on), how="left", sort=False)
-    merged = merged.sort_values("_row_order")
-    merged.index = frame.index
-    return merged.drop(columns="_row_order")
+        if keys[key].dtype != dim_keys[key].dtype:
+            keys = keys.assign(**{key: backend.as_strings(keys[key])})
+            dim_keys = dim_keys.assign(**{key: backend.as_strings(dim_keys[key])})
+    positions = backend.row_positions(keys, dim_keys)
+    gathered = backend.take_rows(table[list(join.columns)], positions)
+    gathered.index = frame.index
+    return frame.assign(**{join.rename.get(col, col): gathered[col] for col in join.columns})

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 DATETIME_PARTS = ("hour", "dayofweek", "month", "day", "dayofyear", "minute", "year")
 TASK_TYPES = ("classification", "regression")
+COLUMN_KINDS = ("number", "datetime", "string")
 REASON_COLUMN = "_reason"
 SPLIT_COLUMN = "_is_validation"
 
@@ -67,6 +68,8 @@ class TableSpec:
     validation_fraction: float = 0.2
     split_seed: int = 0
     keep_columns: tuple[str, ...] = ()
+    #: Other columns to type before use: ``(column, "number" | "datetime" | "string")``.
+    column_types: tuple[tuple[str, str], ...] = ()
 
     @property
     def datetime_features(self) -> list[str]:

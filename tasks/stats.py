@@ -82,11 +82,12 @@ class Profile:
     category_counts: dict
     target: Moments
     validation_rows: int
+    missing_targets: int = 0
 
 
 def partition_profile(part: PreparedPartition, spec: TableSpec, index: int) -> Profile:
     """Summarise one prepared partition: counts, moments, category frequencies."""
-    features, quarantine = part
+    features, quarantine, missing_targets = part
     reasons = backend.to_pandas(quarantine[REASON_COLUMN]).value_counts()
     counts = {}
     for col in spec.categorical:
@@ -103,6 +104,7 @@ def partition_profile(part: PreparedPartition, spec: TableSpec, index: int) -> P
         category_counts=counts,
         target=Moments.of(features, [spec.target]),
         validation_rows=int(backend.to_host_array(features[SPLIT_COLUMN], bool).sum()),
+        missing_targets=missing_targets,
     )
 
 
@@ -128,6 +130,7 @@ def combine_profiles(a: Profile, b: Profile) -> Profile:
         category_counts=counts,
         target=a.target.merge(b.target),
         validation_rows=a.validation_rows + b.validation_rows,
+        missing_targets=a.missing_targets + b.missing_targets,
     )
 
 

@@ -1,0 +1,150 @@
+"""Bad input: one clear error naming the file, column or key, and no output written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from shardflow.pipelines.config import ConfigError, default_config_path, load_config
+from shardflow.pipelines.etl import etl
+from shardflow.tasks.errors import InputError
+
+
+def run_etl(data_dir, runtime, runs, *overrides):
+    config = load_config(default_config_path(), [f"output.runs_dir={runs}", *overrides], base_dir=data_dir)
+    return etl(config, runtime=runtime)
+
+
+def assert_no_output(runs):
+    assert not runs.exists() or [p.name for p in runs.iterdir()] == []
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return tmp_path / "runs"
+
+
+def test_missing_input_path(trips_dir, runtime, runs):
+    with pytest.raises(InputError, match=r"input.path 'nope': no such file or directory.*'input.path'"):
+        run_etl(trips_dir, runtime, runs, "input.path=nope")
+    assert_no_output(runs)
+
+
+def test_truncated_parquet_file_is_named(trips_copy, runtime, runs):
+    victim = trips_copy / "trips" / "part-00003.parquet"
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"part-00003.parquet: not a readable Parquet file.*truncated"):
+        run_etl(trips_copy, runtime, runs)
+    assert_no_output(runs)
+
+
+def test_corrupt_data_pages_are_reported_from_the_worker(trips_copy, runtime, runs):
+    """The footer is intact, so only the worker reading the pages can notice."""
+    victim = trips_copy / "trips" / "part-00005.parquet"
+    data = bytearray(victim.read_bytes())
+    data[4:len(data) // 2] = os.urandom(len(data) // 2 - 4)
+    victim.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"part-00005.parquet: cannot read this parquet file"):
+        run_etl(trips_copy, runtime, runs)
+    assert_no_output(runs)
+
+
+def test_missing_column(trips_dir, runtime, runs):
+    with pytest.raises(InputError, match=r"column 'trip_km' \(config key 'features.numeric'\) is not in the input"):
+        run_etl(trips_dir, runtime, runs, "features.numeric=[trip_km]")
+    assert_no_output(runs)
+
+
+def test_wrong_column_type(trips_dir, runtime, runs):
+    with pytest.raises(InputError, match=r"column 'vendor' \(config key 'features.numeric'\) has type string"
+                                         r".*list it under features.categorical"):
+        run_etl(trips_dir, runtime, runs, "features.numeric=[vendor]", "features.categorical=[payment_type]")
+    assert_no_output(runs)
+
+
+def test_column_type_changes_between_files(trips_copy, runtime, runs):
+    victim = trips_copy / "trips" / "part-00002.parquet"
+    table = pq.read_table(victim)
+    index = table.schema.get_field_index("trip_distance")
+    table = table.set_column(index, "trip_distance", table.column("trip_distance").cast(pa.string()))
+    pq.write_table(table, victim)
+    with pytest.raises(InputError, match=r"part-00002.parquet: column 'trip_distance' has type string"):
+        run_etl(trips_copy, runtime, runs)
+    assert_no_output(runs)
+
+
+def test_empty_dataset(trips_copy, runtime, runs):
+    trips = trips_copy / "trips"
+    schema = pq.read_schema(trips / "part-00000.parquet")
+    for f in trips.iterdir():
+        f.unlink()
+    pq.write_table(schema.empty_table(), trips / "part-00000.parquet")
+    with pytest.raises(InputError, match="the dataset has no rows"):
+        run_etl(trips_copy, runtime, runs)
+    assert_no_output(runs)
+
+
+def test_all_null_target(trips_copy, runtime, runs):
+    for f in (trips_copy / "trips").iterdir():
+        table = pq.read_table(f)
+        index = table.schema.get_field_index("is_delayed")
+        pq.write_table(table.set_column(index, "is_delayed", pa.nulls(len(table), pa.bool_())), f)
+    with pytest.raises(InputError, match=r"target 'is_delayed' is null in every row.*'target.column'"):
+        run_etl(trips_copy, runtime, runs)
+    assert_no_output(runs)
+
+
+def test_join_key_missing_from_dimension_table(trips_dir, runtime, runs):
+    with pytest.raises(InputError, match=r"joins\[0\].right_on: key column 'zone_id' is not in .*zones.parquet"):
+        run_etl(trips_dir, runtime, runs, "joins=[{path: zones.parquet, on: [pickup_zone], right_on: [zone_id]}]",
+                "features.numeric=[trip_distance]", "features.categorical=[vendor]")
+    assert_no_output(runs)
+
+
+def test_duplicate_dimension_keys(trips_copy, runtime, runs):
+    zones = pq.read_table(trips_copy / "zones.parquet")
+    pq.write_table(pa.concat_tables([zones, zones.slice(0, 1)]), trips_copy / "zones.parquet")
+    with pytest.raises(InputError, match=r"zones.parquet: key \['Z0000'\] appears more than once"):
+        run_etl(trips_copy, runtime, runs)
+    assert_no_output(runs)
+
+
+def test_bad_expression(trips_dir, runtime, runs):
+    with pytest.raises(InputError, match=r"features.derived"):
+        run_etl(trips_dir, runtime, runs, "features.derived={bad: fare_amount / vendor}")
+    assert_no_output(runs)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("features.numerc=[a]", r"'features.numerc' is not a known option \(did you mean 'features.numeric'\?\)"),
+    ("target.task=clustering", r"'target.task': 'clustering' is not one of classification, regression"),
+    ("encode.min_frequency=often", r"'encode.min_frequency': expected an integer"),
+    ("split.validation_fraction=1.5", r"'split.validation_fraction': must be in \[0, 1\)"),
+    ("cluster.spec=yarn", r"'cluster.spec': 'yarn' is not one of"),
+])
+def test_config_errors_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(default_config_path(), [override])
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
+    config = tmp_path / "job.yaml"
+    config.write_text(textwrap.dedent("""
+        input: {path: missing/*.parquet}
+        target: {column: y}
+        features: {numeric: [x]}
+    """))
+    proc = subprocess.run([sys.executable, "-m", "shardflow", "etl", "-c", str(config), "--runs-dir",
+                           str(tmp_path / "runs")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("shardflow: error: input.path 'missing/*.parquet': no file matches")
+    assert not (tmp_path / "runs").exists()

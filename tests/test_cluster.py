@@ -1,0 +1,68 @@
+"""Each cluster spec that can run here, against real scheduler and worker processes."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import pytest
+from distributed import LocalCluster
+
+from shardflow.cluster.factory import ClusterError, resolve_spec, start
+from shardflow.cluster.config import ClusterConfig
+from shardflow.cluster.plugins import worker_thread_report
+
+
+def test_local_binds_to_localhost_and_reports_dashboard(caplog):
+    with caplog.at_level(logging.INFO, logger="shardflow.cluster"):
+        rt = start(spec="local", n_workers=1, threads_per_worker=2, memory_limit="1GB",
+                   dashboard_address="127.0.0.1:0")
+    try:
+        assert rt.kind == "local" and rt.backend == "pandas"
+        assert rt.client.scheduler.address.startswith("tcp://127.0.0.1:")
+        workers = rt.client.scheduler_info(n_workers=-1)["workers"]
+        assert all(addr.startswith("tcp://127.0.0.1:") for addr in workers)
+        assert [w["memory_limit"] for w in workers.values()] == [10**9]
+        assert rt.dashboard_link.startswith("http://127.0.0.1:")
+        assert rt.dashboard_link in caplog.text
+        # Dask starts workers with OMP_NUM_THREADS=1; native libraries must get the worker's 2.
+        (report,) = rt.client.run(worker_thread_report).values()
+        assert report["nthreads"] == 2
+        assert report["OMP_NUM_THREADS"] == "2"
+        assert report["torch"] == 2
+        assert set(report["blas"]) <= {2}
+        assert rt.layout()["threads"] == [2]
+    finally:
+        rt.close()
+
+
+def test_existing_scheduler_by_address():
+    """An address spec connects to a cluster shardflow did not start, and fixes its threads."""
+    with LocalCluster(n_workers=1, threads_per_worker=2, host="127.0.0.1", dashboard_address=None,
+                      processes=True) as cluster:
+        rt = start(spec=cluster.scheduler_address)
+        try:
+            assert rt.kind == "address" and rt.backend == "pandas"
+            assert rt.client.submit(sum, [1, 2]).result() == 3
+            (report,) = rt.client.run(worker_thread_report).values()
+            assert report["OMP_NUM_THREADS"] == "2"  # set by NativeThreadsPlugin, not by the nanny
+            assert report["torch"] == 2
+        finally:
+            rt.close()
+        assert cluster.scheduler_info["workers"]  # the remote cluster is left running
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cudf") is not None, reason="cuDF is installed")
+def test_auto_is_local_without_gpu_stack():
+    assert resolve_spec(ClusterConfig(spec="auto")) == "local"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("dask_cuda") is not None, reason="dask-cuda is installed")
+def test_local_cuda_without_gpu_stack_says_what_to_install():
+    with pytest.raises(ClusterError, match=r"pip install \"shardflow\[gpu\]\"|environment.yml"):
+        start(spec="local-cuda")
+
+
+def test_bad_spec_names_the_key():
+    with pytest.raises(ValueError, match="cluster.spec"):
+        start(spec="kubernetes")
