@@ -13,10 +13,26 @@ from shardflow.cluster.config import ClusterConfig
 from shardflow.cluster.plugins import worker_thread_report
 
 
-def test_local_binds_to_localhost_and_reports_dashboard(caplog):
-    with caplog.at_level(logging.INFO, logger="shardflow.cluster"):
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_local_binds_to_localhost_and_reports_dashboard():
+    logger = logging.getLogger("shardflow.cluster")
+    records, level = _Records(), logger.level
+    logger.addHandler(records)
+    logger.setLevel(logging.INFO)
+    try:
         rt = start(spec="local", n_workers=1, threads_per_worker=2, memory_limit="1GB",
                    dashboard_address="127.0.0.1:0")
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
     try:
         assert rt.kind == "local" and rt.backend == "pandas"
         assert rt.client.scheduler.address.startswith("tcp://127.0.0.1:")
@@ -24,7 +40,7 @@ def test_local_binds_to_localhost_and_reports_dashboard(caplog):
         assert all(addr.startswith("tcp://127.0.0.1:") for addr in workers)
         assert [w["memory_limit"] for w in workers.values()] == [10**9]
         assert rt.dashboard_link.startswith("http://127.0.0.1:")
-        assert rt.dashboard_link in caplog.text
+        assert any(rt.dashboard_link in m for m in records.messages)
         # Dask starts workers with OMP_NUM_THREADS=1; native libraries must get the worker's 2.
         (report,) = rt.client.run(worker_thread_report).values()
         assert report["nthreads"] == 2
