@@ -116,8 +116,8 @@ def cmd_etl(args) -> int:
 
 def cmd_run(args) -> int:
     from shardflow.cluster.factory import connect
-    from shardflow.pipelines.etl import etl
-    from shardflow.pipelines.generate import generate, is_generated
+    from shardflow.pipelines.generate import DEFAULT_ROWS_PER_PARTITION, generate, is_generated
+    from shardflow.pipelines.job import run
 
     work = args.work_dir.expanduser().resolve()
     if args.config is None:
@@ -131,8 +131,11 @@ def cmd_run(args) -> int:
     with connect(config.cluster) as runtime:
         if data_dir is not None and not is_generated(data_dir, args.rows, seed=0):
             logger.info("default dataset %s is absent: generating %d rows", data_dir, args.rows)
-            generate(data_dir, args.rows, runtime=runtime, overwrite=True)
-        result = etl(config, runtime=runtime)
+            # At least 8 partitions, so every worker has data to train on.
+            per_partition = min(DEFAULT_ROWS_PER_PARTITION, max(50_000, -(-args.rows // 8)))
+            generate(data_dir, args.rows, runtime=runtime, overwrite=True, rows_per_partition=per_partition)
+        result = run(config, runtime=runtime)
+    print(result.table)
     print(result.run_dir)
     return 0
 

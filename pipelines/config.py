@@ -138,6 +138,76 @@ class OutputConfig:
     zarr_chunk_rows: int | None = None
 
 
+MODEL_FAMILIES = ("xgboost", "xgboost_partitions", "stacked", "mlp", "mlp_partitions")
+
+
+@dataclass
+class XGBoostConfig:
+    """``train.xgboost:`` the global model, trained with allreduce across all workers.
+
+    ``params`` are XGBoost parameters merged over shardflow's defaults (``hist``,
+    ``max_depth`` 8, ``eta`` 0.1, the objective from ``target.task``, ``device`` cuda
+    on GPU clusters). A checkpoint is written every ``checkpoint_every`` rounds; a run
+    that failed resumes from it.
+    """
+
+    num_boost_round: int = 300
+    early_stopping_rounds: int | None = 20
+    checkpoint_every: int = 25
+    categorical: bool = True
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class PartitionModelsConfig:
+    """``train.partitions:`` one model per group of partitions, trained where the data is."""
+
+    partitions_per_model: int = 1
+    xgboost_rounds: int = 100
+    mlp_epochs: int = 3
+
+
+@dataclass
+class MLPConfig:
+    """``train.mlp:`` the tabular MLP, trained data-parallel across workers.
+
+    Every ``sync_every`` local steps (null: once per epoch) the workers' parameters are
+    averaged, weighted by their rows (``sync: parameters``, local SGD); with ``sync:
+    gradients`` every step's gradients are averaged instead (synchronous large-batch
+    SGD: g = mean of the partitions' gradients). ``batch_size`` is per worker (null:
+    the whole shard).
+    """
+
+    hidden: list[int] = field(default_factory=lambda: [128, 64])
+    embedding_dim: int = 16
+    dropout: float = 0.0
+    epochs: int = 6
+    batch_size: int | None = 1024
+    optimizer: str = "adam"
+    lr: float = 3e-3
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"
+    warmup: float = 0.0
+    sync: str = "parameters"
+    sync_every: int | None = 32
+    accumulation_steps: int = 1
+    bf16: bool = False
+    early_stopping_patience: int | None = 2
+    device: str = "auto"
+
+
+@dataclass
+class TrainConfig:
+    """``train:`` which model families to train, and how."""
+
+    models: list[str] = field(default_factory=lambda: list(MODEL_FAMILIES))
+    seed: int = 0
+    xgboost: XGBoostConfig = field(default_factory=XGBoostConfig)
+    partitions: PartitionModelsConfig = field(default_factory=PartitionModelsConfig)
+    mlp: MLPConfig = field(default_factory=MLPConfig)
+
+
 @dataclass
 class Config:
     """A whole job. Build it with :func:`load_config`; ``base_dir`` anchors relative paths."""
@@ -150,6 +220,7 @@ class Config:
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     base_dir: str = field(default=".", metadata={"internal": True})
 
@@ -346,6 +417,30 @@ def validate(config: Config) -> None:
             raise ConfigError(f"config key 'joins[{i}]': path and on are required")
         if join.right_on is not None and len(join.right_on) != len(join.on):
             raise ConfigError(f"config key 'joins[{i}].right_on': needs as many columns as 'on' ({len(join.on)})")
+    t = config.train
+    for model in t.models:
+        if model not in MODEL_FAMILIES:
+            raise ConfigError(f"config key 'train.models': {model!r} is not one of {', '.join(MODEL_FAMILIES)}")
+    if "stacked" in t.models and "xgboost_partitions" not in t.models:
+        raise ConfigError("config key 'train.models': 'stacked' combines the per-partition XGBoost models; "
+                          "add 'xgboost_partitions'")
+    if t.mlp.sync not in ("parameters", "gradients"):
+        raise ConfigError(f"config key 'train.mlp.sync': {t.mlp.sync!r} is not one of parameters, gradients")
+    if t.mlp.optimizer not in ("adam", "sgd"):
+        raise ConfigError(f"config key 'train.mlp.optimizer': {t.mlp.optimizer!r} is not one of adam, sgd")
+    if t.mlp.lr_schedule not in ("constant", "cosine", "step"):
+        raise ConfigError(f"config key 'train.mlp.lr_schedule': {t.mlp.lr_schedule!r} is not one of "
+                          "constant, cosine, step")
+    if t.mlp.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"config key 'train.mlp.device': {t.mlp.device!r} is not one of auto, cpu, cuda")
+    for key, value in (("train.mlp.epochs", t.mlp.epochs), ("train.mlp.accumulation_steps", t.mlp.accumulation_steps),
+                       ("train.xgboost.num_boost_round", t.xgboost.num_boost_round),
+                       ("train.xgboost.checkpoint_every", t.xgboost.checkpoint_every),
+                       ("train.partitions.partitions_per_model", t.partitions.partitions_per_model)):
+        if value < 1:
+            raise ConfigError(f"config key '{key}': must be at least 1, got {value}")
+    if t.mlp.sync_every is not None and t.mlp.sync_every < 1:
+        raise ConfigError(f"config key 'train.mlp.sync_every': must be at least 1 or null, got {t.mlp.sync_every}")
     try:
         config.cluster.validate()
     except ValueError as err:

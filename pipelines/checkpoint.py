@@ -1,0 +1,122 @@
+"""XGBoost training callbacks that make the global model resumable.
+
+They run inside ``xgboost.dask`` on every worker; only rank 0 writes. A checkpoint is
+the model so far (UBJSON) plus a JSON state: rounds done, the evaluation history, the
+early-stopping state and the time per round. Resuming loads both, so a resumed run
+makes the same decisions, and the same trees, as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import xgboost as xgb
+
+MODEL_FILE = "model.ubj"
+STATE_FILE = "state.json"
+
+
+def read_checkpoint(directory, token: str):
+    """``(booster, state)`` of a checkpoint written for the same job ``token``, else ``(None, None)``."""
+    directory = Path(directory)
+    state_path, model_path = directory / STATE_FILE, directory / MODEL_FILE
+    if not state_path.exists() or not model_path.exists():
+        return None, None
+    state = json.loads(state_path.read_text())
+    if state.get("token") != token:
+        return None, None
+    booster = xgb.Booster()
+    booster.load_model(str(model_path))
+    if booster.num_boosted_rounds() != state["rounds"]:
+        return None, None  # model and state from different moments: start over
+    return booster, state
+
+
+class ResumableState(xgb.callback.TrainingCallback):
+    """Early stopping and checkpointing with state that survives a restart.
+
+    Parameters
+    ----------
+    directory : str
+        Checkpoint directory, visible to the rank-0 worker and the client.
+    every : int
+        Write a checkpoint every ``every`` rounds (and when training ends).
+    token : str
+        Identifies the job (data, parameters); a checkpoint of another job is ignored.
+    metric, maximize : str, bool
+        Validation metric that early stopping watches, and its direction.
+    patience : int or None
+        Stop after this many rounds without improvement; None: never stop early.
+    state : dict, optional
+        State read from a checkpoint, to continue from.
+    """
+
+    def __init__(self, directory: str, every: int, token: str, metric: str, maximize: bool,
+                 patience: int | None, state: dict | None = None):
+        super().__init__()
+        self.directory = str(directory)
+        self.every = every
+        self.token = token
+        self.metric = metric
+        self.maximize = maximize
+        self.patience = patience
+        state = state or {}
+        self.history = state.get("history", {})
+        self.best_score = state.get("best_score")
+        self.best_iteration = state.get("best_iteration", 0)
+        self.round_seconds = state.get("round_seconds", [])
+        self.prefix_rounds = state.get("rounds", 0)
+        self._last = None
+
+    def before_training(self, model):
+        self._last = time.perf_counter()
+        return model
+
+    def _improved(self, score: float) -> bool:
+        if self.best_score is None:
+            return True
+        return score > self.best_score if self.maximize else score < self.best_score
+
+    def after_iteration(self, model, epoch: int, evals_log) -> bool:
+        now = time.perf_counter()
+        self.round_seconds.append(now - self._last)
+        self._last = now
+        for data, metrics in evals_log.items():
+            for name, values in metrics.items():
+                series = self.history.setdefault(data, {}).setdefault(name, [])
+                series.append(float(values[-1]))
+        score = float(evals_log["validation"][self.metric][-1])
+        if self._improved(score):
+            self.best_score, self.best_iteration = score, epoch
+        model.set_attr(best_iteration=str(self.best_iteration), best_score=str(self.best_score))
+        stop = self.patience is not None and epoch - self.best_iteration >= self.patience
+        if (epoch + 1) % self.every == 0 or stop:
+            self._write(model, epoch + 1, stop)
+        return stop
+
+    def after_training(self, model):
+        self._write(model, model.num_boosted_rounds(), stopped=None)
+        return model
+
+    def _write(self, model, rounds: int, stopped) -> None:
+        if xgb.collective.get_rank() != 0:
+            return
+        directory = Path(self.directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {"token": self.token, "rounds": rounds, "history": self.history, "best_score": self.best_score,
+                 "best_iteration": self.best_iteration, "round_seconds": self.round_seconds}
+        if stopped is not None:
+            state["stopped"] = bool(stopped)
+        else:
+            state["finished"] = True
+        # Model first, state second: the state never names a model that is not in place.
+        # (The temporary name keeps the .ubj suffix: XGBoost picks the format from it.)
+        tmp_model = directory / f".model-{os.getpid()}.ubj"
+        model.save_model(str(tmp_model))
+        os.replace(tmp_model, directory / MODEL_FILE)
+        tmp_state = directory / f".state-{os.getpid()}.json"
+        tmp_state.write_text(json.dumps(state))
+        os.replace(tmp_state, directory / STATE_FILE)

@@ -1,0 +1,100 @@
+"""Distributed evaluation on the validation split, and the model comparison table.
+
+Each partition scores every model on its own validation rows, on the worker that holds
+them, and returns fixed-size metric sums (:mod:`shardflow.tasks.metrics`); the sums are
+added in a tree on the cluster. No prediction vector is gathered anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from shardflow.pipelines.train import TrainingData, _worker_threads, tree_reduce_futures
+from shardflow.tasks.metrics import combine_metrics, finish_metrics, partial_metrics
+
+MODEL_LABELS = {
+    "xgboost": "global XGBoost (allreduce)",
+    "xgboost_partitions": "per-partition XGBoost ensemble",
+    "stacked": "stacked ensemble",
+    "mlp": "data-parallel MLP",
+    "mlp_partitions": "per-partition MLP ensemble",
+}
+
+
+def _evaluate_partition(shard, payloads, stack_predictions, stack, task):
+    from shardflow.tasks.models import predict_payload, stack_inputs, stack_predict
+
+    threads = _worker_threads()
+    partials = {}
+    for name, payload in payloads.items():
+        if name == "stacked" and stack is not None:
+            # Out-of-fold: even rows scored by the fit on odd rows and vice versa.
+            n = len(shard.y_valid)
+            p = np.zeros(n)
+            if n:
+                design = stack_inputs(list(stack_predictions), task)
+                even = np.arange(n) % 2 == 0
+                p[even] = stack_predict(stack["coef_odd"], design[even], task)
+                p[~even] = stack_predict(stack["coef_even"], design[~even], task)
+        else:
+            p = predict_payload(name, payload, shard.x_valid, threads)
+        partials[name] = partial_metrics(shard.y_valid, p, task)
+    return partials
+
+
+def _per_partition(partials, task):
+    return {name: finish_metrics(part, task) for name, part in partials.items()}
+
+
+def _combine_all(*parts):
+    out = parts[0]
+    for part in parts[1:]:
+        out = {name: combine_metrics(out[name], part[name]) for name in out}
+    return out
+
+
+def evaluate(runtime, data: TrainingData, payloads: dict, stack: dict | None = None) -> dict:
+    """Validation metrics of every model, reduced across partitions.
+
+    Parameters
+    ----------
+    payloads : dict
+        ``{family: payload}`` as loaded by :func:`shardflow.pipelines.artifacts.load_model`.
+    stack : dict, optional
+        The stacker's cross-fitted coefficients and its per-partition member
+        predictions (futures) from :func:`~shardflow.pipelines.train.fit_stacker`.
+
+    Returns
+    -------
+    dict
+        ``{"metrics": {family: {...}}, "partition_metrics": {family: [...]}, "seconds"}``.
+    """
+    client = runtime.client
+    started = time.perf_counter()
+    (payloads_f,) = client.scatter([payloads], broadcast=True)
+    stack_info = None if stack is None else {k: stack[k] for k in ("coef_even", "coef_odd")}
+    partials = []
+    for i, f in enumerate(data.futures):
+        preds = stack["predictions"][i] if stack is not None else None
+        partials.append(client.submit(_evaluate_partition, f, payloads_f, preds, stack_info, data.task,
+                                      key=f"evaluate-partition-{data.token}-{i}", pure=False))
+    per_partition = client.gather([client.submit(_per_partition, p, data.task, pure=False) for p in partials])
+    total = tree_reduce_futures(client, partials, _combine_all, f"evaluate-combine-{data.token}").result()
+    metrics = {name: finish_metrics(total[name], data.task) for name in payloads}
+    partition_metrics = {name: [{"partition": i, **pm[name]} for i, pm in enumerate(per_partition)]
+                         for name in payloads}
+    return {"metrics": metrics, "partition_metrics": partition_metrics, "seconds": time.perf_counter() - started}
+
+
+def comparison_table(metrics: dict, train_seconds: dict, task: str) -> str:
+    """A Markdown table: every model's validation quality and training time."""
+    cols = ["auc", "logloss", "accuracy"] if task == "classification" else ["rmse", "mae", "r2"]
+    lines = ["| model | " + " | ".join(cols) + " | train s |", "|---|" + "---:|" * (len(cols) + 1)]
+    for name, m in metrics.items():
+        values = [f"{m.get(c, math.nan):.4f}" for c in cols]
+        lines.append(f"| {MODEL_LABELS.get(name, name)} | " + " | ".join(values) +
+                     f" | {train_seconds.get(name, math.nan):.1f} |")
+    return "\n".join(lines)

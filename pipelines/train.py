@@ -1,0 +1,518 @@
+"""The training stage: global XGBoost, per-partition models, data-parallel MLP, stacking.
+
+Data placement is explicit and deterministic: partition ``i`` of the ETL's Zarr arrays
+is read by, and stays on, worker ``i mod W`` (workers sorted by address). Every model
+family then computes where the rows already are: ``xgboost.dask`` finds the partitions
+on their workers, per-partition models run as tasks next to their partition, and each
+worker's MLP shard is assembled from the partitions it holds. Only models, parameters,
+gradients and metrics cross the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask
+import numpy as np
+from dask.base import tokenize
+
+from shardflow.cluster.factory import Runtime
+from shardflow.pipelines.config import MLPConfig, PartitionModelsConfig, XGBoostConfig
+from shardflow.pipelines.outputs import ZARR_DIR
+from shardflow.tasks import shards as shard_tasks
+from shardflow.tasks.encode import Preprocessor
+from shardflow.tasks.metrics import metric_direction
+
+logger = logging.getLogger("shardflow.train")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class TrainingData:
+    """The ETL output loaded onto the workers, one :class:`Shard` future per partition."""
+
+    futures: list
+    workers: list  #: worker address holding each partition
+    train_rows: list
+    valid_rows: list
+    preprocessor: Preprocessor
+    token: str
+
+    @property
+    def feature_names(self) -> list:
+        return self.preprocessor.feature_names
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+    @property
+    def task(self) -> str:
+        return self.preprocessor.task
+
+    def feature_types(self, categorical: bool) -> list:
+        n_num = len(self.preprocessor.numeric)
+        return ["q"] * n_num + ["c" if categorical else "q"] * (self.n_features - n_num)
+
+
+def sorted_workers(client) -> list:
+    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    if not workers:
+        raise RuntimeError("the cluster has no workers; start some or check config key 'cluster.spec'")
+    return workers
+
+
+def load_training_data(runtime: Runtime, etl_dir, seed: int = 0) -> TrainingData:
+    """Read each partition's rows on its worker and keep them there (futures).
+
+    Parameters
+    ----------
+    runtime : Runtime
+    etl_dir : path
+        The ETL stage output (``run_dir / "etl"``).
+    seed : int
+        Seeds the per-partition shuffles.
+    """
+    import json
+
+    import zarr
+
+    etl_dir = Path(etl_dir)
+    preprocessor = Preprocessor.from_json((etl_dir / "preprocessor.json").read_text())
+    attrs = zarr.open_group(str(etl_dir / ZARR_DIR), mode="r").attrs
+    offsets, rows = attrs["partition_offsets"], attrs["partition_rows"]
+    client = runtime.client
+    workers = sorted_workers(client)
+    token = tokenize(str(etl_dir.resolve()), json.loads((etl_dir / "summary.json").read_text())["rows"], seed)[:10]
+    placement = [workers[i % len(workers)] for i in range(len(rows))]
+    futures = [
+        client.submit(shard_tasks.read_shard, str(etl_dir / ZARR_DIR), offsets[i], rows[i], seed * 1_000_003 + i,
+                      key=f"train-load-partition-{token}-{i}", workers=[placement[i]], allow_other_workers=False)
+        for i in range(len(rows))
+    ]
+    sizes = client.gather([client.submit(shard_tasks.shard_sizes, f, key=f"train-shard-sizes-{token}-{i}",
+                                         workers=[placement[i]]) for i, f in enumerate(futures)])
+    return TrainingData(futures, placement, [s[0] for s in sizes], [s[1] for s in sizes], preprocessor, token)
+
+
+def _worker_threads() -> int | None:
+    try:
+        from distributed import get_worker
+
+        return get_worker().state.nthreads
+    except ValueError:
+        return None
+
+
+# ----------------------------------------------------------------------------- global XGBoost
+
+
+def xgboost_params(task: str, cfg: XGBoostConfig, backend: str, seed: int) -> dict:
+    """shardflow's XGBoost defaults for ``task``, overridden by ``train.xgboost.params``."""
+    params = {
+        "tree_method": "hist",
+        "max_depth": 8,
+        "eta": 0.1,
+        "max_bin": 256,
+        "seed": seed,
+        "device": "cuda" if backend == "cudf" else "cpu",
+    }
+    if task == "classification":
+        params.update(objective="binary:logistic", eval_metric=["auc", "logloss"])
+    else:
+        params.update(objective="reg:squarederror", eval_metric=["rmse"])
+    params.update(cfg.params)
+    return params
+
+
+def _stopping_metric(params: dict) -> str:
+    metrics = params["eval_metric"]
+    return metrics[-1] if isinstance(metrics, (list, tuple)) else metrics
+
+
+def _dask_arrays(data: TrainingData, split: str):
+    import dask.array as da
+
+    x_parts, y_parts = [], []
+    rows = data.train_rows if split == "train" else data.valid_rows
+    for f, n in zip(data.futures, rows):
+        if n == 0:
+            continue  # empty partitions would give workers nothing to contribute
+        x_parts.append(da.from_delayed(dask.delayed(shard_tasks.shard_field)(f, f"x_{split}"),
+                                       shape=(n, data.n_features), dtype=np.float32))
+        y_parts.append(da.from_delayed(dask.delayed(shard_tasks.shard_field)(f, f"y_{split}"),
+                                       shape=(n,), dtype=np.float32))
+    return da.concatenate(x_parts), da.concatenate(y_parts)
+
+
+def train_global_xgboost(runtime: Runtime, data: TrainingData, cfg: XGBoostConfig, checkpoint_dir,
+                         seed: int = 0, callbacks=()) -> dict:
+    """One exact XGBoost model over all partitions with ``xgboost.dask`` (allreduce).
+
+    Early stopping watches the validation split; every ``cfg.checkpoint_every`` rounds
+    the model and its state are checkpointed in ``checkpoint_dir``, and a call that
+    finds a checkpoint of the same job continues from it.
+
+    Returns
+    -------
+    dict
+        ``model`` (UBJSON bytes, truncated to the best iteration), ``history``
+        (per-round validation metrics), ``best_iteration``, ``rounds``,
+        ``round_seconds``, ``seconds``, ``resumed_from``.
+    """
+    import xgboost as xgb
+    import xgboost.dask  # noqa: F401 - registers xgb.dask
+
+    from shardflow.pipelines.checkpoint import ResumableState, read_checkpoint
+
+    started = time.perf_counter()
+    client = runtime.client
+    params = xgboost_params(data.task, cfg, runtime.backend, seed)
+    metric = _stopping_metric(params)
+    token = tokenize(data.token, params, cfg.num_boost_round, cfg.early_stopping_rounds, cfg.categorical)[:16]
+    booster, state = read_checkpoint(checkpoint_dir, token)
+    resumed_from = state["rounds"] if state else 0
+    done = bool(state and (state.get("stopped") or state.get("finished")))
+    remaining = 0 if done else cfg.num_boost_round - resumed_from
+    if resumed_from:
+        logger.info("xgboost: resuming from the checkpoint at round %d", resumed_from)
+    if remaining > 0:
+        x_train, y_train = _dask_arrays(data, "train")
+        x_valid, y_valid = _dask_arrays(data, "valid")
+        types = data.feature_types(cfg.categorical)
+        dtrain = xgb.dask.DaskQuantileDMatrix(client, x_train, y_train, feature_names=data.feature_names,
+                                              feature_types=types, enable_categorical=cfg.categorical)
+        dvalid = xgb.dask.DaskQuantileDMatrix(client, x_valid, y_valid, feature_names=data.feature_names,
+                                              feature_types=types, enable_categorical=cfg.categorical, ref=dtrain)
+        tracker = ResumableState(str(checkpoint_dir), cfg.checkpoint_every, token, metric,
+                                 metric_direction(metric) == "max", cfg.early_stopping_rounds, state)
+        out = xgb.dask.train(client, params, dtrain, num_boost_round=remaining, evals=[(dvalid, "validation")],
+                             xgb_model=booster, callbacks=[tracker, *callbacks], verbose_eval=False)
+        booster = out["booster"]
+        booster, state = read_checkpoint(checkpoint_dir, token)
+    best = int(state["best_iteration"])
+    final = booster[: best + 1] if cfg.early_stopping_rounds is not None else booster
+    seconds = time.perf_counter() - started
+    logger.info("xgboost: %d rounds, best %d (%s %.5f), %.1fs", state["rounds"], best, metric,
+                state["best_score"], seconds)
+    return {"model": bytes(final.save_raw("ubj")), "history": state["history"], "best_iteration": best,
+            "rounds": state["rounds"], "round_seconds": state["round_seconds"], "seconds": seconds,
+            "resumed_from": resumed_from, "params": params}
+
+
+# ----------------------------------------------------------------------------- per-partition models
+
+
+def _train_group_xgboost(*shards, params, rounds, feature_names, feature_types, task):
+    from shardflow.tasks.models import train_xgboost_local
+
+    s = shard_tasks.merge_shards(*shards)
+    return train_xgboost_local(s.x_train, s.y_train, s.x_valid, s.y_valid, params, rounds, feature_names,
+                               feature_types, task, nthread=_worker_threads())
+
+
+def _train_group_mlp(*shards, spec, optim, epochs, seed, schedule):
+    import torch
+
+    from shardflow.tasks.metrics import finish_metrics, partial_metrics
+    from shardflow.tasks.neural import predict, train_local
+
+    threads = _worker_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    s = shard_tasks.merge_shards(*shards)
+    out = train_local(s.x_train, s.y_train, s.x_valid, s.y_valid, spec, optim, epochs, seed, schedule)
+    out["validation"] = finish_metrics(partial_metrics(s.y_valid, predict(out["params"], spec, s.x_valid), spec.task),
+                                       spec.task) if len(s.y_valid) else {"rows": 0}
+    return out
+
+
+def partition_groups(n_partitions: int, per_model: int) -> list:
+    return [list(range(i, min(i + per_model, n_partitions))) for i in range(0, n_partitions, per_model)]
+
+
+def train_partition_models(runtime: Runtime, data: TrainingData, cfg: PartitionModelsConfig, families,
+                           xgb_params: dict, mlp_spec=None, mlp_optim=None, mlp_schedule: str = "constant",
+                           categorical: bool = True, seed: int = 0) -> dict:
+    """Train one model per group of partitions, in parallel, with no communication.
+
+    Each task runs on the worker that holds its partition (its only input). Groups
+    whose training rows are all gone (an empty partition) get no model.
+    """
+    client = runtime.client
+    groups = [g for g in partition_groups(len(data.futures), cfg.partitions_per_model)
+              if sum(data.train_rows[i] for i in g) > 0]
+    out = {}
+    pending = {}
+    for family in families:
+        for gi, group in enumerate(groups):
+            args = [data.futures[i] for i in group]
+            if family == "xgboost_partitions":
+                fut = client.submit(_train_group_xgboost, *args, params=xgb_params, rounds=cfg.xgboost_rounds,
+                                    feature_names=data.feature_names, feature_types=data.feature_types(categorical),
+                                    task=data.task, key=f"train-xgboost-partition-{data.token}-{gi}", pure=False)
+            else:
+                fut = client.submit(_train_group_mlp, *args, spec=mlp_spec, optim=mlp_optim, epochs=cfg.mlp_epochs,
+                                    seed=seed * 7919 + gi, schedule=mlp_schedule,
+                                    key=f"train-mlp-partition-{data.token}-{gi}", pure=False)
+            pending[(family, gi)] = fut
+    started = time.perf_counter()
+    results = dict(zip(pending, client.gather(list(pending.values()))))
+    wall = time.perf_counter() - started
+    for family in families:
+        members = [results[(family, gi)] for gi in range(len(groups))]
+        out[family] = {
+            "groups": groups,
+            "weights": [m["rows"] for m in members],
+            "members": members,
+            "seconds": wall if len(families) == 1 else sum(m["seconds"] for m in members) / max(
+                1, len(set(data.workers))),
+            "partition_metrics": [{"partitions": g, "rows": m["rows"], **m["validation"]} for g, m in
+                                  zip(groups, members)],
+        }
+    return out
+
+
+# ----------------------------------------------------------------------------- data-parallel MLP
+
+
+def mlp_spec_for(preprocessor: Preprocessor, cfg: MLPConfig):
+    from shardflow.tasks.neural import MLPSpec
+
+    return MLPSpec(n_numeric=len(preprocessor.numeric),
+                   cardinalities=tuple(preprocessor.cardinalities[c] for c in preprocessor.categorical),
+                   task=preprocessor.task, hidden=tuple(cfg.hidden), embedding_dim=cfg.embedding_dim,
+                   dropout=cfg.dropout)
+
+
+def mlp_optim_for(cfg: MLPConfig, backend: str):
+    from shardflow.tasks.neural import OptimConfig
+
+    device = cfg.device if cfg.device != "auto" else ("cuda" if backend == "cudf" else "cpu")
+    return OptimConfig(optimizer=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                       batch_size=cfg.batch_size, accumulation_steps=cfg.accumulation_steps, bf16=cfg.bf16,
+                       device=device)
+
+
+def _worker_round(shard, params, previous, spec, optim, epoch, first_step, steps, lr):
+    import torch
+
+    from shardflow.tasks.neural import local_steps
+
+    threads = _worker_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    state = previous["optimizer_state"] if previous else None
+    return local_steps(shard, params, spec, optim, epoch=epoch, first_step=first_step, steps=steps, lr=lr,
+                       optimizer_state=state)
+
+
+def _worker_gradient(shard, params, spec, optim, epoch, step):
+    import torch
+
+    from shardflow.tasks.neural import shard_gradient
+
+    threads = _worker_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    return shard_gradient(shard, params, spec, optim, epoch=epoch, step=step)
+
+
+def _apply(params, reduced, previous, spec, optim, lr):
+    from shardflow.tasks.neural import apply_gradient, weighted_mean
+
+    gradient = weighted_mean(reduced, {k: v for k, v in params.items()})
+    state = previous["optimizer_state"] if previous else None
+    out = apply_gradient(params, gradient, spec, optim, lr, state)
+    out["loss_sum"] = reduced["loss_sum"]
+    out["weight"] = reduced["weight"]
+    return out
+
+
+def _take(result, key):
+    return result[key]
+
+
+def tree_reduce_futures(client, futures, combine, name: str, split_every: int = 4):
+    """Reduce futures on the cluster in a tree; returns one future (nothing comes to the client)."""
+    level = 0
+    while len(futures) > 1:
+        futures = [client.submit(combine, *futures[i:i + split_every], key=f"{name}-L{level}-{i // split_every}",
+                                 pure=False)
+                   for i in range(0, len(futures), split_every)]
+        level += 1
+    return futures[0]
+
+
+def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig, seed: int = 0) -> dict:
+    """Train the MLP across workers, each on the rows it holds, averaging every round.
+
+    ``sync: parameters``: each worker takes ``sync_every`` local steps from the current
+    parameters; the new parameters are the row-weighted mean of the workers' (a tree
+    reduction on the cluster). ``sync: gradients``: each step, the workers' gradient
+    sums are reduced to the mean gradient of all their rows and one optimizer step is
+    applied. Validation loss is computed after each epoch; the best parameters are kept
+    and training stops after ``early_stopping_patience`` epochs without improvement.
+    """
+    from shardflow.tasks.neural import combine_weighted, init_params, loss_on, lr_at, weighted_mean, weighted_sum
+
+    started = time.perf_counter()
+    client = runtime.client
+    spec = mlp_spec_for(data.preprocessor, cfg)
+    optim = mlp_optim_for(cfg, runtime.backend)
+    token = f"{data.token}-{tokenize(cfg, seed)[:8]}"
+    workers = sorted(set(data.workers))
+    shards, rows = {}, {}
+    for wi, w in enumerate(workers):
+        held = [f for f, pw in zip(data.futures, data.workers) if pw == w]
+        rows[w] = sum(n for n, pw in zip(data.train_rows, data.workers) if pw == w)
+        shards[w] = client.submit(shard_tasks.merge_shards, *held, seed=seed * 101 + wi,
+                                  key=f"train-mlp-shard-{token}-{wi}", workers=[w], allow_other_workers=False)
+    workers = [w for w in workers if rows[w] > 0]
+    rows_per_step = (cfg.batch_size or max(rows.values())) * cfg.accumulation_steps
+    steps_per_epoch = max(1, math.ceil(max(rows[w] for w in workers) / rows_per_step))
+    sync_every = steps_per_epoch if cfg.sync_every is None else min(cfg.sync_every, steps_per_epoch)
+    if cfg.sync == "gradients":
+        sync_every = 1
+    total_steps = cfg.epochs * steps_per_epoch
+    params = init_params(spec, seed)
+    (params_f,) = client.scatter([params])
+    previous = {w: None for w in workers}
+    apply_state = None
+    history = {"train_loss": [], "validation_loss": [], "lr": [], "seconds": []}
+    best = (math.inf, params_f, -1)
+    bad_epochs = 0
+    rounds = 0
+    for epoch in range(cfg.epochs):
+        losses = []
+        step = 0
+        while step < steps_per_epoch:
+            n = min(sync_every, steps_per_epoch - step)
+            lr = lr_at(cfg.lr_schedule, cfg.lr, (epoch * steps_per_epoch + step) / total_steps, cfg.warmup)
+            name = f"train-mlp-{token}-e{epoch}-s{step}"
+            if cfg.sync == "parameters":
+                results = {w: client.submit(_worker_round, shards[w], params_f, previous[w], spec, optim, epoch, step,
+                                            n, lr, key=f"{name}-local-{wi}", workers=[w], allow_other_workers=False)
+                           for wi, w in enumerate(workers)}
+                leaves = [client.submit(weighted_sum, results[w], key=f"{name}-weigh-{wi}", workers=[w])
+                          for wi, w in enumerate(workers)]
+                reduced = tree_reduce_futures(client, leaves, combine_weighted, f"{name}-average")
+                params_f = client.submit(weighted_mean, reduced, params_f, key=f"{name}-mean")
+                previous = results
+            else:
+                grads = [client.submit(_worker_gradient, shards[w], params_f, spec, optim, epoch, step,
+                                       key=f"{name}-gradient-{wi}", workers=[w], allow_other_workers=False)
+                         for wi, w in enumerate(workers)]
+                reduced = tree_reduce_futures(client, grads, combine_weighted, f"{name}-average")
+                apply_state = client.submit(_apply, params_f, reduced, apply_state, spec, optim, lr,
+                                            key=f"{name}-apply")
+                params_f = client.submit(_take, apply_state, "params", key=f"{name}-params")
+            losses.append(client.submit(_take, reduced, "loss_sum", key=f"{name}-loss"))
+            step += n
+            rounds += 1
+        valid = client.gather([client.submit(loss_on, shards[w], params_f, spec, optim.device,
+                                             key=f"train-mlp-{token}-e{epoch}-valid-{wi}", workers=[w])
+                               for wi, w in enumerate(workers)])
+        seen = epoch_rows(rows, workers, steps_per_epoch, cfg)
+        train_loss = sum(client.gather(losses)) / max(1, seen)
+        valid_rows = sum(v["rows"] for v in valid)
+        valid_loss = sum(v["loss_sum"] for v in valid) / valid_rows if valid_rows else float("nan")
+        history["train_loss"].append(train_loss)
+        history["validation_loss"].append(valid_loss)
+        history["lr"].append(lr)
+        history["seconds"].append(time.perf_counter() - started)
+        logger.info("mlp epoch %d/%d: train loss %.5f, validation loss %.5f", epoch + 1, cfg.epochs, train_loss,
+                    valid_loss)
+        if valid_loss < best[0] or not valid_rows:
+            best, bad_epochs = (valid_loss, params_f, epoch), 0
+        else:
+            bad_epochs += 1
+            if cfg.early_stopping_patience is not None and bad_epochs >= cfg.early_stopping_patience:
+                logger.info("mlp: early stop after epoch %d (best %d)", epoch + 1, best[2] + 1)
+                break
+    final = client.gather(best[1])
+    return {"params": final, "spec": spec, "history": history, "best_epoch": best[2], "rounds": rounds,
+            "steps_per_epoch": steps_per_epoch, "sync_every": sync_every,
+            "seconds": time.perf_counter() - started, "workers": len(workers),
+            "samples": epoch_rows(rows, workers, steps_per_epoch, cfg) * len(history["train_loss"])}
+
+
+def epoch_rows(rows: dict, workers, steps_per_epoch: int, cfg: MLPConfig) -> int:
+    """Rows processed in one epoch over all workers (each takes ``steps_per_epoch`` steps)."""
+    return sum(steps_per_epoch * cfg.accumulation_steps * (min(cfg.batch_size, rows[w]) if cfg.batch_size else rows[w])
+               for w in workers)
+
+
+# ----------------------------------------------------------------------------- stacking
+
+
+def _member_predictions(shard, models, task):
+    """Each per-partition model's predictions on this partition's validation rows (K × n)."""
+    from shardflow.tasks.models import xgboost_predict
+
+    threads = _worker_threads()
+    return np.vstack([xgboost_predict(m, shard.x_valid, threads) for m in models]) if len(shard.y_valid) \
+        else np.zeros((len(models), 0))
+
+
+def _fold_masks(n: int) -> tuple:
+    even = np.arange(n) % 2 == 0
+    return even, ~even
+
+
+def _stack_terms(predictions, shard, thetas, task):
+    from shardflow.tasks.models import stack_inputs, stack_terms
+
+    if predictions.shape[1] == 0:
+        k = len(thetas[0])
+        zero = {"grad": np.zeros(k), "hess": np.zeros((k, k)), "n": 0.0}
+        return [zero, zero, zero]
+    design = stack_inputs(list(predictions), task)
+    y = shard.y_valid
+    a, b = _fold_masks(len(y))
+    return [stack_terms(design[a], y[a], thetas[0], task), stack_terms(design[b], y[b], thetas[1], task),
+            stack_terms(design, y, thetas[2], task)]
+
+
+def _add_terms(*parts):
+    return [{k: sum(p[j][k] for p in parts) for k in parts[0][j]} for j in range(len(parts[0]))]
+
+
+def fit_stacker(runtime: Runtime, data: TrainingData, member_models: list, max_iter: int = 50,
+                ridge: float = 1e-4) -> dict:
+    """Fit the stacked combiner on the validation split, by Newton's method on reductions.
+
+    Inputs are the per-partition models' predictions (logits for classification).
+    Three fits share each pass: on the even and the odd validation rows of every
+    partition (cross-fitting: each half is scored by the fit on the other half, so
+    the reported quality is out-of-sample), and on all validation rows (the model
+    saved for inference).
+    """
+    client = runtime.client
+    started = time.perf_counter()
+    (models_f,) = client.scatter([member_models], broadcast=True)
+    preds = [client.submit(_member_predictions, f, models_f, data.task, key=f"train-stack-predict-{data.token}-{i}")
+             for i, f in enumerate(data.futures)]
+    k = len(member_models) + 1
+    thetas = [np.zeros(k) for _ in range(3)]
+    for _ in range(max_iter):
+        terms = [client.submit(_stack_terms, p, f, thetas, data.task, pure=False) for p, f in zip(preds, data.futures)]
+        total = tree_reduce_futures(client, terms, _add_terms, f"train-stack-newton-{data.token}-{_}").result()
+        steps = []
+        for j in range(3):
+            n = max(total[j]["n"], 1.0)
+            hess = total[j]["hess"] + ridge * n * np.eye(k)
+            grad = total[j]["grad"] + ridge * n * thetas[j]
+            delta = np.linalg.solve(hess, grad)
+            thetas[j] = thetas[j] - delta
+            steps.append(np.abs(delta).max())
+        if max(steps) < 1e-10:
+            break
+    return {"coef_even": thetas[0].tolist(), "coef_odd": thetas[1].tolist(), "coef": thetas[2].tolist(),
+            "seconds": time.perf_counter() - started, "predictions": preds}

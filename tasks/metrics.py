@@ -1,0 +1,70 @@
+"""Evaluation metrics as associative per-partition partial sums.
+
+No partition's predictions leave its worker: each partition contributes a fixed-size
+summary (sums, and for AUC a histogram of scores per class), summaries are added in a
+tree, and the metrics are finished on the client from the total.
+
+AUC comes from ``AUC_BINS`` equal-width score bins with ties inside a bin counted as
+half, the trapezoid rule of the ROC curve through the bin edges; it differs from the
+exact (sorted) AUC only by pairs whose scores fall within ``1 / AUC_BINS`` of each other.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+AUC_BINS = 1 << 16
+_EPS = 1e-15
+
+
+def partial_metrics(y: np.ndarray, prediction: np.ndarray, task: str) -> dict:
+    """Sufficient statistics of one partition's validation rows for :func:`finish_metrics`."""
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(prediction, dtype=np.float64)
+    out = {"n": float(len(y)), "sum_y": float(y.sum()), "sum_y2": float((y * y).sum())}
+    if task == "classification":
+        q = np.clip(p, _EPS, 1 - _EPS)
+        out["logloss_sum"] = float(-(y * np.log(q) + (1 - y) * np.log(1 - q)).sum())
+        out["correct"] = float(((p >= 0.5) == (y >= 0.5)).sum())
+        bins = np.minimum((np.clip(p, 0.0, 1.0) * AUC_BINS).astype(np.int64), AUC_BINS - 1)
+        out["pos_hist"] = np.bincount(bins[y >= 0.5], minlength=AUC_BINS).astype(np.int64)
+        out["neg_hist"] = np.bincount(bins[y < 0.5], minlength=AUC_BINS).astype(np.int64)
+    else:
+        err = p - y
+        out["sse"] = float((err * err).sum())
+        out["sae"] = float(np.abs(err).sum())
+    return out
+
+
+def combine_metrics(a: dict, b: dict) -> dict:
+    return {k: a[k] + b[k] for k in a}
+
+
+def finish_metrics(total: dict, task: str) -> dict:
+    """Metrics from summed partial statistics."""
+    n = total["n"]
+    if n == 0:
+        return {"rows": 0}
+    if task == "classification":
+        pos, neg = total["pos_hist"], total["neg_hist"]
+        n_pos, n_neg = pos.sum(), neg.sum()
+        if n_pos and n_neg:
+            # Pairs (positive above negative) + half the pairs sharing a bin.
+            neg_below = np.cumsum(neg) - neg
+            auc = float((pos * neg_below).sum() + 0.5 * (pos * neg).sum()) / float(n_pos * n_neg)
+        else:
+            auc = float("nan")
+        return {"rows": int(n), "auc": auc, "logloss": total["logloss_sum"] / n, "accuracy": total["correct"] / n,
+                "positive_rate": total["sum_y"] / n}
+    mean = total["sum_y"] / n
+    sst = total["sum_y2"] - n * mean * mean
+    return {"rows": int(n), "rmse": float(np.sqrt(total["sse"] / n)), "mae": total["sae"] / n,
+            "r2": float(1.0 - total["sse"] / sst) if sst > 0 else float("nan")}
+
+
+def metric_direction(name: str) -> str:
+    return "max" if name in ("auc", "accuracy", "r2") else "min"
+
+
+def primary_metric(task: str) -> str:
+    return "auc" if task == "classification" else "rmse"

@@ -1,0 +1,124 @@
+"""Per-partition model training and prediction: pure functions of one partition's arrays.
+
+Models cross process boundaries as bytes in XGBoost's own UBJSON format (never as
+pickled boosters), and neural models as arrays of weights.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from shardflow.tasks.metrics import finish_metrics, partial_metrics
+
+
+def load_booster(model: bytes | bytearray, nthread: int | None = None):
+    import xgboost as xgb
+
+    booster = xgb.Booster()
+    booster.load_model(bytearray(model))
+    if nthread:
+        booster.set_param({"nthread": nthread})
+    return booster
+
+
+def xgboost_predict(model: bytes | bytearray, x: np.ndarray, nthread: int | None = None) -> np.ndarray:
+    """Probabilities (binary:logistic) or values (regression) for rows ``x``."""
+    if len(x) == 0:
+        return np.zeros(0, np.float64)
+    booster = load_booster(model, nthread)
+    return booster.inplace_predict(np.ascontiguousarray(x, dtype=np.float32)).astype(np.float64)
+
+
+def train_xgboost_local(x_train, y_train, x_valid, y_valid, params: dict, rounds: int, feature_names,
+                        feature_types, task: str, nthread: int | None = None) -> dict:
+    """Train one XGBoost model on one partition's rows, with no communication.
+
+    Returns the model as UBJSON bytes, its training rows and time, and its metrics on
+    the partition's own validation rows (so skew between partitions shows).
+    """
+    import xgboost as xgb
+
+    started = time.perf_counter()
+    params = dict(params)
+    if nthread:
+        params["nthread"] = nthread
+    dtrain = xgb.QuantileDMatrix(x_train, y_train, feature_names=list(feature_names),
+                                 feature_types=list(feature_types), enable_categorical=True)
+    booster = xgb.train(params, dtrain, num_boost_round=rounds, verbose_eval=False)
+    model = bytes(booster.save_raw("ubj"))
+    seconds = time.perf_counter() - started
+    own = finish_metrics(partial_metrics(y_valid, xgboost_predict(model, x_valid, nthread), task), task) \
+        if len(y_valid) else {"rows": 0}
+    return {"model": model, "rows": int(len(y_train)), "seconds": seconds, "validation": own,
+            "target_mean": float(np.mean(y_train)) if len(y_train) else float("nan")}
+
+
+def weighted_average(predictions: list, weights) -> np.ndarray:
+    """Row-weighted average of several models' predictions: ``Σ w_k p_k / Σ w_k``."""
+    weights = np.asarray(weights, dtype=np.float64)
+    stacked = np.vstack([np.asarray(p, dtype=np.float64) for p in predictions])
+    return weights @ stacked / weights.sum()
+
+
+def stack_inputs(predictions: list, task: str) -> np.ndarray:
+    """The stacked combiner's design matrix: an intercept and each model's logit (or value)."""
+    cols = [np.ones(len(predictions[0]))]
+    for p in predictions:
+        p = np.asarray(p, dtype=np.float64)
+        if task == "classification":
+            q = np.clip(p, 1e-6, 1 - 1e-6)
+            p = np.log(q / (1 - q))
+        cols.append(p)
+    return np.column_stack(cols)
+
+
+def stack_predict(weights, design: np.ndarray, task: str) -> np.ndarray:
+    z = design @ np.asarray(weights, dtype=np.float64)
+    return 1.0 / (1.0 + np.exp(-z)) if task == "classification" else z
+
+
+def stack_terms(design: np.ndarray, y: np.ndarray, weights, task: str) -> dict:
+    """Gradient and Hessian of the (ridge-free) loss at ``weights``: one Newton step's sums.
+
+    Logistic regression for classification, least squares for regression; both are
+    sums over rows, so partitions contribute independently.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    if task == "classification":
+        p = stack_predict(weights, design, task)
+        r = p - y
+        s = p * (1 - p)
+    else:
+        r = design @ np.asarray(weights, dtype=np.float64) - y
+        s = np.ones(len(y))
+    return {"grad": design.T @ r, "hess": (design * s[:, None]).T @ design, "n": float(len(y))}
+
+
+def predict_payload(name: str, payload: dict, x: np.ndarray, nthread: int | None = None) -> np.ndarray:
+    """Predictions of one saved model family for rows ``x`` (probabilities or values).
+
+    ``payload`` is what :mod:`shardflow.pipelines.artifacts` loads: ``{"model"}`` for
+    ``xgboost``; ``{"models", "weights"}`` for ``xgboost_partitions``; that plus
+    ``{"coef"}`` for ``stacked``; ``{"params", "spec"}`` for ``mlp``; ``{"params" (a
+    list), "weights", "spec"}`` for ``mlp_partitions``.
+    """
+    task = payload["task"]
+    if name == "xgboost":
+        return xgboost_predict(payload["model"], x, nthread)
+    if name in ("xgboost_partitions", "stacked"):
+        members = [xgboost_predict(m, x, nthread) for m in payload["models"]]
+        if name == "stacked":
+            return stack_predict(payload["coef"], stack_inputs(members, task), task) if len(x) else np.zeros(0)
+        return weighted_average(members, payload["weights"]) if len(x) else np.zeros(0)
+    from shardflow.tasks.neural import MLPSpec, predict
+
+    spec = payload["spec"] if isinstance(payload["spec"], MLPSpec) else MLPSpec.from_dict(payload["spec"])
+    if name == "mlp":
+        return predict(payload["params"], spec, x)
+    if name == "mlp_partitions":
+        if not len(x):
+            return np.zeros(0)
+        return weighted_average([predict(p, spec, x) for p in payload["params"]], payload["weights"])
+    raise ValueError(f"unknown model {name!r}")

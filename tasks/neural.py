@@ -1,0 +1,297 @@
+"""A tabular MLP and the pure functions data-parallel training is built from.
+
+Parameters travel as ``dict[str, numpy.ndarray]`` (``state_dict`` order), never as
+pickled modules: what crosses the network each round is exactly the model's weights
+(or gradients), and what is saved is loadable with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from shardflow.tasks.shards import Shard
+
+Params = dict  # name -> numpy array
+
+
+@dataclass(frozen=True)
+class MLPSpec:
+    """Architecture of :class:`TabularMLP`; stored with the weights."""
+
+    n_numeric: int
+    cardinalities: tuple
+    task: str
+    hidden: tuple = (128, 64)
+    embedding_dim: int = 16
+    dropout: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "MLPSpec":
+        return cls(**{**data, "cardinalities": tuple(data["cardinalities"]), "hidden": tuple(data["hidden"])})
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """How one worker takes steps: optimizer, batch size, precision, accumulation."""
+
+    optimizer: str = "adam"
+    lr: float = 3e-3
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int | None = 2048  #: rows per micro-batch per worker; None: the whole shard
+    accumulation_steps: int = 1
+    bf16: bool = False
+    device: str = "cpu"
+
+
+class TabularMLP(nn.Module):
+    """MLP over standardised numerics and embedded categorical codes.
+
+    Input rows are the ETL's ``X``: numeric features first, then categorical codes
+    (stored as float32, used as embedding indices; codes beyond the vocabulary, as
+    can only appear from corrupt input, map to the "other" code 1).
+    """
+
+    def __init__(self, spec: MLPSpec):
+        super().__init__()
+        self.n_numeric = spec.n_numeric
+        self.cardinalities = list(spec.cardinalities)
+        dims = [min(spec.embedding_dim, max(2, (c + 1) // 2)) for c in self.cardinalities]
+        self.embeddings = nn.ModuleList(nn.Embedding(c, d) for c, d in zip(self.cardinalities, dims))
+        width = spec.n_numeric + sum(dims)
+        layers: list[nn.Module] = []
+        for h in spec.hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            if spec.dropout:
+                layers.append(nn.Dropout(spec.dropout))
+            width = h
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [x[:, : self.n_numeric]]
+        for i, (embedding, card) in enumerate(zip(self.embeddings, self.cardinalities)):
+            codes = x[:, self.n_numeric + i].long()
+            codes = torch.where((codes >= 0) & (codes < card), codes, torch.ones_like(codes))
+            parts.append(embedding(codes))
+        return self.net(torch.cat(parts, dim=1)).squeeze(1)
+
+
+def build(spec: MLPSpec, seed: int) -> TabularMLP:
+    torch.manual_seed(seed)
+    return TabularMLP(spec)
+
+
+def get_params(model: nn.Module) -> Params:
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def set_params(model: nn.Module, params: Params) -> None:
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in params.items()})
+
+
+def init_params(spec: MLPSpec, seed: int) -> Params:
+    return get_params(build(spec, seed))
+
+
+def _loss_fn(task: str):
+    return nn.BCEWithLogitsLoss(reduction="sum") if task == "classification" else nn.MSELoss(reduction="sum")
+
+
+def _model(spec: MLPSpec, params: Params, device: str) -> TabularMLP:
+    model = TabularMLP(spec)
+    set_params(model, params)
+    return model.to(device)
+
+
+def _optimizer(model, cfg: OptimConfig, lr: float):
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"train.mlp.optimizer: {cfg.optimizer!r} is not one of sgd, adam")
+
+
+def _optimizer_state(opt) -> dict:
+    """The optimizer's state as plain arrays (momenta, Adam moments, step counts)."""
+    state = opt.state_dict()
+    return {
+        "state": {k: {n: (t.detach().cpu().numpy().copy() if torch.is_tensor(t) else t) for n, t in v.items()}
+                  for k, v in state["state"].items()},
+        "param_groups": state["param_groups"],
+    }
+
+
+def _load_optimizer_state(opt, state: dict | None, lr: float) -> None:
+    if state:
+        opt.load_state_dict({
+            "state": {k: {n: (torch.as_tensor(t) if isinstance(t, np.ndarray) else t) for n, t in v.items()}
+                      for k, v in state["state"].items()},
+            "param_groups": state["param_groups"],
+        })
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+def _forward_loss(model, x, y, task, bf16: bool, device: str):
+    with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+        out = model(x)
+    return _loss_fn(task)(out.float(), y)
+
+
+def local_steps(shard: Shard, params: Params, spec: MLPSpec, cfg: OptimConfig, *, epoch: int,
+                first_step: int, steps: int, lr: float, optimizer_state: dict | None = None) -> dict:
+    """Take ``steps`` optimizer steps on this worker's shard from ``params`` (local SGD).
+
+    Each step averages the loss over ``accumulation_steps`` micro-batches of
+    ``batch_size`` rows. Returns the new parameters, the optimizer state (it stays on
+    the worker), the rows this worker weighs in the average with, and the loss sum.
+    """
+    device = cfg.device
+    model = _model(spec, params, device).train()
+    opt = _optimizer(model, cfg, lr)
+    _load_optimizer_state(opt, optimizer_state, lr)
+    loss_sum, seen = 0.0, 0
+    for step in range(first_step, first_step + steps):
+        opt.zero_grad(set_to_none=True)
+        batch_rows = 0
+        batches = [shard.batch(epoch, step * cfg.accumulation_steps + a, cfg.batch_size)
+                   for a in range(cfg.accumulation_steps)]
+        total = sum(len(b) for b in batches)
+        for idx in batches:
+            x = torch.from_numpy(shard.x_train[idx]).to(device)
+            y = torch.from_numpy(shard.y_train[idx]).to(device)
+            loss = _forward_loss(model, x, y, spec.task, cfg.bf16, device)
+            (loss / total).backward()
+            loss_sum += float(loss.detach())
+            batch_rows += len(idx)
+        opt.step()
+        seen += batch_rows
+    return {"params": get_params(model), "optimizer_state": _optimizer_state(opt),
+            "weight": shard.rows, "loss_sum": loss_sum, "rows_seen": seen}
+
+
+def shard_gradient(shard: Shard, params: Params, spec: MLPSpec, cfg: OptimConfig, *, epoch: int,
+                   step: int) -> dict:
+    """Sum of the loss gradient over this worker's micro-batches for one global step.
+
+    The sum (not the mean) is returned with its row count, so a row-weighted
+    reduction across workers gives exactly the gradient of the mean loss over all
+    their rows: ``g = Σ_k grad_sum_k / Σ_k n_k``.
+    """
+    device = cfg.device
+    model = _model(spec, params, device).train()
+    model.zero_grad(set_to_none=True)
+    rows, loss_sum = 0, 0.0
+    for a in range(cfg.accumulation_steps):
+        idx = shard.batch(epoch, step * cfg.accumulation_steps + a, cfg.batch_size)
+        x = torch.from_numpy(shard.x_train[idx]).to(device)
+        y = torch.from_numpy(shard.y_train[idx]).to(device)
+        loss = _forward_loss(model, x, y, spec.task, cfg.bf16, device)
+        loss.backward()
+        loss_sum += float(loss.detach())
+        rows += len(idx)
+    grads = {name: (p.grad.detach().cpu().numpy().copy() if p.grad is not None else np.zeros(p.shape, np.float32))
+             for name, p in model.named_parameters()}
+    return {"sum": grads, "weight": rows, "loss_sum": loss_sum}
+
+
+def apply_gradient(params: Params, gradient: Params, spec: MLPSpec, cfg: OptimConfig, lr: float,
+                   optimizer_state: dict | None) -> dict:
+    """One optimizer step with an already averaged gradient (the gradient-sync mode)."""
+    model = _model(spec, params, "cpu")
+    opt = _optimizer(model, cfg, lr)
+    _load_optimizer_state(opt, optimizer_state, lr)
+    for name, p in model.named_parameters():
+        p.grad = torch.as_tensor(gradient[name])
+    opt.step()
+    return {"params": get_params(model), "optimizer_state": _optimizer_state(opt)}
+
+
+def weighted_sum(result: dict, key: str = "params") -> dict:
+    """``{"sum": w·x, "weight": w}`` of one worker's result, the reduction's leaf."""
+    w = float(result["weight"])
+    return {"sum": {k: v.astype(np.float64) * w for k, v in result[key].items()}, "weight": w,
+            "loss_sum": result.get("loss_sum", 0.0)}
+
+
+def combine_weighted(*parts: dict) -> dict:
+    """Add weighted sums (associative, so any reduction tree gives the same mean)."""
+    total = {k: np.array(v, dtype=np.float64, copy=True) for k, v in parts[0]["sum"].items()}
+    for part in parts[1:]:
+        for k, v in part["sum"].items():
+            total[k] += v
+    return {"sum": total, "weight": sum(p["weight"] for p in parts),
+            "loss_sum": sum(p.get("loss_sum", 0.0) for p in parts)}
+
+
+def weighted_mean(reduced: dict, like: Params) -> Params:
+    """``Σ w·x / Σ w``, cast back to each parameter's dtype (integer buffers are kept)."""
+    w = reduced["weight"]
+    return {k: (reduced["sum"][k] / w).astype(like[k].dtype) if w else like[k] for k in like}
+
+
+def loss_on(shard: Shard, params: Params, spec: MLPSpec, device: str = "cpu", split: str = "valid") -> dict:
+    """Loss sum and row count of ``params`` on this shard's validation (or training) rows."""
+    x, y = (shard.x_valid, shard.y_valid) if split == "valid" else (shard.x_train, shard.y_train)
+    if len(y) == 0:
+        return {"loss_sum": 0.0, "rows": 0}
+    model = _model(spec, params, device).eval()
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(y), 65536):
+            xb = torch.from_numpy(x[start:start + 65536]).to(device)
+            yb = torch.from_numpy(y[start:start + 65536]).to(device)
+            total += float(_loss_fn(spec.task)(model(xb), yb))
+    return {"loss_sum": total, "rows": len(y)}
+
+
+def predict(params: Params, spec: MLPSpec, x: np.ndarray, device: str = "cpu") -> np.ndarray:
+    """Predictions for rows ``x``: probabilities (classification) or values (regression)."""
+    if len(x) == 0:
+        return np.zeros(0, np.float64)
+    model = _model(spec, params, device).eval()
+    outs = []
+    with torch.no_grad():
+        for start in range(0, len(x), 65536):
+            out = model(torch.from_numpy(np.ascontiguousarray(x[start:start + 65536], np.float32)).to(device))
+            outs.append((torch.sigmoid(out) if spec.task == "classification" else out).double().cpu().numpy())
+    return np.concatenate(outs)
+
+
+def lr_at(schedule: str, base_lr: float, progress: float, warmup: float = 0.0) -> float:
+    """Learning rate at ``progress`` (0 → 1 over training): constant, cosine or step decay."""
+    if warmup and progress < warmup:
+        return base_lr * max(progress / warmup, 0.05)
+    if schedule == "constant":
+        return base_lr
+    if schedule == "cosine":
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    if schedule == "step":
+        return base_lr * (0.1 ** int(min(progress, 0.999) * 3))
+    raise ValueError(f"train.mlp.lr_schedule: {schedule!r} is not one of constant, cosine, step")
+
+
+def train_local(x_train, y_train, x_valid, y_valid, spec: MLPSpec, cfg: OptimConfig, epochs: int,
+                seed: int, schedule: str = "constant") -> dict:
+    """Train one MLP on one partition's rows (the per-partition models): no communication."""
+    started = time.perf_counter()
+    shard = Shard(x_train, y_train, x_valid, y_valid, seed=seed)
+    params = init_params(spec, seed)
+    steps_per_epoch = max(1, math.ceil(shard.rows / ((cfg.batch_size or shard.rows) * cfg.accumulation_steps)))
+    state = None
+    for epoch in range(epochs):
+        lr = lr_at(schedule, cfg.lr, epoch / max(1, epochs))
+        out = local_steps(shard, params, spec, cfg, epoch=epoch, first_step=0, steps=steps_per_epoch, lr=lr,
+                          optimizer_state=state)
+        params, state = out["params"], out["optimizer_state"]
+    return {"params": params, "rows": shard.rows, "seconds": time.perf_counter() - started}

@@ -1,0 +1,64 @@
+"""Training data of one partition (or one worker), read from the ETL's Zarr arrays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Shard:
+    """One worker's rows: training and validation arrays (float32)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_valid: np.ndarray
+    y_valid: np.ndarray
+    seed: int = 0
+    orders: dict = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return len(self.y_train)
+
+    def batch(self, epoch: int, index: int, size: int | None) -> np.ndarray:
+        """Row indices of micro-batch ``index`` of ``epoch`` (a fresh shuffle per epoch)."""
+        n = self.rows
+        if size is None or size >= n:
+            return np.arange(n)
+        if epoch not in self.orders:
+            self.orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(n)}
+        start = (index * size) % n
+        idx = np.arange(start, start + size) % n
+        return self.orders[epoch][idx]
+
+
+def read_shard(zarr_path: str, offset: int, rows: int, seed: int) -> Shard:
+    """Rows ``[offset, offset + rows)`` of ``X``/``y``/``is_validation`` as a :class:`Shard`."""
+    import zarr
+
+    group = zarr.open_group(zarr_path, mode="r")
+    x = group["X"][offset:offset + rows]
+    y = group["y"][offset:offset + rows]
+    valid = group["is_validation"][offset:offset + rows]
+    return Shard(x[~valid], y[~valid], x[valid], y[valid], seed=seed)
+
+
+def merge_shards(*shards: Shard, seed: int = 0) -> Shard:
+    """One shard holding the rows of several, in order."""
+    if len(shards) == 1:
+        s = shards[0]
+        return Shard(s.x_train, s.y_train, s.x_valid, s.y_valid, seed=seed)
+    return Shard(
+        np.concatenate([s.x_train for s in shards]), np.concatenate([s.y_train for s in shards]),
+        np.concatenate([s.x_valid for s in shards]), np.concatenate([s.y_valid for s in shards]), seed=seed,
+    )
+
+
+def shard_sizes(shard: Shard) -> tuple:
+    return len(shard.y_train), len(shard.y_valid)
+
+
+def shard_field(shard: Shard, name: str) -> np.ndarray:
+    return getattr(shard, name)
