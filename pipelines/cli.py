@@ -40,6 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, Dask's included")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # -q/-v also after the command (`shardflow run -q`); SUPPRESS keeps `shardflow -q run` working.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    _parser = sub.add_parser
+
+    def add_parser(name, **kwargs):
+        return _parser(name, parents=[common], **kwargs)
+
+    sub.add_parser = add_parser
 
     run = sub.add_parser("run", help="the whole job (default dataset and job when no config is given)")
     _add_config_options(run, required=False)
@@ -52,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     etl = sub.add_parser("etl", help="the ETL stage: input → features (Parquet + Zarr)")
     _add_config_options(etl, required=True)
     _add_cluster_options(etl)
+
+    pred = sub.add_parser("predict", help="score new data with a finished run's preprocessing and model")
+    pred.add_argument("--run", required=True, type=Path, metavar="RUN", help="run directory")
+    pred.add_argument("--input", required=True, metavar="PATH", help="Parquet file/directory or CSV glob")
+    pred.add_argument("--output", required=True, type=Path, metavar="PATH", help="output directory (Parquet)")
+    pred.add_argument("--model", choices=["xgboost", "xgboost_partitions", "stacked", "mlp", "mlp_partitions"],
+                      help="default: the run's best model on validation")
+    pred.add_argument("--overwrite", action="store_true")
+    _add_cluster_options(pred)
 
     gen = sub.add_parser("generate", help="write the synthetic trips dataset")
     gen.add_argument("--rows", type=int, required=True)
@@ -114,6 +133,20 @@ def cmd_etl(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from shardflow.cluster.config import ClusterConfig
+    from shardflow.cluster.factory import connect
+    from shardflow.pipelines.predict import predict
+
+    cluster = ClusterConfig(spec=args.cluster or "auto", n_workers=args.n_workers,
+                            threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit)
+    with connect(cluster) as runtime:
+        result = predict(args.run, args.input, args.output, model=args.model, runtime=runtime,
+                         overwrite=args.overwrite)
+    print(result.output)
+    return 0
+
+
 def cmd_run(args) -> int:
     from shardflow.cluster.factory import connect
     from shardflow.pipelines.generate import DEFAULT_ROWS_PER_PARTITION, generate, is_generated
@@ -146,7 +179,7 @@ def main(argv=None) -> int:
     if args.command is None:
         args = parser.parse_args(["run", *(argv if argv is not None else sys.argv[1:])])
     _setup_logging(args.quiet, args.verbose)
-    commands = {"run": cmd_run, "etl": cmd_etl, "generate": cmd_generate}
+    commands = {"run": cmd_run, "etl": cmd_etl, "generate": cmd_generate, "predict": cmd_predict}
     try:
         return commands[args.command](args)
     except ShardflowError as err:

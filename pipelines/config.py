@@ -229,6 +229,14 @@ class Config:
         p = Path(path).expanduser()
         return str(p if p.is_absolute() else Path(self.base_dir) / p)
 
+    def resolved(self) -> "Config":
+        """A copy whose input and join paths are absolute (as saved in a run directory)."""
+        data = copy.deepcopy(self)
+        data.input.path = self.resolve(self.input.path)
+        for join in data.joins:
+            join.path = self.resolve(join.path)
+        return data
+
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data.pop("base_dir")

@@ -254,7 +254,7 @@ def _run(config, runtime, source, dims, spec, run_dir) -> EtlResult:
         }
         (stage_dir / outputs.PREPROCESSOR_FILE).write_text(preprocessor.to_json())
         (stage_dir / outputs.SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
-    write_text_atomic(run_dir / "config.yaml", config.to_yaml())
+    write_text_atomic(run_dir / "config.yaml", config.resolved().to_yaml())
     update_manifest(
         run_dir,
         run_id=run_dir.name,

@@ -217,10 +217,14 @@ def load_dimensions(config: Config, source: Source) -> list[Dimension]:
     return dims
 
 
-def table_spec(config: Config, source: Source, dims: list[Dimension]) -> TableSpec:
-    """The :class:`TableSpec` for ``config``, checked against the columns really present."""
+def table_spec(config: Config, source: Source, dims: list[Dimension], for_prediction: bool = False) -> TableSpec:
+    """The :class:`TableSpec` for ``config``, checked against the columns really present.
+
+    ``for_prediction`` drops the target: new data to score need not have it.
+    """
     f = config.features
     spec = TableSpec(
+        target_required=not for_prediction,
         target=config.target.column,
         task=config.target.task,
         numeric=tuple(f.numeric),
@@ -261,7 +265,8 @@ def table_spec(config: Config, source: Source, dims: list[Dimension]) -> TableSp
                 )
     if source.format == "parquet":
         for key, columns in (("features.numeric", f.numeric),
-                             ("target.column", [] if config.target.expression else [config.target.column])):
+                             ("target.column", [] if config.target.expression or for_prediction
+                              else [config.target.column])):
             for col in columns:
                 typ = available[col]
                 if not (pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_boolean(typ)

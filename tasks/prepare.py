@@ -91,11 +91,16 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
         if high is not None:
             reject(values > bound(high), f"{col}: above {high}")
 
-    target = _target(frame, spec)
-    target_missing = target.isna()
-    reject(target_missing, f"{spec.target}: missing target")
-    if spec.task == "classification":
-        reject(target.notna() & ~target.isin([0.0, 1.0]), f"{spec.target}: not 0/1")
+    if spec.target_required:
+        target = _target(frame, spec)
+        target_missing = target.isna()
+        reject(target_missing, f"{spec.target}: missing target")
+        if spec.task == "classification":
+            reject(target.notna() & ~target.isin([0.0, 1.0]), f"{spec.target}: not 0/1")
+    else:  # prediction: no target, nothing to reject for it
+        first = raw.columns[0]
+        target = _as_float(raw[first]).where(raw[first].isna() & raw[first].notna())
+        target_missing = target.isna()
 
     good = reasons == 0
     split = split_membership(raw[list(spec.split_key)], spec.validation_fraction, spec.split_seed)

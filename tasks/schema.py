@@ -70,6 +70,8 @@ class TableSpec:
     keep_columns: tuple[str, ...] = ()
     #: Other columns to type before use: ``(column, "number" | "datetime" | "string")``.
     column_types: tuple[tuple[str, str], ...] = ()
+    #: False at prediction time: a missing target column is allowed and quarantines nothing.
+    target_required: bool = True
 
     @property
     def datetime_features(self) -> list[str]:
@@ -91,6 +93,8 @@ class TableSpec:
 
     @property
     def target_inputs(self) -> list[str]:
+        if not self.target_required:
+            return []
         if self.target_expression is None:
             return [self.target]
         return expression_names(self.target_expression)

@@ -1,0 +1,216 @@
+"""Training and reduction, each checked against an independent single-process reference."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xgboost as xgb
+import zarr
+from sklearn.metrics import accuracy_score, log_loss, mean_absolute_error, mean_squared_error, r2_score, roc_auc_score
+
+from shardflow.pipelines import artifacts
+from shardflow.pipelines.config import MLPConfig, default_config_path, load_config
+from shardflow.pipelines.etl import etl
+from shardflow.pipelines.job import evaluate_run, train
+from shardflow.pipelines.predict import predict
+from shardflow.pipelines.train import load_training_data, train_data_parallel_mlp
+from shardflow.tasks.models import predict_payload, xgboost_predict
+from shardflow.tasks.neural import MLPSpec, TabularMLP, init_params
+
+FAST = ["train.xgboost.num_boost_round=40", "train.xgboost.checkpoint_every=10", "train.partitions.xgboost_rounds=20",
+        "train.partitions.mlp_epochs=2", "train.mlp.epochs=2", "train.mlp.batch_size=512", "train.mlp.sync_every=8",
+        "encode.min_frequency=5"]
+
+
+def zarr_split(stage_dir, split="valid"):
+    group = zarr.open_group(str(stage_dir / "features.zarr"), mode="r")
+    valid = group["is_validation"][:]
+    mask = valid if split == "valid" else ~valid
+    return group["X"][:][mask], group["y"][:][mask]
+
+
+@pytest.fixture(scope="module")
+def trained(trips_dir, runtime, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    config = load_config(default_config_path(), [*FAST, f"output.runs_dir={runs}"], base_dir=trips_dir)
+    result = etl(config, runtime=runtime)
+    trained = train(config, runtime, result.run_dir)
+    evaluated = evaluate_run(runtime, result.run_dir, trained)
+    return config, result.run_dir, trained, evaluated
+
+
+def test_global_xgboost_matches_single_process_train(trained):
+    config, run_dir, result, _ = trained
+    x_train, y_train = zarr_split(run_dir / "etl", "train")
+    x_valid, y_valid = zarr_split(run_dir / "etl", "valid")
+    params = dict(result.results["xgboost"]["params"])
+    params["nthread"] = 2
+    names = result.data.feature_names
+    types = result.data.feature_types(True)
+    dtrain = xgb.QuantileDMatrix(x_train, y_train, feature_names=names, feature_types=types, enable_categorical=True)
+    dvalid = xgb.DMatrix(x_valid, y_valid, feature_names=names, feature_types=types, enable_categorical=True)
+    reference = xgb.train(params, dtrain, num_boost_round=40, evals=[(dvalid, "validation")],
+                          early_stopping_rounds=20, verbose_eval=False)
+    ref_auc = roc_auc_score(y_valid, reference.predict(dvalid, iteration_range=(0, reference.best_iteration + 1)))
+    ours = xgboost_predict(artifacts.load_model(run_dir, "xgboost")["model"], x_valid)
+    auc = roc_auc_score(y_valid, ours)
+    assert abs(auc - ref_auc) < 0.005, (auc, ref_auc)
+    assert auc > 0.75  # the generated data has signal: a model that learned nothing fails here
+
+
+def test_row_weighted_averaging_by_hand(trained):
+    _, run_dir, result, _ = trained
+    x_valid, _ = zarr_split(run_dir / "etl", "valid")
+    payload = artifacts.load_model(run_dir, "xgboost_partitions")
+    members = [xgb.Booster(model_file=bytearray(m)) for m in payload["models"]]
+    rows = result.results["xgboost_partitions"]["weights"]
+    assert rows == result.data.train_rows  # one model per partition, weighted by its training rows
+    by_hand = np.zeros(len(x_valid))
+    for booster, n in zip(members, rows):
+        by_hand += n * booster.inplace_predict(x_valid)
+    by_hand /= sum(rows)
+    np.testing.assert_allclose(predict_payload("xgboost_partitions", payload, x_valid), by_hand, rtol=1e-6)
+
+
+def test_distributed_metrics_equal_sklearn(trained):
+    _, run_dir, result, evaluated = trained
+    x_valid, y_valid = zarr_split(run_dir / "etl", "valid")
+    for name, metrics in evaluated["metrics"].items():
+        if name == "stacked":
+            continue  # scored out-of-fold; checked below
+        p = predict_payload(name, artifacts.load_model(run_dir, name), x_valid)
+        assert metrics["rows"] == len(y_valid)
+        assert metrics["auc"] == pytest.approx(roc_auc_score(y_valid, p), abs=1e-4), name
+        assert metrics["logloss"] == pytest.approx(log_loss(y_valid, np.clip(p, 1e-15, 1 - 1e-15)), rel=1e-6), name
+        assert metrics["accuracy"] == pytest.approx(accuracy_score(y_valid, p >= 0.5), abs=1e-12), name
+    assert set(evaluated["metrics"]) == {"xgboost", "xgboost_partitions", "stacked", "mlp", "mlp_partitions"}
+    per_partition = evaluated["partition_metrics"]["xgboost"]
+    assert len(per_partition) == 8 and sum(p["rows"] for p in per_partition) == len(y_valid)
+
+
+def test_regression_metrics_equal_sklearn():
+    from shardflow.tasks.metrics import combine_metrics, finish_metrics, partial_metrics
+
+    rng = np.random.default_rng(0)
+    y, p = rng.normal(size=1000), rng.normal(size=1000)
+    parts = [partial_metrics(y[a:b], p[a:b], "regression") for a, b in ((0, 10), (10, 10), (10, 600), (600, 1000))]
+    total = parts[0]
+    for part in parts[1:]:
+        total = combine_metrics(total, part)
+    m = finish_metrics(total, "regression")
+    assert m["rmse"] == pytest.approx(np.sqrt(mean_squared_error(y, p)), rel=1e-12)
+    assert m["mae"] == pytest.approx(mean_absolute_error(y, p), rel=1e-12)
+    assert m["r2"] == pytest.approx(r2_score(y, p), rel=1e-9)
+
+
+def test_predict_reproduces_evaluation(trained, tmp_path, runtime):
+    _, run_dir, _, _ = trained
+    features = pd.concat([pd.read_parquet(f) for f in sorted((run_dir / "etl" / "features").glob("*.parquet"))])
+    valid_ids = features.trip_id[features._is_validation].to_numpy()
+    x_valid, _ = zarr_split(run_dir / "etl", "valid")
+    source = json.loads((run_dir / "manifest.json").read_text())["input"]["path"]
+    for name in ("xgboost", "mlp"):
+        out = predict(run_dir, source, tmp_path / name, model=name, runtime=runtime)
+        scored = pd.read_parquet(out.output).set_index("trip_id")
+        expected = predict_payload(name, artifacts.load_model(run_dir, name), x_valid)
+        np.testing.assert_allclose(scored.loc[valid_ids, "prediction"].to_numpy(), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_loading_refuses_a_changed_model(trained, tmp_path):
+    import shutil
+
+    _, run_dir, _, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    path = copy / "train" / "xgboost.ubj"
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(artifacts.ArtifactError, match=r"xgboost.ubj: does not match the run's manifest"):
+        artifacts.load_model(copy, "xgboost")
+    assert artifacts.load_model(copy, "mlp")["params"]  # other files still load
+
+
+def test_fixed_seed_gives_identical_metrics(trained, runtime):
+    config, run_dir, _, evaluated = trained
+    again = train(config, runtime, run_dir)
+    metrics = evaluate_run(runtime, run_dir, again)["metrics"]
+    assert metrics == evaluated["metrics"]
+
+
+class FailAt(xgb.callback.TrainingCallback):
+    """Kill the training (on every worker) at a given round, as a lost worker would."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def after_iteration(self, model, epoch, evals_log):
+        if epoch == self.epoch:
+            raise RuntimeError(f"injected failure at round {epoch}")
+        return False
+
+
+def test_resumed_xgboost_equals_uninterrupted(trips_dir, runtime, tmp_path):
+    overrides = [*FAST, "train.models=[xgboost]", "train.xgboost.early_stopping_rounds=null",
+                 "train.xgboost.num_boost_round=30", f"output.runs_dir={tmp_path}"]
+    config = load_config(default_config_path(), overrides, base_dir=trips_dir)
+    first = etl(config, runtime=runtime).run_dir
+    straight = train(config, runtime, first).results["xgboost"]
+    second = etl(config, runtime=runtime).run_dir
+    with pytest.raises(Exception, match="injected failure at round 17"):
+        train(config, runtime, second, xgboost_callbacks=[FailAt(17)])
+    state = json.loads((second / "checkpoints" / "xgboost" / "state.json").read_text())
+    assert state["rounds"] == 10
+    resumed = train(config, runtime, second).results["xgboost"]
+    assert resumed["resumed_from"] == 10
+    x_valid, _ = zarr_split(second / "etl", "valid")
+    np.testing.assert_array_equal(xgboost_predict(resumed["model"], x_valid),
+                                  xgboost_predict(straight["model"], x_valid))
+    assert resumed["history"] == straight["history"]
+
+
+@pytest.mark.parametrize("sync", ["parameters", "gradients"])
+def test_every_step_averaging_equals_full_batch_sgd(trips_dir, runtime, tmp_path, sync):
+    config = load_config(default_config_path(), [f"output.runs_dir={tmp_path}", "encode.min_frequency=5"],
+                         base_dir=trips_dir)
+    run_dir = etl(config, runtime=runtime).run_dir
+    data = load_training_data(runtime, run_dir / "etl", seed=0)
+    assert len(set(data.workers)) == 2
+    cfg = MLPConfig(hidden=[16], epochs=4, batch_size=None, optimizer="sgd", lr=0.05, lr_schedule="constant",
+                    sync=sync, sync_every=1, early_stopping_patience=None)
+    out = train_data_parallel_mlp(runtime, data, cfg, seed=3)
+
+    # Reference: one process, all training rows, full-batch gradient descent.
+    x_train, y_train = zarr_split(run_dir / "etl", "train")
+    spec = MLPSpec(n_numeric=len(data.preprocessor.numeric),
+                   cardinalities=tuple(data.preprocessor.cardinalities.values()), task="classification",
+                   hidden=(16,))
+    model = TabularMLP(spec)
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in init_params(spec, 3).items()})
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.from_numpy(x_train), torch.from_numpy(y_train)
+    for _ in range(4):
+        opt.zero_grad()
+        torch.nn.functional.binary_cross_entropy_with_logits(model(x), y).backward()
+        opt.step()
+    for name, value in model.state_dict().items():
+        np.testing.assert_allclose(out["params"][name], value.numpy(), rtol=1e-4, atol=1e-6, err_msg=name)
+    assert out["rounds"] == 4
+
+
+def test_mlp_options_train(trips_dir, runtime, tmp_path):
+    """bf16, gradient accumulation, a schedule and early stopping run and improve on the start."""
+    config = load_config(default_config_path(), [f"output.runs_dir={tmp_path}"], base_dir=trips_dir)
+    run_dir = etl(config, runtime=runtime).run_dir
+    data = load_training_data(runtime, run_dir / "etl", seed=0)
+    cfg = MLPConfig(hidden=[32], epochs=3, batch_size=256, accumulation_steps=2, bf16=True, lr_schedule="step",
+                    warmup=0.1, sync_every=4, early_stopping_patience=1)
+    out = train_data_parallel_mlp(runtime, data, cfg, seed=0)
+    assert out["history"]["validation_loss"][-1] < 0.6
+    assert len(out["history"]["lr"]) >= 1
+    replace(cfg, sync="gradients")  # dataclass stays a valid config
