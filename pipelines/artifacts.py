@@ -64,13 +64,14 @@ def save_models(stage_dir: Path, results: dict, task: str) -> None:
             else:
                 _save_weights(member["params"], path)
         meta = {k: r[k] for k in ("groups", "weights", "seconds", "partition_metrics")}
+        meta["histories"] = [member.get("history", {}) for member in r["members"]]
         if family == "mlp_partitions":
             meta["spec"] = r["spec"].to_dict()
         _json(stage_dir / f"{family}.json", meta)
     if "stacked" in results:
         r = results["stacked"]
         _json(stage_dir / "stacked.json", {"members": "xgboost_partitions", **{k: r[k] for k in (
-            "coef", "coef_even", "coef_odd", "seconds")}})
+            "coef", "coef_even", "coef_odd", "seconds", "newton_steps")}})
     if "mlp" in results:
         r = results["mlp"]
         _save_weights(r["params"], stage_dir / "mlp.pt")

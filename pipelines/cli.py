@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -57,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"rows of the default dataset, generated when absent (default {DEFAULT_ROWS:,})")
     run.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
                      help="where the default dataset and runs go (default ./shardflow-work)")
+    run.add_argument("--performance-report", action="store_true",
+                     help="save Dask's performance report (task stream, profile, bandwidth) in the run directory")
     _add_cluster_options(run)
 
     etl = sub.add_parser("etl", help="the ETL stage: input → features (Parquet + Zarr)")
@@ -71,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="default: the run's best model on validation")
     pred.add_argument("--overwrite", action="store_true")
     _add_cluster_options(pred)
+
+    rep = sub.add_parser("report", help="rebuild a run's report.html")
+    rep.add_argument("run_dir", type=Path, metavar="RUN")
+
+    runs = sub.add_parser("runs", help="list past runs with their key metrics")
+    runs.add_argument("--runs-dir", type=Path, default=DEFAULT_WORK_DIR / "runs")
 
     gen = sub.add_parser("generate", help="write the synthetic trips dataset")
     gen.add_argument("--rows", type=int, required=True)
@@ -161,15 +170,67 @@ def cmd_run(args) -> int:
     else:
         data_dir = None
         config = _load(args)
-    with connect(config.cluster) as runtime:
+    with connect(config.cluster) as runtime, _performance_report(args.performance_report) as perf:
         if data_dir is not None and not is_generated(data_dir, args.rows, seed=0):
             logger.info("default dataset %s is absent: generating %d rows", data_dir, args.rows)
             # At least 8 partitions, so every worker has data to train on.
             per_partition = min(DEFAULT_ROWS_PER_PARTITION, max(50_000, -(-args.rows // 8)))
             generate(data_dir, args.rows, runtime=runtime, overwrite=True, rows_per_partition=per_partition)
         result = run(config, runtime=runtime)
+        perf.run_dir = result.run_dir
+    if args.performance_report:
+        from shardflow.pipelines.report import build_report
+
+        build_report(result.run_dir)
     print(result.table)
     print(result.run_dir)
+    return 0
+
+
+class _PerformanceTarget:
+    run_dir = None
+
+
+@contextlib.contextmanager
+def _performance_report(enabled: bool):
+    """Dask's performance report for the block, moved into the run directory at the end."""
+    target = _PerformanceTarget()
+    if not enabled:
+        yield target
+        return
+    import os
+    import tempfile
+
+    from distributed import performance_report
+
+    fd, tmp = tempfile.mkstemp(suffix=".html")
+    os.close(fd)
+    with performance_report(filename=tmp):
+        yield target
+    if target.run_dir is not None:
+        os.replace(tmp, Path(target.run_dir) / "performance-report.html")
+        logger.info("performance report: %s", Path(target.run_dir) / "performance-report.html")
+
+
+def cmd_report(args) -> int:
+    from shardflow.pipelines.report import build_report
+
+    print(build_report(args.run_dir))
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from shardflow.pipelines.report import list_runs
+
+    runs = list_runs(args.runs_dir)
+    if not runs:
+        print(f"no runs in {args.runs_dir}")
+        return 0
+    print(f"{'run':<26} {'rows':>12} {'stages':<22} {'best model':<20} metric")
+    for r in runs:
+        value = "" if r["best_value"] is None else f"{r['metric']} {r['best_value']:.4f}"
+        rows = "" if r["rows"] is None else f"{r['rows']:,}"
+        print(f"{r['run']:<26} {rows:>12} {','.join(r['stages']):<22} {r['best_model'] or '':<20} {value}")
     return 0
 
 
@@ -179,7 +240,8 @@ def main(argv=None) -> int:
     if args.command is None:
         args = parser.parse_args(["run", *(argv if argv is not None else sys.argv[1:])])
     _setup_logging(args.quiet, args.verbose)
-    commands = {"run": cmd_run, "etl": cmd_etl, "generate": cmd_generate, "predict": cmd_predict}
+    commands = {"run": cmd_run, "etl": cmd_etl, "generate": cmd_generate, "predict": cmd_predict,
+                "report": cmd_report, "runs": cmd_runs}
     try:
         return commands[args.command](args)
     except ShardflowError as err:

@@ -26,7 +26,7 @@ import numpy as np
 
 from shardflow.cluster.factory import Runtime, start
 from shardflow.cluster.memory import peak_memory, reset_peak_memory
-from shardflow.pipelines import outputs
+from shardflow.pipelines import outputs, progress
 from shardflow.pipelines.config import Config
 from shardflow.pipelines.graph import task_names, tree_reduce
 from shardflow.pipelines.rundir import (
@@ -165,7 +165,8 @@ def _run(config, runtime, source, dims, spec, run_dir) -> EtlResult:
     parts = prepared("etl-profile")
     profiles = [dask.delayed(partition_profile, pure=True)(p, spec, i, dask_key_name=name(i))
                 for i, p in enumerate(parts)]
-    profile = client.compute(tree_reduce(profiles, combine_profiles, "etl-profile-combine")).result()
+    profile = progress.compute(client, tree_reduce(profiles, combine_profiles, "etl-profile-combine"),
+                               "etl pass 1/3 (profile)")
     timings["profile"] = time.perf_counter() - t
     _check_profile(profile, config, source)
     partition_rows = profile.partition_rows + [0] * (len(parts) - len(profile.partition_rows))
@@ -186,7 +187,8 @@ def _run(config, runtime, source, dims, spec, run_dir) -> EtlResult:
         parts = prepared("etl-clipstats")
         moments = [dask.delayed(partition_clipped_moments, pure=True)(p, numeric, lo, hi, dask_key_name=name(i))
                    for i, p in enumerate(parts)]
-        clipped: Moments = client.compute(tree_reduce(moments, combine_moments, "etl-clipstats-combine")).result()
+        clipped: Moments = progress.compute(client, tree_reduce(moments, combine_moments, "etl-clipstats-combine"),
+                                            "etl pass 2/3 (clip statistics)")
         logger.info("etl pass 2/3 (clip statistics): %.1fs", time.perf_counter() - t)
     else:
         lower = upper = [None] * len(numeric)
@@ -232,7 +234,7 @@ def _run(config, runtime, source, dims, spec, run_dir) -> EtlResult:
                 f"shardflow-zarr-{stage_dir.name}", dask_key_name=name(i))
             for i, p in enumerate(parts)
         ]
-        written = client.gather(client.compute(writes))
+        written = progress.compute(client, writes, "etl pass 3/3 (write)")
         timings["write"] = time.perf_counter() - t
         seconds = time.perf_counter() - started
         peaks = peak_memory(client)
@@ -251,6 +253,8 @@ def _run(config, runtime, source, dims, spec, run_dir) -> EtlResult:
             "timings": timings,
             "peak_memory": peaks,
             "backend": backend_name,
+            "target_mean": float(profile.target.mean[0]),
+            "target_std": float(np.nan_to_num(profile.target.std[0])),
         }
         (stage_dir / outputs.PREPROCESSOR_FILE).write_text(preprocessor.to_json())
         (stage_dir / outputs.SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
@@ -307,3 +311,19 @@ def _format_bytes(n: float) -> str:
     from dask.utils import format_bytes
 
     return format_bytes(int(n))
+
+
+def read_features(run_dir):
+    """A finished run's feature table as a lazy Dask DataFrame (one partition per file).
+
+    Examples
+    --------
+    >>> features = read_features("shardflow-work/runs/20261122-101500-ab12cd")  # doctest: +SKIP
+    >>> features.groupby("pickup_datetime_hour").is_delayed.mean().compute()  # doctest: +SKIP
+    """
+    import dask.dataframe as dd
+
+    path = Path(run_dir) / "etl" / outputs.FEATURES_DIR
+    if not path.is_dir():
+        raise InputError(f"{run_dir}: has no ETL output ({path} is missing)")
+    return dd.read_parquet(str(path))

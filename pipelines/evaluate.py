@@ -12,8 +12,9 @@ import time
 
 import numpy as np
 
+from shardflow.pipelines import progress
 from shardflow.pipelines.train import TrainingData, _worker_threads, tree_reduce_futures
-from shardflow.tasks.metrics import combine_metrics, finish_metrics, partial_metrics
+from shardflow.tasks.metrics import combine_metrics, curves, finish_metrics, partial_metrics
 
 MODEL_LABELS = {
     "xgboost": "global XGBoost (allreduce)",
@@ -24,7 +25,7 @@ MODEL_LABELS = {
 }
 
 
-def _evaluate_partition(shard, payloads, stack_predictions, stack, task):
+def _evaluate_partition(shard, payloads, stack_predictions, stack, task, residual_range):
     from shardflow.tasks.models import predict_payload, stack_inputs, stack_predict
 
     threads = _worker_threads()
@@ -41,7 +42,7 @@ def _evaluate_partition(shard, payloads, stack_predictions, stack, task):
                 p[~even] = stack_predict(stack["coef_even"], design[~even], task)
         else:
             p = predict_payload(name, payload, shard.x_valid, threads)
-        partials[name] = partial_metrics(shard.y_valid, p, task)
+        partials[name] = partial_metrics(shard.y_valid, p, task, residual_range)
     return partials
 
 
@@ -56,7 +57,8 @@ def _combine_all(*parts):
     return out
 
 
-def evaluate(runtime, data: TrainingData, payloads: dict, stack: dict | None = None) -> dict:
+def evaluate(runtime, data: TrainingData, payloads: dict, stack: dict | None = None,
+             residual_range: float = 1.0) -> dict:
     """Validation metrics of every model, reduced across partitions.
 
     Parameters
@@ -80,13 +82,16 @@ def evaluate(runtime, data: TrainingData, payloads: dict, stack: dict | None = N
     for i, f in enumerate(data.futures):
         preds = stack["predictions"][i] if stack is not None else None
         partials.append(client.submit(_evaluate_partition, f, payloads_f, preds, stack_info, data.task,
-                                      key=f"evaluate-partition-{data.token}-{i}", pure=False))
-    per_partition = client.gather([client.submit(_per_partition, p, data.task, pure=False) for p in partials])
-    total = tree_reduce_futures(client, partials, _combine_all, f"evaluate-combine-{data.token}").result()
+                                      residual_range, key=f"evaluate-partition-{data.token}-{i}", pure=False))
+    per_partition = [client.submit(_per_partition, p, data.task, pure=False) for p in partials]
+    total = tree_reduce_futures(client, partials, _combine_all, f"evaluate-combine-{data.token}")
+    *per_partition, total = progress.compute(client, [*per_partition, total], "evaluate")
     metrics = {name: finish_metrics(total[name], data.task) for name in payloads}
+    plots = {name: curves(total[name], data.task, residual_range=residual_range) for name in payloads}
     partition_metrics = {name: [{"partition": i, **pm[name]} for i, pm in enumerate(per_partition)]
                          for name in payloads}
-    return {"metrics": metrics, "partition_metrics": partition_metrics, "seconds": time.perf_counter() - started}
+    return {"metrics": metrics, "partition_metrics": partition_metrics, "curves": plots,
+            "seconds": time.perf_counter() - started}
 
 
 def comparison_table(metrics: dict, train_seconds: dict, task: str) -> str:

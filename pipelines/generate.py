@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from shardflow.cluster.factory import Runtime, start
 from shardflow.data import trips
 from shardflow.pipelines.config import default_config_path
+from shardflow.pipelines import progress
 from shardflow.pipelines.graph import task_names
 from shardflow.tasks.errors import ShardflowError
 
@@ -84,7 +85,7 @@ def generate(out, rows: int, seed: int = 0, rows_per_partition: int = DEFAULT_RO
             tasks.append(dask.delayed(write_trips_partition, pure=False)(seed, i, n, first, path,
                                                                        dask_key_name=name(i)))
             first += n
-        runtime.client.gather(runtime.client.compute(tasks))
+        progress.compute(runtime.client, tasks, "generate")
         pq.write_table(trips.zones_table(seed), tmp / "zones.parquet")
         # The default job, next to the data it describes: `shardflow etl -c OUT/trips.yaml`.
         shutil.copyfile(default_config_path(), tmp / "trips.yaml")

@@ -13,6 +13,7 @@ from shardflow.cluster.memory import peak_memory, reset_peak_memory
 from shardflow.pipelines import artifacts
 from shardflow.pipelines.config import Config
 from shardflow.pipelines.evaluate import comparison_table, evaluate
+from shardflow.pipelines.report import build_report
 from shardflow.pipelines.rundir import stage_output, update_manifest
 from shardflow.pipelines.train import (
     fit_stacker,
@@ -125,13 +126,14 @@ def evaluate_run(runtime: Runtime, run_dir, trained: TrainResult) -> dict:
     names = list(trained.results)
     payloads = {name: artifacts.load_model(run_dir, name) for name in names}
     stack = trained.results.get("stacked")
-    out = evaluate(runtime, trained.data, payloads, stack)
+    summary = json.loads((run_dir / "etl" / "summary.json").read_text())
+    out = evaluate(runtime, trained.data, payloads, stack, residual_range=4 * (summary.get("target_std") or 1.0))
     task = trained.data.task
     table = comparison_table(out["metrics"], trained.seconds, task)
     with stage_output(run_dir, "evaluate") as tmp:
         (tmp / "metrics.json").write_text(json.dumps({
             "task": task, "metrics": out["metrics"], "train_seconds": trained.seconds,
-            "partition_metrics": out["partition_metrics"],
+            "partition_metrics": out["partition_metrics"], "curves": out["curves"],
             "partition_models": {f: trained.results[f]["partition_metrics"] for f in names if f.endswith("partitions")},
             "peak_memory": trained.peak_memory}, indent=1, default=float))
         (tmp / "comparison.md").write_text(table + "\n")
@@ -164,8 +166,13 @@ def run(config: Config, runtime: Runtime | None = None, run_dir=None) -> RunResu
         etl_result = etl(config, runtime=runtime, run_dir=run_dir)
         trained = train(config, runtime, etl_result.run_dir)
         evaluated = evaluate_run(runtime, etl_result.run_dir, trained)
+        build_report(etl_result.run_dir)
     finally:
         if owns:
             runtime.close()
+    from dask.utils import format_bytes
+
+    logger.info("run done: %s; peak worker memory in training %s", etl_result.run_dir,
+                ", ".join(format_bytes(v) for v in trained.peak_memory.values()))
     return RunResult(etl_result.run_dir, evaluated["metrics"], evaluated["table"], trained.seconds, etl_result,
                      evaluated["partition_metrics"], trained.peak_memory)

@@ -15,7 +15,7 @@ import dask
 import numpy as np
 
 from shardflow.cluster.factory import Runtime, start
-from shardflow.pipelines import artifacts
+from shardflow.pipelines import artifacts, progress
 from shardflow.pipelines.config import load_config
 from shardflow.pipelines.graph import task_names
 from shardflow.pipelines.job import best_model
@@ -136,7 +136,7 @@ def predict(run_dir, input_path, output_path, model: str | None = None, runtime:
         tasks = [dask.delayed(predict_partition, pure=False)(part, spec, dim_frames, preprocessor, model, payload_f,
                                                              str(tmp), i, dask_key_name=name(i))
                  for i, part in enumerate(raw.to_delayed())]
-        counts = client.gather(client.compute(tasks))
+        counts = progress.compute(client, tasks, f"predict ({model})")
         if output.exists():
             shutil.rmtree(output)
         os.rename(tmp, output)

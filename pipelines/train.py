@@ -22,6 +22,7 @@ from dask.base import tokenize
 
 from shardflow.cluster.factory import Runtime
 from shardflow.pipelines.config import MLPConfig, PartitionModelsConfig, XGBoostConfig
+from shardflow.pipelines import progress
 from shardflow.pipelines.outputs import ZARR_DIR
 from shardflow.tasks import shards as shard_tasks
 from shardflow.tasks.encode import Preprocessor
@@ -263,7 +264,7 @@ def train_partition_models(runtime: Runtime, data: TrainingData, cfg: PartitionM
                                     key=f"train-mlp-partition-{data.token}-{gi}", pure=False)
             pending[(family, gi)] = fut
     started = time.perf_counter()
-    results = dict(zip(pending, client.gather(list(pending.values()))))
+    results = dict(zip(pending, progress.compute(client, list(pending.values()), f"train {', '.join(families)}")))
     wall = time.perf_counter() - started
     for family in families:
         members = [results[(family, gi)] for gi in range(len(groups))]
@@ -501,6 +502,7 @@ def fit_stacker(runtime: Runtime, data: TrainingData, member_models: list, max_i
              for i, f in enumerate(data.futures)]
     k = len(member_models) + 1
     thetas = [np.zeros(k) for _ in range(3)]
+    newton_steps = []
     for _ in range(max_iter):
         terms = [client.submit(_stack_terms, p, f, thetas, data.task, pure=False) for p, f in zip(preds, data.futures)]
         total = tree_reduce_futures(client, terms, _add_terms, f"train-stack-newton-{data.token}-{_}").result()
@@ -512,7 +514,8 @@ def fit_stacker(runtime: Runtime, data: TrainingData, member_models: list, max_i
             delta = np.linalg.solve(hess, grad)
             thetas[j] = thetas[j] - delta
             steps.append(np.abs(delta).max())
+        newton_steps.append(float(max(steps)))
         if max(steps) < 1e-10:
             break
     return {"coef_even": thetas[0].tolist(), "coef_odd": thetas[1].tolist(), "coef": thetas[2].tolist(),
-            "seconds": time.perf_counter() - started, "predictions": preds}
+            "seconds": time.perf_counter() - started, "predictions": preds, "newton_steps": newton_steps}

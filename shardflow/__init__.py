@@ -1,1 +1,50 @@
+"""shardflow: distributed ETL-plus-training pipelines on Dask.
+
+The public functions are importable from here; each lives in the layer that owns it
+and is imported on first use, so ``import shardflow`` stays cheap (no torch, no cuDF).
+
+Examples
+--------
+>>> import shardflow
+>>> config = shardflow.load_config("job.yaml")  # doctest: +SKIP
+>>> result = shardflow.run(config)  # doctest: +SKIP
+>>> print(result.table)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "load_config": "shardflow.pipelines.config",
+    "Config": "shardflow.pipelines.config",
+    "start_cluster": ("shardflow.cluster.factory", "start"),
+    "connect": "shardflow.cluster.factory",
+    "generate": "shardflow.pipelines.generate",
+    "etl": "shardflow.pipelines.etl",
+    "read_features": "shardflow.pipelines.etl",
+    "read_source": "shardflow.pipelines.source",
+    "train": "shardflow.pipelines.job",
+    "evaluate_run": "shardflow.pipelines.job",
+    "run": "shardflow.pipelines.job",
+    "predict": "shardflow.pipelines.predict",
+    "build_report": "shardflow.pipelines.report",
+    "list_runs": "shardflow.pipelines.report",
+    "load_model": "shardflow.pipelines.artifacts",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    target = _PUBLIC.get(name)
+    if target is None:
+        raise AttributeError(f"module 'shardflow' has no attribute {name!r}")
+    module, attr = target if isinstance(target, tuple) else (target, name)
+    return getattr(importlib.import_module(module), attr)
+
+
+def __dir__():
+    return __all__ + ["__version__"]

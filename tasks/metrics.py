@@ -14,11 +14,16 @@ from __future__ import annotations
 import numpy as np
 
 AUC_BINS = 1 << 16
+RESIDUAL_BINS = 80
 _EPS = 1e-15
 
 
-def partial_metrics(y: np.ndarray, prediction: np.ndarray, task: str) -> dict:
-    """Sufficient statistics of one partition's validation rows for :func:`finish_metrics`."""
+def partial_metrics(y: np.ndarray, prediction: np.ndarray, task: str, residual_range: float = 1.0) -> dict:
+    """Sufficient statistics of one partition's validation rows for :func:`finish_metrics`.
+
+    For regression, residuals are also counted in ``RESIDUAL_BINS`` bins over
+    ``[-residual_range, residual_range]`` (outside: the end bins), for the report.
+    """
     y = np.asarray(y, dtype=np.float64)
     p = np.asarray(prediction, dtype=np.float64)
     out = {"n": float(len(y)), "sum_y": float(y.sum()), "sum_y2": float((y * y).sum())}
@@ -33,6 +38,9 @@ def partial_metrics(y: np.ndarray, prediction: np.ndarray, task: str) -> dict:
         err = p - y
         out["sse"] = float((err * err).sum())
         out["sae"] = float(np.abs(err).sum())
+        scaled = (np.clip(err / residual_range, -1, 1) + 1) / 2 * RESIDUAL_BINS
+        out["residual_hist"] = np.bincount(np.minimum(scaled.astype(np.int64), RESIDUAL_BINS - 1),
+                                           minlength=RESIDUAL_BINS).astype(np.int64)
     return out
 
 
@@ -60,6 +68,18 @@ def finish_metrics(total: dict, task: str) -> dict:
     sst = total["sum_y2"] - n * mean * mean
     return {"rows": int(n), "rmse": float(np.sqrt(total["sse"] / n)), "mae": total["sae"] / n,
             "r2": float(1.0 - total["sse"] / sst) if sst > 0 else float("nan")}
+
+
+def curves(total: dict, task: str, points: int = 200, residual_range: float = 1.0) -> dict:
+    """Plot data from summed statistics: ROC points (classification) or residual histogram."""
+    if task != "classification":
+        edges = np.linspace(-residual_range, residual_range, RESIDUAL_BINS + 1)
+        return {"residual_edges": edges.tolist(), "residual_counts": total["residual_hist"].tolist()}
+    pos, neg = total["pos_hist"][::-1], total["neg_hist"][::-1]  # high scores first
+    tpr = np.concatenate([[0.0], np.cumsum(pos) / max(pos.sum(), 1)])
+    fpr = np.concatenate([[0.0], np.cumsum(neg) / max(neg.sum(), 1)])
+    keep = np.unique(np.linspace(0, len(tpr) - 1, points).astype(int))
+    return {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist()}
 
 
 def metric_direction(name: str) -> str:

@@ -46,12 +46,17 @@ def train_xgboost_local(x_train, y_train, x_valid, y_valid, params: dict, rounds
         params["nthread"] = nthread
     dtrain = xgb.QuantileDMatrix(x_train, y_train, feature_names=list(feature_names),
                                  feature_types=list(feature_types), enable_categorical=True)
-    booster = xgb.train(params, dtrain, num_boost_round=rounds, verbose_eval=False)
+    evals, history = [], {}
+    if len(y_valid):
+        evals = [(xgb.DMatrix(x_valid, y_valid, feature_names=list(feature_names), feature_types=list(feature_types),
+                              enable_categorical=True), "validation")]
+    booster = xgb.train(params, dtrain, num_boost_round=rounds, evals=evals, evals_result=history,
+                        verbose_eval=False)
     model = bytes(booster.save_raw("ubj"))
     seconds = time.perf_counter() - started
     own = finish_metrics(partial_metrics(y_valid, xgboost_predict(model, x_valid, nthread), task), task) \
         if len(y_valid) else {"rows": 0}
-    return {"model": model, "rows": int(len(y_train)), "seconds": seconds, "validation": own,
+    return {"model": model, "rows": int(len(y_train)), "seconds": seconds, "validation": own, "history": history,
             "target_mean": float(np.mean(y_train)) if len(y_train) else float("nan")}
 
 

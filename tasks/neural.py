@@ -289,9 +289,12 @@ def train_local(x_train, y_train, x_valid, y_valid, spec: MLPSpec, cfg: OptimCon
     params = init_params(spec, seed)
     steps_per_epoch = max(1, math.ceil(shard.rows / ((cfg.batch_size or shard.rows) * cfg.accumulation_steps)))
     state = None
+    train_loss = []
     for epoch in range(epochs):
         lr = lr_at(schedule, cfg.lr, epoch / max(1, epochs))
         out = local_steps(shard, params, spec, cfg, epoch=epoch, first_step=0, steps=steps_per_epoch, lr=lr,
                           optimizer_state=state)
         params, state = out["params"], out["optimizer_state"]
-    return {"params": params, "rows": shard.rows, "seconds": time.perf_counter() - started}
+        train_loss.append(out["loss_sum"] / max(1, out["rows_seen"]))
+    return {"params": params, "rows": shard.rows, "seconds": time.perf_counter() - started,
+            "history": {"train_loss": train_loss}}

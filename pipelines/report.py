@@ -1,0 +1,308 @@
+"""The run report (``report.html``, readable offline) and the list of past runs.
+
+Everything comes from the files a run already wrote (manifest, config, stage summaries,
+model metadata, evaluation); the report can be rebuilt at any time with
+``shardflow report RUN``. Plots are PNGs embedded as data URIs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+from shardflow.pipelines.evaluate import MODEL_LABELS
+from shardflow.pipelines.rundir import read_manifest, write_text_atomic
+from shardflow.tasks.metrics import primary_metric
+
+REPORT_FILE = "report.html"
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;
+color:#222;padding:0 1em}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.85em}img{max-width:100%}
+.grid{display:grid;grid-template-columns:1fr 1fr;gap:1em}.muted{color:#777}
+"""
+
+
+def _load(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _figure_png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _img(src: str, alt: str) -> str:
+    return f'<figure><img alt="{html.escape(alt)}" src="{src}"><figcaption class="muted">{html.escape(alt)}' \
+           "</figcaption></figure>"
+
+
+def _table(rows: list, header: list) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def build_report(run_dir) -> Path:
+    """Write ``run_dir/report.html`` from the run's files and return its path.
+
+    Examples
+    --------
+    >>> build_report("shardflow-work/runs/20261122-101500-ab12cd")  # doctest: +SKIP
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    if not manifest:
+        from shardflow.tasks.errors import ShardflowError
+
+        raise ShardflowError(f"{run_dir}: not a run directory (no manifest.json)")
+    summary = _load(run_dir / "etl" / "summary.json") or {}
+    evaluation = _load(run_dir / "evaluate" / "metrics.json") or {}
+    seconds = _load(run_dir / "train" / "seconds.json") or {}
+    task = evaluation.get("task", "classification")
+    parts = [f"<h1>shardflow run {html.escape(run_dir.name)}</h1>",
+             f"<p class='muted'>stages: {', '.join(manifest.get('stages', {})) or 'none'}</p>"]
+
+    # Dataset.
+    parts.append("<h2>Dataset</h2>")
+    inp = manifest.get("input", {})
+    parts.append(_table([["input", inp.get("path", "")], ["format", inp.get("format", "")],
+                         ["files", inp.get("files", "")], ["fingerprint", inp.get("fingerprint", "")],
+                         ["rows (kept)", summary.get("rows", "")], ["validation rows", summary.get("validation_rows", "")],
+                         ["quarantined rows", summary.get("quarantined_rows", "")],
+                         ["partitions", summary.get("partitions", "")]], ["", ""]))
+    if summary.get("quarantined"):
+        parts.append("<h3>Quarantined rows by reason</h3>" + _table(
+            sorted(summary["quarantined"].items(), key=lambda kv: -kv[1]), ["reason", "rows"]))
+    if summary.get("partition_rows"):
+        fig, ax = plt.subplots(figsize=(7, 2.8))
+        ax.bar(range(len(summary["partition_rows"])), summary["partition_rows"], color="#4878a8")
+        ax.set_xlabel("partition")
+        ax.set_ylabel("rows")
+        ax.set_title("Partition sizes")
+        parts.append(_img(_figure_png(fig), "Rows per partition (skew shows here)"))
+
+    # Stage timings.
+    parts.append("<h2>Stage timings</h2>")
+    timing_rows = [[f"etl: {k}", v] for k, v in summary.get("timings", {}).items()]
+    timing_rows += [[f"train: {MODEL_LABELS.get(k, k)}", v] for k, v in seconds.items()]
+    for stage, info in manifest.get("stages", {}).items():
+        if "seconds" in info and not isinstance(info["seconds"], dict):
+            timing_rows.append([f"stage {stage} (total)", info["seconds"]])
+    parts.append(_table(timing_rows, ["step", "seconds"]))
+
+    # Models.
+    metrics = evaluation.get("metrics", {})
+    if metrics:
+        parts.append("<h2>Model comparison (validation split)</h2>")
+        cols = ["auc", "logloss", "accuracy"] if task == "classification" else ["rmse", "mae", "r2"]
+        parts.append(_table([[MODEL_LABELS.get(n, n), *[m.get(c, float("nan")) for c in cols],
+                              seconds.get(n, float("nan"))] for n, m in metrics.items()],
+                            ["model", *cols, "train seconds"]))
+        parts.append(_quality_plots(plt, evaluation, task))
+    parts.append(_importance_plot(plt, run_dir))
+    parts.append(_training_curves(plt, run_dir))
+    if evaluation.get("partition_metrics"):
+        parts.append(_partition_plots(plt, evaluation, task))
+
+    # Cluster and configuration.
+    parts.append("<h2>Cluster</h2>")
+    cluster = manifest.get("cluster", {})
+    parts.append(_table([[k, json.dumps(v) if isinstance(v, (list, dict)) else v] for k, v in cluster.items()],
+                        ["", ""]))
+    if evaluation.get("peak_memory"):
+        from dask.utils import format_bytes
+
+        parts.append("<h3>Peak worker memory (training)</h3>" + _table(
+            [[w, format_bytes(int(v))] for w, v in evaluation["peak_memory"].items()], ["worker", "peak RSS"]))
+    parts.append("<h3>Library versions</h3>" + _table(list(manifest.get("versions", {}).items()),
+                                                     ["library", "version"]))
+    if (run_dir / "performance-report.html").exists():
+        parts.append("<p><a href='performance-report.html'>Dask performance report</a></p>")
+    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
+    parts.append("<h2>Configuration</h2><pre>" + html.escape(config) + "</pre>")
+
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>shardflow run " + html.escape(run_dir.name) +
+            f"</title><style>{_CSS}</style></head><body>" + "\n".join(p for p in parts if p) + "</body></html>")
+    out = run_dir / REPORT_FILE
+    write_text_atomic(out, page)
+    return out
+
+
+def _quality_plots(plt, evaluation, task) -> str:
+    curves = evaluation.get("curves", {})
+    if not curves:
+        return ""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    if task == "classification":
+        for name, c in curves.items():
+            ax.plot(c["fpr"], c["tpr"], label=f"{MODEL_LABELS.get(name, name)} "
+                                              f"(AUC {evaluation['metrics'][name]['auc']:.4f})")
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_title("ROC on the validation split")
+        caption = "ROC curves of every model"
+    else:
+        for name, c in curves.items():
+            edges = c["residual_edges"]
+            centers = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
+            ax.plot(centers, c["residual_counts"], label=MODEL_LABELS.get(name, name))
+        ax.set_xlabel("residual (prediction − target)")
+        ax.set_ylabel("rows")
+        ax.set_title("Residuals on the validation split")
+        caption = "Residual distributions of every model"
+    ax.legend(fontsize=8)
+    return "<h2>Quality</h2>" + _img(_figure_png(fig), caption)
+
+
+def _importance_plot(plt, run_dir: Path) -> str:
+    path = run_dir / "train" / "xgboost.ubj"
+    if not path.exists():
+        return ""
+    import xgboost as xgb
+
+    booster = xgb.Booster(model_file=str(path))
+    gain = booster.get_score(importance_type="gain")
+    if not gain:
+        return ""
+    top = sorted(gain.items(), key=lambda kv: kv[1])[-20:]
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(top) + 1))
+    ax.barh([k for k, _ in top], [v for _, v in top], color="#6a9f58")
+    ax.set_xlabel("total gain / splits (XGBoost 'gain')")
+    ax.set_title("Feature importance, global XGBoost")
+    return "<h2>Feature importance</h2>" + _img(_figure_png(fig), "Feature importance (gain) of the global model")
+
+
+def _training_curves(plt, run_dir: Path) -> str:
+    train = run_dir / "train"
+    panels = []
+    xgb_meta = _load(train / "xgboost.json")
+    if xgb_meta:
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        for metric, values in xgb_meta["history"].get("validation", {}).items():
+            ax.plot(values, label=f"validation {metric}")
+        ax.axvline(xgb_meta["best_iteration"], color="k", ls=":", lw=0.8)
+        ax.set_xlabel("round")
+        ax.set_title("Global XGBoost")
+        ax.legend(fontsize=8)
+        panels.append(_img(_figure_png(fig), "Global XGBoost: validation metrics per round (dotted: best)"))
+    part_meta = _load(train / "xgboost_partitions.json")
+    if part_meta and any(part_meta.get("histories", [])):
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        for i, hist in enumerate(part_meta["histories"]):
+            for metric, values in hist.get("validation", {}).items():
+                ax.plot(values, lw=0.8, alpha=0.7, label=f"{metric}" if i == 0 else None)
+        ax.set_xlabel("round")
+        ax.set_title("Per-partition XGBoost (own validation rows)")
+        ax.legend(fontsize=8)
+        panels.append(_img(_figure_png(fig), "Per-partition XGBoost models: one line per model and metric"))
+    stacked = _load(train / "stacked.json")
+    if stacked and stacked.get("newton_steps"):
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        ax.semilogy(stacked["newton_steps"], marker="o")
+        ax.set_xlabel("Newton iteration")
+        ax.set_ylabel("largest coefficient step")
+        ax.set_title("Stacked combiner fit")
+        panels.append(_img(_figure_png(fig), "Stacked ensemble: convergence of its Newton fit"))
+    mlp = _load(train / "mlp.json")
+    if mlp:
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        epochs = range(1, len(mlp["history"]["train_loss"]) + 1)
+        ax.plot(epochs, mlp["history"]["train_loss"], marker="o", label="train loss")
+        ax.plot(epochs, mlp["history"]["validation_loss"], marker="o", label="validation loss")
+        ax.set_xlabel("epoch")
+        ax.set_title(f"Data-parallel MLP ({mlp['workers']} workers, sync every {mlp['sync_every']} steps)")
+        ax.legend(fontsize=8)
+        panels.append(_img(_figure_png(fig), "Data-parallel MLP: loss per epoch"))
+    mlp_parts = _load(train / "mlp_partitions.json")
+    if mlp_parts and any(mlp_parts.get("histories", [])):
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        for hist in mlp_parts["histories"]:
+            values = hist.get("train_loss", [])
+            ax.plot(range(1, len(values) + 1), values, marker=".", lw=0.8, alpha=0.7)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("train loss")
+        ax.set_title("Per-partition MLPs")
+        panels.append(_img(_figure_png(fig), "Per-partition MLP models: training loss per epoch, one line each"))
+    if not panels:
+        return ""
+    return "<h2>Training curves</h2><div class='grid'>" + "".join(panels) + "</div>"
+
+
+def _partition_plots(plt, evaluation, task) -> str:
+    key = primary_metric(task)
+    per = evaluation["partition_metrics"]
+    names = list(per)
+    n = len(per[names[0]])
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    width = 0.8 / len(names)
+    for j, name in enumerate(names):
+        values = [p.get(key, float("nan")) for p in per[name]]
+        ax.bar([i + j * width for i in range(n)], values, width=width, label=MODEL_LABELS.get(name, name))
+    ax.set_xlabel("partition")
+    ax.set_ylabel(key)
+    lo = min((p.get(key, 1.0) for name in names for p in per[name] if p.get(key) == p.get(key)), default=0)
+    if task == "classification":
+        ax.set_ylim(max(0.0, lo - 0.05), 1.0)
+    ax.set_title(f"Validation {key} per partition")
+    ax.legend(fontsize=7, ncol=2)
+    rows = []
+    models = evaluation.get("partition_models", {})
+    for family, members in models.items():
+        for m in members:
+            rows.append([MODEL_LABELS.get(family, family), str(m.get("partitions")), m.get("rows", 0),
+                         m.get(key, float("nan"))])
+    table = _table(rows, ["per-partition model", "partitions", "train rows", f"{key} on own validation rows"]) \
+        if rows else ""
+    return "<h2>Per-partition metrics</h2>" + _img(_figure_png(fig), f"{key} of every model on each partition") + table
+
+
+def list_runs(runs_dir) -> list:
+    """Past runs under ``runs_dir``, newest first, with their key metrics."""
+    runs = []
+    for run_dir in sorted(Path(runs_dir).glob("*/"), reverse=True):
+        manifest = read_manifest(run_dir)
+        if not manifest:
+            continue
+        evaluation = _load(run_dir / "evaluate" / "metrics.json") or {}
+        metrics = evaluation.get("metrics", {})
+        task = evaluation.get("task", "classification")
+        key = primary_metric(task)
+        best = None
+        if metrics:
+            from shardflow.pipelines.job import best_model
+
+            name = best_model(metrics, task)
+            best = (name, metrics[name].get(key))
+        runs.append({"run": run_dir.name, "stages": list(manifest.get("stages", {})),
+                     "rows": manifest.get("stages", {}).get("etl", {}).get("rows"),
+                     "input": manifest.get("input", {}).get("path"), "metric": key,
+                     "best_model": best[0] if best else None, "best_value": best[1] if best else None,
+                     "path": str(run_dir)})
+    return runs
