@@ -208,6 +208,7 @@ def _performance_report(enabled: bool):
     with performance_report(filename=tmp):
         yield target
     if target.run_dir is not None:
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; it is a report like the others
         os.replace(tmp, Path(target.run_dir) / "performance-report.html")
         logger.info("performance report: %s", Path(target.run_dir) / "performance-report.html")
 
