@@ -58,6 +58,9 @@ class InputConfig:
     row groups is split between them). ``types`` gives the kind (``number``,
     ``datetime``, ``string``) of columns that are not features but are used by
     expressions; CSV has no types, so there such columns default to ``number``.
+    ``persist`` (``auto``, ``true``, ``false``) keeps the prepared partitions in
+    cluster memory between the ETL's passes; ``auto`` does so when they take less
+    than a quarter of the workers' memory, and otherwise re-reads the input per pass.
     """
 
     path: str = ""
@@ -66,6 +69,7 @@ class InputConfig:
     blocksize: str = "128MB"
     max_partition_rows: int = 2_000_000
     types: dict[str, str] = field(default_factory=dict)
+    persist: str = "auto"
 
 
 @dataclass
@@ -367,7 +371,9 @@ def _coerce(value, hint, key: str):
             raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
         return float(value)
     if hint is str:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, bool):  # `persist: true` reads as the boolean; keep its spelling
+            return str(value).lower()
+        if isinstance(value, (int, float)):
             return str(value)
         if not isinstance(value, str):
             raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
@@ -382,6 +388,8 @@ def validate(config: Config) -> None:
     for col, kind in config.input.types.items():
         if kind not in COLUMN_KINDS:
             raise ConfigError(f"config key 'input.types.{col}': {kind!r} is not one of {', '.join(COLUMN_KINDS)}")
+    if config.input.persist not in ("auto", "true", "false"):
+        raise ConfigError(f"config key 'input.persist': {config.input.persist!r} is not one of auto, true, false")
     if config.input.format not in ("auto", "parquet", "csv"):
         raise ConfigError(f"config key 'input.format': {config.input.format!r} is not one of auto, parquet, csv")
     if not config.target.column:

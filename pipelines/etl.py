@@ -159,6 +159,16 @@ def _run(config, runtime, source, dims, spec, run_dir) -> EtlResult:
         return [dask.delayed(prepare_partition, pure=True)(part, spec, dim_frames, dask_key_name=name(i))
                 for i, part in enumerate(raw.to_delayed())]
 
+    persist = _should_persist(config.input.persist, source, runtime)
+    if persist:
+        # Read and prepare once; the three passes then start from partitions in worker
+        # memory (spilled to disk under pressure, recomputed if a worker is lost).
+        cached = client.compute(prepared("etl"))
+        logger.info("etl: keeping the prepared partitions in cluster memory between passes")
+
+        def prepared(stage):  # noqa: F811 - the cached variant
+            return cached
+
     # Pass 1: profile.
     t = time.perf_counter()
     name = task_names("etl-profile", source.fingerprint, spec)
@@ -270,6 +280,8 @@ def _run(config, runtime, source, dims, spec, run_dir) -> EtlResult:
         stages={"etl": {"completed": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": profile.rows,
                         "partitions": len(partition_rows), "seconds": round(seconds, 3)}},
     )
+    if persist:
+        client.cancel(cached)
     result = EtlResult(run_dir, profile.rows, len(partition_rows), profile.validation_rows,
                        profile.quarantined, seconds, peaks, preprocessor, timings)
     logger.info(
@@ -278,6 +290,32 @@ def _run(config, runtime, source, dims, spec, run_dir) -> EtlResult:
         _format_bytes(max(peaks.values()) if peaks else 0), result.stage_dir,
     )
     return result
+
+
+def _should_persist(setting: str, source, runtime: Runtime) -> bool:
+    """Whether the prepared partitions fit comfortably in the cluster's memory.
+
+    ``auto``: their estimated size (twice the input's uncompressed Parquet size, or
+    the CSV bytes) is under a quarter of the workers' total memory limit.
+    """
+    if setting in ("true", "false"):
+        return setting == "true"
+    limits = [w.get("memory_limit") or 0 for w in runtime.client.scheduler_info(n_workers=-1)["workers"].values()]
+    if not limits or not all(limits):
+        return False
+    if source.format == "parquet":
+        import pyarrow.parquet as pq
+
+        size = 0
+        for f in source.files:
+            meta = pq.ParquetFile(f).metadata
+            size += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        estimate = 2 * size
+    else:
+        import os
+
+        estimate = 2 * sum(os.path.getsize(f) for f in source.files)
+    return estimate < sum(limits) / 4
 
 
 def _check_profile(profile, config: Config, source) -> None:

@@ -29,10 +29,14 @@ def create_feature_arrays(stage_dir: Path, rows: int, n_features: int, chunk_row
     group = zarr.open_group(str(stage_dir / ZARR_DIR), mode="w")
     group.attrs.update(attributes)
     chunk_rows = max(1, chunk_rows)
+    # LZ4 with byte shuffling: several times faster than Zarr's default Zstd on float columns.
+    codec = [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]
     group.create_array("X", shape=(rows, n_features), chunks=(chunk_rows, max(1, n_features)),
-                       dtype="float32", fill_value=np.nan)
-    group.create_array("y", shape=(rows,), chunks=(chunk_rows,), dtype="float32", fill_value=np.nan)
-    group.create_array("is_validation", shape=(rows,), chunks=(chunk_rows,), dtype="bool", fill_value=False)
+                       dtype="float32", fill_value=np.nan, compressors=codec)
+    group.create_array("y", shape=(rows,), chunks=(chunk_rows,), dtype="float32", fill_value=np.nan,
+                       compressors=codec)
+    group.create_array("is_validation", shape=(rows,), chunks=(chunk_rows,), dtype="bool", fill_value=False,
+                       compressors=codec)
 
 
 def write_etl_partition(part: PreparedPartition, index: int, preprocessor: Preprocessor, stage_dir: str,

@@ -112,7 +112,14 @@ def _as_strings_pandas(series):
 @category_codes.register(pd.Series)
 def _category_codes_pandas(series, vocabulary):
     """Position of each value in ``vocabulary``; -1 for values not in it (and nulls)."""
-    return pd.Categorical(series, categories=pd.Index(vocabulary, dtype=object)).codes
+    import pyarrow.compute as pc
+
+    # Arrow's hash lookup works on the Arrow-backed strings directly (no object copies).
+    values = pa.array(series, from_pandas=True)
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        values = values.cast(pa.string())
+    codes = pc.index_in(values, value_set=pa.array(list(vocabulary), type=values.type))
+    return codes.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- cuDF

@@ -96,7 +96,7 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
         target_missing = target.isna()
         reject(target_missing, f"{spec.target}: missing target")
         if spec.task == "classification":
-            reject(target.notna() & ~target.isin([0.0, 1.0]), f"{spec.target}: not 0/1")
+            reject(target.notna() & (target != 0.0) & (target != 1.0), f"{spec.target}: not 0/1")
     else:  # prediction: no target, nothing to reject for it
         first = raw.columns[0]
         target = _as_float(raw[first]).where(raw[first].isna() & raw[first].notna())
@@ -119,7 +119,7 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
     features[SPLIT_COLUMN] = split
     # Division by zero in a derived feature is a missing value, not a number.
     for col in spec.numeric_features:
-        features[col] = features[col].where(~features[col].isin([np.inf, -np.inf]))
+        features[col] = features[col].where(features[col].abs() != np.inf)
 
     quarantine = raw[~good]
     quarantine = quarantine.assign(
