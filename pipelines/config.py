@@ -194,7 +194,7 @@ class MLPConfig:
     lr_schedule: str = "cosine"
     warmup: float = 0.0
     sync: str = "parameters"
-    sync_every: int | None = 32
+    sync_every: int | None = 64
     accumulation_steps: int = 1
     bf16: bool = False
     early_stopping_patience: int | None = 2

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from shardflow.pipelines import progress
-from shardflow.pipelines.train import TrainingData, _worker_threads, tree_reduce_futures
+from shardflow.pipelines.train import TrainingData, _worker_threads, call_token, tree_reduce_futures
 from shardflow.tasks.metrics import combine_metrics, curves, finish_metrics, partial_metrics
 
 MODEL_LABELS = {
@@ -76,15 +76,16 @@ def evaluate(runtime, data: TrainingData, payloads: dict, stack: dict | None = N
     """
     client = runtime.client
     started = time.perf_counter()
-    (payloads_f,) = client.scatter([payloads], broadcast=True)
+    (payloads_f,) = client.scatter([payloads], broadcast=True, hash=False)
     stack_info = None if stack is None else {k: stack[k] for k in ("coef_even", "coef_odd")}
     partials = []
+    token = call_token(data.token)
     for i, f in enumerate(data.futures):
         preds = stack["predictions"][i] if stack is not None else None
         partials.append(client.submit(_evaluate_partition, f, payloads_f, preds, stack_info, data.task,
-                                      residual_range, key=f"evaluate-partition-{data.token}-{i}", pure=False))
+                                      residual_range, key=f"evaluate-partition-{token}-{i}", pure=False))
     per_partition = [client.submit(_per_partition, p, data.task, pure=False) for p in partials]
-    total = tree_reduce_futures(client, partials, _combine_all, f"evaluate-combine-{data.token}")
+    total = tree_reduce_futures(client, partials, _combine_all, f"evaluate-combine-{token}")
     *per_partition, total = progress.compute(client, [*per_partition, total], "evaluate")
     metrics = {name: finish_metrics(total[name], data.task) for name in payloads}
     plots = {name: curves(total[name], data.task, residual_range=residual_range) for name in payloads}

@@ -93,10 +93,12 @@ def train(config: Config, runtime: Runtime, run_dir, xgboost_callbacks=()) -> Tr
         seconds["xgboost"] = results["xgboost"]["seconds"]
     spec = mlp_spec_for(data.preprocessor, tc.mlp)
     optim = mlp_optim_for(tc.mlp, runtime.backend)
-    for family in ("xgboost_partitions", "mlp_partitions"):
-        if family in tc.models:
-            out = train_partition_models(runtime, data, tc.partitions, [family], params, spec, optim,
-                                         tc.mlp.lr_schedule, tc.xgboost.categorical, tc.seed)[family]
+    families = [f for f in ("xgboost_partitions", "mlp_partitions") if f in tc.models]
+    if families:
+        # Both families in one graph: the workers stay busy while the other family's models train.
+        trained = train_partition_models(runtime, data, tc.partitions, families, params, spec, optim,
+                                         tc.mlp.lr_schedule, tc.xgboost.categorical, tc.seed)
+        for family, out in trained.items():
             out["spec"] = spec
             results[family] = out
             seconds[family] = out["seconds"]

@@ -129,8 +129,8 @@ def predict(run_dir, input_path, output_path, model: str | None = None, runtime:
         prepared_meta(source, spec, dims, runtime.backend)
         (tmp / QUARANTINE_DIR).mkdir(parents=True)
         client = runtime.client
-        dim_frames = client.scatter(dimension_frames(dims, runtime.backend), broadcast=True) if dims else []
-        (payload_f,) = client.scatter([payload], broadcast=True)
+        dim_frames = client.scatter(dimension_frames(dims, runtime.backend), broadcast=True, hash=False) if dims else []
+        (payload_f,) = client.scatter([payload], broadcast=True, hash=False)
         raw = read_source(config, runtime.backend, source, spec)
         name = task_names(f"predict-{model}", source.fingerprint, str(tmp))
         tasks = [dask.delayed(predict_partition, pure=False)(part, spec, dim_frames, preprocessor, model, payload_f,

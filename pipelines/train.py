@@ -102,6 +102,14 @@ def load_training_data(runtime: Runtime, etl_dir, seed: int = 0) -> TrainingData
     return TrainingData(futures, placement, [s[0] for s in sizes], [s[1] for s in sizes], preprocessor, token)
 
 
+def call_token(prefix: str) -> str:
+    """A key suffix unique to one call: training tasks are not pure, so two calls with
+    the same inputs must never share keys (a finished call's results could be returned)."""
+    import uuid
+
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
 def _worker_threads() -> int | None:
     try:
         from distributed import get_worker
@@ -251,17 +259,18 @@ def train_partition_models(runtime: Runtime, data: TrainingData, cfg: PartitionM
               if sum(data.train_rows[i] for i in g) > 0]
     out = {}
     pending = {}
+    token = call_token(data.token)
     for family in families:
         for gi, group in enumerate(groups):
             args = [data.futures[i] for i in group]
             if family == "xgboost_partitions":
                 fut = client.submit(_train_group_xgboost, *args, params=xgb_params, rounds=cfg.xgboost_rounds,
                                     feature_names=data.feature_names, feature_types=data.feature_types(categorical),
-                                    task=data.task, key=f"train-xgboost-partition-{data.token}-{gi}", pure=False)
+                                    task=data.task, key=f"train-xgboost-partition-{token}-{gi}", pure=False)
             else:
                 fut = client.submit(_train_group_mlp, *args, spec=mlp_spec, optim=mlp_optim, epochs=cfg.mlp_epochs,
                                     seed=seed * 7919 + gi, schedule=mlp_schedule,
-                                    key=f"train-mlp-partition-{data.token}-{gi}", pure=False)
+                                    key=f"train-mlp-partition-{token}-{gi}", pure=False)
             pending[(family, gi)] = fut
     started = time.perf_counter()
     results = dict(zip(pending, progress.compute(client, list(pending.values()), f"train {', '.join(families)}")))
@@ -272,8 +281,10 @@ def train_partition_models(runtime: Runtime, data: TrainingData, cfg: PartitionM
             "groups": groups,
             "weights": [m["rows"] for m in members],
             "members": members,
+            # Training time of the family alone: its models' seconds spread over the workers
+            # (the families train side by side, so the shared wall time would count both).
             "seconds": wall if len(families) == 1 else sum(m["seconds"] for m in members) / max(
-                1, len(set(data.workers))),
+                1, min(len(members), len(set(data.workers)))),
             "partition_metrics": [{"partitions": g, "rows": m["rows"], **m["validation"]} for g, m in
                                   zip(groups, members)],
         }
@@ -301,17 +312,55 @@ def mlp_optim_for(cfg: MLPConfig, backend: str):
                        device=device)
 
 
-def _worker_round(shard, params, previous, spec, optim, epoch, first_step, steps, lr):
+#: Optimizer state of the data-parallel MLP, kept in each worker process between rounds
+#: (it never needs to leave the worker), keyed by (training token, worker index).
+_RESIDENT_STATE: dict = {}
+
+
+class WorkerStateLost(RuntimeError):
+    """A data-parallel round ran on a worker that does not hold the training's state."""
+
+
+def _current_params(params_or_reduced, like):
+    """Parameters from the previous round: plain (the first round) or a reduced weighted sum."""
+    from shardflow.tasks.neural import weighted_mean
+
+    if "sum" in params_or_reduced:
+        return weighted_mean(params_or_reduced, like)
+    return params_or_reduced
+
+
+def _worker_round(shard, params_or_reduced, like, spec, optim, epoch, first_step, steps, lr, token, index):
+    """One worker's share of a round: finish the last average, take local steps, return w·θ."""
     import torch
 
-    from shardflow.tasks.neural import local_steps
+    from shardflow.tasks.neural import local_steps, weighted_sum
 
     threads = _worker_threads()
     if threads:
         torch.set_num_threads(threads)
-    state = previous["optimizer_state"] if previous else None
-    return local_steps(shard, params, spec, optim, epoch=epoch, first_step=first_step, steps=steps, lr=lr,
-                       optimizer_state=state)
+    key = (token, index)
+    if first_step == 0 and epoch == 0:
+        _RESIDENT_STATE.pop(key, None)
+    elif key not in _RESIDENT_STATE:
+        raise WorkerStateLost(f"worker {index} of data-parallel MLP training {token} lost its optimizer state "
+                              "(the worker was restarted or replaced)")
+    params = _current_params(params_or_reduced, like)
+    out = local_steps(shard, params, spec, optim, epoch=epoch, first_step=first_step, steps=steps, lr=lr,
+                      optimizer_state=_RESIDENT_STATE.get(key))
+    _RESIDENT_STATE[key] = out.pop("optimizer_state")
+    return weighted_sum(out)
+
+
+def _forget_state(token):
+    for key in [k for k in _RESIDENT_STATE if k[0] == token]:
+        del _RESIDENT_STATE[key]
+
+
+def _validation_loss(shard, params_or_reduced, like, spec, device):
+    from shardflow.tasks.neural import loss_on
+
+    return loss_on(shard, _current_params(params_or_reduced, like), spec, device)
 
 
 def _worker_gradient(shard, params, spec, optim, epoch, step):
@@ -361,13 +410,13 @@ def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig
     applied. Validation loss is computed after each epoch; the best parameters are kept
     and training stops after ``early_stopping_patience`` epochs without improvement.
     """
-    from shardflow.tasks.neural import combine_weighted, init_params, loss_on, lr_at, weighted_mean, weighted_sum
+    from shardflow.tasks.neural import combine_weighted, init_params, lr_at
 
     started = time.perf_counter()
     client = runtime.client
     spec = mlp_spec_for(data.preprocessor, cfg)
     optim = mlp_optim_for(cfg, runtime.backend)
-    token = f"{data.token}-{tokenize(cfg, seed)[:8]}"
+    token = call_token(data.token)
     workers = sorted(set(data.workers))
     shards, rows = {}, {}
     for wi, w in enumerate(workers):
@@ -383,8 +432,8 @@ def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig
         sync_every = 1
     total_steps = cfg.epochs * steps_per_epoch
     params = init_params(spec, seed)
-    (params_f,) = client.scatter([params])
-    previous = {w: None for w in workers}
+    (params_f,) = client.scatter([params], broadcast=True, hash=False)
+    params_like = params_f  # dtypes and names of the parameters, on every worker
     apply_state = None
     history = {"train_loss": [], "validation_loss": [], "lr": [], "seconds": []}
     best = (math.inf, params_f, -1)
@@ -398,14 +447,14 @@ def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig
             lr = lr_at(cfg.lr_schedule, cfg.lr, (epoch * steps_per_epoch + step) / total_steps, cfg.warmup)
             name = f"train-mlp-{token}-e{epoch}-s{step}"
             if cfg.sync == "parameters":
-                results = {w: client.submit(_worker_round, shards[w], params_f, previous[w], spec, optim, epoch, step,
-                                            n, lr, key=f"{name}-local-{wi}", workers=[w], allow_other_workers=False)
-                           for wi, w in enumerate(workers)}
-                leaves = [client.submit(weighted_sum, results[w], key=f"{name}-weigh-{wi}", workers=[w])
+                leaves = [client.submit(_worker_round, shards[w], params_f, params_like, spec, optim, epoch, step, n,
+                                        lr, token, wi, key=f"{name}-local-{wi}", workers=[w],
+                                        allow_other_workers=False)
                           for wi, w in enumerate(workers)]
+                # The reduced weighted sum is the next round's input: each worker finishes the
+                # division itself, so a round costs two hops (local steps, then the reduction).
                 reduced = tree_reduce_futures(client, leaves, combine_weighted, f"{name}-average")
-                params_f = client.submit(weighted_mean, reduced, params_f, key=f"{name}-mean")
-                previous = results
+                params_f = reduced
             else:
                 grads = [client.submit(_worker_gradient, shards[w], params_f, spec, optim, epoch, step,
                                        key=f"{name}-gradient-{wi}", workers=[w], allow_other_workers=False)
@@ -417,7 +466,7 @@ def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig
             losses.append(client.submit(_take, reduced, "loss_sum", key=f"{name}-loss"))
             step += n
             rounds += 1
-        valid = client.gather([client.submit(loss_on, shards[w], params_f, spec, optim.device,
+        valid = client.gather([client.submit(_validation_loss, shards[w], params_f, params_like, spec, optim.device,
                                              key=f"train-mlp-{token}-e{epoch}-valid-{wi}", workers=[w])
                                for wi, w in enumerate(workers)])
         seen = epoch_rows(rows, workers, steps_per_epoch, cfg)
@@ -437,7 +486,8 @@ def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig
             if cfg.early_stopping_patience is not None and bad_epochs >= cfg.early_stopping_patience:
                 logger.info("mlp: early stop after epoch %d (best %d)", epoch + 1, best[2] + 1)
                 break
-    final = client.gather(best[1])
+    final = client.submit(_current_params, best[1], params_like, key=f"train-mlp-{token}-final").result()
+    client.run(_forget_state, token)
     return {"params": final, "spec": spec, "history": history, "best_epoch": best[2], "rounds": rounds,
             "steps_per_epoch": steps_per_epoch, "sync_every": sync_every,
             "seconds": time.perf_counter() - started, "workers": len(workers),
@@ -497,15 +547,16 @@ def fit_stacker(runtime: Runtime, data: TrainingData, member_models: list, max_i
     """
     client = runtime.client
     started = time.perf_counter()
-    (models_f,) = client.scatter([member_models], broadcast=True)
-    preds = [client.submit(_member_predictions, f, models_f, data.task, key=f"train-stack-predict-{data.token}-{i}")
+    token = call_token(data.token)
+    (models_f,) = client.scatter([member_models], broadcast=True, hash=False)
+    preds = [client.submit(_member_predictions, f, models_f, data.task, key=f"train-stack-predict-{token}-{i}")
              for i, f in enumerate(data.futures)]
     k = len(member_models) + 1
     thetas = [np.zeros(k) for _ in range(3)]
     newton_steps = []
     for _ in range(max_iter):
         terms = [client.submit(_stack_terms, p, f, thetas, data.task, pure=False) for p, f in zip(preds, data.futures)]
-        total = tree_reduce_futures(client, terms, _add_terms, f"train-stack-newton-{data.token}-{_}").result()
+        total = tree_reduce_futures(client, terms, _add_terms, f"train-stack-newton-{token}-{_}").result()
         steps = []
         for j in range(3):
             n = max(total[j]["n"], 1.0)
