@@ -43,6 +43,13 @@ class ClusterConfig:
         ``local-cuda`` only: use cuDF's built-in spilling instead of dask-cuda's.
     resources : dict, optional
         Worker resources for heterogeneous clusters (``{"GPU": 1}``).
+    tls : bool
+        Encrypt and authenticate every connection with TLS. Local clusters make a
+        temporary certificate for themselves; for an address (``tls://host:8786``)
+        give ``tls_ca_file``, ``tls_cert`` and ``tls_key`` (the certificate the
+        scheduler trusts).
+    tls_ca_file, tls_cert, tls_key : str, optional
+        PEM files: the certificate authority, this client's certificate and key.
     """
 
     spec: str = "auto"
@@ -56,6 +63,10 @@ class ClusterConfig:
     device_memory_limit: str | None = None
     enable_cudf_spill: bool = False
     resources: dict | None = None
+    tls: bool = False
+    tls_ca_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     def is_address(self) -> bool:
         return self.spec.startswith(ADDRESS_SCHEMES)
@@ -66,6 +77,9 @@ class ClusterConfig:
                 f"config key 'cluster.spec': {self.spec!r} is not one of "
                 f"{', '.join(CLUSTER_SPECS)} nor a scheduler address such as tcp://host:8786"
             )
+        if self.spec.startswith("tls://") and not (self.tls_ca_file and self.tls_cert and self.tls_key):
+            raise ValueError("config key 'cluster.spec': a tls:// scheduler needs cluster.tls_ca_file, "
+                             "cluster.tls_cert and cluster.tls_key")
         for key in ("n_workers", "threads_per_worker"):
             value = getattr(self, key)
             if value is not None and value < 1:

@@ -60,6 +60,21 @@ class Runtime:
             self.cluster.close()
 
 
+def describe_failure(err: BaseException) -> str | None:
+    """A one-line explanation, naming the task and the setting to change, of a cluster failure."""
+    from distributed.scheduler import KilledWorker
+
+    if isinstance(err, KilledWorker):
+        task = getattr(err, "task", None) or (err.args[0] if err.args else "?")
+        allowed = getattr(err, "allowed_failures", None)
+        limit = allowed if allowed is not None else dask.config.get("distributed.scheduler.allowed-failures")
+        tries = limit + 1
+        return (f"task {task!r} killed the worker running it {tries} times and was given up "
+                f"(distributed.scheduler.allowed-failures = {limit}); if workers ran out of memory, raise "
+                "cluster.memory_limit or make partitions smaller (input.max_partition_rows, input.blocksize)")
+    return None
+
+
 def cuda_available() -> bool:
     """A CUDA device is visible and dask-cuda and cuDF are installed.
 
@@ -158,6 +173,22 @@ def connect(config: ClusterConfig | None = None, **overrides):
         runtime.close()
 
 
+def security_for(config: ClusterConfig):
+    """Dask ``Security`` for the config, or None without TLS."""
+    from distributed.security import Security
+
+    if config.tls_ca_file or config.spec.startswith("tls://"):
+        return Security(tls_ca_file=config.tls_ca_file, tls_client_cert=config.tls_cert,
+                        tls_client_key=config.tls_key, require_encryption=True)
+    if config.tls:
+        try:
+            return Security.temporary()  # a self-signed certificate shared by this cluster only
+        except ImportError as err:
+            raise ClusterError(f"cluster.tls needs the 'cryptography' package: pip install cryptography ({err})") \
+                from None
+    return None
+
+
 def _start_local(config: ClusterConfig) -> Runtime:
     cores = os.cpu_count() or 1
     if config.n_workers and config.threads_per_worker:
@@ -169,10 +200,13 @@ def _start_local(config: ClusterConfig) -> Runtime:
         n_workers = max(1, cores // threads)
     else:
         n_workers, threads = nprocesses_nthreads(cores)
+    security = security_for(config)
     cluster = LocalCluster(
         n_workers=n_workers,
         threads_per_worker=threads,
         processes=True,
+        security=security,
+        protocol="tls://" if security else None,
         host=config.host,
         dashboard_address=config.dashboard_address or None,
         memory_limit=config.memory_limit or "auto",
@@ -180,7 +214,7 @@ def _start_local(config: ClusterConfig) -> Runtime:
         resources=config.resources,
         env=native_thread_env(threads),
     )
-    return Runtime(Client(cluster), backend="pandas", kind="local", cluster=cluster)
+    return Runtime(Client(cluster, security=security), backend="pandas", kind="local", cluster=cluster)
 
 
 def _start_local_cuda(config: ClusterConfig) -> Runtime:
@@ -215,7 +249,7 @@ def _start_local_cuda(config: ClusterConfig) -> Runtime:
 
 def _connect(config: ClusterConfig) -> Runtime:
     try:
-        client = Client(config.spec, timeout="20s")
+        client = Client(config.spec, timeout="20s", security=security_for(config))
     except (OSError, TimeoutError) as err:
         raise ClusterError(
             f"cannot reach the scheduler at {config.spec} ({err}); "

@@ -51,7 +51,7 @@ def save_models(stage_dir: Path, results: dict, task: str) -> None:
         r = results["xgboost"]
         (stage_dir / "xgboost.ubj").write_bytes(r["model"])
         _json(stage_dir / "xgboost.json", {k: r[k] for k in ("history", "best_iteration", "rounds", "round_seconds",
-                                                             "seconds", "resumed_from", "params")})
+                                                             "seconds", "resumed_from", "restarts", "params")})
     for family, suffix in (("xgboost_partitions", "ubj"), ("mlp_partitions", "pt")):
         if family not in results:
             continue
@@ -76,7 +76,8 @@ def save_models(stage_dir: Path, results: dict, task: str) -> None:
         r = results["mlp"]
         _save_weights(r["params"], stage_dir / "mlp.pt")
         _json(stage_dir / "mlp.json", {"spec": r["spec"].to_dict(), **{k: r[k] for k in (
-            "history", "best_epoch", "rounds", "steps_per_epoch", "sync_every", "seconds", "workers", "samples")}})
+            "history", "best_epoch", "rounds", "steps_per_epoch", "sync_every", "seconds", "workers", "samples",
+            "restarts")}})
     _json(stage_dir / "task.json", {"task": task})
 
 
@@ -130,7 +131,8 @@ def load_model(run_dir, name: str) -> dict:
                   for i in range(len(meta["weights"]))]
         payload = {"task": task, "models": models, "weights": meta["weights"]}
         if name == "stacked":
-            payload["coef"] = json.loads(_verified(run_dir, "train/stacked.json", manifest).read_text())["coef"]
+            stacked = json.loads(_verified(run_dir, "train/stacked.json", manifest).read_text())
+            payload.update({k: stacked[k] for k in ("coef", "coef_even", "coef_odd")})
         return payload
     if name == "mlp":
         meta = json.loads(_verified(run_dir, "train/mlp.json", manifest).read_text())

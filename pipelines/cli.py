@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"rows of the default dataset, generated when absent (default {DEFAULT_ROWS:,})")
     run.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
                      help="where the default dataset and runs go (default ./shardflow-work)")
+    run.add_argument("--resume", type=Path, metavar="RUN",
+                     help="continue an interrupted run: current stages are kept, training resumes from checkpoints")
+    run.add_argument("--force", action="store_true", help="recompute every stage in a new run directory")
     run.add_argument("--performance-report", action="store_true",
                      help="save Dask's performance report (task stream, profile, bandwidth) in the run directory")
     _add_cluster_options(run)
@@ -176,7 +179,7 @@ def cmd_run(args) -> int:
             # At least 8 partitions, so every worker has data to train on.
             per_partition = min(DEFAULT_ROWS_PER_PARTITION, max(50_000, -(-args.rows // 8)))
             generate(data_dir, args.rows, runtime=runtime, overwrite=True, rows_per_partition=per_partition)
-        result = run(config, runtime=runtime)
+        result = run(config, runtime=runtime, resume=args.resume, force=args.force)
         perf.run_dir = result.run_dir
     if args.performance_report:
         from shardflow.pipelines.report import build_report
@@ -251,6 +254,14 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("shardflow: interrupted; no partial output was kept", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - cluster failures get a line a user can act on
+        from shardflow.cluster.factory import describe_failure
+
+        message = describe_failure(err)
+        if message is None:
+            raise
+        print(f"shardflow: error: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -152,13 +152,18 @@ class XGBoostConfig:
     ``params`` are XGBoost parameters merged over shardflow's defaults (``hist``,
     ``max_depth`` 8, ``eta`` 0.1, the objective from ``target.task``, ``device`` cuda
     on GPU clusters). A checkpoint is written every ``checkpoint_every`` rounds; a run
-    that failed resumes from it.
+    that failed resumes from it. If a worker is lost mid-training (the collective
+    fails: it cannot continue without a member, and gives up after
+    ``collective_timeout`` seconds of silence), training continues from the last
+    checkpoint on the workers present, up to ``max_attempts`` times in all.
     """
 
     num_boost_round: int = 300
     early_stopping_rounds: int | None = 20
     checkpoint_every: int = 25
     categorical: bool = True
+    max_attempts: int = 3
+    collective_timeout: int | None = 600
     params: dict = field(default_factory=dict)
 
 

@@ -25,23 +25,35 @@ MODEL_LABELS = {
 }
 
 
-def _evaluate_partition(shard, payloads, stack_predictions, stack, task, residual_range):
-    from shardflow.tasks.models import predict_payload, stack_inputs, stack_predict
+def _evaluate_partition(shard, payloads, task, residual_range):
+    from shardflow.tasks.models import (
+        predict_payload,
+        stack_inputs,
+        stack_predict,
+        weighted_average,
+        xgboost_predict,
+    )
 
     threads = _worker_threads()
+    x, n = shard.x_valid, len(shard.y_valid)
+    members = None
     partials = {}
     for name, payload in payloads.items():
-        if name == "stacked" and stack is not None:
-            # Out-of-fold: even rows scored by the fit on odd rows and vice versa.
-            n = len(shard.y_valid)
-            p = np.zeros(n)
-            if n:
-                design = stack_inputs(list(stack_predictions), task)
-                even = np.arange(n) % 2 == 0
-                p[even] = stack_predict(stack["coef_odd"], design[even], task)
-                p[~even] = stack_predict(stack["coef_even"], design[~even], task)
+        if name in ("xgboost_partitions", "stacked"):
+            if members is None:  # shared by both: each member predicts once
+                members = [xgboost_predict(m, x, threads) for m in payload["models"]]
+            if name == "xgboost_partitions":
+                p = weighted_average(members, payload["weights"]) if n else np.zeros(0)
+            else:
+                # Out-of-fold: even rows scored by the fit on odd rows and vice versa.
+                p = np.zeros(n)
+                if n:
+                    design = stack_inputs(members, task)
+                    even = np.arange(n) % 2 == 0
+                    p[even] = stack_predict(payload["coef_odd"], design[even], task)
+                    p[~even] = stack_predict(payload["coef_even"], design[~even], task)
         else:
-            p = predict_payload(name, payload, shard.x_valid, threads)
+            p = predict_payload(name, payload, x, threads)
         partials[name] = partial_metrics(shard.y_valid, p, task, residual_range)
     return partials
 
@@ -57,17 +69,16 @@ def _combine_all(*parts):
     return out
 
 
-def evaluate(runtime, data: TrainingData, payloads: dict, stack: dict | None = None,
-             residual_range: float = 1.0) -> dict:
+def evaluate(runtime, data: TrainingData, payloads: dict, residual_range: float = 1.0) -> dict:
     """Validation metrics of every model, reduced across partitions.
 
     Parameters
     ----------
     payloads : dict
         ``{family: payload}`` as loaded by :func:`shardflow.pipelines.artifacts.load_model`.
-    stack : dict, optional
-        The stacker's cross-fitted coefficients and its per-partition member
-        predictions (futures) from :func:`~shardflow.pipelines.train.fit_stacker`.
+        The stacked family is scored out-of-fold with its cross-fitted coefficients.
+    residual_range : float
+        Half-width of the residual histogram (regression), in target units.
 
     Returns
     -------
@@ -77,13 +88,10 @@ def evaluate(runtime, data: TrainingData, payloads: dict, stack: dict | None = N
     client = runtime.client
     started = time.perf_counter()
     (payloads_f,) = client.scatter([payloads], broadcast=True, hash=False)
-    stack_info = None if stack is None else {k: stack[k] for k in ("coef_even", "coef_odd")}
     partials = []
     token = call_token(data.token)
     for i, f in enumerate(data.futures):
-        preds = stack["predictions"][i] if stack is not None else None
-        partials.append(client.submit(_evaluate_partition, f, payloads_f, preds, stack_info, data.task,
-                                      residual_range, key=f"evaluate-partition-{token}-{i}", pure=False))
+        partials.append(client.submit(_evaluate_partition, f, payloads_f, data.task, residual_range, key=f"evaluate-partition-{token}-{i}", pure=False))
     per_partition = [client.submit(_per_partition, p, data.task, pure=False) for p in partials]
     total = tree_reduce_futures(client, partials, _combine_all, f"evaluate-combine-{token}")
     *per_partition, total = progress.compute(client, [*per_partition, total], "evaluate")

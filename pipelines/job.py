@@ -1,12 +1,24 @@
-"""Whole jobs: ``train`` and ``evaluate`` stages, and ``run`` = ETL + train + evaluate."""
+"""Whole jobs: the ``train`` and ``evaluate`` stages, and ``run`` = ETL + train + evaluate.
+
+Every stage output is keyed by what produced it: the ETL by the input files'
+fingerprint, its config sections and the code version; training by the ETL key and the
+``train`` section; evaluation by the training key. ``run`` skips a stage whose output
+is complete and current, recomputes exactly the stages a change affects, and
+``force=True`` recomputes everything.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
+
+from dask.base import tokenize
 
 from shardflow.cluster.factory import Runtime, start
 from shardflow.cluster.memory import peak_memory, reset_peak_memory
@@ -14,8 +26,9 @@ from shardflow.pipelines import artifacts
 from shardflow.pipelines.config import Config
 from shardflow.pipelines.evaluate import comparison_table, evaluate
 from shardflow.pipelines.report import build_report
-from shardflow.pipelines.rundir import stage_output, update_manifest
+from shardflow.pipelines.rundir import new_run_id, read_manifest, stage_output, update_manifest
 from shardflow.pipelines.train import (
+    TrainingData,
     fit_stacker,
     load_training_data,
     mlp_optim_for,
@@ -25,9 +38,12 @@ from shardflow.pipelines.train import (
     train_partition_models,
     xgboost_params,
 )
+from shardflow.tasks.errors import ShardflowError
 from shardflow.tasks.metrics import metric_direction, primary_metric
 
 logger = logging.getLogger("shardflow.job")
+
+STAGES = ("etl", "train", "evaluate")
 
 
 @dataclass
@@ -38,7 +54,7 @@ class TrainResult:
     results: dict
     seconds: dict
     peak_memory: dict
-    data: object = None
+    data: TrainingData | None = None
 
     @property
     def stage_dir(self) -> Path:
@@ -53,12 +69,68 @@ class RunResult:
     metrics: dict
     table: str
     train_seconds: dict
-    etl: object = None
+    skipped: list = field(default_factory=list)
     partition_metrics: dict = field(default_factory=dict)
     peak_memory: dict = field(default_factory=dict)
 
 
-def train(config: Config, runtime: Runtime, run_dir, xgboost_callbacks=()) -> TrainResult:
+# ----------------------------------------------------------------------------- stage keys
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """Hash of shardflow's own source: a code change makes every stage stale."""
+    import shardflow.cluster
+    import shardflow.data
+    import shardflow.pipelines
+    import shardflow.tasks
+
+    digest = hashlib.sha256()
+    for package in (shardflow.tasks, shardflow.pipelines, shardflow.cluster, shardflow.data):
+        root = Path(package.__file__).parent
+        for path in sorted(root.glob("*.py")) + sorted(root.glob("*.yaml")):
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def stage_keys(config: Config) -> dict:
+    """The key of each stage's output for ``config`` (see the module docstring)."""
+    from shardflow.pipelines.source import _fingerprint, inspect_source
+
+    source = inspect_source(config)
+    dims = [config.resolve(j.path) for j in config.joins]
+    data = config.to_dict()
+    etl_config = {k: data[k] for k in ("input", "joins", "target", "features", "clean", "encode", "split")}
+    etl_config["input"] = {k: v for k, v in data["input"].items() if k != "persist"}  # how, not what
+    etl_config["output"] = {k: data["output"][k] for k in ("keep_columns", "zarr_chunk_rows")}
+    etl = tokenize(source.fingerprint, _fingerprint(dims) if dims else "", etl_config, code_version())
+    train = tokenize(etl, data["train"], code_version())
+    return {"etl": etl[:16], "train": train[:16], "evaluate": tokenize(train, code_version())[:16]}
+
+
+def is_current(run_dir: Path, stage: str, key: str) -> bool:
+    """The stage's output exists in ``run_dir`` and was produced under ``key``."""
+    info = read_manifest(run_dir).get("stages", {}).get(stage, {})
+    return info.get("key") == key and (Path(run_dir) / stage).is_dir()
+
+
+def find_run(runs_dir, etl_key: str) -> Path | None:
+    """The newest run under ``runs_dir`` whose ETL output is current for ``etl_key``."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return None
+    for run_dir in sorted((p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                          reverse=True):
+        if is_current(run_dir, "etl", etl_key):
+            return run_dir
+    return None
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def train(config: Config, runtime: Runtime, run_dir, xgboost_callbacks=(), key: str | None = None) -> TrainResult:
     """Train the families listed in ``config.train.models`` on a run's ETL output.
 
     Parameters
@@ -69,6 +141,8 @@ def train(config: Config, runtime: Runtime, run_dir, xgboost_callbacks=()) -> Tr
         A run directory holding a completed ``etl`` stage.
     xgboost_callbacks : sequence of xgboost.callback.TrainingCallback
         Extra callbacks for the global model (run on the workers).
+    key : str, optional
+        Stage key recorded in the manifest (default: from :func:`stage_keys`).
 
     Returns
     -------
@@ -108,39 +182,55 @@ def train(config: Config, runtime: Runtime, run_dir, xgboost_callbacks=()) -> Tr
         results["stacked"] = stack
         seconds["stacked"] = seconds["xgboost_partitions"] + stack["seconds"]
     if "mlp" in tc.models:
-        results["mlp"] = train_data_parallel_mlp(runtime, data, tc.mlp, tc.seed)
+        results["mlp"] = train_data_parallel_mlp(runtime, data, tc.mlp, tc.seed,
+                                                 checkpoint_dir=run_dir / "checkpoints" / "mlp")
         seconds["mlp"] = results["mlp"]["seconds"]
+    peaks = peak_memory(runtime.client)
     with stage_output(run_dir, artifacts.TRAIN_DIR) as tmp:
         artifacts.save_models(tmp, results, data.task)
         (tmp / "seconds.json").write_text(json.dumps(seconds, indent=1))
-    peaks = peak_memory(runtime.client)
+        (tmp / "peak_memory.json").write_text(json.dumps(peaks, indent=1))
     hashes = artifacts.artifact_hashes(run_dir, artifacts.TRAIN_DIR)
     hashes["etl/preprocessor.json"] = artifacts.sha256(run_dir / "etl" / "preprocessor.json")
+    key = key or stage_keys(config)["train"]
     update_manifest(run_dir, artifacts=hashes, seeds={"split": config.split.seed, "train": tc.seed},
                     stages={"train": {"completed": time.strftime("%Y-%m-%dT%H:%M:%S"), "models": list(results),
-                                      "seconds": {k: round(v, 3) for k, v in seconds.items()}}})
+                                      "key": key, "seconds": {k: round(v, 3) for k, v in seconds.items()}}})
     return TrainResult(run_dir, results, seconds, peaks, data)
 
 
-def evaluate_run(runtime: Runtime, run_dir, trained: TrainResult) -> dict:
-    """Evaluate every trained family, loaded back from disk (so what is scored is what is saved)."""
+def evaluate_run(runtime: Runtime, run_dir, data: TrainingData | None = None, key: str | None = None) -> dict:
+    """Evaluate every trained family of a run, loaded back from disk (what is scored is what is saved).
+
+    Returns
+    -------
+    dict
+        ``metrics``, ``partition_metrics``, ``curves``, ``table``, ``seconds``.
+    """
     run_dir = Path(run_dir)
-    names = list(trained.results)
+    manifest = read_manifest(run_dir)
+    if "train" not in manifest.get("stages", {}):
+        raise ShardflowError(f"{run_dir}: has no trained models to evaluate")
+    names = artifacts.available_models(run_dir)
     payloads = {name: artifacts.load_model(run_dir, name) for name in names}
-    stack = trained.results.get("stacked")
+    task = next(iter(payloads.values()))["task"]
+    seed = manifest.get("seeds", {}).get("train", 0)
+    data = data or load_training_data(runtime, run_dir / "etl", seed)
     summary = json.loads((run_dir / "etl" / "summary.json").read_text())
-    out = evaluate(runtime, trained.data, payloads, stack, residual_range=4 * (summary.get("target_std") or 1.0))
-    task = trained.data.task
-    table = comparison_table(out["metrics"], trained.seconds, task)
+    out = evaluate(runtime, data, payloads, residual_range=4 * (summary.get("target_std") or 1.0))
+    seconds = json.loads((run_dir / "train" / "seconds.json").read_text())
+    peaks = json.loads((run_dir / "train" / "peak_memory.json").read_text())
+    partition_models = {f: json.loads((run_dir / "train" / f"{f}.json").read_text())["partition_metrics"]
+                        for f in names if f.endswith("partitions")}
+    table = comparison_table(out["metrics"], seconds, task)
     with stage_output(run_dir, "evaluate") as tmp:
         (tmp / "metrics.json").write_text(json.dumps({
-            "task": task, "metrics": out["metrics"], "train_seconds": trained.seconds,
+            "task": task, "metrics": out["metrics"], "train_seconds": seconds,
             "partition_metrics": out["partition_metrics"], "curves": out["curves"],
-            "partition_models": {f: trained.results[f]["partition_metrics"] for f in names if f.endswith("partitions")},
-            "peak_memory": trained.peak_memory}, indent=1, default=float))
+            "partition_models": partition_models, "peak_memory": peaks}, indent=1, default=float))
         (tmp / "comparison.md").write_text(table + "\n")
     update_manifest(run_dir, stages={"evaluate": {"completed": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                                  "seconds": round(out["seconds"], 3)}})
+                                                  "key": key, "seconds": round(out["seconds"], 3)}})
     return {**out, "table": table}
 
 
@@ -151,8 +241,24 @@ def best_model(metrics: dict, task: str) -> str:
     return max(metrics, key=lambda name: sign * metrics[name].get(key, float("-inf") * sign))
 
 
-def run(config: Config, runtime: Runtime | None = None, run_dir=None) -> RunResult:
+def run(config: Config, runtime: Runtime | None = None, run_dir=None, resume=None, force: bool = False) -> RunResult:
     """ETL, training of the configured models and evaluation, in one run directory.
+
+    Parameters
+    ----------
+    config : Config
+    runtime : Runtime, optional
+        A started cluster (default: one from ``config.cluster``, closed at the end).
+    run_dir : path, optional
+        Run directory to use. Default: the newest run under ``output.runs_dir`` whose
+        ETL output is current for this config and input (its later stages are reused
+        when current too), else a new one.
+    resume : path, optional
+        Continue this run (after an interrupted driver, a lost scheduler, a reboot):
+        stages whose outputs are complete and current are not redone, and a
+        partly trained global XGBoost or MLP continues from its checkpoint.
+    force : bool
+        Recompute every stage in a new run directory.
 
     Examples
     --------
@@ -162,19 +268,47 @@ def run(config: Config, runtime: Runtime | None = None, run_dir=None) -> RunResu
     """
     from shardflow.pipelines.etl import etl
 
+    keys = stage_keys(config)
+    runs_dir = Path(config.output.runs_dir).expanduser().resolve()
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "manifest.json").exists():
+            raise ShardflowError(f"--resume {resume}: not a run directory (no manifest.json); "
+                                 "give a directory under output.runs_dir")
+    elif run_dir is None and not force:
+        run_dir = find_run(runs_dir, keys["etl"])
+    run_dir = Path(run_dir) if run_dir else runs_dir / new_run_id()
+    current = {stage: not force and is_current(run_dir, stage, keys[stage]) for stage in STAGES}
+    if not current["etl"]:
+        current["train"] = current["evaluate"] = False
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # they belong to the old features
+    if not current["train"]:
+        current["evaluate"] = False
+    skipped = [s for s in STAGES if current[s]]
+    if skipped:
+        logger.info("run %s: %s current, not recomputed", run_dir.name, ", ".join(skipped))
     owns = runtime is None
     runtime = runtime or start(config.cluster)
     try:
-        etl_result = etl(config, runtime=runtime, run_dir=run_dir)
-        trained = train(config, runtime, etl_result.run_dir)
-        evaluated = evaluate_run(runtime, etl_result.run_dir, trained)
-        build_report(etl_result.run_dir)
+        if not current["etl"]:
+            etl(config, runtime=runtime, run_dir=run_dir)
+            update_manifest(run_dir, stages={"etl": {**read_manifest(run_dir)["stages"]["etl"], "key": keys["etl"]}})
+        data = None
+        if not current["train"]:
+            trained = train(config, runtime, run_dir, key=keys["train"])
+            data = trained.data
+        if not current["evaluate"]:
+            evaluate_run(runtime, run_dir, data, key=keys["evaluate"])
+        if not all(current.values()) or not (run_dir / "report.html").exists():
+            build_report(run_dir)
     finally:
         if owns:
             runtime.close()
+    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    table = (run_dir / "evaluate" / "comparison.md").read_text().strip()
     from dask.utils import format_bytes
 
-    logger.info("run done: %s; peak worker memory in training %s", etl_result.run_dir,
-                ", ".join(format_bytes(v) for v in trained.peak_memory.values()))
-    return RunResult(etl_result.run_dir, evaluated["metrics"], evaluated["table"], trained.seconds, etl_result,
-                     evaluated["partition_metrics"], trained.peak_memory)
+    logger.info("run done: %s; peak worker memory in training %s", run_dir,
+                ", ".join(format_bytes(int(v)) for v in metrics["peak_memory"].values()))
+    return RunResult(run_dir, metrics["metrics"], table, metrics["train_seconds"], skipped,
+                     metrics["partition_metrics"], metrics["peak_memory"])

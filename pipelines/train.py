@@ -26,6 +26,7 @@ from shardflow.pipelines import progress
 from shardflow.pipelines.outputs import ZARR_DIR
 from shardflow.tasks import shards as shard_tasks
 from shardflow.tasks.encode import Preprocessor
+from shardflow.tasks.errors import ShardflowError
 from shardflow.tasks.metrics import metric_direction
 
 logger = logging.getLogger("shardflow.train")
@@ -44,6 +45,9 @@ class TrainingData:
     valid_rows: list
     preprocessor: Preprocessor
     token: str
+    etl_dir: Path = None
+    seed: int = 0
+    attempt: int = 0
 
     @property
     def feature_names(self) -> list:
@@ -65,11 +69,17 @@ class TrainingData:
 def sorted_workers(client) -> list:
     workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
     if not workers:
+        try:
+            client.wait_for_workers(1, timeout=30)
+        except TimeoutError:
+            pass
+        workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    if not workers:
         raise RuntimeError("the cluster has no workers; start some or check config key 'cluster.spec'")
     return workers
 
 
-def load_training_data(runtime: Runtime, etl_dir, seed: int = 0) -> TrainingData:
+def load_training_data(runtime: Runtime, etl_dir, seed: int = 0, attempt: int = 0) -> TrainingData:
     """Read each partition's rows on its worker and keep them there (futures).
 
     Parameters
@@ -79,6 +89,8 @@ def load_training_data(runtime: Runtime, etl_dir, seed: int = 0) -> TrainingData
         The ETL stage output (``run_dir / "etl"``).
     seed : int
         Seeds the per-partition shuffles.
+    attempt : int
+        Reloads after a failure use new task keys, so they never race the old ones.
     """
     import json
 
@@ -90,16 +102,22 @@ def load_training_data(runtime: Runtime, etl_dir, seed: int = 0) -> TrainingData
     offsets, rows = attrs["partition_offsets"], attrs["partition_rows"]
     client = runtime.client
     workers = sorted_workers(client)
-    token = tokenize(str(etl_dir.resolve()), json.loads((etl_dir / "summary.json").read_text())["rows"], seed)[:10]
+    # The token names the data: the same ETL output (its fitted preprocessing included) and seed.
+    token = tokenize(str(etl_dir.resolve()), (etl_dir / "preprocessor.json").read_text(),
+                     json.loads((etl_dir / "summary.json").read_text())["rows"], seed)[:10]
     placement = [workers[i % len(workers)] for i in range(len(rows))]
+    prefix = f"train-load-partition-{token}" + (f"-retry{attempt}" if attempt else "")
     futures = [
         client.submit(shard_tasks.read_shard, str(etl_dir / ZARR_DIR), offsets[i], rows[i], seed * 1_000_003 + i,
-                      key=f"train-load-partition-{token}-{i}", workers=[placement[i]], allow_other_workers=False)
+                      key=f"{prefix}-{i}", workers=[placement[i]],
+                      # a preference: if the worker is lost, the partition is read again elsewhere
+                      allow_other_workers=True)
         for i in range(len(rows))
     ]
-    sizes = client.gather([client.submit(shard_tasks.shard_sizes, f, key=f"train-shard-sizes-{token}-{i}",
+    sizes = client.gather([client.submit(shard_tasks.shard_sizes, f, key=f"{prefix}-sizes-{i}",
                                          workers=[placement[i]]) for i, f in enumerate(futures)])
-    return TrainingData(futures, placement, [s[0] for s in sizes], [s[1] for s in sizes], preprocessor, token)
+    return TrainingData(futures, placement, [s[0] for s in sizes], [s[1] for s in sizes], preprocessor, token,
+                        etl_dir, seed)
 
 
 def call_token(prefix: str) -> str:
@@ -140,6 +158,54 @@ def xgboost_params(task: str, cfg: XGBoostConfig, backend: str, seed: int) -> di
     return params
 
 
+def _xgboost_rounds(client, data, params, cfg, booster, state, remaining, checkpoint_dir, token, metric, callbacks):
+    import xgboost as xgb
+    import xgboost.dask  # noqa: F401 - registers xgb.dask
+
+    from shardflow.pipelines.checkpoint import ResumableState
+
+    x_train, y_train = _dask_arrays(data, "train")
+    x_valid, y_valid = _dask_arrays(data, "valid")
+    types = data.feature_types(cfg.categorical)
+    dtrain = xgb.dask.DaskQuantileDMatrix(client, x_train, y_train, feature_names=data.feature_names,
+                                          feature_types=types, enable_categorical=cfg.categorical)
+    dvalid = xgb.dask.DaskQuantileDMatrix(client, x_valid, y_valid, feature_names=data.feature_names,
+                                          feature_types=types, enable_categorical=cfg.categorical, ref=dtrain)
+    tracker = ResumableState(str(checkpoint_dir), cfg.checkpoint_every, token, metric,
+                             metric_direction(metric) == "max", cfg.early_stopping_rounds, state)
+    # A collective that loses a member must fail, not wait forever for it.
+    coll = xgb.collective.Config(timeout=cfg.collective_timeout) if cfg.collective_timeout else None
+    xgb.dask.train(client, params, dtrain, num_boost_round=remaining, evals=[(dvalid, "validation")],
+                   xgb_model=booster, callbacks=[tracker, *callbacks], verbose_eval=False, coll_cfg=coll)
+
+
+def _recover(runtime, data: TrainingData, n_workers: int, timeout: float = 60.0) -> TrainingData:
+    """After a failed collective step: wait for the workers to come back, place the data again.
+
+    A failed collective can take worker processes down after the error is seen, so
+    the worker set must stay unchanged for a moment before the data is placed again.
+    """
+    client = runtime.client
+    deadline = time.monotonic() + timeout
+    previous = None
+    while True:
+        current = sorted(client.scheduler_info(n_workers=-1)["workers"])
+        if current and current == previous and (len(current) >= n_workers or time.monotonic() > deadline):
+            break
+        if time.monotonic() > deadline + timeout:
+            raise RuntimeError("the workers did not come back after a failure; check the cluster (cluster.spec)")
+        previous = current
+        time.sleep(1.0)
+    if len(current) < n_workers:
+        logger.warning("only %d of %d workers came back within %.0fs; continuing on them", len(current),
+                       n_workers, timeout)
+    data.attempt += 1
+    fresh = load_training_data(runtime, data.etl_dir, data.seed, attempt=data.attempt)
+    # In place: every later stage of this training must use the data as it is now placed.
+    data.futures, data.workers = fresh.futures, fresh.workers
+    return data
+
+
 def _stopping_metric(params: dict) -> str:
     metrics = params["eval_metric"]
     return metrics[-1] if isinstance(metrics, (list, tuple)) else metrics
@@ -175,36 +241,38 @@ def train_global_xgboost(runtime: Runtime, data: TrainingData, cfg: XGBoostConfi
         (per-round validation metrics), ``best_iteration``, ``rounds``,
         ``round_seconds``, ``seconds``, ``resumed_from``.
     """
-    import xgboost as xgb
-    import xgboost.dask  # noqa: F401 - registers xgb.dask
-
-    from shardflow.pipelines.checkpoint import ResumableState, read_checkpoint
+    from shardflow.pipelines.checkpoint import read_checkpoint
 
     started = time.perf_counter()
     client = runtime.client
     params = xgboost_params(data.task, cfg, runtime.backend, seed)
     metric = _stopping_metric(params)
     token = tokenize(data.token, params, cfg.num_boost_round, cfg.early_stopping_rounds, cfg.categorical)[:16]
-    booster, state = read_checkpoint(checkpoint_dir, token)
-    resumed_from = state["rounds"] if state else 0
-    done = bool(state and (state.get("stopped") or state.get("finished")))
-    remaining = 0 if done else cfg.num_boost_round - resumed_from
-    if resumed_from:
-        logger.info("xgboost: resuming from the checkpoint at round %d", resumed_from)
-    if remaining > 0:
-        x_train, y_train = _dask_arrays(data, "train")
-        x_valid, y_valid = _dask_arrays(data, "valid")
-        types = data.feature_types(cfg.categorical)
-        dtrain = xgb.dask.DaskQuantileDMatrix(client, x_train, y_train, feature_names=data.feature_names,
-                                              feature_types=types, enable_categorical=cfg.categorical)
-        dvalid = xgb.dask.DaskQuantileDMatrix(client, x_valid, y_valid, feature_names=data.feature_names,
-                                              feature_types=types, enable_categorical=cfg.categorical, ref=dtrain)
-        tracker = ResumableState(str(checkpoint_dir), cfg.checkpoint_every, token, metric,
-                                 metric_direction(metric) == "max", cfg.early_stopping_rounds, state)
-        out = xgb.dask.train(client, params, dtrain, num_boost_round=remaining, evals=[(dvalid, "validation")],
-                             xgb_model=booster, callbacks=[tracker, *callbacks], verbose_eval=False)
-        booster = out["booster"]
+    _, first_state = read_checkpoint(checkpoint_dir, token)
+    resumed_from = first_state["rounds"] if first_state else 0
+    n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
+    restarts = []
+    for attempt in range(1, cfg.max_attempts + 1):
         booster, state = read_checkpoint(checkpoint_dir, token)
+        done = bool(state and (state.get("stopped") or state.get("finished")))
+        remaining = 0 if done else cfg.num_boost_round - (state["rounds"] if state else 0)
+        if state and remaining:
+            logger.info("xgboost: resuming from the checkpoint at round %d", state["rounds"])
+            if attempt > 1:
+                restarts.append(state["rounds"])
+        if remaining <= 0:
+            break
+        try:
+            _xgboost_rounds(client, data, params, cfg, booster, state, remaining, checkpoint_dir, token, metric,
+                            callbacks)
+            break
+        except Exception as err:  # noqa: BLE001 - collective training cannot survive a lost member
+            if attempt == cfg.max_attempts or isinstance(err, ShardflowError):
+                raise
+            logger.warning("xgboost: training failed (%s: %s); attempt %d/%d resumes from the last checkpoint",
+                           type(err).__name__, str(err).splitlines()[0][:200], attempt + 1, cfg.max_attempts)
+            data = _recover(runtime, data, n_workers)
+    booster, state = read_checkpoint(checkpoint_dir, token)
     best = int(state["best_iteration"])
     final = booster[: best + 1] if cfg.early_stopping_rounds is not None else booster
     seconds = time.perf_counter() - started
@@ -212,7 +280,7 @@ def train_global_xgboost(runtime: Runtime, data: TrainingData, cfg: XGBoostConfi
                 state["best_score"], seconds)
     return {"model": bytes(final.save_raw("ubj")), "history": state["history"], "best_iteration": best,
             "rounds": state["rounds"], "round_seconds": state["round_seconds"], "seconds": seconds,
-            "resumed_from": resumed_from, "params": params}
+            "resumed_from": resumed_from, "restarts": restarts, "params": params}
 
 
 # ----------------------------------------------------------------------------- per-partition models
@@ -330,7 +398,7 @@ def _current_params(params_or_reduced, like):
     return params_or_reduced
 
 
-def _worker_round(shard, params_or_reduced, like, spec, optim, epoch, first_step, steps, lr, token, index):
+def _worker_round(shard, params_or_reduced, like, spec, optim, epoch, first_step, steps, lr, token, index, fresh):
     """One worker's share of a round: finish the last average, take local steps, return w·θ."""
     import torch
 
@@ -340,7 +408,7 @@ def _worker_round(shard, params_or_reduced, like, spec, optim, epoch, first_step
     if threads:
         torch.set_num_threads(threads)
     key = (token, index)
-    if first_step == 0 and epoch == 0:
+    if fresh:
         _RESIDENT_STATE.pop(key, None)
     elif key not in _RESIDENT_STATE:
         raise WorkerStateLost(f"worker {index} of data-parallel MLP training {token} lost its optimizer state "
@@ -400,7 +468,32 @@ def tree_reduce_futures(client, futures, combine, name: str, split_every: int = 
     return futures[0]
 
 
-def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig, seed: int = 0) -> dict:
+class WorkerLost(RuntimeError):
+    """A worker holding part of a collective training left the cluster."""
+
+
+def _gather_watching(client, futures, workers, poll: float = 2.0):
+    """``client.gather(futures)``, but fail fast if one of ``workers`` leaves the cluster.
+
+    Rounds are pinned to their workers; a lost worker's tasks would otherwise wait
+    forever for it.
+    """
+    from distributed import wait
+
+    while True:
+        try:
+            wait(futures, timeout=poll)
+            return client.gather(futures)
+        except TimeoutError:
+            alive = set(client.scheduler_info(n_workers=-1)["workers"])
+            gone = [w for w in workers if w not in alive]
+            if gone:
+                client.cancel(futures)
+                raise WorkerLost(f"worker(s) {', '.join(gone)} left during data-parallel MLP training") from None
+
+
+def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig, seed: int = 0,
+                            checkpoint_dir=None, max_attempts: int = 3) -> dict:
     """Train the MLP across workers, each on the rows it holds, averaging every round.
 
     ``sync: parameters``: each worker takes ``sync_every`` local steps from the current
@@ -409,12 +502,84 @@ def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig
     sums are reduced to the mean gradient of all their rows and one optimizer step is
     applied. Validation loss is computed after each epoch; the best parameters are kept
     and training stops after ``early_stopping_patience`` epochs without improvement.
+
+    With ``checkpoint_dir``, the state after every epoch is saved there; if a worker is
+    lost, training resumes from the last epoch on the workers present (optimizer
+    moments restart, so the result matches an uninterrupted run within tolerance).
     """
-    from shardflow.tasks.neural import combine_weighted, init_params, lr_at
+    from shardflow.tasks.neural import init_params
 
     started = time.perf_counter()
-    client = runtime.client
     spec = mlp_spec_for(data.preprocessor, cfg)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    state = _read_mlp_checkpoint(ckpt, data, cfg, seed)
+    if state is None:
+        params = init_params(spec, seed)
+        state = {"epoch": 0, "params": params, "best_params": params, "best_loss": math.inf, "best_epoch": -1,
+                 "bad_epochs": 0, "rounds": 0, "samples": 0,
+                 "history": {"train_loss": [], "validation_loss": [], "lr": [], "seconds": []}}
+    else:
+        logger.info("mlp: resuming after epoch %d from %s", state["epoch"], ckpt)
+    n_workers = len(runtime.client.scheduler_info(n_workers=-1)["workers"])
+    restarts = []
+    for attempt in range(1, max_attempts + 1):
+        try:
+            info = _mlp_epochs(runtime, data, cfg, seed, spec, state, ckpt, started)
+            break
+        except (WorkerLost, WorkerStateLost) as err:
+            if attempt == max_attempts:
+                raise
+            logger.warning("mlp: %s; attempt %d/%d resumes after epoch %d", err, attempt + 1, max_attempts,
+                           state["epoch"])
+            restarts.append(state["epoch"])
+            _recover(runtime, data, n_workers)
+    return {"params": state["best_params"], "spec": spec, "history": state["history"],
+            "best_epoch": state["best_epoch"], "rounds": state["rounds"], "seconds": time.perf_counter() - started,
+            "samples": state["samples"], "restarts": restarts, **info}
+
+
+def _mlp_checkpoint_token(data, cfg, seed) -> str:
+    return tokenize(data.token, cfg, seed)[:16]
+
+
+def _read_mlp_checkpoint(ckpt, data, cfg, seed):
+    import json
+
+    if ckpt is None or not (ckpt / "state.json").exists():
+        return None
+    meta = json.loads((ckpt / "state.json").read_text())
+    if meta.get("token") != _mlp_checkpoint_token(data, cfg, seed):
+        return None
+    from shardflow.pipelines.artifacts import _load_weights
+
+    meta["params"] = _load_weights(ckpt / "params.pt")
+    meta["best_params"] = _load_weights(ckpt / "best.pt")
+    return meta
+
+
+def _write_mlp_checkpoint(ckpt, state, token) -> None:
+    import json
+    import os
+
+    from shardflow.pipelines.artifacts import _save_weights
+
+    ckpt.mkdir(parents=True, exist_ok=True)
+    for name, key in (("params.pt", "params"), ("best.pt", "best_params")):
+        tmp = ckpt / f".{name}.tmp"
+        _save_weights(state[key], tmp)
+        os.replace(tmp, ckpt / name)
+    meta = {k: v for k, v in state.items() if k not in ("params", "best_params")}
+    meta["token"] = token
+    tmp = ckpt / ".state.json.tmp"
+    tmp.write_text(json.dumps(meta, default=float))
+    os.replace(tmp, ckpt / "state.json")  # last: the weights it names are in place
+
+
+def _mlp_epochs(runtime, data, cfg, seed, spec, state, ckpt, started) -> dict:
+    """Run the remaining epochs from ``state`` (updated in place after each epoch)."""
+    from shardflow.tasks.neural import combine_weighted, lr_at
+
+    client = runtime.client
     optim = mlp_optim_for(cfg, runtime.backend)
     token = call_token(data.token)
     workers = sorted(set(data.workers))
@@ -431,67 +596,75 @@ def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig
     if cfg.sync == "gradients":
         sync_every = 1
     total_steps = cfg.epochs * steps_per_epoch
-    params = init_params(spec, seed)
-    (params_f,) = client.scatter([params], broadcast=True, hash=False)
+    (params_f,) = client.scatter([state["params"]], broadcast=True, hash=False)
     params_like = params_f  # dtypes and names of the parameters, on every worker
     apply_state = None
-    history = {"train_loss": [], "validation_loss": [], "lr": [], "seconds": []}
-    best = (math.inf, params_f, -1)
-    bad_epochs = 0
-    rounds = 0
-    for epoch in range(cfg.epochs):
-        losses = []
-        step = 0
-        while step < steps_per_epoch:
-            n = min(sync_every, steps_per_epoch - step)
-            lr = lr_at(cfg.lr_schedule, cfg.lr, (epoch * steps_per_epoch + step) / total_steps, cfg.warmup)
-            name = f"train-mlp-{token}-e{epoch}-s{step}"
-            if cfg.sync == "parameters":
-                leaves = [client.submit(_worker_round, shards[w], params_f, params_like, spec, optim, epoch, step, n,
-                                        lr, token, wi, key=f"{name}-local-{wi}", workers=[w],
-                                        allow_other_workers=False)
-                          for wi, w in enumerate(workers)]
-                # The reduced weighted sum is the next round's input: each worker finishes the
-                # division itself, so a round costs two hops (local steps, then the reduction).
-                reduced = tree_reduce_futures(client, leaves, combine_weighted, f"{name}-average")
-                params_f = reduced
+    fresh = True  # the first round of this attempt starts the workers' optimizer state
+    try:
+        for epoch in range(state["epoch"], cfg.epochs):
+            losses = []
+            step = 0
+            while step < steps_per_epoch:
+                n = min(sync_every, steps_per_epoch - step)
+                lr = lr_at(cfg.lr_schedule, cfg.lr, (epoch * steps_per_epoch + step) / total_steps, cfg.warmup)
+                name = f"train-mlp-{token}-e{epoch}-s{step}"
+                if cfg.sync == "parameters":
+                    leaves = [client.submit(_worker_round, shards[w], params_f, params_like, spec, optim, epoch,
+                                            step, n, lr, token, wi, fresh, key=f"{name}-local-{wi}", workers=[w],
+                                            allow_other_workers=False)
+                              for wi, w in enumerate(workers)]
+                    # The reduced weighted sum is the next round's input: each worker finishes the
+                    # division itself, so a round costs two hops (local steps, then the reduction).
+                    reduced = tree_reduce_futures(client, leaves, combine_weighted, f"{name}-average")
+                    params_f = reduced
+                else:
+                    grads = [client.submit(_worker_gradient, shards[w], params_f, spec, optim, epoch, step,
+                                           key=f"{name}-gradient-{wi}", workers=[w], allow_other_workers=False)
+                             for wi, w in enumerate(workers)]
+                    reduced = tree_reduce_futures(client, grads, combine_weighted, f"{name}-average")
+                    apply_state = client.submit(_apply, params_f, reduced, apply_state, spec, optim, lr,
+                                                key=f"{name}-apply")
+                    params_f = client.submit(_take, apply_state, "params", key=f"{name}-params")
+                fresh = False
+                losses.append(client.submit(_take, reduced, "loss_sum", key=f"{name}-loss"))
+                step += n
+                state["rounds"] += 1
+            valid = [client.submit(_validation_loss, shards[w], params_f, params_like, spec, optim.device,
+                                   key=f"train-mlp-{token}-e{epoch}-valid-{wi}", workers=[w])
+                     for wi, w in enumerate(workers)]
+            current = client.submit(_current_params, params_f, params_like, key=f"train-mlp-{token}-e{epoch}-params")
+            gathered = _gather_watching(client, [current, *valid, *losses], workers)
+            current, valid, loss_values = gathered[0], gathered[1:1 + len(valid)], gathered[1 + len(valid):]
+            seen = epoch_rows(rows, workers, steps_per_epoch, cfg)
+            train_loss = sum(loss_values) / max(1, seen)
+            valid_rows = sum(v["rows"] for v in valid)
+            valid_loss = sum(v["loss_sum"] for v in valid) / valid_rows if valid_rows else float("nan")
+            h = state["history"]
+            h["train_loss"].append(train_loss)
+            h["validation_loss"].append(valid_loss)
+            h["lr"].append(lr)
+            h["seconds"].append(time.perf_counter() - started)
+            state["samples"] += seen
+            state["epoch"] = epoch + 1
+            state["params"] = current
+            logger.info("mlp epoch %d/%d: train loss %.5f, validation loss %.5f", epoch + 1, cfg.epochs, train_loss,
+                        valid_loss)
+            stop = False
+            if valid_loss < state["best_loss"] or not valid_rows:
+                state.update(best_loss=valid_loss, best_params=current, best_epoch=epoch, bad_epochs=0)
             else:
-                grads = [client.submit(_worker_gradient, shards[w], params_f, spec, optim, epoch, step,
-                                       key=f"{name}-gradient-{wi}", workers=[w], allow_other_workers=False)
-                         for wi, w in enumerate(workers)]
-                reduced = tree_reduce_futures(client, grads, combine_weighted, f"{name}-average")
-                apply_state = client.submit(_apply, params_f, reduced, apply_state, spec, optim, lr,
-                                            key=f"{name}-apply")
-                params_f = client.submit(_take, apply_state, "params", key=f"{name}-params")
-            losses.append(client.submit(_take, reduced, "loss_sum", key=f"{name}-loss"))
-            step += n
-            rounds += 1
-        valid = client.gather([client.submit(_validation_loss, shards[w], params_f, params_like, spec, optim.device,
-                                             key=f"train-mlp-{token}-e{epoch}-valid-{wi}", workers=[w])
-                               for wi, w in enumerate(workers)])
-        seen = epoch_rows(rows, workers, steps_per_epoch, cfg)
-        train_loss = sum(client.gather(losses)) / max(1, seen)
-        valid_rows = sum(v["rows"] for v in valid)
-        valid_loss = sum(v["loss_sum"] for v in valid) / valid_rows if valid_rows else float("nan")
-        history["train_loss"].append(train_loss)
-        history["validation_loss"].append(valid_loss)
-        history["lr"].append(lr)
-        history["seconds"].append(time.perf_counter() - started)
-        logger.info("mlp epoch %d/%d: train loss %.5f, validation loss %.5f", epoch + 1, cfg.epochs, train_loss,
-                    valid_loss)
-        if valid_loss < best[0] or not valid_rows:
-            best, bad_epochs = (valid_loss, params_f, epoch), 0
-        else:
-            bad_epochs += 1
-            if cfg.early_stopping_patience is not None and bad_epochs >= cfg.early_stopping_patience:
-                logger.info("mlp: early stop after epoch %d (best %d)", epoch + 1, best[2] + 1)
+                state["bad_epochs"] += 1
+                stop = cfg.early_stopping_patience is not None and state["bad_epochs"] >= cfg.early_stopping_patience
+            if stop:
+                state["epoch"] = cfg.epochs  # a resumed run must not train past an early stop
+            if ckpt is not None:
+                _write_mlp_checkpoint(ckpt, state, _mlp_checkpoint_token(data, cfg, seed))
+            if stop:
+                logger.info("mlp: early stop after epoch %d (best %d)", epoch + 1, state["best_epoch"] + 1)
                 break
-    final = client.submit(_current_params, best[1], params_like, key=f"train-mlp-{token}-final").result()
-    client.run(_forget_state, token)
-    return {"params": final, "spec": spec, "history": history, "best_epoch": best[2], "rounds": rounds,
-            "steps_per_epoch": steps_per_epoch, "sync_every": sync_every,
-            "seconds": time.perf_counter() - started, "workers": len(workers),
-            "samples": epoch_rows(rows, workers, steps_per_epoch, cfg) * len(history["train_loss"])}
+    finally:
+        client.run(_forget_state, token)
+    return {"steps_per_epoch": steps_per_epoch, "sync_every": sync_every, "workers": len(workers)}
 
 
 def epoch_rows(rows: dict, workers, steps_per_epoch: int, cfg: MLPConfig) -> int:
@@ -569,4 +742,4 @@ def fit_stacker(runtime: Runtime, data: TrainingData, member_models: list, max_i
         if max(steps) < 1e-10:
             break
     return {"coef_even": thetas[0].tolist(), "coef_odd": thetas[1].tolist(), "coef": thetas[2].tolist(),
-            "seconds": time.perf_counter() - started, "predictions": preds, "newton_steps": newton_steps}
+            "seconds": time.perf_counter() - started, "newton_steps": newton_steps}

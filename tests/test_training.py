@@ -40,7 +40,7 @@ def trained(trips_dir, runtime, tmp_path_factory):
     config = load_config(default_config_path(), [*FAST, f"output.runs_dir={runs}"], base_dir=trips_dir)
     result = etl(config, runtime=runtime)
     trained = train(config, runtime, result.run_dir)
-    evaluated = evaluate_run(runtime, result.run_dir, trained)
+    evaluated = evaluate_run(runtime, result.run_dir, trained.data)
     return config, result.run_dir, trained, evaluated
 
 
@@ -139,39 +139,64 @@ def test_loading_refuses_a_changed_model(trained, tmp_path):
 def test_fixed_seed_gives_identical_metrics(trained, runtime):
     config, run_dir, _, evaluated = trained
     again = train(config, runtime, run_dir)
-    metrics = evaluate_run(runtime, run_dir, again)["metrics"]
+    metrics = evaluate_run(runtime, run_dir, again.data)["metrics"]
     assert metrics == evaluated["metrics"]
 
 
-class FailAt(xgb.callback.TrainingCallback):
-    """Kill the training (on every worker) at a given round, as a lost worker would."""
+class FailOnce(xgb.callback.TrainingCallback):
+    """Break the training at a given round, once: raise, or SIGKILL the rank-1 worker process."""
 
-    def __init__(self, epoch):
-        self.epoch = epoch
+    def __init__(self, epoch, marker, kill=False):
+        self.epoch, self.marker, self.kill = epoch, str(marker), kill
 
     def after_iteration(self, model, epoch, evals_log):
-        if epoch == self.epoch:
-            raise RuntimeError(f"injected failure at round {epoch}")
-        return False
+        import os
+        import signal
+
+        if epoch != self.epoch or os.path.exists(self.marker):
+            return False
+        if self.kill:
+            if xgb.collective.get_rank() == 1:
+                open(self.marker, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return False
+        open(self.marker, "w").close()
+        raise RuntimeError(f"injected failure at round {epoch}")
 
 
-def test_resumed_xgboost_equals_uninterrupted(trips_dir, runtime, tmp_path):
+@pytest.mark.parametrize("kill", [False, True], ids=["error", "killed-worker"])
+def test_resumed_xgboost_equals_uninterrupted(trips_dir, runtime, tmp_path, kill):
     overrides = [*FAST, "train.models=[xgboost]", "train.xgboost.early_stopping_rounds=null",
                  "train.xgboost.num_boost_round=30", f"output.runs_dir={tmp_path}"]
     config = load_config(default_config_path(), overrides, base_dir=trips_dir)
     first = etl(config, runtime=runtime).run_dir
     straight = train(config, runtime, first).results["xgboost"]
     second = etl(config, runtime=runtime).run_dir
-    with pytest.raises(Exception, match="injected failure at round 17"):
-        train(config, runtime, second, xgboost_callbacks=[FailAt(17)])
-    state = json.loads((second / "checkpoints" / "xgboost" / "state.json").read_text())
-    assert state["rounds"] == 10
-    resumed = train(config, runtime, second).results["xgboost"]
-    assert resumed["resumed_from"] == 10
+    # Fails at round 17, after the checkpoint at 10; training resumes from it by itself.
+    resumed = train(config, runtime, second,
+                    xgboost_callbacks=[FailOnce(17, tmp_path / "failed", kill=kill)]).results["xgboost"]
+    assert (tmp_path / "failed").exists()
+    assert resumed["restarts"] == [10]
+    runtime.client.wait_for_workers(2, timeout=60)
     x_valid, _ = zarr_split(second / "etl", "valid")
     np.testing.assert_array_equal(xgboost_predict(resumed["model"], x_valid),
                                   xgboost_predict(straight["model"], x_valid))
     assert resumed["history"] == straight["history"]
+
+
+def test_xgboost_gives_up_after_max_attempts(trips_dir, runtime, tmp_path):
+    class AlwaysFail(xgb.callback.TrainingCallback):
+        def after_iteration(self, model, epoch, evals_log):
+            if epoch == 3:
+                raise RuntimeError("injected failure every time")
+            return False
+
+    config = load_config(default_config_path(), [*FAST, "train.models=[xgboost]", "train.xgboost.max_attempts=2",
+                                                  f"output.runs_dir={tmp_path}"], base_dir=trips_dir)
+    run_dir = etl(config, runtime=runtime).run_dir
+    with pytest.raises(Exception, match="injected failure every time"):
+        train(config, runtime, run_dir, xgboost_callbacks=[AlwaysFail()])
+    assert not (run_dir / "train").exists()  # nothing half-written
 
 
 @pytest.mark.parametrize("sync", ["parameters", "gradients"])

@@ -1,0 +1,265 @@
+"""Faults, resume, security and many machines: real processes are killed, real sockets checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dask
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zarr
+from distributed import Client
+
+from shardflow.cluster.factory import describe_failure, start
+from shardflow.pipelines.config import default_config_path, load_config
+from shardflow.pipelines.etl import etl
+from shardflow.pipelines.job import run
+from shardflow.tasks.errors import InputError
+
+FAST = ["train.xgboost.num_boost_round=30", "train.xgboost.checkpoint_every=10", "train.partitions.xgboost_rounds=15",
+        "train.partitions.mlp_epochs=1", "train.mlp.epochs=2", "train.mlp.batch_size=512", "encode.min_frequency=5"]
+
+
+def features_of(result_dir: Path):
+    group = zarr.open_group(str(result_dir / "etl" / "features.zarr"), mode="r")
+    return group["X"][:], group["y"][:], group["is_validation"][:]
+
+
+@pytest.fixture
+def own_cluster():
+    """A private 2-worker cluster for tests that kill its workers."""
+    rt = start(spec="local", n_workers=2, threads_per_worker=1, memory_limit="2GB", dashboard_address="127.0.0.1:0")
+    yield rt
+    rt.close()
+
+
+def kill_a_worker_when(runtime, condition, timeout=60.0):
+    """SIGKILL one worker process as soon as ``condition()`` holds (in a thread); returns the thread."""
+    pids = runtime.client.run(os.getpid)
+    victim = sorted(pids)[-1]
+    killed = threading.Event()
+
+    def watch():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                os.kill(pids[victim], signal.SIGKILL)
+                killed.set()
+                return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    thread.killed = killed
+    return thread
+
+
+def test_worker_killed_mid_etl_gives_the_fault_free_output(trips_dir, own_cluster, tmp_path):
+    config = load_config(default_config_path(), [f"output.runs_dir={tmp_path / 'runs'}", "input.persist=false"],
+                         base_dir=trips_dir)
+    clean = etl(config, runtime=own_cluster)
+    runs = tmp_path / "runs"
+
+    def writing():  # pass 3 has written a first partition file
+        return any(p.name.startswith(".") and list(p.glob("features/part-*.parquet")) for p in runs.iterdir())
+
+    killer = kill_a_worker_when(own_cluster, writing)
+    faulty = etl(config, runtime=own_cluster)
+    killer.join()
+    assert killer.killed.is_set(), "the worker was not killed during the write pass"
+    for a, b in zip(features_of(clean.run_dir), features_of(faulty.run_dir)):
+        np.testing.assert_array_equal(a, b)
+    assert faulty.quarantined == clean.quarantined
+
+
+def test_worker_killed_mid_run_completes_with_equal_results(trips_dir, own_cluster, tmp_path):
+    """A worker dies while the per-partition models train; the run finishes with the same metrics."""
+    config = load_config(default_config_path(), [*FAST, "train.models=[xgboost_partitions,stacked]",
+                                                  f"output.runs_dir={tmp_path / 'runs'}"], base_dir=trips_dir)
+    clean = run(config, runtime=own_cluster, force=True)
+
+    def in_partition_training():
+        tasks = own_cluster.client.run_on_scheduler(
+            lambda dask_scheduler: [ts.key for ts in dask_scheduler.tasks.values() if ts.state == "processing"])
+        return any(str(k).startswith("train-xgboost-partition") for k in tasks)
+
+    killer = kill_a_worker_when(own_cluster, in_partition_training, timeout=120)
+    faulty = run(config, runtime=own_cluster, force=True)
+    killer.join()
+    assert killer.killed.is_set()
+    assert faulty.metrics == clean.metrics
+
+
+def test_task_that_kills_every_worker_stops_with_a_clear_error(tmp_path):
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        rt = start(spec="local", n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0")
+    try:
+        future = rt.client.submit(os._exit, 1, key="etl-write-poisoned-7", pure=False)
+        with pytest.raises(Exception) as info:
+            future.result(timeout=60)
+        message = describe_failure(info.value)
+        assert message is not None
+        assert "'etl-write-poisoned-7'" in message and "cluster.memory_limit" in message
+        assert "allowed-failures = 1" in message
+    finally:
+        rt.close()
+
+
+def test_run_skips_current_stages_and_recomputes_what_changed(trips_dir, runtime, tmp_path):
+    base = [*FAST, "train.models=[xgboost,mlp]", f"output.runs_dir={tmp_path / 'runs'}"]
+    config = load_config(default_config_path(), base, base_dir=trips_dir)
+    first = run(config, runtime=runtime)
+    assert first.skipped == []
+    again = run(config, runtime=runtime)
+    assert again.run_dir == first.run_dir and again.skipped == ["etl", "train", "evaluate"]
+    assert again.metrics == first.metrics
+    changed = load_config(default_config_path(), [*base, "train.mlp.epochs=1"], base_dir=trips_dir)
+    partial = run(changed, runtime=runtime)
+    assert partial.run_dir == first.run_dir and partial.skipped == ["etl"]
+    assert partial.metrics["xgboost"] == first.metrics["xgboost"]
+    forced = run(changed, runtime=runtime, force=True)
+    assert forced.run_dir != first.run_dir and forced.skipped == []
+
+
+def test_resume_after_the_driver_is_killed(trips_dir, tmp_path):
+    """SIGKILL the `shardflow run` process during training; `--resume` finishes without redoing the ETL."""
+    runs = tmp_path / "runs"
+    config = tmp_path / "job.yaml"
+    text = (trips_dir / "trips.yaml").read_text().replace("path: trips", f"path: {trips_dir / 'trips'}").replace(
+        "path: zones.parquet", f"path: {trips_dir / 'zones.parquet'}")
+    config.write_text(text)
+    cmd = [sys.executable, "-m", "shardflow", "run", "-c", str(config), "--runs-dir", str(runs), "--n-workers", "2",
+           *[a for o in FAST for a in ("--set", o)], "--set", "train.models=[xgboost,mlp]",
+           "--set", "train.xgboost.num_boost_round=200", "--set", "train.xgboost.early_stopping_rounds=null"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 120
+    state = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        states = list(runs.glob("*/checkpoints/xgboost/state.json")) if runs.exists() else []
+        if states:
+            state = states[0]
+            break
+        time.sleep(0.05)
+    assert state is not None, proc.communicate()[1].decode()[-2000:]
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its scheduler and its workers
+    proc.wait()
+    run_dir = state.parent.parent.parent
+    etl_stamp = json.loads((run_dir / "manifest.json").read_text())["stages"]["etl"]["completed"]
+    assert not (run_dir / "train").exists()
+    done = subprocess.run([*cmd, "--resume", str(run_dir)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["stages"]["etl"]["completed"] == etl_stamp  # not redone
+    assert "run " + run_dir.name + ": etl current" in done.stderr
+    assert "resuming from the checkpoint at round" in done.stderr
+    xgb_meta = json.loads((run_dir / "train" / "xgboost.json").read_text())
+    assert xgb_meta["resumed_from"] > 0 and xgb_meta["rounds"] == 200
+
+
+def test_local_cluster_listens_only_on_localhost(runtime):
+    client = runtime.client
+    pids = {os.getpid(), *client.run(os.getpid).values(), *client.run(os.getpid, nanny=True).values()}
+    listening = []
+    for pid in pids:
+        for conn in psutil.Process(pid).net_connections(kind="inet"):
+            if conn.status == psutil.CONN_LISTEN:
+                listening.append((pid, conn.laddr.ip, conn.laddr.port))
+    assert len(listening) >= 5  # scheduler, dashboard, 2 workers, 2 nannies
+    assert {ip for _, ip, _ in listening} <= {"127.0.0.1", "::1"}, listening
+
+
+def test_tls_refuses_a_client_without_the_certificate():
+    from distributed.security import Security
+
+    rt = start(spec="local", n_workers=1, tls=True, dashboard_address="127.0.0.1:0")
+    try:
+        address = rt.client.scheduler.address
+        assert address.startswith("tls://127.0.0.1:")
+        assert rt.client.submit(sum, [1, 2]).result() == 3  # the right certificate works
+        with pytest.raises((OSError, TimeoutError)):
+            Client(address.replace("tls://", "tcp://"), timeout="3s")  # no TLS at all
+        with pytest.raises((OSError, TimeoutError)):
+            Client(address, security=Security.temporary(), timeout="3s")  # another certificate
+    finally:
+        rt.close()
+
+
+def test_existing_scheduler_started_by_dask_commands(trips_dir, runtime, tmp_path):
+    """`dask scheduler` and two `dask worker` processes, reached by address, give the local result."""
+    scheduler_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    procs = [subprocess.Popen(["dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address",
+                               "127.0.0.1:0", "--scheduler-file", str(scheduler_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)]
+    try:
+        deadline = time.monotonic() + 30
+        while not scheduler_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        address = json.loads(scheduler_file.read_text())["address"]
+        for _ in range(2):
+            procs.append(subprocess.Popen(["dask", "worker", address, "--nthreads", "1", "--host", "127.0.0.1",
+                                           "--memory-limit", "2GB"], stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL, env=env, start_new_session=True))
+        config = load_config(default_config_path(), [f"output.runs_dir={tmp_path / 'runs'}",
+                                                      f"cluster.spec={address}"], base_dir=trips_dir)
+        remote = start(config.cluster)
+        try:
+            remote.client.wait_for_workers(2, timeout=60)
+            assert remote.kind == "address"
+            far = etl(config, runtime=remote)
+        finally:
+            remote.close()
+        near = etl(config, runtime=runtime)
+        for a, b in zip(features_of(far.run_dir), features_of(near.run_dir)):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        for p in procs:
+            os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            p.wait(timeout=30)
+
+
+@pytest.fixture
+def many_files(trips_dir, tmp_path):
+    """The dataset rewritten as 200 small files."""
+    table = pa.concat_tables([pq.read_table(f) for f in sorted((trips_dir / "trips").glob("*.parquet"))])
+    out = tmp_path / "many"
+    (out / "trips").mkdir(parents=True)
+    shutil.copy(trips_dir / "zones.parquet", out / "zones.parquet")
+    for i in range(200):
+        pq.write_table(table.slice(i * 120, 120), out / "trips" / f"part-{i:04d}.parquet")
+    return out
+
+
+def test_truncated_file_among_hundreds_is_named(many_files, runtime, tmp_path):
+    victim = many_files / "trips" / "part-0137.parquet"
+    victim.write_bytes(victim.read_bytes()[:300])
+    config = load_config(default_config_path(), [f"output.runs_dir={tmp_path / 'runs'}"], base_dir=many_files)
+    with pytest.raises(InputError, match="part-0137.parquet: not a readable Parquet file"):
+        etl(config, runtime=runtime)
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_partition_of_malformed_rows_is_quarantined_with_counts(many_files, runtime, tmp_path):
+    victim = many_files / "trips" / "part-0042.parquet"
+    table = pq.read_table(victim)
+    index = table.schema.get_field_index("trip_distance")
+    pq.write_table(table.set_column(index, "trip_distance", pa.array([-5.0] * len(table))), victim)
+    config = load_config(default_config_path(), [f"output.runs_dir={tmp_path / 'runs'}"], base_dir=many_files)
+    result = etl(config, runtime=runtime)
+    summary = json.loads((result.stage_dir / "summary.json").read_text())
+    assert summary["partition_rows"][42] == 0
+    assert summary["partition_quarantined"][42] == 120
+    assert result.quarantined["trip_distance: below 0"] >= 120
+    assert result.rows + sum(result.quarantined.values()) == 24_000  # nothing lost
