@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -99,7 +98,6 @@ def task_count(client, fn):
 
 def bench_overhead(spec: str, runs: Path, small: Path, cli_data: Path) -> dict:
     from shardflow.cluster.factory import start
-    from shardflow.pipelines.etl import tree_reduce  # noqa: F401 - imported before timing
     from shardflow.pipelines.source import inspect_source, load_dimensions, read_source, table_spec
 
     starts = []
@@ -132,7 +130,7 @@ def bench_overhead(spec: str, runs: Path, small: Path, cli_data: Path) -> dict:
 
 
 def bench_etl_vs_pandas(runtime, data: Path, runs: Path, repeats: int, rows: int) -> dict:
-    from shardflow.cluster.memory import peak_memory, reset_peak_memory
+    from shardflow.cluster.memory import reset_peak_memory
     from shardflow.pipelines.etl import etl
 
     from benchmarks.baselines import pandas_xgboost
@@ -147,7 +145,8 @@ def bench_etl_vs_pandas(runtime, data: Path, runs: Path, repeats: int, rows: int
     def pandas():
         peak_rss_reset()
         t = time.perf_counter()
-        pandas_xgboost.etl(data)
+        with tempfile.TemporaryDirectory() as out:
+            pandas_xgboost.etl(data, out=Path(out) / "features.parquet")
         seconds = time.perf_counter() - t
         return {"seconds": seconds, "rows_per_s": rows / seconds, "peak_memory": peak_rss()}
 
@@ -195,7 +194,7 @@ def bench_xgboost(runtime, data: Path, runs: Path, repeats: int, rounds: int) ->
     td = load_training_data(runtime, etl_result.stage_dir)
     cfg = XGBoostConfig(num_boost_round=rounds, early_stopping_rounds=None)
     params = xgboost_params(td.task, cfg, runtime.backend, 0)
-    x_tr, y_tr, x_va, y_va, _ = pandas_xgboost.etl(data)
+    x_tr, y_tr, x_va, y_va, n_numeric = pandas_xgboost.etl(data)
     threads = sum(runtime.layout()["threads"])
 
     def ours():
@@ -213,7 +212,7 @@ def bench_xgboost(runtime, data: Path, runs: Path, repeats: int, rounds: int) ->
     def single():
         t = time.perf_counter()
         p = {k: v for k, v in params.items() if k != "device"}
-        pandas_xgboost.train(x_tr, y_tr, x_va, y_va, p, rounds, threads)
+        pandas_xgboost.train(x_tr, y_tr, x_va, y_va, p, rounds, threads, n_numeric)
         s = time.perf_counter() - t
         return {"seconds": s, "per_round": s / rounds}
 
@@ -238,7 +237,7 @@ def bench_end_to_end(runtime, data: Path, runs: Path, repeats: int, rounds: int)
 
     def ours():
         t = time.perf_counter()
-        run(config_for(data, runs, *overrides), runtime=runtime)
+        run(config_for(data, runs, *overrides), runtime=runtime, force=True)
         return {"seconds": time.perf_counter() - t}
 
     def hand():
@@ -246,8 +245,8 @@ def bench_end_to_end(runtime, data: Path, runs: Path, repeats: int, rounds: int)
         client = runtime.client
         parts = dask_xgboost.etl(client, data)
         model = dask_xgboost.train(client, *parts, {"objective": "binary:logistic", "tree_method": "hist",
-                                                     "max_depth": 8, "eta": 0.1, "eval_metric": ["auc", "logloss"]},
-                                   rounds)
+                                                     "max_depth": 8, "eta": 0.1, "max_bin": 256,
+                                                     "eval_metric": ["auc", "logloss"]}, rounds)
         dask_xgboost.evaluate(client, model, parts[2], parts[3])
         return {"seconds": time.perf_counter() - t}
 
@@ -424,7 +423,7 @@ def main(argv=None) -> int:
 
     @contextlib.contextmanager
     def runtime_factory(n):
-        with connect(spec=args.cluster, n_workers=n, dashboard_address="127.0.0.1:0") as rt:
+        with connect(spec=args.cluster, n_workers=n, threads_per_worker=1, dashboard_address="127.0.0.1:0") as rt:
             yield rt
 
     runtime = start(spec=args.cluster, n_workers=2, dashboard_address="127.0.0.1:0")
@@ -464,6 +463,12 @@ def main(argv=None) -> int:
     results = {"machine": machine, "sections": sections, "seconds": time.perf_counter() - started,
                "finished": time.strftime("%Y-%m-%d %H:%M"), "notes": []}
     out_dir = RESULTS / (args.cluster + ("-quick" if quick else ""))
+    previous = out_dir / "results.json"
+    if args.only and previous.exists():  # a partial rerun updates its sections, keeps the others
+        old = json.loads(previous.read_text())
+        results["sections"] = {**old["sections"], **sections}
+        results["seconds"] = old["seconds"]
+        results["notes"] = old.get("notes", [])
     write_results(out_dir, results)
     print((out_dir / "results.md").read_text())
     return 0

@@ -153,7 +153,12 @@ def _run(config, runtime, source, dims, spec, run_dir) -> EtlResult:
     timings = {}
     dim_frames = client.scatter(dimension_frames(dims, backend_name), broadcast=True, hash=False) if dims else []
 
+    cached = None
+
     def prepared(stage):
+        """The prepared partitions for one pass: from cluster memory, or read again."""
+        if cached is not None:
+            return cached
         raw = read_source(config, backend_name, source, spec)
         name = task_names(f"{stage}-prepare", source.fingerprint, spec)
         return [dask.delayed(prepare_partition, pure=True)(part, spec, dim_frames, dask_key_name=name(i))
@@ -165,9 +170,6 @@ def _run(config, runtime, source, dims, spec, run_dir) -> EtlResult:
         # memory (spilled to disk under pressure, recomputed if a worker is lost).
         cached = client.compute(prepared("etl"))
         logger.info("etl: keeping the prepared partitions in cluster memory between passes")
-
-        def prepared(stage):  # noqa: F811 - the cached variant
-            return cached
 
     # Pass 1: profile.
     t = time.perf_counter()
@@ -280,8 +282,8 @@ def _run(config, runtime, source, dims, spec, run_dir) -> EtlResult:
         stages={"etl": {"completed": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": profile.rows,
                         "partitions": len(partition_rows), "seconds": round(seconds, 3)}},
     )
-    if persist:
-        client.cancel(cached)
+    if cached is not None:
+        client.cancel(cached)  # release the cluster memory now, not at garbage collection
     result = EtlResult(run_dir, profile.rows, len(partition_rows), profile.validation_rows,
                        profile.quarantined, seconds, peaks, preprocessor, timings)
     logger.info(

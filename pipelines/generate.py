@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from shardflow.data import trips
 from shardflow.pipelines.config import default_config_path
 from shardflow.pipelines import progress
 from shardflow.pipelines.graph import task_names
+from shardflow.pipelines.rundir import atomic_directory
 from shardflow.tasks.errors import ShardflowError
 
 logger = logging.getLogger("shardflow.generate")
@@ -73,30 +72,24 @@ def generate(out, rows: int, seed: int = 0, rows_per_partition: int = DEFAULT_RO
     owns_runtime = runtime is None
     runtime = runtime or start()
     started = time.perf_counter()
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        (tmp / "trips").mkdir(parents=True)
-        sizes = [min(rows_per_partition, rows - start_row) for start_row in range(0, rows, rows_per_partition)]
-        name = task_names("generate-trips", seed, rows, rows_per_partition, str(tmp))
-        first = 0
-        tasks = []
-        for i, n in enumerate(sizes):
-            path = str(tmp / "trips" / f"part-{i:05d}.parquet")
-            tasks.append(dask.delayed(write_trips_partition, pure=False)(seed, i, n, first, path,
-                                                                       dask_key_name=name(i)))
-            first += n
-        progress.compute(runtime.client, tasks, "generate")
-        pq.write_table(trips.zones_table(seed), tmp / "zones.parquet")
-        # The default job, next to the data it describes: `shardflow etl -c OUT/trips.yaml`.
-        shutil.copyfile(default_config_path(), tmp / "trips.yaml")
-        (tmp / MARKER).write_text(json.dumps({"rows": rows, "seed": seed, "partitions": len(sizes),
-                                              "rows_per_partition": rows_per_partition}))
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_directory(out) as tmp:
+            (tmp / "trips").mkdir()
+            sizes = [min(rows_per_partition, rows - start_row) for start_row in range(0, rows, rows_per_partition)]
+            name = task_names("generate-trips", seed, rows, rows_per_partition, str(tmp))
+            first = 0
+            tasks = []
+            for i, n in enumerate(sizes):
+                path = str(tmp / "trips" / f"part-{i:05d}.parquet")
+                tasks.append(dask.delayed(write_trips_partition, pure=False)(seed, i, n, first, path,
+                                                                           dask_key_name=name(i)))
+                first += n
+            progress.compute(runtime.client, tasks, "generate")
+            pq.write_table(trips.zones_table(seed), tmp / "zones.parquet")
+            # The default job, next to the data it describes: `shardflow etl -c OUT/trips.yaml`.
+            shutil.copyfile(default_config_path(), tmp / "trips.yaml")
+            (tmp / MARKER).write_text(json.dumps({"rows": rows, "seed": seed, "partitions": len(sizes),
+                                                  "rows_per_partition": rows_per_partition}))
     finally:
         if owns_runtime:
             runtime.close()

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from shardflow.pipelines import artifacts, progress
 from shardflow.pipelines.config import load_config
 from shardflow.pipelines.graph import task_names
 from shardflow.pipelines.job import best_model
-from shardflow.pipelines.rundir import read_manifest
+from shardflow.pipelines.rundir import atomic_directory, read_manifest
 from shardflow.pipelines.source import (
     dimension_frames,
     inspect_source,
@@ -124,25 +122,20 @@ def predict(run_dir, input_path, output_path, model: str | None = None, runtime:
     spec = table_spec(config, source, dims, for_prediction=True)
     owns = runtime is None
     runtime = runtime or start(config.cluster)
-    tmp = output.parent / f".{output.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         prepared_meta(source, spec, dims, runtime.backend)
-        (tmp / QUARANTINE_DIR).mkdir(parents=True)
-        client = runtime.client
-        dim_frames = client.scatter(dimension_frames(dims, runtime.backend), broadcast=True, hash=False) if dims else []
-        (payload_f,) = client.scatter([payload], broadcast=True, hash=False)
-        raw = read_source(config, runtime.backend, source, spec)
-        name = task_names(f"predict-{model}", source.fingerprint, str(tmp))
-        tasks = [dask.delayed(predict_partition, pure=False)(part, spec, dim_frames, preprocessor, model, payload_f,
-                                                             str(tmp), i, dask_key_name=name(i))
-                 for i, part in enumerate(raw.to_delayed())]
-        counts = progress.compute(client, tasks, f"predict ({model})")
-        if output.exists():
-            shutil.rmtree(output)
-        os.rename(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_directory(output) as tmp:
+            (tmp / QUARANTINE_DIR).mkdir()
+            client = runtime.client
+            dim_frames = client.scatter(dimension_frames(dims, runtime.backend), broadcast=True, hash=False) \
+                if dims else []
+            (payload_f,) = client.scatter([payload], broadcast=True, hash=False)
+            raw = read_source(config, runtime.backend, source, spec)
+            name = task_names(f"predict-{model}", source.fingerprint, str(tmp))
+            tasks = [dask.delayed(predict_partition, pure=False)(part, spec, dim_frames, preprocessor, model,
+                                                                 payload_f, str(tmp), i, dask_key_name=name(i))
+                     for i, part in enumerate(raw.to_delayed())]
+            counts = progress.compute(client, tasks, f"predict ({model})")
     finally:
         if owns:
             runtime.close()

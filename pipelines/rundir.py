@@ -33,31 +33,39 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 @contextlib.contextmanager
-def stage_output(run_dir: Path, stage: str):
-    """Yield a temporary directory that becomes ``run_dir / stage`` when the block succeeds.
+def atomic_directory(final: Path, staging: Path | None = None):
+    """Yield a temporary directory that becomes ``final`` when the block succeeds.
 
-    On any exception (or KeyboardInterrupt) the temporary directory is removed and
-    nothing appears at ``run_dir / stage``. A previous output of the same stage is
-    replaced only after the new one is complete.
+    The temporary directory is a hidden sibling (in ``staging``, default ``final``'s
+    parent) on the same file system, so the last step is one rename. On any exception
+    (or KeyboardInterrupt) it is removed and ``final`` is untouched; an existing
+    ``final`` is replaced only after the new one is complete.
     """
-    run_dir = Path(run_dir)
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir.parent / f".{run_dir.name}.{stage}.tmp-{uuid.uuid4().hex[:8]}"
+    final = Path(final)
+    staging = Path(staging) if staging is not None else final.parent
+    staging.mkdir(parents=True, exist_ok=True)
+    tmp = staging / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    run_dir.mkdir(exist_ok=True)
-    final = run_dir / stage
+    final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():
-        old = run_dir / f".{stage}.old-{uuid.uuid4().hex[:8]}"
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
         os.rename(final, old)
         os.rename(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, final)
+
+
+def stage_output(run_dir: Path, stage: str):
+    """:func:`atomic_directory` for ``run_dir / stage``, staged beside the run directory:
+    a run directory appears only with its first completed stage."""
+    run_dir = Path(run_dir)
+    return atomic_directory(run_dir / stage, staging=run_dir.parent)
 
 
 def read_manifest(run_dir: Path) -> dict:

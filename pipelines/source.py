@@ -263,26 +263,19 @@ def table_spec(config: Config, source: Source, dims: list[Dimension], for_predic
                     f"column {col!r} (config key '{key}') is not in the input ({first}) or a joined table; "
                     f"available: {', '.join(sorted(available))}"
                 )
-    if source.format == "parquet":
-        for key, columns in (("features.numeric", f.numeric),
-                             ("target.column", [] if config.target.expression or for_prediction
-                              else [config.target.column])):
+    if source.format == "parquet":  # CSV has no types: its values are parsed, and quarantined if malformed
+        number = ("a number", "list it under features.categorical or convert it",
+                  (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_decimal))
+        when = ("a timestamp, date or string", "convert it",
+                (pa.types.is_timestamp, pa.types.is_date, pa.types.is_string, pa.types.is_large_string))
+        checks = [("features.numeric", f.numeric, number), ("features.datetime", f.datetime, when)]
+        if not (config.target.expression or for_prediction):
+            checks.append(("target.column", [config.target.column], number))
+        for key, columns, (expected, fix, kinds) in checks:
             for col in columns:
-                typ = available[col]
-                if not (pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_boolean(typ)
-                        or pa.types.is_decimal(typ)):
-                    raise InputError(
-                        f"column {col!r} (config key '{key}') has type {typ} in {first}, expected a number; "
-                        "list it under features.categorical or convert it"
-                    )
-        for col in f.datetime:
-            typ = available[col]
-            if not (pa.types.is_timestamp(typ) or pa.types.is_date(typ) or pa.types.is_string(typ)
-                    or pa.types.is_large_string(typ)):
-                raise InputError(
-                    f"column {col!r} (config key 'features.datetime') has type {typ} in {first}, "
-                    "expected a timestamp, date or string"
-                )
+                if not any(kind(available[col]) for kind in kinds):
+                    raise InputError(f"column {col!r} (config key '{key}') has type {available[col]} in {first}, "
+                                     f"expected {expected}; {fix}")
     spec = replace(spec, column_types=_column_types(config, source, spec))
     if not spec.split_key:
         # Default split key: every column the job reads, so identical rows agree.

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from shardflow.tasks import backend
 from shardflow.tasks.prepare import PreparedPartition

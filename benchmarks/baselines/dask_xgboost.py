@@ -49,19 +49,23 @@ def etl(client, data_dir, min_frequency: int = 20, max_categories: int = 5000, c
         return out
 
     meta = pd.DataFrame({c: pd.Series(dtype="float32") for c in numeric + CATEGORICAL + ["label"]})
+    types = ["q"] * len(numeric) + ["c"] * len(CATEGORICAL)
     meta["valid"] = pd.Series(dtype=bool)
     enc = df.map_partitions(encode, mean, std, vocab, meta=meta)
     train, valid = client.persist([enc[~enc.valid], enc[enc.valid]])
     cols = numeric + CATEGORICAL
-    return train[cols], train.label, valid[cols], valid.label
+    return train[cols], train.label, valid[cols], valid.label, types
 
 
-def train(client, X_train, y_train, X_valid, y_valid, params: dict, rounds: int):
+def train(client, X_train, y_train, X_valid, y_valid, feature_types, params: dict, rounds: int):
+    """xgboost.dask with the encoded categoricals as categorical features (``feature_types``)."""
     import xgboost as xgb
     import xgboost.dask  # noqa: F401
 
-    dtrain = xgb.dask.DaskQuantileDMatrix(client, X_train, y_train)
-    dvalid = xgb.dask.DaskQuantileDMatrix(client, X_valid, y_valid, ref=dtrain)
+    dtrain = xgb.dask.DaskQuantileDMatrix(client, X_train, y_train, feature_types=feature_types,
+                                          enable_categorical=True)
+    dvalid = xgb.dask.DaskQuantileDMatrix(client, X_valid, y_valid, ref=dtrain, feature_types=feature_types,
+                                          enable_categorical=True)
     return xgb.dask.train(client, params, dtrain, num_boost_round=rounds, evals=[(dvalid, "validation")],
                           verbose_eval=False)
 
@@ -77,7 +81,8 @@ def etl_from_features(client, etl_dir):
     # Persist before projecting: dask-expr may otherwise combine Parquet partitions differently
     # for the feature columns and the label, which xgboost.dask rejects.
     train, valid = client.persist([df[~df._is_validation], df[df._is_validation]])
-    return train[cols], train[prep["target"]], valid[cols], valid[prep["target"]]
+    types = ["q"] * len(prep["numeric"]) + ["c"] * len(prep["categorical"])
+    return train[cols], train[prep["target"]], valid[cols], valid[prep["target"]], types
 
 
 def evaluate(client, model, X_valid, y_valid) -> float:

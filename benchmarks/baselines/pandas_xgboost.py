@@ -17,8 +17,11 @@ NUMERIC = ["trip_distance", "passenger_count", "fare_amount", "temperature", "co
 CATEGORICAL = ["vendor", "payment_type", "pickup_zone", "dropoff_zone", "borough", "zone_type"]
 
 
-def etl(data_dir, min_frequency: int = 20, max_categories: int = 5000, clip_sigma: float = 5.0):
-    """Returns ``(X_train, y_train, X_valid, y_valid, n_numeric)`` as float32 arrays."""
+def etl(data_dir, min_frequency: int = 20, max_categories: int = 5000, clip_sigma: float = 5.0, out=None):
+    """Returns ``(X_train, y_train, X_valid, y_valid, n_numeric)`` as float32 arrays.
+
+    With ``out``, the feature table is also written there as Parquet, as an ETL job would.
+    """
     data_dir = Path(data_dir)
     trips = pd.read_parquet(data_dir / "trips")
     zones = pd.read_parquet(data_dir / "zones.parquet").rename(columns={"zone": "pickup_zone"})
@@ -42,17 +45,21 @@ def etl(data_dir, min_frequency: int = 20, max_categories: int = 5000, clip_sigm
         codes[df[col].isna().to_numpy()] = 0
         x[col] = codes.astype("float32")
     valid = (pd.util.hash_pandas_object(df.trip_id, index=False).to_numpy() % 5) == 0
+    if out is not None:
+        x.assign(label=df.is_delayed.to_numpy(), valid=valid).to_parquet(out, index=False)
     X = x.to_numpy()
     y = df.is_delayed.to_numpy(dtype="float32")
     return X[~valid], y[~valid], X[valid], y[valid], len(numeric)
 
 
-def train(X_train, y_train, X_valid, y_valid, params: dict, rounds: int, nthread: int):
+def train(X_train, y_train, X_valid, y_valid, params: dict, rounds: int, nthread: int, n_numeric: int):
+    """``xgboost.train`` with the encoded categoricals (the last columns) as categorical features."""
     import xgboost as xgb
 
     params = {**params, "nthread": nthread}
-    dtrain = xgb.QuantileDMatrix(X_train, y_train)
-    dvalid = xgb.DMatrix(X_valid, y_valid)
+    types = ["q"] * n_numeric + ["c"] * (X_train.shape[1] - n_numeric)
+    dtrain = xgb.QuantileDMatrix(X_train, y_train, feature_types=types, enable_categorical=True)
+    dvalid = xgb.DMatrix(X_valid, y_valid, feature_types=types, enable_categorical=True)
     return xgb.train(params, dtrain, num_boost_round=rounds, evals=[(dvalid, "validation")], verbose_eval=False)
 
 
