@@ -349,6 +349,8 @@ def write_results(out_dir: Path, results: dict) -> None:
                       f"{p['peak_worker_memory'] / 2**20:,.0f} MiB |" for p in data["points"]]
     if results.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
+    if (out_dir / "ANALYSIS.md").exists():
+        lines += ["", "Missed goals are analysed, with the evidence, in [ANALYSIS.md](ANALYSIS.md)."]
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
     scaling = results["sections"].get("scaling")
     if scaling:

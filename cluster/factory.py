@@ -60,6 +60,12 @@ class Runtime:
             self.cluster.close()
 
 
+def killed_worker_message(task, limit: int) -> str:
+    return (f"task {task!r} killed the worker running it {limit + 1} times and was given up "
+            f"(distributed.scheduler.allowed-failures = {limit}); if workers ran out of memory, raise "
+            "cluster.memory_limit or make partitions smaller (input.max_partition_rows, input.blocksize)")
+
+
 def describe_failure(err: BaseException) -> str | None:
     """A one-line explanation, naming the task and the setting to change, of a cluster failure."""
     from distributed.scheduler import KilledWorker
@@ -68,10 +74,33 @@ def describe_failure(err: BaseException) -> str | None:
         task = getattr(err, "task", None) or (err.args[0] if err.args else "?")
         allowed = getattr(err, "allowed_failures", None)
         limit = allowed if allowed is not None else dask.config.get("distributed.scheduler.allowed-failures")
-        tries = limit + 1
-        return (f"task {task!r} killed the worker running it {tries} times and was given up "
-                f"(distributed.scheduler.allowed-failures = {limit}); if workers ran out of memory, raise "
-                "cluster.memory_limit or make partitions smaller (input.max_partition_rows, input.blocksize)")
+        return killed_worker_message(task, limit)
+    if isinstance(err, ClusterError):
+        return str(err)
+    return None
+
+
+def _recent_errors(dask_scheduler, count: int = 20):
+    return [(et.key, et.exception_text) for et in list(dask_scheduler.erred_tasks)[:count]]
+
+
+def cause_of_cancellation(client) -> ClusterError | None:
+    """Why the scheduler dropped a computation: a task that kept killing its workers.
+
+    When workers die repeatedly the scheduler may forget a whole graph, and the client
+    only sees ``FutureCancelledError``; the scheduler's record of recently erred
+    tasks still names the culprit.
+    """
+    try:
+        recent = client.run_on_scheduler(_recent_errors)
+    except Exception:  # noqa: BLE001 - best effort: the original error is raised otherwise
+        return None
+    for key, text in recent:
+        if "KilledWorker" in text or "workers died" in text:
+            limit = dask.config.get("distributed.scheduler.allowed-failures")
+            scheduler_limit = client.run_on_scheduler(
+                lambda dask_scheduler: dask_scheduler.allowed_failures)
+            return ClusterError(killed_worker_message(key, scheduler_limit if scheduler_limit is not None else limit))
     return None
 
 

@@ -151,7 +151,8 @@ def _run(config, runtime, source, dims, spec, run_dir) -> EtlResult:
     started = time.perf_counter()
     reset_peak_memory(client)
     timings = {}
-    dim_frames = client.scatter(dimension_frames(dims, backend_name), broadcast=True, hash=False) if dims else []
+    # In the graph, not scattered: scattered data dies with its workers, graph data is recomputed.
+    dim_frames = dask.delayed(dimension_frames(dims, backend_name), pure=True, traverse=False) if dims else []
 
     cached = None
 
@@ -170,6 +171,7 @@ def _run(config, runtime, source, dims, spec, run_dir) -> EtlResult:
         # memory (spilled to disk under pressure, recomputed if a worker is lost).
         cached = client.compute(prepared("etl"))
         logger.info("etl: keeping the prepared partitions in cluster memory between passes")
+        progress.wait(client, cached, "etl read + prepare")
 
     # Pass 1: profile.
     t = time.perf_counter()

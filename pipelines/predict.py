@@ -127,7 +127,7 @@ def predict(run_dir, input_path, output_path, model: str | None = None, runtime:
         with atomic_directory(output) as tmp:
             (tmp / QUARANTINE_DIR).mkdir()
             client = runtime.client
-            dim_frames = client.scatter(dimension_frames(dims, runtime.backend), broadcast=True, hash=False) \
+            dim_frames = dask.delayed(dimension_frames(dims, runtime.backend), pure=True, traverse=False) \
                 if dims else []
             (payload_f,) = client.scatter([payload], broadcast=True, hash=False)
             raw = read_source(config, runtime.backend, source, spec)

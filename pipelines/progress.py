@@ -13,6 +13,7 @@ import time
 from contextlib import suppress
 
 from distributed import Future
+from distributed.client import FutureCancelledError
 from distributed.diagnostics.progressbar import TextProgressBar
 
 logger = logging.getLogger("shardflow.progress")
@@ -68,6 +69,24 @@ class StageProgressBar(TextProgressBar):
             self.stream.flush()
 
 
+def wait(client, futures, label: str) -> None:
+    """Wait for futures that stay on the cluster, with a progress bar.
+
+    Raises the first failed task's own exception (a ``KilledWorker`` names its task),
+    rather than letting later graphs fail on a lost dependency.
+    """
+    from distributed import wait as wait_all
+
+    if enabled() and futures:
+        StageProgressBar(futures, label)
+    wait_all(futures)
+    for future in futures:
+        if future.status == "error":
+            future.result()
+        if future.status == "cancelled":
+            _raise_cause(client)
+
+
 def compute(client, work, label: str):
     """Compute Dask collections or wait on futures with a progress bar; return the results.
 
@@ -88,5 +107,17 @@ def compute(client, work, label: str):
         started = time.perf_counter()
         StageProgressBar(futures, label)
         logger.debug("%s: %.1fs", label, time.perf_counter() - started)
-    results = client.gather(futures)
+    try:
+        results = client.gather(futures)
+    except FutureCancelledError:
+        _raise_cause(client)
+        raise
     return results[0] if single else results
+
+
+def _raise_cause(client) -> None:
+    from shardflow.cluster.factory import cause_of_cancellation
+
+    cause = cause_of_cancellation(client)
+    if cause is not None:
+        raise cause from None

@@ -263,3 +263,24 @@ def test_partition_of_malformed_rows_is_quarantined_with_counts(many_files, runt
     assert summary["partition_quarantined"][42] == 120
     assert result.quarantined["trip_distance: below 0"] >= 120
     assert result.rows + sum(result.quarantined.values()) == 24_000  # nothing lost
+
+
+def test_partition_larger_than_worker_memory_fails_with_the_setting_to_change(runtime, tmp_path):
+    """The nanny kills a worker that passes 95% of its memory limit; the job says what to change."""
+    from shardflow.pipelines.generate import generate
+
+    data = generate(tmp_path / "big", 2_000_000, rows_per_partition=2_000_000, runtime=runtime).path
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        rt = start(spec="local", n_workers=1, threads_per_worker=1, memory_limit="400MB",
+                   dashboard_address="127.0.0.1:0")
+    try:
+        config = load_config(default_config_path(), [f"output.runs_dir={tmp_path / 'runs'}"], base_dir=data)
+        with pytest.raises(Exception) as info:
+            etl(config, runtime=rt)
+        message = describe_failure(info.value)
+        assert message is not None, repr(info.value)
+        assert "raise cluster.memory_limit" in message and "input.max_partition_rows" in message
+        assert not (tmp_path / "runs").exists() or not [p for p in (tmp_path / "runs").iterdir()
+                                                        if not p.name.startswith(".")]
+    finally:
+        rt.close()
