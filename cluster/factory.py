@@ -97,10 +97,8 @@ def cause_of_cancellation(client) -> ClusterError | None:
         return None
     for key, text in recent:
         if "KilledWorker" in text or "workers died" in text:
-            limit = dask.config.get("distributed.scheduler.allowed-failures")
-            scheduler_limit = client.run_on_scheduler(
-                lambda dask_scheduler: dask_scheduler.allowed_failures)
-            return ClusterError(killed_worker_message(key, scheduler_limit if scheduler_limit is not None else limit))
+            limit = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures)
+            return ClusterError(killed_worker_message(key, limit))
     return None
 
 

@@ -13,7 +13,8 @@ import time
 import numpy as np
 
 from shardflow.pipelines import progress
-from shardflow.pipelines.train import TrainingData, _worker_threads, call_token, tree_reduce_futures
+from shardflow.pipelines.graph import tree_reduce_futures
+from shardflow.pipelines.train import TrainingData, _worker_threads, call_token
 from shardflow.tasks.metrics import combine_metrics, curves, finish_metrics, partial_metrics
 
 MODEL_LABELS = {
@@ -62,11 +63,8 @@ def _per_partition(partials, task):
     return {name: finish_metrics(part, task) for name, part in partials.items()}
 
 
-def _combine_all(*parts):
-    out = parts[0]
-    for part in parts[1:]:
-        out = {name: combine_metrics(out[name], part[name]) for name in out}
-    return out
+def _combine_partials(a, b):
+    return {name: combine_metrics(a[name], b[name]) for name in a}
 
 
 def evaluate(runtime, data: TrainingData, payloads: dict, residual_range: float = 1.0) -> dict:
@@ -93,7 +91,7 @@ def evaluate(runtime, data: TrainingData, payloads: dict, residual_range: float 
     for i, f in enumerate(data.futures):
         partials.append(client.submit(_evaluate_partition, f, payloads_f, data.task, residual_range, key=f"evaluate-partition-{token}-{i}", pure=False))
     per_partition = [client.submit(_per_partition, p, data.task, pure=False) for p in partials]
-    total = tree_reduce_futures(client, partials, _combine_all, f"evaluate-combine-{token}")
+    total = tree_reduce_futures(client, partials, _combine_partials, f"evaluate-combine-{token}")
     *per_partition, total = progress.compute(client, [*per_partition, total], "evaluate")
     metrics = {name: finish_metrics(total[name], data.task) for name in payloads}
     plots = {name: curves(total[name], data.task, residual_range=residual_range) for name in payloads}

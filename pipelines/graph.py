@@ -42,6 +42,20 @@ def tree_reduce(items, combine, stage: str, split_every: int = 8):
     return items[0]
 
 
+def tree_reduce_futures(client, futures, combine, name: str, split_every: int = 4):
+    """:func:`tree_reduce` for futures already on the cluster: returns one future.
+
+    Nothing comes to the client; each combine task runs next to its inputs.
+    """
+    level = 0
+    while len(futures) > 1:
+        futures = [client.submit(_combine_all, combine, *futures[i:i + split_every],
+                                 key=f"{name}-L{level}-{i // split_every}", pure=False)
+                   for i in range(0, len(futures), split_every)]
+        level += 1
+    return futures[0]
+
+
 def _combine_all(combine, first, *rest):
     out = first
     for item in rest:

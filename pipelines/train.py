@@ -23,6 +23,7 @@ from dask.base import tokenize
 from shardflow.cluster.factory import Runtime
 from shardflow.pipelines.config import MLPConfig, PartitionModelsConfig, XGBoostConfig
 from shardflow.pipelines import progress
+from shardflow.pipelines.graph import tree_reduce_futures
 from shardflow.pipelines.outputs import ZARR_DIR
 from shardflow.tasks import shards as shard_tasks
 from shardflow.tasks.encode import Preprocessor
@@ -455,17 +456,6 @@ def _apply(params, reduced, previous, spec, optim, lr):
 
 def _take(result, key):
     return result[key]
-
-
-def tree_reduce_futures(client, futures, combine, name: str, split_every: int = 4):
-    """Reduce futures on the cluster in a tree; returns one future (nothing comes to the client)."""
-    level = 0
-    while len(futures) > 1:
-        futures = [client.submit(combine, *futures[i:i + split_every], key=f"{name}-L{level}-{i // split_every}",
-                                 pure=False)
-                   for i in range(0, len(futures), split_every)]
-        level += 1
-    return futures[0]
 
 
 class WorkerLost(RuntimeError):
