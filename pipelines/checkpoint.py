@@ -68,7 +68,6 @@ class ResumableState(xgb.callback.TrainingCallback):
         self.best_score = state.get("best_score")
         self.best_iteration = state.get("best_iteration", 0)
         self.round_seconds = state.get("round_seconds", [])
-        self.prefix_rounds = state.get("rounds", 0)
         self._last = None
 
     def before_training(self, model):

@@ -101,7 +101,7 @@ class EtlResult:
         return total / self.seconds if self.seconds else float("nan")
 
 
-def etl(config: Config, runtime: Runtime | None = None, run_dir=None) -> EtlResult:
+def etl(config: Config, runtime: Runtime | None = None, run_dir=None, key: str | None = None) -> EtlResult:
     """Run the ETL stage of a job and write its output into a run directory.
 
     Parameters
@@ -113,6 +113,8 @@ def etl(config: Config, runtime: Runtime | None = None, run_dir=None) -> EtlResu
         at the end.
     run_dir : path, optional
         Run directory to write ``etl/`` into; default a new one under ``output.runs_dir``.
+    key : str, optional
+        Stage key recorded in the manifest (see :func:`shardflow.pipelines.job.stage_keys`).
 
     Returns
     -------
@@ -139,13 +141,13 @@ def etl(config: Config, runtime: Runtime | None = None, run_dir=None) -> EtlResu
     owns_runtime = runtime is None
     runtime = runtime or start(config.cluster)
     try:
-        return _run(config, runtime, source, dims, spec, run_dir)
+        return _run(config, runtime, source, dims, spec, run_dir, key)
     finally:
         if owns_runtime:
             runtime.close()
 
 
-def _run(config, runtime, source, dims, spec, run_dir) -> EtlResult:
+def _run(config, runtime, source, dims, spec, run_dir, key) -> EtlResult:
     client, backend_name = runtime.client, runtime.backend
     prepared_meta(source, spec, dims, backend_name)  # fails early on a bad expression
     started = time.perf_counter()
@@ -282,7 +284,7 @@ def _run(config, runtime, source, dims, spec, run_dir) -> EtlResult:
         cluster=runtime.layout(),
         seeds={"split": config.split.seed},
         stages={"etl": {"completed": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": profile.rows,
-                        "partitions": len(partition_rows), "seconds": round(seconds, 3)}},
+                        "partitions": len(partition_rows), "seconds": round(seconds, 3), "key": key}},
     )
     if cached is not None:
         client.cancel(cached)  # release the cluster memory now, not at garbage collection
@@ -307,18 +309,7 @@ def _should_persist(setting: str, source, runtime: Runtime) -> bool:
     limits = [w.get("memory_limit") or 0 for w in runtime.client.scheduler_info(n_workers=-1)["workers"].values()]
     if not limits or not all(limits):
         return False
-    if source.format == "parquet":
-        import pyarrow.parquet as pq
-
-        size = 0
-        for f in source.files:
-            meta = pq.ParquetFile(f).metadata
-            size += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-        estimate = 2 * size
-    else:
-        import os
-
-        estimate = 2 * sum(os.path.getsize(f) for f in source.files)
+    estimate = 2 * source.bytes
     return estimate < sum(limits) / 4
 
 

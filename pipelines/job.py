@@ -291,8 +291,7 @@ def run(config: Config, runtime: Runtime | None = None, run_dir=None, resume=Non
     runtime = runtime or start(config.cluster)
     try:
         if not current["etl"]:
-            etl(config, runtime=runtime, run_dir=run_dir)
-            update_manifest(run_dir, stages={"etl": {**read_manifest(run_dir)["stages"]["etl"], "key": keys["etl"]}})
+            etl(config, runtime=runtime, run_dir=run_dir, key=keys["etl"])
         data = None
         if not current["train"]:
             trained = train(config, runtime, run_dir, key=keys["train"])

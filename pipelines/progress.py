@@ -35,8 +35,6 @@ class StageProgressBar(TextProgressBar):
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._next_quarter = 1
-        self._last_draw = 0.0
-        self._total = 0
         super().__init__(keys, interval="200ms", **kwargs)
 
     def _line(self, remaining: int, total: int) -> str:
@@ -46,7 +44,6 @@ class StageProgressBar(TextProgressBar):
         return f"{self.label}: {done}/{total} tasks, {elapsed:.1f}s, {rate:.1f} tasks/s"
 
     def _draw_bar(self, remaining, all, **kwargs):
-        self._total = all
         if not all:
             return
         frac = 1 - remaining / all

@@ -42,6 +42,7 @@ class Source:
     fingerprint: str
     csv_delimiter: str = ","
     file_rows: dict = field(default_factory=dict)
+    bytes: int = 0  #: uncompressed Parquet size (from the footers), or CSV file size
 
 
 def inspect_source(config: Config) -> Source:
@@ -79,7 +80,7 @@ def inspect_source(config: Config) -> Source:
 def _inspect_parquet(files, max_rows: int) -> Source:
     schema: dict = {}
     first_seen: dict = {}
-    pieces, rows, file_rows = [], 0, {}
+    pieces, rows, file_rows, size = [], 0, {}, 0
     for f in files:
         try:
             meta = pq.ParquetFile(f).metadata
@@ -101,6 +102,7 @@ def _inspect_parquet(files, max_rows: int) -> Source:
                 schema[name] = typ  # int in one file, float in another: read as float
         file_rows[f] = meta.num_rows
         rows += meta.num_rows
+        size += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
         group, group_rows = [], 0
         for rg in range(meta.num_row_groups):
             n = meta.row_group(rg).num_rows
@@ -112,7 +114,7 @@ def _inspect_parquet(files, max_rows: int) -> Source:
         if group or meta.num_row_groups == 0:
             whole = meta.num_row_groups == len(group)
             pieces.append(Piece(f, "parquet", None if whole else tuple(group)))
-    return Source("parquet", files, schema, pieces, rows, _fingerprint(files), file_rows=file_rows)
+    return Source("parquet", files, schema, pieces, rows, _fingerprint(files), file_rows=file_rows, bytes=size)
 
 
 def _kind(typ: pa.DataType) -> str:
@@ -135,6 +137,7 @@ def _compatible(a: pa.DataType, b: pa.DataType) -> bool:
 def _inspect_csv(files, delimiter: str, blocksize: int) -> Source:
     schema: dict = {}
     pieces = []
+    size = 0
     for f in files:
         try:
             header = csv_header(f, delimiter)
@@ -144,13 +147,14 @@ def _inspect_csv(files, delimiter: str, blocksize: int) -> Source:
             missing = sorted(set(schema) - set(header)) or sorted(set(header) - set(schema))
             raise InputError(f"{f}: its columns differ from {files[0]} (e.g. {missing[0]!r}); give all CSV files one header")
         schema = {name: pa.string() for name in header}
-        size = os.path.getsize(f)
-        if f.endswith(".gz") or size <= blocksize:
+        file_size = os.path.getsize(f)
+        size += file_size
+        if f.endswith(".gz") or file_size <= blocksize:
             pieces.append(Piece(f, "csv"))
         else:
-            for start in range(0, size, blocksize):
-                pieces.append(Piece(f, "csv", start=start, end=min(size, start + blocksize)))
-    return Source("csv", files, schema, pieces, None, _fingerprint(files), csv_delimiter=delimiter)
+            for start in range(0, file_size, blocksize):
+                pieces.append(Piece(f, "csv", start=start, end=min(file_size, start + blocksize)))
+    return Source("csv", files, schema, pieces, None, _fingerprint(files), csv_delimiter=delimiter, bytes=size)
 
 
 def _fingerprint(files) -> str:

@@ -98,8 +98,7 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
         if spec.task == "classification":
             reject(target.notna() & (target != 0.0) & (target != 1.0), f"{spec.target}: not 0/1")
     else:  # prediction: no target, nothing to reject for it
-        first = raw.columns[0]
-        target = _as_float(raw[first]).where(raw[first].isna() & raw[first].notna())
+        target = raw[raw.columns[0]].isna().astype("float64") * np.nan
         target_missing = target.isna()
 
     good = reasons == 0
