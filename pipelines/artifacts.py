@@ -87,7 +87,20 @@ def artifact_hashes(run_dir: Path, stage: str = TRAIN_DIR) -> dict:
     return {str(p.relative_to(root)): sha256(p) for p in sorted((root / stage).rglob("*")) if p.is_file()}
 
 
-def _verified(run_dir: Path, relative: str, manifest: dict) -> Path:
+def verified_path(run_dir: Path, relative: str, manifest: dict | None = None) -> Path:
+    """``run_dir / relative``, after checking it against the SHA-256 the manifest recorded.
+
+    Everything that scoring reads from a run directory (models, the fitted
+    preprocessing, the config with its expressions, the evaluation that picks the
+    best model) goes through here: a shared run directory edited after the run is
+    refused, not executed.
+
+    Raises
+    ------
+    ArtifactError
+        The file is not in the manifest, is missing, or differs from the recorded hash.
+    """
+    manifest = read_manifest(run_dir) if manifest is None else manifest
     path = Path(run_dir) / relative
     expected = manifest.get("artifacts", {}).get(relative)
     if expected is None:
@@ -117,28 +130,28 @@ def load_model(run_dir, name: str) -> dict:
     """
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
-    if not manifest.get("artifacts"):
+    if "train" not in manifest.get("stages", {}):
         raise ArtifactError(f"{run_dir}: has no trained models (no train stage in its manifest)")
     if name not in available_models(run_dir):
         raise ArtifactError(f"model {name!r} was not trained in {run_dir}; available: "
                             f"{', '.join(available_models(run_dir))}")
-    task = json.loads(_verified(run_dir, "train/task.json", manifest).read_text())["task"]
+    task = json.loads(verified_path(run_dir, "train/task.json", manifest).read_text())["task"]
     if name == "xgboost":
-        return {"task": task, "model": _verified(run_dir, "train/xgboost.ubj", manifest).read_bytes()}
+        return {"task": task, "model": verified_path(run_dir, "train/xgboost.ubj", manifest).read_bytes()}
     if name in ("xgboost_partitions", "stacked"):
-        meta = json.loads(_verified(run_dir, "train/xgboost_partitions.json", manifest).read_text())
-        models = [_verified(run_dir, f"train/xgboost_partitions/model-{i:05d}.ubj", manifest).read_bytes()
+        meta = json.loads(verified_path(run_dir, "train/xgboost_partitions.json", manifest).read_text())
+        models = [verified_path(run_dir, f"train/xgboost_partitions/model-{i:05d}.ubj", manifest).read_bytes()
                   for i in range(len(meta["weights"]))]
         payload = {"task": task, "models": models, "weights": meta["weights"]}
         if name == "stacked":
-            stacked = json.loads(_verified(run_dir, "train/stacked.json", manifest).read_text())
+            stacked = json.loads(verified_path(run_dir, "train/stacked.json", manifest).read_text())
             payload.update({k: stacked[k] for k in ("coef", "coef_even", "coef_odd")})
         return payload
     if name == "mlp":
-        meta = json.loads(_verified(run_dir, "train/mlp.json", manifest).read_text())
-        return {"task": task, "spec": meta["spec"], "params": _load_weights(_verified(run_dir, "train/mlp.pt", manifest))}
-    meta = json.loads(_verified(run_dir, "train/mlp_partitions.json", manifest).read_text())
-    params = [_load_weights(_verified(run_dir, f"train/mlp_partitions/model-{i:05d}.pt", manifest))
+        meta = json.loads(verified_path(run_dir, "train/mlp.json", manifest).read_text())
+        return {"task": task, "spec": meta["spec"], "params": _load_weights(verified_path(run_dir, "train/mlp.pt", manifest))}
+    meta = json.loads(verified_path(run_dir, "train/mlp_partitions.json", manifest).read_text())
+    params = [_load_weights(verified_path(run_dir, f"train/mlp_partitions/model-{i:05d}.pt", manifest))
               for i in range(len(meta["weights"]))]
     return {"task": task, "spec": meta["spec"], "params": params, "weights": meta["weights"]}
 

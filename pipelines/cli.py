@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import sys
 from pathlib import Path
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="shardflow",
         description="Distributed ETL-plus-training pipelines on Dask (pandas or cuDF partitions).",
     )
+    parser.add_argument("--version", action="version", version=f"shardflow {_version()}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, Dask's included")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -75,21 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--output", required=True, type=Path, metavar="PATH", help="output directory (Parquet)")
     pred.add_argument("--model", choices=["xgboost", "xgboost_partitions", "stacked", "mlp", "mlp_partitions"],
                       help="default: the run's best model on validation")
-    pred.add_argument("--overwrite", action="store_true")
+    pred.add_argument("--overwrite", action="store_true", help="replace an existing --output directory")
     _add_cluster_options(pred)
 
     rep = sub.add_parser("report", help="rebuild a run's report.html")
-    rep.add_argument("run_dir", type=Path, metavar="RUN")
+    rep.add_argument("run_dir", type=Path, metavar="RUN", help="run directory")
 
     runs = sub.add_parser("runs", help="list past runs with their key metrics")
-    runs.add_argument("--runs-dir", type=Path, default=DEFAULT_WORK_DIR / "runs")
+    runs.add_argument("--runs-dir", type=Path, default=DEFAULT_WORK_DIR / "runs",
+                      help=f"directory of run directories (default {DEFAULT_WORK_DIR / 'runs'})")
 
     gen = sub.add_parser("generate", help="write the synthetic trips dataset")
-    gen.add_argument("--rows", type=int, required=True)
-    gen.add_argument("--out", type=Path, required=True)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--rows-per-partition", type=int, default=None, help="default 1,000,000")
-    gen.add_argument("--overwrite", action="store_true")
+    gen.add_argument("--rows", type=int, required=True, help="rows to write")
+    gen.add_argument("--out", type=Path, required=True, help="output directory (Parquet files and trips.yaml)")
+    gen.add_argument("--seed", type=int, default=0, help="random seed (default 0): same seed, same bytes")
+    gen.add_argument("--rows-per-partition", type=int, default=None, help="rows per Parquet file (default 1,000,000)")
+    gen.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     _add_cluster_options(gen)
     return parser
 
@@ -117,8 +120,8 @@ def _load(args, base_dir=None):
     from shardflow.pipelines.config import load_config
 
     overrides = list(args.overrides) + _cluster_overrides(args)
-    if args.runs_dir:
-        overrides.append(f"output.runs_dir={args.runs_dir}")
+    if args.runs_dir:  # a command-line path is relative to the working directory
+        overrides.append(f"output.runs_dir={json.dumps(str(Path(args.runs_dir).expanduser().resolve()))}")
     return load_config(args.config, overrides, base_dir=base_dir)
 
 
@@ -186,7 +189,8 @@ def cmd_run(args) -> int:
 
         build_report(result.run_dir)
     print(result.table)
-    print(result.run_dir)
+    print(f"run:    {result.run_dir}")
+    print(f"report: {result.run_dir / 'report.html'}")
     return 0
 
 
@@ -208,7 +212,8 @@ def _performance_report(enabled: bool):
 
     fd, tmp = tempfile.mkstemp(suffix=".html")
     os.close(fd)
-    with performance_report(filename=tmp):
+    # inline: Bokeh's JavaScript inside the file, so the report opens offline.
+    with performance_report(filename=tmp, mode="inline"):
         yield target
     if target.run_dir is not None:
         os.chmod(tmp, 0o644)  # mkstemp makes it private; it is a report like the others
@@ -230,19 +235,39 @@ def cmd_runs(args) -> int:
     if not runs:
         print(f"no runs in {args.runs_dir}")
         return 0
-    print(f"{'run':<26} {'rows':>12} {'stages':<22} {'best model':<20} metric")
+    from shardflow.pipelines.evaluate import MODEL_LABELS
+
+    print(f"{'run':<24} {'date':<17} {'input':<32} {'rows':>11} {'stages':<20} {'best model':<32} metric")
     for r in runs:
         value = "" if r["best_value"] is None else f"{r['metric']} {r['best_value']:.4f}"
         rows = "" if r["rows"] is None else f"{r['rows']:,}"
-        print(f"{r['run']:<26} {rows:>12} {','.join(r['stages']):<22} {r['best_model'] or '':<20} {value}")
+        label = MODEL_LABELS.get(r["best_model"], r["best_model"] or "")
+        source = _shorten(r["input"] or "", 32)
+        print(f"{r['run']:<24} {r['date'] or '':<17} {source:<32} {rows:>11} {','.join(r['stages']):<20} "
+              f"{label:<32} {value}")
     return 0
+
+
+def _shorten(text: str, width: int) -> str:
+    """``text``, its start elided when longer than ``width`` (the file name stays visible)."""
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("shardflow")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["run", *(argv if argv is not None else sys.argv[1:])])
+    if args.command is None:  # `shardflow` alone: say what it can do, run nothing
+        parser.print_help()
+        return 0
     _setup_logging(args.quiet, args.verbose)
     commands = {"run": cmd_run, "etl": cmd_etl, "generate": cmd_generate, "predict": cmd_predict,
                 "report": cmd_report, "runs": cmd_runs}

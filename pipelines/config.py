@@ -21,7 +21,8 @@ import yaml
 
 from shardflow.cluster.config import ClusterConfig
 from shardflow.tasks.errors import ShardflowError
-from shardflow.tasks.schema import COLUMN_KINDS, DATETIME_PARTS, TASK_TYPES, expression_names
+from shardflow.tasks.expressions import ExpressionError, parse_expression
+from shardflow.tasks.schema import COLUMN_KINDS, DATETIME_PARTS, TASK_TYPES
 
 
 class ConfigError(ShardflowError, ValueError):
@@ -78,7 +79,9 @@ class JoinConfig:
 
     Columns of the dimension table whose names clash with the fact table's get the
     suffix ``_<name>`` (``name`` defaults to the file's stem), so the result never
-    depends on column order.
+    depends on column order. Keys are compared as numbers when either side holds
+    numbers (``7``, ``7.0`` and the CSV text ``"7"`` match). The share of input rows
+    that found a dimension row is reported; under ``min_match_rate`` it is a warning.
     """
 
     path: str = ""
@@ -86,6 +89,7 @@ class JoinConfig:
     right_on: list[str] | None = None
     columns: list[str] | None = None
     name: str | None = None
+    min_match_rate: float = 0.9
 
 
 @dataclass
@@ -135,7 +139,10 @@ class SplitConfig:
 
 @dataclass
 class OutputConfig:
-    """``output:`` where runs go and what the feature table carries along."""
+    """``output:`` where runs go and what the feature table carries along.
+
+    ``runs_dir``, like every path in a config, is relative to the config file's directory.
+    """
 
     runs_dir: str = "shardflow-work/runs"
     keep_columns: list[str] = field(default_factory=list)
@@ -238,9 +245,15 @@ class Config:
         p = Path(path).expanduser()
         return str(p if p.is_absolute() else Path(self.base_dir) / p)
 
+    @property
+    def runs_dir(self) -> Path:
+        """``output.runs_dir`` as an absolute path (relative ones against the config's directory)."""
+        return Path(self.resolve(self.output.runs_dir)).resolve()
+
     def resolved(self) -> "Config":
-        """A copy whose input and join paths are absolute (as saved in a run directory)."""
+        """A copy whose paths are absolute (as saved in a run directory)."""
         data = copy.deepcopy(self)
+        data.output.runs_dir = str(self.runs_dir)
         data.input.path = self.resolve(self.input.path)
         for join in data.joins:
             join.path = self.resolve(join.path)
@@ -320,7 +333,12 @@ def apply_overrides(raw: dict, overrides) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node[parts[-1]] = _parse_yaml(value)
+        try:
+            node[parts[-1]] = _parse_yaml(value)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"override {item!r}: the value of '{key.strip()}' is not valid YAML ({problem}); "
+                              "close the brackets or quote the value, e.g. train.models=[xgboost]") from None
     return raw
 
 
@@ -386,6 +404,39 @@ def _coerce(value, hint, key: str):
     return value
 
 
+def check_byte_size(key: str, value, fraction: bool = False, auto: bool = False) -> None:
+    """Refuse a byte size Dask cannot parse ("128MB", "2GiB", 1e9), naming the key.
+
+    ``fraction`` also accepts a share of the total ("0.8"); ``auto`` accepts ``"auto"``.
+
+    Examples
+    --------
+    >>> check_byte_size("input.blocksize", "64MB")
+    >>> try:
+    ...     check_byte_size("input.blocksize", "lots")
+    ... except ConfigError as err:
+    ...     print(err)
+    config key 'input.blocksize': 'lots' is not a byte size; write e.g. 128MB or 2GiB
+    """
+    from dask.utils import parse_bytes
+
+    if value is None or (auto and value == "auto"):
+        return
+    try:
+        number = float(value)
+        if fraction and 0 < number <= 1:
+            return
+    except (TypeError, ValueError):
+        pass
+    try:
+        size = parse_bytes(value)
+    except (TypeError, ValueError):
+        size = None
+    if size is None or size <= 0:
+        extra = (", a fraction such as 0.8" if fraction else "") + (" or auto" if auto else "")
+        raise ConfigError(f"config key '{key}': {value!r} is not a byte size; write e.g. 128MB or 2GiB{extra}")
+
+
 def validate(config: Config) -> None:
     """Checks that need more than one key; raises :class:`ConfigError`."""
     if not config.input.path:
@@ -395,6 +446,10 @@ def validate(config: Config) -> None:
             raise ConfigError(f"config key 'input.types.{col}': {kind!r} is not one of {', '.join(COLUMN_KINDS)}")
     if config.input.persist not in ("auto", "true", "false"):
         raise ConfigError(f"config key 'input.persist': {config.input.persist!r} is not one of auto, true, false")
+    check_byte_size("input.blocksize", config.input.blocksize)
+    if config.input.max_partition_rows < 1:
+        raise ConfigError(f"config key 'input.max_partition_rows': must be at least 1, got "
+                          f"{config.input.max_partition_rows}")
     if config.input.format not in ("auto", "parquet", "csv"):
         raise ConfigError(f"config key 'input.format': {config.input.format!r} is not one of auto, parquet, csv")
     if not config.target.column:
@@ -406,9 +461,9 @@ def validate(config: Config) -> None:
         if expression is None:
             continue
         try:
-            expression_names(expression)
-        except SyntaxError as err:
-            raise ConfigError(f"config key '{key}': {expression!r} is not a valid expression ({err.msg})") from None
+            parse_expression(expression, key)
+        except ExpressionError as err:
+            raise ConfigError(str(err)) from None
     for part in config.features.datetime_parts:
         if part not in DATETIME_PARTS:
             raise ConfigError(
@@ -428,14 +483,19 @@ def validate(config: Config) -> None:
             raise ConfigError(f"config key 'clean.valid_ranges.{col}': expected [min, max] (null for open), got {bounds!r}")
     if config.clean.clip_sigma is not None and config.clean.clip_sigma <= 0:
         raise ConfigError(f"config key 'clean.clip_sigma': must be positive or null, got {config.clean.clip_sigma}")
-    if not 0.0 <= config.split.validation_fraction < 1.0:
+    if not 0.0 < config.split.validation_fraction < 1.0:
         raise ConfigError(
-            f"config key 'split.validation_fraction': must be in [0, 1), got {config.split.validation_fraction}")
+            f"config key 'split.validation_fraction': must be between 0 and 1 (exclusive), got "
+            f"{config.split.validation_fraction}; the validation rows drive early stopping, model selection "
+            "and every reported metric")
     if config.encode.min_frequency < 1 or config.encode.max_categories < 1:
         raise ConfigError("config key 'encode': min_frequency and max_categories must be at least 1")
     for i, join in enumerate(config.joins):
         if not join.path or not join.on:
             raise ConfigError(f"config key 'joins[{i}]': path and on are required")
+        if not 0.0 <= join.min_match_rate <= 1.0:
+            raise ConfigError(f"config key 'joins[{i}].min_match_rate': must be between 0 and 1, got "
+                              f"{join.min_match_rate}")
         if join.right_on is not None and len(join.right_on) != len(join.on):
             raise ConfigError(f"config key 'joins[{i}].right_on': needs as many columns as 'on' ({len(join.on)})")
     t = config.train
@@ -466,3 +526,7 @@ def validate(config: Config) -> None:
         config.cluster.validate()
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    c = config.cluster
+    check_byte_size("cluster.memory_limit", c.memory_limit, fraction=True, auto=True)
+    check_byte_size("cluster.rmm_pool_size", c.rmm_pool_size, fraction=True)
+    check_byte_size("cluster.device_memory_limit", c.device_memory_limit, fraction=True, auto=True)

@@ -27,15 +27,18 @@ import numpy as np
 from shardflow.cluster.factory import Runtime, start
 from shardflow.cluster.memory import peak_memory, reset_peak_memory
 from shardflow.pipelines import outputs, progress
+from shardflow.pipelines.artifacts import sha256
 from shardflow.pipelines.config import Config
 from shardflow.pipelines.graph import task_names, tree_reduce
 from shardflow.pipelines.rundir import (
     library_versions,
     new_run_id,
+    prepare_runs_dir,
     stage_output,
     update_manifest,
     write_text_atomic,
 )
+from shardflow.pipelines.stages import stage_keys
 from shardflow.pipelines.source import (
     dimension_frames,
     inspect_source,
@@ -114,7 +117,7 @@ def etl(config: Config, runtime: Runtime | None = None, run_dir=None, key: str |
     run_dir : path, optional
         Run directory to write ``etl/`` into; default a new one under ``output.runs_dir``.
     key : str, optional
-        Stage key recorded in the manifest (see :func:`shardflow.pipelines.job.stage_keys`).
+        Stage key recorded in the manifest (default: :func:`shardflow.pipelines.stages.stage_keys`).
 
     Returns
     -------
@@ -133,11 +136,14 @@ def etl(config: Config, runtime: Runtime | None = None, run_dir=None, key: str |
     >>> result.rows, result.quarantined  # doctest: +SKIP
     (19996000, {'trip_distance: below 0': 4000})
     """
+    prepare_runs_dir(Path(run_dir).parent if run_dir else config.runs_dir)
     source = inspect_source(config)
     if source.rows == 0:
         raise InputError(f"input.path {config.input.path!r}: the dataset has no rows")
     dims = load_dimensions(config, source)
     spec = table_spec(config, source, dims)
+    # Recorded even when called from Python, so that a later `run()` finds this ETL output.
+    key = key or stage_keys(config, source)["etl"]
     owns_runtime = runtime is None
     runtime = runtime or start(config.cluster)
     try:
@@ -185,6 +191,7 @@ def _run(config, runtime, source, dims, spec, run_dir, key) -> EtlResult:
                                "etl pass 1/3 (profile)")
     timings["profile"] = time.perf_counter() - t
     _check_profile(profile, config, source)
+    joins = _join_report(profile, config, dims)
     partition_rows = profile.partition_rows + [0] * (len(parts) - len(profile.partition_rows))
     logger.info("etl pass 1/3 (profile): %d rows valid, %d quarantined, %d partitions, %.1fs",
                 profile.rows, sum(profile.quarantined.values()), len(parts), timings["profile"])
@@ -229,7 +236,7 @@ def _run(config, runtime, source, dims, spec, run_dir, key) -> EtlResult:
 
     # Pass 3: transform and write.
     t = time.perf_counter()
-    run_dir = Path(run_dir) if run_dir else Path(config.output.runs_dir).expanduser().resolve() / new_run_id()
+    run_dir = Path(run_dir) if run_dir else config.runs_dir / new_run_id()
     n_features = len(preprocessor.feature_names)
     chunk_rows = config.output.zarr_chunk_rows or _auto_chunk_rows(profile.rows, len(partition_rows), n_features)
     offsets = np.concatenate([[0], np.cumsum(partition_rows)[:-1]]).astype(int).tolist()
@@ -269,6 +276,7 @@ def _run(config, runtime, source, dims, spec, run_dir, key) -> EtlResult:
             "timings": timings,
             "peak_memory": peaks,
             "backend": backend_name,
+            "joins": joins,
             "target_mean": float(profile.target.mean[0]),
             "target_std": float(np.nan_to_num(profile.target.std[0])),
         }
@@ -277,6 +285,9 @@ def _run(config, runtime, source, dims, spec, run_dir, key) -> EtlResult:
     write_text_atomic(run_dir / "config.yaml", config.resolved().to_yaml())
     update_manifest(
         run_dir,
+        # What scoring later reads from the run directory; predict refuses edited copies.
+        artifacts={name: sha256(run_dir / name) for name in (
+            "config.yaml", f"etl/{outputs.PREPROCESSOR_FILE}", f"etl/{outputs.SUMMARY_FILE}")},
         run_id=run_dir.name,
         input={"path": config.resolve(config.input.path), "format": source.format, "files": len(source.files),
                "fingerprint": source.fingerprint},
@@ -328,10 +339,50 @@ def _check_profile(profile, config: Config, source) -> None:
         raise InputError(
             f"every row of {config.input.path!r} was quarantined: {reasons}; check clean.valid_ranges and the input"
         )
+    if config.target.task == "classification":
+        _check_labels(profile, config)
     train_rows = profile.rows - profile.validation_rows
-    if train_rows == 0 or (config.split.validation_fraction > 0 and profile.validation_rows == 0):
-        logger.warning("the split left %d training and %d validation rows; adjust split.validation_fraction",
-                       train_rows, profile.validation_rows)
+    if train_rows == 0 or profile.validation_rows == 0:
+        raise InputError(
+            f"the split of {config.input.path!r} left {train_rows} training and {profile.validation_rows} "
+            "validation rows; both are needed: adjust split.validation_fraction (or split.key, if few "
+            "distinct keys decide the split)")
+
+
+def _join_report(profile, config: Config, dims) -> dict:
+    """``{join name: rows, matched, match_rate}``; a warning for each join under its threshold."""
+    report = {}
+    for i, (dim, (matched, rows)) in enumerate(zip(dims, profile.join_matches)):
+        rate = matched / rows if rows else float("nan")
+        report[dim.join.name] = {"rows": rows, "matched": matched, "match_rate": rate, "path": dim.path}
+        threshold = config.joins[i].min_match_rate
+        if rows and rate < threshold:
+            logger.warning("join %r (joins[%d], %s): only %d of %d rows (%.1f%%) found a row of the dimension "
+                           "table on %s; check the key columns (or lower joins[%d].min_match_rate)", dim.join.name,
+                           i, dim.path, matched, rows, 100 * rate, list(dim.join.on), i)
+        else:
+            logger.info("join %r: %d of %d rows matched (%.1f%%)", dim.join.name, matched, rows, 100 * rate)
+    return report
+
+
+def _check_labels(profile, config: Config) -> None:
+    """A binary classifier needs 0/1 labels, both present."""
+    column = config.target.column
+    labels = profile.target_values
+    other = sorted(v for v in labels if v not in (0.0, 1.0))
+    if other or profile.target_values_truncated:
+        shown = ", ".join(f"{v:g}" for v in sorted(labels)[:6])
+        count = f"more than {len(labels)}" if profile.target_values_truncated else str(len(labels))
+        raise InputError(
+            f"target {column!r} holds {count} distinct values (e.g. {shown}) but target.task is classification, "
+            "which needs 0/1 labels; set target.task: regression, or derive a 0/1 target with "
+            f"target.expression (e.g. '{column} > {other[len(other) // 2] if other else 0:g}')")
+    if len(labels) < 2:
+        only = ", ".join(f"{v:g}" for v in labels) or "none"
+        raise InputError(
+            f"target {column!r} has only one class ({only}) in the {profile.rows} kept rows of "
+            f"{config.input.path!r}; a classifier needs both 0 and 1: check the input, clean.valid_ranges "
+            "or target.expression")
 
 
 def _auto_chunk_rows(rows: int, partitions: int, n_features: int) -> int:

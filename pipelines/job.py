@@ -15,10 +15,7 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
-
-from dask.base import tokenize
 
 from shardflow.cluster.factory import Runtime, start
 from shardflow.cluster.memory import peak_memory, reset_peak_memory
@@ -26,7 +23,8 @@ from shardflow.pipelines import artifacts
 from shardflow.pipelines.config import Config
 from shardflow.pipelines.evaluate import comparison_table, evaluate
 from shardflow.pipelines.report import build_report
-from shardflow.pipelines.rundir import new_run_id, read_manifest, stage_output, update_manifest
+from shardflow.pipelines.stages import evaluate_key, stage_keys
+from shardflow.pipelines.rundir import new_run_id, prepare_runs_dir, read_manifest, stage_output, update_manifest
 from shardflow.pipelines.train import (
     TrainingData,
     fit_stacker,
@@ -75,38 +73,6 @@ class RunResult:
 
 
 # ----------------------------------------------------------------------------- stage keys
-
-
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """Hash of shardflow's own source: a code change makes every stage stale."""
-    import shardflow.cluster
-    import shardflow.data
-    import shardflow.pipelines
-    import shardflow.tasks
-
-    digest = hashlib.sha256()
-    for package in (shardflow.tasks, shardflow.pipelines, shardflow.cluster, shardflow.data):
-        root = Path(package.__file__).parent
-        for path in sorted(root.glob("*.py")) + sorted(root.glob("*.yaml")):
-            digest.update(path.name.encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def stage_keys(config: Config) -> dict:
-    """The key of each stage's output for ``config`` (see the module docstring)."""
-    from shardflow.pipelines.source import _fingerprint, inspect_source
-
-    source = inspect_source(config)
-    dims = [config.resolve(j.path) for j in config.joins]
-    data = config.to_dict()
-    etl_config = {k: data[k] for k in ("input", "joins", "target", "features", "clean", "encode", "split")}
-    etl_config["input"] = {k: v for k, v in data["input"].items() if k != "persist"}  # how, not what
-    etl_config["output"] = {k: data["output"][k] for k in ("keep_columns", "zarr_chunk_rows")}
-    etl = tokenize(source.fingerprint, _fingerprint(dims) if dims else "", etl_config, code_version())
-    train = tokenize(etl, data["train"], code_version())
-    return {"etl": etl[:16], "train": train[:16], "evaluate": tokenize(train, code_version())[:16]}
 
 
 def is_current(run_dir: Path, stage: str, key: str) -> bool:
@@ -191,9 +157,8 @@ def train(config: Config, runtime: Runtime, run_dir, xgboost_callbacks=(), key: 
         (tmp / "seconds.json").write_text(json.dumps(seconds, indent=1))
         (tmp / "peak_memory.json").write_text(json.dumps(peaks, indent=1))
     hashes = artifacts.artifact_hashes(run_dir, artifacts.TRAIN_DIR)
-    hashes["etl/preprocessor.json"] = artifacts.sha256(run_dir / "etl" / "preprocessor.json")
     key = key or stage_keys(config)["train"]
-    update_manifest(run_dir, artifacts=hashes, seeds={"split": config.split.seed, "train": tc.seed},
+    update_manifest(run_dir, artifacts=hashes, replace_artifacts=f"{artifacts.TRAIN_DIR}/", seeds={"split": config.split.seed, "train": tc.seed},
                     stages={"train": {"completed": time.strftime("%Y-%m-%dT%H:%M:%S"), "models": list(results),
                                       "key": key, "seconds": {k: round(v, 3) for k, v in seconds.items()}}})
     return TrainResult(run_dir, results, seconds, peaks, data)
@@ -211,6 +176,7 @@ def evaluate_run(runtime: Runtime, run_dir, data: TrainingData | None = None, ke
     manifest = read_manifest(run_dir)
     if "train" not in manifest.get("stages", {}):
         raise ShardflowError(f"{run_dir}: has no trained models to evaluate")
+    key = key or evaluate_key(manifest["stages"]["train"].get("key") or "")
     names = artifacts.available_models(run_dir)
     payloads = {name: artifacts.load_model(run_dir, name) for name in names}
     task = next(iter(payloads.values()))["task"]
@@ -229,7 +195,8 @@ def evaluate_run(runtime: Runtime, run_dir, data: TrainingData | None = None, ke
             "partition_metrics": out["partition_metrics"], "curves": out["curves"],
             "partition_models": partition_models, "peak_memory": peaks}, indent=1, default=float))
         (tmp / "comparison.md").write_text(table + "\n")
-    update_manifest(run_dir, stages={"evaluate": {"completed": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    update_manifest(run_dir, artifacts={"evaluate/metrics.json": artifacts.sha256(run_dir / "evaluate" / "metrics.json")},
+                    stages={"evaluate": {"completed": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                                   "key": key, "seconds": round(out["seconds"], 3)}})
     return {**out, "table": table}
 
@@ -268,8 +235,8 @@ def run(config: Config, runtime: Runtime | None = None, run_dir=None, resume=Non
     """
     from shardflow.pipelines.etl import etl
 
+    runs_dir = prepare_runs_dir(config.runs_dir)
     keys = stage_keys(config)
-    runs_dir = Path(config.output.runs_dir).expanduser().resolve()
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "manifest.json").exists():

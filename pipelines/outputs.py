@@ -49,7 +49,7 @@ def write_etl_partition(part: PreparedPartition, index: int, preprocessor: Prepr
     dict
         ``partition``, ``rows`` and ``quarantined`` counts.
     """
-    features, quarantine, _ = part
+    features, quarantine = part.features, part.quarantine
     if len(features) != expected_rows:
         raise RuntimeError(
             f"partition {index} has {len(features)} valid rows now but {expected_rows} in the first pass: "

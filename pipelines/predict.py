@@ -53,7 +53,8 @@ def predict_partition(raw, spec, dimensions, preprocessor: Preprocessor, name: s
     """Prepare, transform and score one input partition; write its predictions (and quarantine)."""
     from shardflow.tasks.models import predict_payload
 
-    features, quarantine, _ = prepare_partition(raw, spec, dimensions)
+    prepared = prepare_partition(raw, spec, dimensions)
+    features, quarantine = prepared.features, prepared.quarantine
     table = preprocessor.transform(features)
     x = backend.to_host_array(table[preprocessor.feature_names], np.float32)
     scores = predict_payload(name, payload, x, _worker_threads())
@@ -103,18 +104,18 @@ def predict(run_dir, input_path, output_path, model: str | None = None, runtime:
     output = Path(output_path).expanduser().resolve()
     if output.exists() and not overwrite:
         raise ShardflowError(f"--output {output}: already exists; choose another path or pass --overwrite")
+    # Every file read below is checked against the manifest's hashes first: a shared run
+    # directory edited after the run is refused, never executed.
     if model is None:
-        metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+        metrics = json.loads(artifacts.verified_path(run_dir, "evaluate/metrics.json", manifest).read_text())
         model = best_model(metrics["metrics"], metrics["task"])
     payload = artifacts.load_model(run_dir, model)
-    manifest_hash = manifest["artifacts"].get("etl/preprocessor.json")
-    prep_path = run_dir / "etl" / "preprocessor.json"
-    if manifest_hash is None or artifacts.sha256(prep_path) != manifest_hash:
-        raise artifacts.ArtifactError(f"{prep_path}: does not match the run's manifest; restore it or rerun")
-    preprocessor = Preprocessor.from_json(prep_path.read_text())
+    preprocessor = Preprocessor.from_json(
+        artifacts.verified_path(run_dir, "etl/preprocessor.json", manifest).read_text())
+    config_path = artifacts.verified_path(run_dir, "config.yaml", manifest)
     input_abs = str(Path(input_path).expanduser().resolve()) if not any(c in str(input_path) for c in "*?[") \
         else os.path.abspath(os.path.expanduser(str(input_path)))
-    config = load_config(run_dir / "config.yaml", [f"input.path={json.dumps(input_abs)}", "input.format=auto"])
+    config = load_config(config_path, [f"input.path={json.dumps(input_abs)}", "input.format=auto"])
     source = inspect_source(config)
     if source.rows == 0:
         raise InputError(f"--input {input_path}: the dataset has no rows")

@@ -38,10 +38,16 @@ def _load(path: Path):
 def _figure_png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _subplots(figsize):
+    """A figure and its axes, drawn without pyplot: the process's plotting backend (a
+    notebook's inline backend, say) is never touched."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
 
 
 def _img(src: str, alt: str) -> str:
@@ -70,11 +76,6 @@ def build_report(run_dir) -> Path:
     --------
     >>> build_report("shardflow-work/runs/20261122-101500-ab12cd")  # doctest: +SKIP
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     if not manifest:
@@ -99,8 +100,13 @@ def build_report(run_dir) -> Path:
     if summary.get("quarantined"):
         parts.append("<h3>Quarantined rows by reason</h3>" + _table(
             sorted(summary["quarantined"].items(), key=lambda kv: -kv[1]), ["reason", "rows"]))
+    if summary.get("joins"):
+        parts.append("<h3>Joins</h3>" + _table(
+            [[name, j.get("path", ""), j["rows"], j["matched"], f"{100 * j['match_rate']:.1f}%"]
+             for name, j in summary["joins"].items()], ["join", "dimension table", "input rows", "matched",
+                                                         "match rate"]))
     if summary.get("partition_rows"):
-        fig, ax = plt.subplots(figsize=(7, 2.8))
+        fig, ax = _subplots(figsize=(7, 2.8))
         ax.bar(range(len(summary["partition_rows"])), summary["partition_rows"], color="#4878a8")
         ax.set_xlabel("partition")
         ax.set_ylabel("rows")
@@ -124,11 +130,11 @@ def build_report(run_dir) -> Path:
         parts.append(_table([[MODEL_LABELS.get(n, n), *[m.get(c, float("nan")) for c in cols],
                               seconds.get(n, float("nan"))] for n, m in metrics.items()],
                             ["model", *cols, "train seconds"]))
-        parts.append(_quality_plots(plt, evaluation, task))
-    parts.append(_importance_plot(plt, run_dir))
-    parts.append(_training_curves(plt, run_dir))
+        parts.append(_quality_plots(evaluation, task))
+    parts.append(_importance_plot(run_dir))
+    parts.append(_training_curves(run_dir))
     if evaluation.get("partition_metrics"):
-        parts.append(_partition_plots(plt, evaluation, task))
+        parts.append(_partition_plots(evaluation, task))
 
     # Cluster and configuration.
     parts.append("<h2>Cluster</h2>")
@@ -154,11 +160,11 @@ def build_report(run_dir) -> Path:
     return out
 
 
-def _quality_plots(plt, evaluation, task) -> str:
+def _quality_plots(evaluation, task) -> str:
     curves = evaluation.get("curves", {})
     if not curves:
         return ""
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = _subplots(figsize=(6, 4.5))
     if task == "classification":
         for name, c in curves.items():
             ax.plot(c["fpr"], c["tpr"], label=f"{MODEL_LABELS.get(name, name)} "
@@ -181,7 +187,7 @@ def _quality_plots(plt, evaluation, task) -> str:
     return "<h2>Quality</h2>" + _img(_figure_png(fig), caption)
 
 
-def _importance_plot(plt, run_dir: Path) -> str:
+def _importance_plot(run_dir: Path) -> str:
     path = run_dir / "train" / "xgboost.ubj"
     if not path.exists():
         return ""
@@ -192,19 +198,19 @@ def _importance_plot(plt, run_dir: Path) -> str:
     if not gain:
         return ""
     top = sorted(gain.items(), key=lambda kv: kv[1])[-20:]
-    fig, ax = plt.subplots(figsize=(7, 0.3 * len(top) + 1))
+    fig, ax = _subplots(figsize=(7, 0.3 * len(top) + 1))
     ax.barh([k for k, _ in top], [v for _, v in top], color="#6a9f58")
     ax.set_xlabel("total gain / splits (XGBoost 'gain')")
     ax.set_title("Feature importance, global XGBoost")
     return "<h2>Feature importance</h2>" + _img(_figure_png(fig), "Feature importance (gain) of the global model")
 
 
-def _training_curves(plt, run_dir: Path) -> str:
+def _training_curves(run_dir: Path) -> str:
     train = run_dir / "train"
     panels = []
     xgb_meta = _load(train / "xgboost.json")
     if xgb_meta:
-        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        fig, ax = _subplots(figsize=(5.5, 3.5))
         for metric, values in xgb_meta["history"].get("validation", {}).items():
             ax.plot(values, label=f"validation {metric}")
         ax.axvline(xgb_meta["best_iteration"], color="k", ls=":", lw=0.8)
@@ -214,7 +220,7 @@ def _training_curves(plt, run_dir: Path) -> str:
         panels.append(_img(_figure_png(fig), "Global XGBoost: validation metrics per round (dotted: best)"))
     part_meta = _load(train / "xgboost_partitions.json")
     if part_meta and any(part_meta.get("histories", [])):
-        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        fig, ax = _subplots(figsize=(5.5, 3.5))
         for i, hist in enumerate(part_meta["histories"]):
             for metric, values in hist.get("validation", {}).items():
                 ax.plot(values, lw=0.8, alpha=0.7, label=f"{metric}" if i == 0 else None)
@@ -224,7 +230,7 @@ def _training_curves(plt, run_dir: Path) -> str:
         panels.append(_img(_figure_png(fig), "Per-partition XGBoost models: one line per model and metric"))
     stacked = _load(train / "stacked.json")
     if stacked and stacked.get("newton_steps"):
-        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        fig, ax = _subplots(figsize=(5.5, 3.5))
         ax.semilogy(stacked["newton_steps"], marker="o")
         ax.set_xlabel("Newton iteration")
         ax.set_ylabel("largest coefficient step")
@@ -232,7 +238,7 @@ def _training_curves(plt, run_dir: Path) -> str:
         panels.append(_img(_figure_png(fig), "Stacked ensemble: convergence of its Newton fit"))
     mlp = _load(train / "mlp.json")
     if mlp:
-        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        fig, ax = _subplots(figsize=(5.5, 3.5))
         epochs = range(1, len(mlp["history"]["train_loss"]) + 1)
         ax.plot(epochs, mlp["history"]["train_loss"], marker="o", label="train loss")
         ax.plot(epochs, mlp["history"]["validation_loss"], marker="o", label="validation loss")
@@ -242,7 +248,7 @@ def _training_curves(plt, run_dir: Path) -> str:
         panels.append(_img(_figure_png(fig), "Data-parallel MLP: loss per epoch"))
     mlp_parts = _load(train / "mlp_partitions.json")
     if mlp_parts and any(mlp_parts.get("histories", [])):
-        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        fig, ax = _subplots(figsize=(5.5, 3.5))
         for hist in mlp_parts["histories"]:
             values = hist.get("train_loss", [])
             ax.plot(range(1, len(values) + 1), values, marker=".", lw=0.8, alpha=0.7)
@@ -255,12 +261,12 @@ def _training_curves(plt, run_dir: Path) -> str:
     return "<h2>Training curves</h2><div class='grid'>" + "".join(panels) + "</div>"
 
 
-def _partition_plots(plt, evaluation, task) -> str:
+def _partition_plots(evaluation, task) -> str:
     key = primary_metric(task)
     per = evaluation["partition_metrics"]
     names = list(per)
     n = len(per[names[0]])
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig, ax = _subplots(figsize=(8, 3.5))
     width = 0.8 / len(names)
     for j, name in enumerate(names):
         values = [p.get(key, float("nan")) for p in per[name]]
@@ -276,9 +282,10 @@ def _partition_plots(plt, evaluation, task) -> str:
     models = evaluation.get("partition_models", {})
     for family, members in models.items():
         for m in members:
-            rows.append([MODEL_LABELS.get(family, family), str(m.get("partitions")), m.get("rows", 0),
-                         m.get(key, float("nan"))])
-    table = _table(rows, ["per-partition model", "partitions", "train rows", f"{key} on own validation rows"]) \
+            rows.append([MODEL_LABELS.get(family, family), str(m.get("partitions")), m.get("train_rows", ""),
+                         m.get("validation_rows", m.get("rows", 0)), m.get(key, float("nan"))])
+    table = _table(rows, ["per-partition model", "partitions", "train rows", "validation rows",
+                          f"{key} on own validation rows"]) \
         if rows else ""
     return "<h2>Per-partition metrics</h2>" + _img(_figure_png(fig), f"{key} of every model on each partition") + table
 
@@ -300,7 +307,9 @@ def list_runs(runs_dir) -> list:
 
             name = best_model(metrics, task)
             best = (name, metrics[name].get(key))
+        started = min((info.get("completed", "") for info in manifest.get("stages", {}).values()), default="")
         runs.append({"run": run_dir.name, "stages": list(manifest.get("stages", {})),
+                     "date": started.replace("T", " ")[:16] or None,
                      "rows": manifest.get("stages", {}).get("etl", {}).get("rows"),
                      "input": manifest.get("input", {}).get("path"), "metric": key,
                      "best_model": best[0] if best else None, "best_value": best[1] if best else None,

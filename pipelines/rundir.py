@@ -12,11 +12,19 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import re
 import shutil
+import socket
+import time
 import uuid
 from pathlib import Path
 
 MANIFEST = "manifest.json"
+_HOST = socket.gethostname().replace("/", "_")
+#: A temporary stage directory: ``.<name>.tmp-<host>-<pid>-<token>`` (or ``.old-``).
+_STAGING = re.compile(r"^\..+\.(?:tmp|old)-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
+#: Staging directories of unknown owner (another host, an older version) older than this are removed.
+STALE_AFTER_SECONDS = 24 * 3600
 
 
 def new_run_id() -> str:
@@ -44,7 +52,7 @@ def atomic_directory(final: Path, staging: Path | None = None):
     final = Path(final)
     staging = Path(staging) if staging is not None else final.parent
     staging.mkdir(parents=True, exist_ok=True)
-    tmp = staging / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = staging / f".{final.name}.tmp-{_owner()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         yield tmp
@@ -53,12 +61,76 @@ def atomic_directory(final: Path, staging: Path | None = None):
         raise
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        old = final.parent / f".{final.name}.old-{_owner()}-{uuid.uuid4().hex[:8]}"
         os.rename(final, old)
         os.rename(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, final)
+
+
+def _owner() -> str:
+    return f"{_HOST}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def prepare_runs_dir(runs_dir, key: str = "output.runs_dir") -> Path:
+    """Make sure ``runs_dir`` is a writable directory before any work, and clean it.
+
+    Temporary stage directories left by a killed process (``.etl.tmp-*``; their owner's
+    pid on this host is gone, or, from elsewhere, older than a day) are removed.
+
+    Raises
+    ------
+    ShardflowError
+        ``runs_dir`` is a file, or cannot be created or written; the message names ``key``.
+    """
+    from shardflow.tasks.errors import ShardflowError
+
+    runs_dir = Path(runs_dir)
+    # Nothing is created here (bad input must leave no trace): the directory, or the
+    # nearest ancestor it would be created in, is probed.
+    existing = runs_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "exists and is not a directory" if existing == runs_dir else f"cannot be created: {existing} is a file"
+        raise ShardflowError(f"{key} {runs_dir}: {what}; choose a directory for runs")
+    try:
+        probe = existing / f".write-probe-{_owner()}-{uuid.uuid4().hex[:8]}"
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as err:
+        raise ShardflowError(f"{key} {runs_dir}: cannot write in {existing} ({err.strerror or type(err).__name__}); "
+                             "choose a writable directory") from None
+    if existing != runs_dir:
+        return runs_dir
+    now = time.time()
+    for entry in runs_dir.iterdir():
+        if not entry.name.startswith(".") or not entry.is_dir():
+            continue
+        match = _STAGING.match(entry.name)
+        if match and match["host"] == _HOST:
+            stale = not _pid_alive(int(match["pid"]))
+        elif match or ".tmp-" in entry.name or ".old-" in entry.name:
+            try:
+                stale = now - entry.stat().st_mtime > STALE_AFTER_SECONDS
+            except FileNotFoundError:
+                continue
+        else:
+            continue
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
+    return runs_dir
 
 
 def stage_output(run_dir: Path, stage: str):
@@ -75,12 +147,22 @@ def read_manifest(run_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def update_manifest(run_dir: Path, **fields) -> dict:
-    """Merge ``fields`` into the run's manifest (atomically); ``stages`` is merged by key."""
+def update_manifest(run_dir: Path, *, replace_artifacts: str | None = None, **fields) -> dict:
+    """Merge ``fields`` into the run's manifest (atomically).
+
+    ``stages`` and ``artifacts`` (``{relative path: sha256}``) are merged by key;
+    ``replace_artifacts`` (a path prefix such as ``"train/"``) first drops the recorded
+    hashes under it, so a recomputed stage leaves no stale entry behind.
+    """
     manifest = read_manifest(run_dir)
     stages = {**manifest.get("stages", {}), **fields.pop("stages", {})}
+    artifacts = dict(manifest.get("artifacts", {}))
+    if replace_artifacts is not None:
+        artifacts = {k: v for k, v in artifacts.items() if not k.startswith(replace_artifacts)}
+    artifacts.update(fields.pop("artifacts", {}))
     manifest.update(fields)
     manifest["stages"] = stages
+    manifest["artifacts"] = artifacts
     write_text_atomic(Path(run_dir) / MANIFEST, json.dumps(manifest, indent=1, default=str))
     return manifest
 

@@ -23,8 +23,9 @@ from dask.utils import parse_bytes
 from shardflow.pipelines.config import Config
 from shardflow.tasks import backend
 from shardflow.tasks.errors import InputError
-from shardflow.tasks.io import Piece, csv_header, read_piece
-from shardflow.tasks.prepare import prepare_partition
+from shardflow.tasks.expressions import parse_expression
+from shardflow.tasks.io import ROW_ERROR_COLUMN, Piece, csv_header, read_piece
+from shardflow.tasks.prepare import join_key, prepare_partition
 from shardflow.tasks.schema import JoinSpec, TableSpec
 
 CSV_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz")
@@ -90,6 +91,10 @@ def _inspect_parquet(files, max_rows: int) -> Source:
                 f"{f}: not a readable Parquet file ({type(err).__name__}: {str(err).splitlines()[0]}); "
                 "it may be truncated or still being written: repair or remove it"
             ) from None
+        duplicated = sorted({n for n in file_schema.names if file_schema.names.count(n) > 1})
+        if duplicated:
+            raise InputError(f"{f}: column name(s) {', '.join(map(repr, duplicated))} appear more than once; "
+                             "rewrite the file with one name per column")
         for name, typ in zip(file_schema.names, file_schema.types):
             if name in schema and not _compatible(schema[name], typ):
                 raise InputError(
@@ -114,7 +119,7 @@ def _inspect_parquet(files, max_rows: int) -> Source:
         if group or meta.num_row_groups == 0:
             whole = meta.num_row_groups == len(group)
             pieces.append(Piece(f, "parquet", None if whole else tuple(group)))
-    return Source("parquet", files, schema, pieces, rows, _fingerprint(files), file_rows=file_rows, bytes=size)
+    return Source("parquet", files, schema, pieces, rows, file_fingerprint(files), file_rows=file_rows, bytes=size)
 
 
 def _kind(typ: pa.DataType) -> str:
@@ -141,6 +146,8 @@ def _inspect_csv(files, delimiter: str, blocksize: int) -> Source:
     for f in files:
         try:
             header = csv_header(f, delimiter)
+        except InputError:
+            raise
         except Exception as err:  # noqa: BLE001
             raise InputError(f"{f}: cannot read the CSV header ({type(err).__name__}); check the file") from None
         if schema and set(header) != set(schema):
@@ -154,10 +161,10 @@ def _inspect_csv(files, delimiter: str, blocksize: int) -> Source:
         else:
             for start in range(0, file_size, blocksize):
                 pieces.append(Piece(f, "csv", start=start, end=min(file_size, start + blocksize)))
-    return Source("csv", files, schema, pieces, None, _fingerprint(files), csv_delimiter=delimiter, bytes=size)
+    return Source("csv", files, schema, pieces, None, file_fingerprint(files), csv_delimiter=delimiter, bytes=size)
 
 
-def _fingerprint(files) -> str:
+def file_fingerprint(files) -> str:
     """Hash of every input file's path, size and modification time."""
     digest = hashlib.sha256()
     for f in files:
@@ -185,9 +192,12 @@ def load_dimensions(config: Config, source: Source) -> list[Dimension]:
             raise InputError(f"joins[{i}].path {join.path!r}: no such file (resolved to {path})")
         try:
             if path.endswith(CSV_SUFFIXES):
+                csv_header(path, config.input.csv_delimiter)  # refuses duplicated column names
                 table = pd.read_csv(path, sep=config.input.csv_delimiter)
             else:
                 table = pq.read_table(path).to_pandas()
+        except InputError:
+            raise
         except Exception as err:  # noqa: BLE001
             raise InputError(f"{path}: cannot read the dimension table ({type(err).__name__}: {err})") from None
         right_on = join.right_on or join.on
@@ -212,13 +222,40 @@ def load_dimensions(config: Config, source: Source) -> list[Dimension]:
             )
         name = join.name or Path(path).name.split(".")[0]
         table = table[list(right_on) + list(columns)].rename(columns=dict(zip(right_on, join.on)))
+        kinds = tuple(_key_kind(i, col, source, table[col], path) for col in join.on)
+        table = table.assign(**{col: join_key(table[col], kind) for col, kind in zip(join.on, kinds)})
+        # A missing key matches nothing (as in SQL), not the fact rows whose key is missing too.
+        table = table[table[list(join.on)].notna().all(axis=1)].reset_index(drop=True)
         rename = {}
         for col in columns:
             if col in taken or col in join.on:
                 rename[col] = f"{col}_{name}"
         taken.update(rename.get(c, c) for c in columns)
-        dims.append(Dimension(JoinSpec(name, tuple(join.on), tuple(columns), rename), table, path))
+        dims.append(Dimension(JoinSpec(name, tuple(join.on), tuple(columns), rename, kinds), table, path))
     return dims
+
+
+def _key_kind(index: int, column: str, source: Source, dim_values: pd.Series, path: str) -> str:
+    """How key ``column`` is compared: as numbers when either side holds numbers, else as text.
+
+    The fact table's CSV text is parsed as numbers then; a dimension table's text key
+    against a numeric fact key must parse entirely, or the join could never match.
+    """
+    fact = source.schema[column]
+    fact_numeric = pa.types.is_integer(fact) or pa.types.is_floating(fact) or pa.types.is_decimal(fact) \
+        or pa.types.is_boolean(fact)
+    if pd.api.types.is_numeric_dtype(dim_values.dtype):
+        return "number"
+    if fact_numeric:
+        present = dim_values.dropna()
+        parsed = pd.to_numeric(present, errors="coerce")
+        if parsed.isna().any():
+            example = present[parsed.isna()].iloc[0]
+            raise InputError(
+                f"joins[{index}].on: key {column!r} holds numbers ({fact}) in the input but text such as "
+                f"{example!r} in {path}; they can never match: fix the key column's type in one of them")
+        return "number"
+    return "string"
 
 
 def table_spec(config: Config, source: Source, dims: list[Dimension], for_prediction: bool = False) -> TableSpec:
@@ -235,8 +272,10 @@ def table_spec(config: Config, source: Source, dims: list[Dimension], for_predic
         categorical=tuple(f.categorical),
         datetime=tuple(f.datetime),
         datetime_parts=tuple(f.datetime_parts),
-        derived=tuple(f.derived.items()),
-        target_expression=config.target.expression,
+        derived=tuple((name, parse_expression(text, f"features.derived.{name}"))
+                      for name, text in f.derived.items()),
+        target_expression=None if config.target.expression is None
+        else parse_expression(config.target.expression, "target.expression"),
         valid_ranges=tuple((c, b[0], b[1]) for c, b in config.clean.valid_ranges.items()),
         joins=tuple(d.join for d in dims),
         split_key=tuple(config.split.key or ()),
@@ -308,7 +347,7 @@ def _column_types(config: Config, source: Source, spec: TableSpec) -> tuple:
 def raw_meta(source: Source, columns, backend_name: str):
     """An empty frame with the columns and dtypes one piece reads as."""
     if source.format == "csv":
-        frame = pd.DataFrame({c: pd.Series([], dtype="str") for c in columns})
+        frame = pd.DataFrame({c: pd.Series([], dtype="str") for c in [*columns, ROW_ERROR_COLUMN]})
         if backend_name == "pandas":
             return frame
         return backend.from_arrow(pa.Table.from_pandas(frame, preserve_index=False), backend_name)

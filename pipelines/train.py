@@ -354,10 +354,17 @@ def train_partition_models(runtime: Runtime, data: TrainingData, cfg: PartitionM
             # (the families train side by side, so the shared wall time would count both).
             "seconds": wall if len(families) == 1 else sum(m["seconds"] for m in members) / max(
                 1, min(len(members), len(set(data.workers)))),
-            "partition_metrics": [{"partitions": g, "rows": m["rows"], **m["validation"]} for g, m in
-                                  zip(groups, members)],
+            "partition_metrics": [partition_model_metrics(g, m["rows"], m["validation"])
+                                  for g, m in zip(groups, members)],
         }
     return out
+
+
+def partition_model_metrics(partitions: list, train_rows: int, validation: dict) -> dict:
+    """One per-partition model's entry of the report: its partitions, training rows, and
+    metrics on its own validation rows (whose count the metrics' ``rows`` is)."""
+    return {"partitions": partitions, **validation, "train_rows": train_rows,
+            "validation_rows": validation.get("rows", 0)}
 
 
 # ----------------------------------------------------------------------------- data-parallel MLP

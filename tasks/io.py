@@ -15,6 +15,9 @@ import pyarrow.parquet as pq
 from shardflow.tasks import backend
 from shardflow.tasks.errors import InputError
 
+#: CSV pieces carry this column: why a row could not be parsed (null for good rows).
+ROW_ERROR_COLUMN = "_row_error"
+
 
 @dataclass(frozen=True)
 class Piece:
@@ -63,15 +66,54 @@ def _read_parquet(piece: Piece, columns, backend_name):
     return backend.from_arrow(table, backend_name)
 
 
-def csv_header(path: str, delimiter: str = ",") -> list[str]:
-    """Column names from a CSV file's first line."""
-    import pandas as pd
+#: Strings read as missing in CSV files (pandas' ``read_csv`` defaults).
+CSV_NULL_VALUES = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                   "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
 
-    return list(pd.read_csv(path, sep=delimiter, nrows=0).columns)
+
+def _open_text_head(path: str):
+    if path.endswith(".gz"):
+        import gzip
+
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def csv_header(path: str, delimiter: str = ",") -> list[str]:
+    """Column names from a CSV file's first line; empty names read as pandas does.
+
+    Raises
+    ------
+    InputError
+        The header names a column more than once: which of them a feature would
+        read is undefined, so the file is refused, naming the duplicates.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.csv")
+    >>> _ = open(path, "w").write('id,"a,b",,c\\n1,2,3,4\\n')
+    >>> csv_header(path)
+    ['id', 'a,b', 'Unnamed: 2', 'c']
+    """
+    import csv
+
+    with _open_text_head(path) as f:
+        line = f.readline().decode("utf-8-sig").rstrip("\r\n")
+    names = next(csv.reader([line], delimiter=delimiter), [])
+    names = [name if name else f"Unnamed: {i}" for i, name in enumerate(names)]
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise InputError(f"{path}: column name(s) {', '.join(map(repr, duplicated))} appear more than once in "
+                         "the header; give every column its own name")
+    return names
 
 
 def _csv_bytes(piece: Piece) -> bytes:
     """The header line plus every line that starts inside ``[start, end)``."""
+    if piece.path.endswith(".gz"):  # compressed files are one piece
+        with _open_text_head(piece.path) as f:
+            return f.read()
     with open(piece.path, "rb") as f:
         header = f.readline()
         begin = max(piece.start, len(header))
@@ -92,12 +134,42 @@ def _csv_bytes(piece: Piece) -> bytes:
 
 
 def _read_csv(piece: Piece, columns, backend_name, delimiter):
-    import pandas as pd
+    """Read the piece's lines as strings; rows with the wrong number of fields are kept
+    apart and come back last, with their reason in :data:`ROW_ERROR_COLUMN`."""
+    import csv
+
+    import pyarrow.csv as pacsv
 
     data = _csv_bytes(piece)
-    frame = pd.read_csv(io.BytesIO(data), sep=delimiter, usecols=list(columns), dtype=str,
-                        keep_default_na=True)
-    frame = frame[list(columns)]
-    if backend_name == "pandas":
-        return frame
-    return backend.from_arrow(pa.Table.from_pandas(frame, preserve_index=False), backend_name)
+    header = csv_header(piece.path, delimiter)
+    ragged = []
+
+    def keep_apart(row):
+        ragged.append((row.text, row.actual_columns))
+        return "skip"
+
+    table = pacsv.read_csv(
+        io.BytesIO(data),
+        read_options=pacsv.ReadOptions(column_names=header, skip_rows=1, use_threads=False),
+        parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
+                                         invalid_row_handler=keep_apart),
+        convert_options=pacsv.ConvertOptions(
+            column_types={name: pa.string() for name in header}, include_columns=list(columns),
+            strings_can_be_null=True, quoted_strings_can_be_null=True, null_values=list(CSV_NULL_VALUES)),
+    )
+    reasons = pa.nulls(table.num_rows, pa.string())
+    if ragged:
+        position = {name: i for i, name in enumerate(header)}
+        values = {name: [] for name in columns}
+        for text, _ in ragged:
+            fields = next(csv.reader([text], delimiter=delimiter), [])
+            for name in columns:
+                i = position[name]
+                value = fields[i] if i < len(fields) else None
+                values[name].append(None if value in CSV_NULL_VALUES else value)
+        extra = pa.table({name: pa.array(values[name], pa.string()) for name in columns})
+        table = pa.concat_tables([table, extra])
+        reasons = pa.concat_arrays([reasons, pa.array(
+            [f"{n} fields, expected {len(header)}" for _, n in ragged], pa.string())])
+    table = table.append_column(ROW_ERROR_COLUMN, reasons)
+    return backend.from_arrow(table, backend_name)

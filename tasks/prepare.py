@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 
 from shardflow.tasks import backend
+from shardflow.tasks.expressions import evaluate
+from shardflow.tasks.io import ROW_ERROR_COLUMN
 from shardflow.tasks.schema import REASON_COLUMN, SPLIT_COLUMN, TableSpec
 
 _SPLIT_BUCKETS = 1 << 20
@@ -24,6 +26,8 @@ class PreparedPartition(NamedTuple):
     features: object  #: good rows: typed, joined, derived columns + target + split flag
     quarantine: object  #: rejected rows with their raw values and a ``_reason`` column
     missing_targets: int = 0  #: rows whose target is missing, whatever else is wrong with them
+    #: Per join, ``(rows whose key found a dimension row, rows)`` over every input row.
+    join_matches: tuple = ()
 
 
 def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
@@ -58,9 +62,16 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
                 messages.append(message)
             reasons[fresh] = messages.index(message) + 1
 
+    if ROW_ERROR_COLUMN in raw.columns:  # CSV rows with the wrong number of fields
+        row_errors = raw[ROW_ERROR_COLUMN]
+        for message in backend.to_pandas(row_errors.dropna()).unique():
+            reject(row_errors == message, str(message))
+        raw = raw.drop(columns=[ROW_ERROR_COLUMN])
     frame = raw.copy(deep=False)
+    join_matches = []
     for join, table in zip(spec.joins, dimensions):
-        frame = _left_join(frame, table, join)
+        frame, matched = _left_join(frame, table, join)
+        join_matches.append((matched, n))
     for col in spec.numeric:
         before = frame[col]
         frame[col] = _as_float(before)
@@ -95,8 +106,8 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
         target = _target(frame, spec)
         target_missing = target.isna()
         reject(target_missing, f"{spec.target}: missing target")
-        if spec.task == "classification":
-            reject(target.notna() & (target != 0.0) & (target != 1.0), f"{spec.target}: not 0/1")
+        # Classification labels other than 0/1 are not quarantined: the profile counts
+        # them and the ETL stops with an error that says what the target holds.
     else:  # prediction: no target, nothing to reject for it
         target = raw[raw.columns[0]].isna().astype("float64") * np.nan
         target_missing = target.isna()
@@ -108,7 +119,7 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
     for col in spec.numeric:
         features[col] = frame[col]
     for name, expression in spec.derived:
-        features[name] = _as_float(frame.eval(expression))
+        features[name] = _as_float(evaluate(expression, frame))
     for col in spec.datetime:
         for part in spec.datetime_parts:
             features[f"{col}_{part}"] = _as_float(_datetime_part(frame[col], part))
@@ -125,7 +136,7 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
         **{REASON_COLUMN: np.array(messages, dtype=object)[reasons[~good] - 1] if (~good).any()
            else np.array([], dtype=object)}
     )
-    return PreparedPartition(features[good], quarantine, int(target_missing.sum()))
+    return PreparedPartition(features[good], quarantine, int(target_missing.sum()), tuple(join_matches))
 
 
 def split_membership(keys, validation_fraction: float, seed: int) -> np.ndarray:
@@ -183,7 +194,7 @@ def _as_float(series, booleans: bool = False):
 def _target(frame, spec: TableSpec):
     if spec.target_expression is None:
         return _as_float(frame[spec.target])
-    value = _as_float(frame.eval(spec.target_expression))
+    value = _as_float(evaluate(spec.target_expression, frame))
     # `NaN > 15` is False in pandas; a target computed from a missing input is missing.
     missing = None
     for col in spec.target_inputs:
@@ -191,19 +202,35 @@ def _target(frame, spec: TableSpec):
     return value if missing is None else value.where(~missing)
 
 
+def join_key(values, kind: str):
+    """A join key column in its comparable form (see :attr:`JoinSpec.key_kinds`).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> join_key(pd.Series(["7", "7.0", None, "x"]), "number").tolist()
+    [7.0, 7.0, nan, nan]
+    """
+    return _as_float(values, booleans=True) if kind == "number" else backend.as_strings(values)
+
+
 def _left_join(frame, table, join):
     """Left join that keeps the fact table's rows and order, and never copies the partition.
 
     Each fact row's position in the (unique-keyed) dimension table is looked up, and
-    the dimension columns are gathered by position; unmatched keys give nulls.
+    the dimension columns are gathered by position; unmatched keys give nulls. The
+    dimension table's keys arrive already in their comparable form.
+
+    Returns
+    -------
+    (frame, int)
+        The joined frame, and how many of its rows found a dimension row.
     """
+    kinds = join.key_kinds or ("string",) * len(join.on)
     keys = frame[list(join.on)]
-    dim_keys = table[list(join.on)]
-    for key in join.on:
-        if keys[key].dtype != dim_keys[key].dtype:
-            keys = keys.assign(**{key: backend.as_strings(keys[key])})
-            dim_keys = dim_keys.assign(**{key: backend.as_strings(dim_keys[key])})
-    positions = backend.row_positions(keys, dim_keys)
+    keys = keys.assign(**{key: join_key(keys[key], kind) for key, kind in zip(join.on, kinds)})
+    positions = backend.row_positions(keys, table[list(join.on)])
     gathered = backend.take_rows(table[list(join.columns)], positions)
     gathered.index = frame.index
-    return frame.assign(**{join.rename.get(col, col): gathered[col] for col in join.columns})
+    joined = frame.assign(**{join.rename.get(col, col): gathered[col] for col in join.columns})
+    return joined, int((positions >= 0).sum())

@@ -6,31 +6,15 @@ client; tasks receive it as an argument and never read configuration themselves.
 
 from __future__ import annotations
 
-import ast
 from dataclasses import dataclass, field
+
+from shardflow.tasks.expressions import Expression
 
 DATETIME_PARTS = ("hour", "dayofweek", "month", "day", "dayofyear", "minute", "year")
 TASK_TYPES = ("classification", "regression")
 COLUMN_KINDS = ("number", "datetime", "string")
 REASON_COLUMN = "_reason"
 SPLIT_COLUMN = "_is_validation"
-
-
-def expression_names(expression: str) -> list[str]:
-    """Column names an expression such as ``"arr_delay > 15"`` refers to, in order.
-
-    Backticked names (``\\`dep time\\` > 3``, pandas ``eval`` syntax) are included.
-    """
-    names: list[str] = []
-    # pandas.eval writes columns with spaces in backticks; ast cannot parse those.
-    parts = expression.split("`")
-    plain = " ".join(p if i % 2 == 0 else "_" for i, p in enumerate(parts))
-    names.extend(p for i, p in enumerate(parts) if i % 2 == 1)
-    tree = ast.parse(plain, mode="eval")
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and node.id not in names and node.id not in {"_", "True", "False"}:
-            names.append(node.id)
-    return names
 
 
 @dataclass(frozen=True)
@@ -45,6 +29,9 @@ class JoinSpec:
     on: tuple[str, ...]
     columns: tuple[str, ...]
     rename: dict = field(default_factory=dict)
+    #: How each key is compared: ``"number"`` (both sides as float64, so ``7``, ``7.0``
+    #: and the CSV text ``"7"`` match) or ``"string"``.
+    key_kinds: tuple[str, ...] = ()
 
     def joined_names(self) -> list[str]:
         return [self.rename.get(c, c) for c in self.columns]
@@ -60,8 +47,9 @@ class TableSpec:
     categorical: tuple[str, ...] = ()
     datetime: tuple[str, ...] = ()
     datetime_parts: tuple[str, ...] = ("hour", "dayofweek", "month")
-    derived: tuple[tuple[str, str], ...] = ()
-    target_expression: str | None = None
+    #: ``(name, expression)`` pairs, parsed and whitelisted on the client.
+    derived: tuple[tuple[str, Expression], ...] = ()
+    target_expression: Expression | None = None
     valid_ranges: tuple[tuple[str, float | None, float | None], ...] = ()
     joins: tuple[JoinSpec, ...] = ()
     split_key: tuple[str, ...] = ()
@@ -97,11 +85,11 @@ class TableSpec:
             return []
         if self.target_expression is None:
             return [self.target]
-        return expression_names(self.target_expression)
+        return list(self.target_expression.names)
 
     @property
     def derived_inputs(self) -> list[str]:
-        return [n for _, expr in self.derived for n in expression_names(expr)]
+        return [n for _, expr in self.derived for n in expr.names]
 
     def source_columns(self) -> list[str]:
         """Columns to read from the fact table (everything else is never loaded)."""

@@ -8,7 +8,7 @@ answer as one pass over the whole table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -82,11 +82,17 @@ class Profile:
     target: Moments
     validation_rows: int
     missing_targets: int = 0
+    #: Classification only: rows per target value, for at most ``TARGET_VALUES_KEPT``
+    #: distinct values; ``target_values_truncated`` says that more were seen.
+    target_values: dict = field(default_factory=dict)
+    target_values_truncated: bool = False
+    #: Per join, ``[rows whose key found a dimension row, rows]`` over every input row.
+    join_matches: list = field(default_factory=list)
 
 
 def partition_profile(part: PreparedPartition, spec: TableSpec, index: int) -> Profile:
     """Summarise one prepared partition: counts, moments, category frequencies."""
-    features, quarantine, missing_targets = part
+    features, quarantine, missing_targets = part.features, part.quarantine, part.missing_targets
     reasons = backend.to_pandas(quarantine[REASON_COLUMN]).value_counts()
     counts = {}
     for col in spec.categorical:
@@ -95,6 +101,10 @@ def partition_profile(part: PreparedPartition, spec: TableSpec, index: int) -> P
         counts[col] = vc.astype(np.int64)
     partition_rows = [0] * (index + 1)
     partition_rows[index] = len(features)
+    values, truncated = {}, False
+    if spec.task == "classification" and spec.target_required:
+        vc = backend.to_pandas(features[spec.target].value_counts(dropna=True))
+        values, truncated = _kept_values({float(k): int(v) for k, v in vc.items()})
     return Profile(
         rows=len(features),
         partition_rows=partition_rows,
@@ -104,7 +114,22 @@ def partition_profile(part: PreparedPartition, spec: TableSpec, index: int) -> P
         target=Moments.of(features, [spec.target]),
         validation_rows=int(backend.to_host_array(features[SPLIT_COLUMN], bool).sum()),
         missing_targets=missing_targets,
+        target_values=values,
+        target_values_truncated=truncated,
+        join_matches=[list(m) for m in part.join_matches],
     )
+
+
+#: Distinct target values a classification profile keeps (enough to name examples).
+TARGET_VALUES_KEPT = 32
+
+
+def _kept_values(counts: dict) -> tuple:
+    """The ``TARGET_VALUES_KEPT`` most frequent values, and whether any were dropped."""
+    if len(counts) <= TARGET_VALUES_KEPT:
+        return counts, False
+    kept = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:TARGET_VALUES_KEPT]
+    return dict(kept), True
 
 
 def combine_profiles(a: Profile, b: Profile) -> Profile:
@@ -130,7 +155,18 @@ def combine_profiles(a: Profile, b: Profile) -> Profile:
         target=a.target.merge(b.target),
         validation_rows=a.validation_rows + b.validation_rows,
         missing_targets=a.missing_targets + b.missing_targets,
+        **_combined_target_values(a, b),
+        join_matches=[[x + y for x, y in zip(ma, mb)] for ma, mb in zip(a.join_matches, b.join_matches)],
     )
+
+
+def _combined_target_values(a: Profile, b: Profile) -> dict:
+    merged = dict(a.target_values)
+    for k, v in b.target_values.items():
+        merged[k] = merged.get(k, 0) + v
+    values, truncated = _kept_values(merged)
+    return {"target_values": values,
+            "target_values_truncated": truncated or a.target_values_truncated or b.target_values_truncated}
 
 
 def partition_clipped_moments(part: PreparedPartition, columns, lower, upper) -> Moments:

@@ -126,7 +126,7 @@ def test_bad_expression(trips_dir, runtime, runs):
     ("features.numerc=[a]", r"'features.numerc' is not a known option \(did you mean 'features.numeric'\?\)"),
     ("target.task=clustering", r"'target.task': 'clustering' is not one of classification, regression"),
     ("encode.min_frequency=often", r"'encode.min_frequency': expected an integer"),
-    ("split.validation_fraction=1.5", r"'split.validation_fraction': must be in \[0, 1\)"),
+    ("split.validation_fraction=1.5", r"'split.validation_fraction': must be between 0 and 1"),
     ("cluster.spec=yarn", r"'cluster.spec': 'yarn' is not one of"),
 ])
 def test_config_errors_name_the_key(override, message):

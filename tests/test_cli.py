@@ -14,7 +14,9 @@ def test_run_generates_default_dataset_then_runs_the_pipeline(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "dashboard http://127.0.0.1:" in proc.stderr
     assert "generating 30000 rows" in proc.stderr
-    run_dir = tmp_path / "runs" / proc.stdout.strip().splitlines()[-1].split("/")[-1]
+    lines = proc.stdout.strip().splitlines()
+    run_dir = tmp_path / "runs" / lines[-2].split("/")[-1]
+    assert lines[-1] == f"report: {run_dir / 'report.html'}" and (run_dir / "report.html").exists()
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["stages"]["etl"]["rows"] > 29_000
     assert manifest["cluster"]["workers"] == 2
