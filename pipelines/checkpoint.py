@@ -1,6 +1,6 @@
 """XGBoost training callbacks that make the global model resumable.
 
-They run inside ``xgboost.dask`` on every worker; only rank 0 writes. A checkpoint is
+They run inside the global model's training task on every worker; only rank 0 writes. A checkpoint is
 the model so far (UBJSON) plus a JSON state: rounds done, the evaluation history, the
 early-stopping state and the time per round. Resuming loads both, so a resumed run
 makes the same decisions, and the same trees, as one that was never interrupted.
@@ -52,11 +52,19 @@ class ResumableState(xgb.callback.TrainingCallback):
         Stop after this many rounds without improvement; None: never stop early.
     state : dict, optional
         State read from a checkpoint, to continue from.
+    progress_topic : str, optional
+        Rank 0 reports each round as a Dask event on this topic (see
+        :class:`shardflow.pipelines.progress.Rounds`).
+
+    Rounds are counted on the model (``num_boosted_rounds``), never by the epoch
+    XGBoost passes to callbacks: that one restarts at 0 when training continues from a
+    checkpoint, and early stopping would then keep the wrong best round.
     """
 
     def __init__(self, directory: str, every: int, token: str, metric: str, maximize: bool,
-                 patience: int | None, state: dict | None = None):
+                 patience: int | None, state: dict | None = None, progress_topic: str | None = None):
         super().__init__()
+        self.progress_topic = progress_topic
         self.directory = str(directory)
         self.every = every
         self.token = token
@@ -80,6 +88,7 @@ class ResumableState(xgb.callback.TrainingCallback):
         return score > self.best_score if self.maximize else score < self.best_score
 
     def after_iteration(self, model, epoch: int, evals_log) -> bool:
+        epoch = model.num_boosted_rounds() - 1  # absolute, across resumed calls
         now = time.perf_counter()
         self.round_seconds.append(now - self._last)
         self._last = now
@@ -94,6 +103,9 @@ class ResumableState(xgb.callback.TrainingCallback):
         stop = self.patience is not None and epoch - self.best_iteration >= self.patience
         if (epoch + 1) % self.every == 0 or stop:
             self._write(model, epoch + 1, stop)
+        if self.progress_topic and xgb.collective.get_rank() == 0:
+            _report(self.progress_topic, {"done": epoch + 1, "metric": self.metric, "score": score,
+                                          "best": self.best_score, "best_round": self.best_iteration + 1})
         return stop
 
     def after_training(self, model):
@@ -119,3 +131,13 @@ class ResumableState(xgb.callback.TrainingCallback):
         tmp_state = directory / f".state-{os.getpid()}.json"
         tmp_state.write_text(json.dumps(state))
         os.replace(tmp_state, directory / STATE_FILE)
+
+
+def _report(topic: str, message: dict) -> None:
+    """Send ``message`` to the client as a Dask event (nothing outside a worker)."""
+    try:
+        from distributed import get_worker
+
+        get_worker().log_event(topic, message)
+    except ValueError:
+        pass

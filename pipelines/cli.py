@@ -97,17 +97,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(quiet: bool, verbose: bool) -> None:
+def _setup_logging(quiet: bool, verbose: bool, stream=None) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", "%H:%M:%S"))
+
+    def handler():
+        # One per logger: Dask sets the level of the handlers on loggers it silences.
+        made = logging.StreamHandler(stream or sys.stderr)
+        made.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", "%H:%M:%S"))
+        return made
+
     root = logging.getLogger("shardflow")
-    root.handlers[:] = [handler]
+    root.handlers[:] = [handler()]
     root.setLevel(level)
     root.propagate = False
     if not verbose:
         for noisy in ("distributed", "dask"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
+    # The dashboard's web server logs a traceback for every failed page load: the job's
+    # terminal gets them only with -v, in shardflow's format.
+    for web in ("tornado", "bokeh"):
+        web_logger = logging.getLogger(web)
+        web_logger.handlers[:] = [handler()]
+        web_logger.propagate = False
+        web_logger.setLevel(logging.DEBUG if verbose else logging.CRITICAL)
 
 
 def _cluster_overrides(args) -> list[str]:
@@ -268,7 +280,14 @@ def main(argv=None) -> int:
     if args.command is None:  # `shardflow` alone: say what it can do, run nothing
         parser.print_help()
         return 0
-    _setup_logging(args.quiet, args.verbose)
+    from shardflow.pipelines.console import CapturedStderr
+
+    with CapturedStderr() as console:
+        _setup_logging(args.quiet, args.verbose, console.terminal)
+        return _dispatch(args)
+
+
+def _dispatch(args) -> int:
     commands = {"run": cmd_run, "etl": cmd_etl, "generate": cmd_generate, "predict": cmd_predict,
                 "report": cmd_report, "runs": cmd_runs}
     try:

@@ -14,7 +14,8 @@ import numpy as np
 
 from shardflow.pipelines import progress
 from shardflow.pipelines.graph import tree_reduce_futures
-from shardflow.pipelines.train import TrainingData, _worker_threads, call_token
+from shardflow.pipelines.train import TrainingData, call_token
+from shardflow.tasks.models import worker_threads
 from shardflow.tasks.metrics import combine_metrics, curves, finish_metrics, partial_metrics
 
 MODEL_LABELS = {
@@ -35,7 +36,7 @@ def _evaluate_partition(shard, payloads, task, residual_range):
         xgboost_predict,
     )
 
-    threads = _worker_threads()
+    threads = worker_threads()
     x, n = shard.x_valid, len(shard.y_valid)
     members = None
     partials = {}

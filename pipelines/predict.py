@@ -26,7 +26,7 @@ from shardflow.pipelines.source import (
     read_source,
     table_spec,
 )
-from shardflow.pipelines.train import _worker_threads
+from shardflow.tasks.models import worker_threads
 from shardflow.tasks import backend
 from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.errors import InputError, ShardflowError
@@ -57,7 +57,7 @@ def predict_partition(raw, spec, dimensions, preprocessor: Preprocessor, name: s
     features, quarantine = prepared.features, prepared.quarantine
     table = preprocessor.transform(features)
     x = backend.to_host_array(table[preprocessor.feature_names], np.float32)
-    scores = predict_payload(name, payload, x, _worker_threads())
+    scores = predict_payload(name, payload, x, worker_threads())
     out = backend.to_pandas(table[list(preprocessor.keep_columns)]).reset_index(drop=True) \
         if preprocessor.keep_columns else None
     import pandas as pd

@@ -23,47 +23,129 @@ def enabled() -> bool:
     return logging.getLogger("shardflow").getEffectiveLevel() <= logging.INFO
 
 
+class Counter:
+    """A count towards a total with elapsed time, rate and ETA, drawn on stderr.
+
+    On a terminal the line is redrawn in place (cleared first, so a shorter line leaves
+    no stale characters); otherwise a plain line is printed at each quarter and a
+    final one at the end. Work that was already done when the counter started (a
+    resumed model's rounds, tasks already in memory) counts towards the total but not
+    towards the rate.
+
+    Examples
+    --------
+    >>> import io
+    >>> out = io.StringIO()
+    >>> c = Counter("xgboost", total=8, unit="rounds", done=4, stream=out)
+    >>> for i in range(5, 9):
+    ...     c.update(i)
+    >>> c.close()
+    >>> print(out.getvalue().splitlines()[-1].split(",")[0])
+    xgboost: 8/8 rounds
+    """
+
+    def __init__(self, label: str, total: int, unit: str = "tasks", done: int = 0, stream=None):
+        self.label, self.total, self.unit = label, total, unit
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.first = self.done = done
+        self.started = time.perf_counter()
+        self.extra = ""
+        self._next_quarter = int(4 * done / total) + 1 if total else 1
+        self._closed = False
+
+    def line(self) -> str:
+        elapsed = time.perf_counter() - self.started
+        new = self.done - self.first
+        text = f"{self.label}: {self.done}/{self.total} {self.unit}, {elapsed:.1f}s"
+        if new > 0 and elapsed > 0 and self.done < self.total:
+            rate = new / elapsed
+            text += f", {rate:.1f} {self.unit}/s, ETA {(self.total - self.done) / rate:.0f}s"
+        return text + (f", {self.extra}" if self.extra else "")
+
+    def update(self, done: int, extra: str = "") -> None:
+        self.done, self.extra = min(done, self.total), extra
+        with suppress(ValueError):
+            if self.tty:
+                self.stream.write("\33[2K\r" + self.line())
+                self.stream.flush()
+            elif self.total and 4 * self.done >= self._next_quarter * self.total and self.done < self.total:
+                self._next_quarter = int(4 * self.done / self.total) + 1
+                self.stream.write(self.line() + "\n")
+                self.stream.flush()
+
+    def close(self, failed: bool = False) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with suppress(ValueError):
+            if self.tty:
+                self.stream.write("\33[2K\r")
+            if failed:
+                self.stream.write(f"{self.label}: failed after {time.perf_counter() - self.started:.1f}s\n")
+            elif not self.tty:
+                self.stream.write(self.line() + "\n")
+            self.stream.flush()
+
+
 class StageProgressBar(TextProgressBar):
     """A :class:`distributed.diagnostics.progressbar.TextProgressBar` for one stage.
 
     Counts every task the given futures depend on, not only the futures themselves,
-    so a tree reduction shows its leaves.
+    so a tree reduction shows its leaves; tasks already finished when it starts do
+    not count towards the rate.
     """
 
     def __init__(self, keys, label: str, stream=None, **kwargs):
         self.label = label
-        self.stream = stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._next_quarter = 1
+        self.counter = None
+        self._stream = stream
         super().__init__(keys, interval="200ms", **kwargs)
-
-    def _line(self, remaining: int, total: int) -> str:
-        done = total - remaining
-        elapsed = self.elapsed
-        rate = done / elapsed if elapsed > 0 else 0.0
-        return f"{self.label}: {done}/{total} tasks, {elapsed:.1f}s, {rate:.1f} tasks/s"
 
     def _draw_bar(self, remaining, all, **kwargs):
         if not all:
             return
-        frac = 1 - remaining / all
-        with suppress(ValueError):
-            if self.tty:
-                bar = "#" * int(24 * frac)
-                self.stream.write(f"\r[{bar:<24}] {self._line(remaining, all)}")
-                self.stream.flush()
-            elif frac * 4 >= self._next_quarter and remaining:
-                self._next_quarter = int(frac * 4) + 1
-                self.stream.write(self._line(remaining, all) + "\n")
-                self.stream.flush()
+        if self.counter is None:
+            self.counter = Counter(self.label, all, "tasks", done=all - remaining, stream=self._stream)
+        self.counter.total = all
+        self.counter.update(all - remaining)
 
     def _draw_stop(self, remaining=0, all=0, status=None, **kwargs):
-        with suppress(ValueError):
-            if self.tty:
-                self.stream.write("\33[2K\r")
-            if status == "error":
-                self.stream.write(f"{self.label}: failed after {self.elapsed:.1f}s\n")
-            self.stream.flush()
+        if self.counter is None:
+            self.counter = Counter(self.label, all, "tasks", done=all - remaining, stream=self._stream)
+        if status != "error" and all:
+            self.counter.done = all
+        self.counter.close(failed=status == "error")
+
+
+class Rounds:
+    """Progress of a collective training, fed by the rounds its rank 0 reports.
+
+    A context manager around the training: it subscribes to ``topic`` (Dask events
+    sent by :class:`shardflow.pipelines.checkpoint.ResumableState`) and draws a
+    :class:`Counter` with the best validation score so far.
+    """
+
+    def __init__(self, client, topic: str, label: str, total: int, done: int = 0):
+        self.client, self.topic = client, topic
+        self.counter = Counter(label, total, "rounds", done=done) if enabled() else None
+
+    def _on_event(self, event) -> None:
+        _, message = event
+        extra = f"best {message['metric']} {message['best']:.5f} at round {message['best_round']}"
+        self.counter.update(int(message["done"]), extra)
+
+    def __enter__(self):
+        if self.counter is not None:
+            self.client.subscribe_topic(self.topic, self._on_event)
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        if self.counter is not None:
+            with suppress(Exception):
+                self.client.unsubscribe_topic(self.topic)
+            self.counter.close(failed=kind is not None)
+        return False
 
 
 def wait(client, futures, label: str) -> None:

@@ -23,12 +23,14 @@ from dask.base import tokenize
 from shardflow.cluster.factory import Runtime
 from shardflow.pipelines.config import MLPConfig, PartitionModelsConfig, XGBoostConfig
 from shardflow.pipelines import progress
+from shardflow.pipelines.collective import WorkerLost, gather_watching
 from shardflow.pipelines.graph import tree_reduce_futures
 from shardflow.pipelines.outputs import ZARR_DIR
 from shardflow.tasks import shards as shard_tasks
 from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.errors import ShardflowError
 from shardflow.tasks.metrics import metric_direction
+from shardflow.tasks.models import worker_threads
 
 logger = logging.getLogger("shardflow.train")
 
@@ -129,15 +131,6 @@ def call_token(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def _worker_threads() -> int | None:
-    try:
-        from distributed import get_worker
-
-        return get_worker().state.nthreads
-    except ValueError:
-        return None
-
-
 # ----------------------------------------------------------------------------- global XGBoost
 
 
@@ -160,24 +153,35 @@ def xgboost_params(task: str, cfg: XGBoostConfig, backend: str, seed: int) -> di
 
 
 def _xgboost_rounds(client, data, params, cfg, booster, state, remaining, checkpoint_dir, token, metric, callbacks):
-    import xgboost as xgb
-    import xgboost.dask  # noqa: F401 - registers xgb.dask
-
+    """Train ``remaining`` rounds with one pinned task per worker, joined by a tracker on
+    the scheduler (see :mod:`shardflow.pipelines.collective`)."""
     from shardflow.pipelines.checkpoint import ResumableState
+    from shardflow.pipelines.collective import gather_watching, start_xgboost_tracker
+    from shardflow.tasks.models import train_xgboost_rank
 
-    x_train, y_train = _dask_arrays(data, "train")
-    x_valid, y_valid = _dask_arrays(data, "valid")
-    types = data.feature_types(cfg.categorical)
-    dtrain = xgb.dask.DaskQuantileDMatrix(client, x_train, y_train, feature_names=data.feature_names,
-                                          feature_types=types, enable_categorical=cfg.categorical)
-    dvalid = xgb.dask.DaskQuantileDMatrix(client, x_valid, y_valid, feature_names=data.feature_names,
-                                          feature_types=types, enable_categorical=cfg.categorical, ref=dtrain)
+    held = {}
+    for f, w, n in zip(data.futures, data.workers, data.train_rows):
+        if n:  # a worker with no training rows has nothing to contribute
+            held.setdefault(w, []).append(f)
+    workers = sorted(held)
     tracker = ResumableState(str(checkpoint_dir), cfg.checkpoint_every, token, metric,
-                             metric_direction(metric) == "max", cfg.early_stopping_rounds, state)
+                             metric_direction(metric) == "max", cfg.early_stopping_rounds, state,
+                             progress_topic=f"shardflow-progress-{token}")
     # A collective that loses a member must fail, not wait forever for it.
-    coll = xgb.collective.Config(timeout=cfg.collective_timeout) if cfg.collective_timeout else None
-    xgb.dask.train(client, params, dtrain, num_boost_round=remaining, evals=[(dvalid, "validation")],
-                   xgb_model=booster, callbacks=[tracker, *callbacks], verbose_eval=False, coll_cfg=coll)
+    coll = start_xgboost_tracker(client, len(workers), cfg.collective_timeout)
+    if cfg.collective_timeout:
+        coll["dmlc_timeout"] = int(cfg.collective_timeout)
+    model = bytes(booster.save_raw("ubj")) if booster is not None else None
+    name = call_token(f"train-xgboost-global-{token}")
+    done = state["rounds"] if state else 0
+    with progress.Rounds(client, tracker.progress_topic, "xgboost", total=done + remaining, done=done):
+        futures = [client.submit(train_xgboost_rank, coll, rank, *held[w], params=params, rounds=remaining,
+                                 model=model, feature_names=data.feature_names,
+                                 feature_types=data.feature_types(cfg.categorical), categorical=cfg.categorical,
+                                 callbacks=[tracker, *callbacks], key=f"{name}-rank{rank}", workers=[w],
+                                 allow_other_workers=False, pure=False)
+                   for rank, w in enumerate(workers)]
+        gather_watching(client, futures, workers, "global XGBoost training")
 
 
 def _recover(runtime, data: TrainingData, n_workers: int, timeout: float = 60.0) -> TrainingData:
@@ -210,21 +214,6 @@ def _recover(runtime, data: TrainingData, n_workers: int, timeout: float = 60.0)
 def _stopping_metric(params: dict) -> str:
     metrics = params["eval_metric"]
     return metrics[-1] if isinstance(metrics, (list, tuple)) else metrics
-
-
-def _dask_arrays(data: TrainingData, split: str):
-    import dask.array as da
-
-    x_parts, y_parts = [], []
-    rows = data.train_rows if split == "train" else data.valid_rows
-    for f, n in zip(data.futures, rows):
-        if n == 0:
-            continue  # empty partitions would give workers nothing to contribute
-        x_parts.append(da.from_delayed(dask.delayed(shard_tasks.shard_field)(f, f"x_{split}"),
-                                       shape=(n, data.n_features), dtype=np.float32))
-        y_parts.append(da.from_delayed(dask.delayed(shard_tasks.shard_field)(f, f"y_{split}"),
-                                       shape=(n,), dtype=np.float32))
-    return da.concatenate(x_parts), da.concatenate(y_parts)
 
 
 def train_global_xgboost(runtime: Runtime, data: TrainingData, cfg: XGBoostConfig, checkpoint_dir,
@@ -292,7 +281,7 @@ def _train_group_xgboost(*shards, params, rounds, feature_names, feature_types, 
 
     s = shard_tasks.merge_shards(*shards)
     return train_xgboost_local(s.x_train, s.y_train, s.x_valid, s.y_valid, params, rounds, feature_names,
-                               feature_types, task, nthread=_worker_threads())
+                               feature_types, task, nthread=worker_threads())
 
 
 def _train_group_mlp(*shards, spec, optim, epochs, seed, schedule):
@@ -301,7 +290,7 @@ def _train_group_mlp(*shards, spec, optim, epochs, seed, schedule):
     from shardflow.tasks.metrics import finish_metrics, partial_metrics
     from shardflow.tasks.neural import predict, train_local
 
-    threads = _worker_threads()
+    threads = worker_threads()
     if threads:
         torch.set_num_threads(threads)
     s = shard_tasks.merge_shards(*shards)
@@ -412,7 +401,7 @@ def _worker_round(shard, params_or_reduced, like, spec, optim, epoch, first_step
 
     from shardflow.tasks.neural import local_steps, weighted_sum
 
-    threads = _worker_threads()
+    threads = worker_threads()
     if threads:
         torch.set_num_threads(threads)
     key = (token, index)
@@ -444,7 +433,7 @@ def _worker_gradient(shard, params, spec, optim, epoch, step):
 
     from shardflow.tasks.neural import shard_gradient
 
-    threads = _worker_threads()
+    threads = worker_threads()
     if threads:
         torch.set_num_threads(threads)
     return shard_gradient(shard, params, spec, optim, epoch=epoch, step=step)
@@ -463,30 +452,6 @@ def _apply(params, reduced, previous, spec, optim, lr):
 
 def _take(result, key):
     return result[key]
-
-
-class WorkerLost(RuntimeError):
-    """A worker holding part of a collective training left the cluster."""
-
-
-def _gather_watching(client, futures, workers, poll: float = 2.0):
-    """``client.gather(futures)``, but fail fast if one of ``workers`` leaves the cluster.
-
-    Rounds are pinned to their workers; a lost worker's tasks would otherwise wait
-    forever for it.
-    """
-    from distributed import wait
-
-    while True:
-        try:
-            wait(futures, timeout=poll)
-            return client.gather(futures)
-        except TimeoutError:
-            alive = set(client.scheduler_info(n_workers=-1)["workers"])
-            gone = [w for w in workers if w not in alive]
-            if gone:
-                client.cancel(futures)
-                raise WorkerLost(f"worker(s) {', '.join(gone)} left during data-parallel MLP training") from None
 
 
 def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig, seed: int = 0,
@@ -597,6 +562,7 @@ def _mlp_epochs(runtime, data, cfg, seed, spec, state, ckpt, started) -> dict:
     params_like = params_f  # dtypes and names of the parameters, on every worker
     apply_state = None
     fresh = True  # the first round of this attempt starts the workers' optimizer state
+    epochs = progress.Counter("mlp", cfg.epochs, "epochs", done=state["epoch"]) if progress.enabled() else None
     try:
         for epoch in range(state["epoch"], cfg.epochs):
             losses = []
@@ -630,7 +596,7 @@ def _mlp_epochs(runtime, data, cfg, seed, spec, state, ckpt, started) -> dict:
                                    key=f"train-mlp-{token}-e{epoch}-valid-{wi}", workers=[w])
                      for wi, w in enumerate(workers)]
             current = client.submit(_current_params, params_f, params_like, key=f"train-mlp-{token}-e{epoch}-params")
-            gathered = _gather_watching(client, [current, *valid, *losses], workers)
+            gathered = gather_watching(client, [current, *valid, *losses], workers, "data-parallel MLP training")
             current, valid, loss_values = gathered[0], gathered[1:1 + len(valid)], gathered[1 + len(valid):]
             seen = epoch_rows(rows, workers, steps_per_epoch, cfg)
             train_loss = sum(loss_values) / max(1, seen)
@@ -644,8 +610,10 @@ def _mlp_epochs(runtime, data, cfg, seed, spec, state, ckpt, started) -> dict:
             state["samples"] += seen
             state["epoch"] = epoch + 1
             state["params"] = current
-            logger.info("mlp epoch %d/%d: train loss %.5f, validation loss %.5f", epoch + 1, cfg.epochs, train_loss,
-                        valid_loss)
+            logger.debug("mlp epoch %d/%d: train loss %.5f, validation loss %.5f", epoch + 1, cfg.epochs,
+                         train_loss, valid_loss)
+            if epochs is not None:
+                epochs.update(epoch + 1, f"train loss {train_loss:.5f}, validation loss {valid_loss:.5f}")
             stop = False
             if valid_loss < state["best_loss"] or not valid_rows:
                 state.update(best_loss=valid_loss, best_params=current, best_epoch=epoch, bad_epochs=0)
@@ -659,6 +627,13 @@ def _mlp_epochs(runtime, data, cfg, seed, spec, state, ckpt, started) -> dict:
             if stop:
                 logger.info("mlp: early stop after epoch %d (best %d)", epoch + 1, state["best_epoch"] + 1)
                 break
+    except BaseException:
+        if epochs is not None:
+            epochs.close(failed=True)
+        raise
+    else:
+        if epochs is not None:
+            epochs.close()
     finally:
         client.run(_forget_state, token)
     return {"steps_per_epoch": steps_per_epoch, "sync_every": sync_every, "workers": len(workers)}
@@ -677,7 +652,7 @@ def _member_predictions(shard, models, task):
     """Each per-partition model's predictions on this partition's validation rows (K × n)."""
     from shardflow.tasks.models import xgboost_predict
 
-    threads = _worker_threads()
+    threads = worker_threads()
     return np.vstack([xgboost_predict(m, shard.x_valid, threads) for m in models]) if len(shard.y_valid) \
         else np.zeros((len(models), 0))
 

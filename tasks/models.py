@@ -13,6 +13,60 @@ import numpy as np
 from shardflow.tasks.metrics import finish_metrics, partial_metrics
 
 
+def worker_threads() -> int | None:
+    """Threads of the Dask worker running the calling task (None outside a worker)."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().state.nthreads
+    except ValueError:
+        return None
+
+
+def train_xgboost_rank(collective_args: dict, rank: int, *shards, params: dict, rounds: int, model: bytes | None,
+                       feature_names, feature_types, categorical: bool, callbacks=()) -> dict:
+    """One rank of the global XGBoost model: join the collective, train on this worker's rows.
+
+    Runs as a task pinned to its worker, with that worker's partitions as arguments
+    (they never leave it). The quantile sketch and every histogram are allreduced
+    across the ranks, so all of them build the same trees as one process would on all
+    the rows.
+
+    Parameters
+    ----------
+    collective_args : dict
+        From the tracker (``dmlc_tracker_uri``, ``dmlc_tracker_port``, ``dmlc_timeout``).
+    rank : int
+        This task's rank; the tracker orders ranks by it.
+    *shards : Shard
+        This worker's partitions.
+    model : bytes, optional
+        A checkpointed model (UBJSON) to continue from.
+
+    Returns
+    -------
+    dict
+        ``rank``, ``rows`` (training rows of this rank) and ``rounds`` (boosted rounds
+        of the final model).
+    """
+    import xgboost as xgb
+
+    from shardflow.tasks.shards import merge_shards
+
+    s = merge_shards(*shards)
+    nthread = worker_threads()
+    params = {**params, **({"nthread": nthread} if nthread else {})}
+    types = dict(feature_names=list(feature_names), feature_types=list(feature_types),
+                 enable_categorical=categorical)
+    with xgb.collective.CommunicatorContext(**collective_args, dmlc_task_id=f"rank-{rank:06d}"):
+        dtrain = xgb.QuantileDMatrix(s.x_train, s.y_train, nthread=nthread, **types)
+        dvalid = xgb.QuantileDMatrix(s.x_valid, s.y_valid, ref=dtrain, nthread=nthread, **types)
+        booster = load_booster(model, nthread) if model is not None else None
+        booster = xgb.train(params, dtrain, num_boost_round=rounds, evals=[(dvalid, "validation")],
+                            xgb_model=booster, callbacks=list(callbacks), verbose_eval=False)
+    return {"rank": rank, "rows": int(len(s.y_train)), "rounds": booster.num_boosted_rounds()}
+
+
 def load_booster(model: bytes | bytearray, nthread: int | None = None):
     import xgboost as xgb
 

@@ -1,0 +1,119 @@
+"""The command line's terminal: shardflow's lines on it, everything else through the log.
+
+A job's terminal receives output from many writers that know nothing of each other:
+worker processes (which inherit the terminal as their stderr) print Dask's multi-line
+"Compute Failed" blocks and Python warnings, XGBoost's native code prints "Task … got
+rank N", the dashboard's web server prints tracebacks. :class:`CapturedStderr` gives
+the terminal to shardflow's log handler and progress bars alone, and reads what
+everything else writes to the process's stderr (file descriptor 2) line by line,
+re-emitting each line through the ``shardflow.output`` logger: warnings and errors as
+warnings, one line each, and tracebacks, continuation lines and chatter at debug
+level (``shardflow -v`` shows them).
+
+Only the ``shardflow`` command does this; library calls from a notebook leave the
+process's streams alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import threading
+
+logger = logging.getLogger("shardflow.output")
+
+#: ``2026-11-22 21:12:41,123 - distributed.worker - ERROR - Compute Failed`` (Dask's format).
+_DASK_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ - (?P<name>\S+) - (?P<level>[A-Z]+) - (?P<message>.*)$")
+#: ``/path/file.py:12: RuntimeWarning: divide by zero`` (Python's warnings module).
+_PY_WARNING = re.compile(r"^(?P<where>\S+:\d+): (?P<category>\w*Warning): (?P<message>.*)$")
+#: ``[21:12:41] WARNING: ...`` (XGBoost's native log).
+_NATIVE = re.compile(r"^\[\d\d:\d\d:\d\d\] (?P<message>.*)$")
+#: Dask messages that shardflow reports itself, better (the failed task's own error).
+_REPORTED_BY_SHARDFLOW = ("Compute Failed", "Run Failed")
+
+
+def classify(line: str) -> tuple[int, str]:
+    """The log level and text for one captured line.
+
+    Examples
+    --------
+    >>> classify("2026-11-22 21:12:41,123 - distributed.worker - ERROR - Compute Failed")[0] == logging.DEBUG
+    True
+    >>> classify("2026-11-22 21:12:41,123 - distributed.worker.memory - WARNING - Unmanaged memory use is high")
+    (30, 'distributed.worker.memory: Unmanaged memory use is high')
+    >>> classify("[21:12:41] Task rank-000001 got rank 1")
+    (10, 'xgboost: Task rank-000001 got rank 1')
+    >>> classify("/x/y.py:3: RuntimeWarning: divide by zero")
+    (30, 'RuntimeWarning: divide by zero (/x/y.py:3)')
+    """
+    match = _DASK_LINE.match(line)
+    if match:
+        level = logging.getLevelName(match["level"])
+        level = level if isinstance(level, int) else logging.INFO
+        message = match["message"]
+        if level >= logging.WARNING and not message.startswith(_REPORTED_BY_SHARDFLOW):
+            return logging.WARNING, f"{match['name']}: {message}"
+        return logging.DEBUG, f"{match['name']}: {message}"
+    match = _PY_WARNING.match(line)
+    if match:
+        return logging.WARNING, f"{match['category']}: {match['message']} ({match['where']})"
+    match = _NATIVE.match(line)
+    if match:
+        level = logging.WARNING if match["message"].startswith("WARNING") else logging.DEBUG
+        return level, f"xgboost: {match['message']}"
+    return logging.DEBUG, line
+
+
+class CapturedStderr:
+    """Context manager: the process's fd 2 goes through :func:`classify` into the log.
+
+    ``terminal`` (a text stream on a duplicate of the original stderr) is what
+    shardflow's log handler and progress bars write to; ``sys.stderr`` points to it
+    meanwhile, so Python-level writers keep the terminal (and its ``isatty``).
+    Repeated warnings are shown once.
+    """
+
+    def __init__(self):
+        self.terminal = None
+        self._saved_fd = None
+        self._saved_stderr = None
+        self._reader = None
+        self._seen: set[str] = set()
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self._saved_fd = os.dup(2)
+        self.terminal = os.fdopen(os.dup(self._saved_fd), "w", buffering=1, encoding="utf-8", errors="replace")
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        self._saved_stderr = sys.stderr
+        sys.stderr = self.terminal
+        self._reader = threading.Thread(target=self._pump, args=(read_end,), daemon=True,
+                                        name="shardflow-stderr")
+        self._reader.start()
+        return self
+
+    def _pump(self, fd: int) -> None:
+        with os.fdopen(fd, "rb") as pipe:
+            for raw in pipe:
+                line = raw.decode("utf-8", errors="replace").rstrip()
+                if not line.strip():
+                    continue
+                level, text = classify(line)
+                if level >= logging.WARNING:
+                    if text in self._seen:
+                        continue
+                    self._seen.add(text)
+                logger.log(level, "%s", text)
+
+    def __exit__(self, *exc):
+        with_terminal = self.terminal
+        os.dup2(self._saved_fd, 2)  # worker processes still running keep the pipe until they exit
+        os.close(self._saved_fd)
+        sys.stderr = self._saved_stderr
+        self._reader.join(timeout=0.5)
+        with_terminal.flush()
+        return False
