@@ -22,7 +22,8 @@ def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cluster", metavar="SPEC",
                        help="auto (default), local, local-cuda, or a scheduler address tcp://host:8786")
     group.add_argument("--n-workers", type=int, metavar="N", help="worker processes of a local cluster")
-    group.add_argument("--threads-per-worker", type=int, metavar="N")
+    group.add_argument("--threads-per-worker", type=int, metavar="N",
+                       help="threads per worker, also given to XGBoost, torch and BLAS inside it")
     group.add_argument("--memory-limit", metavar="BYTES", help="per worker, e.g. 2GB")
 
 
@@ -114,8 +115,9 @@ def _setup_logging(quiet: bool, verbose: bool, stream=None) -> None:
         for noisy in ("distributed", "dask"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
     # The dashboard's web server logs a traceback for every failed page load: the job's
-    # terminal gets them only with -v, in shardflow's format.
-    for web in ("tornado", "bokeh"):
+    # terminal gets them only with -v, in shardflow's format. (Dask configures these
+    # loggers when it is imported: main() imports it first, so this setting comes last.)
+    for web in ("tornado", "tornado.application", "tornado.access", "tornado.general", "bokeh"):
         web_logger = logging.getLogger(web)
         web_logger.handlers[:] = [handler()]
         web_logger.propagate = False
@@ -280,6 +282,10 @@ def main(argv=None) -> int:
     if args.command is None:  # `shardflow` alone: say what it can do, run nothing
         parser.print_help()
         return 0
+    # Imported before stderr is captured: Dask's log handlers, made at import, then write
+    # to file descriptor 2, where the capture reads them.
+    import distributed  # noqa: F401
+
     from shardflow.pipelines.console import CapturedStderr
 
     with CapturedStderr() as console:

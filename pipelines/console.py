@@ -53,7 +53,8 @@ def classify(line: str) -> tuple[int, str]:
         level = logging.getLevelName(match["level"])
         level = level if isinstance(level, int) else logging.INFO
         message = match["message"]
-        if level >= logging.WARNING and not message.startswith(_REPORTED_BY_SHARDFLOW):
+        # An empty message introduces a traceback (a cancelled coroutine at shutdown, say).
+        if level >= logging.WARNING and message.strip() and not message.startswith(_REPORTED_BY_SHARDFLOW):
             return logging.WARNING, f"{match['name']}: {message}"
         return logging.DEBUG, f"{match['name']}: {message}"
     match = _PY_WARNING.match(line)

@@ -29,7 +29,7 @@ from shardflow.cluster.memory import peak_memory, reset_peak_memory
 from shardflow.pipelines import outputs, progress
 from shardflow.pipelines.artifacts import sha256
 from shardflow.pipelines.config import Config
-from shardflow.pipelines.graph import task_names, tree_reduce
+from shardflow.pipelines.graph import named_delayed, task_names, tree_reduce
 from shardflow.pipelines.rundir import (
     library_versions,
     new_run_id,
@@ -160,7 +160,7 @@ def _run(config, runtime, source, dims, spec, run_dir, key) -> EtlResult:
     reset_peak_memory(client)
     timings = {}
     # In the graph, not scattered: scattered data dies with its workers, graph data is recomputed.
-    dim_frames = dask.delayed(dimension_frames(dims, backend_name), pure=True, traverse=False) if dims else []
+    dim_frames = named_delayed("etl-dimension-tables", dimension_frames(dims, backend_name)) if dims else []
 
     cached = None
 

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from shardflow.pipelines import progress
-from shardflow.pipelines.graph import tree_reduce_futures
+from shardflow.pipelines.graph import scatter_named, tree_reduce_futures
 from shardflow.pipelines.train import TrainingData, call_token
 from shardflow.tasks.models import worker_threads
 from shardflow.tasks.metrics import combine_metrics, curves, finish_metrics, partial_metrics
@@ -86,12 +86,13 @@ def evaluate(runtime, data: TrainingData, payloads: dict, residual_range: float 
     """
     client = runtime.client
     started = time.perf_counter()
-    (payloads_f,) = client.scatter([payloads], broadcast=True, hash=False)
-    partials = []
     token = call_token(data.token)
+    payloads_f = scatter_named(client, "evaluate-models", payloads)
+    partials = []
     for i, f in enumerate(data.futures):
         partials.append(client.submit(_evaluate_partition, f, payloads_f, data.task, residual_range, key=f"evaluate-partition-{token}-{i}", pure=False))
-    per_partition = [client.submit(_per_partition, p, data.task, pure=False) for p in partials]
+    per_partition = [client.submit(_per_partition, p, data.task, key=f"evaluate-partition-metrics-{token}-{i}")
+                     for i, p in enumerate(partials)]
     total = tree_reduce_futures(client, partials, _combine_partials, f"evaluate-combine-{token}")
     *per_partition, total = progress.compute(client, [*per_partition, total], "evaluate")
     metrics = {name: finish_metrics(total[name], data.task) for name in payloads}

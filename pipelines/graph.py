@@ -20,6 +20,23 @@ def task_names(stage: str, *token_parts) -> callable:
     return name
 
 
+def scatter_named(client, name: str, value, broadcast: bool = True):
+    """``client.scatter`` of one object under a key that says what it is (``evaluate-models-…``).
+
+    Scattered objects are otherwise keyed by their type (``dict-…``, ``list-…``) and
+    the dashboard cannot tell them apart.
+    """
+    import uuid
+
+    key = f"{name}-{uuid.uuid4().hex[:8]}"
+    return client.scatter({key: value}, broadcast=broadcast, hash=False)[key]
+
+
+def named_delayed(name: str, value):
+    """``value`` as a pure Delayed named ``{name}-{token}`` (not by its type: ``list-…``)."""
+    return dask.delayed(value, name=f"{name}-{tokenize(value)}", pure=True, traverse=False)
+
+
 def tree_reduce(items, combine, stage: str, split_every: int = 8):
     """Combine Delayed ``items`` pairwise-associatively in a tree of fan-in ``split_every``.
 

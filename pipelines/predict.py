@@ -15,7 +15,7 @@ import numpy as np
 from shardflow.cluster.factory import Runtime, start
 from shardflow.pipelines import artifacts, progress
 from shardflow.pipelines.config import load_config
-from shardflow.pipelines.graph import task_names
+from shardflow.pipelines.graph import named_delayed, scatter_named, task_names
 from shardflow.pipelines.job import best_model
 from shardflow.pipelines.rundir import atomic_directory, read_manifest
 from shardflow.pipelines.source import (
@@ -128,9 +128,9 @@ def predict(run_dir, input_path, output_path, model: str | None = None, runtime:
         with atomic_directory(output) as tmp:
             (tmp / QUARANTINE_DIR).mkdir()
             client = runtime.client
-            dim_frames = dask.delayed(dimension_frames(dims, runtime.backend), pure=True, traverse=False) \
+            dim_frames = named_delayed("predict-dimension-tables", dimension_frames(dims, runtime.backend)) \
                 if dims else []
-            (payload_f,) = client.scatter([payload], broadcast=True, hash=False)
+            payload_f = scatter_named(client, f"predict-model-{model}", payload)
             raw = read_source(config, runtime.backend, source, spec)
             name = task_names(f"predict-{model}", source.fingerprint, str(tmp))
             tasks = [dask.delayed(predict_partition, pure=False)(part, spec, dim_frames, preprocessor, model,

@@ -24,7 +24,7 @@ from shardflow.cluster.factory import Runtime
 from shardflow.pipelines.config import MLPConfig, PartitionModelsConfig, XGBoostConfig
 from shardflow.pipelines import progress
 from shardflow.pipelines.collective import WorkerLost, gather_watching
-from shardflow.pipelines.graph import tree_reduce_futures
+from shardflow.pipelines.graph import scatter_named, tree_reduce_futures
 from shardflow.pipelines.outputs import ZARR_DIR
 from shardflow.tasks import shards as shard_tasks
 from shardflow.tasks.encode import Preprocessor
@@ -558,7 +558,7 @@ def _mlp_epochs(runtime, data, cfg, seed, spec, state, ckpt, started) -> dict:
     if cfg.sync == "gradients":
         sync_every = 1
     total_steps = cfg.epochs * steps_per_epoch
-    (params_f,) = client.scatter([state["params"]], broadcast=True, hash=False)
+    params_f = scatter_named(client, f"train-mlp-params-{token}", state["params"])
     params_like = params_f  # dtypes and names of the parameters, on every worker
     apply_state = None
     fresh = True  # the first round of this attempt starts the workers' optimizer state
@@ -693,15 +693,16 @@ def fit_stacker(runtime: Runtime, data: TrainingData, member_models: list, max_i
     client = runtime.client
     started = time.perf_counter()
     token = call_token(data.token)
-    (models_f,) = client.scatter([member_models], broadcast=True, hash=False)
+    models_f = scatter_named(client, f"train-stack-members-{token}", member_models)
     preds = [client.submit(_member_predictions, f, models_f, data.task, key=f"train-stack-predict-{token}-{i}")
              for i, f in enumerate(data.futures)]
     k = len(member_models) + 1
     thetas = [np.zeros(k) for _ in range(3)]
     newton_steps = []
-    for _ in range(max_iter):
-        terms = [client.submit(_stack_terms, p, f, thetas, data.task, pure=False) for p, f in zip(preds, data.futures)]
-        total = tree_reduce_futures(client, terms, _add_terms, f"train-stack-newton-{token}-{_}").result()
+    for step in range(max_iter):
+        terms = [client.submit(_stack_terms, p, f, thetas, data.task, key=f"train-stack-terms-{token}-{step}-{i}")
+                 for i, (p, f) in enumerate(zip(preds, data.futures))]
+        total = tree_reduce_futures(client, terms, _add_terms, f"train-stack-newton-{token}-{step}").result()
         steps = []
         for j in range(3):
             n = max(total[j]["n"], 1.0)

@@ -183,6 +183,71 @@ def test_resumed_xgboost_equals_uninterrupted(trips_dir, runtime, tmp_path, kill
     assert resumed["history"] == straight["history"]
 
 
+class FailAtRound(xgb.callback.TrainingCallback):
+    """Raise once when the model reaches ``rounds`` boosted rounds (counted on the model)."""
+
+    def __init__(self, rounds, marker):
+        self.rounds, self.marker = rounds, str(marker)
+
+    def after_iteration(self, model, epoch, evals_log):
+        import os
+
+        if model.num_boosted_rounds() == self.rounds and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            raise RuntimeError(f"injected failure at round {self.rounds}")
+        return False
+
+
+@pytest.mark.parametrize("route", ["retry-in-call", "new-call"])
+def test_resumed_xgboost_with_early_stopping_saves_the_same_model(trips_dir, runtime, tmp_path, route):
+    """Early stopping active: a resumed training keeps the same best round and saves the same bytes.
+
+    ``retry-in-call``: the failure is retried inside ``train`` (as after a lost worker);
+    ``new-call``: the call fails (``max_attempts=1``, as when the driver dies) and a later
+    ``train`` of the same run continues from the checkpoint (``--resume``).
+    """
+    overrides = [*FAST, "train.models=[xgboost]", "train.xgboost.num_boost_round=400",
+                 "train.xgboost.early_stopping_rounds=8", "train.xgboost.checkpoint_every=10",
+                 "train.xgboost.params={eta: 0.15}", f"output.runs_dir={tmp_path}"]
+    config = load_config(default_config_path(), overrides, base_dir=trips_dir)
+    first = etl(config, runtime=runtime).run_dir
+    straight = train(config, runtime, first).results["xgboost"]
+    assert 25 < straight["rounds"] < 400, "early stopping must end the reference after the failure's round"
+    second = etl(config, runtime=runtime).run_dir
+    failing = FailAtRound(25, tmp_path / "failed")
+    if route == "retry-in-call":
+        resumed = train(config, runtime, second, xgboost_callbacks=[failing]).results["xgboost"]
+        assert resumed["restarts"] == [20]
+    else:
+        once = load_config(default_config_path(), [*overrides, "train.xgboost.max_attempts=1"], base_dir=trips_dir)
+        with pytest.raises(Exception, match="injected failure at round 25"):
+            train(once, runtime, second, xgboost_callbacks=[failing])
+        resumed = train(config, runtime, second).results["xgboost"]
+        assert resumed["resumed_from"] == 20
+    assert (tmp_path / "failed").exists()
+    assert resumed["best_iteration"] == straight["best_iteration"]
+    assert resumed["rounds"] == straight["rounds"]
+    assert resumed["model"] == straight["model"]  # byte for byte
+    assert resumed["history"] == straight["history"]
+
+
+def test_per_partition_metrics_keep_training_and_validation_rows_apart(trained):
+    _, run_dir, result, _ = trained
+    data = result.data
+    for family in ("xgboost_partitions", "mlp_partitions"):
+        entries = json.loads((run_dir / "train" / f"{family}.json").read_text())["partition_metrics"]
+        for entry in entries:
+            (i,) = entry["partitions"]
+            assert entry["train_rows"] == data.train_rows[i]
+            assert entry["validation_rows"] == data.valid_rows[i] == entry["rows"]
+    from shardflow.pipelines.report import build_report
+
+    page = build_report(run_dir).read_text()
+    assert "<th>train rows</th><th>validation rows</th>" in page
+    first = json.loads((run_dir / "train" / "xgboost_partitions.json").read_text())["partition_metrics"][0]
+    assert f"<td>{first['train_rows']:,}</td><td>{first['validation_rows']:,}</td>" in page
+
+
 def test_xgboost_gives_up_after_max_attempts(trips_dir, runtime, tmp_path):
     class AlwaysFail(xgb.callback.TrainingCallback):
         def after_iteration(self, model, epoch, evals_log):

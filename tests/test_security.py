@@ -1,0 +1,195 @@
+"""Untrusted configs and run directories: payloads are refused, nothing they name runs.
+
+Each payload tries to create a marker file; the tests check the marker does not exist
+afterwards — in the driver and in the workers, which share this file system.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+import xgboost as xgb
+import yaml
+
+from shardflow.pipelines.artifacts import ArtifactError, sha256
+from shardflow.pipelines.config import ConfigError, default_config_path, load_config
+from shardflow.pipelines.etl import etl
+from shardflow.pipelines.job import train
+from shardflow.pipelines.predict import predict
+from shardflow.pipelines.rundir import read_manifest, update_manifest
+from shardflow.tasks.expressions import evaluate, parse_expression
+
+FAST = ["train.models=[xgboost]", "train.xgboost.num_boost_round=12", "train.xgboost.checkpoint_every=4",
+        "encode.min_frequency=5"]
+
+
+def payloads(marker):
+    """The issue's payloads, each aimed at creating ``marker``."""
+    return [
+        f"trip_distance.__class__.__init__.__globals__['sys'].modules['os'].system('touch {marker}')",
+        f"trip_distance + 0 * trip_distance.__class__.__init__.__globals__['sys'].modules['os']"
+        f".system('touch {marker}')",
+        f"trip_distance.to_csv('{marker}')",
+        f"__import__('os').system('touch {marker}')",
+        f"open('{marker}', 'w')",
+        "(lambda: 1)()",
+        "trip_distance[0]",
+        "__builtins__",
+        "[x for x in trip_distance]",
+        "getattr(trip_distance, 'to_csv')",
+    ]
+
+
+@pytest.mark.parametrize("key", ["features.derived.evil", "target.expression"])
+def test_config_expression_payloads_are_refused_and_run_nothing(trips_dir, runtime, tmp_path, key):
+    marker = tmp_path / "pwned"
+    runs = tmp_path / "runs"
+    for payload in payloads(marker):
+        override = f"{key}={json.dumps(payload)}"
+        with pytest.raises(ConfigError) as err:
+            config = load_config(default_config_path(), [f"output.runs_dir={runs}", override], base_dir=trips_dir)
+            etl(config, runtime=runtime)  # only reached if the config were accepted
+        message = str(err.value)
+        assert f"config key '{key}" in message and "is not allowed" in message or "not a valid" in message, message
+        assert len(message.splitlines()) == 1
+        assert not marker.exists(), payload
+    assert not runs.exists()
+
+
+def test_refusal_names_the_offending_piece():
+    with pytest.raises(ValueError, match=r"'distance.to_csv' is not allowed in an expression \(attribute access\)"):
+        parse_expression("distance.to_csv('/tmp/x.csv')", "features.derived.x")
+    with pytest.raises(ValueError, match=r"'open' is not allowed in an expression \(function 'open' is not in the list"):
+        parse_expression("distance + 0 * open('x')", "target.expression")
+    with pytest.raises(ValueError, match=r"'__class__' is not allowed.*dunder"):
+        parse_expression("where(__class__ > 1, 1, 0)", "target.expression")
+
+
+def test_whitelisted_expressions_match_pandas():
+    frame = pd.DataFrame({"dist ance": [1.0, 2.0, np.nan, 4.0], "fare": [10.0, 0.0, 5.0, -2.0],
+                          "kind": ["a", "b", "a", None]})
+    cases = {
+        "`dist ance` * 1.6": frame["dist ance"] * 1.6,
+        "fare / `dist ance`": frame["fare"] / frame["dist ance"],
+        "abs(fare) + sqrt(`dist ance`)": frame["fare"].abs() + np.sqrt(frame["dist ance"]),
+        "log1p(clip(fare, 0, None))": np.log1p(frame["fare"].clip(0, None)),
+        "where(kind == 'a', fare, -fare)": frame["fare"].where(frame["kind"] == "a", -frame["fare"]),
+        "fare if fare > 0 else 0": frame["fare"].where(frame["fare"] > 0, 0),
+        "isnull(`dist ance`) or kind in ['b']": frame["dist ance"].isna() | frame["kind"].isin(["b"]),
+        "0 < fare <= 10 and not isnull(kind)": (frame["fare"] > 0) & (frame["fare"] <= 10) & frame["kind"].notna(),
+        "fillna(`dist ance`, 0) ** 2 // 3 % 2": frame["dist ance"].fillna(0) ** 2 // 3 % 2,
+    }
+    for text, expected in cases.items():
+        got = evaluate(parse_expression(text), frame)
+        pd.testing.assert_series_equal(got.astype(expected.dtype), expected, check_names=False, obj=text)
+
+
+def test_backticked_column_names_work_end_to_end(runtime, tmp_path):
+    rng = np.random.default_rng(3)
+    n = 600
+    data = pd.DataFrame({"id": np.arange(n), "dist ance": rng.uniform(1, 10, n), "y": rng.integers(0, 2, n)})
+    data.to_csv(tmp_path / "t.csv", index=False)
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump({
+        "input": {"path": "t.csv"}, "target": {"column": "y"},
+        "features": {"derived": {"km": "`dist ance` * 1.6"}}, "split": {"key": ["id"]},
+        "clean": {"clip_sigma": None}, "output": {"keep_columns": ["id"], "runs_dir": "runs"}}))
+    result = etl(load_config(tmp_path / "job.yaml"), runtime=runtime)
+    features = pd.read_parquet(result.stage_dir / "features")
+    features = features.assign(id=features["id"].astype(int)).sort_values("id")
+    mean, std = (data["dist ance"] * 1.6).mean(), (data["dist ance"] * 1.6).std(ddof=0)
+    expected = ((data["dist ance"] * 1.6 - mean) / std).to_numpy()
+    np.testing.assert_allclose(features["km"].to_numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def small_run(trips_dir, runtime, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("secure-runs")
+    config = load_config(default_config_path(), [*FAST, f"output.runs_dir={runs}"], base_dir=trips_dir)
+    from shardflow.pipelines.job import run
+
+    return run(config, runtime=runtime).run_dir
+
+
+def copy_run(run_dir, tmp_path):
+    dest = tmp_path / "runs" / run_dir.name
+    shutil.copytree(run_dir, dest)
+    return dest
+
+
+def test_predict_refuses_an_edited_config_and_runs_nothing(small_run, trips_dir, runtime, tmp_path):
+    marker = tmp_path / "pwned"
+    run_dir = copy_run(small_run, tmp_path)
+    config_path = run_dir / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["features"]["derived"]["fare_per_mile"] = (
+        f"fare_amount + 0 * fare_amount.__class__.__init__.__globals__['sys'].modules['os'].system('touch {marker}')")
+    config_path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ArtifactError, match=r"config.yaml: does not match the run's manifest"):
+        predict(run_dir, str(trips_dir / "trips"), tmp_path / "scores", runtime=runtime)
+    # Whoever can edit the run directory can also edit the manifest's hashes: the
+    # expression still goes through the whitelist, and nothing runs.
+    manifest = read_manifest(run_dir)
+    update_manifest(run_dir, artifacts={**manifest["artifacts"], "config.yaml": sha256(config_path)})
+    with pytest.raises(ConfigError, match=r"features.derived.fare_per_mile.*is not allowed"):
+        predict(run_dir, str(trips_dir / "trips"), tmp_path / "scores", runtime=runtime)
+    assert not marker.exists()
+    assert not (tmp_path / "scores").exists()
+
+
+@pytest.mark.parametrize("relative", ["etl/preprocessor.json", "evaluate/metrics.json"])
+def test_predict_refuses_every_edited_file_it_reads(small_run, trips_dir, runtime, tmp_path, relative):
+    run_dir = copy_run(small_run, tmp_path)
+    path = run_dir / relative
+    path.write_text(path.read_text().replace("0", "1", 1))
+    with pytest.raises(ArtifactError, match=rf"{relative}: does not match the run's manifest"):
+        predict(run_dir, str(trips_dir / "trips"), tmp_path / "scores", runtime=runtime)
+    assert not (tmp_path / "scores").exists()
+
+
+class ListenerSnapshot(xgb.callback.TrainingCallback):
+    """At round 3, rank 0 lists every listening socket of the driver and of each worker."""
+
+    def __init__(self, pids, out):
+        super().__init__()
+        self.pids, self.out = pids, str(out)
+
+    def after_iteration(self, model, epoch, evals_log):
+        if model.num_boosted_rounds() == 3 and xgb.collective.get_rank() == 0:
+            seen = {}
+            for role, pid in self.pids.items():
+                seen[role] = [(c.laddr.ip, c.laddr.port) for c in psutil.Process(pid).net_connections(kind="inet")
+                              if c.status == psutil.CONN_LISTEN]
+            with open(self.out, "w") as f:
+                json.dump(seen, f)
+        return False
+
+
+def test_global_xgboost_collective_binds_where_the_cluster_binds(trips_dir, runtime, tmp_path):
+    """The tracker (in the scheduler, i.e. the driver here) listens on loopback only.
+
+    XGBoost's own worker-side peer listener binds every interface (no option exists up
+    to XGBoost 3.2; see the README's Security section): at most one such socket per
+    worker is tolerated, and nothing else.
+    """
+    config = load_config(default_config_path(), [*FAST, f"output.runs_dir={tmp_path / 'runs'}"], base_dir=trips_dir)
+    result = etl(config, runtime=runtime)
+    client = runtime.client
+    pids = {"driver": os.getpid(), **{f"worker {w}": pid for w, pid in client.run(os.getpid).items()},
+            **{f"nanny {w}": pid for w, pid in client.run(os.getpid, nanny=True).items()}}
+    out = tmp_path / "listening.json"
+    train(config, runtime, result.run_dir, xgboost_callbacks=[ListenerSnapshot(pids, out)])
+    seen = json.loads(out.read_text())
+    assert set(seen) == set(pids)
+    for role, sockets in seen.items():
+        exposed = [(ip, port) for ip, port in sockets if not ipaddress.ip_address(ip).is_loopback]
+        if role.startswith("worker"):
+            assert len(exposed) <= 1 and all(ip in ("0.0.0.0", "::") for ip, _ in exposed), (role, sockets)
+        else:
+            assert exposed == [], (role, sockets)

@@ -1,0 +1,269 @@
+"""Tables and configs as users bring them: each case is either handled right or refused
+up front with one line naming the file, column or key, and nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from shardflow.pipelines.config import ConfigError, default_config_path, load_config
+from shardflow.pipelines.etl import etl
+from shardflow.pipelines.job import run
+from shardflow.pipelines.rundir import prepare_runs_dir
+from shardflow.tasks.errors import InputError, ShardflowError
+
+
+def write_job(directory, **sections):
+    path = directory / "job.yaml"
+    path.write_text(yaml.safe_dump(sections, sort_keys=False))
+    return path
+
+
+def assert_no_output(runs):
+    assert not runs.exists() or [p.name for p in runs.iterdir()] == []
+
+
+def small_table(n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"id": np.arange(n), "distance": rng.uniform(1, 50, n).round(2),
+                         "fare": rng.uniform(3, 90, n).round(2), "city": rng.choice(["a", "b", "c"], n),
+                         "y": rng.integers(0, 2, n)})
+
+
+# ----------------------------------------------------------------------------- 4: duplicate column names
+
+
+def test_duplicate_csv_column_names_are_refused(runtime, tmp_path):
+    table = small_table()
+    text = table.to_csv(index=False).splitlines()
+    text[0] = text[0].replace("fare", "distance")  # two columns named distance
+    (tmp_path / "t.csv").write_text("\n".join(text) + "\n")
+    config = write_job(tmp_path, input={"path": "t.csv"}, target={"column": "y"},
+                       features={"numeric": ["distance"]}, output={"runs_dir": "runs"})
+    with pytest.raises(InputError, match=r"t.csv: column name\(s\) 'distance' appear more than once in the header"):
+        etl(load_config(config), runtime=runtime)
+    assert_no_output(tmp_path / "runs")
+
+
+def test_duplicate_parquet_column_names_are_refused(runtime, tmp_path):
+    table = pa.table([pa.array([1.0, 2.0]), pa.array([3.0, 4.0]), pa.array([0, 1])], names=["x", "x", "y"])
+    pq.write_table(table, tmp_path / "t.parquet")
+    config = write_job(tmp_path, input={"path": "t.parquet"}, target={"column": "y"},
+                       features={"numeric": ["x"]}, output={"runs_dir": "runs"})
+    with pytest.raises(InputError, match=r"t.parquet: column name\(s\) 'x' appear more than once"):
+        etl(load_config(config), runtime=runtime)
+    assert_no_output(tmp_path / "runs")
+
+
+# ----------------------------------------------------------------------------- 6: join keys of other types
+
+
+def test_join_keys_of_different_types_match_and_report_their_rate(runtime, tmp_path, caplog):
+    """An integer key in the fact table, the same key read as float (one null) in the dimension table."""
+    table = small_table(2000)
+    table["zone"] = table["id"] % 50
+    table.to_parquet(tmp_path / "t.parquet", index=False)
+    zones = pd.DataFrame({"zone": [*range(50), None], "area": [f"area{i % 7}" for i in range(51)]})
+    zones.to_csv(tmp_path / "zones.csv", index=False)  # read back as float64 because of the null
+    assert pd.read_csv(tmp_path / "zones.csv")["zone"].dtype == np.float64
+    config = write_job(tmp_path, input={"path": "t.parquet"}, joins=[{"path": "zones.csv", "on": ["zone"]}],
+                       target={"column": "y"}, features={"numeric": ["distance"], "categorical": ["area"]},
+                       split={"key": ["id"]}, output={"runs_dir": "runs", "keep_columns": ["id", "zone"]})
+    result = etl(load_config(config), runtime=runtime)
+    summary = json.loads((result.stage_dir / "summary.json").read_text())
+    assert summary["joins"]["zones"]["matched"] == 2000 and summary["joins"]["zones"]["match_rate"] == 1.0
+    features = pd.read_parquet(result.stage_dir / "features")
+    expected = {z: f"area{z % 7}" for z in range(50)}
+    # area is encoded; every row found its zone, so none has the missing code 0
+    assert (features["area"] != 0).all() and len(features) == 2000
+    assert set(features["zone"]) == set(expected)
+
+
+def test_a_join_under_its_match_rate_warns(runtime, tmp_path, caplog):
+    table = small_table(1000)
+    table["zone"] = table["id"] % 10
+    table.to_csv(tmp_path / "t.csv", index=False)
+    pd.DataFrame({"zone": [0, 1, 2], "area": ["x", "y", "z"]}).to_csv(tmp_path / "zones.csv", index=False)
+    config = write_job(tmp_path, input={"path": "t.csv"}, joins=[{"path": "zones.csv", "on": ["zone"]}],
+                       target={"column": "y"}, features={"numeric": ["distance"], "categorical": ["area"]},
+                       output={"runs_dir": "runs"})
+    with caplog.at_level("WARNING", logger="shardflow"):
+        result = etl(load_config(config), runtime=runtime)
+    summary = json.loads((result.stage_dir / "summary.json").read_text())
+    assert summary["joins"]["zones"] == {"rows": 1000, "matched": 300, "match_rate": 0.3,
+                                         "path": str(tmp_path / "zones.csv")}
+    assert any("only 300 of 1000 rows (30.0%)" in r.getMessage() for r in caplog.records)
+
+
+def test_join_keys_that_can_never_match_are_refused(runtime, tmp_path):
+    table = small_table()
+    table["zone"] = table["id"] % 5
+    table.to_parquet(tmp_path / "t.parquet", index=False)
+    pd.DataFrame({"zone": ["north", "south"], "area": ["x", "y"]}).to_csv(tmp_path / "zones.csv", index=False)
+    config = write_job(tmp_path, input={"path": "t.parquet"}, joins=[{"path": "zones.csv", "on": ["zone"]}],
+                       target={"column": "y"}, features={"numeric": ["distance"], "categorical": ["area"]},
+                       output={"runs_dir": "runs"})
+    with pytest.raises(InputError, match=r"joins\[0\].on: key 'zone' holds numbers \(int64\) in the input but text "
+                                         r"such as 'north' in .*zones.csv"):
+        etl(load_config(config), runtime=runtime)
+    assert_no_output(tmp_path / "runs")
+
+
+# ----------------------------------------------------------------------------- 7: labels
+
+
+def test_many_valued_target_under_classification_is_refused(runtime, tmp_path):
+    table = small_table()
+    table["y"] = table["fare"].round()  # a numeric target with many values
+    table.to_csv(tmp_path / "t.csv", index=False)
+    config = write_job(tmp_path, input={"path": "t.csv"}, target={"column": "y", "task": "classification"},
+                       features={"numeric": ["distance"]}, output={"runs_dir": "runs"})
+    with pytest.raises(InputError, match=r"target 'y' holds more than 32 distinct values .* target.task is "
+                                         r"classification, which needs 0/1 labels; set target.task: regression"):
+        etl(load_config(config), runtime=runtime)
+    assert_no_output(tmp_path / "runs")
+
+
+def test_single_class_target_is_refused(runtime, tmp_path):
+    table = small_table()
+    table["y"] = 1
+    table.to_csv(tmp_path / "t.csv", index=False)
+    config = write_job(tmp_path, input={"path": "t.csv"}, target={"column": "y"},
+                       features={"numeric": ["distance"]}, output={"runs_dir": "runs"})
+    with pytest.raises(InputError, match=r"target 'y' has only one class \(1\) in the 400 kept rows"):
+        etl(load_config(config), runtime=runtime)
+    assert_no_output(tmp_path / "runs")
+
+
+# ----------------------------------------------------------------------------- 8: validation_fraction
+
+
+@pytest.mark.parametrize("fraction", [0, 0.0, 1])
+def test_validation_fraction_zero_or_one_is_refused_up_front(fraction):
+    with pytest.raises(ConfigError, match=r"'split.validation_fraction': must be between 0 and 1 \(exclusive\)"):
+        load_config(default_config_path(), [f"split.validation_fraction={fraction}"])
+
+
+def test_a_split_without_validation_rows_stops_before_training(runtime, tmp_path):
+    table = small_table(30)
+    table.to_csv(tmp_path / "t.csv", index=False)
+    config = write_job(tmp_path, input={"path": "t.csv"}, target={"column": "y"}, features={"numeric": ["distance"]},
+                       split={"key": ["id"], "validation_fraction": 0.001}, output={"runs_dir": "runs"})
+    with pytest.raises(InputError, match=r"left 30 training and 0 validation rows; both are needed"):
+        run(load_config(config), runtime=runtime)
+    assert_no_output(tmp_path / "runs")
+
+
+# ----------------------------------------------------------------------------- 9: ragged CSV rows
+
+
+def test_ragged_csv_rows_are_quarantined_with_their_field_count(runtime, tmp_path):
+    table = small_table(300)
+    lines = table.to_csv(index=False).splitlines()
+    lines[11] += ",999"                      # 6 fields
+    lines[21] = ",".join(lines[21].split(",")[:-1])  # 4 fields: the target is missing
+    lines[31] = ",".join(lines[31].split(",")[:3])   # 3 fields
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    config = write_job(tmp_path, input={"path": "t.csv", "blocksize": "4KB"}, target={"column": "y"},
+                       features={"numeric": ["distance", "fare"], "categorical": ["city"]}, split={"key": ["id"]},
+                       output={"runs_dir": "runs", "keep_columns": ["id"]})
+    result = etl(load_config(config), runtime=runtime)
+    assert result.quarantined == {"6 fields, expected 5": 1, "4 fields, expected 5": 1, "3 fields, expected 5": 1}
+    quarantine = pd.read_parquet(result.stage_dir / "quarantine")
+    assert sorted(quarantine["id"].astype(int)) == [10, 20, 30]
+    features = pd.read_parquet(result.stage_dir / "features")
+    assert len(features) == 297 and not {10, 20, 30} & set(features["id"].astype(int))
+
+
+# ----------------------------------------------------------------------------- 11: keys in errors
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.models=[xgboost"], r"override 'train.models=\[xgboost': the value of 'train.models' is not valid YAML"),
+    (["input.blocksize=lots"], r"config key 'input.blocksize': 'lots' is not a byte size"),
+    (["input.blocksize=12XB"], r"config key 'input.blocksize': '12XB' is not a byte size"),
+    (["cluster.memory_limit=lots"], r"config key 'cluster.memory_limit': 'lots' is not a byte size"),
+    (["input.max_partition_rows=0"], r"config key 'input.max_partition_rows': must be at least 1"),
+])
+def test_malformed_values_name_their_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(default_config_path(), overrides)
+
+
+def test_cli_malformed_set_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "shardflow", "etl", "-c", str(default_config_path()),
+                           "--set", "train.models=[xgboost"], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "shardflow: error: override 'train.models=[xgboost': the value of 'train.models' is not valid YAML "
+        "(expected ',' or ']', but got '<stream end>'); close the brackets or quote the value, e.g. "
+        "train.models=[xgboost]"]
+
+
+# ----------------------------------------------------------------------------- 12, 14, 15: the runs directory
+
+
+def test_runs_dir_that_is_a_file_fails_before_any_work(trips_dir, runtime, tmp_path):
+    blocker = tmp_path / "runs"
+    blocker.write_text("not a directory")
+    config = load_config(default_config_path(), [f"output.runs_dir={blocker}"], base_dir=trips_dir)
+    started = time.perf_counter()
+    with pytest.raises(ShardflowError, match=r"output.runs_dir .*runs: exists and is not a directory"):
+        run(config, runtime=runtime)
+    assert time.perf_counter() - started < 5  # refused before the ETL's passes
+    config = load_config(default_config_path(), [f"output.runs_dir={blocker / 'below'}"], base_dir=trips_dir)
+    with pytest.raises(ShardflowError, match=r"cannot be created: .*runs is a file"):
+        etl(config, runtime=runtime)
+
+
+def test_unwritable_runs_dir_fails_before_any_work(trips_dir, runtime):
+    # /proc refuses new directories even to root, as a read-only mount would.
+    config = load_config(default_config_path(), ["output.runs_dir=/proc/shardflow-runs"], base_dir=trips_dir)
+    with pytest.raises(ShardflowError, match=r"output.runs_dir /proc/shardflow-runs: cannot write in /proc"):
+        etl(config, runtime=runtime)
+
+
+def test_runs_dir_is_relative_to_the_config_file(runtime, tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    project.mkdir()
+    small_table().to_csv(project / "t.csv", index=False)
+    config = write_job(project, input={"path": "t.csv"}, target={"column": "y"}, features={"numeric": ["distance"]},
+                       output={"runs_dir": "my-runs"})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = etl(load_config(config), runtime=runtime)
+    assert result.run_dir.parent == project / "my-runs"
+    assert not (elsewhere / "my-runs").exists()
+    saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    assert saved["output"]["runs_dir"] == str(project / "my-runs")
+
+
+def test_stale_temporary_directories_are_cleaned_at_the_next_start(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = os.uname().nodename.replace("/", "_")
+    stale = runs / f".etl.tmp-{host}-{int(dead.stdout)}-0123abcd"     # its process is gone
+    live = runs / f".etl.tmp-{host}-{os.getpid()}-4567abcd"             # a run in progress
+    old_other = runs / ".etl.tmp-9f8e7d6c"                                 # an older shardflow's, days old
+    young_other = runs / ".etl.tmp-otherhost-12-89abcdef"                 # another host's, just made
+    for d in (stale, live, old_other, young_other):
+        (d / "features").mkdir(parents=True)
+    week_ago = time.time() - 7 * 24 * 3600
+    os.utime(old_other, (week_ago, week_ago))
+    run_dir = runs / "20261122-101500-ab12cd"
+    run_dir.mkdir()
+    prepare_runs_dir(runs)
+    assert sorted(p.name for p in runs.iterdir()) == sorted([live.name, young_other.name, run_dir.name])
