@@ -79,7 +79,21 @@ def test_worker_side_failure_is_one_line(tmp_path):
     assert "Compute Failed" in verbose.stderr  # the details are in the debug log
 
 
-def test_dashboard_tracebacks_stay_out_of_the_terminal():
+@pytest.fixture
+def logging_restored():
+    """The CLI configures loggers for its own process; give the test process its own back."""
+    names = ["shardflow", "distributed", "dask", "tornado", "tornado.application", "tornado.access",
+             "tornado.general", "bokeh"]
+    saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).level, logging.getLogger(n).propagate)
+             for n in names}
+    yield
+    for n, (handlers, level, propagate) in saved.items():
+        logger = logging.getLogger(n)
+        logger.handlers[:], logger.propagate = handlers, propagate
+        logger.setLevel(level)
+
+
+def test_dashboard_tracebacks_stay_out_of_the_terminal(logging_restored):
     """The web server's errors are logged at debug level only, in shardflow's format."""
     from shardflow.pipelines.cli import _setup_logging
 
@@ -222,3 +236,18 @@ def test_readme_python_example_runs_as_a_script(trips_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (job / "scores").is_dir() and list((job / "scores").glob("part-*.parquet"))
     assert proc.stdout.strip().splitlines()[-1].endswith("report.html")
+
+
+def test_runs_lists_dates_inputs_and_readable_model_names(quick_config, runtime, capsys):
+    from shardflow.pipelines.cli import cmd_runs
+    from shardflow.pipelines.job import run
+
+    result = run(quick_config, runtime=runtime)
+    cmd_runs(argparse.Namespace(runs_dir=quick_config.runs_dir))
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["run", "date", "input", "rows", "stages", "best", "model", "metric"]
+    line = next(line for line in out if line.startswith(result.run_dir.name))
+    assert re.search(r" \d{4}-\d\d-\d\d \d\d:\d\d ", line)
+    assert "trips" in line and "etl,train,evaluate" in line
+    assert "global XGBoost (allreduce)" in line or "data-parallel MLP" in line
+    assert re.search(r"auc 0\.\d{4}$", line)

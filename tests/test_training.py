@@ -192,7 +192,8 @@ class FailAtRound(xgb.callback.TrainingCallback):
     def after_iteration(self, model, epoch, evals_log):
         import os
 
-        if model.num_boosted_rounds() == self.rounds and not os.path.exists(self.marker):
+        if model.num_boosted_rounds() == self.rounds and xgb.collective.get_rank() == 0 \
+                and not os.path.exists(self.marker):
             open(self.marker, "w").close()
             raise RuntimeError(f"injected failure at round {self.rounds}")
         return False
@@ -220,7 +221,7 @@ def test_resumed_xgboost_with_early_stopping_saves_the_same_model(trips_dir, run
         assert resumed["restarts"] == [20]
     else:
         once = load_config(default_config_path(), [*overrides, "train.xgboost.max_attempts=1"], base_dir=trips_dir)
-        with pytest.raises(Exception, match="injected failure at round 25"):
+        with pytest.raises(Exception):  # the injected error, or the peer's broken collective
             train(once, runtime, second, xgboost_callbacks=[failing])
         resumed = train(config, runtime, second).results["xgboost"]
         assert resumed["resumed_from"] == 20
