@@ -19,7 +19,6 @@ import yaml
 from shardflow.pipelines.config import ConfigError, default_config_path, load_config
 from shardflow.pipelines.etl import etl
 from shardflow.pipelines.job import run
-from shardflow.pipelines.rundir import prepare_runs_dir
 from shardflow.tasks.errors import InputError, ShardflowError
 
 
@@ -251,6 +250,8 @@ def test_runs_dir_is_relative_to_the_config_file(runtime, tmp_path, monkeypatch)
 
 
 def test_stale_temporary_directories_are_cleaned_at_the_next_start(tmp_path):
+    from shardflow.pipelines.rundir import prepare_runs_dir
+
     runs = tmp_path / "runs"
     runs.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
