@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     from shardflow.cluster.factory import connect
     from shardflow.pipelines.config import XGBoostConfig
     from shardflow.pipelines.etl import etl
-    from shardflow.pipelines.train import load_training_data, train_global_xgboost
+    from shardflow.pipelines.training import load_training_data, train_global_xgboost
     from shardflow.tasks.models import xgboost_predict
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -186,7 +186,7 @@ def bench_xgboost(runtime, data: Path, runs: Path, repeats: int, rounds: int) ->
 
     from shardflow.pipelines.config import XGBoostConfig
     from shardflow.pipelines.etl import etl
-    from shardflow.pipelines.train import load_training_data, train_global_xgboost, xgboost_params
+    from shardflow.pipelines.training import load_training_data, train_global_xgboost, xgboost_params
 
     from benchmarks.baselines import dask_xgboost, pandas_xgboost
 
@@ -259,7 +259,7 @@ def bench_end_to_end(runtime, data: Path, runs: Path, repeats: int, rounds: int)
 def bench_mlp(runtime, data: Path, runs: Path, repeats: int, epochs: int) -> dict:
     from shardflow.pipelines.config import MLPConfig
     from shardflow.pipelines.etl import etl
-    from shardflow.pipelines.train import load_training_data, mlp_spec_for, train_data_parallel_mlp
+    from shardflow.pipelines.training import load_training_data, mlp_spec_for, train_data_parallel_mlp
     from shardflow.tasks.shards import read_shard
 
     from benchmarks.baselines import torch_mlp

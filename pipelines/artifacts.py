@@ -32,13 +32,13 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _save_weights(params: dict, path: Path) -> None:
+def save_weights(params: dict, path: Path) -> None:
     import torch
 
     torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in params.items()}, path)
 
 
-def _load_weights(path: Path) -> dict:
+def load_weights(path: Path) -> dict:
     import torch
 
     return {k: v.numpy() for k, v in torch.load(path, weights_only=True, map_location="cpu").items()}
@@ -62,7 +62,7 @@ def save_models(stage_dir: Path, results: dict, task: str) -> None:
             if suffix == "ubj":
                 path.write_bytes(member["model"])
             else:
-                _save_weights(member["params"], path)
+                save_weights(member["params"], path)
         meta = {k: r[k] for k in ("groups", "weights", "seconds", "partition_metrics")}
         meta["histories"] = [member.get("history", {}) for member in r["members"]]
         if family == "mlp_partitions":
@@ -74,7 +74,7 @@ def save_models(stage_dir: Path, results: dict, task: str) -> None:
             "coef", "coef_even", "coef_odd", "seconds", "newton_steps")}})
     if "mlp" in results:
         r = results["mlp"]
-        _save_weights(r["params"], stage_dir / "mlp.pt")
+        save_weights(r["params"], stage_dir / "mlp.pt")
         _json(stage_dir / "mlp.json", {"spec": r["spec"].to_dict(), **{k: r[k] for k in (
             "history", "best_epoch", "rounds", "steps_per_epoch", "sync_every", "seconds", "workers", "samples",
             "restarts")}})
@@ -149,9 +149,9 @@ def load_model(run_dir, name: str) -> dict:
         return payload
     if name == "mlp":
         meta = json.loads(verified_path(run_dir, "train/mlp.json", manifest).read_text())
-        return {"task": task, "spec": meta["spec"], "params": _load_weights(verified_path(run_dir, "train/mlp.pt", manifest))}
+        return {"task": task, "spec": meta["spec"], "params": load_weights(verified_path(run_dir, "train/mlp.pt", manifest))}
     meta = json.loads(verified_path(run_dir, "train/mlp_partitions.json", manifest).read_text())
-    params = [_load_weights(verified_path(run_dir, f"train/mlp_partitions/model-{i:05d}.pt", manifest))
+    params = [load_weights(verified_path(run_dir, f"train/mlp_partitions/model-{i:05d}.pt", manifest))
               for i in range(len(meta["weights"]))]
     return {"task": task, "spec": meta["spec"], "params": params, "weights": meta["weights"]}
 

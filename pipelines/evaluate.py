@@ -14,7 +14,7 @@ import numpy as np
 
 from shardflow.pipelines import progress
 from shardflow.pipelines.graph import scatter_named, tree_reduce_futures
-from shardflow.pipelines.train import TrainingData, call_token
+from shardflow.pipelines.training import TrainingData, call_token
 from shardflow.tasks.models import worker_threads
 from shardflow.tasks.metrics import combine_metrics, curves, finish_metrics, partial_metrics
 

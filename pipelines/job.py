@@ -25,7 +25,7 @@ from shardflow.pipelines.evaluate import comparison_table, evaluate
 from shardflow.pipelines.report import build_report
 from shardflow.pipelines.stages import evaluate_key, stage_keys
 from shardflow.pipelines.rundir import new_run_id, prepare_runs_dir, read_manifest, stage_output, update_manifest
-from shardflow.pipelines.train import (
+from shardflow.pipelines.training import (
     TrainingData,
     fit_stacker,
     load_training_data,

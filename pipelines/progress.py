@@ -122,7 +122,7 @@ class Rounds:
     """Progress of a collective training, fed by the rounds its rank 0 reports.
 
     A context manager around the training: it subscribes to ``topic`` (Dask events
-    sent by :class:`shardflow.pipelines.checkpoint.ResumableState`) and draws a
+    sent by :class:`shardflow.pipelines.training.checkpoint.ResumableState`) and draws a
     :class:`Counter` with the best validation score so far.
     """
 

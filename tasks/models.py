@@ -181,3 +181,37 @@ def predict_payload(name: str, payload: dict, x: np.ndarray, nthread: int | None
             return np.zeros(0)
         return weighted_average([predict(p, spec, x) for p in payload["params"]], payload["weights"])
     raise ValueError(f"unknown model {name!r}")
+
+
+def train_group_xgboost(*shards, params, rounds, feature_names, feature_types, task):
+    """One per-partition XGBoost model on a group of partitions (see :func:`train_xgboost_local`)."""
+    from shardflow.tasks.shards import merge_shards
+
+    s = merge_shards(*shards)
+    return train_xgboost_local(s.x_train, s.y_train, s.x_valid, s.y_valid, params, rounds, feature_names,
+                               feature_types, task, nthread=worker_threads())
+
+
+def member_predictions(shard, models, task):
+    """Each per-partition model's predictions on this partition's validation rows (K × n)."""
+    threads = worker_threads()
+    return np.vstack([xgboost_predict(m, shard.x_valid, threads) for m in models]) if len(shard.y_valid) \
+        else np.zeros((len(models), 0))
+
+
+def stack_partition_terms(predictions, shard, thetas, task):
+    """Newton terms of the three stacked fits (even rows, odd rows, all rows) on one partition."""
+    if predictions.shape[1] == 0:
+        k = len(thetas[0])
+        zero = {"grad": np.zeros(k), "hess": np.zeros((k, k)), "n": 0.0}
+        return [zero, zero, zero]
+    design = stack_inputs(list(predictions), task)
+    y = shard.y_valid
+    even = np.arange(len(y)) % 2 == 0
+    return [stack_terms(design[even], y[even], thetas[0], task), stack_terms(design[~even], y[~even], thetas[1], task),
+            stack_terms(design, y, thetas[2], task)]
+
+
+def add_stack_terms(*parts):
+    """Sum of several partitions' :func:`stack_partition_terms` (associative)."""
+    return [{k: sum(p[j][k] for p in parts) for k in parts[0][j]} for j in range(len(parts[0]))]

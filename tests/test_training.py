@@ -17,7 +17,7 @@ from shardflow.pipelines.config import MLPConfig, default_config_path, load_conf
 from shardflow.pipelines.etl import etl
 from shardflow.pipelines.job import evaluate_run, train
 from shardflow.pipelines.predict import predict
-from shardflow.pipelines.train import load_training_data, train_data_parallel_mlp
+from shardflow.pipelines.training import load_training_data, train_data_parallel_mlp
 from shardflow.tasks.models import predict_payload, xgboost_predict
 from shardflow.tasks.neural import MLPSpec, TabularMLP, init_params
 

@@ -1,4 +1,4 @@
-"""XGBoost training callbacks that make the global model resumable.
+"""Checkpoints of the global models: XGBoost's training callback, and the MLP's epoch state.
 
 They run inside the global model's training task on every worker; only rank 0 writes. A checkpoint is
 the model so far (UBJSON) plus a JSON state: rounds done, the evaluation history, the
@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import xgboost as xgb
+from dask.base import tokenize
 
 MODEL_FILE = "model.ubj"
 STATE_FILE = "state.json"
@@ -141,3 +142,43 @@ def _report(topic: str, message: dict) -> None:
         get_worker().log_event(topic, message)
     except ValueError:
         pass
+
+
+# ----------------------------------------------------------------------------- data-parallel MLP
+
+
+def mlp_checkpoint_token(data, cfg, seed) -> str:
+    return tokenize(data.token, cfg, seed)[:16]
+
+
+def read_mlp_checkpoint(ckpt, data, cfg, seed):
+    import json
+
+    if ckpt is None or not (ckpt / "state.json").exists():
+        return None
+    meta = json.loads((ckpt / "state.json").read_text())
+    if meta.get("token") != mlp_checkpoint_token(data, cfg, seed):
+        return None
+    from shardflow.pipelines.artifacts import load_weights
+
+    meta["params"] = load_weights(ckpt / "params.pt")
+    meta["best_params"] = load_weights(ckpt / "best.pt")
+    return meta
+
+
+def write_mlp_checkpoint(ckpt, state, token) -> None:
+    import json
+    import os
+
+    from shardflow.pipelines.artifacts import save_weights
+
+    ckpt.mkdir(parents=True, exist_ok=True)
+    for name, key in (("params.pt", "params"), ("best.pt", "best_params")):
+        tmp = ckpt / f".{name}.tmp"
+        save_weights(state[key], tmp)
+        os.replace(tmp, ckpt / name)
+    meta = {k: v for k, v in state.items() if k not in ("params", "best_params")}
+    meta["token"] = token
+    tmp = ckpt / ".state.json.tmp"
+    tmp.write_text(json.dumps(meta, default=float))
+    os.replace(tmp, ckpt / "state.json")  # last: the weights it names are in place

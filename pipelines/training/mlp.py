@@ -1,0 +1,200 @@
+"""The data-parallel MLP: each worker trains on the rows it holds, averaged every round.
+
+The steps themselves run on the workers (:mod:`shardflow.tasks.mlp_steps`); this module
+schedules the rounds, reduces them on the cluster, checkpoints each epoch and resumes
+after a lost worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+from shardflow.cluster.factory import Runtime
+from shardflow.pipelines import progress
+from shardflow.pipelines.config import MLPConfig
+from shardflow.pipelines.graph import scatter_named, tree_reduce_futures
+from shardflow.pipelines.training.checkpoint import mlp_checkpoint_token, read_mlp_checkpoint, write_mlp_checkpoint
+from shardflow.pipelines.training.collective import WorkerLost, gather_watching
+from shardflow.pipelines.training.data import TrainingData, call_token, recover
+from shardflow.tasks import mlp_steps
+from shardflow.tasks import shards as shard_tasks
+from shardflow.tasks.encode import Preprocessor
+
+logger = logging.getLogger("shardflow.train")
+
+
+def mlp_spec_for(preprocessor: Preprocessor, cfg: MLPConfig):
+    from shardflow.tasks.neural import MLPSpec
+
+    return MLPSpec(n_numeric=len(preprocessor.numeric),
+                   cardinalities=tuple(preprocessor.cardinalities[c] for c in preprocessor.categorical),
+                   task=preprocessor.task, hidden=tuple(cfg.hidden), embedding_dim=cfg.embedding_dim,
+                   dropout=cfg.dropout)
+
+
+def mlp_optim_for(cfg: MLPConfig, backend: str):
+    from shardflow.tasks.neural import OptimConfig
+
+    device = cfg.device if cfg.device != "auto" else ("cuda" if backend == "cudf" else "cpu")
+    return OptimConfig(optimizer=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                       batch_size=cfg.batch_size, accumulation_steps=cfg.accumulation_steps, bf16=cfg.bf16,
+                       device=device)
+
+
+def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig, seed: int = 0,
+                            checkpoint_dir=None, max_attempts: int = 3) -> dict:
+    """Train the MLP across workers, each on the rows it holds, averaging every round.
+
+    ``sync: parameters``: each worker takes ``sync_every`` local steps from the current
+    parameters; the new parameters are the row-weighted mean of the workers' (a tree
+    reduction on the cluster). ``sync: gradients``: each step, the workers' gradient
+    sums are reduced to the mean gradient of all their rows and one optimizer step is
+    applied. Validation loss is computed after each epoch; the best parameters are kept
+    and training stops after ``early_stopping_patience`` epochs without improvement.
+
+    With ``checkpoint_dir``, the state after every epoch is saved there; if a worker is
+    lost, training resumes from the last epoch on the workers present (optimizer
+    moments restart, so the result matches an uninterrupted run within tolerance).
+    """
+    from shardflow.tasks.neural import init_params
+
+    started = time.perf_counter()
+    spec = mlp_spec_for(data.preprocessor, cfg)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    state = read_mlp_checkpoint(ckpt, data, cfg, seed)
+    if state is None:
+        params = init_params(spec, seed)
+        state = {"epoch": 0, "params": params, "best_params": params, "best_loss": math.inf, "best_epoch": -1,
+                 "bad_epochs": 0, "rounds": 0, "samples": 0,
+                 "history": {"train_loss": [], "validation_loss": [], "lr": [], "seconds": []}}
+    else:
+        logger.info("mlp: resuming after epoch %d from %s", state["epoch"], ckpt)
+    n_workers = len(runtime.client.scheduler_info(n_workers=-1)["workers"])
+    restarts = []
+    for attempt in range(1, max_attempts + 1):
+        try:
+            info = _mlp_epochs(runtime, data, cfg, seed, spec, state, ckpt, started)
+            break
+        except (WorkerLost, mlp_steps.WorkerStateLost) as err:
+            if attempt == max_attempts:
+                raise
+            logger.warning("mlp: %s; attempt %d/%d resumes after epoch %d", err, attempt + 1, max_attempts,
+                           state["epoch"])
+            restarts.append(state["epoch"])
+            recover(runtime, data, n_workers)
+    return {"params": state["best_params"], "spec": spec, "history": state["history"],
+            "best_epoch": state["best_epoch"], "rounds": state["rounds"], "seconds": time.perf_counter() - started,
+            "samples": state["samples"], "restarts": restarts, **info}
+
+
+def _mlp_epochs(runtime, data, cfg, seed, spec, state, ckpt, started) -> dict:
+    """Run the remaining epochs from ``state`` (updated in place after each epoch)."""
+    from shardflow.tasks.neural import combine_weighted, lr_at
+
+    client = runtime.client
+    client.register_plugin(mlp_steps.ResidentState())  # idempotent: workers that join later get it too
+    optim = mlp_optim_for(cfg, runtime.backend)
+    token = call_token(data.token)
+    workers = sorted(set(data.workers))
+    shards, rows = {}, {}
+    for wi, w in enumerate(workers):
+        held = [f for f, pw in zip(data.futures, data.workers) if pw == w]
+        rows[w] = sum(n for n, pw in zip(data.train_rows, data.workers) if pw == w)
+        shards[w] = client.submit(shard_tasks.merge_shards, *held, seed=seed * 101 + wi,
+                                  key=f"train-mlp-shard-{token}-{wi}", workers=[w], allow_other_workers=False)
+    workers = [w for w in workers if rows[w] > 0]
+    rows_per_step = (cfg.batch_size or max(rows.values())) * cfg.accumulation_steps
+    steps_per_epoch = max(1, math.ceil(max(rows[w] for w in workers) / rows_per_step))
+    sync_every = steps_per_epoch if cfg.sync_every is None else min(cfg.sync_every, steps_per_epoch)
+    if cfg.sync == "gradients":
+        sync_every = 1
+    total_steps = cfg.epochs * steps_per_epoch
+    params_f = scatter_named(client, f"train-mlp-params-{token}", state["params"])
+    params_like = params_f  # dtypes and names of the parameters, on every worker
+    apply_state = None
+    fresh = True  # the first round of this attempt starts the workers' optimizer state
+    epochs = progress.Counter("mlp", cfg.epochs, "epochs", done=state["epoch"]) if progress.enabled() else None
+    try:
+        for epoch in range(state["epoch"], cfg.epochs):
+            losses = []
+            step = 0
+            while step < steps_per_epoch:
+                n = min(sync_every, steps_per_epoch - step)
+                lr = lr_at(cfg.lr_schedule, cfg.lr, (epoch * steps_per_epoch + step) / total_steps, cfg.warmup)
+                name = f"train-mlp-{token}-e{epoch}-s{step}"
+                if cfg.sync == "parameters":
+                    leaves = [client.submit(mlp_steps.local_round, shards[w], params_f, params_like, spec, optim,
+                                            epoch=epoch, first_step=step, steps=n, lr=lr, token=token,
+                                            index=wi, fresh=fresh, key=f"{name}-local-{wi}", workers=[w],
+                                            allow_other_workers=False)
+                              for wi, w in enumerate(workers)]
+                    # The reduced weighted sum is the next round's input: each worker finishes the
+                    # division itself, so a round costs two hops (local steps, then the reduction).
+                    reduced = tree_reduce_futures(client, leaves, combine_weighted, f"{name}-average")
+                    params_f = reduced
+                else:
+                    grads = [client.submit(mlp_steps.shard_gradient_step, shards[w], params_f, spec, optim, epoch, step,
+                                           key=f"{name}-gradient-{wi}", workers=[w], allow_other_workers=False)
+                             for wi, w in enumerate(workers)]
+                    reduced = tree_reduce_futures(client, grads, combine_weighted, f"{name}-average")
+                    apply_state = client.submit(mlp_steps.apply_reduced_gradient, params_f, reduced, apply_state, spec, optim, lr,
+                                                key=f"{name}-apply")
+                    params_f = client.submit(mlp_steps.take, apply_state, "params", key=f"{name}-params")
+                fresh = False
+                losses.append(client.submit(mlp_steps.take, reduced, "loss_sum", key=f"{name}-loss"))
+                step += n
+                state["rounds"] += 1
+            valid = [client.submit(mlp_steps.validation_loss, shards[w], params_f, params_like, spec, optim.device,
+                                   key=f"train-mlp-{token}-e{epoch}-valid-{wi}", workers=[w])
+                     for wi, w in enumerate(workers)]
+            current = client.submit(mlp_steps.current_params, params_f, params_like, key=f"train-mlp-{token}-e{epoch}-params")
+            gathered = gather_watching(client, [current, *valid, *losses], workers, "data-parallel MLP training")
+            current, valid, loss_values = gathered[0], gathered[1:1 + len(valid)], gathered[1 + len(valid):]
+            seen = epoch_rows(rows, workers, steps_per_epoch, cfg)
+            train_loss = sum(loss_values) / max(1, seen)
+            valid_rows = sum(v["rows"] for v in valid)
+            valid_loss = sum(v["loss_sum"] for v in valid) / valid_rows if valid_rows else float("nan")
+            h = state["history"]
+            h["train_loss"].append(train_loss)
+            h["validation_loss"].append(valid_loss)
+            h["lr"].append(lr)
+            h["seconds"].append(time.perf_counter() - started)
+            state["samples"] += seen
+            state["epoch"] = epoch + 1
+            state["params"] = current
+            logger.debug("mlp epoch %d/%d: train loss %.5f, validation loss %.5f", epoch + 1, cfg.epochs,
+                         train_loss, valid_loss)
+            if epochs is not None:
+                epochs.update(epoch + 1, f"train loss {train_loss:.5f}, validation loss {valid_loss:.5f}")
+            stop = False
+            if valid_loss < state["best_loss"] or not valid_rows:
+                state.update(best_loss=valid_loss, best_params=current, best_epoch=epoch, bad_epochs=0)
+            else:
+                state["bad_epochs"] += 1
+                stop = cfg.early_stopping_patience is not None and state["bad_epochs"] >= cfg.early_stopping_patience
+            if stop:
+                state["epoch"] = cfg.epochs  # a resumed run must not train past an early stop
+            if ckpt is not None:
+                write_mlp_checkpoint(ckpt, state, mlp_checkpoint_token(data, cfg, seed))
+            if stop:
+                logger.info("mlp: early stop after epoch %d (best %d)", epoch + 1, state["best_epoch"] + 1)
+                break
+    except BaseException:
+        if epochs is not None:
+            epochs.close(failed=True)
+        raise
+    else:
+        if epochs is not None:
+            epochs.close()
+    finally:
+        client.run(mlp_steps.forget_state, token)
+    return {"steps_per_epoch": steps_per_epoch, "sync_every": sync_every, "workers": len(workers)}
+
+
+def epoch_rows(rows: dict, workers, steps_per_epoch: int, cfg: MLPConfig) -> int:
+    """Rows processed in one epoch over all workers (each takes ``steps_per_epoch`` steps)."""
+    return sum(steps_per_epoch * cfg.accumulation_steps * (min(cfg.batch_size, rows[w]) if cfg.batch_size else rows[w])
+               for w in workers)

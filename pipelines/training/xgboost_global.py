@@ -1,0 +1,132 @@
+"""The global XGBoost model: one exact model over all partitions, trained with allreduce.
+
+See :mod:`shardflow.pipelines.training.collective` for how the ranks are dispatched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from dask.base import tokenize
+
+from shardflow.cluster.factory import Runtime
+from shardflow.pipelines import progress
+from shardflow.pipelines.config import XGBoostConfig
+from shardflow.pipelines.training.data import TrainingData, call_token, recover
+from shardflow.tasks.errors import ShardflowError
+from shardflow.tasks.metrics import metric_direction
+
+logger = logging.getLogger("shardflow.train")
+
+
+def xgboost_params(task: str, cfg: XGBoostConfig, backend: str, seed: int) -> dict:
+    """shardflow's XGBoost defaults for ``task``, overridden by ``train.xgboost.params``."""
+    params = {
+        "tree_method": "hist",
+        "max_depth": 8,
+        "eta": 0.1,
+        "max_bin": 256,
+        "seed": seed,
+        "device": "cuda" if backend == "cudf" else "cpu",
+    }
+    if task == "classification":
+        params.update(objective="binary:logistic", eval_metric=["auc", "logloss"])
+    else:
+        params.update(objective="reg:squarederror", eval_metric=["rmse"])
+    params.update(cfg.params)
+    return params
+
+
+def _xgboost_rounds(client, data, params, cfg, booster, state, remaining, checkpoint_dir, token, metric, callbacks):
+    """Train ``remaining`` rounds with one pinned task per worker, joined by a tracker on
+    the scheduler (see :mod:`shardflow.pipelines.training.collective`)."""
+    from shardflow.pipelines.training.checkpoint import ResumableState
+    from shardflow.pipelines.training.collective import gather_watching, start_xgboost_tracker
+    from shardflow.tasks.models import train_xgboost_rank
+
+    held = {}
+    for f, w, n in zip(data.futures, data.workers, data.train_rows):
+        if n:  # a worker with no training rows has nothing to contribute
+            held.setdefault(w, []).append(f)
+    workers = sorted(held)
+    tracker = ResumableState(str(checkpoint_dir), cfg.checkpoint_every, token, metric,
+                             metric_direction(metric) == "max", cfg.early_stopping_rounds, state,
+                             progress_topic=f"shardflow-progress-{token}")
+    # A collective that loses a member must fail, not wait forever for it.
+    coll = start_xgboost_tracker(client, len(workers), cfg.collective_timeout)
+    if cfg.collective_timeout:
+        coll["dmlc_timeout"] = int(cfg.collective_timeout)
+    model = bytes(booster.save_raw("ubj")) if booster is not None else None
+    name = call_token(f"train-xgboost-global-{token}")
+    done = state["rounds"] if state else 0
+    with progress.Rounds(client, tracker.progress_topic, "xgboost", total=done + remaining, done=done):
+        futures = [client.submit(train_xgboost_rank, coll, rank, *held[w], params=params, rounds=remaining,
+                                 model=model, feature_names=data.feature_names,
+                                 feature_types=data.feature_types(cfg.categorical), categorical=cfg.categorical,
+                                 callbacks=[tracker, *callbacks], key=f"{name}-rank{rank}", workers=[w],
+                                 allow_other_workers=False, pure=False)
+                   for rank, w in enumerate(workers)]
+        gather_watching(client, futures, workers, "global XGBoost training")
+
+
+def _stopping_metric(params: dict) -> str:
+    metrics = params["eval_metric"]
+    return metrics[-1] if isinstance(metrics, (list, tuple)) else metrics
+
+
+def train_global_xgboost(runtime: Runtime, data: TrainingData, cfg: XGBoostConfig, checkpoint_dir,
+                         seed: int = 0, callbacks=()) -> dict:
+    """One exact XGBoost model over all partitions with ``xgboost.dask`` (allreduce).
+
+    Early stopping watches the validation split; every ``cfg.checkpoint_every`` rounds
+    the model and its state are checkpointed in ``checkpoint_dir``, and a call that
+    finds a checkpoint of the same job continues from it.
+
+    Returns
+    -------
+    dict
+        ``model`` (UBJSON bytes, truncated to the best iteration), ``history``
+        (per-round validation metrics), ``best_iteration``, ``rounds``,
+        ``round_seconds``, ``seconds``, ``resumed_from``.
+    """
+    from shardflow.pipelines.training.checkpoint import read_checkpoint
+
+    started = time.perf_counter()
+    client = runtime.client
+    params = xgboost_params(data.task, cfg, runtime.backend, seed)
+    metric = _stopping_metric(params)
+    token = tokenize(data.token, params, cfg.num_boost_round, cfg.early_stopping_rounds, cfg.categorical)[:16]
+    _, first_state = read_checkpoint(checkpoint_dir, token)
+    resumed_from = first_state["rounds"] if first_state else 0
+    n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
+    restarts = []
+    for attempt in range(1, cfg.max_attempts + 1):
+        booster, state = read_checkpoint(checkpoint_dir, token)
+        done = bool(state and (state.get("stopped") or state.get("finished")))
+        remaining = 0 if done else cfg.num_boost_round - (state["rounds"] if state else 0)
+        if state and remaining:
+            logger.info("xgboost: resuming from the checkpoint at round %d", state["rounds"])
+            if attempt > 1:
+                restarts.append(state["rounds"])
+        if remaining <= 0:
+            break
+        try:
+            _xgboost_rounds(client, data, params, cfg, booster, state, remaining, checkpoint_dir, token, metric,
+                            callbacks)
+            break
+        except Exception as err:  # noqa: BLE001 - collective training cannot survive a lost member
+            if attempt == cfg.max_attempts or isinstance(err, ShardflowError):
+                raise
+            logger.warning("xgboost: training failed (%s: %s); attempt %d/%d resumes from the last checkpoint",
+                           type(err).__name__, str(err).splitlines()[0][:200], attempt + 1, cfg.max_attempts)
+            data = recover(runtime, data, n_workers)
+    booster, state = read_checkpoint(checkpoint_dir, token)
+    best = int(state["best_iteration"])
+    final = booster[: best + 1] if cfg.early_stopping_rounds is not None else booster
+    seconds = time.perf_counter() - started
+    logger.info("xgboost: %d rounds, best %d (%s %.5f), %.1fs", state["rounds"], best, metric,
+                state["best_score"], seconds)
+    return {"model": bytes(final.save_raw("ubj")), "history": state["history"], "best_iteration": best,
+            "rounds": state["rounds"], "round_seconds": state["round_seconds"], "seconds": seconds,
+            "resumed_from": resumed_from, "restarts": restarts, "params": params}
