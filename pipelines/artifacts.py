@@ -46,39 +46,12 @@ def load_weights(path: Path) -> dict:
 
 def save_models(stage_dir: Path, results: dict, task: str) -> None:
     """Write each trained family's files into ``stage_dir`` (the temporary train stage)."""
+    from shardflow.pipelines.families import FAMILIES
+
     stage_dir = Path(stage_dir)
-    if "xgboost" in results:
-        r = results["xgboost"]
-        (stage_dir / "xgboost.ubj").write_bytes(r["model"])
-        _json(stage_dir / "xgboost.json", {k: r[k] for k in ("history", "best_iteration", "rounds", "round_seconds",
-                                                             "seconds", "resumed_from", "restarts", "params")})
-    for family, suffix in (("xgboost_partitions", "ubj"), ("mlp_partitions", "pt")):
-        if family not in results:
-            continue
-        r = results[family]
-        (stage_dir / family).mkdir()
-        for i, member in enumerate(r["members"]):
-            path = stage_dir / family / f"model-{i:05d}.{suffix}"
-            if suffix == "ubj":
-                path.write_bytes(member["model"])
-            else:
-                save_weights(member["params"], path)
-        meta = {k: r[k] for k in ("groups", "weights", "seconds", "partition_metrics")}
-        meta["histories"] = [member.get("history", {}) for member in r["members"]]
-        if family == "mlp_partitions":
-            meta["spec"] = r["spec"].to_dict()
-        _json(stage_dir / f"{family}.json", meta)
-    if "stacked" in results:
-        r = results["stacked"]
-        _json(stage_dir / "stacked.json", {"members": "xgboost_partitions", **{k: r[k] for k in (
-            "coef", "coef_even", "coef_odd", "seconds", "newton_steps")}})
-    if "mlp" in results:
-        r = results["mlp"]
-        save_weights(r["params"], stage_dir / "mlp.pt")
-        _json(stage_dir / "mlp.json", {"spec": r["spec"].to_dict(), **{k: r[k] for k in (
-            "history", "best_epoch", "rounds", "steps_per_epoch", "sync_every", "seconds", "workers", "samples",
-            "restarts")}})
-    _json(stage_dir / "task.json", {"task": task})
+    for name, result in results.items():
+        FAMILIES[name].save(stage_dir, FAMILIES[name], result)
+    write_json(stage_dir / "task.json", {"task": task})
 
 
 def artifact_hashes(run_dir: Path, stage: str = TRAIN_DIR) -> dict:
@@ -113,50 +86,56 @@ def verified_path(run_dir: Path, relative: str, manifest: dict | None = None) ->
     return path
 
 
+class RunFiles:
+    """A run directory's files, each read only after its hash is checked (:func:`verified_path`)."""
+
+    def __init__(self, run_dir, manifest: dict | None = None):
+        self.run_dir = Path(run_dir)
+        self.manifest = read_manifest(self.run_dir) if manifest is None else manifest
+
+    def path(self, relative: str) -> Path:
+        return verified_path(self.run_dir, relative, self.manifest)
+
+    def read_bytes(self, relative: str) -> bytes:
+        return self.path(relative).read_bytes()
+
+    def read_json(self, relative: str):
+        return json.loads(self.path(relative).read_text())
+
+    def read_weights(self, relative: str) -> dict:
+        return load_weights(self.path(relative))
+
+
 def available_models(run_dir: Path) -> list:
-    manifest = read_manifest(run_dir)
-    names = {"xgboost": "train/xgboost.ubj", "xgboost_partitions": "train/xgboost_partitions.json",
-             "stacked": "train/stacked.json", "mlp": "train/mlp.pt", "mlp_partitions": "train/mlp_partitions.json"}
-    return [n for n, f in names.items() if f in manifest.get("artifacts", {})]
+    """The families trained in a run, in the registry's order."""
+    from shardflow.pipelines.families import FAMILIES
+
+    recorded = read_manifest(run_dir).get("artifacts", {})
+    return [name for name, family in FAMILIES.items() if family.marker in recorded]
 
 
 def load_model(run_dir, name: str) -> dict:
-    """Load one trained family's payload (see :func:`shardflow.tasks.models.predict_payload`).
+    """Load one trained family's payload (what its ``predict`` function takes), with ``task``.
 
     Raises
     ------
     ArtifactError
         A file is missing, or differs from what the manifest recorded.
     """
-    run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
-    if "train" not in manifest.get("stages", {}):
+    from shardflow.pipelines.families import FAMILIES
+
+    files = RunFiles(run_dir)
+    if "train" not in files.manifest.get("stages", {}):
         raise ArtifactError(f"{run_dir}: has no trained models (no train stage in its manifest)")
     if name not in available_models(run_dir):
         raise ArtifactError(f"model {name!r} was not trained in {run_dir}; available: "
                             f"{', '.join(available_models(run_dir))}")
-    task = json.loads(verified_path(run_dir, "train/task.json", manifest).read_text())["task"]
-    if name == "xgboost":
-        return {"task": task, "model": verified_path(run_dir, "train/xgboost.ubj", manifest).read_bytes()}
-    if name in ("xgboost_partitions", "stacked"):
-        meta = json.loads(verified_path(run_dir, "train/xgboost_partitions.json", manifest).read_text())
-        models = [verified_path(run_dir, f"train/xgboost_partitions/model-{i:05d}.ubj", manifest).read_bytes()
-                  for i in range(len(meta["weights"]))]
-        payload = {"task": task, "models": models, "weights": meta["weights"]}
-        if name == "stacked":
-            stacked = json.loads(verified_path(run_dir, "train/stacked.json", manifest).read_text())
-            payload.update({k: stacked[k] for k in ("coef", "coef_even", "coef_odd")})
-        return payload
-    if name == "mlp":
-        meta = json.loads(verified_path(run_dir, "train/mlp.json", manifest).read_text())
-        return {"task": task, "spec": meta["spec"], "params": load_weights(verified_path(run_dir, "train/mlp.pt", manifest))}
-    meta = json.loads(verified_path(run_dir, "train/mlp_partitions.json", manifest).read_text())
-    params = [load_weights(verified_path(run_dir, f"train/mlp_partitions/model-{i:05d}.pt", manifest))
-              for i in range(len(meta["weights"]))]
-    return {"task": task, "spec": meta["spec"], "params": params, "weights": meta["weights"]}
+    task = files.read_json("train/task.json")["task"]
+    return {"task": task, **FAMILIES[name].load(files, FAMILIES[name])}
 
 
-def _json(path: Path, data) -> None:
+def write_json(path: Path, data) -> None:
+    """``data`` as JSON (NumPy arrays and scalars as lists and numbers)."""
     path.write_text(json.dumps(data, indent=1, default=_jsonable))
 
 

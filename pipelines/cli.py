@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import logging
 import sys
 from pathlib import Path
 
+from shardflow.pipelines.families import FAMILY_NAMES
 from shardflow.tasks.errors import ShardflowError
 
 logger = logging.getLogger("shardflow")
@@ -76,8 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--run", required=True, type=Path, metavar="RUN", help="run directory")
     pred.add_argument("--input", required=True, metavar="PATH", help="Parquet file/directory or CSV glob")
     pred.add_argument("--output", required=True, type=Path, metavar="PATH", help="output directory (Parquet)")
-    pred.add_argument("--model", choices=["xgboost", "xgboost_partitions", "stacked", "mlp", "mlp_partitions"],
-                      help="default: the run's best model on validation")
+    pred.add_argument("--model", choices=FAMILY_NAMES, help="default: the run's best model on validation")
     pred.add_argument("--overwrite", action="store_true", help="replace an existing --output directory")
     _add_cluster_options(pred)
 
@@ -249,16 +250,16 @@ def cmd_runs(args) -> int:
     if not runs:
         print(f"no runs in {args.runs_dir}")
         return 0
-    from shardflow.pipelines.evaluate import MODEL_LABELS
+    from shardflow.pipelines.families import label
 
     print(f"{'run':<24} {'date':<17} {'input':<32} {'rows':>11} {'stages':<20} {'best model':<32} metric")
     for r in runs:
         value = "" if r["best_value"] is None else f"{r['metric']} {r['best_value']:.4f}"
         rows = "" if r["rows"] is None else f"{r['rows']:,}"
-        label = MODEL_LABELS.get(r["best_model"], r["best_model"] or "")
+        model = label(r["best_model"]) if r["best_model"] else ""
         source = _shorten(r["input"] or "", 32)
         print(f"{r['run']:<24} {r['date'] or '':<17} {source:<32} {rows:>11} {','.join(r['stages']):<20} "
-              f"{label:<32} {value}")
+              f"{model:<32} {value}")
     return 0
 
 
@@ -288,6 +289,9 @@ def main(argv=None) -> int:
 
     from shardflow.pipelines.console import CapturedStderr
 
+    if not CapturedStderr.possible():
+        _setup_logging(args.quiet, args.verbose, open(os.devnull, "w"))  # noqa: SIM115 - lives with the process
+        return _dispatch(args)
     with CapturedStderr() as console:
         _setup_logging(args.quiet, args.verbose, console.terminal)
         return _dispatch(args)

@@ -32,6 +32,8 @@ _PY_WARNING = re.compile(r"^(?P<where>\S+:\d+): (?P<category>\w*Warning): (?P<me
 _NATIVE = re.compile(r"^\[\d\d:\d\d:\d\d\] (?P<message>.*)$")
 #: Dask messages that shardflow reports itself, better (the failed task's own error).
 _REPORTED_BY_SHARDFLOW = ("Compute Failed", "Run Failed")
+#: A process dying: always shown.
+_FATAL = ("Fatal Python error", "Segmentation fault", "terminate called", "Aborted", "Killed")
 
 
 def classify(line: str) -> tuple[int, str]:
@@ -60,6 +62,8 @@ def classify(line: str) -> tuple[int, str]:
     match = _PY_WARNING.match(line)
     if match:
         return logging.WARNING, f"{match['category']}: {match['message']} ({match['where']})"
+    if line.startswith(_FATAL):
+        return logging.WARNING, line
     match = _NATIVE.match(line)
     if match:
         level = logging.WARNING if match["message"].startswith("WARNING") else logging.DEBUG
@@ -83,6 +87,15 @@ class CapturedStderr:
         self._reader = None
         self._seen: set[str] = set()
 
+    @staticmethod
+    def possible() -> bool:
+        """Whether there is a stderr to capture (``2>&-`` closes it)."""
+        try:
+            os.fstat(2)
+        except OSError:
+            return False
+        return sys.stderr is not None
+
     def __enter__(self):
         sys.stderr.flush()
         self._saved_fd = os.dup(2)
@@ -100,15 +113,20 @@ class CapturedStderr:
     def _pump(self, fd: int) -> None:
         with os.fdopen(fd, "rb") as pipe:
             for raw in pipe:
-                line = raw.decode("utf-8", errors="replace").rstrip()
-                if not line.strip():
-                    continue
-                level, text = classify(line)
-                if level >= logging.WARNING:
-                    if text in self._seen:
-                        continue
-                    self._seen.add(text)
-                logger.log(level, "%s", text)
+                try:
+                    self._emit(raw.decode("utf-8", errors="replace").rstrip())
+                except Exception:  # noqa: BLE001 - one bad line must not stop the reading
+                    pass
+
+    def _emit(self, line: str) -> None:
+        if not line.strip():
+            return
+        level, text = classify(line)
+        if level >= logging.WARNING:
+            if text in self._seen:
+                return
+            self._seen.add(text)
+        logger.log(level, "%s", text)
 
     def __exit__(self, *exc):
         with_terminal = self.terminal

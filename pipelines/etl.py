@@ -291,6 +291,8 @@ def _run(config, runtime, source, dims, spec, run_dir, key) -> EtlResult:
         run_id=run_dir.name,
         input={"path": config.resolve(config.input.path), "format": source.format, "files": len(source.files),
                "fingerprint": source.fingerprint},
+        # Scoring reads the dimension tables again: their content must be what was trained on.
+        joins=[{"path": d.path, "sha256": sha256(Path(d.path))} for d in dims],
         versions=library_versions(),
         cluster=runtime.layout(),
         seeds={"split": config.split.seed},

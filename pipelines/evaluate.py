@@ -10,62 +10,12 @@ from __future__ import annotations
 import math
 import time
 
-import numpy as np
-
 from shardflow.pipelines import progress
 from shardflow.pipelines.graph import scatter_named, tree_reduce_futures
 from shardflow.pipelines.training import TrainingData, call_token
-from shardflow.tasks.models import worker_threads
-from shardflow.tasks.metrics import combine_metrics, curves, finish_metrics, partial_metrics
-
-MODEL_LABELS = {
-    "xgboost": "global XGBoost (allreduce)",
-    "xgboost_partitions": "per-partition XGBoost ensemble",
-    "stacked": "stacked ensemble",
-    "mlp": "data-parallel MLP",
-    "mlp_partitions": "per-partition MLP ensemble",
-}
-
-
-def _evaluate_partition(shard, payloads, task, residual_range):
-    from shardflow.tasks.models import (
-        predict_payload,
-        stack_inputs,
-        stack_predict,
-        weighted_average,
-        xgboost_predict,
-    )
-
-    threads = worker_threads()
-    x, n = shard.x_valid, len(shard.y_valid)
-    members = None
-    partials = {}
-    for name, payload in payloads.items():
-        if name in ("xgboost_partitions", "stacked"):
-            if members is None:  # shared by both: each member predicts once
-                members = [xgboost_predict(m, x, threads) for m in payload["models"]]
-            if name == "xgboost_partitions":
-                p = weighted_average(members, payload["weights"]) if n else np.zeros(0)
-            else:
-                # Out-of-fold: even rows scored by the fit on odd rows and vice versa.
-                p = np.zeros(n)
-                if n:
-                    design = stack_inputs(members, task)
-                    even = np.arange(n) % 2 == 0
-                    p[even] = stack_predict(payload["coef_odd"], design[even], task)
-                    p[~even] = stack_predict(payload["coef_even"], design[~even], task)
-        else:
-            p = predict_payload(name, payload, x, threads)
-        partials[name] = partial_metrics(shard.y_valid, p, task, residual_range)
-    return partials
-
-
-def _per_partition(partials, task):
-    return {name: finish_metrics(part, task) for name, part in partials.items()}
-
-
-def _combine_partials(a, b):
-    return {name: combine_metrics(a[name], b[name]) for name in a}
+from shardflow.pipelines.families import FAMILIES, label
+from shardflow.tasks.evaluation import combine_partitions, evaluate_partition, finish_partition
+from shardflow.tasks.metrics import curves, finish_metrics
 
 
 def evaluate(runtime, data: TrainingData, payloads: dict, residual_range: float = 1.0) -> dict:
@@ -87,13 +37,14 @@ def evaluate(runtime, data: TrainingData, payloads: dict, residual_range: float 
     client = runtime.client
     started = time.perf_counter()
     token = call_token(data.token)
-    payloads_f = scatter_named(client, "evaluate-models", payloads)
-    partials = []
-    for i, f in enumerate(data.futures):
-        partials.append(client.submit(_evaluate_partition, f, payloads_f, data.task, residual_range, key=f"evaluate-partition-{token}-{i}", pure=False))
-    per_partition = [client.submit(_per_partition, p, data.task, key=f"evaluate-partition-metrics-{token}-{i}")
+    predictors = {name: (FAMILIES[name].validation_predict or FAMILIES[name].predict, payload)
+                  for name, payload in payloads.items()}
+    predictors_f = scatter_named(client, "evaluate-models", predictors)
+    partials = [client.submit(evaluate_partition, f, predictors_f, data.task, residual_range,
+                              key=f"evaluate-partition-{token}-{i}") for i, f in enumerate(data.futures)]
+    per_partition = [client.submit(finish_partition, p, data.task, key=f"evaluate-partition-metrics-{token}-{i}")
                      for i, p in enumerate(partials)]
-    total = tree_reduce_futures(client, partials, _combine_partials, f"evaluate-combine-{token}")
+    total = tree_reduce_futures(client, partials, combine_partitions, f"evaluate-combine-{token}")
     *per_partition, total = progress.compute(client, [*per_partition, total], "evaluate")
     metrics = {name: finish_metrics(total[name], data.task) for name in payloads}
     plots = {name: curves(total[name], data.task, residual_range=residual_range) for name in payloads}
@@ -109,6 +60,6 @@ def comparison_table(metrics: dict, train_seconds: dict, task: str) -> str:
     lines = ["| model | " + " | ".join(cols) + " | train s |", "|---|" + "---:|" * (len(cols) + 1)]
     for name, m in metrics.items():
         values = [f"{m.get(c, math.nan):.4f}" for c in cols]
-        lines.append(f"| {MODEL_LABELS.get(name, name)} | " + " | ".join(values) +
+        lines.append(f"| {label(name)} | " + " | ".join(values) +
                      f" | {train_seconds.get(name, math.nan):.1f} |")
     return "\n".join(lines)

@@ -20,24 +20,14 @@ from pathlib import Path
 from shardflow.cluster.factory import Runtime, start
 from shardflow.cluster.memory import peak_memory, reset_peak_memory
 from shardflow.pipelines import artifacts
-from shardflow.pipelines.config import Config
+from shardflow.pipelines.config import Config, TrainConfig
 from shardflow.pipelines.evaluate import comparison_table, evaluate
 from shardflow.pipelines.report import build_report
 from shardflow.pipelines.stages import evaluate_key, stage_keys
 from shardflow.pipelines.rundir import new_run_id, prepare_runs_dir, read_manifest, stage_output, update_manifest
-from shardflow.pipelines.training import (
-    TrainingData,
-    fit_stacker,
-    load_training_data,
-    mlp_optim_for,
-    mlp_spec_for,
-    train_data_parallel_mlp,
-    train_global_xgboost,
-    train_partition_models,
-    xgboost_params,
-)
+from shardflow.pipelines.families import FAMILIES, FAMILY_NAMES, training_order
+from shardflow.pipelines.training import TrainingData, load_training_data, train_partition_models, xgboost_params
 from shardflow.tasks.errors import ShardflowError
-from shardflow.tasks.metrics import metric_direction, primary_metric
 
 logger = logging.getLogger("shardflow.job")
 
@@ -57,6 +47,20 @@ class TrainResult:
     @property
     def stage_dir(self) -> Path:
         return self.run_dir / artifacts.TRAIN_DIR
+
+
+@dataclass
+class TrainContext:
+    """What a model family's ``train`` gets: the cluster, the placed data, the ``train``
+    section, the run directory, and the results of the families trained before it."""
+
+    runtime: Runtime
+    data: TrainingData
+    config: TrainConfig
+    run_dir: Path
+    xgboost_callbacks: tuple
+    xgboost_params: dict
+    results: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -125,32 +129,24 @@ def train(config: Config, runtime: Runtime, run_dir, xgboost_callbacks=(), key: 
     data = load_training_data(runtime, run_dir / "etl", tc.seed)
     logger.info("train: %d partitions on %d workers, %d training and %d validation rows", len(data.futures),
                 len(set(data.workers)), sum(data.train_rows), sum(data.valid_rows))
-    results, seconds = {}, {}
-    params = xgboost_params(data.task, tc.xgboost, runtime.backend, tc.seed)
-    if "xgboost" in tc.models:
-        results["xgboost"] = train_global_xgboost(runtime, data, tc.xgboost, run_dir / "checkpoints" / "xgboost",
-                                                  tc.seed, xgboost_callbacks)
-        seconds["xgboost"] = results["xgboost"]["seconds"]
-    spec = mlp_spec_for(data.preprocessor, tc.mlp)
-    optim = mlp_optim_for(tc.mlp, runtime.backend)
-    families = [f for f in ("xgboost_partitions", "mlp_partitions") if f in tc.models]
-    if families:
-        # Both families in one graph: the workers stay busy while the other family's models train.
-        trained = train_partition_models(runtime, data, tc.partitions, families, params, spec, optim,
-                                         tc.mlp.lr_schedule, tc.xgboost.categorical, tc.seed)
-        for family, out in trained.items():
-            out["spec"] = spec
-            results[family] = out
-            seconds[family] = out["seconds"]
-            logger.info("%s: %d models, %.1fs", family, len(out["members"]), out["seconds"])
-    if "stacked" in tc.models:
-        stack = fit_stacker(runtime, data, [m["model"] for m in results["xgboost_partitions"]["members"]])
-        results["stacked"] = stack
-        seconds["stacked"] = seconds["xgboost_partitions"] + stack["seconds"]
-    if "mlp" in tc.models:
-        results["mlp"] = train_data_parallel_mlp(runtime, data, tc.mlp, tc.seed,
-                                                 checkpoint_dir=run_dir / "checkpoints" / "mlp")
-        seconds["mlp"] = results["mlp"]["seconds"]
+    context = TrainContext(runtime, data, tc, run_dir, tuple(xgboost_callbacks),
+                           xgboost_params(data.task, tc.xgboost, runtime.backend, tc.seed))
+    for family in training_order(tc.models):
+        if family.name in context.results:
+            continue
+        if family.kind == "per_partition":
+            # Every per-partition family in one graph: the workers stay busy while the others train.
+            together = [f for f in training_order(tc.models) if f.kind == "per_partition"]
+            jobs = {f.name: f.partition_job(context, f) for f in together}
+            trained = train_partition_models(runtime, data, tc.partitions,
+                                             {name: job[:2] for name, job in jobs.items()})
+            for name, out in trained.items():
+                context.results[name] = {**out, **jobs[name][2]}
+                logger.info("%s: %d models, %.1fs", name, len(out["members"]), out["seconds"])
+        else:
+            context.results[family.name] = family.train(context, family)
+    results = {name: context.results[name] for name in FAMILY_NAMES if name in context.results}
+    seconds = {name: result["seconds"] for name, result in results.items()}
     peaks = peak_memory(runtime.client)
     with stage_output(run_dir, artifacts.TRAIN_DIR) as tmp:
         artifacts.save_models(tmp, results, data.task)
@@ -186,8 +182,8 @@ def evaluate_run(runtime: Runtime, run_dir, data: TrainingData | None = None, ke
     out = evaluate(runtime, data, payloads, residual_range=4 * (summary.get("target_std") or 1.0))
     seconds = json.loads((run_dir / "train" / "seconds.json").read_text())
     peaks = json.loads((run_dir / "train" / "peak_memory.json").read_text())
-    partition_models = {f: json.loads((run_dir / "train" / f"{f}.json").read_text())["partition_metrics"]
-                        for f in names if f.endswith("partitions")}
+    partition_models = {f: json.loads((run_dir / FAMILIES[f].marker).read_text())["partition_metrics"]
+                        for f in names if FAMILIES[f].kind == "per_partition"}
     table = comparison_table(out["metrics"], seconds, task)
     with stage_output(run_dir, "evaluate") as tmp:
         (tmp / "metrics.json").write_text(json.dumps({
@@ -199,13 +195,6 @@ def evaluate_run(runtime: Runtime, run_dir, data: TrainingData | None = None, ke
                     stages={"evaluate": {"completed": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                                   "key": key, "seconds": round(out["seconds"], 3)}})
     return {**out, "table": table}
-
-
-def best_model(metrics: dict, task: str) -> str:
-    """The family with the best primary validation metric (AUC or RMSE)."""
-    key = primary_metric(task)
-    sign = 1 if metric_direction(key) == "max" else -1
-    return max(metrics, key=lambda name: sign * metrics[name].get(key, float("-inf") * sign))
 
 
 def run(config: Config, runtime: Runtime | None = None, run_dir=None, resume=None, force: bool = False) -> RunResult:

@@ -10,13 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dask
-import numpy as np
 
+from shardflow.cluster.config import ClusterConfig
 from shardflow.cluster.factory import Runtime, start
 from shardflow.pipelines import artifacts, progress
 from shardflow.pipelines.config import load_config
 from shardflow.pipelines.graph import named_delayed, scatter_named, task_names
-from shardflow.pipelines.job import best_model
 from shardflow.pipelines.rundir import atomic_directory, read_manifest
 from shardflow.pipelines.source import (
     dimension_frames,
@@ -26,17 +25,25 @@ from shardflow.pipelines.source import (
     read_source,
     table_spec,
 )
-from shardflow.tasks.models import worker_threads
-from shardflow.tasks import backend
+from shardflow.pipelines.families import FAMILIES
 from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.errors import InputError, ShardflowError
-from shardflow.tasks.prepare import prepare_partition
+from shardflow.tasks.metrics import best_model
+from shardflow.tasks.scoring import QUARANTINE_DIR, predict_partition
 
 logger = logging.getLogger("shardflow.predict")
 
-PREDICTION = "prediction"
-LABEL = "predicted_label"
-QUARANTINE_DIR = "_quarantine"
+def _check_dimension_tables(config, manifest: dict) -> None:
+    """The join tables hold what the run was trained with (their SHA-256, from its manifest)."""
+    recorded = {j["path"]: j["sha256"] for j in manifest.get("joins", [])}
+    for i, join in enumerate(config.joins):
+        path = config.resolve(join.path)
+        if path not in recorded:
+            raise artifacts.ArtifactError(f"joins[{i}].path {path}: not recorded in the run's manifest; the run was "
+                                          "made by an older shardflow or edited: train again")
+        if not Path(path).is_file() or artifacts.sha256(Path(path)) != recorded[path]:
+            raise artifacts.ArtifactError(f"{path}: the dimension table changed since the run (sha256 differs); "
+                                          "restore it, or train again on the new table")
 
 
 @dataclass
@@ -46,31 +53,6 @@ class PredictResult:
     rows: int
     quarantined: int
     seconds: float
-
-
-def predict_partition(raw, spec, dimensions, preprocessor: Preprocessor, name: str, payload: dict,
-                      output: str, index: int) -> dict:
-    """Prepare, transform and score one input partition; write its predictions (and quarantine)."""
-    from shardflow.tasks.models import predict_payload
-
-    prepared = prepare_partition(raw, spec, dimensions)
-    features, quarantine = prepared.features, prepared.quarantine
-    table = preprocessor.transform(features)
-    x = backend.to_host_array(table[preprocessor.feature_names], np.float32)
-    scores = predict_payload(name, payload, x, worker_threads())
-    out = backend.to_pandas(table[list(preprocessor.keep_columns)]).reset_index(drop=True) \
-        if preprocessor.keep_columns else None
-    import pandas as pd
-
-    out = pd.DataFrame(index=range(len(scores))) if out is None else out
-    out[PREDICTION] = scores
-    if preprocessor.task == "classification":
-        out[LABEL] = (scores >= 0.5).astype(np.int8)
-    part = f"part-{index:05d}.parquet"
-    backend.write_parquet(out, str(Path(output) / part))
-    if len(quarantine):
-        backend.write_parquet(quarantine, str(Path(output) / QUARANTINE_DIR / part))
-    return {"rows": len(out), "quarantined": len(quarantine)}
 
 
 def predict(run_dir, input_path, output_path, model: str | None = None, runtime: Runtime | None = None,
@@ -119,10 +101,12 @@ def predict(run_dir, input_path, output_path, model: str | None = None, runtime:
     source = inspect_source(config)
     if source.rows == 0:
         raise InputError(f"--input {input_path}: the dataset has no rows")
+    _check_dimension_tables(config, manifest)
     dims = load_dimensions(config, source)
     spec = table_spec(config, source, dims, for_prediction=True)
     owns = runtime is None
-    runtime = runtime or start(config.cluster)
+    # Never the run's own cluster section: a run directory must not choose where code runs.
+    runtime = runtime or start(ClusterConfig())
     try:
         prepared_meta(source, spec, dims, runtime.backend)
         with atomic_directory(output) as tmp:
@@ -133,7 +117,8 @@ def predict(run_dir, input_path, output_path, model: str | None = None, runtime:
             payload_f = scatter_named(client, f"predict-model-{model}", payload)
             raw = read_source(config, runtime.backend, source, spec)
             name = task_names(f"predict-{model}", source.fingerprint, str(tmp))
-            tasks = [dask.delayed(predict_partition, pure=False)(part, spec, dim_frames, preprocessor, model,
+            tasks = [dask.delayed(predict_partition, pure=False)(part, spec, dim_frames, preprocessor,
+                                                                 FAMILIES[model].predict,
                                                                  payload_f, str(tmp), i, dask_key_name=name(i))
                      for i, part in enumerate(raw.to_delayed())]
             counts = progress.compute(client, tasks, f"predict ({model})")

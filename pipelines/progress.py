@@ -20,7 +20,8 @@ logger = logging.getLogger("shardflow.progress")
 
 
 def enabled() -> bool:
-    return logging.getLogger("shardflow").getEffectiveLevel() <= logging.INFO
+    """Progress is drawn at log level INFO or below, when there is a stderr to draw on."""
+    return sys.stderr is not None and logging.getLogger("shardflow").getEffectiveLevel() <= logging.INFO
 
 
 class Counter:

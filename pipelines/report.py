@@ -14,9 +14,10 @@ import json
 import math
 from pathlib import Path
 
-from shardflow.pipelines.evaluate import MODEL_LABELS
+from shardflow.pipelines.families import FAMILIES, label
+from shardflow.pipelines.figures import subplots
 from shardflow.pipelines.rundir import read_manifest, write_text_atomic
-from shardflow.tasks.metrics import primary_metric
+from shardflow.tasks.metrics import best_model, primary_metric
 
 REPORT_FILE = "report.html"
 
@@ -39,15 +40,6 @@ def _figure_png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def _subplots(figsize):
-    """A figure and its axes, drawn without pyplot: the process's plotting backend (a
-    notebook's inline backend, say) is never touched."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
-    return fig, fig.subplots()
 
 
 def _img(src: str, alt: str) -> str:
@@ -106,7 +98,7 @@ def build_report(run_dir) -> Path:
              for name, j in summary["joins"].items()], ["join", "dimension table", "input rows", "matched",
                                                          "match rate"]))
     if summary.get("partition_rows"):
-        fig, ax = _subplots(figsize=(7, 2.8))
+        fig, ax = subplots(figsize=(7, 2.8))
         ax.bar(range(len(summary["partition_rows"])), summary["partition_rows"], color="#4878a8")
         ax.set_xlabel("partition")
         ax.set_ylabel("rows")
@@ -116,7 +108,7 @@ def build_report(run_dir) -> Path:
     # Stage timings.
     parts.append("<h2>Stage timings</h2>")
     timing_rows = [[f"etl: {k}", v] for k, v in summary.get("timings", {}).items()]
-    timing_rows += [[f"train: {MODEL_LABELS.get(k, k)}", v] for k, v in seconds.items()]
+    timing_rows += [[f"train: {label(k)}", v] for k, v in seconds.items()]
     for stage, info in manifest.get("stages", {}).items():
         if "seconds" in info and not isinstance(info["seconds"], dict):
             timing_rows.append([f"stage {stage} (total)", info["seconds"]])
@@ -127,11 +119,10 @@ def build_report(run_dir) -> Path:
     if metrics:
         parts.append("<h2>Model comparison (validation split)</h2>")
         cols = ["auc", "logloss", "accuracy"] if task == "classification" else ["rmse", "mae", "r2"]
-        parts.append(_table([[MODEL_LABELS.get(n, n), *[m.get(c, float("nan")) for c in cols],
+        parts.append(_table([[label(n), *[m.get(c, float("nan")) for c in cols],
                               seconds.get(n, float("nan"))] for n, m in metrics.items()],
                             ["model", *cols, "train seconds"]))
         parts.append(_quality_plots(evaluation, task))
-    parts.append(_importance_plot(run_dir))
     parts.append(_training_curves(run_dir))
     if evaluation.get("partition_metrics"):
         parts.append(_partition_plots(evaluation, task))
@@ -164,10 +155,10 @@ def _quality_plots(evaluation, task) -> str:
     curves = evaluation.get("curves", {})
     if not curves:
         return ""
-    fig, ax = _subplots(figsize=(6, 4.5))
+    fig, ax = subplots(figsize=(6, 4.5))
     if task == "classification":
         for name, c in curves.items():
-            ax.plot(c["fpr"], c["tpr"], label=f"{MODEL_LABELS.get(name, name)} "
+            ax.plot(c["fpr"], c["tpr"], label=f"{label(name)} "
                                               f"(AUC {evaluation['metrics'][name]['auc']:.4f})")
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
         ax.set_xlabel("false positive rate")
@@ -178,7 +169,7 @@ def _quality_plots(evaluation, task) -> str:
         for name, c in curves.items():
             edges = c["residual_edges"]
             centers = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
-            ax.plot(centers, c["residual_counts"], label=MODEL_LABELS.get(name, name))
+            ax.plot(centers, c["residual_counts"], label=label(name))
         ax.set_xlabel("residual (prediction − target)")
         ax.set_ylabel("rows")
         ax.set_title("Residuals on the validation split")
@@ -187,75 +178,17 @@ def _quality_plots(evaluation, task) -> str:
     return "<h2>Quality</h2>" + _img(_figure_png(fig), caption)
 
 
-def _importance_plot(run_dir: Path) -> str:
-    path = run_dir / "train" / "xgboost.ubj"
-    if not path.exists():
-        return ""
-    import xgboost as xgb
-
-    booster = xgb.Booster(model_file=str(path))
-    gain = booster.get_score(importance_type="gain")
-    if not gain:
-        return ""
-    top = sorted(gain.items(), key=lambda kv: kv[1])[-20:]
-    fig, ax = _subplots(figsize=(7, 0.3 * len(top) + 1))
-    ax.barh([k for k, _ in top], [v for _, v in top], color="#6a9f58")
-    ax.set_xlabel("total gain / splits (XGBoost 'gain')")
-    ax.set_title("Feature importance, global XGBoost")
-    return "<h2>Feature importance</h2>" + _img(_figure_png(fig), "Feature importance (gain) of the global model")
-
-
 def _training_curves(run_dir: Path) -> str:
-    train = run_dir / "train"
+    """Each trained family's own curves (see :data:`shardflow.pipelines.families.FAMILIES`)."""
+    from shardflow.pipelines.artifacts import available_models
+
     panels = []
-    xgb_meta = _load(train / "xgboost.json")
-    if xgb_meta:
-        fig, ax = _subplots(figsize=(5.5, 3.5))
-        for metric, values in xgb_meta["history"].get("validation", {}).items():
-            ax.plot(values, label=f"validation {metric}")
-        ax.axvline(xgb_meta["best_iteration"], color="k", ls=":", lw=0.8)
-        ax.set_xlabel("round")
-        ax.set_title("Global XGBoost")
-        ax.legend(fontsize=8)
-        panels.append(_img(_figure_png(fig), "Global XGBoost: validation metrics per round (dotted: best)"))
-    part_meta = _load(train / "xgboost_partitions.json")
-    if part_meta and any(part_meta.get("histories", [])):
-        fig, ax = _subplots(figsize=(5.5, 3.5))
-        for i, hist in enumerate(part_meta["histories"]):
-            for metric, values in hist.get("validation", {}).items():
-                ax.plot(values, lw=0.8, alpha=0.7, label=f"{metric}" if i == 0 else None)
-        ax.set_xlabel("round")
-        ax.set_title("Per-partition XGBoost (own validation rows)")
-        ax.legend(fontsize=8)
-        panels.append(_img(_figure_png(fig), "Per-partition XGBoost models: one line per model and metric"))
-    stacked = _load(train / "stacked.json")
-    if stacked and stacked.get("newton_steps"):
-        fig, ax = _subplots(figsize=(5.5, 3.5))
-        ax.semilogy(stacked["newton_steps"], marker="o")
-        ax.set_xlabel("Newton iteration")
-        ax.set_ylabel("largest coefficient step")
-        ax.set_title("Stacked combiner fit")
-        panels.append(_img(_figure_png(fig), "Stacked ensemble: convergence of its Newton fit"))
-    mlp = _load(train / "mlp.json")
-    if mlp:
-        fig, ax = _subplots(figsize=(5.5, 3.5))
-        epochs = range(1, len(mlp["history"]["train_loss"]) + 1)
-        ax.plot(epochs, mlp["history"]["train_loss"], marker="o", label="train loss")
-        ax.plot(epochs, mlp["history"]["validation_loss"], marker="o", label="validation loss")
-        ax.set_xlabel("epoch")
-        ax.set_title(f"Data-parallel MLP ({mlp['workers']} workers, sync every {mlp['sync_every']} steps)")
-        ax.legend(fontsize=8)
-        panels.append(_img(_figure_png(fig), "Data-parallel MLP: loss per epoch"))
-    mlp_parts = _load(train / "mlp_partitions.json")
-    if mlp_parts and any(mlp_parts.get("histories", [])):
-        fig, ax = _subplots(figsize=(5.5, 3.5))
-        for hist in mlp_parts["histories"]:
-            values = hist.get("train_loss", [])
-            ax.plot(range(1, len(values) + 1), values, marker=".", lw=0.8, alpha=0.7)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("train loss")
-        ax.set_title("Per-partition MLPs")
-        panels.append(_img(_figure_png(fig), "Per-partition MLP models: training loss per epoch, one line each"))
+    for name in available_models(run_dir):
+        family = FAMILIES[name]
+        if family.curves is None:
+            continue
+        for fig, caption in family.curves(run_dir, family):
+            panels.append(_img(_figure_png(fig), caption))
     if not panels:
         return ""
     return "<h2>Training curves</h2><div class='grid'>" + "".join(panels) + "</div>"
@@ -266,11 +199,11 @@ def _partition_plots(evaluation, task) -> str:
     per = evaluation["partition_metrics"]
     names = list(per)
     n = len(per[names[0]])
-    fig, ax = _subplots(figsize=(8, 3.5))
+    fig, ax = subplots(figsize=(8, 3.5))
     width = 0.8 / len(names)
     for j, name in enumerate(names):
         values = [p.get(key, float("nan")) for p in per[name]]
-        ax.bar([i + j * width for i in range(n)], values, width=width, label=MODEL_LABELS.get(name, name))
+        ax.bar([i + j * width for i in range(n)], values, width=width, label=label(name))
     ax.set_xlabel("partition")
     ax.set_ylabel(key)
     lo = min((p.get(key, 1.0) for name in names for p in per[name] if p.get(key) == p.get(key)), default=0)
@@ -282,7 +215,7 @@ def _partition_plots(evaluation, task) -> str:
     models = evaluation.get("partition_models", {})
     for family, members in models.items():
         for m in members:
-            rows.append([MODEL_LABELS.get(family, family), str(m.get("partitions")), m.get("train_rows", ""),
+            rows.append([label(family), str(m.get("partitions")), m.get("train_rows", ""),
                          m.get("validation_rows", m.get("rows", 0)), m.get(key, float("nan"))])
     table = _table(rows, ["per-partition model", "partitions", "train rows", "validation rows",
                           f"{key} on own validation rows"]) \
@@ -303,8 +236,6 @@ def list_runs(runs_dir) -> list:
         key = primary_metric(task)
         best = None
         if metrics:
-            from shardflow.pipelines.job import best_model
-
             name = best_model(metrics, task)
             best = (name, metrics[name].get(key))
         started = min((info.get("completed", "") for info in manifest.get("stages", {}).values()), default="")

@@ -20,11 +20,22 @@ import uuid
 from pathlib import Path
 
 MANIFEST = "manifest.json"
-_HOST = socket.gethostname().replace("/", "_")
+def _host_id() -> str:
+    """This host, and its PID namespace where there is one: containers that share a host
+    name but not their process ids must not read each other's pids as their own."""
+    host = socket.gethostname().replace("/", "_")
+    try:
+        return f"{host}.{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return host
+
+
+_HOST = _host_id()
 #: A temporary stage directory: ``.<name>.tmp-<host>-<pid>-<token>`` (or ``.old-``).
 _STAGING = re.compile(r"^\..+\.(?:tmp|old)-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
-#: Staging directories of unknown owner (another host, an older version) older than this are removed.
+#: An older shardflow's staging directory (``.etl.tmp-<token>``, no owner) older than this is removed.
 STALE_AFTER_SECONDS = 24 * 3600
+_LEGACY_STAGING = re.compile(r"^\..+\.(?:tmp|old)-[0-9a-f]{8}$")
 
 
 def new_run_id() -> str:
@@ -86,8 +97,11 @@ def _pid_alive(pid: int) -> bool:
 def prepare_runs_dir(runs_dir, key: str = "output.runs_dir") -> Path:
     """Make sure ``runs_dir`` is a writable directory before any work, and clean it.
 
-    Temporary stage directories left by a killed process (``.etl.tmp-*``; their owner's
-    pid on this host is gone, or, from elsewhere, older than a day) are removed.
+    Temporary stage directories left by a killed process (``.etl.tmp-*``) are removed when
+    their owner is known to be gone: a process of this host (and PID namespace) that no
+    longer runs. Another host's are left alone (its run may be live; a directory's mtime
+    does not tell), as are names this version does not write, but for an older
+    version's owner-less ones older than a day.
 
     Raises
     ------
@@ -119,9 +133,9 @@ def prepare_runs_dir(runs_dir, key: str = "output.runs_dir") -> Path:
         if not entry.name.startswith(".") or not entry.is_dir():
             continue
         match = _STAGING.match(entry.name)
-        if match and match["host"] == _HOST:
-            stale = not _pid_alive(int(match["pid"]))
-        elif match or ".tmp-" in entry.name or ".old-" in entry.name:
+        if match:
+            stale = match["host"] == _HOST and not _pid_alive(int(match["pid"]))
+        elif _LEGACY_STAGING.match(entry.name):
             try:
                 stale = now - entry.stat().st_mtime > STALE_AFTER_SECONDS
             except FileNotFoundError:

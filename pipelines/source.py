@@ -226,6 +226,10 @@ def load_dimensions(config: Config, source: Source) -> list[Dimension]:
         table = table.assign(**{col: join_key(table[col], kind) for col, kind in zip(join.on, kinds)})
         # A missing key matches nothing (as in SQL), not the fact rows whose key is missing too.
         table = table[table[list(join.on)].notna().all(axis=1)].reset_index(drop=True)
+        if table.duplicated(list(join.on)).any():
+            dup = table[table.duplicated(list(join.on), keep=False)][list(join.on)].iloc[0].tolist()
+            raise InputError(f"{path}: keys that differ as text are equal as numbers (e.g. {dup}); a dimension "
+                             "table needs unique keys: deduplicate it")
         rename = {}
         for col in columns:
             if col in taken or col in join.on:
@@ -244,8 +248,11 @@ def _key_kind(index: int, column: str, source: Source, dim_values: pd.Series, pa
     fact = source.schema[column]
     fact_numeric = pa.types.is_integer(fact) or pa.types.is_floating(fact) or pa.types.is_decimal(fact) \
         or pa.types.is_boolean(fact)
-    if pd.api.types.is_numeric_dtype(dim_values.dtype):
-        return "number"
+    if pd.api.types.is_numeric_dtype(dim_values.dtype) and not pd.api.types.is_bool_dtype(dim_values.dtype):
+        present = dim_values.dropna()
+        whole = pd.api.types.is_integer_dtype(present.dtype) or bool((present == present.round()).all())
+        fact_whole = pa.types.is_integer(fact) or not fact_numeric
+        return "integer" if whole and fact_whole else "number"
     if fact_numeric:
         present = dim_values.dropna()
         parsed = pd.to_numeric(present, errors="coerce")

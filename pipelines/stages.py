@@ -17,20 +17,50 @@ from dask.base import tokenize
 from shardflow.pipelines.config import Config
 
 
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """Hash of shardflow's own source: a code change makes every stage stale."""
+#: The source files (relative to the installed ``shardflow`` package) whose code decides
+#: each stage's output. A stage's key covers its own files and its inputs' stages', so
+#: editing the report, the CLI or the README never invalidates a completed stage.
+STAGE_CODE = {
+    "etl": ("tasks/backend.py", "tasks/encode.py", "tasks/errors.py", "tasks/expressions.py", "tasks/io.py",
+            "tasks/prepare.py", "tasks/schema.py", "tasks/stats.py", "pipelines/config.py", "pipelines/etl.py",
+            "pipelines/graph.py", "pipelines/outputs.py", "pipelines/source.py", "pipelines/typed_yaml.py"),
+    "train": ("tasks/metrics.py", "tasks/mlp_steps.py", "tasks/models.py", "tasks/neural.py", "tasks/shards.py",
+              "pipelines/families.py", "pipelines/job.py", "pipelines/artifacts.py", "pipelines/training/*.py"),
+    "evaluate": ("tasks/evaluation.py", "pipelines/evaluate.py"),
+}
+#: Code that changes how a run looks or where it runs, never what it computes.
+COSMETIC_CODE = ("pipelines/cli.py", "pipelines/console.py", "pipelines/figures.py", "pipelines/progress.py",
+                 "pipelines/report.py", "pipelines/rundir.py", "pipelines/stages.py", "pipelines/generate.py",
+                 "pipelines/predict.py", "tasks/scoring.py", "cluster/*.py", "data/*.py", "*/__init__.py",
+                 "pipelines/training/__init__.py")
+
+
+def stage_files(patterns) -> list:
+    """The files of ``patterns`` (paths of the repository layout: tasks/, pipelines/, ...)."""
     import shardflow.cluster
     import shardflow.data
     import shardflow.pipelines
     import shardflow.tasks
 
+    roots = {name: Path(pkg.__file__).resolve().parent for name, pkg in (
+        ("tasks", shardflow.tasks), ("pipelines", shardflow.pipelines), ("cluster", shardflow.cluster),
+        ("data", shardflow.data))}
+    found = []
+    for pattern in patterns:
+        top, _, rest = pattern.partition("/")
+        bases = roots.values() if top == "*" else [roots[top]]
+        for base in bases:
+            found.extend(sorted(base.glob(rest)))
+    return found
+
+
+@lru_cache(maxsize=None)
+def code_version(stage: str) -> str:
+    """Hash of the code that decides ``stage``'s output (see :data:`STAGE_CODE`)."""
     digest = hashlib.sha256()
-    for package in (shardflow.tasks, shardflow.pipelines, shardflow.cluster, shardflow.data):
-        root = Path(package.__file__).parent
-        for path in sorted(root.glob("*.py")) + sorted(root.glob("*.yaml")):
-            digest.update(path.name.encode())
-            digest.update(path.read_bytes())
+    for path in stage_files(STAGE_CODE[stage]):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -47,11 +77,11 @@ def stage_keys(config: Config, source=None) -> dict:
     etl_config = {k: data[k] for k in ("input", "joins", "target", "features", "clean", "encode", "split")}
     etl_config["input"] = {k: v for k, v in data["input"].items() if k != "persist"}  # how, not what
     etl_config["output"] = {k: data["output"][k] for k in ("keep_columns", "zarr_chunk_rows")}
-    etl = tokenize(source.fingerprint, file_fingerprint(dims) if dims else "", etl_config, code_version())
-    train = tokenize(etl, data["train"], code_version())
+    etl = tokenize(source.fingerprint, file_fingerprint(dims) if dims else "", etl_config, code_version("etl"))
+    train = tokenize(etl, data["train"], code_version("train"))
     return {"etl": etl[:16], "train": train[:16], "evaluate": evaluate_key(train[:16])}
 
 
 def evaluate_key(train_key: str) -> str:
     """The evaluation's key, from the key of the training it evaluates."""
-    return tokenize(train_key, code_version())[:16]
+    return tokenize(train_key, code_version("evaluate"))[:16]

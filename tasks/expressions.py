@@ -56,7 +56,7 @@ _COMPARE = {
 _UFUNCS = {"sqrt": np.sqrt, "exp": np.exp, "log": np.log, "log1p": np.log1p, "log10": np.log10,
            "floor": np.floor, "ceil": np.ceil}
 
-ALLOWED = ("column names, numbers, strings, true/false, + - * / // % **, comparisons, "
+ALLOWED = ("column names, numbers, strings, True/False, + - * / // % **, comparisons, "
            "and/or/not (& | ~), 'a if condition else b', 'x in [..]', and the functions "
            + ", ".join(FUNCTIONS))
 
@@ -111,35 +111,69 @@ def parse_expression(text: str, key: str = "expression") -> Expression:
     """
     if not isinstance(text, str) or not text.strip():
         raise ExpressionError(f"config key '{key}': an expression must be non-empty text, got {text!r}")
-    parts = text.split("`")
-    if len(parts) % 2 == 0:
-        raise ExpressionError(f"config key '{key}': {text!r} has an unclosed backtick (`)")
-    # Backticked names become placeholders that cannot clash with anything in the text.
-    prefix = "bt"
-    while prefix in text:
-        prefix += "x"
-    quoted = {}
-    plain = []
-    for i, part in enumerate(parts):
-        if i % 2:
-            if not part:
-                raise ExpressionError(f"config key '{key}': {text!r} has an empty backticked name")
-            placeholder = f"{prefix}{len(quoted)}"
-            quoted[placeholder] = part
-            plain.append(f" {placeholder} ")
-        else:
-            plain.append(part)
-    source = "".join(plain).strip()
+    if len(text) > MAX_LENGTH:
+        raise ExpressionError(f"config key '{key}': an expression of {len(text)} characters is longer than "
+                              f"{MAX_LENGTH}; derive it in steps (one features.derived entry per step)")
+    source, quoted = _placeholders(text, key)
     try:
         node = ast.parse(source, mode="eval").body
+        names: list[str] = []
+        tree = _Builder(key, source, quoted, names).build(node)
     except SyntaxError as err:
         raise ExpressionError(f"config key '{key}': {text!r} is not a valid expression ({err.msg})") from None
-    names: list[str] = []
-    tree = _Builder(key, source, quoted, names).build(node)
+    except (RecursionError, MemoryError):
+        raise ExpressionError(f"config key '{key}': the expression is nested too deeply; derive it in steps") \
+            from None
     if not names:
         raise ExpressionError(f"config key '{key}': {text!r} refers to no column; an expression computes a "
                               "value per row from columns")
     return Expression(text, tree, tuple(names))
+
+
+#: Longest expression accepted (characters), and deepest nesting of its tree.
+MAX_LENGTH = 2000
+MAX_DEPTH = 100
+
+
+def _placeholders(text: str, key: str) -> tuple:
+    """``text`` with each backticked name (outside string literals) replaced by a
+    placeholder that cannot clash with anything in it, and the placeholders' names.
+
+    ``&`` and ``|`` become ``and``/``or``, as pandas ``eval`` reads them: looser than
+    comparisons, so ``a > 1 & b < 2`` means ``(a > 1) and (b < 2)``.
+    """
+    prefix = "bt"
+    while prefix in text:
+        prefix += "x"
+    quoted, out, i, quote = {}, [], 0, None
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            out.append(ch)
+            if ch == "\\" and i + 1 < len(text):
+                out.append(text[i + 1])
+                i += 1
+            elif ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+            out.append(ch)
+        elif ch in "&|":
+            out.append(" and " if ch == "&" else " or ")
+        elif ch == "`":
+            end = text.find("`", i + 1)
+            if end < 0:
+                raise ExpressionError(f"config key '{key}': {text!r} has an unclosed backtick (`)")
+            if end == i + 1:
+                raise ExpressionError(f"config key '{key}': {text!r} has an empty backticked name")
+            placeholder = f"{prefix}{len(quoted)}"
+            quoted[placeholder] = text[i + 1:end]
+            out.append(f" {placeholder} ")
+            i = end
+        else:
+            out.append(ch)
+        i += 1
+    return "".join(out).strip(), quoted
 
 
 def expression_names(text: str) -> list[str]:
@@ -165,7 +199,21 @@ class _Builder:
         raise ExpressionError(f"config key '{self.key}': {piece.strip()!r} is not allowed in an expression "
                               f"({why}); allowed: {ALLOWED}")
 
+    depth = 0
+
     def build(self, node) -> tuple:
+        """The tree of ``node``, refusing nesting deeper than :data:`MAX_DEPTH` (evaluation
+        recurses on the workers, whose stacks are not the client's)."""
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise ExpressionError(f"config key '{self.key}': the expression is nested more than {MAX_DEPTH} "
+                                      "levels deep; derive it in steps")
+            return self._build(node)
+        finally:
+            self.depth -= 1
+
+    def _build(self, node) -> tuple:
         if isinstance(node, ast.Name):
             name = self.quoted.get(node.id, node.id)
             if name in ("True", "False"):
@@ -176,14 +224,22 @@ class _Builder:
                 self.names.append(name)
             return ("column", name)
         if isinstance(node, ast.Constant):
-            if isinstance(node.value, bool) or isinstance(node.value, (int, float, str)):
+            if isinstance(node.value, (bool, str)):
                 return ("const", node.value)
+            if isinstance(node.value, (int, float)):
+                return ("const", float(node.value))  # numbers are float64, as the features are
             self.refuse(node, f"{type(node.value).__name__} literals")
         if isinstance(node, ast.BinOp):
             op = _BINARY.get(type(node.op))
             if op is None:
                 self.refuse(node, f"operator {type(node.op).__name__}")
-            return ("binary", type(node.op).__name__, self.build(node.left), self.build(node.right))
+            left, right = self.build(node.left), self.build(node.right)
+            if any(side[0] == "const" and isinstance(side[1], str) for side in (left, right)):
+                self.refuse(node, "arithmetic on text")
+            if left[0] == right[0] == "const":  # folded now, in float64: no huge integers on workers
+                with np.errstate(all="ignore"):
+                    return ("const", float(op(np.float64(left[1]), np.float64(right[1]))))
+            return ("binary", type(node.op).__name__, left, right)
         if isinstance(node, ast.UnaryOp):
             if isinstance(node.op, (ast.Not, ast.Invert)):
                 return ("not", self.build(node.operand))

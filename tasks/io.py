@@ -151,8 +151,11 @@ def _read_csv(piece: Piece, columns, backend_name, delimiter):
     table = pacsv.read_csv(
         io.BytesIO(data),
         read_options=pacsv.ReadOptions(column_names=header, skip_rows=1, use_threads=False),
-        parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
-                                         invalid_row_handler=keep_apart),
+        # A byte range is cut at line ends: a quoted value spanning lines would be split
+        # across pieces, so there such a row is malformed (and quarantined), never glued
+        # to the wrong lines. A whole file may hold quoted newlines.
+        parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=keep_apart,
+                                         newlines_in_values=piece.start == 0 and piece.end is None),
         convert_options=pacsv.ConvertOptions(
             column_types={name: pa.string() for name in header}, include_columns=list(columns),
             strings_can_be_null=True, quoted_strings_can_be_null=True, null_values=list(CSV_NULL_VALUES)),

@@ -88,3 +88,18 @@ def metric_direction(name: str) -> str:
 
 def primary_metric(task: str) -> str:
     return "auc" if task == "classification" else "rmse"
+
+
+def best_model(metrics: dict, task: str) -> str:
+    """The model with the best primary validation metric (AUC or RMSE).
+
+    Examples
+    --------
+    >>> best_model({"a": {"auc": 0.81}, "b": {"auc": 0.84}}, "classification")
+    'b'
+    >>> best_model({"a": {"rmse": 2.0}, "b": {"rmse": 3.0}}, "regression")
+    'a'
+    """
+    key = primary_metric(task)
+    sign = 1 if metric_direction(key) == "max" else -1
+    return max(metrics, key=lambda name: sign * metrics[name].get(key, float("-inf") * sign))

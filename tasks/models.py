@@ -155,33 +155,74 @@ def stack_terms(design: np.ndarray, y: np.ndarray, weights, task: str) -> dict:
     return {"grad": design.T @ r, "hess": (design * s[:, None]).T @ design, "n": float(len(y))}
 
 
-def predict_payload(name: str, payload: dict, x: np.ndarray, nthread: int | None = None) -> np.ndarray:
-    """Predictions of one saved model family for rows ``x`` (probabilities or values).
+def predict_booster(payload: dict, x: np.ndarray, nthread: int | None = None, cache: dict | None = None):
+    """One XGBoost model's predictions (probabilities or values); ``payload["model"]`` is UBJSON."""
+    return xgboost_predict(payload["model"], x, nthread)
 
-    ``payload`` is what :mod:`shardflow.pipelines.artifacts` loads: ``{"model"}`` for
-    ``xgboost``; ``{"models", "weights"}`` for ``xgboost_partitions``; that plus
-    ``{"coef"}`` for ``stacked``; ``{"params", "spec"}`` for ``mlp``; ``{"params" (a
-    list), "weights", "spec"}`` for ``mlp_partitions``.
-    """
-    task = payload["task"]
-    if name == "xgboost":
-        return xgboost_predict(payload["model"], x, nthread)
-    if name in ("xgboost_partitions", "stacked"):
-        members = [xgboost_predict(m, x, nthread) for m in payload["models"]]
-        if name == "stacked":
-            return stack_predict(payload["coef"], stack_inputs(members, task), task) if len(x) else np.zeros(0)
-        return weighted_average(members, payload["weights"]) if len(x) else np.zeros(0)
-    from shardflow.tasks.neural import MLPSpec, predict
 
-    spec = payload["spec"] if isinstance(payload["spec"], MLPSpec) else MLPSpec.from_dict(payload["spec"])
-    if name == "mlp":
-        return predict(payload["params"], spec, x)
-    if name == "mlp_partitions":
-        if not len(x):
-            return np.zeros(0)
-        return weighted_average([predict(p, spec, x) for p in payload["params"]], payload["weights"])
-    raise ValueError(f"unknown model {name!r}")
+def _member_predictions(payload: dict, x: np.ndarray, nthread, cache):
+    """Each member model's predictions, computed once per ``cache`` (shared by the families
+    built on the same members)."""
+    key = ("members", payload["members"])
+    if cache is not None and key in cache:
+        return cache[key]
+    members = [xgboost_predict(m, x, nthread) for m in payload["models"]]
+    if cache is not None:
+        cache[key] = members
+    return members
 
+
+def predict_booster_ensemble(payload: dict, x: np.ndarray, nthread: int | None = None, cache: dict | None = None):
+    """The row-weighted average of per-partition XGBoost models (``models``, ``weights``)."""
+    if not len(x):
+        return np.zeros(0)
+    return weighted_average(_member_predictions(payload, x, nthread, cache), payload["weights"])
+
+
+def predict_stacked(payload: dict, x: np.ndarray, nthread: int | None = None, cache: dict | None = None):
+    """The stacked combiner (``coef``) over the member models' predictions."""
+    if not len(x):
+        return np.zeros(0)
+    design = stack_inputs(_member_predictions(payload, x, nthread, cache), payload["task"])
+    return stack_predict(payload["coef"], design, payload["task"])
+
+
+def predict_stacked_out_of_fold(payload: dict, x: np.ndarray, nthread: int | None = None,
+                                cache: dict | None = None):
+    """Evaluation of the stacked combiner on the rows it was fit on, out of fold: even rows
+    scored by the fit on the odd rows (``coef_odd``) and vice versa."""
+    n = len(x)
+    p = np.zeros(n)
+    if n:
+        design = stack_inputs(_member_predictions(payload, x, nthread, cache), payload["task"])
+        even = np.arange(n) % 2 == 0
+        p[even] = stack_predict(payload["coef_odd"], design[even], payload["task"])
+        p[~even] = stack_predict(payload["coef_even"], design[~even], payload["task"])
+    return p
+
+
+def _spec(payload: dict):
+    from shardflow.tasks.neural import MLPSpec
+
+    spec = payload["spec"]
+    return spec if isinstance(spec, MLPSpec) else MLPSpec.from_dict(spec)
+
+
+def predict_mlp(payload: dict, x: np.ndarray, nthread: int | None = None, cache: dict | None = None):
+    """The MLP's predictions (``params``, ``spec``)."""
+    from shardflow.tasks.neural import predict
+
+    return predict(payload["params"], _spec(payload), x)
+
+
+def predict_mlp_ensemble(payload: dict, x: np.ndarray, nthread: int | None = None, cache: dict | None = None):
+    """The row-weighted average of per-partition MLPs (``params`` a list, ``weights``)."""
+    from shardflow.tasks.neural import predict
+
+    if not len(x):
+        return np.zeros(0)
+    spec = _spec(payload)
+    return weighted_average([predict(p, spec, x) for p in payload["params"]], payload["weights"])
 
 def train_group_xgboost(*shards, params, rounds, feature_names, feature_types, task):
     """One per-partition XGBoost model on a group of partitions (see :func:`train_xgboost_local`)."""

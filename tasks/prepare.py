@@ -205,13 +205,28 @@ def _target(frame, spec: TableSpec):
 def join_key(values, kind: str):
     """A join key column in its comparable form (see :attr:`JoinSpec.key_kinds`).
 
+    ``integer`` keys compare exactly (no float rounding beyond 2**53); text that is not
+    a whole number matches nothing.
+
     Examples
     --------
     >>> import pandas as pd
     >>> join_key(pd.Series(["7", "7.0", None, "x"]), "number").tolist()
     [7.0, 7.0, nan, nan]
+    >>> join_key(pd.Series(["9007199254740993", "9007199254740992", "7.5"]), "integer").tolist()
+    [9007199254740993, 9007199254740992, <NA>]
     """
-    return _as_float(values, booleans=True) if kind == "number" else backend.as_strings(values)
+    if kind == "integer" and isinstance(values, pd.Series):
+        if values.dtype.kind in "iu":
+            return values.astype("Int64")
+        if values.dtype.kind == "f":
+            return values.where(values == values.round()).astype("Int64")
+        text = values.astype("string").str.strip().str.replace(r"\.0+$", "", regex=True)
+        whole = text.where(text.str.fullmatch(r"[+-]?\d{1,18}").fillna(False))
+        return pd.to_numeric(whole, errors="coerce", dtype_backend="numpy_nullable").astype("Int64")
+    if kind in ("number", "integer"):
+        return _as_float(values, booleans=True)
+    return backend.as_strings(values)
 
 
 def _left_join(frame, table, join):

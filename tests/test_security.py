@@ -89,6 +89,27 @@ def test_whitelisted_expressions_match_pandas():
     for text, expected in cases.items():
         got = evaluate(parse_expression(text), frame)
         pd.testing.assert_series_equal(got.astype(expected.dtype), expected, check_names=False, obj=text)
+    # `&` and `|` bind looser than comparisons, as in pandas' eval (Python's own would not).
+    plain = frame.rename(columns={"dist ance": "dist"})
+    for text in ("fare > 0 & kind == 'a'", "dist == 1 | fare > 5", "fare > 0 & dist > 1 | kind == 'b'"):
+        pd.testing.assert_series_equal(evaluate(parse_expression(text), plain), plain.eval(text),
+                                       check_names=False, obj=text)
+
+
+def test_expressions_cannot_exhaust_a_worker():
+    """Huge constants are folded in float64 on the client; text arithmetic and giant inputs are refused."""
+    import time
+
+    frame = pd.DataFrame({"a": [1.0, 2.0]})
+    started = time.perf_counter()
+    assert evaluate(parse_expression("a + 10**10**10"), frame).tolist() == [np.inf, np.inf]
+    assert time.perf_counter() - started < 1
+    with pytest.raises(ValueError, match="arithmetic on text"):
+        parse_expression("a * ('x' * 10**10 == 'y')", "features.derived.x")
+    with pytest.raises(ValueError, match="longer than 2000"):
+        parse_expression("a+" * 1500 + "1", "features.derived.x")
+    with pytest.raises(ValueError, match="not a valid expression|nested"):
+        parse_expression("-" * 1500 + "a", "features.derived.x")
 
 
 def test_backticked_column_names_work_end_to_end(runtime, tmp_path):
@@ -140,6 +161,26 @@ def test_predict_refuses_an_edited_config_and_runs_nothing(small_run, trips_dir,
     with pytest.raises(ConfigError, match=r"features.derived.fare_per_mile.*is not allowed"):
         predict(run_dir, str(trips_dir / "trips"), tmp_path / "scores", runtime=runtime)
     assert not marker.exists()
+    assert not (tmp_path / "scores").exists()
+
+
+def test_predict_refuses_a_changed_dimension_table(small_run, trips_dir, runtime, tmp_path):
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "data"
+    shutil.copytree(trips_dir, data)
+    run_dir = copy_run(small_run, tmp_path)
+    config_path = run_dir / "config.yaml"
+    text = config_path.read_text().replace(str(trips_dir), str(data))
+    config_path.write_text(text)
+    manifest = read_manifest(run_dir)
+    update_manifest(run_dir, artifacts={**manifest["artifacts"], "config.yaml": sha256(config_path)},
+                    joins=[{**j, "path": j["path"].replace(str(trips_dir), str(data))} for j in manifest["joins"]])
+    predict(run_dir, str(data / "trips"), tmp_path / "scores-before", runtime=runtime)  # unchanged: scores
+    zones = pq.read_table(data / "zones.parquet")
+    pq.write_table(zones.slice(1), data / "zones.parquet")  # a zone less
+    with pytest.raises(ArtifactError, match=r"zones.parquet: the dimension table changed since the run"):
+        predict(run_dir, str(data / "trips"), tmp_path / "scores", runtime=runtime)
     assert not (tmp_path / "scores").exists()
 
 

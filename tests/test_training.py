@@ -18,7 +18,8 @@ from shardflow.pipelines.etl import etl
 from shardflow.pipelines.job import evaluate_run, train
 from shardflow.pipelines.predict import predict
 from shardflow.pipelines.training import load_training_data, train_data_parallel_mlp
-from shardflow.tasks.models import predict_payload, xgboost_predict
+from shardflow.pipelines.families import FAMILIES
+from shardflow.tasks.models import xgboost_predict
 from shardflow.tasks.neural import MLPSpec, TabularMLP, init_params
 
 FAST = ["train.xgboost.num_boost_round=40", "train.xgboost.checkpoint_every=10", "train.partitions.xgboost_rounds=20",
@@ -73,7 +74,7 @@ def test_row_weighted_averaging_by_hand(trained):
     for booster, n in zip(members, rows):
         by_hand += n * booster.inplace_predict(x_valid)
     by_hand /= sum(rows)
-    np.testing.assert_allclose(predict_payload("xgboost_partitions", payload, x_valid), by_hand, rtol=1e-6)
+    np.testing.assert_allclose(FAMILIES["xgboost_partitions"].predict(payload, x_valid), by_hand, rtol=1e-6)
 
 
 def test_distributed_metrics_equal_sklearn(trained):
@@ -82,7 +83,7 @@ def test_distributed_metrics_equal_sklearn(trained):
     for name, metrics in evaluated["metrics"].items():
         if name == "stacked":
             continue  # scored out-of-fold; checked below
-        p = predict_payload(name, artifacts.load_model(run_dir, name), x_valid)
+        p = FAMILIES[name].predict(artifacts.load_model(run_dir, name), x_valid)
         assert metrics["rows"] == len(y_valid)
         assert metrics["auc"] == pytest.approx(roc_auc_score(y_valid, p), abs=1e-4), name
         assert metrics["logloss"] == pytest.approx(log_loss(y_valid, np.clip(p, 1e-15, 1 - 1e-15)), rel=1e-6), name
@@ -116,7 +117,7 @@ def test_predict_reproduces_evaluation(trained, tmp_path, runtime):
     for name in ("xgboost", "mlp"):
         out = predict(run_dir, source, tmp_path / name, model=name, runtime=runtime)
         scored = pd.read_parquet(out.output).set_index("trip_id")
-        expected = predict_payload(name, artifacts.load_model(run_dir, name), x_valid)
+        expected = FAMILIES[name].predict(artifacts.load_model(run_dir, name), x_valid)
         np.testing.assert_allclose(scored.loc[valid_ids, "prediction"].to_numpy(), expected, rtol=1e-6, atol=1e-7)
 
 

@@ -255,16 +255,21 @@ def test_stale_temporary_directories_are_cleaned_at_the_next_start(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    host = os.uname().nodename.replace("/", "_")
+    from shardflow.pipelines import rundir
+
+    host = rundir._HOST
     stale = runs / f".etl.tmp-{host}-{int(dead.stdout)}-0123abcd"     # its process is gone
     live = runs / f".etl.tmp-{host}-{os.getpid()}-4567abcd"             # a run in progress
-    old_other = runs / ".etl.tmp-9f8e7d6c"                                 # an older shardflow's, days old
-    young_other = runs / ".etl.tmp-otherhost-12-89abcdef"                 # another host's, just made
-    for d in (stale, live, old_other, young_other):
+    old_legacy = runs / ".etl.tmp-9f8e7d6c"                                # an older shardflow's, days old
+    young_legacy = runs / ".train.tmp-9f8e7d6d"                            # an older shardflow's, just made
+    other_host = runs / f".etl.tmp-otherhost-{int(dead.stdout)}-89abcdef"  # another host's: may be live
+    for d in (stale, live, old_legacy, young_legacy, other_host):
         (d / "features").mkdir(parents=True)
     week_ago = time.time() - 7 * 24 * 3600
-    os.utime(old_other, (week_ago, week_ago))
+    for d in (old_legacy, other_host):
+        os.utime(d, (week_ago, week_ago))
     run_dir = runs / "20261122-101500-ab12cd"
     run_dir.mkdir()
     prepare_runs_dir(runs)
-    assert sorted(p.name for p in runs.iterdir()) == sorted([live.name, young_other.name, run_dir.name])
+    assert sorted(p.name for p in runs.iterdir()) == sorted([live.name, young_legacy.name, other_host.name,
+                                                             run_dir.name])

@@ -26,24 +26,16 @@ class WorkerLost(RuntimeError):
     """A worker holding part of a collective training left the cluster."""
 
 
-def collective_host(client) -> str:
-    """The interface collective traffic binds to: the scheduler's own host.
-
-    Examples
-    --------
-    >>> class FakeClient:  # only the address is read
-    ...     class scheduler:
-    ...         address = "tls://127.0.0.1:8786"
-    >>> collective_host(FakeClient)
-    '127.0.0.1'
-    """
-    return get_address_host(client.scheduler.address).strip("[]")
+#: Seconds the tracker waits for every rank to join when no collective timeout is set.
+DEFAULT_TRACKER_TIMEOUT = 600
 
 
-def _start_tracker(n_workers: int, host: str, timeout: int, dask_scheduler=None) -> dict:
-    """On the scheduler: a rabit tracker bound to ``host``; returns the workers' arguments."""
+def _start_tracker(n_workers: int, timeout: int, dask_scheduler=None) -> dict:
+    """On the scheduler: a rabit tracker bound to the scheduler's own interface (as the
+    scheduler sees it: a client's view may be a tunnel); returns the workers' arguments."""
     from xgboost.tracker import RabitTracker
 
+    host = get_address_host(dask_scheduler.address).strip("[]")
     tracker = RabitTracker(n_workers=n_workers, host_ip=host, sortby="task", timeout=timeout)
     tracker.start()
     # The tracker lives until every rank has finished (or failed); nothing waits for it.
@@ -60,30 +52,39 @@ def start_xgboost_tracker(client, n_workers: int, timeout: int | None) -> dict:
         The communicator arguments every rank passes to
         ``xgboost.collective.CommunicatorContext``.
     """
-    host = collective_host(client)
-    args = client.run_on_scheduler(_start_tracker, n_workers, host, int(timeout or 0))
+    # Without a limit a rank that never arrives would keep the others waiting for ever.
+    args = client.run_on_scheduler(_start_tracker, n_workers, int(timeout or DEFAULT_TRACKER_TIMEOUT))
     logger.debug("xgboost tracker for %d ranks at %s:%s", n_workers, args.get("dmlc_tracker_uri"),
                  args.get("dmlc_tracker_port"))
     return args
 
 
 def gather_watching(client, futures, workers, what: str, poll: float = 2.0):
-    """``client.gather(futures)``, failing fast if one of ``workers`` leaves the cluster.
+    """``client.gather(futures)``, failing fast if one of ``workers`` leaves the cluster or
+    one of the tasks fails.
 
     Collective tasks are pinned to their workers; a lost worker's task would otherwise
-    wait for it forever, and its peers for the collective's timeout.
+    wait for it forever, and a failed task's peers for the collective's timeout.
 
     Raises
     ------
     WorkerLost
         Naming the workers that left; the other futures are cancelled.
+    Exception
+        The first failed task's own error; the other futures are cancelled.
     """
     from distributed import wait
 
     while True:
-        try:
-            wait(futures, timeout=poll)
+        failed = [f for f in futures if f.status == "error"]
+        if failed:
+            client.cancel([f for f in futures if f.status != "error"])
+            failed[0].result()  # raises the task's error
+        running = [f for f in futures if not f.done()]
+        if not running:
             return client.gather(futures)
+        try:
+            wait(running, timeout=poll, return_when="FIRST_COMPLETED")
         except TimeoutError:
             alive = set(client.scheduler_info(n_workers=-1)["workers"])
             gone = [w for w in workers if w not in alive]

@@ -44,8 +44,8 @@ def mlp_optim_for(cfg: MLPConfig, backend: str):
                        device=device)
 
 
-def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig, seed: int = 0,
-                            checkpoint_dir=None, max_attempts: int = 3) -> dict:
+def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig, seed: int = 0, *,
+                            checkpoint_dir=None, max_attempts: int = 3, label: str = "data-parallel MLP") -> dict:
     """Train the MLP across workers, each on the rows it holds, averaging every round.
 
     ``sync: parameters``: each worker takes ``sync_every`` local steps from the current
@@ -76,7 +76,7 @@ def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig
     restarts = []
     for attempt in range(1, max_attempts + 1):
         try:
-            info = _mlp_epochs(runtime, data, cfg, seed, spec, state, ckpt, started)
+            info = _mlp_epochs(runtime, data, cfg, seed, spec, state, ckpt, started, label)
             break
         except (WorkerLost, mlp_steps.WorkerStateLost) as err:
             if attempt == max_attempts:
@@ -90,7 +90,7 @@ def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig
             "samples": state["samples"], "restarts": restarts, **info}
 
 
-def _mlp_epochs(runtime, data, cfg, seed, spec, state, ckpt, started) -> dict:
+def _mlp_epochs(runtime, data, cfg, seed, spec, state, ckpt, started, label) -> dict:
     """Run the remaining epochs from ``state`` (updated in place after each epoch)."""
     from shardflow.tasks.neural import combine_weighted, lr_at
 
@@ -116,7 +116,7 @@ def _mlp_epochs(runtime, data, cfg, seed, spec, state, ckpt, started) -> dict:
     params_like = params_f  # dtypes and names of the parameters, on every worker
     apply_state = None
     fresh = True  # the first round of this attempt starts the workers' optimizer state
-    epochs = progress.Counter("mlp", cfg.epochs, "epochs", done=state["epoch"]) if progress.enabled() else None
+    epochs = progress.Counter(label, cfg.epochs, "epochs", done=state["epoch"]) if progress.enabled() else None
     try:
         for epoch in range(state["epoch"], cfg.epochs):
             losses = []
@@ -198,3 +198,43 @@ def epoch_rows(rows: dict, workers, steps_per_epoch: int, cfg: MLPConfig) -> int
     """Rows processed in one epoch over all workers (each takes ``steps_per_epoch`` steps)."""
     return sum(steps_per_epoch * cfg.accumulation_steps * (min(cfg.batch_size, rows[w]) if cfg.batch_size else rows[w])
                for w in workers)
+
+
+# ----------------------------------------------------------------------------- as a model family
+
+_META = ("history", "best_epoch", "rounds", "steps_per_epoch", "sync_every", "seconds", "workers", "samples",
+         "restarts")
+
+
+def train_family(context, family) -> dict:
+    tc = context.config
+    return train_data_parallel_mlp(context.runtime, context.data, tc.mlp, tc.seed, label=family.name,
+                                   checkpoint_dir=context.run_dir / "checkpoints" / family.name)
+
+
+def save_family(stage_dir, family, result: dict) -> None:
+    from shardflow.pipelines.artifacts import save_weights, write_json
+
+    save_weights(result["params"], stage_dir / f"{family.name}.pt")
+    write_json(stage_dir / f"{family.name}.json", {"spec": result["spec"].to_dict(), **{k: result[k] for k in _META}})
+
+
+def load_family(files, family) -> dict:
+    meta = files.read_json(family.marker)
+    return {"spec": meta["spec"], "params": files.read_weights(f"train/{family.name}.pt")}
+
+
+def curves(run_dir, family) -> list:
+    import json
+
+    from shardflow.pipelines.figures import subplots
+
+    meta = json.loads((run_dir / family.marker).read_text())
+    fig, ax = subplots((5.5, 3.5))
+    epochs = range(1, len(meta["history"]["train_loss"]) + 1)
+    ax.plot(epochs, meta["history"]["train_loss"], marker="o", label="train loss")
+    ax.plot(epochs, meta["history"]["validation_loss"], marker="o", label="validation loss")
+    ax.set_xlabel("epoch")
+    ax.set_title(f"{family.label} ({meta['workers']} workers, sync every {meta['sync_every']} steps)")
+    ax.legend(fontsize=8)
+    return [(fig, f"{family.label}: loss per epoch")]

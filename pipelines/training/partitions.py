@@ -16,44 +16,47 @@ def partition_groups(n_partitions: int, per_model: int) -> list:
     return [list(range(i, min(i + per_model, n_partitions))) for i in range(0, n_partitions, per_model)]
 
 
-def train_partition_models(runtime: Runtime, data: TrainingData, cfg: PartitionModelsConfig, families,
-                           xgb_params: dict, mlp_spec=None, mlp_optim=None, mlp_schedule: str = "constant",
-                           categorical: bool = True, seed: int = 0) -> dict:
-    """Train one model per group of partitions, in parallel, with no communication.
+def train_partition_models(runtime: Runtime, data: TrainingData, cfg: PartitionModelsConfig, jobs: dict) -> dict:
+    """Train one model per group of partitions, for several families in one graph.
 
-    Each task runs on the worker that holds its partition (its only input). Groups
-    whose training rows are all gone (an empty partition) get no model.
+    Each task runs on the worker that holds its partitions (its only inputs), with no
+    communication; the families' models train side by side, so the workers stay busy.
+    Groups whose training rows are all gone (an empty partition) get no model.
+
+    Parameters
+    ----------
+    jobs : dict
+        ``{family name: (task, kwargs_of_group)}``: ``task(*shards, **kwargs_of_group(g))``
+        trains the model of group ``g`` (see :mod:`shardflow.tasks.models`).
+
+    Returns
+    -------
+    dict
+        Per family: ``groups``, ``weights`` (training rows), ``members``, ``seconds``
+        and ``partition_metrics``.
     """
     client = runtime.client
     groups = [g for g in partition_groups(len(data.futures), cfg.partitions_per_model)
               if sum(data.train_rows[i] for i in g) > 0]
-    out = {}
-    pending = {}
     token = call_token(data.token)
-    for family in families:
+    pending = {}
+    for name, (task, kwargs_of_group) in jobs.items():
         for gi, group in enumerate(groups):
-            args = [data.futures[i] for i in group]
-            if family == "xgboost_partitions":
-                fut = client.submit(train_group_xgboost, *args, params=xgb_params, rounds=cfg.xgboost_rounds,
-                                    feature_names=data.feature_names, feature_types=data.feature_types(categorical),
-                                    task=data.task, key=f"train-xgboost-partition-{token}-{gi}", pure=False)
-            else:
-                fut = client.submit(train_group_mlp, *args, spec=mlp_spec, optim=mlp_optim, epochs=cfg.mlp_epochs,
-                                    seed=seed * 7919 + gi, schedule=mlp_schedule,
-                                    key=f"train-mlp-partition-{token}-{gi}", pure=False)
-            pending[(family, gi)] = fut
+            pending[(name, gi)] = client.submit(task, *[data.futures[i] for i in group], **kwargs_of_group(gi),
+                                                key=f"train-{name.replace('_', '-')}-{token}-{gi}", pure=False)
     started = time.perf_counter()
-    results = dict(zip(pending, progress.compute(client, list(pending.values()), f"train {', '.join(families)}")))
+    results = dict(zip(pending, progress.compute(client, list(pending.values()), f"train {', '.join(jobs)}")))
     wall = time.perf_counter() - started
-    for family in families:
-        members = [results[(family, gi)] for gi in range(len(groups))]
-        out[family] = {
+    out = {}
+    for name in jobs:
+        members = [results[(name, gi)] for gi in range(len(groups))]
+        out[name] = {
             "groups": groups,
             "weights": [m["rows"] for m in members],
             "members": members,
             # Training time of the family alone: its models' seconds spread over the workers
             # (the families train side by side, so the shared wall time would count both).
-            "seconds": wall if len(families) == 1 else sum(m["seconds"] for m in members) / max(
+            "seconds": wall if len(jobs) == 1 else sum(m["seconds"] for m in members) / max(
                 1, min(len(members), len(set(data.workers)))),
             "partition_metrics": [partition_model_metrics(g, m["rows"], m["validation"])
                                   for g, m in zip(groups, members)],
@@ -66,3 +69,103 @@ def partition_model_metrics(partitions: list, train_rows: int, validation: dict)
     metrics on its own validation rows (whose count the metrics' ``rows`` is)."""
     return {"partitions": partitions, **validation, "train_rows": train_rows,
             "validation_rows": validation.get("rows", 0)}
+
+
+# ----------------------------------------------------------------------------- as model families
+
+
+def xgboost_job(context, family):
+    """One XGBoost model per group: the global model's parameters, ``partitions.xgboost_rounds`` rounds.
+
+    Returns ``(task, kwargs_of_group, extra)``: ``extra`` joins the family's result.
+    """
+    from shardflow.tasks.models import train_group_xgboost
+
+    data, tc = context.data, context.config
+    kwargs = dict(params=context.xgboost_params, rounds=tc.partitions.xgboost_rounds,
+                  feature_names=data.feature_names, feature_types=data.feature_types(tc.xgboost.categorical),
+                  task=data.task)
+    return train_group_xgboost, lambda group: kwargs, {}
+
+
+def mlp_job(context, family):
+    """One MLP per group, trained locally for ``partitions.mlp_epochs`` epochs."""
+    from shardflow.pipelines.training.mlp import mlp_optim_for, mlp_spec_for
+    from shardflow.tasks.mlp_steps import train_group_mlp
+
+    tc = context.config
+    spec, optim = mlp_spec_for(context.data.preprocessor, tc.mlp), mlp_optim_for(tc.mlp, context.runtime.backend)
+    return train_group_mlp, lambda group: dict(spec=spec, optim=optim, epochs=tc.partitions.mlp_epochs,
+                                               seed=tc.seed * 7919 + group, schedule=tc.mlp.lr_schedule), \
+        {"spec": spec}
+
+
+def _save_members(stage_dir, family, result: dict, suffix: str, write) -> None:
+    from shardflow.pipelines.artifacts import write_json
+
+    (stage_dir / family.name).mkdir()
+    for i, member in enumerate(result["members"]):
+        write(member, stage_dir / family.name / f"model-{i:05d}.{suffix}")
+    meta = {k: result[k] for k in ("groups", "weights", "seconds", "partition_metrics")}
+    meta["histories"] = [member.get("history", {}) for member in result["members"]]
+    if "spec" in result:
+        meta["spec"] = result["spec"].to_dict()
+    write_json(stage_dir / f"{family.name}.json", meta)
+
+
+def save_boosters(stage_dir, family, result: dict) -> None:
+    _save_members(stage_dir, family, result, "ubj", lambda member, path: path.write_bytes(member["model"]))
+
+
+def load_boosters(files, family) -> dict:
+    meta = files.read_json(family.marker)
+    models = [files.read_bytes(f"train/{family.name}/model-{i:05d}.ubj") for i in range(len(meta["weights"]))]
+    return {"models": models, "weights": meta["weights"], "members": family.name}
+
+
+def save_mlps(stage_dir, family, result: dict) -> None:
+    from shardflow.pipelines.artifacts import save_weights
+
+    _save_members(stage_dir, family, result, "pt", lambda member, path: save_weights(member["params"], path))
+
+
+def load_mlps(files, family) -> dict:
+    meta = files.read_json(family.marker)
+    params = [files.read_weights(f"train/{family.name}/model-{i:05d}.pt") for i in range(len(meta["weights"]))]
+    return {"spec": meta["spec"], "params": params, "weights": meta["weights"]}
+
+
+def booster_curves(run_dir, family) -> list:
+    import json
+
+    from shardflow.pipelines.figures import subplots
+
+    meta = json.loads((run_dir / family.marker).read_text())
+    if not any(meta.get("histories", [])):
+        return []
+    fig, ax = subplots((5.5, 3.5))
+    for i, hist in enumerate(meta["histories"]):
+        for metric, values in hist.get("validation", {}).items():
+            ax.plot(values, lw=0.8, alpha=0.7, label=f"{metric}" if i == 0 else None)
+    ax.set_xlabel("round")
+    ax.set_title(f"{family.label} (own validation rows)")
+    ax.legend(fontsize=8)
+    return [(fig, f"{family.label}: one line per model and metric")]
+
+
+def mlp_curves(run_dir, family) -> list:
+    import json
+
+    from shardflow.pipelines.figures import subplots
+
+    meta = json.loads((run_dir / family.marker).read_text())
+    if not any(meta.get("histories", [])):
+        return []
+    fig, ax = subplots((5.5, 3.5))
+    for hist in meta["histories"]:
+        values = hist.get("train_loss", [])
+        ax.plot(range(1, len(values) + 1), values, marker=".", lw=0.8, alpha=0.7)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("train loss")
+    ax.set_title(family.label)
+    return [(fig, f"{family.label}: training loss per epoch, one line each")]

@@ -48,3 +48,44 @@ def fit_stacker(runtime: Runtime, data: TrainingData, member_models: list, max_i
             break
     return {"coef_even": thetas[0].tolist(), "coef_odd": thetas[1].tolist(), "coef": thetas[2].tolist(),
             "seconds": time.perf_counter() - started, "newton_steps": newton_steps}
+
+
+# ----------------------------------------------------------------------------- as a model family
+
+
+def train_family(context, family) -> dict:
+    """Fit the combiner on the models of ``family.needs[0]``; its time includes theirs."""
+    members = context.results[family.needs[0]]
+    stack = fit_stacker(context.runtime, context.data, [m["model"] for m in members["members"]])
+    return {**stack, "seconds": members["seconds"] + stack["seconds"], "fit_seconds": stack["seconds"]}
+
+
+def save_family(stage_dir, family, result: dict) -> None:
+    from shardflow.pipelines.artifacts import write_json
+
+    write_json(stage_dir / f"{family.name}.json", {"members": family.needs[0], **{k: result[k] for k in (
+        "coef", "coef_even", "coef_odd", "fit_seconds", "seconds", "newton_steps")}})
+
+
+def load_family(files, family) -> dict:
+    from shardflow.pipelines.families import FAMILIES
+
+    members = FAMILIES[family.needs[0]]
+    meta = files.read_json(family.marker)
+    return {**members.load(files, members), **{k: meta[k] for k in ("coef", "coef_even", "coef_odd")}}
+
+
+def curves(run_dir, family) -> list:
+    import json
+
+    from shardflow.pipelines.figures import subplots
+
+    meta = json.loads((run_dir / family.marker).read_text())
+    if not meta.get("newton_steps"):
+        return []
+    fig, ax = subplots((5.5, 3.5))
+    ax.semilogy(meta["newton_steps"], marker="o")
+    ax.set_xlabel("Newton iteration")
+    ax.set_ylabel("largest coefficient step")
+    ax.set_title(f"{family.label}: combiner fit")
+    return [(fig, f"{family.label}: convergence of its Newton fit")]

@@ -38,7 +38,8 @@ def xgboost_params(task: str, cfg: XGBoostConfig, backend: str, seed: int) -> di
     return params
 
 
-def _xgboost_rounds(client, data, params, cfg, booster, state, remaining, checkpoint_dir, token, metric, callbacks):
+def _xgboost_rounds(client, data, params, cfg, booster, state, remaining, checkpoint_dir, token, metric, callbacks,
+                    label):
     """Train ``remaining`` rounds with one pinned task per worker, joined by a tracker on
     the scheduler (see :mod:`shardflow.pipelines.training.collective`)."""
     from shardflow.pipelines.training.checkpoint import ResumableState
@@ -46,8 +47,8 @@ def _xgboost_rounds(client, data, params, cfg, booster, state, remaining, checkp
     from shardflow.tasks.models import train_xgboost_rank
 
     held = {}
-    for f, w, n in zip(data.futures, data.workers, data.train_rows):
-        if n:  # a worker with no training rows has nothing to contribute
+    for f, w, n_train, n_valid in zip(data.futures, data.workers, data.train_rows, data.valid_rows):
+        if n_train or n_valid:  # a partition with no rows at all has nothing to contribute
             held.setdefault(w, []).append(f)
     workers = sorted(held)
     tracker = ResumableState(str(checkpoint_dir), cfg.checkpoint_every, token, metric,
@@ -60,7 +61,7 @@ def _xgboost_rounds(client, data, params, cfg, booster, state, remaining, checkp
     model = bytes(booster.save_raw("ubj")) if booster is not None else None
     name = call_token(f"train-xgboost-global-{token}")
     done = state["rounds"] if state else 0
-    with progress.Rounds(client, tracker.progress_topic, "xgboost", total=done + remaining, done=done):
+    with progress.Rounds(client, tracker.progress_topic, label, total=done + remaining, done=done):
         futures = [client.submit(train_xgboost_rank, coll, rank, *held[w], params=params, rounds=remaining,
                                  model=model, feature_names=data.feature_names,
                                  feature_types=data.feature_types(cfg.categorical), categorical=cfg.categorical,
@@ -76,8 +77,8 @@ def _stopping_metric(params: dict) -> str:
 
 
 def train_global_xgboost(runtime: Runtime, data: TrainingData, cfg: XGBoostConfig, checkpoint_dir,
-                         seed: int = 0, callbacks=()) -> dict:
-    """One exact XGBoost model over all partitions with ``xgboost.dask`` (allreduce).
+                         seed: int = 0, callbacks=(), *, label: str = "global XGBoost") -> dict:
+    """One exact XGBoost model over all partitions, trained with allreduce.
 
     Early stopping watches the validation split; every ``cfg.checkpoint_every`` rounds
     the model and its state are checkpointed in ``checkpoint_dir``, and a call that
@@ -113,7 +114,7 @@ def train_global_xgboost(runtime: Runtime, data: TrainingData, cfg: XGBoostConfi
             break
         try:
             _xgboost_rounds(client, data, params, cfg, booster, state, remaining, checkpoint_dir, token, metric,
-                            callbacks)
+                            callbacks, label)
             break
         except Exception as err:  # noqa: BLE001 - collective training cannot survive a lost member
             if attempt == cfg.max_attempts or isinstance(err, ShardflowError):
@@ -130,3 +131,54 @@ def train_global_xgboost(runtime: Runtime, data: TrainingData, cfg: XGBoostConfi
     return {"model": bytes(final.save_raw("ubj")), "history": state["history"], "best_iteration": best,
             "rounds": state["rounds"], "round_seconds": state["round_seconds"], "seconds": seconds,
             "resumed_from": resumed_from, "restarts": restarts, "params": params}
+
+
+# ----------------------------------------------------------------------------- as a model family
+
+_META = ("history", "best_iteration", "rounds", "round_seconds", "seconds", "resumed_from", "restarts", "params")
+
+
+def train_family(context, family) -> dict:
+    tc = context.config
+    return train_global_xgboost(context.runtime, context.data, tc.xgboost, context.run_dir / "checkpoints" / family.name,
+                                tc.seed, context.xgboost_callbacks, label=family.name)
+
+
+def save_family(stage_dir, family, result: dict) -> None:
+    from shardflow.pipelines.artifacts import write_json
+
+    (stage_dir / f"{family.name}.ubj").write_bytes(result["model"])
+    write_json(stage_dir / f"{family.name}.json", {k: result[k] for k in _META})
+
+
+def load_family(files, family) -> dict:
+    return {"model": files.read_bytes(f"train/{family.name}.ubj")}
+
+
+def curves(run_dir, family) -> list:
+    """Validation metrics per round, the best round dotted; feature importance (gain)."""
+    import json
+
+    import xgboost as xgb
+
+    from shardflow.pipelines.figures import subplots
+
+    meta = json.loads((run_dir / family.marker).read_text())
+    fig, ax = subplots((5.5, 3.5))
+    for metric, values in meta["history"].get("validation", {}).items():
+        ax.plot(values, label=f"validation {metric}")
+    ax.axvline(meta["best_iteration"], color="k", ls=":", lw=0.8)
+    ax.set_xlabel("round")
+    ax.set_title(family.label)
+    ax.legend(fontsize=8)
+    panels = [(fig, f"{family.label}: validation metrics per round (dotted: best)")]
+    booster = xgb.Booster(model_file=str(run_dir / "train" / f"{family.name}.ubj"))
+    gain = booster.get_score(importance_type="gain")
+    if gain:
+        top = sorted(gain.items(), key=lambda kv: kv[1])[-20:]
+        fig, ax = subplots((5.5, 0.3 * len(top) + 1))
+        ax.barh([k for k, _ in top], [v for _, v in top], color="#6a9f58")
+        ax.set_xlabel("total gain / splits (XGBoost 'gain')")
+        ax.set_title(f"Feature importance, {family.label}")
+        panels.append((fig, f"Feature importance (gain) of the {family.label}"))
+    return panels

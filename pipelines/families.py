@@ -1,0 +1,117 @@
+"""The model families: the one place that knows each family's name, label and code.
+
+A family is a name and a label plus five functions: how it trains (on the driver,
+scheduling work on the cluster), how it writes its files into the train stage, how it
+loads them back, how it predicts (a function of :mod:`shardflow.tasks.models`, run on the
+workers) and, optionally, how it draws its training curves in the report. Everything
+else — the config's choices, the CLI, training, saving, evaluation, prediction, the
+report — iterates over :data:`FAMILIES`. A new family is one entry here and a module
+of its own.
+
+Training order follows ``stage``: the global XGBoost first, then every per-partition
+family in one graph (their models train side by side), then the families built on
+others (``needs``), then the data-parallel MLP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import import_module
+from typing import Callable
+
+from shardflow.tasks import models as predictors
+
+
+def _lazy(module: str, name: str) -> Callable:
+    """A function of ``module`` imported on first call: the registry is imported by the
+    config, which the training modules import in turn."""
+    def call(*args, **kwargs):
+        return getattr(import_module(f"shardflow.pipelines.training.{module}"), name)(*args, **kwargs)
+
+    call.__name__ = name
+    return call
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family; see the module docstring.
+
+    Attributes
+    ----------
+    name, label : str
+        The config's and files' name (``train.models``), and what tables and plots say.
+    kind : str
+        ``global`` (one model over all partitions), ``per_partition`` (one model per
+        group of partitions, trained together in one graph) or ``combined`` (built on
+        the models of the families in ``needs``).
+    stage : int
+        Training order (see the module docstring).
+    train : callable
+        ``train(context, family) -> result`` for ``global`` and ``combined`` families;
+        ``per_partition`` families give ``partition_job(context, family) -> (task,
+        kwargs_of_group)`` instead.
+    save, load : callable
+        ``save(stage_dir, family, result)`` writes the family's files;
+        ``load(files, family) -> payload`` reads them back through the manifest's hashes.
+    predict : callable
+        ``predict(payload, x, nthread, cache) -> ndarray`` on a worker.
+    validation_predict : callable, optional
+        What evaluation uses instead of ``predict`` (the stacked combiner's out-of-fold fit).
+    curves : callable, optional
+        ``curves(run_dir, family) -> [(figure, caption)]`` for the report.
+    """
+
+    name: str
+    label: str
+    kind: str
+    stage: int
+    save: Callable
+    load: Callable
+    predict: Callable
+    train: Callable | None = None
+    partition_job: Callable | None = None
+    validation_predict: Callable | None = None
+    curves: Callable | None = None
+    needs: tuple = field(default_factory=tuple)
+
+    @property
+    def marker(self) -> str:
+        """The file (under the run directory) whose hash in the manifest says the family was trained."""
+        return f"train/{self.name}.json"
+
+
+FAMILIES = {f.name: f for f in (
+    Family("xgboost", "global XGBoost (allreduce)", "global", 0,
+           train=_lazy("xgboost_global", "train_family"), save=_lazy("xgboost_global", "save_family"),
+           load=_lazy("xgboost_global", "load_family"), predict=predictors.predict_booster,
+           curves=_lazy("xgboost_global", "curves")),
+    Family("xgboost_partitions", "per-partition XGBoost ensemble", "per_partition", 1,
+           partition_job=_lazy("partitions", "xgboost_job"), save=_lazy("partitions", "save_boosters"),
+           load=_lazy("partitions", "load_boosters"), predict=predictors.predict_booster_ensemble,
+           curves=_lazy("partitions", "booster_curves")),
+    Family("stacked", "stacked ensemble", "combined", 2, needs=("xgboost_partitions",),
+           train=_lazy("stacking", "train_family"), save=_lazy("stacking", "save_family"),
+           load=_lazy("stacking", "load_family"), predict=predictors.predict_stacked,
+           validation_predict=predictors.predict_stacked_out_of_fold, curves=_lazy("stacking", "curves")),
+    Family("mlp", "data-parallel MLP", "global", 3,
+           train=_lazy("mlp", "train_family"), save=_lazy("mlp", "save_family"), load=_lazy("mlp", "load_family"),
+           predict=predictors.predict_mlp, curves=_lazy("mlp", "curves")),
+    Family("mlp_partitions", "per-partition MLP ensemble", "per_partition", 1,
+           partition_job=_lazy("partitions", "mlp_job"), save=_lazy("partitions", "save_mlps"),
+           load=_lazy("partitions", "load_mlps"), predict=predictors.predict_mlp_ensemble,
+           curves=_lazy("partitions", "mlp_curves")),
+)}
+
+#: Every family's name, in the order tables and reports list them.
+FAMILY_NAMES = tuple(FAMILIES)
+
+
+def label(name: str) -> str:
+    """The family's label (the name itself for a name no family has)."""
+    family = FAMILIES.get(name)
+    return family.label if family else name
+
+
+def training_order(names) -> list:
+    """The families named, in the order they train."""
+    return sorted((FAMILIES[n] for n in names), key=lambda f: (f.stage, FAMILY_NAMES.index(f.name)))

@@ -1,0 +1,12 @@
+"""Figures for the run report, drawn without pyplot."""
+
+from __future__ import annotations
+
+
+def subplots(figsize):
+    """A figure and its axes, drawn without pyplot: the process's plotting backend (a
+    notebook's inline backend, say) is never touched."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()

@@ -1,0 +1,29 @@
+"""Evaluation of every model on one partition's validation rows, as fixed-size metric sums."""
+
+from __future__ import annotations
+
+from shardflow.tasks.metrics import combine_metrics, finish_metrics, partial_metrics
+from shardflow.tasks.models import worker_threads
+
+
+def evaluate_partition(shard, predictors: dict, task: str, residual_range: float) -> dict:
+    """``{family: partial metric sums}`` on this partition's validation rows.
+
+    ``predictors`` maps each family to ``(predict, payload)``; families built on the same
+    member models share one prediction of each member (the ``cache``).
+    """
+    threads = worker_threads()
+    cache: dict = {}
+    return {name: partial_metrics(shard.y_valid, predict(payload, shard.x_valid, threads, cache), task,
+                                  residual_range)
+            for name, (predict, payload) in predictors.items()}
+
+
+def finish_partition(partials: dict, task: str) -> dict:
+    """One partition's metrics per family, from its sums."""
+    return {name: finish_metrics(part, task) for name, part in partials.items()}
+
+
+def combine_partitions(a: dict, b: dict) -> dict:
+    """Sum two partitions' (or subtrees') metric sums, family by family (associative)."""
+    return {name: combine_metrics(a[name], b[name]) for name in a}

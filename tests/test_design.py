@@ -1,0 +1,93 @@
+"""The code's structure, as the design card and the redesign promise it.
+
+These are checks of the source itself: where family names live, which module may
+import what, which code decides which stage's output.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("pipelines", "tasks", "cluster", "shardflow", "data")
+
+
+def modules():
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            yield path, ast.parse(path.read_text())
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    parts = parts[:-1] if parts[-1] == "__init__" else parts
+    return "shardflow" if parts == ("shardflow",) else "shardflow." + ".".join(
+        p for p in parts if p != "shardflow")
+
+
+def test_family_names_are_spelled_in_the_registry_only():
+    from shardflow.pipelines.families import FAMILY_NAMES
+
+    # Package names that happen to equal a family's name: not a family switch.
+    allowed = {("pipelines/rundir.py", "xgboost")}
+    found = [(str(path.relative_to(ROOT)), node.value, node.lineno)
+             for path, tree in modules() if path.relative_to(ROOT) != Path("pipelines/families.py")
+             for node in ast.walk(tree)
+             if isinstance(node, ast.Constant) and node.value in FAMILY_NAMES
+             and (str(path.relative_to(ROOT)), node.value) not in allowed]
+    assert found == []
+
+
+def test_no_module_imports_another_modules_private_names():
+    found = [(str(path.relative_to(ROOT)), node.module, alias.name) for path, tree in modules()
+             for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                 "shardflow") for alias in node.names if alias.name.startswith("_")]
+    assert found == []
+
+
+def test_no_import_cycles_at_import_time():
+    """Module-level imports between shardflow modules form no cycle (lazy imports in functions are fine)."""
+    graph = {}
+    for path, tree in modules():
+        name = module_name(path)
+        graph[name] = {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and (n.module or "").startswith(
+            "shardflow.")} | {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names
+                              if a.name.startswith("shardflow.")}
+    state, cycles = {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        for dep in graph.get(node, ()):
+            if state.get(dep) == "open":
+                cycles.append(stack[stack.index(dep):] + [dep])
+            elif dep not in state:
+                visit(dep, stack + [dep])
+        state[node] = "done"
+
+    for node in graph:
+        if node not in state:
+            visit(node, [node])
+    assert cycles == []
+
+
+@pytest.mark.parametrize("package", ["pipelines", "tasks"])
+def test_modules_stay_small(package):
+    sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in (ROOT / package).rglob("*.py")}
+    assert {p: n for p, n in sizes.items() if n > 450} == {}
+
+
+def test_every_module_is_classified_for_stage_keys():
+    """Each module either decides a stage's output (its edits recompute that stage) or is
+    cosmetic (the report, the CLI: its edits keep every completed stage)."""
+    from shardflow.pipelines.stages import COSMETIC_CODE, STAGE_CODE, stage_files
+
+    deciding = {p for patterns in STAGE_CODE.values() for p in stage_files(patterns)}
+    cosmetic = set(stage_files(COSMETIC_CODE))
+    every = {p.resolve() for package in ("pipelines", "tasks", "cluster", "data")
+             for p in (ROOT / package).rglob("*.py")}
+    assert every - deciding - cosmetic == set()
+    assert {p.name for p in deciding & cosmetic} <= {"__init__.py"}
+    assert not any(p.name in ("report.py", "cli.py", "progress.py") for p in deciding)
