@@ -21,7 +21,14 @@ FIRST_CODE = 2
 
 
 def fit_vocabulary(counts: pd.Series, min_frequency: int, max_categories: int) -> list[str]:
-    """Categories kept for encoding: frequent enough, most frequent first, ties by value."""
+    """Categories kept for encoding: frequent enough, most frequent first, ties by value.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> fit_vocabulary(pd.Series({"cash": 50, "card": 90, "app": 50, "gift": 2}), min_frequency=10, max_categories=2)
+    ['card', 'app']
+    """
     kept = counts[counts >= min_frequency]
     order = sorted(zip(kept.index, kept.to_numpy()), key=lambda kv: (-int(kv[1]), str(kv[0])))
     return [str(value) for value, _ in order[:max_categories]]

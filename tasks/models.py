@@ -115,14 +115,26 @@ def train_xgboost_local(x_train, y_train, x_valid, y_valid, params: dict, rounds
 
 
 def weighted_average(predictions: list, weights) -> np.ndarray:
-    """Row-weighted average of several models' predictions: ``Σ w_k p_k / Σ w_k``."""
+    """Row-weighted average of several models' predictions: ``Σ w_k p_k / Σ w_k``.
+
+    Examples
+    --------
+    >>> weighted_average([[0.2, 0.4], [0.6, 0.8]], weights=[300, 100]).round(3).tolist()
+    [0.3, 0.5]
+    """
     weights = np.asarray(weights, dtype=np.float64)
     stacked = np.vstack([np.asarray(p, dtype=np.float64) for p in predictions])
     return weights @ stacked / weights.sum()
 
 
 def stack_inputs(predictions: list, task: str) -> np.ndarray:
-    """The stacked combiner's design matrix: an intercept and each model's logit (or value)."""
+    """The stacked combiner's design matrix: an intercept and each model's logit (or value).
+
+    Examples
+    --------
+    >>> stack_inputs([[0.5, 0.9]], "classification").round(3).tolist()
+    [[1.0, 0.0], [1.0, 2.197]]
+    """
     cols = [np.ones(len(predictions[0]))]
     for p in predictions:
         p = np.asarray(p, dtype=np.float64)

@@ -269,7 +269,15 @@ def predict(params: Params, spec: MLPSpec, x: np.ndarray, device: str = "cpu") -
 
 
 def lr_at(schedule: str, base_lr: float, progress: float, warmup: float = 0.0) -> float:
-    """Learning rate at ``progress`` (0 → 1 over training): constant, cosine or step decay."""
+    """Learning rate at ``progress`` (0 → 1 over training): constant, cosine or step decay.
+
+    Examples
+    --------
+    >>> [round(lr_at("cosine", 0.1, t), 4) for t in (0.0, 0.5, 1.0)]
+    [0.1, 0.05, 0.0]
+    >>> lr_at("constant", 0.1, 0.7)
+    0.1
+    """
     if warmup and progress < warmup:
         return base_lr * max(progress / warmup, 0.05)
     if schedule == "constant":

@@ -23,7 +23,17 @@ class Shard:
         return len(self.y_train)
 
     def batch(self, epoch: int, index: int, size: int | None) -> np.ndarray:
-        """Row indices of micro-batch ``index`` of ``epoch`` (a fresh shuffle per epoch)."""
+        """Row indices of micro-batch ``index`` of ``epoch`` (a fresh shuffle per epoch).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> shard = Shard(np.zeros((5, 1)), np.arange(5.0), np.zeros((0, 1)), np.zeros(0), seed=1)
+        >>> sorted(np.concatenate([shard.batch(0, i, 2) for i in range(3)])[:5].tolist())
+        [0, 1, 2, 3, 4]
+        >>> shard.batch(0, 0, None).tolist()
+        [0, 1, 2, 3, 4]
+        """
         n = self.rows
         if size is None or size >= n:
             return np.arange(n)
@@ -46,7 +56,17 @@ def read_shard(zarr_path: str, offset: int, rows: int, seed: int) -> Shard:
 
 
 def merge_shards(*shards: Shard, seed: int = 0) -> Shard:
-    """One shard holding the rows of several, in order."""
+    """One shard holding the rows of several, in order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = Shard(np.ones((2, 1)), np.array([0.0, 1.0]), np.ones((1, 1)), np.array([1.0]))
+    >>> b = Shard(np.zeros((1, 1)), np.array([1.0]), np.zeros((0, 1)), np.zeros(0))
+    >>> merged = merge_shards(a, b)
+    >>> merged.y_train.tolist(), merged.y_valid.tolist()
+    ([0.0, 1.0, 1.0], [1.0])
+    """
     if len(shards) == 1:
         s = shards[0]
         return Shard(s.x_train, s.y_train, s.x_valid, s.y_valid, seed=seed)

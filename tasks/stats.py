@@ -23,6 +23,15 @@ class Moments:
 
     Merged with Chan et al.'s pairwise update, which stays accurate where the
     naive sum-of-squares formula cancels catastrophically (timestamps, large means).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> a = Moments.of(pd.DataFrame({"x": [1.0, 2.0]}), ["x"])
+    >>> b = Moments.of(pd.DataFrame({"x": [3.0, None, 6.0]}), ["x"])
+    >>> both = a.merge(b)
+    >>> both.count.tolist(), both.mean.tolist(), round(float(both.std[0]), 6)
+    ([4.0], [3.0], 1.870829)
     """
 
     columns: list
