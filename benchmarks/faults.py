@@ -83,13 +83,13 @@ def main(argv=None) -> int:
         cfg = XGBoostConfig(num_boost_round=args.rounds, early_stopping_rounds=None, checkpoint_every=10)
         td = load_training_data(rt, clean.stage_dir)
         with tempfile.TemporaryDirectory() as ck:
-            straight = train_global_xgboost(rt, td, cfg, ck)
+            straight = train_global_xgboost(rt, td, cfg, checkpoint_dir=ck)
         with tempfile.TemporaryDirectory() as ck:
             def mid_training():
                 state_file = Path(ck) / "state.json"
                 return state_file.exists() and json.loads(state_file.read_text())["rounds"] >= args.rounds // 2
             killer, state = _kill_when(rt.client, mid_training)
-            resumed = train_global_xgboost(rt, td, cfg, ck)
+            resumed = train_global_xgboost(rt, td, cfg, checkpoint_dir=ck)
             killer.join()
         x_valid = zarr.open_group(str(clean.stage_dir / "features.zarr"), mode="r")
         valid = x_valid["is_validation"][:]

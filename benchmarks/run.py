@@ -199,7 +199,7 @@ def bench_xgboost(runtime, data: Path, runs: Path, repeats: int, rounds: int) ->
 
     def ours():
         with tf.TemporaryDirectory() as ck:
-            r = train_global_xgboost(runtime, td, cfg, ck)
+            r = train_global_xgboost(runtime, td, cfg, checkpoint_dir=ck)
         return {"seconds": r["seconds"], "per_round": r["seconds"] / rounds}
 
     def dask_hand():

@@ -68,7 +68,7 @@ def main(argv=None) -> None:
             for side in order:
                 if side == "shardflow":
                     with tempfile.TemporaryDirectory() as checkpoints:
-                        seconds = train_global_xgboost(runtime, data, cfg, checkpoints)["seconds"]
+                        seconds = train_global_xgboost(runtime, data, cfg, checkpoint_dir=checkpoints)["seconds"]
                 else:
                     seconds = hand_written(runtime.client, args.etl, params, args.rounds)
                 times[side].append(seconds)

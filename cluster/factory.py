@@ -13,7 +13,8 @@ from distributed import Client, LocalCluster
 from distributed.deploy.utils import nprocesses_nthreads
 
 from shardflow.cluster.config import ClusterConfig
-from shardflow.cluster.plugins import NativeThreadsPlugin, native_thread_env
+from shardflow.cluster.plugins import NativeThreadsPlugin
+from shardflow.tasks.threads import native_thread_env
 from shardflow.tasks.backend import gpu_install_hint
 from shardflow.tasks.errors import ShardflowError
 
@@ -144,7 +145,7 @@ def start(config: ClusterConfig | None = None, **overrides) -> Runtime:
     -------
     Runtime
         ``runtime.client`` is connected; ``runtime.backend`` is ``"pandas"`` or
-        ``"cudf"`` and is also set as Dask's ``dataframe.backend`` in this process.
+        ``"cudf"``; Dask's global ``dataframe.backend`` is not changed.
 
     Raises
     ------
@@ -172,7 +173,8 @@ def start(config: ClusterConfig | None = None, **overrides) -> Runtime:
         runtime = _connect(config)
     # Native libraries in workers started elsewhere still run with OMP_NUM_THREADS=1.
     runtime.client.register_plugin(NativeThreadsPlugin(config.threads_per_worker))
-    dask.config.set({"dataframe.backend": runtime.backend})
+    # Dask's global ``dataframe.backend`` is left as the user set it: shardflow's graphs
+    # carry their backend explicitly (meta), and a notebook's other work is not affected.
     link = runtime.dashboard_link
     logger.info(
         "cluster %s: %d workers, backend %s%s",

@@ -6,20 +6,7 @@ import os
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-#: Environment variables that size the thread pools of native libraries.
-THREAD_ENV_VARS = (
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-)
-
-
-def native_thread_env(threads: int) -> dict:
-    """The environment that gives a worker process's native libraries ``threads`` threads."""
-    return {var: str(threads) for var in THREAD_ENV_VARS}
-
+from shardflow.tasks.threads import use_threads
 
 class NativeThreadsPlugin(WorkerPlugin):
     """Give XGBoost, torch and BLAS inside a worker as many threads as the worker has.
@@ -45,18 +32,7 @@ class NativeThreadsPlugin(WorkerPlugin):
         self.threads = threads
 
     def setup(self, worker):
-        threads = self.threads or worker.state.nthreads
-        os.environ.update(native_thread_env(threads))
-        try:
-            from threadpoolctl import threadpool_limits
-
-            threadpool_limits(limits=threads)
-        except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-            pass
-        import sys
-
-        if "torch" in sys.modules:  # importing torch only to size it would cost seconds
-            sys.modules["torch"].set_num_threads(threads)
+        use_threads(self.threads or worker.state.nthreads)
 
 
 def worker_thread_report(dask_worker) -> dict:

@@ -147,13 +147,13 @@ def etl(config: Config, runtime: Runtime | None = None, run_dir=None, key: str |
     owns_runtime = runtime is None
     runtime = runtime or start(config.cluster)
     try:
-        return _run(config, runtime, source, dims, spec, run_dir, key)
+        return _run(config, runtime, source=source, dims=dims, spec=spec, run_dir=run_dir, key=key)
     finally:
         if owns_runtime:
             runtime.close()
 
 
-def _run(config, runtime, source, dims, spec, run_dir, key) -> EtlResult:
+def _run(config, runtime, *, source, dims, spec, run_dir, key) -> EtlResult:
     client, backend_name = runtime.client, runtime.backend
     prepared_meta(source, spec, dims, backend_name)  # fails early on a bad expression
     started = time.perf_counter()
@@ -253,8 +253,9 @@ def _run(config, runtime, source, dims, spec, run_dir, key) -> EtlResult:
         parts = prepared("etl-write")
         writes = [
             dask.delayed(outputs.write_etl_partition, pure=False)(
-                p, i, preprocessor, str(stage_dir), offsets[i], partition_rows[i], profile.rows, chunk_rows,
-                f"shardflow-zarr-{stage_dir.name}", dask_key_name=name(i))
+                p, i, preprocessor=preprocessor, stage_dir=str(stage_dir), offset=offsets[i],
+                expected_rows=partition_rows[i], total_rows=profile.rows, chunk_rows=chunk_rows,
+                lock_prefix=f"shardflow-zarr-{stage_dir.name}", dask_key_name=name(i))
             for i, p in enumerate(parts)
         ]
         written = progress.compute(client, writes, "etl pass 3/3 (write)")

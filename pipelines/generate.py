@@ -40,7 +40,7 @@ def write_trips_partition(seed: int, index: int, rows: int, first_trip_id: int, 
     return rows
 
 
-def generate(out, rows: int, seed: int = 0, rows_per_partition: int = DEFAULT_ROWS_PER_PARTITION,
+def generate(out, rows: int, *, seed: int = 0, rows_per_partition: int = DEFAULT_ROWS_PER_PARTITION,
              runtime: Runtime | None = None, overwrite: bool = False) -> GenerateResult:
     """Write the synthetic trips dataset: ``out/trips/*.parquet``, ``out/zones.parquet`` and
     the default job config ``out/trips.yaml`` (run it with ``shardflow etl -c out/trips.yaml``).

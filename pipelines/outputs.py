@@ -39,7 +39,7 @@ def create_feature_arrays(stage_dir: Path, rows: int, n_features: int, chunk_row
                        compressors=codec)
 
 
-def write_etl_partition(part: PreparedPartition, index: int, preprocessor: Preprocessor, stage_dir: str,
+def write_etl_partition(part: PreparedPartition, index: int, *, preprocessor: Preprocessor, stage_dir: str,
                         offset: int, expected_rows: int, total_rows: int, chunk_rows: int,
                         lock_prefix: str) -> dict:
     """Transform one prepared partition and write its Parquet file, quarantine and Zarr rows.
@@ -65,11 +65,12 @@ def write_etl_partition(part: PreparedPartition, index: int, preprocessor: Prepr
         "y": backend.to_host_array(table[preprocessor.target], np.float32),
         "is_validation": backend.to_host_array(table[SPLIT_COLUMN], bool),
     }
-    write_rows(stage / ZARR_DIR, arrays, offset, total_rows, chunk_rows, lock_prefix)
+    write_rows(stage / ZARR_DIR, arrays, offset=offset, total_rows=total_rows, chunk_rows=chunk_rows,
+               lock_prefix=lock_prefix)
     return {"partition": index, "rows": len(features), "quarantined": len(quarantine)}
 
 
-def write_rows(root: Path, arrays: dict, offset: int, total_rows: int, chunk_rows: int,
+def write_rows(root: Path, arrays: dict, *, offset: int, total_rows: int, chunk_rows: int,
                lock_prefix: str) -> None:
     """Write rows ``[offset, offset + n)`` of several row-chunked Zarr arrays.
 

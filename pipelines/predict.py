@@ -55,7 +55,7 @@ class PredictResult:
     seconds: float
 
 
-def predict(run_dir, input_path, output_path, model: str | None = None, runtime: Runtime | None = None,
+def predict(run_dir, input_path, output_path, *, model: str | None = None, runtime: Runtime | None = None,
             overwrite: bool = False) -> PredictResult:
     """Score new data with a finished run's preprocessing and one of its models.
 
@@ -117,9 +117,9 @@ def predict(run_dir, input_path, output_path, model: str | None = None, runtime:
             payload_f = scatter_named(client, f"predict-model-{model}", payload)
             raw = read_source(config, runtime.backend, source, spec)
             name = task_names(f"predict-{model}", source.fingerprint, str(tmp))
-            tasks = [dask.delayed(predict_partition, pure=False)(part, spec, dim_frames, preprocessor,
-                                                                 FAMILIES[model].predict,
-                                                                 payload_f, str(tmp), i, dask_key_name=name(i))
+            tasks = [dask.delayed(predict_partition, pure=False)(
+                part, spec, dim_frames, preprocessor=preprocessor, predictor=FAMILIES[model].predict,
+                payload=payload_f, output=str(tmp), index=i, dask_key_name=name(i))
                      for i, part in enumerate(raw.to_delayed())]
             counts = progress.compute(client, tasks, f"predict ({model})")
     finally:

@@ -12,6 +12,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from shardflow.tasks import shards as shard_tasks
 from shardflow.tasks.models import worker_threads
+from shardflow.tasks.threads import use_threads
 
 
 class WorkerStateLost(RuntimeError):
@@ -56,11 +57,11 @@ def _resident() -> ResidentState:
 
 
 def _use_worker_threads() -> None:
+    import torch  # noqa: F401 - loaded first, so that use_threads sizes it too
+
     threads = worker_threads()
     if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+        use_threads(threads)
 
 
 def current_params(params_or_reduced, like):
@@ -104,20 +105,20 @@ def validation_loss(shard, params_or_reduced, like, spec, device):
     return loss_on(shard, current_params(params_or_reduced, like), spec, device)
 
 
-def shard_gradient_step(shard, params, spec, optim, epoch, step):
+def shard_gradient_step(shard, params, spec, optim, *, epoch, step):
     from shardflow.tasks.neural import shard_gradient
 
     _use_worker_threads()
     return shard_gradient(shard, params, spec, optim, epoch=epoch, step=step)
 
 
-def apply_reduced_gradient(params, reduced, previous, spec, optim, lr):
+def apply_reduced_gradient(params, reduced, previous, *, spec, optim, lr):
     """One optimizer step with the mean of the workers' gradients."""
     from shardflow.tasks.neural import apply_gradient, weighted_mean
 
     gradient = weighted_mean(reduced, {k: v for k, v in params.items()})
     state = previous["optimizer_state"] if previous else None
-    out = apply_gradient(params, gradient, spec, optim, lr, state)
+    out = apply_gradient(params, gradient, spec, optim, lr=lr, state=state)
     out["loss_sum"] = reduced["loss_sum"]
     out["weight"] = reduced["weight"]
     return out
@@ -134,7 +135,8 @@ def train_group_mlp(*shards, spec, optim, epochs, seed, schedule):
 
     _use_worker_threads()
     s = shard_tasks.merge_shards(*shards)
-    out = train_local(s.x_train, s.y_train, s.x_valid, s.y_valid, spec, optim, epochs, seed, schedule)
+    out = train_local(s.x_train, s.y_train, s.x_valid, s.y_valid, spec=spec, cfg=optim, epochs=epochs, seed=seed,
+                      schedule=schedule)
     out["validation"] = finish_metrics(partial_metrics(s.y_valid, predict(out["params"], spec, s.x_valid), spec.task),
                                        spec.task) if len(s.y_valid) else {"rows": 0}
     return out

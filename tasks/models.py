@@ -85,7 +85,7 @@ def xgboost_predict(model: bytes | bytearray, x: np.ndarray, nthread: int | None
     return booster.inplace_predict(np.ascontiguousarray(x, dtype=np.float32)).astype(np.float64)
 
 
-def train_xgboost_local(x_train, y_train, x_valid, y_valid, params: dict, rounds: int, feature_names,
+def train_xgboost_local(x_train, y_train, x_valid, y_valid, *, params: dict, rounds: int, feature_names,
                         feature_types, task: str, nthread: int | None = None) -> dict:
     """Train one XGBoost model on one partition's rows, with no communication.
 
@@ -241,8 +241,9 @@ def train_group_xgboost(*shards, params, rounds, feature_names, feature_types, t
     from shardflow.tasks.shards import merge_shards
 
     s = merge_shards(*shards)
-    return train_xgboost_local(s.x_train, s.y_train, s.x_valid, s.y_valid, params, rounds, feature_names,
-                               feature_types, task, nthread=worker_threads())
+    return train_xgboost_local(s.x_train, s.y_train, s.x_valid, s.y_valid, params=params, rounds=rounds,
+                               feature_names=feature_names, feature_types=feature_types, task=task,
+                               nthread=worker_threads())
 
 
 def member_predictions(shard, models, task):

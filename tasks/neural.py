@@ -142,7 +142,7 @@ def _load_optimizer_state(opt, state: dict | None, lr: float) -> None:
         group["lr"] = lr
 
 
-def _forward_loss(model, x, y, task, bf16: bool, device: str):
+def _forward_loss(model, x, y, *, task, bf16: bool, device: str):
     with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
         out = model(x)
     return _loss_fn(task)(out.float(), y)
@@ -170,7 +170,7 @@ def local_steps(shard: Shard, params: Params, spec: MLPSpec, cfg: OptimConfig, *
         for idx in batches:
             x = torch.from_numpy(shard.x_train[idx]).to(device)
             y = torch.from_numpy(shard.y_train[idx]).to(device)
-            loss = _forward_loss(model, x, y, spec.task, cfg.bf16, device)
+            loss = _forward_loss(model, x, y, task=spec.task, bf16=cfg.bf16, device=device)
             (loss / total).backward()
             loss_sum += float(loss.detach())
             batch_rows += len(idx)
@@ -196,7 +196,7 @@ def shard_gradient(shard: Shard, params: Params, spec: MLPSpec, cfg: OptimConfig
         idx = shard.batch(epoch, step * cfg.accumulation_steps + a, cfg.batch_size)
         x = torch.from_numpy(shard.x_train[idx]).to(device)
         y = torch.from_numpy(shard.y_train[idx]).to(device)
-        loss = _forward_loss(model, x, y, spec.task, cfg.bf16, device)
+        loss = _forward_loss(model, x, y, task=spec.task, bf16=cfg.bf16, device=device)
         loss.backward()
         loss_sum += float(loss.detach())
         rows += len(idx)
@@ -205,7 +205,7 @@ def shard_gradient(shard: Shard, params: Params, spec: MLPSpec, cfg: OptimConfig
     return {"sum": grads, "weight": rows, "loss_sum": loss_sum}
 
 
-def apply_gradient(params: Params, gradient: Params, spec: MLPSpec, cfg: OptimConfig, lr: float,
+def apply_gradient(params: Params, gradient: Params, spec: MLPSpec, cfg: OptimConfig, *, lr: float,
                    optimizer_state: dict | None) -> dict:
     """One optimizer step with an already averaged gradient (the gradient-sync mode)."""
     model = _model(spec, params, "cpu")
@@ -289,7 +289,7 @@ def lr_at(schedule: str, base_lr: float, progress: float, warmup: float = 0.0) -
     raise ValueError(f"train.mlp.lr_schedule: {schedule!r} is not one of constant, cosine, step")
 
 
-def train_local(x_train, y_train, x_valid, y_valid, spec: MLPSpec, cfg: OptimConfig, epochs: int,
+def train_local(x_train, y_train, x_valid, y_valid, *, spec: MLPSpec, cfg: OptimConfig, epochs: int,
                 seed: int, schedule: str = "constant") -> dict:
     """Train one MLP on one partition's rows (the per-partition models): no communication."""
     started = time.perf_counter()

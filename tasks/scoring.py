@@ -17,7 +17,7 @@ LABEL = "predicted_label"
 QUARANTINE_DIR = "_quarantine"
 
 
-def predict_partition(raw, spec, dimensions, preprocessor: Preprocessor, predictor, payload: dict,
+def predict_partition(raw, spec, dimensions, *, preprocessor: Preprocessor, predictor, payload: dict,
                       output: str, index: int) -> dict:
     """Prepare, transform and score one input partition; write its predictions (and quarantine).
 

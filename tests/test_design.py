@@ -91,3 +91,15 @@ def test_every_module_is_classified_for_stage_keys():
     assert every - deciding - cosmetic == set()
     assert {p.name for p in deciding & cosmetic} <= {"__init__.py"}
     assert not any(p.name in ("report.py", "cli.py", "progress.py") for p in deciding)
+
+
+def test_long_signatures_are_keyword_only():
+    """More than five parameters: the rest are keyword-only, so call sites say what they pass."""
+    found = []
+    for path, tree in modules():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                positional = [a.arg for a in node.args.posonlyargs + node.args.args if a.arg not in ("self", "cls")]
+                if len(positional) > 5:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert found == []

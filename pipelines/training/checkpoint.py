@@ -62,7 +62,7 @@ class ResumableState(xgb.callback.TrainingCallback):
     checkpoint, and early stopping would then keep the wrong best round.
     """
 
-    def __init__(self, directory: str, every: int, token: str, metric: str, maximize: bool,
+    def __init__(self, directory: str, *, every: int, token: str, metric: str, maximize: bool,
                  patience: int | None, state: dict | None = None, progress_topic: str | None = None):
         super().__init__()
         self.progress_topic = progress_topic

@@ -76,7 +76,8 @@ def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig
     restarts = []
     for attempt in range(1, max_attempts + 1):
         try:
-            info = _mlp_epochs(runtime, data, cfg, seed, spec, state, ckpt, started, label)
+            info = _mlp_epochs(runtime, data, cfg, seed=seed, spec=spec, state=state, ckpt=ckpt, started=started,
+                               label=label)
             break
         except (WorkerLost, mlp_steps.WorkerStateLost) as err:
             if attempt == max_attempts:
@@ -90,7 +91,7 @@ def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig
             "samples": state["samples"], "restarts": restarts, **info}
 
 
-def _mlp_epochs(runtime, data, cfg, seed, spec, state, ckpt, started, label) -> dict:
+def _mlp_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, label) -> dict:
     """Run the remaining epochs from ``state`` (updated in place after each epoch)."""
     from shardflow.tasks.neural import combine_weighted, lr_at
 
@@ -136,11 +137,11 @@ def _mlp_epochs(runtime, data, cfg, seed, spec, state, ckpt, started, label) -> 
                     reduced = tree_reduce_futures(client, leaves, combine_weighted, f"{name}-average")
                     params_f = reduced
                 else:
-                    grads = [client.submit(mlp_steps.shard_gradient_step, shards[w], params_f, spec, optim, epoch, step,
+                    grads = [client.submit(mlp_steps.shard_gradient_step, shards[w], params_f, spec, optim, epoch=epoch, step=step,
                                            key=f"{name}-gradient-{wi}", workers=[w], allow_other_workers=False)
                              for wi, w in enumerate(workers)]
                     reduced = tree_reduce_futures(client, grads, combine_weighted, f"{name}-average")
-                    apply_state = client.submit(mlp_steps.apply_reduced_gradient, params_f, reduced, apply_state, spec, optim, lr,
+                    apply_state = client.submit(mlp_steps.apply_reduced_gradient, params_f, reduced, apply_state, spec=spec, optim=optim, lr=lr,
                                                 key=f"{name}-apply")
                     params_f = client.submit(mlp_steps.take, apply_state, "params", key=f"{name}-params")
                 fresh = False

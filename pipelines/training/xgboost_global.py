@@ -38,7 +38,7 @@ def xgboost_params(task: str, cfg: XGBoostConfig, backend: str, seed: int) -> di
     return params
 
 
-def _xgboost_rounds(client, data, params, cfg, booster, state, remaining, checkpoint_dir, token, metric, callbacks,
+def _xgboost_rounds(client, data, *, params, cfg, booster, state, remaining, checkpoint_dir, token, metric, callbacks,
                     label):
     """Train ``remaining`` rounds with one pinned task per worker, joined by a tracker on
     the scheduler (see :mod:`shardflow.pipelines.training.collective`)."""
@@ -51,9 +51,9 @@ def _xgboost_rounds(client, data, params, cfg, booster, state, remaining, checkp
         if n_train or n_valid:  # a partition with no rows at all has nothing to contribute
             held.setdefault(w, []).append(f)
     workers = sorted(held)
-    tracker = ResumableState(str(checkpoint_dir), cfg.checkpoint_every, token, metric,
-                             metric_direction(metric) == "max", cfg.early_stopping_rounds, state,
-                             progress_topic=f"shardflow-progress-{token}")
+    tracker = ResumableState(str(checkpoint_dir), every=cfg.checkpoint_every, token=token, metric=metric,
+                             maximize=metric_direction(metric) == "max", patience=cfg.early_stopping_rounds,
+                             state=state, progress_topic=f"shardflow-progress-{token}")
     # A collective that loses a member must fail, not wait forever for it.
     coll = start_xgboost_tracker(client, len(workers), cfg.collective_timeout)
     if cfg.collective_timeout:
@@ -76,8 +76,8 @@ def _stopping_metric(params: dict) -> str:
     return metrics[-1] if isinstance(metrics, (list, tuple)) else metrics
 
 
-def train_global_xgboost(runtime: Runtime, data: TrainingData, cfg: XGBoostConfig, checkpoint_dir,
-                         seed: int = 0, callbacks=(), *, label: str = "global XGBoost") -> dict:
+def train_global_xgboost(runtime: Runtime, data: TrainingData, cfg: XGBoostConfig, *, checkpoint_dir,
+                         seed: int = 0, callbacks=(), label: str = "global XGBoost") -> dict:
     """One exact XGBoost model over all partitions, trained with allreduce.
 
     Early stopping watches the validation split; every ``cfg.checkpoint_every`` rounds
@@ -113,8 +113,9 @@ def train_global_xgboost(runtime: Runtime, data: TrainingData, cfg: XGBoostConfi
         if remaining <= 0:
             break
         try:
-            _xgboost_rounds(client, data, params, cfg, booster, state, remaining, checkpoint_dir, token, metric,
-                            callbacks, label)
+            _xgboost_rounds(client, data, params=params, cfg=cfg, booster=booster, state=state, remaining=remaining,
+                            checkpoint_dir=checkpoint_dir, token=token, metric=metric, callbacks=callbacks,
+                            label=label)
             break
         except Exception as err:  # noqa: BLE001 - collective training cannot survive a lost member
             if attempt == cfg.max_attempts or isinstance(err, ShardflowError):
@@ -140,8 +141,9 @@ _META = ("history", "best_iteration", "rounds", "round_seconds", "seconds", "res
 
 def train_family(context, family) -> dict:
     tc = context.config
-    return train_global_xgboost(context.runtime, context.data, tc.xgboost, context.run_dir / "checkpoints" / family.name,
-                                tc.seed, context.xgboost_callbacks, label=family.name)
+    return train_global_xgboost(context.runtime, context.data, tc.xgboost,
+                                checkpoint_dir=context.run_dir / "checkpoints" / family.name, seed=tc.seed,
+                                callbacks=context.xgboost_callbacks, label=family.name)
 
 
 def save_family(stage_dir, family, result: dict) -> None:
