@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shardflow.pipelines.typed_yaml import Anything, Between, ByteSize, OneOf, Text, option
+
 CLUSTER_SPECS = ("auto", "local", "local-cuda")
 ADDRESS_SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://", "ws://", "wss://")
 
@@ -52,21 +54,21 @@ class ClusterConfig:
         PEM files: the certificate authority, this client's certificate and key.
     """
 
-    spec: str = "auto"
-    n_workers: int | None = None
-    threads_per_worker: int | None = None
-    memory_limit: str | None = None
-    host: str = "127.0.0.1"
-    dashboard_address: str = "127.0.0.1:8787"
-    local_directory: str | None = None
-    rmm_pool_size: str | None = None
-    device_memory_limit: str | None = None
-    enable_cudf_spill: bool = False
-    resources: dict | None = None
-    tls: bool = False
-    tls_ca_file: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
+    spec: str = option("auto", check=Text("auto, local, local-cuda or a scheduler address (checked in validate)"))
+    n_workers: int | None = option(None, check=Between(1))
+    threads_per_worker: int | None = option(None, check=Between(1))
+    memory_limit: str | None = option(None, check=ByteSize(fraction=True, auto=True))
+    host: str = option("127.0.0.1", check=Text("an interface address", nonempty=True))
+    dashboard_address: str = option("127.0.0.1:8787", check=Text("host:port, or empty for none"))
+    local_directory: str | None = option(None, check=Text("a directory"))
+    rmm_pool_size: str | None = option(None, check=ByteSize(fraction=True))
+    device_memory_limit: str | None = option(None, check=ByteSize(fraction=True, auto=True))
+    enable_cudf_spill: bool = option(False, check=OneOf((True, False)))
+    resources: dict | None = option(None, check=Anything("worker resources, e.g. {GPU: 1}, for Dask"))
+    tls: bool = option(False, check=OneOf((True, False)))
+    tls_ca_file: str | None = option(None, check=Text("a PEM file"))
+    tls_cert: str | None = option(None, check=Text("a PEM file"))
+    tls_key: str | None = option(None, check=Text("a PEM file"))
 
     def is_address(self) -> bool:
         return self.spec.startswith(ADDRESS_SCHEMES)

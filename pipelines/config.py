@@ -17,7 +17,21 @@ import yaml
 
 from shardflow.cluster.config import ClusterConfig
 from shardflow.pipelines.families import FAMILIES, FAMILY_NAMES
-from shardflow.pipelines.typed_yaml import ConfigError, apply_overrides, build_section, check_byte_size, parse_yaml
+from shardflow.pipelines.typed_yaml import (
+    Anything,
+    Between,
+    ByteSize,
+    ConfigError,
+    Names,
+    OneOf,
+    Section,
+    Text,
+    apply_overrides,
+    build_section,
+    field_problems,
+    option,
+    parse_yaml,
+)
 from shardflow.tasks.expressions import ExpressionError, parse_expression
 from shardflow.tasks.schema import COLUMN_KINDS, DATETIME_PARTS, TASK_TYPES
 
@@ -37,13 +51,13 @@ class InputConfig:
     than a quarter of the workers' memory, and otherwise re-reads the input per pass.
     """
 
-    path: str = ""
-    format: str = "auto"
-    csv_delimiter: str = ","
-    blocksize: str = "128MB"
-    max_partition_rows: int = 2_000_000
-    types: dict[str, str] = field(default_factory=dict)
-    persist: str = "auto"
+    path: str = option("", check=Text("a Parquet file or directory, or a CSV file or glob", nonempty=True))
+    format: str = option("auto", check=OneOf(("auto", "parquet", "csv")))
+    csv_delimiter: str = option(",", check=Text("one character"))
+    blocksize: str = option("128MB", check=ByteSize())
+    max_partition_rows: int = option(2_000_000, check=Between(1))
+    types: dict[str, str] = option(factory=dict, check=OneOf(COLUMN_KINDS))
+    persist: str = option("auto", check=OneOf(("auto", "true", "false")))
 
 
 @dataclass
@@ -57,57 +71,57 @@ class JoinConfig:
     that found a dimension row is reported; under ``min_match_rate`` it is a warning.
     """
 
-    path: str = ""
-    on: list[str] = field(default_factory=list)
-    right_on: list[str] | None = None
-    columns: list[str] | None = None
-    name: str | None = None
-    min_match_rate: float = 0.9
+    path: str = option("", check=Text("a CSV or Parquet file", nonempty=True))
+    on: list[str] = option(factory=list, check=Names())
+    right_on: list[str] | None = option(None, check=Names())
+    columns: list[str] | None = option(None, check=Names())
+    name: str | None = option(None, check=Text("the suffix of clashing column names"))
+    min_match_rate: float = option(0.9, check=Between(0, 1))
 
 
 @dataclass
 class TargetConfig:
     """``target:`` what to predict; ``expression`` derives it (``arr_delay > 15``)."""
 
-    column: str = ""
-    task: str = "classification"
-    expression: str | None = None
+    column: str = option("", check=Text("a column name", nonempty=True))
+    task: str = option("classification", check=OneOf(TASK_TYPES))
+    expression: str | None = option(None, check=Text("an expression (checked by the whitelist)"))
 
 
 @dataclass
 class FeaturesConfig:
     """``features:`` model inputs by kind; ``derived`` maps new names to expressions."""
 
-    numeric: list[str] = field(default_factory=list)
-    categorical: list[str] = field(default_factory=list)
-    datetime: list[str] = field(default_factory=list)
-    datetime_parts: list[str] = field(default_factory=lambda: ["hour", "dayofweek", "month"])
-    derived: dict[str, str] = field(default_factory=dict)
+    numeric: list[str] = option(factory=list, check=Names())
+    categorical: list[str] = option(factory=list, check=Names())
+    datetime: list[str] = option(factory=list, check=Names())
+    datetime_parts: list[str] = option(factory=lambda: ["hour", "dayofweek", "month"], check=OneOf(DATETIME_PARTS))
+    derived: dict[str, str] = option(factory=dict, check=Names())
 
 
 @dataclass
 class CleanConfig:
     """``clean:`` ``valid_ranges`` (outside: row quarantined) and outlier clipping."""
 
-    valid_ranges: dict[str, list] = field(default_factory=dict)
-    clip_sigma: float | None = 5.0
+    valid_ranges: dict[str, list] = option(factory=dict, check=Anything("[min, max] per column, checked with the columns"))
+    clip_sigma: float | None = option(5.0, check=Between(0, open_low=True))
 
 
 @dataclass
 class EncodeConfig:
     """``encode:`` categorical vocabularies fitted across all partitions."""
 
-    min_frequency: int = 10
-    max_categories: int = 10_000
+    min_frequency: int = option(10, check=Between(1))
+    max_categories: int = option(10_000, check=Between(1))
 
 
 @dataclass
 class SplitConfig:
     """``split:`` hash-based train/validation split; ``key`` defaults to every input column."""
 
-    key: list[str] | None = None
-    validation_fraction: float = 0.2
-    seed: int = 0
+    key: list[str] | None = option(None, check=Names())
+    validation_fraction: float = option(0.2, check=Between(0, 1, open_low=True, open_high=True))
+    seed: int = option(0, check=Between(0))
 
 
 @dataclass
@@ -117,9 +131,9 @@ class OutputConfig:
     ``runs_dir``, like every path in a config, is relative to the config file's directory.
     """
 
-    runs_dir: str = "shardflow-work/runs"
-    keep_columns: list[str] = field(default_factory=list)
-    zarr_chunk_rows: int | None = None
+    runs_dir: str = option("shardflow-work/runs", check=Text("a directory", nonempty=True))
+    keep_columns: list[str] = option(factory=list, check=Names())
+    zarr_chunk_rows: int | None = option(None, check=Between(1))
 
 
 
@@ -137,22 +151,22 @@ class XGBoostConfig:
     checkpoint on the workers present, up to ``max_attempts`` times in all.
     """
 
-    num_boost_round: int = 300
-    early_stopping_rounds: int | None = 20
-    checkpoint_every: int = 25
-    categorical: bool = True
-    max_attempts: int = 3
-    collective_timeout: int | None = 600
-    params: dict = field(default_factory=dict)
+    num_boost_round: int = option(300, check=Between(1))
+    early_stopping_rounds: int | None = option(20, check=Between(1))
+    checkpoint_every: int = option(25, check=Between(1))
+    categorical: bool = option(True, check=OneOf((True, False)))
+    max_attempts: int = option(3, check=Between(1))
+    collective_timeout: int | None = option(600, check=Between(1))
+    params: dict = option(factory=dict, check=Anything("XGBoost's own parameters, checked by XGBoost"))
 
 
 @dataclass
 class PartitionModelsConfig:
     """``train.partitions:`` one model per group of partitions, trained where the data is."""
 
-    partitions_per_model: int = 1
-    xgboost_rounds: int = 100
-    mlp_epochs: int = 3
+    partitions_per_model: int = option(1, check=Between(1))
+    xgboost_rounds: int = option(100, check=Between(1))
+    mlp_epochs: int = option(3, check=Between(1))
 
 
 @dataclass
@@ -166,50 +180,50 @@ class MLPConfig:
     the whole shard).
     """
 
-    hidden: list[int] = field(default_factory=lambda: [128, 64])
-    embedding_dim: int = 16
-    dropout: float = 0.0
-    epochs: int = 6
-    batch_size: int | None = 1024
-    optimizer: str = "adam"
-    lr: float = 3e-3
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    lr_schedule: str = "cosine"
-    warmup: float = 0.0
-    sync: str = "parameters"
-    sync_every: int | None = 64
-    accumulation_steps: int = 1
-    bf16: bool = False
-    early_stopping_patience: int | None = 2
-    device: str = "auto"
+    hidden: list[int] = option(factory=lambda: [128, 64], check=Anything("layer widths, checked below (each at least 1)"))
+    embedding_dim: int = option(16, check=Between(1))
+    dropout: float = option(0.0, check=Between(0, 1, open_high=True))
+    epochs: int = option(6, check=Between(1))
+    batch_size: int | None = option(1024, check=Between(1))
+    optimizer: str = option("adam", check=OneOf(("adam", "sgd")))
+    lr: float = option(3e-3, check=Between(0, open_low=True))
+    momentum: float = option(0.0, check=Between(0, 1, open_high=True))
+    weight_decay: float = option(0.0, check=Between(0))
+    lr_schedule: str = option("cosine", check=OneOf(("constant", "cosine", "step")))
+    warmup: float = option(0.0, check=Between(0, 1, open_high=True))
+    sync: str = option("parameters", check=OneOf(("parameters", "gradients")))
+    sync_every: int | None = option(64, check=Between(1))
+    accumulation_steps: int = option(1, check=Between(1))
+    bf16: bool = option(False, check=OneOf((True, False)))
+    early_stopping_patience: int | None = option(2, check=Between(1))
+    device: str = option("auto", check=OneOf(("auto", "cpu", "cuda")))
 
 
 @dataclass
 class TrainConfig:
     """``train:`` which model families to train, and how."""
 
-    models: list[str] = field(default_factory=lambda: list(FAMILY_NAMES))
-    seed: int = 0
-    xgboost: XGBoostConfig = field(default_factory=XGBoostConfig)
-    partitions: PartitionModelsConfig = field(default_factory=PartitionModelsConfig)
-    mlp: MLPConfig = field(default_factory=MLPConfig)
+    models: list[str] = option(factory=lambda: list(FAMILY_NAMES), check=OneOf(FAMILY_NAMES))
+    seed: int = option(0, check=Between(0))
+    xgboost: XGBoostConfig = option(factory=XGBoostConfig, check=Section())
+    partitions: PartitionModelsConfig = option(factory=PartitionModelsConfig, check=Section())
+    mlp: MLPConfig = option(factory=MLPConfig, check=Section())
 
 
 @dataclass
 class Config:
     """A whole job. Build it with :func:`load_config`; ``base_dir`` anchors relative paths."""
 
-    input: InputConfig = field(default_factory=InputConfig)
-    joins: list[JoinConfig] = field(default_factory=list)
-    target: TargetConfig = field(default_factory=TargetConfig)
-    features: FeaturesConfig = field(default_factory=FeaturesConfig)
-    clean: CleanConfig = field(default_factory=CleanConfig)
-    encode: EncodeConfig = field(default_factory=EncodeConfig)
-    split: SplitConfig = field(default_factory=SplitConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    input: InputConfig = option(factory=InputConfig, check=Section())
+    joins: list[JoinConfig] = option(factory=list, check=Section())
+    target: TargetConfig = option(factory=TargetConfig, check=Section())
+    features: FeaturesConfig = option(factory=FeaturesConfig, check=Section())
+    clean: CleanConfig = option(factory=CleanConfig, check=Section())
+    encode: EncodeConfig = option(factory=EncodeConfig, check=Section())
+    split: SplitConfig = option(factory=SplitConfig, check=Section())
+    output: OutputConfig = option(factory=OutputConfig, check=Section())
+    train: TrainConfig = option(factory=TrainConfig, check=Section())
+    cluster: ClusterConfig = option(factory=ClusterConfig, check=Section())
     base_dir: str = field(default=".", metadata={"internal": True})
 
     def resolve(self, path: str) -> str:
@@ -293,24 +307,11 @@ def load_config(path=None, overrides=(), base_dir=None) -> Config:
 
 
 def validate(config: Config) -> None:
-    """Checks that need more than one key; raises :class:`ConfigError`."""
-    if not config.input.path:
-        raise ConfigError("config key 'input.path' is required: a Parquet directory or a CSV glob")
-    for col, kind in config.input.types.items():
-        if kind not in COLUMN_KINDS:
-            raise ConfigError(f"config key 'input.types.{col}': {kind!r} is not one of {', '.join(COLUMN_KINDS)}")
-    if config.input.persist not in ("auto", "true", "false"):
-        raise ConfigError(f"config key 'input.persist': {config.input.persist!r} is not one of auto, true, false")
-    check_byte_size("input.blocksize", config.input.blocksize)
-    if config.input.max_partition_rows < 1:
-        raise ConfigError(f"config key 'input.max_partition_rows': must be at least 1, got "
-                          f"{config.input.max_partition_rows}")
-    if config.input.format not in ("auto", "parquet", "csv"):
-        raise ConfigError(f"config key 'input.format': {config.input.format!r} is not one of auto, parquet, csv")
-    if not config.target.column:
-        raise ConfigError("config key 'target.column' is required: the column to predict")
-    if config.target.task not in TASK_TYPES:
-        raise ConfigError(f"config key 'target.task': {config.target.task!r} is not one of {', '.join(TASK_TYPES)}")
+    """Every field's declared constraint (all violations at once), then the checks that
+    need more than one key; raises :class:`ConfigError`."""
+    problems = field_problems(config)
+    if problems:
+        raise ConfigError("; ".join(problems))
     for key, expression in [("target.expression", config.target.expression), *(
             (f"features.derived.{k}", v) for k, v in config.features.derived.items())]:
         if expression is None:
@@ -319,10 +320,6 @@ def validate(config: Config) -> None:
             parse_expression(expression, key)
         except ExpressionError as err:
             raise ConfigError(str(err)) from None
-    for part in config.features.datetime_parts:
-        if part not in DATETIME_PARTS:
-            raise ConfigError(
-                f"config key 'features.datetime_parts': {part!r} is not one of {', '.join(DATETIME_PARTS)}")
     f = config.features
     names = f.numeric + f.categorical + list(f.derived) + [
         f"{c}_{p}" for c in f.datetime for p in f.datetime_parts]
@@ -336,53 +333,22 @@ def validate(config: Config) -> None:
     for col, bounds in config.clean.valid_ranges.items():
         if not isinstance(bounds, list) or len(bounds) != 2:
             raise ConfigError(f"config key 'clean.valid_ranges.{col}': expected [min, max] (null for open), got {bounds!r}")
-    if config.clean.clip_sigma is not None and config.clean.clip_sigma <= 0:
-        raise ConfigError(f"config key 'clean.clip_sigma': must be positive or null, got {config.clean.clip_sigma}")
-    if not 0.0 < config.split.validation_fraction < 1.0:
-        raise ConfigError(
-            f"config key 'split.validation_fraction': must be between 0 and 1 (exclusive), got "
-            f"{config.split.validation_fraction}; the validation rows drive early stopping, model selection "
-            "and every reported metric")
-    if config.encode.min_frequency < 1 or config.encode.max_categories < 1:
-        raise ConfigError("config key 'encode': min_frequency and max_categories must be at least 1")
     for i, join in enumerate(config.joins):
-        if not join.path or not join.on:
-            raise ConfigError(f"config key 'joins[{i}]': path and on are required")
-        if not 0.0 <= join.min_match_rate <= 1.0:
-            raise ConfigError(f"config key 'joins[{i}].min_match_rate': must be between 0 and 1, got "
-                              f"{join.min_match_rate}")
+        if not join.on:
+            raise ConfigError(f"config key 'joins[{i}].on': the key column(s) are required")
         if join.right_on is not None and len(join.right_on) != len(join.on):
             raise ConfigError(f"config key 'joins[{i}].right_on': needs as many columns as 'on' ({len(join.on)})")
     t = config.train
     for model in t.models:
-        if model not in FAMILIES:
-            raise ConfigError(f"config key 'train.models': {model!r} is not one of {', '.join(FAMILY_NAMES)}")
         for needed in FAMILIES[model].needs:
             if needed not in t.models:
                 raise ConfigError(f"config key 'train.models': {model!r} is built on the {needed!r} models; "
                                   f"add {needed!r}")
-    if t.mlp.sync not in ("parameters", "gradients"):
-        raise ConfigError(f"config key 'train.mlp.sync': {t.mlp.sync!r} is not one of parameters, gradients")
-    if t.mlp.optimizer not in ("adam", "sgd"):
-        raise ConfigError(f"config key 'train.mlp.optimizer': {t.mlp.optimizer!r} is not one of adam, sgd")
-    if t.mlp.lr_schedule not in ("constant", "cosine", "step"):
-        raise ConfigError(f"config key 'train.mlp.lr_schedule': {t.mlp.lr_schedule!r} is not one of "
-                          "constant, cosine, step")
-    if t.mlp.device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"config key 'train.mlp.device': {t.mlp.device!r} is not one of auto, cpu, cuda")
-    for key, value in (("train.mlp.epochs", t.mlp.epochs), ("train.mlp.accumulation_steps", t.mlp.accumulation_steps),
-                       ("train.xgboost.num_boost_round", t.xgboost.num_boost_round),
-                       ("train.xgboost.checkpoint_every", t.xgboost.checkpoint_every),
-                       ("train.partitions.partitions_per_model", t.partitions.partitions_per_model)):
-        if value < 1:
-            raise ConfigError(f"config key '{key}': must be at least 1, got {value}")
-    if t.mlp.sync_every is not None and t.mlp.sync_every < 1:
-        raise ConfigError(f"config key 'train.mlp.sync_every': must be at least 1 or null, got {t.mlp.sync_every}")
+    if any(not isinstance(width, int) or width < 1 for width in t.mlp.hidden):
+        raise ConfigError(f"config key 'train.mlp.hidden': layer widths must be whole numbers of at least 1, got "
+                          f"{t.mlp.hidden}")
     try:
         config.cluster.validate()
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    c = config.cluster
-    check_byte_size("cluster.memory_limit", c.memory_limit, fraction=True, auto=True)
-    check_byte_size("cluster.rmm_pool_size", c.rmm_pool_size, fraction=True)
-    check_byte_size("cluster.device_memory_limit", c.device_memory_limit, fraction=True, auto=True)
+

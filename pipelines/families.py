@@ -80,6 +80,12 @@ class Family:
         return f"train/{self.name}.json"
 
 
+def _members_payload(files, family) -> dict:
+    """The payload of the family whose models ``family`` is built on."""
+    members = FAMILIES[family.needs[0]]
+    return members.load(files, members)
+
+
 FAMILIES = {f.name: f for f in (
     Family("xgboost", "global XGBoost (allreduce)", "global", 0,
            train=_lazy("xgboost_global", "train_family"), save=_lazy("xgboost_global", "save_family"),
@@ -91,7 +97,9 @@ FAMILIES = {f.name: f for f in (
            curves=_lazy("partitions", "booster_curves")),
     Family("stacked", "stacked ensemble", "combined", 2, needs=("xgboost_partitions",),
            train=_lazy("stacking", "train_family"), save=_lazy("stacking", "save_family"),
-           load=_lazy("stacking", "load_family"), predict=predictors.predict_stacked,
+           load=lambda files, family: {**_members_payload(files, family),
+                                       **_lazy("stacking", "load_coefficients")(files, family)},
+           predict=predictors.predict_stacked,
            validation_predict=predictors.predict_stacked_out_of_fold, curves=_lazy("stacking", "curves")),
     Family("mlp", "data-parallel MLP", "global", 3,
            train=_lazy("mlp", "train_family"), save=_lazy("mlp", "save_family"), load=_lazy("mlp", "load_family"),

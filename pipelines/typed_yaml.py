@@ -12,6 +12,7 @@ import difflib
 import re
 import types
 import typing
+from dataclasses import dataclass
 
 import yaml
 
@@ -157,3 +158,153 @@ def check_byte_size(key: str, value, fraction: bool = False, auto: bool = False)
     if size is None or size <= 0:
         extra = (", a fraction such as 0.8" if fraction else "") + (" or auto" if auto else "")
         raise ConfigError(f"config key '{key}': {value!r} is not a byte size; write e.g. 128MB or 2GiB{extra}")
+
+
+# ----------------------------------------------------------------------------- declared constraints
+
+
+class Constraint:
+    """What a config field accepts; :meth:`problem` says what is wrong with a value, or None."""
+
+    allows_none = False
+
+    def problem(self, value) -> str | None:  # pragma: no cover - every subclass overrides it
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Between(Constraint):
+    """A number in ``[low, high]`` (an open end: ``None``; ``open_low``/``open_high`` exclude the end).
+
+    Examples
+    --------
+    >>> Between(0, 1, open_high=True).problem(1.0)
+    'must be between 0 and 1 (excluding 1), got 1.0'
+    >>> Between(1).problem(0)
+    'must be at least 1, got 0'
+    >>> Between(1).problem(3) is None
+    True
+    """
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def problem(self, value):
+        too_low = self.low is not None and (value <= self.low if self.open_low else value < self.low)
+        too_high = self.high is not None and (value >= self.high if self.open_high else value > self.high)
+        if not (too_low or too_high):
+            return None
+        if self.low is not None and self.high is not None:
+            excluded = [f"{v:g}" for v, is_open in ((self.low, self.open_low), (self.high, self.open_high)) if is_open]
+            note = " (exclusive)" if len(excluded) == 2 else f" (excluding {excluded[0]})" if excluded else ""
+            allowed = f"between {self.low:g} and {self.high:g}{note}"
+        elif self.low is not None:
+            allowed = f"{'above' if self.open_low else 'at least'} {self.low:g}"
+        else:
+            allowed = f"{'below' if self.open_high else 'at most'} {self.high:g}"
+        return f"must be {allowed}, got {value!r}"
+
+
+@dataclass(frozen=True)
+class OneOf(Constraint):
+    """One of ``options`` (each item, for a list)."""
+
+    options: tuple
+
+    def problem(self, value):
+        items = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else [value]
+        bad = [v for v in items if v not in self.options]
+        return None if not bad else f"{bad[0]!r} is not one of {', '.join(map(str, self.options))}"
+
+
+@dataclass(frozen=True)
+class ByteSize(Constraint):
+    """A byte size Dask parses (``128MB``); ``fraction`` also takes a share (``0.8``), ``auto`` takes auto."""
+
+    fraction: bool = False
+    auto: bool = False
+
+    def problem(self, value):
+        try:
+            check_byte_size("", value, fraction=self.fraction, auto=self.auto)
+        except ConfigError as err:
+            return str(err).split(": ", 2)[-1]
+        return None
+
+
+@dataclass(frozen=True)
+class Text(Constraint):
+    """Free text: a path, a column name, an address; ``what`` says which (documentation).
+
+    ``nonempty`` refuses the empty string.
+    """
+
+    what: str
+    nonempty: bool = False
+
+    def problem(self, value):
+        return f"is required ({self.what})" if self.nonempty and not value else None
+
+
+@dataclass(frozen=True)
+class Names(Constraint):
+    """A list (or mapping) of column names, none empty, none twice."""
+
+    def problem(self, value):
+        names = list(value)
+        if any(not str(n) for n in names):
+            return "holds an empty name"
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        return f"names {repeated[0]!r} more than once; list each column once" if repeated else None
+
+
+@dataclass(frozen=True)
+class Anything(Constraint):
+    """Passed through unchecked, for the reason given (e.g. XGBoost's own parameters)."""
+
+    why: str
+
+    def problem(self, value):
+        return None
+
+
+@dataclass(frozen=True)
+class Section(Constraint):
+    """A nested section (checked field by field)."""
+
+    def problem(self, value):
+        return None
+
+
+def option(default=dataclasses.MISSING, *, factory=dataclasses.MISSING, check: Constraint, **metadata):
+    """A config field with its constraint: ``lr: float = option(3e-3, check=Between(0, open_low=True))``."""
+    metadata = {**metadata, "check": check}
+    if factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def field_problems(section, prefix: str = "") -> list:
+    """Every violation of every declared constraint in ``section`` and its subsections,
+    as ``"config key 'a.b': <value> — <what is allowed>"`` lines."""
+    problems = []
+    for f in dataclasses.fields(section):
+        if f.metadata.get("internal"):
+            continue
+        key, value = f"{prefix}{f.name}", getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            problems.extend(field_problems(value, f"{key}."))
+            continue
+        if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            for i, item in enumerate(value):
+                problems.extend(field_problems(item, f"{key}[{i}]."))
+            continue
+        check = f.metadata.get("check")
+        if value is None or check is None:
+            continue
+        problem = check.problem(value)
+        if problem:
+            problems.append(f"config key '{key}': {problem}")
+    return problems

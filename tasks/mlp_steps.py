@@ -118,7 +118,7 @@ def apply_reduced_gradient(params, reduced, previous, *, spec, optim, lr):
 
     gradient = weighted_mean(reduced, {k: v for k, v in params.items()})
     state = previous["optimizer_state"] if previous else None
-    out = apply_gradient(params, gradient, spec, optim, lr=lr, state=state)
+    out = apply_gradient(params, gradient, spec, optim, lr=lr, optimizer_state=state)
     out["loss_sum"] = reduced["loss_sum"]
     out["weight"] = reduced["weight"]
     return out

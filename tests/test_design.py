@@ -103,3 +103,44 @@ def test_long_signatures_are_keyword_only():
                 if len(positional) > 5:
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
     assert found == []
+
+
+def test_every_config_field_declares_its_constraint():
+    import dataclasses
+    import typing
+
+    from shardflow.pipelines.config import Config
+
+    missing = []
+
+    def walk(cls, prefix):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("internal"):
+                continue
+            if "check" not in f.metadata:
+                missing.append(prefix + f.name)
+            inner = hints[f.name]
+            inner = (typing.get_args(inner) or (inner,))[0] if typing.get_origin(inner) is list else inner
+            if dataclasses.is_dataclass(inner):
+                walk(inner, f"{prefix}{f.name}.")
+
+    walk(Config, "")
+    assert missing == []
+
+
+def test_values_that_would_break_later_are_refused_up_front_all_at_once():
+    from shardflow.pipelines.config import ConfigError, load_config
+
+    bad = {"train.xgboost.max_attempts": "0", "train.mlp.batch_size": "0", "train.mlp.dropout": "1.5",
+           "train.mlp.lr": "-1", "train.mlp.warmup": "2", "input.blocksize": "12XB",
+           "input.max_partition_rows": "0", "train.partitions.xgboost_rounds": "0", "cluster.n_workers": "0",
+           "joins": "[{path: z.csv, on: [k], min_match_rate: 2}]"}
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[f"{k}={v}" for k, v in bad.items()])
+    message = str(err.value)
+    for key in bad:
+        assert f"config key '{key if key != 'joins' else 'joins[0].min_match_rate'}'" in message, key
+    assert "must be between 0 and 1 (excluding 1), got 1.5" in message and len(message.splitlines()) == 1
+    with pytest.raises(ConfigError, match=r"did you mean 'train.mlp.dropout'"):
+        load_config(overrides=["train.mlp.drpout=0.1"])

@@ -67,12 +67,10 @@ def save_family(stage_dir, family, result: dict) -> None:
         "coef", "coef_even", "coef_odd", "fit_seconds", "seconds", "newton_steps")}})
 
 
-def load_family(files, family) -> dict:
-    from shardflow.pipelines.families import FAMILIES
-
-    members = FAMILIES[family.needs[0]]
+def load_coefficients(files, family) -> dict:
+    """The combiner's own part of the payload (the registry adds its members')."""
     meta = files.read_json(family.marker)
-    return {**members.load(files, members), **{k: meta[k] for k in ("coef", "coef_even", "coef_odd")}}
+    return {k: meta[k] for k in ("coef", "coef_even", "coef_odd")}
 
 
 def curves(run_dir, family) -> list:
