@@ -98,7 +98,7 @@ def task_count(client, fn):
 
 def bench_overhead(spec: str, runs: Path, small: Path, cli_data: Path) -> dict:
     from shardflow.cluster.factory import start
-    from shardflow.pipelines.source import inspect_source, load_dimensions, read_source, table_spec
+    from shardflow.pipelines.plan import InputPlan
 
     starts = []
     for _ in range(3):
@@ -110,9 +110,7 @@ def bench_overhead(spec: str, runs: Path, small: Path, cli_data: Path) -> dict:
     builds = []
     for _ in range(3):
         t = time.perf_counter()
-        source = inspect_source(config)
-        spec_ = table_spec(config, source, load_dimensions(config, source))
-        read_source(config, "pandas", source, spec_).to_delayed()
+        InputPlan(config).read("pandas").to_delayed()
         builds.append(time.perf_counter() - t)
     e2e = []
     for _ in range(2):

@@ -39,14 +39,7 @@ from shardflow.pipelines.rundir import (
     write_text_atomic,
 )
 from shardflow.pipelines.stages import stage_keys
-from shardflow.pipelines.source import (
-    dimension_frames,
-    inspect_source,
-    load_dimensions,
-    prepared_meta,
-    read_source,
-    table_spec,
-)
+from shardflow.pipelines.plan import InputPlan
 from shardflow.tasks.encode import Preprocessor, fit_vocabulary
 from shardflow.tasks.errors import InputError
 from shardflow.tasks.prepare import prepare_partition
@@ -104,7 +97,8 @@ class EtlResult:
         return total / self.seconds if self.seconds else float("nan")
 
 
-def etl(config: Config, runtime: Runtime | None = None, run_dir=None, key: str | None = None) -> EtlResult:
+def etl(config: Config, runtime: Runtime | None = None, run_dir=None, key: str | None = None, *,
+        plan: InputPlan | None = None) -> EtlResult:
     """Run the ETL stage of a job and write its output into a run directory.
 
     Parameters
@@ -118,6 +112,8 @@ def etl(config: Config, runtime: Runtime | None = None, run_dir=None, key: str |
         Run directory to write ``etl/`` into; default a new one under ``output.runs_dir``.
     key : str, optional
         Stage key recorded in the manifest (default: :func:`shardflow.pipelines.stages.stage_keys`).
+    plan : InputPlan, optional
+        The job's inspected input, when the caller already has it (its footers are not read again).
 
     Returns
     -------
@@ -137,30 +133,30 @@ def etl(config: Config, runtime: Runtime | None = None, run_dir=None, key: str |
     (19996000, {'trip_distance: below 0': 4000})
     """
     prepare_runs_dir(Path(run_dir).parent if run_dir else config.runs_dir)
-    source = inspect_source(config)
-    if source.rows == 0:
+    plan = plan or InputPlan(config)
+    if plan.source.rows == 0:
         raise InputError(f"input.path {config.input.path!r}: the dataset has no rows")
-    dims = load_dimensions(config, source)
-    spec = table_spec(config, source, dims)
+    plan.spec  # noqa: B018 - loads the dimension tables and checks the columns before any cluster work
     # Recorded even when called from Python, so that a later `run()` finds this ETL output.
-    key = key or stage_keys(config, source)["etl"]
+    key = key or stage_keys(config, plan)["etl"]
     owns_runtime = runtime is None
     runtime = runtime or start(config.cluster)
     try:
-        return _run(config, runtime, source=source, dims=dims, spec=spec, run_dir=run_dir, key=key)
+        return _run(config, runtime, plan=plan, run_dir=run_dir, key=key)
     finally:
         if owns_runtime:
             runtime.close()
 
 
-def _run(config, runtime, *, source, dims, spec, run_dir, key) -> EtlResult:
+def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
     client, backend_name = runtime.client, runtime.backend
-    prepared_meta(source, spec, dims, backend_name)  # fails early on a bad expression
+    source, dims, spec = plan.source, plan.dimensions, plan.spec
+    plan.check_expressions(backend_name)  # fails early on a bad expression
     started = time.perf_counter()
     reset_peak_memory(client)
     timings = {}
     # In the graph, not scattered: scattered data dies with its workers, graph data is recomputed.
-    dim_frames = named_delayed("etl-dimension-tables", dimension_frames(dims, backend_name)) if dims else []
+    dim_frames = named_delayed("etl-dimension-tables", plan.dimension_frames(backend_name)) if dims else []
 
     cached = None
 
@@ -168,7 +164,7 @@ def _run(config, runtime, *, source, dims, spec, run_dir, key) -> EtlResult:
         """The prepared partitions for one pass: from cluster memory, or read again."""
         if cached is not None:
             return cached
-        raw = read_source(config, backend_name, source, spec)
+        raw = plan.read(backend_name)
         name = task_names(f"{stage}-prepare", source.fingerprint, spec)
         return [dask.delayed(prepare_partition, pure=True)(part, spec, dim_frames, dask_key_name=name(i))
                 for i, part in enumerate(raw.to_delayed())]

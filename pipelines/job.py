@@ -224,8 +224,11 @@ def run(config: Config, runtime: Runtime | None = None, run_dir=None, resume=Non
     """
     from shardflow.pipelines.etl import etl
 
+    from shardflow.pipelines.plan import InputPlan
+
     runs_dir = prepare_runs_dir(config.runs_dir)
-    keys = stage_keys(config)
+    plan = InputPlan(config)  # inspected once: for the stage keys and, if needed, the ETL
+    keys = stage_keys(config, plan)
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "manifest.json").exists():
@@ -247,7 +250,7 @@ def run(config: Config, runtime: Runtime | None = None, run_dir=None, resume=Non
     runtime = runtime or start(config.cluster)
     try:
         if not current["etl"]:
-            etl(config, runtime=runtime, run_dir=run_dir, key=keys["etl"])
+            etl(config, runtime=runtime, run_dir=run_dir, key=keys["etl"], plan=plan)
         data = None
         if not current["train"]:
             trained = train(config, runtime, run_dir, key=keys["train"])

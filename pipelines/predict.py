@@ -17,14 +17,7 @@ from shardflow.pipelines import artifacts, progress
 from shardflow.pipelines.config import load_config
 from shardflow.pipelines.graph import named_delayed, scatter_named, task_names
 from shardflow.pipelines.rundir import atomic_directory, read_manifest
-from shardflow.pipelines.source import (
-    dimension_frames,
-    inspect_source,
-    load_dimensions,
-    prepared_meta,
-    read_source,
-    table_spec,
-)
+from shardflow.pipelines.plan import InputPlan
 from shardflow.pipelines.families import FAMILIES
 from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.errors import InputError, ShardflowError
@@ -98,25 +91,24 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
     input_abs = str(Path(input_path).expanduser().resolve()) if not any(c in str(input_path) for c in "*?[") \
         else os.path.abspath(os.path.expanduser(str(input_path)))
     config = load_config(config_path, [f"input.path={json.dumps(input_abs)}", "input.format=auto"])
-    source = inspect_source(config)
-    if source.rows == 0:
+    plan = InputPlan(config, for_prediction=True)
+    if plan.source.rows == 0:
         raise InputError(f"--input {input_path}: the dataset has no rows")
     _check_dimension_tables(config, manifest)
-    dims = load_dimensions(config, source)
-    spec = table_spec(config, source, dims, for_prediction=True)
+    spec = plan.spec
     owns = runtime is None
     # Never the run's own cluster section: a run directory must not choose where code runs.
     runtime = runtime or start(ClusterConfig())
     try:
-        prepared_meta(source, spec, dims, runtime.backend)
+        plan.check_expressions(runtime.backend)
         with atomic_directory(output) as tmp:
             (tmp / QUARANTINE_DIR).mkdir()
             client = runtime.client
-            dim_frames = named_delayed("predict-dimension-tables", dimension_frames(dims, runtime.backend)) \
-                if dims else []
+            dim_frames = named_delayed("predict-dimension-tables", plan.dimension_frames(runtime.backend)) \
+                if plan.dimensions else []
             payload_f = scatter_named(client, f"predict-model-{model}", payload)
-            raw = read_source(config, runtime.backend, source, spec)
-            name = task_names(f"predict-{model}", source.fingerprint, str(tmp))
+            raw = plan.read(runtime.backend)
+            name = task_names(f"predict-{model}", plan.source.fingerprint, str(tmp))
             tasks = [dask.delayed(predict_partition, pure=False)(
                 part, spec, dim_frames, preprocessor=preprocessor, predictor=FAMILIES[model].predict,
                 payload=payload_f, output=str(tmp), index=i, dask_key_name=name(i))

@@ -405,3 +405,4 @@ def prepared_meta(source: Source, spec: TableSpec, dims, backend_name: str):
             f"the configured features cannot be computed on the input's columns "
             f"({type(err).__name__}: {err}); check features.derived and target.expression"
         ) from None
+

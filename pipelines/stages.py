@@ -23,7 +23,8 @@ from shardflow.pipelines.config import Config
 STAGE_CODE = {
     "etl": ("tasks/backend.py", "tasks/encode.py", "tasks/errors.py", "tasks/expressions.py", "tasks/io.py",
             "tasks/prepare.py", "tasks/schema.py", "tasks/stats.py", "pipelines/config.py", "pipelines/etl.py",
-            "pipelines/graph.py", "pipelines/outputs.py", "pipelines/source.py", "pipelines/typed_yaml.py"),
+            "pipelines/graph.py", "pipelines/outputs.py", "pipelines/plan.py", "pipelines/source.py",
+            "pipelines/typed_yaml.py"),
     "train": ("tasks/metrics.py", "tasks/mlp_steps.py", "tasks/models.py", "tasks/neural.py", "tasks/shards.py",
               "pipelines/families.py", "pipelines/job.py", "pipelines/artifacts.py", "pipelines/training/*.py"),
     "evaluate": ("tasks/evaluation.py", "pipelines/evaluate.py"),
@@ -65,15 +66,18 @@ def code_version(stage: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def stage_keys(config: Config, source=None) -> dict:
+def stage_keys(config: Config, plan=None) -> dict:
     """The key of each stage's output for ``config`` (see the module docstring).
 
-    ``source`` is the inspected input when the caller has it (its footers are not read again).
+    ``plan`` is the job's :class:`~shardflow.pipelines.source.InputPlan` when the caller
+    has it (its footers are not read again).
     """
-    from shardflow.pipelines.source import file_fingerprint, inspect_source
+    from shardflow.pipelines.plan import InputPlan
+    from shardflow.pipelines.source import file_fingerprint
 
-    source = source or inspect_source(config)
-    dims = [config.resolve(j.path) for j in config.joins]
+    plan = plan or InputPlan(config)
+    source = plan.source
+    dims = plan.dimension_paths()
     data = config.to_dict()
     etl_config = {k: data[k] for k in ("input", "joins", "target", "features", "clean", "encode", "split")}
     etl_config["input"] = {k: v for k, v in data["input"].items() if k != "persist"}  # how, not what
