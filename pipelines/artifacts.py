@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from shardflow.pipelines.rundir import read_manifest
+from shardflow.pipelines.rundir import RunDir, read_manifest
 from shardflow.tasks.errors import ShardflowError
 
-TRAIN_DIR = "train"
 
 
 class ArtifactError(ShardflowError):
@@ -51,10 +50,10 @@ def save_models(stage_dir: Path, results: dict, task: str) -> None:
     stage_dir = Path(stage_dir)
     for name, result in results.items():
         FAMILIES[name].save(stage_dir, FAMILIES[name], result)
-    write_json(stage_dir / "task.json", {"task": task})
+    write_json(RunDir.train_file(stage_dir, "task"), {"task": task})
 
 
-def artifact_hashes(run_dir: Path, stage: str = TRAIN_DIR) -> dict:
+def artifact_hashes(run_dir: Path, stage: str) -> dict:
     """``{relative path: sha256}`` of every file of a stage, for the manifest."""
     root = Path(run_dir)
     return {str(p.relative_to(root)): sha256(p) for p in sorted((root / stage).rglob("*")) if p.is_file()}
@@ -90,28 +89,30 @@ class RunFiles:
     """A run directory's files, each read only after its hash is checked (:func:`verified_path`)."""
 
     def __init__(self, run_dir, manifest: dict | None = None):
-        self.run_dir = Path(run_dir)
-        self.manifest = read_manifest(self.run_dir) if manifest is None else manifest
+        self.run = RunDir(run_dir)
+        self.manifest = read_manifest(self.run.path) if manifest is None else manifest
 
-    def path(self, relative: str) -> Path:
-        return verified_path(self.run_dir, relative, self.manifest)
+    def path(self, path) -> Path:
+        """``path`` (inside the run), checked."""
+        return verified_path(self.run.path, self.run.relative(path), self.manifest)
 
-    def read_bytes(self, relative: str) -> bytes:
-        return self.path(relative).read_bytes()
+    def read_bytes(self, path) -> bytes:
+        return self.path(path).read_bytes()
 
-    def read_json(self, relative: str):
-        return json.loads(self.path(relative).read_text())
+    def read_json(self, path):
+        return json.loads(self.path(path).read_text())
 
-    def read_weights(self, relative: str) -> dict:
-        return load_weights(self.path(relative))
+    def read_weights(self, path) -> dict:
+        return load_weights(self.path(path))
 
 
 def available_models(run_dir: Path) -> list:
     """The families trained in a run, in the registry's order."""
     from shardflow.pipelines.families import FAMILIES
 
+    run = RunDir(run_dir)
     recorded = read_manifest(run_dir).get("artifacts", {})
-    return [name for name, family in FAMILIES.items() if family.marker in recorded]
+    return [name for name, family in FAMILIES.items() if run.relative(run.trained(family.file())) in recorded]
 
 
 def load_model(run_dir, name: str) -> dict:
@@ -125,12 +126,12 @@ def load_model(run_dir, name: str) -> dict:
     from shardflow.pipelines.families import FAMILIES
 
     files = RunFiles(run_dir)
-    if "train" not in files.manifest.get("stages", {}):
+    if RunDir.TRAIN not in files.manifest.get("stages", {}):
         raise ArtifactError(f"{run_dir}: has no trained models (no train stage in its manifest)")
     if name not in available_models(run_dir):
         raise ArtifactError(f"model {name!r} was not trained in {run_dir}; available: "
                             f"{', '.join(available_models(run_dir))}")
-    task = files.read_json("train/task.json")["task"]
+    task = files.read_json(files.run.trained("task"))["task"]
     return {"task": task, **FAMILIES[name].load(files, FAMILIES[name])}
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from shardflow.pipelines.families import FAMILY_NAMES
+from shardflow.pipelines.rundir import RunDir
 from shardflow.tasks.errors import ShardflowError
 
 logger = logging.getLogger("shardflow")
@@ -205,7 +206,7 @@ def cmd_run(args) -> int:
         build_report(result.run_dir)
     print(result.table)
     print(f"run:    {result.run_dir}")
-    print(f"report: {result.run_dir / 'report.html'}")
+    print(f"report: {RunDir(result.run_dir).report}")
     return 0
 
 
@@ -232,8 +233,9 @@ def _performance_report(enabled: bool):
         yield target
     if target.run_dir is not None:
         os.chmod(tmp, 0o644)  # mkstemp makes it private; it is a report like the others
-        os.replace(tmp, Path(target.run_dir) / "performance-report.html")
-        logger.info("performance report: %s", Path(target.run_dir) / "performance-report.html")
+        final = RunDir(target.run_dir).performance_report
+        os.replace(tmp, final)
+        logger.info("performance report: %s", final)
 
 
 def cmd_report(args) -> int:

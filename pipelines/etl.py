@@ -31,6 +31,7 @@ from shardflow.pipelines.artifacts import sha256
 from shardflow.pipelines.config import Config
 from shardflow.pipelines.graph import named_delayed, task_names, tree_reduce
 from shardflow.pipelines.rundir import (
+    RunDir,
     library_versions,
     new_run_id,
     prepare_runs_dir,
@@ -64,7 +65,7 @@ class EtlResult:
     Attributes
     ----------
     run_dir : Path
-        The run directory; the stage output is ``run_dir / "etl"``.
+        The run directory (see :class:`~shardflow.pipelines.rundir.RunDir`).
     rows, partitions, validation_rows : int
         Rows written (quarantined ones excluded), partitions, rows in the validation split.
     quarantined : dict
@@ -74,7 +75,7 @@ class EtlResult:
     peak_memory : dict
         Peak resident memory (bytes) per worker during the stage.
     preprocessor : Preprocessor
-        Fitted vocabularies and statistics (also in ``etl/preprocessor.json``).
+        Fitted vocabularies and statistics (also saved in the stage output).
     """
 
     run_dir: Path
@@ -89,7 +90,7 @@ class EtlResult:
 
     @property
     def stage_dir(self) -> Path:
-        return self.run_dir / "etl"
+        return RunDir(self.run_dir).stage(RunDir.ETL)
 
     @property
     def rows_per_second(self) -> float:
@@ -138,7 +139,7 @@ def etl(config: Config, runtime: Runtime | None = None, run_dir=None, key: str |
         raise InputError(f"input.path {config.input.path!r}: the dataset has no rows")
     plan.spec  # noqa: B018 - loads the dimension tables and checks the columns before any cluster work
     # Recorded even when called from Python, so that a later `run()` finds this ETL output.
-    key = key or stage_keys(config, plan)["etl"]
+    key = key or stage_keys(config, plan)[RunDir.ETL]
     owns_runtime = runtime is None
     runtime = runtime or start(config.cluster)
     try:
@@ -236,9 +237,9 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
     n_features = len(preprocessor.feature_names)
     chunk_rows = config.output.zarr_chunk_rows or _auto_chunk_rows(profile.rows, len(partition_rows), n_features)
     offsets = np.concatenate([[0], np.cumsum(partition_rows)[:-1]]).astype(int).tolist()
-    with stage_output(run_dir, "etl") as stage_dir:
-        (stage_dir / outputs.FEATURES_DIR).mkdir()
-        (stage_dir / outputs.QUARANTINE_DIR).mkdir()
+    with stage_output(run_dir, RunDir.ETL) as stage_dir:
+        RunDir.etl_file(stage_dir, "features").mkdir()
+        RunDir.etl_file(stage_dir, "quarantine").mkdir()
         outputs.create_feature_arrays(stage_dir, profile.rows, n_features, chunk_rows, {
             "feature_names": preprocessor.feature_names,
             "target": spec.target,
@@ -277,14 +278,14 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
             "target_mean": float(profile.target.mean[0]),
             "target_std": float(np.nan_to_num(profile.target.std[0])),
         }
-        (stage_dir / outputs.PREPROCESSOR_FILE).write_text(preprocessor.to_json())
-        (stage_dir / outputs.SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
-    write_text_atomic(run_dir / "config.yaml", config.resolved().to_yaml())
+        RunDir.etl_file(stage_dir, "preprocessor").write_text(preprocessor.to_json())
+        RunDir.etl_file(stage_dir, "summary").write_text(json.dumps(summary, indent=1))
+    run = RunDir(run_dir)
+    write_text_atomic(run.config, config.resolved().to_yaml())
     update_manifest(
         run_dir,
         # What scoring later reads from the run directory; predict refuses edited copies.
-        artifacts={name: sha256(run_dir / name) for name in (
-            "config.yaml", f"etl/{outputs.PREPROCESSOR_FILE}", f"etl/{outputs.SUMMARY_FILE}")},
+        artifacts={run.relative(path): sha256(path) for path in (run.config, run.preprocessor, run.summary)},
         run_id=run_dir.name,
         input={"path": config.resolve(config.input.path), "format": source.format, "files": len(source.files),
                "fingerprint": source.fingerprint},
@@ -293,7 +294,7 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
         versions=library_versions(),
         cluster=runtime.layout(),
         seeds={"split": config.split.seed},
-        stages={"etl": {"completed": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": profile.rows,
+        stages={RunDir.ETL: {"completed": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": profile.rows,
                         "partitions": len(partition_rows), "seconds": round(seconds, 3), "key": key}},
     )
     if cached is not None:
@@ -406,7 +407,7 @@ def read_features(run_dir):
     """
     import dask.dataframe as dd
 
-    path = Path(run_dir) / "etl" / outputs.FEATURES_DIR
+    path = RunDir(run_dir).features
     if not path.is_dir():
         raise InputError(f"{run_dir}: has no ETL output ({path} is missing)")
     return dd.read_parquet(str(path))

@@ -74,10 +74,13 @@ class Family:
     curves: Callable | None = None
     needs: tuple = field(default_factory=tuple)
 
-    @property
-    def marker(self) -> str:
-        """The file (under the run directory) whose hash in the manifest says the family was trained."""
-        return f"train/{self.name}.json"
+    def file(self, suffix: str = "json") -> str:
+        """A file of the family in the train stage; ``json`` (its metadata) marks it as trained."""
+        return f"{self.name}.{suffix}"
+
+    def member_file(self, index: int, suffix: str) -> str:
+        """The file of member model ``index`` of a per-partition family."""
+        return f"{self.name}/model-{index:05d}.{suffix}"
 
 
 def _members_payload(files, family) -> dict:

@@ -24,14 +24,14 @@ from shardflow.pipelines.config import Config, TrainConfig
 from shardflow.pipelines.evaluate import comparison_table, evaluate
 from shardflow.pipelines.report import build_report
 from shardflow.pipelines.stages import evaluate_key, stage_keys
-from shardflow.pipelines.rundir import new_run_id, prepare_runs_dir, read_manifest, stage_output, update_manifest
+from shardflow.pipelines.rundir import RunDir, new_run_id, prepare_runs_dir, read_manifest, stage_output, update_manifest
 from shardflow.pipelines.families import FAMILIES, FAMILY_NAMES, training_order
 from shardflow.pipelines.training import TrainingData, load_training_data, train_partition_models, xgboost_params
 from shardflow.tasks.errors import ShardflowError
 
 logger = logging.getLogger("shardflow.job")
 
-STAGES = ("etl", "train", "evaluate")
+STAGES = RunDir.STAGES
 
 
 @dataclass
@@ -46,7 +46,7 @@ class TrainResult:
 
     @property
     def stage_dir(self) -> Path:
-        return self.run_dir / artifacts.TRAIN_DIR
+        return RunDir(self.run_dir).stage(RunDir.TRAIN)
 
 
 @dataclass
@@ -92,7 +92,7 @@ def find_run(runs_dir, etl_key: str) -> Path | None:
         return None
     for run_dir in sorted((p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
                           reverse=True):
-        if is_current(run_dir, "etl", etl_key):
+        if is_current(run_dir, RunDir.ETL, etl_key):
             return run_dir
     return None
 
@@ -126,7 +126,8 @@ def train(config: Config, runtime: Runtime, run_dir, xgboost_callbacks=(), key: 
     run_dir = Path(run_dir)
     tc = config.train
     reset_peak_memory(runtime.client)
-    data = load_training_data(runtime, run_dir / "etl", tc.seed)
+    run = RunDir(run_dir)
+    data = load_training_data(runtime, run.stage(RunDir.ETL), tc.seed)
     logger.info("train: %d partitions on %d workers, %d training and %d validation rows", len(data.futures),
                 len(set(data.workers)), sum(data.train_rows), sum(data.valid_rows))
     context = TrainContext(runtime, data, tc, run_dir, tuple(xgboost_callbacks),
@@ -148,14 +149,15 @@ def train(config: Config, runtime: Runtime, run_dir, xgboost_callbacks=(), key: 
     results = {name: context.results[name] for name in FAMILY_NAMES if name in context.results}
     seconds = {name: result["seconds"] for name, result in results.items()}
     peaks = peak_memory(runtime.client)
-    with stage_output(run_dir, artifacts.TRAIN_DIR) as tmp:
+    with stage_output(run_dir, RunDir.TRAIN) as tmp:
         artifacts.save_models(tmp, results, data.task)
-        (tmp / "seconds.json").write_text(json.dumps(seconds, indent=1))
-        (tmp / "peak_memory.json").write_text(json.dumps(peaks, indent=1))
-    hashes = artifacts.artifact_hashes(run_dir, artifacts.TRAIN_DIR)
-    key = key or stage_keys(config)["train"]
-    update_manifest(run_dir, artifacts=hashes, replace_artifacts=f"{artifacts.TRAIN_DIR}/", seeds={"split": config.split.seed, "train": tc.seed},
-                    stages={"train": {"completed": time.strftime("%Y-%m-%dT%H:%M:%S"), "models": list(results),
+        RunDir.train_file(tmp, "seconds").write_text(json.dumps(seconds, indent=1))
+        RunDir.train_file(tmp, "peak_memory").write_text(json.dumps(peaks, indent=1))
+    hashes = artifacts.artifact_hashes(run_dir, RunDir.TRAIN)
+    key = key or stage_keys(config)[RunDir.TRAIN]
+    update_manifest(run_dir, artifacts=hashes, replace_artifacts=f"{RunDir.TRAIN}/",
+                    seeds={"split": config.split.seed, "train": tc.seed},
+                    stages={RunDir.TRAIN: {"completed": time.strftime("%Y-%m-%dT%H:%M:%S"), "models": list(results),
                                       "key": key, "seconds": {k: round(v, 3) for k, v in seconds.items()}}})
     return TrainResult(run_dir, results, seconds, peaks, data)
 
@@ -170,29 +172,30 @@ def evaluate_run(runtime: Runtime, run_dir, data: TrainingData | None = None, ke
     """
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
-    if "train" not in manifest.get("stages", {}):
+    run = RunDir(run_dir)
+    if RunDir.TRAIN not in manifest.get("stages", {}):
         raise ShardflowError(f"{run_dir}: has no trained models to evaluate")
-    key = key or evaluate_key(manifest["stages"]["train"].get("key") or "")
+    key = key or evaluate_key(manifest["stages"][RunDir.TRAIN].get("key") or "")
     names = artifacts.available_models(run_dir)
     payloads = {name: artifacts.load_model(run_dir, name) for name in names}
     task = next(iter(payloads.values()))["task"]
     seed = manifest.get("seeds", {}).get("train", 0)
-    data = data or load_training_data(runtime, run_dir / "etl", seed)
-    summary = json.loads((run_dir / "etl" / "summary.json").read_text())
+    data = data or load_training_data(runtime, run.stage(RunDir.ETL), seed)
+    summary = json.loads(run.summary.read_text())
     out = evaluate(runtime, data, payloads, residual_range=4 * (summary.get("target_std") or 1.0))
-    seconds = json.loads((run_dir / "train" / "seconds.json").read_text())
-    peaks = json.loads((run_dir / "train" / "peak_memory.json").read_text())
-    partition_models = {f: json.loads((run_dir / FAMILIES[f].marker).read_text())["partition_metrics"]
+    seconds = json.loads(run.trained("seconds").read_text())
+    peaks = json.loads(run.trained("peak_memory").read_text())
+    partition_models = {f: json.loads(run.trained(FAMILIES[f].file()).read_text())["partition_metrics"]
                         for f in names if FAMILIES[f].kind == "per_partition"}
     table = comparison_table(out["metrics"], seconds, task)
-    with stage_output(run_dir, "evaluate") as tmp:
-        (tmp / "metrics.json").write_text(json.dumps({
+    with stage_output(run_dir, RunDir.EVALUATE) as tmp:
+        RunDir.evaluate_file(tmp, "metrics").write_text(json.dumps({
             "task": task, "metrics": out["metrics"], "train_seconds": seconds,
             "partition_metrics": out["partition_metrics"], "curves": out["curves"],
             "partition_models": partition_models, "peak_memory": peaks}, indent=1, default=float))
-        (tmp / "comparison.md").write_text(table + "\n")
-    update_manifest(run_dir, artifacts={"evaluate/metrics.json": artifacts.sha256(run_dir / "evaluate" / "metrics.json")},
-                    stages={"evaluate": {"completed": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        RunDir.evaluate_file(tmp, "comparison").write_text(table + "\n")
+    update_manifest(run_dir, artifacts={run.relative(run.metrics): artifacts.sha256(run.metrics)},
+                    stages={RunDir.EVALUATE: {"completed": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                                   "key": key, "seconds": round(out["seconds"], 3)}})
     return {**out, "table": table}
 
@@ -231,39 +234,39 @@ def run(config: Config, runtime: Runtime | None = None, run_dir=None, resume=Non
     keys = stage_keys(config, plan)
     if resume is not None:
         run_dir = Path(resume)
-        if not (run_dir / "manifest.json").exists():
+        if not RunDir(run_dir).manifest.exists():
             raise ShardflowError(f"--resume {resume}: not a run directory (no manifest.json); "
                                  "give a directory under output.runs_dir")
     elif run_dir is None and not force:
-        run_dir = find_run(runs_dir, keys["etl"])
+        run_dir = find_run(runs_dir, keys[RunDir.ETL])
     run_dir = Path(run_dir) if run_dir else runs_dir / new_run_id()
     current = {stage: not force and is_current(run_dir, stage, keys[stage]) for stage in STAGES}
-    if not current["etl"]:
-        current["train"] = current["evaluate"] = False
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # they belong to the old features
-    if not current["train"]:
-        current["evaluate"] = False
+    if not current[RunDir.ETL]:
+        current[RunDir.TRAIN] = current[RunDir.EVALUATE] = False
+        shutil.rmtree(RunDir(run_dir).checkpoints(), ignore_errors=True)  # they belong to the old features
+    if not current[RunDir.TRAIN]:
+        current[RunDir.EVALUATE] = False
     skipped = [s for s in STAGES if current[s]]
     if skipped:
         logger.info("run %s: %s current, not recomputed", run_dir.name, ", ".join(skipped))
     owns = runtime is None
     runtime = runtime or start(config.cluster)
     try:
-        if not current["etl"]:
-            etl(config, runtime=runtime, run_dir=run_dir, key=keys["etl"], plan=plan)
+        if not current[RunDir.ETL]:
+            etl(config, runtime=runtime, run_dir=run_dir, key=keys[RunDir.ETL], plan=plan)
         data = None
-        if not current["train"]:
-            trained = train(config, runtime, run_dir, key=keys["train"])
+        if not current[RunDir.TRAIN]:
+            trained = train(config, runtime, run_dir, key=keys[RunDir.TRAIN])
             data = trained.data
-        if not current["evaluate"]:
-            evaluate_run(runtime, run_dir, data, key=keys["evaluate"])
-        if not all(current.values()) or not (run_dir / "report.html").exists():
+        if not current[RunDir.EVALUATE]:
+            evaluate_run(runtime, run_dir, data, key=keys[RunDir.EVALUATE])
+        if not all(current.values()) or not RunDir(run_dir).report.exists():
             build_report(run_dir)
     finally:
         if owns:
             runtime.close()
-    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
-    table = (run_dir / "evaluate" / "comparison.md").read_text().strip()
+    metrics = json.loads(RunDir(run_dir).metrics.read_text())
+    table = RunDir(run_dir).comparison.read_text().strip()
     from dask.utils import format_bytes
 
     logger.info("run done: %s; peak worker memory in training %s", run_dir,

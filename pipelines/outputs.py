@@ -7,16 +7,12 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from shardflow.pipelines.rundir import RunDir
 from shardflow.tasks import backend
 from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.prepare import PreparedPartition
 from shardflow.tasks.schema import SPLIT_COLUMN
 
-FEATURES_DIR = "features"
-QUARANTINE_DIR = "quarantine"
-ZARR_DIR = "features.zarr"
-PREPROCESSOR_FILE = "preprocessor.json"
-SUMMARY_FILE = "summary.json"
 
 
 def part_name(index: int) -> str:
@@ -26,7 +22,7 @@ def part_name(index: int) -> str:
 def create_feature_arrays(stage_dir: Path, rows: int, n_features: int, chunk_rows: int,
                           attributes: dict) -> None:
     """Create the empty Zarr arrays ``X`` (rows × features, float32), ``y`` and ``is_validation``."""
-    group = zarr.open_group(str(stage_dir / ZARR_DIR), mode="w")
+    group = zarr.open_group(str(RunDir.etl_file(stage_dir, "zarr")), mode="w")
     group.attrs.update(attributes)
     chunk_rows = max(1, chunk_rows)
     # LZ4 with byte shuffling: several times faster than Zarr's default Zstd on float columns.
@@ -57,15 +53,15 @@ def write_etl_partition(part: PreparedPartition, index: int, *, preprocessor: Pr
         )
     stage = Path(stage_dir)
     table = preprocessor.transform(features)
-    backend.write_parquet(table, str(stage / FEATURES_DIR / part_name(index)))
+    backend.write_parquet(table, str(RunDir.etl_file(stage, "features") / part_name(index)))
     if len(quarantine):
-        backend.write_parquet(quarantine, str(stage / QUARANTINE_DIR / part_name(index)))
+        backend.write_parquet(quarantine, str(RunDir.etl_file(stage, "quarantine") / part_name(index)))
     arrays = {
         "X": backend.to_host_array(table[preprocessor.feature_names], np.float32),
         "y": backend.to_host_array(table[preprocessor.target], np.float32),
         "is_validation": backend.to_host_array(table[SPLIT_COLUMN], bool),
     }
-    write_rows(stage / ZARR_DIR, arrays, offset=offset, total_rows=total_rows, chunk_rows=chunk_rows,
+    write_rows(RunDir.etl_file(stage, "zarr"), arrays, offset=offset, total_rows=total_rows, chunk_rows=chunk_rows,
                lock_prefix=lock_prefix)
     return {"partition": index, "rows": len(features), "quarantined": len(quarantine)}
 

@@ -16,7 +16,7 @@ from shardflow.cluster.factory import Runtime, start
 from shardflow.pipelines import artifacts, progress
 from shardflow.pipelines.config import load_config
 from shardflow.pipelines.graph import named_delayed, scatter_named, task_names
-from shardflow.pipelines.rundir import atomic_directory, read_manifest
+from shardflow.pipelines.rundir import RunDir, atomic_directory, read_manifest
 from shardflow.pipelines.plan import InputPlan
 from shardflow.pipelines.families import FAMILIES
 from shardflow.tasks.encode import Preprocessor
@@ -74,7 +74,8 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
     started = time.perf_counter()
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
-    if "train" not in manifest.get("stages", {}):
+    run = RunDir(run_dir)
+    if RunDir.TRAIN not in manifest.get("stages", {}):
         raise ShardflowError(f"--run {run_dir}: not a finished run (no train stage in its manifest.json)")
     output = Path(output_path).expanduser().resolve()
     if output.exists() and not overwrite:
@@ -82,12 +83,12 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
     # Every file read below is checked against the manifest's hashes first: a shared run
     # directory edited after the run is refused, never executed.
     if model is None:
-        metrics = json.loads(artifacts.verified_path(run_dir, "evaluate/metrics.json", manifest).read_text())
+        metrics = json.loads(artifacts.verified_path(run_dir, run.relative(run.metrics), manifest).read_text())
         model = best_model(metrics["metrics"], metrics["task"])
     payload = artifacts.load_model(run_dir, model)
     preprocessor = Preprocessor.from_json(
-        artifacts.verified_path(run_dir, "etl/preprocessor.json", manifest).read_text())
-    config_path = artifacts.verified_path(run_dir, "config.yaml", manifest)
+        artifacts.verified_path(run_dir, run.relative(run.preprocessor), manifest).read_text())
+    config_path = artifacts.verified_path(run_dir, run.relative(run.config), manifest)
     input_abs = str(Path(input_path).expanduser().resolve()) if not any(c in str(input_path) for c in "*?[") \
         else os.path.abspath(os.path.expanduser(str(input_path)))
     config = load_config(config_path, [f"input.path={json.dumps(input_abs)}", "input.format=auto"])

@@ -16,10 +16,9 @@ from pathlib import Path
 
 from shardflow.pipelines.families import FAMILIES, label
 from shardflow.pipelines.figures import subplots
-from shardflow.pipelines.rundir import read_manifest, write_text_atomic
+from shardflow.pipelines.rundir import RunDir, read_manifest, write_text_atomic
 from shardflow.tasks.metrics import best_model, primary_metric
 
-REPORT_FILE = "report.html"
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;
@@ -74,9 +73,10 @@ def build_report(run_dir) -> Path:
         from shardflow.tasks.errors import ShardflowError
 
         raise ShardflowError(f"{run_dir}: not a run directory (no manifest.json)")
-    summary = _load(run_dir / "etl" / "summary.json") or {}
-    evaluation = _load(run_dir / "evaluate" / "metrics.json") or {}
-    seconds = _load(run_dir / "train" / "seconds.json") or {}
+    run = RunDir(run_dir)
+    summary = _load(run.summary) or {}
+    evaluation = _load(run.metrics) or {}
+    seconds = _load(run.trained("seconds")) or {}
     task = evaluation.get("task", "classification")
     parts = [f"<h1>shardflow run {html.escape(run_dir.name)}</h1>",
              f"<p class='muted'>stages: {', '.join(manifest.get('stages', {})) or 'none'}</p>"]
@@ -139,14 +139,14 @@ def build_report(run_dir) -> Path:
             [[w, format_bytes(int(v))] for w, v in evaluation["peak_memory"].items()], ["worker", "peak RSS"]))
     parts.append("<h3>Library versions</h3>" + _table(list(manifest.get("versions", {}).items()),
                                                      ["library", "version"]))
-    if (run_dir / "performance-report.html").exists():
-        parts.append("<p><a href='performance-report.html'>Dask performance report</a></p>")
-    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
+    if run.performance_report.exists():
+        parts.append(f"<p><a href='{run.relative(run.performance_report)}'>Dask performance report</a></p>")
+    config = run.config.read_text() if run.config.exists() else ""
     parts.append("<h2>Configuration</h2><pre>" + html.escape(config) + "</pre>")
 
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>shardflow run " + html.escape(run_dir.name) +
             f"</title><style>{_CSS}</style></head><body>" + "\n".join(p for p in parts if p) + "</body></html>")
-    out = run_dir / REPORT_FILE
+    out = run.report
     write_text_atomic(out, page)
     return out
 
@@ -230,7 +230,7 @@ def list_runs(runs_dir) -> list:
         manifest = read_manifest(run_dir)
         if not manifest:
             continue
-        evaluation = _load(run_dir / "evaluate" / "metrics.json") or {}
+        evaluation = _load(RunDir(run_dir).metrics) or {}
         metrics = evaluation.get("metrics", {})
         task = evaluation.get("task", "classification")
         key = primary_metric(task)
@@ -241,7 +241,7 @@ def list_runs(runs_dir) -> list:
         started = min((info.get("completed", "") for info in manifest.get("stages", {}).values()), default="")
         runs.append({"run": run_dir.name, "stages": list(manifest.get("stages", {})),
                      "date": started.replace("T", " ")[:16] or None,
-                     "rows": manifest.get("stages", {}).get("etl", {}).get("rows"),
+                     "rows": manifest.get("stages", {}).get(RunDir.ETL, {}).get("rows"),
                      "input": manifest.get("input", {}).get("path"), "metric": key,
                      "best_model": best[0] if best else None, "best_value": best[1] if best else None,
                      "path": str(run_dir)})

@@ -194,3 +194,126 @@ def library_versions() -> dict:
         except metadata.PackageNotFoundError:
             pass
     return versions
+
+
+class RunDir:
+    """Every path inside a run directory; no other module spells one.
+
+    ::
+
+        <run>/manifest.json, config.yaml, report.html, performance-report.html
+        <run>/etl/        features/ (Parquet), quarantine/, features.zarr, preprocessor.json, summary.json
+        <run>/train/      <family>.json and its model files, seconds.json, peak_memory.json, task.json
+        <run>/evaluate/   metrics.json, comparison.md
+        <run>/checkpoints/<family>/
+
+    A stage is written into a temporary directory first (:func:`stage_output`); the
+    ``*_file`` helpers take that directory, the properties the final one.
+
+    Examples
+    --------
+    >>> run = RunDir("/runs/20261122-101500-ab12cd")
+    >>> run.relative(run.preprocessor)
+    'etl/preprocessor.json'
+    >>> RunDir.etl_file("/tmp/.etl.tmp-x", "features").as_posix()
+    '/tmp/.etl.tmp-x/features'
+    """
+
+    ETL, TRAIN, EVALUATE = "etl", "train", "evaluate"
+    STAGES = (ETL, TRAIN, EVALUATE)
+    _ETL_FILES = {"features": "features", "quarantine": "quarantine", "zarr": "features.zarr",
+                  "preprocessor": "preprocessor.json", "summary": "summary.json"}
+    _TRAIN_FILES = {"seconds": "seconds.json", "peak_memory": "peak_memory.json", "task": "task.json"}
+    _EVALUATE_FILES = {"metrics": "metrics.json", "comparison": "comparison.md"}
+    _CHECKPOINT_FILES = {"model": "model.ubj", "state": "state.json", "params": "params.pt", "best": "best.pt"}
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # the run's own files
+    @property
+    def manifest(self) -> Path:
+        return self.path / MANIFEST
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report.html"
+
+    @property
+    def performance_report(self) -> Path:
+        return self.path / "performance-report.html"
+
+    def stage(self, name: str) -> Path:
+        return self.path / name
+
+    def checkpoints(self, family: str | None = None) -> Path:
+        root = self.path / "checkpoints"
+        return root / family if family else root
+
+    def relative(self, path) -> str:
+        """``path``'s name in the manifest (relative to the run, with forward slashes)."""
+        return Path(path).relative_to(self.path).as_posix()
+
+    # the stages' files, in a (temporary or final) stage directory
+    @classmethod
+    def etl_file(cls, stage_dir, what: str) -> Path:
+        return Path(stage_dir) / cls._ETL_FILES[what]
+
+    @classmethod
+    def train_file(cls, stage_dir, what: str) -> Path:
+        """``what``: seconds, peak_memory, task, or a family's own file name (``mlp.pt``)."""
+        return Path(stage_dir) / cls._TRAIN_FILES.get(what, what)
+
+    @classmethod
+    def checkpoint_file(cls, directory, what: str, temporary: bool = False) -> Path:
+        """A checkpoint's ``model``, ``state``, ``params`` or ``best`` file; ``temporary``: the
+        hidden sibling it is written to first (same suffix: XGBoost picks the format from it)."""
+        name = cls._CHECKPOINT_FILES[what]
+        return Path(directory) / (f".{os.getpid()}-{name}" if temporary else name)
+
+    @classmethod
+    def evaluate_file(cls, stage_dir, what: str) -> Path:
+        return Path(stage_dir) / cls._EVALUATE_FILES[what]
+
+    # the final stage outputs
+    @property
+    def features(self) -> Path:
+        return self.etl_file(self.stage(self.ETL), "features")
+
+    @property
+    def quarantine(self) -> Path:
+        return self.etl_file(self.stage(self.ETL), "quarantine")
+
+    @property
+    def zarr(self) -> Path:
+        return self.etl_file(self.stage(self.ETL), "zarr")
+
+    @property
+    def preprocessor(self) -> Path:
+        return self.etl_file(self.stage(self.ETL), "preprocessor")
+
+    @property
+    def summary(self) -> Path:
+        return self.etl_file(self.stage(self.ETL), "summary")
+
+    def trained(self, what: str) -> Path:
+        return self.train_file(self.stage(self.TRAIN), what)
+
+    @property
+    def metrics(self) -> Path:
+        return self.evaluate_file(self.stage(self.EVALUATE), "metrics")
+
+    @property
+    def comparison(self) -> Path:
+        return self.evaluate_file(self.stage(self.EVALUATE), "comparison")

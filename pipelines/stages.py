@@ -15,19 +15,20 @@ from pathlib import Path
 from dask.base import tokenize
 
 from shardflow.pipelines.config import Config
+from shardflow.pipelines.rundir import RunDir
 
 
 #: The source files (relative to the installed ``shardflow`` package) whose code decides
 #: each stage's output. A stage's key covers its own files and its inputs' stages', so
 #: editing the report, the CLI or the README never invalidates a completed stage.
 STAGE_CODE = {
-    "etl": ("tasks/backend.py", "tasks/encode.py", "tasks/errors.py", "tasks/expressions.py", "tasks/io.py",
+    RunDir.ETL: ("tasks/backend.py", "tasks/encode.py", "tasks/errors.py", "tasks/expressions.py", "tasks/io.py",
             "tasks/prepare.py", "tasks/schema.py", "tasks/stats.py", "pipelines/config.py", "pipelines/etl.py",
             "pipelines/graph.py", "pipelines/outputs.py", "pipelines/plan.py", "pipelines/source.py",
             "pipelines/typed_yaml.py"),
-    "train": ("tasks/metrics.py", "tasks/mlp_steps.py", "tasks/models.py", "tasks/neural.py", "tasks/shards.py",
+    RunDir.TRAIN: ("tasks/metrics.py", "tasks/mlp_steps.py", "tasks/models.py", "tasks/neural.py", "tasks/shards.py",
               "pipelines/families.py", "pipelines/job.py", "pipelines/artifacts.py", "pipelines/training/*.py"),
-    "evaluate": ("tasks/evaluation.py", "pipelines/evaluate.py"),
+    RunDir.EVALUATE: ("tasks/evaluation.py", "pipelines/evaluate.py"),
 }
 #: Code that changes how a run looks or where it runs, never what it computes.
 COSMETIC_CODE = ("pipelines/cli.py", "pipelines/console.py", "pipelines/figures.py", "pipelines/progress.py",
@@ -82,11 +83,11 @@ def stage_keys(config: Config, plan=None) -> dict:
     etl_config = {k: data[k] for k in ("input", "joins", "target", "features", "clean", "encode", "split")}
     etl_config["input"] = {k: v for k, v in data["input"].items() if k != "persist"}  # how, not what
     etl_config["output"] = {k: data["output"][k] for k in ("keep_columns", "zarr_chunk_rows")}
-    etl = tokenize(source.fingerprint, file_fingerprint(dims) if dims else "", etl_config, code_version("etl"))
-    train = tokenize(etl, data["train"], code_version("train"))
-    return {"etl": etl[:16], "train": train[:16], "evaluate": evaluate_key(train[:16])}
+    etl = tokenize(source.fingerprint, file_fingerprint(dims) if dims else "", etl_config, code_version(RunDir.ETL))
+    train = tokenize(etl, data["train"], code_version(RunDir.TRAIN))
+    return {RunDir.ETL: etl[:16], RunDir.TRAIN: train[:16], RunDir.EVALUATE: evaluate_key(train[:16])}
 
 
 def evaluate_key(train_key: str) -> str:
     """The evaluation's key, from the key of the training it evaluates."""
-    return tokenize(train_key, code_version("evaluate"))[:16]
+    return tokenize(train_key, code_version(RunDir.EVALUATE))[:16]

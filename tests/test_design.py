@@ -144,3 +144,26 @@ def test_values_that_would_break_later_are_refused_up_front_all_at_once():
     assert "must be between 0 and 1 (excluding 1), got 1.5" in message and len(message.splitlines()) == 1
     with pytest.raises(ConfigError, match=r"did you mean 'train.mlp.dropout'"):
         load_config(overrides=["train.mlp.drpout=0.1"])
+
+
+def test_run_directory_paths_are_spelled_in_rundir_only():
+    """No module but ``pipelines/rundir.py`` spells a path inside a run directory."""
+    import re
+
+    from shardflow.pipelines.rundir import MANIFEST, RunDir
+
+    names = {MANIFEST, *RunDir._ETL_FILES.values(), *RunDir._TRAIN_FILES.values(),
+             *RunDir._EVALUATE_FILES.values(), *RunDir._CHECKPOINT_FILES.values(),
+             "config.yaml", "report.html", "performance-report.html"} - {"features", "quarantine"}
+    inside = re.compile(r"^(etl|train|evaluate|checkpoints)/")
+    found = []
+    for path, tree in modules():
+        if path.relative_to(ROOT) == Path("pipelines/rundir.py"):
+            continue
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(n)}
+        found += [(str(path.relative_to(ROOT)), node.lineno, node.value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                  and (node.value in names or inside.match(node.value) or any(
+                      node.value.endswith(f"/{n}") or node.value.endswith(n) and "/" in node.value for n in names))]
+    assert found == []

@@ -16,14 +16,14 @@ from pathlib import Path
 import xgboost as xgb
 from dask.base import tokenize
 
-MODEL_FILE = "model.ubj"
-STATE_FILE = "state.json"
+from shardflow.pipelines.rundir import RunDir
+
 
 
 def read_checkpoint(directory, token: str):
     """``(booster, state)`` of a checkpoint written for the same job ``token``, else ``(None, None)``."""
     directory = Path(directory)
-    state_path, model_path = directory / STATE_FILE, directory / MODEL_FILE
+    state_path, model_path = RunDir.checkpoint_file(directory, "state"), RunDir.checkpoint_file(directory, "model")
     if not state_path.exists() or not model_path.exists():
         return None, None
     state = json.loads(state_path.read_text())
@@ -125,13 +125,12 @@ class ResumableState(xgb.callback.TrainingCallback):
         else:
             state["finished"] = True
         # Model first, state second: the state never names a model that is not in place.
-        # (The temporary name keeps the .ubj suffix: XGBoost picks the format from it.)
-        tmp_model = directory / f".model-{os.getpid()}.ubj"
+        tmp_model = RunDir.checkpoint_file(directory, "model", temporary=True)
         model.save_model(str(tmp_model))
-        os.replace(tmp_model, directory / MODEL_FILE)
-        tmp_state = directory / f".state-{os.getpid()}.json"
+        os.replace(tmp_model, RunDir.checkpoint_file(directory, "model"))
+        tmp_state = RunDir.checkpoint_file(directory, "state", temporary=True)
         tmp_state.write_text(json.dumps(state))
-        os.replace(tmp_state, directory / STATE_FILE)
+        os.replace(tmp_state, RunDir.checkpoint_file(directory, "state"))
 
 
 def _report(topic: str, message: dict) -> None:
@@ -154,15 +153,15 @@ def mlp_checkpoint_token(data, cfg, seed) -> str:
 def read_mlp_checkpoint(ckpt, data, cfg, seed):
     import json
 
-    if ckpt is None or not (ckpt / "state.json").exists():
+    if ckpt is None or not RunDir.checkpoint_file(ckpt, "state").exists():
         return None
-    meta = json.loads((ckpt / "state.json").read_text())
+    meta = json.loads(RunDir.checkpoint_file(ckpt, "state").read_text())
     if meta.get("token") != mlp_checkpoint_token(data, cfg, seed):
         return None
     from shardflow.pipelines.artifacts import load_weights
 
-    meta["params"] = load_weights(ckpt / "params.pt")
-    meta["best_params"] = load_weights(ckpt / "best.pt")
+    meta["params"] = load_weights(RunDir.checkpoint_file(ckpt, "params"))
+    meta["best_params"] = load_weights(RunDir.checkpoint_file(ckpt, "best"))
     return meta
 
 
@@ -173,12 +172,12 @@ def write_mlp_checkpoint(ckpt, state, token) -> None:
     from shardflow.pipelines.artifacts import save_weights
 
     ckpt.mkdir(parents=True, exist_ok=True)
-    for name, key in (("params.pt", "params"), ("best.pt", "best_params")):
-        tmp = ckpt / f".{name}.tmp"
+    for what, key in (("params", "params"), ("best", "best_params")):
+        tmp = RunDir.checkpoint_file(ckpt, what, temporary=True)
         save_weights(state[key], tmp)
-        os.replace(tmp, ckpt / name)
+        os.replace(tmp, RunDir.checkpoint_file(ckpt, what))
     meta = {k: v for k, v in state.items() if k not in ("params", "best_params")}
     meta["token"] = token
-    tmp = ckpt / ".state.json.tmp"
+    tmp = RunDir.checkpoint_file(ckpt, "state", temporary=True)
     tmp.write_text(json.dumps(meta, default=float))
-    os.replace(tmp, ckpt / "state.json")  # last: the weights it names are in place
+    os.replace(tmp, RunDir.checkpoint_file(ckpt, "state"))  # last: the weights it names are in place

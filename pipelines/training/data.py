@@ -16,7 +16,7 @@ from pathlib import Path
 from dask.base import tokenize
 
 from shardflow.cluster.factory import Runtime
-from shardflow.pipelines.outputs import ZARR_DIR
+from shardflow.pipelines.rundir import RunDir
 from shardflow.tasks import shards as shard_tasks
 from shardflow.tasks.encode import Preprocessor
 
@@ -74,7 +74,7 @@ def load_training_data(runtime: Runtime, etl_dir, seed: int = 0, attempt: int = 
     ----------
     runtime : Runtime
     etl_dir : path
-        The ETL stage output (``run_dir / "etl"``).
+        The ETL stage output (:meth:`RunDir.stage`).
     seed : int
         Seeds the per-partition shuffles.
     attempt : int
@@ -85,18 +85,20 @@ def load_training_data(runtime: Runtime, etl_dir, seed: int = 0, attempt: int = 
     import zarr
 
     etl_dir = Path(etl_dir)
-    preprocessor = Preprocessor.from_json((etl_dir / "preprocessor.json").read_text())
-    attrs = zarr.open_group(str(etl_dir / ZARR_DIR), mode="r").attrs
+    zarr_path = str(RunDir.etl_file(etl_dir, "zarr"))
+    preprocessor_text = RunDir.etl_file(etl_dir, "preprocessor").read_text()
+    preprocessor = Preprocessor.from_json(preprocessor_text)
+    attrs = zarr.open_group(zarr_path, mode="r").attrs
     offsets, rows = attrs["partition_offsets"], attrs["partition_rows"]
     client = runtime.client
     workers = sorted_workers(client)
     # The token names the data: the same ETL output (its fitted preprocessing included) and seed.
-    token = tokenize(str(etl_dir.resolve()), (etl_dir / "preprocessor.json").read_text(),
-                     json.loads((etl_dir / "summary.json").read_text())["rows"], seed)[:10]
+    token = tokenize(str(etl_dir.resolve()), preprocessor_text,
+                     json.loads(RunDir.etl_file(etl_dir, "summary").read_text())["rows"], seed)[:10]
     placement = [workers[i % len(workers)] for i in range(len(rows))]
     prefix = f"train-load-partition-{token}" + (f"-retry{attempt}" if attempt else "")
     futures = [
-        client.submit(shard_tasks.read_shard, str(etl_dir / ZARR_DIR), offsets[i], rows[i], seed * 1_000_003 + i,
+        client.submit(shard_tasks.read_shard, zarr_path, offsets[i], rows[i], seed * 1_000_003 + i,
                       key=f"{prefix}-{i}", workers=[placement[i]],
                       # a preference: if the worker is lost, the partition is read again elsewhere
                       allow_other_workers=True)

@@ -12,6 +12,7 @@ import math
 import time
 from pathlib import Path
 
+from shardflow.pipelines.rundir import RunDir
 from shardflow.cluster.factory import Runtime
 from shardflow.pipelines import progress
 from shardflow.pipelines.config import MLPConfig
@@ -210,19 +211,19 @@ _META = ("history", "best_epoch", "rounds", "steps_per_epoch", "sync_every", "se
 def train_family(context, family) -> dict:
     tc = context.config
     return train_data_parallel_mlp(context.runtime, context.data, tc.mlp, tc.seed, label=family.name,
-                                   checkpoint_dir=context.run_dir / "checkpoints" / family.name)
+                                   checkpoint_dir=RunDir(context.run_dir).checkpoints(family.name))
 
 
 def save_family(stage_dir, family, result: dict) -> None:
     from shardflow.pipelines.artifacts import save_weights, write_json
 
-    save_weights(result["params"], stage_dir / f"{family.name}.pt")
-    write_json(stage_dir / f"{family.name}.json", {"spec": result["spec"].to_dict(), **{k: result[k] for k in _META}})
+    save_weights(result["params"], RunDir.train_file(stage_dir, family.file("pt")))
+    write_json(RunDir.train_file(stage_dir, family.file("json")), {"spec": result["spec"].to_dict(), **{k: result[k] for k in _META}})
 
 
 def load_family(files, family) -> dict:
-    meta = files.read_json(family.marker)
-    return {"spec": meta["spec"], "params": files.read_weights(f"train/{family.name}.pt")}
+    meta = files.read_json(files.run.trained(family.file()))
+    return {"spec": meta["spec"], "params": files.read_weights(files.run.trained(family.file("pt")))}
 
 
 def curves(run_dir, family) -> list:
@@ -230,7 +231,7 @@ def curves(run_dir, family) -> list:
 
     from shardflow.pipelines.figures import subplots
 
-    meta = json.loads((run_dir / family.marker).read_text())
+    meta = json.loads(RunDir(run_dir).trained(family.file()).read_text())
     fig, ax = subplots((5.5, 3.5))
     epochs = range(1, len(meta["history"]["train_loss"]) + 1)
     ax.plot(epochs, meta["history"]["train_loss"], marker="o", label="train loss")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from shardflow.pipelines.rundir import RunDir
 from shardflow.cluster.factory import Runtime
 from shardflow.pipelines import progress
 from shardflow.pipelines.config import PartitionModelsConfig
@@ -103,14 +104,14 @@ def mlp_job(context, family):
 def _save_members(stage_dir, family, result: dict, suffix: str, write) -> None:
     from shardflow.pipelines.artifacts import write_json
 
-    (stage_dir / family.name).mkdir()
+    RunDir.train_file(stage_dir, family.name).mkdir()
     for i, member in enumerate(result["members"]):
-        write(member, stage_dir / family.name / f"model-{i:05d}.{suffix}")
+        write(member, RunDir.train_file(stage_dir, family.member_file(i, suffix)))
     meta = {k: result[k] for k in ("groups", "weights", "seconds", "partition_metrics")}
     meta["histories"] = [member.get("history", {}) for member in result["members"]]
     if "spec" in result:
         meta["spec"] = result["spec"].to_dict()
-    write_json(stage_dir / f"{family.name}.json", meta)
+    write_json(RunDir.train_file(stage_dir, family.file("json")), meta)
 
 
 def save_boosters(stage_dir, family, result: dict) -> None:
@@ -118,8 +119,8 @@ def save_boosters(stage_dir, family, result: dict) -> None:
 
 
 def load_boosters(files, family) -> dict:
-    meta = files.read_json(family.marker)
-    models = [files.read_bytes(f"train/{family.name}/model-{i:05d}.ubj") for i in range(len(meta["weights"]))]
+    meta = files.read_json(files.run.trained(family.file()))
+    models = [files.read_bytes(files.run.trained(family.member_file(i, "ubj"))) for i in range(len(meta["weights"]))]
     return {"models": models, "weights": meta["weights"], "members": family.name}
 
 
@@ -130,8 +131,8 @@ def save_mlps(stage_dir, family, result: dict) -> None:
 
 
 def load_mlps(files, family) -> dict:
-    meta = files.read_json(family.marker)
-    params = [files.read_weights(f"train/{family.name}/model-{i:05d}.pt") for i in range(len(meta["weights"]))]
+    meta = files.read_json(files.run.trained(family.file()))
+    params = [files.read_weights(files.run.trained(family.member_file(i, "pt"))) for i in range(len(meta["weights"]))]
     return {"spec": meta["spec"], "params": params, "weights": meta["weights"]}
 
 
@@ -140,7 +141,7 @@ def booster_curves(run_dir, family) -> list:
 
     from shardflow.pipelines.figures import subplots
 
-    meta = json.loads((run_dir / family.marker).read_text())
+    meta = json.loads(RunDir(run_dir).trained(family.file()).read_text())
     if not any(meta.get("histories", [])):
         return []
     fig, ax = subplots((5.5, 3.5))
@@ -158,7 +159,7 @@ def mlp_curves(run_dir, family) -> list:
 
     from shardflow.pipelines.figures import subplots
 
-    meta = json.loads((run_dir / family.marker).read_text())
+    meta = json.loads(RunDir(run_dir).trained(family.file()).read_text())
     if not any(meta.get("histories", [])):
         return []
     fig, ax = subplots((5.5, 3.5))

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from shardflow.pipelines.rundir import RunDir
 from shardflow.cluster.factory import Runtime
 from shardflow.pipelines.graph import scatter_named, tree_reduce_futures
 from shardflow.pipelines.training.data import TrainingData, call_token
@@ -63,13 +64,13 @@ def train_family(context, family) -> dict:
 def save_family(stage_dir, family, result: dict) -> None:
     from shardflow.pipelines.artifacts import write_json
 
-    write_json(stage_dir / f"{family.name}.json", {"members": family.needs[0], **{k: result[k] for k in (
+    write_json(RunDir.train_file(stage_dir, family.file("json")), {"members": family.needs[0], **{k: result[k] for k in (
         "coef", "coef_even", "coef_odd", "fit_seconds", "seconds", "newton_steps")}})
 
 
 def load_coefficients(files, family) -> dict:
     """The combiner's own part of the payload (the registry adds its members')."""
-    meta = files.read_json(family.marker)
+    meta = files.read_json(files.run.trained(family.file()))
     return {k: meta[k] for k in ("coef", "coef_even", "coef_odd")}
 
 
@@ -78,7 +79,7 @@ def curves(run_dir, family) -> list:
 
     from shardflow.pipelines.figures import subplots
 
-    meta = json.loads((run_dir / family.marker).read_text())
+    meta = json.loads(RunDir(run_dir).trained(family.file()).read_text())
     if not meta.get("newton_steps"):
         return []
     fig, ax = subplots((5.5, 3.5))

@@ -10,6 +10,7 @@ import time
 
 from dask.base import tokenize
 
+from shardflow.pipelines.rundir import RunDir
 from shardflow.cluster.factory import Runtime
 from shardflow.pipelines import progress
 from shardflow.pipelines.config import XGBoostConfig
@@ -142,19 +143,19 @@ _META = ("history", "best_iteration", "rounds", "round_seconds", "seconds", "res
 def train_family(context, family) -> dict:
     tc = context.config
     return train_global_xgboost(context.runtime, context.data, tc.xgboost,
-                                checkpoint_dir=context.run_dir / "checkpoints" / family.name, seed=tc.seed,
+                                checkpoint_dir=RunDir(context.run_dir).checkpoints(family.name), seed=tc.seed,
                                 callbacks=context.xgboost_callbacks, label=family.name)
 
 
 def save_family(stage_dir, family, result: dict) -> None:
     from shardflow.pipelines.artifacts import write_json
 
-    (stage_dir / f"{family.name}.ubj").write_bytes(result["model"])
-    write_json(stage_dir / f"{family.name}.json", {k: result[k] for k in _META})
+    (RunDir.train_file(stage_dir, family.file("ubj"))).write_bytes(result["model"])
+    write_json(RunDir.train_file(stage_dir, family.file("json")), {k: result[k] for k in _META})
 
 
 def load_family(files, family) -> dict:
-    return {"model": files.read_bytes(f"train/{family.name}.ubj")}
+    return {"model": files.read_bytes(files.run.trained(family.file("ubj")))}
 
 
 def curves(run_dir, family) -> list:
@@ -165,7 +166,7 @@ def curves(run_dir, family) -> list:
 
     from shardflow.pipelines.figures import subplots
 
-    meta = json.loads((run_dir / family.marker).read_text())
+    meta = json.loads(RunDir(run_dir).trained(family.file()).read_text())
     fig, ax = subplots((5.5, 3.5))
     for metric, values in meta["history"].get("validation", {}).items():
         ax.plot(values, label=f"validation {metric}")
@@ -174,7 +175,7 @@ def curves(run_dir, family) -> list:
     ax.set_title(family.label)
     ax.legend(fontsize=8)
     panels = [(fig, f"{family.label}: validation metrics per round (dotted: best)")]
-    booster = xgb.Booster(model_file=str(run_dir / "train" / f"{family.name}.ubj"))
+    booster = xgb.Booster(model_file=str(RunDir(run_dir).trained(family.file("ubj"))))
     gain = booster.get_score(importance_type="gain")
     if gain:
         top = sorted(gain.items(), key=lambda kv: kv[1])[-20:]
