@@ -26,7 +26,7 @@ from shardflow.pipelines.report import build_report
 from shardflow.pipelines.stages import evaluate_key, stage_keys
 from shardflow.pipelines.rundir import RunDir, new_run_id, prepare_runs_dir, read_manifest, stage_output, update_manifest
 from shardflow.pipelines.families import FAMILIES, FAMILY_NAMES, training_order
-from shardflow.pipelines.training import TrainingData, load_training_data, train_partition_models, xgboost_params
+from shardflow.pipelines.training import TrainingData, load_training_data, train_partition_models
 from shardflow.tasks.errors import ShardflowError
 
 logger = logging.getLogger("shardflow.job")
@@ -59,7 +59,6 @@ class TrainContext:
     config: TrainConfig
     run_dir: Path
     xgboost_callbacks: tuple
-    xgboost_params: dict
     results: dict = field(default_factory=dict)
 
 
@@ -130,8 +129,7 @@ def train(config: Config, runtime: Runtime, run_dir, xgboost_callbacks=(), key: 
     data = load_training_data(runtime, run.stage(RunDir.ETL), tc.seed)
     logger.info("train: %d partitions on %d workers, %d training and %d validation rows", len(data.futures),
                 len(set(data.workers)), sum(data.train_rows), sum(data.valid_rows))
-    context = TrainContext(runtime, data, tc, run_dir, tuple(xgboost_callbacks),
-                           xgboost_params(data.task, tc.xgboost, runtime.backend, tc.seed))
+    context = TrainContext(runtime, data, tc, run_dir, tuple(xgboost_callbacks))
     for family in training_order(tc.models):
         if family.name in context.results:
             continue

@@ -80,10 +80,12 @@ def xgboost_job(context, family):
 
     Returns ``(task, kwargs_of_group, extra)``: ``extra`` joins the family's result.
     """
+    from shardflow.pipelines.training.xgboost_global import xgboost_params
     from shardflow.tasks.models import train_group_xgboost
 
     data, tc = context.data, context.config
-    kwargs = dict(params=context.xgboost_params, rounds=tc.partitions.xgboost_rounds,
+    params = xgboost_params(data.task, tc.xgboost, context.runtime.backend, tc.seed)
+    kwargs = dict(params=params, rounds=tc.partitions.xgboost_rounds,
                   feature_names=data.feature_names, feature_types=data.feature_types(tc.xgboost.categorical),
                   task=data.task)
     return train_group_xgboost, lambda group: kwargs, {}
