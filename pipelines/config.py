@@ -33,7 +33,8 @@ from shardflow.pipelines.typed_yaml import (
     parse_yaml,
 )
 from shardflow.tasks.expressions import ExpressionError, parse_expression
-from shardflow.tasks.schema import COLUMN_KINDS, DATETIME_PARTS, TASK_TYPES
+from shardflow.tasks.schema import COLUMN_KINDS, DATETIME_PARTS
+from shardflow.tasks.targets import TASK_TYPES
 
 
 @dataclass
@@ -84,7 +85,7 @@ class TargetConfig:
     """``target:`` what to predict; ``expression`` derives it (``arr_delay > 15``)."""
 
     column: str = option("", check=Text("a column name", nonempty=True))
-    task: str = option("classification", check=OneOf(TASK_TYPES))
+    task: str = option(TASK_TYPES[0], check=OneOf(TASK_TYPES))
     expression: str | None = option(None, check=Text("an expression (checked by the whitelist)"))
 
 

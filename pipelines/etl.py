@@ -44,6 +44,7 @@ from shardflow.pipelines.plan import InputPlan
 from shardflow.tasks.encode import Preprocessor, fit_vocabulary
 from shardflow.tasks.errors import InputError
 from shardflow.tasks.prepare import prepare_partition
+from shardflow.tasks.targets import target_kind
 from shardflow.tasks.stats import (
     Moments,
     combine_moments,
@@ -339,7 +340,7 @@ def _check_profile(profile, config: Config, source) -> None:
         raise InputError(
             f"every row of {config.input.path!r} was quarantined: {reasons}; check clean.valid_ranges and the input"
         )
-    if config.target.task == "classification":
+    if target_kind(config.target.task).label is not None:
         _check_labels(profile, config)
     train_rows = profile.rows - profile.validation_rows
     if train_rows == 0 or profile.validation_rows == 0:

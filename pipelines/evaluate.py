@@ -16,6 +16,7 @@ from shardflow.pipelines.training import TrainingData, call_token
 from shardflow.pipelines.families import FAMILIES, label
 from shardflow.tasks.evaluation import combine_partitions, evaluate_partition, finish_partition
 from shardflow.tasks.metrics import curves, finish_metrics
+from shardflow.tasks.targets import target_kind
 
 
 def evaluate(runtime, data: TrainingData, payloads: dict, residual_range: float = 1.0) -> dict:
@@ -56,7 +57,7 @@ def evaluate(runtime, data: TrainingData, payloads: dict, residual_range: float 
 
 def comparison_table(metrics: dict, train_seconds: dict, task: str) -> str:
     """A Markdown table: every model's validation quality and training time."""
-    cols = ["auc", "logloss", "accuracy"] if task == "classification" else ["rmse", "mae", "r2"]
+    cols = target_kind(task).columns
     lines = ["| model | " + " | ".join(cols) + " | train s |", "|---|" + "---:|" * (len(cols) + 1)]
     for name, m in metrics.items():
         values = [f"{m.get(c, math.nan):.4f}" for c in cols]

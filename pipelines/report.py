@@ -18,6 +18,7 @@ from shardflow.pipelines.families import FAMILIES, label
 from shardflow.pipelines.figures import subplots
 from shardflow.pipelines.rundir import RunDir, read_manifest, write_text_atomic
 from shardflow.tasks.metrics import best_model, primary_metric
+from shardflow.tasks.targets import TASK_TYPES, target_kind
 
 
 _CSS = """
@@ -77,7 +78,7 @@ def build_report(run_dir) -> Path:
     summary = _load(run.summary) or {}
     evaluation = _load(run.metrics) or {}
     seconds = _load(run.trained("seconds")) or {}
-    task = evaluation.get("task", "classification")
+    task = evaluation.get("task", TASK_TYPES[0])
     parts = [f"<h1>shardflow run {html.escape(run_dir.name)}</h1>",
              f"<p class='muted'>stages: {', '.join(manifest.get('stages', {})) or 'none'}</p>"]
 
@@ -118,7 +119,7 @@ def build_report(run_dir) -> Path:
     metrics = evaluation.get("metrics", {})
     if metrics:
         parts.append("<h2>Model comparison (validation split)</h2>")
-        cols = ["auc", "logloss", "accuracy"] if task == "classification" else ["rmse", "mae", "r2"]
+        cols = list(target_kind(task).columns)
         parts.append(_table([[label(n), *[m.get(c, float("nan")) for c in cols],
                               seconds.get(n, float("nan"))] for n, m in metrics.items()],
                             ["model", *cols, "train seconds"]))
@@ -156,7 +157,7 @@ def _quality_plots(evaluation, task) -> str:
     if not curves:
         return ""
     fig, ax = subplots(figsize=(6, 4.5))
-    if task == "classification":
+    if target_kind(task).curve == "roc":
         for name, c in curves.items():
             ax.plot(c["fpr"], c["tpr"], label=f"{label(name)} "
                                               f"(AUC {evaluation['metrics'][name]['auc']:.4f})")
@@ -207,7 +208,7 @@ def _partition_plots(evaluation, task) -> str:
     ax.set_xlabel("partition")
     ax.set_ylabel(key)
     lo = min((p.get(key, 1.0) for name in names for p in per[name] if p.get(key) == p.get(key)), default=0)
-    if task == "classification":
+    if target_kind(task).curve == "roc":  # a probability metric: on [0, 1]
         ax.set_ylim(max(0.0, lo - 0.05), 1.0)
     ax.set_title(f"Validation {key} per partition")
     ax.legend(fontsize=7, ncol=2)
@@ -232,7 +233,7 @@ def list_runs(runs_dir) -> list:
             continue
         evaluation = _load(RunDir(run_dir).metrics) or {}
         metrics = evaluation.get("metrics", {})
-        task = evaluation.get("task", "classification")
+        task = evaluation.get("task", TASK_TYPES[0])
         key = primary_metric(task)
         best = None
         if metrics:

@@ -19,29 +19,35 @@ _EPS = 1e-15
 
 
 def partial_metrics(y: np.ndarray, prediction: np.ndarray, task: str, residual_range: float = 1.0) -> dict:
-    """Sufficient statistics of one partition's validation rows for :func:`finish_metrics`.
+    """Sufficient statistics of one partition's validation rows for :func:`finish_metrics`
+    (the target kind's own, see :mod:`shardflow.tasks.targets`)."""
+    from shardflow.tasks.targets import target_kind
 
-    For regression, residuals are also counted in ``RESIDUAL_BINS`` bins over
-    ``[-residual_range, residual_range]`` (outside: the end bins), for the report.
-    """
     y = np.asarray(y, dtype=np.float64)
     p = np.asarray(prediction, dtype=np.float64)
     out = {"n": float(len(y)), "sum_y": float(y.sum()), "sum_y2": float((y * y).sum())}
-    if task == "classification":
-        q = np.clip(p, _EPS, 1 - _EPS)
-        out["logloss_sum"] = float(-(y * np.log(q) + (1 - y) * np.log(1 - q)).sum())
-        out["correct"] = float(((p >= 0.5) == (y >= 0.5)).sum())
-        bins = np.minimum((np.clip(p, 0.0, 1.0) * AUC_BINS).astype(np.int64), AUC_BINS - 1)
-        out["pos_hist"] = np.bincount(bins[y >= 0.5], minlength=AUC_BINS).astype(np.int64)
-        out["neg_hist"] = np.bincount(bins[y < 0.5], minlength=AUC_BINS).astype(np.int64)
-    else:
-        err = p - y
-        out["sse"] = float((err * err).sum())
-        out["sae"] = float(np.abs(err).sum())
-        scaled = (np.clip(err / residual_range, -1, 1) + 1) / 2 * RESIDUAL_BINS
-        out["residual_hist"] = np.bincount(np.minimum(scaled.astype(np.int64), RESIDUAL_BINS - 1),
-                                           minlength=RESIDUAL_BINS).astype(np.int64)
+    out.update(target_kind(task).partial(y, p, residual_range))
     return out
+
+
+def binary_partial(y: np.ndarray, p: np.ndarray, residual_range: float) -> dict:
+    """Log-loss and accuracy sums, and score histograms per class (for AUC and ROC)."""
+    q = np.clip(p, _EPS, 1 - _EPS)
+    bins = np.minimum((np.clip(p, 0.0, 1.0) * AUC_BINS).astype(np.int64), AUC_BINS - 1)
+    return {"logloss_sum": float(-(y * np.log(q) + (1 - y) * np.log(1 - q)).sum()),
+            "correct": float(((p >= 0.5) == (y >= 0.5)).sum()),
+            "pos_hist": np.bincount(bins[y >= 0.5], minlength=AUC_BINS).astype(np.int64),
+            "neg_hist": np.bincount(bins[y < 0.5], minlength=AUC_BINS).astype(np.int64)}
+
+
+def regression_partial(y: np.ndarray, p: np.ndarray, residual_range: float) -> dict:
+    """Squared and absolute error sums; residuals counted in ``RESIDUAL_BINS`` bins over
+    ``[-residual_range, residual_range]`` (outside: the end bins), for the report."""
+    err = p - y
+    scaled = (np.clip(err / residual_range, -1, 1) + 1) / 2 * RESIDUAL_BINS
+    return {"sse": float((err * err).sum()), "sae": float(np.abs(err).sum()),
+            "residual_hist": np.bincount(np.minimum(scaled.astype(np.int64), RESIDUAL_BINS - 1),
+                                         minlength=RESIDUAL_BINS).astype(np.int64)}
 
 
 def combine_metrics(a: dict, b: dict) -> dict:
@@ -63,31 +69,43 @@ def combine_metrics(a: dict, b: dict) -> dict:
 
 def finish_metrics(total: dict, task: str) -> dict:
     """Metrics from summed partial statistics."""
-    n = total["n"]
-    if n == 0:
+    from shardflow.tasks.targets import target_kind
+
+    if total["n"] == 0:
         return {"rows": 0}
-    if task == "classification":
-        pos, neg = total["pos_hist"], total["neg_hist"]
-        n_pos, n_neg = pos.sum(), neg.sum()
-        if n_pos and n_neg:
-            # Pairs (positive above negative) + half the pairs sharing a bin.
-            neg_below = np.cumsum(neg) - neg
-            auc = float((pos * neg_below).sum() + 0.5 * (pos * neg).sum()) / float(n_pos * n_neg)
-        else:
-            auc = float("nan")
-        return {"rows": int(n), "auc": auc, "logloss": total["logloss_sum"] / n, "accuracy": total["correct"] / n,
-                "positive_rate": total["sum_y"] / n}
+    return {"rows": int(total["n"]), **target_kind(task).finish(total)}
+
+
+def binary_finish(total: dict) -> dict:
+    n = total["n"]
+    pos, neg = total["pos_hist"], total["neg_hist"]
+    n_pos, n_neg = pos.sum(), neg.sum()
+    if n_pos and n_neg:
+        # Pairs (positive above negative) + half the pairs sharing a bin.
+        neg_below = np.cumsum(neg) - neg
+        auc = float((pos * neg_below).sum() + 0.5 * (pos * neg).sum()) / float(n_pos * n_neg)
+    else:
+        auc = float("nan")
+    return {"auc": auc, "logloss": total["logloss_sum"] / n, "accuracy": total["correct"] / n,
+            "positive_rate": total["sum_y"] / n}
+
+
+def regression_finish(total: dict) -> dict:
+    n = total["n"]
     mean = total["sum_y"] / n
     sst = total["sum_y2"] - n * mean * mean
-    return {"rows": int(n), "rmse": float(np.sqrt(total["sse"] / n)), "mae": total["sae"] / n,
+    return {"rmse": float(np.sqrt(total["sse"] / n)), "mae": total["sae"] / n,
             "r2": float(1.0 - total["sse"] / sst) if sst > 0 else float("nan")}
 
 
 def curves(total: dict, task: str, points: int = 200, residual_range: float = 1.0) -> dict:
-    """Plot data from summed statistics: ROC points (classification) or residual histogram."""
-    if task != "classification":
-        edges = np.linspace(-residual_range, residual_range, RESIDUAL_BINS + 1)
-        return {"residual_edges": edges.tolist(), "residual_counts": total["residual_hist"].tolist()}
+    """Plot data from summed statistics (the target kind's: ROC points or a residual histogram)."""
+    from shardflow.tasks.targets import target_kind
+
+    return target_kind(task).curves(total, points, residual_range)
+
+
+def roc_points(total: dict, points: int, residual_range: float) -> dict:
     pos, neg = total["pos_hist"][::-1], total["neg_hist"][::-1]  # high scores first
     tpr = np.concatenate([[0.0], np.cumsum(pos) / max(pos.sum(), 1)])
     fpr = np.concatenate([[0.0], np.cumsum(neg) / max(neg.sum(), 1)])
@@ -95,12 +113,20 @@ def curves(total: dict, task: str, points: int = 200, residual_range: float = 1.
     return {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist()}
 
 
+def residual_histogram(total: dict, points: int, residual_range: float) -> dict:
+    edges = np.linspace(-residual_range, residual_range, RESIDUAL_BINS + 1)
+    return {"residual_edges": edges.tolist(), "residual_counts": total["residual_hist"].tolist()}
+
+
 def metric_direction(name: str) -> str:
     return "max" if name in ("auc", "accuracy", "r2") else "min"
 
 
 def primary_metric(task: str) -> str:
-    return "auc" if task == "classification" else "rmse"
+    """The metric that ranks models for ``task`` (its kind's first column)."""
+    from shardflow.tasks.targets import target_kind
+
+    return target_kind(task).columns[0]
 
 
 def best_model(metrics: dict, task: str) -> str:

@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from shardflow.tasks.metrics import finish_metrics, partial_metrics
+from shardflow.tasks.targets import target_kind
 
 
 def worker_threads() -> int | None:
@@ -135,35 +136,26 @@ def stack_inputs(predictions: list, task: str) -> np.ndarray:
     >>> stack_inputs([[0.5, 0.9]], "classification").round(3).tolist()
     [[1.0, 0.0], [1.0, 2.197]]
     """
-    cols = [np.ones(len(predictions[0]))]
-    for p in predictions:
-        p = np.asarray(p, dtype=np.float64)
-        if task == "classification":
-            q = np.clip(p, 1e-6, 1 - 1e-6)
-            p = np.log(q / (1 - q))
-        cols.append(p)
-    return np.column_stack(cols)
+    link = target_kind(task).link
+    return np.column_stack([np.ones(len(predictions[0]))] + [link(np.asarray(p, dtype=np.float64))
+                                                              for p in predictions])
 
 
 def stack_predict(weights, design: np.ndarray, task: str) -> np.ndarray:
-    z = design @ np.asarray(weights, dtype=np.float64)
-    return 1.0 / (1.0 + np.exp(-z)) if task == "classification" else z
+    return target_kind(task).inverse_link(design @ np.asarray(weights, dtype=np.float64))
 
 
 def stack_terms(design: np.ndarray, y: np.ndarray, weights, task: str) -> dict:
     """Gradient and Hessian of the (ridge-free) loss at ``weights``: one Newton step's sums.
 
-    Logistic regression for classification, least squares for regression; both are
-    sums over rows, so partitions contribute independently.
+    The target kind's generalised linear model (logistic regression for a binary
+    target, least squares for regression); both are sums over rows, so partitions
+    contribute independently.
     """
     y = np.asarray(y, dtype=np.float64)
-    if task == "classification":
-        p = stack_predict(weights, design, task)
-        r = p - y
-        s = p * (1 - p)
-    else:
-        r = design @ np.asarray(weights, dtype=np.float64) - y
-        s = np.ones(len(y))
+    p = stack_predict(weights, design, task)
+    r = p - y
+    s = target_kind(task).newton_weights(p)
     return {"grad": design.T @ r, "hess": (design * s[:, None]).T @ design, "n": float(len(y))}
 
 

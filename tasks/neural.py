@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from shardflow.tasks.targets import target_kind
 from shardflow.tasks.shards import Shard
 
 Params = dict  # name -> numpy array
@@ -104,7 +105,7 @@ def init_params(spec: MLPSpec, seed: int) -> Params:
 
 
 def _loss_fn(task: str):
-    return nn.BCEWithLogitsLoss(reduction="sum") if task == "classification" else nn.MSELoss(reduction="sum")
+    return target_kind(task).loss()
 
 
 def _model(spec: MLPSpec, params: Params, device: str) -> TabularMLP:
@@ -264,7 +265,7 @@ def predict(params: Params, spec: MLPSpec, x: np.ndarray, device: str = "cpu") -
     with torch.no_grad():
         for start in range(0, len(x), 65536):
             out = model(torch.from_numpy(np.ascontiguousarray(x[start:start + 65536], np.float32)).to(device))
-            outs.append((torch.sigmoid(out) if spec.task == "classification" else out).double().cpu().numpy())
+            outs.append(target_kind(spec.task).activation(out).double().cpu().numpy())
     return np.concatenate(outs)
 
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from shardflow.tasks.expressions import Expression
 
 DATETIME_PARTS = ("hour", "dayofweek", "month", "day", "dayofyear", "minute", "year")
-TASK_TYPES = ("classification", "regression")
 COLUMN_KINDS = ("number", "datetime", "string")
 REASON_COLUMN = "_reason"
 SPLIT_COLUMN = "_is_validation"

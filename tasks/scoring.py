@@ -11,6 +11,7 @@ from shardflow.tasks import backend
 from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.models import worker_threads
 from shardflow.tasks.prepare import prepare_partition
+from shardflow.tasks.targets import target_kind
 
 PREDICTION = "prediction"
 LABEL = "predicted_label"
@@ -31,8 +32,9 @@ def predict_partition(raw, spec, dimensions, *, preprocessor: Preprocessor, pred
     out = backend.to_pandas(table[list(preprocessor.keep_columns)]).reset_index(drop=True) \
         if preprocessor.keep_columns else pd.DataFrame(index=range(len(scores)))
     out[PREDICTION] = scores
-    if preprocessor.task == "classification":
-        out[LABEL] = (scores >= 0.5).astype(np.int8)
+    label = target_kind(preprocessor.task).label
+    if label is not None:
+        out[LABEL] = label(scores)
     part = f"part-{index:05d}.parquet"
     backend.write_parquet(out, str(Path(output) / part))
     if len(prepared.quarantine):

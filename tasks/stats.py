@@ -15,6 +15,7 @@ import numpy as np
 from shardflow.tasks import backend
 from shardflow.tasks.prepare import PreparedPartition
 from shardflow.tasks.schema import REASON_COLUMN, SPLIT_COLUMN, TableSpec
+from shardflow.tasks.targets import target_kind
 
 
 @dataclass
@@ -111,7 +112,7 @@ def partition_profile(part: PreparedPartition, spec: TableSpec, index: int) -> P
     partition_rows = [0] * (index + 1)
     partition_rows[index] = len(features)
     values, truncated = {}, False
-    if spec.task == "classification" and spec.target_required:
+    if target_kind(spec.task).label is not None and spec.target_required:
         vc = backend.to_pandas(features[spec.target].value_counts(dropna=True))
         values, truncated = _kept_values({float(k): int(v) for k, v in vc.items()})
     return Profile(

@@ -167,3 +167,17 @@ def test_run_directory_paths_are_spelled_in_rundir_only():
                   and (node.value in names or inside.match(node.value) or any(
                       node.value.endswith(f"/{n}") or node.value.endswith(n) and "/" in node.value for n in names))]
     assert found == []
+
+
+def test_target_kinds_are_spelled_in_their_registry_only():
+    from shardflow.tasks.targets import TASK_TYPES
+
+    found = []
+    for path, tree in modules():
+        if path.relative_to(ROOT) == Path("tasks/targets.py"):
+            continue
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(n)}
+        found += [(str(path.relative_to(ROOT)), node.lineno, node.value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and node.value in TASK_TYPES and id(node) not in docstrings]
+    assert found == []

@@ -5,6 +5,7 @@ See :mod:`shardflow.pipelines.training.collective` for how the ranks are dispatc
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 
@@ -17,6 +18,7 @@ from shardflow.pipelines.config import XGBoostConfig
 from shardflow.pipelines.training.data import TrainingData, call_token, recover
 from shardflow.tasks.errors import ShardflowError
 from shardflow.tasks.metrics import metric_direction
+from shardflow.tasks.targets import target_kind
 
 logger = logging.getLogger("shardflow.train")
 
@@ -31,10 +33,7 @@ def xgboost_params(task: str, cfg: XGBoostConfig, backend: str, seed: int) -> di
         "seed": seed,
         "device": "cuda" if backend == "cudf" else "cpu",
     }
-    if task == "classification":
-        params.update(objective="binary:logistic", eval_metric=["auc", "logloss"])
-    else:
-        params.update(objective="reg:squarederror", eval_metric=["rmse"])
+    params.update(copy.deepcopy(target_kind(task).xgboost))
     params.update(cfg.params)
     return params
 
