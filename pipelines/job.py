@@ -9,7 +9,6 @@ is complete and current, recomputes exactly the stages a change affects, and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil

@@ -81,7 +81,6 @@ def xgboost_job(context, family):
     Returns ``(task, kwargs_of_group, extra)``: ``extra`` joins the family's result.
     """
     from shardflow.pipelines.training.xgboost_global import xgboost_params
-    from shardflow.tasks.models import train_group_xgboost
 
     data, tc = context.data, context.config
     params = xgboost_params(data.task, tc.xgboost, context.runtime.backend, tc.seed)
@@ -94,7 +93,6 @@ def xgboost_job(context, family):
 def mlp_job(context, family):
     """One MLP per group, trained locally for ``partitions.mlp_epochs`` epochs."""
     from shardflow.pipelines.training.mlp import mlp_optim_for, mlp_spec_for
-    from shardflow.tasks.mlp_steps import train_group_mlp
 
     tc = context.config
     spec, optim = mlp_spec_for(context.data.preprocessor, tc.mlp), mlp_optim_for(tc.mlp, context.runtime.backend)
