@@ -129,10 +129,9 @@ class CapturedStderr:
         logger.log(level, "%s", text)
 
     def __exit__(self, *exc):
-        with_terminal = self.terminal
         os.dup2(self._saved_fd, 2)  # worker processes still running keep the pipe until they exit
         os.close(self._saved_fd)
         sys.stderr = self._saved_stderr
         self._reader.join(timeout=0.5)
-        with_terminal.flush()
+        self.terminal.flush()
         return False

@@ -21,6 +21,12 @@ def modules():
             yield path, ast.parse(path.read_text())
 
 
+def docstring_nodes(tree) -> set:
+    """``id`` of every docstring constant in ``tree`` (text, not code)."""
+    return {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(n)}
+
+
 def module_name(path: Path) -> str:
     parts = path.relative_to(ROOT).with_suffix("").parts
     parts = parts[:-1] if parts[-1] == "__init__" else parts
@@ -160,8 +166,7 @@ def test_run_directory_paths_are_spelled_in_rundir_only():
     for path, tree in modules():
         if path.relative_to(ROOT) == Path("pipelines/rundir.py"):
             continue
-        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
-                      if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(n)}
+        docstrings = docstring_nodes(tree)
         found += [(str(path.relative_to(ROOT)), node.lineno, node.value) for node in ast.walk(tree)
                   if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
                   and (node.value in names or inside.match(node.value) or any(
@@ -176,8 +181,7 @@ def test_target_kinds_are_spelled_in_their_registry_only():
     for path, tree in modules():
         if path.relative_to(ROOT) == Path("tasks/targets.py"):
             continue
-        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
-                      if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(n)}
+        docstrings = docstring_nodes(tree)
         found += [(str(path.relative_to(ROOT)), node.lineno, node.value) for node in ast.walk(tree)
                   if isinstance(node, ast.Constant) and node.value in TASK_TYPES and id(node) not in docstrings]
     assert found == []
