@@ -34,7 +34,8 @@ from shardflow.pipelines.typed_yaml import (
 )
 from shardflow.tasks.expressions import ExpressionError, parse_expression
 from shardflow.tasks.schema import COLUMN_KINDS, DATETIME_PARTS
-from shardflow.tasks.targets import TASK_TYPES
+from shardflow.tasks.labels import MAX_CLASSES
+from shardflow.tasks.targets import TARGET_TRANSFORMS, TASK_TYPES, target_kind
 
 
 @dataclass
@@ -82,11 +83,24 @@ class JoinConfig:
 
 @dataclass
 class TargetConfig:
-    """``target:`` what to predict; ``expression`` derives it (``arr_delay > 15``)."""
+    """``target:`` what to predict; ``expression`` derives it (``arr_delay > 15``).
+
+    A ``classification`` target's labels may be numbers, booleans or strings; two
+    classes make a binary classifier, three or more a multi-class one. ``classes``
+    fixes the labels and their order (else: numbers ascending, false before true, text
+    sorted; for two classes the second is the positive one); rows with other labels are
+    quarantined. ``transform: log1p`` trains regression models on ``log(1 + y)`` (for
+    skewed positive targets) and maps predictions back. ``weight`` names a column of
+    sample weights (≥ 0) used by every model's loss, the ensembles' averaging and the
+    metrics.
+    """
 
     column: str = option("", check=Text("a column name", nonempty=True))
     task: str = option(TASK_TYPES[0], check=OneOf(TASK_TYPES))
     expression: str | None = option(None, check=Text("an expression (checked by the whitelist)"))
+    classes: list | None = option(None, check=Anything("the class labels, in order (classification)"))
+    transform: str = option("none", check=OneOf(tuple(TARGET_TRANSFORMS)))
+    weight: str | None = option(None, check=Text("a column of sample weights", nonempty=True))
 
 
 @dataclass
@@ -331,6 +345,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"config key 'target.column': {config.target.column!r} is also a feature; remove it from features")
     if not names:
         raise ConfigError("config key 'features': no feature columns configured (numeric, categorical, datetime or derived)")
+    _validate_target(config.target, names)
     for col, bounds in config.clean.valid_ranges.items():
         if not isinstance(bounds, list) or len(bounds) != 2:
             raise ConfigError(f"config key 'clean.valid_ranges.{col}': expected [min, max] (null for open), got {bounds!r}")
@@ -353,3 +368,23 @@ def validate(config: Config) -> None:
     except ValueError as err:
         raise ConfigError(str(err)) from None
 
+
+def _validate_target(target: TargetConfig, features: list) -> None:
+    """The ``target`` keys that depend on each other and on the features."""
+    classification = target_kind(target.task).is_classification
+    if target.transform != "none" and classification:
+        raise ConfigError(f"config key 'target.transform': {target.transform!r} transforms a regression target; "
+                          "remove it, or set target.task: regression")
+    if target.classes is not None:
+        if not classification:
+            raise ConfigError("config key 'target.classes': only a classification target has classes; remove it, "
+                              "or set target.task: classification")
+        if not isinstance(target.classes, list) or len(target.classes) < 2 or any(
+                isinstance(c, (list, dict)) or c is None for c in target.classes):
+            raise ConfigError(f"config key 'target.classes': expected a list of at least two labels, got "
+                              f"{target.classes!r}")
+        if len(target.classes) > MAX_CLASSES:
+            raise ConfigError(f"config key 'target.classes': {len(target.classes)} classes, at most {MAX_CLASSES}")
+    if target.weight is not None and (target.weight in features or target.weight == target.column):
+        raise ConfigError(f"config key 'target.weight': {target.weight!r} is also the target or a feature; "
+                          "give a column of sample weights of its own")

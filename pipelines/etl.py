@@ -44,7 +44,8 @@ from shardflow.pipelines.plan import InputPlan
 from shardflow.tasks.encode import Preprocessor, fit_vocabulary
 from shardflow.tasks.errors import InputError
 from shardflow.tasks.prepare import prepare_partition
-from shardflow.tasks.targets import target_kind
+from shardflow.tasks.labels import MAX_CLASSES, label_type, non_whole_numbers, sorted_classes
+from shardflow.tasks.targets import resolve_kind, target_kind
 from shardflow.tasks.stats import (
     Moments,
     combine_moments,
@@ -219,6 +220,7 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
         if count == 0:
             logger.warning("feature %r is missing in every row; it will be constant 0", col)
     preprocessor = Preprocessor(
+        **_target_encoding(profile, config, spec),
         numeric=numeric,
         lower=lower,
         upper=upper,
@@ -228,7 +230,6 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
         vocabularies={col: fit_vocabulary(profile.category_counts[col], config.encode.min_frequency,
                                           config.encode.max_categories) for col in spec.categorical},
         target=spec.target,
-        task=spec.task,
         keep_columns=list(spec.keep_columns),
     )
 
@@ -246,7 +247,7 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
             "target": spec.target,
             "partition_offsets": offsets,
             "partition_rows": partition_rows,
-        })
+        }, weighted=preprocessor.weighted)
         name = task_names("etl-write", source.fingerprint, spec, str(stage_dir))
         parts = prepared("etl-write")
         writes = [
@@ -278,6 +279,10 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
             "joins": joins,
             "target_mean": float(profile.target.mean[0]),
             "target_std": float(np.nan_to_num(profile.target.std[0])),
+            "target_min": float(profile.target.minimum[0]) if profile.target.count[0] else 0.0,
+            "target_max": float(profile.target.maximum[0]) if profile.target.count[0] else 1.0,
+            "task": preprocessor.task,
+            "classes": {key: profile.target_values.get(key, 0) for key in preprocessor.classes},
         }
         RunDir.etl_file(stage_dir, "preprocessor").write_text(preprocessor.to_json())
         RunDir.etl_file(stage_dir, "summary").write_text(json.dumps(summary, indent=1))
@@ -329,6 +334,13 @@ def _check_profile(profile, config: Config, source) -> None:
     quarantined = sum(profile.quarantined.values())
     if profile.rows + quarantined == 0:
         raise InputError(f"input.path {config.input.path!r}: the dataset has no rows")
+    not_numbers = profile.quarantined.get(f"{config.target.column}: not a number", 0)
+    if profile.target_examples and not_numbers * 2 > profile.rows + quarantined:
+        shown = ", ".join(repr(v) for v in profile.target_examples)
+        raise InputError(
+            f"target {config.target.column!r} holds strings such as {shown} in {not_numbers} of "
+            f"{profile.rows + quarantined} rows of {config.input.path!r}, but target.task is regression, which "
+            "needs numbers; set target.task: classification (labels may be strings), or fix the column")
     if profile.missing_targets == profile.rows + quarantined:
         what = "target.expression" if config.target.expression else "target.column"
         raise InputError(
@@ -340,7 +352,7 @@ def _check_profile(profile, config: Config, source) -> None:
         raise InputError(
             f"every row of {config.input.path!r} was quarantined: {reasons}; check clean.valid_ranges and the input"
         )
-    if target_kind(config.target.task).label is not None:
+    if target_kind(config.target.task).is_classification:
         _check_labels(profile, config)
     train_rows = profile.rows - profile.validation_rows
     if train_rows == 0 or profile.validation_rows == 0:
@@ -367,23 +379,48 @@ def _join_report(profile, config: Config, dims) -> dict:
 
 
 def _check_labels(profile, config: Config) -> None:
-    """A binary classifier needs 0/1 labels, both present."""
+    """A classifier needs 2..``MAX_CLASSES`` labels, and numbers among them must be whole."""
     column = config.target.column
     labels = profile.target_values
-    other = sorted(v for v in labels if v not in (0.0, 1.0))
-    if other or profile.target_values_truncated:
-        shown = ", ".join(f"{v:g}" for v in sorted(labels)[:6])
-        count = f"more than {len(labels)}" if profile.target_values_truncated else str(len(labels))
+    keys = sorted_classes(labels)
+    shown = ", ".join(keys[:6])
+    if profile.target_values_truncated or len(labels) > MAX_CLASSES:
         raise InputError(
-            f"target {column!r} holds {count} distinct values (e.g. {shown}) but target.task is classification, "
-            "which needs 0/1 labels; set target.task: regression, or derive a 0/1 target with "
-            f"target.expression (e.g. '{column} > {other[len(other) // 2] if other else 0:g}')")
+            f"target {column!r} holds more than {MAX_CLASSES} distinct values (e.g. {shown}) but target.task is "
+            f"classification, which allows at most {MAX_CLASSES} classes; set target.task: regression, or "
+            f"derive classes with target.expression (e.g. '{column} > {keys[len(keys) // 2]}')")
+    fractions = non_whole_numbers(keys)
+    if fractions and label_type(keys) == "number":
+        raise InputError(
+            f"target {column!r} holds fractional numbers such as {', '.join(fractions[:3])} but target.task is "
+            "classification, whose labels are whole numbers, booleans or strings; set target.task: regression, "
+            f"or derive classes with target.expression (e.g. '{column} > {fractions[len(fractions) // 2]}')")
     if len(labels) < 2:
-        only = ", ".join(f"{v:g}" for v in labels) or "none"
         raise InputError(
-            f"target {column!r} has only one class ({only}) in the {profile.rows} kept rows of "
-            f"{config.input.path!r}; a classifier needs both 0 and 1: check the input, clean.valid_ranges "
-            "or target.expression")
+            f"target {column!r} has only one class ({shown or 'none'}) in the {profile.rows} kept rows of "
+            f"{config.input.path!r}; a classifier needs at least two: check the input, clean.valid_ranges, "
+            "target.classes or target.expression")
+
+
+def _target_encoding(profile, config: Config, spec) -> dict:
+    """The preprocessor's target fields: the resolved kind, the classes (configured, else
+    fitted over every partition) and, for regression, the transformed target's training
+    statistics (the MLP standardises with them)."""
+    kind = target_kind(config.target.task)
+    if kind.is_classification:
+        classes = list(spec.classes) or sorted_classes(profile.target_values)
+        missing = [c for c in classes if not profile.target_values.get(c)]
+        if missing:
+            logger.warning("target %r: class(es) %s of target.classes never occur in the kept rows",
+                           config.target.column, ", ".join(missing))
+        logger.info("target %r: %d classes (%s)", config.target.column, len(classes), ", ".join(classes[:10]))
+        return {"task": resolve_kind(config.target.task, len(classes)), "classes": classes,
+                "label_type": label_type(classes), "weighted": spec.weight is not None}
+    moments = profile.model_target
+    std = float(np.nan_to_num(moments.std[0]))
+    return {"task": config.target.task, "target_transform": config.target.transform,
+            "target_shift": float(moments.mean[0]) if moments.count[0] else 0.0,
+            "target_scale": std if std > 0 else 1.0, "weighted": spec.weight is not None}
 
 
 def _auto_chunk_rows(rows: int, partitions: int, n_features: int) -> int:

@@ -19,7 +19,7 @@ from shardflow.tasks.metrics import curves, finish_metrics
 from shardflow.tasks.targets import target_kind
 
 
-def evaluate(runtime, data: TrainingData, payloads: dict, residual_range: float = 1.0) -> dict:
+def evaluate(runtime, data: TrainingData, payloads: dict) -> dict:
     """Validation metrics of every model, reduced across partitions.
 
     Parameters
@@ -27,8 +27,8 @@ def evaluate(runtime, data: TrainingData, payloads: dict, residual_range: float 
     payloads : dict
         ``{family: payload}`` as loaded by :func:`shardflow.pipelines.artifacts.load_model`.
         The stacked family is scored out-of-fold with its cross-fitted coefficients.
-    residual_range : float
-        Half-width of the residual histogram (regression), in target units.
+        Metrics are weighted by the sample weights and in the target's units
+        (``data.scoring``).
 
     Returns
     -------
@@ -41,14 +41,15 @@ def evaluate(runtime, data: TrainingData, payloads: dict, residual_range: float 
     predictors = {name: (FAMILIES[name].validation_predict or FAMILIES[name].predict, payload)
                   for name, payload in payloads.items()}
     predictors_f = scatter_named(client, "evaluate-models", predictors)
-    partials = [client.submit(evaluate_partition, f, predictors_f, data.task, residual_range,
+    scoring = data.scoring
+    partials = [client.submit(evaluate_partition, f, predictors_f, scoring,
                               key=f"evaluate-partition-{token}-{i}") for i, f in enumerate(data.futures)]
-    per_partition = [client.submit(finish_partition, p, data.task, key=f"evaluate-partition-metrics-{token}-{i}")
+    per_partition = [client.submit(finish_partition, p, scoring, key=f"evaluate-partition-metrics-{token}-{i}")
                      for i, p in enumerate(partials)]
     total = tree_reduce_futures(client, partials, combine_partitions, f"evaluate-combine-{token}")
     *per_partition, total = progress.compute(client, [*per_partition, total], "evaluate")
-    metrics = {name: finish_metrics(total[name], data.task) for name in payloads}
-    plots = {name: curves(total[name], data.task, residual_range=residual_range) for name in payloads}
+    metrics = {name: finish_metrics(total[name], scoring) for name in payloads}
+    plots = {name: curves(total[name], scoring) for name in payloads}
     partition_metrics = {name: [{"partition": i, **pm[name]} for i, pm in enumerate(per_partition)]
                          for name in payloads}
     return {"metrics": metrics, "partition_metrics": partition_metrics, "curves": plots,

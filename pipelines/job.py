@@ -178,8 +178,7 @@ def evaluate_run(runtime: Runtime, run_dir, data: TrainingData | None = None, ke
     task = next(iter(payloads.values()))["task"]
     seed = manifest.get("seeds", {}).get("train", 0)
     data = data or load_training_data(runtime, run.stage(RunDir.ETL), seed)
-    summary = json.loads(run.summary.read_text())
-    out = evaluate(runtime, data, payloads, residual_range=4 * (summary.get("target_std") or 1.0))
+    out = evaluate(runtime, data, payloads)
     seconds = json.loads(run.trained("seconds").read_text())
     peaks = json.loads(run.trained("peak_memory").read_text())
     partition_models = {f: json.loads(run.trained(FAMILIES[f].file()).read_text())["partition_metrics"]
@@ -187,7 +186,7 @@ def evaluate_run(runtime: Runtime, run_dir, data: TrainingData | None = None, ke
     table = comparison_table(out["metrics"], seconds, task)
     with stage_output(run_dir, RunDir.EVALUATE) as tmp:
         RunDir.evaluate_file(tmp, "metrics").write_text(json.dumps({
-            "task": task, "metrics": out["metrics"], "train_seconds": seconds,
+            "task": task, "classes": data.preprocessor.classes, "metrics": out["metrics"], "train_seconds": seconds,
             "partition_metrics": out["partition_metrics"], "curves": out["curves"],
             "partition_models": partition_models, "peak_memory": peaks}, indent=1, default=float))
         RunDir.evaluate_file(tmp, "comparison").write_text(table + "\n")

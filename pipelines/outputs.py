@@ -11,7 +11,7 @@ from shardflow.pipelines.rundir import RunDir
 from shardflow.tasks import backend
 from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.prepare import PreparedPartition
-from shardflow.tasks.schema import SPLIT_COLUMN
+from shardflow.tasks.schema import SPLIT_COLUMN, WEIGHT_COLUMN
 
 
 
@@ -20,8 +20,9 @@ def part_name(index: int) -> str:
 
 
 def create_feature_arrays(stage_dir: Path, rows: int, n_features: int, chunk_rows: int,
-                          attributes: dict) -> None:
-    """Create the empty Zarr arrays ``X`` (rows × features, float32), ``y`` and ``is_validation``."""
+                          attributes: dict, weighted: bool = False) -> None:
+    """Create the empty Zarr arrays ``X`` (rows × features, float32), ``y``, ``is_validation``
+    and, with ``weighted``, ``w`` (sample weights)."""
     group = zarr.open_group(str(RunDir.etl_file(stage_dir, "zarr")), mode="w")
     group.attrs.update(attributes)
     chunk_rows = max(1, chunk_rows)
@@ -33,6 +34,9 @@ def create_feature_arrays(stage_dir: Path, rows: int, n_features: int, chunk_row
                        compressors=codec)
     group.create_array("is_validation", shape=(rows,), chunks=(chunk_rows,), dtype="bool", fill_value=False,
                        compressors=codec)
+    if weighted:
+        group.create_array("w", shape=(rows,), chunks=(chunk_rows,), dtype="float32", fill_value=np.nan,
+                           compressors=codec)
 
 
 def write_etl_partition(part: PreparedPartition, index: int, *, preprocessor: Preprocessor, stage_dir: str,
@@ -61,6 +65,8 @@ def write_etl_partition(part: PreparedPartition, index: int, *, preprocessor: Pr
         "y": backend.to_host_array(table[preprocessor.target], np.float32),
         "is_validation": backend.to_host_array(table[SPLIT_COLUMN], bool),
     }
+    if preprocessor.weighted:
+        arrays["w"] = backend.to_host_array(table[WEIGHT_COLUMN], np.float32)
     write_rows(RunDir.etl_file(stage, "zarr"), arrays, offset=offset, total_rows=total_rows, chunk_rows=chunk_rows,
                lock_prefix=lock_prefix)
     return {"partition": index, "rows": len(features), "quarantined": len(quarantine)}

@@ -166,6 +166,8 @@ def _quality_plots(evaluation, task) -> str:
         ax.set_ylabel("true positive rate")
         ax.set_title("ROC on the validation split")
         caption = "ROC curves of every model"
+    elif target_kind(task).curve == "confusion":
+        return "<h2>Quality</h2>" + _class_report(evaluation)
     else:
         for name, c in curves.items():
             edges = c["residual_edges"]
@@ -175,8 +177,75 @@ def _quality_plots(evaluation, task) -> str:
         ax.set_ylabel("rows")
         ax.set_title("Residuals on the validation split")
         caption = "Residual distributions of every model"
+        ax.legend(fontsize=8)
+        return "<h2>Quality</h2>" + _img(_figure_png(fig), caption) + _regression_grids(evaluation, task)
     ax.legend(fontsize=8)
     return "<h2>Quality</h2>" + _img(_figure_png(fig), caption)
+
+
+def _regression_grids(evaluation, task) -> str:
+    """Predicted against actual, and residuals against predictions, of the best model
+    (2-D histograms reduced on the cluster: no prediction left its worker)."""
+    import numpy as np
+
+    name = best_model(evaluation["metrics"], task)
+    c = evaluation["curves"][name]
+    if "actual_predicted" not in c:
+        return ""
+    low, high = c["value_range"]
+    r = c["residual_range"]
+    fig, (left, right) = subplots(figsize=(10, 4.2), ncols=2)
+    grid = np.asarray(c["actual_predicted"], dtype=float)  # [actual bin, predicted bin]
+    left.imshow(np.log1p(grid), origin="lower", extent=(low, high, low, high), aspect="auto", cmap="Blues")
+    left.plot([low, high], [low, high], "k:", lw=0.8)
+    left.set_xlabel("predicted")
+    left.set_ylabel("actual")
+    left.set_title(f"Predicted vs actual, {label(name)}")
+    grid = np.asarray(c["predicted_residual"], dtype=float)  # [predicted bin, residual bin]
+    right.imshow(np.log1p(grid.T), origin="lower", extent=(low, high, -r, r), aspect="auto", cmap="Blues")
+    right.axhline(0, color="k", ls=":", lw=0.8)
+    right.set_xlabel("predicted")
+    right.set_ylabel("residual (prediction − target)")
+    right.set_title(f"Residuals vs predictions, {label(name)}")
+    return _img(_figure_png(fig), f"Predicted vs actual and residuals vs predictions of the best model "
+                                  f"({label(name)}); colour: log(1 + rows); values outside the ranges are "
+                                  "counted at the edges")
+
+
+def _class_report(evaluation) -> str:
+    """Multi-class: the best model's confusion matrix, and every model's per-class metrics."""
+    import numpy as np
+
+    task = evaluation["task"]
+    metrics = evaluation["metrics"]
+    classes = evaluation.get("classes") or [str(i) for i in range(len(next(iter(metrics.values()))["confusion"]))]
+    name = best_model(metrics, task)
+    confusion = np.asarray(metrics[name]["confusion"], dtype=float)
+    size = max(3.5, 0.45 * len(classes) + 2)
+    fig, ax = subplots(figsize=(size, size))
+    shares = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1e-12)
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    if len(classes) <= 16:
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                ax.text(j, i, f"{confusion[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if shares[i, j] > 0.6 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(f"Confusion matrix, {label(name)}")
+    parts = [_img(_figure_png(fig), f"Confusion matrix of the best model ({label(name)}) on the validation "
+                                    "split; colour: share of each actual class")]
+    for model, m in metrics.items():
+        per = m.get("per_class")
+        if not per:
+            continue
+        rows = [[cls, per["precision"][i], per["recall"][i], per["f1"][i], per["auc"][i], per["support"][i]]
+                for i, cls in enumerate(classes)]
+        parts.append(f"<h3>Per class: {html.escape(label(model))}</h3>" + _table(
+            rows, ["class", "precision", "recall", "F1", "AUC (one vs rest)", "support"]))
+    return "".join(parts)
 
 
 def _training_curves(run_dir: Path) -> str:

@@ -26,7 +26,9 @@ from shardflow.tasks.errors import InputError
 from shardflow.tasks.expressions import parse_expression
 from shardflow.tasks.io import ROW_ERROR_COLUMN, Piece, csv_header, read_piece
 from shardflow.tasks.prepare import join_key, prepare_partition
+from shardflow.tasks.labels import label_keys
 from shardflow.tasks.schema import JoinSpec, TableSpec
+from shardflow.tasks.targets import target_kind
 
 CSV_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz")
 
@@ -289,7 +291,15 @@ def table_spec(config: Config, source: Source, dims: list[Dimension], for_predic
         validation_fraction=config.split.validation_fraction,
         split_seed=config.split.seed,
         keep_columns=tuple(config.output.keep_columns),
+        classes=tuple(str(k) for k in label_keys(pd.Series(config.target.classes, dtype=object)))
+        if config.target.classes else (),
+        target_transform=config.target.transform,
+        weight=None if for_prediction else config.target.weight,
     )
+    keys = list(spec.classes)
+    if len(set(keys)) < len(keys):
+        raise InputError(f"config key 'target.classes': {config.target.classes} names a label twice "
+                         f"(as labels compare: {keys})")
     available = dict(source.schema)
     for d in dims:
         dim_schema = pa.Schema.from_pandas(d.frame, preserve_index=False)
@@ -304,6 +314,7 @@ def table_spec(config: Config, source: Source, dims: list[Dimension], for_predic
         "clean.valid_ranges": list(config.clean.valid_ranges),
         "target.expression" if config.target.expression else "target.column": spec.target_inputs,
         "features.derived": spec.derived_inputs,
+        "target.weight": [spec.weight] if spec.weight else [],
     }
     first = source.files[0]
     for key, columns in where.items():
@@ -318,9 +329,16 @@ def table_spec(config: Config, source: Source, dims: list[Dimension], for_predic
                   (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_decimal))
         when = ("a timestamp, date or string", "convert it",
                 (pa.types.is_timestamp, pa.types.is_date, pa.types.is_string, pa.types.is_large_string))
+        label = ("a number, boolean or string", "convert it",
+                 (*number[2], pa.types.is_string, pa.types.is_large_string, pa.types.is_dictionary))
         checks = [("features.numeric", f.numeric, number), ("features.datetime", f.datetime, when)]
         if not (config.target.expression or for_prediction):
-            checks.append(("target.column", [config.target.column], number))
+            labels = target_kind(config.target.task).is_classification
+            regression_target = ("a number", "it holds labels: set target.task: classification (or convert it)",
+                                 number[2])
+            checks.append(("target.column", [config.target.column], label if labels else regression_target))
+        if spec.weight:
+            checks.append(("target.weight", [spec.weight], number))
         for key, columns, (expected, fix, kinds) in checks:
             for col in columns:
                 if not any(kind(available[col]) for kind in kinds):
@@ -336,7 +354,10 @@ def table_spec(config: Config, source: Source, dims: list[Dimension], for_predic
 def _column_types(config: Config, source: Source, spec: TableSpec) -> tuple:
     """Kinds of the columns that are not features but feed expressions, ranges or the target."""
     typed = set(spec.numeric) | set(spec.categorical) | set(spec.datetime)
-    used = [*spec.target_inputs, *spec.derived_inputs, *(c for c, _, _ in spec.valid_ranges)]
+    if target_kind(spec.task).is_classification and spec.target_expression is None:
+        typed.add(spec.target)  # labels: read as written (numbers, booleans or strings)
+    used = [*spec.target_inputs, *([spec.weight] if spec.weight else []), *spec.derived_inputs,
+            *(c for c, _, _ in spec.valid_ranges)]
     kinds = {}
     for col in used:
         if col in typed or col in kinds:

@@ -25,7 +25,7 @@ STAGE_CODE = {
     RunDir.ETL: ("tasks/backend.py", "tasks/encode.py", "tasks/errors.py", "tasks/expressions.py", "tasks/io.py",
             "tasks/prepare.py", "tasks/schema.py", "tasks/stats.py", "pipelines/config.py", "pipelines/etl.py",
             "pipelines/graph.py", "pipelines/outputs.py", "pipelines/plan.py", "pipelines/source.py",
-            "pipelines/typed_yaml.py", "tasks/targets.py"),
+            "pipelines/typed_yaml.py", "tasks/targets.py", "tasks/labels.py", "tasks/combiners.py"),
     RunDir.TRAIN: ("tasks/metrics.py", "tasks/mlp_steps.py", "tasks/models.py", "tasks/neural.py", "tasks/shards.py",
                    "pipelines/families.py", "pipelines/job.py", "pipelines/artifacts.py", "pipelines/training/*.py"),
     RunDir.EVALUATE: ("tasks/evaluation.py", "pipelines/evaluate.py"),

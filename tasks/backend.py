@@ -28,6 +28,9 @@ as_strings = Dispatch("as_strings")
 write_parquet = Dispatch("write_parquet")
 row_positions = Dispatch("row_positions")
 take_rows = Dispatch("take_rows")
+#: ``host_series_like(like, series)``: a pandas Series of host values as a column of
+#: ``like``'s backend, with ``like``'s index.
+host_series_like = Dispatch("host_series_like")
 
 
 def gpu_install_hint() -> str:
@@ -109,6 +112,11 @@ def _as_strings_pandas(series):
     return series.astype("string")
 
 
+@host_series_like.register((pd.Series, pd.DataFrame))
+def _host_series_like_pandas(like, series):
+    return series.set_axis(like.index)
+
+
 @category_codes.register(pd.Series)
 def _category_codes_pandas(series, vocabulary):
     """Position of each value in ``vocabulary``; -1 for values not in it (and nulls)."""
@@ -134,6 +142,7 @@ def _category_codes_pandas(series, vocabulary):
 @write_parquet.register_lazy("cudf")
 @row_positions.register_lazy("cudf")
 @take_rows.register_lazy("cudf")
+@host_series_like.register_lazy("cudf")
 def _register_cudf():
     import cudf
     import cupy
@@ -173,6 +182,10 @@ def _register_cudf():
         found = positions >= 0
         taken = table.reset_index(drop=True).take(cupy.where(found, positions, 0))
         return taken.where(cudf.Series(found), None) if len(taken) else taken
+
+    @host_series_like.register((cudf.Series, cudf.DataFrame))
+    def _host_series_like_cudf(like, series):
+        return cudf.from_pandas(series.set_axis(like.index.to_pandas()))
 
     @as_strings.register(cudf.Series)
     def _as_strings_cudf(series):

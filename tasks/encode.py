@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 
 from shardflow.tasks import backend
-from shardflow.tasks.schema import SPLIT_COLUMN
+from shardflow.tasks.labels import encode_labels
+from shardflow.tasks.schema import SPLIT_COLUMN, WEIGHT_COLUMN
+from shardflow.tasks.targets import target_transform
 from shardflow.tasks.stats import clip_columns
 
 #: Code of a missing categorical value.
@@ -54,6 +56,18 @@ class Preprocessor:
         Categorical feature columns, after the numeric ones in model input order.
     vocabularies : dict of str to list of str
         Kept categories per column; see ``MISSING_CODE``, ``OTHER_CODE``, ``FIRST_CODE``.
+    target, task : str
+        The target column and its resolved kind (see :func:`~shardflow.tasks.targets.resolve_kind`).
+    classes : list of str
+        Classification: the label keys (see :mod:`shardflow.tasks.labels`) of codes 0..K−1;
+        ``label_type`` says how predictions spell them.
+    target_transform : str
+        Regression: the models learn ``transform(y)`` (``none``, ``log1p``).
+    target_shift, target_scale : float
+        Regression: mean and standard deviation of the transformed target over the training
+        split (the MLP learns the standardised target).
+    weighted : bool
+        Whether rows carry sample weights (the ``_weight`` column).
     """
 
     numeric: list
@@ -66,6 +80,12 @@ class Preprocessor:
     target: str
     task: str
     keep_columns: list = field(default_factory=list)
+    classes: list = field(default_factory=list)
+    label_type: str = "number"
+    target_transform: str = "none"
+    target_shift: float = 0.0
+    target_scale: float = 1.0
+    weighted: bool = False
 
     @property
     def feature_names(self) -> list[str]:
@@ -112,7 +132,17 @@ class Preprocessor:
             encoded[missing] = MISSING_CODE
             out[col] = encoded.astype(np.int32)
         if self.target in features.columns:
-            out[self.target] = features[self.target].astype("float32")
+            out[self.target] = self._encode_target(features[self.target])
         if SPLIT_COLUMN in features.columns:
             out[SPLIT_COLUMN] = features[SPLIT_COLUMN]
+        if WEIGHT_COLUMN in features.columns:
+            out[WEIGHT_COLUMN] = features[WEIGHT_COLUMN].astype("float32")
         return out
+
+    def _encode_target(self, target):
+        """The target as models learn it: a class code, or the transformed value."""
+        if self.classes and target.dtype.kind not in "f":  # labels (prediction has none: NaN)
+            codes = encode_labels(target, self.classes).astype(np.float32)
+            codes[codes < 0] = np.nan
+            return backend.host_series_like(target, pd.Series(codes))
+        return target_transform(self.target_transform).forward(target.astype("float64")).astype("float32")

@@ -6,7 +6,7 @@ from shardflow.tasks.metrics import combine_metrics, finish_metrics, partial_met
 from shardflow.tasks.models import worker_threads
 
 
-def evaluate_partition(shard, predictors: dict, task: str, residual_range: float) -> dict:
+def evaluate_partition(shard, predictors: dict, scoring) -> dict:
     """``{family: partial metric sums}`` on this partition's validation rows.
 
     ``predictors`` maps each family to ``(predict, payload)``; families built on the same
@@ -14,14 +14,16 @@ def evaluate_partition(shard, predictors: dict, task: str, residual_range: float
     """
     threads = worker_threads()
     cache: dict = {}
-    return {name: partial_metrics(shard.y_valid, predict(payload, shard.x_valid, threads, cache), task,
-                                  residual_range)
+    return {name: partial_metrics(shard.y_valid, predict(payload, shard.x_valid, threads, cache), scoring,
+                                  shard.w_valid)
             for name, (predict, payload) in predictors.items()}
 
 
-def finish_partition(partials: dict, task: str) -> dict:
-    """One partition's metrics per family, from its sums."""
-    return {name: finish_metrics(part, task) for name, part in partials.items()}
+def finish_partition(partials: dict, scoring) -> dict:
+    """One partition's metrics per family, from its sums (the scalar ones: per-class lists
+    and confusion matrices are reported for the whole validation split only)."""
+    return {name: {k: v for k, v in finish_metrics(part, scoring).items() if not isinstance(v, (list, dict))}
+            for name, part in partials.items()}
 
 
 def combine_partitions(a: dict, b: dict) -> dict:

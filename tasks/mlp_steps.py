@@ -121,14 +121,16 @@ def apply_reduced_gradient(params, reduced, previous, *, spec, optim, lr):
     out = apply_gradient(params, gradient, spec, optim, lr=lr, optimizer_state=state)
     out["loss_sum"] = reduced["loss_sum"]
     out["weight"] = reduced["weight"]
+    out["seen"] = reduced["seen"]
     return out
 
 
 def take(result, key):
-    return result[key]
+    """``result[key]``, or a tuple of several keys' values."""
+    return tuple(result[k] for k in key) if isinstance(key, tuple) else result[key]
 
 
-def train_group_mlp(*shards, spec, optim, epochs, seed, schedule):
+def train_group_mlp(*shards, spec, optim, epochs, seed, schedule, scoring):
     """One per-partition MLP on a group of partitions, with its own validation metrics."""
     from shardflow.tasks.metrics import finish_metrics, partial_metrics
     from shardflow.tasks.neural import predict, train_local
@@ -136,7 +138,7 @@ def train_group_mlp(*shards, spec, optim, epochs, seed, schedule):
     _use_worker_threads()
     s = shard_tasks.merge_shards(*shards)
     out = train_local(s.x_train, s.y_train, s.x_valid, s.y_valid, spec=spec, cfg=optim, epochs=epochs, seed=seed,
-                      schedule=schedule)
-    out["validation"] = finish_metrics(partial_metrics(s.y_valid, predict(out["params"], spec, s.x_valid), spec.task),
-                                       spec.task) if len(s.y_valid) else {"rows": 0}
+                      schedule=schedule, w_train=s.w_train, w_valid=s.w_valid)
+    out["validation"] = finish_metrics(partial_metrics(s.y_valid, predict(out["params"], spec, s.x_valid), scoring,
+                                                       s.w_valid), scoring) if len(s.y_valid) else {"rows": 0}
     return out

@@ -60,8 +60,8 @@ def train_xgboost_rank(collective_args: dict, rank: int, *shards, params: dict, 
     types = dict(feature_names=list(feature_names), feature_types=list(feature_types),
                  enable_categorical=categorical)
     with xgb.collective.CommunicatorContext(**collective_args, dmlc_task_id=f"rank-{rank:06d}"):
-        dtrain = xgb.QuantileDMatrix(s.x_train, s.y_train, nthread=nthread, **types)
-        dvalid = xgb.QuantileDMatrix(s.x_valid, s.y_valid, ref=dtrain, nthread=nthread, **types)
+        dtrain = xgb.QuantileDMatrix(s.x_train, s.y_train, weight=s.w_train, nthread=nthread, **types)
+        dvalid = xgb.QuantileDMatrix(s.x_valid, s.y_valid, weight=s.w_valid, ref=dtrain, nthread=nthread, **types)
         booster = load_booster(model, nthread) if model is not None else None
         booster = xgb.train(params, dtrain, num_boost_round=rounds, evals=[(dvalid, "validation")],
                             xgb_model=booster, callbacks=list(callbacks), verbose_eval=False)
@@ -79,19 +79,28 @@ def load_booster(model: bytes | bytearray, nthread: int | None = None):
 
 
 def xgboost_predict(model: bytes | bytearray, x: np.ndarray, nthread: int | None = None) -> np.ndarray:
-    """Probabilities (binary:logistic) or values (regression) for rows ``x``."""
-    if len(x) == 0:
-        return np.zeros(0, np.float64)
+    """Probabilities (binary:logistic; ``multi:softprob``: one column per class) or values
+    (regression) for rows ``x``."""
     booster = load_booster(model, nthread)
+    if len(x) == 0:
+        classes = _num_class(booster)
+        return np.zeros((0, classes) if classes > 1 else 0, np.float64)
     return booster.inplace_predict(np.ascontiguousarray(x, dtype=np.float32)).astype(np.float64)
 
 
+def _num_class(booster) -> int:
+    import json
+
+    config = json.loads(booster.save_config())
+    return int(config["learner"]["learner_model_param"].get("num_class", "0") or 0)
+
+
 def train_xgboost_local(x_train, y_train, x_valid, y_valid, *, params: dict, rounds: int, feature_names,
-                        feature_types, task: str, nthread: int | None = None) -> dict:
+                        feature_types, scoring, nthread: int | None = None, w_train=None, w_valid=None) -> dict:
     """Train one XGBoost model on one partition's rows, with no communication.
 
-    Returns the model as UBJSON bytes, its training rows and time, and its metrics on
-    the partition's own validation rows (so skew between partitions shows).
+    Returns the model as UBJSON bytes, its training rows, weight and time, and its
+    metrics on the partition's own validation rows (so skew between partitions shows).
     """
     import xgboost as xgb
 
@@ -99,64 +108,52 @@ def train_xgboost_local(x_train, y_train, x_valid, y_valid, *, params: dict, rou
     params = dict(params)
     if nthread:
         params["nthread"] = nthread
-    dtrain = xgb.QuantileDMatrix(x_train, y_train, feature_names=list(feature_names),
+    dtrain = xgb.QuantileDMatrix(x_train, y_train, weight=w_train, feature_names=list(feature_names),
                                  feature_types=list(feature_types), enable_categorical=True)
     evals, history = [], {}
     if len(y_valid):
-        evals = [(xgb.DMatrix(x_valid, y_valid, feature_names=list(feature_names), feature_types=list(feature_types),
-                              enable_categorical=True), "validation")]
+        evals = [(xgb.DMatrix(x_valid, y_valid, weight=w_valid, feature_names=list(feature_names),
+                              feature_types=list(feature_types), enable_categorical=True), "validation")]
     booster = xgb.train(params, dtrain, num_boost_round=rounds, evals=evals, evals_result=history,
                         verbose_eval=False)
     model = bytes(booster.save_raw("ubj"))
     seconds = time.perf_counter() - started
-    own = finish_metrics(partial_metrics(y_valid, xgboost_predict(model, x_valid, nthread), task), task) \
-        if len(y_valid) else {"rows": 0}
-    return {"model": model, "rows": int(len(y_train)), "seconds": seconds, "validation": own, "history": history,
-            "target_mean": float(np.mean(y_train)) if len(y_train) else float("nan")}
+    own = finish_metrics(partial_metrics(y_valid, xgboost_predict(model, x_valid, nthread), scoring, w_valid),
+                         scoring) if len(y_valid) else {"rows": 0}
+    weight = float(np.sum(w_train, dtype=np.float64)) if w_train is not None else float(len(y_train))
+    return {"model": model, "rows": int(len(y_train)), "weight": weight, "seconds": seconds, "validation": own,
+            "history": history}
 
 
 def weighted_average(predictions: list, weights) -> np.ndarray:
-    """Row-weighted average of several models' predictions: ``Σ w_k p_k / Σ w_k``.
+    """Weighted average of several models' predictions, ``Σ w_k p_k / Σ w_k`` (values,
+    probabilities, or rows of class probabilities).
 
     Examples
     --------
     >>> weighted_average([[0.2, 0.4], [0.6, 0.8]], weights=[300, 100]).round(3).tolist()
     [0.3, 0.5]
+    >>> weighted_average([[[0.5, 0.5]], [[1.0, 0.0]]], weights=[1, 1]).tolist()
+    [[0.75, 0.25]]
     """
     weights = np.asarray(weights, dtype=np.float64)
-    stacked = np.vstack([np.asarray(p, dtype=np.float64) for p in predictions])
-    return weights @ stacked / weights.sum()
+    stacked = np.stack([np.asarray(p, dtype=np.float64) for p in predictions])
+    return np.tensordot(weights, stacked, axes=1) / weights.sum()
 
 
 def stack_inputs(predictions: list, task: str) -> np.ndarray:
-    """The stacked combiner's design matrix: an intercept and each model's logit (or value).
+    """The stacked combiner's design for the members' ``predictions`` (see :mod:`shardflow.tasks.combiners`).
 
     Examples
     --------
     >>> stack_inputs([[0.5, 0.9]], "classification").round(3).tolist()
     [[1.0, 0.0], [1.0, 2.197]]
     """
-    link = target_kind(task).link
-    return np.column_stack([np.ones(len(predictions[0]))] + [link(np.asarray(p, dtype=np.float64))
-                                                              for p in predictions])
+    return target_kind(task).combiner.inputs(predictions)
 
 
 def stack_predict(weights, design: np.ndarray, task: str) -> np.ndarray:
-    return target_kind(task).inverse_link(design @ np.asarray(weights, dtype=np.float64))
-
-
-def stack_terms(design: np.ndarray, y: np.ndarray, weights, task: str) -> dict:
-    """Gradient and Hessian of the (ridge-free) loss at ``weights``: one Newton step's sums.
-
-    The target kind's generalised linear model (logistic regression for a binary
-    target, least squares for regression); both are sums over rows, so partitions
-    contribute independently.
-    """
-    y = np.asarray(y, dtype=np.float64)
-    p = stack_predict(weights, design, task)
-    r = p - y
-    s = target_kind(task).newton_weights(p)
-    return {"grad": design.T @ r, "hess": (design * s[:, None]).T @ design, "n": float(len(y))}
+    return target_kind(task).combiner.predict(weights, design)
 
 
 def predict_booster(payload: dict, x: np.ndarray, nthread: int | None = None, cache: dict | None = None):
@@ -164,7 +161,7 @@ def predict_booster(payload: dict, x: np.ndarray, nthread: int | None = None, ca
     return xgboost_predict(payload["model"], x, nthread)
 
 
-def _member_predictions(payload: dict, x: np.ndarray, nthread, cache):
+def _member_predictions(payload: dict, x: np.ndarray, nthread, cache) -> list:
     """Each member model's predictions, computed once per ``cache`` (shared by the families
     built on the same members)."""
     key = ("members", payload["members"])
@@ -178,17 +175,15 @@ def _member_predictions(payload: dict, x: np.ndarray, nthread, cache):
 
 def predict_booster_ensemble(payload: dict, x: np.ndarray, nthread: int | None = None, cache: dict | None = None):
     """The row-weighted average of per-partition XGBoost models (``models``, ``weights``)."""
-    if not len(x):
-        return np.zeros(0)
     return weighted_average(_member_predictions(payload, x, nthread, cache), payload["weights"])
 
 
 def predict_stacked(payload: dict, x: np.ndarray, nthread: int | None = None, cache: dict | None = None):
     """The stacked combiner (``coef``) over the member models' predictions."""
+    members = _member_predictions(payload, x, nthread, cache)
     if not len(x):
-        return np.zeros(0)
-    design = stack_inputs(_member_predictions(payload, x, nthread, cache), payload["task"])
-    return stack_predict(payload["coef"], design, payload["task"])
+        return members[0]
+    return stack_predict(payload["coef"], stack_inputs(members, payload["task"]), payload["task"])
 
 
 def predict_stacked_out_of_fold(payload: dict, x: np.ndarray, nthread: int | None = None,
@@ -196,9 +191,10 @@ def predict_stacked_out_of_fold(payload: dict, x: np.ndarray, nthread: int | Non
     """Evaluation of the stacked combiner on the rows it was fit on, out of fold: even rows
     scored by the fit on the odd rows (``coef_odd``) and vice versa."""
     n = len(x)
-    p = np.zeros(n)
+    members = _member_predictions(payload, x, nthread, cache)
+    p = np.zeros_like(members[0])
     if n:
-        design = stack_inputs(_member_predictions(payload, x, nthread, cache), payload["task"])
+        design = stack_inputs(members, payload["task"])
         even = np.arange(n) % 2 == 0
         p[even] = stack_predict(payload["coef_odd"], design[even], payload["task"])
         p[~even] = stack_predict(payload["coef_even"], design[~even], payload["task"])
@@ -223,39 +219,38 @@ def predict_mlp_ensemble(payload: dict, x: np.ndarray, nthread: int | None = Non
     """The row-weighted average of per-partition MLPs (``params`` a list, ``weights``)."""
     from shardflow.tasks.neural import predict
 
-    if not len(x):
-        return np.zeros(0)
     spec = _spec(payload)
     return weighted_average([predict(p, spec, x) for p in payload["params"]], payload["weights"])
 
-def train_group_xgboost(*shards, params, rounds, feature_names, feature_types, task):
+def train_group_xgboost(*shards, params, rounds, feature_names, feature_types, scoring):
     """One per-partition XGBoost model on a group of partitions (see :func:`train_xgboost_local`)."""
     from shardflow.tasks.shards import merge_shards
 
     s = merge_shards(*shards)
     return train_xgboost_local(s.x_train, s.y_train, s.x_valid, s.y_valid, params=params, rounds=rounds,
-                               feature_names=feature_names, feature_types=feature_types, task=task,
-                               nthread=worker_threads())
+                               feature_names=feature_names, feature_types=feature_types, scoring=scoring,
+                               nthread=worker_threads(), w_train=s.w_train, w_valid=s.w_valid)
 
 
-def member_predictions(shard, models, task):
-    """Each per-partition model's predictions on this partition's validation rows (K × n)."""
+def member_predictions(shard, models) -> list:
+    """Each per-partition model's predictions on this partition's validation rows."""
     threads = worker_threads()
-    return np.vstack([xgboost_predict(m, shard.x_valid, threads) for m in models]) if len(shard.y_valid) \
-        else np.zeros((len(models), 0))
+    return [xgboost_predict(m, shard.x_valid, threads) for m in models]
 
 
 def stack_partition_terms(predictions, shard, thetas, task):
     """Newton terms of the three stacked fits (even rows, odd rows, all rows) on one partition."""
-    if predictions.shape[1] == 0:
+    combiner = target_kind(task).combiner
+    y, w = shard.y_valid, shard.weights_valid.astype(np.float64)
+    if len(y) == 0:
         k = len(thetas[0])
         zero = {"grad": np.zeros(k), "hess": np.zeros((k, k)), "n": 0.0}
         return [zero, zero, zero]
-    design = stack_inputs(list(predictions), task)
-    y = shard.y_valid
+    design = combiner.inputs(predictions)
     even = np.arange(len(y)) % 2 == 0
-    return [stack_terms(design[even], y[even], thetas[0], task), stack_terms(design[~even], y[~even], thetas[1], task),
-            stack_terms(design, y, thetas[2], task)]
+    return [combiner.terms(design[even], y[even], w[even], thetas[0]),
+            combiner.terms(design[~even], y[~even], w[~even], thetas[1]),
+            combiner.terms(design, y, w, thetas[2])]
 
 
 def add_stack_terms(*parts):

@@ -31,6 +31,13 @@ class MLPSpec:
     hidden: tuple = (128, 64)
     embedding_dim: int = 16
     dropout: float = 0.0
+    #: Outputs per row: 1, or one logit per class (multi-class).
+    outputs: int = 1
+    #: The network predicts ``(y - target_shift) / target_scale`` (a regression target
+    #: standardised with the training split's mean and standard deviation); predictions
+    #: are mapped back to the target's units.
+    target_shift: float = 0.0
+    target_scale: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,8 +82,9 @@ class TabularMLP(nn.Module):
             if spec.dropout:
                 layers.append(nn.Dropout(spec.dropout))
             width = h
-        layers.append(nn.Linear(width, 1))
+        layers.append(nn.Linear(width, spec.outputs))
         self.net = nn.Sequential(*layers)
+        self.outputs = spec.outputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         parts = [x[:, : self.n_numeric]]
@@ -84,7 +92,8 @@ class TabularMLP(nn.Module):
             codes = x[:, self.n_numeric + i].long()
             codes = torch.where((codes >= 0) & (codes < card), codes, torch.ones_like(codes))
             parts.append(embedding(codes))
-        return self.net(torch.cat(parts, dim=1)).squeeze(1)
+        out = self.net(torch.cat(parts, dim=1))
+        return out.squeeze(1) if self.outputs == 1 else out
 
 
 def build(spec: MLPSpec, seed: int) -> TabularMLP:
@@ -104,8 +113,10 @@ def init_params(spec: MLPSpec, seed: int) -> Params:
     return get_params(build(spec, seed))
 
 
-def _loss_fn(task: str):
-    return target_kind(task).loss()
+def _weighted_loss(spec: MLPSpec, out, y, w):
+    """Σ w·loss over the rows, on the standardised target (see :class:`MLPSpec`)."""
+    target = (y - spec.target_shift) / spec.target_scale if spec.target_scale != 1 or spec.target_shift else y
+    return (target_kind(spec.task).loss(out.float(), target) * w).sum()
 
 
 def _model(spec: MLPSpec, params: Params, device: str) -> TabularMLP:
@@ -143,10 +154,18 @@ def _load_optimizer_state(opt, state: dict | None, lr: float) -> None:
         group["lr"] = lr
 
 
-def _forward_loss(model, x, y, *, task, bf16: bool, device: str):
+def _forward_loss(model, x, y, w, *, spec: MLPSpec, bf16: bool, device: str):
     with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
         out = model(x)
-    return _loss_fn(task)(out.float(), y)
+    return _weighted_loss(spec, out, y, w)
+
+
+def _batch(shard: Shard, idx, device: str):
+    """Rows ``idx`` of the shard's training arrays as tensors: features, target, weights."""
+    x = torch.from_numpy(shard.x_train[idx]).to(device)
+    y = torch.from_numpy(shard.y_train[idx]).to(device)
+    w = torch.from_numpy(np.ascontiguousarray(shard.weights_train[idx], dtype=np.float32)).to(device)
+    return x, y, w
 
 
 def local_steps(shard: Shard, params: Params, spec: MLPSpec, cfg: OptimConfig, *, epoch: int,
@@ -154,56 +173,54 @@ def local_steps(shard: Shard, params: Params, spec: MLPSpec, cfg: OptimConfig, *
     """Take ``steps`` optimizer steps on this worker's shard from ``params`` (local SGD).
 
     Each step averages the loss over ``accumulation_steps`` micro-batches of
-    ``batch_size`` rows. Returns the new parameters, the optimizer state (it stays on
-    the worker), the rows this worker weighs in the average with, and the loss sum.
+    ``batch_size`` rows (weighted by the sample weights). Returns the new parameters,
+    the optimizer state (it stays on the worker), the weight this worker counts for in
+    the average (its training weight), the loss sum and the weight it was taken over.
     """
     device = cfg.device
     model = _model(spec, params, device).train()
     opt = _optimizer(model, cfg, lr)
     _load_optimizer_state(opt, optimizer_state, lr)
-    loss_sum, seen = 0.0, 0
+    loss_sum, seen = 0.0, 0.0
+    weights = shard.weights_train
     for step in range(first_step, first_step + steps):
         opt.zero_grad(set_to_none=True)
-        batch_rows = 0
         batches = [shard.batch(epoch, step * cfg.accumulation_steps + a, cfg.batch_size)
                    for a in range(cfg.accumulation_steps)]
-        total = sum(len(b) for b in batches)
+        total = float(sum(weights[b].sum(dtype=np.float64) for b in batches)) or 1.0
         for idx in batches:
-            x = torch.from_numpy(shard.x_train[idx]).to(device)
-            y = torch.from_numpy(shard.y_train[idx]).to(device)
-            loss = _forward_loss(model, x, y, task=spec.task, bf16=cfg.bf16, device=device)
+            x, y, w = _batch(shard, idx, device)
+            loss = _forward_loss(model, x, y, w, spec=spec, bf16=cfg.bf16, device=device)
             (loss / total).backward()
             loss_sum += float(loss.detach())
-            batch_rows += len(idx)
         opt.step()
-        seen += batch_rows
+        seen += total
     return {"params": get_params(model), "optimizer_state": _optimizer_state(opt),
-            "weight": shard.rows, "loss_sum": loss_sum, "rows_seen": seen}
+            "weight": shard.weight, "loss_sum": loss_sum, "seen": seen}
 
 
 def shard_gradient(shard: Shard, params: Params, spec: MLPSpec, cfg: OptimConfig, *, epoch: int,
                    step: int) -> dict:
     """Sum of the loss gradient over this worker's micro-batches for one global step.
 
-    The sum (not the mean) is returned with its row count, so a row-weighted
-    reduction across workers gives exactly the gradient of the mean loss over all
-    their rows: ``g = Σ_k grad_sum_k / Σ_k n_k``.
+    The sum (not the mean) is returned with its weight (rows, or the sum of their sample
+    weights), so a weighted reduction across workers gives exactly the gradient of the
+    mean loss over all their rows: ``g = Σ_k grad_sum_k / Σ_k n_k``.
     """
     device = cfg.device
     model = _model(spec, params, device).train()
     model.zero_grad(set_to_none=True)
-    rows, loss_sum = 0, 0.0
+    rows, loss_sum = 0.0, 0.0
     for a in range(cfg.accumulation_steps):
         idx = shard.batch(epoch, step * cfg.accumulation_steps + a, cfg.batch_size)
-        x = torch.from_numpy(shard.x_train[idx]).to(device)
-        y = torch.from_numpy(shard.y_train[idx]).to(device)
-        loss = _forward_loss(model, x, y, task=spec.task, bf16=cfg.bf16, device=device)
+        x, y, w = _batch(shard, idx, device)
+        loss = _forward_loss(model, x, y, w, spec=spec, bf16=cfg.bf16, device=device)
         loss.backward()
         loss_sum += float(loss.detach())
-        rows += len(idx)
+        rows += float(shard.weights_train[idx].sum(dtype=np.float64))
     grads = {name: (p.grad.detach().cpu().numpy().copy() if p.grad is not None else np.zeros(p.shape, np.float32))
              for name, p in model.named_parameters()}
-    return {"sum": grads, "weight": rows, "loss_sum": loss_sum}
+    return {"sum": grads, "weight": rows, "loss_sum": loss_sum, "seen": rows}
 
 
 def apply_gradient(params: Params, gradient: Params, spec: MLPSpec, cfg: OptimConfig, *, lr: float,
@@ -222,7 +239,7 @@ def weighted_sum(result: dict, key: str = "params") -> dict:
     """``{"sum": w·x, "weight": w}`` of one worker's result, the reduction's leaf."""
     w = float(result["weight"])
     return {"sum": {k: v.astype(np.float64) * w for k, v in result[key].items()}, "weight": w,
-            "loss_sum": result.get("loss_sum", 0.0)}
+            "loss_sum": result.get("loss_sum", 0.0), "seen": result.get("seen", w)}
 
 
 def combine_weighted(*parts: dict) -> dict:
@@ -232,7 +249,7 @@ def combine_weighted(*parts: dict) -> dict:
         for k, v in part["sum"].items():
             total[k] += v
     return {"sum": total, "weight": sum(p["weight"] for p in parts),
-            "loss_sum": sum(p.get("loss_sum", 0.0) for p in parts)}
+            "loss_sum": sum(p.get("loss_sum", 0.0) for p in parts), "seen": sum(p.get("seen", 0.0) for p in parts)}
 
 
 def weighted_mean(reduced: dict, like: Params) -> Params:
@@ -242,31 +259,34 @@ def weighted_mean(reduced: dict, like: Params) -> Params:
 
 
 def loss_on(shard: Shard, params: Params, spec: MLPSpec, device: str = "cpu", split: str = "valid") -> dict:
-    """Loss sum and row count of ``params`` on this shard's validation (or training) rows."""
-    x, y = (shard.x_valid, shard.y_valid) if split == "valid" else (shard.x_train, shard.y_train)
+    """Weighted loss sum, rows and weight of ``params`` on this shard's validation (or training) rows."""
+    x, y, w = (shard.x_valid, shard.y_valid, shard.weights_valid) if split == "valid" \
+        else (shard.x_train, shard.y_train, shard.weights_train)
     if len(y) == 0:
-        return {"loss_sum": 0.0, "rows": 0}
+        return {"loss_sum": 0.0, "rows": 0, "weight": 0.0}
     model = _model(spec, params, device).eval()
     total = 0.0
     with torch.no_grad():
         for start in range(0, len(y), 65536):
             xb = torch.from_numpy(x[start:start + 65536]).to(device)
             yb = torch.from_numpy(y[start:start + 65536]).to(device)
-            total += float(_loss_fn(spec.task)(model(xb), yb))
-    return {"loss_sum": total, "rows": len(y)}
+            wb = torch.from_numpy(np.ascontiguousarray(w[start:start + 65536], dtype=np.float32)).to(device)
+            total += float(_weighted_loss(spec, model(xb), yb, wb))
+    return {"loss_sum": total, "rows": len(y), "weight": float(np.sum(w, dtype=np.float64))}
 
 
 def predict(params: Params, spec: MLPSpec, x: np.ndarray, device: str = "cpu") -> np.ndarray:
-    """Predictions for rows ``x``: probabilities (classification) or values (regression)."""
+    """Predictions for rows ``x``: probabilities (one column per class for a multi-class
+    target) or values in the target's units (regression)."""
     if len(x) == 0:
-        return np.zeros(0, np.float64)
+        return np.zeros((0, spec.outputs) if spec.outputs > 1 else 0, np.float64)
     model = _model(spec, params, device).eval()
     outs = []
     with torch.no_grad():
         for start in range(0, len(x), 65536):
             out = model(torch.from_numpy(np.ascontiguousarray(x[start:start + 65536], np.float32)).to(device))
             outs.append(target_kind(spec.task).activation(out).double().cpu().numpy())
-    return np.concatenate(outs)
+    return np.concatenate(outs) * spec.target_scale + spec.target_shift
 
 
 def lr_at(schedule: str, base_lr: float, progress: float, warmup: float = 0.0) -> float:
@@ -291,10 +311,10 @@ def lr_at(schedule: str, base_lr: float, progress: float, warmup: float = 0.0) -
 
 
 def train_local(x_train, y_train, x_valid, y_valid, *, spec: MLPSpec, cfg: OptimConfig, epochs: int,
-                seed: int, schedule: str = "constant") -> dict:
+                seed: int, schedule: str = "constant", w_train=None, w_valid=None) -> dict:
     """Train one MLP on one partition's rows (the per-partition models): no communication."""
     started = time.perf_counter()
-    shard = Shard(x_train, y_train, x_valid, y_valid, seed=seed)
+    shard = Shard(x_train, y_train, x_valid, y_valid, seed=seed, w_train=w_train, w_valid=w_valid)
     params = init_params(spec, seed)
     steps_per_epoch = max(1, math.ceil(shard.rows / ((cfg.batch_size or shard.rows) * cfg.accumulation_steps)))
     state = None
@@ -304,6 +324,6 @@ def train_local(x_train, y_train, x_valid, y_valid, *, spec: MLPSpec, cfg: Optim
         out = local_steps(shard, params, spec, cfg, epoch=epoch, first_step=0, steps=steps_per_epoch, lr=lr,
                           optimizer_state=state)
         params, state = out["params"], out["optimizer_state"]
-        train_loss.append(out["loss_sum"] / max(1, out["rows_seen"]))
-    return {"params": params, "rows": shard.rows, "seconds": time.perf_counter() - started,
+        train_loss.append(out["loss_sum"] / (out["seen"] or 1.0))
+    return {"params": params, "rows": shard.rows, "weight": shard.weight, "seconds": time.perf_counter() - started,
             "history": {"train_loss": train_loss}}

@@ -15,7 +15,9 @@ import pandas as pd
 from shardflow.tasks import backend
 from shardflow.tasks.expressions import evaluate
 from shardflow.tasks.io import ROW_ERROR_COLUMN
-from shardflow.tasks.schema import REASON_COLUMN, SPLIT_COLUMN, TableSpec
+from shardflow.tasks.labels import label_keys
+from shardflow.tasks.schema import REASON_COLUMN, SPLIT_COLUMN, WEIGHT_COLUMN, TableSpec
+from shardflow.tasks.targets import target_kind, target_transform
 
 _SPLIT_BUCKETS = 1 << 20
 
@@ -28,6 +30,8 @@ class PreparedPartition(NamedTuple):
     missing_targets: int = 0  #: rows whose target is missing, whatever else is wrong with them
     #: Per join, ``(rows whose key found a dimension row, rows)`` over every input row.
     join_matches: tuple = ()
+    #: A few distinct target values that are not numbers (regression), for the error message.
+    target_examples: tuple = ()
 
 
 def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
@@ -68,6 +72,8 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
             reject(row_errors == message, str(message))
         raw = raw.drop(columns=[ROW_ERROR_COLUMN])
     frame = raw.copy(deep=False)
+    raw_target = raw[spec.target] if spec.target_required and spec.target_expression is None \
+        and spec.target in raw.columns else None
     join_matches = []
     for join, table in zip(spec.joins, dimensions):
         frame, matched = _left_join(frame, table, join)
@@ -102,15 +108,32 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
         if high is not None:
             reject(values > bound(high), f"{col}: above {high}")
 
+    examples = ()
     if spec.target_required:
         target = _target(frame, spec)
+        if target_kind(spec.task).is_classification:
+            target = backend.host_series_like(frame, label_keys(backend.to_pandas(target)))
+        elif raw_target is not None:
+            failed = raw_target.notna() & target.isna()
+            examples = tuple(str(v) for v in backend.to_pandas(raw_target[failed]).unique()[:3])
         target_missing = target.isna()
         reject(target_missing, f"{spec.target}: missing target")
-        # Classification labels other than 0/1 are not quarantined: the profile counts
-        # them and the ETL stops with an error that says what the target holds.
+        if spec.classes:
+            reject(~target.isin(list(spec.classes)), f"{spec.target}: label not in target.classes")
+        transform = target_transform(spec.target_transform)
+        if transform.above > -np.inf:
+            reject(target <= transform.above,
+                   f"{spec.target}: at or below {transform.above:g}, outside target.transform {transform.name}")
+        # Classification labels are not checked here: the profile counts them and the ETL
+        # stops with an error that says what the target holds.
     else:  # prediction: no target, nothing to reject for it
         target = raw[raw.columns[0]].isna().astype("float64") * np.nan
         target_missing = target.isna()
+    weight = None
+    if spec.weight:
+        weight = _as_float(frame[spec.weight])
+        reject(weight.isna(), f"{spec.weight}: missing sample weight")
+        reject(~(weight >= 0) | (weight == np.inf), f"{spec.weight}: sample weight not a finite number ≥ 0")
 
     good = reasons == 0
     split = split_membership(raw[list(spec.split_key)], spec.validation_fraction, spec.split_seed)
@@ -127,6 +150,8 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
         features[col] = backend.as_strings(frame[col])
     features[spec.target] = target
     features[SPLIT_COLUMN] = split
+    if weight is not None:
+        features[WEIGHT_COLUMN] = weight
     # Division by zero in a derived feature is a missing value, not a number.
     for col in spec.numeric_features:
         features[col] = features[col].where(features[col].abs() != np.inf)
@@ -136,7 +161,7 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
         **{REASON_COLUMN: np.array(messages, dtype=object)[reasons[~good] - 1] if (~good).any()
            else np.array([], dtype=object)}
     )
-    return PreparedPartition(features[good], quarantine, int(target_missing.sum()), tuple(join_matches))
+    return PreparedPartition(features[good], quarantine, int(target_missing.sum()), tuple(join_matches), examples)
 
 
 def split_membership(keys, validation_fraction: float, seed: int) -> np.ndarray:
@@ -192,7 +217,11 @@ def _as_float(series, booleans: bool = False):
 
 
 def _target(frame, spec: TableSpec):
+    """The target column: labels as read (classification) or numbers; an expression's value
+    as a number (a condition gives 0/1)."""
     if spec.target_expression is None:
+        if target_kind(spec.task).is_classification:
+            return frame[spec.target]
         return _as_float(frame[spec.target])
     value = _as_float(evaluate(spec.target_expression, frame))
     # `NaN > 15` is False in pandas; a target computed from a missing input is missing.

@@ -14,6 +14,8 @@ DATETIME_PARTS = ("hour", "dayofweek", "month", "day", "dayofyear", "minute", "y
 COLUMN_KINDS = ("number", "datetime", "string")
 REASON_COLUMN = "_reason"
 SPLIT_COLUMN = "_is_validation"
+#: The sample weight of each prepared row (when the job has ``target.weight``).
+WEIGHT_COLUMN = "_weight"
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,12 @@ class TableSpec:
     column_types: tuple[tuple[str, str], ...] = ()
     #: False at prediction time: a missing target column is allowed and quarantines nothing.
     target_required: bool = True
+    #: Classification: the configured classes as label keys (empty: fitted from the data).
+    classes: tuple[str, ...] = ()
+    #: Regression: the target transform's name (``none``, ``log1p``).
+    target_transform: str = "none"
+    #: The column of sample weights, if any (never at prediction time).
+    weight: str | None = None
 
     @property
     def datetime_features(self) -> list[str]:
@@ -100,6 +108,7 @@ class TableSpec:
             *self.split_key,
             *(k for join in self.joins for k in join.on),
             *self.target_inputs,
+            *([self.weight] if self.weight else []),
             *self.derived_inputs,
             *(col for col, _, _ in self.valid_ranges),
         ]

@@ -11,7 +11,8 @@ from shardflow.tasks import backend
 from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.models import worker_threads
 from shardflow.tasks.prepare import prepare_partition
-from shardflow.tasks.targets import target_kind
+from shardflow.tasks.labels import decode_labels, probability_column
+from shardflow.tasks.targets import target_kind, target_transform
 
 PREDICTION = "prediction"
 LABEL = "predicted_label"
@@ -31,12 +32,34 @@ def predict_partition(raw, spec, dimensions, *, preprocessor: Preprocessor, pred
     scores = predictor(payload, x, worker_threads())
     out = backend.to_pandas(table[list(preprocessor.keep_columns)]).reset_index(drop=True) \
         if preprocessor.keep_columns else pd.DataFrame(index=range(len(scores)))
-    out[PREDICTION] = scores
-    label = target_kind(preprocessor.task).label
-    if label is not None:
-        out[LABEL] = label(scores)
+    out = out.assign(**prediction_columns(scores, preprocessor))
     part = f"part-{index:05d}.parquet"
     backend.write_parquet(out, str(Path(output) / part))
     if len(prepared.quarantine):
         backend.write_parquet(prepared.quarantine, str(Path(output) / QUARANTINE_DIR / part))
     return {"rows": len(out), "quarantined": len(prepared.quarantine)}
+
+
+def prediction_columns(scores: np.ndarray, preprocessor: Preprocessor) -> dict:
+    """The output columns of a model's scores: for a binary target ``prediction`` (the
+    positive class's probability) and ``predicted_label``; for a multi-class one
+    ``predicted_label`` and ``probability_<label>`` per class; for regression
+    ``prediction`` in the target's units. Labels are spelled as in the input.
+
+    Examples
+    --------
+    >>> pre = Preprocessor([], [], [], [], [], [], {}, "y", "multiclass", classes=["a", "b", "c"],
+    ...                    label_type="string")
+    >>> cols = prediction_columns(np.array([[0.2, 0.5, 0.3]]), pre)
+    >>> list(cols), cols[LABEL].tolist()
+    (['predicted_label', 'probability_a', 'probability_b', 'probability_c'], ['b'])
+    """
+    kind = target_kind(preprocessor.task)
+    if not kind.is_classification:
+        return {PREDICTION: target_transform(preprocessor.target_transform).inverse(scores)}
+    labels = decode_labels(kind.codes(scores), preprocessor.classes, preprocessor.label_type)
+    if not kind.multi_output:
+        return {PREDICTION: scores, LABEL: labels}
+    probabilities = np.asarray(scores).reshape(len(labels), len(preprocessor.classes))
+    return {LABEL: labels, **{probability_column(key): probabilities[:, i]
+                              for i, key in enumerate(preprocessor.classes)}}

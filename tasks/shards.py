@@ -9,7 +9,8 @@ import numpy as np
 
 @dataclass
 class Shard:
-    """One worker's rows: training and validation arrays (float32)."""
+    """One worker's rows: training and validation arrays (float32), with sample weights
+    (``None``: every row weighs 1)."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -17,6 +18,22 @@ class Shard:
     y_valid: np.ndarray
     seed: int = 0
     orders: dict = field(default_factory=dict)
+    w_train: np.ndarray | None = None
+    w_valid: np.ndarray | None = None
+
+    @property
+    def weights_train(self) -> np.ndarray:
+        """Sample weights of the training rows (ones when the job has none)."""
+        return self.w_train if self.w_train is not None else np.ones(len(self.y_train), np.float32)
+
+    @property
+    def weights_valid(self) -> np.ndarray:
+        return self.w_valid if self.w_valid is not None else np.ones(len(self.y_valid), np.float32)
+
+    @property
+    def weight(self) -> float:
+        """Total training weight: what this shard counts for in weighted averages."""
+        return float(self.weights_train.sum(dtype=np.float64))
 
     @property
     def rows(self) -> int:
@@ -45,14 +62,16 @@ class Shard:
 
 
 def read_shard(zarr_path: str, offset: int, rows: int, seed: int) -> Shard:
-    """Rows ``[offset, offset + rows)`` of ``X``/``y``/``is_validation`` as a :class:`Shard`."""
+    """Rows ``[offset, offset + rows)`` of ``X``/``y``/``w``/``is_validation`` as a :class:`Shard`."""
     import zarr
 
     group = zarr.open_group(zarr_path, mode="r")
     x = group["X"][offset:offset + rows]
     y = group["y"][offset:offset + rows]
     valid = group["is_validation"][offset:offset + rows]
-    return Shard(x[~valid], y[~valid], x[valid], y[valid], seed=seed)
+    w = group["w"][offset:offset + rows] if "w" in group else None
+    return Shard(x[~valid], y[~valid], x[valid], y[valid], seed=seed,
+                 w_train=None if w is None else w[~valid], w_valid=None if w is None else w[valid])
 
 
 def merge_shards(*shards: Shard, seed: int = 0) -> Shard:
@@ -69,10 +88,13 @@ def merge_shards(*shards: Shard, seed: int = 0) -> Shard:
     """
     if len(shards) == 1:
         s = shards[0]
-        return Shard(s.x_train, s.y_train, s.x_valid, s.y_valid, seed=seed)
+        return Shard(s.x_train, s.y_train, s.x_valid, s.y_valid, seed=seed, w_train=s.w_train, w_valid=s.w_valid)
+    weighted = any(s.w_train is not None or s.w_valid is not None for s in shards)
     return Shard(
         np.concatenate([s.x_train for s in shards]), np.concatenate([s.y_train for s in shards]),
         np.concatenate([s.x_valid for s in shards]), np.concatenate([s.y_valid for s in shards]), seed=seed,
+        w_train=np.concatenate([s.weights_train for s in shards]) if weighted else None,
+        w_valid=np.concatenate([s.weights_valid for s in shards]) if weighted else None,
     )
 
 

@@ -15,7 +15,8 @@ import numpy as np
 from shardflow.tasks import backend
 from shardflow.tasks.prepare import PreparedPartition
 from shardflow.tasks.schema import REASON_COLUMN, SPLIT_COLUMN, TableSpec
-from shardflow.tasks.targets import target_kind
+from shardflow.tasks.labels import MAX_CLASSES
+from shardflow.tasks.targets import target_kind, target_transform
 
 
 @dataclass
@@ -73,6 +74,12 @@ class Moments:
             np.maximum(self.maximum, other.maximum),
         )
 
+    @classmethod
+    def empty(cls, columns) -> "Moments":
+        """The moments of no rows (the identity of :meth:`merge`)."""
+        k = len(columns)
+        return cls(list(columns), np.zeros(k), np.zeros(k), np.zeros(k), np.full(k, np.inf), np.full(k, -np.inf))
+
     @property
     def std(self) -> np.ndarray:
         """Population standard deviation (``ddof=0``); NaN for an empty column."""
@@ -92,12 +99,18 @@ class Profile:
     target: Moments
     validation_rows: int
     missing_targets: int = 0
-    #: Classification only: rows per target value, for at most ``TARGET_VALUES_KEPT``
-    #: distinct values; ``target_values_truncated`` says that more were seen.
+    #: Classification only: rows per label (its key, see :mod:`shardflow.tasks.labels`), for
+    #: at most ``TARGET_VALUES_KEPT`` distinct labels; ``target_values_truncated`` says that
+    #: more were seen.
     target_values: dict = field(default_factory=dict)
     target_values_truncated: bool = False
     #: Per join, ``[rows whose key found a dimension row, rows]`` over every input row.
     join_matches: list = field(default_factory=list)
+    #: Regression only: moments of the target as the models see it (after
+    #: ``target.transform``) over the training split, to standardise it.
+    model_target: Moments | None = None
+    #: Regression only: a few target values that were not numbers.
+    target_examples: list = field(default_factory=list)
 
 
 def partition_profile(part: PreparedPartition, spec: TableSpec, index: int) -> Profile:
@@ -112,33 +125,44 @@ def partition_profile(part: PreparedPartition, spec: TableSpec, index: int) -> P
     partition_rows = [0] * (index + 1)
     partition_rows[index] = len(features)
     values, truncated = {}, False
-    if target_kind(spec.task).label is not None and spec.target_required:
+    target_columns = [spec.target]
+    if target_kind(spec.task).is_classification:
         vc = backend.to_pandas(features[spec.target].value_counts(dropna=True))
-        values, truncated = _kept_values({float(k): int(v) for k, v in vc.items()})
+        values, truncated = _kept_values({str(k): int(v) for k, v in vc.items()})
+        target = model_target = Moments.empty(target_columns)
+    else:
+        target = Moments.of(features, target_columns)
+        training = features[~features[SPLIT_COLUMN]][target_columns]
+        transformed = training.assign(**{spec.target: target_transform(spec.target_transform).forward(
+            training[spec.target])})
+        model_target = Moments.of(transformed, target_columns)
     return Profile(
         rows=len(features),
         partition_rows=partition_rows,
         quarantined={str(k): int(v) for k, v in reasons.items()},
         numeric=Moments.of(features, spec.numeric_features),
         category_counts=counts,
-        target=Moments.of(features, [spec.target]),
+        target=target,
         validation_rows=int(backend.to_host_array(features[SPLIT_COLUMN], bool).sum()),
         missing_targets=missing_targets,
         target_values=values,
         target_values_truncated=truncated,
         join_matches=[list(m) for m in part.join_matches],
+        model_target=model_target,
+        target_examples=list(part.target_examples),
     )
 
 
-#: Distinct target values a classification profile keeps (enough to name examples).
-TARGET_VALUES_KEPT = 32
+#: Distinct labels a classification profile keeps: every class of a valid target, and one
+#: more to tell that there are too many.
+TARGET_VALUES_KEPT = MAX_CLASSES + 1
 
 
 def _kept_values(counts: dict) -> tuple:
     """The ``TARGET_VALUES_KEPT`` most frequent values, and whether any were dropped."""
     if len(counts) <= TARGET_VALUES_KEPT:
         return counts, False
-    kept = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:TARGET_VALUES_KEPT]
+    kept = sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))[:TARGET_VALUES_KEPT]
     return dict(kept), True
 
 
@@ -167,6 +191,8 @@ def combine_profiles(a: Profile, b: Profile) -> Profile:
         missing_targets=a.missing_targets + b.missing_targets,
         **_combined_target_values(a, b),
         join_matches=[[x + y for x, y in zip(ma, mb)] for ma, mb in zip(a.join_matches, b.join_matches)],
+        model_target=a.model_target.merge(b.model_target),
+        target_examples=list(dict.fromkeys(a.target_examples + b.target_examples))[:3],
     )
 
 

@@ -1,11 +1,14 @@
-"""Target kinds: the one place that knows what each ``target.task`` means.
+"""Target kinds: the one place that knows what each kind of target means.
 
 A kind is a name plus what differs between kinds everywhere else: XGBoost's objective,
 the comparison table's metrics (the first one ranks the models), the partial metric
-sums and how they finish, the report's curve, the MLP's loss and output activation,
-the stacked combiner's link, and whether predictions carry a label. Every module asks
-this registry instead of testing the kind's name; a new kind (multi-class, say) is one
-entry here and its own functions.
+sums and how they finish, the report's plot, the MLP's loss and output activation, the
+stacked combiner, and how predictions become labels. Every module asks this registry
+instead of testing the kind's name.
+
+``target.task`` names one of the configurable kinds (``classification``, ``regression``);
+the ETL resolves a classification target with three or more classes to ``multiclass``
+(:func:`resolve_kind`), and the run stores the resolved kind.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from shardflow.tasks import metrics
+from shardflow.tasks.combiners import GLMCombiner, MultinomialCombiner
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -31,16 +35,20 @@ def _identity(x):
     return x
 
 
-def _bce_loss():
-    from torch import nn
+def _bce_loss(out, y):
+    from torch.nn import functional
 
-    return nn.BCEWithLogitsLoss(reduction="sum")
+    return functional.binary_cross_entropy_with_logits(out, y, reduction="none")
 
 
-def _mse_loss():
-    from torch import nn
+def _mse_loss(out, y):
+    return (out - y) ** 2
 
-    return nn.MSELoss(reduction="sum")
+
+def _cross_entropy_loss(out, y):
+    from torch.nn import functional
+
+    return functional.cross_entropy(out, y.long(), reduction="none")
 
 
 def _torch_sigmoid(out):
@@ -49,8 +57,18 @@ def _torch_sigmoid(out):
     return torch.sigmoid(out)
 
 
-def _threshold_label(scores: np.ndarray) -> np.ndarray:
-    return (scores >= 0.5).astype(np.int8)
+def _torch_softmax(out):
+    import torch
+
+    return torch.softmax(out, dim=1)
+
+
+def _threshold_codes(scores: np.ndarray) -> np.ndarray:
+    return (np.asarray(scores) >= 0.5).astype(np.int64)
+
+
+def _argmax_codes(scores: np.ndarray) -> np.ndarray:
+    return np.asarray(scores).argmax(axis=1).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -60,22 +78,29 @@ class TargetKind:
     Attributes
     ----------
     name : str
-        The ``target.task`` value.
+        The kind's name (``target.task`` for a configurable kind).
     xgboost : dict
-        XGBoost's ``objective`` and ``eval_metric`` (the last one drives early stopping).
+        XGBoost's ``objective`` and ``eval_metric`` (the last one drives early stopping);
+        ``num_class`` is added for kinds with several outputs.
     columns : tuple
         Metrics in comparison tables; the first ranks the models.
     curve : str
-        The report's plot of the validation predictions: ``roc`` or ``residuals``.
+        The report's plot of the validation predictions: ``roc``, ``confusion`` or ``residuals``.
     partial, finish, curves : callable
         The kind's metric sums of one partition, the metrics from the total, the plot data.
     loss : callable
-        A torch loss (summed over rows) for the MLP's raw output.
+        ``loss(output, y) -> per-row loss`` (torch) of the MLP's raw output.
     activation : callable
-        The MLP's raw output (torch) to a prediction; ``link``/``inverse_link`` the same on
-        NumPy arrays for the stacked combiner (``newton_weights``: its Hessian weights).
-    label : callable or None
-        A label column from the predictions (binary: score ≥ 0.5); None: no labels.
+        The MLP's raw output (torch) to a prediction.
+    combiner : GLMCombiner or MultinomialCombiner
+        The stacked ensemble's combiner of member predictions.
+    codes : callable or None
+        Class codes from predictions (binary: score ≥ 0.5; multi-class: the most probable
+        class); None: a value, not a class.
+    configurable : bool
+        Whether ``target.task`` may name it (``multiclass`` is resolved, not configured).
+    multi_output : bool
+        One output per class (``num_class`` for XGBoost, K MLP outputs, K probabilities).
     """
 
     name: str
@@ -87,24 +112,36 @@ class TargetKind:
     curves: Callable
     loss: Callable
     activation: Callable
-    link: Callable
-    inverse_link: Callable
-    newton_weights: Callable
-    label: Callable | None = None
+    combiner: object
+    codes: Callable | None = None
+    configurable: bool = True
+    multi_output: bool = False
+
+    @property
+    def is_classification(self) -> bool:
+        return self.codes is not None
+
+    def outputs(self, classes: int) -> int:
+        """Model outputs per row: one per class for a multi-output kind, else one."""
+        return classes if self.multi_output else 1
 
 
 TARGET_KINDS = {k.name: k for k in (
     TargetKind("classification", {"objective": "binary:logistic", "eval_metric": ["auc", "logloss"]},
                ("auc", "logloss", "accuracy"), "roc", metrics.binary_partial, metrics.binary_finish,
-               metrics.roc_points, _bce_loss, _torch_sigmoid, _logit, _sigmoid, lambda p: p * (1 - p),
-               _threshold_label),
+               metrics.roc_points, _bce_loss, _torch_sigmoid, GLMCombiner(_logit, _sigmoid, lambda p: p * (1 - p)),
+               _threshold_codes),
+    TargetKind("multiclass", {"objective": "multi:softprob", "eval_metric": ["merror", "mlogloss"]},
+               ("logloss", "accuracy", "macro_f1", "macro_auc"), "confusion", metrics.multiclass_partial,
+               metrics.multiclass_finish, metrics.confusion_counts, _cross_entropy_loss, _torch_softmax,
+               MultinomialCombiner(), _argmax_codes, configurable=False, multi_output=True),
     TargetKind("regression", {"objective": "reg:squarederror", "eval_metric": ["rmse"]},
                ("rmse", "mae", "r2"), "residuals", metrics.regression_partial, metrics.regression_finish,
-               metrics.residual_histogram, _mse_loss, _identity, _identity, _identity, np.ones_like),
+               metrics.residual_histogram, _mse_loss, _identity, GLMCombiner(_identity, _identity, np.ones_like)),
 )}
 
-#: Every kind's name, as ``target.task`` accepts them.
-TASK_TYPES = tuple(TARGET_KINDS)
+#: The kinds ``target.task`` accepts.
+TASK_TYPES = tuple(name for name, kind in TARGET_KINDS.items() if kind.configurable)
 
 
 def target_kind(task: str) -> TargetKind:
@@ -116,3 +153,42 @@ def target_kind(task: str) -> TargetKind:
     ('rmse', 'mae', 'r2')
     """
     return TARGET_KINDS[task]
+
+
+def resolve_kind(task: str, classes: int) -> str:
+    """The kind a ``target.task`` means for a target with ``classes`` distinct labels.
+
+    Examples
+    --------
+    >>> resolve_kind("classification", 2), resolve_kind("classification", 4), resolve_kind("regression", 0)
+    ('classification', 'multiclass', 'regression')
+    """
+    multi = [k.name for k in TARGET_KINDS.values() if k.multi_output and not k.configurable]
+    if target_kind(task).is_classification and classes > 2 and multi:
+        return multi[0]
+    return task
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+@dataclass(frozen=True)
+class TargetTransform:
+    """A transform of a regression target: models train on ``forward(y)``; predictions and
+    metrics go through ``inverse``. Values at or below ``above`` are outside its domain."""
+
+    name: str
+    forward: Callable
+    inverse: Callable
+    above: float = -np.inf
+
+
+TARGET_TRANSFORMS = {t.name: t for t in (
+    TargetTransform("none", _identity, _identity),
+    TargetTransform("log1p", np.log1p, np.expm1, above=-1.0),
+)}
+
+
+def target_transform(name: str) -> TargetTransform:
+    """The transform named ``name`` (``target.transform``)."""
+    return TARGET_TRANSFORMS[name]

@@ -19,6 +19,7 @@ from shardflow.cluster.factory import Runtime
 from shardflow.pipelines.rundir import RunDir
 from shardflow.tasks import shards as shard_tasks
 from shardflow.tasks.encode import Preprocessor
+from shardflow.tasks.metrics import Scoring
 
 logger = logging.getLogger("shardflow.train")
 
@@ -36,6 +37,8 @@ class TrainingData:
     etl_dir: Path = None
     seed: int = 0
     attempt: int = 0
+    #: How predictions are scored (see :class:`~shardflow.tasks.metrics.Scoring`).
+    scoring: Scoring = None
 
     @property
     def feature_names(self) -> list:
@@ -47,7 +50,13 @@ class TrainingData:
 
     @property
     def task(self) -> str:
+        """The resolved target kind (``classification``, ``multiclass``, ``regression``)."""
         return self.preprocessor.task
+
+    @property
+    def classes(self) -> int:
+        """Number of classes (0 for regression)."""
+        return len(self.preprocessor.classes)
 
     def feature_types(self, categorical: bool) -> list:
         n_num = len(self.preprocessor.numeric)
@@ -93,8 +102,8 @@ def load_training_data(runtime: Runtime, etl_dir, seed: int = 0, attempt: int = 
     client = runtime.client
     workers = sorted_workers(client)
     # The token names the data: the same ETL output (its fitted preprocessing included) and seed.
-    token = tokenize(str(etl_dir.resolve()), preprocessor_text,
-                     json.loads(RunDir.etl_file(etl_dir, "summary").read_text())["rows"], seed)[:10]
+    summary = json.loads(RunDir.etl_file(etl_dir, "summary").read_text())
+    token = tokenize(str(etl_dir.resolve()), preprocessor_text, summary["rows"], seed)[:10]
     placement = [workers[i % len(workers)] for i in range(len(rows))]
     prefix = f"train-load-partition-{token}" + (f"-retry{attempt}" if attempt else "")
     futures = [
@@ -107,7 +116,16 @@ def load_training_data(runtime: Runtime, etl_dir, seed: int = 0, attempt: int = 
     sizes = client.gather([client.submit(shard_tasks.shard_sizes, f, key=f"{prefix}-sizes-{i}",
                                          workers=[placement[i]]) for i, f in enumerate(futures)])
     return TrainingData(futures, placement, [s[0] for s in sizes], [s[1] for s in sizes], preprocessor, token,
-                        etl_dir, seed)
+                        etl_dir, seed, scoring=scoring_for(preprocessor, summary))
+
+
+def scoring_for(preprocessor: Preprocessor, summary: dict) -> Scoring:
+    """How a run's predictions are scored: its target kind, transform and classes, and the
+    target's spread (from the ETL summary) for the report's residual histograms."""
+    std = summary.get("target_std") or 1.0
+    low, high = summary.get("target_min", 0.0), summary.get("target_max", 1.0)
+    return Scoring(preprocessor.task, preprocessor.target_transform, residual_range=4 * std,
+                   value_range=(low, high if high > low else low + 1.0), classes=len(preprocessor.classes))
 
 
 def call_token(prefix: str) -> str:

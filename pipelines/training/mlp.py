@@ -28,12 +28,16 @@ logger = logging.getLogger("shardflow.train")
 
 
 def mlp_spec_for(preprocessor: Preprocessor, cfg: MLPConfig):
+    """The MLP for the run's features and target: one output per class for a multi-class
+    target, and a regression target standardised with the training split's statistics."""
     from shardflow.tasks.neural import MLPSpec
+    from shardflow.tasks.targets import target_kind
 
     return MLPSpec(n_numeric=len(preprocessor.numeric),
                    cardinalities=tuple(preprocessor.cardinalities[c] for c in preprocessor.categorical),
                    task=preprocessor.task, hidden=tuple(cfg.hidden), embedding_dim=cfg.embedding_dim,
-                   dropout=cfg.dropout)
+                   dropout=cfg.dropout, outputs=target_kind(preprocessor.task).outputs(len(preprocessor.classes)),
+                   target_shift=preprocessor.target_shift, target_scale=preprocessor.target_scale)
 
 
 def mlp_optim_for(cfg: MLPConfig, backend: str):
@@ -146,7 +150,7 @@ def _mlp_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, label) 
                                                 key=f"{name}-apply")
                     params_f = client.submit(mlp_steps.take, apply_state, "params", key=f"{name}-params")
                 fresh = False
-                losses.append(client.submit(mlp_steps.take, reduced, "loss_sum", key=f"{name}-loss"))
+                losses.append(client.submit(mlp_steps.take, reduced, ("loss_sum", "seen"), key=f"{name}-loss"))
                 step += n
                 state["rounds"] += 1
             valid = [client.submit(mlp_steps.validation_loss, shards[w], params_f, params_like, spec, optim.device,
@@ -156,9 +160,10 @@ def _mlp_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, label) 
             gathered = gather_watching(client, [current, *valid, *losses], workers, "data-parallel MLP training")
             current, valid, loss_values = gathered[0], gathered[1:1 + len(valid)], gathered[1 + len(valid):]
             seen = epoch_rows(rows, workers, steps_per_epoch, cfg)
-            train_loss = sum(loss_values) / max(1, seen)
+            train_loss = sum(loss for loss, _ in loss_values) / (sum(weight for _, weight in loss_values) or 1.0)
             valid_rows = sum(v["rows"] for v in valid)
-            valid_loss = sum(v["loss_sum"] for v in valid) / valid_rows if valid_rows else float("nan")
+            valid_weight = sum(v["weight"] for v in valid)
+            valid_loss = sum(v["loss_sum"] for v in valid) / valid_weight if valid_weight else float("nan")
             h = state["history"]
             h["train_loss"].append(train_loss)
             h["validation_loss"].append(valid_loss)

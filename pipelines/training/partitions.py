@@ -22,7 +22,9 @@ def train_partition_models(runtime: Runtime, data: TrainingData, cfg: PartitionM
 
     Each task runs on the worker that holds its partitions (its only inputs), with no
     communication; the families' models train side by side, so the workers stay busy.
-    Groups whose training rows are all gone (an empty partition) get no model.
+    Groups whose training rows are all gone (an empty partition) get no model. The
+    ensembles average their members weighted by training weight (rows, or the sum of
+    the sample weights).
 
     Parameters
     ----------
@@ -33,7 +35,7 @@ def train_partition_models(runtime: Runtime, data: TrainingData, cfg: PartitionM
     Returns
     -------
     dict
-        Per family: ``groups``, ``weights`` (training rows), ``members``, ``seconds``
+        Per family: ``groups``, ``weights`` (training weight), ``members``, ``seconds``
         and ``partition_metrics``.
     """
     client = runtime.client
@@ -53,7 +55,7 @@ def train_partition_models(runtime: Runtime, data: TrainingData, cfg: PartitionM
         members = [results[(name, gi)] for gi in range(len(groups))]
         out[name] = {
             "groups": groups,
-            "weights": [m["rows"] for m in members],
+            "weights": [m["weight"] for m in members],
             "members": members,
             # Training time of the family alone: its models' seconds spread over the workers
             # (the families train side by side, so the shared wall time would count both).
@@ -83,10 +85,10 @@ def xgboost_job(context, family):
     from shardflow.pipelines.training.xgboost_global import xgboost_params
 
     data, tc = context.data, context.config
-    params = xgboost_params(data.task, tc.xgboost, context.runtime.backend, tc.seed)
+    params = xgboost_params(data.task, tc.xgboost, context.runtime.backend, tc.seed, classes=data.classes)
     kwargs = dict(params=params, rounds=tc.partitions.xgboost_rounds,
                   feature_names=data.feature_names, feature_types=data.feature_types(tc.xgboost.categorical),
-                  task=data.task)
+                  scoring=data.scoring)
     return train_group_xgboost, lambda group: kwargs, {}
 
 
@@ -97,7 +99,8 @@ def mlp_job(context, family):
     tc = context.config
     spec, optim = mlp_spec_for(context.data.preprocessor, tc.mlp), mlp_optim_for(tc.mlp, context.runtime.backend)
     return train_group_mlp, lambda group: dict(spec=spec, optim=optim, epochs=tc.partitions.mlp_epochs,
-                                               seed=tc.seed * 7919 + group, schedule=tc.mlp.lr_schedule), \
+                                               seed=tc.seed * 7919 + group, schedule=tc.mlp.lr_schedule,
+                                               scoring=context.data.scoring), \
         {"spec": spec}
 
 

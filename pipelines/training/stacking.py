@@ -11,13 +11,16 @@ from shardflow.cluster.factory import Runtime
 from shardflow.pipelines.graph import scatter_named, tree_reduce_futures
 from shardflow.pipelines.training.data import TrainingData, call_token
 from shardflow.tasks.models import add_stack_terms, member_predictions, stack_partition_terms
+from shardflow.tasks.targets import target_kind
 
 
 def fit_stacker(runtime: Runtime, data: TrainingData, member_models: list, max_iter: int = 50,
                 ridge: float = 1e-4) -> dict:
     """Fit the stacked combiner on the validation split, by Newton's method on reductions.
 
-    Inputs are the per-partition models' predictions (logits for classification).
+    Inputs are the per-partition models' predictions (logits for a binary target, log
+    probabilities for a multi-class one: see :mod:`shardflow.tasks.combiners`), rows
+    weighted by their sample weights.
     Three fits share each pass: on the even and the odd validation rows of every
     partition (cross-fitting: each half is scored by the fit on the other half, so
     the reported quality is out-of-sample), and on all validation rows (the model
@@ -27,9 +30,9 @@ def fit_stacker(runtime: Runtime, data: TrainingData, member_models: list, max_i
     started = time.perf_counter()
     token = call_token(data.token)
     models_f = scatter_named(client, f"train-stack-members-{token}", member_models)
-    preds = [client.submit(member_predictions, f, models_f, data.task, key=f"train-stack-predict-{token}-{i}")
+    preds = [client.submit(member_predictions, f, models_f, key=f"train-stack-predict-{token}-{i}")
              for i, f in enumerate(data.futures)]
-    k = len(member_models) + 1
+    k = target_kind(data.task).combiner.size(len(member_models), data.classes)
     thetas = [np.zeros(k) for _ in range(3)]
     newton_steps = []
     for step in range(max_iter):

@@ -23,8 +23,29 @@ from shardflow.tasks.targets import target_kind
 logger = logging.getLogger("shardflow.train")
 
 
-def xgboost_params(task: str, cfg: XGBoostConfig, backend: str, seed: int) -> dict:
-    """shardflow's XGBoost defaults for ``task``, overridden by ``train.xgboost.params``."""
+#: The metric early stopping watches when ``train.xgboost.params`` sets a regression
+#: objective of its own but no ``eval_metric``: the objective's own loss.
+OBJECTIVE_METRICS = {"reg:absoluteerror": "mae", "reg:quantileerror": "quantile", "reg:pseudohubererror": "mphe",
+                     "reg:squaredlogerror": "rmsle", "reg:gamma": "gamma-nloglik", "reg:tweedie": "rmse",
+                     "count:poisson": "poisson-nloglik"}
+
+
+def xgboost_params(task: str, cfg: XGBoostConfig, backend: str, seed: int, classes: int = 2) -> dict:
+    """shardflow's XGBoost defaults for ``task``, overridden by ``train.xgboost.params``.
+
+    A multi-class target adds ``num_class``. An objective set in ``params`` is passed through
+    (``reg:absoluteerror``, ``reg:quantileerror`` with ``quantile_alpha``, ...); without an
+    ``eval_metric`` of the user's, early stopping then watches that objective's own loss.
+
+    Examples
+    --------
+    >>> from shardflow.pipelines.config import XGBoostConfig
+    >>> p = xgboost_params("regression", XGBoostConfig(params={"objective": "reg:absoluteerror"}), "pandas", 0)
+    >>> p["objective"], p["eval_metric"]
+    ('reg:absoluteerror', ['mae'])
+    >>> xgboost_params("multiclass", XGBoostConfig(), "pandas", 0, classes=4)["num_class"]
+    4
+    """
     params = {
         "tree_method": "hist",
         "max_depth": 8,
@@ -33,8 +54,14 @@ def xgboost_params(task: str, cfg: XGBoostConfig, backend: str, seed: int) -> di
         "seed": seed,
         "device": "cuda" if backend == "cudf" else "cpu",
     }
-    params.update(copy.deepcopy(target_kind(task).xgboost))
+    kind = target_kind(task)
+    params.update(copy.deepcopy(kind.xgboost))
+    if kind.multi_output:
+        params["num_class"] = int(classes)
     params.update(cfg.params)
+    objective = cfg.params.get("objective")
+    if objective in OBJECTIVE_METRICS and "eval_metric" not in cfg.params:
+        params["eval_metric"] = [OBJECTIVE_METRICS[objective]]
     return params
 
 
@@ -95,7 +122,7 @@ def train_global_xgboost(runtime: Runtime, data: TrainingData, cfg: XGBoostConfi
 
     started = time.perf_counter()
     client = runtime.client
-    params = xgboost_params(data.task, cfg, runtime.backend, seed)
+    params = xgboost_params(data.task, cfg, runtime.backend, seed, classes=data.classes)
     metric = _stopping_metric(params)
     token = tokenize(data.token, params, cfg.num_boost_round, cfg.early_stopping_rounds, cfg.categorical)[:16]
     _, first_state = read_checkpoint(checkpoint_dir, token)

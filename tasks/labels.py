@@ -1,0 +1,132 @@
+"""Classification labels: numbers, booleans or strings in, class codes 0..K−1 out, and back.
+
+A label is compared in a canonical text form, the *key*, so that the same label written
+differently by different files or formats is one class: numbers as their shortest
+decimal text (``1``, ``1.0`` and the CSV text ``"1"`` are the key ``1``), booleans and
+the words true/false (any case) as ``true``/``false``, other text stripped of outer
+spaces. The ETL counts keys across all partitions, fits the class list (the
+vocabulary) once, and stores it with the key type, so predictions give labels back as
+the user wrote them: whole numbers, booleans or strings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+#: Most classes a classification target may have (the metrics keep a K×K confusion matrix
+#: and K score histograms per partition).
+MAX_CLASSES = 64
+#: Label types, as stored with the classes.
+LABEL_TYPES = ("number", "boolean", "string")
+
+
+def label_keys(series: pd.Series) -> pd.Series:
+    """The canonical key of each label (see the module docstring); missing stays missing.
+
+    Examples
+    --------
+    >>> label_keys(pd.Series([1.0, 0, None])).tolist()
+    ['1', '0', <NA>]
+    >>> label_keys(pd.Series([" pro", "basic", "", "TRUE", "2.50"], dtype=object)).tolist()
+    ['pro', 'basic', <NA>, 'true', '2.5']
+    >>> label_keys(pd.Series([True, False])).tolist()
+    ['true', 'false']
+    """
+    if pd.api.types.is_bool_dtype(series.dtype):
+        return series.map({True: "true", False: "false"}).astype("string")
+    if pd.api.types.is_numeric_dtype(series.dtype):
+        return _number_keys(series.astype("float64"))
+    text = series.astype("string").str.strip()
+    text = text.where(text != "")
+    numbers = pd.to_numeric(text, errors="coerce").astype("float64")
+    lowered = text.str.lower()
+    keys = text.where(numbers.isna(), _number_keys(numbers))
+    return keys.where(~lowered.isin(["true", "false"]).fillna(False), lowered)
+
+
+def _number_keys(values: pd.Series) -> pd.Series:
+    values = values.astype("float64")
+    whole = np.isfinite(values) & (values == values.round()) & (values.abs() < 2.0**53)
+    text = values.map(lambda v: repr(float(v)) if pd.notna(v) else None).astype("string")
+    ints = values.where(whole).astype("Int64").astype("string")
+    return ints.where(whole, text).where(values.notna())
+
+
+def label_type(keys) -> str:
+    """``number`` if every key is a number, ``boolean`` if all are true/false, else ``string``.
+
+    Examples
+    --------
+    >>> label_type(["0", "1"]), label_type(["false", "true"]), label_type(["no", "yes"])
+    ('number', 'boolean', 'string')
+    """
+    keys = list(keys)
+    if keys and all(_is_number(k) for k in keys):
+        return "number"
+    if keys and set(keys) <= {"true", "false"}:
+        return "boolean"
+    return "string"
+
+
+def _is_number(key: str) -> bool:
+    try:
+        float(key)
+    except ValueError:
+        return False
+    return True
+
+
+def sorted_classes(keys) -> list:
+    """Classes in their natural order: numbers ascending, false before true, text by code point.
+
+    For a binary target the second class is the positive one (``1``, ``true``, ``yes``).
+
+    Examples
+    --------
+    >>> sorted_classes(["10", "9", "-1"]), sorted_classes(["yes", "no"])
+    (['-1', '9', '10'], ['no', 'yes'])
+    """
+    keys = list(keys)
+    kind = label_type(keys)
+    if kind == "number":
+        return sorted(keys, key=float)
+    return sorted(keys)
+
+
+def non_whole_numbers(keys) -> list:
+    """The keys that are numbers but not whole ones (classes are never fractions)."""
+    return [k for k in keys if _is_number(k) and not float(k).is_integer()]
+
+
+def encode_labels(keys, classes) -> np.ndarray:
+    """Class code (position in ``classes``) of each key; -1 for a key not in it or missing."""
+    from shardflow.tasks import backend
+
+    return backend.category_codes(keys, list(classes))
+
+
+def decode_labels(codes: np.ndarray, classes, kind: str) -> np.ndarray:
+    """The labels of class ``codes``, typed as the user wrote them (``kind``: see :func:`label_type`).
+
+    Examples
+    --------
+    >>> decode_labels(np.array([1, 0, 1]), ["no", "yes"], "string").tolist()
+    ['yes', 'no', 'yes']
+    >>> decode_labels(np.array([0, 1]), ["false", "true"], "boolean").tolist()
+    [False, True]
+    >>> decode_labels(np.array([2, 0]), ["0", "1", "7"], "number").tolist()
+    [7, 0]
+    """
+    if kind == "number":
+        values = np.array([int(float(k)) for k in classes], dtype=np.int64)
+    elif kind == "boolean":
+        values = np.array([k == "true" for k in classes], dtype=bool)
+    else:
+        values = np.array(list(classes), dtype=object)
+    return values[np.asarray(codes, dtype=np.int64)]
+
+
+def probability_column(key: str) -> str:
+    """The prediction column holding the probability of class ``key``."""
+    return f"probability_{key}"
