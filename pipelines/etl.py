@@ -44,8 +44,8 @@ from shardflow.pipelines.plan import InputPlan
 from shardflow.tasks.encode import Preprocessor, fit_vocabulary
 from shardflow.tasks.errors import InputError
 from shardflow.tasks.prepare import prepare_partition
-from shardflow.tasks.labels import MAX_CLASSES, label_type, non_whole_numbers, sorted_classes
-from shardflow.tasks.targets import resolve_kind, target_kind
+from shardflow.pipelines.target_fit import check_labels, check_target_type, target_encoding
+from shardflow.tasks.targets import target_kind
 from shardflow.tasks.stats import (
     Moments,
     combine_moments,
@@ -220,7 +220,7 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
         if count == 0:
             logger.warning("feature %r is missing in every row; it will be constant 0", col)
     preprocessor = Preprocessor(
-        **_target_encoding(profile, config, spec),
+        **target_encoding(profile, config, spec),
         numeric=numeric,
         lower=lower,
         upper=upper,
@@ -334,13 +334,7 @@ def _check_profile(profile, config: Config, source) -> None:
     quarantined = sum(profile.quarantined.values())
     if profile.rows + quarantined == 0:
         raise InputError(f"input.path {config.input.path!r}: the dataset has no rows")
-    not_numbers = profile.quarantined.get(f"{config.target.column}: not a number", 0)
-    if profile.target_examples and not_numbers * 2 > profile.rows + quarantined:
-        shown = ", ".join(repr(v) for v in profile.target_examples)
-        raise InputError(
-            f"target {config.target.column!r} holds strings such as {shown} in {not_numbers} of "
-            f"{profile.rows + quarantined} rows of {config.input.path!r}, but target.task is regression, which "
-            "needs numbers; set target.task: classification (labels may be strings), or fix the column")
+    check_target_type(profile, config)
     if profile.missing_targets == profile.rows + quarantined:
         what = "target.expression" if config.target.expression else "target.column"
         raise InputError(
@@ -353,7 +347,7 @@ def _check_profile(profile, config: Config, source) -> None:
             f"every row of {config.input.path!r} was quarantined: {reasons}; check clean.valid_ranges and the input"
         )
     if target_kind(config.target.task).is_classification:
-        _check_labels(profile, config)
+        check_labels(profile, config)
     train_rows = profile.rows - profile.validation_rows
     if train_rows == 0 or profile.validation_rows == 0:
         raise InputError(
@@ -376,51 +370,6 @@ def _join_report(profile, config: Config, dims) -> dict:
         else:
             logger.info("join %r: %d of %d rows matched (%.1f%%)", dim.join.name, matched, rows, 100 * rate)
     return report
-
-
-def _check_labels(profile, config: Config) -> None:
-    """A classifier needs 2..``MAX_CLASSES`` labels, and numbers among them must be whole."""
-    column = config.target.column
-    labels = profile.target_values
-    keys = sorted_classes(labels)
-    shown = ", ".join(keys[:6])
-    if profile.target_values_truncated or len(labels) > MAX_CLASSES:
-        raise InputError(
-            f"target {column!r} holds more than {MAX_CLASSES} distinct values (e.g. {shown}) but target.task is "
-            f"classification, which allows at most {MAX_CLASSES} classes; set target.task: regression, or "
-            f"derive classes with target.expression (e.g. '{column} > {keys[len(keys) // 2]}')")
-    fractions = non_whole_numbers(keys)
-    if fractions and label_type(keys) == "number":
-        raise InputError(
-            f"target {column!r} holds fractional numbers such as {', '.join(fractions[:3])} but target.task is "
-            "classification, whose labels are whole numbers, booleans or strings; set target.task: regression, "
-            f"or derive classes with target.expression (e.g. '{column} > {fractions[len(fractions) // 2]}')")
-    if len(labels) < 2:
-        raise InputError(
-            f"target {column!r} has only one class ({shown or 'none'}) in the {profile.rows} kept rows of "
-            f"{config.input.path!r}; a classifier needs at least two: check the input, clean.valid_ranges, "
-            "target.classes or target.expression")
-
-
-def _target_encoding(profile, config: Config, spec) -> dict:
-    """The preprocessor's target fields: the resolved kind, the classes (configured, else
-    fitted over every partition) and, for regression, the transformed target's training
-    statistics (the MLP standardises with them)."""
-    kind = target_kind(config.target.task)
-    if kind.is_classification:
-        classes = list(spec.classes) or sorted_classes(profile.target_values)
-        missing = [c for c in classes if not profile.target_values.get(c)]
-        if missing:
-            logger.warning("target %r: class(es) %s of target.classes never occur in the kept rows",
-                           config.target.column, ", ".join(missing))
-        logger.info("target %r: %d classes (%s)", config.target.column, len(classes), ", ".join(classes[:10]))
-        return {"task": resolve_kind(config.target.task, len(classes)), "classes": classes,
-                "label_type": label_type(classes), "weighted": spec.weight is not None}
-    moments = profile.model_target
-    std = float(np.nan_to_num(moments.std[0]))
-    return {"task": config.target.task, "target_transform": config.target.transform,
-            "target_shift": float(moments.mean[0]) if moments.count[0] else 0.0,
-            "target_scale": std if std > 0 else 1.0, "weighted": spec.weight is not None}
 
 
 def _auto_chunk_rows(rows: int, partitions: int, n_features: int) -> int:
