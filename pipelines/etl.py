@@ -242,7 +242,8 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
     with stage_output(run_dir, RunDir.ETL) as stage_dir:
         RunDir.etl_file(stage_dir, "features").mkdir()
         RunDir.etl_file(stage_dir, "quarantine").mkdir()
-        outputs.create_feature_arrays(stage_dir, profile.rows, n_features, chunk_rows, {
+        outputs.create_feature_arrays(stage_dir, rows=profile.rows, n_features=n_features, chunk_rows=chunk_rows,
+                                      attributes={
             "feature_names": preprocessor.feature_names,
             "target": spec.target,
             "partition_offsets": offsets,

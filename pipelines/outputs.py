@@ -19,7 +19,7 @@ def part_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
 
-def create_feature_arrays(stage_dir: Path, rows: int, n_features: int, chunk_rows: int,
+def create_feature_arrays(stage_dir: Path, *, rows: int, n_features: int, chunk_rows: int,
                           attributes: dict, weighted: bool = False) -> None:
     """Create the empty Zarr arrays ``X`` (rows × features, float32), ``y``, ``is_validation``
     and, with ``weighted``, ``w`` (sample weights)."""

@@ -127,8 +127,9 @@ def test_many_valued_target_under_classification_is_refused(runtime, tmp_path):
     table.to_csv(tmp_path / "t.csv", index=False)
     config = write_job(tmp_path, input={"path": "t.csv"}, target={"column": "y", "task": "classification"},
                        features={"numeric": ["distance"]}, output={"runs_dir": "runs"})
-    with pytest.raises(InputError, match=r"target 'y' holds more than 32 distinct values .* target.task is "
-                                         r"classification, which needs 0/1 labels; set target.task: regression"):
+    with pytest.raises(InputError, match=r"target 'y' holds more than 64 distinct values .* target.task is "
+                                         r"classification, which allows at most 64 classes; set target.task: "
+                                         r"regression"):
         etl(load_config(config), runtime=runtime)
     assert_no_output(tmp_path / "runs")
 
