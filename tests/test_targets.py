@@ -387,3 +387,19 @@ def test_configured_classes_fix_the_order_and_quarantine_other_labels(runtime, t
     assert result.quarantined == {"churned: label not in target.classes": 10}
     y = zarr.open_group(str(result.run_dir / "etl" / "features.zarr"), mode="r")["y"][:]
     assert abs(float(y.mean()) - float((table.churned[10:] == "no").mean())) < 0.05
+
+
+def test_boolean_parquet_target_predicts_booleans(runtime, tmp_path):
+    table = binary_table(2000, seed=6)
+    table["churned"] = table.churned == "yes"  # a boolean column
+    table.to_parquet(tmp_path / "t.parquet", index=False)
+    config = write_job(tmp_path, input={"path": "t.parquet"}, target={"column": "churned"},
+                       features={"numeric": ["x1", "x2"]}, train={"models": ["xgboost"], "xgboost": FAST["xgboost"]})
+    result = run(config, runtime=runtime)
+    pre = json.loads((result.run_dir / "etl" / "preprocessor.json").read_text())
+    assert (pre["classes"], pre["label_type"], pre["task"]) == (["false", "true"], "boolean", "classification")
+    scored = pd.read_parquet(predict(result.run_dir, tmp_path / "t.parquet", tmp_path / "scores",
+                                     runtime=runtime).output)
+    assert scored["predicted_label"].dtype == bool
+    assert ((scored["prediction"] >= 0.5) == scored["predicted_label"]).all()
+    assert accuracy_score(table.churned, scored["predicted_label"]) > 0.7
