@@ -189,7 +189,7 @@ class MLPConfig:
     """``train.mlp:`` the tabular MLP, trained data-parallel across workers.
 
     Every ``sync_every`` local steps (null: once per epoch) the workers' parameters are
-    averaged, weighted by their rows (``sync: parameters``, local SGD); with ``sync:
+    averaged, weighted by their rows or sample weights (``sync: parameters``, local SGD); with ``sync:
     gradients`` every step's gradients are averaged instead (synchronous large-batch
     SGD: g = mean of the partitions' gradients). ``batch_size`` is per worker (null:
     the whole shard).
@@ -345,7 +345,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"config key 'target.column': {config.target.column!r} is also a feature; remove it from features")
     if not names:
         raise ConfigError("config key 'features': no feature columns configured (numeric, categorical, datetime or derived)")
-    _validate_target(config.target, names)
+    _validate_target(config.target, names, config.train.xgboost.params)
     for col, bounds in config.clean.valid_ranges.items():
         if not isinstance(bounds, list) or len(bounds) != 2:
             raise ConfigError(f"config key 'clean.valid_ranges.{col}': expected [min, max] (null for open), got {bounds!r}")
@@ -369,7 +369,7 @@ def validate(config: Config) -> None:
         raise ConfigError(str(err)) from None
 
 
-def _validate_target(target: TargetConfig, features: list) -> None:
+def _validate_target(target: TargetConfig, features: list, xgboost_params: dict) -> None:
     """The ``target`` keys that depend on each other and on the features."""
     classification = target_kind(target.task).is_classification
     if target.transform != "none" and classification:
@@ -380,11 +380,15 @@ def _validate_target(target: TargetConfig, features: list) -> None:
             raise ConfigError("config key 'target.classes': only a classification target has classes; remove it, "
                               "or set target.task: classification")
         if not isinstance(target.classes, list) or len(target.classes) < 2 or any(
-                isinstance(c, (list, dict)) or c is None for c in target.classes):
+                isinstance(c, (list, dict)) or c is None or str(c).strip() == "" for c in target.classes):
             raise ConfigError(f"config key 'target.classes': expected a list of at least two labels, got "
                               f"{target.classes!r}")
         if len(target.classes) > MAX_CLASSES:
             raise ConfigError(f"config key 'target.classes': {len(target.classes)} classes, at most {MAX_CLASSES}")
+    alpha = xgboost_params.get("quantile_alpha")
+    if isinstance(alpha, list) and len(alpha) != 1:
+        raise ConfigError("config key 'train.xgboost.params.quantile_alpha': one quantile per job (several would "
+                          "give each row several predictions); run one job per quantile")
     if target.weight is not None and (target.weight in features or target.weight == target.column):
         raise ConfigError(f"config key 'target.weight': {target.weight!r} is also the target or a feature; "
                           "give a column of sample weights of its own")

@@ -61,9 +61,12 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
         may be absent).
     output_path : path
         Directory for the predictions (one Parquet file per partition, with the
-        run's ``keep_columns``, ``prediction`` and, for classification,
-        ``predicted_label``); rows quarantined as in the ETL go to ``_quarantine/``.
-        It appears only when complete.
+        run's ``keep_columns`` and the columns of
+        :func:`~shardflow.tasks.scoring.prediction_columns`: ``prediction`` (regression,
+        in the target's units; binary: the positive class's probability),
+        ``predicted_label`` (classification, spelled as in the input) and, multi-class,
+        ``probability_<label>`` per class); rows quarantined as in the ETL go to
+        ``_quarantine/``. It appears only when complete.
     model : str, optional
         Model family; default the best one of the run's evaluation.
 

@@ -174,7 +174,7 @@ def _quality_plots(evaluation, task) -> str:
             centers = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
             ax.plot(centers, c["residual_counts"], label=label(name))
         ax.set_xlabel("residual (prediction − target)")
-        ax.set_ylabel("rows")
+        ax.set_ylabel("rows (weighted)")
         ax.set_title("Residuals on the validation split")
         caption = "Residual distributions of every model"
         ax.legend(fontsize=8)

@@ -347,7 +347,8 @@ def table_spec(config: Config, source: Source, dims: list[Dimension], for_predic
     spec = replace(spec, column_types=_column_types(config, source, spec))
     if not spec.split_key:
         # Default split key: every column the job reads, so identical rows agree.
-        spec = replace(spec, split_key=tuple(sorted(spec.source_columns())))
+        # (not the weight: weighing rows must not move them between train and validation)
+        spec = replace(spec, split_key=tuple(sorted(c for c in spec.source_columns() if c != spec.weight)))
     return spec
 
 

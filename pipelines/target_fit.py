@@ -68,6 +68,9 @@ def target_encoding(profile, config: Config, spec) -> dict:
             logger.warning("target %r: class(es) %s of target.classes never occur in the kept rows",
                            config.target.column, ", ".join(missing))
         logger.info("target %r: %d classes (%s)", config.target.column, len(classes), ", ".join(classes[:10]))
+        if {"true", "false"} & set(classes) and any(label_type([c]) == "number" for c in classes):
+            logger.warning("target %r mixes booleans and numbers (%s): they are different classes; write one "
+                           "spelling, or set target.classes", config.target.column, ", ".join(classes[:10]))
         return {"task": resolve_kind(config.target.task, len(classes)), "classes": classes,
                 "label_type": label_type(classes), "weighted": spec.weight is not None}
     moments = profile.model_target

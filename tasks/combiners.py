@@ -77,8 +77,11 @@ class MultinomialCombiner:
 
     def terms(self, design: np.ndarray, y: np.ndarray, w: np.ndarray, coef) -> dict:
         p = self.predict(coef, design)
-        onehot = np.eye(p.shape[1])[np.asarray(y, dtype=np.int64)]
-        grad = np.einsum("nk,nkd->d", w[:, None] * (p - onehot), design)
-        mean = np.einsum("nk,nkd->nd", p, design)
-        hess = np.einsum("nk,nkd,nke->de", w[:, None] * p, design, design) - np.einsum("n,nd,ne->de", w, mean, mean)
+        n, k, d = design.shape
+        onehot = np.eye(k)[np.asarray(y, dtype=np.int64)]
+        flat = design.reshape(n * k, d)
+        grad = flat.T @ (w[:, None] * (p - onehot)).reshape(n * k)
+        mean = np.einsum("nk,nkd->nd", p, design)  # Σ_k p_k x_k per row
+        # Σ_i w_i (Σ_k p_ik x_ik x_ikᵀ − m_i m_iᵀ), as two matrix products (BLAS).
+        hess = (flat * (w[:, None] * p).reshape(n * k, 1)).T @ flat - (mean * w[:, None]).T @ mean
         return {"grad": grad, "hess": hess, "n": float(w.sum())}

@@ -101,7 +101,10 @@ class Preprocessor:
 
     @classmethod
     def from_json(cls, text: str) -> "Preprocessor":
-        return cls(**json.loads(text))
+        data = json.loads(text)
+        if data.get("task") == "classification" and not data.get("classes"):
+            data["classes"] = ["0", "1"]  # a run made before labels were fitted: 0/1 targets only
+        return cls(**data)
 
     def transform(self, features):
         """Clip, impute, standardise and encode one prepared partition.

@@ -11,6 +11,9 @@ the user wrote them: whole numbers, booleans or strings.
 
 from __future__ import annotations
 
+import math
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -24,33 +27,56 @@ LABEL_TYPES = ("number", "boolean", "string")
 def label_keys(series: pd.Series) -> pd.Series:
     """The canonical key of each label (see the module docstring); missing stays missing.
 
+    Text is read as a number only when it is written as one without padding (``"1.0"`` is
+    ``1``, but ``"007"``, ``"1_000"`` and ``"nan"`` stay text), and whole numbers keep every
+    digit (no float rounding). Work is per distinct value, not per row.
+
     Examples
     --------
     >>> label_keys(pd.Series([1.0, 0, None])).tolist()
     ['1', '0', <NA>]
-    >>> label_keys(pd.Series([" pro", "basic", "", "TRUE", "2.50"], dtype=object)).tolist()
-    ['pro', 'basic', <NA>, 'true', '2.5']
+    >>> label_keys(pd.Series([" pro", "basic", "", "TRUE", "2.50", "007", "+3"], dtype=object)).tolist()
+    ['pro', 'basic', <NA>, 'true', '2.5', '007', '3']
     >>> label_keys(pd.Series([True, False])).tolist()
     ['true', 'false']
+    >>> label_keys(pd.Series([9007199254740993], dtype="int64")).tolist()
+    ['9007199254740993']
     """
-    if pd.api.types.is_bool_dtype(series.dtype):
-        return series.map({True: "true", False: "false"}).astype("string")
-    if pd.api.types.is_numeric_dtype(series.dtype):
-        return _number_keys(series.astype("float64"))
-    text = series.astype("string").str.strip()
-    text = text.where(text != "")
-    numbers = pd.to_numeric(text, errors="coerce").astype("float64")
-    lowered = text.str.lower()
-    keys = text.where(numbers.isna(), _number_keys(numbers))
-    return keys.where(~lowered.isin(["true", "false"]).fillna(False), lowered)
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    keys = np.array([_key(value) for value in uniques] + [None], dtype=object)
+    return pd.Series(keys[codes], index=series.index, dtype="string")
 
 
-def _number_keys(values: pd.Series) -> pd.Series:
-    values = values.astype("float64")
-    whole = np.isfinite(values) & (values == values.round()) & (values.abs() < 2.0**53)
-    text = values.map(lambda v: repr(float(v)) if pd.notna(v) else None).astype("string")
-    ints = values.where(whole).astype("Int64").astype("string")
-    return ints.where(whole, text).where(values.notna())
+_NUMBER = re.compile(r"[+-]?(?:0|[1-9][0-9]*)(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?")
+_INTEGER = re.compile(r"[+-]?(?:0|[1-9][0-9]*)")
+
+
+def _key(value):
+    """The key of one label value (None: missing)."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return _float_key(float(value))
+    text = str(value).strip()
+    if not text:
+        return None
+    if text.lower() in ("true", "false"):
+        return text.lower()
+    if _INTEGER.fullmatch(text):
+        return str(int(text))
+    if _NUMBER.fullmatch(text):
+        return _float_key(float(text))
+    return text
+
+
+def _float_key(value: float) -> str:
+    if math.isfinite(value) and value.is_integer() and abs(value) < 2.0**53:
+        return str(int(value))
+    return repr(value)
 
 
 def label_type(keys) -> str:
@@ -70,11 +96,8 @@ def label_type(keys) -> str:
 
 
 def _is_number(key: str) -> bool:
-    try:
-        float(key)
-    except ValueError:
-        return False
-    return True
+    """Whether a key is a number's (keys are canonical: see :func:`label_keys`)."""
+    return bool(_NUMBER.fullmatch(key))
 
 
 def sorted_classes(keys) -> list:
@@ -119,7 +142,9 @@ def decode_labels(codes: np.ndarray, classes, kind: str) -> np.ndarray:
     [7, 0]
     """
     if kind == "number":
-        values = np.array([int(float(k)) for k in classes], dtype=np.int64)
+        numbers = [int(k) if _INTEGER.fullmatch(k) else float(k) for k in classes]
+        fits = all(isinstance(v, int) and -2**63 <= v < 2**63 for v in numbers)
+        values = np.array(numbers, dtype=np.int64 if fits else object)
     elif kind == "boolean":
         values = np.array([k == "true" for k in classes], dtype=bool)
     else:

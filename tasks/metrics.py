@@ -107,9 +107,9 @@ def multiclass_partial(y: np.ndarray, p: np.ndarray, w: np.ndarray, scoring: Sco
 
 
 def regression_partial(y: np.ndarray, p: np.ndarray, w: np.ndarray, scoring: Scoring) -> dict:
-    """Squared and absolute error sums; for the report, residuals counted in ``RESIDUAL_BINS``
-    bins over ``[-residual_range, residual_range]`` (outside: the end bins), and two
-    ``GRID_BINS``² histograms: actual × predicted, and predicted × residual."""
+    """Squared and absolute error sums; for the report, residuals counted (weighted) in
+    ``RESIDUAL_BINS`` bins over ``[-residual_range, residual_range]`` (outside: the end bins),
+    and two ``GRID_BINS``² histograms: actual × predicted, and predicted × residual."""
     err = p - y
     r = scoring.residual_range
     scaled = (np.clip(err / r, -1, 1) + 1) / 2 * RESIDUAL_BINS
@@ -118,10 +118,10 @@ def regression_partial(y: np.ndarray, p: np.ndarray, w: np.ndarray, scoring: Sco
     residual_cells = np.clip(((err / r + 1) / 2 * GRID_BINS).astype(np.int64), 0, GRID_BINS - 1)
     cells = GRID_BINS * GRID_BINS
     return {"sse": float((w * err * err).sum()), "sae": float((w * np.abs(err)).sum()),
-            "residual_hist": np.bincount(np.minimum(scaled.astype(np.int64), RESIDUAL_BINS - 1),
-                                         minlength=RESIDUAL_BINS).astype(np.int64),
-            "actual_predicted": np.bincount(grid(y) * GRID_BINS + grid(p), minlength=cells).astype(np.int64),
-            "predicted_residual": np.bincount(grid(p) * GRID_BINS + residual_cells, minlength=cells).astype(np.int64)}
+            "residual_hist": np.bincount(np.minimum(scaled.astype(np.int64), RESIDUAL_BINS - 1), weights=w,
+                                         minlength=RESIDUAL_BINS),
+            "actual_predicted": np.bincount(grid(y) * GRID_BINS + grid(p), weights=w, minlength=cells),
+            "predicted_residual": np.bincount(grid(p) * GRID_BINS + residual_cells, weights=w, minlength=cells)}
 
 
 def combine_metrics(a: dict, b: dict) -> dict:
@@ -145,8 +145,8 @@ def finish_metrics(total: dict, scoring) -> dict:
     """Metrics from summed partial statistics."""
     from shardflow.tasks.targets import target_kind
 
-    if total["n"] == 0:
-        return {"rows": 0}
+    if total["n"] == 0 or not total.get("w", total["n"]) > 0:
+        return {"rows": int(total["n"])}  # no rows, or rows that all weigh 0: nothing to score
     scoring = as_scoring(scoring)
     return {"rows": int(total["n"]), **target_kind(scoring.task).finish(total, scoring)}
 

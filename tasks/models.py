@@ -238,15 +238,19 @@ def member_predictions(shard, models) -> list:
     return [xgboost_predict(m, shard.x_valid, threads) for m in models]
 
 
-def stack_partition_terms(predictions, shard, thetas, task):
+def stack_design(predictions, task):
+    """The combiner's design of one partition's member predictions, built once per fit."""
+    return target_kind(task).combiner.inputs(predictions) if len(predictions[0]) else None
+
+
+def stack_partition_terms(design, shard, thetas, task):
     """Newton terms of the three stacked fits (even rows, odd rows, all rows) on one partition."""
     combiner = target_kind(task).combiner
     y, w = shard.y_valid, shard.weights_valid.astype(np.float64)
-    if len(y) == 0:
+    if design is None:
         k = len(thetas[0])
         zero = {"grad": np.zeros(k), "hess": np.zeros((k, k)), "n": 0.0}
         return [zero, zero, zero]
-    design = combiner.inputs(predictions)
     even = np.arange(len(y)) % 2 == 0
     return [combiner.terms(design[even], y[even], w[even], thetas[0]),
             combiner.terms(design[~even], y[~even], w[~even], thetas[1]),

@@ -50,7 +50,8 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
     -------
     PreparedPartition
         ``features`` holds the rows that passed every check, with numeric feature
-        columns as float64, categoricals as strings, the target as float64 and a
+        columns as float64, categoricals as strings, the target as float64 (classification:
+        its label keys, see :mod:`shardflow.tasks.labels`), the sample weight and a
         boolean ``_is_validation`` column. ``quarantine`` holds the other rows with
         their raw values and the first failed check in ``_reason``.
     """

@@ -99,7 +99,8 @@ def merge_shards(*shards: Shard, seed: int = 0) -> Shard:
 
 
 def shard_sizes(shard: Shard) -> tuple:
-    return len(shard.y_train), len(shard.y_valid)
+    """Training rows, validation rows and training weight of a shard."""
+    return len(shard.y_train), len(shard.y_valid), shard.weight
 
 
 def shard_field(shard: Shard, name: str) -> np.ndarray:

@@ -76,6 +76,40 @@ def test_label_keys_unify_the_spellings_of_one_label():
     assert label_keys(pd.Series(["1", "1.0", " 1 ", None, "x"], dtype=object)).tolist() == ["1", "1", "1", pd.NA, "x"]
     assert label_keys(pd.Series([1, 0], dtype="int64")).tolist() == ["1", "0"]
     assert label_keys(pd.Series(["True", "false"], dtype=object)).tolist() == ["true", "false"]
+    # Codes stay codes: padded or grouped digits and not-a-number words are text.
+    assert label_keys(pd.Series(["007", "7", "1_000", "nan"], dtype=object)).tolist() == ["007", "7", "1_000", "nan"]
+    from shardflow.tasks.labels import decode_labels, label_type
+
+    assert label_type(["007", "7"]) == "string"
+    assert decode_labels(np.array([1]), ["1", "18446744073709551617"], "number").tolist() == [18446744073709551617]
+
+
+def test_multinomial_combiner_terms_are_the_gradient_and_hessian_of_its_loss():
+    from shardflow.tasks.combiners import MultinomialCombiner
+
+    rng = np.random.default_rng(0)
+    combiner = MultinomialCombiner()
+    design = combiner.inputs([rng.dirichlet(np.ones(4), 60) for _ in range(3)])
+    y, w, coef = rng.integers(0, 4, 60), rng.uniform(0.5, 2, 60), rng.normal(size=7) * 0.3
+
+    def loss(c):
+        return -(w * np.log(combiner.predict(c, design)[np.arange(60), y])).sum()
+
+    terms = combiner.terms(design, y, w, coef)
+    steps = np.eye(7) * 1e-6
+    gradient = np.array([(loss(coef + e) - loss(coef - e)) / 2e-6 for e in steps])
+    hessian = np.array([(combiner.terms(design, y, w, coef + e)["grad"] - combiner.terms(design, y, w, coef - e)["grad"])
+                        / 2e-6 for e in steps])
+    np.testing.assert_allclose(terms["grad"], gradient, atol=1e-6)
+    np.testing.assert_allclose(terms["hess"], hessian, atol=1e-6)
+
+
+def test_runs_from_before_fitted_labels_still_predict_0_1():
+    from shardflow.tasks.encode import Preprocessor
+
+    old = '{"numeric": [], "lower": [], "upper": [], "mean": [], "std": [], "categorical": [], ' \
+          '"vocabularies": {}, "target": "y", "task": "classification", "keep_columns": []}'
+    assert Preprocessor.from_json(old).classes == ["0", "1"]
 
 
 def four_class_table(n=6000, seed=0):
@@ -227,6 +261,25 @@ def test_weighted_yes_no_target_every_family_matches_scikit_learn(runtime, tmp_p
     assert set(labels) <= {"yes", "no"} and labels.dtype != np.int64
 
 
+def test_a_partition_whose_rows_all_weigh_zero_trains_and_scores(runtime, tmp_path):
+    table = binary_table(3000, seed=7)
+    (tmp_path / "in").mkdir()
+    for i, rows in enumerate(np.array_split(np.arange(len(table)), 3)):
+        part = table.iloc[rows].copy()
+        if i == 1:
+            part["w"] = 0.0  # e.g. a file of zero-exposure rows
+        part.to_csv(tmp_path / "in" / f"part{i}.csv", index=False)
+    config = write_job(tmp_path, input={"path": "in/*.csv"}, target={"column": "churned", "weight": "w"},
+                       features={"numeric": ["x1", "x2"]}, train=FAST)
+    result = run(config, runtime=runtime)
+    meta = json.loads((result.run_dir / "train" / "xgboost_partitions.json").read_text())
+    assert meta["groups"] == [[0], [2]]  # the weightless partition trains no member
+    predictions, y, w = gathered_predictions(result.run_dir)
+    for name, p in predictions.items():
+        assert result.metrics[name]["auc"] == pytest.approx(roc_auc_score(y, p, sample_weight=w), abs=1e-4), name
+    assert all(m.keys() == {"partition", "rows"} for m in result.partition_metrics["xgboost"] if m["partition"] == 1)
+
+
 def test_weights_change_the_model(runtime, tmp_path):
     """Up-weighting the positives shifts every family's predicted positive rate up."""
     table = binary_table(3000, seed=2)
@@ -370,10 +423,14 @@ def test_target_options_that_do_not_fit_the_task_are_refused(tmp_path):
              ({"column": "y", "task": "regression", "classes": ["a", "b"]}, "'target.classes'"),
              ({"column": "y", "classes": ["a"]}, "at least two labels"),
              ({"column": "y", "weight": "x1"}, "'target.weight': 'x1' is also the target or a feature"),
-             ({"column": "y", "transform": "sqrt", "task": "regression"}, "'target.transform'")]
+             ({"column": "y", "transform": "sqrt", "task": "regression"}, "'target.transform'"),
+             ({"column": "y", "classes": ["a", ""]}, "at least two labels")]
     for target, message in cases:
         with pytest.raises(ConfigError, match=message):
             write_job(tmp_path, input={"path": "t.csv"}, target=target, features={"numeric": ["x1"]})
+    with pytest.raises(ConfigError, match="'train.xgboost.params.quantile_alpha': one quantile per job"):
+        write_job(tmp_path, input={"path": "t.csv"}, target={"column": "y", "task": "regression"},
+                  features={"numeric": ["x1"]}, train={"xgboost": {"params": {"quantile_alpha": [0.1, 0.9]}}})
 
 
 def test_configured_classes_fix_the_order_and_quarantine_other_labels(runtime, tmp_path):

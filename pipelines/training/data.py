@@ -39,6 +39,8 @@ class TrainingData:
     attempt: int = 0
     #: How predictions are scored (see :class:`~shardflow.tasks.metrics.Scoring`).
     scoring: Scoring = None
+    #: Training weight of each partition (its rows, or the sum of their sample weights).
+    train_weights: list = None
 
     @property
     def feature_names(self) -> list:
@@ -116,7 +118,8 @@ def load_training_data(runtime: Runtime, etl_dir, seed: int = 0, attempt: int = 
     sizes = client.gather([client.submit(shard_tasks.shard_sizes, f, key=f"{prefix}-sizes-{i}",
                                          workers=[placement[i]]) for i, f in enumerate(futures)])
     return TrainingData(futures, placement, [s[0] for s in sizes], [s[1] for s in sizes], preprocessor, token,
-                        etl_dir, seed, scoring=scoring_for(preprocessor, summary))
+                        etl_dir, seed, scoring=scoring_for(preprocessor, summary),
+                        train_weights=[s[2] for s in sizes])
 
 
 def scoring_for(preprocessor: Preprocessor, summary: dict) -> Scoring:

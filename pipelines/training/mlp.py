@@ -177,7 +177,7 @@ def _mlp_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, label) 
             if epochs is not None:
                 epochs.update(epoch + 1, f"train loss {train_loss:.5f}, validation loss {valid_loss:.5f}")
             stop = False
-            if valid_loss < state["best_loss"] or not valid_rows:
+            if valid_loss < state["best_loss"] or not valid_weight:
                 state.update(best_loss=valid_loss, best_params=current, best_epoch=epoch, bad_epochs=0)
             else:
                 state["bad_epochs"] += 1

@@ -22,7 +22,7 @@ def train_partition_models(runtime: Runtime, data: TrainingData, cfg: PartitionM
 
     Each task runs on the worker that holds its partitions (its only inputs), with no
     communication; the families' models train side by side, so the workers stay busy.
-    Groups whose training rows are all gone (an empty partition) get no model. The
+    Groups with no training weight (no rows, or rows that all weigh 0) get no model. The
     ensembles average their members weighted by training weight (rows, or the sum of
     the sample weights).
 
@@ -40,7 +40,7 @@ def train_partition_models(runtime: Runtime, data: TrainingData, cfg: PartitionM
     """
     client = runtime.client
     groups = [g for g in partition_groups(len(data.futures), cfg.partitions_per_model)
-              if sum(data.train_rows[i] for i in g) > 0]
+              if sum(data.train_weights[i] for i in g) > 0]
     token = call_token(data.token)
     pending = {}
     for name, (task, kwargs_of_group) in jobs.items():

@@ -10,7 +10,7 @@ from shardflow.pipelines.rundir import RunDir
 from shardflow.cluster.factory import Runtime
 from shardflow.pipelines.graph import scatter_named, tree_reduce_futures
 from shardflow.pipelines.training.data import TrainingData, call_token
-from shardflow.tasks.models import add_stack_terms, member_predictions, stack_partition_terms
+from shardflow.tasks.models import add_stack_terms, member_predictions, stack_design, stack_partition_terms
 from shardflow.tasks.targets import target_kind
 
 
@@ -32,12 +32,16 @@ def fit_stacker(runtime: Runtime, data: TrainingData, member_models: list, max_i
     models_f = scatter_named(client, f"train-stack-members-{token}", member_models)
     preds = [client.submit(member_predictions, f, models_f, key=f"train-stack-predict-{token}-{i}")
              for i, f in enumerate(data.futures)]
+    designs = [client.submit(stack_design, p, data.task, key=f"train-stack-design-{token}-{i}")
+               for i, p in enumerate(preds)]
+    del preds  # the designs hold what the Newton steps need
     k = target_kind(data.task).combiner.size(len(member_models), data.classes)
     thetas = [np.zeros(k) for _ in range(3)]
     newton_steps = []
     for step in range(max_iter):
-        terms = [client.submit(stack_partition_terms, p, f, thetas, data.task, key=f"train-stack-terms-{token}-{step}-{i}")
-                 for i, (p, f) in enumerate(zip(preds, data.futures))]
+        terms = [client.submit(stack_partition_terms, design, f, thetas, data.task,
+                               key=f"train-stack-terms-{token}-{step}-{i}")
+                 for i, (design, f) in enumerate(zip(designs, data.futures))]
         total = tree_reduce_futures(client, terms, add_stack_terms, f"train-stack-newton-{token}-{step}").result()
         steps = []
         for j in range(3):

@@ -26,7 +26,7 @@ logger = logging.getLogger("shardflow.train")
 #: The metric early stopping watches when ``train.xgboost.params`` sets a regression
 #: objective of its own but no ``eval_metric``: the objective's own loss.
 OBJECTIVE_METRICS = {"reg:absoluteerror": "mae", "reg:quantileerror": "quantile", "reg:pseudohubererror": "mphe",
-                     "reg:squaredlogerror": "rmsle", "reg:gamma": "gamma-nloglik", "reg:tweedie": "rmse",
+                     "reg:squaredlogerror": "rmsle", "reg:gamma": "gamma-nloglik",
                      "count:poisson": "poisson-nloglik"}
 
 
