@@ -11,7 +11,7 @@ import pandas as pd
 from shardflow.tasks import backend
 from shardflow.tasks.labels import encode_labels
 from shardflow.tasks.schema import SPLIT_COLUMN, WEIGHT_COLUMN
-from shardflow.tasks.targets import target_transform
+from shardflow.tasks.targets import target_kind, target_transform
 from shardflow.tasks.stats import clip_columns
 
 #: Code of a missing categorical value.
@@ -102,7 +102,7 @@ class Preprocessor:
     @classmethod
     def from_json(cls, text: str) -> "Preprocessor":
         data = json.loads(text)
-        if data.get("task") == "classification" and not data.get("classes"):
+        if target_kind(data["task"]).is_classification and not data.get("classes"):
             data["classes"] = ["0", "1"]  # a run made before labels were fitted: 0/1 targets only
         return cls(**data)
 

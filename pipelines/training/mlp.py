@@ -161,7 +161,6 @@ def _mlp_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, label) 
             current, valid, loss_values = gathered[0], gathered[1:1 + len(valid)], gathered[1 + len(valid):]
             seen = epoch_rows(rows, workers, steps_per_epoch, cfg)
             train_loss = sum(loss for loss, _ in loss_values) / (sum(weight for _, weight in loss_values) or 1.0)
-            valid_rows = sum(v["rows"] for v in valid)
             valid_weight = sum(v["weight"] for v in valid)
             valid_loss = sum(v["loss_sum"] for v in valid) / valid_weight if valid_weight else float("nan")
             h = state["history"]
