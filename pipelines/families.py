@@ -20,6 +20,7 @@ from importlib import import_module
 from typing import Callable
 
 from shardflow.tasks import models as predictors
+from shardflow.tasks import onnx_graph
 
 
 def _lazy(module: str, name: str) -> Callable:
@@ -59,6 +60,9 @@ class Family:
         What evaluation uses instead of ``predict`` (the stacked combiner's out-of-fold fit).
     curves : callable, optional
         ``curves(run_dir, family) -> [(figure, caption)]`` for the report.
+    export : callable
+        ``export(graph, features, payload, kind) -> scores``: the family's predictions as ONNX
+        operators (:mod:`shardflow.tasks.onnx_graph`), for ``shardflow export``.
     """
 
     name: str
@@ -73,6 +77,7 @@ class Family:
     validation_predict: Callable | None = None
     curves: Callable | None = None
     needs: tuple = field(default_factory=tuple)
+    export: Callable | None = None
 
     def file(self, suffix: str = "json") -> str:
         """A file of the family in the train stage; ``json`` (its metadata) marks it as trained."""
@@ -93,24 +98,25 @@ FAMILIES = {f.name: f for f in (
     Family("xgboost", "global XGBoost (allreduce)", "global", 0,
            train=_lazy("xgboost_global", "train_family"), save=_lazy("xgboost_global", "save_family"),
            load=_lazy("xgboost_global", "load_family"), predict=predictors.predict_booster,
-           curves=_lazy("xgboost_global", "curves")),
+           curves=_lazy("xgboost_global", "curves"), export=onnx_graph.export_booster),
     Family("xgboost_partitions", "per-partition XGBoost ensemble", "per_partition", 1,
            partition_job=_lazy("partitions", "xgboost_job"), save=_lazy("partitions", "save_boosters"),
            load=_lazy("partitions", "load_boosters"), predict=predictors.predict_booster_ensemble,
-           curves=_lazy("partitions", "booster_curves")),
+           curves=_lazy("partitions", "booster_curves"), export=onnx_graph.export_booster_ensemble),
     Family("stacked", "stacked ensemble", "combined", 2, needs=("xgboost_partitions",),
            train=_lazy("stacking", "train_family"), save=_lazy("stacking", "save_family"),
            load=lambda files, family: {**_members_payload(files, family),
                                        **_lazy("stacking", "load_coefficients")(files, family)},
            predict=predictors.predict_stacked,
-           validation_predict=predictors.predict_stacked_out_of_fold, curves=_lazy("stacking", "curves")),
+           validation_predict=predictors.predict_stacked_out_of_fold, curves=_lazy("stacking", "curves"),
+           export=onnx_graph.export_stacked),
     Family("mlp", "data-parallel MLP", "global", 3,
            train=_lazy("mlp", "train_family"), save=_lazy("mlp", "save_family"), load=_lazy("mlp", "load_family"),
-           predict=predictors.predict_mlp, curves=_lazy("mlp", "curves")),
+           predict=predictors.predict_mlp, curves=_lazy("mlp", "curves"), export=onnx_graph.export_mlp),
     Family("mlp_partitions", "per-partition MLP ensemble", "per_partition", 1,
            partition_job=_lazy("partitions", "mlp_job"), save=_lazy("partitions", "save_mlps"),
            load=_lazy("partitions", "load_mlps"), predict=predictors.predict_mlp_ensemble,
-           curves=_lazy("partitions", "mlp_curves")),
+           curves=_lazy("partitions", "mlp_curves"), export=onnx_graph.export_mlp_ensemble),
 )}
 
 #: Every family's name, in the order tables and reports list them.

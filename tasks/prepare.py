@@ -146,7 +146,7 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
         features[name] = _as_float(evaluate(expression, frame))
     for col in spec.datetime:
         for part in spec.datetime_parts:
-            features[f"{col}_{part}"] = _as_float(_datetime_part(frame[col], part))
+            features[f"{col}_{part}"] = _as_float(datetime_part(frame[col], part))
     for col in spec.categorical:
         features[col] = backend.as_strings(frame[col])
     features[spec.target] = target
@@ -197,7 +197,8 @@ def _mix(h: np.ndarray, v: np.ndarray) -> np.ndarray:
         return h ^ (h >> np.uint64(31))
 
 
-def _datetime_part(series, part: str):
+def datetime_part(series, part: str):
+    """One part (``hour``, ``dayofweek``, ...) of a datetime column, as pandas names it."""
     accessor = series.dt
     modern = {"dayofweek": "day_of_week", "dayofyear": "day_of_year"}.get(part, part)
     return getattr(accessor, modern) if hasattr(accessor, modern) else getattr(accessor, part)

@@ -40,6 +40,24 @@ def predict_partition(raw, spec, dimensions, *, preprocessor: Preprocessor, pred
     return {"rows": len(out), "quarantined": len(prepared.quarantine)}
 
 
+def score_exported_partition(raw, spec, dimensions, *, model: bytes, metadata: dict, keep_columns, output: str,
+                             index: int) -> dict:
+    """Prepare one input partition and score it with an exported ONNX model (this worker's
+    ONNX Runtime session, reused across partitions); write its predictions and quarantine."""
+    from shardflow.tasks.exported import worker_session
+
+    prepared = prepare_partition(raw, spec, dimensions)
+    features = backend.to_pandas(prepared.features).reset_index(drop=True)
+    out = features[list(keep_columns)].copy() if keep_columns else pd.DataFrame(index=features.index)
+    scores = worker_session(model, metadata).predict(features)
+    out = pd.concat([out, scores], axis=1)
+    part = f"part-{index:05d}.parquet"
+    backend.write_parquet(out, str(Path(output) / part))
+    if len(prepared.quarantine):
+        backend.write_parquet(prepared.quarantine, str(Path(output) / QUARANTINE_DIR / part))
+    return {"rows": len(out), "quarantined": len(prepared.quarantine)}
+
+
 def prediction_columns(scores: np.ndarray, preprocessor: Preprocessor) -> dict:
     """The output columns of a model's scores: for a binary target ``prediction`` (the
     positive class's probability) and ``predicted_label``; for a multi-class one

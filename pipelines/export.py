@@ -1,0 +1,268 @@
+"""``shardflow export``: a run's scoring path as one self-contained ONNX model.
+
+The model holds the fitted preprocessing and the chosen family's models
+(:mod:`shardflow.tasks.onnx_graph`); ``metadata.json`` beside it names the inputs and
+outputs, the opsets, the source run and its metrics, and what the export measured: the
+largest difference from shardflow's own predictions on validation rows of the run's
+input, and with ``--quantize int8`` the quantized MLP's metric, size and latency change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from shardflow.pipelines import artifacts
+from shardflow.pipelines.config import load_config
+from shardflow.pipelines.families import FAMILIES
+from shardflow.pipelines.rundir import RunDir, atomic_directory, read_manifest
+from shardflow.tasks.encode import Preprocessor
+from shardflow.tasks.errors import ShardflowError
+from shardflow.tasks.exported import INT8_FILE, METADATA_FILE, MODEL_FILE, ExportedModel
+from shardflow.tasks.metrics import Scoring, best_model, finish_metrics, partial_metrics, primary_metric
+from shardflow.tasks.schema import SPLIT_COLUMN
+from shardflow.tasks.targets import target_kind
+
+logger = logging.getLogger("shardflow.export")
+
+FORMATS = ("onnx",)
+QUANTIZATIONS = ("int8",)
+#: The largest difference from shardflow's own predictions an export may show.
+TOLERANCE = 1e-4
+
+
+class ExportError(ShardflowError):
+    """A run that cannot be exported as asked (the message says why and what to do)."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    model: str
+    metadata: dict
+
+
+def export(run_dir, out_dir, *, model: str | None = None, quantize: str | None = None, overwrite: bool = False,
+           check_rows: int = 20_000) -> ExportResult:
+    """Export one model of a finished run, with its preprocessing, as ONNX.
+
+    Parameters
+    ----------
+    run_dir : path
+        A run directory with a completed ``train`` stage.
+    out_dir : path
+        The export directory (``model.onnx``, ``metadata.json``, with ``quantize`` also
+        ``model.int8.onnx``); it appears only when complete.
+    model : str, optional
+        The family; default the run's best model on validation.
+    quantize : {"int8"}, optional
+        Dynamic int8 quantization of the MLP's weights (ONNX Runtime's ``quantize_dynamic``).
+    check_rows : int
+        Validation rows of the run's input scored both ways to check the export.
+
+    Examples
+    --------
+    >>> export("runs/20261122-101500-ab12cd", "exports/mlp", model="mlp", quantize="int8")  # doctest: +SKIP
+    """
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    run = RunDir(run_dir)
+    if RunDir.TRAIN not in manifest.get("stages", {}):
+        raise ExportError(f"{run_dir}: not a finished run (no train stage in its manifest.json)")
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not overwrite:
+        raise ExportError(f"--out {out}: already exists; choose another path or pass --overwrite")
+    metrics = json.loads(artifacts.verified_path(run_dir, run.relative(run.metrics), manifest).read_text()) \
+        if run.relative(run.metrics) in manifest.get("artifacts", {}) else {"metrics": {}}
+    if model is None:
+        if not metrics["metrics"]:
+            raise ExportError(f"{run_dir}: not evaluated, so there is no best model; pass --model")
+        model = best_model(metrics["metrics"], metrics["task"])
+    if model not in artifacts.available_models(run_dir):
+        raise ExportError(f"--model {model}: not trained in {run_dir} (trained: "
+                          f"{', '.join(artifacts.available_models(run_dir))})")
+    family = FAMILIES[model]
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ExportError(f"--quantize {quantize}: not one of {', '.join(QUANTIZATIONS)}")
+    payload = artifacts.load_model(run_dir, model)
+    preprocessor = Preprocessor.from_json(
+        artifacts.verified_path(run_dir, run.relative(run.preprocessor), manifest).read_text())
+    config = load_config(artifacts.verified_path(run_dir, run.relative(run.config), manifest))
+    kind = target_kind(preprocessor.task)
+    started = time.perf_counter()
+    onnx_model = build(preprocessor, family, payload, kind)
+    metadata = describe(onnx_model, preprocessor, config, family, run_dir, metrics["metrics"].get(model, {}))
+    fp32 = onnx_model.SerializeToString()
+    logger.info("export: %s as ONNX (%s), %.1fs", model, _size(len(fp32)), time.perf_counter() - started)
+    rows = validation_rows(config, preprocessor, check_rows)
+    files = {MODEL_FILE: fp32}
+    if rows is None:
+        metadata["check"] = {"skipped": "the run's input is not readable here"}
+        logger.warning("export: the run's input %s is not readable here: the export is not checked against "
+                       "shardflow's predictions", config.input.path)
+    else:
+        metadata["check"] = compare(ExportedModel(fp32, metadata), rows, preprocessor, family, payload)
+        if not metadata["check"]["max_abs_difference"] <= TOLERANCE:
+            raise ExportError(f"export of {model}: its predictions differ from shardflow's by up to "
+                              f"{metadata['check']['max_abs_difference']:.3g} on {len(rows)} validation rows "
+                              f"(tolerance {TOLERANCE}); please report this")
+        logger.info("export: on %d validation rows, largest difference from shardflow's predictions %.2g",
+                    len(rows), metadata["check"]["max_abs_difference"])
+    if quantize == "int8":
+        if not model.startswith("mlp"):
+            raise ExportError(f"--quantize int8: quantizes the MLP families' weights; {model} is a tree model "
+                              "(its thresholds are exact already): export it without --quantize")
+        files[INT8_FILE] = quantize_int8(fp32)
+        if rows is not None:
+            metadata["quantization"] = quantization_report(fp32, files[INT8_FILE], metadata, rows, preprocessor, kind)
+    metadata["files"] = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    with atomic_directory(out) as tmp:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=1, default=float))
+    logger.info("export: %s → %s", model, out)
+    return ExportResult(out, model, metadata)
+
+
+def build(preprocessor: Preprocessor, family, payload: dict, kind):
+    """The ONNX model: preprocessing, the family's models, the outputs; checked by ``onnx``."""
+    import onnx
+
+    from shardflow.tasks import onnx_graph
+
+    g = onnx_graph.Graph()
+    features = onnx_graph.preprocessing(g, preprocessor)
+    scores = family.export(g, features, payload, kind)
+    onnx_graph.outputs(g, scores, preprocessor, kind)
+    model = g.model(doc=f"shardflow {family.label}")
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def describe(onnx_model, preprocessor: Preprocessor, config, family, run_dir: Path, metrics: dict) -> dict:
+    """``metadata.json``: what a server needs to call the model, and where it came from."""
+    import onnx
+
+    kinds = {onnx.TensorProto.DOUBLE: "double", onnx.TensorProto.STRING: "string", onnx.TensorProto.INT64: "int64",
+             onnx.TensorProto.BOOL: "bool", onnx.TensorProto.FLOAT: "float"}
+    datetime_parts = {f"{col}_{part}": [col, part] for col in config.features.datetime
+                      for part in config.features.datetime_parts}
+    inputs = []
+    for value in onnx_model.graph.input:
+        entry = {"name": value.name, "type": kinds[value.type.tensor_type.elem_type]}
+        if value.name in config.features.derived:
+            entry["derived"] = config.features.derived[value.name]
+        if value.name in datetime_parts:
+            entry["datetime"] = datetime_parts[value.name]
+        inputs.append(entry)
+    manifest = read_manifest(run_dir)
+    return {
+        "format": "onnx", "opsets": {o.domain or "ai.onnx": o.version for o in onnx_model.opset_import},
+        "model": family.name, "label": family.label, "task": preprocessor.task,
+        "inputs": inputs, "outputs": [{"name": v.name, "type": kinds[v.type.tensor_type.elem_type]}
+                                      for v in onnx_model.graph.output],
+        "classes": preprocessor.classes, "label_type": preprocessor.label_type,
+        "target": preprocessor.target, "target_transform": preprocessor.target_transform,
+        "derived": dict(config.features.derived),
+        "missing": "numbers: NaN; categories: the empty string",
+        "joins": [j.path for j in config.joins],
+        "source_run": {"path": str(run_dir.resolve()), "run_id": manifest.get("run_id", run_dir.name),
+                       "model_files": {k: v for k, v in manifest.get("artifacts", {}).items()
+                                       if k.startswith(f"{RunDir.TRAIN}/{family.name}")}},
+        "metrics": metrics,
+    }
+
+
+def validation_rows(config, preprocessor: Preprocessor, limit: int) -> pd.DataFrame | None:
+    """Up to ``limit`` prepared validation rows of the run's input, read in this process."""
+    from shardflow.pipelines.plan import InputPlan
+    from shardflow.tasks.prepare import prepare_partition
+
+    try:
+        plan = InputPlan(config)
+        raw = plan.read("pandas")
+        dims = plan.dimension_frames("pandas")
+    except (ShardflowError, OSError):
+        return None
+    kept, total = [], 0
+    for part in raw.to_delayed():
+        features = prepare_partition(part.compute(scheduler="sync"), plan.spec, dims).features
+        valid = features[features[SPLIT_COLUMN]]
+        kept.append(valid)
+        total += len(valid)
+        if total >= limit:
+            break
+    return pd.concat(kept, ignore_index=True).head(limit) if kept else None
+
+
+def compare(exported: ExportedModel, rows: pd.DataFrame, preprocessor: Preprocessor, family, payload) -> dict:
+    """The exported model's predictions against shardflow's on the same prepared rows."""
+    from shardflow.tasks.scoring import prediction_columns
+
+    x = preprocessor.transform(rows)[preprocessor.feature_names].to_numpy(np.float32)
+    ours = pd.DataFrame(prediction_columns(family.predict(payload, x, None, {}), preprocessor))
+    theirs = exported.predict(rows)
+    numeric = [c for c in ours.columns if ours[c].dtype.kind == "f"]
+    difference = max(float(np.max(np.abs(ours[c].to_numpy() - theirs[c].to_numpy()), initial=0.0))
+                     for c in numeric)
+    scale = max(float(np.max(np.abs(ours[c].to_numpy()), initial=0.0)) for c in numeric)
+    labels = [c for c in ours.columns if c not in numeric]
+    agree = float(np.mean([(ours[c].to_numpy() == theirs[c].to_numpy()).mean() for c in labels])) if labels else 1.0
+    # Regression values may be in the thousands: the tolerance is relative to their size.
+    return {"rows": len(rows), "max_abs_difference": difference / max(1.0, scale) if not preprocessor.classes
+            else difference, "labels_agree": agree}
+
+
+def quantize_int8(model: bytes) -> bytes:
+    """Dynamic int8 quantization of the weights of the model's matrix products."""
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        source.write_bytes(model)
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        return target.read_bytes()
+
+
+def quantization_report(fp32: bytes, int8: bytes, metadata: dict, rows: pd.DataFrame, preprocessor, kind) -> dict:
+    """The int8 model's validation metric, size and single-process latency next to fp32's."""
+    report = {}
+    for name, data in (("fp32", fp32), ("int8", int8)):
+        model = ExportedModel(data, metadata)
+        out = model.run(rows)
+        scores = out.get("probabilities", out.get("probability", out.get("prediction")))
+        y = preprocessor.transform(rows)[preprocessor.target].to_numpy(np.float64) if kind.is_classification \
+            else rows[preprocessor.target].to_numpy(np.float64)
+        scoring = Scoring(kind.name, classes=len(preprocessor.classes))
+        metric = primary_metric(kind.name)
+        value = finish_metrics(partial_metrics(y, scores, scoring), scoring).get(metric)
+        best = min(_timed(model, rows) for _ in range(3))
+        report[name] = {metric: value, "bytes": len(data), "rows_per_second": len(rows) / best}
+    report["change"] = {k: report["int8"][k] - report["fp32"][k] for k in report["fp32"] if k != "rows_per_second"}
+    report["speedup"] = report["int8"]["rows_per_second"] / report["fp32"]["rows_per_second"]
+    logger.info("export: int8 %s; size %s → %s; %.2f× the rows/s of fp32", ", ".join(
+        f"{k} {report['fp32'][k]:.5f} → {report['int8'][k]:.5f}" for k in report["fp32"] if k not in (
+            "bytes", "rows_per_second")), _size(len(fp32)), _size(len(int8)), report["speedup"])
+    return report
+
+
+def _timed(model: ExportedModel, rows: pd.DataFrame) -> float:
+    inputs = model.inputs(rows)
+    started = time.perf_counter()
+    model.session.run(None, inputs)
+    return time.perf_counter() - started
+
+
+def _size(n: int) -> str:
+    from dask.utils import format_bytes
+
+    return format_bytes(n)
