@@ -81,7 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--output", required=True, type=Path, metavar="PATH", help="output directory (Parquet)")
     pred.add_argument("--model", choices=FAMILY_NAMES, help="default: the run's best model on validation")
     pred.add_argument("--overwrite", action="store_true", help="replace an existing --output directory")
+    pred.add_argument("--engine", choices=("shardflow", "onnxruntime"), default="shardflow",
+                      help="shardflow (default): the run's models; onnxruntime: the model exported as ONNX, one "
+                           "ONNX Runtime session per worker")
+    pred.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                      help="with --engine onnxruntime: int8 scores with the dynamically quantized MLP")
     _add_cluster_options(pred)
+
+    exp = sub.add_parser("export", help="a run's preprocessing and model as one ONNX model, for serving elsewhere")
+    exp.add_argument("run_dir", type=Path, metavar="RUN", help="run directory")
+    exp.add_argument("--model", choices=FAMILY_NAMES, help="default: the run's best model on validation")
+    exp.add_argument("--format", choices=("onnx",), default="onnx", help="onnx (the only format so far)")
+    exp.add_argument("--out", required=True, type=Path, metavar="DIR",
+                     help="export directory (model.onnx, metadata.json)")
+    exp.add_argument("--quantize", choices=("int8",), help="also write model.int8.onnx (MLP families)")
+    exp.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
 
     rep = sub.add_parser("report", help="rebuild a run's report.html")
     rep.add_argument("run_dir", type=Path, metavar="RUN", help="run directory")
@@ -173,8 +187,16 @@ def cmd_predict(args) -> int:
                             threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit)
     with connect(cluster) as runtime:
         result = predict(args.run, args.input, args.output, model=args.model, runtime=runtime,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, engine=args.engine, precision=args.precision)
     print(result.output)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from shardflow.pipelines.export import export
+
+    result = export(args.run_dir, args.out, model=args.model, quantize=args.quantize, overwrite=args.overwrite)
+    print(result.path)
     return 0
 
 
@@ -300,7 +322,7 @@ def main(argv=None) -> int:
 
 
 def _dispatch(args) -> int:
-    commands = {"run": cmd_run, "etl": cmd_etl, "generate": cmd_generate, "predict": cmd_predict,
+    commands = {"run": cmd_run, "etl": cmd_etl, "generate": cmd_generate, "predict": cmd_predict, "export": cmd_export,
                 "report": cmd_report, "runs": cmd_runs}
     try:
         return commands[args.command](args)

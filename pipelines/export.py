@@ -71,6 +71,7 @@ def export(run_dir, out_dir, *, model: str | None = None, quantize: str | None =
     --------
     >>> export("runs/20261122-101500-ab12cd", "exports/mlp", model="mlp", quantize="int8")  # doctest: +SKIP
     """
+    _require_onnx()
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     run = RunDir(run_dir)
@@ -129,6 +130,14 @@ def export(run_dir, out_dir, *, model: str | None = None, quantize: str | None =
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=1, default=float))
     logger.info("export: %s → %s", model, out)
     return ExportResult(out, model, metadata)
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as err:
+        raise ExportError(f"ONNX export needs {err.name}: pip install \"shardflow[export]\"") from None
 
 
 def build(preprocessor: Preprocessor, family, payload: dict, kind):

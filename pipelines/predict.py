@@ -22,7 +22,8 @@ from shardflow.pipelines.families import FAMILIES
 from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.errors import InputError, ShardflowError
 from shardflow.tasks.metrics import best_model
-from shardflow.tasks.scoring import QUARANTINE_DIR, predict_partition
+from shardflow.tasks.exported import INT8_FILE, METADATA_FILE, MODEL_FILE, ExportedSessions
+from shardflow.tasks.scoring import QUARANTINE_DIR, predict_partition, score_exported_partition
 
 logger = logging.getLogger("shardflow.predict")
 
@@ -49,7 +50,7 @@ class PredictResult:
 
 
 def predict(run_dir, input_path, output_path, *, model: str | None = None, runtime: Runtime | None = None,
-            overwrite: bool = False) -> PredictResult:
+            overwrite: bool = False, engine: str = "shardflow", precision: str = "fp32") -> PredictResult:
     """Score new data with a finished run's preprocessing and one of its models.
 
     Parameters
@@ -69,12 +70,19 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
         ``_quarantine/``. It appears only when complete.
     model : str, optional
         Model family; default the best one of the run's evaluation.
+    engine : {"shardflow", "onnxruntime"}
+        ``onnxruntime``: the model is exported as ONNX (:mod:`shardflow.pipelines.export`,
+        checked against shardflow's predictions) and each worker scores its partitions with
+        one ONNX Runtime session, reused across them; ``precision="int8"`` uses the
+        quantized MLP.
 
     Examples
     --------
     >>> predict("runs/20261122-101500-ab12cd", "new/*.csv", "scores/")  # doctest: +SKIP
     """
     started = time.perf_counter()
+    if engine not in ("shardflow", "onnxruntime"):
+        raise ShardflowError(f"--engine {engine}: not one of shardflow, onnxruntime")
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     run = RunDir(run_dir)
@@ -110,13 +118,22 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
             client = runtime.client
             dim_frames = named_delayed("predict-dimension-tables", plan.dimension_frames(runtime.backend)) \
                 if plan.dimensions else []
-            payload_f = scatter_named(client, f"predict-model-{model}", payload)
             raw = plan.read(runtime.backend)
             name = task_names(f"predict-{model}", plan.source.fingerprint, str(tmp))
-            tasks = [dask.delayed(predict_partition, pure=False)(
-                part, spec, dim_frames, preprocessor=preprocessor, predictor=FAMILIES[model].predict,
-                payload=payload_f, output=str(tmp), index=i, dask_key_name=name(i))
-                     for i, part in enumerate(raw.to_delayed())]
+            if engine == "onnxruntime":
+                exported = _exported_model(run_dir, model, precision)
+                client.register_plugin(ExportedSessions())
+                model_f = scatter_named(client, f"predict-onnx-{model}", exported)
+                tasks = [dask.delayed(score_exported_partition, pure=False)(
+                    part, spec, dim_frames, exported=model_f,
+                    keep_columns=preprocessor.keep_columns, output=str(tmp), index=i, dask_key_name=name(i))
+                         for i, part in enumerate(raw.to_delayed())]
+            else:
+                payload_f = scatter_named(client, f"predict-model-{model}", payload)
+                tasks = [dask.delayed(predict_partition, pure=False)(
+                    part, spec, dim_frames, preprocessor=preprocessor, predictor=FAMILIES[model].predict,
+                    payload=payload_f, output=str(tmp), index=i, dask_key_name=name(i))
+                         for i, part in enumerate(raw.to_delayed())]
             counts = progress.compute(client, tasks, f"predict ({model})")
     finally:
         if owns:
@@ -127,3 +144,17 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
     logger.info("predict: %d rows scored with %s (%d quarantined) in %.1fs → %s", rows, model, quarantined,
                 seconds, output)
     return PredictResult(output, model, rows, quarantined, seconds)
+
+
+def _exported_model(run_dir: Path, model: str, precision: str) -> tuple:
+    """``(model bytes, metadata)`` of the run's ``model`` exported as ONNX (checked against
+    shardflow's predictions on validation rows), in a temporary directory."""
+    import tempfile
+
+    from shardflow.pipelines.export import export
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "export"
+        export(run_dir, out, model=model, quantize="int8" if precision == "int8" else None)
+        name = INT8_FILE if precision == "int8" else MODEL_FILE
+        return (out / name).read_bytes(), json.loads((out / METADATA_FILE).read_text())

@@ -40,12 +40,14 @@ def predict_partition(raw, spec, dimensions, *, preprocessor: Preprocessor, pred
     return {"rows": len(out), "quarantined": len(prepared.quarantine)}
 
 
-def score_exported_partition(raw, spec, dimensions, *, model: bytes, metadata: dict, keep_columns, output: str,
+def score_exported_partition(raw, spec, dimensions, *, exported: tuple, keep_columns, output: str,
                              index: int) -> dict:
-    """Prepare one input partition and score it with an exported ONNX model (this worker's
-    ONNX Runtime session, reused across partitions); write its predictions and quarantine."""
+    """Prepare one input partition and score it with an exported ONNX model (``exported``:
+    its bytes and metadata; this worker's ONNX Runtime session, reused across partitions);
+    write its predictions and quarantine."""
     from shardflow.tasks.exported import worker_session
 
+    model, metadata = exported
     prepared = prepare_partition(raw, spec, dimensions)
     features = backend.to_pandas(prepared.features).reset_index(drop=True)
     out = features[list(keep_columns)].copy() if keep_columns else pd.DataFrame(index=features.index)

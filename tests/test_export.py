@@ -1,0 +1,167 @@
+"""ONNX export: every family and target kind round-trips, checked against shardflow's own
+predictions (``shardflow predict`` on the cluster) on the same input file, and the model
+runs with ONNX Runtime alone in a process that cannot import shardflow."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from shardflow.pipelines.config import load_config
+from shardflow.pipelines.export import ExportError, export
+from shardflow.pipelines.families import FAMILY_NAMES
+from shardflow.pipelines.job import run
+from shardflow.pipelines.predict import predict
+from shardflow.tasks.exported import load_exported
+
+FAST = {"xgboost": {"num_boost_round": 30, "checkpoint_every": 10},
+        "partitions": {"xgboost_rounds": 20, "mlp_epochs": 2},
+        "mlp": {"epochs": 3, "batch_size": 256, "sync_every": 8}}
+
+
+def table(task: str, n: int = 3000, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    x1, x2 = rng.normal(size=n), rng.normal(size=n)
+    city = rng.choice(["north", "south", "east", "west"], n)
+    when = pd.Timestamp("2026-01-01") + pd.to_timedelta(rng.integers(0, 365 * 24 * 60, n), unit="min")
+    score = x1 - 0.7 * x2 + 0.8 * (city == "north") + 0.3 * (when.hour > 12) + rng.normal(scale=0.4, size=n)
+    frame = pd.DataFrame({"id": np.arange(n), "x1": x1.round(4), "x2": x2.round(4), "city": city,
+                          "when": when.strftime("%Y-%m-%d %H:%M:%S")})
+    if task == "binary":
+        frame["y"] = np.where(score > 0.3, "yes", "no")
+    elif task == "multiclass":
+        frame["y"] = np.select([score < -0.7, score < 0.4], ["low", "mid"], "high")
+    else:
+        frame["y"] = np.exp(6 + 0.5 * score).round(2)
+    return frame
+
+
+@pytest.fixture(scope="module", params=["binary", "regression", "multiclass"])
+def trained_run(request, runtime, tmp_path_factory):
+    directory = tmp_path_factory.mktemp(f"export-{request.param}")
+    frame = table(request.param)
+    (directory / "in").mkdir()
+    for i, rows in enumerate(np.array_split(np.arange(len(frame)), 2)):
+        frame.iloc[rows].to_csv(directory / "in" / f"part{i}.csv", index=False)
+    target = {"column": "y", "task": "regression", "transform": "log1p"} if request.param == "regression" \
+        else {"column": "y"}
+    job = {"input": {"path": "in/*.csv"}, "target": target,
+           "features": {"numeric": ["x1", "x2"], "categorical": ["city"], "datetime": ["when"],
+                        "datetime_parts": ["hour", "dayofweek"], "derived": {"ratio": "x1 / (abs(x2) + 1)"}},
+           "split": {"key": ["id"]}, "encode": {"min_frequency": 1}, "output": {"runs_dir": "runs"},
+           "train": FAST}
+    (directory / "job.yaml").write_text(yaml.safe_dump(job))
+    result = run(load_config(directory / "job.yaml"), runtime=runtime)
+    return request.param, directory, result.run_dir
+
+
+def new_rows(n: int = 400) -> pd.DataFrame:
+    """Rows to score, with an unseen and a missing category and missing numbers."""
+    frame = table("binary", n, seed=11).drop(columns=["y"])
+    frame.loc[0:9, "city"] = "atlantis"  # unseen
+    frame.loc[10:19, "city"] = None  # missing
+    frame.loc[20:29, "x1"] = np.nan
+    frame.loc[25:34, "x2"] = np.nan
+    return frame
+
+
+def test_every_family_round_trips_against_shardflow_predict(trained_run, runtime, tmp_path):
+    task, directory, run_dir = trained_run
+    frame = new_rows()
+    frame.to_csv(tmp_path / "new.csv", index=False)
+    for model in FAMILY_NAMES:
+        exported = export(run_dir, tmp_path / f"onnx-{model}", model=model)
+        assert exported.metadata["check"]["max_abs_difference"] <= 1e-5, (task, model)
+        ours = pd.read_parquet(predict(run_dir, tmp_path / "new.csv", tmp_path / f"scores-{model}", model=model,
+                                       runtime=runtime).output)
+        theirs = load_exported(exported.path).predict(frame)
+        assert list(theirs.columns) == list(ours.columns), (task, model)
+        assert len(theirs) == len(ours) == len(frame)
+        for column in ours.columns:
+            if ours[column].dtype.kind == "f":
+                scale = max(1.0, float(ours[column].abs().max())) if task == "regression" else 1.0
+                np.testing.assert_allclose(theirs[column], ours[column], atol=1e-5 * scale, err_msg=f"{task} {model}")
+            else:
+                assert (theirs[column].to_numpy() == ours[column].to_numpy()).all(), (task, model, column)
+
+
+def test_the_model_runs_with_onnxruntime_alone(trained_run, tmp_path):
+    """A fresh process where importing shardflow fails: ONNX Runtime, NumPy and the files only."""
+    task, directory, run_dir = trained_run
+    exported = export(run_dir, tmp_path / "onnx", model="stacked" if task != "regression" else "mlp")
+    frame = new_rows(50)
+    model = load_exported(exported.path)
+    inputs = model.inputs(frame)
+    expected = model.run(frame)
+    np.savez(tmp_path / "inputs.npz", **{k: v.astype(str) if v.dtype == object else v for k, v in inputs.items()})
+    script = f"""
+import sys
+sys.modules["shardflow"] = None  # any import of shardflow fails
+import numpy as np, onnxruntime as ort
+session = ort.InferenceSession({str(exported.path / 'model.onnx')!r}, providers=["CPUExecutionProvider"])
+data = np.load({str(tmp_path / 'inputs.npz')!r})
+feeds = {{i.name: (data[i.name].astype(object) if i.type == "tensor(string)" else data[i.name])
+         for i in session.get_inputs()}}
+outputs = session.run(None, feeds)
+np.savez({str(tmp_path / 'outputs.npz')!r}, **{{o.name: v for o, v in zip(session.get_outputs(), outputs)}})
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = np.load(tmp_path / "outputs.npz", allow_pickle=True)
+    for name, value in expected.items():
+        if value.dtype.kind == "f":
+            np.testing.assert_allclose(got[name], value, rtol=1e-12)
+        else:
+            assert (got[name] == value).all()
+    metadata = json.loads((exported.path / "metadata.json").read_text())
+    assert {i["name"] for i in metadata["inputs"]} == {"x1", "x2", "ratio", "when_hour", "when_dayofweek", "city"}
+    assert metadata["source_run"]["run_id"] == run_dir.name and metadata["opsets"]["ai.onnx.ml"] == 5
+
+
+def test_int8_mlp_keeps_its_quality_and_trees_refuse_quantization(trained_run, tmp_path):
+    task, directory, run_dir = trained_run
+    exported = export(run_dir, tmp_path / "int8", model="mlp", quantize="int8")
+    report = exported.metadata["quantization"]
+    metric = {"binary": "auc", "regression": "rmse", "multiclass": "logloss"}[task]
+    fp32, int8 = report["fp32"][metric], report["int8"][metric]
+    if task == "binary":
+        assert abs(int8 - fp32) <= 0.002
+    else:
+        assert abs(int8 - fp32) <= 0.01 * abs(fp32)
+    assert report["int8"]["bytes"] < report["fp32"]["bytes"]
+    scores = load_exported(exported.path, precision="int8").predict(new_rows(100))
+    assert len(scores) == 100
+    with pytest.raises(ExportError, match="--quantize int8: quantizes the MLP families' weights; xgboost is a tree"):
+        export(run_dir, tmp_path / "trees", model="xgboost", quantize="int8")
+    assert not (tmp_path / "trees").exists()
+
+
+@pytest.mark.parametrize("trained_run", ["multiclass"], indirect=True)
+def test_predict_with_the_onnxruntime_engine_equals_shardflow(trained_run, runtime, tmp_path):
+    task, directory, run_dir = trained_run
+    new_rows().to_csv(tmp_path / "new.csv", index=False)
+    ours = pd.read_parquet(predict(run_dir, tmp_path / "new.csv", tmp_path / "a", model="mlp", runtime=runtime).output)
+    onnx = pd.read_parquet(predict(run_dir, tmp_path / "new.csv", tmp_path / "b", model="mlp", runtime=runtime,
+                                   engine="onnxruntime").output)
+    assert list(onnx.columns) == list(ours.columns)
+    probabilities = [c for c in ours.columns if c.startswith("probability_")]
+    np.testing.assert_allclose(onnx[probabilities], ours[probabilities], atol=1e-5)
+    assert (onnx["predicted_label"] == ours["predicted_label"]).all()
+
+
+@pytest.mark.parametrize("trained_run", ["binary"], indirect=True)
+def test_export_command_writes_the_model_and_refuses_an_existing_directory(trained_run, tmp_path):
+    task, directory, run_dir = trained_run
+    command = [sys.executable, "-m", "shardflow", "export", str(run_dir), "--out", str(tmp_path / "e")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str(tmp_path / "e")
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["metadata.json", "model.onnx"]
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0 and "already exists; choose another path or pass --overwrite" in again.stderr
