@@ -99,7 +99,8 @@ def export(run_dir, out_dir, *, model: str | None = None, quantize: str | None =
     kind = target_kind(preprocessor.task)
     started = time.perf_counter()
     onnx_model = build(preprocessor, family, payload, kind)
-    metadata = describe(onnx_model, preprocessor, config, family, run_dir, metrics["metrics"].get(model, {}))
+    metadata = describe(onnx_model, preprocessor, config=config, family=family, run_dir=run_dir,
+                        metrics=metrics["metrics"].get(model, {}))
     fp32 = onnx_model.SerializeToString()
     logger.info("export: %s as ONNX (%s), %.1fs", model, _size(len(fp32)), time.perf_counter() - started)
     rows = validation_rows(config, preprocessor, check_rows)
@@ -117,12 +118,13 @@ def export(run_dir, out_dir, *, model: str | None = None, quantize: str | None =
         logger.info("export: on %d validation rows, largest difference from shardflow's predictions %.2g",
                     len(rows), metadata["check"]["max_abs_difference"])
     if quantize == "int8":
-        if not model.startswith("mlp"):
-            raise ExportError(f"--quantize int8: quantizes the MLP families' weights; {model} is a tree model "
-                              "(its thresholds are exact already): export it without --quantize")
         files[INT8_FILE] = quantize_int8(fp32)
+        if files[INT8_FILE] is None:
+            raise ExportError(f"--quantize int8: quantizes the MLP families' weights; {model} has no matrix "
+                              "products (a tree model: its thresholds are exact already): export it without --quantize")
         if rows is not None:
-            metadata["quantization"] = quantization_report(fp32, files[INT8_FILE], metadata, rows, preprocessor, kind)
+            metadata["quantization"] = quantization_report(fp32, files[INT8_FILE], metadata=metadata, rows=rows,
+                                                           preprocessor=preprocessor, kind=kind)
     metadata["files"] = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
     with atomic_directory(out) as tmp:
         for name, data in files.items():
@@ -155,7 +157,7 @@ def build(preprocessor: Preprocessor, family, payload: dict, kind):
     return model
 
 
-def describe(onnx_model, preprocessor: Preprocessor, config, family, run_dir: Path, metrics: dict) -> dict:
+def describe(onnx_model, preprocessor: Preprocessor, *, config, family, run_dir: Path, metrics: dict) -> dict:
     """``metadata.json``: what a server needs to call the model, and where it came from."""
     import onnx
 
@@ -229,20 +231,30 @@ def compare(exported: ExportedModel, rows: pd.DataFrame, preprocessor: Preproces
             else difference, "labels_agree": agree}
 
 
-def quantize_int8(model: bytes) -> bytes:
-    """Dynamic int8 quantization of the weights of the model's matrix products."""
+def quantize_int8(model: bytes) -> bytes | None:
+    """Dynamic int8 quantization of the weights of the model's matrix products (None: the
+    model has none to quantize)."""
     import tempfile
 
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    if not any(node.op_type in ("MatMul", "Gemm") for node in onnx.load_from_string(model).graph.node):
+        return None
     with tempfile.TemporaryDirectory() as tmp:
         source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         source.write_bytes(model)
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        logging.disable(logging.WARNING)  # the quantizer's advice goes to the root logger, line by tensor
+        try:
+            quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul", "Gemm"])
+        finally:
+            logging.disable(logging.NOTSET)
         return target.read_bytes()
 
 
-def quantization_report(fp32: bytes, int8: bytes, metadata: dict, rows: pd.DataFrame, preprocessor, kind) -> dict:
+def quantization_report(fp32: bytes, int8: bytes, *, metadata: dict, rows: pd.DataFrame, preprocessor,
+                        kind) -> dict:
     """The int8 model's validation metric, size and single-process latency next to fp32's."""
     report = {}
     for name, data in (("fp32", fp32), ("int8", int8)):

@@ -119,7 +119,8 @@ def _weighted_loss(spec: MLPSpec, out, y, w):
     return (target_kind(spec.task).loss(out.float(), target) * w).sum()
 
 
-def _model(spec: MLPSpec, params: Params, device: str) -> TabularMLP:
+def network(spec: MLPSpec, params: Params, device: str = "cpu") -> TabularMLP:
+    """The MLP of ``spec`` holding ``params``, on ``device``."""
     model = TabularMLP(spec)
     set_params(model, params)
     return model.to(device)
@@ -178,7 +179,7 @@ def local_steps(shard: Shard, params: Params, spec: MLPSpec, cfg: OptimConfig, *
     the average (its training weight), the loss sum and the weight it was taken over.
     """
     device = cfg.device
-    model = _model(spec, params, device).train()
+    model = network(spec, params, device).train()
     opt = _optimizer(model, cfg, lr)
     _load_optimizer_state(opt, optimizer_state, lr)
     loss_sum, seen = 0.0, 0.0
@@ -208,7 +209,7 @@ def shard_gradient(shard: Shard, params: Params, spec: MLPSpec, cfg: OptimConfig
     mean loss over all their rows: ``g = Σ_k grad_sum_k / Σ_k n_k``.
     """
     device = cfg.device
-    model = _model(spec, params, device).train()
+    model = network(spec, params, device).train()
     model.zero_grad(set_to_none=True)
     rows, loss_sum = 0.0, 0.0
     for a in range(cfg.accumulation_steps):
@@ -226,7 +227,7 @@ def shard_gradient(shard: Shard, params: Params, spec: MLPSpec, cfg: OptimConfig
 def apply_gradient(params: Params, gradient: Params, spec: MLPSpec, cfg: OptimConfig, *, lr: float,
                    optimizer_state: dict | None) -> dict:
     """One optimizer step with an already averaged gradient (the gradient-sync mode)."""
-    model = _model(spec, params, "cpu")
+    model = network(spec, params, "cpu")
     opt = _optimizer(model, cfg, lr)
     _load_optimizer_state(opt, optimizer_state, lr)
     for name, p in model.named_parameters():
@@ -264,7 +265,7 @@ def loss_on(shard: Shard, params: Params, spec: MLPSpec, device: str = "cpu", sp
         else (shard.x_train, shard.y_train, shard.weights_train)
     if len(y) == 0:
         return {"loss_sum": 0.0, "rows": 0, "weight": 0.0}
-    model = _model(spec, params, device).eval()
+    model = network(spec, params, device).eval()
     total = 0.0
     with torch.no_grad():
         for start in range(0, len(y), 65536):
@@ -280,7 +281,7 @@ def predict(params: Params, spec: MLPSpec, x: np.ndarray, device: str = "cpu") -
     target) or values in the target's units (regression)."""
     if len(x) == 0:
         return np.zeros((0, spec.outputs) if spec.outputs > 1 else 0, np.float64)
-    model = _model(spec, params, device).eval()
+    model = network(spec, params, device).eval()
     outs = []
     with torch.no_grad():
         for start in range(0, len(x), 65536):

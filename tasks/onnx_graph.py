@@ -159,7 +159,7 @@ def _tree_arrays(trees: list, targets: list) -> dict:
         base = len(out["features"])
         if not node_id:  # a tree that is one leaf: a split that goes there either way
             out["roots"].append(base)
-            _append_node(out, 0, _LEQ, 0.0, (leaf_id[0], 1), (leaf_id[0], 1), True)
+            _append_node(out, 0, mode=_LEQ, split=0.0, true=(leaf_id[0], 1), false=(leaf_id[0], 1), missing_true=True)
             continue
         out["roots"].append(node_id[0])
         for i in sorted(node_id):
@@ -168,15 +168,15 @@ def _tree_arrays(trees: list, targets: list) -> dict:
 
             if i in categories:  # in the set: right (true); otherwise left
                 out["members"].extend([*map(float, categories[i]), np.nan])
-                _append_node(out, features[i], _MEMBER, 0.0, child(right[i]), child(left[i]),
-                             not bool(tree["default_left"][i]))
+                _append_node(out, features[i], mode=_MEMBER, split=0.0, true=child(right[i]), false=child(left[i]),
+                             missing_true=not bool(tree["default_left"][i]))
             else:
-                _append_node(out, features[i], _LT, values[i], child(left[i]), child(right[i]),
-                             bool(tree["default_left"][i]))
+                _append_node(out, features[i], mode=_LT, split=values[i], true=child(left[i]), false=child(right[i]),
+                             missing_true=bool(tree["default_left"][i]))
     return out
 
 
-def _append_node(out, feature, mode, split, true, false, missing_true) -> None:
+def _append_node(out, feature, *, mode, split, true, false, missing_true) -> None:
     out["features"].append(int(feature))
     out["modes"].append(mode)
     out["splits"].append(float(split))
@@ -235,16 +235,16 @@ def mlp_scores(g: Graph, features: str, params: dict, spec, kind) -> str:
     import torch
     from onnx import TensorProto
 
-    from shardflow.tasks.neural import _model
+    from shardflow.tasks.neural import network
 
-    net = _model(spec, params, "cpu").eval()
+    net = network(spec, params).eval()
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(net, (torch.zeros(2, spec.n_numeric + len(spec.cardinalities)),), buffer,
                           input_names=["x"], output_names=["out"], dynamic_axes={"x": {0: "N"}, "out": {0: "N"}},
                           opset_version=OPSET, dynamo=False)
-    exported = onnx.compose.add_prefix(onnx.load_from_string(buffer.getvalue()), g.name("mlp") + "/")
+    exported = onnx.compose.add_prefix(onnx.load_from_string(buffer.getvalue()), g.name("network") + "/")
     g.nodes.append(onnx.helper.make_node("Identity", [features], [exported.graph.input[0].name]))
     g.nodes.extend(exported.graph.node)
     g.initializers.extend(exported.graph.initializer)

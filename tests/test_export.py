@@ -137,7 +137,7 @@ def test_int8_mlp_keeps_its_quality_and_trees_refuse_quantization(trained_run, t
     assert report["int8"]["bytes"] < report["fp32"]["bytes"]
     scores = load_exported(exported.path, precision="int8").predict(new_rows(100))
     assert len(scores) == 100
-    with pytest.raises(ExportError, match="--quantize int8: quantizes the MLP families' weights; xgboost is a tree"):
+    with pytest.raises(ExportError, match="--quantize int8: quantizes the MLP families' weights; xgboost has no"):
         export(run_dir, tmp_path / "trees", model="xgboost", quantize="int8")
     assert not (tmp_path / "trees").exists()
 
