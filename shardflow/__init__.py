@@ -33,6 +33,8 @@ _PUBLIC = {
     "build_report": "shardflow.pipelines.report",
     "list_runs": "shardflow.pipelines.report",
     "load_model": "shardflow.pipelines.artifacts",
+    "export": "shardflow.pipelines.export",
+    "load_exported": "shardflow.tasks.exported",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -165,3 +165,22 @@ def test_export_command_writes_the_model_and_refuses_an_existing_directory(train
     assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["metadata.json", "model.onnx"]
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode != 0 and "already exists; choose another path or pass --overwrite" in again.stderr
+
+
+def test_readme_serving_example_runs_without_shardflow(trips_dir, runtime, tmp_path):
+    from pathlib import Path
+
+    from shardflow.pipelines.config import default_config_path
+
+    config = load_config(default_config_path(), [f"output.runs_dir={tmp_path / 'runs'}", "train.models=[mlp]",
+                                                 "train.mlp.epochs=1"], base_dir=trips_dir)
+    result = run(config, runtime=runtime)
+    export(result.run_dir, tmp_path / "exports" / "mlp", model="mlp")
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("<!-- serving-example")[1].split("```python\n", 1)[1].split("```", 1)[0]
+    script = "import json, sys\nsys.modules['shardflow'] = None\n" + block + \
+        "\nprint(json.dumps([probability.tolist(), label.tolist()]))\n"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    probabilities, labels = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(probabilities) == 2 and all(0 <= p <= 1 for p in probabilities) and set(labels) <= {0, 1}
