@@ -111,10 +111,11 @@ def export(run_dir, out_dir, *, model: str | None = None, quantize: str | None =
                        "shardflow's predictions", config.input.path)
     else:
         metadata["check"] = compare(ExportedModel(fp32, metadata), rows, preprocessor, family, payload)
-        if not metadata["check"]["max_abs_difference"] <= TOLERANCE:
+        if not (metadata["check"]["max_abs_difference"] <= TOLERANCE and metadata["check"]["labels_agree"] >= 0.999):
             raise ExportError(f"export of {model}: its predictions differ from shardflow's by up to "
                               f"{metadata['check']['max_abs_difference']:.3g} on {len(rows)} validation rows "
-                              f"(tolerance {TOLERANCE}); please report this")
+                              f"(tolerance {TOLERANCE}) and agree on {100 * metadata['check']['labels_agree']:.2f}% "
+                              "of the labels; please report this")
         logger.info("export: on %d validation rows, largest difference from shardflow's predictions %.2g",
                     len(rows), metadata["check"]["max_abs_difference"])
     if quantize == "int8":
@@ -148,9 +149,20 @@ def build(preprocessor: Preprocessor, family, payload: dict, kind):
 
     from shardflow.tasks import onnx_graph
 
+    reserved = {"prediction", "probability", "probabilities", "label"} & set(preprocessor.feature_names)
+    if reserved:
+        raise ExportError(f"feature column(s) {', '.join(sorted(reserved))} share a name with the model's outputs; "
+                          "rename them in the input (or list them under another name in the config)")
+    empty = [col for col in preprocessor.categorical if "" in preprocessor.vocabularies[col]]
+    if empty:
+        raise ExportError(f"categorical column(s) {', '.join(empty)} hold the empty string as a category, which the "
+                          "exported model reads as missing; replace it in the input (e.g. with 'none') and train again")
     g = onnx_graph.Graph()
     features = onnx_graph.preprocessing(g, preprocessor)
-    scores = family.export(g, features, payload, kind)
+    try:
+        scores = family.export(g, features, payload, kind)
+    except ValueError as err:
+        raise ExportError(f"export of {family.name}: {err}") from None
     onnx_graph.outputs(g, scores, preprocessor, kind)
     model = g.model(doc=f"shardflow {family.label}")
     onnx.checker.check_model(model, full_check=True)
@@ -244,12 +256,13 @@ def quantize_int8(model: bytes) -> bytes | None:
     with tempfile.TemporaryDirectory() as tmp:
         source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         source.write_bytes(model)
-        logging.disable(logging.WARNING)  # the quantizer's advice goes to the root logger, line by tensor
+        previous = logging.root.manager.disable
+        logging.disable(max(previous, logging.WARNING))  # the quantizer's advice goes to the root logger
         try:
             quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8,
                              op_types_to_quantize=["MatMul", "Gemm"])
         finally:
-            logging.disable(logging.NOTSET)
+            logging.disable(previous)
         return target.read_bytes()
 
 

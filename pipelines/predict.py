@@ -83,6 +83,8 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
     started = time.perf_counter()
     if engine not in ("shardflow", "onnxruntime"):
         raise ShardflowError(f"--engine {engine}: not one of shardflow, onnxruntime")
+    if precision not in ("fp32", "int8") or (precision == "int8" and engine != "onnxruntime"):
+        raise ShardflowError(f"--precision {precision}: fp32, or int8 with --engine onnxruntime")
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     run = RunDir(run_dir)

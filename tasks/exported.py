@@ -39,7 +39,7 @@ class ExportedModel:
     def inputs(self, frame: pd.DataFrame) -> dict:
         """The model's named inputs from a frame of input columns (numbers as double,
         categories as strings, ``""`` for missing)."""
-        frame = frame.reset_index(drop=True)
+        frame = _typed(frame.reset_index(drop=True), self.metadata)
         derived = self.metadata["derived"]
         needed = {i["name"]: i for i in self.metadata["inputs"]}
         out = {}
@@ -53,8 +53,10 @@ class ExportedModel:
             elif spec.get("datetime"):
                 from shardflow.tasks.prepare import datetime_part
 
+                from shardflow.tasks.backend import to_datetime
+
                 source, part = spec["datetime"]
-                column = datetime_part(pd.to_datetime(frame[source], errors="coerce"), part)
+                column = datetime_part(to_datetime(frame[source]), part)
             else:
                 raise KeyError(f"column {name!r} is missing (the model's inputs: {', '.join(needed)})")
             if spec["type"] == "string":
@@ -87,7 +89,7 @@ class ExportedModel:
         if "probabilities" in out:
             for i, key in enumerate(self.metadata["classes"]):
                 columns[probability_column(key)] = out["probabilities"][:, i]
-        return pd.DataFrame(columns)
+        return pd.DataFrame(columns, index=frame.index)
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         """Class probabilities ``[N, K]`` (a binary target: both classes' columns)."""
@@ -97,6 +99,21 @@ class ExportedModel:
         if "probability" in out:
             return np.column_stack([1 - out["probability"], out["probability"]])
         raise TypeError("a regression model has no probabilities; use predict")
+
+
+def _typed(frame: pd.DataFrame, metadata: dict) -> pd.DataFrame:
+    """Text columns that hold only numbers (a CSV read as strings, a JSON payload) as numbers,
+    so that derived expressions compute on them as in the ETL; the model's string inputs stay
+    text."""
+    strings = {i["name"] for i in metadata["inputs"] if i["type"] == "string"}
+    converted = {}
+    for col in frame.columns:
+        if col in strings or frame[col].dtype.kind in "biufM":
+            continue
+        numbers = pd.to_numeric(frame[col], errors="coerce")
+        if numbers.notna().sum() == frame[col].notna().sum() and frame[col].notna().any():
+            converted[col] = numbers.astype("float64")
+    return frame.assign(**converted) if converted else frame
 
 
 def load_exported(path, precision: str = "fp32", threads: int | None = None) -> ExportedModel:
@@ -118,9 +135,10 @@ def load_exported(path, precision: str = "fp32", threads: int | None = None) -> 
     metadata = json.loads((path / METADATA_FILE).read_text())
     name = {"fp32": MODEL_FILE, "int8": INT8_FILE}[precision]
     model = (path / name).read_bytes()
-    expected = metadata["files"].get(name)
-    if expected and hashlib.sha256(model).hexdigest() != expected:
-        raise ValueError(f"{path / name}: its SHA-256 differs from {METADATA_FILE}; export the run again")
+    expected = metadata.get("files", {}).get(name)
+    # A check against corruption and mixed-up files, not a signature: metadata.json is not signed.
+    if expected is None or hashlib.sha256(model).hexdigest() != expected:
+        raise ValueError(f"{path / name}: its SHA-256 is not the one {METADATA_FILE} records; export the run again")
     return ExportedModel(model, metadata, threads)
 
 
@@ -150,9 +168,8 @@ def worker_session(model: bytes, metadata: dict) -> ExportedModel:
     """This worker's session for ``model`` (created on first use)."""
     from distributed import get_worker
 
-    from shardflow.tasks.models import worker_threads
-
+    # One thread per session: the worker runs one task per thread, each with its own session call.
     plugin = get_worker().plugins.get(ExportedSessions.name)
     if plugin is None:  # a worker that joined after the plugin was registered
-        return ExportedModel(model, metadata, worker_threads())
-    return plugin.get(model, metadata, worker_threads())
+        return ExportedModel(model, metadata, 1)
+    return plugin.get(model, metadata, 1)

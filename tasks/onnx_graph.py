@@ -36,8 +36,9 @@ class Graph:
         self._count = 0
 
     def name(self, hint: str) -> str:
+        """A fresh internal tensor name (``sf/…``: never an input column's name)."""
         self._count += 1
-        return f"{hint}_{self._count}"
+        return f"sf/{hint}_{self._count}"
 
     def const(self, value, dtype=None, hint: str = "const") -> str:
         from onnx import numpy_helper
@@ -102,8 +103,18 @@ def preprocessing(g: Graph, preprocessor) -> str:
 # ----------------------------------------------------------------------------- XGBoost
 
 
-def xgboost_margin(g: Graph, features: str, model: bytes) -> str:
-    """The booster's margin ``[N, T]`` (T = classes, or 1): its trees and its intercept."""
+#: How each exportable XGBoost objective turns the margin into its prediction.
+OBJECTIVE_ACTIVATIONS = {
+    "binary:logistic": "sigmoid", "reg:logistic": "sigmoid", "multi:softprob": "softmax",
+    "reg:squarederror": "identity", "reg:absoluteerror": "identity", "reg:quantileerror": "identity",
+    "reg:pseudohubererror": "identity", "reg:squaredlogerror": "identity",
+    "count:poisson": "exp", "reg:gamma": "exp", "reg:tweedie": "exp",
+}
+
+
+def xgboost_margin(g: Graph, features: str, model: bytes) -> tuple:
+    """The booster's margin ``[N, T]`` (T = classes, or 1): its trees and its intercept; and
+    the activation of its objective (see :data:`OBJECTIVE_ACTIVATIONS`)."""
     from onnx import numpy_helper
 
     booster = _booster(model)
@@ -115,6 +126,10 @@ def xgboost_margin(g: Graph, features: str, model: bytes) -> str:
     targets = learner["gradient_booster"]["model"]["tree_info"]
     n_targets = max(1, int(learner["learner_model_param"].get("num_class", "0") or 0))
     arrays = _tree_arrays(trees, targets)
+    activation = OBJECTIVE_ACTIVATIONS.get(learner["objective"]["name"])
+    if activation is None:
+        raise ValueError(f"XGBoost objective {learner['objective']['name']!r} does not export to ONNX yet (exported: "
+                         f"{', '.join(sorted(OBJECTIVE_ACTIVATIONS))})")
     trees_out = g.op("TreeEnsemble", [features], domain="ai.onnx.ml", n_targets=n_targets, aggregate_function=1,
                      post_transform=0, tree_roots=arrays["roots"], nodes_featureids=arrays["features"],
                      nodes_modes=numpy_helper.from_array(np.array(arrays["modes"], np.uint8)),
@@ -124,7 +139,8 @@ def xgboost_margin(g: Graph, features: str, model: bytes) -> str:
                      nodes_missing_value_tracks_true=arrays["missing_true"], leaf_targetids=arrays["leaf_targets"],
                      leaf_weights=numpy_helper.from_array(np.array(arrays["leaf_weights"], np.float32)),
                      membership_values=numpy_helper.from_array(np.array(arrays["members"] or [np.nan], np.float32)))
-    return g.op("Add", [trees_out, g.const(_intercept(booster, arrays, n_targets), np.float32)], hint="margin")
+    margin = g.op("Add", [trees_out, g.const(_intercept(booster, arrays, n_targets), np.float32)], hint="margin")
+    return margin, activation
 
 
 def _booster(model: bytes):
@@ -211,15 +227,12 @@ def _intercept(booster, arrays, n_targets) -> np.ndarray:
 
 def xgboost_scores(g: Graph, features: str, model: bytes, kind) -> str:
     """The booster's predictions as the family predicts them: ``[N]`` or ``[N, K]``."""
-    margin = xgboost_margin(g, features, model)
-    return _activate(g, margin, kind)
-
-
-def _activate(g: Graph, margin: str, kind, float_output: bool = True) -> str:
-    if kind.multi_output:
+    margin, activation = xgboost_margin(g, features, model)
+    if activation == "softmax":
         return g.op("Softmax", [margin], axis=1)
     flat = g.op("Reshape", [margin, g.const([-1], np.int64)])
-    return g.op("Sigmoid", [flat]) if kind.is_classification else flat
+    return {"sigmoid": lambda: g.op("Sigmoid", [flat]), "exp": lambda: g.op("Exp", [flat]),
+            "identity": lambda: flat}[activation]()
 
 
 # ----------------------------------------------------------------------------- MLP
@@ -326,6 +339,8 @@ def outputs(g: Graph, scores: str, preprocessor, kind) -> list:
     else:
         codes = g.op("Cast", [g.op("GreaterOrEqual", [scores, g.const(0.5, np.float64)])], to=TensorProto.INT64)
         name, shape = "probability", ["N"]
+    if classes.dtype == object:  # whole numbers beyond int64, or text: labels as strings
+        classes = np.array([str(c) for c in classes], dtype=object)
     label_type = {"b": TensorProto.BOOL, "i": TensorProto.INT64}.get(classes.dtype.kind, TensorProto.STRING)
     lookup = classes.astype(object) if label_type == TensorProto.STRING else classes
     g.nodes.append(helper.make_node("Gather", [g.const(lookup, hint="classes"), codes], ["label"], axis=0))

@@ -81,6 +81,9 @@ def test_every_family_round_trips_against_shardflow_predict(trained_run, runtime
         ours = pd.read_parquet(predict(run_dir, tmp_path / "new.csv", tmp_path / f"scores-{model}", model=model,
                                        runtime=runtime).output)
         theirs = load_exported(exported.path).predict(frame)
+        if model == "xgboost":  # the same file read as text, as a service receives it: the same scores
+            text = pd.read_csv(tmp_path / "new.csv", dtype=str, keep_default_na=False).replace("", None)
+            pd.testing.assert_frame_equal(load_exported(exported.path).predict(text), theirs)
         assert list(theirs.columns) == list(ours.columns), (task, model)
         assert len(theirs) == len(ours) == len(frame)
         for column in ours.columns:
@@ -184,3 +187,47 @@ def test_readme_serving_example_runs_without_shardflow(trips_dir, runtime, tmp_p
     assert done.returncode == 0, done.stderr[-2000:]
     probabilities, labels = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(probabilities) == 2 and all(0 <= p <= 1 for p in probabilities) and set(labels) <= {0, 1}
+
+
+@pytest.mark.parametrize("objective", ["count:poisson", "reg:gamma", "reg:absoluteerror", "binary:logistic",
+                                       "binary:hinge"])
+def test_xgboost_objectives_export_with_their_own_link(objective, tmp_path):
+    """Each booster's ONNX graph equals ``booster.predict`` (margins through the objective's
+    link), incl. a categorical feature and missing values; an objective without one is refused."""
+    import xgboost as xgb
+
+    from shardflow.pipelines.export import build
+    from shardflow.pipelines.families import FAMILIES
+    from shardflow.tasks.encode import Preprocessor
+    from shardflow.tasks.exported import ExportedModel
+    from shardflow.tasks.targets import target_kind
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    a, city = rng.normal(size=n), rng.choice(["p", "q", "r", "s", "t"], n)
+    codes = pd.Series(city).map({"p": 2, "q": 3, "r": 4, "s": 5, "t": 6}).to_numpy()
+    y = np.exp(0.5 * a + 0.3 * (codes % 2)) * rng.gamma(2.0, 0.5, n)
+    if objective.startswith("binary"):
+        y = (y > np.median(y)).astype(float)
+    a[::13] = np.nan
+    x = np.column_stack([a, codes]).astype(np.float32)
+    matrix = xgb.DMatrix(x, y, feature_names=["a", "city"], feature_types=["q", "c"], enable_categorical=True)
+    booster = xgb.train({"objective": objective, "max_depth": 4, "max_cat_to_onehot": 1}, matrix, 20)
+    classification = objective.startswith("binary")
+    pre = Preprocessor(["a"], [None], [None], [0.0], [1.0], ["city"], {"city": ["p", "q", "r", "s", "t"]}, "y",
+                       "classification" if classification else "regression",
+                       classes=["0", "1"] if classification else [])
+    payload = {"model": bytes(booster.save_raw("ubj"))}
+    if objective == "binary:hinge":
+        with pytest.raises(ExportError, match="objective 'binary:hinge' does not export"):
+            build(pre, FAMILIES["xgboost"], payload, target_kind(pre.task))
+        return
+    model = build(pre, FAMILIES["xgboost"], payload, target_kind(pre.task))
+    frame = pd.DataFrame({"a": a, "city": city})
+    out = ExportedModel(model.SerializeToString(), {"inputs": [{"name": "a", "type": "double"},
+                                                               {"name": "city", "type": "string"}],
+                                                    "derived": {}, "classes": pre.classes}).run(frame)
+    got = out["probability" if classification else "prediction"]
+    imputed = xgb.DMatrix(np.nan_to_num(x, nan=0.0), feature_names=["a", "city"], feature_types=["q", "c"],
+                          enable_categorical=True)  # the graph imputes a missing `a` with its mean, 0
+    np.testing.assert_allclose(got, booster.predict(imputed), rtol=2e-6, atol=1e-6)
