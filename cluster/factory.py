@@ -41,6 +41,11 @@ class Runtime:
         except Exception:  # no dashboard configured
             return None
 
+    @property
+    def threads(self) -> int:
+        """Worker threads of the whole cluster, now."""
+        return sum(w["nthreads"] for w in self.client.scheduler_info(n_workers=-1)["workers"].values())
+
     def layout(self) -> dict:
         """Workers, threads and memory as the scheduler sees them (for the manifest)."""
         info = self.client.scheduler_info(n_workers=-1)

@@ -43,9 +43,13 @@ class InputConfig:
     """``input:`` the fact table.
 
     ``path`` is a Parquet file or directory, or a CSV file or glob (``raw/*.csv``);
-    ``format`` ``auto`` decides by the file names. ``blocksize`` bounds a CSV
-    partition; ``max_partition_rows`` bounds a Parquet partition (a file with many
-    row groups is split between them). ``types`` gives the kind (``number``,
+    ``format`` ``auto`` decides by the file names. ``partitions: auto`` reads an input
+    worth splitting (8 MB of CSV, 100,000 Parquet rows) in at least as many partitions as
+    the cluster has worker threads, of about equal size (byte ranges of a CSV file — one
+    under ``blocksize`` only if it has no quotes —, groups of Parquet row groups);
+    ``partitions: N`` asks for about N. ``blocksize`` bounds a CSV partition;
+    ``max_partition_rows`` bounds a Parquet partition (a file with many row groups is
+    split between them). ``types`` gives the kind (``number``,
     ``datetime``, ``string``) of columns that are not features but are used by
     expressions; CSV has no types, so there such columns default to ``number``.
     ``persist`` (``auto``, ``true``, ``false``) keeps the prepared partitions in
@@ -56,6 +60,7 @@ class InputConfig:
     path: str = option("", check=Text("a Parquet file or directory, or a CSV file or glob", nonempty=True))
     format: str = option("auto", check=OneOf(("auto", "parquet", "csv")))
     csv_delimiter: str = option(",", check=Text("one character"))
+    partitions: str = option("auto", check=Anything("auto, or a number of partitions (at least 1)"))
     blocksize: str = option("128MB", check=ByteSize())
     max_partition_rows: int = option(2_000_000, check=Between(1))
     types: dict[str, str] = option(factory=dict, check=OneOf(COLUMN_KINDS))
@@ -346,6 +351,12 @@ def validate(config: Config) -> None:
     if not names:
         raise ConfigError("config key 'features': no feature columns configured (numeric, categorical, datetime or derived)")
     _validate_target(config.target, names, config.train.xgboost.params)
+    partitions = config.input.partitions
+    if isinstance(partitions, str) and partitions.strip().isdigit():
+        partitions = config.input.partitions = int(partitions)
+    if partitions != "auto" and not (isinstance(partitions, int) and partitions >= 1):
+        raise ConfigError(f"config key 'input.partitions': expected auto or a whole number of at least 1, got "
+                          f"{partitions!r}")
     for col, bounds in config.clean.valid_ranges.items():
         if not isinstance(bounds, list) or len(bounds) != 2:
             raise ConfigError(f"config key 'clean.valid_ranges.{col}': expected [min, max] (null for open), got {bounds!r}")

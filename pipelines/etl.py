@@ -145,6 +145,7 @@ def etl(config: Config, runtime: Runtime | None = None, run_dir=None, key: str |
     owns_runtime = runtime is None
     runtime = runtime or start(config.cluster)
     try:
+        plan = plan.with_threads(runtime.threads)  # every worker thread busy (input.partitions: auto)
         return _run(config, runtime, plan=plan, run_dir=run_dir, key=key)
     finally:
         if owns_runtime:

@@ -31,12 +31,24 @@ class InputPlan:
     >>> len(plan.source.pieces), plan.spec.feature_names  # doctest: +SKIP
     """
 
-    def __init__(self, config: Config, *, for_prediction: bool = False):
+    def __init__(self, config: Config, *, for_prediction: bool = False, threads: int | None = None):
         self.config = config
         self.for_prediction = for_prediction
-        self.source = inspect_source(config)
+        self.threads = threads
+        self.source = inspect_source(config, threads)
         self._dimensions = None
         self._spec = None
+
+    def with_threads(self, threads: int) -> "InputPlan":
+        """This plan for a cluster of ``threads`` worker threads: the input inspected again
+        only when ``input.partitions: auto`` would split it differently."""
+        if self.config.input.partitions != "auto" or threads == self.threads:
+            return self
+        planned = InputPlan(self.config, for_prediction=self.for_prediction, threads=threads)
+        if [p for p in planned.source.pieces] == list(self.source.pieces):
+            return self
+        planned._dimensions = self._dimensions
+        return planned
 
     @property
     def dimensions(self) -> list:

@@ -48,8 +48,21 @@ class Source:
     bytes: int = 0  #: uncompressed Parquet size (from the footers), or CSV file size
 
 
-def inspect_source(config: Config) -> Source:
-    """List and check the input files of ``config.input`` (footers and headers only)."""
+#: Inputs smaller than this are read as they are (one partition per file, or per
+#: ``input.blocksize`` / ``input.max_partition_rows``): one worker reads them in well under
+#: a second, and more partitions would cost more in scheduling than they save.
+SPLIT_MIN_BYTES = 8 * 2**20
+SPLIT_MIN_ROWS = 100_000
+
+
+def inspect_source(config: Config, threads: int | None = None) -> Source:
+    """List and check the input files of ``config.input`` (footers and headers only).
+
+    ``threads``: the cluster's worker threads. With ``input.partitions: auto`` an input worth
+    splitting (``SPLIT_MIN_BYTES``, ``SPLIT_MIN_ROWS``) is read in at least that many
+    partitions of about equal size (byte ranges of CSV files, groups of Parquet row groups);
+    ``input.partitions: N`` asks for about N whatever the size.
+    """
     raw_path = config.input.path
     path = config.resolve(raw_path)
     fmt = config.input.format
@@ -73,17 +86,21 @@ def inspect_source(config: Config) -> Source:
         )
     if fmt == "auto":
         fmt = "csv" if all(f.endswith(CSV_SUFFIXES) for f in files) else "parquet"
+    wanted = config.input.partitions
+    target = int(wanted) if wanted != "auto" else threads
+    forced = wanted != "auto"
     if fmt == "parquet":
-        source = _inspect_parquet(files, config.input.max_partition_rows)
+        source = _inspect_parquet(files, config.input.max_partition_rows, target=target, forced=forced)
     else:
-        source = _inspect_csv(files, config.input.csv_delimiter, parse_bytes(config.input.blocksize))
+        source = _inspect_csv(files, config.input.csv_delimiter, parse_bytes(config.input.blocksize), target=target,
+                              forced=forced)
     return source
 
 
-def _inspect_parquet(files, max_rows: int) -> Source:
+def _inspect_parquet(files, max_rows: int, *, target: int | None = None, forced: bool = False) -> Source:
     schema: dict = {}
     first_seen: dict = {}
-    pieces, rows, file_rows, size = [], 0, {}, 0
+    pieces, rows, file_rows, size, metas = [], 0, {}, 0, []
     for f in files:
         try:
             meta = pq.ParquetFile(f).metadata
@@ -110,10 +127,16 @@ def _inspect_parquet(files, max_rows: int) -> Source:
         file_rows[f] = meta.num_rows
         rows += meta.num_rows
         size += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        metas.append((f, meta))
+    if target and (forced or rows >= SPLIT_MIN_ROWS):
+        max_rows = min(max_rows, max(1, -(-rows // target)))
+    for f, meta in metas:
         group, group_rows = [], 0
         for rg in range(meta.num_row_groups):
             n = meta.row_group(rg).num_rows
-            if group and group_rows + n > max_rows:
+            # Close a group once it holds its share: whichever of this group and the next is
+            # nearer to ``max_rows`` rows (row groups are the unit; they are not cut).
+            if group and group_rows + n > max_rows and abs(group_rows - max_rows) <= abs(group_rows + n - max_rows):
                 pieces.append(Piece(f, "parquet", tuple(group)))
                 group, group_rows = [], 0
             group.append(rg)
@@ -141,10 +164,13 @@ def _compatible(a: pa.DataType, b: pa.DataType) -> bool:
     return _kind(a) == _kind(b)
 
 
-def _inspect_csv(files, delimiter: str, blocksize: int) -> Source:
+def _inspect_csv(files, delimiter: str, blocksize: int, *, target: int | None = None, forced: bool = False) -> Source:
     schema: dict = {}
     pieces = []
-    size = 0
+    size = sum(os.path.getsize(f) for f in files)
+    configured = blocksize
+    if target and (forced or size >= SPLIT_MIN_BYTES):
+        blocksize = min(blocksize, max(1, -(-size // target)))
     for f in files:
         try:
             header = csv_header(f, delimiter)
@@ -157,13 +183,24 @@ def _inspect_csv(files, delimiter: str, blocksize: int) -> Source:
             raise InputError(f"{f}: its columns differ from {files[0]} (e.g. {missing[0]!r}); give all CSV files one header")
         schema = {name: pa.string() for name in header}
         file_size = os.path.getsize(f)
-        size += file_size
-        if f.endswith(".gz") or file_size <= blocksize:
+        if f.endswith(".gz") or file_size <= blocksize or (file_size <= configured and _has_quotes(f)):
             pieces.append(Piece(f, "csv"))
         else:
-            for start in range(0, file_size, blocksize):
-                pieces.append(Piece(f, "csv", start=start, end=min(file_size, start + blocksize)))
+            count = -(-file_size // blocksize)
+            bounds = [round(i * file_size / count) for i in range(count + 1)]  # equal ranges
+            pieces.extend(Piece(f, "csv", start=a, end=b) for a, b in zip(bounds[:-1], bounds[1:]))
     return Source("csv", files, schema, pieces, None, file_fingerprint(files), csv_delimiter=delimiter, bytes=size)
+
+
+def _has_quotes(path: str) -> bool:
+    """Whether a CSV file holds a quote character. Byte ranges are cut at line ends, so a
+    quoted value spanning lines would break: a file under ``input.blocksize`` is split for
+    the cluster's sake only when it has no quotes (over it, as configured)."""
+    with open(path, "rb") as handle:
+        while chunk := handle.read(16 * 2**20):
+            if b'"' in chunk:
+                return True
+    return False
 
 
 def file_fingerprint(files) -> str:

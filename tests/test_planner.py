@@ -1,0 +1,96 @@
+"""Input partitioning: every worker thread busy on one big file, partitions balanced by rows,
+the same rows whatever the partitioning, and files that must not be cut left whole."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from shardflow.pipelines.config import load_config
+from shardflow.pipelines.etl import etl
+from shardflow.pipelines.plan import InputPlan
+
+
+def trips(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"id": np.arange(n), "distance": rng.uniform(1, 50, n).round(3),
+                         "zone": rng.choice(["a", "b", "c"], n), "y": rng.integers(0, 2, n)})
+
+
+def job(directory, path, **input_options):
+    spec = {"input": {"path": path, **input_options}, "target": {"column": "y"},
+            "features": {"numeric": ["distance"], "categorical": ["zone"]}, "split": {"key": ["id"]},
+            "output": {"runs_dir": "runs"}}
+    (directory / "job.yaml").write_text(yaml.safe_dump(spec))
+    return load_config(directory / "job.yaml")
+
+
+def features(run_dir) -> pd.DataFrame:
+    return pd.read_parquet(run_dir / "etl" / "features").sort_values("distance", kind="stable").reset_index(drop=True)
+
+
+def test_one_csv_worth_splitting_keeps_every_worker_thread_busy(runtime, tmp_path):
+    table = trips(500_000)
+    table.to_csv(tmp_path / "t.csv", index=False)
+    assert (tmp_path / "t.csv").stat().st_size > 8 * 2**20
+    config = job(tmp_path, "t.csv")
+    assert len(InputPlan(config).source.pieces) == 1  # without a cluster: as configured (128MB blocks)
+    result = etl(config, runtime=runtime)  # 2 workers × 1 thread
+    assert result.partitions == runtime.threads == 2
+    rows = pd.read_json(result.stage_dir / "summary.json", typ="series")["partition_rows"]
+    # Equal byte ranges: rows balance up to the spread of line lengths (ids grow longer here).
+    assert sum(rows) == len(table) and max(rows) / min(rows) < 1.05
+
+
+def test_a_fixed_partition_count_gives_the_same_rows(runtime, tmp_path):
+    table = trips(30_000, seed=1)
+    table.to_csv(tmp_path / "t.csv", index=False)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "six").mkdir()
+    one = etl(job(tmp_path / "one", str(tmp_path / "t.csv"), partitions=1), runtime=runtime)
+    six = etl(job(tmp_path / "six", str(tmp_path / "t.csv"), partitions=6), runtime=runtime)
+    assert (one.partitions, six.partitions) == (1, 6)
+    rows = pd.read_json(six.stage_dir / "summary.json", typ="series")["partition_rows"]
+    assert max(rows) / min(rows) < 1.10  # equal bytes; the first rows have shorter ids
+    pd.testing.assert_frame_equal(features(one.run_dir), features(six.run_dir))
+
+
+def test_one_parquet_file_is_split_between_its_row_groups_by_rows(tmp_path):
+    table = pa.Table.from_pandas(trips(120_000, seed=2), preserve_index=False)
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=10_000)  # 12 row groups
+    config = job(tmp_path, "t.parquet")
+    plan = InputPlan(config, threads=2)
+    assert [len(p.row_groups) for p in plan.source.pieces] == [6, 6]
+    plan = InputPlan(job(tmp_path, "t.parquet", partitions=5), threads=2)
+    groups = [len(p.row_groups) for p in plan.source.pieces]
+    assert sum(groups) == 12 and max(groups) - min(groups) <= 1 and len(groups) in (4, 5, 6)
+    small = InputPlan(job(tmp_path, "t.parquet", max_partition_rows=1_000_000), threads=1)
+    assert [p.row_groups for p in small.source.pieces] == [None]  # one thread: read whole
+
+
+def test_many_small_files_are_read_one_partition_each(tmp_path):
+    for i in range(10):
+        trips(1_000, seed=i).assign(id=lambda f, i=i: f.id + i * 1_000).to_csv(tmp_path / f"p{i}.csv", index=False)
+    plan = InputPlan(job(tmp_path, "p*.csv"), threads=4)
+    assert len(plan.source.pieces) == 10 and all(p.end is None for p in plan.source.pieces)
+
+
+def test_a_csv_with_quotes_is_not_cut_into_byte_ranges(tmp_path):
+    table = trips(20_000, seed=3)
+    table["zone"] = np.where(table.index % 1000 == 0, "two\nlines", table.zone)  # quoted newlines
+    table.to_csv(tmp_path / "t.csv", index=False)
+    plan = InputPlan(job(tmp_path, "t.csv", partitions=4), threads=2)
+    assert len(plan.source.pieces) == 1 and plan.source.pieces[0].end is None
+
+
+def test_input_partitions_is_checked(tmp_path):
+    import pytest
+
+    from shardflow.pipelines.config import ConfigError
+
+    for value in (0, "many", -2):
+        with pytest.raises(ConfigError, match="'input.partitions': expected auto or a whole number of at least 1"):
+            job(tmp_path, "t.csv", partitions=value)
