@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(etl, required=True)
     _add_cluster_options(etl)
 
+    plan = sub.add_parser("plan", help="print how a job would run on the cluster (partitions, memory, warnings); "
+                                       "runs nothing")
+    _add_config_options(plan, required=True)
+    _add_cluster_options(plan)
+
     pred = sub.add_parser("predict", help="score new data with a finished run's preprocessing and model")
     pred.add_argument("--run", required=True, type=Path, metavar="RUN", help="run directory")
     pred.add_argument("--input", required=True, metavar="PATH", help="Parquet file/directory or CSV glob")
@@ -175,6 +180,18 @@ def cmd_etl(args) -> int:
     config = _load(args)
     result = etl(config)
     print(result.stage_dir)
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from shardflow.cluster.factory import connect
+    from shardflow.pipelines.plan import InputPlan, format_plan
+
+    config = _load(args)
+    plan = InputPlan(config)
+    plan.spec  # noqa: B018 - the columns and joins are checked, as the ETL would first
+    with connect(config.cluster) as runtime:
+        print(format_plan(plan.with_threads(runtime.threads).describe(runtime)))
     return 0
 
 
@@ -323,6 +340,7 @@ def main(argv=None) -> int:
 
 def _dispatch(args) -> int:
     commands = {"run": cmd_run, "etl": cmd_etl, "generate": cmd_generate, "predict": cmd_predict, "export": cmd_export,
+                "plan": cmd_plan,
                 "report": cmd_report, "runs": cmd_runs}
     try:
         return commands[args.command](args)

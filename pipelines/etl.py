@@ -173,7 +173,13 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
         return [dask.delayed(prepare_partition, pure=True)(part, spec, dim_frames, dask_key_name=name(i))
                 for i, part in enumerate(raw.to_delayed())]
 
-    persist = _should_persist(config.input.persist, source, runtime)
+    described = plan.describe(runtime)
+    logger.info("etl plan: %d partitions (%s), rows per partition min/median/max %d/%d/%d, %s",
+                described["partitions"]["count"], described["partitions"]["how"], described["partitions"]["rows_min"],
+                described["partitions"]["rows_median"], described["partitions"]["rows_max"], described["etl"])
+    for warning in described["warnings"]:
+        logger.warning("etl plan: %s", warning)
+    persist = described["persist"]
     if persist:
         # Read and prepare once; the three passes then start from partitions in worker
         # memory (spilled to disk under pressure, recomputed if a worker is lost).
@@ -301,6 +307,7 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
         joins=[{"path": d.path, "sha256": sha256(Path(d.path))} for d in dims],
         versions=library_versions(),
         cluster=runtime.layout(),
+        plan=described,
         seeds={"split": config.split.seed},
         stages={RunDir.ETL: {"completed": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": profile.rows,
                         "partitions": len(partition_rows), "seconds": round(seconds, 3), "key": key}},
@@ -315,21 +322,6 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
         _format_bytes(max(peaks.values()) if peaks else 0), result.stage_dir,
     )
     return result
-
-
-def _should_persist(setting: str, source, runtime: Runtime) -> bool:
-    """Whether the prepared partitions fit comfortably in the cluster's memory.
-
-    ``auto``: their estimated size (twice the input's uncompressed Parquet size, or
-    the CSV bytes) is under a quarter of the workers' total memory limit.
-    """
-    if setting in ("true", "false"):
-        return setting == "true"
-    limits = [w.get("memory_limit") or 0 for w in runtime.client.scheduler_info(n_workers=-1)["workers"].values()]
-    if not limits or not all(limits):
-        return False
-    estimate = 2 * source.bytes
-    return estimate < sum(limits) / 4
 
 
 def _check_profile(profile, config: Config, source) -> None:

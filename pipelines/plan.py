@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dask.dataframe as dd
+import numpy as np
 
 from shardflow.pipelines.config import Config
 from shardflow.pipelines.source import (
@@ -76,3 +77,110 @@ class InputPlan:
     def check_expressions(self, backend_name: str) -> None:
         """Fail now, on the client, if the configured features cannot be computed."""
         prepared_meta(self.source, self.spec, self.dimensions, backend_name)
+
+    # ------------------------------------------------------------------------- the plan, shown
+
+    def describe(self, runtime) -> dict:
+        """What the job will do with this input on ``runtime``'s cluster, before anything runs
+        (``shardflow plan``; logged at the start of the ETL and kept in the manifest).
+
+        Sizes are estimates: Parquet rows are exact (footers), CSV rows are estimated from the
+        first megabyte's line lengths; in-memory size is twice the uncompressed Parquet size
+        or the CSV bytes (as the ETL's ``persist: auto`` counts it).
+        """
+        workers = runtime.client.scheduler_info(n_workers=-1)["workers"]
+        threads = [w["nthreads"] for w in workers.values()]
+        memory = [w.get("memory_limit") or 0 for w in workers.values()]
+        source = self.source
+        rows = _piece_rows(source)
+        total_rows = sum(rows)
+        in_memory = 2 * source.bytes
+        per_row = in_memory / max(1, total_rows)
+        partition_bytes = [r * per_row for r in rows]
+        persist = persist_decision(self.config.input.persist, in_memory, memory)
+        per_worker = max(threads or [1]) * 3 * max(partition_bytes or [0]) + (
+            in_memory / max(1, len(workers)) if persist else 0)
+        warnings = []
+        limit = min(memory) if memory and all(memory) else 0
+        if limit and max(partition_bytes or [0]) * 3 > limit / max(threads or [1]):
+            warnings.append(f"a partition of about {_bytes(max(partition_bytes))} may not fit a worker thread's share "
+                            f"of {_bytes(limit)}: lower input.blocksize / input.max_partition_rows or raise "
+                            "cluster.memory_limit")
+        if len(rows) < sum(threads):
+            warnings.append(f"{len(rows)} partition(s) for {sum(threads)} worker threads: some will idle"
+                            + (" (a CSV file with quotes is read whole: split it, or set input.blocksize)"
+                               if source.format == "csv" and any(p.end is None for p in source.pieces) else ""))
+        if rows and np.median(rows) > 0 and max(rows) > 2 * np.median(rows):
+            warnings.append(f"skewed partitions: the largest holds {max(rows):,} rows, the median "
+                            f"{int(np.median(rows)):,}")
+        return {
+            "input": {"format": source.format, "files": len(source.files), "bytes": source.bytes,
+                      "rows": total_rows, "rows_exact": source.format == "parquet"},
+            "cluster": {"workers": len(workers), "threads": sum(threads), "memory_per_worker": limit},
+            "partitions": {"count": len(rows), "how": self.config.input.partitions,
+                           "rows_min": min(rows, default=0), "rows_median": int(np.median(rows)) if rows else 0,
+                           "rows_max": max(rows, default=0), "bytes_max": int(max(partition_bytes, default=0))},
+            "persist": persist,
+            "etl": "partitions kept in cluster memory between passes" if persist else
+                   "input read again for each pass (streaming)",
+            "training": f"partition i on worker i mod {len(workers)}; the global models across all workers",
+            "peak_memory_per_worker": int(per_worker),
+            "warnings": warnings,
+        }
+
+
+def persist_decision(setting: str, in_memory: float, memory_limits: list) -> bool:
+    """Whether the ETL keeps the prepared partitions in cluster memory: ``auto`` when they
+    take less than a quarter of the workers' memory limits (unknown limits: no)."""
+    if setting in ("true", "false"):
+        return setting == "true"
+    if not memory_limits or not all(memory_limits):
+        return False
+    return in_memory < sum(memory_limits) / 4
+
+
+def _piece_rows(source) -> list:
+    """Rows of each piece: exact for Parquet, estimated from bytes and line length for CSV."""
+    import pyarrow.parquet as pq
+
+    if source.format == "parquet":
+        counts = []
+        for piece in source.pieces:
+            meta = pq.ParquetFile(piece.path).metadata
+            groups = piece.row_groups if piece.row_groups is not None else range(meta.num_row_groups)
+            counts.append(sum(meta.row_group(g).num_rows for g in groups))
+        return counts
+    per_line = {}
+    for f in source.files:
+        with open(f, "rb") as handle:
+            head = handle.read(2**20)
+        lines = max(1, head.count(b"\n"))
+        per_line[f] = len(head) / lines
+    import os
+
+    return [int(((piece.end if piece.end is not None else os.path.getsize(piece.path)) - piece.start)
+                / per_line[piece.path]) for piece in source.pieces]
+
+
+def _bytes(n: float) -> str:
+    from dask.utils import format_bytes
+
+    return format_bytes(int(n))
+
+
+def format_plan(plan: dict) -> str:
+    """The plan as ``shardflow plan`` prints it."""
+    i, c, p = plan["input"], plan["cluster"], plan["partitions"]
+    lines = [
+        f"input       {i['format']}, {i['files']} file(s), {_bytes(i['bytes'])}, "
+        f"{'' if i['rows_exact'] else '~'}{i['rows']:,} rows",
+        f"cluster     {c['workers']} workers, {c['threads']} threads, "
+        f"{_bytes(c['memory_per_worker']) if c['memory_per_worker'] else 'no memory limit'} per worker",
+        f"partitions  {p['count']} ({p['how']}), rows per partition {p['rows_min']:,} / {p['rows_median']:,} / "
+        f"{p['rows_max']:,} (min / median / max), largest ~{_bytes(p['bytes_max'])} in memory",
+        f"etl         {plan['etl']}",
+        f"training    {plan['training']}",
+        f"memory      peak ~{_bytes(plan['peak_memory_per_worker'])} per worker (estimate)",
+    ]
+    lines += [f"warning     {w}" for w in plan["warnings"]] or ["warnings    none"]
+    return "\n".join(lines)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from shardflow.pipelines.families import FAMILIES, label
 from shardflow.pipelines.figures import subplots
+from shardflow.pipelines.plan import format_plan
 from shardflow.pipelines.rundir import RunDir, read_manifest, write_text_atomic
 from shardflow.tasks.metrics import best_model, primary_metric
 from shardflow.tasks.targets import TASK_TYPES, target_kind
@@ -98,6 +99,9 @@ def build_report(run_dir) -> Path:
             [[name, j.get("path", ""), j["rows"], j["matched"], f"{100 * j['match_rate']:.1f}%"]
              for name, j in summary["joins"].items()], ["join", "dimension table", "input rows", "matched",
                                                          "match rate"]))
+    plan = manifest.get("plan")
+    if plan:
+        parts.append("<h3>Plan</h3><pre>" + html.escape(format_plan(plan)) + "</pre>")
     if summary.get("partition_rows"):
         fig, ax = subplots(figsize=(7, 2.8))
         ax.bar(range(len(summary["partition_rows"])), summary["partition_rows"], color="#4878a8")

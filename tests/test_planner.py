@@ -94,3 +94,33 @@ def test_input_partitions_is_checked(tmp_path):
     for value in (0, "many", -2):
         with pytest.raises(ConfigError, match="'input.partitions': expected auto or a whole number of at least 1"):
             job(tmp_path, "t.csv", partitions=value)
+
+
+def test_plan_command_explains_the_job_and_runs_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    trips(2_000).to_csv(tmp_path / "t.csv", index=False)
+    job(tmp_path, "t.csv")
+    done = subprocess.run([sys.executable, "-m", "shardflow", "plan", "-c", str(tmp_path / "job.yaml"), "--cluster",
+                           "local", "--n-workers", "2", "--threads-per-worker", "1", "--memory-limit", "1GB"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert "input       csv, 1 file(s)" in out and "cluster     2 workers, 2 threads" in out
+    assert "partitions  1 (auto)" in out  # 2,000 rows are not worth splitting
+    assert "warning     1 partition(s) for 2 worker threads: some will idle" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_plan_is_kept_in_the_manifest_and_the_report(runtime, tmp_path):
+    import json
+
+    from shardflow.pipelines.report import build_report
+
+    trips(20_000).to_csv(tmp_path / "t.csv", index=False)
+    result = etl(job(tmp_path, "t.csv", partitions=3), runtime=runtime)
+    plan = json.loads((result.run_dir / "manifest.json").read_text())["plan"]
+    assert plan["partitions"]["count"] == 3 and plan["cluster"]["threads"] == 2 and plan["warnings"] == []
+    assert 6_000 <= plan["partitions"]["rows_median"] <= 7_400  # estimated from line lengths
+    assert "partitions  3 (3)" in build_report(result.run_dir).read_text()
