@@ -6,14 +6,8 @@ import dask.dataframe as dd
 import numpy as np
 
 from shardflow.pipelines.config import Config
-from shardflow.pipelines.source import (
-    dimension_frames,
-    inspect_source,
-    load_dimensions,
-    prepared_meta,
-    read_source,
-    table_spec,
-)
+from shardflow.pipelines.dimensions import dimension_frames, load_dimensions
+from shardflow.pipelines.source import inspect_source, prepared_meta, read_source, table_spec
 from shardflow.tasks.schema import TableSpec
 
 

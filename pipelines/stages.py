@@ -25,6 +25,7 @@ STAGE_CODE = {
     RunDir.ETL: ("tasks/backend.py", "tasks/encode.py", "tasks/errors.py", "tasks/expressions.py", "tasks/io.py",
             "tasks/prepare.py", "tasks/schema.py", "tasks/stats.py", "pipelines/config.py", "pipelines/etl.py",
             "pipelines/graph.py", "pipelines/outputs.py", "pipelines/plan.py", "pipelines/source.py",
+            "pipelines/dimensions.py",
             "pipelines/typed_yaml.py", "tasks/targets.py", "tasks/labels.py", "tasks/combiners.py",
             "pipelines/target_fit.py"),
     RunDir.TRAIN: ("tasks/metrics.py", "tasks/mlp_steps.py", "tasks/models.py", "tasks/neural.py", "tasks/shards.py",

@@ -16,6 +16,8 @@ from shardflow.tasks import backend
 from shardflow.tasks.errors import InputError
 
 #: CSV pieces carry this column: why a row could not be parsed (null for good rows).
+#: File name endings read as CSV (``format: auto``).
+CSV_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz")
 ROW_ERROR_COLUMN = "_row_error"
 
 
