@@ -52,7 +52,10 @@ class InputConfig:
     split between them). ``types`` gives the kind (``number``,
     ``datetime``, ``string``) of columns that are not features but are used by
     expressions; CSV has no types, so there such columns default to ``number``.
-    ``persist`` (``auto``, ``true``, ``false``) keeps the prepared partitions in
+    When the job trains per-partition models (their reductions assume every partition is
+    a sample of the same table), the ETL redistributes the rows by a seeded hash (Dask's
+    shuffle) unless ``exchangeable: true`` says the input's partitions already are (a file
+    sorted by date, price or id is not). ``persist`` (``auto``, ``true``, ``false``) keeps the prepared partitions in
     cluster memory between the ETL's passes; ``auto`` does so when they take less
     than a quarter of the workers' memory, and otherwise re-reads the input per pass.
     """
@@ -65,6 +68,7 @@ class InputConfig:
     max_partition_rows: int = option(2_000_000, check=Between(1))
     types: dict[str, str] = option(factory=dict, check=OneOf(COLUMN_KINDS))
     persist: str = option("auto", check=OneOf(("auto", "true", "false")))
+    exchangeable: bool = option(False, check=OneOf((True, False)))
 
 
 @dataclass

@@ -29,7 +29,7 @@ from shardflow.cluster.memory import peak_memory, reset_peak_memory
 from shardflow.pipelines import outputs, progress
 from shardflow.pipelines.artifacts import sha256
 from shardflow.pipelines.config import Config
-from shardflow.pipelines.graph import named_delayed, task_names, tree_reduce
+from shardflow.pipelines.graph import named_delayed, shuffled_partitions, task_names, tree_reduce
 from shardflow.pipelines.rundir import (
     RunDir,
     library_versions,
@@ -40,7 +40,7 @@ from shardflow.pipelines.rundir import (
     write_text_atomic,
 )
 from shardflow.pipelines.stages import stage_keys
-from shardflow.pipelines.plan import InputPlan
+from shardflow.pipelines.plan import InputPlan, shuffles
 from shardflow.tasks.encode import Preprocessor, fit_vocabulary
 from shardflow.tasks.errors import InputError
 from shardflow.tasks.prepare import prepare_partition
@@ -156,6 +156,10 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
     client, backend_name = runtime.client, runtime.backend
     source, dims, spec = plan.source, plan.dimensions, plan.spec
     plan.check_expressions(backend_name)  # fails early on a bad expression
+    shuffle = shuffles(config)
+    if shuffle:
+        logger.info("etl: rows shuffled by a seeded hash (per-partition models are trained; set "
+                    "input.exchangeable: true if the input's partitions are random samples already)")
     started = time.perf_counter()
     reset_peak_memory(client)
     timings = {}
@@ -170,8 +174,12 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
             return cached
         raw = plan.read(backend_name)
         name = task_names(f"{stage}-prepare", source.fingerprint, spec)
-        return [dask.delayed(prepare_partition, pure=True)(part, spec, dim_frames, dask_key_name=name(i))
-                for i, part in enumerate(raw.to_delayed())]
+        parts = [dask.delayed(prepare_partition, pure=True)(part, spec, dim_frames, dask_key_name=name(i))
+                 for i, part in enumerate(raw.to_delayed())]
+        if shuffle and len(parts) > 1:
+            parts = shuffled_partitions(parts, seed=config.split.seed, name=f"{stage}-shuffle",
+                                        token=(source.fingerprint, spec))
+        return parts
 
     described = plan.describe(runtime)
     logger.info("etl plan: %d partitions (%s), rows per partition min/median/max %d/%d/%d, %s",

@@ -78,3 +78,26 @@ def _combine_all(combine, first, *rest):
     for item in rest:
         out = combine(out, item)
     return out
+
+
+def shuffled_partitions(parts: list, *, seed: int, name: str, token) -> list:
+    """The prepared partitions with their rows redistributed at random (seeded, deterministic).
+
+    A task-based all-to-all shuffle, as Dask's ``tasks`` shuffle method does it, with every
+    task named for the dashboard (``{name}-split``, ``-take``, ``-combine``): each partition
+    is cut by a uniform hash key into ``N`` ranges, range ``j`` of every partition goes to
+    partition ``j``, sorted by key. The rows' global order is thus the same whatever ``N``;
+    each partition keeps its own quarantined rows and counts. ``N²`` small tasks: fine for
+    the hundreds of partitions a job has, not for hundreds of thousands.
+    """
+    import operator
+
+    from shardflow.tasks.prepare import gather_shuffled, split_by_shuffle_key
+
+    n = len(parts)
+    split, take, combine = (task_names(f"{name}-{step}", token) for step in ("split", "take", "combine"))
+    pieces = [dask.delayed(split_by_shuffle_key, pure=True)(p, seed, n, dask_key_name=split(i))
+              for i, p in enumerate(parts)]
+    return [dask.delayed(gather_shuffled, pure=True)(
+        parts[j], *[dask.delayed(operator.getitem, pure=True)(pieces[i], j, dask_key_name=take(i * n + j))
+                    for i in range(n)], dask_key_name=combine(j)) for j in range(n)]

@@ -69,8 +69,9 @@ class InputPlan:
         return dimension_frames(self.dimensions, backend_name)
 
     def check_expressions(self, backend_name: str) -> None:
-        """Fail now, on the client, if the configured features cannot be computed."""
-        prepared_meta(self.source, self.spec, self.dimensions, backend_name)
+        """Fail now, on the client, if the configured features cannot be computed; returns
+        the prepared partitions' meta (an empty :class:`PreparedPartition`)."""
+        return prepared_meta(self.source, self.spec, self.dimensions, backend_name)
 
     # ------------------------------------------------------------------------- the plan, shown
 
@@ -111,6 +112,7 @@ class InputPlan:
             "input": {"format": source.format, "files": len(source.files), "bytes": source.bytes,
                       "rows": total_rows, "rows_exact": source.format == "parquet"},
             "cluster": {"workers": len(workers), "threads": sum(threads), "memory_per_worker": limit},
+            "shuffle": shuffles(self.config),
             "partitions": {"count": len(rows), "how": self.config.input.partitions,
                            "rows_min": min(rows, default=0), "rows_median": int(np.median(rows)) if rows else 0,
                            "rows_max": max(rows, default=0), "bytes_max": int(max(partition_bytes, default=0))},
@@ -121,6 +123,14 @@ class InputPlan:
             "peak_memory_per_worker": int(per_worker),
             "warnings": warnings,
         }
+
+
+def shuffles(config: Config) -> bool:
+    """Whether the ETL shuffles the rows: per-partition (or combined) models are trained and
+    ``input.exchangeable`` does not say the partitions are samples already."""
+    from shardflow.pipelines.families import FAMILIES
+
+    return not config.input.exchangeable and any(FAMILIES[m].kind != "global" for m in config.train.models)
 
 
 def persist_decision(setting: str, in_memory: float, memory_limits: list) -> bool:
@@ -172,7 +182,8 @@ def format_plan(plan: dict) -> str:
         f"{_bytes(c['memory_per_worker']) if c['memory_per_worker'] else 'no memory limit'} per worker",
         f"partitions  {p['count']} ({p['how']}), rows per partition {p['rows_min']:,} / {p['rows_median']:,} / "
         f"{p['rows_max']:,} (min / median / max), largest ~{_bytes(p['bytes_max'])} in memory",
-        f"etl         {plan['etl']}",
+        f"etl         {plan['etl']}" + ("; rows shuffled by a seeded hash (per-partition models are trained, "
+                                             "input.exchangeable: false)" if plan.get("shuffle") else ""),
         f"training    {plan['training']}",
         f"memory      peak ~{_bytes(plan['peak_memory_per_worker'])} per worker (estimate)",
     ]

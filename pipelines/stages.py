@@ -76,7 +76,7 @@ def stage_keys(config: Config, plan=None) -> dict:
     ``plan`` is the job's :class:`~shardflow.pipelines.source.InputPlan` when the caller
     has it (its footers are not read again).
     """
-    from shardflow.pipelines.plan import InputPlan
+    from shardflow.pipelines.plan import InputPlan, shuffles
     from shardflow.pipelines.source import file_fingerprint
 
     plan = plan or InputPlan(config)
@@ -86,6 +86,7 @@ def stage_keys(config: Config, plan=None) -> dict:
     etl_config = {k: data[k] for k in ("input", "joins", "target", "features", "clean", "encode", "split")}
     etl_config["input"] = {k: v for k, v in data["input"].items() if k != "persist"}  # how, not what
     etl_config["output"] = {k: data["output"][k] for k in ("keep_columns", "zarr_chunk_rows")}
+    etl_config["shuffle"] = shuffles(config)  # the models decide whether the ETL shuffles
     etl = tokenize(source.fingerprint, file_fingerprint(dims) if dims else "", etl_config, code_version(RunDir.ETL))
     train = tokenize(etl, data["train"], code_version(RunDir.TRAIN))
     return {RunDir.ETL: etl[:16], RunDir.TRAIN: train[:16], RunDir.EVALUATE: evaluate_key(train[:16])}

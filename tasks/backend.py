@@ -31,6 +31,8 @@ take_rows = Dispatch("take_rows")
 #: ``host_series_like(like, series)``: a pandas Series of host values as a column of
 #: ``like``'s backend, with ``like``'s index.
 host_series_like = Dispatch("host_series_like")
+#: ``concat_frames(first, frames)``: the rows of ``frames`` (``first``'s backend) in order.
+concat_frames = Dispatch("concat_frames")
 
 
 def gpu_install_hint() -> str:
@@ -112,6 +114,11 @@ def _as_strings_pandas(series):
     return series.astype("string")
 
 
+@concat_frames.register(pd.DataFrame)
+def _concat_frames_pandas(first, frames):
+    return pd.concat(frames, ignore_index=True)
+
+
 @host_series_like.register((pd.Series, pd.DataFrame))
 def _host_series_like_pandas(like, series):
     return series.set_axis(like.index)
@@ -143,6 +150,7 @@ def _category_codes_pandas(series, vocabulary):
 @row_positions.register_lazy("cudf")
 @take_rows.register_lazy("cudf")
 @host_series_like.register_lazy("cudf")
+@concat_frames.register_lazy("cudf")
 def _register_cudf():
     import cudf
     import cupy
@@ -182,6 +190,10 @@ def _register_cudf():
         found = positions >= 0
         taken = table.reset_index(drop=True).take(cupy.where(found, positions, 0))
         return taken.where(cudf.Series(found), None) if len(taken) else taken
+
+    @concat_frames.register(cudf.DataFrame)
+    def _concat_frames_cudf(first, frames):
+        return cudf.concat(frames, ignore_index=True)
 
     @host_series_like.register((cudf.Series, cudf.DataFrame))
     def _host_series_like_cudf(like, series):

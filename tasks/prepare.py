@@ -280,3 +280,32 @@ def _left_join(frame, table, join):
     gathered.index = frame.index
     joined = frame.assign(**{join.rename.get(col, col): gathered[col] for col in join.columns})
     return joined, int((positions >= 0).sum())
+
+
+def shuffle_keys(features, seed: int) -> np.ndarray:
+    """A key in ``[0, 1)`` per row: a seeded hash of the row's values (host-side)."""
+    hashed = pd.util.hash_pandas_object(backend.to_pandas(features), index=False).to_numpy()
+    mixed = _mix(np.full(len(hashed), np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(1),
+                         dtype=np.uint64), hashed)
+    return (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def split_by_shuffle_key(part: PreparedPartition, seed: int, n: int) -> list:
+    """The partition's good rows cut into ``n`` key ranges ``[j/n, (j+1)/n)``, each sorted by
+    key (the first step of the shuffle; see :func:`gather_shuffled`)."""
+    features = part.features
+    keys = shuffle_keys(features, seed)
+    order = np.argsort(keys, kind="stable")
+    bounds = np.searchsorted(keys[order], np.arange(n + 1) / n, side="left")
+    bounds[-1] = len(keys)
+    return [(keys[order[a:b]], features.iloc[order[a:b]]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def gather_shuffled(part: PreparedPartition, *pieces) -> PreparedPartition:
+    """``part`` with its good rows replaced by its key range from every partition, in key
+    order; its quarantined rows and counts stay (they belong to the input it read)."""
+    keys = np.concatenate([k for k, _ in pieces])
+    frames = [f for _, f in pieces]
+    features = backend.concat_frames(frames[0], frames)
+    order = np.argsort(keys, kind="stable")
+    return part._replace(features=features.iloc[order].reset_index(drop=True))

@@ -218,7 +218,7 @@ def test_every_task_is_named_for_the_dashboard(trips_dir, tmp_path):
     finally:
         runtime.close()
     unnamed = [p for p in prefixes if not p.startswith(("etl-", "train-", "evaluate-", "predict-"))]
-    assert unnamed == []
+    assert unnamed == [], unnamed
     assert {"train-xgboost-global", "etl-dimension-tables", "evaluate-models"} <= set(prefixes)
 
 

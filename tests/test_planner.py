@@ -29,7 +29,8 @@ def job(directory, path, **input_options):
 
 
 def features(run_dir) -> pd.DataFrame:
-    return pd.read_parquet(run_dir / "etl" / "features").sort_values("distance", kind="stable").reset_index(drop=True)
+    frame = pd.read_parquet(run_dir / "etl" / "features")
+    return frame.sort_values(list(frame.columns), kind="stable").reset_index(drop=True)
 
 
 def test_one_csv_worth_splitting_keeps_every_worker_thread_busy(runtime, tmp_path):
@@ -124,3 +125,52 @@ def test_the_plan_is_kept_in_the_manifest_and_the_report(runtime, tmp_path):
     assert plan["partitions"]["count"] == 3 and plan["cluster"]["threads"] == 2 and plan["warnings"] == []
     assert 6_000 <= plan["partitions"]["rows_median"] <= 7_400  # estimated from line lengths
     assert "partitions  3 (3)" in build_report(result.run_dir).read_text()
+
+
+def sorted_prices(n: int = 12_000, seed: int = 4) -> pd.DataFrame:
+    """A regression table written sorted by its target, as exports by price often are."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.uniform(0, 10, n), rng.normal(size=n)
+    price = 100 + 30 * a + 20 * np.sin(b * 2) + rng.normal(scale=5, size=n)
+    return pd.DataFrame({"id": np.arange(n), "a": a.round(4), "b": b.round(4), "price": price.round(2)}) \
+        .sort_values("price").reset_index(drop=True)
+
+
+def test_the_shuffle_keeps_every_row_and_its_order_does_not_depend_on_the_partition_count(runtime, tmp_path):
+    sorted_prices().to_csv(tmp_path / "t.csv", index=False)
+    results = {}
+    for count in (2, 5):
+        (tmp_path / str(count)).mkdir()
+        spec = {"input": {"path": str(tmp_path / "t.csv"), "partitions": count},
+                "target": {"column": "price", "task": "regression"}, "features": {"numeric": ["a", "b"]},
+                "split": {"key": ["id"]}, "output": {"runs_dir": "runs", "keep_columns": ["id"]},
+                "train": {"models": ["xgboost", "xgboost_partitions"]}}
+        (tmp_path / str(count) / "job.yaml").write_text(yaml.safe_dump(spec))
+        results[count] = etl(load_config(tmp_path / str(count) / "job.yaml"), runtime=runtime)
+    frames = {c: pd.concat([pd.read_parquet(p) for p in sorted((r.stage_dir / "features").glob("*.parquet"))],
+                           ignore_index=True) for c, r in results.items()}
+    assert sorted(frames[2].id.astype(int)) == list(range(12_000))  # the same rows, each once
+    pd.testing.assert_frame_equal(frames[2], frames[5])  # in the same order, whatever the count
+    first = pd.read_parquet(sorted((results[5].stage_dir / "features").glob("*.parquet"))[0])
+    assert first.id.astype(int).max() > 10_000  # the first partition is no longer the cheapest rows
+
+
+def test_per_partition_models_on_a_table_sorted_by_its_target(runtime, tmp_path):
+    sorted_prices(20_000).to_csv(tmp_path / "t.csv", index=False)
+    r2 = {}
+    for exchangeable in (True, False):
+        directory = tmp_path / str(exchangeable)
+        directory.mkdir()
+        spec = {"input": {"path": str(tmp_path / "t.csv"), "partitions": 4, "exchangeable": exchangeable},
+                "target": {"column": "price", "task": "regression"}, "features": {"numeric": ["a", "b"]},
+                "split": {"key": ["id"]}, "output": {"runs_dir": "runs"},
+                "train": {"models": ["xgboost", "xgboost_partitions"],
+                          "xgboost": {"num_boost_round": 100}, "partitions": {"xgboost_rounds": 100}}}
+        (directory / "job.yaml").write_text(yaml.safe_dump(spec))
+        from shardflow.pipelines.job import run
+
+        metrics = run(load_config(directory / "job.yaml"), runtime=runtime).metrics
+        r2[exchangeable] = (metrics["xgboost"]["r2"], metrics["xgboost_partitions"]["r2"])
+    (global_as_read, partitions_as_read), (global_shuffled, partitions_shuffled) = r2[True], r2[False]
+    assert partitions_as_read < global_as_read - 0.05  # each model saw one slice of the prices
+    assert abs(partitions_shuffled - global_shuffled) <= 0.01, r2
