@@ -51,6 +51,7 @@ CONFIG = """
 input:
   path: flights_*.csv
   blocksize: {blocksize}
+  exchangeable: true  # rows compared with the reference in file order (the shuffle: test_planner.py)
 joins:
   - path: routes.csv
     on: [origin, dest]
