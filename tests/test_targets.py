@@ -132,7 +132,8 @@ def multiclass_run(runtime, tmp_path_factory):
         if i == 0:
             part = part[part.plan != "enterprise"]
         part.to_csv(directory / "in" / f"part{i}.csv", index=False)
-    config = write_job(directory, input={"path": "in/*.csv"},
+    # exchangeable: the partitions stay as written, so one of them really lacks a class
+    config = write_job(directory, input={"path": "in/*.csv", "exchangeable": True},
                        target={"column": "plan", "task": "classification"},
                        features={"numeric": ["x1", "x2"], "categorical": ["city"]}, train=FAST)
     result = etl(config, runtime=runtime)
@@ -269,8 +270,8 @@ def test_a_partition_whose_rows_all_weigh_zero_trains_and_scores(runtime, tmp_pa
         if i == 1:
             part["w"] = 0.0  # e.g. a file of zero-exposure rows
         part.to_csv(tmp_path / "in" / f"part{i}.csv", index=False)
-    config = write_job(tmp_path, input={"path": "in/*.csv"}, target={"column": "churned", "weight": "w"},
-                       features={"numeric": ["x1", "x2"]}, train=FAST)
+    config = write_job(tmp_path, input={"path": "in/*.csv", "exchangeable": True},  # keep the weightless file whole
+                       target={"column": "churned", "weight": "w"}, features={"numeric": ["x1", "x2"]}, train=FAST)
     result = run(config, runtime=runtime)
     meta = json.loads((result.run_dir / "train" / "xgboost_partitions.json").read_text())
     assert meta["groups"] == [[0], [2]]  # the weightless partition trains no member
