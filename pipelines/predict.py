@@ -114,6 +114,8 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
     # Never the run's own cluster section: a run directory must not choose where code runs.
     runtime = runtime or start(ClusterConfig())
     try:
+        plan = plan.with_threads(runtime.threads)  # one big file to score: every worker thread busy
+        spec = plan.spec
         plan.check_expressions(runtime.backend)
         with atomic_directory(output) as tmp:
             (tmp / QUARANTINE_DIR).mkdir()
