@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dataclasses import dataclass
+
 from shardflow.pipelines.rundir import RunDir, read_manifest
 from shardflow.tasks.errors import ShardflowError
-
 
 
 class ArtifactError(ShardflowError):
@@ -146,3 +147,42 @@ def _jsonable(value):
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+@dataclass
+class ScoringFiles:
+    """What scoring with a finished run reads from it, every file checked against the manifest."""
+
+    manifest: dict
+    model: str
+    payload: dict
+    preprocessor: object  #: :class:`~shardflow.tasks.encode.Preprocessor`
+    config_path: Path
+    metrics: dict  #: ``evaluate/metrics.json`` (``{"metrics": {}}`` for a run not evaluated)
+
+
+def scoring_files(run_dir, model: str | None = None, *, option: str = "--run") -> ScoringFiles:
+    """The verified files ``predict`` and ``export`` score with: the model (default: the run's
+    best on validation), its preprocessing and the run's config.
+
+    A shared run directory edited after the run is refused here, never executed.
+    """
+    from shardflow.tasks.encode import Preprocessor
+    from shardflow.tasks.metrics import best_model
+
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    run = RunDir(run_dir)
+    if RunDir.TRAIN not in manifest.get("stages", {}):
+        raise ShardflowError(f"{option} {run_dir}: not a finished run (no train stage in its manifest.json)")
+    evaluated = run.relative(run.metrics) in manifest.get("artifacts", {})
+    metrics = json.loads(verified_path(run_dir, run.relative(run.metrics), manifest).read_text()) if evaluated \
+        else {"metrics": {}}
+    if model is None:
+        if not metrics["metrics"]:
+            raise ShardflowError(f"{option} {run_dir}: not evaluated, so there is no best model; pass --model")
+        model = best_model(metrics["metrics"], metrics["task"])
+    payload = load_model(run_dir, model)
+    preprocessor = Preprocessor.from_json(verified_path(run_dir, run.relative(run.preprocessor), manifest).read_text())
+    config_path = verified_path(run_dir, run.relative(run.config), manifest)
+    return ScoringFiles(manifest, model, payload, preprocessor, config_path, metrics)

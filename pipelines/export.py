@@ -18,15 +18,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from dask.utils import format_bytes
 
 from shardflow.pipelines import artifacts
 from shardflow.pipelines.config import load_config
 from shardflow.pipelines.families import FAMILIES
-from shardflow.pipelines.rundir import RunDir, atomic_directory, read_manifest
+from shardflow.pipelines.rundir import RunDir, atomic_directory, new_output_dir, read_manifest
 from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.errors import ShardflowError
 from shardflow.tasks.exported import INT8_FILE, METADATA_FILE, MODEL_FILE, ExportedModel
-from shardflow.tasks.metrics import Scoring, best_model, finish_metrics, partial_metrics, primary_metric
+from shardflow.tasks.metrics import Scoring, finish_metrics, partial_metrics, primary_metric
 from shardflow.tasks.schema import SPLIT_COLUMN
 from shardflow.tasks.targets import target_kind
 
@@ -72,37 +73,21 @@ def export(run_dir, out_dir, *, model: str | None = None, quantize: str | None =
     >>> export("runs/20261122-101500-ab12cd", "exports/mlp", model="mlp", quantize="int8")  # doctest: +SKIP
     """
     _require_onnx()
-    run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
-    run = RunDir(run_dir)
-    if RunDir.TRAIN not in manifest.get("stages", {}):
-        raise ExportError(f"{run_dir}: not a finished run (no train stage in its manifest.json)")
-    out = Path(out_dir).expanduser().resolve()
-    if out.exists() and not overwrite:
-        raise ExportError(f"--out {out}: already exists; choose another path or pass --overwrite")
-    metrics = json.loads(artifacts.verified_path(run_dir, run.relative(run.metrics), manifest).read_text()) \
-        if run.relative(run.metrics) in manifest.get("artifacts", {}) else {"metrics": {}}
-    if model is None:
-        if not metrics["metrics"]:
-            raise ExportError(f"{run_dir}: not evaluated, so there is no best model; pass --model")
-        model = best_model(metrics["metrics"], metrics["task"])
-    if model not in artifacts.available_models(run_dir):
-        raise ExportError(f"--model {model}: not trained in {run_dir} (trained: "
-                          f"{', '.join(artifacts.available_models(run_dir))})")
-    family = FAMILIES[model]
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ExportError(f"--quantize {quantize}: not one of {', '.join(QUANTIZATIONS)}")
-    payload = artifacts.load_model(run_dir, model)
-    preprocessor = Preprocessor.from_json(
-        artifacts.verified_path(run_dir, run.relative(run.preprocessor), manifest).read_text())
-    config = load_config(artifacts.verified_path(run_dir, run.relative(run.config), manifest))
+    run_dir = Path(run_dir)
+    files = artifacts.scoring_files(run_dir, model, option="export")  # checked against the manifest
+    out = new_output_dir(out_dir, "--out", overwrite)
+    model, payload, preprocessor, metrics = files.model, files.payload, files.preprocessor, files.metrics
+    family = FAMILIES[model]
+    config = load_config(files.config_path)
     kind = target_kind(preprocessor.task)
     started = time.perf_counter()
     onnx_model = build(preprocessor, family, payload, kind)
     metadata = describe(onnx_model, preprocessor, config=config, family=family, run_dir=run_dir,
                         metrics=metrics["metrics"].get(model, {}))
     fp32 = onnx_model.SerializeToString()
-    logger.info("export: %s as ONNX (%s), %.1fs", model, _size(len(fp32)), time.perf_counter() - started)
+    logger.info("export: %s as ONNX (%s), %.1fs", model, format_bytes(len(fp32)), time.perf_counter() - started)
     rows = validation_rows(config, preprocessor, check_rows)
     files = {MODEL_FILE: fp32}
     if rows is None:
@@ -285,7 +270,7 @@ def quantization_report(fp32: bytes, int8: bytes, *, metadata: dict, rows: pd.Da
     report["speedup"] = report["int8"]["rows_per_second"] / report["fp32"]["rows_per_second"]
     logger.info("export: int8 %s; size %s → %s; %.2f× the rows/s of fp32", ", ".join(
         f"{k} {report['fp32'][k]:.5f} → {report['int8'][k]:.5f}" for k in report["fp32"] if k not in (
-            "bytes", "rows_per_second")), _size(len(fp32)), _size(len(int8)), report["speedup"])
+            "bytes", "rows_per_second")), format_bytes(len(fp32)), format_bytes(len(int8)), report["speedup"])
     return report
 
 
@@ -294,9 +279,3 @@ def _timed(model: ExportedModel, rows: pd.DataFrame) -> float:
     started = time.perf_counter()
     model.session.run(None, inputs)
     return time.perf_counter() - started
-
-
-def _size(n: int) -> str:
-    from dask.utils import format_bytes
-
-    return format_bytes(n)

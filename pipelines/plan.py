@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dask.dataframe as dd
 import numpy as np
+from dask.utils import format_bytes
 
 from shardflow.pipelines.config import Config
 from shardflow.pipelines.dimensions import dimension_frames, load_dimensions
@@ -98,8 +99,9 @@ class InputPlan:
         warnings = []
         limit = min(memory) if memory and all(memory) else 0
         if limit and max(partition_bytes or [0]) * 3 > limit / max(threads or [1]):
-            warnings.append(f"a partition of about {_bytes(max(partition_bytes))} may not fit a worker thread's share "
-                            f"of {_bytes(limit)}: lower input.blocksize / input.max_partition_rows or raise "
+            largest = format_bytes(int(max(partition_bytes)))
+            warnings.append(f"a partition of about {largest} may not fit a worker thread's share "
+                            f"of {format_bytes(limit)}: lower input.blocksize / input.max_partition_rows or raise "
                             "cluster.memory_limit")
         if len(rows) < sum(threads):
             warnings.append(f"{len(rows)} partition(s) for {sum(threads)} worker threads: some will idle"
@@ -152,16 +154,10 @@ def persist_decision(setting: str, in_memory: float, memory_limits: list) -> boo
 
 
 def _piece_rows(source) -> list:
-    """Rows of each piece: exact for Parquet, estimated from bytes and line length for CSV."""
-    import pyarrow.parquet as pq
-
+    """Rows of each piece: exact for Parquet (the footers, as inspected), estimated from bytes
+    and line length for CSV."""
     if source.format == "parquet":
-        counts = []
-        for piece in source.pieces:
-            meta = pq.ParquetFile(piece.path).metadata
-            groups = piece.row_groups if piece.row_groups is not None else range(meta.num_row_groups)
-            counts.append(sum(meta.row_group(g).num_rows for g in groups))
-        return counts
+        return list(source.piece_rows)
     per_line = {}
     for f in source.files:
         with open(f, "rb") as handle:
@@ -174,26 +170,20 @@ def _piece_rows(source) -> list:
                 / per_line[piece.path]) for piece in source.pieces]
 
 
-def _bytes(n: float) -> str:
-    from dask.utils import format_bytes
-
-    return format_bytes(int(n))
-
-
 def format_plan(plan: dict) -> str:
     """The plan as ``shardflow plan`` prints it."""
     i, c, p = plan["input"], plan["cluster"], plan["partitions"]
     lines = [
-        f"input       {i['format']}, {i['files']} file(s), {_bytes(i['bytes'])}, "
+        f"input       {i['format']}, {i['files']} file(s), {format_bytes(i['bytes'])}, "
         f"{'' if i['rows_exact'] else '~'}{i['rows']:,} rows",
         f"cluster     {c['workers']} workers, {c['threads']} threads, "
-        f"{_bytes(c['memory_per_worker']) if c['memory_per_worker'] else 'no memory limit'} per worker",
+        f"{format_bytes(c['memory_per_worker']) if c['memory_per_worker'] else 'no memory limit'} per worker",
         f"partitions  {p['count']} ({p['how']}), rows per partition {p['rows_min']:,} / {p['rows_median']:,} / "
-        f"{p['rows_max']:,} (min / median / max), largest ~{_bytes(p['bytes_max'])} in memory",
+        f"{p['rows_max']:,} (min / median / max), largest ~{format_bytes(p['bytes_max'])} in memory",
         f"etl         {plan['etl']}" + ("; rows shuffled by a seeded hash (per-partition models are trained, "
                                              "input.exchangeable: false)" if plan.get("shuffle") else ""),
         f"training    {plan['training']}",
-        f"memory      peak ~{_bytes(plan['peak_memory_per_worker'])} per worker (estimate)",
+        f"memory      peak ~{format_bytes(plan['peak_memory_per_worker'])} per worker (estimate)",
     ]
     lines += [f"warning     {w}" for w in plan["warnings"]] or ["warnings    none"]
     return "\n".join(lines)

@@ -16,12 +16,10 @@ from shardflow.cluster.factory import Runtime, start
 from shardflow.pipelines import artifacts, progress
 from shardflow.pipelines.config import load_config
 from shardflow.pipelines.graph import named_delayed, scatter_named, task_names
-from shardflow.pipelines.rundir import RunDir, atomic_directory, read_manifest
+from shardflow.pipelines.rundir import atomic_directory, new_output_dir
 from shardflow.pipelines.plan import InputPlan
 from shardflow.pipelines.families import FAMILIES
-from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.errors import InputError, ShardflowError
-from shardflow.tasks.metrics import best_model
 from shardflow.tasks.exported import INT8_FILE, METADATA_FILE, MODEL_FILE, ExportedSessions
 from shardflow.tasks.scoring import QUARANTINE_DIR, predict_partition, score_exported_partition
 
@@ -86,22 +84,10 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
     if precision not in ("fp32", "int8") or (precision == "int8" and engine != "onnxruntime"):
         raise ShardflowError(f"--precision {precision}: fp32, or int8 with --engine onnxruntime")
     run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
-    run = RunDir(run_dir)
-    if RunDir.TRAIN not in manifest.get("stages", {}):
-        raise ShardflowError(f"--run {run_dir}: not a finished run (no train stage in its manifest.json)")
-    output = Path(output_path).expanduser().resolve()
-    if output.exists() and not overwrite:
-        raise ShardflowError(f"--output {output}: already exists; choose another path or pass --overwrite")
-    # Every file read below is checked against the manifest's hashes first: a shared run
-    # directory edited after the run is refused, never executed.
-    if model is None:
-        metrics = json.loads(artifacts.verified_path(run_dir, run.relative(run.metrics), manifest).read_text())
-        model = best_model(metrics["metrics"], metrics["task"])
-    payload = artifacts.load_model(run_dir, model)
-    preprocessor = Preprocessor.from_json(
-        artifacts.verified_path(run_dir, run.relative(run.preprocessor), manifest).read_text())
-    config_path = artifacts.verified_path(run_dir, run.relative(run.config), manifest)
+    files = artifacts.scoring_files(run_dir, model)  # every file checked against the manifest's hashes
+    output = new_output_dir(output_path, "--output", overwrite)
+    model, payload, preprocessor, manifest = files.model, files.payload, files.preprocessor, files.manifest
+    config_path = files.config_path
     input_abs = str(Path(input_path).expanduser().resolve()) if not any(c in str(input_path) for c in "*?[") \
         else os.path.abspath(os.path.expanduser(str(input_path)))
     config = load_config(config_path, [f"input.path={json.dumps(input_abs)}", "input.format=auto"])

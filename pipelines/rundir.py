@@ -51,6 +51,17 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def new_output_dir(path, option: str, overwrite: bool) -> Path:
+    """``path`` resolved, refused if it exists and ``overwrite`` is not given (``option``
+    names the command-line option in the message)."""
+    out = Path(path).expanduser().resolve()
+    if out.exists() and not overwrite:
+        from shardflow.tasks.errors import ShardflowError
+
+        raise ShardflowError(f"{option} {out}: already exists; choose another path or pass --overwrite")
+    return out
+
+
 @contextlib.contextmanager
 def atomic_directory(final: Path, staging: Path | None = None):
     """Yield a temporary directory that becomes ``final`` when the block succeeds.

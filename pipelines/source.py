@@ -46,6 +46,7 @@ class Source:
     csv_delimiter: str = ","
     file_rows: dict = field(default_factory=dict)
     bytes: int = 0  #: uncompressed Parquet size (from the footers), or CSV file size
+    piece_rows: list = field(default_factory=list)  #: Parquet: rows of each piece (from the footers)
 
 
 #: Inputs smaller than this are read as they are (one partition per file, or per
@@ -100,7 +101,7 @@ def inspect_source(config: Config, threads: int | None = None) -> Source:
 def _inspect_parquet(files, max_rows: int, *, target: int | None = None, forced: bool = False) -> Source:
     schema: dict = {}
     first_seen: dict = {}
-    pieces, rows, file_rows, size, metas = [], 0, {}, 0, []
+    pieces, piece_rows, rows, file_rows, size, metas = [], [], 0, {}, 0, []
     for f in files:
         try:
             meta = pq.ParquetFile(f).metadata
@@ -138,13 +139,16 @@ def _inspect_parquet(files, max_rows: int, *, target: int | None = None, forced:
             # nearer to ``max_rows`` rows (row groups are the unit; they are not cut).
             if group and group_rows + n > max_rows and abs(group_rows - max_rows) <= abs(group_rows + n - max_rows):
                 pieces.append(Piece(f, "parquet", tuple(group)))
+                piece_rows.append(group_rows)
                 group, group_rows = [], 0
             group.append(rg)
             group_rows += n
         if group or meta.num_row_groups == 0:
             whole = meta.num_row_groups == len(group)
             pieces.append(Piece(f, "parquet", None if whole else tuple(group)))
-    return Source("parquet", files, schema, pieces, rows, file_fingerprint(files), file_rows=file_rows, bytes=size)
+            piece_rows.append(group_rows)
+    return Source("parquet", files, schema, pieces, rows, file_fingerprint(files), file_rows=file_rows, bytes=size,
+                  piece_rows=piece_rows)
 
 
 def _kind(typ: pa.DataType) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from distributed.diagnostics.plugin import WorkerPlugin
+from shardflow.tasks.mlp_steps import ResidentState
 
 #: File names inside an export directory.
 MODEL_FILE = "model.onnx"
@@ -142,26 +142,17 @@ def load_exported(path, precision: str = "fp32", threads: int | None = None) -> 
     return ExportedModel(model, metadata, threads)
 
 
-class ExportedSessions(WorkerPlugin):
-    """One ONNX Runtime session per worker and model, reused across partitions."""
+class ExportedSessions(ResidentState):
+    """One ONNX Runtime session per worker and model, reused across partitions (kept in the
+    worker's resident state, keyed by the model's SHA-256)."""
 
     name = "shardflow-onnx-sessions"
-    idempotent = True
-
-    def __init__(self):
-        self.sessions: dict = {}
-
-    def setup(self, worker):
-        self.sessions = {}
-
-    def teardown(self, worker):
-        self.sessions.clear()
 
     def get(self, model: bytes, metadata: dict, threads: int | None) -> ExportedModel:
         key = hashlib.sha256(model).hexdigest()
-        if key not in self.sessions:
-            self.sessions[key] = ExportedModel(model, metadata, threads)
-        return self.sessions[key]
+        if key not in self.states:
+            self.states[key] = ExportedModel(model, metadata, threads)
+        return self.states[key]
 
 
 def worker_session(model: bytes, metadata: dict) -> ExportedModel:

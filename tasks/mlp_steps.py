@@ -20,7 +20,8 @@ class WorkerStateLost(RuntimeError):
 
 
 class ResidentState(WorkerPlugin):
-    """Per-worker storage of training state, keyed by ``(training token, worker index)``.
+    """Per-worker storage that lives and dies with the worker: the data-parallel MLP's
+    optimizer state, keyed by ``(training token, worker index)`` (subclasses keep other state).
 
     Examples
     --------

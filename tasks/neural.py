@@ -165,7 +165,7 @@ def _batch(shard: Shard, idx, device: str):
     """Rows ``idx`` of the shard's training arrays as tensors: features, target, weights."""
     x = torch.from_numpy(shard.x_train[idx]).to(device)
     y = torch.from_numpy(shard.y_train[idx]).to(device)
-    w = torch.from_numpy(np.ascontiguousarray(shard.weights_train[idx], dtype=np.float32)).to(device)
+    w = torch.from_numpy(np.ascontiguousarray(shard.batch_weights(idx), dtype=np.float32)).to(device)
     return x, y, w
 
 
@@ -183,12 +183,11 @@ def local_steps(shard: Shard, params: Params, spec: MLPSpec, cfg: OptimConfig, *
     opt = _optimizer(model, cfg, lr)
     _load_optimizer_state(opt, optimizer_state, lr)
     loss_sum, seen = 0.0, 0.0
-    weights = shard.weights_train
     for step in range(first_step, first_step + steps):
         opt.zero_grad(set_to_none=True)
         batches = [shard.batch(epoch, step * cfg.accumulation_steps + a, cfg.batch_size)
                    for a in range(cfg.accumulation_steps)]
-        total = float(sum(weights[b].sum(dtype=np.float64) for b in batches)) or 1.0
+        total = float(sum(shard.batch_weights(b).sum(dtype=np.float64) for b in batches)) or 1.0
         for idx in batches:
             x, y, w = _batch(shard, idx, device)
             loss = _forward_loss(model, x, y, w, spec=spec, bf16=cfg.bf16, device=device)
@@ -218,7 +217,7 @@ def shard_gradient(shard: Shard, params: Params, spec: MLPSpec, cfg: OptimConfig
         loss = _forward_loss(model, x, y, w, spec=spec, bf16=cfg.bf16, device=device)
         loss.backward()
         loss_sum += float(loss.detach())
-        rows += float(shard.weights_train[idx].sum(dtype=np.float64))
+        rows += float(shard.batch_weights(idx).sum(dtype=np.float64))
     grads = {name: (p.grad.detach().cpu().numpy().copy() if p.grad is not None else np.zeros(p.shape, np.float32))
              for name, p in model.named_parameters()}
     return {"sum": grads, "weight": rows, "loss_sum": loss_sum, "seen": rows}

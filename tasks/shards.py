@@ -26,6 +26,10 @@ class Shard:
         """Sample weights of the training rows (ones when the job has none)."""
         return self.w_train if self.w_train is not None else np.ones(len(self.y_train), np.float32)
 
+    def batch_weights(self, idx: np.ndarray) -> np.ndarray:
+        """Sample weights of training rows ``idx`` (no full-length array of ones when unweighted)."""
+        return self.w_train[idx] if self.w_train is not None else np.ones(len(idx), np.float32)
+
     @property
     def weights_valid(self) -> np.ndarray:
         return self.w_valid if self.w_valid is not None else np.ones(len(self.y_valid), np.float32)
@@ -33,7 +37,7 @@ class Shard:
     @property
     def weight(self) -> float:
         """Total training weight: what this shard counts for in weighted averages."""
-        return float(self.weights_train.sum(dtype=np.float64))
+        return float(self.w_train.sum(dtype=np.float64)) if self.w_train is not None else float(self.rows)
 
     @property
     def rows(self) -> int:
