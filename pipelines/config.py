@@ -8,6 +8,8 @@ features.numeric=[a,b]`` (values are parsed as YAML).
 
 from __future__ import annotations
 
+import typing
+
 import copy
 import dataclasses
 from dataclasses import dataclass, field
@@ -169,18 +171,17 @@ class XGBoostConfig:
     ``params`` are XGBoost parameters merged over shardflow's defaults (``hist``,
     ``max_depth`` 8, ``eta`` 0.1, the objective from ``target.task``, ``device`` cuda
     on GPU clusters). A checkpoint is written every ``checkpoint_every`` rounds; a run
-    that failed resumes from it. If a worker is lost mid-training (the collective
-    fails: it cannot continue without a member, and gives up after
-    ``collective_timeout`` seconds of silence), training continues from the last
-    checkpoint on the workers present, up to ``max_attempts`` times in all.
+    that failed resumes from it (see ``train.max_attempts``).
     """
+
+    #: Keys that moved, with where they live now (a config using them gets that answer).
+    MOVED_KEYS: typing.ClassVar[dict] = {"max_attempts": "train.max_attempts",
+                                         "collective_timeout": "train.collective_timeout"}
 
     num_boost_round: int = option(300, check=Between(1))
     early_stopping_rounds: int | None = option(20, check=Between(1))
     checkpoint_every: int = option(25, check=Between(1))
     categorical: bool = option(True, check=OneOf((True, False)))
-    max_attempts: int = option(3, check=Between(1))
-    collective_timeout: int | None = option(600, check=Between(1))
     params: dict = option(factory=dict, check=Anything("XGBoost's own parameters, checked by XGBoost"))
 
 
@@ -225,10 +226,20 @@ class MLPConfig:
 
 @dataclass
 class TrainConfig:
-    """``train:`` which model families to train, and how."""
+    """``train:`` which model families to train, and how.
+
+    The global models (XGBoost, the data-parallel MLP) train as one collective over all
+    workers. If a worker is lost mid-training the collective fails (it cannot continue
+    without a member; a silent member is given up after ``collective_timeout``
+    seconds), and training continues from the last checkpoint (XGBoost: every
+    ``checkpoint_every`` rounds; MLP: every epoch) on the workers present, up to
+    ``max_attempts`` times in all.
+    """
 
     models: list[str] = option(factory=lambda: list(FAMILY_NAMES), check=OneOf(FAMILY_NAMES))
     seed: int = option(0, check=Between(0))
+    max_attempts: int = option(3, check=Between(1))
+    collective_timeout: int | None = option(600, check=Between(1))
     xgboost: XGBoostConfig = option(factory=XGBoostConfig, check=Section())
     partitions: PartitionModelsConfig = option(factory=PartitionModelsConfig, check=Section())
     mlp: MLPConfig = option(factory=MLPConfig, check=Section())

@@ -75,6 +75,9 @@ def build_section(cls, data, prefix: str):
     unknown = set(data) - set(fields)
     if unknown:
         key = sorted(unknown)[0]
+        moved = getattr(cls, "MOVED_KEYS", {}).get(key)
+        if moved:
+            raise ConfigError(f"config key '{prefix}{key}' has moved: set '{moved}' instead")
         close = difflib.get_close_matches(key, fields, n=1)
         hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; known: {', '.join(fields)}"
         raise ConfigError(f"config key '{prefix}{key}' is not a known option{hint}")

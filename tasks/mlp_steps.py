@@ -8,6 +8,8 @@ global, and a restarted worker visibly has no state (:class:`WorkerStateLost`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from shardflow.tasks import shards as shard_tasks
@@ -55,6 +57,11 @@ def _resident() -> ResidentState:
     if plugin is None:
         raise WorkerStateLost("this worker has no shardflow resident-state plugin (it joined during training)")
     return plugin
+
+
+def resident_states() -> dict:
+    """The calling worker's resident state (see :class:`ResidentState`)."""
+    return _resident().states
 
 
 def _use_worker_threads() -> None:
@@ -143,3 +150,181 @@ def train_group_mlp(*shards, spec, optim, epochs, seed, schedule, scoring):
     out["validation"] = finish_metrics(partial_metrics(s.y_valid, predict(out["params"], spec, s.x_valid), scoring,
                                                        s.w_valid), scoring) if len(s.y_valid) else {"rows": 0}
     return out
+
+
+# ----------------------------------------------------------------------------- over a torch.distributed group
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    """How the ranks of one data-parallel training take their steps and synchronise.
+
+    Every rank takes ``steps_per_epoch`` steps per epoch (a smaller shard wraps around),
+    so all ranks enter the same collectives: unequal shards never deadlock.
+    """
+
+    sync: str  #: ``gradients`` (DistributedDataParallel: allreduce every step) or ``parameters`` (local SGD)
+    sync_every: int  #: local steps between parameter averages (``parameters``)
+    steps_per_epoch: int
+    total_steps: int
+    world: int
+    #: Σ of the ranks' training weights: each rank's share of the parameter average.
+    total_weight: float
+    #: Σ over the ranks of one step's batch weight when it is known up front (unweighted
+    #: rows); None: allreduced each step (sample weights).
+    step_weight: float | None
+    lr: float
+    lr_schedule: str
+    warmup: float
+    backend: str  #: ``gloo`` or ``nccl``
+    timeout: float  #: seconds a collective may wait for a peer
+
+
+class CollectiveTrainer:
+    """One rank's model, optimizer and training rows, resident on its worker between epochs.
+
+    ``sync: gradients`` wraps the model in :class:`~torch.nn.parallel.DistributedDataParallel`:
+    gradients are allreduced in buckets while the backward pass runs. The loss of each
+    step is scaled so that DDP's mean over ranks is the gradient of the weighted mean
+    loss over all the ranks' rows: ``g = Σ_k grad_sum_k / Σ_k n_k``. ``sync:
+    parameters`` takes local optimizer steps and replaces the parameters every
+    ``sync_every`` steps by their mean weighted by the ranks' training weights (one
+    flat allreduce).
+    """
+
+    def __init__(self, shard, params, spec, optim, plan: SyncPlan, rank: int, optimizer_state=None):
+        import torch
+        from torch.nn.parallel import DistributedDataParallel
+
+        from shardflow.tasks.neural import _load_optimizer_state, _optimizer, network
+
+        self.device = optim.device if optim.device != "cuda" else f"cuda:{torch.cuda.current_device()}"
+        self.shard, self.spec, self.optim, self.plan, self.rank = shard, spec, optim, plan, rank
+        self.module = network(spec, params, self.device).train()
+        self.model = self.module
+        if plan.sync == "gradients":
+            self.model = DistributedDataParallel(
+                self.module, device_ids=[self.device] if self.device.startswith("cuda") else None)
+        self.opt = _optimizer(self.module, optim, optim.lr)
+        _load_optimizer_state(self.opt, optimizer_state, optim.lr)
+        # The rows go to the device once and stay there.
+        self.x = torch.from_numpy(shard.x_train).to(self.device)
+        self.y = torch.from_numpy(shard.y_train).to(self.device)
+        self.w = None if shard.w_train is None else torch.from_numpy(shard.w_train).to(self.device)
+        self.weight = shard.weight
+
+    def _allreduce(self, tensor):
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor)
+        return tensor
+
+    def _average_parameters(self) -> None:
+        import torch
+        from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+        with torch.no_grad():
+            flat = parameters_to_vector(self.module.parameters()) * (self.weight / self.plan.total_weight)
+            vector_to_parameters(self._allreduce(flat), self.module.parameters())
+
+    def epoch(self, epoch: int) -> dict:
+        """Take this epoch's steps; return the loss sums, the validation loss, and (rank 0)
+        the synchronised parameters."""
+        from contextlib import nullcontext
+
+        import numpy as np
+        import torch
+
+        from shardflow.tasks.neural import _forward_loss, get_params, loss_of, lr_at
+
+        plan, cfg, shard = self.plan, self.optim, self.shard
+        gradients = plan.sync == "gradients"
+        loss_total = torch.zeros((), dtype=torch.float64, device=self.device)
+        seen, rounds = 0.0, 0
+        for step in range(plan.steps_per_epoch):
+            lr = lr_at(plan.lr_schedule, plan.lr, (epoch * plan.steps_per_epoch + step) / plan.total_steps,
+                       plan.warmup)
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            self.opt.zero_grad(set_to_none=True)
+            batches = [shard.batch(epoch, step * cfg.accumulation_steps + a, cfg.batch_size)
+                       for a in range(cfg.accumulation_steps)]
+            local = float(sum(shard.batch_weights(b).sum(dtype=np.float64) for b in batches))
+            if gradients:
+                total = plan.step_weight if plan.step_weight is not None else float(self._allreduce(
+                    torch.tensor([local], dtype=torch.float64, device=self.device))[0])
+                scale = plan.world / total if total else 0.0
+            else:
+                scale = 1.0 / local if local else 0.0
+            for a, idx in enumerate(batches):
+                index = torch.from_numpy(idx).to(self.device)
+                weights = self.w[index] if self.w is not None else torch.ones(len(idx), device=self.device)
+                # Gradients are allreduced once per step, after its last micro-batch.
+                with self.model.no_sync() if gradients and a < len(batches) - 1 else nullcontext():
+                    loss = _forward_loss(self.model, self.x[index], self.y[index], weights, spec=self.spec,
+                                         bf16=cfg.bf16, device=self.device)
+                    (loss * scale).backward()
+                loss_total += loss.detach()
+            self.opt.step()
+            seen += local
+            rounds += gradients
+            if not gradients and ((step + 1) % plan.sync_every == 0 or step + 1 == plan.steps_per_epoch):
+                self._average_parameters()
+                rounds += 1
+        out = {"loss_sum": float(loss_total), "seen": seen, "rounds": rounds,
+               "validation": loss_of(self.module, shard, self.spec, self.device)}
+        if self.rank == 0:
+            out["params"] = get_params(self.module)
+        return out
+
+
+def collective_epoch(shard, params, spec, optim, plan: SyncPlan, *, token: str, rank: int, rendezvous: dict,
+                     epoch: int, fresh: bool):
+    """One rank's epoch of a data-parallel training over a ``torch.distributed`` group.
+
+    The first epoch of an attempt (``fresh``) joins the group and builds the rank's
+    :class:`CollectiveTrainer` from ``params``; later epochs continue it. A failure
+    leaves the group at once, so that the peers' collectives fail too instead of waiting
+    for the timeout.
+    """
+    import torch.distributed as dist
+
+    from shardflow.tasks.process_group import CollectiveFailed, join_group, leave_group
+
+    _use_worker_threads()
+    states = _resident().states
+    key = (token, rank)
+    busy = (token, "busy")
+    try:
+        states[busy] = True
+        if fresh:
+            join_group(token, rendezvous, rank, plan.world, plan.backend, plan.timeout)
+            states[key] = CollectiveTrainer(shard, params, spec, optim, plan, rank)
+        elif key not in states:
+            raise WorkerStateLost(f"rank {rank} of data-parallel MLP training {token} lost its state "
+                                  "(the worker was restarted or replaced)")
+        return states[key].epoch(epoch)
+    except BaseException as err:
+        states.pop(busy, None)
+        leave_group(token)
+        if isinstance(err, dist.DistError) or (isinstance(err, RuntimeError) and not isinstance(
+                err, (WorkerStateLost, CollectiveFailed)) and "gloo" in str(err).lower()):
+            raise CollectiveFailed(f"rank {rank}: {_collective_message(err)}") from err
+        raise
+    finally:
+        states.pop(busy, None)
+
+
+def _collective_message(err: BaseException) -> str:
+    """The gist of a gloo/NCCL error, without its source location and advice.
+
+    Examples
+    --------
+    >>> _collective_message(RuntimeError("[/x/gloo/pair.cc:537] Read error [127.0.0.1]:1: Connection reset by "
+    ...                                  "peer. This is typically caused by a remote worker hanging"))
+    'Read error [127.0.0.1]:1: Connection reset by peer'
+    """
+    import re
+
+    text = re.sub(r"\[[^\]]*\.(?:cc|cpp|h|hpp):\d+\]\s*", "", str(err).splitlines()[0] if str(err) else repr(err))
+    return text.split(". This is typically")[0].rstrip(". ")[:300]

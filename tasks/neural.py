@@ -260,11 +260,17 @@ def weighted_mean(reduced: dict, like: Params) -> Params:
 
 def loss_on(shard: Shard, params: Params, spec: MLPSpec, device: str = "cpu", split: str = "valid") -> dict:
     """Weighted loss sum, rows and weight of ``params`` on this shard's validation (or training) rows."""
+    return loss_of(network(spec, params, device), shard, spec, device, split)
+
+
+def loss_of(model: nn.Module, shard: Shard, spec: MLPSpec, device: str = "cpu", split: str = "valid") -> dict:
+    """Weighted loss sum, rows and weight of ``model`` on this shard's validation (or training) rows."""
     x, y, w = (shard.x_valid, shard.y_valid, shard.weights_valid) if split == "valid" \
         else (shard.x_train, shard.y_train, shard.weights_train)
     if len(y) == 0:
         return {"loss_sum": 0.0, "rows": 0, "weight": 0.0}
-    model = network(spec, params, device).eval()
+    training = model.training
+    model.eval()
     total = 0.0
     with torch.no_grad():
         for start in range(0, len(y), 65536):
@@ -272,6 +278,7 @@ def loss_on(shard: Shard, params: Params, spec: MLPSpec, device: str = "cpu", sp
             yb = torch.from_numpy(y[start:start + 65536]).to(device)
             wb = torch.from_numpy(np.ascontiguousarray(w[start:start + 65536], dtype=np.float32)).to(device)
             total += float(_weighted_loss(spec, model(xb), yb, wb))
+    model.train(training)
     return {"loss_sum": total, "rows": len(y), "weight": float(np.sum(w, dtype=np.float64))}
 
 

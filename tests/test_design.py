@@ -138,7 +138,7 @@ def test_every_config_field_declares_its_constraint():
 def test_values_that_would_break_later_are_refused_up_front_all_at_once():
     from shardflow.pipelines.config import ConfigError, load_config
 
-    bad = {"train.xgboost.max_attempts": "0", "train.mlp.batch_size": "0", "train.mlp.dropout": "1.5",
+    bad = {"train.max_attempts": "0", "train.mlp.batch_size": "0", "train.mlp.dropout": "1.5",
            "train.mlp.lr": "-1", "train.mlp.warmup": "2", "input.blocksize": "12XB",
            "input.max_partition_rows": "0", "train.partitions.xgboost_rounds": "0", "cluster.n_workers": "0",
            "joins": "[{path: z.csv, on: [k], min_match_rate: 2}]"}

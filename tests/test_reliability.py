@@ -284,3 +284,32 @@ def test_partition_larger_than_worker_memory_fails_with_the_setting_to_change(ru
                                                         if not p.name.startswith(".")]
     finally:
         rt.close()
+
+
+def test_worker_killed_mid_epoch_of_the_data_parallel_mlp_resumes_and_finishes(trips_dir, own_cluster, tmp_path):
+    """SIGKILL a rank mid-epoch: its peer's collective fails at once (no hang), and training
+    resumes from the last epoch's checkpoint on the restarted worker and finishes."""
+    from shardflow.pipelines.config import MLPConfig
+    from shardflow.pipelines.training import load_training_data, train_data_parallel_mlp
+
+    config = load_config(default_config_path(), [f"output.runs_dir={tmp_path / 'runs'}", "encode.min_frequency=5"],
+                         base_dir=trips_dir)
+    run_dir = etl(config, runtime=own_cluster).run_dir
+    data = load_training_data(own_cluster, run_dir / "etl", seed=0)
+    cfg = MLPConfig(hidden=[32], epochs=4, batch_size=32, sync="gradients", early_stopping_patience=None)
+
+    def in_second_epoch():
+        tasks = own_cluster.client.run_on_scheduler(
+            lambda dask_scheduler: [ts.key for ts in dask_scheduler.tasks.values() if ts.state == "processing"])
+        return any(str(k).startswith("train-mlp-") and "-e1-rank" in str(k) for k in tasks)
+
+    killer = kill_a_worker_when(own_cluster, in_second_epoch, timeout=120)
+    started = time.monotonic()
+    out = train_data_parallel_mlp(own_cluster, data, cfg, seed=0, checkpoint_dir=tmp_path / "ckpt",
+                                  collective_timeout=60)
+    killer.join()
+    assert killer.killed.is_set(), "no worker was killed during the second epoch"
+    assert out["restarts"] == [1]  # resumed after the first epoch's checkpoint
+    assert len(out["history"]["validation_loss"]) == 4
+    assert out["history"]["validation_loss"][-1] < 0.6
+    assert time.monotonic() - started < 60  # the survivor did not wait for the 60 s collective timeout

@@ -221,7 +221,7 @@ def test_resumed_xgboost_with_early_stopping_saves_the_same_model(trips_dir, run
         resumed = train(config, runtime, second, xgboost_callbacks=[failing]).results["xgboost"]
         assert resumed["restarts"] == [20]
     else:
-        once = load_config(default_config_path(), [*overrides, "train.xgboost.max_attempts=1"], base_dir=trips_dir)
+        once = load_config(default_config_path(), [*overrides, "train.max_attempts=1"], base_dir=trips_dir)
         with pytest.raises(Exception):  # the injected error, or the peer's broken collective
             train(once, runtime, second, xgboost_callbacks=[failing])
         resumed = train(config, runtime, second).results["xgboost"]
@@ -257,7 +257,7 @@ def test_xgboost_gives_up_after_max_attempts(trips_dir, runtime, tmp_path):
                 raise RuntimeError("injected failure every time")
             return False
 
-    config = load_config(default_config_path(), [*FAST, "train.models=[xgboost]", "train.xgboost.max_attempts=2",
+    config = load_config(default_config_path(), [*FAST, "train.models=[xgboost]", "train.max_attempts=2",
                                                   f"output.runs_dir={tmp_path}"], base_dir=trips_dir)
     run_dir = etl(config, runtime=runtime).run_dir
     with pytest.raises(Exception, match="injected failure every time"):

@@ -23,8 +23,12 @@ from shardflow.pipelines.training.data import TrainingData, call_token, recover
 from shardflow.tasks import mlp_steps
 from shardflow.tasks import shards as shard_tasks
 from shardflow.tasks.encode import Preprocessor
+from shardflow.tasks.process_group import CollectiveFailed, leave_group, open_rendezvous
 
 logger = logging.getLogger("shardflow.train")
+
+#: Seconds a collective waits for a silent peer when ``train.collective_timeout`` is null.
+DEFAULT_COLLECTIVE_TIMEOUT = 600
 
 
 def mlp_spec_for(preprocessor: Preprocessor, cfg: MLPConfig):
@@ -50,7 +54,8 @@ def mlp_optim_for(cfg: MLPConfig, backend: str):
 
 
 def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig, seed: int = 0, *,
-                            checkpoint_dir=None, max_attempts: int = 3, label: str = "data-parallel MLP") -> dict:
+                            checkpoint_dir=None, max_attempts: int = 3, collective_timeout: float | None = 600,
+                            label: str = "data-parallel MLP", transport: str = "collective") -> dict:
     """Train the MLP across workers, each on the rows it holds, averaging every round.
 
     ``sync: parameters``: each worker takes ``sync_every`` local steps from the current
@@ -81,10 +86,11 @@ def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig
     restarts = []
     for attempt in range(1, max_attempts + 1):
         try:
-            info = _mlp_epochs(runtime, data, cfg, seed=seed, spec=spec, state=state, ckpt=ckpt, started=started,
-                               label=label)
+            epochs = _collective_epochs if transport == "collective" else _mlp_epochs
+            info = epochs(runtime, data, cfg, seed=seed, spec=spec, state=state, ckpt=ckpt, started=started,
+                          label=label, timeout=collective_timeout or DEFAULT_COLLECTIVE_TIMEOUT)
             break
-        except (WorkerLost, mlp_steps.WorkerStateLost) as err:
+        except (WorkerLost, mlp_steps.WorkerStateLost, CollectiveFailed) as err:
             if attempt == max_attempts:
                 raise
             logger.warning("mlp: %s; attempt %d/%d resumes after epoch %d", err, attempt + 1, max_attempts,
@@ -96,7 +102,7 @@ def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig
             "samples": state["samples"], "restarts": restarts, **info}
 
 
-def _mlp_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, label) -> dict:
+def _mlp_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, label, timeout) -> dict:
     """Run the remaining epochs from ``state`` (updated in place after each epoch)."""
     from shardflow.tasks.neural import combine_weighted, lr_at
 
@@ -200,6 +206,113 @@ def _mlp_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, label) 
     return {"steps_per_epoch": steps_per_epoch, "sync_every": sync_every, "workers": len(workers)}
 
 
+def _worker_shards(client, data: TrainingData, token: str, seed: int):
+    """Each worker's partitions merged into one shard on that worker; its training rows and weight."""
+    workers = sorted(set(data.workers))
+    shards, rows, weights = {}, {}, {}
+    for wi, w in enumerate(workers):
+        held = [i for i, pw in enumerate(data.workers) if pw == w]
+        rows[w] = sum(data.train_rows[i] for i in held)
+        weights[w] = sum(data.train_weights[i] for i in held) if data.train_weights else float(rows[w])
+        shards[w] = client.submit(shard_tasks.merge_shards, *[data.futures[i] for i in held], seed=seed * 101 + wi,
+                                  key=f"train-mlp-shard-{token}-{wi}", workers=[w], allow_other_workers=False)
+    return shards, rows, weights
+
+
+def _collective_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, label, timeout) -> dict:
+    """Run the remaining epochs from ``state`` over a ``torch.distributed`` group: one pinned
+    task per worker and epoch, the model and rows resident on the workers in between."""
+    from shardflow.tasks.neural import lr_at
+
+    client = runtime.client
+    client.register_plugin(mlp_steps.ResidentState())  # idempotent: workers that join later get it too
+    optim = mlp_optim_for(cfg, runtime.backend)
+    token = call_token(data.token)
+    shards, rows, weights = _worker_shards(client, data, token, seed)
+    workers = [w for w in sorted(shards) if rows[w] > 0]
+    rows_per_step = (cfg.batch_size or max(rows.values())) * cfg.accumulation_steps
+    steps_per_epoch = max(1, math.ceil(max(rows[w] for w in workers) / rows_per_step))
+    sync_every = 1 if cfg.sync == "gradients" else (
+        steps_per_epoch if cfg.sync_every is None else min(cfg.sync_every, steps_per_epoch))
+    weighted = bool(data.preprocessor.weighted)
+    plan = mlp_steps.SyncPlan(
+        sync=cfg.sync, sync_every=sync_every, steps_per_epoch=steps_per_epoch, total_steps=cfg.epochs * steps_per_epoch,
+        world=len(workers), total_weight=sum(weights[w] for w in workers),
+        step_weight=None if weighted else float(cfg.accumulation_steps * sum(
+            min(cfg.batch_size, rows[w]) if cfg.batch_size else rows[w] for w in workers)),
+        lr=cfg.lr, lr_schedule=cfg.lr_schedule, warmup=cfg.warmup,
+        backend="nccl" if optim.device == "cuda" else "gloo", timeout=float(timeout))
+    rendezvous = client.submit(open_rendezvous, token, timeout, key=f"train-mlp-rendezvous-{token}",
+                               workers=[workers[0]], allow_other_workers=False, pure=False)
+    rendezvous = gather_watching(client, [rendezvous], workers[:1], "the MLP's rendezvous")[0]
+    logger.debug("mlp: %s process group of %d ranks, rendezvous at %s:%s", plan.backend, plan.world,
+                 rendezvous["host"], rendezvous["port"])
+    params_f = scatter_named(client, f"train-mlp-params-{token}", state["params"])
+    epochs = progress.Counter(label, cfg.epochs, "epochs", done=state["epoch"]) if progress.enabled() else None
+    fresh = True  # the first epoch of this attempt joins the group and builds the ranks' models
+    try:
+        for epoch in range(state["epoch"], cfg.epochs):
+            futures = [client.submit(mlp_steps.collective_epoch, shards[w], params_f if fresh else None, spec, optim,
+                                     plan, token=token, rank=rank, rendezvous=rendezvous, epoch=epoch, fresh=fresh,
+                                     key=f"train-mlp-{token}-e{epoch}-rank{rank}", workers=[w],
+                                     allow_other_workers=False)
+                       for rank, w in enumerate(workers)]
+            results = gather_watching(client, futures, workers, "data-parallel MLP training")
+            fresh = False
+            current = results[0]["params"]
+            train_loss = sum(r["loss_sum"] for r in results) / (sum(r["seen"] for r in results) or 1.0)
+            valid_weight = sum(r["validation"]["weight"] for r in results)
+            valid_loss = (sum(r["validation"]["loss_sum"] for r in results) / valid_weight if valid_weight
+                          else float("nan"))
+            state["rounds"] += results[0]["rounds"]
+            lr = lr_at(cfg.lr_schedule, cfg.lr, ((epoch + 1) * steps_per_epoch - 1) / plan.total_steps, cfg.warmup)
+            if _end_of_epoch(state, epoch, cfg, current, train_loss, valid_loss, valid_weight, lr,
+                             epoch_rows(rows, workers, steps_per_epoch, cfg), started, epochs, ckpt, data, seed):
+                break
+    except BaseException:
+        if epochs is not None:
+            epochs.close(failed=True)
+        raise
+    else:
+        if epochs is not None:
+            epochs.close()
+    finally:
+        client.run(leave_group, token)
+    return {"steps_per_epoch": steps_per_epoch, "sync_every": sync_every, "workers": len(workers),
+            "backend": plan.backend}
+
+
+def _end_of_epoch(state, epoch, cfg, current, train_loss, valid_loss, valid_weight, lr, seen, started, epochs,
+                  ckpt, data, seed) -> bool:
+    """Record an epoch in ``state`` (history, best parameters, early stopping), checkpoint
+    it, and say whether training stops early."""
+    h = state["history"]
+    h["train_loss"].append(train_loss)
+    h["validation_loss"].append(valid_loss)
+    h["lr"].append(lr)
+    h["seconds"].append(time.perf_counter() - started)
+    state["samples"] += seen
+    state["epoch"] = epoch + 1
+    state["params"] = current
+    logger.debug("mlp epoch %d/%d: train loss %.5f, validation loss %.5f", epoch + 1, cfg.epochs, train_loss,
+                 valid_loss)
+    if epochs is not None:
+        epochs.update(epoch + 1, f"train loss {train_loss:.5f}, validation loss {valid_loss:.5f}")
+    stop = False
+    if valid_loss < state["best_loss"] or not valid_weight:
+        state.update(best_loss=valid_loss, best_params=current, best_epoch=epoch, bad_epochs=0)
+    else:
+        state["bad_epochs"] += 1
+        stop = cfg.early_stopping_patience is not None and state["bad_epochs"] >= cfg.early_stopping_patience
+    if stop:
+        state["epoch"] = cfg.epochs  # a resumed run must not train past an early stop
+    if ckpt is not None:
+        write_mlp_checkpoint(ckpt, state, mlp_checkpoint_token(data, cfg, seed))
+    if stop:
+        logger.info("mlp: early stop after epoch %d (best %d)", epoch + 1, state["best_epoch"] + 1)
+    return stop
+
+
 def epoch_rows(rows: dict, workers, steps_per_epoch: int, cfg: MLPConfig) -> int:
     """Rows processed in one epoch over all workers (each takes ``steps_per_epoch`` steps)."""
     return sum(steps_per_epoch * cfg.accumulation_steps * (min(cfg.batch_size, rows[w]) if cfg.batch_size else rows[w])
@@ -215,7 +328,8 @@ _META = ("history", "best_epoch", "rounds", "steps_per_epoch", "sync_every", "se
 def train_family(context, family) -> dict:
     tc = context.config
     return train_data_parallel_mlp(context.runtime, context.data, tc.mlp, tc.seed, label=family.name,
-                                   checkpoint_dir=RunDir(context.run_dir).checkpoints(family.name))
+                                   checkpoint_dir=RunDir(context.run_dir).checkpoints(family.name),
+                                   max_attempts=tc.max_attempts, collective_timeout=tc.collective_timeout)
 
 
 def save_family(stage_dir, family, result: dict) -> None:

@@ -65,7 +65,7 @@ def xgboost_params(task: str, cfg: XGBoostConfig, backend: str, seed: int, class
     return params
 
 
-def _xgboost_rounds(client, data, *, params, cfg, booster, state, remaining, checkpoint_dir, token, metric, callbacks,
+def _xgboost_rounds(client, data, *, params, cfg, collective_timeout, booster, state, remaining, checkpoint_dir, token, metric, callbacks,
                     label):
     """Train ``remaining`` rounds with one pinned task per worker, joined by a tracker on
     the scheduler (see :mod:`shardflow.pipelines.training.collective`)."""
@@ -82,9 +82,9 @@ def _xgboost_rounds(client, data, *, params, cfg, booster, state, remaining, che
                              maximize=metric_direction(metric) == "max", patience=cfg.early_stopping_rounds,
                              state=state, progress_topic=f"shardflow-progress-{token}")
     # A collective that loses a member must fail, not wait forever for it.
-    coll = start_xgboost_tracker(client, len(workers), cfg.collective_timeout)
-    if cfg.collective_timeout:
-        coll["dmlc_timeout"] = int(cfg.collective_timeout)
+    coll = start_xgboost_tracker(client, len(workers), collective_timeout)
+    if collective_timeout:
+        coll["dmlc_timeout"] = int(collective_timeout)
     model = bytes(booster.save_raw("ubj")) if booster is not None else None
     name = call_token(f"train-xgboost-global-{token}")
     done = state["rounds"] if state else 0
@@ -104,12 +104,15 @@ def _stopping_metric(params: dict) -> str:
 
 
 def train_global_xgboost(runtime: Runtime, data: TrainingData, cfg: XGBoostConfig, *, checkpoint_dir,
-                         seed: int = 0, callbacks=(), label: str = "global XGBoost") -> dict:
+                         seed: int = 0, callbacks=(), label: str = "global XGBoost", max_attempts: int = 3,
+                         collective_timeout: int | None = 600) -> dict:
     """One exact XGBoost model over all partitions, trained with allreduce.
 
     Early stopping watches the validation split; every ``cfg.checkpoint_every`` rounds
     the model and its state are checkpointed in ``checkpoint_dir``, and a call that
-    finds a checkpoint of the same job continues from it.
+    finds a checkpoint of the same job continues from it. A failed collective (a lost
+    worker) continues from the last checkpoint on the workers present, up to
+    ``max_attempts`` times in all.
 
     Returns
     -------
@@ -129,7 +132,7 @@ def train_global_xgboost(runtime: Runtime, data: TrainingData, cfg: XGBoostConfi
     resumed_from = first_state["rounds"] if first_state else 0
     n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
     restarts = []
-    for attempt in range(1, cfg.max_attempts + 1):
+    for attempt in range(1, max_attempts + 1):
         booster, state = read_checkpoint(checkpoint_dir, token)
         done = bool(state and (state.get("stopped") or state.get("finished")))
         remaining = 0 if done else cfg.num_boost_round - (state["rounds"] if state else 0)
@@ -140,15 +143,15 @@ def train_global_xgboost(runtime: Runtime, data: TrainingData, cfg: XGBoostConfi
         if remaining <= 0:
             break
         try:
-            _xgboost_rounds(client, data, params=params, cfg=cfg, booster=booster, state=state, remaining=remaining,
+            _xgboost_rounds(client, data, params=params, cfg=cfg, collective_timeout=collective_timeout, booster=booster, state=state, remaining=remaining,
                             checkpoint_dir=checkpoint_dir, token=token, metric=metric, callbacks=callbacks,
                             label=label)
             break
         except Exception as err:  # noqa: BLE001 - collective training cannot survive a lost member
-            if attempt == cfg.max_attempts or isinstance(err, ShardflowError):
+            if attempt == max_attempts or isinstance(err, ShardflowError):
                 raise
             logger.warning("xgboost: training failed (%s: %s); attempt %d/%d resumes from the last checkpoint",
-                           type(err).__name__, str(err).splitlines()[0][:200], attempt + 1, cfg.max_attempts)
+                           type(err).__name__, str(err).splitlines()[0][:200], attempt + 1, max_attempts)
             data = recover(runtime, data, n_workers)
     booster, state = read_checkpoint(checkpoint_dir, token)
     best = int(state["best_iteration"])
@@ -170,7 +173,8 @@ def train_family(context, family) -> dict:
     tc = context.config
     return train_global_xgboost(context.runtime, context.data, tc.xgboost,
                                 checkpoint_dir=RunDir(context.run_dir).checkpoints(family.name), seed=tc.seed,
-                                callbacks=context.xgboost_callbacks, label=family.name)
+                                callbacks=context.xgboost_callbacks, label=family.name,
+                                max_attempts=tc.max_attempts, collective_timeout=tc.collective_timeout)
 
 
 def save_family(stage_dir, family, result: dict) -> None:
