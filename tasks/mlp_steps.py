@@ -203,6 +203,9 @@ class CollectiveTrainer:
         self.module = network(spec, params, self.device).train()
         self.model = self.module
         if plan.sync == "gradients":
+            # One bucket for a tabular MLP's gradients (DDP's default 25 MB cap): smaller buckets
+            # would overlap with the backward pass, but on CPU each allreduce costs a round trip
+            # that outweighs the overlap (benchmarks/results/mlp_scaling.md).
             self.model = DistributedDataParallel(
                 self.module, device_ids=[self.device] if self.device.startswith("cuda") else None)
         self.opt = _optimizer(self.module, optim, optim.lr)
