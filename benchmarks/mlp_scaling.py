@@ -1,9 +1,10 @@
 """Data-parallel MLP: scaling efficiency of each synchronisation mode, side by side.
 
-Scaling efficiency = data-parallel samples/s ÷ (workers × one worker's samples/s alone),
-with the same batch per worker. One worker alone is measured on a 1-worker cluster
-(the same code path, a process group of one); the data-parallel modes on a W-worker
-cluster, one after the other, on the same ETL output:
+Scaling efficiency = data-parallel samples/s ÷ (sum over the workers of each one's
+samples/s alone), with the same batch per worker. Each worker alone trains on the rows it
+holds in the data-parallel run (the same code path, a process group of one) while the
+others idle; the data-parallel modes then run one after the other on the same cluster
+and ETL output:
 
 - ``collective gradients``: DistributedDataParallel over gloo, gradients allreduced every step;
 - ``collective parameters``: local SGD, parameters averaged over gloo every ``--sync-every`` steps;
@@ -28,6 +29,7 @@ import platform
 import statistics
 import subprocess
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from shardflow.cluster.factory import start
@@ -46,8 +48,16 @@ def steady_rate(out: dict, epochs: int) -> float:
     return (out["samples"] / epochs) / statistics.median(durations)
 
 
-def measure(runtime, etl_dir, cfg: MLPConfig, transport: str) -> dict:
+def measure(runtime, etl_dir, cfg: MLPConfig, transport: str = "collective", only_worker: int | None = None) -> dict:
+    """Train on the ETL output; ``only_worker``: on that worker's partitions alone (the
+    other workers idle), as one worker of the data-parallel run would hold them."""
     data = load_training_data(runtime, etl_dir, seed=0)
+    if only_worker is not None:
+        worker = sorted(set(data.workers))[only_worker]
+        keep = [i for i, w in enumerate(data.workers) if w == worker]
+        data = replace(data, futures=[data.futures[i] for i in keep], workers=[worker] * len(keep),
+                       train_rows=[data.train_rows[i] for i in keep], valid_rows=[data.valid_rows[i] for i in keep],
+                       train_weights=[data.train_weights[i] for i in keep])
     out = train_data_parallel_mlp(runtime, data, cfg, seed=0, transport=transport)
     return {"samples_per_s": steady_rate(out, cfg.epochs), "validation_loss": out["history"]["validation_loss"][-1],
             "workers": out["workers"], "steps_per_epoch": out["steps_per_epoch"], "sync_every": out["sync_every"],
@@ -81,20 +91,20 @@ def main(argv=None) -> None:
         one = start(spec="local", n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0")
         try:
             for batch in batches:
-                alone[batch] = measure(one, etl_dir, MLPConfig(**base, batch_size=batch, sync="gradients"),
-                                       "collective")
                 global_batch[batch] = measure(one, etl_dir, MLPConfig(**base, batch_size=batch * args.n_workers,
-                                                                      sync="gradients"), "collective")
+                                                                      sync="gradients"))
         finally:
             one.close()
         many = start(spec="local", n_workers=args.n_workers, threads_per_worker=1, dashboard_address="127.0.0.1:0")
         try:
             for batch in batches:
+                cfg = MLPConfig(**base, batch_size=batch, sync="gradients")
+                alone[batch] = [measure(many, etl_dir, cfg, only_worker=i) for i in range(args.n_workers)]
                 for transport in transports:
                     for sync in ("gradients", "parameters"):
                         cfg = MLPConfig(**base, batch_size=batch, sync=sync, sync_every=args.sync_every)
                         row = measure(many, etl_dir, cfg, transport)
-                        row["efficiency"] = row["samples_per_s"] / (args.n_workers * alone[batch]["samples_per_s"])
+                        row["efficiency"] = row["samples_per_s"] / sum(a["samples_per_s"] for a in alone[batch])
                         row["loss_vs_global_batch"] = row["validation_loss"] / global_batch[batch]["validation_loss"] - 1
                         rows[f"{transport} {sync}, batch {batch}"] = row
         finally:
@@ -112,8 +122,8 @@ def main(argv=None) -> None:
              "| mode | samples/s | scaling efficiency | final validation loss | vs single process, same global batch |",
              "|---|---:|---:|---:|---:|"]
     for batch in batches:
-        lines += [f"| one worker alone, batch {batch} | {alone[batch]['samples_per_s']:,.0f} | — | "
-                  f"{alone[batch]['validation_loss']:.5f} | — |",
+        lines += [f"| each worker alone on its shard, batch {batch} (sum) | "
+                  f"{sum(a['samples_per_s'] for a in alone[batch]):,.0f} | — | — | — |",
                   f"| single process, global batch {batch * args.n_workers} | "
                   f"{global_batch[batch]['samples_per_s']:,.0f} | — | {global_batch[batch]['validation_loss']:.5f} | — |"]
         for name, row in rows.items():
