@@ -7,9 +7,10 @@ others idle; the data-parallel modes then run one after the other on the same cl
 and ETL output:
 
 - ``collective gradients``: DistributedDataParallel over gloo, gradients allreduced every step;
-- ``collective parameters``: local SGD, parameters averaged over gloo every ``--sync-every`` steps;
-- ``scheduler gradients`` / ``scheduler parameters``: the reductions through the Dask
-  scheduler's task graph (only where the code still has them: ``--transports``).
+- ``collective parameters``: local SGD, parameters averaged over gloo every ``--sync-every`` steps.
+
+(``benchmarks/results/mlp_scaling.md`` also holds the reductions through the Dask
+scheduler's task graph that these replaced, measured in the same run before their removal.)
 
 Samples/s are steady-state: the median epoch after the first (which joins the group,
 moves the rows and warms up). The final validation loss of every mode is compared with
@@ -48,7 +49,7 @@ def steady_rate(out: dict, epochs: int) -> float:
     return (out["samples"] / epochs) / statistics.median(durations)
 
 
-def measure(runtime, etl_dir, cfg: MLPConfig, transport: str = "collective", only_worker: int | None = None) -> dict:
+def measure(runtime, etl_dir, cfg: MLPConfig, only_worker: int | None = None) -> dict:
     """Train on the ETL output; ``only_worker``: on that worker's partitions alone (the
     other workers idle), as one worker of the data-parallel run would hold them."""
     data = load_training_data(runtime, etl_dir, seed=0)
@@ -58,7 +59,7 @@ def measure(runtime, etl_dir, cfg: MLPConfig, transport: str = "collective", onl
         data = replace(data, futures=[data.futures[i] for i in keep], workers=[worker] * len(keep),
                        train_rows=[data.train_rows[i] for i in keep], valid_rows=[data.valid_rows[i] for i in keep],
                        train_weights=[data.train_weights[i] for i in keep])
-    out = train_data_parallel_mlp(runtime, data, cfg, seed=0, transport=transport)
+    out = train_data_parallel_mlp(runtime, data, cfg, seed=0)
     return {"samples_per_s": steady_rate(out, cfg.epochs), "validation_loss": out["history"]["validation_loss"][-1],
             "workers": out["workers"], "steps_per_epoch": out["steps_per_epoch"], "sync_every": out["sync_every"],
             "seconds": out["seconds"]}
@@ -71,10 +72,8 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-sizes", default="1024,4096", help="rows per step per worker, comma-separated")
     parser.add_argument("--sync-every", type=int, default=8, help="local steps between averages (parameters)")
     parser.add_argument("--n-workers", type=int, default=2)
-    parser.add_argument("--transports", default="collective,scheduler")
     parser.add_argument("--out", type=Path, default=RESULTS / "mlp_scaling")
     args = parser.parse_args(argv)
-    transports = args.transports.split(",")
     base = dict(hidden=[128, 64], epochs=args.epochs, lr_schedule="constant", lr=1e-3, early_stopping_patience=None)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -100,13 +99,12 @@ def main(argv=None) -> None:
             for batch in batches:
                 cfg = MLPConfig(**base, batch_size=batch, sync="gradients")
                 alone[batch] = [measure(many, etl_dir, cfg, only_worker=i) for i in range(args.n_workers)]
-                for transport in transports:
-                    for sync in ("gradients", "parameters"):
-                        cfg = MLPConfig(**base, batch_size=batch, sync=sync, sync_every=args.sync_every)
-                        row = measure(many, etl_dir, cfg, transport)
-                        row["efficiency"] = row["samples_per_s"] / sum(a["samples_per_s"] for a in alone[batch])
-                        row["loss_vs_global_batch"] = row["validation_loss"] / global_batch[batch]["validation_loss"] - 1
-                        rows[f"{transport} {sync}, batch {batch}"] = row
+                for sync in ("gradients", "parameters"):
+                    cfg = MLPConfig(**base, batch_size=batch, sync=sync, sync_every=args.sync_every)
+                    row = measure(many, etl_dir, cfg)
+                    row["efficiency"] = row["samples_per_s"] / sum(a["samples_per_s"] for a in alone[batch])
+                    row["loss_vs_global_batch"] = row["validation_loss"] / global_batch[batch]["validation_loss"] - 1
+                    rows[f"collective {sync}, batch {batch}"] = row
         finally:
             many.close()
 

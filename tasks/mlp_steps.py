@@ -1,9 +1,10 @@
 """The data-parallel MLP's steps, as they run on a worker next to its shard.
 
-Each worker keeps the optimizer state of its share of a training between rounds (it
-never needs to leave the worker) in :class:`ResidentState`, a ``WorkerPlugin`` that the
-driver registers before training and that is torn down with the worker: no module
-global, and a restarted worker visibly has no state (:class:`WorkerStateLost`).
+Each rank of a training keeps its model, optimizer and rows between epochs (they never
+leave the worker) in :class:`ResidentState`, a ``WorkerPlugin`` that the driver
+registers before training and that is torn down with the worker: no module global, and
+a restarted worker visibly has no state (:class:`WorkerStateLost`). The ranks
+synchronise over a ``torch.distributed`` process group (:mod:`shardflow.tasks.process_group`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from shardflow.tasks.threads import use_threads
 
 
 class WorkerStateLost(RuntimeError):
-    """A data-parallel round ran on a worker that does not hold the training's state."""
+    """A data-parallel epoch ran on a worker that does not hold the training's state."""
 
 
 class ResidentState(WorkerPlugin):
-    """Per-worker storage that lives and dies with the worker: the data-parallel MLP's
-    optimizer state, keyed by ``(training token, worker index)`` (subclasses keep other state).
+    """Per-worker storage that lives and dies with the worker: a data-parallel MLP rank's
+    :class:`CollectiveTrainer` keyed by ``(training token, rank)``, the rendezvous store it
+    serves, the process group it belongs to (subclasses keep other state).
 
     Examples
     --------
@@ -70,72 +72,6 @@ def _use_worker_threads() -> None:
     threads = worker_threads()
     if threads:
         use_threads(threads)
-
-
-def current_params(params_or_reduced, like):
-    """Parameters from the previous round: plain (the first round) or a reduced weighted sum."""
-    from shardflow.tasks.neural import weighted_mean
-
-    if "sum" in params_or_reduced:
-        return weighted_mean(params_or_reduced, like)
-    return params_or_reduced
-
-
-def local_round(shard, params_or_reduced, like, spec, optim, *, epoch, first_step, steps, lr, token, index, fresh):
-    """One worker's share of a round: finish the last average, take local steps, return w·θ."""
-    from shardflow.tasks.neural import local_steps, weighted_sum
-
-    _use_worker_threads()
-    states = _resident().states
-    key = (token, index)
-    if fresh:
-        states.pop(key, None)
-    elif key not in states:
-        raise WorkerStateLost(f"worker {index} of data-parallel MLP training {token} lost its optimizer state "
-                              "(the worker was restarted or replaced)")
-    params = current_params(params_or_reduced, like)
-    out = local_steps(shard, params, spec, optim, epoch=epoch, first_step=first_step, steps=steps, lr=lr,
-                      optimizer_state=states.get(key))
-    states[key] = out.pop("optimizer_state")
-    return weighted_sum(out)
-
-
-def forget_state(token: str, dask_worker=None) -> None:
-    """Drop a finished training's state (``client.run(forget_state, token)``)."""
-    plugin = dask_worker.plugins.get(ResidentState.name) if dask_worker is not None else None
-    if plugin is not None:
-        plugin.forget(token)
-
-
-def validation_loss(shard, params_or_reduced, like, spec, device):
-    from shardflow.tasks.neural import loss_on
-
-    return loss_on(shard, current_params(params_or_reduced, like), spec, device)
-
-
-def shard_gradient_step(shard, params, spec, optim, *, epoch, step):
-    from shardflow.tasks.neural import shard_gradient
-
-    _use_worker_threads()
-    return shard_gradient(shard, params, spec, optim, epoch=epoch, step=step)
-
-
-def apply_reduced_gradient(params, reduced, previous, *, spec, optim, lr):
-    """One optimizer step with the mean of the workers' gradients."""
-    from shardflow.tasks.neural import apply_gradient, weighted_mean
-
-    gradient = weighted_mean(reduced, {k: v for k, v in params.items()})
-    state = previous["optimizer_state"] if previous else None
-    out = apply_gradient(params, gradient, spec, optim, lr=lr, optimizer_state=state)
-    out["loss_sum"] = reduced["loss_sum"]
-    out["weight"] = reduced["weight"]
-    out["seen"] = reduced["seen"]
-    return out
-
-
-def take(result, key):
-    """``result[key]``, or a tuple of several keys' values."""
-    return tuple(result[k] for k in key) if isinstance(key, tuple) else result[key]
 
 
 def train_group_mlp(*shards, spec, optim, epochs, seed, schedule, scoring):
@@ -192,11 +128,11 @@ class CollectiveTrainer:
     flat allreduce).
     """
 
-    def __init__(self, shard, params, spec, optim, plan: SyncPlan, rank: int, optimizer_state=None):
+    def __init__(self, shard, params, spec, optim, plan: SyncPlan, *, rank: int, optimizer_state=None):
         import torch
         from torch.nn.parallel import DistributedDataParallel
 
-        from shardflow.tasks.neural import _load_optimizer_state, _optimizer, network
+        from shardflow.tasks.neural import load_optimizer_state, make_optimizer, network
 
         self.device = optim.device if optim.device != "cuda" else f"cuda:{torch.cuda.current_device()}"
         self.shard, self.spec, self.optim, self.plan, self.rank = shard, spec, optim, plan, rank
@@ -208,8 +144,8 @@ class CollectiveTrainer:
             # that outweighs the overlap (benchmarks/results/mlp_scaling.md).
             self.model = DistributedDataParallel(
                 self.module, device_ids=[self.device] if self.device.startswith("cuda") else None)
-        self.opt = _optimizer(self.module, optim, optim.lr)
-        _load_optimizer_state(self.opt, optimizer_state, optim.lr)
+        self.opt = make_optimizer(self.module, optim, optim.lr)
+        load_optimizer_state(self.opt, optimizer_state, optim.lr)
         # The rows go to the device once and stay there.
         self.x = torch.from_numpy(shard.x_train).to(self.device)
         self.y = torch.from_numpy(shard.y_train).to(self.device)
@@ -238,7 +174,7 @@ class CollectiveTrainer:
         import numpy as np
         import torch
 
-        from shardflow.tasks.neural import _forward_loss, get_params, loss_of, lr_at
+        from shardflow.tasks.neural import forward_loss, get_params, loss_of, lr_at
 
         plan, cfg, shard = self.plan, self.optim, self.shard
         gradients = plan.sync == "gradients"
@@ -264,7 +200,7 @@ class CollectiveTrainer:
                 weights = self.w[index] if self.w is not None else torch.ones(len(idx), device=self.device)
                 # Gradients are allreduced once per step, after its last micro-batch.
                 with self.model.no_sync() if gradients and a < len(batches) - 1 else nullcontext():
-                    loss = _forward_loss(self.model, self.x[index], self.y[index], weights, spec=self.spec,
+                    loss = forward_loss(self.model, self.x[index], self.y[index], weights, spec=self.spec,
                                          bf16=cfg.bf16, device=self.device)
                     (loss * scale).backward()
                 loss_total += loss.detach()
@@ -301,8 +237,8 @@ def collective_epoch(shard, params, spec, optim, plan: SyncPlan, *, token: str, 
     try:
         states[busy] = True
         if fresh:
-            join_group(token, rendezvous, rank, plan.world, plan.backend, plan.timeout)
-            states[key] = CollectiveTrainer(shard, params, spec, optim, plan, rank)
+            join_group(token, rendezvous, rank=rank, world=plan.world, backend=plan.backend, timeout=plan.timeout)
+            states[key] = CollectiveTrainer(shard, params, spec, optim, plan, rank=rank)
         elif key not in states:
             raise WorkerStateLost(f"rank {rank} of data-parallel MLP training {token} lost its state "
                                   "(the worker was restarted or replaced)")

@@ -126,7 +126,7 @@ def network(spec: MLPSpec, params: Params, device: str = "cpu") -> TabularMLP:
     return model.to(device)
 
 
-def _optimizer(model, cfg: OptimConfig, lr: float):
+def make_optimizer(model, cfg: OptimConfig, lr: float):
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
@@ -144,7 +144,7 @@ def _optimizer_state(opt) -> dict:
     }
 
 
-def _load_optimizer_state(opt, state: dict | None, lr: float) -> None:
+def load_optimizer_state(opt, state: dict | None, lr: float) -> None:
     if state:
         opt.load_state_dict({
             "state": {k: {n: (torch.as_tensor(t) if isinstance(t, np.ndarray) else t) for n, t in v.items()}
@@ -155,7 +155,7 @@ def _load_optimizer_state(opt, state: dict | None, lr: float) -> None:
         group["lr"] = lr
 
 
-def _forward_loss(model, x, y, w, *, spec: MLPSpec, bf16: bool, device: str):
+def forward_loss(model, x, y, w, *, spec: MLPSpec, bf16: bool, device: str):
     with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
         out = model(x)
     return _weighted_loss(spec, out, y, w)
@@ -180,8 +180,8 @@ def local_steps(shard: Shard, params: Params, spec: MLPSpec, cfg: OptimConfig, *
     """
     device = cfg.device
     model = network(spec, params, device).train()
-    opt = _optimizer(model, cfg, lr)
-    _load_optimizer_state(opt, optimizer_state, lr)
+    opt = make_optimizer(model, cfg, lr)
+    load_optimizer_state(opt, optimizer_state, lr)
     loss_sum, seen = 0.0, 0.0
     for step in range(first_step, first_step + steps):
         opt.zero_grad(set_to_none=True)
@@ -190,72 +190,13 @@ def local_steps(shard: Shard, params: Params, spec: MLPSpec, cfg: OptimConfig, *
         total = float(sum(shard.batch_weights(b).sum(dtype=np.float64) for b in batches)) or 1.0
         for idx in batches:
             x, y, w = _batch(shard, idx, device)
-            loss = _forward_loss(model, x, y, w, spec=spec, bf16=cfg.bf16, device=device)
+            loss = forward_loss(model, x, y, w, spec=spec, bf16=cfg.bf16, device=device)
             (loss / total).backward()
             loss_sum += float(loss.detach())
         opt.step()
         seen += total
     return {"params": get_params(model), "optimizer_state": _optimizer_state(opt),
             "weight": shard.weight, "loss_sum": loss_sum, "seen": seen}
-
-
-def shard_gradient(shard: Shard, params: Params, spec: MLPSpec, cfg: OptimConfig, *, epoch: int,
-                   step: int) -> dict:
-    """Sum of the loss gradient over this worker's micro-batches for one global step.
-
-    The sum (not the mean) is returned with its weight (rows, or the sum of their sample
-    weights), so a weighted reduction across workers gives exactly the gradient of the
-    mean loss over all their rows: ``g = Σ_k grad_sum_k / Σ_k n_k``.
-    """
-    device = cfg.device
-    model = network(spec, params, device).train()
-    model.zero_grad(set_to_none=True)
-    rows, loss_sum = 0.0, 0.0
-    for a in range(cfg.accumulation_steps):
-        idx = shard.batch(epoch, step * cfg.accumulation_steps + a, cfg.batch_size)
-        x, y, w = _batch(shard, idx, device)
-        loss = _forward_loss(model, x, y, w, spec=spec, bf16=cfg.bf16, device=device)
-        loss.backward()
-        loss_sum += float(loss.detach())
-        rows += float(shard.batch_weights(idx).sum(dtype=np.float64))
-    grads = {name: (p.grad.detach().cpu().numpy().copy() if p.grad is not None else np.zeros(p.shape, np.float32))
-             for name, p in model.named_parameters()}
-    return {"sum": grads, "weight": rows, "loss_sum": loss_sum, "seen": rows}
-
-
-def apply_gradient(params: Params, gradient: Params, spec: MLPSpec, cfg: OptimConfig, *, lr: float,
-                   optimizer_state: dict | None) -> dict:
-    """One optimizer step with an already averaged gradient (the gradient-sync mode)."""
-    model = network(spec, params, "cpu")
-    opt = _optimizer(model, cfg, lr)
-    _load_optimizer_state(opt, optimizer_state, lr)
-    for name, p in model.named_parameters():
-        p.grad = torch.as_tensor(gradient[name])
-    opt.step()
-    return {"params": get_params(model), "optimizer_state": _optimizer_state(opt)}
-
-
-def weighted_sum(result: dict, key: str = "params") -> dict:
-    """``{"sum": w·x, "weight": w}`` of one worker's result, the reduction's leaf."""
-    w = float(result["weight"])
-    return {"sum": {k: v.astype(np.float64) * w for k, v in result[key].items()}, "weight": w,
-            "loss_sum": result.get("loss_sum", 0.0), "seen": result.get("seen", w)}
-
-
-def combine_weighted(*parts: dict) -> dict:
-    """Add weighted sums (associative, so any reduction tree gives the same mean)."""
-    total = {k: np.array(v, dtype=np.float64, copy=True) for k, v in parts[0]["sum"].items()}
-    for part in parts[1:]:
-        for k, v in part["sum"].items():
-            total[k] += v
-    return {"sum": total, "weight": sum(p["weight"] for p in parts),
-            "loss_sum": sum(p.get("loss_sum", 0.0) for p in parts), "seen": sum(p.get("seen", 0.0) for p in parts)}
-
-
-def weighted_mean(reduced: dict, like: Params) -> Params:
-    """``Σ w·x / Σ w``, cast back to each parameter's dtype (integer buffers are kept)."""
-    w = reduced["weight"]
-    return {k: (reduced["sum"][k] / w).astype(like[k].dtype) if w else like[k] for k in like}
 
 
 def loss_on(shard: Shard, params: Params, spec: MLPSpec, device: str = "cpu", split: str = "valid") -> dict:

@@ -93,7 +93,7 @@ def open_rendezvous(token: str, timeout: float) -> dict:
     return {"host": host, "port": port}
 
 
-def join_group(token: str, rendezvous: dict, rank: int, world: int, backend: str, timeout: float) -> None:
+def join_group(token: str, rendezvous: dict, *, rank: int, world: int, backend: str, timeout: float) -> None:
     """Join the training's process group as ``rank`` of ``world`` (a stale group is left first)."""
     import torch
     import torch.distributed as dist

@@ -185,3 +185,30 @@ def test_target_kinds_are_spelled_in_their_registry_only():
         found += [(str(path.relative_to(ROOT)), node.lineno, node.value) for node in ast.walk(tree)
                   if isinstance(node, ast.Constant) and node.value in TASK_TYPES and id(node) not in docstrings]
     assert found == []
+
+
+def test_every_subpackage_is_packaged():
+    """A non-editable install (``pip install .``, a wheel) holds every subpackage: each
+    folder with an ``__init__.py`` under the layers is listed in pyproject.toml."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {"shardflow": "shardflow", "pipelines": "shardflow.pipelines", "tasks": "shardflow.tasks",
+               "cluster": "shardflow.cluster", "data": "shardflow.data"}
+    expected = {}
+    for folder, package in folders.items():
+        for init in (root / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(root / folder)
+            name = ".".join([package, *relative.parts])
+            expected[name] = str(init.parent.relative_to(root))
+    assert set(setuptools["packages"]) == set(expected)
+    assert setuptools["package-dir"] == expected
+
+
+def test_a_moved_option_says_where_it_lives_now():
+    from shardflow.pipelines.config import ConfigError, default_config_path, load_config
+
+    with pytest.raises(ConfigError, match=r"'train.xgboost.max_attempts' has moved: set 'train.max_attempts'"):
+        load_config(default_config_path(), ["train.xgboost.max_attempts=2"])
+    assert load_config(default_config_path(), ["train.max_attempts=2"]).train.max_attempts == 2

@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import shutil
+import time
 
 import numpy as np
 import pandas as pd
@@ -234,3 +235,50 @@ def test_global_xgboost_collective_binds_where_the_cluster_binds(trips_dir, runt
             assert len(exposed) <= 1 and all(ip in ("0.0.0.0", "::") for ip, _ in exposed), (role, sockets)
         else:
             assert exposed == [], (role, sockets)
+
+
+def test_mlp_process_group_binds_where_the_cluster_binds(trips_dir, runtime, tmp_path):
+    """The MLP's rendezvous store and gloo sockets listen on the workers' Dask interface
+    (loopback for a local cluster), never on every interface; the store closes with the
+    training (torch keeps one gloo listener per process for later groups: a second
+    training opens nothing new that stays)."""
+    import threading
+
+    from shardflow.pipelines.config import MLPConfig
+    from shardflow.pipelines.training import load_training_data, train_data_parallel_mlp
+
+    config = load_config(default_config_path(), [f"output.runs_dir={tmp_path / 'runs'}"], base_dir=trips_dir)
+    result = etl(config, runtime=runtime)
+    data = load_training_data(runtime, result.run_dir / "etl", seed=0)
+    pids = runtime.client.run(os.getpid)
+
+    def listening() -> set:
+        found = set()
+        for pid in pids.values():
+            for conn in psutil.Process(pid).net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found.add((pid, conn.laddr.ip, conn.laddr.port))
+        return found
+
+    before = listening()
+    seen, done = set(), threading.Event()
+
+    def watch():
+        while not done.is_set():
+            seen.update(listening())
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        cfg = MLPConfig(hidden=[16], epochs=3, batch_size=64, sync="gradients", early_stopping_patience=None)
+        train_data_parallel_mlp(runtime, data, cfg, seed=0)
+    finally:
+        done.set()
+        watcher.join()
+    opened = seen - before
+    assert opened, "no socket of the process group was seen"
+    assert all(ipaddress.ip_address(ip).is_loopback for _, ip, _ in opened), opened
+    after_one = listening()
+    train_data_parallel_mlp(runtime, data, cfg, seed=1)
+    assert listening() == after_one

@@ -1,7 +1,10 @@
-"""The data-parallel MLP: each worker trains on the rows it holds, averaged every round.
+"""The data-parallel MLP: each worker trains on the rows it holds, synchronised over a
+``torch.distributed`` process group (gloo on CPU workers, NCCL on GPU workers).
 
-The steps themselves run on the workers (:mod:`shardflow.tasks.mlp_steps`); this module
-schedules the rounds, reduces them on the cluster, checkpoints each epoch and resumes
+Dask places the data and one pinned task per worker and epoch; the ranks' models,
+optimizers and rows stay on the workers between epochs (:mod:`shardflow.tasks.mlp_steps`),
+and gradients or parameters travel over the group, never through the scheduler. This
+module sets up the rendezvous, schedules the epochs, checkpoints each one and resumes
 after a lost worker.
 """
 
@@ -16,7 +19,7 @@ from shardflow.pipelines.rundir import RunDir
 from shardflow.cluster.factory import Runtime
 from shardflow.pipelines import progress
 from shardflow.pipelines.config import MLPConfig
-from shardflow.pipelines.graph import scatter_named, tree_reduce_futures
+from shardflow.pipelines.graph import scatter_named
 from shardflow.pipelines.training.checkpoint import mlp_checkpoint_token, read_mlp_checkpoint, write_mlp_checkpoint
 from shardflow.pipelines.training.collective import WorkerLost, gather_watching
 from shardflow.pipelines.training.data import TrainingData, call_token, recover
@@ -55,19 +58,30 @@ def mlp_optim_for(cfg: MLPConfig, backend: str):
 
 def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig, seed: int = 0, *,
                             checkpoint_dir=None, max_attempts: int = 3, collective_timeout: float | None = 600,
-                            label: str = "data-parallel MLP", transport: str = "collective") -> dict:
-    """Train the MLP across workers, each on the rows it holds, averaging every round.
+                            label: str = "data-parallel MLP") -> dict:
+    """Train the MLP across workers, each rank on the rows its worker holds.
 
-    ``sync: parameters``: each worker takes ``sync_every`` local steps from the current
-    parameters; the new parameters are the row-weighted mean of the workers' (a tree
-    reduction on the cluster). ``sync: gradients``: each step, the workers' gradient
-    sums are reduced to the mean gradient of all their rows and one optimizer step is
-    applied. Validation loss is computed after each epoch; the best parameters are kept
-    and training stops after ``early_stopping_patience`` epochs without improvement.
+    ``sync: gradients``: DistributedDataParallel, gradients allreduced every step (in
+    buckets, as the backward pass produces them): g = Σ_k grad_sum_k / Σ_k n_k over the
+    ranks' batch rows (or sample weights), one optimizer step on every rank.
+    ``sync: parameters`` (local SGD): each rank takes ``sync_every`` local steps, then
+    the parameters are replaced by their mean weighted by the ranks' training weights
+    (always at the end of an epoch). Every rank takes the same number of steps per epoch
+    (a smaller shard wraps around), so unequal shards never deadlock. Validation loss is
+    computed after each epoch; the best parameters are kept and training stops after
+    ``early_stopping_patience`` epochs without improvement.
 
-    With ``checkpoint_dir``, the state after every epoch is saved there; if a worker is
-    lost, training resumes from the last epoch on the workers present (optimizer
-    moments restart, so the result matches an uninterrupted run within tolerance).
+    A lost worker makes its peers' collectives fail at once (a silent one, after
+    ``collective_timeout`` seconds); with ``checkpoint_dir`` the state after every epoch
+    is saved there, and training resumes from the last epoch on the workers present, up
+    to ``max_attempts`` times in all (optimizer moments restart, so the result matches
+    an uninterrupted run within tolerance).
+
+    Examples
+    --------
+    >>> out = train_data_parallel_mlp(runtime, data, MLPConfig(sync="gradients"))  # doctest: +SKIP
+    >>> out["backend"], out["history"]["validation_loss"][-1]  # doctest: +SKIP
+    ('gloo', 0.4381...)
     """
     from shardflow.tasks.neural import init_params
 
@@ -86,9 +100,9 @@ def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig
     restarts = []
     for attempt in range(1, max_attempts + 1):
         try:
-            epochs = _collective_epochs if transport == "collective" else _mlp_epochs
-            info = epochs(runtime, data, cfg, seed=seed, spec=spec, state=state, ckpt=ckpt, started=started,
-                          label=label, timeout=collective_timeout or DEFAULT_COLLECTIVE_TIMEOUT)
+            info = _collective_epochs(runtime, data, cfg, seed=seed, spec=spec, state=state, ckpt=ckpt,
+                                      started=started, label=label,
+                                      timeout=collective_timeout or DEFAULT_COLLECTIVE_TIMEOUT)
             break
         except (WorkerLost, mlp_steps.WorkerStateLost, CollectiveFailed) as err:
             if attempt == max_attempts:
@@ -100,110 +114,6 @@ def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig
     return {"params": state["best_params"], "spec": spec, "history": state["history"],
             "best_epoch": state["best_epoch"], "rounds": state["rounds"], "seconds": time.perf_counter() - started,
             "samples": state["samples"], "restarts": restarts, **info}
-
-
-def _mlp_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, label, timeout) -> dict:
-    """Run the remaining epochs from ``state`` (updated in place after each epoch)."""
-    from shardflow.tasks.neural import combine_weighted, lr_at
-
-    client = runtime.client
-    client.register_plugin(mlp_steps.ResidentState())  # idempotent: workers that join later get it too
-    optim = mlp_optim_for(cfg, runtime.backend)
-    token = call_token(data.token)
-    workers = sorted(set(data.workers))
-    shards, rows = {}, {}
-    for wi, w in enumerate(workers):
-        held = [f for f, pw in zip(data.futures, data.workers) if pw == w]
-        rows[w] = sum(n for n, pw in zip(data.train_rows, data.workers) if pw == w)
-        shards[w] = client.submit(shard_tasks.merge_shards, *held, seed=seed * 101 + wi,
-                                  key=f"train-mlp-shard-{token}-{wi}", workers=[w], allow_other_workers=False)
-    workers = [w for w in workers if rows[w] > 0]
-    rows_per_step = (cfg.batch_size or max(rows.values())) * cfg.accumulation_steps
-    steps_per_epoch = max(1, math.ceil(max(rows[w] for w in workers) / rows_per_step))
-    sync_every = steps_per_epoch if cfg.sync_every is None else min(cfg.sync_every, steps_per_epoch)
-    if cfg.sync == "gradients":
-        sync_every = 1
-    total_steps = cfg.epochs * steps_per_epoch
-    params_f = scatter_named(client, f"train-mlp-params-{token}", state["params"])
-    params_like = params_f  # dtypes and names of the parameters, on every worker
-    apply_state = None
-    fresh = True  # the first round of this attempt starts the workers' optimizer state
-    epochs = progress.Counter(label, cfg.epochs, "epochs", done=state["epoch"]) if progress.enabled() else None
-    try:
-        for epoch in range(state["epoch"], cfg.epochs):
-            losses = []
-            step = 0
-            while step < steps_per_epoch:
-                n = min(sync_every, steps_per_epoch - step)
-                lr = lr_at(cfg.lr_schedule, cfg.lr, (epoch * steps_per_epoch + step) / total_steps, cfg.warmup)
-                name = f"train-mlp-{token}-e{epoch}-s{step}"
-                if cfg.sync == "parameters":
-                    leaves = [client.submit(mlp_steps.local_round, shards[w], params_f, params_like, spec, optim,
-                                            epoch=epoch, first_step=step, steps=n, lr=lr, token=token,
-                                            index=wi, fresh=fresh, key=f"{name}-local-{wi}", workers=[w],
-                                            allow_other_workers=False)
-                              for wi, w in enumerate(workers)]
-                    # The reduced weighted sum is the next round's input: each worker finishes the
-                    # division itself, so a round costs two hops (local steps, then the reduction).
-                    reduced = tree_reduce_futures(client, leaves, combine_weighted, f"{name}-average")
-                    params_f = reduced
-                else:
-                    grads = [client.submit(mlp_steps.shard_gradient_step, shards[w], params_f, spec, optim, epoch=epoch, step=step,
-                                           key=f"{name}-gradient-{wi}", workers=[w], allow_other_workers=False)
-                             for wi, w in enumerate(workers)]
-                    reduced = tree_reduce_futures(client, grads, combine_weighted, f"{name}-average")
-                    apply_state = client.submit(mlp_steps.apply_reduced_gradient, params_f, reduced, apply_state, spec=spec, optim=optim, lr=lr,
-                                                key=f"{name}-apply")
-                    params_f = client.submit(mlp_steps.take, apply_state, "params", key=f"{name}-params")
-                fresh = False
-                losses.append(client.submit(mlp_steps.take, reduced, ("loss_sum", "seen"), key=f"{name}-loss"))
-                step += n
-                state["rounds"] += 1
-            valid = [client.submit(mlp_steps.validation_loss, shards[w], params_f, params_like, spec, optim.device,
-                                   key=f"train-mlp-{token}-e{epoch}-valid-{wi}", workers=[w])
-                     for wi, w in enumerate(workers)]
-            current = client.submit(mlp_steps.current_params, params_f, params_like, key=f"train-mlp-{token}-e{epoch}-params")
-            gathered = gather_watching(client, [current, *valid, *losses], workers, "data-parallel MLP training")
-            current, valid, loss_values = gathered[0], gathered[1:1 + len(valid)], gathered[1 + len(valid):]
-            seen = epoch_rows(rows, workers, steps_per_epoch, cfg)
-            train_loss = sum(loss for loss, _ in loss_values) / (sum(weight for _, weight in loss_values) or 1.0)
-            valid_weight = sum(v["weight"] for v in valid)
-            valid_loss = sum(v["loss_sum"] for v in valid) / valid_weight if valid_weight else float("nan")
-            h = state["history"]
-            h["train_loss"].append(train_loss)
-            h["validation_loss"].append(valid_loss)
-            h["lr"].append(lr)
-            h["seconds"].append(time.perf_counter() - started)
-            state["samples"] += seen
-            state["epoch"] = epoch + 1
-            state["params"] = current
-            logger.debug("mlp epoch %d/%d: train loss %.5f, validation loss %.5f", epoch + 1, cfg.epochs,
-                         train_loss, valid_loss)
-            if epochs is not None:
-                epochs.update(epoch + 1, f"train loss {train_loss:.5f}, validation loss {valid_loss:.5f}")
-            stop = False
-            if valid_loss < state["best_loss"] or not valid_weight:
-                state.update(best_loss=valid_loss, best_params=current, best_epoch=epoch, bad_epochs=0)
-            else:
-                state["bad_epochs"] += 1
-                stop = cfg.early_stopping_patience is not None and state["bad_epochs"] >= cfg.early_stopping_patience
-            if stop:
-                state["epoch"] = cfg.epochs  # a resumed run must not train past an early stop
-            if ckpt is not None:
-                write_mlp_checkpoint(ckpt, state, mlp_checkpoint_token(data, cfg, seed))
-            if stop:
-                logger.info("mlp: early stop after epoch %d (best %d)", epoch + 1, state["best_epoch"] + 1)
-                break
-    except BaseException:
-        if epochs is not None:
-            epochs.close(failed=True)
-        raise
-    else:
-        if epochs is not None:
-            epochs.close()
-    finally:
-        client.run(mlp_steps.forget_state, token)
-    return {"steps_per_epoch": steps_per_epoch, "sync_every": sync_every, "workers": len(workers)}
 
 
 def _worker_shards(client, data: TrainingData, token: str, seed: int):
@@ -266,8 +176,9 @@ def _collective_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, 
                           else float("nan"))
             state["rounds"] += results[0]["rounds"]
             lr = lr_at(cfg.lr_schedule, cfg.lr, ((epoch + 1) * steps_per_epoch - 1) / plan.total_steps, cfg.warmup)
-            if _end_of_epoch(state, epoch, cfg, current, train_loss, valid_loss, valid_weight, lr,
-                             epoch_rows(rows, workers, steps_per_epoch, cfg), started, epochs, ckpt, data, seed):
+            if _end_of_epoch(state, epoch, cfg, current=current, train_loss=train_loss, valid_loss=valid_loss,
+                             valid_weight=valid_weight, lr=lr, seen=epoch_rows(rows, workers, steps_per_epoch, cfg),
+                             started=started, epochs=epochs, ckpt=ckpt, data=data, seed=seed):
                 break
     except BaseException:
         if epochs is not None:
@@ -282,7 +193,7 @@ def _collective_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, 
             "backend": plan.backend}
 
 
-def _end_of_epoch(state, epoch, cfg, current, train_loss, valid_loss, valid_weight, lr, seen, started, epochs,
+def _end_of_epoch(state, epoch, cfg, *, current, train_loss, valid_loss, valid_weight, lr, seen, started, epochs,
                   ckpt, data, seed) -> bool:
     """Record an epoch in ``state`` (history, best parameters, early stopping), checkpoint
     it, and say whether training stops early."""
