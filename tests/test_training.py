@@ -309,6 +309,21 @@ def test_every_step_averaging_equals_full_batch_sgd(trips_dir, runtime, tmp_path
     assert out["rounds"] == 4
 
 
+def test_gradient_accumulation_over_the_group_equals_the_larger_batch(trips_dir, runtime, tmp_path):
+    """DDP with two micro-batches per step (the first without allreduce) takes the same steps
+    as one micro-batch of twice the rows: the same rows, the same global mean gradient."""
+    config = load_config(default_config_path(), [f"output.runs_dir={tmp_path}", "encode.min_frequency=5"],
+                         base_dir=trips_dir)
+    data = load_training_data(runtime, etl(config, runtime=runtime).run_dir / "etl", seed=0)
+    base = dict(hidden=[16], epochs=2, optimizer="sgd", lr=0.05, lr_schedule="constant", sync="gradients",
+                early_stopping_patience=None)
+    accumulated = train_data_parallel_mlp(runtime, data, MLPConfig(**base, batch_size=256, accumulation_steps=2))
+    whole = train_data_parallel_mlp(runtime, data, MLPConfig(**base, batch_size=512, accumulation_steps=1))
+    assert accumulated["steps_per_epoch"] == whole["steps_per_epoch"] > 1
+    for name, value in whole["params"].items():
+        np.testing.assert_allclose(accumulated["params"][name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 def test_mlp_options_train(trips_dir, runtime, tmp_path):
     """bf16, gradient accumulation, a schedule and early stopping run and improve on the start."""
     config = load_config(default_config_path(), [f"output.runs_dir={tmp_path}"], base_dir=trips_dir)
