@@ -334,3 +334,20 @@ def test_mlp_options_train(trips_dir, runtime, tmp_path):
     out = train_data_parallel_mlp(runtime, data, cfg, seed=0)
     assert out["history"]["validation_loss"][-1] < 0.6
     assert len(out["history"]["lr"]) >= 1
+
+
+def test_mlp_on_workers_that_share_a_process_is_refused_in_one_line(trips_dir, runtime, tmp_path):
+    """Threads of one process cannot be ranks of a process group: said up front, nothing hangs."""
+    from distributed import Client, LocalCluster
+
+    from shardflow.cluster.factory import Runtime
+    from shardflow.tasks.errors import ShardflowError
+
+    config = load_config(default_config_path(), [f"output.runs_dir={tmp_path}"], base_dir=trips_dir)
+    etl_dir = etl(config, runtime=runtime).run_dir / "etl"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        threads = Runtime(client, "pandas", "existing")
+        data = load_training_data(threads, etl_dir, seed=0)
+        with pytest.raises(ShardflowError, match="one process per worker.*processes=True"):
+            train_data_parallel_mlp(threads, data, MLPConfig(epochs=1))

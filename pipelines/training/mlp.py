@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from shardflow.pipelines.training.data import TrainingData, call_token, recover
 from shardflow.tasks import mlp_steps
 from shardflow.tasks import shards as shard_tasks
 from shardflow.tasks.encode import Preprocessor
+from shardflow.tasks.errors import ShardflowError
 from shardflow.tasks.process_group import CollectiveFailed, leave_group, open_rendezvous
 
 logger = logging.getLogger("shardflow.train")
@@ -152,6 +154,11 @@ def _collective_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, 
             min(cfg.batch_size, rows[w]) if cfg.batch_size else rows[w] for w in workers)),
         lr=cfg.lr, lr_schedule=cfg.lr_schedule, warmup=cfg.warmup,
         backend="nccl" if optim.device == "cuda" else "gloo", timeout=float(timeout))
+    pids = client.run(os.getpid, workers=workers)
+    if len(set(pids.values())) < len(pids):
+        raise ShardflowError("train.mlp: the data-parallel MLP needs one process per worker (each rank joins a "
+                             "torch.distributed process group), and some workers of this cluster share a process: "
+                             "start the cluster with processes=True, or train mlp_partitions instead")
     rendezvous = client.submit(open_rendezvous, token, timeout, key=f"train-mlp-rendezvous-{token}",
                                workers=[workers[0]], allow_other_workers=False, pure=False)
     rendezvous = gather_watching(client, [rendezvous], workers[:1], "the MLP's rendezvous")[0]
