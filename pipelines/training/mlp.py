@@ -159,15 +159,15 @@ def _collective_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, 
         raise ShardflowError("train.mlp: the data-parallel MLP needs one process per worker (each rank joins a "
                              "torch.distributed process group), and some workers of this cluster share a process: "
                              "start the cluster with processes=True, or train mlp_partitions instead")
-    rendezvous = client.submit(open_rendezvous, token, timeout, key=f"train-mlp-rendezvous-{token}",
-                               workers=[workers[0]], allow_other_workers=False, pure=False)
-    rendezvous = gather_watching(client, [rendezvous], workers[:1], "the MLP's rendezvous")[0]
-    logger.debug("mlp: %s process group of %d ranks, rendezvous at %s:%s", plan.backend, plan.world,
-                 rendezvous["host"], rendezvous["port"])
-    params_f = scatter_named(client, f"train-mlp-params-{token}", state["params"])
     epochs = progress.Counter(label, cfg.epochs, "epochs", done=state["epoch"]) if progress.enabled() else None
     fresh = True  # the first epoch of this attempt joins the group and builds the ranks' models
     try:
+        rendezvous = client.submit(open_rendezvous, token, timeout, key=f"train-mlp-rendezvous-{token}",
+                                   workers=[workers[0]], allow_other_workers=False, pure=False)
+        rendezvous = gather_watching(client, [rendezvous], workers[:1], "the MLP's rendezvous")[0]
+        logger.debug("mlp: %s process group of %d ranks, rendezvous at %s:%s", plan.backend, plan.world,
+                     rendezvous["host"], rendezvous["port"])
+        params_f = scatter_named(client, f"train-mlp-params-{token}", state["params"])
         for epoch in range(state["epoch"], cfg.epochs):
             futures = [client.submit(mlp_steps.collective_epoch, shards[w], params_f if fresh else None, spec, optim,
                                      plan, token=token, rank=rank, rendezvous=rendezvous, epoch=epoch, fresh=fresh,
@@ -195,7 +195,10 @@ def _collective_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, 
         if epochs is not None:
             epochs.close()
     finally:
-        client.run(leave_group, token)
+        try:
+            client.run(leave_group, token)
+        except Exception as err:  # noqa: BLE001 - a worker lost mid-call: its group went with it
+            logger.debug("mlp: leaving the process group on every worker failed: %s", err)
     return {"steps_per_epoch": steps_per_epoch, "sync_every": sync_every, "workers": len(workers),
             "backend": plan.backend}
 
