@@ -34,6 +34,19 @@ def module_name(path: Path) -> str:
         p for p in parts if p != "shardflow")
 
 
+
+def constants_outside(exempt: str, matches) -> list:
+    """(file, line, value) of every constant outside docstrings and the ``exempt`` module
+    for which ``matches(value)`` holds."""
+    found = []
+    for path, tree in modules():
+        if path.relative_to(ROOT) == Path(exempt):
+            continue
+        docstrings = docstring_nodes(tree)
+        found += [(str(path.relative_to(ROOT)), node.lineno, node.value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and id(node) not in docstrings and matches(node.value)]
+    return found
+
 def test_family_names_are_spelled_in_the_registry_only():
     from shardflow.pipelines.families import FAMILY_NAMES
 
@@ -162,28 +175,16 @@ def test_run_directory_paths_are_spelled_in_rundir_only():
              *RunDir._EVALUATE_FILES.values(), *RunDir._CHECKPOINT_FILES.values(),
              "config.yaml", "report.html", "performance-report.html"} - {"features", "quarantine"}
     inside = re.compile(r"^(etl|train|evaluate|checkpoints)/")
-    found = []
-    for path, tree in modules():
-        if path.relative_to(ROOT) == Path("pipelines/rundir.py"):
-            continue
-        docstrings = docstring_nodes(tree)
-        found += [(str(path.relative_to(ROOT)), node.lineno, node.value) for node in ast.walk(tree)
-                  if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
-                  and (node.value in names or inside.match(node.value) or any(
-                      node.value.endswith(f"/{n}") or node.value.endswith(n) and "/" in node.value for n in names))]
+    found = constants_outside("pipelines/rundir.py", lambda value: isinstance(value, str) and (
+        value in names or inside.match(value) or any(
+            value.endswith(f"/{n}") or value.endswith(n) and "/" in value for n in names)))
     assert found == []
 
 
 def test_target_kinds_are_spelled_in_their_registry_only():
     from shardflow.tasks.targets import TASK_TYPES
 
-    found = []
-    for path, tree in modules():
-        if path.relative_to(ROOT) == Path("tasks/targets.py"):
-            continue
-        docstrings = docstring_nodes(tree)
-        found += [(str(path.relative_to(ROOT)), node.lineno, node.value) for node in ast.walk(tree)
-                  if isinstance(node, ast.Constant) and node.value in TASK_TYPES and id(node) not in docstrings]
+    found = constants_outside("tasks/targets.py", lambda value: isinstance(value, str) and value in TASK_TYPES)
     assert found == []
 
 
