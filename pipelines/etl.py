@@ -29,6 +29,7 @@ from shardflow.cluster.memory import peak_memory, reset_peak_memory
 from shardflow.pipelines import outputs, progress
 from shardflow.pipelines.artifacts import sha256
 from shardflow.pipelines.config import Config
+from shardflow.pipelines.families import FAMILIES
 from shardflow.pipelines.graph import named_delayed, shuffled_partitions, task_names, tree_reduce
 from shardflow.pipelines.rundir import (
     RunDir,
@@ -51,6 +52,7 @@ from shardflow.tasks.stats import (
     combine_moments,
     combine_profiles,
     partition_clipped_moments,
+    partition_differences,
     partition_profile,
 )
 
@@ -150,6 +152,23 @@ def etl(config: Config, runtime: Runtime | None = None, run_dir=None, key: str |
     finally:
         if owns_runtime:
             runtime.close()
+
+
+#: A partition whose target mean is this many of the table's standard deviations from the
+#: table's mean makes per-partition models extrapolate: the ETL says so.
+TARGET_GAP_WARNING = 0.25
+
+
+def _log_differences(differences: dict, config, *, shuffled: bool) -> None:
+    gap = differences["target_gap"]
+    per_partition = any(FAMILIES[m].kind != "global" for m in config.train.models)
+    worst = max(differences["numeric_gap"].items(), key=lambda kv: kv[1], default=(None, 0.0))
+    logger.info("etl partitions differ by up to %.2f std in the target%s", gap,
+                f", {worst[1]:.2f} std in {worst[0]!r}" if worst[0] else "")
+    if per_partition and gap > TARGET_GAP_WARNING and len(differences["partitions"]) > 1:
+        logger.warning("partitions differ by %.2f std in the target mean: per-partition models each see a slice "
+                       "of it%s", gap, "" if shuffled else " (input.exchangeable: true skips the shuffle; "
+                       "set it to false, or input.partitions, to mix the rows)")
 
 
 def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
@@ -278,6 +297,9 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
         seconds = time.perf_counter() - started
         peaks = peak_memory(client)
         logger.info("etl pass 3/3 (write): %.1fs", timings["write"])
+        differences = partition_differences(
+            profile, numeric, list(preprocessor.classes) if target_kind(preprocessor.task).is_classification else None)
+        _log_differences(differences, config, shuffled=shuffle)
         summary = {
             "rows": profile.rows,
             "partitions": len(partition_rows),
@@ -299,6 +321,7 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
             "target_max": float(profile.target.maximum[0]) if profile.target.count[0] else 1.0,
             "task": preprocessor.task,
             "classes": {key: profile.target_values.get(key, 0) for key in preprocessor.classes},
+            "partition_differences": differences,
         }
         RunDir.etl_file(stage_dir, "preprocessor").write_text(preprocessor.to_json())
         RunDir.etl_file(stage_dir, "summary").write_text(json.dumps(summary, indent=1))

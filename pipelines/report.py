@@ -109,6 +109,7 @@ def build_report(run_dir) -> Path:
         ax.set_ylabel("rows")
         ax.set_title("Partition sizes")
         parts.append(_img(_figure_png(fig), "Rows per partition (skew shows here)"))
+    parts.append(_partition_differences(summary))
 
     # Stage timings.
     parts.append("<h2>Stage timings</h2>")
@@ -154,6 +155,35 @@ def build_report(run_dir) -> Path:
     out = run.report
     write_text_atomic(out, page)
     return out
+
+
+def _partition_differences(summary: dict) -> str:
+    """The partitions' target mean (classification: the last class's share) against the
+    table's, and the largest gaps in the features' means, in standard deviations."""
+    differences = summary.get("partition_differences")
+    if not differences or len(differences["partitions"]) < 2:
+        return ""
+    entries = differences["partitions"]
+    classes = list(summary.get("classes") or [])
+    if "class_shares" in entries[0]:
+        values = [e["class_shares"][-1] if e["rows"] else float("nan") for e in entries]
+        what = f"share of class {classes[-1]!r}" if classes else "share of the last class"
+    else:
+        values = [e["target_mean"] if e["target_mean"] is not None else float("nan") for e in entries]
+        what = "target mean"
+    fig, ax = subplots(figsize=(7, 2.8))
+    ax.bar(range(len(values)), values, color="#b07aa1")
+    overall = summary.get("target_mean") if what == "target mean" else None
+    if overall is not None:
+        ax.axhline(overall, color="k", ls=":", lw=0.8)
+    ax.set_xlabel("partition")
+    ax.set_ylabel(what)
+    ax.set_title("How different the partitions are")
+    gaps = sorted(differences["numeric_gap"].items(), key=lambda kv: -kv[1])[:8]
+    table = _table([["target", differences["target_gap"]], *[[f"feature {k}", v] for k, v in gaps]],
+                   ["largest |partition mean − table mean| / table std", ""])
+    return (_img(_figure_png(fig), f"{what} per partition: per-partition models assume partitions alike "
+                 "(the ETL shuffles the rows when it trains them)") + table)
 
 
 def _quality_plots(evaluation, task) -> str:

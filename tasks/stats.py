@@ -111,6 +111,10 @@ class Profile:
     model_target: Moments | None = None
     #: Regression only: a few target values that were not numbers.
     target_examples: list = field(default_factory=list)
+    #: Per partition index: ``[target mean, [numeric feature means]]`` over its kept rows
+    #: (the target mean is the mean label code for classification, see
+    #: :func:`partition_differences`); how much the partitions differ.
+    partition_means: dict = field(default_factory=dict)
 
 
 def partition_profile(part: PreparedPartition, spec: TableSpec, index: int) -> Profile:
@@ -130,17 +134,21 @@ def partition_profile(part: PreparedPartition, spec: TableSpec, index: int) -> P
         vc = backend.to_pandas(features[spec.target].value_counts(dropna=True))
         values, truncated = _kept_values({str(k): int(v) for k, v in vc.items()})
         target = model_target = Moments.empty(target_columns)
+        target_mean = None  # from the label counts, once the classes are known
     else:
         target = Moments.of(features, target_columns)
         training = features[~features[SPLIT_COLUMN]][target_columns]
         transformed = training.assign(**{spec.target: target_transform(spec.target_transform).forward(
             training[spec.target])})
         model_target = Moments.of(transformed, target_columns)
+        target_mean = float(target.mean[0]) if target.count[0] else None
+    numeric = Moments.of(features, spec.numeric_features)
+    means = [float(m) if c else None for m, c in zip(numeric.mean, numeric.count)]
     return Profile(
         rows=len(features),
         partition_rows=partition_rows,
         quarantined={str(k): int(v) for k, v in reasons.items()},
-        numeric=Moments.of(features, spec.numeric_features),
+        numeric=numeric,
         category_counts=counts,
         target=target,
         validation_rows=int(backend.to_host_array(features[SPLIT_COLUMN], bool).sum()),
@@ -150,6 +158,7 @@ def partition_profile(part: PreparedPartition, spec: TableSpec, index: int) -> P
         join_matches=[list(m) for m in part.join_matches],
         model_target=model_target,
         target_examples=list(part.target_examples),
+        partition_means={index: [target_mean, means, values]},
     )
 
 
@@ -193,7 +202,54 @@ def combine_profiles(a: Profile, b: Profile) -> Profile:
         join_matches=[[x + y for x, y in zip(ma, mb)] for ma, mb in zip(a.join_matches, b.join_matches)],
         model_target=a.model_target.merge(b.model_target),
         target_examples=list(dict.fromkeys(a.target_examples + b.target_examples))[:3],
+        partition_means={**a.partition_means, **b.partition_means},
     )
+
+
+def partition_differences(profile: Profile, numeric: list, classes: list | None = None) -> dict:
+    """How different the partitions are: each partition's target mean and feature means, and
+    the largest gap to the table's mean in units of the table's standard deviation.
+
+    Per-partition models and their averages assume partitions drawn from one distribution;
+    a partition whose target mean sits a standard deviation away from the others' has a
+    model that extrapolates. For classification the target mean is the share of each
+    class (``classes``, in model order); its gap is in units of the class share's binomial
+    standard deviation ``sqrt(p (1 - p))``.
+
+    Returns
+    -------
+    dict
+        ``partitions`` (per partition: ``rows``, ``target_mean`` or ``class_shares``,
+        ``numeric_means``), ``target_gap`` and ``numeric_gap`` (``{feature: gap}``),
+        the largest ``|partition mean - table mean| / table std`` over partitions with rows.
+    """
+    rows = profile.partition_rows
+    entries, target_gaps = [], []
+    std = np.nan_to_num(profile.numeric.std)
+    numeric_gaps = np.zeros(len(numeric))
+    shares = np.array([profile.target_values.get(c, 0) for c in classes or []], dtype=float)
+    shares = shares / max(1.0, shares.sum())
+    for index in range(len(rows)):
+        target_mean, means, values = profile.partition_means.get(index, [None, [None] * len(numeric), {}])
+        entry = {"rows": int(rows[index]), "numeric_means": means}
+        if classes is not None:
+            counts = np.array([values.get(c, 0) for c in classes], dtype=float)
+            part_shares = counts / max(1.0, counts.sum())
+            entry["class_shares"] = [round(float(v), 6) for v in part_shares]
+            if counts.sum():
+                spread = np.sqrt(shares * (1 - shares))
+                target_gaps.append(float(np.max(np.abs(part_shares - shares) / np.where(spread > 0, spread, 1.0))))
+        else:
+            entry["target_mean"] = target_mean
+            target_std = float(np.nan_to_num(profile.target.std[0]))
+            if target_mean is not None and target_std > 0:
+                target_gaps.append(abs(target_mean - float(profile.target.mean[0])) / target_std)
+        for k, m in enumerate(means):
+            if m is not None and std[k] > 0:
+                numeric_gaps[k] = max(numeric_gaps[k], abs(m - profile.numeric.mean[k]) / std[k])
+        entries.append(entry)
+    return {"partitions": entries, "target_gap": round(max(target_gaps, default=0.0), 4),
+            "numeric_gap": {col: round(float(g), 4) for col, g in zip(numeric, numeric_gaps)}}
 
 
 def _combined_target_values(a: Profile, b: Profile) -> dict:

@@ -3,6 +3,8 @@ the same rows whatever the partitioning, and files that must not be cut left who
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -115,8 +117,6 @@ def test_plan_command_explains_the_job_and_runs_nothing(tmp_path):
 
 
 def test_the_plan_is_kept_in_the_manifest_and_the_report(runtime, tmp_path):
-    import json
-
     from shardflow.pipelines.report import build_report
 
     trips(20_000).to_csv(tmp_path / "t.csv", index=False)
@@ -124,7 +124,13 @@ def test_the_plan_is_kept_in_the_manifest_and_the_report(runtime, tmp_path):
     plan = json.loads((result.run_dir / "manifest.json").read_text())["plan"]
     assert plan["partitions"]["count"] == 3 and plan["cluster"]["threads"] == 2 and plan["warnings"] == []
     assert 6_000 <= plan["partitions"]["rows_median"] <= 7_400  # estimated from line lengths
-    assert "partitions  3 (3)" in build_report(result.run_dir).read_text()
+    page = build_report(result.run_dir).read_text()
+    assert "partitions  3 (3)" in page and "per-partition models assume partitions alike" in page
+    # Classification: each partition's class shares, from the rows it holds.
+    differences = json.loads((result.run_dir / "etl" / "summary.json").read_text())["partition_differences"]
+    written = [pd.read_parquet(f).y.astype(int).mean()
+               for f in sorted((result.run_dir / "etl" / "features").glob("*.parquet"))]
+    np.testing.assert_allclose([e["class_shares"][1] for e in differences["partitions"]], written, atol=1e-6)
 
 
 def sorted_prices(n: int = 12_000, seed: int = 4) -> pd.DataFrame:
@@ -157,7 +163,7 @@ def test_the_shuffle_keeps_every_row_and_its_order_does_not_depend_on_the_partit
 
 def test_per_partition_models_on_a_table_sorted_by_its_target(runtime, tmp_path):
     sorted_prices(20_000).to_csv(tmp_path / "t.csv", index=False)
-    r2 = {}
+    r2, differences = {}, {}
     for exchangeable in (True, False):
         directory = tmp_path / str(exchangeable)
         directory.mkdir()
@@ -169,8 +175,20 @@ def test_per_partition_models_on_a_table_sorted_by_its_target(runtime, tmp_path)
         (directory / "job.yaml").write_text(yaml.safe_dump(spec))
         from shardflow.pipelines.job import run
 
-        metrics = run(load_config(directory / "job.yaml"), runtime=runtime).metrics
+        result = run(load_config(directory / "job.yaml"), runtime=runtime)
+        metrics = result.metrics
         r2[exchangeable] = (metrics["xgboost"]["r2"], metrics["xgboost_partitions"]["r2"])
+        differences[exchangeable] = json.loads((result.run_dir / "etl" / "summary.json").read_text())[
+            "partition_differences"]
+        # The profile's per-partition target means are those of the rows each partition wrote.
+        written = [pd.read_parquet(f).price.mean()
+                   for f in sorted((result.run_dir / "etl" / "features").glob("*.parquet"))]
+        np.testing.assert_allclose([e["target_mean"] for e in differences[exchangeable]["partitions"]], written,
+                                   rtol=1e-6)  # the files hold float32
     (global_as_read, partitions_as_read), (global_shuffled, partitions_shuffled) = r2[True], r2[False]
     assert partitions_as_read < global_as_read - 0.05  # each model saw one slice of the prices
     assert abs(partitions_shuffled - global_shuffled) <= 0.01, r2
+    # The profile tells the two apart: the partitions as read differ by more than a std in
+    # their target mean (and in the feature that drives it), the shuffled ones hardly at all.
+    assert differences[True]["target_gap"] > 1.0 and differences[True]["numeric_gap"]["a"] > 1.0
+    assert differences[False]["target_gap"] < 0.1 and differences[False]["numeric_gap"]["a"] < 0.1
