@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from shardflow.cluster.config import ClusterConfig
-from shardflow.pipelines.families import FAMILIES, FAMILY_NAMES
+from shardflow.pipelines.families import DEFAULT_FAMILIES, FAMILIES, FAMILY_NAMES, validate_groups
 from shardflow.pipelines.typed_yaml import (
     Anything,
     Between,
@@ -195,6 +195,22 @@ class PartitionModelsConfig:
 
 
 @dataclass
+class GroupModelsConfig:
+    """``train.groups:`` one XGBoost model per key group (model ``xgboost_groups``).
+
+    ``partition_by`` names categorical features; each distinct combination of their
+    categories is a group (one per store, per region), trained on its own rows and
+    predicting its own rows. A group with fewer than ``min_rows`` training rows, and rows
+    whose key is missing or a rare category (``encode.min_frequency``), are predicted by
+    the global XGBoost.
+    """
+
+    partition_by: list[str] = option(factory=list, check=Anything("categorical feature names, checked below"))
+    min_rows: int = option(200, check=Between(1))
+    xgboost_rounds: int = option(100, check=Between(1))
+
+
+@dataclass
 class MLPConfig:
     """``train.mlp:`` the tabular MLP, trained data-parallel across workers.
 
@@ -236,12 +252,13 @@ class TrainConfig:
     ``max_attempts`` times in all.
     """
 
-    models: list[str] = option(factory=lambda: list(FAMILY_NAMES), check=OneOf(FAMILY_NAMES))
+    models: list[str] = option(factory=lambda: list(DEFAULT_FAMILIES), check=OneOf(FAMILY_NAMES))
     seed: int = option(0, check=Between(0))
     max_attempts: int = option(3, check=Between(1))
     collective_timeout: int | None = option(600, check=Between(1))
     xgboost: XGBoostConfig = option(factory=XGBoostConfig, check=Section())
     partitions: PartitionModelsConfig = option(factory=PartitionModelsConfig, check=Section())
+    groups: GroupModelsConfig = option(factory=GroupModelsConfig, check=Section())
     mlp: MLPConfig = option(factory=MLPConfig, check=Section())
 
 
@@ -386,6 +403,7 @@ def validate(config: Config) -> None:
             if needed not in t.models:
                 raise ConfigError(f"config key 'train.models': {model!r} is built on the {needed!r} models; "
                                   f"add {needed!r}")
+    validate_groups(t, config.features)
     if any(not isinstance(width, int) or width < 1 for width in t.mlp.hidden):
         raise ConfigError(f"config key 'train.mlp.hidden': layer widths must be whole numbers of at least 1, got "
                           f"{t.mlp.hidden}")

@@ -161,7 +161,7 @@ TARGET_GAP_WARNING = 0.25
 
 def _log_differences(differences: dict, config, *, shuffled: bool) -> None:
     gap = differences["target_gap"]
-    per_partition = any(FAMILIES[m].kind != "global" for m in config.train.models)
+    per_partition = any(FAMILIES[m].assumes_exchangeable_partitions for m in config.train.models)
     worst = max(differences["numeric_gap"].items(), key=lambda kv: kv[1], default=(None, 0.0))
     logger.info("etl partitions differ by up to %.2f std in the target%s", gap,
                 f", {worst[1]:.2f} std in {worst[0]!r}" if worst[0] else "")

@@ -21,6 +21,7 @@ from typing import Callable
 
 from shardflow.tasks import models as predictors
 from shardflow.tasks import onnx_graph
+from shardflow.tasks.groups import predict_by_group
 
 
 def _lazy(module: str, name: str) -> Callable:
@@ -43,8 +44,12 @@ class Family:
         The config's and files' name (``train.models``), and what tables and plots say.
     kind : str
         ``global`` (one model over all partitions), ``per_partition`` (one model per
-        group of partitions, trained together in one graph) or ``combined`` (built on
-        the models of the families in ``needs``).
+        group of partitions, trained together in one graph), ``combined`` (built on
+        the models of the families in ``needs``) or ``per_group`` (one model per key
+        group, its rows gathered from every partition).
+    default : bool
+        Trained when the config lists no ``train.models`` (a family that needs options
+        of its own is not).
     stage : int
         Training order (see the module docstring).
     train : callable
@@ -78,6 +83,13 @@ class Family:
     curves: Callable | None = None
     needs: tuple = field(default_factory=tuple)
     export: Callable | None = None
+    default: bool = True
+
+    @property
+    def assumes_exchangeable_partitions(self) -> bool:
+        """Whether the family's models are built on partitions as samples of one table (so
+        the ETL shuffles the rows for it)."""
+        return self.kind in ("per_partition", "combined")
 
     def file(self, suffix: str = "json") -> str:
         """A file of the family in the train stage; ``json`` (its metadata) marks it as trained."""
@@ -117,10 +129,18 @@ FAMILIES = {f.name: f for f in (
            partition_job=_lazy("partitions", "mlp_job"), save=_lazy("partitions", "save_mlps"),
            load=_lazy("partitions", "load_mlps"), predict=predictors.predict_mlp_ensemble,
            curves=_lazy("partitions", "mlp_curves"), export=onnx_graph.export_mlp_ensemble),
+    Family("xgboost_groups", "per-group XGBoost (train.groups)", "per_group", 2, needs=("xgboost",),
+           train=_lazy("groups", "train_family"), save=_lazy("groups", "save_family"),
+           load=lambda files, family: {**_lazy("groups", "load_family")(files, family),
+                                       "fallback": _members_payload(files, family)["model"]},
+           predict=predict_by_group, curves=_lazy("groups", "curves"), export=onnx_graph.export_by_group,
+           default=False),
 )}
 
 #: Every family's name, in the order tables and reports list them.
 FAMILY_NAMES = tuple(FAMILIES)
+#: The families a config without ``train.models`` trains.
+DEFAULT_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.default)
 
 
 def label(name: str) -> str:
@@ -132,3 +152,26 @@ def label(name: str) -> str:
 def training_order(names) -> list:
     """The families named, in the order they train."""
     return sorted((FAMILIES[n] for n in names), key=lambda f: (f.stage, FAMILY_NAMES.index(f.name)))
+
+
+def validate_groups(train, features) -> None:
+    """``train.groups`` against ``train.models`` and the categorical features."""
+    from shardflow.pipelines.typed_yaml import ConfigError
+
+    name = next(f.name for f in FAMILIES.values() if f.kind == "per_group")
+    by = train.groups.partition_by
+    if not isinstance(by, list) or not all(isinstance(c, str) for c in by):
+        raise ConfigError(f"config key 'train.groups.partition_by': expected a list of column names, got {by!r}")
+    wanted = name in train.models
+    if wanted and not by:
+        raise ConfigError(f"config key 'train.models': {name!r} needs train.groups.partition_by (the "
+                          "categorical column(s) whose values define the groups)")
+    if by and not wanted:
+        raise ConfigError(f"config key 'train.groups.partition_by' is set but {name!r} is not in "
+                          "train.models: add it, or remove partition_by")
+    for col in by:
+        if col not in features.categorical:
+            raise ConfigError(f"config key 'train.groups.partition_by': {col!r} is not a categorical feature; "
+                              "list it under features.categorical")
+    if len(set(by)) != len(by):
+        raise ConfigError(f"config key 'train.groups.partition_by': a column is named twice in {by}")

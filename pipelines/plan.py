@@ -140,7 +140,7 @@ def shuffles(config: Config) -> bool:
     ``input.exchangeable`` does not say the partitions are samples already."""
     from shardflow.pipelines.families import FAMILIES
 
-    return not config.input.exchangeable and any(FAMILIES[m].kind != "global" for m in config.train.models)
+    return not config.input.exchangeable and any(FAMILIES[m].assumes_exchangeable_partitions for m in config.train.models)
 
 
 def persist_decision(setting: str, in_memory: float, memory_limits: list) -> bool:

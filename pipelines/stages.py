@@ -29,7 +29,7 @@ STAGE_CODE = {
             "pipelines/typed_yaml.py", "tasks/targets.py", "tasks/labels.py", "tasks/combiners.py",
             "pipelines/target_fit.py"),
     RunDir.TRAIN: ("tasks/metrics.py", "tasks/mlp_steps.py", "tasks/models.py", "tasks/neural.py", "tasks/shards.py",
-                   "tasks/process_group.py",
+                   "tasks/process_group.py", "tasks/groups.py",
                    "pipelines/families.py", "pipelines/job.py", "pipelines/artifacts.py", "pipelines/training/*.py"),
     RunDir.EVALUATE: ("tasks/evaluation.py", "pipelines/evaluate.py"),
 }

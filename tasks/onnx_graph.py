@@ -384,3 +384,19 @@ def export_mlp_ensemble(g: Graph, features: str, payload: dict, kind) -> str:
     spec = _mlp_spec(payload)
     members = [mlp_scores(g, features, params, spec, kind) for params in payload["params"]]
     return weighted_average(g, members, payload["weights"])
+
+
+def export_by_group(g: Graph, features: str, payload: dict, kind) -> str:
+    """Each row scored by its own group's booster (its key's codes equal the group's), the
+    other rows by the global one (``fallback``), as :func:`~shardflow.tasks.groups.predict_by_group`."""
+    scores = as_double(g, xgboost_scores(g, features, payload["fallback"], kind))
+    columns = [g.op("Gather", [features, g.const(c, np.int64)], axis=1) for c in payload["columns"]]
+    for key, model in zip(payload["keys"], payload["models"]):
+        mask = None
+        for column, code in zip(columns, key):
+            equal = g.op("Equal", [column, g.const(float(code), np.float32)])
+            mask = equal if mask is None else g.op("And", [mask, equal])
+        if kind.multi_output:
+            mask = g.op("Unsqueeze", [mask, g.const([1], np.int64)])
+        scores = g.op("Where", [mask, as_double(g, xgboost_scores(g, features, model, kind)), scores])
+    return scores

@@ -128,10 +128,23 @@ def test_bad_expression(trips_dir, runtime, runs):
     ("encode.min_frequency=often", r"'encode.min_frequency': expected an integer"),
     ("split.validation_fraction=1.5", r"'split.validation_fraction': must be between 0 and 1"),
     ("cluster.spec=yarn", r"'cluster.spec': 'yarn' is not one of"),
+    ("train.models=[xgboost, xgboost_groups]", r"'train.models': 'xgboost_groups' needs train.groups.partition_by"),
+    ("train.groups.partition_by=[vendor]", r"'train.groups.partition_by' is set but 'xgboost_groups' is not in"),
+    ("train.models=[xgboost_groups]", r"'xgboost_groups' is built on the 'xgboost' models; add 'xgboost'"),
 ])
 def test_config_errors_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(default_config_path(), [override])
+
+
+@pytest.mark.parametrize("partition_by, message", [
+    ("[trip_distance]", r"'trip_distance' is not a categorical feature; list it under features.categorical"),
+    ("[vendor, vendor]", r"a column is named twice"),
+])
+def test_partition_by_names_categorical_features(partition_by, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(default_config_path(), ["train.models=[xgboost, xgboost_groups]",
+                                            f"train.groups.partition_by={partition_by}"])
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):

@@ -192,3 +192,70 @@ def test_per_partition_models_on_a_table_sorted_by_its_target(runtime, tmp_path)
     # their target mean (and in the feature that drives it), the shuffled ones hardly at all.
     assert differences[True]["target_gap"] > 1.0 and differences[True]["numeric_gap"]["a"] > 1.0
     assert differences[False]["target_gap"] < 0.1 and differences[False]["numeric_gap"]["a"] < 0.1
+
+
+def stores(n: int = 9_000, seed: int = 7) -> pd.DataFrame:
+    """Sales of stores whose prices follow different slopes; one store is tiny and some rows
+    have no store."""
+    rng = np.random.default_rng(seed)
+    store = rng.choice(["north", "south", "east", "west"], n, p=[0.4, 0.3, 0.2, 0.1]).astype(object)
+    store[:25] = "kiosk"  # too small for a model of its own
+    store[25:60] = None  # no key: the global model
+    a, b = rng.uniform(0, 10, n).round(2), rng.normal(size=n).round(3)
+    slope = pd.Series(store).map({"north": 1.0, "south": -2.0, "east": 4.0, "west": 0.5, "kiosk": 3.0}).fillna(0)
+    y = 50 + slope.to_numpy() * a ** 1.5 + 5 * b + rng.normal(scale=0.5, size=n)
+    return pd.DataFrame({"id": np.arange(n), "store": store, "a": a, "b": b, "sales": y.round(3)})
+
+
+def test_partition_by_predicts_each_row_with_its_own_groups_model(runtime, tmp_path, caplog):
+    import logging
+
+    import xgboost as xgb
+
+    from shardflow.pipelines.job import run
+    from shardflow.pipelines.predict import predict
+
+    frame = stores()
+    frame.to_csv(tmp_path / "sales.csv", index=False)
+    spec = {"input": {"path": "sales.csv", "partitions": 3}, "target": {"column": "sales", "task": "regression"},
+            "features": {"numeric": ["a", "b"], "categorical": ["store"]}, "encode": {"min_frequency": 1},
+            "split": {"key": ["id"]}, "output": {"runs_dir": "runs", "keep_columns": ["id"]},
+            "train": {"models": ["xgboost", "xgboost_groups"], "xgboost": {"num_boost_round": 30},
+                      "groups": {"partition_by": ["store"], "min_rows": 100, "xgboost_rounds": 20}}}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
+    with caplog.at_level(logging.WARNING, logger="shardflow"):
+        result = run(load_config(tmp_path / "job.yaml"), runtime=runtime)
+    assert "2 of 6 groups use the global model" in caplog.text and "store='kiosk' (" in caplog.text
+    meta = json.loads((result.run_dir / "train" / "xgboost_groups.json").read_text())
+    assert sorted(meta["groups"]) == ["store='east'", "store='north'", "store='south'", "store='west'"]
+    params = {k: v for k, v in meta_params(result.run_dir).items() if k not in ("eval_metric",)}
+
+    # The reference: one model per store, trained by xgboost.train on that store's training
+    # rows of the ETL's output, in one process; the others scored by the run's global model.
+    written = pd.concat([pd.read_parquet(f) for f in sorted((result.run_dir / "etl" / "features").glob("*.parquet"))],
+                        ignore_index=True)
+    out = predict(result.run_dir, tmp_path / "sales.csv", tmp_path / "scores", model="xgboost_groups",
+                  runtime=runtime)
+    scored = pd.concat([pd.read_parquet(f) for f in sorted(out.output.glob("*.parquet"))], ignore_index=True)
+    scored = scored.set_index(scored.id.astype(int)).prediction
+    global_scores = predict(result.run_dir, tmp_path / "sales.csv", tmp_path / "global", model="xgboost",
+                            runtime=runtime).output
+    global_scored = pd.concat([pd.read_parquet(f) for f in sorted(global_scores.glob("*.parquet"))])
+    global_scored = global_scored.set_index(global_scored.id.astype(int)).prediction
+    written["store"] = frame.store.to_numpy()[written.id.astype(int).to_numpy()]  # as read (the files hold codes)
+    for name, rows in written.groupby(written.store.fillna("<none>"), sort=True):
+        ids = rows.id.astype(int).to_numpy()
+        if name in ("kiosk", "<none>"):
+            np.testing.assert_allclose(scored.loc[ids], global_scored.loc[ids], rtol=1e-6)
+            continue
+        training = rows[~rows._is_validation]
+        booster = xgb.train(params, xgb.QuantileDMatrix(training[["a", "b"]].to_numpy(np.float32),
+                                                        training.sales.to_numpy(np.float32)), num_boost_round=20)
+        reference = booster.predict(xgb.DMatrix(rows[["a", "b"]].to_numpy(np.float32)))
+        np.testing.assert_allclose(scored.loc[ids], reference, rtol=1e-4, atol=1e-3, err_msg=name)
+    # Each store's own model beats the global one on its validation rows here (the slopes differ).
+    assert result.metrics["xgboost_groups"]["r2"] >= result.metrics["xgboost"]["r2"] - 0.01
+
+
+def meta_params(run_dir) -> dict:
+    return json.loads((run_dir / "train" / "xgboost.json").read_text())["params"]
