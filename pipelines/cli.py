@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--rows", type=int, required=True, help="rows to write")
     gen.add_argument("--out", type=Path, required=True, help="output directory (Parquet files and trips.yaml)")
     gen.add_argument("--seed", type=int, default=0, help="random seed (default 0): same seed, same bytes")
-    gen.add_argument("--rows-per-partition", type=int, default=None, help="rows per Parquet file (default 1,000,000)")
+    gen.add_argument("--rows-per-partition", type=int, default=None,
+                     help="rows per Parquet file (default: at least 8 files of 25,000 to 1,000,000 rows)")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     _add_cluster_options(gen)
     return parser
@@ -163,13 +164,13 @@ def _load(args, base_dir=None):
 def cmd_generate(args) -> int:
     from shardflow.cluster.config import ClusterConfig
     from shardflow.cluster.factory import connect
-    from shardflow.pipelines.generate import DEFAULT_ROWS_PER_PARTITION, generate
+    from shardflow.pipelines.generate import generate
 
     cluster = ClusterConfig(spec=args.cluster or "local", n_workers=args.n_workers,
                             threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit)
     with connect(cluster) as runtime:
         generate(args.out, args.rows, seed=args.seed,
-                 rows_per_partition=args.rows_per_partition or DEFAULT_ROWS_PER_PARTITION,
+                 rows_per_partition=args.rows_per_partition,
                  runtime=runtime, overwrite=args.overwrite)
     return 0
 
@@ -219,7 +220,7 @@ def cmd_export(args) -> int:
 
 def cmd_run(args) -> int:
     from shardflow.cluster.factory import connect
-    from shardflow.pipelines.generate import DEFAULT_ROWS_PER_PARTITION, generate, is_generated
+    from shardflow.pipelines.generate import generate, is_generated
     from shardflow.pipelines.job import run
 
     work = args.work_dir.expanduser().resolve()
@@ -234,9 +235,7 @@ def cmd_run(args) -> int:
     with connect(config.cluster) as runtime, _performance_report(args.performance_report) as perf:
         if data_dir is not None and not is_generated(data_dir, args.rows, seed=0):
             logger.info("default dataset %s is absent: generating %d rows", data_dir, args.rows)
-            # At least 8 partitions, so every worker has data to train on.
-            per_partition = min(DEFAULT_ROWS_PER_PARTITION, max(50_000, -(-args.rows // 8)))
-            generate(data_dir, args.rows, runtime=runtime, overwrite=True, rows_per_partition=per_partition)
+            generate(data_dir, args.rows, runtime=runtime, overwrite=True)
         result = run(config, runtime=runtime, resume=args.resume, force=args.force)
         perf.run_dir = result.run_dir
     if args.performance_report:

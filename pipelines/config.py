@@ -171,7 +171,9 @@ class XGBoostConfig:
     ``params`` are XGBoost parameters merged over shardflow's defaults (``hist``,
     ``max_depth`` 8, ``eta`` 0.1, the objective from ``target.task``, ``device`` cuda
     on GPU clusters). A checkpoint is written every ``checkpoint_every`` rounds; a run
-    that failed resumes from it (see ``train.max_attempts``).
+    that failed resumes from it (see ``train.max_attempts``). ``single_worker: auto`` trains
+    on one worker with the threads of every worker on its host, no allreduce, when the
+    training arrays fit comfortably in one worker (see :func:`~shardflow.pipelines.plan.trains_on_one_worker`).
     """
 
     #: Keys that moved, with where they live now (a config using them gets that answer).
@@ -182,6 +184,7 @@ class XGBoostConfig:
     early_stopping_rounds: int | None = option(20, check=Between(1))
     checkpoint_every: int = option(25, check=Between(1))
     categorical: bool = option(True, check=OneOf((True, False)))
+    single_worker: str = option("auto", check=OneOf(("auto", "true", "false")))
     params: dict = option(factory=dict, check=Anything("XGBoost's own parameters, checked by XGBoost"))
 
 

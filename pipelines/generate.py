@@ -22,7 +22,11 @@ from shardflow.tasks.errors import ShardflowError
 
 logger = logging.getLogger("shardflow.generate")
 
+#: Most rows per generated file; a smaller table is written in at least
+#: :data:`MIN_PARTITIONS` files of at least :data:`MIN_ROWS_PER_PARTITION` rows.
 DEFAULT_ROWS_PER_PARTITION = 1_000_000
+MIN_PARTITIONS = 8
+MIN_ROWS_PER_PARTITION = 25_000
 MARKER = "_generated.json"
 
 
@@ -40,7 +44,21 @@ def write_trips_partition(seed: int, index: int, rows: int, first_trip_id: int, 
     return rows
 
 
-def generate(out, rows: int, *, seed: int = 0, rows_per_partition: int = DEFAULT_ROWS_PER_PARTITION,
+def auto_rows_per_partition(rows: int) -> int:
+    """Rows per file when none is given: enough files for every worker of a small cluster
+    (at least :data:`MIN_PARTITIONS`), none below :data:`MIN_ROWS_PER_PARTITION` rows or above
+    :data:`DEFAULT_ROWS_PER_PARTITION`. It depends on ``rows`` only, so the same ``rows`` and
+    seed give the same files on any cluster.
+
+    Examples
+    --------
+    >>> [auto_rows_per_partition(n) for n in (10_000, 300_000, 4_000_000, 50_000_000)]
+    [25000, 37500, 500000, 1000000]
+    """
+    return min(DEFAULT_ROWS_PER_PARTITION, max(MIN_ROWS_PER_PARTITION, -(-rows // MIN_PARTITIONS)))
+
+
+def generate(out, rows: int, *, seed: int = 0, rows_per_partition: int | None = None,
              runtime: Runtime | None = None, overwrite: bool = False) -> GenerateResult:
     """Write the synthetic trips dataset: ``out/trips/*.parquet``, ``out/zones.parquet`` and
     the default job config ``out/trips.yaml`` (run it with ``shardflow etl -c out/trips.yaml``).
@@ -53,8 +71,8 @@ def generate(out, rows: int, *, seed: int = 0, rows_per_partition: int = DEFAULT
         Total rows of the trips table.
     seed : int
         Same seed, same rows and partitioning: the same bytes.
-    rows_per_partition : int
-        Rows per Parquet file (one task each).
+    rows_per_partition : int, optional
+        Rows per Parquet file (one task each); default :func:`auto_rows_per_partition`.
     runtime : Runtime, optional
         Cluster to generate on; by default a local one is started and closed.
     overwrite : bool
@@ -65,6 +83,8 @@ def generate(out, rows: int, *, seed: int = 0, rows_per_partition: int = DEFAULT
     >>> generate("data/trips-1m", rows=1_000_000)  # doctest: +SKIP
     """
     out = Path(out).expanduser().resolve()
+    if rows_per_partition is None:
+        rows_per_partition = auto_rows_per_partition(max(rows, 1))
     if rows < 1 or rows_per_partition < 1:
         raise ShardflowError(f"--rows and --rows-per-partition must be positive, got {rows} and {rows_per_partition}")
     if out.exists() and any(out.iterdir()) and not overwrite:

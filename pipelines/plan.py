@@ -114,6 +114,8 @@ class InputPlan:
         if rows and np.median(rows) > 0 and max(rows) > 2 * np.median(rows):
             warnings.append(f"skewed partitions: the largest holds {max(rows):,} rows, the median "
                             f"{int(np.median(rows)):,}")
+        array_bytes = total_rows * (len(self.spec.feature_names) + 3) * 4  # X, y, weight, split as float32
+        one_worker = trains_on_one_worker(self.config.train.xgboost.single_worker, array_bytes, memory)
         return {
             "input": {"format": source.format, "files": len(source.files), "bytes": source.bytes,
                       "rows": total_rows, "rows_exact": source.format == "parquet"},
@@ -125,7 +127,9 @@ class InputPlan:
             "persist": persist,
             "etl": "partitions kept in cluster memory between passes" if persist else
                    "input read again for each pass (streaming)",
-            "training": f"partition i on worker i mod {len(workers)}; the global models across all workers",
+            "training": f"partition i on worker i mod {len(workers)}; " + (
+                "the global XGBoost on one worker with its host's threads (small data: no allreduce), the MLP "
+                "across all workers" if one_worker else "the global models across all workers"),
             "peak_memory_per_worker": int(per_worker),
             "warnings": warnings,
         }
@@ -141,6 +145,27 @@ def shuffles(config: Config) -> bool:
     from shardflow.pipelines.families import FAMILIES
 
     return not config.input.exchangeable and any(FAMILIES[m].assumes_exchangeable_partitions for m in config.train.models)
+
+
+#: Training arrays up to this size train the global XGBoost on one worker (``auto``): below
+#: it, an allreduce per tree level costs more than the second worker's rows save.
+SINGLE_WORKER_BYTES = 256 * 2**20
+
+
+def trains_on_one_worker(setting: str, array_bytes: float, memory_limits: list) -> bool:
+    """Whether the global XGBoost trains on one worker with all its host's threads (no
+    allreduce): ``auto`` when the training arrays (``array_bytes``) take at most
+    :data:`SINGLE_WORKER_BYTES` and an eighth of the smallest worker's memory limit.
+
+    Examples
+    --------
+    >>> trains_on_one_worker("auto", 8e6, [4e9, 4e9]), trains_on_one_worker("auto", 8e8, [4e9, 4e9])
+    (True, False)
+    """
+    if setting in ("true", "false"):
+        return setting == "true"
+    limit = min(memory_limits) if memory_limits and all(memory_limits) else 8 * SINGLE_WORKER_BYTES
+    return array_bytes <= min(SINGLE_WORKER_BYTES, limit / 8)
 
 
 def persist_decision(setting: str, in_memory: float, memory_limits: list) -> bool:

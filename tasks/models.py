@@ -6,6 +6,7 @@ pickled boosters), and neural models as arrays of weights.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -24,8 +25,9 @@ def worker_threads() -> int | None:
         return None
 
 
-def train_xgboost_rank(collective_args: dict, rank: int, *shards, params: dict, rounds: int, model: bytes | None,
-                       feature_names, feature_types, categorical: bool, callbacks=()) -> dict:
+def train_xgboost_rank(collective_args: dict | None, rank: int, *shards, params: dict, rounds: int,
+                       model: bytes | None, feature_names, feature_types, categorical: bool, callbacks=(),
+                       nthread: int | None = None) -> dict:
     """One rank of the global XGBoost model: join the collective, train on this worker's rows.
 
     Runs as a task pinned to its worker, with that worker's partitions as arguments
@@ -35,14 +37,17 @@ def train_xgboost_rank(collective_args: dict, rank: int, *shards, params: dict, 
 
     Parameters
     ----------
-    collective_args : dict
-        From the tracker (``dmlc_tracker_uri``, ``dmlc_tracker_port``, ``dmlc_timeout``).
+    collective_args : dict or None
+        From the tracker (``dmlc_tracker_uri``, ``dmlc_tracker_port``, ``dmlc_timeout``);
+        None: the only rank, no collective (every partition is among ``shards``).
     rank : int
         This task's rank; the tracker orders ranks by it.
     *shards : Shard
         This worker's partitions.
     model : bytes, optional
         A checkpointed model (UBJSON) to continue from.
+    nthread : int, optional
+        Threads (default: the worker's).
 
     Returns
     -------
@@ -55,11 +60,13 @@ def train_xgboost_rank(collective_args: dict, rank: int, *shards, params: dict, 
     from shardflow.tasks.shards import merge_shards
 
     s = merge_shards(*shards)
-    nthread = worker_threads()
+    nthread = nthread or worker_threads()
     params = {**params, **({"nthread": nthread} if nthread else {})}
     types = dict(feature_names=list(feature_names), feature_types=list(feature_types),
                  enable_categorical=categorical)
-    with xgb.collective.CommunicatorContext(**collective_args, dmlc_task_id=f"rank-{rank:06d}"):
+    communicator = contextlib.nullcontext() if collective_args is None else xgb.collective.CommunicatorContext(
+        **collective_args, dmlc_task_id=f"rank-{rank:06d}")
+    with communicator:
         dtrain = xgb.QuantileDMatrix(s.x_train, s.y_train, weight=s.w_train, nthread=nthread, **types)
         dvalid = xgb.QuantileDMatrix(s.x_valid, s.y_valid, weight=s.w_valid, ref=dtrain, nthread=nthread, **types)
         booster = load_booster(model, nthread) if model is not None else None

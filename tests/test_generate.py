@@ -6,6 +6,7 @@ import filecmp
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from shardflow.data.trips import generate_partition
 from shardflow.pipelines.generate import generate, write_trips_partition
@@ -43,3 +44,12 @@ def test_dataset_has_the_documented_shape():
     assert df.is_delayed[rush].mean() > df.is_delayed[~rush].mean() + 0.1
     assert np.corrcoef(df.delay_min, df.trip_distance.clip(0, 30).fillna(0))[0, 1] > 0.2
     assert isinstance(df, pd.DataFrame)
+
+
+def test_a_table_without_rows_per_partition_is_written_in_several_files(runtime, tmp_path):
+    from shardflow.pipelines.generate import MIN_PARTITIONS
+
+    result = generate(tmp_path / "t", 300_000, runtime=runtime)  # issue 12: this was one file
+    files = sorted((result.path / "trips").glob("*.parquet"))
+    assert result.partitions == len(files) == MIN_PARTITIONS
+    assert sum(pq.ParquetFile(f).metadata.num_rows for f in files) == 300_000

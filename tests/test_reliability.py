@@ -27,7 +27,7 @@ from shardflow.pipelines.etl import etl
 from shardflow.pipelines.job import run
 from shardflow.tasks.errors import InputError
 
-FAST = ["train.xgboost.num_boost_round=30", "train.xgboost.checkpoint_every=10", "train.partitions.xgboost_rounds=15",
+FAST = ["train.xgboost.single_worker=false", "train.xgboost.num_boost_round=30", "train.xgboost.checkpoint_every=10", "train.partitions.xgboost_rounds=15",
         "train.partitions.mlp_epochs=1", "train.mlp.epochs=2", "train.mlp.batch_size=512", "encode.min_frequency=5"]
 
 

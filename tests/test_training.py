@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -23,7 +24,8 @@ from shardflow.pipelines.families import FAMILIES
 from shardflow.tasks.models import xgboost_predict
 from shardflow.tasks.neural import MLPSpec, TabularMLP, init_params
 
-FAST = ["train.xgboost.num_boost_round=40", "train.xgboost.checkpoint_every=10", "train.partitions.xgboost_rounds=20",
+# The small data here would train on one worker (single_worker: auto): these tests are of the allreduce.
+FAST = ["train.xgboost.single_worker=false", "train.xgboost.num_boost_round=40", "train.xgboost.checkpoint_every=10", "train.partitions.xgboost_rounds=20",
         "train.partitions.mlp_epochs=2", "train.mlp.epochs=2", "train.mlp.batch_size=512", "train.mlp.sync_every=8",
         "encode.min_frequency=5"]
 
@@ -62,6 +64,36 @@ def test_global_xgboost_matches_single_process_train(trained):
     auc = roc_auc_score(y_valid, ours)
     assert abs(auc - ref_auc) < 0.005, (auc, ref_auc)
     assert auc > 0.75  # the generated data has signal: a model that learned nothing fails here
+
+
+def test_small_data_trains_the_global_xgboost_on_one_worker_and_matches(trained, runtime, caplog, tmp_path):
+    """``single_worker: auto`` on data this small: one task on one worker with its host's
+    threads, no tracker; the model equals one-process ``xgboost.train`` on the same rows
+    (the same arrays, in the same order) and matches the allreduce model's quality."""
+    import logging
+
+    from distributed import get_task_stream
+
+    config, trained_dir, result, _ = trained
+    run_dir = tmp_path / trained_dir.name  # the ETL output copied, without the allreduce model's checkpoint
+    shutil.copytree(trained_dir, run_dir, ignore=shutil.ignore_patterns("checkpoints", "train", "evaluate"))
+    auto = load_config(default_config_path(), [*FAST, "train.xgboost.single_worker=auto", "train.models=[xgboost]",
+                                               f"output.runs_dir={run_dir.parent}"], base_dir=config.base_dir)
+    with caplog.at_level(logging.INFO, logger="shardflow"), get_task_stream(runtime.client) as stream:
+        single = train(auto, runtime, run_dir)
+    ranks = {t["key"] for t in stream.data if "train-xgboost-global" in str(t["key"])}
+    assert len(ranks) == 1 and "one worker with its host's threads, no allreduce" in caplog.text
+    x_train, y_train = zarr_split(run_dir / "etl", "train")
+    x_valid, y_valid = zarr_split(run_dir / "etl", "valid")
+    meta = single.results["xgboost"]
+    names, types = single.data.feature_names, single.data.feature_types(True)
+    dtrain = xgb.QuantileDMatrix(x_train, y_train, feature_names=names, feature_types=types, enable_categorical=True)
+    reference = xgb.train({**meta["params"], "nthread": 2}, dtrain, num_boost_round=meta["best_iteration"] + 1)
+    dvalid = xgb.DMatrix(x_valid, feature_names=names, feature_types=types, enable_categorical=True)
+    np.testing.assert_allclose(xgboost_predict(meta["model"], x_valid), reference.predict(dvalid), atol=1e-5)
+    allreduce = xgboost_predict(artifacts.load_model(trained_dir, "xgboost")["model"], x_valid)
+    assert abs(roc_auc_score(y_valid, xgboost_predict(meta["model"], x_valid))
+               - roc_auc_score(y_valid, allreduce)) < 0.005
 
 
 def test_row_weighted_averaging_by_hand(trained):

@@ -10,11 +10,13 @@ import logging
 import time
 
 from dask.base import tokenize
+from dask.utils import format_bytes
 
 from shardflow.pipelines.rundir import RunDir
 from shardflow.cluster.factory import Runtime
 from shardflow.pipelines import progress
 from shardflow.pipelines.config import XGBoostConfig
+from shardflow.pipelines.plan import trains_on_one_worker
 from shardflow.pipelines.training.data import TrainingData, call_token, recover
 from shardflow.tasks.errors import ShardflowError
 from shardflow.tasks.metrics import metric_direction
@@ -40,6 +42,7 @@ def xgboost_params(task: str, cfg: XGBoostConfig, backend: str, seed: int, class
     Examples
     --------
     >>> from shardflow.pipelines.config import XGBoostConfig
+from shardflow.pipelines.plan import trains_on_one_worker
     >>> p = xgboost_params("regression", XGBoostConfig(params={"objective": "reg:absoluteerror"}), "pandas", 0)
     >>> p["objective"], p["eval_metric"]
     ('reg:absoluteerror', ['mae'])
@@ -65,10 +68,11 @@ def xgboost_params(task: str, cfg: XGBoostConfig, backend: str, seed: int, class
     return params
 
 
-def _xgboost_rounds(client, data, *, params, cfg, collective_timeout, booster, state, remaining, checkpoint_dir, token, metric, callbacks,
-                    label):
+def _xgboost_rounds(client, data, *, params, cfg, collective_timeout, booster, state, remaining, checkpoint_dir,
+                    token, metric, callbacks, label, single):
     """Train ``remaining`` rounds with one pinned task per worker, joined by a tracker on
-    the scheduler (see :mod:`shardflow.pipelines.training.collective`)."""
+    the scheduler (see :mod:`shardflow.pipelines.training.collective`); ``single``: one
+    task on one worker, no tracker."""
     from shardflow.pipelines.training.checkpoint import ResumableState
     from shardflow.pipelines.training.collective import gather_watching, start_xgboost_tracker
     from shardflow.tasks.models import train_xgboost_rank
@@ -77,14 +81,25 @@ def _xgboost_rounds(client, data, *, params, cfg, collective_timeout, booster, s
     for f, w, n_train, n_valid in zip(data.futures, data.workers, data.train_rows, data.valid_rows):
         if n_train or n_valid:  # a partition with no rows at all has nothing to contribute
             held.setdefault(w, []).append(f)
+    nthread = None
+    if single:
+        # One rank: the worker holding the most partitions, with every thread of its host's
+        # workers (they idle while it trains); the other partitions come to it, and the rows
+        # keep the table's order.
+        worker = max(held, key=lambda w: (len(held[w]), w))
+        nthread = host_threads(client, worker)
+        kept = {f.key for fs in held.values() for f in fs}
+        held = {worker: [f for f in data.futures if f.key in kept]}
     workers = sorted(held)
     tracker = ResumableState(str(checkpoint_dir), every=cfg.checkpoint_every, token=token, metric=metric,
                              maximize=metric_direction(metric) == "max", patience=cfg.early_stopping_rounds,
                              state=state, progress_topic=f"shardflow-progress-{token}")
-    # A collective that loses a member must fail, not wait forever for it.
-    coll = start_xgboost_tracker(client, len(workers), collective_timeout)
-    if collective_timeout:
-        coll["dmlc_timeout"] = int(collective_timeout)
+    coll = None
+    if not single:
+        # A collective that loses a member must fail, not wait forever for it.
+        coll = start_xgboost_tracker(client, len(workers), collective_timeout)
+        if collective_timeout:
+            coll["dmlc_timeout"] = int(collective_timeout)
     model = bytes(booster.save_raw("ubj")) if booster is not None else None
     name = call_token(f"train-xgboost-global-{token}")
     done = state["rounds"] if state else 0
@@ -92,10 +107,18 @@ def _xgboost_rounds(client, data, *, params, cfg, collective_timeout, booster, s
         futures = [client.submit(train_xgboost_rank, coll, rank, *held[w], params=params, rounds=remaining,
                                  model=model, feature_names=data.feature_names,
                                  feature_types=data.feature_types(cfg.categorical), categorical=cfg.categorical,
-                                 callbacks=[tracker, *callbacks], key=f"{name}-rank{rank}", workers=[w],
+                                 callbacks=[tracker, *callbacks], nthread=nthread, key=f"{name}-rank{rank}",
+                                 workers=[w],
                                  allow_other_workers=False, pure=False)
                    for rank, w in enumerate(workers)]
         gather_watching(client, futures, workers, "global XGBoost training")
+
+
+def host_threads(client, worker: str) -> int:
+    """Threads of every worker on ``worker``'s host."""
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    host = info[worker]["host"]
+    return sum(w["nthreads"] for w in info.values() if w["host"] == host)
 
 
 def _stopping_metric(params: dict) -> str:
@@ -130,7 +153,14 @@ def train_global_xgboost(runtime: Runtime, data: TrainingData, cfg: XGBoostConfi
     token = tokenize(data.token, params, cfg.num_boost_round, cfg.early_stopping_rounds, cfg.categorical)[:16]
     _, first_state = read_checkpoint(checkpoint_dir, token)
     resumed_from = first_state["rounds"] if first_state else 0
-    n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
+    workers_info = client.scheduler_info(n_workers=-1)["workers"]
+    n_workers = len(workers_info)
+    array_bytes = (sum(data.train_rows) + sum(data.valid_rows)) * (data.n_features + 3) * 4
+    single = trains_on_one_worker(cfg.single_worker, array_bytes,
+                                  [w.get("memory_limit") or 0 for w in workers_info.values()])
+    if single and n_workers > 1:
+        logger.info("xgboost: %s of training arrays: one worker with its host's threads, no allreduce "
+                    "(train.xgboost.single_worker: %s)", format_bytes(int(array_bytes)), cfg.single_worker)
     restarts = []
     for attempt in range(1, max_attempts + 1):
         booster, state = read_checkpoint(checkpoint_dir, token)
@@ -143,9 +173,9 @@ def train_global_xgboost(runtime: Runtime, data: TrainingData, cfg: XGBoostConfi
         if remaining <= 0:
             break
         try:
-            _xgboost_rounds(client, data, params=params, cfg=cfg, collective_timeout=collective_timeout, booster=booster, state=state, remaining=remaining,
-                            checkpoint_dir=checkpoint_dir, token=token, metric=metric, callbacks=callbacks,
-                            label=label)
+            _xgboost_rounds(client, data, params=params, cfg=cfg, collective_timeout=collective_timeout,
+                            booster=booster, state=state, remaining=remaining, checkpoint_dir=checkpoint_dir,
+                            token=token, metric=metric, callbacks=callbacks, label=label, single=single)
             break
         except Exception as err:  # noqa: BLE001 - collective training cannot survive a lost member
             if attempt == max_attempts or isinstance(err, ShardflowError):
