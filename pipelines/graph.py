@@ -7,15 +7,15 @@ from dask.base import tokenize
 
 
 def task_names(stage: str, *token_parts) -> callable:
-    """A function giving dashboard-friendly keys ``(f"{stage}-{token}", i)``.
+    """A function giving dashboard-friendly keys ``(f"{stage}-{token}", i, ...)``.
 
     The key prefix (``etl-profile``, ``train-xgboost``) is what the dashboard's task
     stream and progress bars show, so it says which stage and operation runs.
     """
     token = tokenize(*token_parts)[:8]
 
-    def name(i):
-        return (f"{stage}-{token}", i)
+    def name(*index):
+        return (f"{stage}-{token}", *index)
 
     return name
 
@@ -80,24 +80,46 @@ def _combine_all(combine, first, *rest):
     return out
 
 
-def shuffled_partitions(parts: list, *, seed: int, name: str, token) -> list:
+def shuffled_partitions(parts: list, *, seed: int, name: str, token, max_branch: int = 64) -> list:
     """The prepared partitions with their rows redistributed at random (seeded, deterministic).
 
-    A task-based all-to-all shuffle, as Dask's ``tasks`` shuffle method does it, with every
-    task named for the dashboard (``{name}-split``, ``-take``, ``-combine``): each partition
-    is cut by a uniform hash key into ``N`` ranges, range ``j`` of every partition goes to
-    partition ``j``, sorted by key. The rows' global order is thus the same whatever ``N``;
-    each partition keeps its own quarantined rows and counts. ``N²`` small tasks: fine for
-    the hundreds of partitions a job has, not for hundreds of thousands.
+    A staged all-to-all, as Dask's ``tasks`` shuffle method does it, with every task named
+    for the dashboard (``{name}-keys``, ``-split``, ``-take``, ``-concat``, ``-combine``):
+    each row gets a uniform hash key and goes to partition ``floor(key * N)``, where its
+    partition's rows are sorted by key. The rows' global order is thus the same whatever
+    ``N``; each partition keeps its own quarantined rows and counts. Up to ``max_branch``
+    partitions in one stage of ``N²`` small tasks; beyond, in ``S`` stages that each route
+    rows by one digit of their destination in base ``B = ceil(N ** (1 / S))`` among groups
+    of ``B`` partitions (``S · B^S · (B + 2)`` tasks: about 70,000 for 1,000 partitions,
+    not 1,000,000).
     """
+    import math
     import operator
 
-    from shardflow.tasks.prepare import gather_shuffled, split_by_shuffle_key
+    from shardflow.tasks.prepare import concat_keyed, gather_shuffled, keyed_rows, split_keyed
 
     n = len(parts)
-    split, take, combine = (task_names(f"{name}-{step}", token) for step in ("split", "take", "combine"))
-    pieces = [dask.delayed(split_by_shuffle_key, pure=True)(p, seed, n, dask_key_name=split(i))
-              for i, p in enumerate(parts)]
-    return [dask.delayed(gather_shuffled, pure=True)(
-        parts[j], *[dask.delayed(operator.getitem, pure=True)(pieces[i], j, dask_key_name=take(i * n + j))
-                    for i in range(n)], dask_key_name=combine(j)) for j in range(n)]
+    stages = 1 if n <= max_branch else math.ceil(math.log(n) / math.log(max_branch))
+    base = n if stages == 1 else math.ceil(n ** (1 / stages))
+    width = base**stages
+    keys, split, take, concat, combine = (task_names(f"{name}-{step}", token)
+                                          for step in ("keys", "split", "take", "concat", "combine"))
+    keyed = [dask.delayed(keyed_rows, pure=True)(p, seed, dask_key_name=keys(i)) for i, p in enumerate(parts)]
+    # Positions beyond N start empty: no rows of the first partition (its columns kept).
+    empty = dask.delayed(concat_keyed, pure=True)(keyed[0], rows=0, dask_key_name=concat(-1)) if width > n else None
+    current = keyed + [empty] * (width - n)
+    for stage in range(stages):
+        step = base**stage
+        pieces = [dask.delayed(split_keyed, pure=True)(c, n, base, stage, dask_key_name=split(stage, i))
+                  for i, c in enumerate(current)]
+        following = []
+        for i in range(width):
+            digit = (i // step) % base
+            sources = [i + (d - digit) * step for d in range(base)]  # i's group: the same other digits
+            taken = [dask.delayed(operator.getitem, pure=True)(pieces[src], digit,
+                                                               dask_key_name=take(stage, src, digit))
+                     for src in sources]
+            following.append(dask.delayed(concat_keyed, pure=True)(*taken, dask_key_name=concat(stage, i)))
+        current = following
+    return [dask.delayed(gather_shuffled, pure=True)(parts[j], current[j], dask_key_name=combine(j))
+            for j in range(n)]

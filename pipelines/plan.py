@@ -107,10 +107,6 @@ class InputPlan:
             warnings.append(f"{len(rows)} partition(s) for {sum(threads)} worker threads: some will idle"
                             + (" (a CSV file with quotes is read whole: split it, or set input.blocksize)"
                                if source.format == "csv" and any(p.end is None for p in source.pieces) else ""))
-        if shuffles(self.config) and len(rows) > MAX_SHUFFLE_PARTITIONS:
-            warnings.append(f"{len(rows)} partitions: too many to shuffle (at most {MAX_SHUFFLE_PARTITIONS}); "
-                            "per-partition models train on the partitions as read: make fewer, larger ones "
-                            "(input.partitions) or set input.exchangeable: true if they are random samples")
         if rows and np.median(rows) > 0 and max(rows) > 2 * np.median(rows):
             warnings.append(f"skewed partitions: the largest holds {max(rows):,} rows, the median "
                             f"{int(np.median(rows)):,}")
@@ -120,7 +116,7 @@ class InputPlan:
             "input": {"format": source.format, "files": len(source.files), "bytes": source.bytes,
                       "rows": total_rows, "rows_exact": source.format == "parquet"},
             "cluster": {"workers": len(workers), "threads": sum(threads), "memory_per_worker": limit},
-            "shuffle": shuffles(self.config) and 1 < len(rows) <= MAX_SHUFFLE_PARTITIONS,
+            "shuffle": shuffles(self.config) and len(rows) > 1,
             "partitions": {"count": len(rows), "how": self.config.input.partitions,
                            "rows_min": min(rows, default=0), "rows_median": int(np.median(rows)) if rows else 0,
                            "rows_max": max(rows, default=0), "bytes_max": int(max(partition_bytes, default=0))},
@@ -133,10 +129,6 @@ class InputPlan:
             "peak_memory_per_worker": int(per_worker),
             "warnings": warnings,
         }
-
-
-#: Most partitions the ETL shuffles: its all-to-all costs N² small tasks per pass.
-MAX_SHUFFLE_PARTITIONS = 64
 
 
 def shuffles(config: Config) -> bool:

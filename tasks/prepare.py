@@ -285,20 +285,43 @@ def _left_join(frame, table, join):
 def shuffle_keys(features, seed: int) -> np.ndarray:
     """A key in ``[0, 1)`` per row: a seeded hash of the row's values (host-side)."""
     hashed = pd.util.hash_pandas_object(backend.to_pandas(features), index=False).to_numpy()
-    mixed = _mix(np.full(len(hashed), np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(1),
-                         dtype=np.uint64), hashed)
+    start = (int(seed) * 0x9E3779B97F4A7C15 + 1) % 2**64  # the same value as uint64 arithmetic, without its warning
+    mixed = _mix(np.full(len(hashed), start, dtype=np.uint64), hashed)
     return (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-def split_by_shuffle_key(part: PreparedPartition, seed: int, n: int) -> list:
-    """The partition's good rows cut into ``n`` key ranges ``[j/n, (j+1)/n)``, each sorted by
-    key (the first step of the shuffle; see :func:`gather_shuffled`)."""
-    features = part.features
-    keys = shuffle_keys(features, seed)
-    order = np.argsort(keys, kind="stable")
-    bounds = np.searchsorted(keys[order], np.arange(n + 1) / n, side="left")
-    bounds[-1] = len(keys)
-    return [(keys[order[a:b]], features.iloc[order[a:b]]) for a, b in zip(bounds[:-1], bounds[1:])]
+def keyed_rows(part: PreparedPartition, seed: int) -> tuple:
+    """``(keys, features)``: the partition's good rows with their shuffle keys (see
+    :func:`shuffle_keys`), the form rows travel in through the shuffle's stages."""
+    return shuffle_keys(part.features, seed), part.features
+
+
+def split_keyed(keyed: tuple, n: int, base: int, stage: int) -> list:
+    """``keyed`` rows cut into ``base`` pieces by digit ``stage`` (base ``base``) of their
+    destination partition ``floor(key * n)``: one stage of a staged all-to-all, as Dask's
+    ``tasks`` shuffle does it.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> keys = np.array([0.05, 0.3, 0.55, 0.95])
+    >>> [k.tolist() for k, _ in split_keyed((keys, pd.DataFrame({"v": range(4)})), 4, 2, 0)]
+    [[0.05, 0.55], [0.3, 0.95]]
+    """
+    keys, frame = keyed
+    destination = np.minimum((keys * n).astype(np.int64), n - 1)
+    digit = (destination // base**stage) % base
+    order = np.argsort(digit, kind="stable")
+    bounds = np.searchsorted(digit[order], np.arange(base + 1), side="left")
+    return [(keys[order[a:b]], frame.iloc[order[a:b]]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def concat_keyed(*pieces: tuple, rows: int | None = None) -> tuple:
+    """Several ``(keys, features)`` pieces as one (empty ones included: they keep the
+    columns); ``rows``: only the first so many rows."""
+    frames = [f for _, f in pieces]
+    keys, frame = np.concatenate([k for k, _ in pieces]), backend.concat_frames(frames[0], frames)
+    return (keys, frame) if rows is None else (keys[:rows], frame.iloc[:rows])
 
 
 def gather_shuffled(part: PreparedPartition, *pieces) -> PreparedPartition:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import yaml
 
 from shardflow.pipelines.config import load_config
@@ -259,3 +260,29 @@ def test_partition_by_predicts_each_row_with_its_own_groups_model(runtime, tmp_p
 
 def meta_params(run_dir) -> dict:
     return json.loads((run_dir / "train" / "xgboost.json").read_text())["params"]
+
+
+@pytest.mark.parametrize("n, max_branch", [(7, 64), (70, 64), (70, 4)])
+def test_the_staged_shuffle_routes_every_row_to_its_key_range(n, max_branch):
+    """One stage up to ``max_branch`` partitions, several beyond: partition j ends with the
+    rows whose key falls in [j/n, (j+1)/n), in key order, each row once, whatever the stages."""
+    import dask
+
+    from shardflow.pipelines.graph import shuffled_partitions
+    from shardflow.tasks.prepare import PreparedPartition, shuffle_keys
+
+    rng = np.random.default_rng(n)
+    sizes = rng.integers(0, 60, n)  # uneven, some empty
+    frames = [pd.DataFrame({"v": rng.normal(size=k), "i": np.arange(k) + 1000 * p}) for p, k in enumerate(sizes)]
+    parts = [dask.delayed(PreparedPartition)(f, f.iloc[:0], p) for p, f in enumerate(frames)]
+    out = dask.compute(shuffled_partitions(parts, seed=3, name="t", token=n, max_branch=max_branch),
+                       scheduler="sync")[0]
+    table = pd.concat(frames, ignore_index=True)
+    assert [p.missing_targets for p in out] == list(range(n))  # each keeps its own bookkeeping
+    shuffled = pd.concat([p.features for p in out], ignore_index=True)
+    assert sorted(shuffled.i) == sorted(table.i)  # every row once
+    keys = shuffle_keys(shuffled, 3)
+    assert (np.diff(keys) >= 0).all()  # in key order, across the partitions
+    for j, part in enumerate(out):
+        k = shuffle_keys(part.features, 3)
+        assert ((k >= j / n) & (k < (j + 1) / n)).all()
