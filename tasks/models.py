@@ -60,13 +60,21 @@ def train_xgboost_rank(collective_args: dict | None, rank: int, *shards, params:
     from shardflow.tasks.shards import merge_shards
 
     s = merge_shards(*shards)
-    nthread = nthread or worker_threads()
+    own = worker_threads()
+    # More threads than the worker's: its OpenMP pool is capped at its own count (see
+    # shardflow.tasks.threads), so the cap is raised for this task only.
+    pool = contextlib.nullcontext()
+    if nthread and nthread != own:
+        from threadpoolctl import threadpool_limits
+
+        pool = threadpool_limits(limits=nthread, user_api="openmp")
+    nthread = nthread or own
     params = {**params, **({"nthread": nthread} if nthread else {})}
     types = dict(feature_names=list(feature_names), feature_types=list(feature_types),
                  enable_categorical=categorical)
     communicator = contextlib.nullcontext() if collective_args is None else xgb.collective.CommunicatorContext(
         **collective_args, dmlc_task_id=f"rank-{rank:06d}")
-    with communicator:
+    with pool, communicator:
         dtrain = xgb.QuantileDMatrix(s.x_train, s.y_train, weight=s.w_train, nthread=nthread, **types)
         dvalid = xgb.QuantileDMatrix(s.x_valid, s.y_valid, weight=s.w_valid, ref=dtrain, nthread=nthread, **types)
         booster = load_booster(model, nthread) if model is not None else None
