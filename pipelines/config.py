@@ -190,10 +190,14 @@ class XGBoostConfig:
 
 @dataclass
 class PartitionModelsConfig:
-    """``train.partitions:`` one model per group of partitions, trained where the data is."""
+    """``train.partitions:`` one model per group of partitions, trained where the data is.
+
+    The XGBoost models take the global model's parameters and ``early_stopping_rounds``
+    (watching their own validation rows), with at most ``xgboost_rounds`` rounds.
+    """
 
     partitions_per_model: int = option(1, check=Between(1))
-    xgboost_rounds: int = option(100, check=Between(1))
+    xgboost_rounds: int = option(300, check=Between(1))
     mlp_epochs: int = option(3, check=Between(1))
 
 
@@ -210,7 +214,7 @@ class GroupModelsConfig:
 
     partition_by: list[str] = option(factory=list, check=Anything("categorical feature names, checked below"))
     min_rows: int = option(200, check=Between(1))
-    xgboost_rounds: int = option(100, check=Between(1))
+    xgboost_rounds: int = option(300, check=Between(1))
 
 
 @dataclass

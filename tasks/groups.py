@@ -68,7 +68,7 @@ def split_by_group(shard: Shard, columns: list, bucket_of: dict, n_buckets: int)
 
 
 def train_bucket_xgboost(*pieces: dict, keys: list, params: dict, rounds: int, feature_names, feature_types,
-                         scoring) -> dict:
+                         scoring, early_stopping_rounds: int | None = None) -> dict:
     """One XGBoost model per group of ``keys``, from the groups' rows in ``pieces`` (one
     dict per partition, see :func:`split_by_group`); ``{key: member}`` as
     :func:`~shardflow.tasks.models.train_xgboost_local` returns it."""
@@ -79,7 +79,7 @@ def train_bucket_xgboost(*pieces: dict, keys: list, params: dict, rounds: int, f
         out[key] = train_xgboost_local(shard.x_train, shard.y_train, shard.x_valid, shard.y_valid, params=params,
                                        rounds=rounds, feature_names=feature_names, feature_types=feature_types,
                                        scoring=scoring, nthread=threads, w_train=shard.w_train,
-                                       w_valid=shard.w_valid)
+                                       w_valid=shard.w_valid, early_stopping_rounds=early_stopping_rounds)
     return out
 
 

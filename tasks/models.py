@@ -111,8 +111,13 @@ def _num_class(booster) -> int:
 
 
 def train_xgboost_local(x_train, y_train, x_valid, y_valid, *, params: dict, rounds: int, feature_names,
-                        feature_types, scoring, nthread: int | None = None, w_train=None, w_valid=None) -> dict:
+                        feature_types, scoring, nthread: int | None = None, w_train=None, w_valid=None,
+                        early_stopping_rounds: int | None = None) -> dict:
     """Train one XGBoost model on one partition's rows, with no communication.
+
+    With ``early_stopping_rounds`` (and validation rows), training stops when the last
+    ``eval_metric`` on the partition's own validation rows has not improved for that many
+    rounds, and the model is cut at its best round.
 
     Returns the model as UBJSON bytes, its training rows, weight and time, and its
     metrics on the partition's own validation rows (so skew between partitions shows).
@@ -129,8 +134,11 @@ def train_xgboost_local(x_train, y_train, x_valid, y_valid, *, params: dict, rou
     if len(y_valid):
         evals = [(xgb.DMatrix(x_valid, y_valid, weight=w_valid, feature_names=list(feature_names),
                               feature_types=list(feature_types), enable_categorical=True), "validation")]
+    stopping = early_stopping_rounds if evals else None
     booster = xgb.train(params, dtrain, num_boost_round=rounds, evals=evals, evals_result=history,
-                        verbose_eval=False)
+                        early_stopping_rounds=stopping, verbose_eval=False)
+    if stopping is not None:
+        booster = booster[: booster.best_iteration + 1]
     model = bytes(booster.save_raw("ubj"))
     seconds = time.perf_counter() - started
     own = finish_metrics(partial_metrics(y_valid, xgboost_predict(model, x_valid, nthread), scoring, w_valid),
@@ -237,14 +245,15 @@ def predict_mlp_ensemble(payload: dict, x: np.ndarray, nthread: int | None = Non
     spec = _spec(payload)
     return weighted_average([predict(p, spec, x) for p in payload["params"]], payload["weights"])
 
-def train_group_xgboost(*shards, params, rounds, feature_names, feature_types, scoring):
+def train_group_xgboost(*shards, params, rounds, feature_names, feature_types, scoring, early_stopping_rounds=None):
     """One per-partition XGBoost model on a group of partitions (see :func:`train_xgboost_local`)."""
     from shardflow.tasks.shards import merge_shards
 
     s = merge_shards(*shards)
     return train_xgboost_local(s.x_train, s.y_train, s.x_valid, s.y_valid, params=params, rounds=rounds,
                                feature_names=feature_names, feature_types=feature_types, scoring=scoring,
-                               nthread=worker_threads(), w_train=s.w_train, w_valid=s.w_valid)
+                               nthread=worker_threads(), w_train=s.w_train, w_valid=s.w_valid,
+                               early_stopping_rounds=early_stopping_rounds)
 
 
 def member_predictions(shard, models) -> list:

@@ -229,7 +229,7 @@ def test_partition_by_predicts_each_row_with_its_own_groups_model(runtime, tmp_p
     assert "2 of 6 groups use the global model" in caplog.text and "store='kiosk' (" in caplog.text
     meta = json.loads((result.run_dir / "train" / "xgboost_groups.json").read_text())
     assert sorted(meta["groups"]) == ["store='east'", "store='north'", "store='south'", "store='west'"]
-    params = {k: v for k, v in meta_params(result.run_dir).items() if k not in ("eval_metric",)}
+    params = meta_params(result.run_dir)
 
     # The reference: one model per store, trained by xgboost.train on that store's training
     # rows of the ETL's output, in one process; the others scored by the run's global model.
@@ -249,9 +249,12 @@ def test_partition_by_predicts_each_row_with_its_own_groups_model(runtime, tmp_p
         if name in ("kiosk", "<none>"):
             np.testing.assert_allclose(scored.loc[ids], global_scored.loc[ids], rtol=1e-6)
             continue
-        training = rows[~rows._is_validation]
-        booster = xgb.train(params, xgb.QuantileDMatrix(training[["a", "b"]].to_numpy(np.float32),
-                                                        training.sales.to_numpy(np.float32)), num_boost_round=20)
+        training, validation = rows[~rows._is_validation], rows[rows._is_validation]
+        dtrain = xgb.QuantileDMatrix(training[["a", "b"]].to_numpy(np.float32), training.sales.to_numpy(np.float32))
+        dvalid = xgb.DMatrix(validation[["a", "b"]].to_numpy(np.float32), validation.sales.to_numpy(np.float32))
+        booster = xgb.train(params, dtrain, num_boost_round=20, evals=[(dvalid, "validation")],
+                            early_stopping_rounds=20, verbose_eval=False)  # as train.xgboost's, on its own rows
+        booster = booster[: booster.best_iteration + 1]
         reference = booster.predict(xgb.DMatrix(rows[["a", "b"]].to_numpy(np.float32)))
         np.testing.assert_allclose(scored.loc[ids], reference, rtol=1e-4, atol=1e-3, err_msg=name)
     # Each store's own model beats the global one on its validation rows here (the slopes differ).

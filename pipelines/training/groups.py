@@ -91,6 +91,7 @@ def train_family(context, family) -> dict:
         tasks.append(client.submit(train_bucket_xgboost, *pieces, keys=keys, params=params, rounds=cfg.xgboost_rounds,
                                    feature_names=data.feature_names,
                                    feature_types=data.feature_types(tc.xgboost.categorical), scoring=data.scoring,
+                                   early_stopping_rounds=tc.xgboost.early_stopping_rounds,
                                    key=f"train-xgboost-groups-{token}-{b}", workers=[worker], pure=False))
     members = {}
     for part in progress.compute(client, tasks, f"train {family.name}"):

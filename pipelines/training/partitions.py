@@ -78,7 +78,8 @@ def partition_model_metrics(partitions: list, train_rows: int, validation: dict)
 
 
 def xgboost_job(context, family):
-    """One XGBoost model per group: the global model's parameters, ``partitions.xgboost_rounds`` rounds.
+    """One XGBoost model per group: the global model's parameters and early stopping (on the
+    group's own validation rows), at most ``partitions.xgboost_rounds`` rounds.
 
     Returns ``(task, kwargs_of_group, extra)``: ``extra`` joins the family's result.
     """
@@ -88,7 +89,7 @@ def xgboost_job(context, family):
     params = xgboost_params(data.task, tc.xgboost, context.runtime.backend, tc.seed, classes=data.classes)
     kwargs = dict(params=params, rounds=tc.partitions.xgboost_rounds,
                   feature_names=data.feature_names, feature_types=data.feature_types(tc.xgboost.categorical),
-                  scoring=data.scoring)
+                  scoring=data.scoring, early_stopping_rounds=tc.xgboost.early_stopping_rounds)
     return train_group_xgboost, lambda group: kwargs, {}
 
 
