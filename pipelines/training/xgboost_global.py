@@ -42,7 +42,6 @@ def xgboost_params(task: str, cfg: XGBoostConfig, backend: str, seed: int, class
     Examples
     --------
     >>> from shardflow.pipelines.config import XGBoostConfig
-from shardflow.pipelines.plan import trains_on_one_worker
     >>> p = xgboost_params("regression", XGBoostConfig(params={"objective": "reg:absoluteerror"}), "pandas", 0)
     >>> p["objective"], p["eval_metric"]
     ('reg:absoluteerror', ['mae'])
