@@ -135,7 +135,9 @@ def multiclass_run(runtime, tmp_path_factory):
     # exchangeable: the partitions stay as written, so one of them really lacks a class
     config = write_job(directory, input={"path": "in/*.csv", "exchangeable": True},
                        target={"column": "plan", "task": "classification"},
-                       features={"numeric": ["x1", "x2"], "categorical": ["city"]}, train=FAST)
+                       features={"numeric": ["x1", "x2"], "categorical": ["city"]},
+                       train={**FAST, "models": list(FAMILIES),
+                              "groups": {"partition_by": ["city"], "min_rows": 50, "xgboost_rounds": 30}})
     result = etl(config, runtime=runtime)
     trained = train(config, runtime, result.run_dir)
     evaluated = evaluate_run(runtime, result.run_dir, trained.data)
