@@ -50,6 +50,9 @@ class Family:
     default : bool
         Trained when the config lists no ``train.models`` (a family that needs options
         of its own is not).
+    small_data_on_one_worker : bool
+        A global family that trains on one worker, without collectives, when the data is
+        small (``train.xgboost.single_worker``).
     stage : int
         Training order (see the module docstring).
     train : callable
@@ -84,6 +87,7 @@ class Family:
     needs: tuple = field(default_factory=tuple)
     export: Callable | None = None
     default: bool = True
+    small_data_on_one_worker: bool = False
 
     @property
     def assumes_exchangeable_partitions(self) -> bool:
@@ -110,7 +114,8 @@ FAMILIES = {f.name: f for f in (
     Family("xgboost", "global XGBoost (allreduce)", "global", 0,
            train=_lazy("xgboost_global", "train_family"), save=_lazy("xgboost_global", "save_family"),
            load=_lazy("xgboost_global", "load_family"), predict=predictors.predict_booster,
-           curves=_lazy("xgboost_global", "curves"), export=onnx_graph.export_booster),
+           curves=_lazy("xgboost_global", "curves"), export=onnx_graph.export_booster,
+           small_data_on_one_worker=True),
     Family("xgboost_partitions", "per-partition XGBoost ensemble", "per_partition", 1,
            partition_job=_lazy("partitions", "xgboost_job"), save=_lazy("partitions", "save_boosters"),
            load=_lazy("partitions", "load_boosters"), predict=predictors.predict_booster_ensemble,

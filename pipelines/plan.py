@@ -123,9 +123,7 @@ class InputPlan:
             "persist": persist,
             "etl": "partitions kept in cluster memory between passes" if persist else
                    "input read again for each pass (streaming)",
-            "training": f"partition i on worker i mod {len(workers)}; " + (
-                "the global XGBoost on one worker with its host's threads (small data: no allreduce), the MLP "
-                "across all workers" if one_worker else "the global models across all workers"),
+            "training": _training_line(self.config.train.models, len(workers), one_worker),
             "peak_memory_per_worker": int(per_worker),
             "warnings": warnings,
         }
@@ -158,6 +156,21 @@ def trains_on_one_worker(setting: str, array_bytes: float, memory_limits: list) 
         return setting == "true"
     limit = min(memory_limits) if memory_limits and all(memory_limits) else 8 * SINGLE_WORKER_BYTES
     return array_bytes <= min(SINGLE_WORKER_BYTES, limit / 8)
+
+
+def _training_line(models: list, n_workers: int, one_worker: bool) -> str:
+    """Where each configured family trains, as the plan prints it."""
+    from shardflow.pipelines.families import FAMILIES
+
+    parts = [f"partition i on worker i mod {n_workers}"]
+    for name in models:
+        family = FAMILIES[name]
+        if family.kind == "global":
+            parts.append(f"{name} on one worker with its host's threads (small data: no allreduce)"
+                         if family.small_data_on_one_worker and one_worker else f"{name} across all workers")
+        elif family.kind == "per_group":
+            parts.append(f"{name}: each key group's rows gathered on one worker, groups balanced by rows")
+    return "; ".join(parts)
 
 
 def persist_decision(setting: str, in_memory: float, memory_limits: list) -> bool:
