@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", type=Path, required=True, help="output directory (Parquet files and trips.yaml)")
     gen.add_argument("--seed", type=int, default=0, help="random seed (default 0): same seed, same bytes")
     gen.add_argument("--rows-per-partition", type=int, default=None,
-                     help="rows per Parquet file (default: at least 8 files of 25,000 to 1,000,000 rows)")
+                     help="rows per Parquet file (default: 8 files or more of 25,000 to 1,000,000 rows)")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     _add_cluster_options(gen)
     return parser

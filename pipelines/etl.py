@@ -168,7 +168,7 @@ def _log_differences(differences: dict, config, *, shuffled: bool) -> None:
     if per_partition and gap > TARGET_GAP_WARNING and len(differences["partitions"]) > 1:
         logger.warning("partitions differ by %.2f std in the target mean: per-partition models each see a slice "
                        "of it%s", gap, "" if shuffled else " (input.exchangeable: true skips the shuffle; "
-                       "set it to false, or input.partitions, to mix the rows)")
+                       "set it to false to mix the rows)")
 
 
 def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:

@@ -107,6 +107,10 @@ class InputPlan:
             warnings.append(f"{len(rows)} partition(s) for {sum(threads)} worker threads: some will idle"
                             + (" (a CSV file with quotes is read whole: split it, or set input.blocksize)"
                                if source.format == "csv" and any(p.end is None for p in source.pieces) else ""))
+        if shuffles(self.config) and len(rows) > 64 and not persist:
+            warnings.append(f"{len(rows)} partitions are shuffled again on each of the ETL's three passes (they are "
+                            "not kept in memory): set input.exchangeable: true if they are random samples already, or "
+                            "input.persist: true if the cluster's memory holds them")
         if rows and np.median(rows) > 0 and max(rows) > 2 * np.median(rows):
             warnings.append(f"skewed partitions: the largest holds {max(rows):,} rows, the median "
                             f"{int(np.median(rows)):,}")

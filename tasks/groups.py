@@ -54,11 +54,12 @@ def split_by_group(shard: Shard, columns: list, bucket_of: dict, n_buckets: int)
     out = [{} for _ in range(n_buckets)]
     train_keys, train_inverse = group_codes(shard.x_train, columns)
     valid_keys, valid_inverse = group_codes(shard.x_valid, columns)
+    train_index = {k: i for i, k in enumerate(train_keys)}
     valid_index = {k: i for i, k in enumerate(valid_keys)}
-    for i, key in enumerate(train_keys):
+    for key in dict.fromkeys(train_keys + valid_keys):  # a partition may hold only validation rows of a group
         if key not in bucket_of:
             continue
-        rows = train_inverse == i
+        rows = train_inverse == train_index[key] if key in train_index else np.zeros(len(shard.y_train), bool)
         valid = valid_inverse == valid_index[key] if key in valid_index else np.zeros(len(shard.y_valid), bool)
         out[bucket_of[key]][key] = Shard(
             shard.x_train[rows], shard.y_train[rows], shard.x_valid[valid], shard.y_valid[valid],

@@ -62,7 +62,8 @@ def train_xgboost_rank(collective_args: dict | None, rank: int, *shards, params:
     s = merge_shards(*shards)
     own = worker_threads()
     # More threads than the worker's: its OpenMP pool is capped at its own count (see
-    # shardflow.tasks.threads), so the cap is raised for this task only.
+    # shardflow.tasks.threads), so the cap is raised while this task runs. The cap is
+    # process-wide: it is given only to the single-worker path, which trains alone.
     pool = contextlib.nullcontext()
     if nthread and nthread != own:
         from threadpoolctl import threadpool_limits

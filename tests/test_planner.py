@@ -289,3 +289,65 @@ def test_the_staged_shuffle_routes_every_row_to_its_key_range(n, max_branch):
     for j, part in enumerate(out):
         k = shuffle_keys(part.features, 3)
         assert ((k >= j / n) & (k < (j + 1) / n)).all()
+
+
+def test_group_rows_of_a_partition_with_only_validation_rows_of_a_group_are_kept():
+    from shardflow.tasks.groups import group_row_counts, split_by_group
+    from shardflow.tasks.shards import Shard
+
+    x_train = np.array([[0.1, 2.0], [0.2, 2.0]], np.float32)
+    x_valid = np.array([[0.3, 2.0], [0.4, 3.0], [0.5, 3.0]], np.float32)  # group (3,) has no training row here
+    shard = Shard(x_train, np.array([1.0, 2.0]), x_valid, np.array([3.0, 4.0, 5.0]))
+    assert group_row_counts(shard, [1]) == {(2,): [2, 1], (3,): [0, 2]}
+    pieces = split_by_group(shard, [1], {(2,): 0, (3,): 1}, 2)
+    assert pieces[0][(2,)].y_train.tolist() == [1.0, 2.0] and pieces[0][(2,)].y_valid.tolist() == [3.0]
+    assert pieces[1][(3,)].y_train.tolist() == [] and pieces[1][(3,)].y_valid.tolist() == [4.0, 5.0]
+
+
+def test_partition_by_two_columns_with_a_group_of_one_class(runtime, tmp_path):
+    """Binary labels, groups keyed by two columns, one group whose rows are all negative:
+    each row scored by its own group's model, as ``xgboost.train`` on that group's rows
+    (with early stopping on its own validation rows) gives it."""
+    import xgboost as xgb
+    import zarr
+
+    from shardflow.pipelines import artifacts
+    from shardflow.pipelines.job import run
+    from shardflow.tasks.groups import predict_by_group
+
+    rng = np.random.default_rng(3)
+    n = 6_000
+    frame = pd.DataFrame({"id": np.arange(n), "store": rng.choice(["a", "b"], n),
+                          "channel": rng.choice(["web", "shop"], n), "x": rng.normal(size=n).round(4)})
+    logit = np.where(frame.store == "a", 2 * frame.x, -2 * frame.x) + np.where(frame.channel == "web", 0.5, -0.5)
+    frame["y"] = np.where(rng.uniform(size=n) < 1 / (1 + np.exp(-logit)), "yes", "no")
+    frame.loc[(frame.store == "b") & (frame.channel == "shop"), "y"] = "no"  # one group of one class
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    spec = {"input": {"path": "t.csv", "partitions": 2}, "target": {"column": "y"},
+            "features": {"numeric": ["x"], "categorical": ["store", "channel"]}, "encode": {"min_frequency": 1},
+            "split": {"key": ["id"]}, "output": {"runs_dir": "runs", "keep_columns": ["id"]},
+            "train": {"models": ["xgboost", "xgboost_groups"],
+                      "xgboost": {"num_boost_round": 40, "early_stopping_rounds": 5},
+                      "groups": {"partition_by": ["store", "channel"], "min_rows": 100, "xgboost_rounds": 40}}}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
+    result = run(load_config(tmp_path / "job.yaml"), runtime=runtime)
+    meta = json.loads((result.run_dir / "train" / "xgboost_groups.json").read_text())
+    assert len(meta["groups"]) == 4 and meta["fallback_groups"] == []
+    payload = artifacts.load_model(result.run_dir, "xgboost_groups")
+    written = pd.concat([pd.read_parquet(f) for f in sorted((result.run_dir / "etl" / "features").glob("*.parquet"))],
+                        ignore_index=True)
+    raw = frame.set_index("id").loc[written.id.astype(int)]
+    x = zarr.open_group(str(result.run_dir / "etl" / "features.zarr"), mode="r")["X"][:]
+    scored = predict_by_group(payload, x)  # the run's own rows, in the ETL's order
+    params = meta_params(result.run_dir)
+    for (store, channel), rows in raw.reset_index().groupby(["store", "channel"]):
+        index = rows.index.to_numpy()
+        valid = written._is_validation.to_numpy()[index]
+        label = (rows.y == "yes").to_numpy(np.float32)
+        features = rows[["x"]].to_numpy(np.float32)
+        booster = xgb.train(params, xgb.QuantileDMatrix(features[~valid], label[~valid]), num_boost_round=40,
+                            evals=[(xgb.DMatrix(features[valid], label[valid]), "validation")], early_stopping_rounds=5,
+                            verbose_eval=False)
+        reference = booster[: booster.best_iteration + 1].predict(xgb.DMatrix(features))
+        np.testing.assert_allclose(scored[index], reference, atol=1e-5, err_msg=f"{store} {channel}")
+    assert scored[((raw.store == "b") & (raw.channel == "shop")).to_numpy()].max() < 0.05

@@ -79,8 +79,10 @@ def train_family(context, family) -> dict:
     workers = sorted(set(data.workers))
     bucket_of = balance(trained, len(workers))
     params = xgboost_params(data.task, tc.xgboost, context.runtime.backend, tc.seed, classes=data.classes)
+    # Each split runs where its partition is (data locality); no pin, so a lost worker's
+    # partitions are split wherever they are recomputed.
     splits = [client.submit(split_by_group, f, columns, bucket_of, len(workers), key=f"train-groups-split-{token}-{i}",
-                            workers=[w], pure=False) for i, (f, w) in enumerate(zip(data.futures, data.workers))]
+                            pure=False) for i, f in enumerate(data.futures)]
     tasks = []
     for b, worker in enumerate(workers):
         keys = [k for k, bucket in bucket_of.items() if bucket == b]
@@ -92,7 +94,9 @@ def train_family(context, family) -> dict:
                                    feature_names=data.feature_names,
                                    feature_types=data.feature_types(tc.xgboost.categorical), scoring=data.scoring,
                                    early_stopping_rounds=tc.xgboost.early_stopping_rounds,
-                                   key=f"train-xgboost-groups-{token}-{b}", workers=[worker], pure=False))
+                                   key=f"train-xgboost-groups-{token}-{b}", workers=[worker],
+                                   allow_other_workers=True, pure=False))
+    del splits, counted  # the pieces hold what the training tasks need
     members = {}
     for part in progress.compute(client, tasks, f"train {family.name}"):
         members.update(part)
