@@ -111,7 +111,7 @@ def _members_payload(files, family) -> dict:
 
 
 FAMILIES = {f.name: f for f in (
-    Family("xgboost", "global XGBoost (allreduce)", "global", 0,
+    Family("xgboost", "global XGBoost", "global", 0,
            train=_lazy("xgboost_global", "train_family"), save=_lazy("xgboost_global", "save_family"),
            load=_lazy("xgboost_global", "load_family"), predict=predictors.predict_booster,
            curves=_lazy("xgboost_global", "curves"), export=onnx_graph.export_booster,
