@@ -293,6 +293,25 @@ def _connect(config: ClusterConfig) -> Runtime:
     return Runtime(client, backend=backend, kind="address")
 
 
+def as_runtime(runtime) -> Runtime | None:
+    """``runtime`` as a :class:`Runtime`: a ``distributed.Client`` the caller already has is
+    used as it is (its workers' backend probed, shardflow's thread sizing registered; the
+    caller keeps owning it: shardflow never closes it); a Runtime or None pass through.
+
+    Examples
+    --------
+    >>> as_runtime(None) is None
+    True
+    """
+    if runtime is None or isinstance(runtime, Runtime):
+        return runtime
+    if not isinstance(runtime, Client):
+        raise ClusterError(f"runtime: expected a shardflow Runtime or a distributed.Client, got "
+                           f"{type(runtime).__name__}")
+    runtime.register_plugin(NativeThreadsPlugin())
+    return Runtime(runtime, backend=_remote_backend(runtime), kind="client")
+
+
 def _remote_backend(client: Client) -> str:
     """cuDF when every worker has a GPU and cuDF, else pandas."""
     def probe():

@@ -24,7 +24,7 @@ from pathlib import Path
 import dask
 import numpy as np
 
-from shardflow.cluster.factory import Runtime, start
+from shardflow.cluster.factory import Runtime, as_runtime, start
 from shardflow.cluster.memory import peak_memory, reset_peak_memory
 from shardflow.pipelines import outputs, progress
 from shardflow.pipelines.artifacts import sha256
@@ -110,7 +110,7 @@ def etl(config: Config, runtime: Runtime | None = None, run_dir=None, key: str |
     ----------
     config : Config
         The job (see :func:`~shardflow.pipelines.config.load_config`).
-    runtime : Runtime, optional
+    runtime : Runtime or distributed.Client, optional
         A started cluster; by default one is started from ``config.cluster`` and closed
         at the end.
     run_dir : path, optional
@@ -145,7 +145,7 @@ def etl(config: Config, runtime: Runtime | None = None, run_dir=None, key: str |
     # Recorded even when called from Python, so that a later `run()` finds this ETL output.
     key = key or stage_keys(config, plan)[RunDir.ETL]
     owns_runtime = runtime is None
-    runtime = runtime or start(config.cluster)
+    runtime = as_runtime(runtime) or start(config.cluster)
     try:
         plan = plan.with_threads(runtime.threads)  # every worker thread busy (input.partitions: auto)
         return _run(config, runtime, plan=plan, run_dir=run_dir, key=key)

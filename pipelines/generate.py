@@ -12,7 +12,7 @@ from pathlib import Path
 import dask
 import pyarrow.parquet as pq
 
-from shardflow.cluster.factory import Runtime, start
+from shardflow.cluster.factory import Runtime, as_runtime, start
 from shardflow.data import trips
 from shardflow.pipelines.config import default_config_path
 from shardflow.pipelines import progress
@@ -73,7 +73,7 @@ def generate(out, rows: int, *, seed: int = 0, rows_per_partition: int | None = 
         Same seed, same rows and partitioning: the same bytes.
     rows_per_partition : int, optional
         Rows per Parquet file (one task each); default :func:`auto_rows_per_partition`.
-    runtime : Runtime, optional
+    runtime : Runtime or distributed.Client, optional
         Cluster to generate on; by default a local one is started and closed.
     overwrite : bool
         Replace an existing dataset at ``out``.
@@ -90,7 +90,7 @@ def generate(out, rows: int, *, seed: int = 0, rows_per_partition: int | None = 
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ShardflowError(f"{out}: already exists and is not empty; pass --overwrite or choose another --out")
     owns_runtime = runtime is None
-    runtime = runtime or start()
+    runtime = as_runtime(runtime) or start()
     started = time.perf_counter()
     try:
         with atomic_directory(out) as tmp:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shardflow.cluster.factory import Runtime, start
+from shardflow.cluster.factory import Runtime, as_runtime, start
 from shardflow.cluster.memory import peak_memory, reset_peak_memory
 from shardflow.pipelines import artifacts
 from shardflow.pipelines.config import Config, TrainConfig
@@ -104,7 +104,7 @@ def train(config: Config, runtime: Runtime, run_dir, xgboost_callbacks=(), key: 
     Parameters
     ----------
     config : Config
-    runtime : Runtime
+    runtime : Runtime or distributed.Client
     run_dir : path
         A run directory holding a completed ``etl`` stage.
     xgboost_callbacks : sequence of xgboost.callback.TrainingCallback
@@ -122,6 +122,7 @@ def train(config: Config, runtime: Runtime, run_dir, xgboost_callbacks=(), key: 
     >>> result.seconds["xgboost"]  # doctest: +SKIP
     """
     run_dir = Path(run_dir)
+    runtime = as_runtime(runtime)
     tc = config.train
     reset_peak_memory(runtime.client)
     run = RunDir(run_dir)
@@ -168,6 +169,7 @@ def evaluate_run(runtime: Runtime, run_dir, data: TrainingData | None = None, ke
         ``metrics``, ``partition_metrics``, ``curves``, ``table``, ``seconds``.
     """
     run_dir = Path(run_dir)
+    runtime = as_runtime(runtime)
     manifest = read_manifest(run_dir)
     run = RunDir(run_dir)
     if RunDir.TRAIN not in manifest.get("stages", {}):
@@ -202,7 +204,7 @@ def run(config: Config, runtime: Runtime | None = None, run_dir=None, resume=Non
     Parameters
     ----------
     config : Config
-    runtime : Runtime, optional
+    runtime : Runtime or distributed.Client, optional
         A started cluster (default: one from ``config.cluster``, closed at the end).
     run_dir : path, optional
         Run directory to use. Default: the newest run under ``output.runs_dir`` whose
@@ -246,7 +248,7 @@ def run(config: Config, runtime: Runtime | None = None, run_dir=None, resume=Non
     if skipped:
         logger.info("run %s: %s current, not recomputed", run_dir.name, ", ".join(skipped))
     owns = runtime is None
-    runtime = runtime or start(config.cluster)
+    runtime = as_runtime(runtime) or start(config.cluster)
     try:
         if not current[RunDir.ETL]:
             etl(config, runtime=runtime, run_dir=run_dir, key=keys[RunDir.ETL], plan=plan)

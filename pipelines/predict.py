@@ -12,7 +12,7 @@ from pathlib import Path
 import dask
 
 from shardflow.cluster.config import ClusterConfig
-from shardflow.cluster.factory import Runtime, start
+from shardflow.cluster.factory import Runtime, as_runtime, start
 from shardflow.pipelines import artifacts, progress
 from shardflow.pipelines.config import load_config
 from shardflow.pipelines.graph import named_delayed, scatter_named, task_names
@@ -25,7 +25,7 @@ from shardflow.tasks.scoring import QUARANTINE_DIR, predict_partition, score_exp
 
 logger = logging.getLogger("shardflow.predict")
 
-def _check_dimension_tables(config, manifest: dict) -> None:
+def check_dimension_tables(config, manifest: dict) -> None:
     """The join tables hold what the run was trained with (their SHA-256, from its manifest)."""
     recorded = {j["path"]: j["sha256"] for j in manifest.get("joins", [])}
     for i, join in enumerate(config.joins):
@@ -94,11 +94,11 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
     plan = InputPlan(config, for_prediction=True)
     if plan.source.rows == 0:
         raise InputError(f"--input {input_path}: the dataset has no rows")
-    _check_dimension_tables(config, manifest)
+    check_dimension_tables(config, manifest)
     spec = plan.spec
     owns = runtime is None
     # Never the run's own cluster section: a run directory must not choose where code runs.
-    runtime = runtime or start(ClusterConfig())
+    runtime = as_runtime(runtime) or start(ClusterConfig())
     try:
         plan = plan.with_threads(runtime.threads)  # one big file to score: every worker thread busy
         spec = plan.spec

@@ -36,7 +36,7 @@ STAGE_CODE = {
 #: Code that changes how a run looks or where it runs, never what it computes.
 COSMETIC_CODE = ("pipelines/cli.py", "pipelines/console.py", "pipelines/figures.py", "pipelines/progress.py",
                  "pipelines/report.py", "pipelines/rundir.py", "pipelines/stages.py", "pipelines/generate.py",
-                 "pipelines/predict.py", "tasks/scoring.py", "pipelines/export.py", "tasks/exported.py",
+                 "pipelines/predict.py", "pipelines/model.py", "tasks/scoring.py", "pipelines/export.py", "tasks/exported.py",
                  "tasks/onnx_graph.py", "tasks/threads.py", "cluster/*.py", "data/*.py",
                  "*/__init__.py",
                  "pipelines/training/__init__.py")

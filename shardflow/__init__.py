@@ -32,7 +32,8 @@ _PUBLIC = {
     "predict": "shardflow.pipelines.predict",
     "build_report": "shardflow.pipelines.report",
     "list_runs": "shardflow.pipelines.report",
-    "load_model": "shardflow.pipelines.artifacts",
+    "load_model": "shardflow.pipelines.model",
+    "TrainedModel": "shardflow.pipelines.model",
     "export": "shardflow.pipelines.export",
     "load_exported": "shardflow.tasks.exported",
 }

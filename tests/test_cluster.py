@@ -68,6 +68,33 @@ def test_existing_scheduler_by_address():
         assert cluster.scheduler_info["workers"]  # the remote cluster is left running
 
 
+def test_an_existing_client_runs_a_job_and_stays_open(tmp_path):
+    """The API takes the ``distributed.Client`` a notebook already has, and leaves it open."""
+    import numpy as np
+    import pandas as pd
+    import yaml
+    from distributed import Client
+
+    from shardflow.pipelines.config import load_config
+    from shardflow.pipelines.job import run
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"id": np.arange(2_000), "x": rng.normal(size=2_000).round(4)})
+    frame["y"] = (frame.x + rng.normal(scale=0.5, size=2_000) > 0).astype(int)
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump({
+        "input": {"path": "t.csv"}, "target": {"column": "y"}, "features": {"numeric": ["x"]},
+        "split": {"key": ["id"]}, "output": {"runs_dir": "runs"},
+        "train": {"models": ["xgboost"], "xgboost": {"num_boost_round": 10}}}))
+    with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
+                      processes=True) as cluster, Client(cluster) as client:
+        result = run(load_config(tmp_path / "job.yaml"), runtime=client)
+        assert result.metrics["xgboost"]["auc"] > 0.75
+        assert client.status == "running" and client.submit(sum, [1, 2]).result() == 3
+    with pytest.raises(ClusterError, match="expected a shardflow Runtime or a distributed.Client, got str"):
+        run(load_config(tmp_path / "job.yaml"), runtime="tcp://127.0.0.1:8786")
+
+
 @pytest.mark.skipif(importlib.util.find_spec("cudf") is not None, reason="cuDF is installed")
 def test_auto_is_local_without_gpu_stack():
     assert resolve_spec(ClusterConfig(spec="auto")) == "local"

@@ -234,3 +234,43 @@ def test_xgboost_objectives_export_with_their_own_link(objective, tmp_path):
     imputed = xgb.DMatrix(np.nan_to_num(x, nan=0.0), feature_names=["a", "city"], feature_types=["q", "c"],
                           enable_categorical=True)  # the graph imputes a missing `a` with its mean, 0
     np.testing.assert_allclose(got, booster.predict(imputed), rtol=2e-6, atol=1e-6)
+
+
+def test_load_model_predicts_pandas_and_dask_frames_as_shardflow_predict(trained_run, runtime, tmp_path, caplog):
+    """``shardflow.load_model``: the run's preprocessing and model as an object. A pandas
+    frame in the process and a Dask frame on the cluster give what ``shardflow predict``
+    writes for the same rows; a row the ETL would quarantine gets no prediction."""
+    import logging
+
+    import dask.dataframe as dd
+
+    import shardflow
+
+    task, directory, run_dir = trained_run
+    frame = new_rows()
+    frame.to_csv(tmp_path / "new.csv", index=False)
+    for name in ("xgboost", "xgboost_groups", "mlp"):
+        model = shardflow.load_model(run_dir, name)
+        ours = model.predict(frame)
+        files = pd.read_parquet(predict(run_dir, tmp_path / "new.csv", tmp_path / f"scores-{name}", model=name,
+                                        runtime=runtime).output)
+        assert list(ours.columns) == list(files.columns) and len(ours) == len(frame), name
+        for column in files.columns:
+            if files[column].dtype.kind == "f":
+                np.testing.assert_allclose(ours[column], files[column], rtol=1e-6, err_msg=f"{task} {name}")
+            else:
+                assert (ours[column].to_numpy() == files[column].to_numpy()).all(), (task, name, column)
+        lazy = model.predict(dd.from_pandas(frame, npartitions=3))
+        assert isinstance(lazy, dd.DataFrame)
+        pd.testing.assert_frame_equal(runtime.client.compute(lazy).result(), ours)
+    if task != "regression":
+        proba = model.predict_proba(frame)
+        np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+        assert (proba.to_numpy().argmax(axis=1) == [model.classes.index(str(v).lower()) if task == "binary" else
+                                                     model.classes.index(v) for v in ours.predicted_label]).all()
+    # A date the ETL cannot parse: that row is quarantined, the others are scored.
+    bad = frame.assign(when=frame.when.where(frame.index != 5, "not a date"))
+    with caplog.at_level(logging.WARNING, logger="shardflow"):
+        scored = model.predict(bad)
+    assert scored.index.equals(bad.index) and scored.iloc[5].isna().all() and scored.drop(index=5).notna().all().all()
+    assert "1 row(s) have no prediction" in caplog.text

@@ -1,0 +1,174 @@
+"""A trained model as a Python object: the run's preprocessing and one model family, callable
+on a pandas DataFrame (in the process) or a Dask DataFrame (on the cluster)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from shardflow.pipelines import artifacts
+from shardflow.pipelines.config import load_config
+from shardflow.tasks.errors import InputError, ShardflowError
+
+logger = logging.getLogger("shardflow.model")
+
+
+class TrainedModel:
+    """One model family of a finished run with the run's fitted preprocessing.
+
+    ``predict`` takes rows with the run's input columns (the target may be absent), joins
+    the run's dimension tables, derives and encodes the features exactly as the ETL did,
+    and scores them: a pandas DataFrame in, a pandas DataFrame out, aligned on the input's
+    index; a Dask DataFrame in, a lazy Dask DataFrame out, scored partition by partition on
+    the cluster. Rows the ETL would quarantine (a value outside ``clean.valid_ranges``, an
+    unparsable date) get no prediction (missing values) and a warning.
+
+    Build it with :func:`load_model`; every file it reads is checked against the run's
+    manifest first. It holds the model's own bytes (UBJSON, weights), never a pickle.
+
+    Examples
+    --------
+    >>> model = load_model("shardflow-work/runs/20261122-101500-ab12cd")  # doctest: +SKIP
+    >>> model.predict(new_rows)  # doctest: +SKIP
+       trip_id  prediction predicted_label
+    0        7    0.231208           False
+    """
+
+    def __init__(self, run_dir, name: str | None = None):
+        from shardflow.pipelines.families import FAMILIES
+        from shardflow.pipelines.predict import check_dimension_tables
+
+        files = artifacts.scoring_files(run_dir, name, option="load_model")
+        self.run_dir, self.name = Path(run_dir), files.model
+        self.preprocessor, self._payload = files.preprocessor, files.payload
+        self._predictor = FAMILIES[files.model].predict
+        self._config = load_config(files.config_path)
+        check_dimension_tables(self._config, files.manifest)
+        self._dimensions = {}  # per input columns: a dimension column clashing with one is renamed
+        self.task = self.preprocessor.task
+
+    def __repr__(self) -> str:
+        return f"TrainedModel({self.name!r}, task={self.task!r}, run={str(self.run_dir)!r})"
+
+    @property
+    def classes(self) -> list:
+        """The class labels' keys, in the order of ``predict_proba``'s columns (classification)."""
+        return list(self.preprocessor.classes)
+
+    def predict(self, frame):
+        """Predictions for ``frame``'s rows: the columns ``shardflow predict`` writes (the
+        run's ``keep_columns``, ``prediction`` and/or ``predicted_label``, and
+        ``probability_<label>`` for a multi-class target).
+
+        Parameters
+        ----------
+        frame : pandas.DataFrame or dask.dataframe.DataFrame
+
+        Returns
+        -------
+        pandas.DataFrame or dask.dataframe.DataFrame
+        """
+        import dask.dataframe as dd
+
+        if isinstance(frame, dd.DataFrame):
+            meta = self._score(frame._meta.iloc[:0], warn=False)
+            return frame.map_partitions(self._score, warn=True, meta=meta)
+        if not isinstance(frame, pd.DataFrame):
+            raise ShardflowError(f"predict: expected a pandas or Dask DataFrame, got {type(frame).__name__}")
+        return self._score(frame, warn=True)
+
+    def predict_proba(self, frame):
+        """Class probabilities, one column per class (classification only), as ``predict``
+        aligns them: ``probability_<label>``; for a binary target both classes."""
+        from shardflow.tasks.labels import probability_column
+        from shardflow.tasks.scoring import PREDICTION
+        from shardflow.tasks.targets import target_kind
+
+        kind = target_kind(self.task)
+        if not kind.is_classification:
+            raise ShardflowError(f"predict_proba: model {self.name!r} predicts a number ({self.task}); use predict")
+        out = self.predict(frame)
+        columns = [probability_column(key) for key in self.classes]
+        if kind.multi_output:
+            return out[columns]
+        negative, positive = columns
+        return out[[PREDICTION]].rename(columns={PREDICTION: positive}).assign(
+            **{negative: lambda f: 1.0 - f[positive]})[[negative, positive]]
+
+    def _score(self, frame: pd.DataFrame, warn: bool) -> pd.DataFrame:
+        from shardflow.pipelines.dimensions import dimension_frames, load_dimensions
+        from shardflow.pipelines.source import table_spec
+        from shardflow.tasks import backend
+        from shardflow.tasks.models import worker_threads
+        from shardflow.tasks.prepare import prepare_partition
+        from shardflow.tasks.schema import REASON_COLUMN
+        from shardflow.tasks.scoring import prediction_columns
+
+        frame = frame.copy()
+        frame.columns = [str(c) for c in frame.columns]
+        source = _FrameSource(_schema(frame))
+        columns = tuple(source.schema)
+        if columns not in self._dimensions:
+            self._dimensions[columns] = load_dimensions(self._config, source)
+        dimensions = self._dimensions[columns]
+        spec = table_spec(self._config, source, dimensions, for_prediction=True)
+        prepared = prepare_partition(frame, spec, dimension_frames(dimensions, "pandas"))
+        table = self.preprocessor.transform(prepared.features)
+        x = backend.to_host_array(table[self.preprocessor.feature_names], np.float32)
+        scores = self._predictor(self._payload, x, worker_threads())
+        keep = list(self.preprocessor.keep_columns)
+        out = backend.to_pandas(table[keep]) if keep else pd.DataFrame(index=table.index)
+        out = out.assign(**{k: np.asarray(v) for k, v in prediction_columns(scores, self.preprocessor).items()})
+        out.index = prepared.features.index
+        if warn and len(prepared.quarantine):
+            reasons = prepared.quarantine[REASON_COLUMN].value_counts()
+            logger.warning("%s: %d row(s) have no prediction (quarantined as the ETL would: %s)", self.name,
+                           len(prepared.quarantine), ", ".join(f"{r}: {n}" for r, n in reasons.items()))
+        return out.reindex(frame.index)
+
+
+class _FrameSource:
+    """What the spec and the dimension tables need to know of an in-memory input: its
+    columns and their Arrow types, checked as a Parquet file's are (a frame has types)."""
+
+    format = "parquet"
+    files = ("the DataFrame",)
+
+    def __init__(self, schema: dict):
+        self.schema = schema
+
+
+def _schema(frame: pd.DataFrame) -> dict:
+    try:
+        return dict(zip(frame.columns, pa.Schema.from_pandas(frame, preserve_index=False).types))
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise InputError(f"predict: a column cannot be read as a table column ({err})") from None
+
+
+def load_model(run_dir, name: str | None = None) -> TrainedModel:
+    """A finished run's model as an object with ``predict`` and ``predict_proba``.
+
+    Parameters
+    ----------
+    run_dir : path
+        A run directory with completed ``etl`` and ``train`` stages.
+    name : str, optional
+        Model family (``train.models``); default the run's best on validation.
+
+    Raises
+    ------
+    ShardflowError
+        Not a finished run, a model the run did not train, or a file that differs from
+        what the run's manifest recorded.
+
+    Examples
+    --------
+    >>> import shardflow
+    >>> model = shardflow.load_model("shardflow-work/runs/20261122-101500-ab12cd", "xgboost")  # doctest: +SKIP
+    >>> model.predict_proba(frame)  # doctest: +SKIP
+    """
+    return TrainedModel(run_dir, name)
