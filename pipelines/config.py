@@ -12,6 +12,7 @@ import typing
 
 import copy
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,9 +172,8 @@ class XGBoostConfig:
     ``params`` are XGBoost parameters merged over shardflow's defaults (``hist``,
     ``max_depth`` 8, ``eta`` 0.1, the objective from ``target.task``, ``device`` cuda
     on GPU clusters). A checkpoint is written every ``checkpoint_every`` rounds; a run
-    that failed resumes from it (see ``train.max_attempts``). ``single_worker: auto`` trains
-    on one worker with the threads of every worker on its host, no allreduce, when the
-    training arrays fit comfortably in one worker (see :func:`~shardflow.pipelines.plan.trains_on_one_worker`).
+    that failed resumes from it (see ``train.max_attempts``). ``single_worker: auto`` trains on one worker with
+    its host's threads, no allreduce, when the arrays fit in it (:func:`~shardflow.pipelines.plan.trains_on_one_worker`).
     """
 
     #: Keys that moved, with where they live now (a config using them gets that answer).
@@ -190,11 +190,8 @@ class XGBoostConfig:
 
 @dataclass
 class PartitionModelsConfig:
-    """``train.partitions:`` one model per group of partitions, trained where the data is.
-
-    The XGBoost models take the global model's parameters and ``early_stopping_rounds``
-    (watching their own validation rows), with at most ``xgboost_rounds`` rounds.
-    """
+    """``train.partitions:`` one model per group of partitions, trained where the data is; the XGBoost
+    models take the global model's parameters and ``early_stopping_rounds`` (on their own validation rows)."""
 
     partitions_per_model: int = option(1, check=Between(1))
     xgboost_rounds: int = option(300, check=Between(1))
@@ -286,8 +283,9 @@ class Config:
     base_dir: str = field(default=".", metadata={"internal": True})
 
     def resolve(self, path: str) -> str:
-        """``path`` made absolute against the config's ``base_dir`` (globs kept)."""
-        p = Path(path).expanduser()
+        """``path`` made absolute against the config's ``base_dir`` (globs kept; ``file://``
+        URLs as their path)."""
+        p = Path(path[len("file://"):] if str(path).lower().startswith("file://") else path).expanduser()
         return str(p if p.is_absolute() else Path(self.base_dir) / p)
 
     @property
@@ -390,6 +388,12 @@ def validate(config: Config) -> None:
     if not names:
         raise ConfigError("config key 'features': no feature columns configured (numeric, categorical, datetime or derived)")
     _validate_target(config.target, names, config.train.xgboost.params)
+    for key, path in [("input.path", config.input.path), ("output.runs_dir", config.output.runs_dir),
+                      *((f"joins[{i}].path", j.path) for i, j in enumerate(config.joins))]:
+        scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", str(path))
+        if scheme and scheme.group(1).lower() != "file":  # file:// is a local path (see Config.resolve)
+            raise ConfigError(f"config key '{key}': {path!r} is an object-store URL ({scheme.group(1)}://), which "
+                              "shardflow does not read or write yet; copy the data to a local or shared path")
     partitions = config.input.partitions
     if isinstance(partitions, str) and partitions.strip().isdigit():
         partitions = config.input.partitions = int(partitions)

@@ -84,6 +84,12 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
     if precision not in ("fp32", "int8") or (precision == "int8" and engine != "onnxruntime"):
         raise ShardflowError(f"--precision {precision}: fp32, or int8 with --engine onnxruntime")
     run_dir = Path(run_dir)
+    for option, path in (("--input", input_path), ("--output", output_path)):
+        if "://" in str(path) and not str(path).lower().startswith("file://"):
+            raise ShardflowError(f"{option} {path}: an object-store URL, which shardflow does not read or write yet; "
+                                 "copy the data to a local or shared path")
+    input_path, output_path = (str(p)[len("file://"):] if str(p).lower().startswith("file://") else p
+                               for p in (input_path, output_path))
     files = artifacts.scoring_files(run_dir, model)  # every file checked against the manifest's hashes
     output = new_output_dir(output_path, "--output", overwrite)
     model, payload, preprocessor, manifest = files.model, files.payload, files.preprocessor, files.manifest

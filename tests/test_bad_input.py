@@ -161,3 +161,13 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("shardflow: error: input.path 'missing/*.parquet': no file matches")
     assert not (tmp_path / "runs").exists()
+
+
+def test_object_store_urls_say_they_are_not_read_yet_and_file_urls_are_paths(tmp_path):
+    with pytest.raises(ConfigError, match=r"'input.path': 's3://bucket/trips' is an object-store URL \(s3://\), which "
+                                          r"shardflow does not read or write yet; copy the data to a local"):
+        load_config(default_config_path(), ["input.path=s3://bucket/trips"])
+    with pytest.raises(ConfigError, match=r"'output.runs_dir': 'gs://b/runs' is an object-store URL"):
+        load_config(default_config_path(), ["output.runs_dir=gs://b/runs"])
+    config = load_config(default_config_path(), [f"input.path=file://{tmp_path}/trips"])
+    assert config.resolve(config.input.path) == f"{tmp_path}/trips"
