@@ -308,6 +308,9 @@ def as_runtime(runtime) -> Runtime | None:
     if not isinstance(runtime, Client):
         raise ClusterError(f"runtime: expected a shardflow Runtime or a distributed.Client, got "
                            f"{type(runtime).__name__}")
+    if runtime.asynchronous:
+        raise ClusterError("runtime: an asynchronous Client cannot run shardflow's blocking API; "
+                           "pass a Client made with asynchronous=False")
     runtime.register_plugin(NativeThreadsPlugin())
     return Runtime(runtime, backend=_remote_backend(runtime), kind="client")
 

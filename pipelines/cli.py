@@ -153,10 +153,14 @@ def _cluster_overrides(args) -> list[str]:
 
 
 def _load(args, base_dir=None):
-    from shardflow.pipelines.config import load_config
+    from shardflow.pipelines.config import ConfigError, load_config
+    from shardflow.pipelines.paths import object_store_scheme
 
     overrides = list(args.overrides) + _cluster_overrides(args)
     if args.runs_dir:  # a command-line path is relative to the working directory
+        if object_store_scheme(args.runs_dir):
+            raise ConfigError(f"--runs-dir {args.runs_dir}: an object-store URL, which shardflow does not write yet; "
+                              "give a local or shared directory")
         overrides.append(f"output.runs_dir={json.dumps(str(Path(args.runs_dir).expanduser().resolve()))}")
     return load_config(args.config, overrides, base_dir=base_dir)
 

@@ -12,13 +12,13 @@ import typing
 
 import copy
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from shardflow.cluster.config import ClusterConfig
+from shardflow.pipelines.paths import object_store_scheme
 from shardflow.pipelines.families import DEFAULT_FAMILIES, FAMILIES, FAMILY_NAMES, validate_groups
 from shardflow.pipelines.typed_yaml import (
     Anything,
@@ -390,9 +390,9 @@ def validate(config: Config) -> None:
     _validate_target(config.target, names, config.train.xgboost.params)
     for key, path in [("input.path", config.input.path), ("output.runs_dir", config.output.runs_dir),
                       *((f"joins[{i}].path", j.path) for i, j in enumerate(config.joins))]:
-        scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", str(path))
-        if scheme and scheme.group(1).lower() != "file":  # file:// is a local path (see Config.resolve)
-            raise ConfigError(f"config key '{key}': {path!r} is an object-store URL ({scheme.group(1)}://), which "
+        scheme = object_store_scheme(path)
+        if scheme:
+            raise ConfigError(f"config key '{key}': {path!r} is an object-store URL ({scheme}://), which "
                               "shardflow does not read or write yet; copy the data to a local or shared path")
     partitions = config.input.partitions
     if isinstance(partitions, str) and partitions.strip().isdigit():

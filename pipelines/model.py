@@ -75,8 +75,12 @@ class TrainedModel:
         import dask.dataframe as dd
 
         if isinstance(frame, dd.DataFrame):
+            import dask
+
             meta = self._score(frame._meta.iloc[:0], warn=False)
-            return frame.map_partitions(self._score, warn=True, meta=meta)
+            # The model goes into the graph once, as one task every partition's scoring depends on.
+            model = dask.delayed(self, pure=True, name=f"model-{self.name}-{dask.base.tokenize(str(self.run_dir))}")
+            return frame.map_partitions(_score_partition, model, meta=meta)
         if not isinstance(frame, pd.DataFrame):
             raise ShardflowError(f"predict: expected a pandas or Dask DataFrame, got {type(frame).__name__}")
         return self._score(frame, warn=True)
@@ -108,11 +112,12 @@ class TrainedModel:
         from shardflow.tasks.schema import REASON_COLUMN
         from shardflow.tasks.scoring import prediction_columns
 
-        frame = frame.copy()
+        index = frame.index
+        frame = frame.reset_index(drop=True)  # rows by position: the input's index may repeat labels
         frame.columns = [str(c) for c in frame.columns]
         source = _FrameSource(_schema(frame))
-        columns = tuple(source.schema)
-        if columns not in self._dimensions:
+        columns = tuple((name, str(kind)) for name, kind in source.schema.items())
+        if columns not in self._dimensions:  # names and types decide joins and clashes
             self._dimensions[columns] = load_dimensions(self._config, source)
         dimensions = self._dimensions[columns]
         spec = table_spec(self._config, source, dimensions, for_prediction=True)
@@ -123,12 +128,32 @@ class TrainedModel:
         keep = list(self.preprocessor.keep_columns)
         out = backend.to_pandas(table[keep]) if keep else pd.DataFrame(index=table.index)
         out = out.assign(**{k: np.asarray(v) for k, v in prediction_columns(scores, self.preprocessor).items()})
-        out.index = prepared.features.index
         if warn and len(prepared.quarantine):
             reasons = prepared.quarantine[REASON_COLUMN].value_counts()
             logger.warning("%s: %d row(s) have no prediction (quarantined as the ETL would: %s)", self.name,
                            len(prepared.quarantine), ", ".join(f"{r}: {n}" for r, n in reasons.items()))
-        return out.reindex(frame.index)
+        # Every row of the input, by position; a quarantined row's values are missing. Nullable
+        # dtypes, so a column's dtype does not depend on whether a row was quarantined.
+        positions = np.asarray(prepared.features.index, dtype=np.int64)
+        full = pd.DataFrame({col: _nullable(out[col]).array for col in out.columns}, index=positions)
+        full = full.reindex(np.arange(len(frame)))
+        full.index = index
+        return full
+
+
+def _nullable(column: pd.Series) -> pd.Series:
+    """``column`` with a dtype that can hold a missing value and is the same for every
+    partition: floats stay float64 (NaN), booleans ``boolean``, integers ``Int64``, the rest
+    ``string``."""
+    kind = column.dtype.kind
+    if kind == "f":
+        return column.reset_index(drop=True)
+    dtype = {"b": "boolean", "i": "Int64", "u": "Int64"}.get(kind, "string")
+    return column.astype(dtype).reset_index(drop=True)
+
+
+def _score_partition(frame: pd.DataFrame, model: TrainedModel) -> pd.DataFrame:
+    return model._score(frame, warn=True)
 
 
 class _FrameSource:

@@ -15,6 +15,7 @@ from shardflow.cluster.config import ClusterConfig
 from shardflow.cluster.factory import Runtime, as_runtime, start
 from shardflow.pipelines import artifacts, progress
 from shardflow.pipelines.config import load_config
+from shardflow.pipelines.paths import object_store_scheme
 from shardflow.pipelines.graph import named_delayed, scatter_named, task_names
 from shardflow.pipelines.rundir import atomic_directory, new_output_dir
 from shardflow.pipelines.plan import InputPlan
@@ -85,7 +86,7 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
         raise ShardflowError(f"--precision {precision}: fp32, or int8 with --engine onnxruntime")
     run_dir = Path(run_dir)
     for option, path in (("--input", input_path), ("--output", output_path)):
-        if "://" in str(path) and not str(path).lower().startswith("file://"):
+        if object_store_scheme(path):
             raise ShardflowError(f"{option} {path}: an object-store URL, which shardflow does not read or write yet; "
                                  "copy the data to a local or shared path")
     input_path, output_path = (str(p)[len("file://"):] if str(p).lower().startswith("file://") else p

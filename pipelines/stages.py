@@ -24,7 +24,7 @@ from shardflow.pipelines.rundir import RunDir
 STAGE_CODE = {
     RunDir.ETL: ("tasks/backend.py", "tasks/encode.py", "tasks/errors.py", "tasks/expressions.py", "tasks/io.py",
             "tasks/prepare.py", "tasks/schema.py", "tasks/stats.py", "pipelines/config.py", "pipelines/etl.py",
-            "pipelines/graph.py", "pipelines/outputs.py", "pipelines/plan.py", "pipelines/source.py",
+            "pipelines/graph.py", "pipelines/outputs.py", "pipelines/paths.py", "pipelines/plan.py", "pipelines/source.py",
             "pipelines/dimensions.py",
             "pipelines/typed_yaml.py", "tasks/targets.py", "tasks/labels.py", "tasks/combiners.py",
             "pipelines/target_fit.py"),

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,7 +14,7 @@ import pytest
 
 from shardflow.pipelines.config import ConfigError, default_config_path, load_config
 from shardflow.pipelines.etl import etl
-from shardflow.tasks.errors import InputError
+from shardflow.tasks.errors import InputError, ShardflowError
 
 
 def run_etl(data_dir, runtime, runs, *overrides):
@@ -171,3 +172,13 @@ def test_object_store_urls_say_they_are_not_read_yet_and_file_urls_are_paths(tmp
         load_config(default_config_path(), ["output.runs_dir=gs://b/runs"])
     config = load_config(default_config_path(), [f"input.path=file://{tmp_path}/trips"])
     assert config.resolve(config.input.path) == f"{tmp_path}/trips"
+
+    # A URL that a Path has folded to one slash, and the command line's --runs-dir, say the same.
+    from shardflow.pipelines.predict import predict
+
+    with pytest.raises(ShardflowError, match=r"--input s3:/b/new: an object-store URL"):
+        predict(tmp_path, Path("s3://b/new"), tmp_path / "out")
+    proc = subprocess.run([sys.executable, "-m", "shardflow", "etl", "-c", str(default_config_path()), "--runs-dir",
+                           "s3://b/runs"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "--runs-dir s3://b/runs: an object-store URL" in proc.stderr, proc.stderr
+    assert not (tmp_path / "s3:").exists()

@@ -274,3 +274,6 @@ def test_load_model_predicts_pandas_and_dask_frames_as_shardflow_predict(trained
         scored = model.predict(bad)
     assert scored.index.equals(bad.index) and scored.iloc[5].isna().all() and scored.drop(index=5).notna().all().all()
     assert "1 row(s) have no prediction" in caplog.text
+    # Rows are placed by position: an index that repeats labels (a concat) changes nothing.
+    repeated = model.predict(bad.set_index(np.zeros(len(bad), dtype=int)))
+    pd.testing.assert_frame_equal(repeated.reset_index(drop=True), scored.reset_index(drop=True))
