@@ -41,7 +41,7 @@ from shardflow.pipelines.rundir import (
     write_text_atomic,
 )
 from shardflow.pipelines.stages import stage_keys
-from shardflow.pipelines.plan import InputPlan, shuffles
+from shardflow.pipelines.plan import InputPlan
 from shardflow.tasks.encode import Preprocessor, fit_vocabulary
 from shardflow.tasks.errors import InputError
 from shardflow.tasks.prepare import prepare_partition
@@ -175,7 +175,7 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
     client, backend_name = runtime.client, runtime.backend
     source, dims, spec = plan.source, plan.dimensions, plan.spec
     plan.check_expressions(backend_name)  # fails early on a bad expression
-    shuffle = shuffles(config) and len(source.pieces) > 1
+    shuffle = plan.shuffles
     if shuffle:
         logger.info("etl: rows shuffled by a seeded hash (per-partition models are trained; set "
                     "input.exchangeable: true if the input's partitions are random samples already)")
@@ -195,7 +195,7 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
         name = task_names(f"{stage}-prepare", source.fingerprint, spec)
         parts = [dask.delayed(prepare_partition, pure=True)(part, spec, dim_frames, dask_key_name=name(i))
                  for i, part in enumerate(raw.to_delayed())]
-        if shuffle and len(parts) > 1:
+        if shuffle:
             parts = shuffled_partitions(parts, seed=config.split.seed, name=f"{stage}-shuffle",
                                         token=(source.fingerprint, spec))
         return parts

@@ -106,11 +106,8 @@ class TrainedModel:
     def _score(self, frame: pd.DataFrame, warn: bool) -> pd.DataFrame:
         from shardflow.pipelines.dimensions import dimension_frames, load_dimensions
         from shardflow.pipelines.source import table_spec
-        from shardflow.tasks import backend
-        from shardflow.tasks.models import worker_threads
-        from shardflow.tasks.prepare import prepare_partition
         from shardflow.tasks.schema import REASON_COLUMN
-        from shardflow.tasks.scoring import prediction_columns
+        from shardflow.tasks.scoring import score_rows
 
         index = frame.index
         frame = frame.reset_index(drop=True)  # rows by position: the input's index may repeat labels
@@ -121,13 +118,8 @@ class TrainedModel:
             self._dimensions[columns] = load_dimensions(self._config, source)
         dimensions = self._dimensions[columns]
         spec = table_spec(self._config, source, dimensions, for_prediction=True)
-        prepared = prepare_partition(frame, spec, dimension_frames(dimensions, "pandas"))
-        table = self.preprocessor.transform(prepared.features)
-        x = backend.to_host_array(table[self.preprocessor.feature_names], np.float32)
-        scores = self._predictor(self._payload, x, worker_threads())
-        keep = list(self.preprocessor.keep_columns)
-        out = backend.to_pandas(table[keep]) if keep else pd.DataFrame(index=table.index)
-        out = out.assign(**{k: np.asarray(v) for k, v in prediction_columns(scores, self.preprocessor).items()})
+        out, prepared = score_rows(frame, spec, dimension_frames(dimensions, "pandas"),
+                                   preprocessor=self.preprocessor, predictor=self._predictor, payload=self._payload)
         if warn and len(prepared.quarantine):
             reasons = prepared.quarantine[REASON_COLUMN].value_counts()
             logger.warning("%s: %d row(s) have no prediction (quarantined as the ETL would: %s)", self.name,

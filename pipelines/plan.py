@@ -58,6 +58,11 @@ class InputPlan:
             self._spec = table_spec(self.config, self.source, self.dimensions, for_prediction=self.for_prediction)
         return self._spec
 
+    @property
+    def shuffles(self) -> bool:
+        """Whether the ETL shuffles this input's rows: :func:`shuffles` and more than one partition."""
+        return shuffles(self.config) and len(self.source.pieces) > 1
+
     def dimension_paths(self) -> list:
         """The dimension tables' paths, resolved (without reading them)."""
         return [self.config.resolve(j.path) for j in self.config.joins]
@@ -107,7 +112,7 @@ class InputPlan:
             warnings.append(f"{len(rows)} partition(s) for {sum(threads)} worker threads: some will idle"
                             + (" (a CSV file with quotes is read whole: split it, or set input.blocksize)"
                                if source.format == "csv" and any(p.end is None for p in source.pieces) else ""))
-        if shuffles(self.config) and len(rows) > 64 and not persist:
+        if self.shuffles and len(rows) > 64 and not persist:
             warnings.append(f"{len(rows)} partitions are shuffled again on each of the ETL's three passes (they are "
                             "not kept in memory): set input.exchangeable: true if they are random samples already, or "
                             "input.persist: true if the cluster's memory holds them")
@@ -120,7 +125,7 @@ class InputPlan:
             "input": {"format": source.format, "files": len(source.files), "bytes": source.bytes,
                       "rows": total_rows, "rows_exact": source.format == "parquet"},
             "cluster": {"workers": len(workers), "threads": sum(threads), "memory_per_worker": limit},
-            "shuffle": shuffles(self.config) and len(rows) > 1,
+            "shuffle": self.shuffles,
             "partitions": {"count": len(rows), "how": self.config.input.partitions,
                            "rows_min": min(rows, default=0), "rows_median": int(np.median(rows)) if rows else 0,
                            "rows_max": max(rows, default=0), "bytes_max": int(max(partition_bytes, default=0))},

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from shardflow.tasks.encode import FIRST_CODE
-from shardflow.tasks.models import train_xgboost_local, worker_threads, xgboost_predict
-from shardflow.tasks.shards import Shard, merge_shards
+from shardflow.tasks.models import train_group_xgboost, xgboost_predict
+from shardflow.tasks.shards import Shard
 
 
 def group_codes(x: np.ndarray, columns: list) -> tuple:
@@ -71,17 +71,11 @@ def split_by_group(shard: Shard, columns: list, bucket_of: dict, n_buckets: int)
 def train_bucket_xgboost(*pieces: dict, keys: list, params: dict, rounds: int, feature_names, feature_types,
                          scoring, early_stopping_rounds: int | None = None) -> dict:
     """One XGBoost model per group of ``keys``, from the groups' rows in ``pieces`` (one
-    dict per partition, see :func:`split_by_group`); ``{key: member}`` as
-    :func:`~shardflow.tasks.models.train_xgboost_local` returns it."""
-    threads = worker_threads()
-    out = {}
-    for key in keys:
-        shard = merge_shards(*[p[key] for p in pieces if key in p])
-        out[key] = train_xgboost_local(shard.x_train, shard.y_train, shard.x_valid, shard.y_valid, params=params,
-                                       rounds=rounds, feature_names=feature_names, feature_types=feature_types,
-                                       scoring=scoring, nthread=threads, w_train=shard.w_train,
-                                       w_valid=shard.w_valid, early_stopping_rounds=early_stopping_rounds)
-    return out
+    dict per partition, see :func:`split_by_group`), trained as a per-partition model is
+    (:func:`~shardflow.tasks.models.train_group_xgboost`); ``{key: member}``."""
+    return {key: train_group_xgboost(*[p[key] for p in pieces if key in p], params=params, rounds=rounds,
+                                     feature_names=feature_names, feature_types=feature_types, scoring=scoring,
+                                     early_stopping_rounds=early_stopping_rounds) for key in keys}
 
 
 def predict_by_group(payload: dict, x: np.ndarray, nthread: int | None = None, cache: dict | None = None):

@@ -324,11 +324,10 @@ def concat_keyed(*pieces: tuple, rows: int | None = None) -> tuple:
     return (keys, frame) if rows is None else (keys[:rows], frame.iloc[:rows])
 
 
-def gather_shuffled(part: PreparedPartition, *pieces) -> PreparedPartition:
-    """``part`` with its good rows replaced by its key range from every partition, in key
-    order; its quarantined rows and counts stay (they belong to the input it read)."""
-    keys = np.concatenate([k for k, _ in pieces])
-    frames = [f for _, f in pieces]
-    features = backend.concat_frames(frames[0], frames)
+def gather_shuffled(part: PreparedPartition, keyed: tuple) -> PreparedPartition:
+    """``part`` with its good rows replaced by ``keyed`` (its key range, gathered from every
+    partition), in key order; its quarantined rows and counts stay (they belong to the input
+    it read)."""
+    keys, features = keyed
     order = np.argsort(keys, kind="stable")
     return part._replace(features=features.iloc[order].reset_index(drop=True))

@@ -19,12 +19,14 @@ LABEL = "predicted_label"
 QUARANTINE_DIR = "_quarantine"
 
 
-def predict_partition(raw, spec, dimensions, *, preprocessor: Preprocessor, predictor, payload: dict,
-                      output: str, index: int) -> dict:
-    """Prepare, transform and score one input partition; write its predictions (and quarantine).
+def score_rows(raw, spec, dimensions, *, preprocessor: Preprocessor, predictor, payload: dict) -> tuple:
+    """Prepare, transform and score rows as the ETL prepared the training rows.
 
     ``predictor(payload, x, nthread)`` is the model family's prediction function
-    (:mod:`shardflow.tasks.models`). Returns the rows scored and quarantined.
+    (:mod:`shardflow.tasks.models`). Returns ``(out, prepared)``: the run's
+    ``keep_columns`` and :func:`prediction_columns` of the rows kept (a fresh index), and
+    the :class:`~shardflow.tasks.prepare.PreparedPartition` (its features' index says which
+    input rows were kept; its quarantine, which were not).
     """
     prepared = prepare_partition(raw, spec, dimensions)
     table = preprocessor.transform(prepared.features)
@@ -32,7 +34,15 @@ def predict_partition(raw, spec, dimensions, *, preprocessor: Preprocessor, pred
     scores = predictor(payload, x, worker_threads())
     out = backend.to_pandas(table[list(preprocessor.keep_columns)]).reset_index(drop=True) \
         if preprocessor.keep_columns else pd.DataFrame(index=range(len(scores)))
-    out = out.assign(**prediction_columns(scores, preprocessor))
+    return out.assign(**prediction_columns(scores, preprocessor)), prepared
+
+
+def predict_partition(raw, spec, dimensions, *, preprocessor: Preprocessor, predictor, payload: dict,
+                      output: str, index: int) -> dict:
+    """Score one input partition (:func:`score_rows`); write its predictions (and quarantine).
+    Returns the rows scored and quarantined."""
+    out, prepared = score_rows(raw, spec, dimensions, preprocessor=preprocessor, predictor=predictor,
+                               payload=payload)
     part = f"part-{index:05d}.parquet"
     backend.write_parquet(out, str(Path(output) / part))
     if len(prepared.quarantine):

@@ -103,12 +103,13 @@ def train_family(context, family) -> dict:
     keys = sorted(members)
     seconds = time.perf_counter() - started
     logger.info("%s: %d group models by %s, %.1fs", family.name, len(keys), ", ".join(by), seconds)
+    names = [describe_key(k, by, data.preprocessor) for k in keys]
     return {"partition_by": by, "columns": columns, "keys": keys, "members": [members[k] for k in keys],
-            "groups": [describe_key(k, by, data.preprocessor) for k in keys],
+            "groups": names,
             "fallback_groups": [[describe_key(k, by, data.preprocessor), counts[k][0]] for k in fallback],
             "weights": [members[k]["weight"] for k in keys], "seconds": seconds,
-            "group_metrics": [{"group": describe_key(k, by, data.preprocessor), **members[k]["validation"],
-                               "train_rows": members[k]["rows"]} for k in keys]}
+            "group_metrics": [{"group": name, **members[k]["validation"], "train_rows": members[k]["rows"]}
+                              for name, k in zip(names, keys)]}
 
 
 def save_family(stage_dir, family, result: dict) -> None:

@@ -76,10 +76,12 @@ def _xgboost_rounds(client, data, *, params, cfg, collective_timeout, booster, s
     from shardflow.pipelines.training.collective import gather_watching, start_xgboost_tracker
     from shardflow.tasks.models import train_xgboost_rank
 
+    # A partition with no rows at all has nothing to contribute.
+    useful = [(f, w) for f, w, n_train, n_valid in zip(data.futures, data.workers, data.train_rows, data.valid_rows)
+              if n_train or n_valid]
     held = {}
-    for f, w, n_train, n_valid in zip(data.futures, data.workers, data.train_rows, data.valid_rows):
-        if n_train or n_valid:  # a partition with no rows at all has nothing to contribute
-            held.setdefault(w, []).append(f)
+    for f, w in useful:
+        held.setdefault(w, []).append(f)
     nthread = None
     if single:
         # One rank: the worker holding the most partitions, with every thread of its host's
@@ -87,8 +89,7 @@ def _xgboost_rounds(client, data, *, params, cfg, collective_timeout, booster, s
         # keep the table's order.
         worker = max(held, key=lambda w: (len(held[w]), w))
         nthread = host_threads(client, worker)
-        kept = {f.key for fs in held.values() for f in fs}
-        held = {worker: [f for f in data.futures if f.key in kept]}
+        held = {worker: [f for f, _ in useful]}
     workers = sorted(held)
     tracker = ResumableState(str(checkpoint_dir), every=cfg.checkpoint_every, token=token, metric=metric,
                              maximize=metric_direction(metric) == "max", patience=cfg.early_stopping_rounds,
