@@ -18,37 +18,50 @@ from dataclasses import dataclass
 
 from shardflow.pipelines.rundir import RunDir, read_manifest
 from shardflow.tasks.errors import ShardflowError
+from shardflow.tasks.storage import location
 
 
 class ArtifactError(ShardflowError):
     """An artifact is missing or does not match the run's manifest."""
 
 
-def sha256(path: Path) -> str:
+def sha256(path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with location(path).open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def save_weights(params: dict, path: Path) -> None:
+def weights_bytes(params: dict) -> bytes:
+    """``{name: array}`` as ``torch.save`` bytes of a plain ``{name: tensor}`` dict."""
+    import io
+
     import torch
 
-    torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in params.items()}, path)
+    buffer = io.BytesIO()
+    torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in params.items()}, buffer)
+    return buffer.getvalue()
 
 
-def load_weights(path: Path) -> dict:
+def save_weights(params: dict, path) -> None:
+    location(path).write_bytes(weights_bytes(params))
+
+
+def load_weights(path) -> dict:
+    import io
+
     import torch
 
-    return {k: v.numpy() for k, v in torch.load(path, weights_only=True, map_location="cpu").items()}
+    data = io.BytesIO(location(path).read_bytes())
+    return {k: v.numpy() for k, v in torch.load(data, weights_only=True, map_location="cpu").items()}
 
 
 def save_models(stage_dir: Path, results: dict, task: str) -> None:
     """Write each trained family's files into ``stage_dir`` (the temporary train stage)."""
     from shardflow.pipelines.families import FAMILIES
 
-    stage_dir = Path(stage_dir)
+    stage_dir = location(stage_dir)
     for name, result in results.items():
         FAMILIES[name].save(stage_dir, FAMILIES[name], result)
     write_json(RunDir.train_file(stage_dir, "task"), {"task": task})
@@ -56,8 +69,8 @@ def save_models(stage_dir: Path, results: dict, task: str) -> None:
 
 def artifact_hashes(run_dir: Path, stage: str) -> dict:
     """``{relative path: sha256}`` of every file of a stage, for the manifest."""
-    root = Path(run_dir)
-    return {str(p.relative_to(root)): sha256(p) for p in sorted((root / stage).rglob("*")) if p.is_file()}
+    run = RunDir(run_dir)
+    return {run.relative(p): sha256(p) for p in sorted(run.stage(stage).rglob("*")) if p.is_file()}
 
 
 def verified_path(run_dir: Path, relative: str, manifest: dict | None = None) -> Path:
@@ -74,7 +87,7 @@ def verified_path(run_dir: Path, relative: str, manifest: dict | None = None) ->
         The file is not in the manifest, is missing, or differs from the recorded hash.
     """
     manifest = read_manifest(run_dir) if manifest is None else manifest
-    path = Path(run_dir) / relative
+    path = location(run_dir) / relative
     expected = manifest.get("artifacts", {}).get(relative)
     if expected is None:
         raise ArtifactError(f"{path}: not listed in the run's manifest; it was not written by this run")
@@ -138,7 +151,7 @@ def load_model(run_dir, name: str) -> dict:
 
 def write_json(path: Path, data) -> None:
     """``data`` as JSON (NumPy arrays and scalars as lists and numbers)."""
-    path.write_text(json.dumps(data, indent=1, default=_jsonable))
+    location(path).write_text(json.dumps(data, indent=1, default=_jsonable))
 
 
 def _jsonable(value):
@@ -170,7 +183,7 @@ def scoring_files(run_dir, model: str | None = None, *, option: str = "--run") -
     from shardflow.tasks.encode import Preprocessor
     from shardflow.tasks.metrics import best_model
 
-    run_dir = Path(run_dir)
+    run_dir = location(run_dir)
     manifest = read_manifest(run_dir)
     run = RunDir(run_dir)
     if RunDir.TRAIN not in manifest.get("stages", {}):

@@ -154,14 +154,16 @@ def _cluster_overrides(args) -> list[str]:
 
 def _load(args, base_dir=None):
     from shardflow.pipelines.config import ConfigError, load_config
-    from shardflow.pipelines.paths import object_store_scheme
+    from shardflow.tasks.storage import check_url, location, url_scheme
 
     overrides = list(args.overrides) + _cluster_overrides(args)
     if args.runs_dir:  # a command-line path is relative to the working directory
-        if object_store_scheme(args.runs_dir):
-            raise ConfigError(f"--runs-dir {args.runs_dir}: an object-store URL, which shardflow does not write yet; "
-                              "give a local or shared directory")
-        overrides.append(f"output.runs_dir={json.dumps(str(Path(args.runs_dir).expanduser().resolve()))}")
+        try:
+            check_url(args.runs_dir, "--runs-dir")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        runs_dir = args.runs_dir if url_scheme(args.runs_dir) else str(location(args.runs_dir).expanduser().resolve())
+        overrides.append(f"output.runs_dir={json.dumps(runs_dir)}")
     return load_config(args.config, overrides, base_dir=base_dir)
 
 

@@ -8,9 +8,8 @@ features.numeric=[a,b]`` (values are parsed as YAML).
 
 from __future__ import annotations
 
-import typing
-
 import copy
+import typing
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +17,10 @@ from pathlib import Path
 import yaml
 
 from shardflow.cluster.config import ClusterConfig
-from shardflow.pipelines.paths import object_store_scheme
+from shardflow.pipelines.paths import check_config_locations, resolve_path
+from shardflow.pipelines.tracking import TrackingConfig
 from shardflow.pipelines.families import DEFAULT_FAMILIES, FAMILIES, FAMILY_NAMES, validate_groups
+from shardflow.tasks.storage import location, url_scheme
 from shardflow.pipelines.typed_yaml import (
     Anything,
     Between,
@@ -163,8 +164,6 @@ class OutputConfig:
     zarr_chunk_rows: int | None = option(None, check=Between(1))
 
 
-
-
 @dataclass
 class XGBoostConfig:
     """``train.xgboost:`` the global model, trained with allreduce across all workers.
@@ -280,18 +279,21 @@ class Config:
     output: OutputConfig = option(factory=OutputConfig, check=Section())
     train: TrainConfig = option(factory=TrainConfig, check=Section())
     cluster: ClusterConfig = option(factory=ClusterConfig, check=Section())
+    #: Options of the object store's file system (``endpoint_url``, ``anon``, ...); credentials come
+    #: from the environment, never from here (refused: a config is copied into every run).
+    storage_options: dict = option(factory=dict, check=Anything("options of the object store (no credentials)"))
+    tracking: TrackingConfig = option(factory=TrackingConfig, check=Section())
     base_dir: str = field(default=".", metadata={"internal": True})
 
     def resolve(self, path: str) -> str:
-        """``path`` made absolute against the config's ``base_dir`` (globs kept; ``file://``
-        URLs as their path)."""
-        p = Path(path[len("file://"):] if str(path).lower().startswith("file://") else path).expanduser()
-        return str(p if p.is_absolute() else Path(self.base_dir) / p)
+        """``path`` made absolute against the config's ``base_dir`` (see :func:`.paths.resolve_path`)."""
+        return resolve_path(path, self.base_dir)
 
     @property
-    def runs_dir(self) -> Path:
-        """``output.runs_dir`` as an absolute path (relative ones against the config's directory)."""
-        return Path(self.resolve(self.output.runs_dir)).resolve()
+    def runs_dir(self):
+        """``output.runs_dir`` as an absolute path (relative ones against the config's directory),
+        or a :class:`~shardflow.tasks.storage.StorePath` with ``storage_options``."""
+        return location(self.resolve(self.output.runs_dir), self.storage_options).resolve()
 
     def resolved(self) -> "Config":
         """A copy whose paths are absolute (as saved in a run directory)."""
@@ -342,7 +344,7 @@ def load_config(path=None, overrides=(), base_dir=None) -> Config:
     >>> cfg.cluster.n_workers
     2
     """
-    path = Path(path) if path is not None else default_config_path()
+    path = location(path) if path is not None else default_config_path()
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -356,7 +358,7 @@ def load_config(path=None, overrides=(), base_dir=None) -> Config:
     raw = apply_overrides(raw, overrides)
     try:
         config = build_section(Config, raw, "")
-        config.base_dir = str(Path(base_dir) if base_dir else path.resolve().parent)
+        config.base_dir = str(base_dir if url_scheme(base_dir) else Path(base_dir)) if base_dir else str(path.resolve().parent)
         validate(config)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
@@ -388,12 +390,7 @@ def validate(config: Config) -> None:
     if not names:
         raise ConfigError("config key 'features': no feature columns configured (numeric, categorical, datetime or derived)")
     _validate_target(config.target, names, config.train.xgboost.params)
-    for key, path in [("input.path", config.input.path), ("output.runs_dir", config.output.runs_dir),
-                      *((f"joins[{i}].path", j.path) for i, j in enumerate(config.joins))]:
-        scheme = object_store_scheme(path)
-        if scheme:
-            raise ConfigError(f"config key '{key}': {path!r} is an object-store URL ({scheme}://), which "
-                              "shardflow does not read or write yet; copy the data to a local or shared path")
+    check_config_locations(config)
     partitions = config.input.partitions
     if isinstance(partitions, str) and partitions.strip().isdigit():
         partitions = config.input.partitions = int(partitions)

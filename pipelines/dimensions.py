@@ -7,7 +7,6 @@ table travels to every partition in the task graph.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from shardflow.tasks.errors import InputError
 from shardflow.tasks.io import CSV_SUFFIXES, csv_header
 from shardflow.tasks.prepare import join_key
 from shardflow.tasks.schema import JoinSpec
+from shardflow.tasks.storage import list_input_files, open_file
 
 
 @dataclass
@@ -38,14 +38,23 @@ def load_dimensions(config: Config, source) -> list[Dimension]:
     dims = []
     for i, join in enumerate(config.joins):
         path = config.resolve(join.path)
-        if not os.path.exists(path):
+        options = config.storage_options
+        try:
+            found = list_input_files(path, options) == [path]
+        except Exception as err:  # noqa: BLE001 - an unreachable store, refused credentials, ...
+            raise InputError(f"joins[{i}].path {join.path!r}: cannot reach it ({type(err).__name__}); check the URL, "
+                             "storage_options and the credentials in the environment") from None
+        if not found:
             raise InputError(f"joins[{i}].path {join.path!r}: no such file (resolved to {path})")
         try:
             if path.endswith(CSV_SUFFIXES):
-                csv_header(path, config.input.csv_delimiter)  # refuses duplicated column names
-                table = pd.read_csv(path, sep=config.input.csv_delimiter)
+                csv_header(path, config.input.csv_delimiter, options)  # refuses duplicated column names
+                with open_file(path, "rb", options) as handle:
+                    table = pd.read_csv(handle, sep=config.input.csv_delimiter,
+                                        compression="gzip" if path.endswith(".gz") else None)
             else:
-                table = pq.read_table(path).to_pandas()
+                with open_file(path, "rb", options) as handle:
+                    table = pq.read_table(handle).to_pandas()
         except InputError:
             raise
         except Exception as err:  # noqa: BLE001

@@ -43,6 +43,7 @@ from shardflow.pipelines.rundir import (
 from shardflow.pipelines.stages import stage_keys
 from shardflow.pipelines.plan import InputPlan
 from shardflow.tasks.encode import Preprocessor, fit_vocabulary
+from shardflow.tasks.storage import location
 from shardflow.tasks.errors import InputError
 from shardflow.tasks.prepare import prepare_partition
 from shardflow.pipelines.target_fit import check_labels, check_target_type, target_encoding
@@ -137,7 +138,7 @@ def etl(config: Config, runtime: Runtime | None = None, run_dir=None, key: str |
     >>> result.rows, result.quarantined  # doctest: +SKIP
     (19996000, {'trip_distance: below 0': 4000})
     """
-    prepare_runs_dir(Path(run_dir).parent if run_dir else config.runs_dir)
+    prepare_runs_dir(location(run_dir, config.storage_options).parent if run_dir else config.runs_dir)
     plan = plan or InputPlan(config)
     if plan.source.rows == 0:
         raise InputError(f"input.path {config.input.path!r}: the dataset has no rows")
@@ -269,7 +270,7 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
 
     # Pass 3: transform and write.
     t = time.perf_counter()
-    run_dir = Path(run_dir) if run_dir else config.runs_dir / new_run_id()
+    run_dir = location(run_dir, config.storage_options) if run_dir else config.runs_dir / new_run_id()
     n_features = len(preprocessor.feature_names)
     chunk_rows = config.output.zarr_chunk_rows or _auto_chunk_rows(profile.rows, len(partition_rows), n_features)
     offsets = np.concatenate([[0], np.cumsum(partition_rows)[:-1]]).astype(int).tolist()
@@ -287,7 +288,7 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
         parts = prepared("etl-write")
         writes = [
             dask.delayed(outputs.write_etl_partition, pure=False)(
-                p, i, preprocessor=preprocessor, stage_dir=str(stage_dir), offset=offsets[i],
+                p, i, preprocessor=preprocessor, stage_dir=stage_dir, offset=offsets[i],
                 expected_rows=partition_rows[i], total_rows=profile.rows, chunk_rows=chunk_rows,
                 lock_prefix=f"shardflow-zarr-{stage_dir.name}", dask_key_name=name(i))
             for i, p in enumerate(parts)
@@ -335,7 +336,7 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
         input={"path": config.resolve(config.input.path), "format": source.format, "files": len(source.files),
                "fingerprint": source.fingerprint},
         # Scoring reads the dimension tables again: their content must be what was trained on.
-        joins=[{"path": d.path, "sha256": sha256(Path(d.path))} for d in dims],
+        joins=[{"path": d.path, "sha256": sha256(location(d.path, config.storage_options))} for d in dims],
         versions=library_versions(),
         cluster=runtime.layout(),
         plan=described,
@@ -422,4 +423,4 @@ def read_features(run_dir):
     path = RunDir(run_dir).features
     if not path.is_dir():
         raise InputError(f"{run_dir}: has no ETL output ({path} is missing)")
-    return dd.read_parquet(str(path))
+    return dd.read_parquet(str(path), storage_options=getattr(path, "storage_options", None))

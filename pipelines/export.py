@@ -29,6 +29,7 @@ from shardflow.tasks.errors import ShardflowError
 from shardflow.tasks.exported import INT8_FILE, METADATA_FILE, MODEL_FILE, ExportedModel
 from shardflow.tasks.metrics import Scoring, finish_metrics, partial_metrics, primary_metric
 from shardflow.tasks.schema import SPLIT_COLUMN
+from shardflow.tasks.storage import location
 from shardflow.tasks.targets import target_kind
 
 logger = logging.getLogger("shardflow.export")
@@ -51,7 +52,7 @@ class ExportResult:
 
 
 def export(run_dir, out_dir, *, model: str | None = None, quantize: str | None = None, overwrite: bool = False,
-           check_rows: int = 20_000) -> ExportResult:
+           check_rows: int = 20_000, storage_options: dict | None = None) -> ExportResult:
     """Export one model of a finished run, with its preprocessing, as ONNX.
 
     Parameters
@@ -67,6 +68,9 @@ def export(run_dir, out_dir, *, model: str | None = None, quantize: str | None =
         Dynamic int8 quantization of the MLP's weights (ONNX Runtime's ``quantize_dynamic``).
     check_rows : int
         Validation rows of the run's input scored both ways to check the export.
+    storage_options : dict, optional
+        Options of the object store's file system for ``run_dir``, ``out_dir`` and the run's
+        input (credentials from the environment).
 
     Examples
     --------
@@ -75,12 +79,13 @@ def export(run_dir, out_dir, *, model: str | None = None, quantize: str | None =
     _require_onnx()
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ExportError(f"--quantize {quantize}: not one of {', '.join(QUANTIZATIONS)}")
-    run_dir = Path(run_dir)
+    run_dir = location(run_dir, storage_options)
     files = artifacts.scoring_files(run_dir, model, option="export")  # checked against the manifest
-    out = new_output_dir(out_dir, "--out", overwrite)
+    out = new_output_dir(location(out_dir, storage_options), "--out", overwrite)
     model, payload, preprocessor, metrics = files.model, files.payload, files.preprocessor, files.metrics
     family = FAMILIES[model]
-    config = load_config(files.config_path)
+    # The caller's storage options, never the run's: a run directory does not choose what is reached.
+    config = load_config(files.config_path, [f"storage_options={json.dumps(storage_options or {})}"])
     kind = target_kind(preprocessor.task)
     started = time.perf_counter()
     onnx_model = build(preprocessor, family, payload, kind)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from shardflow.pipelines.rundir import RunDir, new_run_id, prepare_runs_dir, rea
 from shardflow.pipelines.families import FAMILIES, FAMILY_NAMES, training_order
 from shardflow.pipelines.training import TrainingData, load_training_data, train_partition_models
 from shardflow.tasks.errors import ShardflowError
+from shardflow.tasks.storage import location, remove_tree
 
 logger = logging.getLogger("shardflow.job")
 
@@ -80,15 +80,15 @@ class RunResult:
 def is_current(run_dir: Path, stage: str, key: str) -> bool:
     """The stage's output exists in ``run_dir`` and was produced under ``key``."""
     info = read_manifest(run_dir).get("stages", {}).get(stage, {})
-    return info.get("key") == key and (Path(run_dir) / stage).is_dir()
+    return info.get("key") == key and RunDir(run_dir).stage(stage).is_dir()
 
 
 def find_run(runs_dir, etl_key: str) -> Path | None:
     """The newest run under ``runs_dir`` whose ETL output is current for ``etl_key``."""
-    runs_dir = Path(runs_dir)
+    runs_dir = location(runs_dir)
     if not runs_dir.is_dir():
         return None
-    for run_dir in sorted((p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
+    for run_dir in sorted((p for p in runs_dir.iterdir() if not p.name.startswith(".") and p.is_dir()),
                           reverse=True):
         if is_current(run_dir, RunDir.ETL, etl_key):
             return run_dir
@@ -121,7 +121,7 @@ def train(config: Config, runtime: Runtime, run_dir, xgboost_callbacks=(), key: 
     >>> result = train(config, runtime, "shardflow-work/runs/20261122-101500-ab12cd")  # doctest: +SKIP
     >>> result.seconds["xgboost"]  # doctest: +SKIP
     """
-    run_dir = Path(run_dir)
+    run_dir = location(run_dir)
     runtime = as_runtime(runtime)
     tc = config.train
     reset_peak_memory(runtime.client)
@@ -153,7 +153,7 @@ def train(config: Config, runtime: Runtime, run_dir, xgboost_callbacks=(), key: 
         RunDir.train_file(tmp, "peak_memory").write_text(json.dumps(peaks, indent=1))
     hashes = artifacts.artifact_hashes(run_dir, RunDir.TRAIN)
     key = key or stage_keys(config)[RunDir.TRAIN]
-    update_manifest(run_dir, artifacts=hashes, replace_artifacts=f"{RunDir.TRAIN}/",
+    update_manifest(run_dir, artifacts=hashes, replace_artifacts=RunDir.TRAIN,
                     seeds={"split": config.split.seed, "train": tc.seed},
                     stages={RunDir.TRAIN: {"completed": time.strftime("%Y-%m-%dT%H:%M:%S"), "models": list(results),
                                       "key": key, "seconds": {k: round(v, 3) for k, v in seconds.items()}}})
@@ -168,7 +168,7 @@ def evaluate_run(runtime: Runtime, run_dir, data: TrainingData | None = None, ke
     dict
         ``metrics``, ``partition_metrics``, ``curves``, ``table``, ``seconds``.
     """
-    run_dir = Path(run_dir)
+    run_dir = location(run_dir)
     runtime = as_runtime(runtime)
     manifest = read_manifest(run_dir)
     run = RunDir(run_dir)
@@ -231,17 +231,17 @@ def run(config: Config, runtime: Runtime | None = None, run_dir=None, resume=Non
     plan = InputPlan(config)  # inspected once: for the stage keys and, if needed, the ETL
     keys = stage_keys(config, plan)
     if resume is not None:
-        run_dir = Path(resume)
+        run_dir = location(resume, config.storage_options)
         if not RunDir(run_dir).manifest.exists():
             raise ShardflowError(f"--resume {resume}: not a run directory (no manifest.json); "
                                  "give a directory under output.runs_dir")
     elif run_dir is None and not force:
         run_dir = find_run(runs_dir, keys[RunDir.ETL])
-    run_dir = Path(run_dir) if run_dir else runs_dir / new_run_id()
+    run_dir = location(run_dir, config.storage_options) if run_dir else runs_dir / new_run_id()
     current = {stage: not force and is_current(run_dir, stage, keys[stage]) for stage in STAGES}
     if not current[RunDir.ETL]:
         current[RunDir.TRAIN] = current[RunDir.EVALUATE] = False
-        shutil.rmtree(RunDir(run_dir).checkpoints(), ignore_errors=True)  # they belong to the old features
+        remove_tree(RunDir(run_dir).checkpoints())  # they belong to the old features
     if not current[RunDir.TRAIN]:
         current[RunDir.EVALUATE] = False
     skipped = [s for s in STAGES if current[s]]

@@ -4,7 +4,6 @@ on a pandas DataFrame (in the process) or a Dask DataFrame (on the cluster)."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,6 +12,7 @@ import pyarrow as pa
 from shardflow.pipelines import artifacts
 from shardflow.pipelines.config import load_config
 from shardflow.tasks.errors import InputError, ShardflowError
+from shardflow.tasks.storage import location
 
 logger = logging.getLogger("shardflow.model")
 
@@ -38,15 +38,19 @@ class TrainedModel:
     0        7    0.231208           False
     """
 
-    def __init__(self, run_dir, name: str | None = None):
+    def __init__(self, run_dir, name: str | None = None, storage_options: dict | None = None):
+        import json
+
         from shardflow.pipelines.families import FAMILIES
         from shardflow.pipelines.predict import check_dimension_tables
 
-        files = artifacts.scoring_files(run_dir, name, option="load_model")
-        self.run_dir, self.name = Path(run_dir), files.model
+        self.run_dir = location(run_dir, storage_options)
+        files = artifacts.scoring_files(self.run_dir, name, option="load_model")
+        self.name = files.model
         self.preprocessor, self._payload = files.preprocessor, files.payload
         self._predictor = FAMILIES[files.model].predict
-        self._config = load_config(files.config_path)
+        # The caller's storage options (for the join tables), never the run's.
+        self._config = load_config(files.config_path, [f"storage_options={json.dumps(storage_options or {})}"])
         check_dimension_tables(self._config, files.manifest)
         self._dimensions = {}  # per input columns: a dimension column clashing with one is renamed
         self.task = self.preprocessor.task
@@ -166,7 +170,7 @@ def _schema(frame: pd.DataFrame) -> dict:
         raise InputError(f"predict: a column cannot be read as a table column ({err})") from None
 
 
-def load_model(run_dir, name: str | None = None) -> TrainedModel:
+def load_model(run_dir, name: str | None = None, storage_options: dict | None = None) -> TrainedModel:
     """A finished run's model as an object with ``predict`` and ``predict_proba``.
 
     Parameters
@@ -175,6 +179,8 @@ def load_model(run_dir, name: str | None = None) -> TrainedModel:
         A run directory with completed ``etl`` and ``train`` stages.
     name : str, optional
         Model family (``train.models``); default the run's best on validation.
+    storage_options : dict, optional
+        Options of the object store's file system, for a run in one (``s3://...``).
 
     Raises
     ------
@@ -188,4 +194,4 @@ def load_model(run_dir, name: str | None = None) -> TrainedModel:
     >>> model = shardflow.load_model("shardflow-work/runs/20261122-101500-ab12cd", "xgboost")  # doctest: +SKIP
     >>> model.predict_proba(frame)  # doctest: +SKIP
     """
-    return TrainedModel(run_dir, name)
+    return TrainedModel(run_dir, name, storage_options)

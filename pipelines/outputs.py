@@ -12,6 +12,7 @@ from shardflow.tasks import backend
 from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.prepare import PreparedPartition
 from shardflow.tasks.schema import SPLIT_COLUMN, WEIGHT_COLUMN
+from shardflow.tasks.storage import location, zarr_store
 
 
 
@@ -23,7 +24,7 @@ def create_feature_arrays(stage_dir: Path, *, rows: int, n_features: int, chunk_
                           attributes: dict, weighted: bool = False) -> None:
     """Create the empty Zarr arrays ``X`` (rows × features, float32), ``y``, ``is_validation``
     and, with ``weighted``, ``w`` (sample weights)."""
-    group = zarr.open_group(str(RunDir.etl_file(stage_dir, "zarr")), mode="w")
+    group = zarr.open_group(zarr_store(RunDir.etl_file(stage_dir, "zarr")), mode="w")
     group.attrs.update(attributes)
     chunk_rows = max(1, chunk_rows)
     # LZ4 with byte shuffling: several times faster than Zarr's default Zstd on float columns.
@@ -39,7 +40,7 @@ def create_feature_arrays(stage_dir: Path, *, rows: int, n_features: int, chunk_
                            compressors=codec)
 
 
-def write_etl_partition(part: PreparedPartition, index: int, *, preprocessor: Preprocessor, stage_dir: str,
+def write_etl_partition(part: PreparedPartition, index: int, *, preprocessor: Preprocessor, stage_dir,
                         offset: int, expected_rows: int, total_rows: int, chunk_rows: int,
                         lock_prefix: str) -> dict:
     """Transform one prepared partition and write its Parquet file, quarantine and Zarr rows.
@@ -55,11 +56,11 @@ def write_etl_partition(part: PreparedPartition, index: int, *, preprocessor: Pr
             f"partition {index} has {len(features)} valid rows now but {expected_rows} in the first pass: "
             "the input changed while the ETL ran; run it again"
         )
-    stage = Path(stage_dir)
+    stage = location(stage_dir)
     table = preprocessor.transform(features)
-    backend.write_parquet(table, str(RunDir.etl_file(stage, "features") / part_name(index)))
+    backend.write_parquet(table, RunDir.etl_file(stage, "features") / part_name(index))
     if len(quarantine):
-        backend.write_parquet(quarantine, str(RunDir.etl_file(stage, "quarantine") / part_name(index)))
+        backend.write_parquet(quarantine, RunDir.etl_file(stage, "quarantine") / part_name(index))
     arrays = {
         "X": backend.to_host_array(table[preprocessor.feature_names], np.float32),
         "y": backend.to_host_array(table[preprocessor.target], np.float32),
@@ -93,7 +94,7 @@ def write_rows(root: Path, arrays: dict, *, offset: int, total_rows: int, chunk_
         owned = pos == chunk * chunk_rows and end == min((chunk + 1) * chunk_rows, total_rows)
         segments.append((chunk, pos, end, owned))
         pos = end
-    targets = {name: zarr.open_array(str(root / name), mode="r+") for name in arrays}
+    targets = {name: zarr.open_array(zarr_store(location(root) / name), mode="r+") for name in arrays}
     for chunk, begin, end, owned in segments:
         if owned:
             for name, data in arrays.items():

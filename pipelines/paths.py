@@ -1,20 +1,38 @@
-"""Paths a config or a command names: local paths, ``file://`` URLs, and the object-store
-URLs shardflow does not read or write yet."""
+"""Paths a config or a command names: local paths, ``file://`` URLs and object-store URLs,
+checked before anything is read (see :mod:`shardflow.tasks.storage`)."""
 
 from __future__ import annotations
 
-import re
+from pathlib import Path
+
+from shardflow.pipelines.typed_yaml import ConfigError
+from shardflow.tasks.storage import check_storage_options, check_url, url_scheme
 
 
-def object_store_scheme(path) -> str | None:
-    """The scheme of an object-store URL (``s3``, ``gs``, ...), None for a local path or a
-    ``file://`` URL; also a URL that ``Path`` has folded to one slash (``s3:/b/k``). A drive
-    letter (``C:/``) is a path.
+def check_config_locations(config) -> None:
+    """Every path of ``config`` a local path or an accepted object-store URL, and
+    ``storage_options`` plain values without credentials; raises :class:`ConfigError`."""
+    try:
+        check_storage_options(config.storage_options)
+        for key, path in [("input.path", config.input.path), ("output.runs_dir", config.output.runs_dir),
+                          *((f"joins[{i}].path", j.path) for i, j in enumerate(config.joins))]:
+            check_url(path, f"config key '{key}':")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def resolve_path(path: str, base_dir: str) -> str:
+    """``path`` made absolute against ``base_dir``: globs kept, ``file://`` URLs as their path,
+    object-store URLs as they are; relative to a ``base_dir`` in an object store, a URL there.
 
     Examples
     --------
-    >>> object_store_scheme("s3://b/k"), object_store_scheme("s3:/b/k"), object_store_scheme("C:/data")
-    ('s3', 's3', None)
+    >>> resolve_path("trips/*.csv", "/data"), resolve_path("zones.csv", "s3://bucket/jobs")
+    ('/data/trips/*.csv', 's3://bucket/jobs/zones.csv')
     """
-    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]+):/", str(path))
-    return match.group(1).lower() if match and match.group(1).lower() != "file" else None
+    if url_scheme(path):
+        return str(path)
+    if url_scheme(base_dir):  # a config in an object store: its relative paths are there too
+        return f"{str(base_dir).rstrip('/')}/{path}"
+    p = Path(path[len("file://"):] if str(path).lower().startswith("file://") else path).expanduser()
+    return str(p if p.is_absolute() else Path(base_dir) / p)

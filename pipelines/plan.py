@@ -197,15 +197,15 @@ def _piece_rows(source) -> list:
     and line length for CSV."""
     if source.format == "parquet":
         return list(source.piece_rows)
-    per_line = {}
+    from shardflow.tasks.storage import file_size, open_file
+
+    per_line, options = {}, source.pieces[0].storage_options if source.pieces else None
     for f in source.files:
-        with open(f, "rb") as handle:
+        with open_file(f, "rb", options) as handle:
             head = handle.read(2**20)
         lines = max(1, head.count(b"\n"))
         per_line[f] = len(head) / lines
-    import os
-
-    return [int(((piece.end if piece.end is not None else os.path.getsize(piece.path)) - piece.start)
+    return [int(((piece.end if piece.end is not None else file_size(piece.path, options)) - piece.start)
                 / per_line[piece.path]) for piece in source.pieces]
 
 

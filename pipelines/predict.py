@@ -15,12 +15,12 @@ from shardflow.cluster.config import ClusterConfig
 from shardflow.cluster.factory import Runtime, as_runtime, start
 from shardflow.pipelines import artifacts, progress
 from shardflow.pipelines.config import load_config
-from shardflow.pipelines.paths import object_store_scheme
 from shardflow.pipelines.graph import named_delayed, scatter_named, task_names
 from shardflow.pipelines.rundir import atomic_directory, new_output_dir
 from shardflow.pipelines.plan import InputPlan
 from shardflow.pipelines.families import FAMILIES
 from shardflow.tasks.errors import InputError, ShardflowError
+from shardflow.tasks.storage import check_url, location, url_scheme
 from shardflow.tasks.exported import INT8_FILE, METADATA_FILE, MODEL_FILE, ExportedSessions
 from shardflow.tasks.scoring import QUARANTINE_DIR, predict_partition, score_exported_partition
 
@@ -34,7 +34,8 @@ def check_dimension_tables(config, manifest: dict) -> None:
         if path not in recorded:
             raise artifacts.ArtifactError(f"joins[{i}].path {path}: not recorded in the run's manifest; the run was "
                                           "made by an older shardflow or edited: train again")
-        if not Path(path).is_file() or artifacts.sha256(Path(path)) != recorded[path]:
+        table = location(path, config.storage_options)
+        if not table.is_file() or artifacts.sha256(table) != recorded[path]:
             raise artifacts.ArtifactError(f"{path}: the dimension table changed since the run (sha256 differs); "
                                           "restore it, or train again on the new table")
 
@@ -49,7 +50,8 @@ class PredictResult:
 
 
 def predict(run_dir, input_path, output_path, *, model: str | None = None, runtime: Runtime | None = None,
-            overwrite: bool = False, engine: str = "shardflow", precision: str = "fp32") -> PredictResult:
+            overwrite: bool = False, engine: str = "shardflow", precision: str = "fp32",
+            storage_options: dict | None = None) -> PredictResult:
     """Score new data with a finished run's preprocessing and one of its models.
 
     Parameters
@@ -74,6 +76,9 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
         checked against shardflow's predictions) and each worker scores its partitions with
         one ONNX Runtime session, reused across them; ``precision="int8"`` uses the
         quantized MLP.
+    storage_options : dict, optional
+        Options of the object store's file system for ``run_dir``, ``input_path`` and
+        ``output_path`` (credentials from the environment).
 
     Examples
     --------
@@ -84,20 +89,25 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
         raise ShardflowError(f"--engine {engine}: not one of shardflow, onnxruntime")
     if precision not in ("fp32", "int8") or (precision == "int8" and engine != "onnxruntime"):
         raise ShardflowError(f"--precision {precision}: fp32, or int8 with --engine onnxruntime")
-    run_dir = Path(run_dir)
-    for option, path in (("--input", input_path), ("--output", output_path)):
-        if object_store_scheme(path):
-            raise ShardflowError(f"{option} {path}: an object-store URL, which shardflow does not read or write yet; "
-                                 "copy the data to a local or shared path")
-    input_path, output_path = (str(p)[len("file://"):] if str(p).lower().startswith("file://") else p
-                               for p in (input_path, output_path))
+    for option, path in (("--run", run_dir), ("--input", input_path), ("--output", output_path)):
+        try:
+            check_url(str(path), option)
+        except ValueError as err:
+            raise ShardflowError(str(err)) from None
+    run_dir = location(run_dir, storage_options)
     files = artifacts.scoring_files(run_dir, model)  # every file checked against the manifest's hashes
-    output = new_output_dir(output_path, "--output", overwrite)
+    output = new_output_dir(location(output_path, storage_options), "--output", overwrite)
     model, payload, preprocessor, manifest = files.model, files.payload, files.preprocessor, files.manifest
     config_path = files.config_path
-    input_abs = str(Path(input_path).expanduser().resolve()) if not any(c in str(input_path) for c in "*?[") \
-        else os.path.abspath(os.path.expanduser(str(input_path)))
-    config = load_config(config_path, [f"input.path={json.dumps(input_abs)}", "input.format=auto"])
+    if url_scheme(input_path):
+        input_abs = str(input_path)
+    elif any(c in str(input_path) for c in "*?["):  # a glob: not resolved (it names no one file)
+        input_abs = os.path.abspath(os.path.expanduser(str(location(input_path))))
+    else:
+        input_abs = str(location(input_path).expanduser().resolve())
+    # The caller's storage options, never the run's: a run directory does not choose what is reached.
+    config = load_config(config_path, [f"input.path={json.dumps(input_abs)}", "input.format=auto",
+                                       f"storage_options={json.dumps(storage_options or {})}"])
     plan = InputPlan(config, for_prediction=True)
     if plan.source.rows == 0:
         raise InputError(f"--input {input_path}: the dataset has no rows")
@@ -123,13 +133,13 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
                 model_f = scatter_named(client, f"predict-onnx-{model}", exported)
                 tasks = [dask.delayed(score_exported_partition, pure=False)(
                     part, spec, dim_frames, exported=model_f,
-                    keep_columns=preprocessor.keep_columns, output=str(tmp), index=i, dask_key_name=name(i))
+                    keep_columns=preprocessor.keep_columns, output=tmp, index=i, dask_key_name=name(i))
                          for i, part in enumerate(raw.to_delayed())]
             else:
                 payload_f = scatter_named(client, f"predict-model-{model}", payload)
                 tasks = [dask.delayed(predict_partition, pure=False)(
                     part, spec, dim_frames, preprocessor=preprocessor, predictor=FAMILIES[model].predict,
-                    payload=payload_f, output=str(tmp), index=i, dask_key_name=name(i))
+                    payload=payload_f, output=tmp, index=i, dask_key_name=name(i))
                          for i, part in enumerate(raw.to_delayed())]
             counts = progress.compute(client, tasks, f"predict ({model})")
     finally:

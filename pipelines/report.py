@@ -18,6 +18,7 @@ from shardflow.pipelines.families import FAMILIES, label
 from shardflow.pipelines.figures import subplots
 from shardflow.pipelines.plan import format_plan
 from shardflow.pipelines.rundir import RunDir, read_manifest, write_text_atomic
+from shardflow.tasks.storage import location
 from shardflow.tasks.metrics import best_model, primary_metric
 from shardflow.tasks.targets import TASK_TYPES, target_kind
 
@@ -69,7 +70,7 @@ def build_report(run_dir) -> Path:
     --------
     >>> build_report("shardflow-work/runs/20261122-101500-ab12cd")  # doctest: +SKIP
     """
-    run_dir = Path(run_dir)
+    run_dir = location(run_dir)
     manifest = read_manifest(run_dir)
     if not manifest:
         from shardflow.tasks.errors import ShardflowError
@@ -330,7 +331,9 @@ def _partition_plots(evaluation, task) -> str:
 def list_runs(runs_dir) -> list:
     """Past runs under ``runs_dir``, newest first, with their key metrics."""
     runs = []
-    for run_dir in sorted(Path(runs_dir).glob("*/"), reverse=True):
+    runs_dir = location(runs_dir)
+    entries = runs_dir.iterdir() if runs_dir.is_dir() else []
+    for run_dir in sorted((p for p in entries if not p.name.startswith(".")), reverse=True):
         manifest = read_manifest(run_dir)
         if not manifest:
             continue

@@ -4,6 +4,13 @@ A run lives in ``<runs_dir>/<run_id>/``. Each stage writes into a hidden tempora
 sibling and renames it into place only when complete, so a failed or interrupted stage
 leaves nothing a later stage would read. The run directory itself appears with its
 first completed stage: bad input leaves no trace at all.
+
+An object store has no rename (a "rename" copies every object, one at a time, and readers
+would see a half-copied stage). There a stage is written under a new prefix of its own
+(``etl@<owner>-<token>/``) and the run's manifest, one object written whole, is the commit:
+it records which prefix holds each completed stage, and readers resolve a stage through it
+(:meth:`RunDir.stage`). Until the manifest names it, a prefix is invisible; the prefix it
+replaces is deleted after the commit.
 """
 
 from __future__ import annotations
@@ -13,11 +20,12 @@ import datetime as _dt
 import json
 import os
 import re
-import shutil
 import socket
 import time
 import uuid
 from pathlib import Path
+
+from shardflow.tasks.storage import StorePath, location, remove_tree
 
 MANIFEST = "manifest.json"
 def _host_id() -> str:
@@ -43,18 +51,27 @@ def new_run_id() -> str:
     return f"{now}-{uuid.uuid4().hex[:6]}"
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
-    path = Path(path)
+def write_bytes_atomic(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one: through a
+    temporary file and an atomic rename, or as one object (an object store's writes are whole)."""
+    path = location(path)
+    if isinstance(path, StorePath):
+        path.write_bytes(data)
+        return
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def write_text_atomic(path, text: str) -> None:
+    """:func:`write_bytes_atomic` for text (UTF-8)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def new_output_dir(path, option: str, overwrite: bool) -> Path:
     """``path`` resolved, refused if it exists and ``overwrite`` is not given (``option``
     names the command-line option in the message)."""
-    out = Path(path).expanduser().resolve()
+    out = location(path).expanduser().resolve()
     if out.exists() and not overwrite:
         from shardflow.tasks.errors import ShardflowError
 
@@ -71,7 +88,11 @@ def atomic_directory(final: Path, staging: Path | None = None):
     (or KeyboardInterrupt) it is removed and ``final`` is untouched; an existing
     ``final`` is replaced only after the new one is complete.
     """
-    final = Path(final)
+    final = location(final)
+    if isinstance(final, StorePath):
+        with _object_store_directory(final) as tmp:
+            yield tmp
+        return
     staging = Path(staging) if staging is not None else final.parent
     staging.mkdir(parents=True, exist_ok=True)
     tmp = staging / f".{final.name}.tmp-{_owner()}-{uuid.uuid4().hex[:8]}"
@@ -79,16 +100,36 @@ def atomic_directory(final: Path, staging: Path | None = None):
     try:
         yield tmp
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
         raise
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():
         old = final.parent / f".{final.name}.old-{_owner()}-{uuid.uuid4().hex[:8]}"
         os.rename(final, old)
         os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        remove_tree(old)
     else:
         os.rename(tmp, final)
+
+
+#: Written last into an output prefix on an object store (predictions, exports): the
+#: prefix is complete when this object lists every file of it.
+COMMIT_FILE = "_shardflow_commit.json"
+
+
+@contextlib.contextmanager
+def _object_store_directory(final: StorePath):
+    """An output prefix outside a run (predictions, an export) on an object store: an
+    existing one is deleted first, the files are written in place, and :data:`COMMIT_FILE`
+    (the list of files) is written last; on failure the prefix is deleted again."""
+    remove_tree(final)
+    try:
+        yield final
+        files = [p.relative_to(final).as_posix() for p in final.rglob("*")]
+        (final / COMMIT_FILE).write_text(json.dumps({"files": files, "completed": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    except BaseException:
+        remove_tree(final)
+        raise
 
 
 def _owner() -> str:
@@ -121,7 +162,18 @@ def prepare_runs_dir(runs_dir, key: str = "output.runs_dir") -> Path:
     """
     from shardflow.tasks.errors import ShardflowError
 
-    runs_dir = Path(runs_dir)
+    runs_dir = location(runs_dir)
+    if isinstance(runs_dir, StorePath):
+        try:
+            reachable = runs_dir.protocol == "memory" or runs_dir.fs.exists(runs_dir.bucket)
+        except Exception as err:  # noqa: BLE001 - any client failure: say which store and why
+            raise ShardflowError(f"{key} {runs_dir}: cannot reach the store ({type(err).__name__}: "
+                                 f"{str(err).splitlines()[0] if str(err) else ''}); check the URL, "
+                                 "storage_options and the credentials in the environment") from None
+        if not reachable:
+            raise ShardflowError(f"{key} {runs_dir}: bucket {runs_dir.bucket!r} does not exist (or these "
+                                 "credentials cannot see it); create it or choose another")
+        return runs_dir
     # Nothing is created here (bad input must leave no trace): the directory, or the
     # nearest ancestor it would be created in, is probed.
     existing = runs_dir
@@ -154,19 +206,53 @@ def prepare_runs_dir(runs_dir, key: str = "output.runs_dir") -> Path:
         else:
             continue
         if stale:
-            shutil.rmtree(entry, ignore_errors=True)
+            remove_tree(entry)
     return runs_dir
 
 
-def stage_output(run_dir: Path, stage: str):
+def stage_output(run_dir, stage: str):
     """:func:`atomic_directory` for ``run_dir / stage``, staged beside the run directory:
-    a run directory appears only with its first completed stage."""
-    run_dir = Path(run_dir)
+    a run directory appears only with its first completed stage. On an object store, a
+    prefix of its own committed by the manifest (see the module's notes)."""
+    run_dir = location(run_dir)
+    if isinstance(run_dir, StorePath):
+        return _object_store_stage(run_dir, stage)
     return atomic_directory(run_dir / stage, staging=run_dir.parent)
 
 
-def read_manifest(run_dir: Path) -> dict:
-    path = Path(run_dir) / MANIFEST
+#: A stage's prefix in a run on an object store: ``<stage>@<host>-<pid>-<token>``.
+_STAGE_PREFIX = re.compile(r"^(?P<stage>[a-z]+)@(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+@contextlib.contextmanager
+def _object_store_stage(run_dir: StorePath, stage: str):
+    prefix = run_dir / f"{stage}@{_owner()}-{uuid.uuid4().hex[:8]}"
+    try:
+        yield prefix
+    except BaseException:
+        remove_tree(prefix)
+        raise
+    manifest = read_manifest(run_dir)
+    old = manifest.get("locations", {}).get(stage)
+    # The commit: one object, naming the new prefix. The stage's record (its key, what it
+    # holds) is written by the caller next; until then the stage does not count as current.
+    manifest["locations"] = {**manifest.get("locations", {}), stage: prefix.name}
+    manifest.setdefault("stages", {}).pop(stage, None)
+    write_text_atomic(run_dir / MANIFEST, json.dumps(manifest, indent=1, default=str))
+    for entry in run_dir.iterdir():
+        match = _STAGE_PREFIX.match(entry.name)
+        if entry.name == old or (match and match["stage"] == stage and entry != prefix
+                                 and match["host"] == _HOST and not _pid_alive(int(match["pid"]))):
+            remove_tree(entry)  # the replaced stage, and this host's abandoned attempts
+
+
+def stage_of(relative: str) -> str:
+    """The stage an artifact's manifest name belongs to (``train@x-1-ab12cd34/a.json`` → ``train``)."""
+    return relative.split("/", 1)[0].split("@", 1)[0]
+
+
+def read_manifest(run_dir) -> dict:
+    path = location(run_dir) / MANIFEST
     if not path.exists():
         return {}
     return json.loads(path.read_text())
@@ -176,19 +262,19 @@ def update_manifest(run_dir: Path, *, replace_artifacts: str | None = None, **fi
     """Merge ``fields`` into the run's manifest (atomically).
 
     ``stages`` and ``artifacts`` (``{relative path: sha256}``) are merged by key;
-    ``replace_artifacts`` (a path prefix such as ``"train/"``) first drops the recorded
-    hashes under it, so a recomputed stage leaves no stale entry behind.
+    ``replace_artifacts`` (a stage such as ``"train"``) first drops the recorded hashes of
+    its files, so a recomputed stage leaves no stale entry behind.
     """
     manifest = read_manifest(run_dir)
     stages = {**manifest.get("stages", {}), **fields.pop("stages", {})}
     artifacts = dict(manifest.get("artifacts", {}))
     if replace_artifacts is not None:
-        artifacts = {k: v for k, v in artifacts.items() if not k.startswith(replace_artifacts)}
+        artifacts = {k: v for k, v in artifacts.items() if stage_of(k) != replace_artifacts}
     artifacts.update(fields.pop("artifacts", {}))
     manifest.update(fields)
     manifest["stages"] = stages
     manifest["artifacts"] = artifacts
-    write_text_atomic(Path(run_dir) / MANIFEST, json.dumps(manifest, indent=1, default=str))
+    write_text_atomic(location(run_dir) / MANIFEST, json.dumps(manifest, indent=1, default=str))
     return manifest
 
 
@@ -239,9 +325,11 @@ class RunDir:
     _CHECKPOINT_FILES = {"model": "model.ubj", "state": "state.json", "params": "params.pt", "best": "best.pt"}
 
     def __init__(self, path):
-        self.path = Path(path)
+        self.path = location(path)
 
     def __fspath__(self) -> str:
+        if isinstance(self.path, StorePath):
+            raise TypeError(f"{self.path} is in an object store, not a local path")
         return str(self.path)
 
     @property
@@ -266,6 +354,9 @@ class RunDir:
         return self.path / "performance-report.html"
 
     def stage(self, name: str) -> Path:
+        """The stage's directory; on an object store, the prefix the manifest committed."""
+        if isinstance(self.path, StorePath):
+            return self.path / read_manifest(self.path).get("locations", {}).get(name, name)
         return self.path / name
 
     def checkpoints(self, family: str | None = None) -> Path:
@@ -274,28 +365,28 @@ class RunDir:
 
     def relative(self, path) -> str:
         """``path``'s name in the manifest (relative to the run, with forward slashes)."""
-        return Path(path).relative_to(self.path).as_posix()
+        return location(path).relative_to(self.path).as_posix()
 
     # the stages' files, in a (temporary or final) stage directory
     @classmethod
     def etl_file(cls, stage_dir, what: str) -> Path:
-        return Path(stage_dir) / cls._ETL_FILES[what]
+        return location(stage_dir) / cls._ETL_FILES[what]
 
     @classmethod
     def train_file(cls, stage_dir, what: str) -> Path:
         """``what``: seconds, peak_memory, task, or a family's own file name (``mlp.pt``)."""
-        return Path(stage_dir) / cls._TRAIN_FILES.get(what, what)
+        return location(stage_dir) / cls._TRAIN_FILES.get(what, what)
 
     @classmethod
     def checkpoint_file(cls, directory, what: str, temporary: bool = False) -> Path:
         """A checkpoint's ``model``, ``state``, ``params`` or ``best`` file; ``temporary``: the
         hidden sibling it is written to first (same suffix: XGBoost picks the format from it)."""
         name = cls._CHECKPOINT_FILES[what]
-        return Path(directory) / (f".{os.getpid()}-{name}" if temporary else name)
+        return location(directory) / (f".{os.getpid()}-{name}" if temporary else name)
 
     @classmethod
     def evaluate_file(cls, stage_dir, what: str) -> Path:
-        return Path(stage_dir) / cls._EVALUATE_FILES[what]
+        return location(stage_dir) / cls._EVALUATE_FILES[what]
 
     # the final stage outputs
     @property

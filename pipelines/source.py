@@ -7,11 +7,8 @@ footers and headers, and reported as one line naming the file and the fix.
 
 from __future__ import annotations
 
-import glob
 import hashlib
-import os
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import dask
 import dask.dataframe as dd
@@ -29,6 +26,7 @@ from shardflow.tasks.io import CSV_SUFFIXES, ROW_ERROR_COLUMN, Piece, csv_header
 from shardflow.tasks.prepare import prepare_partition
 from shardflow.tasks.labels import label_keys
 from shardflow.tasks.schema import TableSpec
+from shardflow.tasks.storage import file_identity, file_size, list_input_files, open_file
 from shardflow.tasks.targets import target_kind
 
 
@@ -67,44 +65,50 @@ def inspect_source(config: Config, threads: int | None = None) -> Source:
     raw_path = config.input.path
     path = config.resolve(raw_path)
     fmt = config.input.format
+    options = config.storage_options
+    try:
+        files = list_input_files(path, options)
+    except Exception as err:  # noqa: BLE001 - an unreachable store, refused credentials, ...
+        raise InputError(f"input.path {raw_path!r}: cannot list it ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); check the URL, storage_options and "
+                         "the credentials in the environment") from None
+    if files is None:
+        raise InputError(
+            f"input.path {raw_path!r}: no such file or directory (resolved to {path}); "
+            "check config key 'input.path'"
+        )
     if any(ch in path for ch in "*?["):
-        files = sorted(glob.glob(path, recursive=True))
         if not files:
             raise InputError(f"input.path {raw_path!r}: no file matches this pattern; check config key 'input.path'")
-    elif os.path.isdir(path):
-        files = sorted(str(p) for p in Path(path).rglob("*") if p.is_file() and not p.name.startswith((".", "_")))
+    elif len(files) != 1 or files[0] != path:  # a directory
         if fmt == "auto":
             parquet = [f for f in files if f.endswith((".parquet", ".parq", ".pq"))]
             files = parquet or [f for f in files if f.endswith(CSV_SUFFIXES)]
         if not files:
             raise InputError(f"input.path {raw_path!r}: the directory holds no Parquet or CSV files")
-    elif os.path.isfile(path):
-        files = [path]
-    else:
-        raise InputError(
-            f"input.path {raw_path!r}: no such file or directory (resolved to {path}); "
-            "check config key 'input.path'"
-        )
     if fmt == "auto":
         fmt = "csv" if all(f.endswith(CSV_SUFFIXES) for f in files) else "parquet"
     wanted = config.input.partitions
     target = int(wanted) if wanted != "auto" else threads
     forced = wanted != "auto"
     if fmt == "parquet":
-        source = _inspect_parquet(files, config.input.max_partition_rows, target=target, forced=forced)
+        source = _inspect_parquet(files, config.input.max_partition_rows, target=target, forced=forced,
+                                  options=options)
     else:
         source = _inspect_csv(files, config.input.csv_delimiter, parse_bytes(config.input.blocksize), target=target,
-                              forced=forced)
+                              forced=forced, options=options)
     return source
 
 
-def _inspect_parquet(files, max_rows: int, *, target: int | None = None, forced: bool = False) -> Source:
+def _inspect_parquet(files, max_rows: int, *, target: int | None = None, forced: bool = False,
+                     options: dict | None = None) -> Source:
     schema: dict = {}
     first_seen: dict = {}
     pieces, piece_rows, rows, file_rows, size, metas = [], [], 0, {}, 0, []
     for f in files:
         try:
-            meta = pq.ParquetFile(f).metadata
+            with open_file(f, "rb", options) as handle:
+                meta = pq.ParquetFile(handle).metadata
             file_schema = meta.schema.to_arrow_schema()
         except Exception as err:  # noqa: BLE001
             raise InputError(
@@ -138,16 +142,16 @@ def _inspect_parquet(files, max_rows: int, *, target: int | None = None, forced:
             # Close a group once it holds its share: whichever of this group and the next is
             # nearer to ``max_rows`` rows (row groups are the unit; they are not cut).
             if group and group_rows + n > max_rows and abs(group_rows - max_rows) <= abs(group_rows + n - max_rows):
-                pieces.append(Piece(f, "parquet", tuple(group)))
+                pieces.append(Piece(f, "parquet", tuple(group), storage_options=options))
                 piece_rows.append(group_rows)
                 group, group_rows = [], 0
             group.append(rg)
             group_rows += n
         if group or meta.num_row_groups == 0:
             whole = meta.num_row_groups == len(group)
-            pieces.append(Piece(f, "parquet", None if whole else tuple(group)))
+            pieces.append(Piece(f, "parquet", None if whole else tuple(group), storage_options=options))
             piece_rows.append(group_rows)
-    return Source("parquet", files, schema, pieces, rows, file_fingerprint(files), file_rows=file_rows, bytes=size,
+    return Source("parquet", files, schema, pieces, rows, file_fingerprint(files, options), file_rows=file_rows, bytes=size,
                   piece_rows=piece_rows)
 
 
@@ -168,16 +172,18 @@ def _compatible(a: pa.DataType, b: pa.DataType) -> bool:
     return _kind(a) == _kind(b)
 
 
-def _inspect_csv(files, delimiter: str, blocksize: int, *, target: int | None = None, forced: bool = False) -> Source:
+def _inspect_csv(files, delimiter: str, blocksize: int, *, target: int | None = None, forced: bool = False,
+                 options: dict | None = None) -> Source:
     schema: dict = {}
     pieces = []
-    size = sum(os.path.getsize(f) for f in files)
+    sizes = {f: file_size(f, options) for f in files}
+    size = sum(sizes.values())
     configured = blocksize
     if target and (forced or size >= SPLIT_MIN_BYTES):
         blocksize = min(blocksize, max(1, -(-size // target)))
     for f in files:
         try:
-            header = csv_header(f, delimiter)
+            header = csv_header(f, delimiter, options)
         except InputError:
             raise
         except Exception as err:  # noqa: BLE001
@@ -186,33 +192,34 @@ def _inspect_csv(files, delimiter: str, blocksize: int, *, target: int | None = 
             missing = sorted(set(schema) - set(header)) or sorted(set(header) - set(schema))
             raise InputError(f"{f}: its columns differ from {files[0]} (e.g. {missing[0]!r}); give all CSV files one header")
         schema = {name: pa.string() for name in header}
-        file_size = os.path.getsize(f)
-        if f.endswith(".gz") or file_size <= blocksize or (file_size <= configured and _has_quotes(f)):
-            pieces.append(Piece(f, "csv"))
+        length = sizes[f]
+        if f.endswith(".gz") or length <= blocksize or (length <= configured and _has_quotes(f, options)):
+            pieces.append(Piece(f, "csv", storage_options=options))
         else:
-            count = -(-file_size // blocksize)
-            bounds = [round(i * file_size / count) for i in range(count + 1)]  # equal ranges
-            pieces.extend(Piece(f, "csv", start=a, end=b) for a, b in zip(bounds[:-1], bounds[1:]))
-    return Source("csv", files, schema, pieces, None, file_fingerprint(files), csv_delimiter=delimiter, bytes=size)
+            count = -(-length // blocksize)
+            bounds = [round(i * length / count) for i in range(count + 1)]  # equal ranges
+            pieces.extend(Piece(f, "csv", start=a, end=b, storage_options=options)
+                          for a, b in zip(bounds[:-1], bounds[1:]))
+    return Source("csv", files, schema, pieces, None, file_fingerprint(files, options), csv_delimiter=delimiter,
+                  bytes=size)
 
 
-def _has_quotes(path: str) -> bool:
+def _has_quotes(path: str, options: dict | None = None) -> bool:
     """Whether a CSV file holds a quote character. Byte ranges are cut at line ends, so a
     quoted value spanning lines would break: a file under ``input.blocksize`` is split for
     the cluster's sake only when it has no quotes (over it, as configured)."""
-    with open(path, "rb") as handle:
+    with open_file(path, "rb", options) as handle:
         while chunk := handle.read(16 * 2**20):
             if b'"' in chunk:
                 return True
     return False
 
 
-def file_fingerprint(files) -> str:
-    """Hash of every input file's path, size and modification time."""
+def file_fingerprint(files, options: dict | None = None) -> str:
+    """Hash of every input file's path, size and modification time (and ETag in an object store)."""
     digest = hashlib.sha256()
     for f in files:
-        st = os.stat(f)
-        digest.update(f"{os.path.abspath(f)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        digest.update(f"{file_identity(f, options)}\n".encode())
     return digest.hexdigest()[:16]
 
 

@@ -25,7 +25,7 @@ STAGE_CODE = {
     RunDir.ETL: ("tasks/backend.py", "tasks/encode.py", "tasks/errors.py", "tasks/expressions.py", "tasks/io.py",
             "tasks/prepare.py", "tasks/schema.py", "tasks/stats.py", "pipelines/config.py", "pipelines/etl.py",
             "pipelines/graph.py", "pipelines/outputs.py", "pipelines/paths.py", "pipelines/plan.py", "pipelines/source.py",
-            "pipelines/dimensions.py",
+            "pipelines/dimensions.py", "tasks/storage.py",
             "pipelines/typed_yaml.py", "tasks/targets.py", "tasks/labels.py", "tasks/combiners.py",
             "pipelines/target_fit.py"),
     RunDir.TRAIN: ("tasks/metrics.py", "tasks/mlp_steps.py", "tasks/models.py", "tasks/neural.py", "tasks/shards.py",
@@ -37,7 +37,7 @@ STAGE_CODE = {
 COSMETIC_CODE = ("pipelines/cli.py", "pipelines/console.py", "pipelines/figures.py", "pipelines/progress.py",
                  "pipelines/report.py", "pipelines/rundir.py", "pipelines/stages.py", "pipelines/generate.py",
                  "pipelines/predict.py", "pipelines/model.py", "tasks/scoring.py", "pipelines/export.py", "tasks/exported.py",
-                 "tasks/onnx_graph.py", "tasks/threads.py", "cluster/*.py", "data/*.py",
+                 "tasks/onnx_graph.py", "tasks/threads.py", "pipelines/tracking.py", "cluster/*.py", "data/*.py",
                  "*/__init__.py",
                  "pipelines/training/__init__.py")
 
@@ -88,7 +88,7 @@ def stage_keys(config: Config, plan=None) -> dict:
     etl_config["input"] = {k: v for k, v in data["input"].items() if k != "persist"}  # how, not what
     etl_config["output"] = {k: data["output"][k] for k in ("keep_columns", "zarr_chunk_rows")}
     etl_config["shuffle"] = shuffles(config)  # the models decide whether the ETL shuffles
-    etl = tokenize(source.fingerprint, file_fingerprint(dims) if dims else "", etl_config, code_version(RunDir.ETL))
+    etl = tokenize(source.fingerprint, file_fingerprint(dims, config.storage_options) if dims else "", etl_config, code_version(RunDir.ETL))
     train = tokenize(etl, data["train"], code_version(RunDir.TRAIN))
     return {RunDir.ETL: etl[:16], RunDir.TRAIN: train[:16], RunDir.EVALUATE: evaluate_key(train[:16])}
 

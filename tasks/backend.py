@@ -17,6 +17,8 @@ import pandas as pd
 import pyarrow as pa
 from dask.utils import Dispatch
 
+from shardflow.tasks.storage import write_table
+
 BACKENDS = ("pandas", "cudf")
 
 to_numeric = Dispatch("to_numeric")
@@ -86,9 +88,7 @@ def _to_host_array_pandas(obj, dtype):
 
 @write_parquet.register(pd.DataFrame)
 def _write_parquet_pandas(frame, path):
-    import pyarrow.parquet as pq
-
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+    write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
 
 
 @row_positions.register(pd.DataFrame)
@@ -175,7 +175,7 @@ def _register_cudf():
 
     @write_parquet.register(cudf.DataFrame)
     def _write_parquet_cudf(frame, path):
-        frame.to_parquet(path, index=False)
+        frame.to_parquet(str(path), index=False, storage_options=getattr(path, "storage_options", None) or None)
 
     @row_positions.register(cudf.DataFrame)
     def _row_positions_cudf(keys, table_keys):

@@ -7,13 +7,14 @@ a corrupt file among hundreds is reported as that file, not as a worker tracebac
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shardflow.tasks import backend
 from shardflow.tasks.errors import InputError
+from shardflow.tasks.storage import open_file
 
 #: CSV pieces carry this column: why a row could not be parsed (null for good rows).
 #: File name endings read as CSV (``format: auto``).
@@ -27,6 +28,7 @@ class Piece:
 
     ``row_groups`` selects Parquet row groups (``None``: all); ``start``/``end`` select
     the CSV lines that begin inside that byte range (``end=None``: to the end).
+    ``path`` is a local path or an object-store URL opened with ``storage_options``.
     """
 
     path: str
@@ -34,6 +36,7 @@ class Piece:
     row_groups: tuple[int, ...] | None = None
     start: int = 0
     end: int | None = None
+    storage_options: dict | None = field(default=None, compare=False)
 
 
 def read_piece(piece: Piece, column_names, backend_name: str = "pandas", csv_delimiter: str = ","):
@@ -59,12 +62,14 @@ def _read_parquet(piece: Piece, columns, backend_name):
     if backend_name == "cudf":
         cudf = backend.frame_module("cudf")
         row_groups = None if piece.row_groups is None else [list(piece.row_groups)]
-        return cudf.read_parquet(piece.path, columns=list(columns), row_groups=row_groups)
-    file = pq.ParquetFile(piece.path)
-    if piece.row_groups is None:
-        table = file.read(columns=list(columns))
-    else:
-        table = file.read_row_groups(list(piece.row_groups), columns=list(columns))
+        return cudf.read_parquet(piece.path, columns=list(columns), row_groups=row_groups,
+                                 storage_options=piece.storage_options)
+    with open_file(piece.path, "rb", piece.storage_options) as handle:
+        file = pq.ParquetFile(handle)
+        if piece.row_groups is None:
+            table = file.read(columns=list(columns))
+        else:
+            table = file.read_row_groups(list(piece.row_groups), columns=list(columns))
     return backend.from_arrow(table, backend_name)
 
 
@@ -73,15 +78,15 @@ CSV_NULL_VALUES = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN",
                    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
 
 
-def _open_text_head(path: str):
+def _open_text_head(path: str, storage_options: dict | None = None):
     if path.endswith(".gz"):
         import gzip
 
-        return gzip.open(path, "rb")
-    return open(path, "rb")
+        return gzip.open(open_file(path, "rb", storage_options), "rb")
+    return open_file(path, "rb", storage_options)
 
 
-def csv_header(path: str, delimiter: str = ",") -> list[str]:
+def csv_header(path: str, delimiter: str = ",", storage_options: dict | None = None) -> list[str]:
     """Column names from a CSV file's first line; empty names read as pandas does.
 
     Raises
@@ -100,7 +105,7 @@ def csv_header(path: str, delimiter: str = ",") -> list[str]:
     """
     import csv
 
-    with _open_text_head(path) as f:
+    with _open_text_head(path, storage_options) as f:
         line = f.readline().decode("utf-8-sig").rstrip("\r\n")
     names = next(csv.reader([line], delimiter=delimiter), [])
     names = [name if name else f"Unnamed: {i}" for i, name in enumerate(names)]
@@ -114,9 +119,9 @@ def csv_header(path: str, delimiter: str = ",") -> list[str]:
 def _csv_bytes(piece: Piece) -> bytes:
     """The header line plus every line that starts inside ``[start, end)``."""
     if piece.path.endswith(".gz"):  # compressed files are one piece
-        with _open_text_head(piece.path) as f:
+        with _open_text_head(piece.path, piece.storage_options) as f:
             return f.read()
-    with open(piece.path, "rb") as f:
+    with open_file(piece.path, "rb", piece.storage_options) as f:
         header = f.readline()
         begin = max(piece.start, len(header))
         if begin > len(header):
@@ -143,7 +148,7 @@ def _read_csv(piece: Piece, columns, backend_name, delimiter):
     import pyarrow.csv as pacsv
 
     data = _csv_bytes(piece)
-    header = csv_header(piece.path, delimiter)
+    header = csv_header(piece.path, delimiter, piece.storage_options)
     ragged = []
 
     def keep_apart(row):

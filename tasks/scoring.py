@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
@@ -11,6 +9,7 @@ from shardflow.tasks import backend
 from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.models import worker_threads
 from shardflow.tasks.prepare import prepare_partition
+from shardflow.tasks.storage import location
 from shardflow.tasks.labels import decode_labels, probability_column
 from shardflow.tasks.targets import target_kind, target_transform
 
@@ -44,9 +43,9 @@ def predict_partition(raw, spec, dimensions, *, preprocessor: Preprocessor, pred
     out, prepared = score_rows(raw, spec, dimensions, preprocessor=preprocessor, predictor=predictor,
                                payload=payload)
     part = f"part-{index:05d}.parquet"
-    backend.write_parquet(out, str(Path(output) / part))
+    backend.write_parquet(out, location(output) / part)
     if len(prepared.quarantine):
-        backend.write_parquet(prepared.quarantine, str(Path(output) / QUARANTINE_DIR / part))
+        backend.write_parquet(prepared.quarantine, location(output) / QUARANTINE_DIR / part)
     return {"rows": len(out), "quarantined": len(prepared.quarantine)}
 
 
@@ -64,9 +63,9 @@ def score_exported_partition(raw, spec, dimensions, *, exported: tuple, keep_col
     scores = worker_session(model, metadata).predict(features)
     out = pd.concat([out, scores], axis=1)
     part = f"part-{index:05d}.parquet"
-    backend.write_parquet(out, str(Path(output) / part))
+    backend.write_parquet(out, location(output) / part)
     if len(prepared.quarantine):
-        backend.write_parquet(prepared.quarantine, str(Path(output) / QUARANTINE_DIR / part))
+        backend.write_parquet(prepared.quarantine, location(output) / QUARANTINE_DIR / part)
     return {"rows": len(out), "quarantined": len(prepared.quarantine)}
 
 

@@ -65,11 +65,14 @@ class Shard:
         return self.orders[epoch][idx]
 
 
-def read_shard(zarr_path: str, offset: int, rows: int, seed: int) -> Shard:
-    """Rows ``[offset, offset + rows)`` of ``X``/``y``/``w``/``is_validation`` as a :class:`Shard`."""
+def read_shard(zarr_path, offset: int, rows: int, seed: int) -> Shard:
+    """Rows ``[offset, offset + rows)`` of ``X``/``y``/``w``/``is_validation`` as a :class:`Shard`
+    (``zarr_path`` local, or a :class:`~shardflow.tasks.storage.StorePath`)."""
     import zarr
 
-    group = zarr.open_group(zarr_path, mode="r")
+    from shardflow.tasks.storage import zarr_store
+
+    group = zarr.open_group(zarr_store(zarr_path, read_only=True), mode="r")
     x = group["X"][offset:offset + rows]
     y = group["y"][offset:offset + rows]
     valid = group["is_validation"][offset:offset + rows]

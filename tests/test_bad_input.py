@@ -164,21 +164,32 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_object_store_urls_say_they_are_not_read_yet_and_file_urls_are_paths(tmp_path):
-    with pytest.raises(ConfigError, match=r"'input.path': 's3://bucket/trips' is an object-store URL \(s3://\), which "
-                                          r"shardflow does not read or write yet; copy the data to a local"):
-        load_config(default_config_path(), ["input.path=s3://bucket/trips"])
-    with pytest.raises(ConfigError, match=r"'output.runs_dir': 'gs://b/runs' is an object-store URL"):
-        load_config(default_config_path(), ["output.runs_dir=gs://b/runs"])
-    config = load_config(default_config_path(), [f"input.path=file://{tmp_path}/trips"])
+def test_urls_outside_the_object_stores_and_credentials_in_configs_are_refused(tmp_path):
+    """A config is untrusted: it names object stores only (no http, ssh or chained fsspec
+    protocols that would reach other hosts or files), and never carries credentials."""
+    for key, url, message in [
+        ("input.path", "http://example.com/trips.csv", r"'input.path': 'http://example.com/trips.csv': http:// URLs "
+                                                      r"are not read; give a local path or one of s3://"),
+        ("joins", "[{path: 'ssh://host/zones.csv', on: [zone]}]", r"'joins\[0\].path': 'ssh://host/zones.csv': ssh://"),
+        ("output.runs_dir", "simplecache::s3://b/runs", r"'output.runs_dir': 'simplecache::s3://b/runs': chained://"),
+        ("input.path", "s3:/b/trips", r"not a URL of the form s3://bucket/key"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(default_config_path(), [f"{key}={url}"])
+    with pytest.raises(ConfigError, match=r"'storage_options.client_kwargs.aws_secret_access_key': credentials are "
+                                          r"not read from a config .* set them in the environment"):
+        load_config(default_config_path(), ["storage_options={client_kwargs: {aws_secret_access_key: x}}"])
+    config = load_config(default_config_path(), [f"input.path=file://{tmp_path}/trips", "output.runs_dir=s3://b/runs",
+                                                 "storage_options={endpoint_url: 'http://127.0.0.1:9'}"])
     assert config.resolve(config.input.path) == f"{tmp_path}/trips"
+    assert str(config.runs_dir) == "s3://b/runs" and config.runs_dir.storage_options == {"endpoint_url": "http://127.0.0.1:9"}
 
     # A URL that a Path has folded to one slash, and the command line's --runs-dir, say the same.
     from shardflow.pipelines.predict import predict
 
-    with pytest.raises(ShardflowError, match=r"--input s3:/b/new: an object-store URL"):
+    with pytest.raises(ShardflowError, match=r"--input 's3:/b/new': not a URL of the form s3://bucket/key"):
         predict(tmp_path, Path("s3://b/new"), tmp_path / "out")
     proc = subprocess.run([sys.executable, "-m", "shardflow", "etl", "-c", str(default_config_path()), "--runs-dir",
-                           "s3://b/runs"], capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 2 and "--runs-dir s3://b/runs: an object-store URL" in proc.stderr, proc.stderr
-    assert not (tmp_path / "s3:").exists()
+                           "ftp://b/runs"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "--runs-dir 'ftp://b/runs': ftp:// URLs are not read" in proc.stderr, proc.stderr
+    assert not any(tmp_path.iterdir())

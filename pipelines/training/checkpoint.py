@@ -9,20 +9,19 @@ makes the same decisions, and the same trees, as one that was never interrupted.
 from __future__ import annotations
 
 import json
-import os
 import time
-from pathlib import Path
 
 import xgboost as xgb
 from dask.base import tokenize
 
-from shardflow.pipelines.rundir import RunDir
+from shardflow.pipelines.rundir import RunDir, write_bytes_atomic, write_text_atomic
+from shardflow.tasks.storage import location
 
 
 
 def read_checkpoint(directory, token: str):
     """``(booster, state)`` of a checkpoint written for the same job ``token``, else ``(None, None)``."""
-    directory = Path(directory)
+    directory = location(directory)
     state_path, model_path = RunDir.checkpoint_file(directory, "state"), RunDir.checkpoint_file(directory, "model")
     if not state_path.exists() or not model_path.exists():
         return None, None
@@ -30,7 +29,7 @@ def read_checkpoint(directory, token: str):
     if state.get("token") != token:
         return None, None
     booster = xgb.Booster()
-    booster.load_model(str(model_path))
+    booster.load_model(bytearray(model_path.read_bytes()))
     if booster.num_boosted_rounds() != state["rounds"]:
         return None, None  # model and state from different moments: start over
     return booster, state
@@ -62,11 +61,11 @@ class ResumableState(xgb.callback.TrainingCallback):
     checkpoint, and early stopping would then keep the wrong best round.
     """
 
-    def __init__(self, directory: str, *, every: int, token: str, metric: str, maximize: bool,
+    def __init__(self, directory, *, every: int, token: str, metric: str, maximize: bool,
                  patience: int | None, state: dict | None = None, progress_topic: str | None = None):
         super().__init__()
         self.progress_topic = progress_topic
-        self.directory = str(directory)
+        self.directory = directory
         self.every = every
         self.token = token
         self.metric = metric
@@ -116,7 +115,7 @@ class ResumableState(xgb.callback.TrainingCallback):
     def _write(self, model, rounds: int, stopped) -> None:
         if xgb.collective.get_rank() != 0:
             return
-        directory = Path(self.directory)
+        directory = location(self.directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {"token": self.token, "rounds": rounds, "history": self.history, "best_score": self.best_score,
                  "best_iteration": self.best_iteration, "round_seconds": self.round_seconds}
@@ -125,12 +124,8 @@ class ResumableState(xgb.callback.TrainingCallback):
         else:
             state["finished"] = True
         # Model first, state second: the state never names a model that is not in place.
-        tmp_model = RunDir.checkpoint_file(directory, "model", temporary=True)
-        model.save_model(str(tmp_model))
-        os.replace(tmp_model, RunDir.checkpoint_file(directory, "model"))
-        tmp_state = RunDir.checkpoint_file(directory, "state", temporary=True)
-        tmp_state.write_text(json.dumps(state))
-        os.replace(tmp_state, RunDir.checkpoint_file(directory, "state"))
+        write_bytes_atomic(RunDir.checkpoint_file(directory, "model"), bytes(model.save_raw(raw_format="ubj")))
+        write_text_atomic(RunDir.checkpoint_file(directory, "state"), json.dumps(state))
 
 
 def _report(topic: str, message: dict) -> None:
@@ -167,17 +162,13 @@ def read_mlp_checkpoint(ckpt, data, cfg, seed):
 
 def write_mlp_checkpoint(ckpt, state, token) -> None:
     import json
-    import os
 
-    from shardflow.pipelines.artifacts import save_weights
+    from shardflow.pipelines.artifacts import weights_bytes
 
     ckpt.mkdir(parents=True, exist_ok=True)
     for what, key in (("params", "params"), ("best", "best_params")):
-        tmp = RunDir.checkpoint_file(ckpt, what, temporary=True)
-        save_weights(state[key], tmp)
-        os.replace(tmp, RunDir.checkpoint_file(ckpt, what))
+        write_bytes_atomic(RunDir.checkpoint_file(ckpt, what), weights_bytes(state[key]))
     meta = {k: v for k, v in state.items() if k not in ("params", "best_params")}
     meta["token"] = token
-    tmp = RunDir.checkpoint_file(ckpt, "state", temporary=True)
-    tmp.write_text(json.dumps(meta, default=float))
-    os.replace(tmp, RunDir.checkpoint_file(ckpt, "state"))  # last: the weights it names are in place
+    # last: the weights it names are in place
+    write_text_atomic(RunDir.checkpoint_file(ckpt, "state"), json.dumps(meta, default=float))

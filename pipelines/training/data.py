@@ -20,6 +20,7 @@ from shardflow.pipelines.rundir import RunDir
 from shardflow.tasks import shards as shard_tasks
 from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.metrics import Scoring
+from shardflow.tasks.storage import location, zarr_store
 
 logger = logging.getLogger("shardflow.train")
 
@@ -95,11 +96,11 @@ def load_training_data(runtime: Runtime, etl_dir, seed: int = 0, attempt: int = 
 
     import zarr
 
-    etl_dir = Path(etl_dir)
-    zarr_path = str(RunDir.etl_file(etl_dir, "zarr"))
+    etl_dir = location(etl_dir)
+    zarr_path = RunDir.etl_file(etl_dir, "zarr")
     preprocessor_text = RunDir.etl_file(etl_dir, "preprocessor").read_text()
     preprocessor = Preprocessor.from_json(preprocessor_text)
-    attrs = zarr.open_group(zarr_path, mode="r").attrs
+    attrs = zarr.open_group(zarr_store(zarr_path, read_only=True), mode="r").attrs
     offsets, rows = attrs["partition_offsets"], attrs["partition_rows"]
     client = runtime.client
     workers = sorted_workers(client)

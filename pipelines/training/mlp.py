@@ -14,9 +14,9 @@ import logging
 import math
 import os
 import time
-from pathlib import Path
 
 from shardflow.pipelines.rundir import RunDir
+from shardflow.tasks.storage import location
 from shardflow.cluster.factory import Runtime
 from shardflow.pipelines import progress
 from shardflow.pipelines.config import MLPConfig
@@ -89,7 +89,7 @@ def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig
 
     started = time.perf_counter()
     spec = mlp_spec_for(data.preprocessor, cfg)
-    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    ckpt = location(checkpoint_dir) if checkpoint_dir else None
     state = read_mlp_checkpoint(ckpt, data, cfg, seed)
     if state is None:
         params = init_params(spec, seed)

@@ -91,7 +91,7 @@ def _xgboost_rounds(client, data, *, params, cfg, collective_timeout, booster, s
         nthread = host_threads(client, worker)
         held = {worker: [f for f, _ in useful]}
     workers = sorted(held)
-    tracker = ResumableState(str(checkpoint_dir), every=cfg.checkpoint_every, token=token, metric=metric,
+    tracker = ResumableState(checkpoint_dir, every=cfg.checkpoint_every, token=token, metric=metric,
                              maximize=metric_direction(metric) == "max", patience=cfg.early_stopping_rounds,
                              state=state, progress_topic=f"shardflow-progress-{token}")
     coll = None
@@ -235,7 +235,7 @@ def curves(run_dir, family) -> list:
     ax.set_title(family.label)
     ax.legend(fontsize=8)
     panels = [(fig, f"{family.label}: validation metrics per round (dotted: best)")]
-    booster = xgb.Booster(model_file=str(RunDir(run_dir).trained(family.file("ubj"))))
+    booster = xgb.Booster(model_file=bytearray(RunDir(run_dir).trained(family.file("ubj")).read_bytes()))
     gain = booster.get_score(importance_type="gain")
     if gain:
         top = sorted(gain.items(), key=lambda kv: kv[1])[-20:]
