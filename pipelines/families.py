@@ -71,6 +71,11 @@ class Family:
     export : callable
         ``export(graph, features, payload, kind) -> scores``: the family's predictions as ONNX
         operators (:mod:`shardflow.tasks.onnx_graph`), for ``shardflow export``.
+    tracking : callable, optional
+        ``tracking(files, family, sample) -> {"params", "curves", "log_model"}`` for MLflow
+        (:mod:`shardflow.pipelines.tracking`): the effective hyperparameters, the metrics per
+        round or epoch, and a function that logs the model in its MLflow flavour (``sample``:
+        rows of the feature matrix, for the signature).
     """
 
     name: str
@@ -88,6 +93,7 @@ class Family:
     export: Callable | None = None
     default: bool = True
     small_data_on_one_worker: bool = False
+    tracking: Callable | None = None
 
     @property
     def assumes_exchangeable_partitions(self) -> bool:
@@ -115,7 +121,7 @@ FAMILIES = {f.name: f for f in (
            train=_lazy("xgboost_global", "train_family"), save=_lazy("xgboost_global", "save_family"),
            load=_lazy("xgboost_global", "load_family"), predict=predictors.predict_booster,
            curves=_lazy("xgboost_global", "curves"), export=onnx_graph.export_booster,
-           small_data_on_one_worker=True),
+           small_data_on_one_worker=True, tracking=_lazy("xgboost_global", "tracking")),
     Family("xgboost_partitions", "per-partition XGBoost ensemble", "per_partition", 1,
            partition_job=_lazy("partitions", "xgboost_job"), save=_lazy("partitions", "save_boosters"),
            load=_lazy("partitions", "load_boosters"), predict=predictors.predict_booster_ensemble,
@@ -129,7 +135,8 @@ FAMILIES = {f.name: f for f in (
            export=onnx_graph.export_stacked),
     Family("mlp", "data-parallel MLP", "global", 3,
            train=_lazy("mlp", "train_family"), save=_lazy("mlp", "save_family"), load=_lazy("mlp", "load_family"),
-           predict=predictors.predict_mlp, curves=_lazy("mlp", "curves"), export=onnx_graph.export_mlp),
+           predict=predictors.predict_mlp, curves=_lazy("mlp", "curves"), export=onnx_graph.export_mlp,
+           tracking=_lazy("mlp", "tracking")),
     Family("mlp_partitions", "per-partition MLP ensemble", "per_partition", 1,
            partition_job=_lazy("partitions", "mlp_job"), save=_lazy("partitions", "save_mlps"),
            load=_lazy("partitions", "load_mlps"), predict=predictors.predict_mlp_ensemble,

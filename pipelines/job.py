@@ -247,9 +247,16 @@ def run(config: Config, runtime: Runtime | None = None, run_dir=None, resume=Non
     skipped = [s for s in STAGES if current[s]]
     if skipped:
         logger.info("run %s: %s current, not recomputed", run_dir.name, ", ".join(skipped))
+    tracked = None
+    if config.tracking.mlflow is not None:
+        from shardflow.pipelines.tracking import MLflowRun
+
+        tracked = MLflowRun(config.tracking.mlflow, run_dir)  # a resumed run continues its MLflow run
+        logger.info("run %s: tracked in MLflow run %s (experiment %r)", run_dir.name, tracked.run_id,
+                    config.tracking.mlflow.experiment)
     owns = runtime is None
-    runtime = as_runtime(runtime) or start(config.cluster)
     try:
+        runtime = as_runtime(runtime) or start(config.cluster)
         if not current[RunDir.ETL]:
             etl(config, runtime=runtime, run_dir=run_dir, key=keys[RunDir.ETL], plan=plan)
         data = None
@@ -260,9 +267,21 @@ def run(config: Config, runtime: Runtime | None = None, run_dir=None, resume=Non
             evaluate_run(runtime, run_dir, data, key=keys[RunDir.EVALUATE])
         if not all(current.values()) or not RunDir(run_dir).report.exists():
             build_report(run_dir)
+        if tracked is not None:
+            from shardflow.pipelines.tracking import log_run
+
+            log_run(tracked, config, run_dir)
+            update_manifest(run_dir, tracking={"mlflow": {"experiment": config.tracking.mlflow.experiment,
+                                                          "run_id": tracked.run_id}})
+    except BaseException as err:
+        if tracked is not None:
+            tracked.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
     finally:
-        if owns:
+        if owns and runtime is not None:
             runtime.close()
+    if tracked is not None:
+        tracked.finish()
     metrics = json.loads(RunDir(run_dir).metrics.read_text())
     table = RunDir(run_dir).comparison.read_text().strip()
     from dask.utils import format_bytes

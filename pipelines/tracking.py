@@ -25,3 +25,163 @@ class TrackingConfig:
     """``tracking:`` where runs are logged besides their run directory (none by default)."""
 
     mlflow: MLflowConfig | None = option(None, check=Section())
+
+
+#: Tags that tie an MLflow run to a shardflow run, and what of it was logged already.
+RUN_TAG, TRAIN_TAG, EVALUATE_TAG = "shardflow.run_id", "shardflow.logged_train_key", "shardflow.logged_evaluate_key"
+
+
+class MLflowRun:
+    """One shardflow run's MLflow run: found again by the run's id (a resumed run continues it).
+
+    Parameters
+    ----------
+    config : MLflowConfig
+    run_dir : path or StorePath
+        The shardflow run directory (its name is the ``shardflow.run_id`` tag).
+    """
+
+    def __init__(self, config: MLflowConfig, run_dir):
+        try:
+            import mlflow
+            from mlflow.tracking import MlflowClient
+        except ImportError:
+            from shardflow.tasks.errors import ShardflowError
+
+            raise ShardflowError("config key 'tracking.mlflow': MLflow is not installed; "
+                                 "pip install 'shardflow[tracking]', or remove the key") from None
+        self.mlflow = mlflow
+        self.uri = config.tracking_uri or mlflow.get_tracking_uri()
+        self.client = MlflowClient(tracking_uri=self.uri)
+        experiment = self.client.get_experiment_by_name(config.experiment)
+        self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(config.experiment)
+        name = run_dir.name
+        found = [] if "'" in name else self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{name}'", max_results=1)
+        if found:
+            self.run_id = found[0].info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.tags = dict(found[0].data.tags)
+            self.params = dict(found[0].data.params)
+        else:
+            self.run_id = self.client.create_run(self.experiment_id, run_name=name,
+                                                 tags={RUN_TAG: name, "shardflow.run_dir": str(run_dir)}).info.run_id
+            self.tags, self.params = {}, {}
+        self.resumed = bool(found)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status)
+
+    def log_params(self, params: dict) -> None:
+        """Parameters not logged yet; a value that differs from the logged one (a resumed run
+        with another config) cannot be changed in MLflow: it is tagged and warned about."""
+        from mlflow.entities import Param
+
+        new = {k: v for k, v in params.items() if k not in self.params}
+        changed = sorted(k for k, v in params.items() if k in self.params and self.params[k] != v)
+        for start in range(0, len(new), 100):
+            chunk = list(new.items())[start:start + 100]
+            self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in chunk])
+        self.params.update(new)
+        if changed:
+            import logging
+
+            logging.getLogger("shardflow.tracking").warning(
+                "tracking: MLflow run %s keeps its first value of %s (parameters cannot change); the run "
+                "directory's config.yaml has the current ones", self.run_id, ", ".join(changed[:5]))
+            self.client.set_tag(self.run_id, "shardflow.params_changed", ",".join(changed)[:5000])
+
+    def log_metrics(self, series: dict) -> None:
+        """``{name: [value per step]}`` or ``{name: value}``. In a resumed MLflow run a curve goes
+        on after its last logged step (a model retrained with a new train section)."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = []
+        for name, values in series.items():
+            offset = 0
+            if self.resumed and isinstance(values, list):
+                offset = max((m.step + 1 for m in self.client.get_metric_history(self.run_id, name)), default=0)
+            values = values if isinstance(values, list) else [values]
+            metrics.extend(Metric(name, float(v), now, offset + i) for i, v in enumerate(values)
+                           if v is not None and v == v)
+        for start in range(0, len(metrics), 1000):
+            self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
+
+
+def _flatten(data, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{name}."))
+        else:
+            import json
+
+            out[name] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value, default=str)
+    return {k: str(v)[:6000] for k, v in out.items()}
+
+
+def log_run(tracked: MLflowRun, config, run_dir) -> None:
+    """Log a completed shardflow run: its resolved config and the effective hyperparameters
+    as parameters; the global models' validation metrics per round (XGBoost) and per epoch
+    (MLP), and every model's final ones; the report, comparison and config; the global models
+    in MLflow's xgboost and pytorch flavours with their signatures. What the MLflow run holds
+    already (a resumed run) is not logged twice."""
+    import pandas as pd
+    import zarr
+
+    from shardflow.pipelines.artifacts import RunFiles, available_models
+    from shardflow.pipelines.families import FAMILIES
+    from shardflow.pipelines.rundir import RunDir, read_manifest
+    from shardflow.tasks.encode import Preprocessor
+    from shardflow.tasks.storage import zarr_store
+
+    run = RunDir(run_dir)
+    manifest = read_manifest(run_dir)
+    stages = manifest.get("stages", {})
+    files = RunFiles(run_dir, manifest)
+    preprocessor = Preprocessor.from_json(files.path(run.preprocessor).read_text())
+    sample = pd.DataFrame(zarr.open_group(zarr_store(run.zarr, read_only=True), mode="r")["X"][:20],
+                          columns=preprocessor.feature_names)
+    tracked_families = [FAMILIES[name] for name in available_models(run_dir) if FAMILIES[name].tracking]
+    logged = {family.name: family.tracking(files, family, sample) for family in tracked_families}
+    params = _flatten({k: v for k, v in config.resolved().to_dict().items() if k != "tracking"})
+    for name, out in logged.items():
+        params.update(_flatten(out["params"], f"effective.{name}."))
+    tracked.log_params(params)
+
+    train_key = stages.get(RunDir.TRAIN, {}).get("key", "")
+    if tracked.tags.get(TRAIN_TAG) != train_key:
+        for out in logged.values():
+            tracked.log_metrics(out["curves"])
+        _with_active_run(tracked, [out["log_model"] for out in logged.values()])
+        tracked.client.set_tag(tracked.run_id, TRAIN_TAG, train_key)
+    evaluate_key = stages.get(RunDir.EVALUATE, {}).get("key", "")
+    if tracked.tags.get(EVALUATE_TAG) != evaluate_key and run.relative(run.metrics) in manifest.get("artifacts", {}):
+        metrics = files.read_json(run.metrics)["metrics"]
+        tracked.log_metrics({f"{model}.{name}": value for model, values in metrics.items()
+                             for name, value in values.items() if isinstance(value, (int, float))})
+        tracked.client.log_text(tracked.run_id, run.comparison.read_text(), "comparison.md")
+        tracked.client.set_tag(tracked.run_id, EVALUATE_TAG, evaluate_key)
+    if run.report.exists():
+        tracked.client.log_text(tracked.run_id, run.report.read_text(), "report.html")
+    tracked.client.log_text(tracked.run_id, run.config.read_text(), "config.yaml")
+
+
+def _with_active_run(tracked: MLflowRun, calls) -> None:
+    """Run ``calls`` (MLflow's ``log_model`` functions take the active run) inside the tracked
+    run, on its tracking server; the process's own MLflow settings are restored after."""
+    if not calls:
+        return
+    mlflow = tracked.mlflow
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracked.uri)
+    try:
+        with mlflow.start_run(run_id=tracked.run_id, nested=mlflow.active_run() is not None):
+            for call in calls:
+                call()
+    finally:
+        mlflow.set_tracking_uri(previous)

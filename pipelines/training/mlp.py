@@ -279,3 +279,29 @@ def curves(run_dir, family) -> list:
     ax.set_title(f"{family.label} ({meta['workers']} workers, sync every {meta['sync_every']} steps)")
     ax.legend(fontsize=8)
     return [(fig, f"{family.label}: loss per epoch")]
+
+
+def tracking(files, family, sample) -> dict:
+    """MLflow: the network's architecture, losses per epoch, and the network in MLflow's
+    pytorch flavour (feature matrix in; logits, or the standardised regression output, out)."""
+    import numpy as np
+
+    from shardflow.tasks.neural import MLPSpec, network
+
+    meta = files.read_json(files.run.trained(family.file()))
+    module = network(MLPSpec.from_dict(meta["spec"]), files.read_weights(files.run.trained(family.file("pt"))))
+
+    def log_model():
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import infer_signature
+
+        x = np.ascontiguousarray(sample.to_numpy(), dtype=np.float32)
+        module.eval()
+        with torch.no_grad():
+            output = module(torch.from_numpy(x)).numpy()
+        # MLflow's ``pt2`` format (``torch.export``): a traced graph, not a pickled module.
+        mlflow.pytorch.log_model(module, name=family.name, signature=infer_signature(x, output), input_example=x)
+
+    curves = {f"{family.name}.{k}": v for k, v in meta.get("history", {}).items() if k != "seconds"}
+    return {"params": meta["spec"], "curves": curves, "log_model": log_model}

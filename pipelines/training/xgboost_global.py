@@ -245,3 +245,24 @@ def curves(run_dir, family) -> list:
         ax.set_title(f"Feature importance, {family.label}")
         panels.append((fig, f"Feature importance (gain) of the {family.label}"))
     return panels
+
+
+def tracking(files, family, sample) -> dict:
+    """MLflow: the effective XGBoost parameters, validation metrics per round, and the booster
+    in MLflow's xgboost flavour (UBJSON) with its signature."""
+    import xgboost as xgb
+
+    meta = files.read_json(files.run.trained(family.file()))
+    booster = xgb.Booster(model_file=bytearray(files.read_bytes(files.run.trained(family.file("ubj")))))
+
+    def log_model():
+        import mlflow.xgboost
+        from mlflow.models import infer_signature
+
+        output = booster.predict(xgb.DMatrix(sample))
+        mlflow.xgboost.log_model(booster, name=family.name, signature=infer_signature(sample, output),
+                                 model_format="ubj")
+
+    curves = {f"{family.name}.{split}.{metric}": values
+              for split, by_metric in meta.get("history", {}).items() for metric, values in by_metric.items()}
+    return {"params": meta.get("params") or {}, "curves": curves, "log_model": log_model}

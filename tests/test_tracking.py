@@ -1,0 +1,144 @@
+"""MLflow tracking against a real MLflow tracking server (sqlite backend) started on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+
+mlflow = pytest.importorskip("mlflow", reason="the tracking tests need MLflow: pip install -e '.[test]'")
+
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from shardflow.pipelines.config import default_config_path, load_config  # noqa: E402
+from shardflow.pipelines.job import run  # noqa: E402
+from shardflow.pipelines.rundir import RunDir, read_manifest  # noqa: E402
+
+from test_reliability import FAST  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                               f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              stdout=log, stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"the MLflow server did not start: {(root / 'server.log').read_text()[-2000:]}") \
+                        from None
+                time.sleep(0.3)
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def test_run_is_logged_to_mlflow_and_a_resumed_run_continues_it(tracking_server, trips_dir, runtime, tmp_path):
+    base = [*FAST, "train.models=[xgboost,mlp,xgboost_partitions]", f"output.runs_dir={tmp_path / 'runs'}",
+            f"tracking.mlflow.tracking_uri={tracking_server}", "tracking.mlflow.experiment=shardflow-test"]
+    first = run(load_config(default_config_path(), base, base_dir=trips_dir), runtime=runtime)
+    client = MlflowClient(tracking_uri=tracking_server)
+    experiment = client.get_experiment_by_name("shardflow-test")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    tracked = runs[0]
+    assert tracked.info.status == "FINISHED" and tracked.data.tags["shardflow.run_id"] == first.run_dir.name
+    assert read_manifest(first.run_dir)["tracking"]["mlflow"]["run_id"] == tracked.info.run_id
+
+    # Parameters: the resolved config with its defaults, and the effective hyperparameters.
+    run_dir = RunDir(first.run_dir)
+    params = tracked.data.params
+    xgb_meta = json.loads(run_dir.trained("xgboost.json").read_text())
+    mlp_meta = json.loads(run_dir.trained("mlp.json").read_text())
+    assert params["train.xgboost.num_boost_round"] == "30" and params["train.mlp.epochs"] == "2"
+    assert params["encode.max_categories"] == str(load_config().encode.max_categories)  # a default, not in FAST
+    assert params["effective.xgboost.max_depth"] == str(xgb_meta["params"]["max_depth"]) == "8"
+    assert params["effective.xgboost.objective"] == "binary:logistic"
+    assert json.loads(params["effective.mlp.hidden"]) == list(mlp_meta["spec"]["hidden"])
+    assert not any(k.startswith("tracking.") for k in params)
+
+    # Metrics: every round and epoch, and the final comparison.
+    history = [m.value for m in client.get_metric_history(tracked.info.run_id, "xgboost.validation.logloss")]
+    np.testing.assert_allclose(history, xgb_meta["history"]["validation"]["logloss"], rtol=1e-6)
+    losses = client.get_metric_history(tracked.info.run_id, "mlp.validation_loss")
+    np.testing.assert_allclose([m.value for m in losses], mlp_meta["history"]["validation_loss"], rtol=1e-6)
+    assert [m.step for m in losses] == [0, 1]
+    for model, values in first.metrics.items():
+        assert tracked.data.metrics[f"{model}.auc"] == pytest.approx(values["auc"], rel=1e-9)
+    artifacts = {a.path for a in client.list_artifacts(tracked.info.run_id)}
+    assert {"report.html", "comparison.md", "config.yaml"} <= artifacts
+
+    # Models in MLflow's flavours, with signatures, predict as shardflow's own files.
+    mlflow.set_tracking_uri(tracking_server)
+    logged = {m.name: m for m in mlflow.search_logged_models(experiment_ids=[experiment.experiment_id],
+                                                              output_format="list")}
+    assert set(logged) == {"xgboost", "mlp"}
+    from shardflow.tasks.encode import Preprocessor
+
+    features = Preprocessor.from_json(run_dir.preprocessor.read_text()).feature_names
+    x = zarr.open_group(str(run_dir.zarr), mode="r")["X"][:200]
+    try:
+        import xgboost as xgb
+
+        booster = mlflow.xgboost.load_model(logged["xgboost"].model_uri)
+        frame = pd.DataFrame(x, columns=features)
+        reference = xgb.Booster(model_file=str(run_dir.trained("xgboost.ubj")))
+        np.testing.assert_array_equal(booster.predict(xgb.DMatrix(frame)), reference.predict(xgb.DMatrix(frame)))
+        info = mlflow.models.get_model_info(logged["xgboost"].model_uri)
+        assert info.signature.inputs.input_names() == features
+        import torch
+
+        from shardflow.pipelines.artifacts import load_weights
+        from shardflow.tasks.neural import MLPSpec, network
+
+        module = mlflow.pytorch.load_model(logged["mlp"].model_uri)
+        own = network(MLPSpec.from_dict(mlp_meta["spec"]), load_weights(run_dir.trained("mlp.pt"))).eval()
+        with torch.no_grad():
+            np.testing.assert_allclose(module(torch.from_numpy(x)).numpy(), own(torch.from_numpy(x)).numpy(),
+                                       rtol=1e-6)
+        assert mlflow.models.get_model_info(logged["mlp"].model_uri).signature is not None
+    finally:
+        mlflow.set_tracking_uri(None)
+
+    # --resume with a new train section: the same MLflow run goes on (its curves continue).
+    resumed = run(load_config(default_config_path(), [*base, "train.mlp.epochs=1"], base_dir=trips_dir),
+                  runtime=runtime, resume=first.run_dir)
+    assert resumed.skipped == ["etl"]
+    runs = client.search_runs([experiment.experiment_id])
+    assert [r.info.run_id for r in runs] == [tracked.info.run_id] and runs[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(tracked.info.run_id, "mlp.validation_loss")]
+    assert steps == [0, 1, 2]
+    assert "train.mlp.epochs" in runs[0].data.tags["shardflow.params_changed"]
+    assert runs[0].data.metrics["mlp.auc"] == pytest.approx(resumed.metrics["mlp"]["auc"], rel=1e-9)
+
+
+def test_tracking_without_mlflow_installed_names_the_extra(tmp_path, monkeypatch):
+    from shardflow.pipelines.tracking import MLflowConfig, MLflowRun
+    from shardflow.tasks.errors import ShardflowError
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the extra were not installed
+    with pytest.raises(ShardflowError, match=r"tracking.mlflow': MLflow is not installed; pip install "
+                                             r"'shardflow\[tracking\]'"):
+        MLflowRun(MLflowConfig(tracking_uri="http://127.0.0.1:9"), tmp_path)
