@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"rows of the default dataset, generated when absent (default {DEFAULT_ROWS:,})")
     run.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
                      help="where the default dataset and runs go (default ./shardflow-work)")
-    run.add_argument("--resume", type=Path, metavar="RUN",
+    run.add_argument("--resume", type=path_or_url, metavar="RUN",
                      help="continue an interrupted run: current stages are kept, training resumes from checkpoints")
     run.add_argument("--force", action="store_true", help="recompute every stage in a new run directory")
     run.add_argument("--performance-report", action="store_true",
@@ -81,9 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_options(plan)
 
     pred = sub.add_parser("predict", help="score new data with a finished run's preprocessing and model")
-    pred.add_argument("--run", required=True, type=Path, metavar="RUN", help="run directory")
+    pred.add_argument("--run", required=True, type=path_or_url, metavar="RUN", help="run directory")
     pred.add_argument("--input", required=True, metavar="PATH", help="Parquet file/directory or CSV glob")
-    pred.add_argument("--output", required=True, type=Path, metavar="PATH", help="output directory (Parquet)")
+    pred.add_argument("--output", required=True, type=path_or_url, metavar="PATH", help="output directory (Parquet)")
     pred.add_argument("--model", choices=FAMILY_NAMES, help="default: the run's best model on validation")
     pred.add_argument("--overwrite", action="store_true", help="replace an existing --output directory")
     pred.add_argument("--engine", choices=("shardflow", "onnxruntime"), default="shardflow",
@@ -94,19 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_options(pred)
 
     exp = sub.add_parser("export", help="a run's preprocessing and model as one ONNX model, for serving elsewhere")
-    exp.add_argument("run_dir", type=Path, metavar="RUN", help="run directory")
+    exp.add_argument("run_dir", type=path_or_url, metavar="RUN", help="run directory")
     exp.add_argument("--model", choices=FAMILY_NAMES, help="default: the run's best model on validation")
     exp.add_argument("--format", choices=("onnx",), default="onnx", help="onnx (the only format so far)")
-    exp.add_argument("--out", required=True, type=Path, metavar="DIR",
+    exp.add_argument("--out", required=True, type=path_or_url, metavar="DIR",
                      help="export directory (model.onnx, metadata.json)")
     exp.add_argument("--quantize", choices=("int8",), help="also write model.int8.onnx (MLP families)")
     exp.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
 
     rep = sub.add_parser("report", help="rebuild a run's report.html")
-    rep.add_argument("run_dir", type=Path, metavar="RUN", help="run directory")
+    rep.add_argument("run_dir", type=path_or_url, metavar="RUN", help="run directory")
 
     runs = sub.add_parser("runs", help="list past runs with their key metrics")
-    runs.add_argument("--runs-dir", type=Path, default=DEFAULT_WORK_DIR / "runs",
+    runs.add_argument("--runs-dir", type=path_or_url, default=DEFAULT_WORK_DIR / "runs",
                       help=f"directory of run directories (default {DEFAULT_WORK_DIR / 'runs'})")
 
     gen = sub.add_parser("generate", help="write the synthetic trips dataset")
@@ -150,6 +150,17 @@ def _cluster_overrides(args) -> list[str]:
     pairs = {"spec": args.cluster, "n_workers": args.n_workers,
              "threads_per_worker": args.threads_per_worker, "memory_limit": args.memory_limit}
     return [f"cluster.{k}={v}" for k, v in pairs.items() if v is not None]
+
+
+def path_or_url(value: str):
+    """A command-line path: a local path, or an object-store URL (not folded by ``Path``)."""
+    from shardflow.tasks.storage import check_url, location
+
+    try:
+        check_url(value, "")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).strip()) from None
+    return location(value)
 
 
 def _load(args, base_dir=None):

@@ -231,7 +231,7 @@ def run(config: Config, runtime: Runtime | None = None, run_dir=None, resume=Non
     plan = InputPlan(config)  # inspected once: for the stage keys and, if needed, the ETL
     keys = stage_keys(config, plan)
     if resume is not None:
-        run_dir = location(resume, config.storage_options)
+        run_dir = location(str(resume), config.storage_options)
         if not RunDir(run_dir).manifest.exists():
             raise ShardflowError(f"--resume {resume}: not a run directory (no manifest.json); "
                                  "give a directory under output.runs_dir")

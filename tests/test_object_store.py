@@ -157,6 +157,16 @@ def test_job_on_s3_equals_the_job_on_local_disk_and_resumes_there(s3, s3_cluster
     commit = json.loads(s3.fs.cat_file(f"{BUCKET}/predictions/{COMMIT_FILE}"))
     assert sorted(commit["files"]) == sorted(o.split("/predictions/")[1] for o in objects_under(
         s3, f"{s3.url}/predictions") if not o.endswith(COMMIT_FILE))
+    # The command line: an S3-compatible endpoint from AWS_ENDPOINT_URL, URLs as they are.
+    env = {**os.environ, "AWS_ENDPOINT_URL": s3.options["endpoint_url"]}
+    cli = subprocess.run([sys.executable, "-m", "shardflow", "predict", "--run", str(remote.run_dir), "--input",
+                          f"{s3.url}/data/trips", "--output", f"{s3.url}/cli-predictions", "--n-workers", "1"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    pd.testing.assert_frame_equal(pd.read_parquet(f"{s3.url}/cli-predictions/", storage_options=s3.options), written)
+    listed = subprocess.run([sys.executable, "-m", "shardflow", "runs", "--runs-dir", f"{s3.url}/runs"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert listed.returncode == 0 and remote.run_dir.name in listed.stdout, listed.stderr
     rows = pd.read_parquet(trips_dir / "trips").head(500)
     model = load_model(str(partial.run_dir), "xgboost", storage_options=s3.options)
     pd.testing.assert_frame_equal(model.predict(rows), load_model(local.run_dir, "xgboost").predict(rows))
