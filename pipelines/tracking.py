@@ -164,11 +164,11 @@ def log_run(tracked: MLflowRun, config, run_dir) -> None:
         metrics = files.read_json(run.metrics)["metrics"]
         tracked.log_metrics({f"{model}.{name}": value for model, values in metrics.items()
                              for name, value in values.items() if isinstance(value, (int, float))})
-        tracked.client.log_text(tracked.run_id, run.comparison.read_text(), "comparison.md")
+        tracked.client.log_text(tracked.run_id, run.comparison.read_text(), run.comparison.name)
         tracked.client.set_tag(tracked.run_id, EVALUATE_TAG, evaluate_key)
     if run.report.exists():
-        tracked.client.log_text(tracked.run_id, run.report.read_text(), "report.html")
-    tracked.client.log_text(tracked.run_id, run.config.read_text(), "config.yaml")
+        tracked.client.log_text(tracked.run_id, run.report.read_text(), run.report.name)
+    tracked.client.log_text(tracked.run_id, run.config.read_text(), run.config.name)
 
 
 def _with_active_run(tracked: MLflowRun, calls) -> None:
