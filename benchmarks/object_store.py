@@ -60,6 +60,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     # Dummy credentials for the loopback server, in the environment before the workers start.
     os.environ.update(AWS_ACCESS_KEY_ID="benchmark", AWS_SECRET_ACCESS_KEY="benchmark", AWS_DEFAULT_REGION="us-east-1")
+    server, endpoint = start_s3_server()
+    os.environ["SHARDFLOW_STORAGE_ENDPOINTS"] = endpoint  # the config may name this endpoint
     import s3fs
 
     from shardflow.cluster.config import ClusterConfig
@@ -69,7 +71,6 @@ def main(argv=None) -> None:
     from shardflow.pipelines.job import run
     from shardflow.pipelines.rundir import read_manifest
 
-    server, endpoint = start_s3_server()
     options = {"endpoint_url": endpoint}
     runtime = start(ClusterConfig())
     results = {"local disk": [], "s3 (loopback)": []}

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from shardflow.pipelines.families import FAMILY_NAMES
-from shardflow.pipelines.rundir import RunDir
+from shardflow.pipelines.rundir import RunDir, write_bytes_atomic
 from shardflow.tasks.errors import ShardflowError
 
 logger = logging.getLogger("shardflow")
@@ -287,9 +287,13 @@ def _performance_report(enabled: bool):
     with performance_report(filename=tmp, mode="inline"):
         yield target
     if target.run_dir is not None:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; it is a report like the others
         final = RunDir(target.run_dir).performance_report
-        os.replace(tmp, final)
+        if isinstance(final, Path):
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; it is a report like the others
+            os.replace(tmp, final)
+        else:  # in an object store: one object, written whole
+            write_bytes_atomic(final, Path(tmp).read_bytes())
+            os.unlink(tmp)
         logger.info("performance report: %s", final)
 
 

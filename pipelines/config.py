@@ -344,7 +344,10 @@ def load_config(path=None, overrides=(), base_dir=None) -> Config:
     >>> cfg.cluster.n_workers
     2
     """
-    path = location(path) if path is not None else default_config_path()
+    try:
+        path = location(path) if path is not None else default_config_path()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     try:
         text = path.read_text()
     except FileNotFoundError:

@@ -23,7 +23,7 @@ from dask.utils import format_bytes
 from shardflow.pipelines import artifacts
 from shardflow.pipelines.config import load_config
 from shardflow.pipelines.families import FAMILIES
-from shardflow.pipelines.rundir import RunDir, atomic_directory, new_output_dir, read_manifest
+from shardflow.pipelines.rundir import RunDir, atomic_directory, new_output_dir, read_manifest, stage_of
 from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.errors import ShardflowError
 from shardflow.tasks.exported import INT8_FILE, METADATA_FILE, MODEL_FILE, ExportedModel
@@ -85,7 +85,8 @@ def export(run_dir, out_dir, *, model: str | None = None, quantize: str | None =
     model, payload, preprocessor, metrics = files.model, files.payload, files.preprocessor, files.metrics
     family = FAMILIES[model]
     # The caller's storage options, never the run's: a run directory does not choose what is reached.
-    config = load_config(files.config_path, [f"storage_options={json.dumps(storage_options or {})}"])
+    config = load_config(files.config_path, ["storage_options={}"])
+    config.storage_options = dict(storage_options or {})
     kind = target_kind(preprocessor.task)
     started = time.perf_counter()
     onnx_model = build(preprocessor, family, payload, kind)
@@ -188,7 +189,8 @@ def describe(onnx_model, preprocessor: Preprocessor, *, config, family, run_dir:
         "joins": [j.path for j in config.joins],
         "source_run": {"path": str(run_dir.resolve()), "run_id": manifest.get("run_id", run_dir.name),
                        "model_files": {k: v for k, v in manifest.get("artifacts", {}).items()
-                                       if k.startswith(f"{RunDir.TRAIN}/{family.name}")}},
+                                       if stage_of(k) == RunDir.TRAIN
+                                       and k.split("/", 1)[1].startswith(family.name)}},
         "metrics": metrics,
     }
 

@@ -74,8 +74,8 @@ class Family:
     tracking : callable, optional
         ``tracking(files, family, sample) -> {"params", "curves", "log_model"}`` for MLflow
         (:mod:`shardflow.pipelines.tracking`): the effective hyperparameters, the metrics per
-        round or epoch, and a function that logs the model in its MLflow flavour (``sample``:
-        rows of the feature matrix, for the signature).
+        round or epoch, and ``log_model(run_id, model_id)`` that logs the model in its MLflow
+        flavour to that run and logged model (``sample``: rows of the feature matrix, for the signature).
     """
 
     name: str

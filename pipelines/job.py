@@ -270,9 +270,18 @@ def run(config: Config, runtime: Runtime | None = None, run_dir=None, resume=Non
         if tracked is not None:
             from shardflow.pipelines.tracking import log_run
 
-            log_run(tracked, config, run_dir)
-            update_manifest(run_dir, tracking={"mlflow": {"experiment": config.tracking.mlflow.experiment,
-                                                          "run_id": tracked.run_id}})
+            try:
+                log_run(tracked, config, run_dir)
+            except Exception as err:  # noqa: BLE001 - the run's stages are complete: say so, do not fail it
+                logger.warning("tracking: logging run %s to MLflow run %s failed (%s: %s); its stages are "
+                               "complete, and `shardflow run --resume %s` logs it again", run_dir.name,
+                               tracked.run_id, type(err).__name__, str(err).splitlines()[0] if str(err) else "",
+                               run_dir)
+                tracked.finish("FAILED")
+                tracked = None
+            else:
+                update_manifest(run_dir, tracking={"mlflow": {"experiment": config.tracking.mlflow.experiment,
+                                                              "run_id": tracked.run_id}})
     except BaseException as err:
         if tracked is not None:
             tracked.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")

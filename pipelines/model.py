@@ -39,8 +39,6 @@ class TrainedModel:
     """
 
     def __init__(self, run_dir, name: str | None = None, storage_options: dict | None = None):
-        import json
-
         from shardflow.pipelines.families import FAMILIES
         from shardflow.pipelines.predict import check_dimension_tables
 
@@ -50,7 +48,8 @@ class TrainedModel:
         self.preprocessor, self._payload = files.preprocessor, files.payload
         self._predictor = FAMILIES[files.model].predict
         # The caller's storage options (for the join tables), never the run's.
-        self._config = load_config(files.config_path, [f"storage_options={json.dumps(storage_options or {})}"])
+        self._config = load_config(files.config_path, ["storage_options={}"])
+        self._config.storage_options = dict(storage_options or {})
         check_dimension_tables(self._config, files.manifest)
         self._dimensions = {}  # per input columns: a dimension column clashing with one is renamed
         self.task = self.preprocessor.task

@@ -107,7 +107,8 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
         input_abs = str(location(input_path).expanduser().resolve())
     # The caller's storage options, never the run's: a run directory does not choose what is reached.
     config = load_config(config_path, [f"input.path={json.dumps(input_abs)}", "input.format=auto",
-                                       f"storage_options={json.dumps(storage_options or {})}"])
+                                       "storage_options={}"])
+    config.storage_options = dict(storage_options or {})
     plan = InputPlan(config, for_prediction=True)
     if plan.source.rows == 0:
         raise InputError(f"--input {input_path}: the dataset has no rows")
@@ -128,7 +129,7 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
             raw = plan.read(runtime.backend)
             name = task_names(f"predict-{model}", plan.source.fingerprint, str(tmp))
             if engine == "onnxruntime":
-                exported = _exported_model(run_dir, model, precision)
+                exported = _exported_model(run_dir, model, precision, storage_options)
                 client.register_plugin(ExportedSessions())
                 model_f = scatter_named(client, f"predict-onnx-{model}", exported)
                 tasks = [dask.delayed(score_exported_partition, pure=False)(
@@ -153,7 +154,7 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
     return PredictResult(output, model, rows, quarantined, seconds)
 
 
-def _exported_model(run_dir: Path, model: str, precision: str) -> tuple:
+def _exported_model(run_dir: Path, model: str, precision: str, storage_options: dict | None = None) -> tuple:
     """``(model bytes, metadata)`` of the run's ``model`` exported as ONNX (checked against
     shardflow's predictions on validation rows), in a temporary directory."""
     import tempfile
@@ -162,6 +163,7 @@ def _exported_model(run_dir: Path, model: str, precision: str) -> tuple:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "export"
-        export(run_dir, out, model=model, quantize="int8" if precision == "int8" else None)
+        export(run_dir, out, model=model, quantize="int8" if precision == "int8" else None,
+               storage_options=storage_options)
         name = INT8_FILE if precision == "int8" else MODEL_FILE
         return (out / name).read_bytes(), json.loads((out / METADATA_FILE).read_text())

@@ -72,6 +72,10 @@ def new_output_dir(path, option: str, overwrite: bool) -> Path:
     """``path`` resolved, refused if it exists and ``overwrite`` is not given (``option``
     names the command-line option in the message)."""
     out = location(path).expanduser().resolve()
+    if isinstance(out, StorePath) and "/" not in out.key:
+        from shardflow.tasks.errors import ShardflowError
+
+        raise ShardflowError(f"{option} {out}: a whole bucket; give a prefix in it ({out}/predictions)")
     if out.exists() and not overwrite:
         from shardflow.tasks.errors import ShardflowError
 
@@ -238,6 +242,7 @@ def _object_store_stage(run_dir: StorePath, stage: str):
     # holds) is written by the caller next; until then the stage does not count as current.
     manifest["locations"] = {**manifest.get("locations", {}), stage: prefix.name}
     manifest.setdefault("stages", {}).pop(stage, None)
+    manifest["artifacts"] = {k: v for k, v in manifest.get("artifacts", {}).items() if stage_of(k) != stage}
     write_text_atomic(run_dir / MANIFEST, json.dumps(manifest, indent=1, default=str))
     for entry in run_dir.iterdir():
         match = _STAGE_PREFIX.match(entry.name)

@@ -51,6 +51,7 @@ class MLflowRun:
             raise ShardflowError("config key 'tracking.mlflow': MLflow is not installed; "
                                  "pip install 'shardflow[tracking]', or remove the key") from None
         self.mlflow = mlflow
+        _check_tracking_uri(config.tracking_uri)
         self.uri = config.tracking_uri or mlflow.get_tracking_uri()
         self.client = MlflowClient(tracking_uri=self.uri)
         experiment = self.client.get_experiment_by_name(config.experiment)
@@ -70,13 +71,19 @@ class MLflowRun:
         self.resumed = bool(found)
 
     def finish(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status)
+        """Mark the MLflow run ended; a tracking server that is gone is warned about, not raised
+        (the shardflow run's own outcome, or its exception, is what counts)."""
+        try:
+            self.client.set_terminated(self.run_id, status)
+        except Exception as err:  # noqa: BLE001
+            _warn(f"cannot mark MLflow run {self.run_id} {status} ({type(err).__name__}: {err})")
 
     def log_params(self, params: dict) -> None:
         """Parameters not logged yet; a value that differs from the logged one (a resumed run
         with another config) cannot be changed in MLflow: it is tagged and warned about."""
         from mlflow.entities import Param
 
+        params = {metric_name(k): v for k, v in params.items()}
         new = {k: v for k, v in params.items() if k not in self.params}
         changed = sorted(k for k, v in params.items() if k in self.params and self.params[k] != v)
         for start in range(0, len(new), 100):
@@ -103,12 +110,53 @@ class MLflowRun:
         for name, values in series.items():
             offset = 0
             if self.resumed and isinstance(values, list):
-                offset = max((m.step + 1 for m in self.client.get_metric_history(self.run_id, name)), default=0)
+                offset = max((m.step + 1 for m in self.client.get_metric_history(self.run_id, metric_name(name))),
+                             default=0)
             values = values if isinstance(values, list) else [values]
-            metrics.extend(Metric(name, float(v), now, offset + i) for i, v in enumerate(values)
+            metrics.extend(Metric(metric_name(name), float(v), now, offset + i) for i, v in enumerate(values)
                            if v is not None and v == v)
         for start in range(0, len(metrics), 1000):
             self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
+
+
+def metric_name(name: str) -> str:
+    """``name`` as MLflow accepts a parameter or metric name: letters, digits and ``_-. /:``
+    (others, e.g. ``@`` in ``ndcg@10`` or a column's name, become ``_``), at most 250 characters.
+
+    Examples
+    --------
+    >>> metric_name("xgboost.validation.ndcg@10"), metric_name("input.types.fare (€)")
+    ('xgboost.validation.ndcg_10', 'input.types.fare ___')
+    """
+    import re
+
+    return re.sub(r"[^\w\-. /:]", "_", str(name), flags=re.ASCII)[:250]
+
+
+def _check_tracking_uri(uri: str | None) -> None:
+    """A config's tracking URI must not carry credentials, nor send the environment's MLflow
+    credentials to another server than the environment's own ``MLFLOW_TRACKING_URI``."""
+    import os
+    from urllib.parse import urlsplit
+
+    from shardflow.tasks.errors import ShardflowError
+
+    if uri is None:
+        return
+    if urlsplit(uri).username or urlsplit(uri).password:
+        raise ShardflowError("config key 'tracking.mlflow.tracking_uri': holds a user name or password; set "
+                             "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD in the environment instead")
+    secrets = [k for k in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD") if os.environ.get(k)]
+    if secrets and uri.rstrip("/") != os.environ.get("MLFLOW_TRACKING_URI", "").rstrip("/"):
+        raise ShardflowError(f"config key 'tracking.mlflow.tracking_uri': {uri!r} would receive {secrets[0]} from "
+                             "the environment, and a config does not choose where credentials go; set "
+                             "MLFLOW_TRACKING_URI to it in the environment (or remove the key)")
+
+
+def _warn(message: str) -> None:
+    import logging
+
+    logging.getLogger("shardflow.tracking").warning("tracking: %s", message)
 
 
 def _flatten(data, prefix: str = "") -> dict:
@@ -157,7 +205,7 @@ def log_run(tracked: MLflowRun, config, run_dir) -> None:
     if tracked.tags.get(TRAIN_TAG) != train_key:
         for out in logged.values():
             tracked.log_metrics(out["curves"])
-        _with_active_run(tracked, [out["log_model"] for out in logged.values()])
+        _log_models(tracked, {name: out["log_model"] for name, out in logged.items()})
         tracked.client.set_tag(tracked.run_id, TRAIN_TAG, train_key)
     evaluate_key = stages.get(RunDir.EVALUATE, {}).get("key", "")
     if tracked.tags.get(EVALUATE_TAG) != evaluate_key and run.relative(run.metrics) in manifest.get("artifacts", {}):
@@ -171,17 +219,19 @@ def log_run(tracked: MLflowRun, config, run_dir) -> None:
     tracked.client.log_text(tracked.run_id, run.config.read_text(), run.config.name)
 
 
-def _with_active_run(tracked: MLflowRun, calls) -> None:
-    """Run ``calls`` (MLflow's ``log_model`` functions take the active run) inside the tracked
-    run, on its tracking server; the process's own MLflow settings are restored after."""
+def _log_models(tracked: MLflowRun, calls: dict) -> None:
+    """Run the families' ``log_model(run_id, model_id)`` (MLflow's ``Model.log``, given the run
+    and a logged model created in the run's experiment: no active run or experiment is used or
+    changed) against the tracked run's server; MLflow's process-wide tracking URI is restored."""
     if not calls:
         return
     mlflow = tracked.mlflow
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracked.uri)
     try:
-        with mlflow.start_run(run_id=tracked.run_id, nested=mlflow.active_run() is not None):
-            for call in calls:
-                call()
+        for name, call in calls.items():
+            model = tracked.client.create_logged_model(tracked.experiment_id, name=name,
+                                                       source_run_id=tracked.run_id)
+            call(tracked.run_id, model.model_id)
     finally:
         mlflow.set_tracking_uri(previous)

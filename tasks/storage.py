@@ -19,11 +19,26 @@ from pathlib import Path, PurePosixPath
 #: Object stores shardflow reads and writes (``memory://`` is one process's store, for tests).
 OBJECT_STORE_SCHEMES = ("s3", "s3a", "gs", "gcs", "abfs", "abfss", "az", "memory")
 
-#: Option names that carry credentials: they are read from the environment (or the
-#: store's own credential chain), never from a config that is copied into every run.
-CREDENTIAL_OPTIONS = ("key", "secret", "token", "password", "access_key", "secret_key", "session_token",
-                      "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "account_key",
-                      "sas_token", "client_secret", "connection_string", "credentials")
+#: Option names that carry credentials (these names, or names containing the words): they
+#: are read from the environment (or the store's own credential chain), never from a config
+#: that is copied into every run.
+CREDENTIAL_OPTIONS = ("key", "access_key", "account_key", "connection_string", "customer_key")
+CREDENTIAL_WORDS = ("secret", "token", "password", "credential", "ssecustomerkey", "sas")
+
+#: Options that send requests (and the environment's credentials with them) to another host.
+#: A config may name one only if the environment allows it: :data:`ENDPOINTS_VARIABLE`
+#: lists it, or it is the environment's own ``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3``.
+ENDPOINT_OPTIONS = ("endpoint_url", "endpoint", "account_url", "account_host", "host", "proxies", "proxy")
+ENDPOINTS_VARIABLE = "SHARDFLOW_STORAGE_ENDPOINTS"
+
+
+def allowed_endpoints() -> set:
+    """The endpoints this environment lets a config choose (normalised: no trailing slash)."""
+    import os
+
+    names = [*os.environ.get(ENDPOINTS_VARIABLE, "").split(","), os.environ.get("AWS_ENDPOINT_URL", ""),
+             os.environ.get("AWS_ENDPOINT_URL_S3", "")]
+    return {name.strip().rstrip("/") for name in names if name.strip()}
 
 
 def url_scheme(path) -> str | None:
@@ -64,10 +79,20 @@ def check_storage_options(options) -> None:
     def visit(value, key):
         if isinstance(value, dict):
             for name, inner in value.items():
-                if str(name).lower() in CREDENTIAL_OPTIONS:
+                lowered = str(name).lower()
+                if lowered in CREDENTIAL_OPTIONS or any(word in lowered for word in CREDENTIAL_WORDS):
                     raise ValueError(f"config key 'storage_options.{key}{name}': credentials are not read from a "
                                      "config (it is copied into every run); set them in the environment "
                                      "(AWS_ACCESS_KEY_ID, GOOGLE_APPLICATION_CREDENTIALS, ...) instead")
+                if lowered in ENDPOINT_OPTIONS:
+                    targets = inner.values() if isinstance(inner, dict) else [inner]
+                    refused = [t for t in targets if str(t).rstrip("/") not in allowed_endpoints()]
+                    if refused:
+                        raise ValueError(
+                            f"config key 'storage_options.{key}{name}': {refused[0]!r} would receive the "
+                            f"environment's credentials, and a config does not choose where they go; allow it "
+                            f"in the environment ({ENDPOINTS_VARIABLE}={refused[0]}, or AWS_ENDPOINT_URL)")
+                    continue
                 visit(inner, f"{key}{name}.")
         elif isinstance(value, list):
             for inner in value:
@@ -88,7 +113,9 @@ def location(path, storage_options: dict | None = None):
     >>> location("file:///tmp/x").as_posix(), str(location("memory://bucket/x") / "y")
     ('/tmp/x', 'memory://bucket/x/y')
     """
-    if isinstance(path, (StorePath, Path)):
+    if isinstance(path, StorePath):
+        return path if storage_options is None else StorePath(path.url, storage_options)
+    if isinstance(path, Path):
         return path
     text = str(path)
     if url_scheme(text):
@@ -135,6 +162,7 @@ class StorePath:
     """
 
     def __init__(self, url: str, storage_options: dict | None = None):
+        check_url(url, "path")  # only the object stores: never http://, ssh://, chained protocols
         scheme = url_scheme(url)
         rest = re.sub(r"^[A-Za-z][A-Za-z0-9+.-]*:/+", "", str(url)).rstrip("/")
         self.protocol = scheme

@@ -164,7 +164,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_urls_outside_the_object_stores_and_credentials_in_configs_are_refused(tmp_path):
+def test_urls_outside_the_object_stores_and_credentials_in_configs_are_refused(tmp_path, monkeypatch):
     """A config is untrusted: it names object stores only (no http, ssh or chained fsspec
     protocols that would reach other hosts or files), and never carries credentials."""
     for key, url, message in [
@@ -179,6 +179,19 @@ def test_urls_outside_the_object_stores_and_credentials_in_configs_are_refused(t
     with pytest.raises(ConfigError, match=r"'storage_options.client_kwargs.aws_secret_access_key': credentials are "
                                           r"not read from a config .* set them in the environment"):
         load_config(default_config_path(), ["storage_options={client_kwargs: {aws_secret_access_key: x}}"])
+    with pytest.raises(ConfigError, match=r"'storage_options.s3_additional_kwargs.SSECustomerKey': credentials"):
+        load_config(default_config_path(), ["storage_options={s3_additional_kwargs: {SSECustomerKey: x}}"])
+    # An endpoint receives the environment's credentials: only one the environment allows.
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("SHARDFLOW_STORAGE_ENDPOINTS", raising=False)
+    for options in ["{endpoint_url: 'http://attacker.example'}", "{client_kwargs: {endpoint_url: 'http://a.example'}}",
+                    "{config_kwargs: {proxies: {https: 'http://a.example:3128'}}}"]:
+        with pytest.raises(ConfigError, match=r"would receive the environment's credentials, and a config does not "
+                                              r"choose where they go; allow it in the environment "
+                                              r"\(SHARDFLOW_STORAGE_ENDPOINTS="):
+            load_config(default_config_path(), [f"storage_options={options}"])
+    monkeypatch.setenv("SHARDFLOW_STORAGE_ENDPOINTS", "http://127.0.0.1:9,https://minio.internal")
     config = load_config(default_config_path(), [f"input.path=file://{tmp_path}/trips", "output.runs_dir=s3://b/runs",
                                                  "storage_options={endpoint_url: 'http://127.0.0.1:9'}"])
     assert config.resolve(config.input.path) == f"{tmp_path}/trips"
@@ -193,3 +206,17 @@ def test_urls_outside_the_object_stores_and_credentials_in_configs_are_refused(t
                            "ftp://b/runs"], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and "--runs-dir 'ftp://b/runs': ftp:// URLs are not read" in proc.stderr, proc.stderr
     assert not any(tmp_path.iterdir())
+
+    # An output is a prefix, never a whole bucket (an overwrite would empty it).
+    from shardflow.pipelines.rundir import new_output_dir
+
+    with pytest.raises(ShardflowError, match=r"--output s3://lake: a whole bucket; give a prefix in it"):
+        new_output_dir("s3://lake", "--output", overwrite=True)
+
+    # No other protocol is opened from Python either (a config file, a run to load).
+    from shardflow.pipelines.model import load_model
+
+    with pytest.raises(ConfigError, match=r"http:// URLs are not read"):
+        load_config("http://example.com/job.yaml")
+    with pytest.raises(ValueError, match=r"http:// URLs are not read"):
+        load_model("http://example.com/runs/x")

@@ -55,8 +55,10 @@ def s3(trips_dir):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     credentials = {"AWS_ACCESS_KEY_ID": "shardflow-test", "AWS_SECRET_ACCESS_KEY": SECRET,
                    "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in [*credentials, "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"]}
-    os.environ.update(credentials)
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in [*credentials, "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+                                            "SHARDFLOW_STORAGE_ENDPOINTS"]}
+    os.environ.update(credentials, SHARDFLOW_STORAGE_ENDPOINTS=endpoint)  # configs may name this endpoint
     for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         os.environ.pop(k, None)  # the endpoint comes from the config's storage_options only
     try:
@@ -69,7 +71,7 @@ def s3(trips_dir):
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise RuntimeError("moto's S3 server did not start") from None
                 time.sleep(0.1)
-        options = {"endpoint_url": f"http://127.0.0.1:{port}"}
+        options = {"endpoint_url": endpoint}
         fs = s3fs.S3FileSystem(**options, use_listings_cache=False)
         fs.mkdir(BUCKET)
         fs.put(f"{trips_dir}/", f"{BUCKET}/data/", recursive=True)

@@ -58,8 +58,14 @@ def tracking_server(tmp_path_factory):
 def test_run_is_logged_to_mlflow_and_a_resumed_run_continues_it(tracking_server, trips_dir, runtime, tmp_path):
     base = [*FAST, "train.models=[xgboost,mlp,xgboost_partitions]", f"output.runs_dir={tmp_path / 'runs'}",
             f"tracking.mlflow.tracking_uri={tracking_server}", "tracking.mlflow.experiment=shardflow-test"]
+    # The process's own MLflow state (a notebook's experiment) is neither used nor changed.
+    mlflow.set_tracking_uri(tracking_server)
+    own = mlflow.set_experiment("a-notebook-experiment").experiment_id
+    mlflow.set_tracking_uri("file:///nonexistent-mlruns")
     first = run(load_config(default_config_path(), base, base_dir=trips_dir), runtime=runtime)
+    assert mlflow.get_tracking_uri() == "file:///nonexistent-mlruns"
     client = MlflowClient(tracking_uri=tracking_server)
+    assert client.search_runs([own]) == []
     experiment = client.get_experiment_by_name("shardflow-test")
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1
@@ -142,3 +148,16 @@ def test_tracking_without_mlflow_installed_names_the_extra(tmp_path, monkeypatch
     with pytest.raises(ShardflowError, match=r"tracking.mlflow': MLflow is not installed; pip install "
                                              r"'shardflow\[tracking\]'"):
         MLflowRun(MLflowConfig(tracking_uri="http://127.0.0.1:9"), tmp_path)
+
+
+def test_a_config_does_not_send_mlflow_credentials_elsewhere(tmp_path, monkeypatch):
+    from shardflow.pipelines.tracking import MLflowConfig, MLflowRun
+    from shardflow.tasks.errors import ShardflowError
+
+    with pytest.raises(ShardflowError, match=r"tracking_uri': holds a user name or password"):
+        MLflowRun(MLflowConfig(tracking_uri="http://me:pw@127.0.0.1:9"), tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "t0ken")
+    with pytest.raises(ShardflowError, match=r"'http://attacker.example' would receive MLFLOW_TRACKING_TOKEN from "
+                                             r"the environment"):
+        MLflowRun(MLflowConfig(tracking_uri="http://attacker.example"), tmp_path)

@@ -291,17 +291,18 @@ def tracking(files, family, sample) -> dict:
     meta = files.read_json(files.run.trained(family.file()))
     module = network(MLPSpec.from_dict(meta["spec"]), files.read_weights(files.run.trained(family.file("pt"))))
 
-    def log_model():
+    def log_model(run_id: str, model_id: str):
         import mlflow.pytorch
         import torch
-        from mlflow.models import infer_signature
+        from mlflow.models import Model, infer_signature
 
         x = np.ascontiguousarray(sample.to_numpy(), dtype=np.float32)
         module.eval()
         with torch.no_grad():
             output = module(torch.from_numpy(x)).numpy()
         # MLflow's ``pt2`` format (``torch.export``): a traced graph, not a pickled module.
-        mlflow.pytorch.log_model(module, name=family.name, signature=infer_signature(x, output), input_example=x)
+        Model.log(None, name=family.name, flavor=mlflow.pytorch, run_id=run_id, model_id=model_id, pytorch_model=module,
+                  signature=infer_signature(x, output), input_example=x, serialization_format="pt2")
 
     curves = {f"{family.name}.{k}": v for k, v in meta.get("history", {}).items() if k != "seconds"}
     return {"params": meta["spec"], "curves": curves, "log_model": log_model}

@@ -255,13 +255,13 @@ def tracking(files, family, sample) -> dict:
     meta = files.read_json(files.run.trained(family.file()))
     booster = xgb.Booster(model_file=bytearray(files.read_bytes(files.run.trained(family.file("ubj")))))
 
-    def log_model():
+    def log_model(run_id: str, model_id: str):
         import mlflow.xgboost
-        from mlflow.models import infer_signature
+        from mlflow.models import Model, infer_signature
 
         output = booster.predict(xgb.DMatrix(sample))
-        mlflow.xgboost.log_model(booster, name=family.name, signature=infer_signature(sample, output),
-                                 model_format="ubj")
+        Model.log(None, name=family.name, flavor=mlflow.xgboost, run_id=run_id, model_id=model_id, xgb_model=booster,
+                  model_format="ubj", signature=infer_signature(sample, output))
 
     curves = {f"{family.name}.{split}.{metric}": values
               for split, by_metric in meta.get("history", {}).items() for metric, values in by_metric.items()}
