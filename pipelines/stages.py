@@ -37,7 +37,7 @@ STAGE_CODE = {
 COSMETIC_CODE = ("pipelines/cli.py", "pipelines/console.py", "pipelines/figures.py", "pipelines/progress.py",
                  "pipelines/report.py", "pipelines/rundir.py", "pipelines/stages.py", "pipelines/generate.py",
                  "pipelines/predict.py", "pipelines/model.py", "tasks/scoring.py", "pipelines/export.py", "tasks/exported.py",
-                 "tasks/onnx_graph.py", "tasks/threads.py", "pipelines/tracking.py", "cluster/*.py", "data/*.py",
+                 "tasks/onnx_graph.py", "tasks/threads.py", "pipelines/tracking.py", "pipelines/estimator.py", "cluster/*.py", "data/*.py",
                  "*/__init__.py",
                  "pipelines/training/__init__.py")
 

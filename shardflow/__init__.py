@@ -34,6 +34,7 @@ _PUBLIC = {
     "list_runs": "shardflow.pipelines.report",
     "load_model": "shardflow.pipelines.model",
     "TrainedModel": "shardflow.pipelines.model",
+    "Estimator": "shardflow.pipelines.estimator",
     "export": "shardflow.pipelines.export",
     "load_exported": "shardflow.tasks.exported",
 }

@@ -277,3 +277,29 @@ def test_load_model_predicts_pandas_and_dask_frames_as_shardflow_predict(trained
     # Rows are placed by position: an index that repeats labels (a concat) changes nothing.
     repeated = model.predict(bad.set_index(np.zeros(len(bad), dtype=int)))
     pd.testing.assert_frame_equal(repeated.reset_index(drop=True), scored.reset_index(drop=True))
+
+
+def test_estimator_fit_on_a_dask_frame_equals_the_job_on_its_files(trips_dir, runtime, tmp_path):
+    """``Estimator(config).fit(ddf)`` is the job on the frame: the same run as on the files the
+    frame was read from, found again when the same frame is fitted again."""
+    import dask.dataframe as dd
+
+    import shardflow
+    from shardflow.pipelines.config import default_config_path
+
+    overrides = ["train.models=[xgboost]", "train.xgboost.num_boost_round=20", "encode.min_frequency=5"]
+    on_files = run(load_config(default_config_path(), [*overrides, f"output.runs_dir={tmp_path / 'files'}"],
+                               base_dir=trips_dir), runtime=runtime)
+    config = load_config(default_config_path(), [*overrides, f"output.runs_dir={tmp_path / 'frames'}"],
+                         base_dir=trips_dir)
+    frame = dd.read_parquet(trips_dir / "trips")
+    estimator = shardflow.Estimator(config, runtime=runtime).fit(frame)
+    assert estimator.metrics_ == on_files.metrics
+    rows = pd.read_parquet(trips_dir / "trips").head(300)
+    pd.testing.assert_frame_equal(estimator.predict(rows), shardflow.load_model(on_files.run_dir).predict(rows))
+    again = shardflow.Estimator(config, runtime=runtime).fit(dd.read_parquet(trips_dir / "trips"))
+    assert again.run_dir_ == estimator.run_dir_  # the frame's files and run are found again
+    from shardflow.tasks.errors import InputError
+
+    with pytest.raises(InputError, match=r"X has no column 'is_delayed' \(target.column\); add it, or pass y"):
+        shardflow.Estimator(config, runtime=runtime).fit(frame.drop(columns=["is_delayed"]))
