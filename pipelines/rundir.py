@@ -168,15 +168,22 @@ def prepare_runs_dir(runs_dir, key: str = "output.runs_dir") -> Path:
 
     runs_dir = location(runs_dir)
     if isinstance(runs_dir, StorePath):
+        # A write probe, as for a directory: credentials allowed a prefix only (no HeadBucket)
+        # pass it, and a read-only or missing bucket is found before any work.
+        probe = runs_dir / f".write-probe-{_owner()}-{uuid.uuid4().hex[:8]}"
         try:
-            reachable = runs_dir.protocol == "memory" or runs_dir.fs.exists(runs_dir.bucket)
+            probe.write_bytes(b"")
+            probe.unlink(missing_ok=True)
+        except FileNotFoundError:
+            raise ShardflowError(f"{key} {runs_dir}: bucket {runs_dir.bucket!r} does not exist (or these "
+                                 "credentials cannot see it); create it or choose another") from None
+        except PermissionError:
+            raise ShardflowError(f"{key} {runs_dir}: these credentials cannot write there; give them write "
+                                 "access to the prefix, or choose another") from None
         except Exception as err:  # noqa: BLE001 - any client failure: say which store and why
             raise ShardflowError(f"{key} {runs_dir}: cannot reach the store ({type(err).__name__}: "
                                  f"{str(err).splitlines()[0] if str(err) else ''}); check the URL, "
                                  "storage_options and the credentials in the environment") from None
-        if not reachable:
-            raise ShardflowError(f"{key} {runs_dir}: bucket {runs_dir.bucket!r} does not exist (or these "
-                                 "credentials cannot see it); create it or choose another")
         return runs_dir
     # Nothing is created here (bad input must leave no trace): the directory, or the
     # nearest ancestor it would be created in, is probed.

@@ -210,6 +210,24 @@ def test_worker_lost_during_an_s3_etl_gives_the_fault_free_output(s3, s3_cluster
     assert faulty.quarantined == clean.quarantined
 
 
+def test_fingerprints_follow_the_objects(s3):
+    """An object replaced in the store (same name, new content) changes the ETL's key."""
+    from shardflow.pipelines.plan import InputPlan
+    from shardflow.pipelines.stages import stage_keys
+
+    s3.fs.copy(f"{BUCKET}/data/", f"{BUCKET}/fingerprint/", recursive=True)
+    config = load_config(default_config_path(), ["input.path=trips", f"output.runs_dir={s3.url}/runs",
+                                                 f"storage_options={json.dumps(s3.options)}"],
+                         base_dir=f"{s3.url}/fingerprint")
+    before = stage_keys(config, InputPlan(config))
+    assert stage_keys(config, InputPlan(config)) == before
+    first = sorted(s3.fs.find(f"{BUCKET}/fingerprint/trips"))[0]
+    table = pd.read_parquet(f"s3://{first}", storage_options=s3.options)
+    table.iloc[:-1].to_parquet(f"s3://{first}", storage_options=s3.options)  # one row fewer
+    after = stage_keys(config, InputPlan(config))
+    assert after["etl"] != before["etl"]
+
+
 def test_unreachable_store_and_missing_bucket_say_so_in_one_line(s3, tmp_path):
     from shardflow.tasks.errors import ShardflowError
 
