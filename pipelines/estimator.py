@@ -13,8 +13,9 @@ import copy
 import logging
 
 from shardflow.pipelines.config import Config, load_config
-from shardflow.pipelines.rundir import atomic_directory, prepare_runs_dir
+from shardflow.pipelines.rundir import COMMIT_FILE, atomic_directory, prepare_runs_dir
 from shardflow.tasks.errors import InputError
+from shardflow.tasks.storage import StorePath
 
 logger = logging.getLogger("shardflow.estimator")
 
@@ -67,7 +68,9 @@ class Estimator:
 
     def fit(self, X, y=None) -> "Estimator":
         """Run the job on ``X`` (a Dask or pandas DataFrame with the config's input columns;
-        ``y``, if given, is the target column ``target.column``).
+        ``y``, if given, is the target column ``target.column``: for a pandas ``X`` any
+        sequence, paired by position; for a Dask ``X`` a Dask Series partitioned as ``X``). A
+        named index becomes a column.
 
         Returns
         -------
@@ -75,6 +78,7 @@ class Estimator:
             ``self``, fitted.
         """
         import dask.dataframe as dd
+        import numpy as np
         import pandas as pd
         from dask.base import tokenize
 
@@ -82,17 +86,30 @@ class Estimator:
         from shardflow.pipelines.model import load_model
 
         config = self._config()
+        target = config.target.column
         if isinstance(X, pd.DataFrame):
+            X = X.reset_index() if any(name is not None for name in X.index.names) else X
+            if y is not None:  # by position, as scikit-learn pairs X and y
+                values = np.asarray(y)
+                if len(values) != len(X):
+                    raise InputError(f"Estimator.fit: y has {len(values)} values and X {len(X)} rows")
+                X = X.assign(**{target: values})
             X = dd.from_pandas(X, npartitions=max(1, -(-len(X) // 1_000_000)), sort=False)
-        if not isinstance(X, dd.DataFrame):
+        elif isinstance(X, dd.DataFrame):
+            X = X.reset_index() if X.index.name is not None else X
+            if y is not None:
+                if not isinstance(y, dd.Series):
+                    raise InputError(f"Estimator.fit: X is a Dask DataFrame and y a {type(y).__name__}; give y "
+                                     f"as a Dask Series partitioned as X, or put column {target!r} in X")
+                X = X.assign(**{target: y})
+        else:
             raise InputError(f"Estimator.fit: X is a {type(X).__name__}; give a pandas or Dask DataFrame")
-        if y is not None:
-            X = X.assign(**{config.target.column: y})
         if config.target.expression is None and config.target.column not in X.columns:
             raise InputError(f"Estimator.fit: X has no column {config.target.column!r} (target.column); add it, "
                              "or pass y")
         table = prepare_runs_dir(config.runs_dir) / ".inputs" / tokenize(X, config.storage_options)[:16]
-        if not table.exists():
+        # In an object store a table is complete once its commit object is there.
+        if not (table / COMMIT_FILE if isinstance(table, StorePath) else table).exists():
             logger.info("fit: writing the %d partitions of X as Parquet to %s", X.npartitions, table)
             with atomic_directory(table) as tmp:
                 X.to_parquet(str(tmp), write_index=False, storage_options=getattr(tmp, "storage_options", None),

@@ -190,7 +190,7 @@ def describe(onnx_model, preprocessor: Preprocessor, *, config, family, run_dir:
         "source_run": {"path": str(run_dir.resolve()), "run_id": manifest.get("run_id", run_dir.name),
                        "model_files": {k: v for k, v in manifest.get("artifacts", {}).items()
                                        if stage_of(k) == RunDir.TRAIN
-                                       and k.split("/", 1)[1].startswith(family.name)}},
+                                       and k.split("/", 1)[1].split("/")[0].split(".")[0] == family.name}},
         "metrics": metrics,
     }
 

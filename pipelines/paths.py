@@ -12,6 +12,8 @@ from shardflow.tasks.storage import check_storage_options, check_url, url_scheme
 def check_config_locations(config) -> None:
     """Every path of ``config`` a local path or an accepted object-store URL, and
     ``storage_options`` plain values without credentials; raises :class:`ConfigError`."""
+    if config.storage_options is None:  # `storage_options:` left empty in the YAML
+        config.storage_options = {}
     try:
         check_storage_options(config.storage_options)
         for key, path in [("input.path", config.input.path), ("output.runs_dir", config.output.runs_dir),

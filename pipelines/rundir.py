@@ -173,7 +173,6 @@ def prepare_runs_dir(runs_dir, key: str = "output.runs_dir") -> Path:
         probe = runs_dir / f".write-probe-{_owner()}-{uuid.uuid4().hex[:8]}"
         try:
             probe.write_bytes(b"")
-            probe.unlink(missing_ok=True)
         except FileNotFoundError:
             raise ShardflowError(f"{key} {runs_dir}: bucket {runs_dir.bucket!r} does not exist (or these "
                                  "credentials cannot see it); create it or choose another") from None
@@ -184,6 +183,12 @@ def prepare_runs_dir(runs_dir, key: str = "output.runs_dir") -> Path:
             raise ShardflowError(f"{key} {runs_dir}: cannot reach the store ({type(err).__name__}: "
                                  f"{str(err).splitlines()[0] if str(err) else ''}); check the URL, "
                                  "storage_options and the credentials in the environment") from None
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError as err:
+            raise ShardflowError(f"{key} {runs_dir}: these credentials can write there but not delete "
+                                 f"({type(err).__name__}); shardflow replaces stages: give them delete access "
+                                 f"(and remove {probe.name})") from None
         return runs_dir
     # Nothing is created here (bad input must leave no trace): the directory, or the
     # nearest ancestor it would be created in, is probed.

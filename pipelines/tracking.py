@@ -29,6 +29,7 @@ class TrackingConfig:
 
 #: Tags that tie an MLflow run to a shardflow run, and what of it was logged already.
 RUN_TAG, TRAIN_TAG, EVALUATE_TAG = "shardflow.run_id", "shardflow.logged_train_key", "shardflow.logged_evaluate_key"
+MODEL_TAG = "shardflow.logged_model"
 
 
 class MLflowRun:
@@ -54,6 +55,17 @@ class MLflowRun:
         _check_tracking_uri(config.tracking_uri)
         self.uri = config.tracking_uri or mlflow.get_tracking_uri()
         self.client = MlflowClient(tracking_uri=self.uri)
+        try:
+            self._open(config, run_dir)
+        except Exception as err:  # noqa: BLE001 - before any stage: one line naming the server
+            from shardflow.tasks.errors import ShardflowError
+
+            message = str(err).splitlines()[0] if str(err) else ""
+            raise ShardflowError(f"config key 'tracking.mlflow': cannot open an MLflow run at {self.uri} "
+                                 f"({type(err).__name__}: {message[:300]}); start the server or fix "
+                                 "tracking_uri") from None
+
+    def _open(self, config: MLflowConfig, run_dir) -> None:
         experiment = self.client.get_experiment_by_name(config.experiment)
         self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(config.experiment)
         name = run_dir.name
@@ -146,7 +158,11 @@ def _check_tracking_uri(uri: str | None) -> None:
     if urlsplit(uri).username or urlsplit(uri).password:
         raise ShardflowError("config key 'tracking.mlflow.tracking_uri': holds a user name or password; set "
                              "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD in the environment instead")
-    secrets = [k for k in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD") if os.environ.get(k)]
+    secrets = [k for k in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_AUTH")
+               if os.environ.get(k)]
+    credentials_file = os.path.join(os.path.expanduser("~"), ".mlflow", "credentials")  # MLflow reads it too
+    if os.path.exists(credentials_file):
+        secrets.append(credentials_file)
     if secrets and uri.rstrip("/") != os.environ.get("MLFLOW_TRACKING_URI", "").rstrip("/"):
         raise ShardflowError(f"config key 'tracking.mlflow.tracking_uri': {uri!r} would receive {secrets[0]} from "
                              "the environment, and a config does not choose where credentials go; set "
@@ -202,11 +218,15 @@ def log_run(tracked: MLflowRun, config, run_dir) -> None:
     tracked.log_params(params)
 
     train_key = stages.get(RunDir.TRAIN, {}).get("key", "")
+    # Each step is tagged done for this train key as soon as it is: logging again after a
+    # failure (--resume) neither repeats the curves nor a model already logged.
     if tracked.tags.get(TRAIN_TAG) != train_key:
         for out in logged.values():
             tracked.log_metrics(out["curves"])
-        _log_models(tracked, {name: out["log_model"] for name, out in logged.items()})
         tracked.client.set_tag(tracked.run_id, TRAIN_TAG, train_key)
+    missing = {name: out["log_model"] for name, out in logged.items()
+               if tracked.tags.get(f"{MODEL_TAG}.{name}") != train_key}
+    _log_models(tracked, missing, train_key)
     evaluate_key = stages.get(RunDir.EVALUATE, {}).get("key", "")
     if tracked.tags.get(EVALUATE_TAG) != evaluate_key and run.relative(run.metrics) in manifest.get("artifacts", {}):
         metrics = files.read_json(run.metrics)["metrics"]
@@ -219,7 +239,7 @@ def log_run(tracked: MLflowRun, config, run_dir) -> None:
     tracked.client.log_text(tracked.run_id, run.config.read_text(), run.config.name)
 
 
-def _log_models(tracked: MLflowRun, calls: dict) -> None:
+def _log_models(tracked: MLflowRun, calls: dict, train_key: str) -> None:
     """Run the families' ``log_model(run_id, model_id)`` (MLflow's ``Model.log``, given the run
     and a logged model created in the run's experiment: no active run or experiment is used or
     changed) against the tracked run's server; MLflow's process-wide tracking URI is restored."""
@@ -233,5 +253,6 @@ def _log_models(tracked: MLflowRun, calls: dict) -> None:
             model = tracked.client.create_logged_model(tracked.experiment_id, name=name,
                                                        source_run_id=tracked.run_id)
             call(tracked.run_id, model.model_id)
+            tracked.client.set_tag(tracked.run_id, f"{MODEL_TAG}.{name}", train_key)
     finally:
         mlflow.set_tracking_uri(previous)

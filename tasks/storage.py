@@ -80,13 +80,17 @@ def check_storage_options(options) -> None:
         if isinstance(value, dict):
             for name, inner in value.items():
                 lowered = str(name).lower()
+                if lowered == "account_name" and not re.fullmatch(r"[a-z0-9]{3,24}", str(inner)):
+                    # adlfs puts it into the host name: nothing but an account's name may go there
+                    raise ValueError(f"config key 'storage_options.{key}{name}': {inner!r} is not an Azure "
+                                     "storage account name (3-24 lowercase letters and digits)")
                 if lowered in CREDENTIAL_OPTIONS or any(word in lowered for word in CREDENTIAL_WORDS):
                     raise ValueError(f"config key 'storage_options.{key}{name}': credentials are not read from a "
                                      "config (it is copied into every run); set them in the environment "
                                      "(AWS_ACCESS_KEY_ID, GOOGLE_APPLICATION_CREDENTIALS, ...) instead")
                 if lowered in ENDPOINT_OPTIONS:
                     targets = inner.values() if isinstance(inner, dict) else [inner]
-                    refused = [t for t in targets if str(t).rstrip("/") not in allowed_endpoints()]
+                    refused = [t for t in targets if t is not None and str(t).rstrip("/") not in allowed_endpoints()]
                     if refused:
                         raise ValueError(
                             f"config key 'storage_options.{key}{name}': {refused[0]!r} would receive the "

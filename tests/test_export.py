@@ -299,7 +299,15 @@ def test_estimator_fit_on_a_dask_frame_equals_the_job_on_its_files(trips_dir, ru
     pd.testing.assert_frame_equal(estimator.predict(rows), shardflow.load_model(on_files.run_dir).predict(rows))
     again = shardflow.Estimator(config, runtime=runtime).fit(dd.read_parquet(trips_dir / "trips"))
     assert again.run_dir_ == estimator.run_dir_  # the frame's files and run are found again
+    # pandas X and y paired by position (a named index becomes a column): the same table.
+    pandas_rows = pd.read_parquet(trips_dir / "trips")
+    by_position = shardflow.Estimator(config, runtime=runtime).fit(
+        pandas_rows.drop(columns=["is_delayed"]), pandas_rows["is_delayed"].to_numpy())
+    assert by_position.metrics_.keys() == estimator.metrics_.keys()
+    assert by_position.metrics_["xgboost"]["auc"] == pytest.approx(estimator.metrics_["xgboost"]["auc"], abs=0.02)
     from shardflow.tasks.errors import InputError
 
+    with pytest.raises(InputError, match=r"X is a Dask DataFrame and y a ndarray; give y as a Dask Series"):
+        shardflow.Estimator(config, runtime=runtime).fit(frame, pandas_rows["is_delayed"].to_numpy())
     with pytest.raises(InputError, match=r"X has no column 'is_delayed' \(target.column\); add it, or pass y"):
         shardflow.Estimator(config, runtime=runtime).fit(frame.drop(columns=["is_delayed"]))

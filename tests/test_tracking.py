@@ -161,3 +161,16 @@ def test_a_config_does_not_send_mlflow_credentials_elsewhere(tmp_path, monkeypat
     with pytest.raises(ShardflowError, match=r"'http://attacker.example' would receive MLFLOW_TRACKING_TOKEN from "
                                              r"the environment"):
         MLflowRun(MLflowConfig(tracking_uri="http://attacker.example"), tmp_path)
+
+
+def test_a_tracking_server_that_is_down_is_named_before_any_stage(tmp_path, monkeypatch):
+    from shardflow.pipelines.tracking import MLflowConfig, MLflowRun
+    from shardflow.tasks.errors import ShardflowError
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's own retries take minutes
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    with pytest.raises(ShardflowError, match=rf"tracking.mlflow': cannot open an MLflow run at "
+                                             rf"http://127.0.0.1:{port} .*start the server or fix tracking_uri"):
+        MLflowRun(MLflowConfig(tracking_uri=f"http://127.0.0.1:{port}"), tmp_path)
