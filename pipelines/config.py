@@ -353,7 +353,7 @@ def load_config(path=None, overrides=(), base_dir=None) -> Config:
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     try:
-        raw = parse_yaml(text) or {}
+        raw = parse_yaml(text, source=path) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from None
     if not isinstance(raw, dict):

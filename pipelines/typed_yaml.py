@@ -39,8 +39,35 @@ _Loader.add_implicit_resolver(
 )
 
 
-def parse_yaml(text: str):
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+#: Values a config may hold once its YAML aliases are expanded: far above any real job, far
+#: below what an alias "bomb" (a few lines that expand exponentially) would make every later
+#: copy, comparison and hash of the config do.
+MAX_VALUES = 100_000
+
+
+def parse_yaml(text: str, source="the value"):
+    """Plain YAML data (a SafeLoader: no Python objects), refused if its aliases expand to
+    more than :data:`MAX_VALUES` values (the error names ``source``).
+
+    Examples
+    --------
+    >>> parse_yaml("a: &x [1, 2]\\nb: *x")
+    {'a': [1, 2], 'b': [1, 2]}
+    """
+    data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    count, stack = 0, [data]
+    while stack:  # every value as the YAML's aliases repeat it (no memo: that is what expands)
+        value = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise ConfigError(f"{source}: the YAML expands to more than {MAX_VALUES:,} values (through its aliases, "
+                              "`*name`); write the values out")
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return data
 
 
 def apply_overrides(raw: dict, overrides) -> dict:
@@ -57,7 +84,7 @@ def apply_overrides(raw: dict, overrides) -> dict:
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
         try:
-            node[parts[-1]] = parse_yaml(value)
+            node[parts[-1]] = parse_yaml(value, source=f"override {key!r}")
         except yaml.YAMLError as err:
             problem = getattr(err, "problem", None) or str(err).splitlines()[0]
             raise ConfigError(f"override {item!r}: the value of '{key.strip()}' is not valid YAML ({problem}); "

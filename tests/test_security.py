@@ -282,3 +282,29 @@ def test_mlp_process_group_binds_where_the_cluster_binds(trips_dir, runtime, tmp
     after_one = listening()
     train_data_parallel_mlp(runtime, data, cfg, seed=1)
     assert listening() == after_one
+
+
+def test_config_yaml_builds_no_python_objects_and_no_alias_bomb(tmp_path):
+    """A config is data: a Python tag constructs nothing, and a few lines of aliases that expand
+    exponentially (a "billion laughs") are refused at once, not copied and hashed for minutes."""
+    base = default_config_path().read_text()
+    marker = tmp_path / "ran"
+    tagged = tmp_path / "tagged.yaml"
+    tagged.write_text(base + f"storage_options: {{x: !!python/object/apply:os.system ['touch {marker}']}}\n")
+    with pytest.raises(ConfigError, match=r"tagged.yaml: not valid YAML: could not determine a constructor for the "
+                                          r"tag 'tag:yaml.org,2002:python/object/apply"):
+        load_config(tagged)
+    assert not marker.exists()
+    levels = ['    l0: &l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]'] + [
+        f"    l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 8)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(base + "storage_options:\n  config_kwargs:\n" + "\n".join(levels) + "\n")
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"bomb.yaml: the YAML expands to more than 100,000 values \(through its "
+                                          r"aliases"):
+        load_config(bomb)
+    assert time.perf_counter() - started < 5
+    with pytest.raises(ConfigError, match=r"override 'storage_options': the YAML expands"):
+        load_config(default_config_path(), ["storage_options={a: &a [1,1,1,1,1,1,1,1,1,1], b: &b [*a,*a,*a,*a,*a,*a,"
+                                            "*a,*a,*a,*a], c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b], d: &d [*c,*c,*c,*c,"
+                                            "*c,*c,*c,*c,*c,*c], e: [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]}"])
