@@ -395,11 +395,10 @@ class RunDir:
         return location(stage_dir) / cls._TRAIN_FILES.get(what, what)
 
     @classmethod
-    def checkpoint_file(cls, directory, what: str, temporary: bool = False) -> Path:
-        """A checkpoint's ``model``, ``state``, ``params`` or ``best`` file; ``temporary``: the
-        hidden sibling it is written to first (same suffix: XGBoost picks the format from it)."""
-        name = cls._CHECKPOINT_FILES[what]
-        return location(directory) / (f".{os.getpid()}-{name}" if temporary else name)
+    def checkpoint_file(cls, directory, what: str) -> Path:
+        """A checkpoint's ``model``, ``state``, ``params`` or ``best`` file (written with
+        :func:`write_bytes_atomic`)."""
+        return location(directory) / cls._CHECKPOINT_FILES[what]
 
     @classmethod
     def evaluate_file(cls, stage_dir, what: str) -> Path:

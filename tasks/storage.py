@@ -205,7 +205,8 @@ class StorePath:
 
     @property
     def fs(self):
-        """The fsspec file system (built once per process and options; listings uncached)."""
+        """The fsspec file system (built once per process and options). Listings are not cached:
+        other processes write to the same prefixes, and a cached listing would miss their objects."""
         if self._fs is None:
             import fsspec
 
@@ -219,8 +220,10 @@ class StorePath:
         return self._at(f"{self.key}/{str(name).strip('/')}")
 
     def _at(self, key: str) -> "StorePath":
-        other = StorePath(f"{self.protocol}://{key}", self.storage_options)
-        other._fs = self._fs
+        """The path ``key`` in the same store: the scheme is checked already, the client shared."""
+        other = object.__new__(StorePath)
+        other.protocol, other.key, other.storage_options, other._fs = self.protocol, key.strip("/"), \
+            self.storage_options, self._fs
         return other
 
     @property
@@ -259,11 +262,9 @@ class StorePath:
 
     # ------------------------------------------------------------------ queries
     def exists(self) -> bool:
-        self.fs.invalidate_cache(self.key)
         return self.fs.exists(self.key)
 
     def is_dir(self) -> bool:
-        self.fs.invalidate_cache(self.key)
         return self.fs.isdir(self.key)
 
     def is_file(self) -> bool:
@@ -274,14 +275,12 @@ class StorePath:
 
     def iterdir(self):
         """The names directly under this prefix (objects and prefixes)."""
-        self.fs.invalidate_cache(self.key)
         return [self._at(key.rstrip("/")) for key in self.fs.ls(self.key, detail=False) if key.rstrip("/") != self.key]
 
     def rglob(self, pattern: str = "*"):
         """Every object under this prefix (``pattern`` must be ``*``: what shardflow lists)."""
         if pattern != "*":
             raise ValueError("StorePath.rglob lists every object: pattern must be '*'")
-        self.fs.invalidate_cache(self.key)
         return [self._at(key) for key in sorted(self.fs.find(self.key))]
 
     # ------------------------------------------------------------------ reading and writing
@@ -318,7 +317,6 @@ class StorePath:
             self.fs.rm(self.key, recursive=True)
         except FileNotFoundError:
             pass
-        self.fs.invalidate_cache()
 
 
 # ---------------------------------------------------------------------- input files by name (strings)
@@ -351,7 +349,17 @@ def file_identity(path: str, storage_options: dict | None = None) -> str:
 def list_input_files(path: str, storage_options: dict | None = None):
     """The files ``path`` names: a glob's matches, every file under a directory (hidden and
     ``_``-prefixed names skipped), or the file itself; ``None`` when it
-    names nothing. Object-store files come back as URLs."""
+    names nothing. Object-store files come back as URLs.
+
+    Examples
+    --------
+    >>> for name in ("a.csv", "_SUCCESS", "sub/b.csv", "_tmp/c.csv"):
+    ...     _ = (StorePath("memory://lake/listing") / name).write_text("x\\n1\\n")
+    >>> list_input_files("memory://lake/listing")
+    ['memory://lake/listing/a.csv', 'memory://lake/listing/sub/b.csv']
+    >>> list_input_files("memory://lake/listing/*.csv"), list_input_files("memory://lake/nothing")
+    (['memory://lake/listing/a.csv'], None)
+    """
     import glob
     import os
 
@@ -359,9 +367,9 @@ def list_input_files(path: str, storage_options: dict | None = None):
     if url_scheme(path):
         base = StorePath(path, storage_options)
         fs = base.fs
-        fs.invalidate_cache()
-        if pattern:
-            return sorted(base._at(key).url for key in fs.glob(base.key) if fs.isfile(key))
+        if pattern:  # one listing, with each match's type (not a request per match)
+            matches = fs.glob(base.key, detail=True)
+            return sorted(base._at(key).url for key, info in matches.items() if info.get("type") == "file")
         if fs.isdir(base.key):
             found = [base._at(key) for key in fs.find(base.key)]
             return sorted(p.url for p in found if _listed(p.relative_to(base).parts))
