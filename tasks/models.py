@@ -268,20 +268,43 @@ def stack_design(predictions, task):
     return target_kind(task).combiner.inputs(predictions) if len(predictions[0]) else None
 
 
+def _folds(n: int) -> dict:
+    even = np.arange(n) % 2 == 0
+    return {"even": even, "odd": ~even, "all": np.ones(n, dtype=bool)}
+
+
 def stack_partition_terms(design, shard, thetas, task):
-    """Newton terms of the three stacked fits (even rows, odd rows, all rows) on one partition."""
+    """Newton terms (loss, gradient, Hessian) of the three stacked fits (even rows, odd
+    rows, all rows) on one partition, each at its own coefficients."""
     combiner = target_kind(task).combiner
     y, w = shard.y_valid, shard.weights_valid.astype(np.float64)
     if design is None:
         k = len(thetas[0])
-        zero = {"grad": np.zeros(k), "hess": np.zeros((k, k)), "n": 0.0}
+        zero = {"loss": 0.0, "grad": np.zeros(k), "hess": np.zeros((k, k)), "n": 0.0}
         return [zero, zero, zero]
-    even = np.arange(len(y)) % 2 == 0
-    return [combiner.terms(design[even], y[even], w[even], thetas[0]),
-            combiner.terms(design[~even], y[~even], w[~even], thetas[1]),
-            combiner.terms(design, y, w, thetas[2])]
+    folds = _folds(len(y))
+    return [combiner.terms(design[folds[f]], y[folds[f]], w[folds[f]], theta)
+            for f, theta in zip(("even", "odd", "all"), thetas)]
+
+
+def stack_partition_losses(design, shard, candidates, task) -> np.ndarray:
+    """Weighted loss sums and weight sums of ``candidates`` (``(fold, coef)`` pairs, fold
+    ``even``/``odd``/``all``) on one partition: an array of shape (len(candidates), 2)."""
+    combiner = target_kind(task).combiner
+    out = np.zeros((len(candidates), 2))
+    if design is None:
+        return out
+    y, w = shard.y_valid, shard.weights_valid.astype(np.float64)
+    folds = _folds(len(y))
+    for i, (fold, coef) in enumerate(candidates):
+        rows = folds[fold]
+        out[i] = combiner.loss(design[rows], y[rows], w[rows], coef), w[rows].sum()
+    return out
 
 
 def add_stack_terms(*parts):
-    """Sum of several partitions' :func:`stack_partition_terms` (associative)."""
+    """Sum of several partitions' :func:`stack_partition_terms` (associative); arrays of
+    :func:`stack_partition_losses` add as they are."""
+    if isinstance(parts[0], np.ndarray):
+        return sum(parts)
     return [{k: sum(p[j][k] for p in parts) for k in parts[0][j]} for j in range(len(parts[0]))]

@@ -35,6 +35,15 @@ def _identity(x):
     return x
 
 
+def _log_loss_rows(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    q = np.clip(p, 1e-15, 1 - 1e-15)
+    return -(y * np.log(q) + (1 - y) * np.log1p(-q))
+
+
+def _squared_error_rows(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return 0.5 * (p - y) ** 2
+
+
 def _bce_loss(out, y):
     from torch.nn import functional
 
@@ -129,7 +138,7 @@ class TargetKind:
 TARGET_KINDS = {k.name: k for k in (
     TargetKind("classification", {"objective": "binary:logistic", "eval_metric": ["auc", "logloss"]},
                ("auc", "logloss", "accuracy"), "roc", metrics.binary_partial, metrics.binary_finish,
-               metrics.roc_points, _bce_loss, _torch_sigmoid, GLMCombiner(_logit, _sigmoid, lambda p: p * (1 - p)),
+               metrics.roc_points, _bce_loss, _torch_sigmoid, GLMCombiner(_logit, _sigmoid, lambda p: p * (1 - p), _log_loss_rows),
                _threshold_codes),
     TargetKind("multiclass", {"objective": "multi:softprob", "eval_metric": ["merror", "mlogloss"]},
                ("logloss", "accuracy", "macro_f1", "macro_auc"), "confusion", metrics.multiclass_partial,
@@ -137,7 +146,7 @@ TARGET_KINDS = {k.name: k for k in (
                MultinomialCombiner(), _argmax_codes, configurable=False, multi_output=True),
     TargetKind("regression", {"objective": "reg:squarederror", "eval_metric": ["rmse"]},
                ("rmse", "mae", "r2"), "residuals", metrics.regression_partial, metrics.regression_finish,
-               metrics.residual_histogram, _mse_loss, _identity, GLMCombiner(_identity, _identity, np.ones_like)),
+               metrics.residual_histogram, _mse_loss, _identity, GLMCombiner(_identity, _identity, np.ones_like, _squared_error_rows)),
 )}
 
 #: The kinds ``target.task`` accepts.

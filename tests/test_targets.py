@@ -463,3 +463,48 @@ def test_boolean_parquet_target_predicts_booleans(runtime, tmp_path):
     assert scored["predicted_label"].dtype == bool
     assert ((scored["prediction"] >= 0.5) == scored["predicted_label"]).all()
     assert accuracy_score(table.churned, scored["predicted_label"]) > 0.7
+
+
+# ----------------------------------------------------------------------------- the stacked combiner
+
+
+def many_classes_table(n: int = 8000, classes: int = 16, seed: int = 3) -> pd.DataFrame:
+    """A 16-class label that the features nearly determine, in files that each hold
+    mostly a few of the classes (as a file per carrier or per region does)."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, classes, n)
+    x1 = label + rng.normal(scale=0.35, size=n)
+    x2 = (label % 4) + rng.normal(scale=0.35, size=n)
+    return pd.DataFrame({"id": np.arange(n), "x1": x1.round(4), "x2": x2.round(4),
+                         "carrier": np.array([f"C{k:02d}" for k in range(classes)])[label]})
+
+
+def test_stacked_combiner_on_sixteen_classes_is_no_worse_than_its_members(runtime, tmp_path):
+    """The multinomial combiner's Newton fit once diverged on many classes (log loss 17 where
+    its members scored 0.1): it is damped now, starts from the members' average and is
+    compared with each member on the validation rows."""
+    table = many_classes_table()
+    (tmp_path / "in").mkdir()
+    ordered = table.sort_values("x1").reset_index(drop=True)
+    for i, rows in enumerate(np.array_split(np.arange(len(ordered)), 4)):
+        ordered.iloc[rows].to_csv(tmp_path / "in" / f"part{i}.csv", index=False)  # files sorted by the label's signal
+    config = write_job(tmp_path, input={"path": "in/*.csv"}, target={"column": "carrier"},
+                       features={"numeric": ["x1", "x2"]},
+                       train={"models": ["xgboost_partitions", "stacked"],
+                              "partitions": {"xgboost_rounds": 30}})
+    result = run(config, runtime=runtime)
+    predictions, y, w = gathered_predictions(result.run_dir)
+    labels = np.arange(16)
+    ours = result.metrics["stacked"]["logloss"]
+    assert ours == pytest.approx(log_loss(y, predictions["stacked"], sample_weight=w, labels=labels), rel=1e-6)
+    # Independent reference: each member and their average, scored here from the saved models.
+    payload = artifacts.load_model(result.run_dir, "xgboost_partitions")
+    group = zarr.open_group(str(result.run_dir / "etl" / "features.zarr"), mode="r")
+    x = group["X"][:][group["is_validation"][:]].astype(np.float32)
+    members = [xgb.Booster(model_file=bytearray(m)).inplace_predict(x) for m in payload["models"]]
+    clipped = [np.clip(p, 1e-9, 1) for p in members]  # as the combiner reads them
+    member_losses = [log_loss(y, p / p.sum(axis=1, keepdims=True), sample_weight=w, labels=labels) for p in clipped]
+    average = log_loss(y, predictions["xgboost_partitions"], sample_weight=w, labels=labels)
+    assert math.isfinite(ours) and ours <= max(1.05 * average, average + 0.02), (ours, average, member_losses)
+    fitted = json.loads((result.run_dir / "train" / "stacked.json").read_text())
+    assert fitted["converged"] and fitted["best_member_loss"] == pytest.approx(min(member_losses), rel=1e-3)
