@@ -22,7 +22,15 @@ from shardflow.pipelines.config import Config, TrainConfig
 from shardflow.pipelines.evaluate import comparison_table, evaluate
 from shardflow.pipelines.report import build_report
 from shardflow.pipelines.stages import evaluate_key, stage_keys
-from shardflow.pipelines.rundir import RunDir, new_run_id, prepare_runs_dir, read_manifest, stage_output, update_manifest
+from shardflow.pipelines.rundir import (
+    ManifestError,
+    RunDir,
+    new_run_id,
+    prepare_runs_dir,
+    read_manifest,
+    stage_output,
+    update_manifest,
+)
 from shardflow.pipelines.families import FAMILIES, FAMILY_NAMES, training_order
 from shardflow.pipelines.training import TrainingData, load_training_data, train_partition_models
 from shardflow.tasks.errors import ShardflowError
@@ -84,14 +92,18 @@ def is_current(run_dir: Path, stage: str, key: str) -> bool:
 
 
 def find_run(runs_dir, etl_key: str) -> Path | None:
-    """The newest run under ``runs_dir`` whose ETL output is current for ``etl_key``."""
+    """The newest run under ``runs_dir`` whose ETL output is current for ``etl_key``; a run
+    whose manifest is damaged is reported and passed over (it is not this job's to repair)."""
     runs_dir = location(runs_dir)
     if not runs_dir.is_dir():
         return None
     for run_dir in sorted((p for p in runs_dir.iterdir() if not p.name.startswith(".") and p.is_dir()),
                           reverse=True):
-        if is_current(run_dir, RunDir.ETL, etl_key):
-            return run_dir
+        try:
+            if is_current(run_dir, RunDir.ETL, etl_key):
+                return run_dir
+        except ManifestError as err:
+            logger.warning("not reused: %s", err)
     return None
 
 

@@ -11,17 +11,19 @@ import base64
 import html
 import io
 import json
+import logging
 import math
 from pathlib import Path
 
 from shardflow.pipelines.families import FAMILIES, label
 from shardflow.pipelines.figures import subplots
 from shardflow.pipelines.plan import format_plan
-from shardflow.pipelines.rundir import RunDir, read_manifest, write_text_atomic
+from shardflow.pipelines.rundir import ManifestError, RunDir, read_manifest, write_text_atomic
 from shardflow.tasks.storage import location
 from shardflow.tasks.metrics import best_model, primary_metric
 from shardflow.tasks.targets import TASK_TYPES, target_kind
 
+logger = logging.getLogger("shardflow.report")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;
@@ -334,7 +336,11 @@ def list_runs(runs_dir) -> list:
     runs_dir = location(runs_dir)
     entries = runs_dir.iterdir() if runs_dir.is_dir() else []
     for run_dir in sorted((p for p in entries if not p.name.startswith(".")), reverse=True):
-        manifest = read_manifest(run_dir)
+        try:
+            manifest = read_manifest(run_dir)
+        except ManifestError as err:  # one damaged run does not hide the others
+            logger.warning("skipped: %s", err)
+            continue
         if not manifest:
             continue
         evaluation = _load(RunDir(run_dir).metrics) or {}

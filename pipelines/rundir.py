@@ -25,6 +25,7 @@ import time
 import uuid
 from pathlib import Path
 
+from shardflow.tasks.errors import ShardflowError
 from shardflow.tasks.storage import StorePath, location, remove_tree
 
 MANIFEST = "manifest.json"
@@ -268,11 +269,52 @@ def stage_of(relative: str) -> str:
     return relative.split("/", 1)[0].split("@", 1)[0]
 
 
+#: The manifest's sections and what each holds: a manifest whose sections are of another
+#: type would fail later with a traceback far from the file, so it is damaged too.
+_MANIFEST_SECTIONS = {"stages": dict, "artifacts": dict, "locations": dict, "seeds": dict, "input": dict,
+                      "cluster": dict, "versions": dict, "plan": dict, "tracking": dict, "joins": list}
+
+
+class ManifestError(ShardflowError):
+    """A run's ``manifest.json`` cannot be read: the message names the file and why."""
+
+    def __init__(self, path, why: str):
+        super().__init__(f"{path}: damaged ({why}); the run cannot be used: restore the file, or remove the run "
+                         f"directory {location(path).parent} and run again")
+        self.path = path
+
+
 def read_manifest(run_dir) -> dict:
+    """The run's manifest (``{}`` for a directory that has none): the one place it is read.
+
+    A run directory is untrusted (shared, copied, cut short by a full disk): the file must be
+    a JSON object whose sections have their types.
+
+    Raises
+    ------
+    ManifestError
+        The file is truncated, not JSON, or not a manifest; the message names the file.
+    """
     path = location(run_dir) / MANIFEST
     if not path.exists():
         return {}
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ManifestError(path, "not UTF-8 text") from None
+    except IsADirectoryError:
+        raise ManifestError(path, "a directory, not a file") from None
+    except json.JSONDecodeError as err:
+        why = "empty file" if not err.doc.strip() else f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}"
+        raise ManifestError(path, why) from None
+    if not isinstance(manifest, dict):
+        raise ManifestError(path, f"holds a {type(manifest).__name__}, not a JSON object")
+    for section, kind in _MANIFEST_SECTIONS.items():
+        if section in manifest and not isinstance(manifest[section], kind):
+            raise ManifestError(path, f"'{section}' is not a JSON {'object' if kind is dict else 'array'}")
+    if not all(isinstance(info, dict) for info in manifest.get("stages", {}).values()):
+        raise ManifestError(path, "a stage's entry is not a JSON object")
+    return manifest
 
 
 def update_manifest(run_dir: Path, *, replace_artifacts: str | None = None, **fields) -> dict:

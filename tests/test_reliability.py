@@ -313,3 +313,65 @@ def test_worker_killed_mid_epoch_of_the_data_parallel_mlp_resumes_and_finishes(t
     assert len(out["history"]["validation_loss"]) == 4
     assert out["history"]["validation_loss"][-1] < 0.6
     assert time.monotonic() - started < 60  # the survivor did not wait for the 60 s collective timeout
+
+
+# ----------------------------------------------------------------------------- damaged run directories
+
+
+def small_regression_job(directory, rows=2_000):
+    """A CSV regression job of ``rows`` rows, one global XGBoost of a few rounds."""
+    import pandas as pd
+    import yaml
+
+    rng = np.random.default_rng(0)
+    x1, x2 = rng.normal(size=rows), rng.normal(size=rows)
+    pd.DataFrame({"id": np.arange(rows), "x1": x1.round(4), "x2": x2.round(4),
+                  "y": (3 * x1 - x2 + rng.normal(size=rows)).round(3)}).to_csv(directory / "t.csv", index=False)
+    job = {"input": {"path": "t.csv"}, "target": {"column": "y", "task": "regression"},
+           "features": {"numeric": ["x1", "x2"]}, "split": {"key": ["id"]}, "output": {"runs_dir": "runs"},
+           "train": {"models": ["xgboost"], "xgboost": {"num_boost_round": 10, "checkpoint_every": 5}}}
+    (directory / "job.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
+    return directory / "job.yaml"
+
+
+def shardflow_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "shardflow", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=180)
+
+
+def test_a_damaged_manifest_is_named_and_skipped_and_breaks_no_other_run(runtime, tmp_path):
+    """A truncated manifest.json (a full disk, a copy cut short): listing and searching runs
+    name it in one line and pass over it; a command that names that run fails in one line."""
+    config = load_config(small_regression_job(tmp_path))
+    good = run(config, runtime=runtime).run_dir
+    damaged = good.parent / (good.name + "-copy")  # sorts after the good run: searched first
+    shutil.copytree(good, damaged)
+    text = (damaged / "manifest.json").read_text()
+    (damaged / "manifest.json").write_text(text[: len(text) // 2])
+
+    again = run(config, runtime=runtime)  # the search for a reusable ETL passes over the damaged run
+    assert again.run_dir == good and again.skipped == ["etl", "train", "evaluate"]
+    listed = shardflow_cli("runs", "--runs-dir", str(good.parent), cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert good.name in listed.stdout and damaged.name not in listed.stdout
+    warnings = [line for line in listed.stderr.splitlines() if "manifest.json" in line]
+    assert len(warnings) == 1 and f"{damaged / 'manifest.json'}: damaged (not valid JSON" in warnings[0]
+
+    message = f"shardflow: error: {damaged / 'manifest.json'}: damaged (not valid JSON: "
+    for command in (["report", str(damaged)], ["export", str(damaged), "--out", str(tmp_path / "onnx")],
+                    ["predict", "--run", str(damaged), "--input", "t.csv", "--output", "scores",
+                     "--cluster", "local", "--n-workers", "1"],
+                    ["run", "-c", "job.yaml", "--resume", str(damaged), "--cluster", "local", "--n-workers", "1"]):
+        proc = shardflow_cli(*command, cwd=tmp_path)
+        errors = [line for line in proc.stderr.splitlines() if "shardflow: error" in line or "Traceback" in line]
+        assert proc.returncode == 2 and len(errors) == 1 and errors[0].startswith(message), (command, proc.stderr)
+    assert not (tmp_path / "onnx").exists() and not (tmp_path / "scores").exists()
+
+    from shardflow.pipelines.rundir import ManifestError, read_manifest
+
+    for text, why in [("", "empty file"), ("[1, 2]", "holds a list, not a JSON object"),
+                      ('{"stages": {"etl": 3}}', "a stage's entry is not a JSON object"),
+                      ('{"artifacts": []}', "'artifacts' is not a JSON object")]:
+        (damaged / "manifest.json").write_text(text)
+        with pytest.raises(ManifestError, match=f"manifest.json: damaged \\({why}\\)"):
+            read_manifest(damaged)
