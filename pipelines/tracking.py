@@ -11,12 +11,57 @@ from dataclasses import dataclass
 
 from shardflow.pipelines.typed_yaml import Section, Text, option
 
+#: Words in a URI's query or fragment parameter names that mark a credential (``?token=``,
+#: ``&password=``, ``api_key``, an Azure SAS ``sig``).
+URI_CREDENTIAL_WORDS = ("token", "password", "passwd", "pwd", "secret", "key", "auth", "credential", "sig")
+
+
+def uri_credentials_problem(uri: str) -> str | None:
+    """What in ``uri`` is a credential (a user name or password, a token parameter), or None.
+
+    The value itself is never repeated: the message goes to logs and terminals.
+
+    Examples
+    --------
+    >>> uri_credentials_problem("http://127.0.0.1:5000") is None
+    True
+    >>> uri_credentials_problem("http://me:pw@host:5000")[:32]
+    'holds a user name or password; s'
+    >>> uri_credentials_problem("https://host/?access_token=x")[:40]
+    "holds a credential (the parameter 'acces"
+    """
+    from urllib.parse import parse_qsl, urlsplit
+
+    try:
+        parts = urlsplit(str(uri))
+    except ValueError as err:
+        return f"is not a valid URI ({err})"
+    if "@" in parts.netloc:
+        return ("holds a user name or password; set MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD in the "
+                "environment instead")
+    for text in (parts.query, parts.fragment):
+        for name, _ in parse_qsl(text, keep_blank_values=True):
+            if any(word in name.lower() for word in URI_CREDENTIAL_WORDS):
+                return (f"holds a credential (the parameter {name!r}); set MLFLOW_TRACKING_TOKEN (or "
+                        "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD) in the environment instead")
+    return None
+
+
+@dataclass(frozen=True)
+class TrackingURI(Text):
+    """An MLflow tracking URI without credentials: a config is copied into every run directory
+    (``config.yaml``), so it is refused when the config is loaded, before anything is written."""
+
+    def problem(self, value):
+        return super().problem(value) or uri_credentials_problem(value)
+
 
 @dataclass
 class MLflowConfig:
     """``tracking.mlflow:`` the MLflow tracking server and experiment a run is logged to."""
 
-    tracking_uri: str | None = option(None, check=Text("an MLflow tracking URI (http://host:5000, sqlite:///...)"))
+    tracking_uri: str | None = option(None, check=TrackingURI("an MLflow tracking URI (http://host:5000, sqlite:///...) "
+                                                              "without credentials"))
     experiment: str = option("shardflow", check=Text("an experiment name", nonempty=True))
 
 
@@ -149,15 +194,14 @@ def _check_tracking_uri(uri: str | None) -> None:
     """A config's tracking URI must not carry credentials, nor send the environment's MLflow
     credentials to another server than the environment's own ``MLFLOW_TRACKING_URI``."""
     import os
-    from urllib.parse import urlsplit
 
     from shardflow.tasks.errors import ShardflowError
 
     if uri is None:
         return
-    if urlsplit(uri).username or urlsplit(uri).password:
-        raise ShardflowError("config key 'tracking.mlflow.tracking_uri': holds a user name or password; set "
-                             "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD in the environment instead")
+    problem = uri_credentials_problem(uri)  # checked by load_config too; an MLflowConfig may be built in Python
+    if problem:
+        raise ShardflowError(f"config key 'tracking.mlflow.tracking_uri': {problem}")
     secrets = [k for k in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_AUTH")
                if os.environ.get(k)]
     credentials_file = os.path.join(os.path.expanduser("~"), ".mlflow", "credentials")  # MLflow reads it too

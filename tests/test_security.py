@@ -308,3 +308,29 @@ def test_config_yaml_builds_no_python_objects_and_no_alias_bomb(tmp_path):
         load_config(default_config_path(), ["storage_options={a: &a [1,1,1,1,1,1,1,1,1,1], b: &b [*a,*a,*a,*a,*a,*a,"
                                             "*a,*a,*a,*a], c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b], d: &d [*c,*c,*c,*c,"
                                             "*c,*c,*c,*c,*c,*c], e: [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]}"])
+
+
+@pytest.mark.parametrize("uri, what", [("http://user:s3cret@127.0.0.1:5000", "user name or password"),
+                                       ("http://127.0.0.1:5000/?token=s3cret", "the parameter 'token'")])
+def test_a_tracking_uri_with_credentials_is_refused_before_anything_is_written(tmp_path, uri, what):
+    """A password in ``tracking.mlflow.tracking_uri`` would be copied into the run's config.yaml:
+    every command that loads the config refuses it in one line, and no file holds it."""
+    import subprocess
+    import sys
+
+    rows = ["id,x,y"] + [f"{i},{i * 0.5},{i % 2}" for i in range(200)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump({
+        "input": {"path": "t.csv"}, "target": {"column": "y"}, "features": {"numeric": ["x"]},
+        "output": {"runs_dir": "work/runs"}, "tracking": {"mlflow": {"tracking_uri": uri}}}))
+    for command in ("etl", "run", "plan"):
+        proc = subprocess.run([sys.executable, "-m", "shardflow", command, "-c", str(tmp_path / "job.yaml"),
+                               "--n-workers", "1"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert proc.returncode == 2, (command, proc.stderr[-2000:])
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("shardflow: error:"), (command, proc.stderr[-2000:])
+        assert "config key 'tracking.mlflow.tracking_uri'" in lines[0] and what in lines[0], lines[0]
+        assert "s3cret" not in proc.stderr + proc.stdout
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name not in ("job.yaml", "t.csv")]
+    assert not [p for p in written if b"s3cret" in p.read_bytes()], written
+    assert not (tmp_path / "work").exists()
