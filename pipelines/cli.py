@@ -8,6 +8,7 @@ import json
 import os
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 from shardflow.pipelines.families import FAMILY_NAMES
@@ -144,6 +145,14 @@ def _setup_logging(quiet: bool, verbose: bool, stream=None) -> None:
         web_logger.handlers[:] = [handler()]
         web_logger.propagate = False
         web_logger.setLevel(logging.DEBUG if verbose else logging.CRITICAL)
+    # Python warnings (Dask's "Port 8787 is already in use ...", a library's deprecation)
+    # print several raw lines to stderr; here each is one line of the job's log, once.
+    warnings.showwarning = _log_warning
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the command: the warning's kind and text in one log line."""
+    logging.getLogger("shardflow.warnings").warning("%s: %s", category.__name__, " ".join(str(message).split()))
 
 
 def _cluster_overrides(args) -> list[str]:

@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from importlib import metadata
@@ -43,13 +44,22 @@ def test_run_generates_default_dataset_then_runs_the_pipeline(tmp_path):
 
 def test_terminal_output_of_a_run(tmp_path):
     """Progress for the long steps (XGBoost rounds, MLP epochs) with final lines; no native or
-    worker output outside the log format; an offline performance report; the report's path last."""
-    cmd = [sys.executable, "-m", "shardflow", "run", "--rows", "20000", "--work-dir", str(tmp_path),
-           "--n-workers", "2", "--memory-limit", "1GB", "--performance-report",
-           "--set", "train.xgboost.num_boost_round=40", "--set", "train.mlp.epochs=2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    worker output outside the log format, also when the dashboard's port is taken (another
+    Dask cluster or Jupyter on the machine); an offline performance report; the report's
+    path last."""
+    with socket.socket() as taken:  # a port another program holds, as 8787 often is
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cmd = [sys.executable, "-m", "shardflow", "run", "--rows", "20000", "--work-dir", str(tmp_path),
+               "--n-workers", "2", "--memory-limit", "1GB", "--performance-report",
+               "--set", "train.xgboost.num_boost_round=40", "--set", "train.mlp.epochs=2",
+               "--set", f"cluster.dashboard_address=127.0.0.1:{port}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     err = proc.stderr.splitlines()
+    taken_lines = [line for line in err if f"Port {port} is already in use" in line]
+    assert len(taken_lines) == 1 and "shardflow.warnings WARNING: UserWarning: " in taken_lines[0], proc.stderr
     assert any(line.startswith("xgboost: ") and "/40 rounds" in line for line in err), proc.stderr
     assert any(line.startswith("mlp: 2/2 epochs") for line in err), proc.stderr
     assert any(line.startswith("etl pass 1/3 (profile): ") and "tasks" in line for line in err)
