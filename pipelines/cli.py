@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, type=path_or_url, metavar="DIR",
                      help="export directory (model.onnx, metadata.json)")
     exp.add_argument("--quantize", choices=("int8",), help="also write model.int8.onnx (MLP families)")
+    exp.add_argument("--int8-tolerance", type=float, default=0.01, metavar="FRACTION",
+                     help="with --quantize int8: refuse an int8 model whose validation metric is worse than "
+                          "fp32's by more than this fraction of it (default 0.01)")
     exp.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
 
     rep = sub.add_parser("report", help="rebuild a run's report.html")
@@ -239,7 +242,8 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from shardflow.pipelines.export import export
 
-    result = export(args.run_dir, args.out, model=args.model, quantize=args.quantize, overwrite=args.overwrite)
+    result = export(args.run_dir, args.out, model=args.model, quantize=args.quantize, overwrite=args.overwrite,
+                    int8_tolerance=args.int8_tolerance)
     print(result.path)
     return 0
 

@@ -71,6 +71,9 @@ class Family:
     export : callable
         ``export(graph, features, payload, kind) -> scores``: the family's predictions as ONNX
         operators (:mod:`shardflow.tasks.onnx_graph`), for ``shardflow export``.
+    quantizable : bool
+        Its models are matrix products whose weights ``shardflow export --quantize int8``
+        can quantize (the MLP families; trees have nothing to quantize).
     tracking : callable, optional
         ``tracking(files, family, sample) -> {"params", "curves", "log_model"}`` for MLflow
         (:mod:`shardflow.pipelines.tracking`): the effective hyperparameters, the metrics per
@@ -93,6 +96,7 @@ class Family:
     export: Callable | None = None
     default: bool = True
     small_data_on_one_worker: bool = False
+    quantizable: bool = False
     tracking: Callable | None = None
 
     @property
@@ -136,11 +140,11 @@ FAMILIES = {f.name: f for f in (
     Family("mlp", "data-parallel MLP", "global", 3,
            train=_lazy("mlp", "train_family"), save=_lazy("mlp", "save_family"), load=_lazy("mlp", "load_family"),
            predict=predictors.predict_mlp, curves=_lazy("mlp", "curves"), export=onnx_graph.export_mlp,
-           tracking=_lazy("mlp", "tracking")),
+           tracking=_lazy("mlp", "tracking"), quantizable=True),
     Family("mlp_partitions", "per-partition MLP ensemble", "per_partition", 1,
            partition_job=_lazy("partitions", "mlp_job"), save=_lazy("partitions", "save_mlps"),
            load=_lazy("partitions", "load_mlps"), predict=predictors.predict_mlp_ensemble,
-           curves=_lazy("partitions", "mlp_curves"), export=onnx_graph.export_mlp_ensemble),
+           curves=_lazy("partitions", "mlp_curves"), export=onnx_graph.export_mlp_ensemble, quantizable=True),
     Family("xgboost_groups", "per-group XGBoost (train.groups)", "per_group", 2, needs=("xgboost",),
            train=_lazy("groups", "train_family"), save=_lazy("groups", "save_family"),
            load=lambda files, family: {**_lazy("groups", "load_family")(files, family),
