@@ -274,3 +274,44 @@ def test_stale_temporary_directories_are_cleaned_at_the_next_start(tmp_path):
     prepare_runs_dir(runs)
     assert sorted(p.name for p in runs.iterdir()) == sorted([live.name, young_legacy.name, other_host.name,
                                                              run_dir.name])
+
+
+# ----------------------------------------------------------------------------- the split depends on values only
+
+
+def test_csv_parquet_and_a_dataframe_of_the_same_rows_get_the_same_split(runtime, tmp_path):
+    """The split hashes each key value's canonical form: the CSV's text ``"0.23"``, a Parquet
+    float32 ``0.23``, a DataFrame's float64 ``0.23``, and ``"2026-01-05 10:00:00"`` as text or
+    as a timestamp are one value each (diamonds once split 10,626 and 10,830 ways)."""
+    from shardflow.pipelines.estimator import Estimator
+
+    rng = np.random.default_rng(5)
+    n = 3000
+    typed = pd.DataFrame({"id": np.arange(n), "carat": rng.uniform(0.2, 3, n).round(2), "cut": rng.choice(["Ideal", "Good", "Fair"], n),
+                          "depth": rng.normal(61, 1.5, n).round(1), "sold": True,
+                          "when": pd.Timestamp("2026-01-05") + pd.to_timedelta(rng.integers(0, 10**5, n), unit="min"),
+                          "price": rng.integers(300, 19000, n)})
+    typed["sold"] = rng.random(n) < 0.7
+    typed.to_csv(tmp_path / "diamonds.csv", index=False)
+    stored = typed.astype({"carat": "float32"})  # as an Arrow writer narrowed it
+    pq.write_table(pa.Table.from_pandas(stored, preserve_index=False), tmp_path / "diamonds.parquet")
+    sections = {"target": {"column": "price", "task": "regression"},
+                "features": {"numeric": ["carat", "depth"], "categorical": ["cut"]},
+                "output": {"runs_dir": "runs", "keep_columns": ["id"]},
+                "train": {"models": ["xgboost"], "xgboost": {"num_boost_round": 5}}}
+
+    def split_of(run_dir):
+        features = pd.read_parquet(run_dir / "etl" / "features")
+        return features.assign(id=features["id"].astype(int)).set_index("id").sort_index()["_is_validation"]
+
+    splits = {}
+    for name in ("diamonds.csv", "diamonds.parquet"):
+        config = load_config(write_job(tmp_path, input={"path": name}, **sections))
+        splits[name] = split_of(etl(config, runtime=runtime).run_dir)
+    config = load_config(write_job(tmp_path, input={"path": "unused.csv"}, **sections))
+    fitted = Estimator(config, runtime=runtime).fit(typed)
+    splits["DataFrame"] = split_of(fitted.run_dir_)
+    assert len(splits["diamonds.csv"]) == n
+    assert 0.1 * n < splits["diamonds.csv"].sum() < 0.3 * n
+    for name, split in splits.items():
+        assert split.equals(splits["diamonds.csv"]), (name, int(split.sum()), int(splits["diamonds.csv"].sum()))
