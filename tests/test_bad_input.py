@@ -185,8 +185,7 @@ def test_urls_outside_the_object_stores_and_credentials_in_configs_are_refused(t
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     monkeypatch.delenv("SHARDFLOW_STORAGE_ENDPOINTS", raising=False)
-    for options in ["{endpoint_url: 'http://attacker.example'}", "{client_kwargs: {endpoint_url: 'http://a.example'}}",
-                    "{config_kwargs: {proxies: {https: 'http://a.example:3128'}}}"]:
+    for options in ["{endpoint_url: 'http://attacker.example'}", "{client_kwargs: {endpoint_url: 'http://a.example'}}"]:
         with pytest.raises(ConfigError, match=r"would receive the environment's credentials, and a config does not "
                                               r"choose where they go; allow it in the environment "
                                               r"\(SHARDFLOW_STORAGE_ENDPOINTS="):

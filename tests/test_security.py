@@ -334,3 +334,83 @@ def test_a_tracking_uri_with_credentials_is_refused_before_anything_is_written(t
     written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name not in ("job.yaml", "t.csv")]
     assert not [p for p in written if b"s3cret" in p.read_bytes()], written
     assert not (tmp_path / "work").exists()
+
+
+#: The issue's storage options, each weakening transport or access (top level and nested where s3fs reads them).
+STORAGE_PAYLOADS = [
+    ("use_ssl", {"use_ssl": False}),
+    ("verify", {"verify": False}),
+    *((("acl", {"acl": acl})) for acl in ("public-read", "public-read-write", "authenticated-read")),
+    ("profile", {"profile": "other-account"}),
+    ("proxies_config", {"proxies_config": {"proxy_use_forwarding_for_https": True}}),
+    ("client_kwargs.use_ssl", {"client_kwargs": {"use_ssl": False}}),
+    ("client_kwargs.verify", {"client_kwargs": {"verify": False}}),
+    ("s3_additional_kwargs.ACL", {"s3_additional_kwargs": {"ACL": "public-read"}}),
+    ("config_kwargs.proxies", {"config_kwargs": {"proxies": {"https": "http://127.0.0.1:3128"}}}),
+    ("config_kwargs.proxies_config", {"config_kwargs": {"proxies_config": {"proxy_ca_bundle": "/tmp/ca.pem"}}}),
+]
+
+
+def test_storage_options_that_weaken_transport_or_access_are_refused(runtime, tmp_path, monkeypatch):
+    """A config's ``storage_options`` is an allow-list: TLS off, public ACLs, a profile or a proxy are
+    refused in one line that points to the environment, and the store (an endpoint the environment
+    allows, a plain listening socket here) is never reached: nothing read, written or sent."""
+    import socket
+    import threading
+
+    # The store's endpoint: a socket that records each connection and closes it at once (a request
+    # that got through fails fast instead of waiting for an answer).
+    listener, connections, done = socket.socket(), [], threading.Event()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.05)
+
+    def record():
+        while not done.is_set():
+            try:
+                conn, peer = listener.accept()
+            except OSError:
+                continue
+            connections.append(peer)
+            conn.close()
+
+    recorder = threading.Thread(target=record, daemon=True)
+    recorder.start()
+    endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    monkeypatch.setenv("SHARDFLOW_STORAGE_ENDPOINTS", f"{endpoint},http://127.0.0.1:3128")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "shardflow-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-secret")
+    quick = {"connect_timeout": 1, "read_timeout": 1, "retries": {"max_attempts": 0}}  # allowed: fails fast if reached
+    base = yaml.safe_load(default_config_path().read_text())
+    try:
+        for key, payload in STORAGE_PAYLOADS:
+            options = {"endpoint_url": endpoint, **payload}
+            options["config_kwargs"] = {**quick, **payload.get("config_kwargs", {})}
+            job = tmp_path / "job.yaml"
+            job.write_text(yaml.safe_dump({**base, "input": {**base["input"], "path": "s3://lake/trips"},
+                                           "joins": [], "output": {"runs_dir": "s3://lake/runs"},
+                                           "storage_options": options}))
+            with pytest.raises(ConfigError) as err:
+                etl(load_config(job), runtime=runtime)  # only reached if the config were accepted
+            message = str(err.value)
+            assert len(message.splitlines()) == 1, message
+            assert f"config key 'storage_options.{key}': not an option a config may set" in message, message
+            assert "set it in the environment instead" in message, message
+    finally:
+        done.set()
+        recorder.join()
+        listener.close()
+    assert connections == []  # the store was never reached: nothing read, written or sent
+    # The harmless options stay a config's to choose (an endpoint: only one the environment allows).
+    allowed = {"anon": False, "requester_pays": True, "default_block_size": 8 << 20, "default_cache_type": "readahead",
+               "endpoint_url": endpoint, "client_kwargs": {"region_name": "eu-west-1"},
+               "config_kwargs": {"retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 5,
+                                 "s3": {"addressing_style": "path"}},
+               "s3_additional_kwargs": {"ServerSideEncryption": "AES256"}}
+    config = load_config(default_config_path(), [f"storage_options={json.dumps(allowed)}"])
+    assert config.storage_options == allowed
+    for options, problem in [({"default_block_size": 1 << 40}, "must be between"),
+                             ({"anon": "yes"}, "expected true or false"),
+                             ({"requester_pays": "billing-project"}, "expected true or false")]:
+        with pytest.raises(ConfigError, match=problem):
+            load_config(default_config_path(), [f"storage_options={json.dumps(options)}"])
