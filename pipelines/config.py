@@ -41,6 +41,17 @@ from shardflow.tasks.schema import COLUMN_KINDS, DATETIME_PARTS
 from shardflow.tasks.labels import MAX_CLASSES
 from shardflow.tasks.targets import TARGET_TRANSFORMS, TASK_TYPES, target_kind
 
+#: Upper bounds of the numeric options: far above any real job, below what fails deep inside
+#: a library (a seed NumPy's legacy generator refuses, a layer whose weights no memory holds)
+#: or runs for ever (a billion boosting rounds).
+MAX_SEED = 2**32 - 1  #: what NumPy, XGBoost and torch all accept as a seed
+MAX_ROUNDS = 1_000_000  #: boosting rounds, epochs, patience
+MAX_ROWS = 2**31 - 1  #: rows of a partition, a chunk or a batch
+MAX_PARTITIONS = 100_000  #: input.partitions: the scheduler's cost grows with every task
+MAX_LAYER_WIDTH = 16_384  #: two such layers hold 1 GiB of weights
+MAX_EMBEDDING_DIM = 1_024
+MAX_SECONDS = 30 * 24 * 3600
+
 
 @dataclass
 class InputConfig:
@@ -51,7 +62,8 @@ class InputConfig:
     worth splitting (8 MB of CSV, 100,000 Parquet rows) in at least as many partitions as
     the cluster has worker threads, of about equal size (byte ranges of a CSV file — one
     under ``blocksize`` only if it has no quotes —, groups of Parquet row groups);
-    ``partitions: N`` asks for about N. ``blocksize`` bounds a CSV partition;
+    ``partitions: N`` asks for about N (at most 100,000, and bounded by the data: a partition
+    holds at least 2,000 rows, which ``shardflow plan`` reports). ``blocksize`` bounds a CSV partition;
     ``max_partition_rows`` bounds a Parquet partition (a file with many row groups is
     split between them). ``types`` gives the kind (``number``,
     ``datetime``, ``string``) of columns that are not features but are used by
@@ -69,7 +81,7 @@ class InputConfig:
     csv_delimiter: str = option(",", check=Text("one character"))
     partitions: str = option("auto", check=Anything("auto, or a number of partitions (at least 1)"))
     blocksize: str = option("128MB", check=ByteSize())
-    max_partition_rows: int = option(2_000_000, check=Between(1))
+    max_partition_rows: int = option(2_000_000, check=Between(1, MAX_ROWS))
     types: dict[str, str] = option(factory=dict, check=OneOf(COLUMN_KINDS))
     persist: str = option("auto", check=OneOf(("auto", "true", "false")))
     exchangeable: bool = option(False, check=OneOf((True, False)))
@@ -104,8 +116,10 @@ class TargetConfig:
     sorted; for two classes the second is the positive one); rows with other labels are
     quarantined. ``transform: log1p`` trains regression models on ``log(1 + y)`` (for
     skewed positive targets) and maps predictions back. ``weight`` names a column of
-    sample weights (≥ 0) used by every model's loss, the ensembles' averaging and the
-    metrics.
+    sample weights (0, or a float32 number ≥ 1.2e-38; other rows are quarantined) used by
+    every model's loss, the ensembles' averaging and the metrics; the training and the
+    validation rows must not all weigh 0. A regression target past float32's range
+    (``inf``, ``1e400``) quarantines its row.
     """
 
     column: str = option("", check=Text("a column name", nonempty=True))
@@ -132,15 +146,15 @@ class CleanConfig:
     """``clean:`` ``valid_ranges`` (outside: row quarantined) and outlier clipping."""
 
     valid_ranges: dict[str, list] = option(factory=dict, check=Anything("[min, max] per column, checked with the columns"))
-    clip_sigma: float | None = option(5.0, check=Between(0, open_low=True))
+    clip_sigma: float | None = option(5.0, check=Between(0, 1_000, open_low=True))  # null: no clipping
 
 
 @dataclass
 class EncodeConfig:
     """``encode:`` categorical vocabularies fitted across all partitions."""
 
-    min_frequency: int = option(10, check=Between(1))
-    max_categories: int = option(10_000, check=Between(1))
+    min_frequency: int = option(10, check=Between(1, MAX_ROWS))
+    max_categories: int = option(10_000, check=Between(1, 100_000_000))  # codes are int32
 
 
 @dataclass
@@ -149,7 +163,7 @@ class SplitConfig:
 
     key: list[str] | None = option(None, check=Names())
     validation_fraction: float = option(0.2, check=Between(0, 1, open_low=True, open_high=True))
-    seed: int = option(0, check=Between(0))
+    seed: int = option(0, check=Between(0, MAX_SEED))
 
 
 @dataclass
@@ -161,7 +175,7 @@ class OutputConfig:
 
     runs_dir: str = option("shardflow-work/runs", check=Text("a directory", nonempty=True))
     keep_columns: list[str] = option(factory=list, check=Names())
-    zarr_chunk_rows: int | None = option(None, check=Between(1))
+    zarr_chunk_rows: int | None = option(None, check=Between(1, MAX_ROWS))
 
 
 @dataclass
@@ -179,12 +193,13 @@ class XGBoostConfig:
     MOVED_KEYS: typing.ClassVar[dict] = {"max_attempts": "train.max_attempts",
                                          "collective_timeout": "train.collective_timeout"}
 
-    num_boost_round: int = option(300, check=Between(1))
-    early_stopping_rounds: int | None = option(20, check=Between(1))
-    checkpoint_every: int = option(25, check=Between(1))
+    num_boost_round: int = option(300, check=Between(1, MAX_ROUNDS))
+    early_stopping_rounds: int | None = option(20, check=Between(1, MAX_ROUNDS))
+    checkpoint_every: int = option(25, check=Between(1, MAX_ROUNDS))
     categorical: bool = option(True, check=OneOf((True, False)))
     single_worker: str = option("auto", check=OneOf(("auto", "true", "false")))
-    params: dict = option(factory=dict, check=Anything("XGBoost's own parameters, checked by XGBoost"))
+    params: dict = option(factory=dict, check=Anything("XGBoost's own parameters, checked by XGBoost",
+                                                       allows_non_finite=True))  # missing: .nan
 
 
 @dataclass
@@ -192,9 +207,9 @@ class PartitionModelsConfig:
     """``train.partitions:`` one model per group of partitions, trained where the data is; the XGBoost
     models take the global model's parameters and ``early_stopping_rounds`` (on their own validation rows)."""
 
-    partitions_per_model: int = option(1, check=Between(1))
-    xgboost_rounds: int = option(300, check=Between(1))
-    mlp_epochs: int = option(3, check=Between(1))
+    partitions_per_model: int = option(1, check=Between(1, MAX_PARTITIONS))
+    xgboost_rounds: int = option(300, check=Between(1, MAX_ROUNDS))
+    mlp_epochs: int = option(3, check=Between(1, MAX_ROUNDS))
 
 
 @dataclass
@@ -209,8 +224,8 @@ class GroupModelsConfig:
     """
 
     partition_by: list[str] = option(factory=list, check=Anything("categorical feature names, checked below"))
-    min_rows: int = option(200, check=Between(1))
-    xgboost_rounds: int = option(300, check=Between(1))
+    min_rows: int = option(200, check=Between(1, MAX_ROWS))
+    xgboost_rounds: int = option(300, check=Between(1, MAX_ROUNDS))
 
 
 @dataclass
@@ -224,22 +239,22 @@ class MLPConfig:
     the whole shard).
     """
 
-    hidden: list[int] = option(factory=lambda: [128, 64], check=Anything("layer widths, checked below (each at least 1)"))
-    embedding_dim: int = option(16, check=Between(1))
+    hidden: list[int] = option(factory=lambda: [128, 64], check=Between(1, MAX_LAYER_WIDTH))
+    embedding_dim: int = option(16, check=Between(1, MAX_EMBEDDING_DIM))
     dropout: float = option(0.0, check=Between(0, 1, open_high=True))
-    epochs: int = option(6, check=Between(1))
-    batch_size: int | None = option(1024, check=Between(1))
+    epochs: int = option(6, check=Between(1, MAX_ROUNDS))
+    batch_size: int | None = option(1024, check=Between(1, MAX_ROWS))
     optimizer: str = option("adam", check=OneOf(("adam", "sgd")))
-    lr: float = option(3e-3, check=Between(0, open_low=True))
+    lr: float = option(3e-3, check=Between(0, 10, open_low=True))
     momentum: float = option(0.0, check=Between(0, 1, open_high=True))
-    weight_decay: float = option(0.0, check=Between(0))
+    weight_decay: float = option(0.0, check=Between(0, 10))
     lr_schedule: str = option("cosine", check=OneOf(("constant", "cosine", "step")))
     warmup: float = option(0.0, check=Between(0, 1, open_high=True))
     sync: str = option("parameters", check=OneOf(("parameters", "gradients")))
-    sync_every: int | None = option(64, check=Between(1))
-    accumulation_steps: int = option(1, check=Between(1))
+    sync_every: int | None = option(64, check=Between(1, MAX_ROWS))
+    accumulation_steps: int = option(1, check=Between(1, MAX_ROWS))
     bf16: bool = option(False, check=OneOf((True, False)))
-    early_stopping_patience: int | None = option(2, check=Between(1))
+    early_stopping_patience: int | None = option(2, check=Between(1, MAX_ROUNDS))
     device: str = option("auto", check=OneOf(("auto", "cpu", "cuda")))
 
 
@@ -256,9 +271,9 @@ class TrainConfig:
     """
 
     models: list[str] = option(factory=lambda: list(DEFAULT_FAMILIES), check=OneOf(FAMILY_NAMES))
-    seed: int = option(0, check=Between(0))
-    max_attempts: int = option(3, check=Between(1))
-    collective_timeout: int | None = option(600, check=Between(1))
+    seed: int = option(0, check=Between(0, MAX_SEED))
+    max_attempts: int = option(3, check=Between(1, 100))
+    collective_timeout: int | None = option(600, check=Between(1, MAX_SECONDS))
     xgboost: XGBoostConfig = option(factory=XGBoostConfig, check=Section())
     partitions: PartitionModelsConfig = option(factory=PartitionModelsConfig, check=Section())
     groups: GroupModelsConfig = option(factory=GroupModelsConfig, check=Section())
@@ -397,9 +412,14 @@ def validate(config: Config) -> None:
     partitions = config.input.partitions
     if isinstance(partitions, str) and partitions.strip().isdigit():
         partitions = config.input.partitions = int(partitions)
+    elif isinstance(partitions, str) and _whole_number(partitions) is not None:  # 1e3, 1000.0
+        partitions = config.input.partitions = _whole_number(partitions)
     if partitions != "auto" and not (isinstance(partitions, int) and partitions >= 1):
         raise ConfigError(f"config key 'input.partitions': expected auto or a whole number of at least 1, got "
                           f"{partitions!r}")
+    if partitions != "auto" and partitions > MAX_PARTITIONS:
+        raise ConfigError(f"config key 'input.partitions': {partitions:,} partitions, at most {MAX_PARTITIONS:,} "
+                          "(a task costs about 1 ms to schedule); write auto, or fewer")
     for col, bounds in config.clean.valid_ranges.items():
         if not isinstance(bounds, list) or len(bounds) != 2:
             raise ConfigError(f"config key 'clean.valid_ranges.{col}': expected [min, max] (null for open), got {bounds!r}")
@@ -422,6 +442,15 @@ def validate(config: Config) -> None:
         config.cluster.validate()
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def _whole_number(text: str) -> int | None:
+    """``text`` as a whole number when it spells one (``1e3``, ``1000.0``), else None."""
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() else None
 
 
 def _validate_target(target: TargetConfig, features: list, xgboost_params: dict) -> None:

@@ -380,6 +380,14 @@ def _check_profile(profile, config: Config, source) -> None:
             f"the split of {config.input.path!r} left {train_rows} training and {profile.validation_rows} "
             "validation rows; both are needed: adjust split.validation_fraction (or split.key, if few "
             "distinct keys decide the split)")
+    for rows, total, (split, consequence) in zip(
+            (train_rows, profile.validation_rows), profile.weight_sums or (),
+            (("training", "no model can learn from them"), ("validation", "no metric can be computed on them"))):
+        if not total > 0:  # XGBoost fails on a zero weight sum (a native stack), metrics divide by it
+            raise InputError(
+                f"target.weight {config.target.weight!r}: the {rows:,} {split} rows kept weigh 0 in total, so "
+                f"{consequence}: check the column in {config.input.path!r} (rows with missing, negative or "
+                "non-finite weights are quarantined), or remove target.weight")
 
 
 def _join_report(profile, config: Config, dims) -> dict:

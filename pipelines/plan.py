@@ -8,7 +8,7 @@ from dask.utils import format_bytes
 
 from shardflow.pipelines.config import Config
 from shardflow.pipelines.dimensions import dimension_frames, load_dimensions
-from shardflow.pipelines.source import inspect_source, prepared_meta, read_source, table_spec
+from shardflow.pipelines.source import MIN_PARTITION_ROWS, inspect_source, prepared_meta, read_source, table_spec
 from shardflow.tasks.schema import TableSpec
 
 
@@ -102,6 +102,11 @@ class InputPlan:
         per_worker = max(threads or [1]) * 3 * max(partition_bytes or [0]) + (
             in_memory / max(1, len(workers)) if persist else 0)
         warnings = []
+        if source.partitions_bounded:
+            warnings.append(f"input.partitions: {source.partitions_bounded:,} would make partitions of about "
+                            f"{total_rows // source.partitions_bounded:,} rows; bounded by the data to {len(rows):,} "
+                            f"partition(s) of at least {MIN_PARTITION_ROWS:,} rows (each costs scheduling time): "
+                            "write auto, or fewer")
         limit = min(memory) if memory and all(memory) else 0
         if limit and max(partition_bytes or [0]) * 3 > limit / max(threads or [1]):
             largest = format_bytes(int(max(partition_bytes)))

@@ -45,6 +45,8 @@ class Source:
     file_rows: dict = field(default_factory=dict)
     bytes: int = 0  #: uncompressed Parquet size (from the footers), or CSV file size
     piece_rows: list = field(default_factory=list)  #: Parquet: rows of each piece (from the footers)
+    #: ``input.partitions`` when the data bounded it (:data:`MIN_PARTITION_ROWS`), else None.
+    partitions_bounded: int | None = None
 
 
 #: Inputs smaller than this are read as they are (one partition per file, or per
@@ -52,6 +54,11 @@ class Source:
 #: a second, and more partitions would cost more in scheduling than they save.
 SPLIT_MIN_BYTES = 8 * 2**20
 SPLIT_MIN_ROWS = 100_000
+#: ``input.partitions: N`` is bounded by the data: a partition holds at least this many rows
+#: (estimated from line lengths for CSV). Smaller ones cost more in scheduling (about 1 ms a
+#: task, several tasks a partition) than their rows take to process: 20,000 partitions of
+#: one row each made no progress in minutes.
+MIN_PARTITION_ROWS = 2_000
 
 
 def inspect_source(config: Config, threads: int | None = None) -> Source:
@@ -133,6 +140,9 @@ def _inspect_parquet(files, max_rows: int, *, target: int | None = None, forced:
         rows += meta.num_rows
         size += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
         metas.append((f, meta))
+    bounded = None
+    if forced and target > max(1, rows // MIN_PARTITION_ROWS):
+        bounded, target = target, max(1, rows // MIN_PARTITION_ROWS)
     if target and (forced or rows >= SPLIT_MIN_ROWS):
         max_rows = min(max_rows, max(1, -(-rows // target)))
     for f, meta in metas:
@@ -152,7 +162,7 @@ def _inspect_parquet(files, max_rows: int, *, target: int | None = None, forced:
             pieces.append(Piece(f, "parquet", None if whole else tuple(group), storage_options=options))
             piece_rows.append(group_rows)
     return Source("parquet", files, schema, pieces, rows, file_fingerprint(files, options), file_rows=file_rows, bytes=size,
-                  piece_rows=piece_rows)
+                  piece_rows=piece_rows, partitions_bounded=bounded)
 
 
 def _kind(typ: pa.DataType) -> str:
@@ -179,6 +189,11 @@ def _inspect_csv(files, delimiter: str, blocksize: int, *, target: int | None = 
     sizes = {f: file_size(f, options) for f in files}
     size = sum(sizes.values())
     configured = blocksize
+    bounded = None
+    if forced and files:
+        fewest_bytes = MIN_PARTITION_ROWS * _csv_bytes_per_row(files[0], options)
+        if target > max(1, size // fewest_bytes):
+            bounded, target = target, max(1, int(size // fewest_bytes))
     if target and (forced or size >= SPLIT_MIN_BYTES):
         blocksize = min(blocksize, max(1, -(-size // target)))
     for f in files:
@@ -201,7 +216,14 @@ def _inspect_csv(files, delimiter: str, blocksize: int, *, target: int | None = 
             pieces.extend(Piece(f, "csv", start=a, end=b, storage_options=options)
                           for a, b in zip(bounds[:-1], bounds[1:]))
     return Source("csv", files, schema, pieces, None, file_fingerprint(files, options), csv_delimiter=delimiter,
-                  bytes=size)
+                  bytes=size, partitions_bounded=bounded)
+
+
+def _csv_bytes_per_row(path: str, options: dict | None = None) -> float:
+    """The mean line length of a CSV file's first megabyte (an estimate of its rows' size)."""
+    with open_file(path, "rb", options) as handle:
+        head = handle.read(2**20)
+    return max(1.0, len(head) / max(1, head.count(b"\n")))
 
 
 def _has_quotes(path: str, options: dict | None = None) -> bool:

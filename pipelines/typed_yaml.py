@@ -6,9 +6,11 @@ and, for an unknown key, suggests the closest known one.
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -36,6 +38,13 @@ _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool",
     re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
     list("tTfF"),
+)
+# YAML 1.2 numbers: ``1e-3`` and ``1e6`` are floats (YAML 1.1 wants a dot, ``1.0e-3``, and
+# reads them as text, so ``lr: 1e-3`` would be refused as "not a number").
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
 )
 
 
@@ -139,6 +148,8 @@ def coerce(value, hint, key: str):
             raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
         return value
     if hint is int:
+        if isinstance(value, float) and value.is_integer():  # 1e6, 300.0: a whole number
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
         return value
@@ -194,9 +205,14 @@ def check_byte_size(key: str, value, fraction: bool = False, auto: bool = False)
 
 
 class Constraint:
-    """What a config field accepts; :meth:`problem` says what is wrong with a value, or None."""
+    """What a config field accepts; :meth:`problem` says what is wrong with a value, or None.
+
+    Every number in a field's value (nested in its lists and mappings too) must be finite
+    and fit 64 bits (:func:`number_problem`) unless the constraint ``allows_non_finite``.
+    """
 
     allows_none = False
+    allows_non_finite = False
 
     def problem(self, value) -> str | None:  # pragma: no cover - every subclass overrides it
         raise NotImplementedError
@@ -204,7 +220,8 @@ class Constraint:
 
 @dataclass(frozen=True)
 class Between(Constraint):
-    """A number in ``[low, high]`` (an open end: ``None``; ``open_low``/``open_high`` exclude the end).
+    """A number in ``[low, high]`` (an open end: ``None``; ``open_low``/``open_high`` exclude the end);
+    for a list, each of its items.
 
     Examples
     --------
@@ -214,6 +231,10 @@ class Between(Constraint):
     'must be at least 1, got 0'
     >>> Between(1).problem(3) is None
     True
+    >>> Between(0, 1).problem(float("nan"))
+    'must be a finite number, got nan'
+    >>> Between(1, 2**14).problem([64, 10**11])
+    'item 1 must be between 1 and 16,384, got 100000000000'
     """
 
     low: float | None = None
@@ -222,19 +243,36 @@ class Between(Constraint):
     open_high: bool = False
 
     def problem(self, value):
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                problem = self.problem(item)
+                if problem:
+                    return f"item {i} {problem}"
+            return None
+        if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison
+            return f"must be a finite number, got {value!r}"
         too_low = self.low is not None and (value <= self.low if self.open_low else value < self.low)
         too_high = self.high is not None and (value >= self.high if self.open_high else value > self.high)
         if not (too_low or too_high):
             return None
+        low, high = _bound(self.low), _bound(self.high)
         if self.low is not None and self.high is not None:
-            excluded = [f"{v:g}" for v, is_open in ((self.low, self.open_low), (self.high, self.open_high)) if is_open]
+            excluded = [_bound(v) for v, is_open in ((self.low, self.open_low), (self.high, self.open_high)) if is_open]
             note = " (exclusive)" if len(excluded) == 2 else f" (excluding {excluded[0]})" if excluded else ""
-            allowed = f"between {self.low:g} and {self.high:g}{note}"
+            allowed = f"between {low} and {high}{note}"
         elif self.low is not None:
-            allowed = f"{'above' if self.open_low else 'at least'} {self.low:g}"
+            allowed = f"{'above' if self.open_low else 'at least'} {low}"
         else:
-            allowed = f"{'below' if self.open_high else 'at most'} {self.high:g}"
+            allowed = f"{'below' if self.open_high else 'at most'} {high}"
         return f"must be {allowed}, got {value!r}"
+
+
+def _bound(value) -> str:
+    """A bound as a message writes it: whole numbers with thousands separators (a seed's
+    4,294,967,295, not 4.29497e+09)."""
+    if value is None:
+        return ""
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
 
 
 @dataclass(frozen=True)
@@ -292,9 +330,11 @@ class Names(Constraint):
 
 @dataclass(frozen=True)
 class Anything(Constraint):
-    """Passed through unchecked, for the reason given (e.g. XGBoost's own parameters)."""
+    """Passed through unchecked, for the reason given (e.g. XGBoost's own parameters), but
+    for its numbers, finite unless ``allows_non_finite`` (XGBoost's ``missing: .nan``)."""
 
     why: str
+    allows_non_finite: bool = False
 
     def problem(self, value):
         return None
@@ -334,7 +374,44 @@ def field_problems(section, prefix: str = "") -> list:
         check = f.metadata.get("check")
         if value is None or check is None:
             continue
-        problem = check.problem(value)
+        problem = check.problem(value) or (None if check.allows_non_finite else number_problem(value))
         if problem:
             problems.append(f"config key '{key}': {problem}")
     return problems
+
+
+#: The largest integer a config holds: NumPy, pandas, XGBoost and torch take 64-bit integers,
+#: and a larger one fails deep inside them.
+MAX_INTEGER = 2**63 - 1
+
+
+def number_problem(value) -> str | None:
+    """What is wrong with the numbers in ``value`` (itself, or nested in its lists and
+    mappings): NaN or an infinity (YAML's ``.nan``, ``.inf``, which pass every range
+    check), or an integer past 64 bits; None when nothing is.
+
+    Examples
+    --------
+    >>> number_problem(float("nan"))
+    'must be a finite number, got nan'
+    >>> number_problem({"fare": [0, float("inf")]})
+    "holds inf (at ['fare'][1]); write finite numbers (null for none)"
+    >>> number_problem(10**20)
+    'must be at most 9,223,372,036,854,775,807 (64 bits), got 100000000000000000000'
+    >>> number_problem({"a": [1, "x", 2.5]}) is None
+    True
+    """
+    queue = collections.deque([("", value)])
+    while queue:  # breadth first, in order: the first bad number is the one named
+        where, item = queue.popleft()
+        if isinstance(item, dict):
+            queue.extend((f"{where}[{k!r}]", v) for k, v in item.items())
+        elif isinstance(item, list):
+            queue.extend((f"{where}[{i}]", v) for i, v in enumerate(item))
+        elif isinstance(item, float) and not math.isfinite(item):
+            return (f"holds {item!r} (at {where}); write finite numbers (null for none)" if where
+                    else f"must be a finite number, got {item!r}")
+        elif isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_INTEGER:
+            bound = f"at most {MAX_INTEGER:,} (64 bits)"
+            return f"holds {item!r} (at {where}); numbers must be {bound}" if where else f"must be {bound}, got {item!r}"
+    return None

@@ -20,6 +20,11 @@ from shardflow.tasks.schema import REASON_COLUMN, SPLIT_COLUMN, WEIGHT_COLUMN, T
 from shardflow.tasks.targets import target_kind, target_transform
 
 _SPLIT_BUCKETS = 1 << 20
+#: The target and the weights are float32 in the feature arrays and the models: a value past
+#: float32's largest is infinite there (every sum, loss and metric with it), and a positive
+#: weight under its smallest normal number is zero or a denormal (XGBoost's weight sums fail).
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 
 
 class PreparedPartition(NamedTuple):
@@ -119,6 +124,8 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
             examples = tuple(str(v) for v in backend.to_pandas(raw_target[failed]).unique()[:3])
         target_missing = target.isna()
         reject(target_missing, f"{spec.target}: missing target")
+        if not target_kind(spec.task).is_classification:  # inf, 1e400 (read as inf), 1e300
+            reject(~(target.abs() <= _FLOAT32_MAX), f"{spec.target}: target not a finite number within ±3.4e+38")
         if spec.classes:
             reject(~target.isin(list(spec.classes)), f"{spec.target}: label not in target.classes")
         transform = target_transform(spec.target_transform)
@@ -135,6 +142,8 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
         weight = _as_float(frame[spec.weight])
         reject(weight.isna(), f"{spec.weight}: missing sample weight")
         reject(~(weight >= 0) | (weight == np.inf), f"{spec.weight}: sample weight not a finite number ≥ 0")
+        reject(((weight > 0) & (weight < _FLOAT32_TINY)) | (weight > _FLOAT32_MAX),
+               f"{spec.weight}: sample weight outside float32's range (0, or 1.2e-38 to 3.4e+38)")
 
     good = reasons == 0
     split = split_membership(raw[list(spec.split_key)], spec.validation_fraction, spec.split_seed)

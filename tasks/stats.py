@@ -14,7 +14,7 @@ import numpy as np
 
 from shardflow.tasks import backend
 from shardflow.tasks.prepare import PreparedPartition
-from shardflow.tasks.schema import REASON_COLUMN, SPLIT_COLUMN, TableSpec
+from shardflow.tasks.schema import REASON_COLUMN, SPLIT_COLUMN, WEIGHT_COLUMN, TableSpec
 from shardflow.tasks.labels import MAX_CLASSES
 from shardflow.tasks.targets import target_kind, target_transform
 
@@ -115,6 +115,9 @@ class Profile:
     #: (the target mean is the mean label code for classification, see
     #: :func:`partition_differences`); how much the partitions differ.
     partition_means: dict = field(default_factory=dict)
+    #: With sample weights: ``[training rows' total weight, validation rows' total weight]``
+    #: (float64, as the weights are kept), else None.
+    weight_sums: list | None = None
 
 
 def partition_profile(part: PreparedPartition, spec: TableSpec, index: int) -> Profile:
@@ -144,6 +147,11 @@ def partition_profile(part: PreparedPartition, spec: TableSpec, index: int) -> P
         target_mean = float(target.mean[0]) if target.count[0] else None
     numeric = Moments.of(features, spec.numeric_features)
     means = [float(m) if c else None for m, c in zip(numeric.mean, numeric.count)]
+    weight_sums = None
+    if WEIGHT_COLUMN in features.columns:
+        weights = backend.to_host_array(features[WEIGHT_COLUMN], np.float64)
+        validation = backend.to_host_array(features[SPLIT_COLUMN], bool)
+        weight_sums = [float(weights[~validation].sum()), float(weights[validation].sum())]
     return Profile(
         rows=len(features),
         partition_rows=partition_rows,
@@ -159,6 +167,7 @@ def partition_profile(part: PreparedPartition, spec: TableSpec, index: int) -> P
         model_target=model_target,
         target_examples=list(part.target_examples),
         partition_means={index: [target_mean, means, values]},
+        weight_sums=weight_sums,
     )
 
 
@@ -203,6 +212,8 @@ def combine_profiles(a: Profile, b: Profile) -> Profile:
         model_target=a.model_target.merge(b.model_target),
         target_examples=list(dict.fromkeys(a.target_examples + b.target_examples))[:3],
         partition_means={**a.partition_means, **b.partition_means},
+        weight_sums=None if a.weight_sums is None or b.weight_sums is None
+        else [x + y for x, y in zip(a.weight_sums, b.weight_sums)],
     )
 
 

@@ -219,3 +219,142 @@ def test_urls_outside_the_object_stores_and_credentials_in_configs_are_refused(t
         load_config("http://example.com/job.yaml")
     with pytest.raises(ValueError, match=r"http:// URLs are not read"):
         load_model("http://example.com/runs/x")
+
+
+# ----------------------------------------------------------------------------- numbers: finite, sensible
+
+
+def config_options(cls=None, prefix=""):
+    """``(dotted key, type hint)`` of every config option, sections walked (lists of sections: not)."""
+    import dataclasses
+    import typing
+
+    from shardflow.pipelines.config import Config
+
+    cls = cls or Config
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        hint = hints[f.name]
+        inner = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        if typing.get_origin(hint) in (list, dict):
+            yield f"{prefix}{f.name}", typing.get_origin(hint)
+        elif dataclasses.is_dataclass(inner[0]):
+            yield from config_options(inner[0], f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", inner[0]
+
+
+def test_every_number_option_refuses_non_finite_and_absurd_values():
+    """NaN passes every comparison: each float option refuses .nan and .inf, each integer
+    option a value past 64 bits, in one line naming the key (a generic check, not a list)."""
+    floats = [key for key, hint in config_options() if hint is float]
+    integers = [key for key, hint in config_options() if hint is int]
+    assert "clean.clip_sigma" in floats and "train.mlp.lr" in floats and "split.seed" in integers
+    for key in floats:
+        for value, shown in ((".nan", "nan"), ("-.inf", "-inf")):
+            with pytest.raises(ConfigError, match=rf"config key '{key}': must be a finite number, got {shown}$"):
+                load_config(default_config_path(), [f"{key}={value}"])
+    for key in integers:
+        with pytest.raises(ConfigError, match=rf"config key '{key}': must be .*, got 100000000000000000000$"):
+            load_config(default_config_path(), [f"{key}=1e20"])
+    with pytest.raises(ConfigError, match=r"config key 'joins\[0\].min_match_rate': must be a finite number"):
+        load_config(default_config_path(), ["joins=[{path: zones.parquet, on: [pickup_zone], min_match_rate: .nan}]"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("clean.valid_ranges={trip_distance: [.nan, 5]}", r"'clean.valid_ranges': holds nan \(at \['trip_distance'\]\[0\]\)"),
+    ("split.seed=4294967296", r"'split.seed': must be between 0 and 4,294,967,295, got 4294967296"),
+    ("train.seed=1e20", r"'train.seed': must be between 0 and 4,294,967,295"),
+    ("train.mlp.hidden=[64, 1e11]", r"'train.mlp.hidden': item 1 must be between 1 and 16,384, got 100000000000"),
+    ("input.partitions=1e20", r"'input.partitions': 100,000,000,000,000,000,000 partitions, at most 100,000"),
+    ("train.mlp.lr=1e400", r"'train.mlp.lr': must be a finite number, got inf"),
+    ("target.classes=[.nan, 1]", r"'target.classes': holds nan"),
+])
+def test_absurd_config_numbers_are_refused_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(default_config_path(), [override])
+
+
+def test_sensible_numbers_still_pass():
+    config = load_config(default_config_path(), ["train.mlp.lr=1e-3", "train.seed=4294967295", "input.partitions=1e3",
+                                                 "train.xgboost.params={missing: .nan}", "clean.clip_sigma=null"])
+    assert config.train.mlp.lr == 0.001 and config.input.partitions == 1000 and config.clean.clip_sigma is None
+
+
+def regression_job(directory, data, runs, **input_options):
+    """A regression job on ``data`` (columns id, x, y and the weight w) in ``directory/job.yaml``."""
+    import yaml
+
+    job = {"input": {"path": str(data), **input_options}, "target": {"column": "y", "task": "regression", "weight": "w"},
+           "features": {"numeric": ["x"]}, "split": {"key": ["id"]},
+           "output": {"runs_dir": str(runs), "keep_columns": ["id"]}}
+    (directory / "job.yaml").write_text(yaml.safe_dump(job))
+    return load_config(directory / "job.yaml")
+
+
+def regression_csv(path, rows=3_000, **columns):
+    """A CSV regression table (id, x, y, w = 1) with ``columns`` overriding whole columns."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=rows).round(4)
+    table = pd.DataFrame({"id": np.arange(rows), "x": x, "y": (2 * x + rng.normal(size=rows)).round(3),
+                          "w": 1.0}).astype(object)
+    for name, values in columns.items():
+        table[name] = values
+    table.to_csv(path, index=False)
+    return table
+
+
+def test_input_partitions_is_bounded_by_the_data(runtime, tmp_path, runs):
+    """20,000 partitions of a 20,000-row file would hold one row each (and make no progress for
+    minutes): the plan bounds them by the data and says so."""
+    from shardflow.pipelines.plan import InputPlan, format_plan
+
+    table = regression_csv(tmp_path / "t.csv", rows=20_000)
+    table.astype({"id": int, "x": float, "y": float, "w": float}).to_parquet(tmp_path / "t.parquet",
+                                                                             row_group_size=500)
+    for name in ("t.csv", "t.parquet"):
+        plan = InputPlan(regression_job(tmp_path, tmp_path / name, runs, partitions=20_000))
+        assert 8 <= len(plan.source.pieces) <= 10, name  # at least 2,000 rows each (estimated for CSV)
+        text = format_plan(plan.with_threads(runtime.threads).describe(runtime))
+        assert f"partitions  {len(plan.source.pieces)} (20000)" in text
+        assert "warning     input.partitions: 20,000 would make partitions of about 1 rows; bounded by the data to" \
+               f" {len(plan.source.pieces)} partition(s) of at least 2,000 rows" in text, text
+
+
+def test_non_finite_targets_and_weights_are_quarantined_with_a_reason(runtime, tmp_path, runs):
+    y = [str(v) for v in range(3_000)]
+    w = ["1.0"] * 3_000
+    y[:4] = ["inf", "1e400", "-inf", "1e300"]  # 1e400 reads as inf; 1e300 is infinite as float32
+    w[10:15] = ["-1", "inf", "1e-45", "1e39", ""]
+    w[20] = "0"  # a weight of 0 is a weight: the row is kept
+    regression_csv(tmp_path / "t.csv", y=y, w=w)
+    result = etl(regression_job(tmp_path, tmp_path / "t.csv", runs), runtime=runtime)
+    assert result.quarantined == {"y: target not a finite number within ±3.4e+38": 4,
+                                  "w: sample weight not a finite number ≥ 0": 2,
+                                  "w: sample weight outside float32's range (0, or 1.2e-38 to 3.4e+38)": 2,
+                                  "w: missing sample weight": 1}
+    assert result.rows == 3_000 - 9
+    quarantine = pd_concat(result.stage_dir / "quarantine")
+    assert sorted(quarantine.id.astype(int)) == [0, 1, 2, 3, 10, 11, 12, 13, 14]
+
+
+def pd_concat(directory):
+    import pandas as pd
+
+    return pd.concat([pd.read_parquet(f) for f in sorted(directory.rglob("*.parquet"))], ignore_index=True)
+
+
+def test_weights_that_sum_to_zero_are_one_clear_error(runtime, tmp_path, runs):
+    for weights, message in [
+        ("0", r"target.weight 'w': the [\d,]+ training rows kept weigh 0 in total, so no model can learn from them"),
+        ("1e-45", r"every row of .* was quarantined: w: sample weight outside float32's range"),  # a denormal
+    ]:
+        regression_csv(tmp_path / "t.csv", w=weights)
+        with pytest.raises(InputError, match=message):
+            etl(regression_job(tmp_path, tmp_path / "t.csv", runs), runtime=runtime)
+        assert_no_output(runs)

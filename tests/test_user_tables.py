@@ -193,7 +193,7 @@ def test_ragged_csv_rows_are_quarantined_with_their_field_count(runtime, tmp_pat
     (["input.blocksize=lots"], r"config key 'input.blocksize': 'lots' is not a byte size"),
     (["input.blocksize=12XB"], r"config key 'input.blocksize': '12XB' is not a byte size"),
     (["cluster.memory_limit=lots"], r"config key 'cluster.memory_limit': 'lots' is not a byte size"),
-    (["input.max_partition_rows=0"], r"config key 'input.max_partition_rows': must be at least 1"),
+    (["input.max_partition_rows=0"], r"config key 'input.max_partition_rows': must be between 1 and 2,147,483,647, got 0"),
 ])
 def test_malformed_values_name_their_key(overrides, message):
     with pytest.raises(ConfigError, match=message):
