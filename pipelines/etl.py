@@ -41,7 +41,7 @@ from shardflow.pipelines.rundir import (
     write_text_atomic,
 )
 from shardflow.pipelines.stages import stage_keys
-from shardflow.pipelines.plan import InputPlan
+from shardflow.pipelines.plan import InputPlan, shuffled_for
 from shardflow.tasks.encode import Preprocessor, fit_vocabulary
 from shardflow.tasks.storage import location
 from shardflow.tasks.errors import InputError
@@ -167,8 +167,8 @@ def _log_differences(differences: dict, config, *, shuffled: bool) -> None:
     logger.info("etl partitions differ by up to %.2f std in the target%s", gap,
                 f", {worst[1]:.2f} std in {worst[0]!r}" if worst[0] else "")
     if per_partition and gap > TARGET_GAP_WARNING and len(differences["partitions"]) > 1:
-        logger.warning("partitions differ by %.2f std in the target mean: per-partition models each see a slice "
-                       "of it%s", gap, "" if shuffled else " (input.exchangeable: true skips the shuffle; "
+        logger.warning("partitions differ by %.2f std in the target mean: per-partition models and data-parallel "
+                       "SGD each see a slice of it%s", gap, "" if shuffled else " (input.exchangeable: true skips the shuffle; "
                        "set it to false to mix the rows)")
 
 
@@ -178,8 +178,8 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
     plan.check_expressions(backend_name)  # fails early on a bad expression
     shuffle = plan.shuffles
     if shuffle:
-        logger.info("etl: rows shuffled by a seeded hash (per-partition models are trained; set "
-                    "input.exchangeable: true if the input's partitions are random samples already)")
+        logger.info("etl: rows shuffled by a seeded hash (%s assume partitions alike; set input.exchangeable: true "
+                    "if the input's partitions are random samples already)", ", ".join(shuffled_for(config)))
     started = time.perf_counter()
     reset_peak_memory(client)
     timings = {}

@@ -71,6 +71,10 @@ class Family:
     export : callable
         ``export(graph, features, payload, kind) -> scores``: the family's predictions as ONNX
         operators (:mod:`shardflow.tasks.onnx_graph`), for ``shardflow export``.
+    averages_worker_updates : bool
+        A global family trained data-parallel by averaging what each worker learned on its
+        own partitions (local SGD's parameters, or each step's gradients): like a
+        per-partition family, it assumes the partitions are samples of one table.
     quantizable : bool
         Its models are matrix products whose weights ``shardflow export --quantize int8``
         can quantize (the MLP families; trees have nothing to quantize).
@@ -96,14 +100,17 @@ class Family:
     export: Callable | None = None
     default: bool = True
     small_data_on_one_worker: bool = False
+    averages_worker_updates: bool = False
     quantizable: bool = False
     tracking: Callable | None = None
 
     @property
     def assumes_exchangeable_partitions(self) -> bool:
         """Whether the family's models are built on partitions as samples of one table (so
-        the ETL shuffles the rows for it)."""
-        return self.kind in ("per_partition", "combined")
+        the ETL shuffles the rows for it): per-partition models, a combiner of them, and
+        data-parallel SGD over the workers' own partitions (a file sorted by its target
+        gives each worker one slice of it: the averaged model is worse)."""
+        return self.kind in ("per_partition", "combined") or self.averages_worker_updates
 
     def file(self, suffix: str = "json") -> str:
         """A file of the family in the train stage; ``json`` (its metadata) marks it as trained."""
@@ -140,7 +147,7 @@ FAMILIES = {f.name: f for f in (
     Family("mlp", "data-parallel MLP", "global", 3,
            train=_lazy("mlp", "train_family"), save=_lazy("mlp", "save_family"), load=_lazy("mlp", "load_family"),
            predict=predictors.predict_mlp, curves=_lazy("mlp", "curves"), export=onnx_graph.export_mlp,
-           tracking=_lazy("mlp", "tracking"), quantizable=True),
+           tracking=_lazy("mlp", "tracking"), averages_worker_updates=True, quantizable=True),
     Family("mlp_partitions", "per-partition MLP ensemble", "per_partition", 1,
            partition_job=_lazy("partitions", "mlp_job"), save=_lazy("partitions", "save_mlps"),
            load=_lazy("partitions", "load_mlps"), predict=predictors.predict_mlp_ensemble,

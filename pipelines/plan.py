@@ -131,6 +131,7 @@ class InputPlan:
                       "rows": total_rows, "rows_exact": source.format == "parquet"},
             "cluster": {"workers": len(workers), "threads": sum(threads), "memory_per_worker": limit},
             "shuffle": self.shuffles,
+            "shuffle_for": shuffled_for(self.config) if self.shuffles else [],
             "partitions": {"count": len(rows), "how": self.config.input.partitions,
                            "rows_min": min(rows, default=0), "rows_median": int(np.median(rows)) if rows else 0,
                            "rows_max": max(rows, default=0), "bytes_max": int(max(partition_bytes, default=0))},
@@ -144,11 +145,18 @@ class InputPlan:
 
 
 def shuffles(config: Config) -> bool:
-    """Whether the ETL shuffles the rows: per-partition (or combined) models are trained and
-    ``input.exchangeable`` does not say the partitions are samples already."""
+    """Whether the ETL shuffles the rows: a family that assumes exchangeable partitions is
+    trained (:func:`shuffled_for`) and ``input.exchangeable`` does not say the partitions
+    are samples already."""
+    return not config.input.exchangeable and bool(shuffled_for(config))
+
+
+def shuffled_for(config: Config) -> list:
+    """The configured families that assume the partitions are samples of one table
+    (per-partition models, their combiners, data-parallel SGD)."""
     from shardflow.pipelines.families import FAMILIES
 
-    return not config.input.exchangeable and any(FAMILIES[m].assumes_exchangeable_partitions for m in config.train.models)
+    return [m for m in config.train.models if FAMILIES[m].assumes_exchangeable_partitions]
 
 
 #: Training arrays up to this size train the global XGBoost on one worker (``auto``): below
@@ -224,8 +232,9 @@ def format_plan(plan: dict) -> str:
         f"{format_bytes(c['memory_per_worker']) if c['memory_per_worker'] else 'no memory limit'} per worker",
         f"partitions  {p['count']} ({p['how']}), rows per partition {p['rows_min']:,} / {p['rows_median']:,} / "
         f"{p['rows_max']:,} (min / median / max), largest ~{format_bytes(p['bytes_max'])} in memory",
-        f"etl         {plan['etl']}" + ("; rows shuffled by a seeded hash (per-partition models are trained, "
-                                             "input.exchangeable: false)" if plan.get("shuffle") else ""),
+        f"etl         {plan['etl']}" + (f"; rows shuffled by a seeded hash (for {', '.join(plan.get('shuffle_for') or ['per-partition models'])}: "
+                                             "they assume partitions alike; input.exchangeable: false)"
+                                             if plan.get("shuffle") else ""),
         f"training    {plan['training']}",
         f"memory      peak ~{format_bytes(plan['peak_memory_per_worker'])} per worker (estimate)",
     ]

@@ -315,3 +315,37 @@ def test_csv_parquet_and_a_dataframe_of_the_same_rows_get_the_same_split(runtime
     assert 0.1 * n < splits["diamonds.csv"].sum() < 0.3 * n
     for name, split in splits.items():
         assert split.equals(splits["diamonds.csv"]), (name, int(split.sum()), int(splits["diamonds.csv"].sum()))
+
+
+def test_data_parallel_mlp_on_a_file_sorted_by_its_target_trains_as_on_a_shuffled_file(runtime, tmp_path):
+    """Local SGD averages what each worker learned on its own partitions: a file sorted by
+    price gave each worker one slice of the target (diamonds: R² 0.87 against 0.96; here RMSE
+    379 against 318 before the fix). The ETL shuffles
+    for the MLP as for per-partition models, so the file's order no longer matters."""
+    from shardflow.pipelines.plan import InputPlan
+
+    rng = np.random.default_rng(2)
+    n = 6000
+    carat = rng.uniform(0.2, 3, n)
+    table = pd.DataFrame({"id": np.arange(n), "carat": carat.round(3), "depth": rng.normal(61, 1.5, n).round(1),
+                          "cut": rng.choice(["Ideal", "Good", "Fair"], n)})
+    table["price"] = (3000 * table.carat ** 1.5 + 400 * (table.cut == "Ideal") + rng.normal(0, 300, n)).round(0)
+    table.sort_values("price").to_csv(tmp_path / "sorted.csv", index=False)
+    table.sample(frac=1, random_state=0).to_csv(tmp_path / "shuffled.csv", index=False)
+    results = {}
+    for name in ("sorted", "shuffled"):
+        path = write_job(tmp_path, input={"path": f"{name}.csv", "partitions": 4},
+                         target={"column": "price", "task": "regression"},
+                         features={"numeric": ["carat", "depth"], "categorical": ["cut"]},
+                         split={"key": ["id"]}, output={"runs_dir": f"runs-{name}"},
+                         train={"models": ["xgboost", "mlp"], "xgboost": {"num_boost_round": 20},
+                                "mlp": {"epochs": 4, "batch_size": 128}})
+        config = load_config(path)
+        plan = InputPlan(config).describe(runtime)
+        assert plan["shuffle"] and plan["shuffle_for"] == ["mlp"] and plan["partitions"]["count"] >= 2
+        results[name] = {**run(config, runtime=runtime).metrics["mlp"], "partitions": plan["partitions"]["count"]}
+    assert results["sorted"]["rows"] == results["shuffled"]["rows"]
+    assert results["sorted"]["partitions"] == results["shuffled"]["partitions"]
+    # The shuffle places rows by their values: the same partitions, the same model, whatever the file order.
+    assert results["sorted"]["rmse"] == pytest.approx(results["shuffled"]["rmse"], rel=1e-6), results
+    assert results["sorted"]["r2"] > 0.95
