@@ -3,18 +3,21 @@
 ``load_exported(path).predict(df)`` takes a pandas DataFrame of the run's input columns
 (joined columns included: joins are not part of the export), computes the derived
 features and datetime parts the run used, and returns the same columns as ``shardflow
-predict``. Only ONNX Runtime, pandas and NumPy run; no Dask, no torch, no XGBoost.
+predict``. Only ONNX Runtime, pandas and NumPy run (and the ``onnx`` package reads the model's
+structure to check what files it would read); no Dask, no torch, no XGBoost.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import pandas as pd
 
+from shardflow.tasks.errors import ShardflowError
 from shardflow.tasks.mlp_steps import ResidentState
 
 #: File names inside an export directory.
@@ -23,12 +26,26 @@ INT8_FILE = "model.int8.onnx"
 METADATA_FILE = "metadata.json"
 
 
+class ExportedModelError(ShardflowError, ValueError):
+    """An export directory or ONNX model that is not loaded: it would read other files, or its
+    files are not the ones ``metadata.json`` records (the message names the file)."""
+
+
 class ExportedModel:
-    """An ONNX model of a run's whole scoring path and its metadata (see :func:`load_exported`)."""
+    """An ONNX model of a run's whole scoring path and its metadata (see :func:`load_exported`).
+
+    ``model`` holds all its data: a tensor whose data lies in another file is refused (given as
+    bytes, ONNX Runtime would look for that file relative to the working directory).
+    """
 
     def __init__(self, model: bytes, metadata: dict, threads: int | None = None):
         import onnxruntime as ort
 
+        for tensor in _tensors(_parse(model, "the ONNX model")):
+            if _is_external(tensor):
+                raise ExportedModelError(f"the ONNX model's tensor {tensor.name!r} keeps its data in another file "
+                                         f"({_external_entries(tensor).get('location', '')!r}); refused: a model "
+                                         "given as bytes holds all its data (load an export with load_exported)")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -119,6 +136,13 @@ def _typed(frame: pd.DataFrame, metadata: dict) -> pd.DataFrame:
 def load_exported(path, precision: str = "fp32", threads: int | None = None) -> ExportedModel:
     """An exported model, ready to score pandas DataFrames with ONNX Runtime.
 
+    An export directory is untrusted: each file read (``metadata.json``, the model, the
+    external data of its tensors) must lie in the directory (a link may not lead out of it);
+    the model and its external data must have the SHA-256 that ``metadata.json`` records
+    before any byte of them reaches ONNX Runtime; a tensor's external data must be a file
+    of the directory named by a relative path without ``..``. ONNX Runtime gets the model
+    with that data inlined, never a path.
+
     Parameters
     ----------
     path : path
@@ -126,20 +150,129 @@ def load_exported(path, precision: str = "fp32", threads: int | None = None) -> 
     precision : {"fp32", "int8"}
         ``int8``: the dynamically quantized model (exported with ``--quantize int8``).
 
+    Raises
+    ------
+    ExportedModelError
+        One line naming the file that is refused, and why.
+
     Examples
     --------
     >>> model = load_exported("exports/mlp")  # doctest: +SKIP
     >>> model.predict(pd.read_csv("new.csv")).head()  # doctest: +SKIP
     """
-    path = Path(path)
-    metadata = json.loads((path / METADATA_FILE).read_text())
+    root = Path(path).expanduser().resolve()
+    try:
+        metadata = json.loads(_read_inside(root, METADATA_FILE))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ExportedModelError(f"{root / METADATA_FILE}: not JSON ({err}); export the run again") from None
+    hashes = metadata.get("files") if isinstance(metadata, dict) else None
+    if not isinstance(hashes, dict):
+        raise ExportedModelError(f"{root / METADATA_FILE}: no 'files' mapping of names to SHA-256; export the run again")
     name = {"fp32": MODEL_FILE, "int8": INT8_FILE}[precision]
-    model = (path / name).read_bytes()
-    expected = metadata.get("files", {}).get(name)
-    # A check against corruption and mixed-up files, not a signature: metadata.json is not signed.
-    if expected is None or hashlib.sha256(model).hexdigest() != expected:
-        raise ValueError(f"{path / name}: its SHA-256 is not the one {METADATA_FILE} records; export the run again")
-    return ExportedModel(model, metadata, threads)
+    model = _read_verified(root, name, hashes)
+    return ExportedModel(_inline_external_data(model, root, name, hashes), metadata, threads)
+
+
+def _read_inside(root: Path, name: str) -> bytes:
+    """The bytes of ``root / name``, refused if it (through a link) lies outside ``root``."""
+    target = root / name
+    resolved = target.resolve()
+    if not resolved.is_relative_to(root):
+        raise ExportedModelError(f"{target}: a link to {resolved}, outside the export directory; refused: "
+                                 "copy the file into the export (or export the run again)")
+    return resolved.read_bytes()
+
+
+def _read_verified(root: Path, name: str, hashes: dict) -> bytes:
+    """The bytes of the export's file ``name``, refused unless their SHA-256 is the one recorded."""
+    data = _read_inside(root, name)
+    # A check against tampering with one file, corruption and mixed-up files, not a signature:
+    # metadata.json itself is not signed.
+    if hashes.get(name) is None or hashlib.sha256(data).hexdigest() != hashes[name]:
+        raise ExportedModelError(f"{root / name}: its SHA-256 is not the one {METADATA_FILE} records; "
+                                 "export the run again")
+    return data
+
+
+def _inline_external_data(model: bytes, root: Path, name: str, hashes: dict) -> bytes:
+    """``model`` with the external data of its tensors read into it, each location checked
+    (relative, no ``..``, inside ``root`` through links) and each file's SHA-256 verified first."""
+    proto = _parse(model, str(root / name))
+    files, changed = {}, False
+    for tensor in _tensors(proto):
+        if not _is_external(tensor):
+            continue
+        entries = _external_entries(tensor)
+        location = entries.get("location", "")
+        problem = _location_problem(location, root)
+        if problem:
+            raise ExportedModelError(f"{root / name}: tensor {tensor.name!r} reads its data from {location!r}, "
+                                     f"{problem}; refused: export the run again")
+        if location not in files:
+            files[location] = _read_verified(root, location, hashes)
+        data = files[location]
+        try:
+            offset = int(entries.get("offset", 0))
+            length = int(entries["length"]) if "length" in entries else len(data) - offset
+        except ValueError:
+            offset = length = -1
+        if offset < 0 or length < 0 or offset + length > len(data):
+            raise ExportedModelError(f"{root / name}: tensor {tensor.name!r} reads bytes outside {location!r} "
+                                     "(offset, length); refused: export the run again")
+        tensor.raw_data = data[offset:offset + length]
+        del tensor.external_data[:]
+        tensor.data_location = tensor.DEFAULT
+        changed = True
+    return proto.SerializeToString() if changed else model
+
+
+def _location_problem(location: str, root: Path) -> str | None:
+    """Why an external data ``location`` may not be read (None: a file of ``root``). Only the
+    name is looked at, and links resolved: nothing is opened."""
+    if not location:
+        return "which names no file"
+    if PurePosixPath(location).is_absolute() or PureWindowsPath(location).is_absolute() \
+            or PureWindowsPath(location).drive or location.startswith(("/", "\\")):
+        return "an absolute path"
+    if ".." in re.split(r"[\\/]", location):
+        return "a path with '..'"
+    if not (root / location).resolve().is_relative_to(root):
+        return "which (through a link) lies outside the export directory"
+    return None
+
+
+def _parse(model: bytes, what: str):
+    """``model`` as an ``onnx.ModelProto`` (external data not loaded)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        return onnx.ModelProto.FromString(model)
+    except (DecodeError, RecursionError) as err:
+        raise ExportedModelError(f"{what}: not an ONNX model ({type(err).__name__}); export the run again") from None
+
+
+def _tensors(message):
+    """Every ``TensorProto`` in an ONNX message: initializers, sparse ones, constants in node
+    attributes, subgraphs and functions alike (every field is visited, none named)."""
+    from onnx import TensorProto
+
+    if isinstance(message, TensorProto):
+        yield message
+        return
+    for _, value in message.ListFields():
+        for item in (value,) if hasattr(value, "ListFields") else value if not isinstance(
+                value, (str, bytes, int, float)) else ():
+            if hasattr(item, "ListFields"):
+                yield from _tensors(item)
+
+
+def _is_external(tensor) -> bool:
+    return tensor.data_location == tensor.EXTERNAL or len(tensor.external_data) > 0
+
+
+def _external_entries(tensor) -> dict:
+    return {entry.key: entry.value for entry in tensor.external_data}
 
 
 class ExportedSessions(ResidentState):

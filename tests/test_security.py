@@ -414,3 +414,107 @@ def test_storage_options_that_weaken_transport_or_access_are_refused(runtime, tm
                              ({"requester_pays": "billing-project"}, "expected true or false")]:
         with pytest.raises(ConfigError, match=problem):
             load_config(default_config_path(), [f"storage_options={json.dumps(options)}"])
+
+
+def _tiny_onnx_export(directory, external: str | None = None, files: dict | None = None):
+    """An export directory (``model.onnx`` computing ``y = x + W``, ``metadata.json``); with
+    ``external``, ``W``'s 8 bytes are read from that location. ``metadata.json`` records the
+    model's SHA-256 (whoever tampers with a model can rewrite its hash too) and ``files``'."""
+    import hashlib
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.ones(2, np.float32), "W")
+    if external is not None:
+        weights.ClearField("raw_data")
+        weights.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", external), ("offset", "0"), ("length", "8")):
+            entry = weights.external_data.add()
+            entry.key, entry.value = key, value
+    graph = helper.make_graph([helper.make_node("Add", ["x", "W"], ["y"])], "tiny",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "model.onnx").write_bytes(model)
+    hashes = {"model.onnx": hashlib.sha256(model).hexdigest(), **(files or {})}
+    (directory / "metadata.json").write_text(json.dumps({"inputs": [], "files": hashes}))
+    return model
+
+
+def test_a_tampered_onnx_export_reads_no_file_outside_it(tmp_path, monkeypatch):
+    """A tensor whose external data points out of the export directory (``..``, an absolute path,
+    a link), or a model/metadata file that is a link out of it, is refused in one line naming the
+    file, before ONNX Runtime is given anything; the secret is never opened."""
+    import hashlib
+    import sys
+
+    import onnxruntime
+
+    from shardflow.tasks.exported import ExportedModel, load_exported
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s3cret!!")  # 8 bytes: W's size, as in ../../.aws/credentials
+    given, opened = [], []
+    real_session = onnxruntime.InferenceSession
+
+    def recording_session(model, *args, **kwargs):  # the real session, recording what it is given
+        given.append(model)
+        return real_session(model, *args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", recording_session)
+    sys.addaudithook(lambda event, args: opened.append(args[0]) if event == "open" and args and str(
+        args[0]).endswith("secret") else None)  # every open() of this process: the secret's name is watched
+    exports = tmp_path / "exports"
+    (exports / "linked").mkdir(parents=True)
+    (exports / "linked" / "weights.bin").symlink_to(secret)
+    digest = hashlib.sha256(b"s3cret!!").hexdigest()  # known: whoever planted the link recorded it
+    for name, location, why in [("tampered", "../../secret", "a path with '..'"),
+                                ("nested", "data/../../../secret", "a path with '..'"),
+                                ("absolute", str(secret), "an absolute path"),
+                                ("linked", "weights.bin", "outside the export directory")]:
+        directory = exports / name
+        _tiny_onnx_export(directory, location, files={location: digest})
+        monkeypatch.chdir(directory)  # where ONNX Runtime would look for a model given as bytes
+        with pytest.raises(ValueError) as err:
+            load_exported(directory)
+        message = str(err.value)
+        assert len(message.splitlines()) == 1 and message.startswith(f"{directory / 'model.onnx'}: tensor 'W' "
+                                                                     f"reads its data from {location!r}, "), message
+        assert why in message, message
+        assert "s3cret" not in message
+    assert given == [] and opened == []  # ONNX Runtime was given nothing; the secret was never opened
+
+    # model.onnx or metadata.json as a link out of the export directory, and a changed model.
+    outside = tmp_path / "elsewhere"
+    _tiny_onnx_export(outside)
+    for link in ("model.onnx", "metadata.json"):
+        directory = exports / f"link-{link}"
+        _tiny_onnx_export(directory)
+        (directory / link).unlink()
+        (directory / link).symlink_to(outside / link)
+        with pytest.raises(ValueError, match=rf"{link}: a link to {outside / link}, outside the export directory"):
+            load_exported(directory)
+    changed = exports / "changed"
+    _tiny_onnx_export(changed)
+    (changed / "model.onnx").write_bytes((changed / "model.onnx").read_bytes().replace(b"tiny", b"tinx"))
+    with pytest.raises(ValueError, match=r"changed/model.onnx: its SHA-256 is not the one metadata.json records"):
+        load_exported(changed)
+    # Bytes that point to external data are refused too (given as bytes, the working directory would be read).
+    with pytest.raises(ValueError, match=r"tensor 'W' keeps its data in another file \('../../secret'\)"):
+        ExportedModel((exports / "tampered" / "model.onnx").read_bytes(), {})
+    assert given == [] and opened == []
+
+    # External data in the export directory, recorded in metadata.json, is read once verified and inlined.
+    weights = np.array([40.0, 2.0], np.float32).tobytes()
+    inside = exports / "inside"
+    inside.mkdir()
+    (inside / "weights.bin").write_bytes(weights)
+    _tiny_onnx_export(inside, "weights.bin", files={"weights.bin": hashlib.sha256(weights).hexdigest()})
+    model = load_exported(inside)
+    np.testing.assert_array_equal(model.session.run(None, {"x": np.ones(2, np.float32)})[0], [41.0, 3.0])
+    assert len(given) == 1 and b"weights.bin" not in given[0]  # given the data, not a path
+    (inside / "weights.bin").write_bytes(weights[::-1])
+    with pytest.raises(ValueError, match=r"inside/weights.bin: its SHA-256 is not the one metadata.json records"):
+        load_exported(inside)
