@@ -261,10 +261,12 @@ def _tensors(message):
         yield message
         return
     for _, value in message.ListFields():
-        for item in (value,) if hasattr(value, "ListFields") else value if not isinstance(
-                value, (str, bytes, int, float)) else ():
-            if hasattr(item, "ListFields"):
-                yield from _tensors(item)
+        if hasattr(value, "ListFields"):
+            yield from _tensors(value)
+        elif not isinstance(value, (str, bytes, int, float)):  # a repeated field: messages or plain values
+            for item in value:
+                if hasattr(item, "ListFields"):
+                    yield from _tensors(item)
 
 
 def _is_external(tensor) -> bool:

@@ -60,7 +60,7 @@ class Allowed:
         if value is None:
             return None
         if isinstance(value, bool) != (bool in self.kinds) or not isinstance(value, self.kinds):
-            return f"expected {' or '.join(_KIND_NAMES[k] for k in self.kinds)}, got {value!r}"
+            return f"expected {_KIND_NAMES[float if float in self.kinds else self.kinds[0]]}, got {value!r}"
         if self.choices and value not in self.choices:
             return f"{value!r} is not one of {', '.join(map(str, self.choices))}"
         if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
@@ -166,6 +166,7 @@ def check_storage_options(options) -> None:
 
 
 def _check_options(options: dict, allowed: dict, parents: tuple) -> None:
+    """Each of ``options`` (at the option path ``parents``) against its entry in ``allowed``."""
     for name, value in options.items():
         path = (*parents, str(name))
         key = f"config key 'storage_options.{'.'.join(path)}'"
