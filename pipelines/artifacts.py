@@ -49,12 +49,34 @@ def save_weights(params: dict, path) -> None:
 
 
 def load_weights(path) -> dict:
+    """``{name: array}`` from a file :func:`save_weights` wrote, read with torch's weights-only
+    loader (it runs nothing a file holds).
+
+    Raises
+    ------
+    ArtifactError
+        The file is not such a file (a pickle of other objects, truncated, not torch's format,
+        not a ``{name: tensor}`` dict); one line naming it, not torch's advice to load it unsafely.
+    """
     import io
+    import pickle
 
     import torch
 
-    data = io.BytesIO(location(path).read_bytes())
-    return {k: v.numpy() for k, v in torch.load(data, weights_only=True, map_location="cpu").items()}
+    path = location(path)
+    try:
+        loaded = torch.load(io.BytesIO(path.read_bytes()), weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError:
+        why = "UnpicklingError: torch's weights-only loader refused it, a pickle of other objects or not torch's " \
+              "format; nothing in it was run"
+    except (RuntimeError, EOFError, ValueError) as err:  # a truncated or foreign zip archive, an empty file
+        why = f"{type(err).__name__}: truncated, or not torch's format"
+    else:
+        if isinstance(loaded, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()):
+            return {k: v.numpy() for k, v in loaded.items()}
+        why = f"it holds a {type(loaded).__name__}, not {{name: tensor}}"
+    raise ArtifactError(f"{path}: not a weights file shardflow wrote ({why}); it was changed after the run: restore "
+                        "it or train again")
 
 
 def save_models(stage_dir: Path, results: dict, task: str) -> None:

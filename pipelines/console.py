@@ -34,10 +34,17 @@ _NATIVE = re.compile(r"^\[\d\d:\d\d:\d\d\] (?P<message>.*)$")
 _REPORTED_BY_SHARDFLOW = ("Compute Failed", "Run Failed")
 #: A process dying: always shown.
 _FATAL = ("Fatal Python error", "Segmentation fault", "terminate called", "Aborted", "Killed")
+#: ``WARNING: /__w/xgboost/xgboost/src/learner.cc:782: text``: where in XGBoost's sources (its
+#: build machine's path) a native message was logged, before its text.
+_NATIVE_SOURCE = re.compile(r"^(?P<level>[A-Z]+): \S*?(?P<file>[^/\s]+\.(?:cc|cpp|cu|cuh|h|hpp)):(?P<line>\d+):\s*"
+                            r"(?P<text>.*)$")
+#: Lines folded into a warning whose text starts on the next line, at most (the rest: debug).
+MAX_CONTINUATION_LINES = 20
 
 
-def classify(line: str) -> tuple[int, str]:
-    """The log level and text for one captured line.
+def classify(line: str, continuation=()) -> tuple[int, str]:
+    """The log level and text for one captured line, and the ``continuation`` lines of a
+    warning whose text goes on over them (:func:`continues`), folded into one line.
 
     Examples
     --------
@@ -49,7 +56,12 @@ def classify(line: str) -> tuple[int, str]:
     (10, 'xgboost: Task rank-000001 got rank 1')
     >>> classify("/x/y.py:3: RuntimeWarning: divide by zero")
     (30, 'RuntimeWarning: divide by zero (/x/y.py:3)')
+    >>> classify("[21:12:41] WARNING: /__w/xgboost/xgboost/src/learner.cc:782:",
+    ...          ['Parameters: { "max_dept" } are not used.'])
+    (30, 'xgboost: WARNING: Parameters: { "max_dept" } are not used. (learner.cc:782)')
     """
+    if continuation:
+        line = " ".join([line.rstrip(), *(part.strip() for part in continuation)])
     match = _DASK_LINE.match(line)
     if match:
         level = logging.getLevelName(match["level"])
@@ -67,8 +79,29 @@ def classify(line: str) -> tuple[int, str]:
     match = _NATIVE.match(line)
     if match:
         level = logging.WARNING if match["message"].startswith("WARNING") else logging.DEBUG
+        source = _NATIVE_SOURCE.match(match["message"])
+        if source:  # the text first, the source file last (as for Python's warnings)
+            return level, f"xgboost: {source['level']}: {source['text']} ({source['file']}:{source['line']})"
         return level, f"xgboost: {match['message']}"
     return logging.DEBUG, line
+
+
+def continues(line: str) -> bool:
+    """Whether ``line`` is a warning whose text starts on the next line: XGBoost writes
+    ``[..] WARNING: .../learner.cc:782:`` and then ``Parameters: { "max_dept" } are not used.``
+    (and a blank line), and the first line alone says nothing.
+
+    Examples
+    --------
+    >>> continues("[21:12:41] WARNING: /__w/xgboost/xgboost/src/learner.cc:782:"), continues("[21:12:41] WARNING: x")
+    (True, False)
+    """
+    return line.rstrip().endswith(":") and bool(_NATIVE.match(line) or _PY_WARNING.match(line))
+
+
+def _starts_record(line: str) -> bool:
+    """Whether ``line`` begins a message of its own (not the continuation of one)."""
+    return bool(_DASK_LINE.match(line) or _PY_WARNING.match(line) or _NATIVE.match(line)) or line.startswith(_FATAL)
 
 
 class CapturedStderr:
@@ -86,6 +119,8 @@ class CapturedStderr:
         self._saved_stderr = None
         self._reader = None
         self._seen: set[str] = set()
+        self._pending = None  #: ``[line, continuation lines]`` of a warning not yet complete
+        self._lock = threading.Lock()
 
     @staticmethod
     def possible() -> bool:
@@ -119,9 +154,28 @@ class CapturedStderr:
                     pass
 
     def _emit(self, line: str) -> None:
-        if not line.strip():
-            return
-        level, text = classify(line)
+        with self._lock:
+            if self._pending is not None:
+                # A multi-line warning (XGBoost's) ends at a blank line or the next message.
+                if line.strip() and not _starts_record(line) and len(self._pending[1]) < MAX_CONTINUATION_LINES:
+                    self._pending[1].append(line)
+                    return
+                self._flush_pending()
+            if not line.strip():
+                return
+            if continues(line):
+                self._pending = [line, []]
+                return
+            self._log(line)
+
+    def _flush_pending(self) -> None:
+        if self._pending is not None:
+            line, continuation = self._pending
+            self._pending = None
+            self._log(line, continuation)
+
+    def _log(self, line: str, continuation=()) -> None:
+        level, text = classify(line, continuation)
         if level >= logging.WARNING:
             if text in self._seen:
                 return
@@ -133,5 +187,7 @@ class CapturedStderr:
         os.close(self._saved_fd)
         sys.stderr = self._saved_stderr
         self._reader.join(timeout=0.5)
+        with self._lock:
+            self._flush_pending()  # a warning whose closing blank line never came
         self.terminal.flush()
         return False

@@ -92,8 +92,9 @@ def csv_header(path: str, delimiter: str = ",", storage_options: dict | None = N
     Raises
     ------
     InputError
-        The header names a column more than once: which of them a feature would
-        read is undefined, so the file is refused, naming the duplicates.
+        The file is empty or starts with an empty line (it has no header), or the
+        header names a column more than once (which of them a feature would read is
+        undefined); the message names the file and, for duplicates, the names.
 
     Examples
     --------
@@ -106,7 +107,12 @@ def csv_header(path: str, delimiter: str = ",", storage_options: dict | None = N
     import csv
 
     with _open_text_head(path, storage_options) as f:
-        line = f.readline().decode("utf-8-sig").rstrip("\r\n")
+        first = f.readline()
+    line = first.decode("utf-8-sig").rstrip("\r\n")
+    if not line.strip():  # no columns at all: every configured column would be reported missing instead
+        what = "the file is empty (0 bytes)" if not first else "its first line is empty"
+        raise InputError(f"{path}: {what}; a CSV file starts with a header line naming its columns: write the "
+                         "header and rows, or remove the file")
     names = next(csv.reader([line], delimiter=delimiter), [])
     names = [name if name else f"Unnamed: {i}" for i, name in enumerate(names)]
     duplicated = sorted({name for name in names if names.count(name) > 1})

@@ -358,3 +358,42 @@ def test_weights_that_sum_to_zero_are_one_clear_error(runtime, tmp_path, runs):
         with pytest.raises(InputError, match=message):
             etl(regression_job(tmp_path, tmp_path / "t.csv", runs), runtime=runtime)
         assert_no_output(runs)
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+def test_an_empty_csv_file_is_named_as_empty(runtime, tmp_path, runs):
+    """A 0-byte file (or one whose first line is blank) has no header: said so, not that the
+    join's key column is missing from it."""
+    from shardflow.pipelines.config import JoinConfig
+
+    (tmp_path / "dims.csv").write_text("id,extra\n1,2\n")
+    config = regression_job(tmp_path, tmp_path / "t.csv", runs)
+    config.joins = [JoinConfig(path=str(tmp_path / "dims.csv"), on=["id"])]
+    for content, what in [(b"", r"the file is empty \(0 bytes\)"), (b"\n1,2,3,1\n", "its first line is empty")]:
+        (tmp_path / "t.csv").write_bytes(content)
+        with pytest.raises(InputError, match=rf"t.csv: {what}; a CSV file starts with a header line naming its "
+                                             r"columns"):
+            etl(config, runtime=runtime)
+        assert_no_output(runs)
+    regression_csv(tmp_path / "t.csv")
+    (tmp_path / "dims.csv").write_bytes(b"")  # a dimension table too
+    with pytest.raises(InputError, match=r"dims.csv: the file is empty \(0 bytes\)"):
+        etl(config, runtime=runtime)
+    assert_no_output(runs)
+
+
+def test_xgboost_multi_line_warning_reaches_the_terminal_whole(tmp_path):
+    """XGBoost writes ``WARNING: .../learner.cc:782:`` and the text on the next line: the
+    command shows both, in one line."""
+    regression_csv(tmp_path / "t.csv", rows=1_000)
+    regression_job(tmp_path, tmp_path / "t.csv", tmp_path / "runs")
+    proc = subprocess.run([sys.executable, "-m", "shardflow", "run", "-c", str(tmp_path / "job.yaml"),
+                           "--set", "train.models=[xgboost]", "--set", "train.xgboost.num_boost_round=5",
+                           "--set", "train.xgboost.params={max_dept: 3}", "--cluster", "local", "--n-workers", "1"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if "max_dept" in line]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].endswith('xgboost: WARNING: Parameters: { "max_dept" } are not used. (learner.cc:782)'), lines

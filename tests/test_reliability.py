@@ -318,8 +318,8 @@ def test_worker_killed_mid_epoch_of_the_data_parallel_mlp_resumes_and_finishes(t
 # ----------------------------------------------------------------------------- damaged run directories
 
 
-def small_regression_job(directory, rows=2_000):
-    """A CSV regression job of ``rows`` rows, one global XGBoost of a few rounds."""
+def small_regression_job(directory, rows=2_000, models=("xgboost",)):
+    """A CSV regression job of ``rows`` rows, ``models`` of a few rounds or epochs."""
     import pandas as pd
     import yaml
 
@@ -329,7 +329,8 @@ def small_regression_job(directory, rows=2_000):
                   "y": (3 * x1 - x2 + rng.normal(size=rows)).round(3)}).to_csv(directory / "t.csv", index=False)
     job = {"input": {"path": "t.csv"}, "target": {"column": "y", "task": "regression"},
            "features": {"numeric": ["x1", "x2"]}, "split": {"key": ["id"]}, "output": {"runs_dir": "runs"},
-           "train": {"models": ["xgboost"], "xgboost": {"num_boost_round": 10, "checkpoint_every": 5}}}
+           "train": {"models": list(models), "xgboost": {"num_boost_round": 10, "checkpoint_every": 5},
+                     "mlp": {"epochs": 1, "hidden": [16], "batch_size": 512}}}
     (directory / "job.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
     return directory / "job.yaml"
 
@@ -375,3 +376,30 @@ def test_a_damaged_manifest_is_named_and_skipped_and_breaks_no_other_run(runtime
         (damaged / "manifest.json").write_text(text)
         with pytest.raises(ManifestError, match=f"manifest.json: damaged \\({why}\\)"):
             read_manifest(damaged)
+
+
+def test_a_pickle_in_a_runs_weights_file_is_refused_in_one_line(runtime, tmp_path):
+    """A run's ``mlp.pt`` replaced by a pickle that runs a command, its hash recorded in the
+    manifest too: torch's weights-only loader refuses it, and the command says so in one line."""
+    import hashlib
+    import pickle
+
+    marker = tmp_path / "the-payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    run_dir = run(load_config(small_regression_job(tmp_path, models=["mlp"])), runtime=runtime).run_dir
+    weights = run_dir / "train" / "mlp.pt"
+    weights.write_bytes(pickle.dumps({"layers.0.weight": Payload()}))
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["artifacts"]["train/mlp.pt"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    proc = shardflow_cli("export", str(run_dir), "--model", "mlp", "--out", str(tmp_path / "onnx"), cwd=tmp_path)
+    errors = [line for line in proc.stderr.splitlines() if "shardflow: error" in line or "Traceback" in line]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr
+    assert errors[0].startswith(f"shardflow: error: {weights}: not a weights file shardflow wrote (UnpicklingError: "
+                                "torch's weights-only loader refused it"), errors[0]
+    assert "weights_only" not in errors[0]  # not torch's advice to load it unsafely
+    assert not marker.exists() and not (tmp_path / "onnx").exists()
