@@ -37,8 +37,8 @@ from shardflow.pipelines.rundir import (
     new_run_id,
     prepare_runs_dir,
     stage_output,
+    record_config,
     update_manifest,
-    write_text_atomic,
 )
 from shardflow.pipelines.stages import stage_keys
 from shardflow.pipelines.plan import InputPlan, shuffled_for
@@ -327,11 +327,11 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
         RunDir.etl_file(stage_dir, "preprocessor").write_text(preprocessor.to_json())
         RunDir.etl_file(stage_dir, "summary").write_text(json.dumps(summary, indent=1))
     run = RunDir(run_dir)
-    write_text_atomic(run.config, config.resolved().to_yaml())
+    record_config(run_dir, config.resolved().to_yaml())
     update_manifest(
         run_dir,
         # What scoring later reads from the run directory; predict refuses edited copies.
-        artifacts={run.relative(path): sha256(path) for path in (run.config, run.preprocessor, run.summary)},
+        artifacts={run.relative(path): sha256(path) for path in (run.preprocessor, run.summary)},
         run_id=run_dir.name,
         input={"path": config.resolve(config.input.path), "format": source.format, "files": len(source.files),
                "fingerprint": source.fingerprint},

@@ -25,10 +25,15 @@ from shardflow.pipelines.stages import evaluate_key, stage_keys
 from shardflow.pipelines.rundir import (
     ManifestError,
     RunDir,
+    RunInUseError,
+    claim_run,
     new_run_id,
     prepare_runs_dir,
     read_manifest,
+    release_run,
+    run_holder,
     stage_output,
+    record_config,
     update_manifest,
 )
 from shardflow.pipelines.families import FAMILIES, FAMILY_NAMES, training_order
@@ -235,8 +240,6 @@ def run(config: Config, runtime: Runtime | None = None, run_dir=None, resume=Non
     >>> result = run(load_config("job.yaml"))  # doctest: +SKIP
     >>> print(result.table)  # doctest: +SKIP
     """
-    from shardflow.pipelines.etl import etl
-
     from shardflow.pipelines.plan import InputPlan
 
     runs_dir = prepare_runs_dir(config.runs_dir)
@@ -249,7 +252,24 @@ def run(config: Config, runtime: Runtime | None = None, run_dir=None, resume=Non
                                  "give a directory under output.runs_dir")
     elif run_dir is None and not force:
         run_dir = find_run(runs_dir, keys[RunDir.ETL])
+        if run_dir is not None and not claim_run(run_dir):
+            logger.info("run %s: in use by %s; this run gets a new directory", run_dir.name, run_holder(run_dir))
+            run_dir = None
     run_dir = location(run_dir, config.storage_options) if run_dir else runs_dir / new_run_id()
+    if not claim_run(run_dir):
+        raise RunInUseError(f"{'--resume ' if resume is not None else ''}{run_dir}: in use by {run_holder(run_dir)}, "
+                            "which writes its stages; wait for it, or stop it (if it is gone from another host, "
+                            f"remove {RunDir(run_dir).lock})")
+    try:
+        return _run_claimed(config, runtime, run_dir, plan=plan, keys=keys, force=force)
+    finally:
+        release_run(run_dir)
+
+
+def _run_claimed(config: Config, runtime, run_dir, *, plan, keys: dict, force: bool) -> RunResult:
+    """:func:`run` in a run directory this process has claimed."""
+    from shardflow.pipelines.etl import etl
+
     current = {stage: not force and is_current(run_dir, stage, keys[stage]) for stage in STAGES}
     if not current[RunDir.ETL]:
         current[RunDir.TRAIN] = current[RunDir.EVALUATE] = False
@@ -273,6 +293,8 @@ def run(config: Config, runtime: Runtime | None = None, run_dir=None, resume=Non
             etl(config, runtime=runtime, run_dir=run_dir, key=keys[RunDir.ETL], plan=plan)
         data = None
         if not current[RunDir.TRAIN]:
+            if current[RunDir.ETL]:  # the run's config.yaml must say what its models are trained with
+                record_config(run_dir, config.resolved().to_yaml())
             trained = train(config, runtime, run_dir, key=keys[RunDir.TRAIN])
             data = trained.data
         if not current[RunDir.EVALUATE]:

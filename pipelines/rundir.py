@@ -22,13 +22,18 @@ import os
 import re
 import socket
 import time
+import logging
 import uuid
 from pathlib import Path
 
 from shardflow.tasks.errors import ShardflowError
 from shardflow.tasks.storage import StorePath, location, remove_tree
 
+logger = logging.getLogger("shardflow.rundir")
+
 MANIFEST = "manifest.json"
+
+
 def _host_id() -> str:
     """This host, and its PID namespace where there is one: containers that share a host
     name but not their process ids must not read each other's pids as their own."""
@@ -149,6 +154,108 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # alive, another user's
         return True
     return True
+
+
+#: The file that says which process a run directory belongs to while it runs.
+LOCK_FILE = ".lock"
+
+
+class RunInUseError(ShardflowError):
+    """A run directory that another live process is writing (the message names it)."""
+
+
+def _process_started(pid: int) -> float | None:
+    """When process ``pid`` started (None: no such process): a pid reused later is another process."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.AccessDenied:
+        return -1.0  # alive, another user's
+
+
+def claim_run(run_dir) -> bool:
+    """Make ``run_dir`` this process's until :func:`release_run`; False when another live
+    process holds it.
+
+    Two jobs on one runs directory may pick the same run to reuse its stages; only one may
+    write it, or one would print its table while the directory holds the other's models.
+    The claim is a lock file created exclusively (``O_EXCL``) holding the owner's host, pid
+    and start time; a claim left by a process that is gone (same host, pid not alive or
+    reused) is taken over. In an object store the claim is an object written and read back:
+    two jobs racing within the same second may both pass, which the manifest's hashes then
+    reveal, so keep one job per run directory there.
+    """
+    run_dir = location(run_dir)
+    lock = run_dir / LOCK_FILE
+    me = {"host": _HOST, "pid": os.getpid(), "started": _process_started(os.getpid())}
+    for _ in range(2):
+        holder = _read_lock(lock)
+        if holder is not None:
+            if holder == me:
+                return True
+            if _holder_alive(holder):
+                return False
+            logger.info("run %s: taking over the claim of process %s, which is gone", run_dir.name, holder.get("pid"))
+            _remove_lock(lock)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if isinstance(run_dir, StorePath):
+            lock.write_text(json.dumps(me))
+            return _read_lock(lock) == me
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            continue  # another process claimed it between the read and the create: look again
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(me))
+        return True
+    return False
+
+
+def _holder_alive(holder: dict) -> bool:
+    """Whether the claim's process may still be running (another host's, or a damaged
+    claim, cannot be proven gone)."""
+    pid = holder.get("pid")
+    if holder.get("host") != _HOST or not isinstance(pid, int) or pid <= 0:
+        return True
+    started = _process_started(pid)
+    if started is None:
+        return False
+    recorded = holder.get("started")
+    return started < 0 or not isinstance(recorded, (int, float)) or abs(started - recorded) < 1.0
+
+
+def release_run(run_dir) -> None:
+    """Give up this process's claim on ``run_dir`` (nothing if it is not ours)."""
+    lock = location(run_dir) / LOCK_FILE
+    holder = _read_lock(lock)
+    if holder is not None and holder.get("host") == _HOST and holder.get("pid") == os.getpid():
+        _remove_lock(lock)
+
+
+def _remove_lock(lock) -> None:
+    if isinstance(lock, StorePath):
+        lock.remove_tree()
+    else:
+        lock.unlink(missing_ok=True)
+
+
+def run_holder(run_dir) -> str:
+    """Who holds ``run_dir``'s claim, in words (for messages)."""
+    holder = _read_lock(location(run_dir) / LOCK_FILE) or {}
+    return f"process {holder.get('pid', '?')} on {str(holder.get('host', '?')).split('.')[0]}"
+
+
+def _read_lock(lock) -> dict | None:
+    try:
+        holder = json.loads(lock.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}  # being written, or damaged: not ours, not provably stale
+    return holder if isinstance(holder, dict) else {}
 
 
 def prepare_runs_dir(runs_dir, key: str = "output.runs_dir") -> Path:
@@ -317,6 +424,18 @@ def read_manifest(run_dir) -> dict:
     return manifest
 
 
+def record_config(run_dir, text: str) -> None:
+    """Write the resolved job (``text``, YAML) as the run's ``config.yaml`` and record its
+    hash. The ETL writes it; a job that reuses a run's ETL with other training options
+    writes it again before it trains, so the file always says what the models were trained
+    with (the ETL's part is the same: the ETL's key says so)."""
+    import hashlib
+
+    run = RunDir(run_dir)
+    write_text_atomic(run.config, text)
+    update_manifest(run_dir, artifacts={run.relative(run.config): hashlib.sha256(run.config.read_bytes()).hexdigest()})
+
+
 def update_manifest(run_dir: Path, *, replace_artifacts: str | None = None, **fields) -> dict:
     """Merge ``fields`` into the run's manifest (atomically).
 
@@ -399,6 +518,11 @@ class RunDir:
     @property
     def manifest(self) -> Path:
         return self.path / MANIFEST
+
+    @property
+    def lock(self) -> Path:
+        """The claim of the process writing the run (:func:`claim_run`)."""
+        return self.path / LOCK_FILE
 
     @property
     def config(self) -> Path:

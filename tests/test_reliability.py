@@ -403,3 +403,70 @@ def test_a_pickle_in_a_runs_weights_file_is_refused_in_one_line(runtime, tmp_pat
                                 "torch's weights-only loader refused it"), errors[0]
     assert "weights_only" not in errors[0]  # not torch's advice to load it unsafely
     assert not marker.exists() and not (tmp_path / "onnx").exists()
+
+
+# ----------------------------------------------------------------------------- one process per run directory
+
+
+def test_two_jobs_on_one_runs_directory_never_share_a_run(runtime, tmp_path):
+    """Two `shardflow run`s on one runs_dir both found the same reusable run: one printed
+    its table while the directory held the other's models (config.yaml max_depth 8,
+    train/xgboost.json 2). A run directory now belongs to one process at a time."""
+    from shardflow.pipelines.rundir import claim_run, release_run
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    table = {"id": np.arange(n), "x": rng.normal(size=n).round(4), "z": rng.normal(size=n).round(4)}
+    table["y"] = (table["x"] + 0.5 * table["z"] + rng.normal(scale=0.5, size=n) > 0).astype(int)
+    import pandas as pd
+
+    pd.DataFrame(table).to_csv(tmp_path / "t.csv", index=False)
+    (tmp_path / "job.yaml").write_text("input: {path: t.csv}\ntarget: {column: y}\nfeatures: {numeric: [x, z]}\n"
+                                       "split: {key: [id]}\noutput: {runs_dir: runs}\n"
+                                       "train: {models: [xgboost], xgboost: {num_boost_round: 20}}\n")
+    reusable = etl(load_config(tmp_path / "job.yaml"), runtime=runtime).run_dir
+
+    def command(depth, *extra):
+        return [sys.executable, "-m", "shardflow", "run", "-c", str(tmp_path / "job.yaml"), "--n-workers", "1",
+                "--set", f"train.xgboost.params={{max_depth: {depth}}}", *extra]
+
+    def consistent(run_dir: Path) -> int:
+        """The run's config and its model agree; returns their max_depth."""
+        import yaml
+
+        configured = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["xgboost"]["params"]["max_depth"]
+        trained = json.loads((run_dir / "train" / "xgboost.json").read_text())["params"]["max_depth"]
+        assert configured == trained, run_dir
+        return trained
+
+    # This process holds the run (as a live `shardflow run` does): another job writes elsewhere.
+    assert claim_run(reusable)
+    try:
+        done = subprocess.run(command(2), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        elsewhere = Path(done.stdout.split("run:    ")[1].split()[0])
+        assert elsewhere != reusable and consistent(elsewhere) == 2
+        assert not (reusable / "train").exists()  # the held run was not touched
+        assert f"run {reusable.name}: in use by process {os.getpid()}" in done.stderr
+        resumed = subprocess.run(command(2, "--resume", str(reusable)), capture_output=True, text=True, timeout=300,
+                                 cwd=tmp_path)
+        errors = [line for line in resumed.stderr.splitlines() if line.startswith("shardflow: error:")]
+        assert resumed.returncode == 2 and len(errors) == 1 and f"in use by process {os.getpid()}" in errors[0]
+    finally:
+        release_run(reusable)
+    assert not (reusable / ".lock").exists()
+
+    # Two jobs at once, both finding the reusable run: each prints a directory holding its own model.
+    jobs = {depth: subprocess.Popen(command(depth), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    cwd=tmp_path) for depth in (3, 5)}
+    printed = {}
+    for depth, job in jobs.items():
+        out, err = job.communicate(timeout=300)
+        assert job.returncode == 0, err[-2000:]
+        printed[depth] = Path(out.split("run:    ")[1].split()[0])
+    if printed[3] != printed[5]:  # they overlapped: one took the reusable run, the other a new one
+        assert {consistent(printed[3]), consistent(printed[5])} == {3, 5}
+        assert consistent(printed[3]) == 3 and consistent(printed[5]) == 5
+    else:  # one ran after the other had finished: the run holds the later job, consistently
+        assert consistent(printed[3]) in (3, 5)
+    assert not any(p.name == ".lock" for p in (tmp_path / "runs").rglob(".lock"))
