@@ -162,9 +162,10 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
     features[SPLIT_COLUMN] = split
     if weight is not None:
         features[WEIGHT_COLUMN] = weight
-    # Division by zero in a derived feature is a missing value, not a number.
+    # Division by zero in a derived feature is a missing value, not a number; so is a value the
+    # float32 feature arrays cannot hold (1e300), whose square would also overflow the statistics.
     for col in spec.numeric_features:
-        features[col] = features[col].where(features[col].abs() != np.inf)
+        features[col] = features[col].where(features[col].abs() <= _FLOAT32_MAX)
 
     quarantine = raw[~good]
     quarantine = quarantine.assign(

@@ -332,7 +332,9 @@ def test_non_finite_targets_and_weights_are_quarantined_with_a_reason(runtime, t
     y[:4] = ["inf", "1e400", "-inf", "1e300"]  # 1e400 reads as inf; 1e300 is infinite as float32
     w[10:15] = ["-1", "inf", "1e-45", "1e39", ""]
     w[20] = "0"  # a weight of 0 is a weight: the row is kept
-    regression_csv(tmp_path / "t.csv", y=y, w=w)
+    x = ["0.5"] * 3_000
+    x[30] = "1e300"  # a feature past float32's range is missing, as inf is: the row is kept
+    regression_csv(tmp_path / "t.csv", x=x, y=y, w=w)
     result = etl(regression_job(tmp_path, tmp_path / "t.csv", runs), runtime=runtime)
     assert result.quarantined == {"y: target not a finite number within ±3.4e+38": 4,
                                   "w: sample weight not a finite number ≥ 0": 2,
@@ -341,6 +343,8 @@ def test_non_finite_targets_and_weights_are_quarantined_with_a_reason(runtime, t
     assert result.rows == 3_000 - 9
     quarantine = pd_concat(result.stage_dir / "quarantine")
     assert sorted(quarantine.id.astype(int)) == [0, 1, 2, 3, 10, 11, 12, 13, 14]
+    features = pd_concat(result.stage_dir / "features").set_index("id")
+    assert "30" in features.index and (features.x == 0).all()  # missing: the mean, standardized
 
 
 def pd_concat(directory):
