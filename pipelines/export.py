@@ -96,7 +96,7 @@ def export(run_dir, out_dir, *, model: str | None = None, quantize: str | None =
     if quantize == "int8" and not FAMILIES[files.model].quantizable:
         raise ExportError(f"--quantize int8: quantizes the MLP families' weights; {files.model} has no matrix "
                           "products (a tree model: its thresholds are exact already): export it without --quantize")
-    out = new_output_dir(location(out_dir, storage_options), "--out", overwrite)
+    out = new_output_dir(location(out_dir, storage_options), "--out", overwrite, keep={"run": run_dir})
     model, payload, preprocessor, metrics = files.model, files.payload, files.preprocessor, files.metrics
     family = FAMILIES[model]
     # The caller's storage options, never the run's: a run directory does not choose what is reached.

@@ -49,6 +49,21 @@ class PredictResult:
     seconds: float
 
 
+def fixed_prefix(path: str) -> str:
+    """The part of an input path before its first wildcard, up to a directory (the path itself
+    if it has none): what the input may hold.
+
+    Examples
+    --------
+    >>> fixed_prefix("data/new/*.csv"), fixed_prefix("data/part[0-9]/x.csv"), fixed_prefix("t.csv")
+    ('data/new', 'data', 't.csv')
+    """
+    wildcards = [path.index(c) for c in "*?[" if c in path]
+    if not wildcards:
+        return path
+    return path[:min(wildcards)].rsplit("/", 1)[0] if "/" in path[:min(wildcards)] else "."
+
+
 def predict(run_dir, input_path, output_path, *, model: str | None = None, runtime: Runtime | None = None,
             overwrite: bool = False, engine: str = "shardflow", precision: str = "fp32",
             storage_options: dict | None = None) -> PredictResult:
@@ -96,7 +111,9 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
             raise ShardflowError(str(err)) from None
     run_dir = location(run_dir, storage_options)
     files = artifacts.scoring_files(run_dir, model)  # every file checked against the manifest's hashes
-    output = new_output_dir(location(output_path, storage_options), "--output", overwrite)
+    output = new_output_dir(location(output_path, storage_options), "--output", overwrite,
+                            keep={"--run": run_dir},
+                            inputs={"--input": location(fixed_prefix(str(input_path)), storage_options)})
     model, payload, preprocessor, manifest = files.model, files.payload, files.preprocessor, files.manifest
     config_path = files.config_path
     if url_scheme(input_path):

@@ -74,19 +74,47 @@ def write_text_atomic(path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def new_output_dir(path, option: str, overwrite: bool) -> Path:
+def new_output_dir(path, option: str, overwrite: bool, keep: dict | None = None, inputs: dict | None = None) -> Path:
     """``path`` resolved, refused if it exists and ``overwrite`` is not given (``option``
-    names the command-line option in the message)."""
+    names the command-line option in the message); if it is, holds or lies inside one of
+    ``keep`` (``{option: path}``: the run being read, which an overwrite would destroy and
+    the output's files would change); or if it is or holds one of ``inputs`` (an output may
+    lie beside or below its input files, never over them).
+
+    Examples
+    --------
+    >>> new_output_dir("/runs/r1/scores", "--output", True, keep={"--run": "/runs/r1"})
+    Traceback (most recent call last):
+    ...
+    shardflow.tasks.errors.ShardflowError: --output /runs/r1/scores: lies inside --run /runs/r1, which it would change; write the output elsewhere
+    """
+    from shardflow.tasks.errors import ShardflowError
+
     out = location(path).expanduser().resolve()
     if isinstance(out, StorePath) and "/" not in out.key:
-        from shardflow.tasks.errors import ShardflowError
-
         raise ShardflowError(f"{option} {out}: a whole bucket; give a prefix in it ({out}/predictions)")
+    checks = [(o, p, True) for o, p in (keep or {}).items()] + [(o, p, False) for o, p in (inputs or {}).items()]
+    for other_option, other, inside_too in checks:
+        other = location(other).expanduser().resolve()
+        relation = _nesting(out, other)
+        if relation is not None and (inside_too or relation != "lies inside"):
+            raise ShardflowError(f"{option} {out}: {relation} {other_option} {other}, which it would "
+                                 f"{'destroy' if relation != 'lies inside' else 'change'}; write the output elsewhere")
     if out.exists() and not overwrite:
-        from shardflow.tasks.errors import ShardflowError
-
         raise ShardflowError(f"{option} {out}: already exists; choose another path or pass --overwrite")
     return out
+
+
+def _nesting(out, other) -> str | None:
+    """How ``out`` and ``other`` overlap: ``"is"``, ``"holds"``, ``"lies inside"`` or None."""
+    a, b = str(out).rstrip("/"), str(other).rstrip("/")
+    if a == b:
+        return "is"
+    if b.startswith(a + "/"):
+        return "holds"
+    if a.startswith(b + "/"):
+        return "lies inside"
+    return None
 
 
 @contextlib.contextmanager

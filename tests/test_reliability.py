@@ -470,3 +470,51 @@ def test_two_jobs_on_one_runs_directory_never_share_a_run(runtime, tmp_path):
     else:  # one ran after the other had finished: the run holds the later job, consistently
         assert consistent(printed[3]) in (3, 5)
     assert not any(p.name == ".lock" for p in (tmp_path / "runs").rglob(".lock"))
+
+
+def test_an_output_over_the_run_or_the_input_is_refused_and_nothing_is_lost(runtime, tmp_path):
+    """`predict --run R --output R --overwrite` deleted the run it read. An output may never
+    be, hold or lie inside the run being read, nor be or hold its input."""
+    import hashlib
+
+    from shardflow.pipelines.export import export
+    from shardflow.pipelines.predict import predict
+    from shardflow.tasks.errors import ShardflowError
+
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    n = 2000
+    frame = pd.DataFrame({"id": np.arange(n), "x": rng.normal(size=n).round(4)})
+    frame["y"] = (frame.x + rng.normal(scale=0.5, size=n) > 0).astype(int)
+    (tmp_path / "in").mkdir()
+    frame.to_csv(tmp_path / "in" / "t.csv", index=False)
+    (tmp_path / "job.yaml").write_text("input: {path: in/t.csv}\ntarget: {column: y}\nfeatures: {numeric: [x]}\n"
+                                       "output: {runs_dir: runs}\n"
+                                       "train: {models: [xgboost], xgboost: {num_boost_round: 10}}\n")
+    run_dir = run(load_config(tmp_path / "job.yaml"), runtime=runtime).run_dir
+
+    def snapshot():
+        return {p.relative_to(tmp_path): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    for output, words in ((run_dir, "is --run"), (run_dir / "scores", "lies inside --run"),
+                          (run_dir.parent, "holds --run"), (tmp_path / "in", "holds --input"),
+                          (tmp_path / "in" / "t.csv", "is --input"),
+                          (tmp_path, "holds --run")):
+        with pytest.raises(ShardflowError, match=words):
+            predict(run_dir, tmp_path / "in" / "t.csv", output, overwrite=True, runtime=runtime)
+    with pytest.raises(ShardflowError, match="is --input"):  # the directory a glob reads
+        predict(run_dir, str(tmp_path / "in" / "*.csv"), tmp_path / "in", overwrite=True, runtime=runtime)
+    with pytest.raises(ShardflowError, match="lies inside run"):
+        export(run_dir, run_dir / "onnx")
+    done = subprocess.run([sys.executable, "-m", "shardflow", "predict", "--run", str(run_dir), "--input",
+                           str(tmp_path / "in" / "t.csv"), "--output", str(run_dir), "--overwrite"],
+                          capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("shardflow: error:")]
+    assert done.returncode == 2 and len(errors) == 1 and "is --run" in errors[0], done.stderr[-2000:]
+    assert snapshot() == before  # nothing written, nothing lost
+    # Beside or below the input is fine.
+    scored = predict(run_dir, str(tmp_path / "in" / "*.csv"), tmp_path / "in" / "scores", runtime=runtime)
+    assert len(pd.read_parquet(scored.output)) == n
