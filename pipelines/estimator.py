@@ -80,10 +80,11 @@ class Estimator:
         import dask.dataframe as dd
         import numpy as np
         import pandas as pd
+        import pyarrow as pa
         from dask.base import tokenize
 
         from shardflow.pipelines.job import run
-        from shardflow.pipelines.model import load_model
+        from shardflow.pipelines.model import load_model, table_column_error
 
         config = self._config()
         target = config.target.column
@@ -94,6 +95,10 @@ class Estimator:
                 if len(values) != len(X):
                     raise InputError(f"Estimator.fit: y has {len(values)} values and X {len(X)} rows")
                 X = X.assign(**{target: values})
+            try:  # a column Arrow cannot hold fails here, named, not in the Parquet writer's traceback
+                pa.Schema.from_pandas(X, preserve_index=False)
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+                raise table_column_error(X, err, "Estimator.fit") from None
             X = dd.from_pandas(X, npartitions=max(1, -(-len(X) // 1_000_000)), sort=False)
         elif isinstance(X, dd.DataFrame):
             X = X.reset_index() if X.index.name is not None else X

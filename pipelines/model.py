@@ -166,7 +166,21 @@ def _schema(frame: pd.DataFrame) -> dict:
     try:
         return dict(zip(frame.columns, pa.Schema.from_pandas(frame, preserve_index=False).types))
     except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-        raise InputError(f"predict: a column cannot be read as a table column ({err})") from None
+        raise table_column_error(frame, err, "predict") from None
+
+
+def table_column_error(frame: pd.DataFrame, err: Exception, where: str) -> InputError:
+    """The error for a frame Arrow cannot read as a table, naming the column at fault."""
+    from shardflow.tasks.backend import require_scalars
+
+    for name in frame.columns:
+        column = frame[name]
+        require_scalars(column, name)  # a dict or list among the values: said as such
+        try:
+            pa.Schema.from_pandas(column.to_frame(), preserve_index=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as column_err:
+            return InputError(f"{where}: column {name!r} cannot be read as a table column ({column_err})")
+    return InputError(f"{where}: a column cannot be read as a table column ({err})")
 
 
 def load_model(run_dir, name: str | None = None, storage_options: dict | None = None) -> TrainedModel:

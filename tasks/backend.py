@@ -10,6 +10,8 @@ Readers are chosen by backend *name* (``"pandas"`` or ``"cudf"``, Dask's
 
 from __future__ import annotations
 
+import datetime as _dt
+import decimal as _decimal
 import importlib
 
 import numpy as np
@@ -107,11 +109,48 @@ def _take_rows_pandas(table, positions):
     )
 
 
+#: What ``infer_dtype`` calls an object column of scalars only (the rest is checked value by value).
+_SCALAR_KINDS = {"string", "empty", "integer", "floating", "mixed-integer-float", "mixed-integer", "boolean",
+                 "decimal", "datetime", "datetime64", "date", "time", "timedelta", "bytes"}
+_SCALAR_TYPES = (str, bytes, int, float, bool, np.generic, pd.Timestamp, pd.Timedelta, _dt.date, _dt.time,
+                 _dt.timedelta, _decimal.Decimal)
+
+
 @as_strings.register(pd.Series)
 def _as_strings_pandas(series):
     if pd.api.types.is_string_dtype(series.dtype) and series.dtype != object:
         return series
+    require_scalars(series)
     return series.astype("string")
+
+
+def require_scalars(series: pd.Series, name=None) -> None:
+    """Refuse a column holding values that are not scalars (dicts, lists, arrays): as a
+    category it would become its repr (``"{'a': 1}"``), a value no file spells.
+
+    Raises
+    ------
+    InputError
+        Naming the column (``name``, default the series' name) and the first such value.
+
+    Examples
+    --------
+    >>> require_scalars(pd.Series(["a", 1, None], dtype=object))
+    >>> require_scalars(pd.Series(["a", {"k": 1}], dtype=object), "city")
+    Traceback (most recent call last):
+    ...
+    shardflow.tasks.errors.InputError: column 'city': holds dict values (such as "{'k': 1}"); a categorical or key column takes text, numbers or booleans: flatten it first (for example to JSON text)
+    """
+    if series.dtype != object or pd.api.types.infer_dtype(series, skipna=True) in _SCALAR_KINDS:
+        return
+    odd = series[series.map(lambda v: not (v is None or v is pd.NA or isinstance(v, _SCALAR_TYPES)))]
+    if len(odd):
+        from shardflow.tasks.errors import InputError
+
+        example = odd.iloc[0]
+        raise InputError(f"column {name if name is not None else series.name!r}: holds {type(example).__name__} "
+                         f"values (such as {str(example)[:40]!r}); a categorical or key column takes text, numbers "
+                         "or booleans: flatten it first (for example to JSON text)")
 
 
 @concat_frames.register(pd.DataFrame)

@@ -349,3 +349,34 @@ def test_data_parallel_mlp_on_a_file_sorted_by_its_target_trains_as_on_a_shuffle
     # The shuffle places rows by their values: the same partitions, the same model, whatever the file order.
     assert results["sorted"]["rmse"] == pytest.approx(results["shuffled"]["rmse"], rel=1e-6), results
     assert results["sorted"]["r2"] > 0.95
+
+
+def test_categorical_values_that_are_not_scalars_are_refused_naming_the_column(runtime, tmp_path):
+    """A column of dicts became its repr ("{'a': 1}"), a category no file spells, silently."""
+    import shardflow
+    from shardflow.pipelines.estimator import Estimator
+
+    table = small_table(600)
+    table.to_csv(tmp_path / "t.csv", index=False)
+    sections = {"target": {"column": "y"}, "features": {"numeric": ["distance", "fare"], "categorical": ["city"]},
+                "output": {"runs_dir": "runs"}, "train": {"models": ["xgboost"], "xgboost": {"num_boost_round": 5}}}
+    config = load_config(write_job(tmp_path, input={"path": "t.csv"}, **sections))
+    model = shardflow.load_model(run(config, runtime=runtime).run_dir)
+    def with_city(value):
+        cities = table.city.tolist()
+        cities[3] = value
+        return table.drop(columns=["y"]).assign(city=pd.Series(cities, dtype=object))
+
+    with pytest.raises(InputError, match=r"column 'city': holds dict values .* takes text, numbers or booleans"):
+        model.predict(with_city({"name": "a"}))
+    structs = table.drop(columns=["y"]).assign(city=[{"name": c} for c in table.city])  # Arrow reads a struct
+    with pytest.raises(InputError, match=r"column 'city': holds dict values"):
+        model.predict(structs)
+    odd = with_city(["a", "b"])
+    with pytest.raises(InputError, match=r"column 'city': holds list values"):
+        model.predict(odd)
+    fitted_runs = tmp_path / "runs"
+    before = sorted(p.name for p in fitted_runs.iterdir())
+    with pytest.raises(InputError, match=r"column 'city': holds list values"):
+        Estimator(config, runtime=runtime).fit(odd.assign(y=table.y))
+    assert sorted(p.name for p in fitted_runs.iterdir()) == before  # no run was made
