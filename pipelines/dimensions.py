@@ -18,7 +18,7 @@ from shardflow.pipelines.config import Config
 from shardflow.tasks import backend
 from shardflow.tasks.errors import InputError
 from shardflow.tasks.io import CSV_SUFFIXES, csv_header
-from shardflow.tasks.prepare import join_key
+from shardflow.tasks.prepare import ISO_DATETIME, join_key
 from shardflow.tasks.schema import JoinSpec
 from shardflow.tasks.storage import list_input_files, open_file
 
@@ -99,21 +99,36 @@ def load_dimensions(config: Config, source) -> list[Dimension]:
 
 
 def _key_kind(index: int, column: str, source, dim_values: pd.Series, path: str) -> str:
-    """How key ``column`` is compared: as numbers when either side holds numbers, else as text.
+    """How key ``column`` is compared: as numbers when either side holds numbers, as instants
+    when the dimension table holds datetimes (or ISO 8601 text only), else as text.
 
-    The fact table's CSV text is parsed as numbers then; a dimension table's text key
-    against a numeric fact key must parse entirely, or the join could never match.
+    The fact table's CSV text is parsed as numbers (or instants) then; a dimension table's
+    text key against a numeric fact key must parse entirely, or the join could never match.
+    Instants are decided by the dimension table alone (the same file at training and at
+    scoring), so a key given as text to train and as a pandas datetime to score joins the
+    same rows.
     """
     fact = source.schema[column]
     fact_numeric = pa.types.is_integer(fact) or pa.types.is_floating(fact) or pa.types.is_decimal(fact) \
         or pa.types.is_boolean(fact)
+    fact_moment = pa.types.is_timestamp(fact) or pa.types.is_date(fact)
+    present = dim_values.dropna()
+    dim_moment = pd.api.types.is_datetime64_any_dtype(dim_values.dtype) or (
+        len(present) > 0 and not pd.api.types.is_numeric_dtype(present.dtype)
+        and bool(present.astype("string").str.strip().str.fullmatch(ISO_DATETIME).all()))
+    if dim_moment and not fact_numeric:
+        return "datetime"
+    if fact_moment:
+        example = present.iloc[0] if len(present) else None
+        raise InputError(f"joins[{index}].on: key {column!r} holds datetimes ({fact}) in the input but "
+                         f"{'values such as ' + repr(example) if example is not None else 'no values'} in {path}, "
+                         "which are not ISO 8601 datetimes; they can never match: fix the key column's type in one "
+                         "of them")
     if pd.api.types.is_numeric_dtype(dim_values.dtype) and not pd.api.types.is_bool_dtype(dim_values.dtype):
-        present = dim_values.dropna()
         whole = pd.api.types.is_integer_dtype(present.dtype) or bool((present == present.round()).all())
         fact_whole = pa.types.is_integer(fact) or not fact_numeric
         return "integer" if whole and fact_whole else "number"
     if fact_numeric:
-        present = dim_values.dropna()
         parsed = pd.to_numeric(present, errors="coerce")
         if parsed.isna().any():
             example = present[parsed.isna()].iloc[0]

@@ -163,8 +163,12 @@ class _FrameSource:
 
 
 def _schema(frame: pd.DataFrame) -> dict:
+    import warnings
+
     try:
-        return dict(zip(frame.columns, pa.Schema.from_pandas(frame, preserve_index=False).types))
+        with warnings.catch_warnings():  # pyarrow reads a time-zone column through .values, which pandas 3.1 deprecates
+            warnings.filterwarnings("ignore", message="Series.values returning an ndarray that drops timezone")
+            return dict(zip(frame.columns, pa.Schema.from_pandas(frame, preserve_index=False).types))
     except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
         raise table_column_error(frame, err, "predict") from None
 

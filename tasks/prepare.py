@@ -208,6 +208,8 @@ def split_membership(keys, validation_fraction: float, seed: int) -> np.ndarray:
 
 #: ISO 8601 dates and times without an offset, the text a datetime column is written as.
 _ISO_DATETIME = r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)?"
+#: ISO 8601 dates and times, with or without an offset (``Z``, ``+02:00``).
+ISO_DATETIME = _ISO_DATETIME + r"(?:\s?(?:Z|[+-]\d{2}:?\d{2}))?"
 _NUMBER = r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$"
 _MISSING_HASH = pd.util.hash_array(np.array([np.nan]), categorize=False)[0]
 
@@ -366,7 +368,14 @@ def join_key(values, kind: str):
     [7.0, 7.0, nan, nan]
     >>> join_key(pd.Series(["9007199254740993", "9007199254740992", "7.5"]), "integer").tolist()
     [9007199254740993, 9007199254740992, <NA>]
+    >>> text = join_key(pd.Series(["2013-01-01T10:00:00Z", "2013-01-01 11:00", "soon"]), "datetime")
+    >>> stamps = join_key(pd.Series(pd.to_datetime(["2013-01-01 10:00", "2013-01-01 11:00", None]).tz_localize("UTC")),
+    ...                   "datetime")
+    >>> text.tolist() == stamps.tolist()  # one instant, however it is stored; unparseable text is missing
+    True
     """
+    if kind == "datetime":
+        return _instants(values)
     if kind == "integer" and isinstance(values, pd.Series):
         if values.dtype.kind in "iu":
             return values.astype("Int64")
@@ -378,6 +387,21 @@ def join_key(values, kind: str):
     if kind in ("number", "integer"):
         return _as_float(values, booleans=True)
     return backend.as_strings(values)
+
+
+def _instants(values):
+    """Datetimes (or ISO 8601 text) as naive UTC ``datetime64[ns]``: text without an offset,
+    and naive datetimes, are taken as UTC."""
+    if not isinstance(values, pd.Series):  # cuDF: its own parser, no time zones
+        return backend.to_datetime(values)
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        if getattr(values.dtype, "tz", None) is not None:
+            values = values.dt.tz_convert("UTC").dt.tz_localize(None)
+        return values.astype("datetime64[ns]")
+    text = values.astype("string").str.strip()
+    parsed = pd.to_datetime(text.where(text.str.fullmatch(ISO_DATETIME).fillna(False)), errors="coerce", utc=True,
+                            format="ISO8601")
+    return parsed.dt.tz_localize(None).astype("datetime64[ns]")
 
 
 def _left_join(frame, table, join):

@@ -31,7 +31,8 @@ class JoinSpec:
     columns: tuple[str, ...]
     rename: dict = field(default_factory=dict)
     #: How each key is compared: ``"number"`` (both sides as float64, so ``7``, ``7.0``
-    #: and the CSV text ``"7"`` match) or ``"string"``.
+    #: and the CSV text ``"7"`` match), ``"integer"`` (exactly, as Int64), ``"datetime"``
+    #: (as UTC instants: ISO 8601 text and datetimes alike) or ``"string"``.
     key_kinds: tuple[str, ...] = ()
 
     def joined_names(self) -> list[str]:

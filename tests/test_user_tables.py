@@ -380,3 +380,46 @@ def test_categorical_values_that_are_not_scalars_are_refused_naming_the_column(r
     with pytest.raises(InputError, match=r"column 'city': holds list values"):
         Estimator(config, runtime=runtime).fit(odd.assign(y=table.y))
     assert sorted(p.name for p in fitted_runs.iterdir()) == before  # no run was made
+
+
+def test_a_datetime_join_key_scores_alike_as_text_or_as_a_pandas_datetime(runtime, tmp_path):
+    """nycflights13: flights join weather on time_hour, ISO text with a 'Z' in both CSVs. Scored
+    from a frame read with parse_dates, 1,960 of 2,000 predictions differed silently (the
+    weather never joined). Keys compare as instants, however the fact table stores them."""
+    import shardflow
+    from shardflow.pipelines.predict import predict
+
+    rng = np.random.default_rng(3)
+    hours = pd.date_range("2013-01-01", periods=300, freq="h", tz="UTC")
+    weather = pd.DataFrame({"time_hour": hours.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                            "temp": rng.normal(40, 15, len(hours)).round(1)})
+    weather.to_csv(tmp_path / "weather.csv", index=False)
+    n = 3000
+    flights = pd.DataFrame({"id": np.arange(n), "time_hour": weather.time_hour.to_numpy()[rng.integers(0, 300, n)],
+                            "distance": rng.uniform(100, 2500, n).round(0)})
+    temp = flights.merge(weather, on="time_hour", how="left")["temp"]
+    flights["delay"] = (2.0 * temp - 0.01 * flights.distance + rng.normal(0, 3, n)).round(1)
+    flights.to_csv(tmp_path / "flights.csv", index=False)
+    config = load_config(write_job(tmp_path, input={"path": "flights.csv"},
+                                   joins=[{"path": "weather.csv", "on": ["time_hour"], "columns": ["temp"]}],
+                                   target={"column": "delay", "task": "regression"},
+                                   features={"numeric": ["distance", "temp"]}, split={"key": ["id"]},
+                                   output={"runs_dir": "runs"},
+                                   train={"models": ["xgboost"], "xgboost": {"num_boost_round": 30}}))
+    result = run(config, runtime=runtime)
+    model = shardflow.load_model(result.run_dir)
+    rows = pd.read_csv(tmp_path / "flights.csv").head(2000).drop(columns=["delay"])
+    as_text = model.predict(rows)
+    as_utc = model.predict(rows.assign(time_hour=pd.to_datetime(rows.time_hour)))  # datetime64[ns, UTC]
+    as_naive = model.predict(rows.assign(time_hour=pd.to_datetime(rows.time_hour).dt.tz_localize(None)))
+    rows.to_csv(tmp_path / "new.csv", index=False)
+    scored = pd.read_parquet(predict(result.run_dir, tmp_path / "new.csv", tmp_path / "scores",
+                                     runtime=runtime).output)["prediction"]
+    np.testing.assert_allclose(as_text["prediction"], scored.to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(as_utc["prediction"], scored.to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(as_naive["prediction"], scored.to_numpy(), rtol=1e-6)
+    # The weather matters: without it the model predicts something else.
+    unjoined = model.predict(rows.assign(time_hour="2099-01-01T00:00:00Z"))
+    assert np.abs(unjoined["prediction"].to_numpy() - scored.to_numpy()).mean() > 5
+    summary = json.loads((result.run_dir / "etl" / "summary.json").read_text())
+    assert summary["joins"]["weather"]["match_rate"] == 1.0
