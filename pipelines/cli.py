@@ -37,6 +37,9 @@ def _add_config_options(parser: argparse.ArgumentParser, required: bool) -> None
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set features.numeric=[a,b] (repeatable)")
     parser.add_argument("--runs-dir", metavar="DIR", help="where run directories go (output.runs_dir)")
+    parser.add_argument("--allow-remote-cluster", action="store_true",
+                        help="let the config file's cluster: section name a scheduler on another host or a "
+                             "non-loopback interface (otherwise only the command line may)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,7 +190,8 @@ def _load(args, base_dir=None):
             raise ConfigError(str(err)) from None
         runs_dir = args.runs_dir if url_scheme(args.runs_dir) else str(location(args.runs_dir).expanduser().resolve())
         overrides.append(f"output.runs_dir={json.dumps(runs_dir)}")
-    return load_config(args.config, overrides, base_dir=base_dir)
+    return load_config(args.config, overrides, base_dir=base_dir,
+                       allow_remote_cluster=getattr(args, "allow_remote_cluster", False))
 
 
 def cmd_generate(args) -> int:

@@ -9,8 +9,9 @@ features.numeric=[a,b]`` (values are parsed as YAML).
 from __future__ import annotations
 
 import copy
-import typing
 import dataclasses
+import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -332,7 +333,12 @@ def default_config_path() -> Path:
     return Path(__file__).resolve().parent.parent / "data" / "trips.yaml"
 
 
-def load_config(path=None, overrides=(), base_dir=None) -> Config:
+#: Set to 1 to let a config file (not only the command line) name a remote scheduler or a
+#: non-loopback interface (``--allow-remote-cluster`` does the same for one command).
+ALLOW_REMOTE_CLUSTER_ENV = "SHARDFLOW_ALLOW_REMOTE_CLUSTER"
+
+
+def load_config(path=None, overrides=(), base_dir=None, *, allow_remote_cluster: bool = False) -> Config:
     """Read, override and validate a job config.
 
     Parameters
@@ -343,6 +349,12 @@ def load_config(path=None, overrides=(), base_dir=None) -> Config:
         ``"dotted.key=value"`` strings; values are parsed as YAML.
     base_dir : str, optional
         Directory relative paths are resolved against (default: the file's directory).
+    allow_remote_cluster : bool
+        Let the file's ``cluster:`` section name a scheduler on another host or bind the
+        cluster or its dashboard to a non-loopback interface. A config file is data that
+        may come from anyone: without this consent (or ``SHARDFLOW_ALLOW_REMOTE_CLUSTER=1``)
+        where the cluster runs and listens comes from the person running the command
+        (``overrides``, the command line), never from the file.
 
     Returns
     -------
@@ -373,7 +385,12 @@ def load_config(path=None, overrides=(), base_dir=None) -> Config:
         raise ConfigError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config is a mapping of sections, got {type(raw).__name__}")
+    from_file = raw.get("cluster") if isinstance(raw.get("cluster"), dict) else {}
     raw = apply_overrides(raw, overrides)
+    if not (allow_remote_cluster or os.environ.get(ALLOW_REMOTE_CLUSTER_ENV) == "1"):
+        overridden = {item.partition("=")[0].strip() for item in overrides}
+        check_cluster_reach(path, {key: value for key, value in from_file.items()
+                                   if f"cluster.{key}" not in overridden and "cluster" not in overridden})
     try:
         config = build_section(Config, raw, "")
         config.base_dir = str(base_dir if url_scheme(base_dir) else Path(base_dir)) if base_dir else str(path.resolve().parent)
@@ -381,6 +398,55 @@ def load_config(path=None, overrides=(), base_dir=None) -> Config:
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
     return config
+
+
+def check_cluster_reach(path, cluster: dict) -> None:
+    """Refuse a config file's ``cluster:`` values that reach past this machine: a scheduler
+    address on another host (every partition would be sent there), or a scheduler, worker
+    or dashboard interface other than loopback (anyone who reaches it can run code).
+
+    Examples
+    --------
+    >>> check_cluster_reach("job.yaml", {"spec": "tcp://127.0.0.1:8786", "dashboard_address": "127.0.0.1:0"})
+    >>> check_cluster_reach("job.yaml", {"host": "0.0.0.0"})
+    Traceback (most recent call last):
+    ...
+    shardflow.pipelines.typed_yaml.ConfigError: job.yaml: config key 'cluster.host': 0.0.0.0 is reachable from other machines, and a config file does not choose where the cluster listens or where the data goes; give it on the command line (--cluster, --set cluster.host=...), or consent with --allow-remote-cluster or SHARDFLOW_ALLOW_REMOTE_CLUSTER=1
+    """
+    reaching = []
+    spec = cluster.get("spec")
+    if isinstance(spec, str) and "://" in spec and not spec.startswith("inproc://"):
+        reaching.append(("spec", spec, _host_of(spec.split("://", 1)[1])))
+    if cluster.get("host") is not None:
+        reaching.append(("host", cluster["host"], str(cluster["host"])))
+    if cluster.get("dashboard_address"):
+        reaching.append(("dashboard_address", cluster["dashboard_address"], _host_of(str(cluster["dashboard_address"]))))
+    for key, value, host in reaching:
+        if not _is_loopback(host):
+            raise ConfigError(f"{path}: config key 'cluster.{key}': {value} is reachable from other machines, and a "
+                              "config file does not choose where the cluster listens or where the data goes; give it "
+                              f"on the command line (--cluster, --set cluster.{key}=...), or consent with "
+                              f"--allow-remote-cluster or {ALLOW_REMOTE_CLUSTER_ENV}=1")
+
+
+def _host_of(address: str) -> str:
+    """The host part of ``host:port`` (``[::1]:8786``, ``:8787`` is every interface: '')."""
+    address = address.split("/", 1)[0]
+    if address.startswith("["):
+        return address[1:].split("]", 1)[0]
+    return address.rsplit(":", 1)[0] if address.count(":") == 1 else address
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    host = host.strip().lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost, or '' (every interface)
 
 
 def validate(config: Config) -> None:

@@ -100,7 +100,7 @@ def export(run_dir, out_dir, *, model: str | None = None, quantize: str | None =
     model, payload, preprocessor, metrics = files.model, files.payload, files.preprocessor, files.metrics
     family = FAMILIES[model]
     # The caller's storage options, never the run's: a run directory does not choose what is reached.
-    config = load_config(files.config_path, ["storage_options={}"])
+    config = load_config(files.config_path, ["storage_options={}", "cluster={}"])
     config.storage_options = dict(storage_options or {})
     kind = target_kind(preprocessor.task)
     started = time.perf_counter()

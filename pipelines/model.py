@@ -48,7 +48,7 @@ class TrainedModel:
         self.preprocessor, self._payload = files.preprocessor, files.payload
         self._predictor = FAMILIES[files.model].predict
         # The caller's storage options (for the join tables), never the run's.
-        self._config = load_config(files.config_path, ["storage_options={}"])
+        self._config = load_config(files.config_path, ["storage_options={}", "cluster={}"])
         self._config.storage_options = dict(storage_options or {})
         check_dimension_tables(self._config, files.manifest)
         self._dimensions = {}  # per input columns: a dimension column clashing with one is renamed

@@ -122,9 +122,10 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
         input_abs = os.path.abspath(os.path.expanduser(str(location(input_path))))
     else:
         input_abs = str(location(input_path).expanduser().resolve())
-    # The caller's storage options, never the run's: a run directory does not choose what is reached.
+    # The caller's storage options and cluster, never the run's: a run directory does not
+    # choose what is reached or where the data goes.
     config = load_config(config_path, [f"input.path={json.dumps(input_abs)}", "input.format=auto",
-                                       "storage_options={}"])
+                                       "storage_options={}", "cluster={}"])
     config.storage_options = dict(storage_options or {})
     plan = InputPlan(config, for_prediction=True)
     if plan.source.rows == 0:

@@ -109,3 +109,64 @@ def test_local_cuda_without_gpu_stack_says_what_to_install():
 def test_bad_spec_names_the_key():
     with pytest.raises(ValueError, match="cluster.spec"):
         start(spec="kubernetes")
+
+
+# ----------------------------------------------------------------------------- a config does not choose where
+
+
+@pytest.mark.parametrize("section, key", [
+    ("{host: 0.0.0.0}", "cluster.host"),
+    ("{dashboard_address: ':8787'}", "cluster.dashboard_address"),
+    ("{dashboard_address: '0.0.0.0:0'}", "cluster.dashboard_address"),
+    ("{spec: 'tcp://localhost.:{port}'}", "cluster.spec"),
+])
+def test_a_config_file_cannot_open_the_cluster_or_send_the_data_elsewhere(tmp_path, section, key):
+    """A shared config made a local cluster listen on 0.0.0.0, or shipped every partition to
+    a scheduler it named. Where the cluster runs and listens comes from the command line or
+    the environment; a config file's value is refused before anything starts."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as recorder:  # stands for "elsewhere": it must see no connection
+        recorder.bind(("127.0.0.1", 0))
+        recorder.listen()
+        recorder.settimeout(0)
+        port = recorder.getsockname()[1]
+        (tmp_path / "t.csv").write_text("id,x,y\n" + "".join(f"{i},{i * 0.5},{i % 2}\n" for i in range(200)))
+        (tmp_path / "job.yaml").write_text("input: {path: t.csv}\ntarget: {column: y}\nfeatures: {numeric: [x]}\n"
+                                           "output: {runs_dir: runs}\n"
+                                           f"cluster: {section.replace('{port}', str(port))}\n")
+        env = {k: v for k, v in os.environ.items() if k != "SHARDFLOW_ALLOW_REMOTE_CLUSTER"}
+        done = subprocess.run([sys.executable, "-m", "shardflow", "etl", "-c", str(tmp_path / "job.yaml")],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+        errors = [line for line in done.stderr.splitlines() if line.startswith("shardflow: error:")]
+        assert done.returncode == 2 and len(errors) == 1, done.stderr[-2000:]
+        assert f"config key '{key}'" in errors[0] and "--allow-remote-cluster" in errors[0]
+        assert "cluster local" not in done.stderr  # no cluster was started, so nothing was bound
+        assert not (tmp_path / "runs").exists()
+        with pytest.raises(BlockingIOError):
+            recorder.accept()  # nobody connected
+
+
+def test_the_command_line_and_consent_may_choose_where(tmp_path, monkeypatch):
+    from shardflow.pipelines.config import ConfigError, load_config
+
+    (tmp_path / "job.yaml").write_text("input: {path: t.csv}\ntarget: {column: y}\nfeatures: {numeric: [x]}\n"
+                                       "cluster: {spec: 'tcp://scheduler.example:8786', host: 0.0.0.0}\n")
+    monkeypatch.delenv("SHARDFLOW_ALLOW_REMOTE_CLUSTER", raising=False)
+    with pytest.raises(ConfigError, match="config key 'cluster.spec'"):
+        load_config(tmp_path / "job.yaml")
+    # The person running the command: overrides (--cluster, --set), the flag, the environment.
+    assert load_config(tmp_path / "job.yaml", ["cluster.spec=tcp://scheduler.example:8786",
+                                               "cluster.host=0.0.0.0"]).cluster.host == "0.0.0.0"
+    assert load_config(tmp_path / "job.yaml", allow_remote_cluster=True).cluster.spec == "tcp://scheduler.example:8786"
+    monkeypatch.setenv("SHARDFLOW_ALLOW_REMOTE_CLUSTER", "1")
+    assert load_config(tmp_path / "job.yaml").cluster.host == "0.0.0.0"
+    # Loopback and a local scheduler address are this machine: a config may name them.
+    (tmp_path / "local.yaml").write_text("input: {path: t.csv}\ntarget: {column: y}\nfeatures: {numeric: [x]}\n"
+                                         "cluster: {spec: 'tcp://127.0.0.1:8786', host: '::1', "
+                                         "dashboard_address: 'localhost:0'}\n")
+    monkeypatch.delenv("SHARDFLOW_ALLOW_REMOTE_CLUSTER")
+    assert load_config(tmp_path / "local.yaml").cluster.spec == "tcp://127.0.0.1:8786"
