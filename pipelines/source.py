@@ -20,7 +20,7 @@ from dask.utils import parse_bytes
 from shardflow.pipelines.config import Config
 from shardflow.tasks import backend
 from shardflow.tasks.errors import InputError
-from shardflow.tasks.expressions import parse_expression
+from shardflow.tasks.expressions import ExpressionError, check_kinds, parse_expression
 from shardflow.pipelines.dimensions import Dimension, dimension_frames, load_dimensions
 from shardflow.tasks.io import CSV_SUFFIXES, ROW_ERROR_COLUMN, Piece, csv_header, read_piece
 from shardflow.tasks.prepare import prepare_partition
@@ -323,6 +323,7 @@ def table_spec(config: Config, source: Source, dims: list[Dimension], for_predic
                     raise InputError(f"column {col!r} (config key '{key}') has type {available[col]} in {first}, "
                                      f"expected {expected}; {fix}")
     spec = replace(spec, column_types=_column_types(config, source, spec))
+    check_expression_kinds(spec, available)
     if not spec.split_key:
         # Default split key: every column the job reads, so identical rows agree.
         # (not the weight: weighing rows must not move them between train and validation)
@@ -349,6 +350,57 @@ def _column_types(config: Config, source: Source, spec: TableSpec) -> tuple:
         if col not in typed:
             kinds.setdefault(col, kind)
     return tuple(kinds.items())
+
+
+def check_expression_kinds(spec: TableSpec, available: dict) -> None:
+    """Refuse arithmetic on text in ``features.derived`` and ``target.expression``, on the
+    client and before any partition is read.
+
+    Each column's kind is the one it has when :func:`prepare_partition` evaluates the
+    expressions: numeric features, ``valid_ranges`` columns and ``input.types`` as typed
+    there, anything else (categoricals, joined columns) as read (``available``: column ->
+    arrow type; a CSV's columns are text). The empty-frame check of :func:`prepared_meta`
+    cannot see this: ``'ab' * 3`` is valid on an empty column and fills a worker's memory on
+    a full one (``cat * (id + id + ...)``).
+
+    Raises
+    ------
+    InputError
+        One line naming the config key, the operator and the text column (an error of the
+        input's columns, as a missing or mistyped one is).
+    """
+    kinds = {col: _arrow_kind(arrow_type) for col, arrow_type in available.items()}
+    kinds.update(dict(spec.column_types))
+    kinds.update({col: "number" for col, _, _ in spec.valid_ranges if kinds.get(col) != "datetime"})
+    kinds.update({col: "number" for col in spec.numeric})
+    kinds.update({col: "datetime" for col in spec.datetime})
+    expressions = [(f"features.derived.{name}", expression) for name, expression in spec.derived]
+    if spec.target_expression is not None:
+        expressions.append(("target.expression", spec.target_expression))
+    for key, expression in expressions:
+        try:
+            check_kinds(expression, kinds, key)
+        except ExpressionError as err:
+            raise InputError(str(err)) from None
+
+
+def _arrow_kind(arrow_type) -> str:
+    """The kind (see :data:`shardflow.tasks.expressions.VALUE_KINDS`) of a column read as ``arrow_type``."""
+    types = pa.types
+    if types.is_dictionary(arrow_type):
+        return _arrow_kind(arrow_type.value_type)
+    if types.is_boolean(arrow_type):
+        return "boolean"
+    if types.is_integer(arrow_type) or types.is_floating(arrow_type) or types.is_decimal(arrow_type):
+        return "number"
+    if types.is_temporal(arrow_type):
+        return "datetime"
+    if (types.is_string(arrow_type) or types.is_large_string(arrow_type) or types.is_binary(arrow_type)
+            or types.is_large_binary(arrow_type) or types.is_fixed_size_binary(arrow_type)):
+        return "text"
+    if types.is_nested(arrow_type):
+        return "nested"
+    return "unknown"
 
 
 def raw_meta(source: Source, columns, backend_name: str):

@@ -64,9 +64,14 @@ class ExportedModel:
             if name in frame.columns:
                 column = frame[name]
             elif name in derived:
-                from shardflow.tasks.expressions import evaluate, parse_expression
+                from shardflow.tasks.expressions import check_kinds, evaluate, parse_expression
 
-                column = evaluate(parse_expression(derived[name], f"features.derived.{name}"), frame)
+                key = f"features.derived.{name}"
+                expression = parse_expression(derived[name], key)
+                # metadata.json is untrusted, and the caller's frame has its own dtypes: an int
+                # column times a text one repeats the text (the ETL refused it from its kinds).
+                check_kinds(expression, _frame_kinds(frame, expression.names), key)
+                column = evaluate(expression, frame)
             elif spec.get("datetime"):
                 from shardflow.tasks.prepare import datetime_part
 
@@ -131,6 +136,28 @@ def _typed(frame: pd.DataFrame, metadata: dict) -> pd.DataFrame:
         if numbers.notna().sum() == frame[col].notna().sum() and frame[col].notna().any():
             converted[col] = numbers.astype("float64")
     return frame.assign(**converted) if converted else frame
+
+
+def _frame_kinds(frame: pd.DataFrame, columns) -> dict:
+    """The kinds (see :func:`shardflow.tasks.expressions.check_kinds`) of ``frame``'s ``columns``
+    after :func:`_typed`: an object column that still holds a value is text (or lists)."""
+    kinds = {}
+    for col in columns:
+        if col not in frame.columns:
+            continue
+        values = frame[col]
+        if values.dtype.kind == "b":
+            kinds[col] = "boolean"
+        elif values.dtype.kind in "iuf":
+            kinds[col] = "number"
+        elif values.dtype.kind in "Mm":
+            kinds[col] = "datetime"
+        else:
+            present = values.dropna()
+            if len(present):
+                first = present.iloc[0]
+                kinds[col] = "nested" if isinstance(first, (list, tuple, dict, np.ndarray)) else "text"
+    return kinds
 
 
 def load_exported(path, precision: str = "fp32", threads: int | None = None) -> ExportedModel:

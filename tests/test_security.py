@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import shutil
 import time
 
@@ -518,3 +519,119 @@ def test_a_tampered_onnx_export_reads_no_file_outside_it(tmp_path, monkeypatch):
     (inside / "weights.bin").write_bytes(weights[::-1])
     with pytest.raises(ValueError, match=r"inside/weights.bin: its SHA-256 is not the one metadata.json records"):
         load_exported(inside)
+
+
+def _text_and_int_table(directory, fmt: str):
+    """A small table with a text column ``cat``, an int column ``id``, an int category ``code``
+    and a target ``y``, as CSV or Parquet (where ``id`` stays int64 as read)."""
+    rng = np.random.default_rng(11)
+    n = 300
+    frame = pd.DataFrame({"id": np.arange(n), "cat": rng.choice(["a", "b", "c"], n),
+                          "code": rng.integers(0, 4, n), "x": rng.normal(size=n), "y": rng.integers(0, 2, n)})
+    path = directory / f"t.{fmt}"
+    frame.to_csv(path, index=False) if fmt == "csv" else frame.to_parquet(path, index=False)
+    return path
+
+
+#: The issue's payload: text times an integer repeats the text; every ``+ id`` multiplies it.
+BLOWUP = "cat * (" + " + ".join(["id"] * 60) + ")"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_text_arithmetic_payload_is_refused_by_the_cli_before_any_worker_runs(tmp_path, fmt):
+    """``cat * (id + id + ...)`` passed the whitelist and filled the workers' memory; it is one
+    line naming the key, the operator and the column, in seconds, and nothing is written."""
+    import subprocess
+    import sys
+
+    path = _text_and_int_table(tmp_path, fmt)
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump({
+        "input": {"path": path.name}, "target": {"column": "y"},
+        "features": {"numeric": ["x"], "categorical": ["cat"], "derived": {"blowup": BLOWUP}},
+        "split": {"key": ["id"]}, "output": {"runs_dir": "runs"}, "cluster": {"spec": "local", "n_workers": 1}}))
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "shardflow", "etl", "-c", str(tmp_path / "job.yaml")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    elapsed = time.perf_counter() - started
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert errors == ["shardflow: error: config key 'features.derived.blowup': '*' on text column 'cat'; "
+                      "arithmetic takes numbers (list the column under features.numeric, or compare it: cat == 'x')"], \
+        proc.stderr[-2000:]
+    assert "cluster" not in proc.stderr  # refused from the kinds, before a cluster (or a worker) started
+    assert elapsed < 30, elapsed
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*"))
+
+
+def test_arithmetic_on_text_is_refused_from_the_columns_kinds(tmp_path):
+    """The parse-time check: text arithmetic is refused naming the operator and the column (or
+    literal), text comparisons and numeric expressions are accepted, and the kinds are the ones
+    the ETL gives the columns (from the schema, features and ``input.types``)."""
+    from shardflow.pipelines.plan import InputPlan
+    from shardflow.tasks.errors import InputError
+    from shardflow.tasks.expressions import ExpressionError, check_kinds
+
+    kinds = {"cat": "text", "id": "number", "flag": "boolean", "when": "datetime", "tags": "nested"}
+    refused = {
+        BLOWUP: "'*' on text column 'cat'",
+        "id + cat": "'+' on text column 'cat'",
+        "cat % id": "'%' on text column 'cat'",
+        "-cat": "'-' on text column 'cat'",
+        "sqrt(cat)": "'sqrt' on text column 'cat'",
+        "where(id > 1, cat, 0) * id": "'*' on text column 'cat'",
+        "(cat if flag else 'z') ** id": "'**' on text column 'cat'",
+        "(cat * id) == 'aaa'": "'*' on text column 'cat'",
+        "fillna(id, 'n/a') * id": "'*' on the text 'n/a'",
+        "tags * id": "'*' on nested column 'tags'",
+    }
+    for text, message in refused.items():
+        with pytest.raises(ExpressionError) as err:
+            check_kinds(parse_expression(text, "features.derived.d"), kinds, "features.derived.d")
+        assert str(err.value).startswith(f"config key 'features.derived.d': {message}; arithmetic takes numbers"), text
+        assert len(str(err.value).splitlines()) == 1
+    accepted = {
+        "cat == 'x'": "boolean", "cat != 'x' and cat in ['a', 'b']": "boolean", "not cat in ['a']": "boolean",
+        "clip(cat, 'a', 'm') == 'b'": "boolean", "isnull(cat) or notnull(tags)": "boolean",
+        "(cat == 'x') * id + flag": "number", "where(cat == 'x', id, -id) ** 2": "number",
+        "id ** 10**9 + log1p(abs(id)) // 3 % 2": "number", "when - when": "datetime",
+    }
+    for text, kind in accepted.items():
+        assert check_kinds(parse_expression(text), kinds) == kind, text
+
+    # Numbers past float64 are inf, computed once on the client (no huge integers on a worker).
+    frame = pd.DataFrame({"id": [1, 2]})
+    started = time.perf_counter()
+    for text in ("id + 1" + "0" * 500, "id * 2 ** 2 ** 64", "id * 9 ** 9 ** 9 ** 9"):
+        assert np.isinf(evaluate(parse_expression(text), frame)).all(), text[:20]
+    assert time.perf_counter() - started < 1
+
+    # Through the table spec: the kinds come from the input's schema and the config.
+    path = _text_and_int_table(tmp_path, "parquet")
+    base = [f"input.path={path}", "target.column=y", "features.numeric=[x]", "features.categorical=[cat]",
+            "features.datetime=[]", "features.derived={}", "output.keep_columns=[]", "split.key=[id]",
+            "clean.valid_ranges={}", "joins=[]"]
+    for override, message in [
+            ("target.expression='(cat * id) > 5'", "config key 'target.expression': '*' on text column 'cat'"),
+            ("features.derived={blowup: 'code + cat'}", "config key 'features.derived.blowup': '+' on text column 'cat'")]:
+        with pytest.raises(InputError, match=re.escape(message)):
+            InputPlan(load_config(default_config_path(), [*base, override])).spec  # noqa: B018
+    # An int category, a text comparison, and a text column read as a number are fine.
+    plan = InputPlan(load_config(default_config_path(), [
+        *base, "features.categorical=[code]", "input.types={cat: number}",
+        "features.derived={twice: 'code * 2 + x', is_a: \"cat == 'a'\", n: 'cat * id'}"]))
+    assert [name for name, _ in plan.spec.derived] == ["twice", "is_a", "n"]
+
+
+def test_an_exported_models_derived_expression_is_checked_against_the_frame(tmp_path):
+    """``metadata.json`` is untrusted: a forged derived input that multiplies text by an int
+    column of the caller's frame is refused before it is computed."""
+    from shardflow.tasks.exported import ExportedModel
+    from shardflow.tasks.expressions import ExpressionError
+
+    model = _tiny_onnx_export(tmp_path / "export")
+    forged = ExportedModel(model, {"inputs": [{"name": "x", "type": "float"}], "derived": {"x": "cat * n"}})
+    frame = pd.DataFrame({"cat": ["ab", "cd"], "n": [10**9, 3]})
+    with pytest.raises(ExpressionError, match=r"'features.derived.x': '\*' on text column 'cat'"):
+        forged.inputs(frame)
+    fine = ExportedModel(model, {"inputs": [{"name": "x", "type": "float"}], "derived": {"x": "(cat == 'ab') * n"}})
+    np.testing.assert_array_equal(fine.inputs(frame)["x"], [1e9, 0.0])
