@@ -22,8 +22,8 @@ CATEGORICAL = ["vendor", "payment_type", "pickup_zone", "dropoff_zone", "borough
 
 
 def reference_split(values: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """The split documented in shardflow.tasks.prepare.split_membership, re-derived."""
-    h = np.full(len(values), np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15), dtype=np.uint64)
+    """The split documented in shardflow.tasks.keys.split_membership, re-derived."""
+    h = np.full(len(values), (seed * 0x9E3779B97F4A7C15 + 0x243F6A8885A308D3) % 2**64, dtype=np.uint64)
     with np.errstate(over="ignore"):
         h = (h ^ pd.util.hash_array(values.astype(np.float64), categorize=False)) * np.uint64(0xBF58476D1CE4E5B9)
         h = h ^ (h >> np.uint64(31))

@@ -251,14 +251,14 @@ def test_runs_dir_is_relative_to_the_config_file(runtime, tmp_path, monkeypatch)
 
 
 def test_stale_temporary_directories_are_cleaned_at_the_next_start(tmp_path):
-    from shardflow.pipelines.rundir import prepare_runs_dir
+    from shardflow.pipelines.ownership import prepare_runs_dir
 
     runs = tmp_path / "runs"
     runs.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     from shardflow.pipelines import rundir
 
-    host = rundir._HOST
+    host = rundir.HOST_ID
     stale = runs / f".etl.tmp-{host}-{int(dead.stdout)}-0123abcd"     # its process is gone
     live = runs / f".etl.tmp-{host}-{os.getpid()}-4567abcd"             # a run in progress
     old_legacy = runs / ".etl.tmp-9f8e7d6c"                                # an older shardflow's, days old
