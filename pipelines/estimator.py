@@ -13,7 +13,8 @@ import copy
 import logging
 
 from shardflow.pipelines.config import Config, load_config
-from shardflow.pipelines.rundir import COMMIT_FILE, atomic_directory, prepare_runs_dir
+from shardflow.pipelines.ownership import prepare_runs_dir
+from shardflow.pipelines.rundir import COMMIT_FILE, atomic_directory
 from shardflow.tasks.errors import InputError
 from shardflow.tasks.storage import StorePath
 

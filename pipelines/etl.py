@@ -31,11 +31,11 @@ from shardflow.pipelines.artifacts import sha256
 from shardflow.pipelines.config import Config
 from shardflow.pipelines.families import FAMILIES
 from shardflow.pipelines.graph import named_delayed, shuffled_partitions, task_names, tree_reduce
+from shardflow.pipelines.ownership import prepare_runs_dir
 from shardflow.pipelines.rundir import (
     RunDir,
     library_versions,
     new_run_id,
-    prepare_runs_dir,
     stage_output,
     record_config,
     update_manifest,

@@ -24,7 +24,8 @@ from dask.utils import format_bytes
 from shardflow.pipelines import artifacts
 from shardflow.pipelines.config import load_config
 from shardflow.pipelines.families import FAMILIES
-from shardflow.pipelines.rundir import RunDir, atomic_directory, new_output_dir, read_manifest, stage_of
+from shardflow.pipelines.ownership import new_output_dir
+from shardflow.pipelines.rundir import RunDir, atomic_directory, read_manifest, stage_of
 from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.errors import ShardflowError
 from shardflow.tasks.exported import INT8_FILE, METADATA_FILE, MODEL_FILE, ExportedModel
@@ -284,7 +285,6 @@ def quantize_int8(model: bytes) -> bytes:
     """Dynamic int8 quantization of the weights of the model's matrix products."""
     import tempfile
 
-    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory() as tmp:

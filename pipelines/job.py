@@ -22,16 +22,12 @@ from shardflow.pipelines.config import Config, TrainConfig
 from shardflow.pipelines.evaluate import comparison_table, evaluate
 from shardflow.pipelines.report import build_report
 from shardflow.pipelines.stages import evaluate_key, stage_keys
+from shardflow.pipelines.ownership import claim_run, prepare_runs_dir, release_run, run_holder, RunInUseError
 from shardflow.pipelines.rundir import (
     ManifestError,
     RunDir,
-    RunInUseError,
-    claim_run,
     new_run_id,
-    prepare_runs_dir,
     read_manifest,
-    release_run,
-    run_holder,
     stage_output,
     record_config,
     update_manifest,

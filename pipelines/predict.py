@@ -16,7 +16,8 @@ from shardflow.cluster.factory import Runtime, as_runtime, start
 from shardflow.pipelines import artifacts, progress
 from shardflow.pipelines.config import load_config
 from shardflow.pipelines.graph import named_delayed, scatter_named, task_names
-from shardflow.pipelines.rundir import atomic_directory, new_output_dir
+from shardflow.pipelines.ownership import new_output_dir
+from shardflow.pipelines.rundir import atomic_directory
 from shardflow.pipelines.plan import InputPlan
 from shardflow.pipelines.families import FAMILIES
 from shardflow.tasks.errors import InputError, ShardflowError

@@ -44,14 +44,8 @@ def _host_id() -> str:
         return host
 
 
-_HOST = _host_id()
-#: A temporary stage directory: ``.<name>.tmp-<host>-<pid>-<token>`` (or ``.old-``).
-_STAGING = re.compile(r"^\..+\.(?:tmp|old)-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
-#: An older shardflow's staging directory (``.etl.tmp-<token>``, no owner) older than this is removed.
-STALE_AFTER_SECONDS = 24 * 3600
-_LEGACY_STAGING = re.compile(r"^\..+\.(?:tmp|old)-[0-9a-f]{8}$")
-
-
+#: This host (and PID namespace): the owner part of staging names and claims.
+HOST_ID = _host_id()
 def new_run_id() -> str:
     now = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{now}-{uuid.uuid4().hex[:6]}"
@@ -74,49 +68,6 @@ def write_text_atomic(path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def new_output_dir(path, option: str, overwrite: bool, keep: dict | None = None, inputs: dict | None = None) -> Path:
-    """``path`` resolved, refused if it exists and ``overwrite`` is not given (``option``
-    names the command-line option in the message); if it is, holds or lies inside one of
-    ``keep`` (``{option: path}``: the run being read, which an overwrite would destroy and
-    the output's files would change); or if it is or holds one of ``inputs`` (an output may
-    lie beside or below its input files, never over them).
-
-    Examples
-    --------
-    >>> new_output_dir("/runs/r1/scores", "--output", True, keep={"--run": "/runs/r1"})
-    Traceback (most recent call last):
-    ...
-    shardflow.tasks.errors.ShardflowError: --output /runs/r1/scores: lies inside --run /runs/r1, which it would change; write the output elsewhere
-    """
-    from shardflow.tasks.errors import ShardflowError
-
-    out = location(path).expanduser().resolve()
-    if isinstance(out, StorePath) and "/" not in out.key:
-        raise ShardflowError(f"{option} {out}: a whole bucket; give a prefix in it ({out}/predictions)")
-    checks = [(o, p, True) for o, p in (keep or {}).items()] + [(o, p, False) for o, p in (inputs or {}).items()]
-    for other_option, other, inside_too in checks:
-        other = location(other).expanduser().resolve()
-        relation = _nesting(out, other)
-        if relation is not None and (inside_too or relation != "lies inside"):
-            raise ShardflowError(f"{option} {out}: {relation} {other_option} {other}, which it would "
-                                 f"{'destroy' if relation != 'lies inside' else 'change'}; write the output elsewhere")
-    if out.exists() and not overwrite:
-        raise ShardflowError(f"{option} {out}: already exists; choose another path or pass --overwrite")
-    return out
-
-
-def _nesting(out, other) -> str | None:
-    """How ``out`` and ``other`` overlap: ``"is"``, ``"holds"``, ``"lies inside"`` or None."""
-    a, b = str(out).rstrip("/"), str(other).rstrip("/")
-    if a == b:
-        return "is"
-    if b.startswith(a + "/"):
-        return "holds"
-    if a.startswith(b + "/"):
-        return "lies inside"
-    return None
-
-
 @contextlib.contextmanager
 def atomic_directory(final: Path, staging: Path | None = None):
     """Yield a temporary directory that becomes ``final`` when the block succeeds.
@@ -133,7 +84,7 @@ def atomic_directory(final: Path, staging: Path | None = None):
         return
     staging = Path(staging) if staging is not None else final.parent
     staging.mkdir(parents=True, exist_ok=True)
-    tmp = staging / f".{final.name}.tmp-{_owner()}-{uuid.uuid4().hex[:8]}"
+    tmp = staging / f".{final.name}.tmp-{owner()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         yield tmp
@@ -142,7 +93,7 @@ def atomic_directory(final: Path, staging: Path | None = None):
         raise
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():
-        old = final.parent / f".{final.name}.old-{_owner()}-{uuid.uuid4().hex[:8]}"
+        old = final.parent / f".{final.name}.old-{owner()}-{uuid.uuid4().hex[:8]}"
         os.rename(final, old)
         os.rename(tmp, final)
         remove_tree(old)
@@ -170,11 +121,8 @@ def _object_store_directory(final: StorePath):
         raise
 
 
-def _owner() -> str:
-    return f"{_HOST}-{os.getpid()}"
-
-
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -184,182 +132,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-#: The file that says which process a run directory belongs to while it runs.
-LOCK_FILE = ".lock"
-
-
-class RunInUseError(ShardflowError):
-    """A run directory that another live process is writing (the message names it)."""
-
-
-def _process_started(pid: int) -> float | None:
-    """When process ``pid`` started (None: no such process): a pid reused later is another process."""
-    import psutil
-
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return None
-    except psutil.AccessDenied:
-        return -1.0  # alive, another user's
-
-
-def claim_run(run_dir) -> bool:
-    """Make ``run_dir`` this process's until :func:`release_run`; False when another live
-    process holds it.
-
-    Two jobs on one runs directory may pick the same run to reuse its stages; only one may
-    write it, or one would print its table while the directory holds the other's models.
-    The claim is a lock file created exclusively (``O_EXCL``) holding the owner's host, pid
-    and start time; a claim left by a process that is gone (same host, pid not alive or
-    reused) is taken over. In an object store the claim is an object written and read back:
-    two jobs racing within the same second may both pass, which the manifest's hashes then
-    reveal, so keep one job per run directory there.
-    """
-    run_dir = location(run_dir)
-    lock = run_dir / LOCK_FILE
-    me = {"host": _HOST, "pid": os.getpid(), "started": _process_started(os.getpid())}
-    for _ in range(2):
-        holder = _read_lock(lock)
-        if holder is not None:
-            if holder == me:
-                return True
-            if _holder_alive(holder):
-                return False
-            logger.info("run %s: taking over the claim of process %s, which is gone", run_dir.name, holder.get("pid"))
-            _remove_lock(lock)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if isinstance(run_dir, StorePath):
-            lock.write_text(json.dumps(me))
-            return _read_lock(lock) == me
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            continue  # another process claimed it between the read and the create: look again
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(me))
-        return True
-    return False
-
-
-def _holder_alive(holder: dict) -> bool:
-    """Whether the claim's process may still be running (another host's, or a damaged
-    claim, cannot be proven gone)."""
-    pid = holder.get("pid")
-    if holder.get("host") != _HOST or not isinstance(pid, int) or pid <= 0:
-        return True
-    started = _process_started(pid)
-    if started is None:
-        return False
-    recorded = holder.get("started")
-    return started < 0 or not isinstance(recorded, (int, float)) or abs(started - recorded) < 1.0
-
-
-def release_run(run_dir) -> None:
-    """Give up this process's claim on ``run_dir`` (nothing if it is not ours)."""
-    lock = location(run_dir) / LOCK_FILE
-    holder = _read_lock(lock)
-    if holder is not None and holder.get("host") == _HOST and holder.get("pid") == os.getpid():
-        _remove_lock(lock)
-
-
-def _remove_lock(lock) -> None:
-    if isinstance(lock, StorePath):
-        lock.remove_tree()
-    else:
-        lock.unlink(missing_ok=True)
-
-
-def run_holder(run_dir) -> str:
-    """Who holds ``run_dir``'s claim, in words (for messages)."""
-    holder = _read_lock(location(run_dir) / LOCK_FILE) or {}
-    return f"process {holder.get('pid', '?')} on {str(holder.get('host', '?')).split('.')[0]}"
-
-
-def _read_lock(lock) -> dict | None:
-    try:
-        holder = json.loads(lock.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {}  # being written, or damaged: not ours, not provably stale
-    return holder if isinstance(holder, dict) else {}
-
-
-def prepare_runs_dir(runs_dir, key: str = "output.runs_dir") -> Path:
-    """Make sure ``runs_dir`` is a writable directory before any work, and clean it.
-
-    Temporary stage directories left by a killed process (``.etl.tmp-*``) are removed when
-    their owner is known to be gone: a process of this host (and PID namespace) that no
-    longer runs. Another host's are left alone (its run may be live; a directory's mtime
-    does not tell), as are names this version does not write, but for an older
-    version's owner-less ones older than a day.
-
-    Raises
-    ------
-    ShardflowError
-        ``runs_dir`` is a file, or cannot be created or written; the message names ``key``.
-    """
-    from shardflow.tasks.errors import ShardflowError
-
-    runs_dir = location(runs_dir)
-    if isinstance(runs_dir, StorePath):
-        # A write probe, as for a directory: credentials allowed a prefix only (no HeadBucket)
-        # pass it, and a read-only or missing bucket is found before any work.
-        probe = runs_dir / f".write-probe-{_owner()}-{uuid.uuid4().hex[:8]}"
-        try:
-            probe.write_bytes(b"")
-        except FileNotFoundError:
-            raise ShardflowError(f"{key} {runs_dir}: bucket {runs_dir.bucket!r} does not exist (or these "
-                                 "credentials cannot see it); create it or choose another") from None
-        except PermissionError:
-            raise ShardflowError(f"{key} {runs_dir}: these credentials cannot write there; give them write "
-                                 "access to the prefix, or choose another") from None
-        except Exception as err:  # noqa: BLE001 - any client failure: say which store and why
-            raise ShardflowError(f"{key} {runs_dir}: cannot reach the store ({type(err).__name__}: "
-                                 f"{str(err).splitlines()[0] if str(err) else ''}); check the URL, "
-                                 "storage_options and the credentials in the environment") from None
-        try:
-            probe.unlink(missing_ok=True)
-        except OSError as err:
-            raise ShardflowError(f"{key} {runs_dir}: these credentials can write there but not delete "
-                                 f"({type(err).__name__}); shardflow replaces stages: give them delete access "
-                                 f"(and remove {probe.name})") from None
-        return runs_dir
-    # Nothing is created here (bad input must leave no trace): the directory, or the
-    # nearest ancestor it would be created in, is probed.
-    existing = runs_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        what = "exists and is not a directory" if existing == runs_dir else f"cannot be created: {existing} is a file"
-        raise ShardflowError(f"{key} {runs_dir}: {what}; choose a directory for runs")
-    try:
-        probe = existing / f".write-probe-{_owner()}-{uuid.uuid4().hex[:8]}"
-        probe.mkdir()
-        probe.rmdir()
-    except OSError as err:
-        raise ShardflowError(f"{key} {runs_dir}: cannot write in {existing} ({err.strerror or type(err).__name__}); "
-                             "choose a writable directory") from None
-    if existing != runs_dir:
-        return runs_dir
-    now = time.time()
-    for entry in runs_dir.iterdir():
-        if not entry.name.startswith(".") or not entry.is_dir():
-            continue
-        match = _STAGING.match(entry.name)
-        if match:
-            stale = match["host"] == _HOST and not _pid_alive(int(match["pid"]))
-        elif _LEGACY_STAGING.match(entry.name):
-            try:
-                stale = now - entry.stat().st_mtime > STALE_AFTER_SECONDS
-            except FileNotFoundError:
-                continue
-        else:
-            continue
-        if stale:
-            remove_tree(entry)
-    return runs_dir
+def owner() -> str:
+    """This process, as staging names spell their owner."""
+    return f"{HOST_ID}-{os.getpid()}"
 
 
 def stage_output(run_dir, stage: str):
@@ -378,7 +153,7 @@ _STAGE_PREFIX = re.compile(r"^(?P<stage>[a-z]+)@(?P<host>.+)-(?P<pid>\d+)-[0-9a-
 
 @contextlib.contextmanager
 def _object_store_stage(run_dir: StorePath, stage: str):
-    prefix = run_dir / f"{stage}@{_owner()}-{uuid.uuid4().hex[:8]}"
+    prefix = run_dir / f"{stage}@{owner()}-{uuid.uuid4().hex[:8]}"
     try:
         yield prefix
     except BaseException:
@@ -395,7 +170,7 @@ def _object_store_stage(run_dir: StorePath, stage: str):
     for entry in run_dir.iterdir():
         match = _STAGE_PREFIX.match(entry.name)
         if entry.name == old or (match and match["stage"] == stage and entry != prefix
-                                 and match["host"] == _HOST and not _pid_alive(int(match["pid"]))):
+                                 and match["host"] == HOST_ID and not pid_alive(int(match["pid"]))):
             remove_tree(entry)  # the replaced stage, and this host's abandoned attempts
 
 
@@ -549,8 +324,8 @@ class RunDir:
 
     @property
     def lock(self) -> Path:
-        """The claim of the process writing the run (:func:`claim_run`)."""
-        return self.path / LOCK_FILE
+        """The claim of the process writing the run (:func:`shardflow.pipelines.ownership.claim_run`)."""
+        return self.path / ".lock"
 
     @property
     def config(self) -> Path:

@@ -25,7 +25,7 @@ STAGE_CODE = {
     RunDir.ETL: ("tasks/backend.py", "tasks/encode.py", "tasks/errors.py", "tasks/expressions.py", "tasks/io.py",
             "tasks/prepare.py", "tasks/schema.py", "tasks/stats.py", "pipelines/config.py", "pipelines/etl.py",
             "pipelines/graph.py", "pipelines/outputs.py", "pipelines/paths.py", "pipelines/plan.py", "pipelines/source.py",
-            "pipelines/dimensions.py", "tasks/storage.py",
+            "pipelines/dimensions.py", "tasks/storage.py", "tasks/storage_options.py", "tasks/keys.py",
             "pipelines/typed_yaml.py", "tasks/targets.py", "tasks/labels.py", "tasks/combiners.py",
             "pipelines/target_fit.py"),
     RunDir.TRAIN: ("tasks/metrics.py", "tasks/mlp_steps.py", "tasks/models.py", "tasks/neural.py", "tasks/shards.py",
@@ -35,7 +35,8 @@ STAGE_CODE = {
 }
 #: Code that changes how a run looks or where it runs, never what it computes.
 COSMETIC_CODE = ("pipelines/cli.py", "pipelines/console.py", "pipelines/figures.py", "pipelines/progress.py",
-                 "pipelines/report.py", "pipelines/rundir.py", "pipelines/stages.py", "pipelines/generate.py",
+                 "pipelines/report.py", "pipelines/rundir.py", "pipelines/ownership.py", "pipelines/stages.py",
+                 "pipelines/generate.py",
                  "pipelines/predict.py", "pipelines/model.py", "tasks/scoring.py", "pipelines/export.py", "tasks/exported.py",
                  "tasks/onnx_graph.py", "tasks/threads.py", "pipelines/tracking.py", "pipelines/estimator.py", "cluster/*.py", "data/*.py",
                  "*/__init__.py",

@@ -207,7 +207,7 @@ def test_urls_outside_the_object_stores_and_credentials_in_configs_are_refused(t
     assert not any(tmp_path.iterdir())
 
     # An output is a prefix, never a whole bucket (an overwrite would empty it).
-    from shardflow.pipelines.rundir import new_output_dir
+    from shardflow.pipelines.ownership import new_output_dir
 
     with pytest.raises(ShardflowError, match=r"--output s3://lake: a whole bucket; give a prefix in it"):
         new_output_dir("s3://lake", "--output", overwrite=True)

@@ -412,7 +412,7 @@ def test_two_jobs_on_one_runs_directory_never_share_a_run(runtime, tmp_path):
     """Two `shardflow run`s on one runs_dir both found the same reusable run: one printed
     its table while the directory held the other's models (config.yaml max_depth 8,
     train/xgboost.json 2). A run directory now belongs to one process at a time."""
-    from shardflow.pipelines.rundir import claim_run, release_run
+    from shardflow.pipelines.ownership import claim_run, release_run
 
     rng = np.random.default_rng(0)
     n = 3000
