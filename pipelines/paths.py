@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from shardflow.pipelines.typed_yaml import ConfigError
-from shardflow.tasks.storage import check_storage_options, check_url, url_scheme
+from shardflow.tasks.storage import check_url, url_scheme
+from shardflow.tasks.storage_options import check_storage_options
 
 
 def check_config_locations(config) -> None:
