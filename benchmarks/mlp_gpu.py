@@ -18,7 +18,8 @@ import tempfile
 from pathlib import Path
 
 from shardflow.cluster.factory import start
-from shardflow.pipelines.config import MLPConfig, default_config_path, load_config
+from shardflow.pipelines.config import default_config_path, load_config
+from shardflow.pipelines.train_config import MLPConfig
 from shardflow.pipelines.etl import etl
 from shardflow.pipelines.generate import generate
 from shardflow.pipelines.training import load_training_data, train_data_parallel_mlp

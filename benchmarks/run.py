@@ -182,7 +182,7 @@ def bench_scaling(runtime_factory, sizes: dict, runs: Path, worker_rows: int) ->
 def bench_xgboost(runtime, data: Path, runs: Path, repeats: int, rounds: int) -> dict:
     import tempfile as tf
 
-    from shardflow.pipelines.config import XGBoostConfig
+    from shardflow.pipelines.train_config import XGBoostConfig
     from shardflow.pipelines.etl import etl
     from shardflow.pipelines.training import load_training_data, train_global_xgboost, xgboost_params
 
@@ -255,7 +255,7 @@ def bench_end_to_end(runtime, data: Path, runs: Path, repeats: int, rounds: int)
 
 
 def bench_mlp(runtime, data: Path, runs: Path, repeats: int, epochs: int) -> dict:
-    from shardflow.pipelines.config import MLPConfig
+    from shardflow.pipelines.train_config import MLPConfig
     from shardflow.pipelines.etl import etl
     from shardflow.pipelines.training import load_training_data, mlp_spec_for, train_data_parallel_mlp
     from shardflow.tasks.shards import read_shard

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shardflow.pipelines.typed_yaml import Anything, Between, ByteSize, OneOf, Text, option
+from shardflow.pipelines.typed_yaml import Anything, Between, ByteSize, ConfigError, OneOf, Text, option
 
 CLUSTER_SPECS = ("auto", "local", "local-cuda")
 ADDRESS_SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://", "ws://", "wss://")
@@ -86,3 +86,57 @@ class ClusterConfig:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ValueError(f"config key 'cluster.{key}': must be at least 1, got {value}")
+
+
+#: Set to 1 to let a config file (not only the command line) name a remote scheduler or a
+#: non-loopback interface (``--allow-remote-cluster`` does the same for one command).
+ALLOW_REMOTE_CLUSTER_ENV = "SHARDFLOW_ALLOW_REMOTE_CLUSTER"
+
+
+def check_cluster_reach(path, cluster: dict) -> None:
+    """Refuse a config file's ``cluster:`` values that reach past this machine: a scheduler
+    address on another host (every partition would be sent there), or a scheduler, worker
+    or dashboard interface other than loopback (anyone who reaches it can run code).
+
+    Examples
+    --------
+    >>> check_cluster_reach("job.yaml", {"spec": "tcp://127.0.0.1:8786", "dashboard_address": "127.0.0.1:0"})
+    >>> check_cluster_reach("job.yaml", {"host": "0.0.0.0"})
+    Traceback (most recent call last):
+    ...
+    shardflow.pipelines.typed_yaml.ConfigError: job.yaml: config key 'cluster.host': 0.0.0.0 is reachable from other machines, and a config file does not choose where the cluster listens or where the data goes; give it on the command line (--cluster, --set cluster.host=...), or consent with --allow-remote-cluster or SHARDFLOW_ALLOW_REMOTE_CLUSTER=1
+    """
+    reaching = []
+    spec = cluster.get("spec")
+    if isinstance(spec, str) and "://" in spec and not spec.startswith("inproc://"):
+        reaching.append(("spec", spec, _host_of(spec.split("://", 1)[1])))
+    if cluster.get("host") is not None:
+        reaching.append(("host", cluster["host"], str(cluster["host"])))
+    if cluster.get("dashboard_address"):
+        reaching.append(("dashboard_address", cluster["dashboard_address"], _host_of(str(cluster["dashboard_address"]))))
+    for key, value, host in reaching:
+        if not _is_loopback(host):
+            raise ConfigError(f"{path}: config key 'cluster.{key}': {value} is reachable from other machines, and a "
+                              "config file does not choose where the cluster listens or where the data goes; give it "
+                              f"on the command line (--cluster, --set cluster.{key}=...), or consent with "
+                              f"--allow-remote-cluster or {ALLOW_REMOTE_CLUSTER_ENV}=1")
+
+
+def _host_of(address: str) -> str:
+    """The host part of ``host:port`` (``[::1]:8786``, ``:8787`` is every interface: '')."""
+    address = address.split("/", 1)[0]
+    if address.startswith("["):
+        return address[1:].split("]", 1)[0]
+    return address.rsplit(":", 1)[0] if address.count(":") == 1 else address
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    host = host.strip().lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost, or '' (every interface)

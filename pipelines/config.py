@@ -11,18 +11,21 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from shardflow.cluster.config import ClusterConfig
+from shardflow.cluster.config import ALLOW_REMOTE_CLUSTER_ENV, ClusterConfig, check_cluster_reach
 from shardflow.pipelines.paths import check_config_locations, resolve_path
 from shardflow.pipelines.tracking import TrackingConfig
-from shardflow.pipelines.families import DEFAULT_FAMILIES, FAMILIES, FAMILY_NAMES, validate_groups
+from shardflow.pipelines.families import FAMILIES, validate_groups
+from shardflow.pipelines.train_config import TrainConfig
 from shardflow.tasks.storage import location, url_scheme
 from shardflow.pipelines.typed_yaml import (
+    MAX_PARTITIONS,
+    MAX_ROWS,
+    MAX_SEED,
     Anything,
     Between,
     ByteSize,
@@ -41,18 +44,6 @@ from shardflow.tasks.expressions import ExpressionError, parse_expression
 from shardflow.tasks.schema import COLUMN_KINDS, DATETIME_PARTS
 from shardflow.tasks.labels import MAX_CLASSES
 from shardflow.tasks.targets import TARGET_TRANSFORMS, TASK_TYPES, target_kind
-
-#: Upper bounds of the numeric options: far above any real job, below what fails deep inside
-#: a library (a seed NumPy's legacy generator refuses, a layer whose weights no memory holds)
-#: or runs for ever (a billion boosting rounds).
-MAX_SEED = 2**32 - 1  #: what NumPy, XGBoost and torch all accept as a seed
-MAX_ROUNDS = 1_000_000  #: boosting rounds, epochs, patience
-MAX_ROWS = 2**31 - 1  #: rows of a partition, a chunk or a batch
-MAX_PARTITIONS = 100_000  #: input.partitions: the scheduler's cost grows with every task
-MAX_LAYER_WIDTH = 16_384  #: two such layers hold 1 GiB of weights
-MAX_EMBEDDING_DIM = 1_024
-MAX_SECONDS = 30 * 24 * 3600
-
 
 @dataclass
 class InputConfig:
@@ -180,108 +171,6 @@ class OutputConfig:
 
 
 @dataclass
-class XGBoostConfig:
-    """``train.xgboost:`` the global model, trained with allreduce across all workers.
-
-    ``params`` are XGBoost parameters merged over shardflow's defaults (``hist``,
-    ``max_depth`` 8, ``eta`` 0.1, the objective from ``target.task``, ``device`` cuda
-    on GPU clusters). A checkpoint is written every ``checkpoint_every`` rounds; a run
-    that failed resumes from it (see ``train.max_attempts``). ``single_worker: auto`` trains on one worker with
-    its host's threads, no allreduce, when the arrays fit in it (:func:`~shardflow.pipelines.plan.trains_on_one_worker`).
-    """
-
-    #: Keys that moved, with where they live now (a config using them gets that answer).
-    MOVED_KEYS: typing.ClassVar[dict] = {"max_attempts": "train.max_attempts",
-                                         "collective_timeout": "train.collective_timeout"}
-
-    num_boost_round: int = option(300, check=Between(1, MAX_ROUNDS))
-    early_stopping_rounds: int | None = option(20, check=Between(1, MAX_ROUNDS))
-    checkpoint_every: int = option(25, check=Between(1, MAX_ROUNDS))
-    categorical: bool = option(True, check=OneOf((True, False)))
-    single_worker: str = option("auto", check=OneOf(("auto", "true", "false")))
-    params: dict = option(factory=dict, check=Anything("XGBoost's own parameters, checked by XGBoost",
-                                                       allows_non_finite=True))  # missing: .nan
-
-
-@dataclass
-class PartitionModelsConfig:
-    """``train.partitions:`` one model per group of partitions, trained where the data is; the XGBoost
-    models take the global model's parameters and ``early_stopping_rounds`` (on their own validation rows)."""
-
-    partitions_per_model: int = option(1, check=Between(1, MAX_PARTITIONS))
-    xgboost_rounds: int = option(300, check=Between(1, MAX_ROUNDS))
-    mlp_epochs: int = option(3, check=Between(1, MAX_ROUNDS))
-
-
-@dataclass
-class GroupModelsConfig:
-    """``train.groups:`` one XGBoost model per key group (model ``xgboost_groups``).
-
-    ``partition_by`` names categorical features; each distinct combination of their
-    categories is a group (one per store, per region), trained on its own rows and
-    predicting its own rows. A group with fewer than ``min_rows`` training rows, and rows
-    whose key is missing or a rare category (``encode.min_frequency``), are predicted by
-    the global XGBoost.
-    """
-
-    partition_by: list[str] = option(factory=list, check=Anything("categorical feature names, checked below"))
-    min_rows: int = option(200, check=Between(1, MAX_ROWS))
-    xgboost_rounds: int = option(300, check=Between(1, MAX_ROUNDS))
-
-
-@dataclass
-class MLPConfig:
-    """``train.mlp:`` the tabular MLP, trained data-parallel across workers.
-
-    Every ``sync_every`` local steps (null: once per epoch) the workers' parameters are
-    averaged, weighted by their rows or sample weights (``sync: parameters``, local SGD); with ``sync:
-    gradients`` every step's gradients are averaged instead (synchronous large-batch
-    SGD: g = mean of the partitions' gradients). ``batch_size`` is per worker (null:
-    the whole shard).
-    """
-
-    hidden: list[int] = option(factory=lambda: [128, 64], check=Between(1, MAX_LAYER_WIDTH))
-    embedding_dim: int = option(16, check=Between(1, MAX_EMBEDDING_DIM))
-    dropout: float = option(0.0, check=Between(0, 1, open_high=True))
-    epochs: int = option(6, check=Between(1, MAX_ROUNDS))
-    batch_size: int | None = option(1024, check=Between(1, MAX_ROWS))
-    optimizer: str = option("adam", check=OneOf(("adam", "sgd")))
-    lr: float = option(3e-3, check=Between(0, 10, open_low=True))
-    momentum: float = option(0.0, check=Between(0, 1, open_high=True))
-    weight_decay: float = option(0.0, check=Between(0, 10))
-    lr_schedule: str = option("cosine", check=OneOf(("constant", "cosine", "step")))
-    warmup: float = option(0.0, check=Between(0, 1, open_high=True))
-    sync: str = option("parameters", check=OneOf(("parameters", "gradients")))
-    sync_every: int | None = option(64, check=Between(1, MAX_ROWS))
-    accumulation_steps: int = option(1, check=Between(1, MAX_ROWS))
-    bf16: bool = option(False, check=OneOf((True, False)))
-    early_stopping_patience: int | None = option(2, check=Between(1, MAX_ROUNDS))
-    device: str = option("auto", check=OneOf(("auto", "cpu", "cuda")))
-
-
-@dataclass
-class TrainConfig:
-    """``train:`` which model families to train, and how.
-
-    The global models (XGBoost, the data-parallel MLP) train as one collective over all
-    workers. If a worker is lost mid-training the collective fails (it cannot continue
-    without a member; a silent member is given up after ``collective_timeout``
-    seconds), and training continues from the last checkpoint (XGBoost: every
-    ``checkpoint_every`` rounds; MLP: every epoch) on the workers present, up to
-    ``max_attempts`` times in all.
-    """
-
-    models: list[str] = option(factory=lambda: list(DEFAULT_FAMILIES), check=OneOf(FAMILY_NAMES))
-    seed: int = option(0, check=Between(0, MAX_SEED))
-    max_attempts: int = option(3, check=Between(1, 100))
-    collective_timeout: int | None = option(600, check=Between(1, MAX_SECONDS))
-    xgboost: XGBoostConfig = option(factory=XGBoostConfig, check=Section())
-    partitions: PartitionModelsConfig = option(factory=PartitionModelsConfig, check=Section())
-    groups: GroupModelsConfig = option(factory=GroupModelsConfig, check=Section())
-    mlp: MLPConfig = option(factory=MLPConfig, check=Section())
-
-
-@dataclass
 class Config:
     """A whole job. Build it with :func:`load_config`; ``base_dir`` anchors relative paths."""
 
@@ -331,11 +220,6 @@ class Config:
 
 def default_config_path() -> Path:
     return Path(__file__).resolve().parent.parent / "data" / "trips.yaml"
-
-
-#: Set to 1 to let a config file (not only the command line) name a remote scheduler or a
-#: non-loopback interface (``--allow-remote-cluster`` does the same for one command).
-ALLOW_REMOTE_CLUSTER_ENV = "SHARDFLOW_ALLOW_REMOTE_CLUSTER"
 
 
 def load_config(path=None, overrides=(), base_dir=None, *, allow_remote_cluster: bool = False) -> Config:
@@ -398,55 +282,6 @@ def load_config(path=None, overrides=(), base_dir=None, *, allow_remote_cluster:
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
     return config
-
-
-def check_cluster_reach(path, cluster: dict) -> None:
-    """Refuse a config file's ``cluster:`` values that reach past this machine: a scheduler
-    address on another host (every partition would be sent there), or a scheduler, worker
-    or dashboard interface other than loopback (anyone who reaches it can run code).
-
-    Examples
-    --------
-    >>> check_cluster_reach("job.yaml", {"spec": "tcp://127.0.0.1:8786", "dashboard_address": "127.0.0.1:0"})
-    >>> check_cluster_reach("job.yaml", {"host": "0.0.0.0"})
-    Traceback (most recent call last):
-    ...
-    shardflow.pipelines.typed_yaml.ConfigError: job.yaml: config key 'cluster.host': 0.0.0.0 is reachable from other machines, and a config file does not choose where the cluster listens or where the data goes; give it on the command line (--cluster, --set cluster.host=...), or consent with --allow-remote-cluster or SHARDFLOW_ALLOW_REMOTE_CLUSTER=1
-    """
-    reaching = []
-    spec = cluster.get("spec")
-    if isinstance(spec, str) and "://" in spec and not spec.startswith("inproc://"):
-        reaching.append(("spec", spec, _host_of(spec.split("://", 1)[1])))
-    if cluster.get("host") is not None:
-        reaching.append(("host", cluster["host"], str(cluster["host"])))
-    if cluster.get("dashboard_address"):
-        reaching.append(("dashboard_address", cluster["dashboard_address"], _host_of(str(cluster["dashboard_address"]))))
-    for key, value, host in reaching:
-        if not _is_loopback(host):
-            raise ConfigError(f"{path}: config key 'cluster.{key}': {value} is reachable from other machines, and a "
-                              "config file does not choose where the cluster listens or where the data goes; give it "
-                              f"on the command line (--cluster, --set cluster.{key}=...), or consent with "
-                              f"--allow-remote-cluster or {ALLOW_REMOTE_CLUSTER_ENV}=1")
-
-
-def _host_of(address: str) -> str:
-    """The host part of ``host:port`` (``[::1]:8786``, ``:8787`` is every interface: '')."""
-    address = address.split("/", 1)[0]
-    if address.startswith("["):
-        return address[1:].split("]", 1)[0]
-    return address.rsplit(":", 1)[0] if address.count(":") == 1 else address
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    host = host.strip().lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name other than localhost, or '' (every interface)
 
 
 def validate(config: Config) -> None:

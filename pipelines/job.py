@@ -18,7 +18,8 @@ from pathlib import Path
 from shardflow.cluster.factory import Runtime, as_runtime, start
 from shardflow.cluster.memory import peak_memory, reset_peak_memory
 from shardflow.pipelines import artifacts
-from shardflow.pipelines.config import Config, TrainConfig
+from shardflow.pipelines.config import Config
+from shardflow.pipelines.train_config import TrainConfig
 from shardflow.pipelines.evaluate import comparison_table, evaluate
 from shardflow.pipelines.report import build_report
 from shardflow.pipelines.stages import evaluate_key, stage_keys

@@ -26,11 +26,13 @@ STAGE_CODE = {
             "tasks/prepare.py", "tasks/schema.py", "tasks/stats.py", "pipelines/config.py", "pipelines/etl.py",
             "pipelines/graph.py", "pipelines/outputs.py", "pipelines/paths.py", "pipelines/plan.py", "pipelines/source.py",
             "pipelines/dimensions.py", "tasks/storage.py", "tasks/storage_options.py", "tasks/keys.py",
+            "tasks/expression_kinds.py",
             "pipelines/typed_yaml.py", "tasks/targets.py", "tasks/labels.py", "tasks/combiners.py",
             "pipelines/target_fit.py"),
     RunDir.TRAIN: ("tasks/metrics.py", "tasks/mlp_steps.py", "tasks/models.py", "tasks/neural.py", "tasks/shards.py",
                    "tasks/process_group.py", "tasks/groups.py",
-                   "pipelines/families.py", "pipelines/job.py", "pipelines/artifacts.py", "pipelines/training/*.py"),
+                   "pipelines/families.py", "pipelines/job.py", "pipelines/artifacts.py", "pipelines/train_config.py",
+                   "pipelines/training/*.py"),
     RunDir.EVALUATE: ("tasks/evaluation.py", "pipelines/evaluate.py"),
 }
 #: Code that changes how a run looks or where it runs, never what it computes.

@@ -21,6 +21,18 @@ import yaml
 from shardflow.tasks.errors import ShardflowError
 
 
+#: Upper bounds of the numeric options: far above any real job, below what fails deep inside
+#: a library (a seed NumPy's legacy generator refuses, a layer whose weights no memory holds)
+#: or runs for ever (a billion boosting rounds).
+MAX_SEED = 2**32 - 1  #: what NumPy, XGBoost and torch all accept as a seed
+MAX_ROUNDS = 1_000_000  #: boosting rounds, epochs, patience
+MAX_ROWS = 2**31 - 1  #: rows of a partition, a chunk or a batch
+MAX_PARTITIONS = 100_000  #: input.partitions: the scheduler's cost grows with every task
+MAX_LAYER_WIDTH = 16_384  #: two such layers hold 1 GiB of weights
+MAX_EMBEDDING_DIM = 1_024
+MAX_SECONDS = 30 * 24 * 3600
+
+
 class ConfigError(ShardflowError, ValueError):
     """A config value is missing, of the wrong type or inconsistent; the message names the key."""
 

@@ -289,7 +289,7 @@ def test_partition_larger_than_worker_memory_fails_with_the_setting_to_change(ru
 def test_worker_killed_mid_epoch_of_the_data_parallel_mlp_resumes_and_finishes(trips_dir, own_cluster, tmp_path):
     """SIGKILL a rank mid-epoch: its peer's collective fails at once (no hang), and training
     resumes from the last epoch's checkpoint on the restarted worker and finishes."""
-    from shardflow.pipelines.config import MLPConfig
+    from shardflow.pipelines.train_config import MLPConfig
     from shardflow.pipelines.training import load_training_data, train_data_parallel_mlp
 
     config = load_config(default_config_path(), [f"output.runs_dir={tmp_path / 'runs'}", "encode.min_frequency=5"],

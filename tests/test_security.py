@@ -245,7 +245,7 @@ def test_mlp_process_group_binds_where_the_cluster_binds(trips_dir, runtime, tmp
     training opens nothing new that stays)."""
     import threading
 
-    from shardflow.pipelines.config import MLPConfig
+    from shardflow.pipelines.train_config import MLPConfig
     from shardflow.pipelines.training import load_training_data, train_data_parallel_mlp
 
     config = load_config(default_config_path(), [f"output.runs_dir={tmp_path / 'runs'}"], base_dir=trips_dir)
@@ -423,7 +423,6 @@ def _tiny_onnx_export(directory, external: str | None = None, files: dict | None
     model's SHA-256 (whoever tampers with a model can rewrite its hash too) and ``files``'."""
     import hashlib
 
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     weights = numpy_helper.from_array(np.ones(2, np.float32), "W")
@@ -569,7 +568,8 @@ def test_arithmetic_on_text_is_refused_from_the_columns_kinds(tmp_path):
     the ETL gives the columns (from the schema, features and ``input.types``)."""
     from shardflow.pipelines.plan import InputPlan
     from shardflow.tasks.errors import InputError
-    from shardflow.tasks.expressions import ExpressionError, check_kinds
+    from shardflow.tasks.expression_kinds import check_kinds
+    from shardflow.tasks.expressions import ExpressionError
 
     kinds = {"cat": "text", "id": "number", "flag": "boolean", "when": "datetime", "tags": "nested"}
     refused = {

@@ -15,7 +15,8 @@ import zarr
 from sklearn.metrics import accuracy_score, log_loss, mean_absolute_error, mean_squared_error, r2_score, roc_auc_score
 
 from shardflow.pipelines import artifacts
-from shardflow.pipelines.config import MLPConfig, default_config_path, load_config
+from shardflow.pipelines.config import default_config_path, load_config
+from shardflow.pipelines.train_config import MLPConfig
 from shardflow.pipelines.etl import etl
 from shardflow.pipelines.job import evaluate_run, train
 from shardflow.pipelines.predict import predict

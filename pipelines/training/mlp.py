@@ -19,7 +19,7 @@ from shardflow.pipelines.rundir import RunDir
 from shardflow.tasks.storage import location
 from shardflow.cluster.factory import Runtime
 from shardflow.pipelines import progress
-from shardflow.pipelines.config import MLPConfig
+from shardflow.pipelines.train_config import MLPConfig
 from shardflow.pipelines.graph import scatter_named
 from shardflow.pipelines.training.checkpoint import mlp_checkpoint_token, read_mlp_checkpoint, write_mlp_checkpoint
 from shardflow.pipelines.training.collective import WorkerLost, gather_watching

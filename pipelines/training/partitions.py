@@ -7,7 +7,7 @@ import time
 from shardflow.pipelines.rundir import RunDir
 from shardflow.cluster.factory import Runtime
 from shardflow.pipelines import progress
-from shardflow.pipelines.config import PartitionModelsConfig
+from shardflow.pipelines.train_config import PartitionModelsConfig
 from shardflow.pipelines.training.data import TrainingData, call_token
 from shardflow.tasks.mlp_steps import train_group_mlp
 from shardflow.tasks.models import train_group_xgboost

@@ -15,7 +15,7 @@ from dask.utils import format_bytes
 from shardflow.pipelines.rundir import RunDir
 from shardflow.cluster.factory import Runtime
 from shardflow.pipelines import progress
-from shardflow.pipelines.config import XGBoostConfig
+from shardflow.pipelines.train_config import XGBoostConfig
 from shardflow.pipelines.plan import trains_on_one_worker
 from shardflow.pipelines.training.data import TrainingData, call_token, recover
 from shardflow.tasks.errors import ShardflowError
@@ -41,7 +41,7 @@ def xgboost_params(task: str, cfg: XGBoostConfig, backend: str, seed: int, class
 
     Examples
     --------
-    >>> from shardflow.pipelines.config import XGBoostConfig
+    >>> from shardflow.pipelines.train_config import XGBoostConfig
     >>> p = xgboost_params("regression", XGBoostConfig(params={"objective": "reg:absoluteerror"}), "pandas", 0)
     >>> p["objective"], p["eval_metric"]
     ('reg:absoluteerror', ['mae'])

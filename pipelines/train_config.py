@@ -1,0 +1,123 @@
+"""The ``train:`` section of a job config: which model families train, and how."""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+
+from shardflow.pipelines.families import DEFAULT_FAMILIES, FAMILY_NAMES
+from shardflow.pipelines.typed_yaml import (
+    MAX_EMBEDDING_DIM,
+    MAX_LAYER_WIDTH,
+    MAX_PARTITIONS,
+    MAX_ROUNDS,
+    MAX_ROWS,
+    MAX_SECONDS,
+    MAX_SEED,
+    Anything,
+    Between,
+    OneOf,
+    Section,
+    option,
+)
+
+@dataclass
+class XGBoostConfig:
+    """``train.xgboost:`` the global model, trained with allreduce across all workers.
+
+    ``params`` are XGBoost parameters merged over shardflow's defaults (``hist``,
+    ``max_depth`` 8, ``eta`` 0.1, the objective from ``target.task``, ``device`` cuda
+    on GPU clusters). A checkpoint is written every ``checkpoint_every`` rounds; a run
+    that failed resumes from it (see ``train.max_attempts``). ``single_worker: auto`` trains on one worker with
+    its host's threads, no allreduce, when the arrays fit in it (:func:`~shardflow.pipelines.plan.trains_on_one_worker`).
+    """
+
+    #: Keys that moved, with where they live now (a config using them gets that answer).
+    MOVED_KEYS: typing.ClassVar[dict] = {"max_attempts": "train.max_attempts",
+                                         "collective_timeout": "train.collective_timeout"}
+
+    num_boost_round: int = option(300, check=Between(1, MAX_ROUNDS))
+    early_stopping_rounds: int | None = option(20, check=Between(1, MAX_ROUNDS))
+    checkpoint_every: int = option(25, check=Between(1, MAX_ROUNDS))
+    categorical: bool = option(True, check=OneOf((True, False)))
+    single_worker: str = option("auto", check=OneOf(("auto", "true", "false")))
+    params: dict = option(factory=dict, check=Anything("XGBoost's own parameters, checked by XGBoost",
+                                                       allows_non_finite=True))  # missing: .nan
+
+
+@dataclass
+class PartitionModelsConfig:
+    """``train.partitions:`` one model per group of partitions, trained where the data is; the XGBoost
+    models take the global model's parameters and ``early_stopping_rounds`` (on their own validation rows)."""
+
+    partitions_per_model: int = option(1, check=Between(1, MAX_PARTITIONS))
+    xgboost_rounds: int = option(300, check=Between(1, MAX_ROUNDS))
+    mlp_epochs: int = option(3, check=Between(1, MAX_ROUNDS))
+
+
+@dataclass
+class GroupModelsConfig:
+    """``train.groups:`` one XGBoost model per key group (model ``xgboost_groups``).
+
+    ``partition_by`` names categorical features; each distinct combination of their
+    categories is a group (one per store, per region), trained on its own rows and
+    predicting its own rows. A group with fewer than ``min_rows`` training rows, and rows
+    whose key is missing or a rare category (``encode.min_frequency``), are predicted by
+    the global XGBoost.
+    """
+
+    partition_by: list[str] = option(factory=list, check=Anything("categorical feature names, checked below"))
+    min_rows: int = option(200, check=Between(1, MAX_ROWS))
+    xgboost_rounds: int = option(300, check=Between(1, MAX_ROUNDS))
+
+
+@dataclass
+class MLPConfig:
+    """``train.mlp:`` the tabular MLP, trained data-parallel across workers.
+
+    Every ``sync_every`` local steps (null: once per epoch) the workers' parameters are
+    averaged, weighted by their rows or sample weights (``sync: parameters``, local SGD); with ``sync:
+    gradients`` every step's gradients are averaged instead (synchronous large-batch
+    SGD: g = mean of the partitions' gradients). ``batch_size`` is per worker (null:
+    the whole shard).
+    """
+
+    hidden: list[int] = option(factory=lambda: [128, 64], check=Between(1, MAX_LAYER_WIDTH))
+    embedding_dim: int = option(16, check=Between(1, MAX_EMBEDDING_DIM))
+    dropout: float = option(0.0, check=Between(0, 1, open_high=True))
+    epochs: int = option(6, check=Between(1, MAX_ROUNDS))
+    batch_size: int | None = option(1024, check=Between(1, MAX_ROWS))
+    optimizer: str = option("adam", check=OneOf(("adam", "sgd")))
+    lr: float = option(3e-3, check=Between(0, 10, open_low=True))
+    momentum: float = option(0.0, check=Between(0, 1, open_high=True))
+    weight_decay: float = option(0.0, check=Between(0, 10))
+    lr_schedule: str = option("cosine", check=OneOf(("constant", "cosine", "step")))
+    warmup: float = option(0.0, check=Between(0, 1, open_high=True))
+    sync: str = option("parameters", check=OneOf(("parameters", "gradients")))
+    sync_every: int | None = option(64, check=Between(1, MAX_ROWS))
+    accumulation_steps: int = option(1, check=Between(1, MAX_ROWS))
+    bf16: bool = option(False, check=OneOf((True, False)))
+    early_stopping_patience: int | None = option(2, check=Between(1, MAX_ROUNDS))
+    device: str = option("auto", check=OneOf(("auto", "cpu", "cuda")))
+
+
+@dataclass
+class TrainConfig:
+    """``train:`` which model families to train, and how.
+
+    The global models (XGBoost, the data-parallel MLP) train as one collective over all
+    workers. If a worker is lost mid-training the collective fails (it cannot continue
+    without a member; a silent member is given up after ``collective_timeout``
+    seconds), and training continues from the last checkpoint (XGBoost: every
+    ``checkpoint_every`` rounds; MLP: every epoch) on the workers present, up to
+    ``max_attempts`` times in all.
+    """
+
+    models: list[str] = option(factory=lambda: list(DEFAULT_FAMILIES), check=OneOf(FAMILY_NAMES))
+    seed: int = option(0, check=Between(0, MAX_SEED))
+    max_attempts: int = option(3, check=Between(1, 100))
+    collective_timeout: int | None = option(600, check=Between(1, MAX_SECONDS))
+    xgboost: XGBoostConfig = option(factory=XGBoostConfig, check=Section())
+    partitions: PartitionModelsConfig = option(factory=PartitionModelsConfig, check=Section())
+    groups: GroupModelsConfig = option(factory=GroupModelsConfig, check=Section())
+    mlp: MLPConfig = option(factory=MLPConfig, check=Section())
