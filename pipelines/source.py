@@ -20,7 +20,8 @@ from dask.utils import parse_bytes
 from shardflow.pipelines.config import Config
 from shardflow.tasks import backend
 from shardflow.tasks.errors import InputError
-from shardflow.tasks.expressions import ExpressionError, check_kinds, parse_expression
+from shardflow.tasks.expression_kinds import arrow_kind, check_kinds
+from shardflow.tasks.expressions import ExpressionError, parse_expression
 from shardflow.pipelines.dimensions import Dimension, dimension_frames, load_dimensions
 from shardflow.tasks.io import CSV_SUFFIXES, ROW_ERROR_COLUMN, Piece, csv_header, read_piece
 from shardflow.tasks.prepare import prepare_partition
@@ -369,7 +370,7 @@ def check_expression_kinds(spec: TableSpec, available: dict) -> None:
         One line naming the config key, the operator and the text column (an error of the
         input's columns, as a missing or mistyped one is).
     """
-    kinds = {col: _arrow_kind(arrow_type) for col, arrow_type in available.items()}
+    kinds = {col: arrow_kind(arrow_type) for col, arrow_type in available.items()}
     kinds.update(dict(spec.column_types))
     kinds.update({col: "number" for col, _, _ in spec.valid_ranges if kinds.get(col) != "datetime"})
     kinds.update({col: "number" for col in spec.numeric})
@@ -382,25 +383,6 @@ def check_expression_kinds(spec: TableSpec, available: dict) -> None:
             check_kinds(expression, kinds, key)
         except ExpressionError as err:
             raise InputError(str(err)) from None
-
-
-def _arrow_kind(arrow_type) -> str:
-    """The kind (see :data:`shardflow.tasks.expressions.VALUE_KINDS`) of a column read as ``arrow_type``."""
-    types = pa.types
-    if types.is_dictionary(arrow_type):
-        return _arrow_kind(arrow_type.value_type)
-    if types.is_boolean(arrow_type):
-        return "boolean"
-    if types.is_integer(arrow_type) or types.is_floating(arrow_type) or types.is_decimal(arrow_type):
-        return "number"
-    if types.is_temporal(arrow_type):
-        return "datetime"
-    if (types.is_string(arrow_type) or types.is_large_string(arrow_type) or types.is_binary(arrow_type)
-            or types.is_large_binary(arrow_type) or types.is_fixed_size_binary(arrow_type)):
-        return "text"
-    if types.is_nested(arrow_type):
-        return "nested"
-    return "unknown"
 
 
 def raw_meta(source: Source, columns, backend_name: str):

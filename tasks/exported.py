@@ -64,7 +64,8 @@ class ExportedModel:
             if name in frame.columns:
                 column = frame[name]
             elif name in derived:
-                from shardflow.tasks.expressions import check_kinds, evaluate, parse_expression
+                from shardflow.tasks.expression_kinds import check_kinds
+                from shardflow.tasks.expressions import evaluate, parse_expression
 
                 key = f"features.derived.{name}"
                 expression = parse_expression(derived[name], key)
