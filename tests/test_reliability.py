@@ -518,3 +518,49 @@ def test_an_output_over_the_run_or_the_input_is_refused_and_nothing_is_lost(runt
     # Beside or below the input is fine.
     scored = predict(run_dir, str(tmp_path / "in" / "*.csv"), tmp_path / "in" / "scores", runtime=runtime)
     assert len(pd.read_parquet(scored.output)) == n
+
+
+def test_ctrl_c_during_training_exits_cleanly_and_the_next_run_resumes(trips_dir, tmp_path):
+    """Ctrl-C (SIGINT to the terminal's foreground process group: the driver, its scheduler and
+    its workers) while the global XGBoost trains: exit 130 with one line, no process of the
+    group left, no half-written stage; the same command then reuses the ETL and resumes."""
+    runs = tmp_path / "runs"
+    config = tmp_path / "job.yaml"
+    config.write_text((trips_dir / "trips.yaml").read_text().replace("path: trips", f"path: {trips_dir / 'trips'}")
+                      .replace("path: zones.parquet", f"path: {trips_dir / 'zones.parquet'}"))
+    cmd = [sys.executable, "-m", "shardflow", "run", "-c", str(config), "--runs-dir", str(runs), "--n-workers", "2",
+           *[a for o in FAST for a in ("--set", o)], "--set", "train.models=[xgboost]",
+           "--set", "train.xgboost.num_boost_round=300", "--set", "train.xgboost.early_stopping_rounds=null"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    group = proc.pid  # start_new_session: the group's id is the driver's pid, as a shell's job is
+    deadline = time.monotonic() + 180
+    state = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = list(runs.glob("*/checkpoints/xgboost/state.json")) if runs.exists() else []
+        if found:
+            state = found[0]
+            break
+        time.sleep(0.05)
+    assert state is not None, proc.communicate()[1].decode()[-2000:]
+    members = [p for p in psutil.process_iter(["pid"]) if _in_group(p, group)]
+    assert len(members) >= 3  # the driver and two worker processes (with their nannies)
+    os.killpg(group, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    err = err.decode()
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == "shardflow: interrupted; no partial output was kept", err[-2000:]
+    assert "Traceback" not in err
+    assert psutil.wait_procs(members, timeout=30)[1] == []  # every process of the group has exited
+    run_dir = state.parent.parent.parent
+    assert not (run_dir / "train").exists() and not list(runs.glob(".*tmp*")) and not (run_dir / ".lock").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"run {run_dir.name}: etl current" in again.stderr
+    assert "resuming from the checkpoint at round" in again.stderr
+
+
+def _in_group(process, group: int) -> bool:
+    try:
+        return os.getpgid(process.pid) == group
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        return False
