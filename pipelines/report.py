@@ -343,14 +343,19 @@ def list_runs(runs_dir) -> list:
             continue
         if not manifest:
             continue
-        evaluation = _load(RunDir(run_dir).metrics) or {}
-        metrics = evaluation.get("metrics", {})
-        task = evaluation.get("task", TASK_TYPES[0])
+        task, best = TASK_TYPES[0], None
+        try:
+            evaluation = _load(RunDir(run_dir).metrics) or {}
+            metrics = evaluation.get("metrics", {})
+            task = evaluation.get("task", TASK_TYPES[0])
+            if metrics:
+                name = best_model(metrics, task)
+                best = (name, metrics[name].get(primary_metric(task)))
+        except (ValueError, TypeError, AttributeError, KeyError, OSError) as err:  # a damaged file: listed without
+            logger.warning("%s: damaged (%s); run %s is listed without its metrics", RunDir(run_dir).metrics,
+                           type(err).__name__, run_dir.name)
+            task, best = TASK_TYPES[0], None
         key = primary_metric(task)
-        best = None
-        if metrics:
-            name = best_model(metrics, task)
-            best = (name, metrics[name].get(key))
         started = min((info.get("completed", "") for info in manifest.get("stages", {}).values()), default="")
         runs.append({"run": run_dir.name, "stages": list(manifest.get("stages", {})),
                      "date": started.replace("T", " ")[:16] or None,

@@ -357,6 +357,15 @@ def test_a_damaged_manifest_is_named_and_skipped_and_breaks_no_other_run(runtime
     assert good.name in listed.stdout and damaged.name not in listed.stdout
     warnings = [line for line in listed.stderr.splitlines() if "manifest.json" in line]
     assert len(warnings) == 1 and f"{damaged / 'manifest.json'}: damaged (not valid JSON" in warnings[0]
+    # A damaged metrics.json: the run is listed without its metrics, the others as they are.
+    (good / "evaluate" / "metrics.json").write_text("{\"metrics\": ")
+    listed = shardflow_cli("runs", "--runs-dir", str(good.parent), cwd=tmp_path)
+    assert listed.returncode == 0 and good.name in listed.stdout, listed.stderr
+    assert f"{good / 'evaluate' / 'metrics.json'}: damaged (JSONDecodeError)" in listed.stderr
+    (good / "evaluate" / "metrics.json").write_text(json.dumps({"metrics": []}))
+    assert shardflow_cli("runs", "--runs-dir", str(good.parent), cwd=tmp_path).returncode == 0
+    shutil.rmtree(good / "evaluate")
+    shutil.copytree(damaged / "evaluate", good / "evaluate")  # the copy's is intact (the same run)
 
     message = f"shardflow: error: {damaged / 'manifest.json'}: damaged (not valid JSON: "
     for command in (["report", str(damaged)], ["export", str(damaged), "--out", str(tmp_path / "onnx")],
