@@ -8,6 +8,8 @@ datetime are one instant.
 
 from __future__ import annotations
 
+import datetime as _dt
+
 import numpy as np
 import pandas as pd
 
@@ -73,7 +75,7 @@ def canonical_key_hash(series: pd.Series) -> np.ndarray:
     """
     missing = series.isna().to_numpy()
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
-        hashed = _hash_numbers(_nanoseconds(series))
+        hashed = _hash_moments(series)
     elif pd.api.types.is_bool_dtype(series.dtype) or pd.api.types.is_numeric_dtype(series.dtype):
         values = series.to_numpy(na_value=np.nan)
         if values.dtype == np.float32:  # float32 0.1 is the number its shortest text says, as in a CSV
@@ -91,13 +93,20 @@ def _hash_numbers(values: np.ndarray) -> np.ndarray:
     return pd.util.hash_array(values + 0.0, categorize=False)  # + 0.0: -0.0 is 0.0
 
 
-def _nanoseconds(values) -> np.ndarray:
-    values = pd.Series(values)
-    if getattr(values.dtype, "tz", None) is not None:
-        values = values.dt.tz_convert("UTC").dt.tz_localize(None)
-    out = values.astype("datetime64[ns]").to_numpy().view("int64").astype(np.float64)
-    out[values.isna().to_numpy()] = np.nan
-    return out
+def _utc_microseconds(values, text: bool = False) -> pd.Series:
+    """Datetimes (any dtype: NumPy, Arrow, with or without a time zone; Python objects; ISO
+    8601 text with ``text``) as naive UTC ``datetime64[us]``, NaT where none. Naive values are
+    taken as UTC; microseconds reach the years 1 to 9999 (nanoseconds stop at 2262)."""
+    stamps = pd.to_datetime(pd.Series(values), utc=True, errors="coerce", format="ISO8601" if text else None)
+    return stamps.dt.tz_convert(None).astype("datetime64[us]")
+
+
+def _hash_moments(values, text: bool = False) -> np.ndarray:
+    """The hash of each instant (its integer microseconds since the epoch, UTC)."""
+    stamps = _utc_microseconds(values, text)
+    hashed = pd.util.hash_array(stamps.to_numpy().view("int64"), categorize=False)
+    hashed[stamps.isna().to_numpy()] = _MISSING_HASH
+    return hashed
 
 
 def _hash_mixed(values: pd.Series) -> np.ndarray:
@@ -106,7 +115,7 @@ def _hash_mixed(values: pd.Series) -> np.ndarray:
         return _hash_text(values.astype("str"))
     # A DataFrame's object column: booleans, numbers and timestamps in canonical form, text parsed.
     kind = values.map(lambda v: "number" if isinstance(v, (bool, np.bool_, int, float, np.number))
-                      else "moment" if isinstance(v, (pd.Timestamp, np.datetime64)) else "text")
+                      else "moment" if isinstance(v, (_dt.datetime, _dt.date, np.datetime64)) else "text")
     hashed = np.full(len(values), _MISSING_HASH, dtype=np.uint64)
     present = values.notna().to_numpy()
     for name in ("number", "moment", "text"):
@@ -115,7 +124,7 @@ def _hash_mixed(values: pd.Series) -> np.ndarray:
             continue
         chosen = values[rows]
         hashed[rows] = _hash_numbers(chosen.to_numpy(np.float64)) if name == "number" else \
-            _hash_numbers(_nanoseconds(pd.to_datetime(chosen.tolist()))) if name == "moment" else \
+            _hash_moments(chosen) if name == "moment" else \
             _hash_text(chosen.map(str).astype("str"))
     return hashed
 
@@ -137,20 +146,19 @@ def _hash_text(text: pd.Series) -> np.ndarray:
     words = pc.fill_null(words, -1).to_numpy(zero_copy_only=False)
     numbers = np.where(words >= 0, words, numbers).astype(np.float64)
     numbers[~present] = np.nan
-    moments = np.full(len(text), np.nan)
-    iso = pc.fill_null(pc.match_substring_regex(strings, f"^{_ISO_DATETIME}$"), False).to_numpy(zero_copy_only=False)
-    iso &= np.isnan(numbers)
-    if iso.any():
-        stamps = strings.filter(pa.array(iso))
-        try:  # Arrow parses ISO 8601 in C; pandas takes what it refuses (a 24:00, a leap second)
-            moments[iso] = pc.cast(stamps, pa.timestamp("ns")).cast(pa.int64()).to_numpy(zero_copy_only=False)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            moments[iso] = _nanoseconds(pd.to_datetime(pd.Series(stamps.to_pylist()), format="ISO8601",
-                                                       errors="coerce"))
-    is_number, is_moment = ~np.isnan(numbers), ~np.isnan(moments)
+    iso = pc.fill_null(pc.match_substring_regex(strings, f"^{ISO_DATETIME}$"), False).to_numpy(zero_copy_only=False)
+    is_moment = iso & np.isnan(numbers)
+    is_number = ~np.isnan(numbers)
     rest = present & ~is_number & ~is_moment
     hashed[is_number] = _hash_numbers(numbers[is_number])
-    hashed[is_moment] = _hash_numbers(moments[is_moment])
+    if is_moment.any():
+        stamps = strings.filter(pa.array(is_moment))
+        try:  # Arrow parses ISO 8601 without an offset in C; pandas takes offsets ("Z", "+02:00")
+            micros = pc.cast(stamps, pa.timestamp("us")).cast(pa.int64()).to_numpy(zero_copy_only=False)
+            moments = pd.util.hash_array(micros, categorize=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            moments = _hash_moments(stamps.to_pylist(), text=True)
+        hashed[is_moment] = moments
     if rest.any():
         hashed[rest] = pd.util.hash_array(strings.filter(pa.array(rest)).to_numpy(zero_copy_only=False)
                                           .astype(object), categorize=False)
@@ -165,15 +173,12 @@ def mix_hashes(h: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def instants(values):
-    """Datetimes (or ISO 8601 text) as naive UTC ``datetime64[ns]``: text without an offset,
-    and naive datetimes, are taken as UTC."""
+    """Datetimes (or ISO 8601 text) as naive UTC ``datetime64[us]``: text without an offset,
+    and naive datetimes, are taken as UTC; anything else is missing."""
     if not isinstance(values, pd.Series):  # cuDF: its own parser, no time zones
         return backend.to_datetime(values)
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
-        if getattr(values.dtype, "tz", None) is not None:
-            values = values.dt.tz_convert("UTC").dt.tz_localize(None)
-        return values.astype("datetime64[ns]")
+        return _utc_microseconds(values).set_axis(values.index)
     text = values.astype("string").str.strip()
-    parsed = pd.to_datetime(text.where(text.str.fullmatch(ISO_DATETIME).fillna(False)), errors="coerce", utc=True,
-                            format="ISO8601")
-    return parsed.dt.tz_localize(None).astype("datetime64[ns]")
+    return _utc_microseconds(text.where(text.str.fullmatch(ISO_DATETIME).fillna(False)), text=True).set_axis(
+        values.index)

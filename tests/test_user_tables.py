@@ -372,6 +372,12 @@ def test_categorical_values_that_are_not_scalars_are_refused_naming_the_column(r
     structs = table.drop(columns=["y"]).assign(city=[{"name": c} for c in table.city])  # Arrow reads a struct
     with pytest.raises(InputError, match=r"column 'city': holds dict values"):
         model.predict(structs)
+    frame = table.drop(columns=["y"])
+    for broken, words in ((frame.assign(fare=frame.fare.astype(complex)), "column 'fare' cannot be read"),
+                          (frame.assign(distance=[2**70] * len(frame)), "column 'distance' cannot be read"),
+                          (pd.concat([frame, frame[["city"]]], axis=1), "'city' appear more than once")):
+        with pytest.raises(InputError, match=words):
+            model.predict(broken)
     odd = with_city(["a", "b"])
     with pytest.raises(InputError, match=r"column 'city': holds list values"):
         model.predict(odd)
@@ -423,3 +429,28 @@ def test_a_datetime_join_key_scores_alike_as_text_or_as_a_pandas_datetime(runtim
     assert np.abs(unjoined["prediction"].to_numpy() - scored.to_numpy()).mean() > 5
     summary = json.loads((result.run_dir / "etl" / "summary.json").read_text())
     assert summary["joins"]["weather"]["match_rate"] == 1.0
+
+
+def test_key_values_in_canonical_form_edge_cases():
+    """The split's canonical form, edge by edge: offsets, dates nanoseconds cannot hold, Arrow and
+    object time zones; non-scalar categories in every container pandas and Arrow have."""
+    import datetime as dt
+
+    from shardflow.tasks.backend import as_strings
+    from shardflow.tasks.keys import canonical_key_hash, instants
+
+    utc = pd.Series(pd.to_datetime(["2013-01-01 10:00", "9999-12-31", "0001-01-01"], format="ISO8601").astype(
+        "datetime64[us]"))
+    reference = canonical_key_hash(utc.dt.tz_localize("UTC"))
+    for same in (pd.Series(["2013-01-01T10:00:00Z", "9999-12-31", "0001-01-01 00:00"], dtype="str"),
+                 pd.Series(["2013-01-01 11:00:00+01:00", "9999-12-31T00:00", "0001-01-01"], dtype="str"),
+                 utc, utc.dt.tz_localize("UTC").astype(pd.ArrowDtype(pa.timestamp("us", tz="UTC"))),
+                 pd.Series([pd.Timestamp("2013-01-01 11:00+01:00"), dt.datetime(9999, 12, 31),
+                            dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc)], dtype=object)):
+        assert (canonical_key_hash(same) == reference).all(), same
+    assert instants(pd.Series(["9999-12-31", "2013-01-01T10:00:00Z", "soon", None])).tolist()[:2] == [
+        pd.Timestamp("9999-12-31"), pd.Timestamp("2013-01-01 10:00")]
+    for odd in (pd.Series([1, {"a": 1}], dtype=object, name="c"), pd.Series(pd.Categorical([("a",), ("b",)]), name="c"),
+                pd.Series([[1], [2]], dtype=pd.ArrowDtype(pa.list_(pa.int64())), name="c")):
+        with pytest.raises(InputError, match="column 'c': holds "):
+            as_strings(odd)
