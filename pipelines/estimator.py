@@ -85,7 +85,7 @@ class Estimator:
         from dask.base import tokenize
 
         from shardflow.pipelines.job import run
-        from shardflow.pipelines.model import load_model, table_column_error
+        from shardflow.pipelines.model import ARROW_REFUSALS, load_model, table_column_error
 
         config = self._config()
         target = config.target.column
@@ -98,7 +98,7 @@ class Estimator:
                 X = X.assign(**{target: values})
             try:  # a column Arrow cannot hold fails here, named, not in the Parquet writer's traceback
                 pa.Schema.from_pandas(X, preserve_index=False)
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+            except ARROW_REFUSALS as err:
                 raise table_column_error(X, err, "Estimator.fit") from None
             X = dd.from_pandas(X, npartitions=max(1, -(-len(X) // 1_000_000)), sort=False)
         elif isinstance(X, dd.DataFrame):

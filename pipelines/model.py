@@ -165,12 +165,21 @@ class _FrameSource:
 def _schema(frame: pd.DataFrame) -> dict:
     import warnings
 
+    if frame.columns.duplicated().any():
+        twice = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+        raise InputError(f"predict: column(s) {', '.join(map(repr, twice))} appear more than once in the frame; "
+                         "give each column once")
     try:
         with warnings.catch_warnings():  # pyarrow reads a time-zone column through .values, which pandas 3.1 deprecates
             warnings.filterwarnings("ignore", message="Series.values returning an ndarray that drops timezone")
             return dict(zip(frame.columns, pa.Schema.from_pandas(frame, preserve_index=False).types))
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+    except ARROW_REFUSALS as err:
         raise table_column_error(frame, err, "predict") from None
+
+
+#: What Arrow raises for a frame it cannot hold as a table (a dict among text, a complex
+#: number, an integer past 64 bits).
+ARROW_REFUSALS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError)
 
 
 def table_column_error(frame: pd.DataFrame, err: Exception, where: str) -> InputError:
@@ -182,7 +191,7 @@ def table_column_error(frame: pd.DataFrame, err: Exception, where: str) -> Input
         require_scalars(column, name)  # a dict or list among the values: said as such
         try:
             pa.Schema.from_pandas(column.to_frame(), preserve_index=False)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as column_err:
+        except ARROW_REFUSALS as column_err:
             return InputError(f"{where}: column {name!r} cannot be read as a table column ({column_err})")
     return InputError(f"{where}: a column cannot be read as a table column ({err})")
 

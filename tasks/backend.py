@@ -110,8 +110,8 @@ def _take_rows_pandas(table, positions):
 
 
 #: What ``infer_dtype`` calls an object column of scalars only (the rest is checked value by value).
-_SCALAR_KINDS = {"string", "empty", "integer", "floating", "mixed-integer-float", "mixed-integer", "boolean",
-                 "decimal", "datetime", "datetime64", "date", "time", "timedelta", "bytes"}
+_SCALAR_KINDS = {"string", "empty", "integer", "floating", "mixed-integer-float", "boolean", "decimal", "datetime",
+                 "datetime64", "date", "time", "timedelta", "bytes"}
 _SCALAR_TYPES = (str, bytes, int, float, bool, np.generic, pd.Timestamp, pd.Timedelta, _dt.date, _dt.time,
                  _dt.timedelta, _decimal.Decimal)
 
@@ -141,14 +141,20 @@ def require_scalars(series: pd.Series, name=None) -> None:
     ...
     shardflow.tasks.errors.InputError: column 'city': holds dict values (such as "{'k': 1}"); a categorical or key column takes text, numbers or booleans: flatten it first (for example to JSON text)
     """
+    from shardflow.tasks.errors import InputError
+
+    label = name if name is not None else series.name
+    if isinstance(series.dtype, pd.ArrowDtype) and pa.types.is_nested(series.dtype.pyarrow_dtype):
+        raise InputError(f"column {label!r}: holds {series.dtype.pyarrow_dtype} values; a categorical or key column "
+                         "takes text, numbers or booleans: flatten it first (for example to JSON text)")
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        series = pd.Series(series.cat.categories, dtype=object)
     if series.dtype != object or pd.api.types.infer_dtype(series, skipna=True) in _SCALAR_KINDS:
         return
     odd = series[series.map(lambda v: not (v is None or v is pd.NA or isinstance(v, _SCALAR_TYPES)))]
     if len(odd):
-        from shardflow.tasks.errors import InputError
-
         example = odd.iloc[0]
-        raise InputError(f"column {name if name is not None else series.name!r}: holds {type(example).__name__} "
+        raise InputError(f"column {label!r}: holds {type(example).__name__} "
                          f"values (such as {str(example)[:40]!r}); a categorical or key column takes text, numbers "
                          "or booleans: flatten it first (for example to JSON text)")
 
