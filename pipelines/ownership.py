@@ -61,9 +61,29 @@ def new_output_dir(path, option: str, overwrite: bool, keep: dict | None = None,
     return out
 
 
+#: Schemes that name the same stores (``s3a://b/k`` is ``s3://b/k``).
+_SCHEME_ALIASES = {"s3a": "s3", "gcs": "gs", "abfss": "abfs", "az": "abfs"}
+
+
+def _comparable(path) -> str:
+    """``path`` as text that equals another's when both name the same place."""
+    text = str(path)
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        scheme = scheme.lower()
+        text = f"{_SCHEME_ALIASES.get(scheme, scheme)}://{re.sub('/+', '/', rest)}"
+    return text.rstrip("/")
+
+
 def _nesting(out, other) -> str | None:
-    """How ``out`` and ``other`` overlap: ``"is"``, ``"holds"``, ``"lies inside"`` or None."""
-    a, b = str(out).rstrip("/"), str(other).rstrip("/")
+    """How ``out`` and ``other`` overlap: ``"is"``, ``"holds"``, ``"lies inside"`` or None.
+
+    Examples
+    --------
+    >>> _nesting("s3a://b/runs//r1/", "s3://b/runs/r1"), _nesting("/a", "/a/b"), _nesting("/a/b", "/a")
+    ('is', 'holds', 'lies inside')
+    """
+    a, b = _comparable(out), _comparable(other)
     if a == b:
         return "is"
     if b.startswith(a + "/"):
@@ -75,6 +95,99 @@ def _nesting(out, other) -> str | None:
 
 class RunInUseError(ShardflowError):
     """A run directory that another live process is writing (the message names it)."""
+
+
+#: This process's claims on local run directories: open, locked claim files. The kernel drops
+#: a lock with the process that holds it, so a claim never outlives its owner.
+_HELD: dict = {}
+
+
+def claim_run(run_dir) -> bool:
+    """Make ``run_dir`` this process's until :func:`release_run`; False when another live
+    process holds it.
+
+    Two jobs on one runs directory may pick the same run to reuse its stages; only one may
+    write it, or one would print its table while the directory holds the other's models.
+    On a file system the claim is an exclusive ``flock`` on ``<run>/.lock`` (which also
+    names the holder for messages): a killed process's claim is gone with it, whatever its
+    pid becomes. In an object store (no locks) it is an object written and read back: two
+    jobs racing within the same instant may both pass, so keep one job per run directory
+    there; a claim of this host's process that no longer runs is taken over.
+    """
+    run_dir = location(run_dir)
+    if isinstance(run_dir, StorePath):
+        return _claim_object(run_dir)
+    import fcntl
+
+    if str(run_dir) in _HELD:
+        return True
+    lock = RunDir(run_dir).lock
+    for _ in range(5):
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:
+            continue  # the run directory was removed by its last holder meanwhile: again
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        try:
+            current = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if not current:  # the holder released and removed this file between our open and lock
+            os.close(fd)
+            continue
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(_me()).encode())
+        _HELD[str(run_dir)] = fd
+        return True
+    return False
+
+
+def release_run(run_dir) -> None:
+    """Give up this process's claim on ``run_dir`` (nothing if it is not ours); a run whose
+    first stage failed leaves no empty directory behind."""
+    run_dir = location(run_dir)
+    lock = RunDir(run_dir).lock
+    if isinstance(run_dir, StorePath):
+        if _read_lock(lock) == _me():
+            lock.remove_tree()
+        return
+    fd = _HELD.pop(str(run_dir), None)
+    if fd is None:
+        return
+    try:  # removed while still locked: whoever opened the old file finds it replaced and looks again
+        lock.unlink(missing_ok=True)
+        if not any(run_dir.iterdir()):
+            run_dir.rmdir()
+    except OSError:
+        pass  # another process created something there meanwhile: the directory is its
+    finally:
+        os.close(fd)
+
+
+def run_holder(run_dir) -> str:
+    """Who holds ``run_dir``'s claim, in words (for messages)."""
+    holder = _read_lock(RunDir(run_dir).lock) or {}
+    return f"process {holder.get('pid', '?')} on {str(holder.get('host', '?')).split('.')[0]}"
+
+
+def _me() -> dict:
+    return {"host": HOST_ID, "pid": os.getpid(), "started": _process_started(os.getpid())}
+
+
+def _claim_object(run_dir: StorePath) -> bool:
+    lock = RunDir(run_dir).lock
+    holder = _read_lock(lock)
+    if holder is not None and holder != _me():
+        if _holder_alive(holder):
+            return False
+        logger.info("run %s: taking over the claim of process %s, which is gone", run_dir.name, holder.get("pid"))
+    lock.write_text(json.dumps(_me()))
+    return _read_lock(lock) == _me()
 
 
 def _process_started(pid: int) -> float | None:
@@ -89,47 +202,9 @@ def _process_started(pid: int) -> float | None:
         return -1.0  # alive, another user's
 
 
-def claim_run(run_dir) -> bool:
-    """Make ``run_dir`` this process's until :func:`release_run`; False when another live
-    process holds it.
-
-    Two jobs on one runs directory may pick the same run to reuse its stages; only one may
-    write it, or one would print its table while the directory holds the other's models.
-    The claim is a lock file created exclusively (``O_EXCL``) holding the owner's host, pid
-    and start time; a claim left by a process that is gone (same host, pid not alive or
-    reused) is taken over. In an object store the claim is an object written and read back:
-    two jobs racing within the same second may both pass, which the manifest's hashes then
-    reveal, so keep one job per run directory there.
-    """
-    run_dir = location(run_dir)
-    lock = RunDir(run_dir).lock
-    me = {"host": HOST_ID, "pid": os.getpid(), "started": _process_started(os.getpid())}
-    for _ in range(2):
-        holder = _read_lock(lock)
-        if holder is not None:
-            if holder == me:
-                return True
-            if _holder_alive(holder):
-                return False
-            logger.info("run %s: taking over the claim of process %s, which is gone", run_dir.name, holder.get("pid"))
-            _remove_lock(lock)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if isinstance(run_dir, StorePath):
-            lock.write_text(json.dumps(me))
-            return _read_lock(lock) == me
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            continue  # another process claimed it between the read and the create: look again
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(me))
-        return True
-    return False
-
-
 def _holder_alive(holder: dict) -> bool:
-    """Whether the claim's process may still be running (another host's, or a damaged
-    claim, cannot be proven gone)."""
+    """Whether an object-store claim's process may still be running (another host's, or a
+    damaged claim, cannot be proven gone)."""
     pid = holder.get("pid")
     if holder.get("host") != HOST_ID or not isinstance(pid, int) or pid <= 0:
         return True
@@ -140,37 +215,13 @@ def _holder_alive(holder: dict) -> bool:
     return started < 0 or not isinstance(recorded, (int, float)) or abs(started - recorded) < 1.0
 
 
-def release_run(run_dir) -> None:
-    """Give up this process's claim on ``run_dir`` (nothing if it is not ours)."""
-    lock = RunDir(run_dir).lock
-    holder = _read_lock(lock)
-    if holder is not None and holder.get("host") == HOST_ID and holder.get("pid") == os.getpid():
-        _remove_lock(lock)
-        run_dir = location(run_dir)
-        if not isinstance(run_dir, StorePath) and run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # a run whose first stage failed leaves no trace
-
-
-def _remove_lock(lock) -> None:
-    if isinstance(lock, StorePath):
-        lock.remove_tree()
-    else:
-        lock.unlink(missing_ok=True)
-
-
-def run_holder(run_dir) -> str:
-    """Who holds ``run_dir``'s claim, in words (for messages)."""
-    holder = _read_lock(RunDir(run_dir).lock) or {}
-    return f"process {holder.get('pid', '?')} on {str(holder.get('host', '?')).split('.')[0]}"
-
-
 def _read_lock(lock) -> dict | None:
     try:
         holder = json.loads(lock.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
-        return {}  # being written, or damaged: not ours, not provably stale
+        return {}  # being written, or damaged
     return holder if isinstance(holder, dict) else {}
 
 

@@ -50,19 +50,22 @@ class PredictResult:
     seconds: float
 
 
-def fixed_prefix(path: str) -> str:
-    """The part of an input path before its first wildcard, up to a directory (the path itself
-    if it has none): what the input may hold.
+def input_extent(path: str) -> tuple:
+    """``(root, anywhere_below)``: the part of an input path before its first wildcard, up to
+    a directory (the path itself if it has none), and whether the pattern may read files in
+    any folder below that root (a wildcard in a folder's name, or ``**``).
 
     Examples
     --------
-    >>> fixed_prefix("data/new/*.csv"), fixed_prefix("data/part[0-9]/x.csv"), fixed_prefix("t.csv")
-    ('data/new', 'data', 't.csv')
+    >>> input_extent("data/new/*.csv"), input_extent("data/*/x.csv"), input_extent("t.csv")
+    (('data/new', False), ('data', True), ('t.csv', False))
     """
     wildcards = [path.index(c) for c in "*?[" if c in path]
     if not wildcards:
-        return path
-    return path[:min(wildcards)].rsplit("/", 1)[0] if "/" in path[:min(wildcards)] else "."
+        return path, False
+    first = min(wildcards)
+    root = path[:first].rsplit("/", 1)[0] if "/" in path[:first] else "."
+    return root, "/" in path[first:] or "**" in path
 
 
 def predict(run_dir, input_path, output_path, *, model: str | None = None, runtime: Runtime | None = None,
@@ -112,9 +115,12 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
             raise ShardflowError(str(err)) from None
     run_dir = location(run_dir, storage_options)
     files = artifacts.scoring_files(run_dir, model)  # every file checked against the manifest's hashes
+    root, anywhere_below = input_extent(str(input_path))
+    root = location(root, storage_options)
+    # An output may lie beside or below the files a pattern reads, never in a folder it may read.
     output = new_output_dir(location(output_path, storage_options), "--output", overwrite,
-                            keep={"--run": run_dir},
-                            inputs={"--input": location(fixed_prefix(str(input_path)), storage_options)})
+                            keep={"--run": run_dir, **({"--input": root} if anywhere_below else {})},
+                            inputs={} if anywhere_below else {"--input": root})
     model, payload, preprocessor, manifest = files.model, files.payload, files.preprocessor, files.manifest
     config_path = files.config_path
     if url_scheme(input_path):

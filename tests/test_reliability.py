@@ -132,26 +132,30 @@ def test_run_skips_current_stages_and_recomputes_what_changed(trips_dir, runtime
     assert forced.run_dir != first.run_dir and forced.skipped == []
 
 
-def test_resume_after_the_driver_is_killed(trips_dir, tmp_path):
-    """SIGKILL the `shardflow run` process during training; `--resume` finishes without redoing the ETL."""
+def run_until_a_checkpoint(trips_dir, tmp_path, models: str, rounds: int):
+    """``shardflow run`` on the default dataset in a process group of its own (as a shell's
+    job), returned once the global XGBoost has written its first checkpoint: ``(command,
+    process, the checkpoint's state.json)``."""
     runs = tmp_path / "runs"
     config = tmp_path / "job.yaml"
-    text = (trips_dir / "trips.yaml").read_text().replace("path: trips", f"path: {trips_dir / 'trips'}").replace(
-        "path: zones.parquet", f"path: {trips_dir / 'zones.parquet'}")
-    config.write_text(text)
+    config.write_text((trips_dir / "trips.yaml").read_text().replace("path: trips", f"path: {trips_dir / 'trips'}")
+                      .replace("path: zones.parquet", f"path: {trips_dir / 'zones.parquet'}"))
     cmd = [sys.executable, "-m", "shardflow", "run", "-c", str(config), "--runs-dir", str(runs), "--n-workers", "2",
-           *[a for o in FAST for a in ("--set", o)], "--set", "train.models=[xgboost,mlp]",
-           "--set", "train.xgboost.num_boost_round=200", "--set", "train.xgboost.early_stopping_rounds=null"]
+           *[a for o in FAST for a in ("--set", o)], "--set", f"train.models=[{models}]",
+           "--set", f"train.xgboost.num_boost_round={rounds}", "--set", "train.xgboost.early_stopping_rounds=null"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 120
-    state = None
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
-        states = list(runs.glob("*/checkpoints/xgboost/state.json")) if runs.exists() else []
-        if states:
-            state = states[0]
-            break
+        found = list(runs.glob("*/checkpoints/xgboost/state.json")) if runs.exists() else []
+        if found:
+            return cmd, proc, found[0]
         time.sleep(0.05)
-    assert state is not None, proc.communicate()[1].decode()[-2000:]
+    raise AssertionError(proc.communicate()[1].decode()[-2000:])
+
+
+def test_resume_after_the_driver_is_killed(trips_dir, tmp_path):
+    """SIGKILL the `shardflow run` process during training; `--resume` finishes without redoing the ETL."""
+    cmd, proc, state = run_until_a_checkpoint(trips_dir, tmp_path, "xgboost,mlp", rounds=200)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver, its scheduler and its workers
     proc.wait()
     run_dir = state.parent.parent.parent
@@ -516,6 +520,13 @@ def test_an_output_over_the_run_or_the_input_is_refused_and_nothing_is_lost(runt
             predict(run_dir, tmp_path / "in" / "t.csv", output, overwrite=True, runtime=runtime)
     with pytest.raises(ShardflowError, match="is --input"):  # the directory a glob reads
         predict(run_dir, str(tmp_path / "in" / "*.csv"), tmp_path / "in", overwrite=True, runtime=runtime)
+    (tmp_path / "in" / "2026").mkdir()
+    (tmp_path / "in" / "t.csv").rename(tmp_path / "in" / "2026" / "t.csv")
+    with pytest.raises(ShardflowError, match="lies inside --input"):  # a pattern that reads every folder below
+        predict(run_dir, str(tmp_path / "in" / "*" / "t.csv"), tmp_path / "in" / "2026", overwrite=True,
+                runtime=runtime)
+    (tmp_path / "in" / "2026" / "t.csv").rename(tmp_path / "in" / "t.csv")
+    (tmp_path / "in" / "2026").rmdir()
     with pytest.raises(ShardflowError, match="lies inside run"):
         export(run_dir, run_dir / "onnx")
     done = subprocess.run([sys.executable, "-m", "shardflow", "predict", "--run", str(run_dir), "--input",
@@ -534,23 +545,8 @@ def test_ctrl_c_during_training_exits_cleanly_and_the_next_run_resumes(trips_dir
     its workers) while the global XGBoost trains: exit 130 with one line, no process of the
     group left, no half-written stage; the same command then reuses the ETL and resumes."""
     runs = tmp_path / "runs"
-    config = tmp_path / "job.yaml"
-    config.write_text((trips_dir / "trips.yaml").read_text().replace("path: trips", f"path: {trips_dir / 'trips'}")
-                      .replace("path: zones.parquet", f"path: {trips_dir / 'zones.parquet'}"))
-    cmd = [sys.executable, "-m", "shardflow", "run", "-c", str(config), "--runs-dir", str(runs), "--n-workers", "2",
-           *[a for o in FAST for a in ("--set", o)], "--set", "train.models=[xgboost]",
-           "--set", "train.xgboost.num_boost_round=300", "--set", "train.xgboost.early_stopping_rounds=null"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    cmd, proc, state = run_until_a_checkpoint(trips_dir, tmp_path, "xgboost", rounds=300)
     group = proc.pid  # start_new_session: the group's id is the driver's pid, as a shell's job is
-    deadline = time.monotonic() + 180
-    state = None
-    while time.monotonic() < deadline and proc.poll() is None:
-        found = list(runs.glob("*/checkpoints/xgboost/state.json")) if runs.exists() else []
-        if found:
-            state = found[0]
-            break
-        time.sleep(0.05)
-    assert state is not None, proc.communicate()[1].decode()[-2000:]
     members = [p for p in psutil.process_iter(["pid"]) if _in_group(p, group)]
     assert len(members) >= 3  # the driver and two worker processes (with their nannies)
     os.killpg(group, signal.SIGINT)
