@@ -156,9 +156,9 @@ def _setup_logging(quiet: bool, verbose: bool, stream=None) -> None:
     warnings.showwarning = _log_warning
 
 
-def _log_warning(message, category, *where) -> None:
-    """``warnings.showwarning`` for the command (``where``: the file, line, stream and source
-    line it is called with): the warning's kind and text in one log line."""
+def _log_warning(message, category, *where, **more) -> None:
+    """``warnings.showwarning`` for the command (``where``, ``more``: the file, line, stream
+    and source line it is called with): the warning's kind and text in one log line."""
     logging.getLogger("shardflow.warnings").warning("%s: %s", category.__name__, " ".join(str(message).split()))
 
 

@@ -76,7 +76,8 @@ def export(run_dir, out_dir, *, model: str | None = None, quantize: str | None =
         refused (nothing is written).
     int8_tolerance : float
         The largest relative loss of the validation metric (AUC, log loss or RMSE) that
-        ``quantize="int8"`` accepts: ``0.01`` is 1% of fp32's value.
+        ``quantize="int8"`` accepts: ``0.01`` is 1% of fp32's value; ``1`` accepts any, and
+        an int8 model that cannot be measured (the run's input is not readable here).
     check_rows : int
         Validation rows of the run's input scored both ways to check the export.
     storage_options : dict, optional
@@ -90,8 +91,9 @@ def export(run_dir, out_dir, *, model: str | None = None, quantize: str | None =
     _require_onnx()
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ExportError(f"--quantize {quantize}: not one of {', '.join(QUANTIZATIONS)}")
-    if not (isinstance(int8_tolerance, (int, float)) and 0 <= int8_tolerance < 1):
-        raise ExportError(f"--int8-tolerance {int8_tolerance}: a fraction of the fp32 metric in [0, 1), e.g. 0.01")
+    if not (isinstance(int8_tolerance, (int, float)) and 0 <= int8_tolerance <= 1):
+        raise ExportError(f"--int8-tolerance {int8_tolerance}: a fraction of the fp32 metric in [0, 1], e.g. 0.01 "
+                          "(1: any loss, and an unmeasured one)")
     run_dir = location(run_dir, storage_options)
     files = artifacts.scoring_files(run_dir, model, option="export")  # checked against the manifest
     if quantize == "int8" and not FAMILIES[files.model].quantizable:
@@ -126,6 +128,9 @@ def export(run_dir, out_dir, *, model: str | None = None, quantize: str | None =
         logger.info("export: on %d validation rows, largest difference from shardflow's predictions %.2g",
                     len(rows), metadata["check"]["max_abs_difference"])
     if quantize == "int8":
+        if rows is None and int8_tolerance < 1:
+            raise ExportError("--quantize int8: the run's input is not readable here, so what int8 costs cannot be "
+                              "measured; export where it is readable, or pass --int8-tolerance 1 to accept it unmeasured")
         files[INT8_FILE] = quantize_int8(fp32)
         if rows is not None:
             metadata["quantization"] = quantization_report(fp32, files[INT8_FILE], metadata=metadata, rows=rows,

@@ -157,6 +157,16 @@ def test_int8_export_is_refused_beyond_its_tolerance_and_trees_refuse_quantizati
     with pytest.raises(ExportError, match="--quantize int8: quantizes the MLP families' weights; xgboost has no"):
         export(run_dir, tmp_path / "trees", model="xgboost", quantize="int8")
     assert not (tmp_path / "trees").exists()
+    # Where the run's input is not readable, int8's cost cannot be measured: refused unless accepted as such.
+    (directory / "in").rename(directory / "in-away")
+    try:
+        with pytest.raises(ExportError, match="cannot be measured; .* --int8-tolerance 1"):
+            export(run_dir, tmp_path / "unmeasured", model="mlp", quantize="int8")
+        assert not (tmp_path / "unmeasured").exists()
+        accepted = export(run_dir, tmp_path / "unmeasured", model="mlp", quantize="int8", int8_tolerance=1)
+        assert "quantization" not in accepted.metadata and "skipped" in accepted.metadata["check"]
+    finally:
+        (directory / "in-away").rename(directory / "in")
 
 
 @pytest.mark.parametrize("trained_run", ["multiclass"], indirect=True)

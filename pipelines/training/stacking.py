@@ -49,7 +49,7 @@ def fit_stacker(runtime: Runtime, data: TrainingData, member_models: list, max_i
     members = len(member_models)
     average = combiner.average(members, data.classes)
     fits = [_DampedNewton(average, ridge) for _ in range(3)]
-    newton_steps = []
+    newton_steps, objective = [], []
     for step in range(max_iter):
         thetas = [fit.trial for fit in fits]
         terms = [client.submit(stack_partition_terms, design, f, thetas, data.task,
@@ -57,6 +57,7 @@ def fit_stacker(runtime: Runtime, data: TrainingData, member_models: list, max_i
                  for i, (design, f) in enumerate(zip(designs, data.futures))]
         total = tree_reduce_futures(client, terms, add_stack_terms, f"train-stack-newton-{token}-{step}").result()
         newton_steps.append(max(fit.update(t) for fit, t in zip(fits, total)))
+        objective.append(float(fits[2].objective))
         if all(fit.done for fit in fits):
             break
     even, odd, every = (fit.theta for fit in fits)
@@ -67,17 +68,18 @@ def fit_stacker(runtime: Runtime, data: TrainingData, member_models: list, max_i
               for i, (design, f) in enumerate(zip(designs, data.futures))]
     sums = tree_reduce_futures(client, losses, add_stack_terms, f"train-stack-check-{token}").result()
     quality = _quality(sums, members)
-    if not all(fit.done for fit in fits):
-        logger.warning("stacked: the combiner's fit did not converge in %d Newton passes; it is kept where its "
-                       "loss was lowest (never above the members' average on its rows)", max_iter)
+    if not all(fit.converged for fit in fits):
+        logger.warning("stacked: the combiner's fit did not converge in %d Newton passes%s; it is kept where its "
+                       "loss was lowest (never above the members' average on its rows)", len(newton_steps),
+                       " (its line search stalled)" if all(fit.done for fit in fits) else "")
     if quality["out_of_fold_loss"] > quality["best_member_loss"]:
         logger.warning("stacked: WORSE THAN ITS BEST MEMBER: out-of-fold validation loss %.5g against %.5g for "
                        "member %d of %d (their average: %.5g); prefer xgboost_partitions or the global model",
                        quality["out_of_fold_loss"], quality["best_member_loss"], quality["best_member"] + 1,
                        members, quality["average_loss"])
     return {"coef_even": even.tolist(), "coef_odd": odd.tolist(), "coef": every.tolist(),
-            "seconds": time.perf_counter() - started, "newton_steps": newton_steps,
-            "converged": all(fit.done for fit in fits), **quality}
+            "seconds": time.perf_counter() - started, "newton_steps": newton_steps, "objective": objective,
+            "converged": all(fit.converged for fit in fits), **quality}
 
 
 def _quality(sums: np.ndarray, members: int) -> dict:
@@ -106,8 +108,8 @@ class _DampedNewton:
     >>> while not fit.done:  # minimise (θ - 3)² / 2 over two "rows"
     ...     θ = fit.trial[0]
     ...     _ = fit.update({"loss": (θ - 3) ** 2, "grad": np.array([2 * (θ - 3)]), "hess": np.eye(1) * 2, "n": 2.0})
-    >>> round(float(fit.theta[0]), 6)
-    3.0
+    >>> round(float(fit.theta[0]), 6), fit.converged
+    (3.0, True)
     """
 
     def __init__(self, start: np.ndarray, ridge: float, armijo: float = 1e-4, tolerance: float = 1e-10):
@@ -115,13 +117,16 @@ class _DampedNewton:
         self.trial = self.theta.copy()
         self.ridge, self.armijo, self.tolerance = ridge, armijo, tolerance
         self.objective = np.inf
-        self.direction, self.decrement, self.step, self.done = None, 0.0, 1.0, False
+        self.direction, self.decrement, self.step = None, 0.0, 1.0
+        #: ``converged``: the Newton decrement is negligible; ``stalled``: no step along the
+        #: direction lowers the loss at this precision (kept where it was lowest).
+        self.done = self.converged = False
 
     def update(self, terms: dict) -> float:
         """Take the terms at :attr:`trial`; set the next trial. Returns the size of the move."""
         if self.done:
             return 0.0
-        n = max(terms["n"], 1.0)
+        n = terms["n"] if terms["n"] > 0 else 1.0  # weights below 1 in all: the mean is still a mean
         value = terms["loss"] / n + 0.5 * self.ridge * float(self.trial @ self.trial)
         accepted = self.direction is None or (
             np.isfinite(value) and value <= self.objective - self.armijo * self.step * self.decrement)
@@ -136,13 +141,14 @@ class _DampedNewton:
                 direction = grad  # a singular Hessian: a gradient step, still line-searched
             self.decrement = float(grad @ direction)
             if not np.isfinite(self.decrement) or self.decrement <= self.tolerance * max(1.0, abs(value)):
+                self.converged = bool(np.isfinite(self.decrement))
                 self.done = True
                 return 0.0
             self.direction, self.step = direction, 1.0
         else:
             self.step /= 2
             if self.step < 1e-8:
-                self.done = True  # no step lowers the loss: θ is as good as this precision allows
+                self.done = True  # stalled: no step lowers the loss; θ is as good as this precision allows
                 self.trial = self.theta
                 return 0.0
         self.trial = self.theta - self.step * self.direction
@@ -163,7 +169,8 @@ def save_family(stage_dir, family, result: dict) -> None:
     from shardflow.pipelines.artifacts import write_json
 
     write_json(RunDir.train_file(stage_dir, family.file("json")), {"members": family.needs[0], **{k: result[k] for k in (
-        "coef", "coef_even", "coef_odd", "fit_seconds", "seconds", "newton_steps", "converged", "out_of_fold_loss",
+        "coef", "coef_even", "coef_odd", "fit_seconds", "seconds", "newton_steps", "objective", "converged",
+        "out_of_fold_loss",
         "fit_loss", "member_losses", "best_member", "best_member_loss", "average_loss")}})
 
 
@@ -179,11 +186,11 @@ def curves(run_dir, family) -> list:
     from shardflow.pipelines.figures import subplots
 
     meta = json.loads(RunDir(run_dir).trained(family.file()).read_text())
-    if not meta.get("newton_steps"):
+    if not meta.get("objective"):
         return []
     fig, ax = subplots((5.5, 3.5))
-    ax.semilogy(meta["newton_steps"], marker="o")
-    ax.set_xlabel("Newton iteration")
-    ax.set_ylabel("largest coefficient step (0: rejected or done)")
+    ax.plot(range(1, len(meta["objective"]) + 1), meta["objective"], marker="o")
+    ax.set_xlabel("Newton pass (a rejected step is halved and tried again)")
+    ax.set_ylabel("penalised loss on the validation rows")
     ax.set_title(f"{family.label}: combiner fit")
-    return [(fig, f"{family.label}: convergence of its Newton fit")]
+    return [(fig, f"{family.label}: its damped Newton fit, from the members' average")]
