@@ -268,38 +268,44 @@ def stack_design(predictions, task):
     return target_kind(task).combiner.inputs(predictions) if len(predictions[0]) else None
 
 
-def _folds(n: int) -> dict:
-    even = np.arange(n) % 2 == 0
-    return {"even": even, "odd": ~even, "all": np.ones(n, dtype=bool)}
+def stack_labels(shard) -> tuple:
+    """A partition's validation labels and weights: all the stacked fit needs of it besides its design."""
+    return shard.y_valid, shard.weights_valid.astype(np.float64)
 
 
 def stack_partition_terms(design, shard, thetas, task):
     """Newton terms (loss, gradient, Hessian) of the three stacked fits (even rows, odd
     rows, all rows) on one partition, each at its own coefficients."""
-    combiner = target_kind(task).combiner
-    y, w = shard.y_valid, shard.weights_valid.astype(np.float64)
+    from shardflow.tasks.combiners import fold_terms
+
     if design is None:
         k = len(thetas[0])
         zero = {"loss": 0.0, "grad": np.zeros(k), "hess": np.zeros((k, k)), "n": 0.0}
         return [zero, zero, zero]
-    folds = _folds(len(y))
-    return [combiner.terms(design[folds[f]], y[folds[f]], w[folds[f]], theta)
-            for f, theta in zip(("even", "odd", "all"), thetas)]
+    return fold_terms(target_kind(task).combiner, design, *stack_labels(shard), thetas)
 
 
 def stack_partition_losses(design, shard, candidates, task) -> np.ndarray:
     """Weighted loss sums and weight sums of ``candidates`` (``(fold, coef)`` pairs, fold
     ``even``/``odd``/``all``) on one partition: an array of shape (len(candidates), 2)."""
-    combiner = target_kind(task).combiner
-    out = np.zeros((len(candidates), 2))
+    from shardflow.tasks.combiners import fold_losses
+
     if design is None:
-        return out
-    y, w = shard.y_valid, shard.weights_valid.astype(np.float64)
-    folds = _folds(len(y))
-    for i, (fold, coef) in enumerate(candidates):
-        rows = folds[fold]
-        out[i] = combiner.loss(design[rows], y[rows], w[rows], coef), w[rows].sum()
-    return out
+        return np.zeros((len(candidates), 2))
+    return fold_losses(target_kind(task).combiner, design, *stack_labels(shard), candidates)
+
+
+def fit_stack_in_one_task(designs: list, labels: list, task: str, *, members: int, classes: int, ridge: float,
+                          max_iter: int) -> dict:
+    """The whole stacked fit (:func:`~shardflow.tasks.combiners.fit_combiner`) in this task, on
+    every partition's design and labels (:func:`stack_labels`): for small validation splits."""
+    from shardflow.tasks.combiners import fit_combiner, fold_losses, fold_terms
+
+    combiner = target_kind(task).combiner
+    parts = [(design, y, w) for design, (y, w) in zip(designs, labels) if design is not None]
+    return fit_combiner(lambda thetas: add_stack_terms(*[fold_terms(combiner, *part, thetas) for part in parts]),
+                        lambda candidates: sum(fold_losses(combiner, *part, candidates) for part in parts),
+                        combiner, members=members, classes=classes, ridge=ridge, max_iter=max_iter)
 
 
 def add_stack_terms(*parts):

@@ -510,3 +510,32 @@ def test_stacked_combiner_on_sixteen_classes_is_no_worse_than_its_members(runtim
     assert math.isfinite(ours) and ours <= max(1.05 * average, average + 0.02), (ours, average, member_losses)
     fitted = json.loads((result.run_dir / "train" / "stacked.json").read_text())
     assert fitted["converged"] and fitted["best_member_loss"] == pytest.approx(min(member_losses), rel=1e-3)
+
+
+def test_stacked_fit_in_one_task_equals_the_fit_by_reductions(runtime, tmp_path):
+    """Small validation splits fit the combiner in one task (one round trip, not one per Newton
+    pass): the same algorithm on the same sums, so the same coefficients and quality."""
+    from shardflow.pipelines.training import load_training_data
+    from shardflow.pipelines.training.stacking import fit_stacker
+
+    table = many_classes_table(4000, classes=6)
+    (tmp_path / "in").mkdir()
+    for i, rows in enumerate(np.array_split(np.arange(len(table)), 3)):
+        table.iloc[rows].to_csv(tmp_path / "in" / f"part{i}.csv", index=False)
+    config = write_job(tmp_path, input={"path": "in/*.csv"}, target={"column": "carrier"},
+                       features={"numeric": ["x1", "x2"]},
+                       train={"models": ["xgboost_partitions", "stacked"], "partitions": {"xgboost_rounds": 10}})
+    result = run(config, runtime=runtime)
+    payload = artifacts.load_model(result.run_dir, "xgboost_partitions")
+    data = load_training_data(runtime, result.run_dir / "etl", seed=0)
+    members = [bytearray(m) for m in payload["models"]]
+    by_reductions = fit_stacker(runtime, data, members, in_one_task=False)
+    in_one_task = fit_stacker(runtime, data, members, in_one_task=True)
+    assert in_one_task["one_task"] and not by_reductions["one_task"]
+    assert len(in_one_task["newton_steps"]) == len(by_reductions["newton_steps"])
+    np.testing.assert_allclose(in_one_task["coef"], by_reductions["coef"], rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(in_one_task["coef_even"], by_reductions["coef_even"], rtol=1e-7, atol=1e-9)
+    assert in_one_task["out_of_fold_loss"] == pytest.approx(by_reductions["out_of_fold_loss"], rel=1e-9)
+    fitted = json.loads((result.run_dir / "train" / "stacked.json").read_text())
+    assert fitted["one_task"]  # the default for a split this small
+    np.testing.assert_allclose(fitted["coef"], in_one_task["coef"], rtol=1e-7, atol=1e-9)
