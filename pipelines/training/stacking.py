@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 ONE_TASK_BYTES = 64 * 2**20
 
 
-def fit_stacker(runtime: Runtime, data: TrainingData, member_models: list, max_iter: int = 100,
+def fit_stacker(runtime: Runtime, data: TrainingData, member_models: list, *, max_iter: int = 100,
                 ridge: float = 1e-4, in_one_task: bool | None = None) -> dict:
     """Fit the stacked combiner on the validation split, by a damped Newton method on reductions.
 
