@@ -27,18 +27,20 @@ class XGBoostConfig:
 
     ``params`` are XGBoost parameters merged over shardflow's defaults (``hist``,
     ``max_depth`` 8, ``eta`` 0.1, the objective from ``target.task``, ``device`` cuda
-    on GPU clusters). A checkpoint is written every ``checkpoint_every`` rounds; a run
-    that failed resumes from it (see ``train.max_attempts``). ``single_worker: auto`` trains on one worker with
+    on GPU clusters). Checkpoints are taken by training time (``train.checkpoint_seconds``);
+    a run that failed resumes from the last one (see ``train.max_attempts``). ``single_worker: auto`` trains on one worker with
     its host's threads, no allreduce, when the arrays fit in it (:func:`~shardflow.pipelines.plan.trains_on_one_worker`).
     """
 
     #: Keys that moved, with where they live now (a config using them gets that answer).
     MOVED_KEYS: typing.ClassVar[dict] = {"max_attempts": "train.max_attempts",
                                          "collective_timeout": "train.collective_timeout"}
+    #: Keys that were replaced by an option of another meaning: the new key, and what it means.
+    REPLACED_KEYS: typing.ClassVar[dict] = {
+        "checkpoint_every": ("train.checkpoint_seconds", "seconds of training between checkpoints, not rounds")}
 
     num_boost_round: int = option(300, check=Between(1, MAX_ROUNDS))
     early_stopping_rounds: int | None = option(20, check=Between(1, MAX_ROUNDS))
-    checkpoint_every: int = option(25, check=Between(1, MAX_ROUNDS))
     categorical: bool = option(True, check=OneOf((True, False)))
     single_worker: str = option("auto", check=OneOf(("auto", "true", "false")))
     params: dict = option(factory=dict, check=Anything("XGBoost's own parameters, checked by XGBoost",
@@ -48,11 +50,16 @@ class XGBoostConfig:
 @dataclass
 class PartitionModelsConfig:
     """``train.partitions:`` one model per group of partitions, trained where the data is; the XGBoost
-    models take the global model's parameters and ``early_stopping_rounds`` (on their own validation rows)."""
+    models take the global model's parameters and ``early_stopping_rounds`` (on their own validation rows).
+
+    The MLPs take ``train.mlp``'s options; their length follows the same rule as the data-parallel
+    MLP's (``train.mlp.max_steps`` on the group's own rows, early stopping on its own validation
+    rows) unless ``mlp_epochs`` fixes it.
+    """
 
     partitions_per_model: int = option(1, check=Between(1, MAX_PARTITIONS))
     xgboost_rounds: int = option(300, check=Between(1, MAX_ROUNDS))
-    mlp_epochs: int = option(3, check=Between(1, MAX_ROUNDS))
+    mlp_epochs: int | None = option(None, check=Between(1, MAX_ROUNDS))
 
 
 @dataclass
@@ -80,12 +87,20 @@ class MLPConfig:
     gradients`` every step's gradients are averaged instead (synchronous large-batch
     SGD: g = mean of the partitions' gradients). ``batch_size`` is per worker (null:
     the whole shard).
+
+    Training length: ``epochs`` when set; by default (null) a budget of ``max_steps``
+    optimizer steps, ``ceil(max_steps / steps per epoch)`` epochs but at least one (a table
+    whose epoch alone exceeds the budget still sees every row once). The validation loss
+    is evaluated every epoch, or every few epochs when an epoch is shorter than
+    :data:`~shardflow.tasks.neural.MIN_STEPS_PER_EVALUATION` (50) steps; training stops after
+    ``early_stopping_patience`` evaluations without improvement and keeps the best weights.
     """
 
     hidden: list[int] = option(factory=lambda: [128, 64], check=Between(1, MAX_LAYER_WIDTH))
     embedding_dim: int = option(16, check=Between(1, MAX_EMBEDDING_DIM))
     dropout: float = option(0.0, check=Between(0, 1, open_high=True))
-    epochs: int = option(6, check=Between(1, MAX_ROUNDS))
+    epochs: int | None = option(None, check=Between(1, MAX_ROUNDS))
+    max_steps: int = option(1000, check=Between(1, MAX_ROUNDS))
     batch_size: int | None = option(1024, check=Between(1, MAX_ROWS))
     optimizer: str = option("adam", check=OneOf(("adam", "sgd")))
     lr: float = option(3e-3, check=Between(0, 10, open_low=True))
@@ -97,7 +112,7 @@ class MLPConfig:
     sync_every: int | None = option(64, check=Between(1, MAX_ROWS))
     accumulation_steps: int = option(1, check=Between(1, MAX_ROWS))
     bf16: bool = option(False, check=OneOf((True, False)))
-    early_stopping_patience: int | None = option(2, check=Between(1, MAX_ROUNDS))
+    early_stopping_patience: int | None = option(4, check=Between(1, MAX_ROUNDS))
     device: str = option("auto", check=OneOf(("auto", "cpu", "cuda")))
 
 
@@ -108,15 +123,22 @@ class TrainConfig:
     The global models (XGBoost, the data-parallel MLP) train as one collective over all
     workers. If a worker is lost mid-training the collective fails (it cannot continue
     without a member; a silent member is given up after ``collective_timeout``
-    seconds), and training continues from the last checkpoint (XGBoost: every
-    ``checkpoint_every`` rounds; MLP: every epoch) on the workers present, up to
-    ``max_attempts`` times in all.
+    seconds), and training continues from the last checkpoint on the workers present, up
+    to ``max_attempts`` times in all.
+
+    Checkpoints are taken by training time: after the round (XGBoost) or evaluation (MLP)
+    that ends ``checkpoint_seconds`` or more after the last one, and when training ends; 0
+    checkpoints after every round or evaluation. A model that trains for less than
+    ``checkpoint_seconds`` writes only its final state (which a ``--resume`` reuses). One
+    checkpoint costs milliseconds at 100k rows (a model of a few MB), so the default (60 s)
+    costs well under 1% of training while a long model loses at most a minute of it.
     """
 
     models: list[str] = option(factory=lambda: list(DEFAULT_FAMILIES), check=OneOf(FAMILY_NAMES))
     seed: int = option(0, check=Between(0, MAX_SEED))
     max_attempts: int = option(3, check=Between(1, 100))
     collective_timeout: int | None = option(600, check=Between(1, MAX_SECONDS))
+    checkpoint_seconds: float = option(60.0, check=Between(0, MAX_SECONDS))
     xgboost: XGBoostConfig = option(factory=XGBoostConfig, check=Section())
     partitions: PartitionModelsConfig = option(factory=PartitionModelsConfig, check=Section())
     groups: GroupModelsConfig = option(factory=GroupModelsConfig, check=Section())

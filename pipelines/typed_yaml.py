@@ -126,6 +126,10 @@ def build_section(cls, data, prefix: str):
         moved = getattr(cls, "MOVED_KEYS", {}).get(key)
         if moved:
             raise ConfigError(f"config key '{prefix}{key}' has moved: set '{moved}' instead")
+        replaced = getattr(cls, "REPLACED_KEYS", {}).get(key)
+        if replaced:
+            raise ConfigError(f"config key '{prefix}{key}' was replaced by '{replaced[0]}' ({replaced[1]}): "
+                              f"set that instead")
         close = difflib.get_close_matches(key, fields, n=1)
         hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; known: {', '.join(fields)}"
         raise ConfigError(f"config key '{prefix}{key}' is not a known option{hint}")

@@ -74,15 +74,17 @@ def _use_worker_threads() -> None:
         use_threads(threads)
 
 
-def train_group_mlp(*shards, spec, optim, epochs, seed, schedule, scoring):
-    """One per-partition MLP on a group of partitions, with its own validation metrics."""
+def train_group_mlp(*shards, spec, optim, epochs, seed, schedule, scoring, max_steps=1000, patience=None):
+    """One per-partition MLP on a group of partitions, with its own validation metrics
+    (its length: see :func:`~shardflow.tasks.neural.train_local`)."""
     from shardflow.tasks.metrics import finish_metrics, partial_metrics
     from shardflow.tasks.neural import predict, train_local
 
     _use_worker_threads()
     s = shard_tasks.merge_shards(*shards)
     out = train_local(s.x_train, s.y_train, s.x_valid, s.y_valid, spec=spec, cfg=optim, epochs=epochs, seed=seed,
-                      schedule=schedule, w_train=s.w_train, w_valid=s.w_valid)
+                      schedule=schedule, w_train=s.w_train, w_valid=s.w_valid, max_steps=max_steps,
+                      patience=patience)
     out["validation"] = finish_metrics(partial_metrics(s.y_valid, predict(out["params"], spec, s.x_valid), scoring,
                                                        s.w_valid), scoring) if len(s.y_valid) else {"rows": 0}
     return out
@@ -125,7 +127,7 @@ class CollectiveTrainer:
     loss over all the ranks' rows: ``g = Σ_k grad_sum_k / Σ_k n_k``. ``sync:
     parameters`` takes local optimizer steps and replaces the parameters every
     ``sync_every`` steps by their mean weighted by the ranks' training weights (one
-    flat allreduce).
+    flat allreduce). A world of one rank has no process group: no DDP, no allreduce.
     """
 
     def __init__(self, shard, params, spec, optim, plan: SyncPlan, *, rank: int, optimizer_state=None):
@@ -138,7 +140,7 @@ class CollectiveTrainer:
         self.shard, self.spec, self.optim, self.plan, self.rank = shard, spec, optim, plan, rank
         self.module = network(spec, params, self.device).train()
         self.model = self.module
-        if plan.sync == "gradients":
+        if plan.sync == "gradients" and plan.world > 1:
             # One bucket for a tabular MLP's gradients (DDP's default 25 MB cap): smaller buckets
             # would overlap with the backward pass, but on CPU each allreduce costs a round trip
             # that outweighs the overlap (benchmarks/results/mlp_scaling.md).
@@ -155,30 +157,50 @@ class CollectiveTrainer:
     def _allreduce(self, tensor):
         import torch.distributed as dist
 
-        dist.all_reduce(tensor)
+        if self.plan.world > 1:
+            dist.all_reduce(tensor)
         return tensor
 
     def _average_parameters(self) -> None:
         import torch
+
+        if self.plan.world == 1:
+            return
         from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
         with torch.no_grad():
             flat = parameters_to_vector(self.module.parameters()) * (self.weight / self.plan.total_weight)
             vector_to_parameters(self._allreduce(flat), self.module.parameters())
 
-    def epoch(self, epoch: int) -> dict:
-        """Take this epoch's steps; return the loss sums, the validation loss, and (rank 0)
-        the synchronised parameters."""
+    def epochs(self, first: int, count: int = 1) -> dict:
+        """Take the steps of epochs ``first`` to ``first + count - 1``; return their loss sums,
+        the validation loss after the last, and (rank 0) the synchronised parameters."""
+        import torch
+
+        from shardflow.tasks.neural import get_params, loss_of
+
+        loss_total = torch.zeros((), dtype=torch.float64, device=self.device)
+        seen, rounds = 0.0, 0
+        for epoch in range(first, first + count):
+            epoch_seen, epoch_rounds = self._epoch(epoch, loss_total)
+            seen, rounds = seen + epoch_seen, rounds + epoch_rounds
+        out = {"loss_sum": float(loss_total), "seen": seen, "rounds": rounds,
+               "validation": loss_of(self.module, self.shard, self.spec, self.device)}
+        if self.rank == 0:
+            out["params"] = get_params(self.module)
+        return out
+
+    def _epoch(self, epoch: int, loss_total) -> tuple:
+        """Take one epoch's steps, adding their losses to ``loss_total``; ``(weight seen, sync rounds)``."""
         from contextlib import nullcontext
 
         import numpy as np
         import torch
 
-        from shardflow.tasks.neural import forward_loss, get_params, loss_of, lr_at
+        from shardflow.tasks.neural import forward_loss, lr_at
 
         plan, cfg, shard = self.plan, self.optim, self.shard
         gradients = plan.sync == "gradients"
-        loss_total = torch.zeros((), dtype=torch.float64, device=self.device)
         seen, rounds = 0.0, 0
         for step in range(plan.steps_per_epoch):
             lr = lr_at(plan.lr_schedule, plan.lr, (epoch * plan.steps_per_epoch + step) / plan.total_steps,
@@ -199,7 +221,8 @@ class CollectiveTrainer:
                 index = torch.from_numpy(idx).to(self.device)
                 weights = self.w[index] if self.w is not None else torch.ones(len(idx), device=self.device)
                 # Gradients are allreduced once per step, after its last micro-batch.
-                with self.model.no_sync() if gradients and a < len(batches) - 1 else nullcontext():
+                with self.model.no_sync() if self.model is not self.module and a < len(batches) - 1 \
+                        else nullcontext():
                     loss = forward_loss(self.model, self.x[index], self.y[index], weights, spec=self.spec,
                                          bf16=cfg.bf16, device=self.device)
                     (loss * scale).backward()
@@ -210,21 +233,18 @@ class CollectiveTrainer:
             if not gradients and ((step + 1) % plan.sync_every == 0 or step + 1 == plan.steps_per_epoch):
                 self._average_parameters()
                 rounds += 1
-        out = {"loss_sum": float(loss_total), "seen": seen, "rounds": rounds,
-               "validation": loss_of(self.module, shard, self.spec, self.device)}
-        if self.rank == 0:
-            out["params"] = get_params(self.module)
-        return out
+        return seen, rounds
 
 
-def collective_epoch(shard, params, spec, optim, plan: SyncPlan, *, token: str, rank: int, rendezvous: dict,
-                     epoch: int, fresh: bool):
-    """One rank's epoch of a data-parallel training over a ``torch.distributed`` group.
+def collective_epoch(shard, params, spec, optim, plan: SyncPlan, *, token: str, rank: int, rendezvous: dict | None,
+                     epoch: int, fresh: bool, epochs: int = 1):
+    """One rank's epochs ``epoch`` to ``epoch + epochs - 1`` of a data-parallel training over a
+    ``torch.distributed`` group.
 
-    The first epoch of an attempt (``fresh``) joins the group and builds the rank's
-    :class:`CollectiveTrainer` from ``params``; later epochs continue it. A failure
-    leaves the group at once, so that the peers' collectives fail too instead of waiting
-    for the timeout.
+    The first call of an attempt (``fresh``) joins the group (once: later calls reuse it;
+    a world of one rank joins none) and builds the rank's :class:`CollectiveTrainer` from
+    ``params``; later calls continue it. A failure leaves the group at once, so that the
+    peers' collectives fail too instead of waiting for the timeout.
     """
     import torch.distributed as dist
 
@@ -237,12 +257,14 @@ def collective_epoch(shard, params, spec, optim, plan: SyncPlan, *, token: str, 
     try:
         states[busy] = True
         if fresh:
-            join_group(token, rendezvous, rank=rank, world=plan.world, backend=plan.backend, timeout=plan.timeout)
+            if plan.world > 1:
+                join_group(token, rendezvous, rank=rank, world=plan.world, backend=plan.backend,
+                           timeout=plan.timeout)
             states[key] = CollectiveTrainer(shard, params, spec, optim, plan, rank=rank)
         elif key not in states:
             raise WorkerStateLost(f"rank {rank} of data-parallel MLP training {token} lost its state "
                                   "(the worker was restarted or replaced)")
-        return states[key].epoch(epoch)
+        return states[key].epochs(epoch, epochs)
     except BaseException as err:
         states.pop(busy, None)
         leave_group(token)

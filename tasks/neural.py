@@ -134,16 +134,6 @@ def make_optimizer(model, cfg: OptimConfig, lr: float):
     raise ValueError(f"train.mlp.optimizer: {cfg.optimizer!r} is not one of sgd, adam")
 
 
-def _optimizer_state(opt) -> dict:
-    """The optimizer's state as plain arrays (momenta, Adam moments, step counts)."""
-    state = opt.state_dict()
-    return {
-        "state": {k: {n: (t.detach().cpu().numpy().copy() if torch.is_tensor(t) else t) for n, t in v.items()}
-                  for k, v in state["state"].items()},
-        "param_groups": state["param_groups"],
-    }
-
-
 def load_optimizer_state(opt, state: dict | None, lr: float) -> None:
     if state:
         opt.load_state_dict({
@@ -167,36 +157,6 @@ def _batch(shard: Shard, idx, device: str):
     y = torch.from_numpy(shard.y_train[idx]).to(device)
     w = torch.from_numpy(np.ascontiguousarray(shard.batch_weights(idx), dtype=np.float32)).to(device)
     return x, y, w
-
-
-def local_steps(shard: Shard, params: Params, spec: MLPSpec, cfg: OptimConfig, *, epoch: int,
-                first_step: int, steps: int, lr: float, optimizer_state: dict | None = None) -> dict:
-    """Take ``steps`` optimizer steps on this worker's shard from ``params`` (local SGD).
-
-    Each step averages the loss over ``accumulation_steps`` micro-batches of
-    ``batch_size`` rows (weighted by the sample weights). Returns the new parameters,
-    the optimizer state (it stays on the worker), the weight this worker counts for in
-    the average (its training weight), the loss sum and the weight it was taken over.
-    """
-    device = cfg.device
-    model = network(spec, params, device).train()
-    opt = make_optimizer(model, cfg, lr)
-    load_optimizer_state(opt, optimizer_state, lr)
-    loss_sum, seen = 0.0, 0.0
-    for step in range(first_step, first_step + steps):
-        opt.zero_grad(set_to_none=True)
-        batches = [shard.batch(epoch, step * cfg.accumulation_steps + a, cfg.batch_size)
-                   for a in range(cfg.accumulation_steps)]
-        total = float(sum(shard.batch_weights(b).sum(dtype=np.float64) for b in batches)) or 1.0
-        for idx in batches:
-            x, y, w = _batch(shard, idx, device)
-            loss = forward_loss(model, x, y, w, spec=spec, bf16=cfg.bf16, device=device)
-            (loss / total).backward()
-            loss_sum += float(loss.detach())
-        opt.step()
-        seen += total
-    return {"params": get_params(model), "optimizer_state": _optimizer_state(opt),
-            "weight": shard.weight, "loss_sum": loss_sum, "seen": seen}
 
 
 def loss_on(shard: Shard, params: Params, spec: MLPSpec, device: str = "cpu", split: str = "valid") -> dict:
@@ -258,20 +218,91 @@ def lr_at(schedule: str, base_lr: float, progress: float, warmup: float = 0.0) -
     raise ValueError(f"train.mlp.lr_schedule: {schedule!r} is not one of constant, cosine, step")
 
 
-def train_local(x_train, y_train, x_valid, y_valid, *, spec: MLPSpec, cfg: OptimConfig, epochs: int,
-                seed: int, schedule: str = "constant", w_train=None, w_valid=None) -> dict:
-    """Train one MLP on one partition's rows (the per-partition models): no communication."""
+#: Optimizer steps between two evaluations of the validation loss, at least: an epoch shorter
+#: than this is evaluated with the next ones (a small table's epoch of a few steps would
+#: otherwise pay a validation pass, and for the data-parallel MLP a round trip, every few steps).
+MIN_STEPS_PER_EVALUATION = 50
+
+
+def planned_epochs(epochs: int | None, max_steps: int, steps_per_epoch: int) -> int:
+    """Epochs to train: ``epochs`` when set, else enough for ``max_steps`` optimizer steps,
+    but at least one (every row is seen once even when one epoch exceeds the budget).
+
+    Examples
+    --------
+    >>> planned_epochs(None, 1000, 40), planned_epochs(None, 1000, 300), planned_epochs(None, 1000, 50_000)
+    (25, 4, 1)
+    >>> planned_epochs(6, 1000, 40)
+    6
+    """
+    if epochs is not None:
+        return int(epochs)
+    return max(1, math.ceil(max_steps / max(1, steps_per_epoch)))
+
+
+def epochs_per_evaluation(steps_per_epoch: int) -> int:
+    """Epochs between two evaluations: one, or as many as make :data:`MIN_STEPS_PER_EVALUATION` steps.
+
+    Examples
+    --------
+    >>> epochs_per_evaluation(200), epochs_per_evaluation(20), epochs_per_evaluation(1)
+    (1, 3, 50)
+    """
+    return max(1, math.ceil(MIN_STEPS_PER_EVALUATION / max(1, steps_per_epoch)))
+
+
+def train_local(x_train, y_train, x_valid, y_valid, *, spec: MLPSpec, cfg: OptimConfig, epochs: int | None,
+                seed: int, schedule: str = "constant", w_train=None, w_valid=None, max_steps: int = 1000,
+                patience: int | None = None) -> dict:
+    """Train one MLP on one partition's rows (the per-partition models): no communication.
+
+    ``epochs`` (None: :func:`planned_epochs` of ``max_steps``) epochs of ``batch_size``-row
+    steps, the learning rate following ``schedule`` step by step. The validation loss is
+    evaluated every :func:`epochs_per_evaluation` epochs (when there are validation rows);
+    training stops after ``patience`` evaluations without improvement (None: never) and
+    returns the best parameters.
+    """
     started = time.perf_counter()
     shard = Shard(x_train, y_train, x_valid, y_valid, seed=seed, w_train=w_train, w_valid=w_valid)
-    params = init_params(spec, seed)
     steps_per_epoch = max(1, math.ceil(shard.rows / ((cfg.batch_size or shard.rows) * cfg.accumulation_steps)))
-    state = None
-    train_loss = []
+    epochs = planned_epochs(epochs, max_steps, steps_per_epoch)
+    every = epochs_per_evaluation(steps_per_epoch)
+    total_steps = epochs * steps_per_epoch
+    model = network(spec, init_params(spec, seed), cfg.device).train()
+    opt = make_optimizer(model, cfg, cfg.lr)
+    best, best_loss, bad = get_params(model), math.inf, 0
+    history = {"train_loss": [], "validation_loss": [], "epoch": []}
+    loss_sum, seen = 0.0, 0.0
     for epoch in range(epochs):
-        lr = lr_at(schedule, cfg.lr, epoch / max(1, epochs))
-        out = local_steps(shard, params, spec, cfg, epoch=epoch, first_step=0, steps=steps_per_epoch, lr=lr,
-                          optimizer_state=state)
-        params, state = out["params"], out["optimizer_state"]
-        train_loss.append(out["loss_sum"] / (out["seen"] or 1.0))
-    return {"params": params, "rows": shard.rows, "weight": shard.weight, "seconds": time.perf_counter() - started,
-            "history": {"train_loss": train_loss}}
+        for step in range(steps_per_epoch):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(schedule, cfg.lr, (epoch * steps_per_epoch + step) / total_steps)
+            opt.zero_grad(set_to_none=True)
+            batches = [shard.batch(epoch, step * cfg.accumulation_steps + a, cfg.batch_size)
+                       for a in range(cfg.accumulation_steps)]
+            total = float(sum(shard.batch_weights(b).sum(dtype=np.float64) for b in batches)) or 1.0
+            for idx in batches:
+                x, y, w = _batch(shard, idx, cfg.device)
+                loss = forward_loss(model, x, y, w, spec=spec, bf16=cfg.bf16, device=cfg.device)
+                (loss / total).backward()
+                loss_sum += float(loss.detach())
+            opt.step()
+            seen += total
+        if (epoch + 1) % every and epoch + 1 < epochs:
+            continue
+        history["train_loss"].append(loss_sum / (seen or 1.0))
+        history["epoch"].append(epoch + 1)
+        loss_sum, seen = 0.0, 0.0
+        valid = loss_of(model, shard, spec, cfg.device)
+        if not valid["weight"]:
+            best = get_params(model)  # nothing to choose by: the last parameters
+            continue
+        history["validation_loss"].append(valid["loss_sum"] / valid["weight"])
+        if history["validation_loss"][-1] < best_loss:
+            best, best_loss, bad = get_params(model), history["validation_loss"][-1], 0
+        else:
+            bad += 1
+            if patience is not None and bad >= patience:
+                break
+    return {"params": best, "rows": shard.rows, "weight": shard.weight, "seconds": time.perf_counter() - started,
+            "history": history}

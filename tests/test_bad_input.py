@@ -140,6 +140,12 @@ def test_bad_expression(trips_dir, runtime, runs):
     ("input.partitions=1e20", r"'input.partitions': 100,000,000,000,000,000,000 partitions, at most 100,000"),
     ("train.mlp.lr=1e400", r"'train.mlp.lr': must be a finite number, got inf"),
     ("target.classes=[.nan, 1]", r"'target.classes': holds nan"),
+    # Checkpoints by training time (issue 30, item 3): the old round count names its replacement.
+    ("train.xgboost.checkpoint_every=25", r"config key 'train.xgboost.checkpoint_every' was replaced by "
+                                          r"'train.checkpoint_seconds' \(seconds of training between checkpoints, "
+                                          r"not rounds\): set that instead$"),
+    ("train.checkpoint_seconds=-1", r"'train.checkpoint_seconds': must be between 0 and"),
+    ("train.mlp.max_steps=0", r"'train.mlp.max_steps': must be between 1 and"),
 ])
 def test_config_errors_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -20,7 +20,7 @@ from shardflow.pipelines.job import run
 from shardflow.pipelines.predict import predict
 from shardflow.tasks.exported import load_exported
 
-FAST = {"models": list(FAMILY_NAMES), "xgboost": {"num_boost_round": 30, "checkpoint_every": 10},
+FAST = {"models": list(FAMILY_NAMES), "xgboost": {"num_boost_round": 30},
         "partitions": {"xgboost_rounds": 20, "mlp_epochs": 2},
         # One model per city; 'west' is made too small below, so it falls back to the global model.
         "groups": {"partition_by": ["city"], "min_rows": 200, "xgboost_rounds": 20},

@@ -27,7 +27,7 @@ from shardflow.pipelines.etl import etl
 from shardflow.pipelines.job import run
 from shardflow.tasks.errors import InputError
 
-FAST = ["train.xgboost.single_worker=false", "train.xgboost.num_boost_round=30", "train.xgboost.checkpoint_every=10", "train.partitions.xgboost_rounds=15",
+FAST = ["train.xgboost.single_worker=false", "train.xgboost.num_boost_round=30", "train.checkpoint_seconds=0", "train.partitions.xgboost_rounds=15",
         "train.partitions.mlp_epochs=1", "train.mlp.epochs=2", "train.mlp.batch_size=512", "encode.min_frequency=5"]
 
 
@@ -333,7 +333,7 @@ def small_regression_job(directory, rows=2_000, models=("xgboost",)):
                   "y": (3 * x1 - x2 + rng.normal(size=rows)).round(3)}).to_csv(directory / "t.csv", index=False)
     job = {"input": {"path": "t.csv"}, "target": {"column": "y", "task": "regression"},
            "features": {"numeric": ["x1", "x2"]}, "split": {"key": ["id"]}, "output": {"runs_dir": "runs"},
-           "train": {"models": list(models), "xgboost": {"num_boost_round": 10, "checkpoint_every": 5},
+           "train": {"models": list(models), "xgboost": {"num_boost_round": 10},
                      "mlp": {"epochs": 1, "hidden": [16], "batch_size": 512}}}
     (directory / "job.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
     return directory / "job.yaml"

@@ -28,7 +28,7 @@ from shardflow.pipelines.predict import predict
 from shardflow.pipelines.rundir import read_manifest, update_manifest
 from shardflow.tasks.expressions import evaluate, parse_expression
 
-FAST = ["train.models=[xgboost]", "train.xgboost.single_worker=false", "train.xgboost.num_boost_round=12", "train.xgboost.checkpoint_every=4",
+FAST = ["train.models=[xgboost]", "train.xgboost.single_worker=false", "train.xgboost.num_boost_round=12", "train.checkpoint_seconds=0",
         "encode.min_frequency=5"]
 
 

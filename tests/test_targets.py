@@ -33,7 +33,7 @@ from shardflow.pipelines.predict import predict
 from shardflow.tasks.errors import InputError
 from shardflow.tasks.labels import label_keys
 
-FAST = {"xgboost": {"num_boost_round": 60, "checkpoint_every": 20},
+FAST = {"xgboost": {"num_boost_round": 60},
         "partitions": {"xgboost_rounds": 30, "mlp_epochs": 3},
         "mlp": {"epochs": 4, "batch_size": 256, "sync_every": 8}}
 

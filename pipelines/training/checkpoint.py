@@ -4,6 +4,10 @@ They run inside the global model's training task on every worker; only rank 0 wr
 the model so far (UBJSON) plus a JSON state: rounds done, the evaluation history, the
 early-stopping state and the time per round. Resuming loads both, so a resumed run
 makes the same decisions, and the same trees, as one that was never interrupted.
+
+When to write is a matter of training time (:func:`checkpoint_due`): a checkpoint costs
+the same whatever the round's length, so a short model writes only its final state and a
+long one loses at most ``train.checkpoint_seconds`` of work.
 """
 
 from __future__ import annotations
@@ -18,6 +22,16 @@ from shardflow.pipelines.rundir import RunDir, write_bytes_atomic, write_text_at
 from shardflow.tasks.storage import location
 
 
+def checkpoint_due(since_last: float, seconds: float | None) -> bool:
+    """Whether a checkpoint is due ``since_last`` seconds of training after the last one;
+    ``seconds`` 0: after every round or evaluation, None: never (only the final state).
+
+    Examples
+    --------
+    >>> checkpoint_due(0.01, 0), checkpoint_due(59.9, 60), checkpoint_due(60.0, 60), checkpoint_due(1e9, None)
+    (True, False, True, False)
+    """
+    return seconds is not None and since_last >= seconds
 
 def read_checkpoint(directory, token: str):
     """``(booster, state)`` of a checkpoint written for the same job ``token``, else ``(None, None)``."""
@@ -42,8 +56,9 @@ class ResumableState(xgb.callback.TrainingCallback):
     ----------
     directory : str
         Checkpoint directory, visible to the rank-0 worker and the client.
-    every : int
-        Write a checkpoint every ``every`` rounds (and when training ends).
+    seconds : float or None
+        Write a checkpoint after the first round that ends ``seconds`` or more after the
+        last checkpoint (0: every round), when early stopping stops, and when training ends.
     token : str
         Identifies the job (data, parameters); a checkpoint of another job is ignored.
     metric, maximize : str, bool
@@ -61,12 +76,12 @@ class ResumableState(xgb.callback.TrainingCallback):
     checkpoint, and early stopping would then keep the wrong best round.
     """
 
-    def __init__(self, directory, *, every: int, token: str, metric: str, maximize: bool,
+    def __init__(self, directory, *, seconds: float | None, token: str, metric: str, maximize: bool,
                  patience: int | None, state: dict | None = None, progress_topic: str | None = None):
         super().__init__()
         self.progress_topic = progress_topic
         self.directory = directory
-        self.every = every
+        self.seconds = seconds
         self.token = token
         self.metric = metric
         self.maximize = maximize
@@ -77,9 +92,10 @@ class ResumableState(xgb.callback.TrainingCallback):
         self.best_iteration = state.get("best_iteration", 0)
         self.round_seconds = state.get("round_seconds", [])
         self._last = None
+        self._written = None  # when the last checkpoint was written (or training started)
 
     def before_training(self, model):
-        self._last = time.perf_counter()
+        self._last = self._written = time.perf_counter()
         return model
 
     def _improved(self, score: float) -> bool:
@@ -101,8 +117,9 @@ class ResumableState(xgb.callback.TrainingCallback):
             self.best_score, self.best_iteration = score, epoch
         model.set_attr(best_iteration=str(self.best_iteration), best_score=str(self.best_score))
         stop = self.patience is not None and epoch - self.best_iteration >= self.patience
-        if (epoch + 1) % self.every == 0 or stop:
+        if stop or checkpoint_due(now - self._written, self.seconds):
             self._write(model, epoch + 1, stop)
+            self._written = time.perf_counter()  # the write itself is not training time
         if self.progress_topic and xgb.collective.get_rank() == 0:
             _report(self.progress_topic, {"done": epoch + 1, "metric": self.metric, "score": score,
                                           "best": self.best_score, "best_round": self.best_iteration + 1})

@@ -1,11 +1,12 @@
 """The data-parallel MLP: each worker trains on the rows it holds, synchronised over a
 ``torch.distributed`` process group (gloo on CPU workers, NCCL on GPU workers).
 
-Dask places the data and one pinned task per worker and epoch; the ranks' models,
-optimizers and rows stay on the workers between epochs (:mod:`shardflow.tasks.mlp_steps`),
-and gradients or parameters travel over the group, never through the scheduler. This
-module sets up the rendezvous, schedules the epochs, checkpoints each one and resumes
-after a lost worker.
+Dask places the data and one pinned task per worker and evaluation (an epoch, or a few
+short ones); the ranks' models, optimizers and rows stay on the workers in between
+(:mod:`shardflow.tasks.mlp_steps`), and gradients or parameters travel over the group,
+never through the scheduler. The ranks join the group once per attempt (a run, unless a
+worker is lost), and a single worker joins none. This module sets up the rendezvous,
+schedules the epochs, checkpoints by training time and resumes after a lost worker.
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ from shardflow.cluster.factory import Runtime
 from shardflow.pipelines import progress
 from shardflow.pipelines.train_config import MLPConfig
 from shardflow.pipelines.graph import scatter_named
-from shardflow.pipelines.training.checkpoint import mlp_checkpoint_token, read_mlp_checkpoint, write_mlp_checkpoint
+from shardflow.pipelines.training.checkpoint import (
+    checkpoint_due,
+    mlp_checkpoint_token,
+    read_mlp_checkpoint,
+    write_mlp_checkpoint,
+)
 from shardflow.pipelines.training.collective import WorkerLost, gather_watching
 from shardflow.pipelines.training.data import TrainingData, call_token, recover
 from shardflow.tasks import mlp_steps
@@ -60,7 +66,7 @@ def mlp_optim_for(cfg: MLPConfig, backend: str):
 
 def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig, seed: int = 0, *,
                             checkpoint_dir=None, max_attempts: int = 3, collective_timeout: float | None = 600,
-                            label: str = "data-parallel MLP") -> dict:
+                            label: str = "data-parallel MLP", checkpoint_seconds: float | None = 60.0) -> dict:
     """Train the MLP across workers, each rank on the rows its worker holds.
 
     ``sync: gradients``: DistributedDataParallel, gradients allreduced every step (in
@@ -69,15 +75,19 @@ def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig
     ``sync: parameters`` (local SGD): each rank takes ``sync_every`` local steps, then
     the parameters are replaced by their mean weighted by the ranks' training weights
     (always at the end of an epoch). Every rank takes the same number of steps per epoch
-    (a smaller shard wraps around), so unequal shards never deadlock. Validation loss is
-    computed after each epoch; the best parameters are kept and training stops after
-    ``early_stopping_patience`` epochs without improvement.
+    (a smaller shard wraps around), so unequal shards never deadlock. The length is
+    ``cfg.epochs``, or the step budget ``cfg.max_steps`` (see :class:`MLPConfig`). The
+    validation loss is computed after each evaluation (an epoch, or a few short ones);
+    the best parameters are kept and training stops after ``early_stopping_patience``
+    evaluations without improvement.
 
     A lost worker makes its peers' collectives fail at once (a silent one, after
-    ``collective_timeout`` seconds); with ``checkpoint_dir`` the state after every epoch
-    is saved there, and training resumes from the last epoch on the workers present, up
-    to ``max_attempts`` times in all (optimizer moments restart, so the result matches
-    an uninterrupted run within tolerance).
+    ``collective_timeout`` seconds), and training resumes after the last evaluation on
+    the workers present, up to ``max_attempts`` times in all (optimizer moments restart,
+    so the result matches an uninterrupted run within tolerance). With
+    ``checkpoint_dir`` the state is saved there after the first evaluation that ends
+    ``checkpoint_seconds`` or more after the last checkpoint (0: after every one; None:
+    only the final state), and a later call continues from it.
 
     Examples
     --------
@@ -95,15 +105,15 @@ def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig
         params = init_params(spec, seed)
         state = {"epoch": 0, "params": params, "best_params": params, "best_loss": math.inf, "best_epoch": -1,
                  "bad_epochs": 0, "rounds": 0, "samples": 0,
-                 "history": {"train_loss": [], "validation_loss": [], "lr": [], "seconds": []}}
+                 "history": {"train_loss": [], "validation_loss": [], "lr": [], "seconds": [], "epoch": []}}
     else:
         logger.info("mlp: resuming after epoch %d from %s", state["epoch"], ckpt)
     n_workers = len(runtime.client.scheduler_info(n_workers=-1)["workers"])
     restarts = []
     for attempt in range(1, max_attempts + 1):
         try:
-            info = _collective_epochs(runtime, data, cfg, seed=seed, spec=spec, state=state, ckpt=ckpt,
-                                      started=started, label=label,
+            info = _collective_epochs(runtime, data, cfg, seed=seed, spec=spec, state=state,
+                                      ckpt=(ckpt, checkpoint_seconds), started=started, label=label,
                                       timeout=collective_timeout or DEFAULT_COLLECTIVE_TIMEOUT)
             break
         except (WorkerLost, mlp_steps.WorkerStateLost, CollectiveFailed) as err:
@@ -133,8 +143,9 @@ def _worker_shards(client, data: TrainingData, token: str, seed: int):
 
 def _collective_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, label, timeout) -> dict:
     """Run the remaining epochs from ``state`` over a ``torch.distributed`` group: one pinned
-    task per worker and epoch, the model and rows resident on the workers in between."""
-    from shardflow.tasks.neural import lr_at
+    task per worker and evaluation, the model and rows resident on the workers in between;
+    ``ckpt``: ``(directory or None, checkpoint_seconds)``."""
+    from shardflow.tasks.neural import epochs_per_evaluation, lr_at, planned_epochs
 
     client = runtime.client
     client.register_plugin(mlp_steps.ResidentState())  # idempotent: workers that join later get it too
@@ -144,34 +155,43 @@ def _collective_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, 
     workers = [w for w in sorted(shards) if rows[w] > 0]
     rows_per_step = (cfg.batch_size or max(rows.values())) * cfg.accumulation_steps
     steps_per_epoch = max(1, math.ceil(max(rows[w] for w in workers) / rows_per_step))
+    total_epochs = planned_epochs(cfg.epochs, cfg.max_steps, steps_per_epoch)
+    per_evaluation = epochs_per_evaluation(steps_per_epoch)
     sync_every = 1 if cfg.sync == "gradients" else (
         steps_per_epoch if cfg.sync_every is None else min(cfg.sync_every, steps_per_epoch))
     weighted = bool(data.preprocessor.weighted)
     plan = mlp_steps.SyncPlan(
-        sync=cfg.sync, sync_every=sync_every, steps_per_epoch=steps_per_epoch, total_steps=cfg.epochs * steps_per_epoch,
+        sync=cfg.sync, sync_every=sync_every, steps_per_epoch=steps_per_epoch,
+        total_steps=total_epochs * steps_per_epoch,
         world=len(workers), total_weight=sum(weights[w] for w in workers),
         step_weight=None if weighted else float(cfg.accumulation_steps * sum(
             min(cfg.batch_size, rows[w]) if cfg.batch_size else rows[w] for w in workers)),
         lr=cfg.lr, lr_schedule=cfg.lr_schedule, warmup=cfg.warmup,
         backend="nccl" if optim.device == "cuda" else "gloo", timeout=float(timeout))
-    pids = client.run(os.getpid, workers=workers)
+    pids = client.run(os.getpid, workers=workers) if len(workers) > 1 else {}
     if len(set(pids.values())) < len(pids):
         raise ShardflowError("train.mlp: the data-parallel MLP needs one process per worker (each rank joins a "
                              "torch.distributed process group), and some workers of this cluster share a process: "
                              "start the cluster with processes=True, or train mlp_partitions instead")
-    epochs = progress.Counter(label, cfg.epochs, "epochs", done=state["epoch"]) if progress.enabled() else None
-    fresh = True  # the first epoch of this attempt joins the group and builds the ranks' models
+    epochs = progress.Counter(label, total_epochs, "epochs", done=state["epoch"]) if progress.enabled() else None
+    fresh = True  # the first call of this attempt joins the group and builds the ranks' models
+    ckpt, checkpoint_seconds = ckpt
+    clock = {"checkpoint": time.perf_counter(), "seconds": checkpoint_seconds}
     try:
-        rendezvous = client.submit(open_rendezvous, token, timeout, key=f"train-mlp-rendezvous-{token}",
-                                   workers=[workers[0]], allow_other_workers=False, pure=False)
-        rendezvous = gather_watching(client, [rendezvous], workers[:1], "the MLP's rendezvous")[0]
-        logger.debug("mlp: %s process group of %d ranks, rendezvous at %s:%s", plan.backend, plan.world,
-                     rendezvous["host"], rendezvous["port"])
+        rendezvous = None  # one worker: no process group at all
+        if len(workers) > 1:
+            rendezvous = client.submit(open_rendezvous, token, timeout, key=f"train-mlp-rendezvous-{token}",
+                                       workers=[workers[0]], allow_other_workers=False, pure=False)
+            rendezvous = gather_watching(client, [rendezvous], workers[:1], "the MLP's rendezvous")[0]
+            logger.debug("mlp: %s process group of %d ranks, rendezvous at %s:%s", plan.backend, plan.world,
+                         rendezvous["host"], rendezvous["port"])
         params_f = scatter_named(client, f"train-mlp-params-{token}", state["params"])
-        for epoch in range(state["epoch"], cfg.epochs):
+        epoch = state["epoch"]
+        while epoch < total_epochs:
+            count = min(per_evaluation, total_epochs - epoch)
             futures = [client.submit(mlp_steps.collective_epoch, shards[w], params_f if fresh else None, spec, optim,
                                      plan, token=token, rank=rank, rendezvous=rendezvous, epoch=epoch, fresh=fresh,
-                                     key=f"train-mlp-{token}-e{epoch}-rank{rank}", workers=[w],
+                                     epochs=count, key=f"train-mlp-{token}-e{epoch}-rank{rank}", workers=[w],
                                      allow_other_workers=False)
                        for rank, w in enumerate(workers)]
             results = gather_watching(client, futures, workers, "data-parallel MLP training")
@@ -182,10 +202,13 @@ def _collective_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, 
             valid_loss = (sum(r["validation"]["loss_sum"] for r in results) / valid_weight if valid_weight
                           else float("nan"))
             state["rounds"] += results[0]["rounds"]
-            lr = lr_at(cfg.lr_schedule, cfg.lr, ((epoch + 1) * steps_per_epoch - 1) / plan.total_steps, cfg.warmup)
-            if _end_of_epoch(state, epoch, cfg, current=current, train_loss=train_loss, valid_loss=valid_loss,
-                             valid_weight=valid_weight, lr=lr, seen=epoch_rows(rows, workers, steps_per_epoch, cfg),
-                             started=started, epochs=epochs, ckpt=ckpt, data=data, seed=seed):
+            epoch += count
+            lr = lr_at(cfg.lr_schedule, cfg.lr, (epoch * steps_per_epoch - 1) / plan.total_steps, cfg.warmup)
+            if _end_of_epoch(state, epoch - 1, cfg, current=current, train_loss=train_loss, valid_loss=valid_loss,
+                             valid_weight=valid_weight, lr=lr,
+                             seen=count * epoch_rows(rows, workers, steps_per_epoch, cfg), started=started,
+                             epochs=epochs, total_epochs=total_epochs, ckpt=ckpt, clock=clock, data=data,
+                             seed=seed):
                 break
     except BaseException:
         if epochs is not None:
@@ -200,14 +223,17 @@ def _collective_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, 
         except Exception as err:  # noqa: BLE001 - a worker lost mid-call: its group went with it
             logger.debug("mlp: leaving the process group on every worker failed: %s", err)
     return {"steps_per_epoch": steps_per_epoch, "sync_every": sync_every, "workers": len(workers),
-            "backend": plan.backend}
+            "backend": plan.backend if len(workers) > 1 else None, "epochs": total_epochs}
 
 
 def _end_of_epoch(state, epoch, cfg, *, current, train_loss, valid_loss, valid_weight, lr, seen, started, epochs,
-                  ckpt, data, seed) -> bool:
-    """Record an epoch in ``state`` (history, best parameters, early stopping), checkpoint
-    it, and say whether training stops early."""
+                  total_epochs, ckpt, clock, data, seed) -> bool:
+    """Record an evaluation after ``epoch`` in ``state`` (history, best parameters, early
+    stopping), checkpoint it if one is due, and say whether training stops early.
+    ``epochs``: the progress counter or None; ``clock``: ``{"checkpoint": time of the last
+    checkpoint, "seconds": checkpoint_seconds}``."""
     h = state["history"]
+    h.setdefault("epoch", []).append(epoch + 1)
     h["train_loss"].append(train_loss)
     h["validation_loss"].append(valid_loss)
     h["lr"].append(lr)
@@ -215,7 +241,7 @@ def _end_of_epoch(state, epoch, cfg, *, current, train_loss, valid_loss, valid_w
     state["samples"] += seen
     state["epoch"] = epoch + 1
     state["params"] = current
-    logger.debug("mlp epoch %d/%d: train loss %.5f, validation loss %.5f", epoch + 1, cfg.epochs, train_loss,
+    logger.debug("mlp epoch %d/%d: train loss %.5f, validation loss %.5f", epoch + 1, total_epochs, train_loss,
                  valid_loss)
     if epochs is not None:
         epochs.update(epoch + 1, f"train loss {train_loss:.5f}, validation loss {valid_loss:.5f}")
@@ -226,9 +252,11 @@ def _end_of_epoch(state, epoch, cfg, *, current, train_loss, valid_loss, valid_w
         state["bad_epochs"] += 1
         stop = cfg.early_stopping_patience is not None and state["bad_epochs"] >= cfg.early_stopping_patience
     if stop:
-        state["epoch"] = cfg.epochs  # a resumed run must not train past an early stop
-    if ckpt is not None:
+        state["epoch"] = total_epochs  # a resumed run must not train past an early stop
+    if ckpt is not None and (state["epoch"] >= total_epochs or checkpoint_due(
+            time.perf_counter() - clock["checkpoint"], clock["seconds"])):
         write_mlp_checkpoint(ckpt, state, mlp_checkpoint_token(data, cfg, seed))
+        clock["checkpoint"] = time.perf_counter()
     if stop:
         logger.info("mlp: early stop after epoch %d (best %d)", epoch + 1, state["best_epoch"] + 1)
     return stop
@@ -243,14 +271,15 @@ def epoch_rows(rows: dict, workers, steps_per_epoch: int, cfg: MLPConfig) -> int
 # ----------------------------------------------------------------------------- as a model family
 
 _META = ("history", "best_epoch", "rounds", "steps_per_epoch", "sync_every", "seconds", "workers", "samples",
-         "restarts")
+         "restarts", "epochs")
 
 
 def train_family(context, family) -> dict:
     tc = context.config
     return train_data_parallel_mlp(context.runtime, context.data, tc.mlp, tc.seed, label=family.name,
                                    checkpoint_dir=RunDir(context.run_dir).checkpoints(family.name),
-                                   max_attempts=tc.max_attempts, collective_timeout=tc.collective_timeout)
+                                   max_attempts=tc.max_attempts, collective_timeout=tc.collective_timeout,
+                                   checkpoint_seconds=tc.checkpoint_seconds)
 
 
 def save_family(stage_dir, family, result: dict) -> None:
@@ -272,7 +301,7 @@ def curves(run_dir, family) -> list:
 
     meta = json.loads(RunDir(run_dir).trained(family.file()).read_text())
     fig, ax = subplots((5.5, 3.5))
-    epochs = range(1, len(meta["history"]["train_loss"]) + 1)
+    epochs = meta["history"].get("epoch") or range(1, len(meta["history"]["train_loss"]) + 1)
     ax.plot(epochs, meta["history"]["train_loss"], marker="o", label="train loss")
     ax.plot(epochs, meta["history"]["validation_loss"], marker="o", label="validation loss")
     ax.set_xlabel("epoch")
@@ -304,5 +333,5 @@ def tracking(files, family, sample) -> dict:
         Model.log(None, name=family.name, flavor=mlflow.pytorch, run_id=run_id, model_id=model_id, pytorch_model=module,
                   signature=infer_signature(x, output), input_example=x, serialization_format="pt2")
 
-    curves = {f"{family.name}.{k}": v for k, v in meta.get("history", {}).items() if k != "seconds"}
+    curves = {f"{family.name}.{k}": v for k, v in meta.get("history", {}).items() if k not in ("seconds", "epoch")}
     return {"params": meta["spec"], "curves": curves, "log_model": log_model}

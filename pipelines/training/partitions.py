@@ -94,14 +94,16 @@ def xgboost_job(context, family):
 
 
 def mlp_job(context, family):
-    """One MLP per group, trained locally for ``partitions.mlp_epochs`` epochs."""
+    """One MLP per group, trained locally for ``partitions.mlp_epochs`` epochs, or (null) by
+    ``train.mlp``'s step budget with early stopping on the group's own validation rows."""
     from shardflow.pipelines.training.mlp import mlp_optim_for, mlp_spec_for
 
     tc = context.config
     spec, optim = mlp_spec_for(context.data.preprocessor, tc.mlp), mlp_optim_for(tc.mlp, context.runtime.backend)
     return train_group_mlp, lambda group: dict(spec=spec, optim=optim, epochs=tc.partitions.mlp_epochs,
                                                seed=tc.seed * 7919 + group, schedule=tc.mlp.lr_schedule,
-                                               scoring=context.data.scoring), \
+                                               scoring=context.data.scoring, max_steps=tc.mlp.max_steps,
+                                               patience=tc.mlp.early_stopping_patience), \
         {"spec": spec}
 
 
@@ -169,7 +171,7 @@ def mlp_curves(run_dir, family) -> list:
     fig, ax = subplots((5.5, 3.5))
     for hist in meta["histories"]:
         values = hist.get("train_loss", [])
-        ax.plot(range(1, len(values) + 1), values, marker=".", lw=0.8, alpha=0.7)
+        ax.plot(hist.get("epoch") or range(1, len(values) + 1), values, marker=".", lw=0.8, alpha=0.7)
     ax.set_xlabel("epoch")
     ax.set_ylabel("train loss")
     ax.set_title(family.label)

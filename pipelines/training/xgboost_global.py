@@ -68,7 +68,7 @@ def xgboost_params(task: str, cfg: XGBoostConfig, backend: str, seed: int, class
 
 
 def _xgboost_rounds(client, data, *, params, cfg, collective_timeout, booster, state, remaining, checkpoint_dir,
-                    token, metric, callbacks, label, single):
+                    token, metric, callbacks, label, single, checkpoint_seconds):
     """Train ``remaining`` rounds with one pinned task per worker, joined by a tracker on
     the scheduler (see :mod:`shardflow.pipelines.training.collective`); ``single``: one
     task on one worker, no tracker."""
@@ -91,7 +91,7 @@ def _xgboost_rounds(client, data, *, params, cfg, collective_timeout, booster, s
         nthread = host_threads(client, worker)
         held = {worker: [f for f, _ in useful]}
     workers = sorted(held)
-    tracker = ResumableState(checkpoint_dir, every=cfg.checkpoint_every, token=token, metric=metric,
+    tracker = ResumableState(checkpoint_dir, seconds=checkpoint_seconds, token=token, metric=metric,
                              maximize=metric_direction(metric) == "max", patience=cfg.early_stopping_rounds,
                              state=state, progress_topic=f"shardflow-progress-{token}")
     coll = None
@@ -128,11 +128,13 @@ def _stopping_metric(params: dict) -> str:
 
 def train_global_xgboost(runtime: Runtime, data: TrainingData, cfg: XGBoostConfig, *, checkpoint_dir,
                          seed: int = 0, callbacks=(), label: str = "global XGBoost", max_attempts: int = 3,
-                         collective_timeout: int | None = 600) -> dict:
+                         collective_timeout: int | None = 600, checkpoint_seconds: float | None = 60.0) -> dict:
     """One exact XGBoost model over all partitions, trained with allreduce.
 
-    Early stopping watches the validation split; every ``cfg.checkpoint_every`` rounds
-    the model and its state are checkpointed in ``checkpoint_dir``, and a call that
+    Early stopping watches the validation split; after the first round that ends
+    ``checkpoint_seconds`` or more after the last checkpoint (0: every round; None: none
+    but the final state), and when training ends, the model and its state are
+    checkpointed in ``checkpoint_dir`` (see ``train.checkpoint_seconds``), and a call that
     finds a checkpoint of the same job continues from it. A failed collective (a lost
     worker) continues from the last checkpoint on the workers present, up to
     ``max_attempts`` times in all.
@@ -175,7 +177,8 @@ def train_global_xgboost(runtime: Runtime, data: TrainingData, cfg: XGBoostConfi
         try:
             _xgboost_rounds(client, data, params=params, cfg=cfg, collective_timeout=collective_timeout,
                             booster=booster, state=state, remaining=remaining, checkpoint_dir=checkpoint_dir,
-                            token=token, metric=metric, callbacks=callbacks, label=label, single=single)
+                            token=token, metric=metric, callbacks=callbacks, label=label, single=single,
+                            checkpoint_seconds=checkpoint_seconds)
             break
         except Exception as err:  # noqa: BLE001 - collective training cannot survive a lost member
             if attempt == max_attempts or isinstance(err, ShardflowError):
@@ -204,7 +207,8 @@ def train_family(context, family) -> dict:
     return train_global_xgboost(context.runtime, context.data, tc.xgboost,
                                 checkpoint_dir=RunDir(context.run_dir).checkpoints(family.name), seed=tc.seed,
                                 callbacks=context.xgboost_callbacks, label=family.name,
-                                max_attempts=tc.max_attempts, collective_timeout=tc.collective_timeout)
+                                max_attempts=tc.max_attempts, collective_timeout=tc.collective_timeout,
+                                checkpoint_seconds=tc.checkpoint_seconds)
 
 
 def save_family(stage_dir, family, result: dict) -> None:
