@@ -52,6 +52,17 @@ class ClusterConfig:
         scheduler trusts).
     tls_ca_file, tls_cert, tls_key : str, optional
         PEM files: the certificate authority, this client's certificate and key.
+    processes : {"auto", True, False}
+        ``local`` only: run the workers as processes (``true``) or as threads of this
+        process (``false``: one worker with every core, no worker start-up, no data
+        copied between driver and worker). ``auto`` decides from the job's input: threads
+        when it is at most ``in_process_max_bytes`` and ``in_process_max_rows`` and
+        ``n_workers`` is not set above 1, processes otherwise (``shardflow plan`` says
+        which, and why). A scheduler address or ``local-cuda`` is never switched.
+    in_process_max_bytes : str
+        ``processes: auto``: the largest input (file bytes) run in this process.
+    in_process_max_rows : int
+        ``processes: auto``: the most input rows run in this process.
     """
 
     spec: str = option("auto", check=Text("auto, local, local-cuda or a scheduler address (checked in validate)"))
@@ -69,6 +80,9 @@ class ClusterConfig:
     tls_ca_file: str | None = option(None, check=Text("a PEM file"))
     tls_cert: str | None = option(None, check=Text("a PEM file"))
     tls_key: str | None = option(None, check=Text("a PEM file"))
+    processes: bool | str = option("auto", check=OneOf(("auto", True, False)))
+    in_process_max_bytes: str = option("64MiB", check=ByteSize())
+    in_process_max_rows: int = option(500_000, check=Between(1))
 
     def is_address(self) -> bool:
         return self.spec.startswith(ADDRESS_SCHEMES)

@@ -33,9 +33,17 @@ class Runtime:
     backend: str
     kind: str
     cluster: object = None
+    processes: bool = True
 
     @property
     def dashboard_link(self) -> str | None:
+        if not self.processes and self.cluster is not None:
+            # In memory the scheduler's address names no host; the dashboard's socket does.
+            server = self.cluster.scheduler.services.get("dashboard")
+            sockets = list(getattr(server, "_sockets", {}).values())
+            if sockets:
+                host, port = sockets[0].getsockname()[:2]
+                return f"http://{host}:{port}/status"
         try:
             return self.client.dashboard_link
         except Exception:  # no dashboard configured
@@ -52,6 +60,7 @@ class Runtime:
         workers = info.get("workers", {})
         return {
             "kind": self.kind,
+            "processes": self.processes,
             "backend": self.backend,
             "scheduler": self.client.scheduler.address,
             "workers": len(workers),
@@ -182,9 +191,10 @@ def start(config: ClusterConfig | None = None, **overrides) -> Runtime:
     # carry their backend explicitly (meta), and a notebook's other work is not affected.
     link = runtime.dashboard_link
     logger.info(
-        "cluster %s: %d workers, backend %s%s",
+        "cluster %s: %d workers%s, backend %s%s",
         kind,
         len(runtime.client.scheduler_info(n_workers=-1).get("workers", {})),
+        "" if runtime.processes else " (threads in this process)",
         runtime.backend,
         f", dashboard {link}" if link else "",
     )
@@ -225,7 +235,13 @@ def security_for(config: ClusterConfig):
 
 def _start_local(config: ClusterConfig) -> Runtime:
     cores = os.cpu_count() or 1
-    if config.n_workers and config.threads_per_worker:
+    in_process = config.processes is False
+    if in_process:  # one worker: XGBoost's and torch's collectives are one per process
+        if config.n_workers not in (None, 1):
+            raise ClusterError(f"config key 'cluster.processes': false runs one worker in this process, but "
+                               f"cluster.n_workers is {config.n_workers}; remove one of them")
+        n_workers, threads = 1, config.threads_per_worker or cores
+    elif config.n_workers and config.threads_per_worker:
         n_workers, threads = config.n_workers, config.threads_per_worker
     elif config.n_workers:
         n_workers, threads = config.n_workers, max(1, cores // config.n_workers)
@@ -238,17 +254,19 @@ def _start_local(config: ClusterConfig) -> Runtime:
     cluster = LocalCluster(
         n_workers=n_workers,
         threads_per_worker=threads,
-        processes=True,
+        processes=not in_process,
         security=security,
-        protocol="tls://" if security else None,
-        host=config.host,
+        # Threads in this process talk in memory (no socket, no serialisation) unless TLS is asked for.
+        protocol="tls://" if security else "inproc://" if in_process else None,
+        host=None if in_process and not security else config.host,
         dashboard_address=config.dashboard_address or None,
         memory_limit=config.memory_limit or "auto",
         local_directory=config.local_directory,
         resources=config.resources,
-        env=native_thread_env(threads),
+        **({} if in_process else {"env": native_thread_env(threads)}),
     )
-    return Runtime(Client(cluster, security=security), backend="pandas", kind="local", cluster=cluster)
+    return Runtime(Client(cluster, security=security), backend="pandas", kind="local", cluster=cluster,
+                   processes=not in_process)
 
 
 def _start_local_cuda(config: ClusterConfig) -> Runtime:

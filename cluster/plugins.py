@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
+import threading
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from shardflow.tasks.threads import use_threads
+
+logger = logging.getLogger("shardflow.cluster")
 
 class NativeThreadsPlugin(WorkerPlugin):
     """Give XGBoost, torch and BLAS inside a worker as many threads as the worker has.
@@ -51,3 +56,38 @@ def worker_thread_report(dask_worker) -> dict:
     except ImportError:  # pragma: no cover
         pass
     return report
+
+
+class PreloadPlugin(WorkerPlugin):
+    """Import the libraries a job's training needs on every worker as it joins, in a
+    background thread: the import (a second or more for XGBoost or torch) overlaps the
+    ETL instead of delaying the first training task, which then finds them loaded (an
+    import still running makes it wait for that one, never import twice).
+
+    Parameters
+    ----------
+    modules : sequence of str
+        Module names; one that is not installed is passed over (the task that needs it
+        says so).
+
+    Examples
+    --------
+    >>> PreloadPlugin(["xgboost"]).name
+    'shardflow-preload-xgboost'
+    """
+
+    idempotent = True
+
+    def __init__(self, modules):
+        self.modules = tuple(sorted(set(modules)))
+        self.name = "shardflow-preload-" + "-".join(self.modules)
+
+    def setup(self, worker=None):
+        threading.Thread(target=self.load, name=self.name, daemon=True).start()
+
+    def load(self) -> None:
+        for module in self.modules:
+            try:
+                importlib.import_module(module)
+            except Exception as err:  # noqa: BLE001 - the task that needs it reports the real error
+                logger.debug("preload of %s failed: %s", module, err)

@@ -219,27 +219,24 @@ def cmd_etl(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from shardflow.cluster.factory import connect
     from shardflow.pipelines.plan import InputPlan, format_plan
 
     config = _load(args)
     plan = InputPlan(config)
     plan.spec  # noqa: B018 - the columns and joins are checked, as the ETL would first
-    with connect(config.cluster) as runtime:
+    with contextlib.closing(plan.start_cluster()) as runtime:
         print(format_plan(plan.with_threads(runtime.threads).describe(runtime)))
     return 0
 
 
 def cmd_predict(args) -> int:
     from shardflow.cluster.config import ClusterConfig
-    from shardflow.cluster.factory import connect
     from shardflow.pipelines.predict import predict
 
     cluster = ClusterConfig(spec=args.cluster or "auto", n_workers=args.n_workers,
                             threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit)
-    with connect(cluster) as runtime:
-        result = predict(args.run, args.input, args.output, model=args.model, runtime=runtime,
-                         overwrite=args.overwrite, engine=args.engine, precision=args.precision)
+    result = predict(args.run, args.input, args.output, model=args.model, cluster=cluster,
+                     overwrite=args.overwrite, engine=args.engine, precision=args.precision)
     print(result.output)
     return 0
 
@@ -254,7 +251,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from shardflow.cluster.factory import connect
+    from shardflow.cluster.factory import start
     from shardflow.pipelines.generate import generate, is_generated
     from shardflow.pipelines.job import run
 
@@ -267,18 +264,27 @@ def cmd_run(args) -> int:
     else:
         data_dir = None
         config = _load(args)
-    with connect(config.cluster) as runtime, _performance_report(args.performance_report) as perf:
-        if data_dir is not None and not is_generated(data_dir, args.rows, seed=0):
-            logger.info("default dataset %s is absent: generating %d rows", data_dir, args.rows)
-            generate(data_dir, args.rows, runtime=runtime, overwrite=True)
-        result = run(config, runtime=runtime, resume=args.resume, force=args.force)
-        perf.run_dir = result.run_dir
-    if args.performance_report:
+    def show_results(run_dir) -> None:  # as soon as they exist: the report is drawn after
+        print(RunDir(run_dir).comparison.read_text().strip())
+        print(f"run:    {run_dir}", flush=True)
+
+    generating = data_dir is not None and not is_generated(data_dir, args.rows, seed=0)
+    if not generating and not args.performance_report:
+        # run() starts the cluster the plan chooses, and closes it while the report is drawn.
+        result = run(config, resume=args.resume, force=args.force, on_evaluated=show_results)
+    else:
         from shardflow.pipelines.report import build_report
 
-        build_report(result.run_dir)
-    print(result.table)
-    print(f"run:    {result.run_dir}")
+        with contextlib.closing(start(config.cluster)) as runtime:  # generation and the job share it
+            if generating:
+                logger.info("default dataset %s is absent: generating %d rows", data_dir, args.rows)
+                generate(data_dir, args.rows, runtime=runtime, overwrite=True)
+            with _performance_report(args.performance_report) as perf:
+                result = run(config, runtime=runtime, resume=args.resume, force=args.force,
+                             on_evaluated=show_results)
+                perf.run_dir = result.run_dir
+        if args.performance_report:
+            build_report(result.run_dir)
     print(f"report: {RunDir(result.run_dir).report}")
     return 0
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import dask
 import numpy as np
 
-from shardflow.cluster.factory import Runtime, as_runtime, start
+from shardflow.cluster.factory import Runtime, as_runtime
 from shardflow.cluster.memory import peak_memory, reset_peak_memory
 from shardflow.pipelines import outputs, progress
 from shardflow.pipelines.artifacts import sha256
@@ -146,7 +146,7 @@ def etl(config: Config, runtime: Runtime | None = None, run_dir=None, key: str |
     # Recorded even when called from Python, so that a later `run()` finds this ETL output.
     key = key or stage_keys(config, plan)[RunDir.ETL]
     owns_runtime = runtime is None
-    runtime = as_runtime(runtime) or start(config.cluster)
+    runtime = as_runtime(runtime) or plan.start_cluster()
     try:
         plan = plan.with_threads(runtime.threads)  # every worker thread busy (input.partitions: auto)
         return _run(config, runtime, plan=plan, run_dir=run_dir, key=key)

@@ -19,19 +19,45 @@ from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Callable
 
-from shardflow.tasks import models as predictors
-from shardflow.tasks import onnx_graph
-from shardflow.tasks.groups import predict_by_group
+
+@dataclass(frozen=True)
+class Deferred:
+    """Function ``name`` of module ``shardflow.<module>``, imported on its first call.
+
+    The registry is imported by the config and the command line, which must not import
+    pandas, XGBoost or torch to print their help; a family's code is imported when the
+    family is used. Picklable by reference (it travels to workers as two strings).
+
+    Examples
+    --------
+    >>> Deferred("tasks.keys", "mix_hashes").__name__
+    'mix_hashes'
+    """
+
+    module: str
+    name: str
+
+    def __call__(self, *args, **kwargs):
+        return getattr(import_module(f"shardflow.{self.module}"), self.name)(*args, **kwargs)
+
+    @property
+    def __name__(self) -> str:  # what Dask's task names and logs show
+        return self.name
 
 
-def _lazy(module: str, name: str) -> Callable:
-    """A function of ``module`` imported on first call: the registry is imported by the
-    config, which the training modules import in turn."""
-    def call(*args, **kwargs):
-        return getattr(import_module(f"shardflow.pipelines.training.{module}"), name)(*args, **kwargs)
+def _lazy(module: str, name: str) -> Deferred:
+    """A training function of ``pipelines/training/<module>.py``."""
+    return Deferred(f"pipelines.training.{module}", name)
 
-    call.__name__ = name
-    return call
+
+def _predictor(name: str) -> Deferred:
+    """A prediction function of :mod:`shardflow.tasks.models` (run on the workers)."""
+    return Deferred("tasks.models", name)
+
+
+def _exporter(name: str) -> Deferred:
+    """An ONNX export function of :mod:`shardflow.tasks.onnx_graph`."""
+    return Deferred("tasks.onnx_graph", name)
 
 
 @dataclass(frozen=True)
@@ -78,6 +104,9 @@ class Family:
     quantizable : bool
         Its models are matrix products whose weights ``shardflow export --quantize int8``
         can quantize (the MLP families; trees have nothing to quantize).
+    libraries : tuple of str
+        Modules its training and prediction load on the workers (imported there as the
+        cluster starts, overlapped with the ETL: :class:`~shardflow.cluster.plugins.PreloadPlugin`).
     tracking : callable, optional
         ``tracking(files, family, sample) -> {"params", "curves", "log_model"}`` for MLflow
         (:mod:`shardflow.pipelines.tracking`): the effective hyperparameters, the metrics per
@@ -102,6 +131,7 @@ class Family:
     small_data_on_one_worker: bool = False
     averages_worker_updates: bool = False
     quantizable: bool = False
+    libraries: tuple = ("xgboost",)
     tracking: Callable | None = None
 
     @property
@@ -130,33 +160,36 @@ def _members_payload(files, family) -> dict:
 FAMILIES = {f.name: f for f in (
     Family("xgboost", "global XGBoost", "global", 0,
            train=_lazy("xgboost_global", "train_family"), save=_lazy("xgboost_global", "save_family"),
-           load=_lazy("xgboost_global", "load_family"), predict=predictors.predict_booster,
-           curves=_lazy("xgboost_global", "curves"), export=onnx_graph.export_booster,
+           load=_lazy("xgboost_global", "load_family"), predict=_predictor("predict_booster"),
+           curves=_lazy("xgboost_global", "curves"), export=_exporter("export_booster"),
            small_data_on_one_worker=True, tracking=_lazy("xgboost_global", "tracking")),
     Family("xgboost_partitions", "per-partition XGBoost ensemble", "per_partition", 1,
            partition_job=_lazy("partitions", "xgboost_job"), save=_lazy("partitions", "save_boosters"),
-           load=_lazy("partitions", "load_boosters"), predict=predictors.predict_booster_ensemble,
-           curves=_lazy("partitions", "booster_curves"), export=onnx_graph.export_booster_ensemble),
+           load=_lazy("partitions", "load_boosters"), predict=_predictor("predict_booster_ensemble"),
+           curves=_lazy("partitions", "booster_curves"), export=_exporter("export_booster_ensemble")),
     Family("stacked", "stacked ensemble", "combined", 2, needs=("xgboost_partitions",),
            train=_lazy("stacking", "train_family"), save=_lazy("stacking", "save_family"),
            load=lambda files, family: {**_members_payload(files, family),
                                        **_lazy("stacking", "load_coefficients")(files, family)},
-           predict=predictors.predict_stacked,
-           validation_predict=predictors.predict_stacked_out_of_fold, curves=_lazy("stacking", "curves"),
-           export=onnx_graph.export_stacked),
+           predict=_predictor("predict_stacked"),
+           validation_predict=_predictor("predict_stacked_out_of_fold"), curves=_lazy("stacking", "curves"),
+           export=_exporter("export_stacked")),
     Family("mlp", "data-parallel MLP", "global", 3,
            train=_lazy("mlp", "train_family"), save=_lazy("mlp", "save_family"), load=_lazy("mlp", "load_family"),
-           predict=predictors.predict_mlp, curves=_lazy("mlp", "curves"), export=onnx_graph.export_mlp,
-           tracking=_lazy("mlp", "tracking"), averages_worker_updates=True, quantizable=True),
+           predict=_predictor("predict_mlp"), curves=_lazy("mlp", "curves"), export=_exporter("export_mlp"),
+           tracking=_lazy("mlp", "tracking"), averages_worker_updates=True, quantizable=True,
+           libraries=("shardflow.tasks.neural",)),
     Family("mlp_partitions", "per-partition MLP ensemble", "per_partition", 1,
            partition_job=_lazy("partitions", "mlp_job"), save=_lazy("partitions", "save_mlps"),
-           load=_lazy("partitions", "load_mlps"), predict=predictors.predict_mlp_ensemble,
-           curves=_lazy("partitions", "mlp_curves"), export=onnx_graph.export_mlp_ensemble, quantizable=True),
+           load=_lazy("partitions", "load_mlps"), predict=_predictor("predict_mlp_ensemble"),
+           curves=_lazy("partitions", "mlp_curves"), export=_exporter("export_mlp_ensemble"), quantizable=True,
+           libraries=("shardflow.tasks.neural",)),
     Family("xgboost_groups", "per-group XGBoost (train.groups)", "per_group", 2, needs=("xgboost",),
            train=_lazy("groups", "train_family"), save=_lazy("groups", "save_family"),
            load=lambda files, family: {**_lazy("groups", "load_family")(files, family),
                                        "fallback": _members_payload(files, family)["model"]},
-           predict=predict_by_group, curves=_lazy("groups", "curves"), export=onnx_graph.export_by_group,
+           predict=Deferred("tasks.groups", "predict_by_group"), curves=_lazy("groups", "curves"),
+           export=_exporter("export_by_group"),
            default=False),
 )}
 
@@ -170,6 +203,17 @@ def label(name: str) -> str:
     """The family's label (the name itself for a name no family has)."""
     family = FAMILIES.get(name)
     return family.label if family else name
+
+
+def libraries(names) -> list:
+    """The modules the families named load on the workers.
+
+    Examples
+    --------
+    >>> libraries(["stacked", "mlp"])
+    ['shardflow.tasks.neural', 'xgboost']
+    """
+    return sorted({module for name in names for module in FAMILIES[name].libraries})
 
 
 def training_order(names) -> list:

@@ -15,13 +15,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shardflow.cluster.factory import Runtime, as_runtime, start
+from shardflow.cluster.factory import Runtime, as_runtime
 from shardflow.cluster.memory import peak_memory, reset_peak_memory
+from shardflow.cluster.plugins import PreloadPlugin
 from shardflow.pipelines import artifacts
 from shardflow.pipelines.config import Config
 from shardflow.pipelines.train_config import TrainConfig
 from shardflow.pipelines.evaluate import comparison_table, evaluate
-from shardflow.pipelines.report import build_report
+from shardflow.pipelines.figures import warm_up
+from shardflow.pipelines.report import ReportDrawing
 from shardflow.pipelines.stages import evaluate_key, stage_keys
 from shardflow.pipelines.ownership import claim_run, prepare_runs_dir, release_run, run_holder, RunInUseError
 from shardflow.pipelines.rundir import (
@@ -33,7 +35,7 @@ from shardflow.pipelines.rundir import (
     record_config,
     update_manifest,
 )
-from shardflow.pipelines.families import FAMILIES, FAMILY_NAMES, training_order
+from shardflow.pipelines.families import FAMILIES, FAMILY_NAMES, libraries, training_order
 from shardflow.pipelines.training import TrainingData, load_training_data, train_partition_models
 from shardflow.tasks.errors import ShardflowError
 from shardflow.tasks.storage import location, remove_tree
@@ -212,7 +214,8 @@ def evaluate_run(runtime: Runtime, run_dir, data: TrainingData | None = None, ke
     return {**out, "table": table}
 
 
-def run(config: Config, runtime: Runtime | None = None, run_dir=None, resume=None, force: bool = False) -> RunResult:
+def run(config: Config, runtime: Runtime | None = None, run_dir=None, resume=None, force: bool = False, *,
+        plan=None, on_evaluated=None) -> RunResult:
     """ETL, training of the configured models and evaluation, in one run directory.
 
     Parameters
@@ -230,6 +233,11 @@ def run(config: Config, runtime: Runtime | None = None, run_dir=None, resume=Non
         partly trained global XGBoost or MLP continues from its checkpoint.
     force : bool
         Recompute every stage in a new run directory.
+    plan : InputPlan, optional
+        The job's input, inspected already (default: inspected here).
+    on_evaluated : callable, optional
+        ``on_evaluated(run_dir)`` as soon as the evaluation is written (the comparison
+        table can be shown), before the report is drawn and the cluster closed.
 
     Examples
     --------
@@ -240,7 +248,7 @@ def run(config: Config, runtime: Runtime | None = None, run_dir=None, resume=Non
     from shardflow.pipelines.plan import InputPlan
 
     runs_dir = prepare_runs_dir(config.runs_dir)
-    plan = InputPlan(config)  # inspected once: for the stage keys and, if needed, the ETL
+    plan = plan or InputPlan(config)  # inspected once: for the stage keys, the cluster and, if needed, the ETL
     keys = stage_keys(config, plan)
     if resume is not None:
         run_dir = location(str(resume), config.storage_options)
@@ -258,12 +266,12 @@ def run(config: Config, runtime: Runtime | None = None, run_dir=None, resume=Non
                             "which writes its stages; wait for it, or stop it (if it is gone from another host, "
                             f"remove {RunDir(run_dir).lock})")
     try:
-        return _run_claimed(config, runtime, run_dir, plan=plan, keys=keys, force=force)
+        return _run_claimed(config, runtime, run_dir, plan=plan, keys=keys, force=force, on_evaluated=on_evaluated)
     finally:
         release_run(run_dir)
 
 
-def _run_claimed(config: Config, runtime, run_dir, *, plan, keys: dict, force: bool) -> RunResult:
+def _run_claimed(config: Config, runtime, run_dir, *, plan, keys: dict, force: bool, on_evaluated) -> RunResult:
     """:func:`run` in a run directory this process has claimed."""
     from shardflow.pipelines.etl import etl
 
@@ -283,24 +291,31 @@ def _run_claimed(config: Config, runtime, run_dir, *, plan, keys: dict, force: b
         tracked = MLflowRun(config.tracking.mlflow, run_dir)  # a resumed run continues its MLflow run
         logger.info("run %s: tracked in MLflow run %s (experiment %r)", run_dir.name, tracked.run_id,
                     config.tracking.mlflow.experiment)
-    owns = runtime is None
+    owns, drawing = runtime is None, None
     try:
-        runtime = as_runtime(runtime) or start(config.cluster)
+        runtime = as_runtime(runtime) or plan.start_cluster()
+        if not current[RunDir.TRAIN]:  # training's libraries load on the workers while the ETL runs
+            runtime.client.register_plugin(PreloadPlugin(libraries(config.train.models)))
         if not current[RunDir.ETL]:
             etl(config, runtime=runtime, run_dir=run_dir, key=keys[RunDir.ETL], plan=plan)
         data = None
         if not current[RunDir.TRAIN]:
             if current[RunDir.ETL]:  # the run's config.yaml must say what its models are trained with
                 record_config(run_dir, config.resolved().to_yaml())
+            warm_up()  # the report's plotting library loads while the cluster trains
             trained = train(config, runtime, run_dir, key=keys[RunDir.TRAIN])
             data = trained.data
         if not current[RunDir.EVALUATE]:
             evaluate_run(runtime, run_dir, data, key=keys[RunDir.EVALUATE])
+        if on_evaluated is not None:
+            on_evaluated(run_dir)
         if not all(current.values()) or not RunDir(run_dir).report.exists():
-            build_report(run_dir)
+            drawing = ReportDrawing(run_dir)  # drawn while the job finishes (MLflow waits for it: it logs it)
         if tracked is not None:
             from shardflow.pipelines.tracking import log_run
 
+            if drawing is not None:
+                drawing.result()
             try:
                 log_run(tracked, config, run_dir)
             except Exception as err:  # noqa: BLE001 - the run's stages are complete: say so, do not fail it
@@ -320,6 +335,8 @@ def _run_claimed(config: Config, runtime, run_dir, *, plan, keys: dict, force: b
     finally:
         if owns and runtime is not None:
             runtime.close()
+        if drawing is not None:
+            drawing.result()
     if tracked is not None:
         tracked.finish()
     metrics = json.loads(RunDir(run_dir).metrics.read_text())

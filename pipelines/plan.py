@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+
 import dask.dataframe as dd
 import numpy as np
-from dask.utils import format_bytes
+from dask.utils import format_bytes, parse_bytes
 
 from shardflow.pipelines.config import Config
 from shardflow.pipelines.dimensions import dimension_frames, load_dimensions
 from shardflow.pipelines.source import MIN_PARTITION_ROWS, inspect_source, prepared_meta, read_source, table_spec
 from shardflow.tasks.schema import TableSpec
+
+logger = logging.getLogger("shardflow.plan")
 
 
 class InputPlan:
@@ -62,6 +67,20 @@ class InputPlan:
     def shuffles(self) -> bool:
         """Whether the ETL shuffles this input's rows: :func:`shuffles` and more than one partition."""
         return shuffles(self.config) and len(self.source.pieces) > 1
+
+    def execution(self) -> "Execution":
+        """Where this job's local cluster runs its workers (:func:`execution_for`)."""
+        return execution_for(self.config, self.source.bytes, sum(_piece_rows(self.source)))
+
+    def start_cluster(self):
+        """The job's cluster: ``cluster:`` as configured, its workers processes or threads as
+        :meth:`execution` decides (a :class:`~shardflow.cluster.factory.Runtime` to close)."""
+        from shardflow.cluster.factory import start
+
+        execution = self.execution()
+        if execution.processes is False:
+            logger.info("cluster: threads in this process (%s)", execution.reason)
+        return start(self.config.cluster, processes=execution.processes)
 
     def dimension_paths(self) -> list:
         """The dimension tables' paths, resolved (without reading them)."""
@@ -124,6 +143,7 @@ class InputPlan:
         if rows and np.median(rows) > 0 and max(rows) > 2 * np.median(rows):
             warnings.append(f"skewed partitions: the largest holds {max(rows):,} rows, the median "
                             f"{int(np.median(rows)):,}")
+        execution = self.execution()
         array_bytes = total_rows * (len(self.spec.feature_names) + 3) * 4  # X, y, weight, split as float32
         one_worker = trains_on_one_worker(self.config.train.xgboost.single_worker, array_bytes, memory)
         return {
@@ -139,9 +159,58 @@ class InputPlan:
             "etl": "partitions kept in cluster memory between passes" if persist else
                    "input read again for each pass (streaming)",
             "training": _training_line(self.config.train.models, len(workers), one_worker),
+            "execution": ("worker processes" if getattr(runtime, "processes", True) else "threads in this process")
+                         + f" ({execution.reason})",
             "peak_memory_per_worker": int(per_worker),
             "warnings": warnings,
         }
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Whether a job's local cluster runs worker processes (``processes``; None: the cluster
+    is not shardflow's to shape) and why, in the words ``shardflow plan`` prints."""
+
+    processes: bool | None
+    reason: str
+
+
+def execution_for(config: Config, input_bytes: int, rows: int) -> Execution:
+    """Worker processes or threads in this process for a job reading ``input_bytes`` of files
+    holding about ``rows`` rows (``cluster.processes``).
+
+    Small inputs run in this process: a worker process costs its start (about a second),
+    its own imports of pandas and XGBoost, and a copy of every partition between it and
+    the driver, which a table of some hundred thousand rows does not pay back. A scheduler
+    address and GPU clusters are never switched, nor a cluster of several workers asked for.
+
+    Examples
+    --------
+    >>> from shardflow.pipelines.config import load_config
+    >>> config = load_config(overrides=["input.path=data.csv", "cluster.spec=local"])
+    >>> execution_for(config, 5 * 2**20, 50_000).processes
+    False
+    >>> execution_for(config, 2**30, 20_000_000).reason
+    'input 1.00 GiB, ~20,000,000 rows: above cluster.in_process_max_bytes 64.00 MiB or cluster.in_process_max_rows 500,000'
+    """
+    from shardflow.cluster.factory import resolve_spec
+
+    cluster = config.cluster
+    if cluster.is_address():
+        return Execution(None, "the scheduler at cluster.spec: never switched")
+    if resolve_spec(cluster) != "local":
+        return Execution(None, "GPU workers, one per device")
+    if cluster.processes in (True, False):
+        return Execution(cluster.processes, f"cluster.processes: {str(cluster.processes).lower()}")
+    if cluster.n_workers not in (None, 1):
+        return Execution(True, f"cluster.n_workers: {cluster.n_workers}")
+    max_bytes = parse_bytes(cluster.in_process_max_bytes)
+    size = f"input {format_bytes(input_bytes)}, ~{rows:,} rows"
+    if input_bytes <= max_bytes and rows <= cluster.in_process_max_rows:
+        return Execution(False, f"{size}: within cluster.in_process_max_bytes {format_bytes(max_bytes)} and "
+                                f"cluster.in_process_max_rows {cluster.in_process_max_rows:,}")
+    return Execution(True, f"{size}: above cluster.in_process_max_bytes {format_bytes(max_bytes)} or "
+                           f"cluster.in_process_max_rows {cluster.in_process_max_rows:,}")
 
 
 def shuffles(config: Config) -> bool:
@@ -235,6 +304,7 @@ def format_plan(plan: dict) -> str:
         f"etl         {plan['etl']}" + (f"; rows shuffled by a seeded hash (for {', '.join(plan.get('shuffle_for') or ['per-partition models'])}: "
                                              "they assume partitions alike; input.exchangeable: false)"
                                              if plan.get("shuffle") else ""),
+        f"execution   {plan['execution']}",
         f"training    {plan['training']}",
         f"memory      peak ~{format_bytes(plan['peak_memory_per_worker'])} per worker (estimate)",
     ]

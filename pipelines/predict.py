@@ -12,7 +12,7 @@ from pathlib import Path
 import dask
 
 from shardflow.cluster.config import ClusterConfig
-from shardflow.cluster.factory import Runtime, as_runtime, start
+from shardflow.cluster.factory import Runtime, as_runtime
 from shardflow.pipelines import artifacts, progress
 from shardflow.pipelines.config import load_config
 from shardflow.pipelines.graph import named_delayed, scatter_named, task_names
@@ -70,7 +70,7 @@ def input_extent(path: str) -> tuple:
 
 def predict(run_dir, input_path, output_path, *, model: str | None = None, runtime: Runtime | None = None,
             overwrite: bool = False, engine: str = "shardflow", precision: str = "fp32",
-            storage_options: dict | None = None) -> PredictResult:
+            storage_options: dict | None = None, cluster: ClusterConfig | None = None) -> PredictResult:
     """Score new data with a finished run's preprocessing and one of its models.
 
     Parameters
@@ -98,6 +98,11 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
     storage_options : dict, optional
         Options of the object store's file system for ``run_dir``, ``input_path`` and
         ``output_path`` (credentials from the environment).
+    runtime : Runtime or distributed.Client, optional
+        A started cluster to score on (default: one started here and closed at the end).
+    cluster : ClusterConfig, optional
+        Where the cluster started here runs (default: this machine, processes or threads
+        as the input's size decides); never the run's own ``cluster:`` section.
 
     Examples
     --------
@@ -134,6 +139,7 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
     config = load_config(config_path, [f"input.path={json.dumps(input_abs)}", "input.format=auto",
                                        "storage_options={}", "cluster={}"])
     config.storage_options = dict(storage_options or {})
+    config.cluster = cluster or ClusterConfig()
     plan = InputPlan(config, for_prediction=True)
     if plan.source.rows == 0:
         raise InputError(f"--input {input_path}: the dataset has no rows")
@@ -141,7 +147,7 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
     spec = plan.spec
     owns = runtime is None
     # Never the run's own cluster section: a run directory must not choose where code runs.
-    runtime = as_runtime(runtime) or start(ClusterConfig())
+    runtime = as_runtime(runtime) or plan.start_cluster()
     try:
         plan = plan.with_threads(runtime.threads)  # one big file to score: every worker thread busy
         spec = plan.spec

@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import math
+import threading
 from pathlib import Path
 
 from shardflow.pipelines.families import FAMILIES, label
@@ -42,7 +43,7 @@ def _load(path: Path):
 
 def _figure_png(fig) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=90)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -63,6 +64,36 @@ def _fmt(value) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
+
+
+class ReportDrawing:
+    """:func:`build_report` in a background thread, so that a job's last steps (closing the
+    cluster, printing the results) do not wait for the drawing; :meth:`result` waits for it
+    and raises what it raised.
+
+    Examples
+    --------
+    >>> drawing = ReportDrawing("shardflow-work/runs/20261122-101500-ab12cd")  # doctest: +SKIP
+    >>> drawing.result()  # doctest: +SKIP
+    PosixPath('shardflow-work/runs/20261122-101500-ab12cd/report.html')
+    """
+
+    def __init__(self, run_dir):
+        self._path = self._error = None
+        self._thread = threading.Thread(target=self._draw, args=(run_dir,), name="shardflow-report", daemon=True)
+        self._thread.start()
+
+    def _draw(self, run_dir) -> None:
+        try:
+            self._path = build_report(run_dir)
+        except BaseException as err:  # noqa: BLE001 - raised again in the caller's thread by result()
+            self._error = err
+
+    def result(self) -> Path:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._path
 
 
 def build_report(run_dir) -> Path:
