@@ -6,7 +6,8 @@
 - :mod:`~shardflow.pipelines.training.partitions`: per-partition models;
 - :mod:`~shardflow.pipelines.training.mlp`: the data-parallel MLP;
 - :mod:`~shardflow.pipelines.training.stacking`: the stacked combiner;
-- :mod:`~shardflow.pipelines.training.checkpoint`: checkpoints of the global models.
+- :mod:`~shardflow.pipelines.training.checkpoint` and
+  :mod:`~shardflow.pipelines.training.xgboost_checkpoint`: checkpoints of the global models.
 
 What runs on a worker lives in :mod:`shardflow.tasks`.
 """

@@ -72,7 +72,7 @@ def _xgboost_rounds(client, data, *, params, cfg, collective_timeout, booster, s
     """Train ``remaining`` rounds with one pinned task per worker, joined by a tracker on
     the scheduler (see :mod:`shardflow.pipelines.training.collective`); ``single``: one
     task on one worker, no tracker."""
-    from shardflow.pipelines.training.checkpoint import ResumableState
+    from shardflow.pipelines.training.xgboost_checkpoint import ResumableState
     from shardflow.pipelines.training.collective import gather_watching, start_xgboost_tracker
     from shardflow.tasks.models import train_xgboost_rank
 
@@ -146,7 +146,7 @@ def train_global_xgboost(runtime: Runtime, data: TrainingData, cfg: XGBoostConfi
         (per-round validation metrics), ``best_iteration``, ``rounds``,
         ``round_seconds``, ``seconds``, ``resumed_from``.
     """
-    from shardflow.pipelines.training.checkpoint import read_checkpoint
+    from shardflow.pipelines.training.xgboost_checkpoint import read_checkpoint
 
     started = time.perf_counter()
     client = runtime.client
