@@ -52,7 +52,7 @@ class ClusterConfig:
         scheduler trusts).
     tls_ca_file, tls_cert, tls_key : str, optional
         PEM files: the certificate authority, this client's certificate and key.
-    processes : {"auto", True, False}
+    processes : {"auto", "true", "false"}
         ``local`` only: run the workers as processes (``true``) or as threads of this
         process (``false``: one worker with every core, no worker start-up, no data
         copied between driver and worker). ``auto`` decides from the job's input: threads
@@ -80,7 +80,7 @@ class ClusterConfig:
     tls_ca_file: str | None = option(None, check=Text("a PEM file"))
     tls_cert: str | None = option(None, check=Text("a PEM file"))
     tls_key: str | None = option(None, check=Text("a PEM file"))
-    processes: bool | str = option("auto", check=OneOf(("auto", True, False)))
+    processes: str = option("auto", check=OneOf(("auto", "true", "false")))
     in_process_max_bytes: str = option("64MiB", check=ByteSize())
     in_process_max_rows: int = option(500_000, check=Between(1))
 

@@ -235,7 +235,7 @@ def security_for(config: ClusterConfig):
 
 def _start_local(config: ClusterConfig) -> Runtime:
     cores = os.cpu_count() or 1
-    in_process = config.processes is False
+    in_process = str(config.processes).lower() == "false"
     if in_process:  # one worker: XGBoost's and torch's collectives are one per process
         if config.n_workers not in (None, 1):
             raise ClusterError(f"config key 'cluster.processes': false runs one worker in this process, but "

@@ -80,7 +80,8 @@ class InputPlan:
         execution = self.execution()
         if execution.processes is False:
             logger.info("cluster: threads in this process (%s)", execution.reason)
-        return start(self.config.cluster, processes=execution.processes)
+        return start(self.config.cluster, processes=None if execution.processes is None
+                     else str(execution.processes).lower())
 
     def dimension_paths(self) -> list:
         """The dimension tables' paths, resolved (without reading them)."""
@@ -200,8 +201,8 @@ def execution_for(config: Config, input_bytes: int, rows: int) -> Execution:
         return Execution(None, "the scheduler at cluster.spec: never switched")
     if resolve_spec(cluster) != "local":
         return Execution(None, "GPU workers, one per device")
-    if cluster.processes in (True, False):
-        return Execution(cluster.processes, f"cluster.processes: {str(cluster.processes).lower()}")
+    if str(cluster.processes).lower() in ("true", "false"):
+        return Execution(str(cluster.processes).lower() == "true", f"cluster.processes: {str(cluster.processes).lower()}")
     if cluster.n_workers not in (None, 1):
         return Execution(True, f"cluster.n_workers: {cluster.n_workers}")
     max_bytes = parse_bytes(cluster.in_process_max_bytes)
