@@ -80,16 +80,16 @@ def main(argv=None) -> int:
         print(json.dumps(out["etl"]), flush=True)
 
         rt.client.wait_for_workers(2, timeout=120)
-        cfg = XGBoostConfig(num_boost_round=args.rounds, early_stopping_rounds=None, checkpoint_every=10)
+        cfg = XGBoostConfig(num_boost_round=args.rounds, early_stopping_rounds=None)
         td = load_training_data(rt, clean.stage_dir)
         with tempfile.TemporaryDirectory() as ck:
-            straight = train_global_xgboost(rt, td, cfg, checkpoint_dir=ck)
+            straight = train_global_xgboost(rt, td, cfg, checkpoint_dir=ck, checkpoint_seconds=0)
         with tempfile.TemporaryDirectory() as ck:
             def mid_training():
                 state_file = Path(ck) / "state.json"
                 return state_file.exists() and json.loads(state_file.read_text())["rounds"] >= args.rounds // 2
             killer, state = _kill_when(rt.client, mid_training)
-            resumed = train_global_xgboost(rt, td, cfg, checkpoint_dir=ck)
+            resumed = train_global_xgboost(rt, td, cfg, checkpoint_dir=ck, checkpoint_seconds=0)
             killer.join()
         x_valid = zarr.open_group(str(clean.stage_dir / "features.zarr"), mode="r")
         valid = x_valid["is_validation"][:]

@@ -202,23 +202,16 @@ def median(results: list, key: str = "seconds") -> float:
     return statistics.median(r[key] for r in results)
 
 
-def fixed_overhead() -> dict:
-    """A run's cost that does not depend on the data: interpreter and imports, and a
-    LocalCluster started and closed (as ``shardflow run`` does)."""
-    imports, _ = timed([sys.executable, "-c", "import shardflow.pipelines.job, shardflow.pipelines.etl"])
-    code = ("import time; from shardflow.cluster.factory import start\n"
-            "if __name__ == '__main__':\n"
-            "    t = time.perf_counter(); rt = start(); s = time.perf_counter() - t\n"
-            "    t = time.perf_counter(); rt.close(); print(s, time.perf_counter() - t)")
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as handle:
-        handle.write(code)
-    try:
-        _, out = timed([sys.executable, handle.name])
-    finally:
-        os.unlink(handle.name)
-    start_s, close_s = map(float, out.split())
-    return {"python_and_imports_s": imports, "cluster_start_s": start_s, "cluster_close_s": close_s,
-            "fixed_overhead_s": imports + start_s + close_s}
+def fixed_overhead(tiny_config: Path) -> dict:
+    """What a run costs beyond its stages: ``shardflow run`` on a 1,000-row table (one model)
+    minus its stage times; and ``shardflow --help`` and ``import shardflow`` alone."""
+    help_s, _ = timed([sys.executable, "-m", "shardflow", "--help"])
+    import_s, _ = timed([sys.executable, "-c", "import shardflow"])
+    bare_s, _ = timed([sys.executable, "-c", "pass"])
+    tiny = shardflow_run(tiny_config)
+    stages = sum(v for v in tiny["stage_seconds"].values() if v)
+    return {"help_s": help_s, "import_s": import_s - bare_s, "interpreter_s": bare_s, "tiny_run_s": tiny["seconds"],
+            "tiny_stage_s": stages, "fixed_overhead_s": tiny["seconds"] - stages}
 
 
 def main(argv=None) -> int:
@@ -233,7 +226,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for name, rows in (("big", args.rows), ("small", args.small_rows)):
+        for name, rows in (("big", args.rows), ("small", args.small_rows), ("tiny", 1_000)):
             make_tables(rows, tmp / name)
         make_tables(args.rows, tmp / "sorted", sort_by_target=True)
         csv_bytes = (tmp / "big" / "sales.csv").stat().st_size
@@ -262,7 +255,7 @@ def main(argv=None) -> int:
             "shardflow run (global XGBoost)": lambda: shardflow_run(small_only),
             "shardflow run (all families)": lambda: shardflow_run(small_every),
             "pandas + xgboost.train": lambda: pandas_run(tmp / "small")}, args.repeats),
-            **fixed_overhead()}
+            **fixed_overhead(job(tmp / "tiny", tmp / "runs-small", ["xgboost"], blocksize="64MB"))}
 
         print("sorted by target", flush=True)
         (tmp / "runs-sorted").mkdir()
@@ -297,7 +290,7 @@ def report(r: dict) -> str:
         return "met" if ok else "**missed**"
 
     lines = [
-        "# The input planner on a user's CSV (issue 12)", "",
+        "# A user's CSV, from 1,000 to 400,000 rows (issues 12 and 30)", "",
         f"{r['machine']}; {r['date']}; `python -m benchmarks.planner` took {r['seconds'] / 60:.1f} min.",
         f"Data: one CSV of {r['rows']:,} sales rows ({r['csv_bytes'] / 2**20:.1f} MiB) with two CSV dimension tables "
         "(stores, products), Zipf-skewed keys, a heavy-tailed derived revenue target (regression). Every time is a "
@@ -305,11 +298,15 @@ def report(r: dict) -> str:
         "## Goals", "", "| goal | figure | met |", "|---|---|---|",
         f"| global XGBoost only ≤ 1.3× pandas + xgboost.train | {median(ours):.2f} s vs {median(theirs):.2f} s = "
         f"{only['ratio']:.2f}× | {met(only['ratio'] <= 1.3)} |",
-        f"| {r['small_rows']:,} rows end to end < 5 s | global XGBoost only {small_only:.2f} s; all five families "
-        f"{small_every:.2f} s | {met(small_only < 5)} (XGBoost only), {met(small_every < 5)} (all families) |",
-        f"| fixed overhead < 1 s | {small['fixed_overhead_s']:.2f} s (Python and imports "
-        f"{small['python_and_imports_s']:.2f}, cluster start {small['cluster_start_s']:.2f}, close "
-        f"{small['cluster_close_s']:.2f}) | {met(small['fixed_overhead_s'] < 1)} |",
+        f"| {r['small_rows']:,} rows end to end: < 5 s global XGBoost only, < 12 s all five families | "
+        f"{small_only:.2f} s; {small_every:.2f} s | {met(small_only < 5)}, {met(small_every < 12)} |",
+        f"| all five families ≤ 3× pandas + xgboost.train (reported) | {every['seconds']:.2f} s = "
+        f"{every['seconds'] / median(theirs):.2f}× | {met(every['seconds'] / median(theirs) <= 3)} |",
+        f"| fixed overhead (1,000-row run minus its stages) < 1.5 s | {small['fixed_overhead_s']:.2f} s "
+        f"({small['tiny_run_s']:.2f} s run, {small['tiny_stage_s']:.2f} s stages) | {met(small['fixed_overhead_s'] < 1.5)} |",
+        f"| `shardflow --help` < 0.3 s; `import shardflow` < 0.1 s (beyond the interpreter's "
+        f"{small['interpreter_s']:.2f} s) | {small['help_s']:.2f} s; {small['import_s']:.3f} s | "
+        f"{met(small['help_s'] < 0.3)}, {met(small['import_s'] < 0.1)} |",
         f"| sorted by target: per-partition ensemble within 0.01 R² of the global model after the shuffle | "
         f"R² {shuffled['xgboost_partitions']:.4f} vs {shuffled['xgboost']:.4f} (gap {gap_shuffled:.4f}); as read: "
         f"{as_read['xgboost_partitions']:.4f} vs {as_read['xgboost']:.4f} (gap {gap_as_read:.4f}) | "

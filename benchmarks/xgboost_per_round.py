@@ -60,7 +60,7 @@ def main(argv=None) -> None:
     runtime = start(spec="local", n_workers=args.n_workers, dashboard_address="127.0.0.1:0")
     try:
         data = load_training_data(runtime, args.etl)
-        cfg = XGBoostConfig(num_boost_round=args.rounds, early_stopping_rounds=None, checkpoint_every=25)
+        cfg = XGBoostConfig(num_boost_round=args.rounds, early_stopping_rounds=None)
         params = xgboost_params(data.task, cfg, runtime.backend, seed=0)
         times = {"shardflow": [], "xgboost.dask": []}
         for rep in range(args.repeats):
