@@ -141,6 +141,13 @@ class InputPlan:
             warnings.append(f"{len(rows)} partitions are shuffled again on each of the ETL's three passes (they are "
                             "not kept in memory): set input.exchangeable: true if they are random samples already, or "
                             "input.persist: true if the cluster's memory holds them")
+        from shardflow.pipelines.families import FAMILIES
+
+        per_partition = [m for m in self.config.train.models if FAMILIES[m].kind == "per_partition"]
+        if per_partition and len(rows) <= self.config.train.partitions.partitions_per_model:
+            warnings.append(f"{len(rows)} partition(s): {', '.join(per_partition)} will train one model on all "
+                            "training rows (nothing to combine); lower input.max_partition_rows or "
+                            "train.partitions.partitions_per_model for several")
         if rows and np.median(rows) > 0 and max(rows) > 2 * np.median(rows):
             warnings.append(f"skewed partitions: the largest holds {max(rows):,} rows, the median "
                             f"{int(np.median(rows)):,}")

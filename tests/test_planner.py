@@ -114,6 +114,9 @@ def test_plan_command_explains_the_job_and_runs_nothing(tmp_path):
     assert "input       csv, 1 file(s)" in out and "cluster     2 workers, 2 threads" in out
     assert "partitions  1 (auto)" in out  # 2,000 rows are not worth splitting
     assert "warning     1 partition(s) for 2 worker threads: some will idle" in out
+    # The default families include per-partition ones: on one partition each is one model, said up front.
+    assert ("warning     1 partition(s): xgboost_partitions, mlp_partitions will train one model on all training "
+            "rows (nothing to combine)") in out
     assert not (tmp_path / "runs").exists()
 
 

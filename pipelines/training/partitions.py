@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from shardflow.pipelines.rundir import RunDir
@@ -11,6 +12,8 @@ from shardflow.pipelines.train_config import PartitionModelsConfig
 from shardflow.pipelines.training.data import TrainingData, call_token
 from shardflow.tasks.mlp_steps import train_group_mlp
 from shardflow.tasks.models import train_group_xgboost
+
+logger = logging.getLogger("shardflow.train")
 
 
 def partition_groups(n_partitions: int, per_model: int) -> list:
@@ -41,6 +44,10 @@ def train_partition_models(runtime: Runtime, data: TrainingData, cfg: PartitionM
     client = runtime.client
     groups = [g for g in partition_groups(len(data.futures), cfg.partitions_per_model)
               if sum(data.train_weights[i] for i in g) > 0]
+    if len(groups) == 1:
+        logger.warning("%s: the training rows are one group of %d partition(s): one model each, trained once on "
+                       "all of them (nothing to combine); lower input.max_partition_rows or "
+                       "train.partitions.partitions_per_model for several", ", ".join(jobs), len(groups[0]))
     token = call_token(data.token)
     pending = {}
     for name, (task, kwargs_of_group) in jobs.items():
