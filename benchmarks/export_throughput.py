@@ -65,14 +65,19 @@ def main() -> None:
         runtime = start(spec="local", n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0")
         try:
             generate(tmp / "data", args.rows, seed=3, runtime=runtime)
-            config = load_config(default_config_path(), [f"output.runs_dir={tmp / 'runs'}", "train.models=[xgboost,mlp]",
-                                                         "train.xgboost.num_boost_round=100"], base_dir=tmp / "data")
+            config = load_config(
+                default_config_path(),
+                [f"output.runs_dir={tmp / 'runs'}", "train.models=[xgboost,mlp]", "train.xgboost.num_boost_round=100"],
+                base_dir=tmp / "data",
+            )
             result = run(config, runtime=runtime)
         finally:
             runtime.close()
         run_dir = result.run_dir
-        exports = {name: export(run_dir, tmp / f"export-{name}", model=name,
-                                quantize="int8" if name == "mlp" else None) for name in ("xgboost", "mlp")}
+        exports = {
+            name: export(run_dir, tmp / f"export-{name}", model=name, quantize="int8" if name == "mlp" else None)
+            for name in ("xgboost", "mlp")
+        }
         pre = exports["mlp"].metadata
         from shardflow.tasks.encode import Preprocessor
 
@@ -88,6 +93,7 @@ def main() -> None:
             def call():
                 x = preprocessor.transform(rows)[preprocessor.feature_names].to_numpy(np.float32)
                 predictor(payload, x, args.threads, {})
+
             return call
 
         def onnx_path(path, precision):
@@ -95,11 +101,13 @@ def main() -> None:
             inputs = model.inputs(rows)
             return lambda: model.session.run(None, inputs)
 
-        scorers = {"xgboost: XGBoost inplace_predict": shardflow_path("xgboost"),
-                   "xgboost: ONNX Runtime fp32": onnx_path(exports["xgboost"].path, "fp32"),
-                   "mlp: PyTorch eager": shardflow_path("mlp"),
-                   "mlp: ONNX Runtime fp32": onnx_path(exports["mlp"].path, "fp32"),
-                   "mlp: ONNX Runtime int8": onnx_path(exports["mlp"].path, "int8")}
+        scorers = {
+            "xgboost: XGBoost inplace_predict": shardflow_path("xgboost"),
+            "xgboost: ONNX Runtime fp32": onnx_path(exports["xgboost"].path, "fp32"),
+            "mlp: PyTorch eager": shardflow_path("mlp"),
+            "mlp: ONNX Runtime fp32": onnx_path(exports["mlp"].path, "fp32"),
+            "mlp: ONNX Runtime int8": onnx_path(exports["mlp"].path, "int8"),
+        }
         for name, call in scorers.items():
             call()  # warm up
             best, median = best_of(args.repeats, call)
@@ -113,17 +121,31 @@ def main() -> None:
         buffer = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(net, (torch.from_numpy(x[:2]),), buffer, input_names=["x"], output_names=["out"],
-                              dynamic_axes={"x": {0: "N"}, "out": {0: "N"}}, opset_version=21, dynamo=False)
+            torch.onnx.export(
+                net,
+                (torch.from_numpy(x[:2]),),
+                buffer,
+                input_names=["x"],
+                output_names=["out"],
+                dynamic_axes={"x": {0: "N"}, "out": {0: "N"}},
+                opset_version=21,
+                dynamo=False,
+            )
         options = ort.SessionOptions()
         options.intra_op_num_threads = args.threads
-        sessions = {"ONNX Runtime fp32": ort.InferenceSession(buffer.getvalue(), options),
-                    "ONNX Runtime int8": ort.InferenceSession(quantize_int8(buffer.getvalue()), options)}
+        sessions = {
+            "ONNX Runtime fp32": ort.InferenceSession(buffer.getvalue(), options),
+            "ONNX Runtime int8": ort.InferenceSession(quantize_int8(buffer.getvalue()), options),
+        }
 
         def torch_call():
             with torch.no_grad():
                 net(torch.from_numpy(x))
-        model_only = {"PyTorch eager": torch_call, **{k: (lambda s=s: s.run(None, {"x": x})) for k, s in sessions.items()}}
+
+        model_only = {
+            "PyTorch eager": torch_call,
+            **{k: (lambda s=s: s.run(None, {"x": x})) for k, s in sessions.items()},
+        }
         for name, call in model_only.items():
             call()
             best, median = best_of(args.repeats, call)
@@ -132,24 +154,38 @@ def main() -> None:
 
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "export_throughput.json").write_text(json.dumps(results, indent=1, default=float))
-    lines = [f"# Scoring throughput, single process, {args.threads} thread(s), {n:,} validation rows",
-             "", "Whole path (prepared rows → predictions):", "", "| scorer | rows/s | ratio to shardflow's own |",
-             "|---|---:|---:|"]
+    lines = [
+        f"# Scoring throughput, single process, {args.threads} thread(s), {n:,} validation rows",
+        "",
+        "Whole path (prepared rows → predictions):",
+        "",
+        "| scorer | rows/s | ratio to shardflow's own |",
+        "|---|---:|---:|",
+    ]
     for name, value in results["whole_path"].items():
         family = name.split(":")[0]
-        base = results["whole_path"][f"{family}: XGBoost inplace_predict" if family == "xgboost"
-                                     else f"{family}: PyTorch eager"]["rows_per_second"]
+        base = results["whole_path"][
+            f"{family}: XGBoost inplace_predict" if family == "xgboost" else f"{family}: PyTorch eager"
+        ]["rows_per_second"]
         lines.append(f"| {name} | {value['rows_per_second']:,.0f} | {value['rows_per_second'] / base:.2f} |")
-    lines += ["", "MLP network only (encoded matrix → output):", "", "| scorer | rows/s | ratio to ONNX fp32 |",
-              "|---|---:|---:|"]
+    lines += [
+        "",
+        "MLP network only (encoded matrix → output):",
+        "",
+        "| scorer | rows/s | ratio to ONNX fp32 |",
+        "|---|---:|---:|",
+    ]
     base = results["model_only"]["ONNX Runtime fp32"]["rows_per_second"]
     for name, value in results["model_only"].items():
         lines.append(f"| {name} | {value['rows_per_second']:,.0f} | {value['rows_per_second'] / base:.2f} |")
     q = results["quantization"]
     if q:
         metric = [k for k in q["fp32"] if k not in ("bytes", "rows_per_second")][0]
-        lines += ["", f"int8 MLP (whole path): {metric} {q['fp32'][metric]:.5f} → {q['int8'][metric]:.5f}, "
-                      f"size {q['fp32']['bytes']:,} → {q['int8']['bytes']:,} bytes."]
+        lines += [
+            "",
+            f"int8 MLP (whole path): {metric} {q['fp32'][metric]:.5f} → {q['int8'][metric]:.5f}, "
+            f"size {q['fp32']['bytes']:,} → {q['int8']['bytes']:,} bytes.",
+        ]
     text = "\n".join(lines) + "\n"
     (RESULTS / "export_throughput.md").write_text(text)
     print(text)

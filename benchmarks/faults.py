@@ -47,8 +47,8 @@ def main(argv=None) -> int:
     import zarr
 
     from shardflow.cluster.factory import connect
-    from shardflow.pipelines.train_config import XGBoostConfig
     from shardflow.pipelines.etl import etl
+    from shardflow.pipelines.train_config import XGBoostConfig
     from shardflow.pipelines.training import load_training_data, train_global_xgboost
     from shardflow.tasks.models import xgboost_predict
 
@@ -66,17 +66,22 @@ def main(argv=None) -> int:
         started = time.monotonic()
 
         def writing():
-            return any(p.name.startswith(".") and len(list(p.glob("features/part-*.parquet"))) >= 4
-                       for p in runs.iterdir())
+            return any(
+                p.name.startswith(".") and len(list(p.glob("features/part-*.parquet"))) >= 4 for p in runs.iterdir()
+            )
 
         killer, state = _kill_when(rt.client, writing)
         faulty = etl(config, runtime=rt)
         killer.join()
         x_clean = zarr.open_group(str(clean.stage_dir / "features.zarr"), mode="r")["X"][:]
         x_faulty = zarr.open_group(str(faulty.stage_dir / "features.zarr"), mode="r")["X"][:]
-        out["etl"] = {"fault_free_s": clean.seconds, "killed_worker_s": faulty.seconds,
-                      "lost_s": faulty.seconds - clean.seconds, "killed_after_s": state["at"] - started,
-                      "outputs_equal": bool(np.array_equal(x_clean, x_faulty))}
+        out["etl"] = {
+            "fault_free_s": clean.seconds,
+            "killed_worker_s": faulty.seconds,
+            "lost_s": faulty.seconds - clean.seconds,
+            "killed_after_s": state["at"] - started,
+            "outputs_equal": bool(np.array_equal(x_clean, x_faulty)),
+        }
         print(json.dumps(out["etl"]), flush=True)
 
         rt.client.wait_for_workers(2, timeout=120)
@@ -85,9 +90,11 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as ck:
             straight = train_global_xgboost(rt, td, cfg, checkpoint_dir=ck, checkpoint_seconds=0)
         with tempfile.TemporaryDirectory() as ck:
+
             def mid_training():
                 state_file = Path(ck) / "state.json"
                 return state_file.exists() and json.loads(state_file.read_text())["rounds"] >= args.rounds // 2
+
             killer, state = _kill_when(rt.client, mid_training)
             resumed = train_global_xgboost(rt, td, cfg, checkpoint_dir=ck, checkpoint_seconds=0)
             killer.join()
@@ -95,21 +102,31 @@ def main(argv=None) -> int:
         valid = x_valid["is_validation"][:]
         sample = np.flatnonzero(valid)[:200_000]
         xv = x_valid["X"].get_orthogonal_selection((sample, slice(None)))
-        out["xgboost"] = {"fault_free_s": straight["seconds"], "killed_worker_s": resumed["seconds"],
-                          "lost_s": resumed["seconds"] - straight["seconds"], "restarts": resumed["restarts"],
-                          "rounds": args.rounds, "predictions_equal": bool(np.array_equal(
-                              xgboost_predict(straight["model"], xv), xgboost_predict(resumed["model"], xv)))}
+        out["xgboost"] = {
+            "fault_free_s": straight["seconds"],
+            "killed_worker_s": resumed["seconds"],
+            "lost_s": resumed["seconds"] - straight["seconds"],
+            "restarts": resumed["restarts"],
+            "rounds": args.rounds,
+            "predictions_equal": bool(
+                np.array_equal(xgboost_predict(straight["model"], xv), xgboost_predict(resumed["model"], xv))
+            ),
+        }
         print(json.dumps(out["xgboost"]), flush=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "faults.json").write_text(json.dumps(out, indent=1))
-    lines = [f"# One killed worker, {args.rows:,} rows, 2 workers", "",
-             "| stage | fault-free s | one worker killed s | time lost s | result equal |", "|---|---:|---:|---:|---|",
-             f"| ETL (killed during the write pass) | {out['etl']['fault_free_s']:.1f} | "
-             f"{out['etl']['killed_worker_s']:.1f} | {out['etl']['lost_s']:.1f} | {out['etl']['outputs_equal']} |",
-             f"| global XGBoost, {args.rounds} rounds (killed at round ≥ {args.rounds // 2}, resumed from "
-             f"{out['xgboost']['restarts']}) | {out['xgboost']['fault_free_s']:.1f} | "
-             f"{out['xgboost']['killed_worker_s']:.1f} | {out['xgboost']['lost_s']:.1f} | "
-             f"{out['xgboost']['predictions_equal']} |"]
+    lines = [
+        f"# One killed worker, {args.rows:,} rows, 2 workers",
+        "",
+        "| stage | fault-free s | one worker killed s | time lost s | result equal |",
+        "|---|---:|---:|---:|---|",
+        f"| ETL (killed during the write pass) | {out['etl']['fault_free_s']:.1f} | "
+        f"{out['etl']['killed_worker_s']:.1f} | {out['etl']['lost_s']:.1f} | {out['etl']['outputs_equal']} |",
+        f"| global XGBoost, {args.rounds} rounds (killed at round ≥ {args.rounds // 2}, resumed from "
+        f"{out['xgboost']['restarts']}) | {out['xgboost']['fault_free_s']:.1f} | "
+        f"{out['xgboost']['killed_worker_s']:.1f} | {out['xgboost']['lost_s']:.1f} | "
+        f"{out['xgboost']['predictions_equal']} |",
+    ]
     (RESULTS / "faults.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -17,14 +17,13 @@ import os
 import tempfile
 from pathlib import Path
 
+from benchmarks.mlp_scaling import steady_rate
 from shardflow.cluster.factory import start
 from shardflow.pipelines.config import default_config_path, load_config
-from shardflow.pipelines.train_config import MLPConfig
 from shardflow.pipelines.etl import etl
 from shardflow.pipelines.generate import generate
+from shardflow.pipelines.train_config import MLPConfig
 from shardflow.pipelines.training import load_training_data, train_data_parallel_mlp
-
-from benchmarks.mlp_scaling import steady_rate
 
 
 def main(argv=None) -> None:
@@ -47,17 +46,36 @@ def main(argv=None) -> None:
             etl_dir = etl(config, runtime=runtime).run_dir / "etl"
             data = load_training_data(runtime, etl_dir, seed=0)
             for device in ("cuda", "cpu"):
-                cfg = MLPConfig(hidden=[128, 64], epochs=args.epochs, batch_size=args.batch_size, sync="gradients",
-                                lr_schedule="constant", lr=1e-3, early_stopping_patience=None, device=device)
+                cfg = MLPConfig(
+                    hidden=[128, 64],
+                    epochs=args.epochs,
+                    batch_size=args.batch_size,
+                    sync="gradients",
+                    lr_schedule="constant",
+                    lr=1e-3,
+                    early_stopping_patience=None,
+                    device=device,
+                )
                 out = train_data_parallel_mlp(runtime, data, cfg, seed=0)
-                rows.append((device, out["backend"], steady_rate(out, args.epochs),
-                             out["history"]["validation_loss"][-1], out["seconds"]))
+                rows.append(
+                    (
+                        device,
+                        out["backend"],
+                        steady_rate(out, args.epochs),
+                        out["history"]["validation_loss"][-1],
+                        out["seconds"],
+                    )
+                )
         finally:
             runtime.close()
-    lines = [f"{torch.cuda.get_device_name(0)}; torch {torch.__version__}, NCCL "
-             f"{'.'.join(map(str, torch.cuda.nccl.version()))}; {args.rows:,} rows, batch {args.batch_size}, "
-             f"{args.epochs} epochs, one worker ({cores} CPU threads)", "",
-             "| device | process group | samples/s | final validation loss | seconds |", "|---|---|---:|---:|---:|"]
+    lines = [
+        f"{torch.cuda.get_device_name(0)}; torch {torch.__version__}, NCCL "
+        f"{'.'.join(map(str, torch.cuda.nccl.version()))}; {args.rows:,} rows, batch {args.batch_size}, "
+        f"{args.epochs} epochs, one worker ({cores} CPU threads)",
+        "",
+        "| device | process group | samples/s | final validation loss | seconds |",
+        "|---|---|---:|---:|---:|",
+    ]
     lines += [f"| {d} | {b} | {r:,.0f} | {v:.5f} | {s:.1f} |" for d, b, r, v, s in rows]
     lines.append(f"\nGPU / CPU samples/s: **{rows[0][2] / rows[1][2]:.2f}×**")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -35,9 +35,9 @@ from pathlib import Path
 
 from shardflow.cluster.factory import start
 from shardflow.pipelines.config import default_config_path, load_config
-from shardflow.pipelines.train_config import MLPConfig
 from shardflow.pipelines.etl import etl
 from shardflow.pipelines.generate import generate
+from shardflow.pipelines.train_config import MLPConfig
 from shardflow.pipelines.training import load_training_data, train_data_parallel_mlp
 
 RESULTS = Path(__file__).parent / "results"
@@ -57,13 +57,23 @@ def measure(runtime, etl_dir, cfg: MLPConfig, only_worker: int | None = None) ->
     if only_worker is not None:
         worker = sorted(set(data.workers))[only_worker]
         keep = [i for i, w in enumerate(data.workers) if w == worker]
-        data = replace(data, futures=[data.futures[i] for i in keep], workers=[worker] * len(keep),
-                       train_rows=[data.train_rows[i] for i in keep], valid_rows=[data.valid_rows[i] for i in keep],
-                       train_weights=[data.train_weights[i] for i in keep])
+        data = replace(
+            data,
+            futures=[data.futures[i] for i in keep],
+            workers=[worker] * len(keep),
+            train_rows=[data.train_rows[i] for i in keep],
+            valid_rows=[data.valid_rows[i] for i in keep],
+            train_weights=[data.train_weights[i] for i in keep],
+        )
     out = train_data_parallel_mlp(runtime, data, cfg, seed=0)
-    return {"samples_per_s": steady_rate(out, cfg.epochs), "validation_loss": out["history"]["validation_loss"][-1],
-            "workers": out["workers"], "steps_per_epoch": out["steps_per_epoch"], "sync_every": out["sync_every"],
-            "seconds": out["seconds"]}
+    return {
+        "samples_per_s": steady_rate(out, cfg.epochs),
+        "validation_loss": out["history"]["validation_loss"][-1],
+        "workers": out["workers"],
+        "steps_per_epoch": out["steps_per_epoch"],
+        "sync_every": out["sync_every"],
+        "seconds": out["seconds"],
+    }
 
 
 def main(argv=None) -> None:
@@ -91,8 +101,9 @@ def main(argv=None) -> None:
         one = start(spec="local", n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0")
         try:
             for batch in batches:
-                global_batch[batch] = measure(one, etl_dir, MLPConfig(**base, batch_size=batch * args.n_workers,
-                                                                      sync="gradients"))
+                global_batch[batch] = measure(
+                    one, etl_dir, MLPConfig(**base, batch_size=batch * args.n_workers, sync="gradients")
+                )
         finally:
             one.close()
         many = start(spec="local", n_workers=args.n_workers, threads_per_worker=1, dashboard_address="127.0.0.1:0")
@@ -109,26 +120,43 @@ def main(argv=None) -> None:
         finally:
             many.close()
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
-    result = {"rows": args.rows, "epochs": args.epochs, "batch_sizes": batches, "sync_every": args.sync_every,
-              "n_workers": args.n_workers, "alone": alone, "global_batch": global_batch, "modes": rows,
-              "commit": commit, "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    ).stdout.strip()
+    result = {
+        "rows": args.rows,
+        "epochs": args.epochs,
+        "batch_sizes": batches,
+        "sync_every": args.sync_every,
+        "n_workers": args.n_workers,
+        "alone": alone,
+        "global_batch": global_batch,
+        "modes": rows,
+        "commit": commit,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    lines = [f"{args.n_workers} workers × 1 thread, {args.rows:,} rows, {args.epochs} epochs, parameter averaging "
-             f"every {args.sync_every} steps; commit {commit}, {result['machine']}", "",
-             "| mode | samples/s | scaling efficiency | final validation loss | vs single process, same global batch |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"{args.n_workers} workers × 1 thread, {args.rows:,} rows, {args.epochs} epochs, parameter averaging "
+        f"every {args.sync_every} steps; commit {commit}, {result['machine']}",
+        "",
+        "| mode | samples/s | scaling efficiency | final validation loss | vs single process, same global batch |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for batch in batches:
-        lines += [f"| each worker alone on its shard, batch {batch} (sum) | "
-                  f"{sum(a['samples_per_s'] for a in alone[batch]):,.0f} | — | — | — |",
-                  f"| single process, global batch {batch * args.n_workers} | "
-                  f"{global_batch[batch]['samples_per_s']:,.0f} | — | {global_batch[batch]['validation_loss']:.5f} | — |"]
+        lines += [
+            f"| each worker alone on its shard, batch {batch} (sum) | "
+            f"{sum(a['samples_per_s'] for a in alone[batch]):,.0f} | — | — | — |",
+            f"| single process, global batch {batch * args.n_workers} | "
+            f"{global_batch[batch]['samples_per_s']:,.0f} | — | {global_batch[batch]['validation_loss']:.5f} | — |",
+        ]
         for name, row in rows.items():
             if name.endswith(f"batch {batch}"):
-                lines.append(f"| {name} | {row['samples_per_s']:,.0f} | **{row['efficiency']:.3f}** | "
-                             f"{row['validation_loss']:.5f} | {row['loss_vs_global_batch']:+.2%} |")
+                lines.append(
+                    f"| {name} | {row['samples_per_s']:,.0f} | **{row['efficiency']:.3f}** | "
+                    f"{row['validation_loss']:.5f} | {row['loss_vs_global_batch']:+.2%} |"
+                )
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -6,9 +6,9 @@
 The default dataset (generated once, Parquet) is read from a local directory and from
 ``s3://`` on moto's S3 server started on 127.0.0.1; the run goes to a local runs directory
 and to ``s3://`` respectively. One cluster (``cluster: local`` defaults) runs every job, the
-two placements alternating, each a new run (``force``), the order reversed every other repeat. Reported per placement: the wall time
-of ``shardflow.run`` (ETL, training, evaluation, report) and of each stage, from the run's
-manifest; the ratio is S3 / local disk.
+two placements alternating, each a new run (``force``), the order reversed every other
+repeat. Reported per placement: the wall time of ``shardflow.run`` (ETL, training,
+evaluation, report) and of each stage, from the run's manifest; the ratio is S3 / local disk.
 
 moto's server is a Python process on the same cores as the job: it is slower than a real
 object store's endpoint and competes with the workers for the CPU. The ratio is thus an
@@ -40,8 +40,11 @@ def start_s3_server() -> tuple:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -84,9 +87,11 @@ def main(argv=None) -> None:
             size = sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
             placements = {
                 "local disk": load_config(data / "trips.yaml", [f"output.runs_dir={Path(tmp) / 'runs'}"]),
-                "s3 (loopback)": load_config(data / "trips.yaml", ["output.runs_dir=s3://bench/runs",
-                                                                   f"storage_options={json.dumps(options)}"],
-                                             base_dir="s3://bench/data"),
+                "s3 (loopback)": load_config(
+                    data / "trips.yaml",
+                    ["output.runs_dir=s3://bench/runs", f"storage_options={json.dumps(options)}"],
+                    base_dir="s3://bench/data",
+                ),
             }
             for repeat in range(args.repeats):
                 order = list(placements) if repeat % 2 == 0 else list(reversed(placements))  # warm-up evens out
@@ -95,8 +100,10 @@ def main(argv=None) -> None:
                     started = time.perf_counter()
                     result = run(config, runtime=runtime, force=True)
                     seconds = time.perf_counter() - started
-                    stages = {stage: info.get("seconds") for stage, info in
-                              read_manifest(result.run_dir).get("stages", {}).items()}
+                    stages = {
+                        stage: info.get("seconds")
+                        for stage, info in read_manifest(result.run_dir).get("stages", {}).items()
+                    }
                     stages = {k: sum(v.values()) if isinstance(v, dict) else v for k, v in stages.items()}
                     results[name].append({"seconds": seconds, "stages": stages, "run": str(result.run_dir)})
                     print(f"{name}, repeat {repeat + 1}: {seconds:.1f}s {stages}", flush=True)
@@ -105,22 +112,38 @@ def main(argv=None) -> None:
         server.terminate()
     summary = {name: statistics.median(r["seconds"] for r in runs) for name, runs in results.items()}
     ratio = summary["s3 (loopback)"] / summary["local disk"]
-    report = {"rows": args.rows, "input_bytes": size, "repeats": args.repeats, "machine": {
-        "cpus": os.cpu_count(), "platform": platform.platform()}, "median_seconds": summary,
-        "ratio_s3_over_local": ratio, "runs": results}
+    report = {
+        "rows": args.rows,
+        "input_bytes": size,
+        "repeats": args.repeats,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "median_seconds": summary,
+        "ratio_s3_over_local": ratio,
+        "runs": results,
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "object_store.json").write_text(json.dumps(report, indent=1))
-    lines = ["# The same job on local disk and on a loopback S3 server", "",
-             f"{args.rows:,} rows of the default dataset ({size / 2**20:.1f} MiB of Parquet), every default model, "
-             f"median of {args.repeats} runs each, one 2-worker `LocalCluster` ({os.cpu_count()} cores), "
-             "`python -m benchmarks.object_store`.", "",
-             "| placement | run (s) | etl (s) | train (s) | evaluate (s) |", "|---|---|---|---|---|"]
+    lines = [
+        "# The same job on local disk and on a loopback S3 server",
+        "",
+        f"{args.rows:,} rows of the default dataset ({size / 2**20:.1f} MiB of Parquet), every default model, "
+        f"median of {args.repeats} runs each, one 2-worker `LocalCluster` ({os.cpu_count()} cores), "
+        "`python -m benchmarks.object_store`.",
+        "",
+        "| placement | run (s) | etl (s) | train (s) | evaluate (s) |",
+        "|---|---|---|---|---|",
+    ]
     for name, runs in results.items():
         stage = {s: statistics.median(r["stages"].get(s) or 0 for r in runs) for s in ("etl", "train", "evaluate")}
-        lines.append(f"| {name} | {summary[name]:.1f} | {stage['etl']:.1f} | {stage['train']:.1f} | "
-                     f"{stage['evaluate']:.1f} |")
-    lines += ["", f"S3 / local disk: **{ratio:.2f}×** (moto's server shares the 2 cores with the workers: an "
-              "upper bound of the object-store path's overhead).", ""]
+        lines.append(
+            f"| {name} | {summary[name]:.1f} | {stage['etl']:.1f} | {stage['train']:.1f} | {stage['evaluate']:.1f} |"
+        )
+    lines += [
+        "",
+        f"S3 / local disk: **{ratio:.2f}×** (moto's server shares the 2 cores with the workers: an "
+        "upper bound of the object-store path's overhead).",
+        "",
+    ]
     (RESULTS / "object_store.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

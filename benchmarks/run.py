@@ -56,7 +56,7 @@ def alternate(sides: dict, repeats: int) -> dict:
     names = list(sides)
     out = {n: [] for n in names}
     for rep in range(repeats):
-        for name in (names if rep % 2 == 0 else names[::-1]):
+        for name in names if rep % 2 == 0 else names[::-1]:
             result = sides[name]()
             out[name].append(result)
             print(f"  {name} #{rep}: {json.dumps(_short(result))}", flush=True)
@@ -64,8 +64,9 @@ def alternate(sides: dict, repeats: int) -> dict:
 
 
 def _short(result):
-    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()
-            if not isinstance(v, (dict, list))}
+    return {
+        k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items() if not isinstance(v, (dict, list))
+    }
 
 
 def dataset(rows: int, rows_per_partition: int, runtime) -> Path:
@@ -115,30 +116,51 @@ def bench_overhead(spec: str, runs: Path, small: Path, cli_data: Path) -> dict:
     e2e = []
     for _ in range(2):
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "shardflow", "run", "--rows", "100000", "--work-dir",
-                               str(cli_data), "--cluster", spec, "-q"], capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "shardflow",
+                "run",
+                "--rows",
+                "100000",
+                "--work-dir",
+                str(cli_data),
+                "--cluster",
+                spec,
+                "-q",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode:
             raise RuntimeError(proc.stderr)
         e2e.append(time.perf_counter() - t)
     fixed = statistics.median(starts) + statistics.median(builds)
-    return {"cluster_start_s": summary(starts), "graph_build_s": summary(builds), "fixed_overhead_s": fixed,
-            "small_end_to_end_s": summary(e2e),
-            "goals": {"fixed overhead < 3 s": fixed < 3.0,
-                      "100k rows end to end < 10 s": statistics.median(e2e) < 10.0}}
+    return {
+        "cluster_start_s": summary(starts),
+        "graph_build_s": summary(builds),
+        "fixed_overhead_s": fixed,
+        "small_end_to_end_s": summary(e2e),
+        "goals": {"fixed overhead < 3 s": fixed < 3.0, "100k rows end to end < 10 s": statistics.median(e2e) < 10.0},
+    }
 
 
 def bench_etl_vs_pandas(runtime, data: Path, runs: Path, repeats: int, rows: int) -> dict:
+    from benchmarks.baselines import pandas_xgboost
     from shardflow.cluster.memory import reset_peak_memory
     from shardflow.pipelines.etl import etl
-
-    from benchmarks.baselines import pandas_xgboost
 
     def ours():
         reset_peak_memory(runtime.client)
         (result, tasks) = task_count(runtime.client, lambda: etl(config_for(data, runs), runtime=runtime))
         total = result.rows + sum(result.quarantined.values())
-        return {"seconds": result.seconds, "rows_per_s": total / result.seconds, "tasks": tasks,
-                "peak_worker_memory": max(result.peak_memory.values())}
+        return {
+            "seconds": result.seconds,
+            "rows_per_s": total / result.seconds,
+            "tasks": tasks,
+            "peak_worker_memory": max(result.peak_memory.values()),
+        }
 
     def pandas():
         peak_rss_reset()
@@ -150,9 +172,14 @@ def bench_etl_vs_pandas(runtime, data: Path, runs: Path, repeats: int, rows: int
 
     out = alternate({"shardflow (2 workers)": ours, "pandas (1 process)": pandas}, repeats)
     ratio = statistics.median(r["rows_per_s"] for r in out["shardflow (2 workers)"]) / statistics.median(
-        r["rows_per_s"] for r in out["pandas (1 process)"])
-    return {"rows": rows, "sides": out, "throughput_ratio": ratio,
-            "goals": {"ETL ≥ 1.8× pandas throughput": ratio >= 1.8}}
+        r["rows_per_s"] for r in out["pandas (1 process)"]
+    )
+    return {
+        "rows": rows,
+        "sides": out,
+        "throughput_ratio": ratio,
+        "goals": {"ETL ≥ 1.8× pandas throughput": ratio >= 1.8},
+    }
 
 
 def bench_scaling(runtime_factory, sizes: dict, runs: Path, worker_rows: int) -> dict:
@@ -162,31 +189,38 @@ def bench_scaling(runtime_factory, sizes: dict, runs: Path, worker_rows: int) ->
     with runtime_factory(2) as rt:
         for rows, data in sizes.items():
             result = etl(config_for(data, runs), runtime=rt)
-            points.append({"rows": rows, "seconds": result.seconds,
-                           "peak_worker_memory": max(result.peak_memory.values())})
+            points.append(
+                {"rows": rows, "seconds": result.seconds, "peak_worker_memory": max(result.peak_memory.values())}
+            )
             print(f"  scaling {rows:,}: {result.seconds:.1f}s", flush=True)
     big = [p for p in points if p["rows"] >= 4_000_000] or points
-    exponent = float(np.polyfit(np.log([p["rows"] for p in big]), np.log([p["seconds"] for p in big]), 1)[0]) \
-        if len(big) > 1 else float("nan")
+    exponent = (
+        float(np.polyfit(np.log([p["rows"] for p in big]), np.log([p["seconds"] for p in big]), 1)[0])
+        if len(big) > 1
+        else float("nan")
+    )
     workers = {}
     for n in (1, 2):
         with runtime_factory(n) as rt:
             result = etl(config_for(sizes[worker_rows], runs), runtime=rt)
             workers[n] = result.seconds
             print(f"  {n} worker(s), {worker_rows:,} rows: {result.seconds:.1f}s", flush=True)
-    return {"points": points, "exponent_4M_32M": exponent, "workers": workers,
-            "speedup_2_vs_1": workers[1] / workers[2],
-            "goals": {"time vs rows exponent ≤ 1.1": exponent <= 1.1}}
+    return {
+        "points": points,
+        "exponent_4M_32M": exponent,
+        "workers": workers,
+        "speedup_2_vs_1": workers[1] / workers[2],
+        "goals": {"time vs rows exponent ≤ 1.1": exponent <= 1.1},
+    }
 
 
 def bench_xgboost(runtime, data: Path, runs: Path, repeats: int, rounds: int) -> dict:
     import tempfile as tf
 
-    from shardflow.pipelines.train_config import XGBoostConfig
-    from shardflow.pipelines.etl import etl
-    from shardflow.pipelines.training import load_training_data, train_global_xgboost, xgboost_params
-
     from benchmarks.baselines import dask_xgboost, pandas_xgboost
+    from shardflow.pipelines.etl import etl
+    from shardflow.pipelines.train_config import XGBoostConfig
+    from shardflow.pipelines.training import load_training_data, train_global_xgboost, xgboost_params
 
     etl_result = etl(config_for(data, runs), runtime=runtime)
     td = load_training_data(runtime, etl_result.stage_dir)
@@ -214,24 +248,39 @@ def bench_xgboost(runtime, data: Path, runs: Path, repeats: int, rounds: int) ->
         s = time.perf_counter() - t
         return {"seconds": s, "per_round": s / rounds}
 
-    out = alternate({"shardflow xgboost": ours, "hand-written xgboost.dask": dask_hand,
-                     f"xgboost.train ({threads} threads)": single}, repeats)
+    out = alternate(
+        {
+            "shardflow xgboost": ours,
+            "hand-written xgboost.dask": dask_hand,
+            f"xgboost.train ({threads} threads)": single,
+        },
+        repeats,
+    )
     med = {k: statistics.median(r["seconds"] for r in v) for k, v in out.items()}
     r_dask = med["shardflow xgboost"] / med["hand-written xgboost.dask"]
     r_single = med["shardflow xgboost"] / med[f"xgboost.train ({threads} threads)"]
-    return {"rows": sum(td.train_rows), "rounds": rounds, "sides": out, "ratio_vs_dask": r_dask,
-            "ratio_vs_single": r_single,
-            "goals": {"XGBoost ≤ 1.10× xgboost.dask": r_dask <= 1.10,
-                      "XGBoost ≤ 1.15× single-process xgboost.train": r_single <= 1.15}}
+    return {
+        "rows": sum(td.train_rows),
+        "rounds": rounds,
+        "sides": out,
+        "ratio_vs_dask": r_dask,
+        "ratio_vs_single": r_single,
+        "goals": {
+            "XGBoost ≤ 1.10× xgboost.dask": r_dask <= 1.10,
+            "XGBoost ≤ 1.15× single-process xgboost.train": r_single <= 1.15,
+        },
+    }
 
 
 def bench_end_to_end(runtime, data: Path, runs: Path, repeats: int, rounds: int) -> dict:
+    from benchmarks.baselines import dask_xgboost
     from shardflow.pipelines.job import run
 
-    from benchmarks.baselines import dask_xgboost
-
-    overrides = ["train.models=[xgboost]", f"train.xgboost.num_boost_round={rounds}",
-                 "train.xgboost.early_stopping_rounds=null"]
+    overrides = [
+        "train.models=[xgboost]",
+        f"train.xgboost.num_boost_round={rounds}",
+        "train.xgboost.early_stopping_rounds=null",
+    ]
 
     def ours():
         t = time.perf_counter()
@@ -242,25 +291,35 @@ def bench_end_to_end(runtime, data: Path, runs: Path, repeats: int, rounds: int)
         t = time.perf_counter()
         client = runtime.client
         parts = dask_xgboost.etl(client, data)
-        model = dask_xgboost.train(client, *parts, {"objective": "binary:logistic", "tree_method": "hist",
-                                                     "max_depth": 8, "eta": 0.1, "max_bin": 256,
-                                                     "eval_metric": ["auc", "logloss"]}, rounds)
+        model = dask_xgboost.train(
+            client,
+            *parts,
+            {
+                "objective": "binary:logistic",
+                "tree_method": "hist",
+                "max_depth": 8,
+                "eta": 0.1,
+                "max_bin": 256,
+                "eval_metric": ["auc", "logloss"],
+            },
+            rounds,
+        )
         dask_xgboost.evaluate(client, model, parts[2], parts[3])
         return {"seconds": time.perf_counter() - t}
 
     out = alternate({"shardflow run": ours, "hand-written dask + xgboost.dask": hand}, repeats)
     ratio = statistics.median(r["seconds"] for r in out["shardflow run"]) / statistics.median(
-        r["seconds"] for r in out["hand-written dask + xgboost.dask"])
+        r["seconds"] for r in out["hand-written dask + xgboost.dask"]
+    )
     return {"sides": out, "ratio": ratio, "goals": {"end to end ≤ 1.10× hand-written dask": ratio <= 1.10}}
 
 
 def bench_mlp(runtime, data: Path, runs: Path, repeats: int, epochs: int) -> dict:
-    from shardflow.pipelines.train_config import MLPConfig
+    from benchmarks.baselines import torch_mlp
     from shardflow.pipelines.etl import etl
+    from shardflow.pipelines.train_config import MLPConfig
     from shardflow.pipelines.training import load_training_data, mlp_spec_for, train_data_parallel_mlp
     from shardflow.tasks.shards import read_shard
-
-    from benchmarks.baselines import torch_mlp
 
     etl_result = etl(config_for(data, runs), runtime=runtime)
     td = load_training_data(runtime, etl_result.stage_dir)
@@ -272,31 +331,41 @@ def bench_mlp(runtime, data: Path, runs: Path, repeats: int, epochs: int) -> dic
 
     def ours():
         r = train_data_parallel_mlp(runtime, td, cfg)
-        return {"seconds": r["seconds"], "samples_per_second": r["samples"] / r["seconds"],
-                "validation_loss": r["history"]["validation_loss"][-1]}
+        return {
+            "seconds": r["seconds"],
+            "samples_per_second": r["samples"] / r["seconds"],
+            "validation_loss": r["history"]["validation_loss"][-1],
+        }
 
     def single():
-        return torch_mlp.train(whole.x_train, whole.y_train, whole.x_valid, whole.y_valid, spec, epochs,
-                               1024 * workers, cfg.lr, threads)
+        return torch_mlp.train(
+            whole.x_train, whole.y_train, whole.x_valid, whole.y_valid, spec, epochs, 1024 * workers, cfg.lr, threads
+        )
 
-    out = alternate({f"data-parallel MLP ({workers} workers)": ours, f"torch, 1 process ({threads} threads)": single},
-                    repeats)
+    out = alternate(
+        {f"data-parallel MLP ({workers} workers)": ours, f"torch, 1 process ({threads} threads)": single}, repeats
+    )
     a, b = out.values()
     ratio = statistics.median(r["samples_per_second"] for r in a) / statistics.median(
-        r["samples_per_second"] for r in b)
-    loss_gap = statistics.median(r["validation_loss"] for r in a) / statistics.median(
-        r["validation_loss"] for r in b) - 1
-    return {"sides": out, "samples_ratio": ratio, "validation_loss_gap": loss_gap,
-            "goals": {"MLP ≥ 1.5× samples/s at equal loss (±2%)": ratio >= 1.5 and abs(loss_gap) <= 0.02}}
+        r["samples_per_second"] for r in b
+    )
+    loss_gap = (
+        statistics.median(r["validation_loss"] for r in a) / statistics.median(r["validation_loss"] for r in b) - 1
+    )
+    return {
+        "sides": out,
+        "samples_ratio": ratio,
+        "validation_loss_gap": loss_gap,
+        "goals": {"MLP ≥ 1.5× samples/s at equal loss (±2%)": ratio >= 1.5 and abs(loss_gap) <= 0.02},
+    }
 
 
 def bench_out_of_core(spec: str, data: Path, runs: Path, memory_limit: str) -> dict:
+    import pyarrow.parquet as pq
     from dask.utils import parse_bytes
 
     from shardflow.cluster.factory import connect
     from shardflow.pipelines.etl import etl
-
-    import pyarrow.parquet as pq
 
     files = sorted((data / "trips").glob("*.parquet"))
     per_row = pq.read_table(files[0]).to_pandas().memory_usage(deep=True).sum() / pq.read_metadata(files[0]).num_rows
@@ -305,10 +374,16 @@ def bench_out_of_core(spec: str, data: Path, runs: Path, memory_limit: str) -> d
         limit = parse_bytes(memory_limit)
         result = etl(config_for(data, runs), runtime=rt)
     peak = max(result.peak_memory.values())
-    return {"data_in_memory_bytes": int(in_memory), "cluster_memory_limit": 2 * limit,
-            "data_to_memory": in_memory / (2 * limit), "seconds": result.seconds, "rows": result.rows,
-            "peak_worker_memory": peak, "worker_memory_limit": limit,
-            "goals": {"out-of-core (≥3× memory) peak under limit": in_memory >= 3 * 2 * limit and peak < limit}}
+    return {
+        "data_in_memory_bytes": int(in_memory),
+        "cluster_memory_limit": 2 * limit,
+        "data_to_memory": in_memory / (2 * limit),
+        "seconds": result.seconds,
+        "rows": result.rows,
+        "peak_worker_memory": peak,
+        "worker_memory_limit": limit,
+        "goals": {"out-of-core (≥3× memory) peak under limit": in_memory >= 3 * 2 * limit and peak < limit},
+    }
 
 
 # ----------------------------------------------------------------------------- report
@@ -322,10 +397,18 @@ def write_results(out_dir: Path, results: dict) -> None:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=float))
-    lines = [f"# shardflow benchmarks — {results['machine']['cluster']}", "",
-             f"{results['machine']['cpus']} CPUs, {results['machine']['memory_gb']:.0f} GB, "
-             f"{results['machine']['platform']}; {results['finished']}; suite took "
-             f"{results['seconds'] / 60:.1f} min", "", "## Goals", "", "| goal | figure | met |", "|---|---|---|"]
+    lines = [
+        f"# shardflow benchmarks — {results['machine']['cluster']}",
+        "",
+        f"{results['machine']['cpus']} CPUs, {results['machine']['memory_gb']:.0f} GB, "
+        f"{results['machine']['platform']}; {results['finished']}; suite took "
+        f"{results['seconds'] / 60:.1f} min",
+        "",
+        "## Goals",
+        "",
+        "| goal | figure | met |",
+        "|---|---|---|",
+    ]
     for section, data in results["sections"].items():
         for goal, met in data.get("goals", {}).items():
             lines.append(f"| {goal} | {_figure(section, data)} | {'met' if met else '**missed**'} |")
@@ -335,16 +418,20 @@ def write_results(out_dir: Path, results: dict) -> None:
             lines += ["| side | median s | min–max s | other |", "|---|---:|---:|---|"]
             for side, runs in data["sides"].items():
                 s = [r["seconds"] for r in runs]
-                extra = ", ".join(f"{k} {_fmt(statistics.median(r[k] for r in runs))}" for k in runs[0]
-                                  if k != "seconds")
+                extra = ", ".join(
+                    f"{k} {_fmt(statistics.median(r[k] for r in runs))}" for k in runs[0] if k != "seconds"
+                )
                 lines.append(f"| {side} | {statistics.median(s):.2f} | {min(s):.2f}–{max(s):.2f} | {extra} |")
         scalars = {k: v for k, v in data.items() if not isinstance(v, (dict, list))}
         if scalars:
             lines += [""] + [f"- {k}: {_fmt(v)}" for k, v in scalars.items()]
         if "points" in data:
             lines += ["", "| rows | ETL s | rows/s | peak worker memory |", "|---:|---:|---:|---:|"]
-            lines += [f"| {p['rows']:,} | {p['seconds']:.1f} | {p['rows'] / p['seconds']:,.0f} | "
-                      f"{p['peak_worker_memory'] / 2**20:,.0f} MiB |" for p in data["points"]]
+            lines += [
+                f"| {p['rows']:,} | {p['seconds']:.1f} | {p['rows'] / p['seconds']:,.0f} | "
+                f"{p['peak_worker_memory'] / 2**20:,.0f} MiB |"
+                for p in data["points"]
+            ]
     if results.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
     if (out_dir / "ANALYSIS.md").exists():
@@ -367,7 +454,7 @@ def write_results(out_dir: Path, results: dict) -> None:
         for ax, (name, data) in zip(np.atleast_1d(axes), ratios.items()):
             sides = list(data["sides"])
             med = [statistics.median(r["seconds"] for r in data["sides"][s]) for s in sides]
-            ax.bar(range(len(sides)), med, color=["#4878a8", "#d08040", "#6a9f58"][:len(sides)])
+            ax.bar(range(len(sides)), med, color=["#4878a8", "#d08040", "#6a9f58"][: len(sides)])
             ax.set_xticks(range(len(sides)), [s.replace(" ", "\n", 2) for s in sides], fontsize=7)
             ax.set_title(name, fontsize=9)
             ax.set_ylabel("seconds (median)")
@@ -382,10 +469,15 @@ def _fmt(v):
 
 
 def _figure(section, data) -> str:
-    keys = {"overhead": ("fixed_overhead_s", "small_end_to_end_s"), "etl vs pandas": ("throughput_ratio",),
-            "scaling": ("exponent_4M_32M", "speedup_2_vs_1"), "xgboost": ("ratio_vs_dask", "ratio_vs_single"),
-            "end to end": ("ratio",), "mlp": ("samples_ratio", "validation_loss_gap"),
-            "out of core": ("data_to_memory", "peak_worker_memory", "worker_memory_limit")}.get(section, ())
+    keys = {
+        "overhead": ("fixed_overhead_s", "small_end_to_end_s"),
+        "etl vs pandas": ("throughput_ratio",),
+        "scaling": ("exponent_4M_32M", "speedup_2_vs_1"),
+        "xgboost": ("ratio_vs_dask", "ratio_vs_single"),
+        "end to end": ("ratio",),
+        "mlp": ("samples_ratio", "validation_loss_gap"),
+        "out of core": ("data_to_memory", "peak_worker_memory", "worker_memory_limit"),
+    }.get(section, ())
     parts = []
     for k in keys:
         v = data.get(k)
@@ -418,8 +510,7 @@ def main(argv=None) -> int:
     sizes = [200_000, 400_000, 800_000, 1_600_000] if quick else [1_000_000, 4_000_000, 16_000_000, 32_000_000]
     runs = Path(tempfile.mkdtemp(prefix="shardflow-bench-runs-"))
     sections = {}
-    wanted = set(args.only or ["overhead", "etl vs pandas", "scaling", "xgboost", "end to end", "mlp",
-                               "out of core"])
+    wanted = set(args.only or ["overhead", "etl vs pandas", "scaling", "xgboost", "end to end", "mlp", "out of core"])
 
     @contextlib.contextmanager
     def runtime_factory(n):
@@ -458,10 +549,20 @@ def main(argv=None) -> int:
         with connect(spec=args.cluster, n_workers=2, dashboard_address="127.0.0.1:0") as rt:
             ooc = dataset(rows, 250_000, rt)
         sections["out of core"] = bench_out_of_core(args.cluster, ooc, runs, limit)
-    machine = {"cpus": os.cpu_count(), "memory_gb": psutil.virtual_memory().total / 2**30,
-               "platform": platform.platform(), "cluster": args.cluster, "quick": quick}
-    results = {"machine": machine, "sections": sections, "seconds": time.perf_counter() - started,
-               "finished": time.strftime("%Y-%m-%d %H:%M"), "notes": []}
+    machine = {
+        "cpus": os.cpu_count(),
+        "memory_gb": psutil.virtual_memory().total / 2**30,
+        "platform": platform.platform(),
+        "cluster": args.cluster,
+        "quick": quick,
+    }
+    results = {
+        "machine": machine,
+        "sections": sections,
+        "seconds": time.perf_counter() - started,
+        "finished": time.strftime("%Y-%m-%d %H:%M"),
+        "notes": [],
+    }
     out_dir = RESULTS / (args.cluster + ("-quick" if quick else ""))
     previous = out_dir / "results.json"
     if args.only and previous.exists():  # a partial rerun updates its sections, keeps the others

@@ -36,8 +36,16 @@ def house_prices(n: int, seed: int = 0) -> pd.DataFrame:
     factor = pd.Series(district).map({"centre": 2.2, "inner": 1.6, "outer": 1.1, "suburb": 0.9, "rural": 0.6})
     price = 18 * area * factor.to_numpy() * (1 - 0.003 * age) + 90 * rooms
     price = price * np.exp(rng.normal(0, 0.12, n))  # 500 … 30000, mean ≈ 2400
-    return pd.DataFrame({"id": np.arange(n), "area": area.round(1), "rooms": rooms.astype(int),
-                         "age": age.round(0), "district": district, "price": price.round(2)})
+    return pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "area": area.round(1),
+            "rooms": rooms.astype(int),
+            "age": age.round(0),
+            "district": district,
+            "price": price.round(2),
+        }
+    )
 
 
 def run_once(label: str, rows: int, extra_target: dict) -> dict:
@@ -51,23 +59,30 @@ def run_once(label: str, rows: int, extra_target: dict) -> dict:
         (tmp / "in").mkdir()
         for i, idx in enumerate(np.array_split(np.random.default_rng(1).permutation(rows), 4)):
             table.iloc[np.sort(idx)].to_csv(tmp / "in" / f"part{i}.csv", index=False)
-        job = {"input": {"path": "in/*.csv"},
-               "target": {"column": "price", "task": "regression", **extra_target},
-               "features": {"numeric": ["area", "rooms", "age"], "categorical": ["district"]},
-               "split": {"key": ["id"]}, "output": {"runs_dir": "runs"},
-               "cluster": {"spec": "local", "n_workers": 2, "threads_per_worker": 1}}
+        job = {
+            "input": {"path": "in/*.csv"},
+            "target": {"column": "price", "task": "regression", **extra_target},
+            "features": {"numeric": ["area", "rooms", "age"], "categorical": ["district"]},
+            "split": {"key": ["id"]},
+            "output": {"runs_dir": "runs"},
+            "cluster": {"spec": "local", "n_workers": 2, "threads_per_worker": 1},
+        }
         (tmp / "job.yaml").write_text(yaml.safe_dump(job))
         result = run(load_config(tmp / "job.yaml"))
-        return {"label": label, "rows": rows, "target": job["target"], "version": shardflow.__version__,
-                "r2": {name: result.metrics[name]["r2"] for name in FAMILY_ORDER if name in result.metrics},
-                "rmse": {name: result.metrics[name]["rmse"] for name in FAMILY_ORDER if name in result.metrics},
-                "price_mean": float(table.price.mean())}
+        return {
+            "label": label,
+            "rows": rows,
+            "target": job["target"],
+            "version": shardflow.__version__,
+            "r2": {name: result.metrics[name]["r2"] for name in FAMILY_ORDER if name in result.metrics},
+            "rmse": {name: result.metrics[name]["rmse"] for name in FAMILY_ORDER if name in result.metrics},
+            "price_mean": float(table.price.mean()),
+        }
 
 
 def table(entries: dict) -> str:
     labels = list(entries)
-    lines = ["| model | " + " | ".join(f"R² {label}" for label in labels) + " |",
-             "|---|" + "---:|" * len(labels)]
+    lines = ["| model | " + " | ".join(f"R² {label}" for label in labels) + " |", "|---|" + "---:|" * len(labels)]
     for name in FAMILY_ORDER:
         values = [entries[label]["r2"].get(name, float("nan")) for label in labels]
         lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
@@ -90,10 +105,12 @@ def main() -> None:
         extra = {"transform": args.transform} if args.transform else {}
         entries[args.label] = run_once(args.label, args.rows, extra)
         path.write_text(json.dumps(entries, indent=1))
-    text = ("# Regression target in the thousands: validation R² per family\n\n"
-            f"House prices (mean {next(iter(entries.values()))['price_mean']:.0f}), "
-            f"{next(iter(entries.values()))['rows']:,} rows in 4 shuffled CSV files, every family with "
-            "shardflow's defaults, LocalCluster 2×1.\n\n" + table(entries) + "\n")
+    text = (
+        "# Regression target in the thousands: validation R² per family\n\n"
+        f"House prices (mean {next(iter(entries.values()))['price_mean']:.0f}), "
+        f"{next(iter(entries.values()))['rows']:,} rows in 4 shuffled CSV files, every family with "
+        "shardflow's defaults, LocalCluster 2×1.\n\n" + table(entries) + "\n"
+    )
     (RESULTS / "target_quality.md").write_text(text)
     print(text)
 

@@ -94,8 +94,10 @@ class ClusterConfig:
                 f"{', '.join(CLUSTER_SPECS)} nor a scheduler address such as tcp://host:8786"
             )
         if self.spec.startswith("tls://") and not (self.tls_ca_file and self.tls_cert and self.tls_key):
-            raise ValueError("config key 'cluster.spec': a tls:// scheduler needs cluster.tls_ca_file, "
-                             "cluster.tls_cert and cluster.tls_key")
+            raise ValueError(
+                "config key 'cluster.spec': a tls:// scheduler needs cluster.tls_ca_file, "
+                "cluster.tls_cert and cluster.tls_key"
+            )
         for key in ("n_workers", "threads_per_worker"):
             value = getattr(self, key)
             if value is not None and value < 1:
@@ -118,7 +120,10 @@ def check_cluster_reach(path, cluster: dict) -> None:
     >>> check_cluster_reach("job.yaml", {"host": "0.0.0.0"})
     Traceback (most recent call last):
     ...
-    shardflow.pipelines.typed_yaml.ConfigError: job.yaml: config key 'cluster.host': 0.0.0.0 is reachable from other machines, and a config file does not choose where the cluster listens or where the data goes; give it on the command line (--cluster, --set cluster.host=...), or consent with --allow-remote-cluster or SHARDFLOW_ALLOW_REMOTE_CLUSTER=1
+    shardflow.pipelines.typed_yaml.ConfigError: job.yaml: config key 'cluster.host': 0.0.0.0 is reachable from other
+    machines, and a config file does not choose where the cluster listens or where the data goes; give it on the
+    command line (--cluster, --set cluster.host=...), or consent with --allow-remote-cluster or
+    SHARDFLOW_ALLOW_REMOTE_CLUSTER=1
     """
     reaching = []
     spec = cluster.get("spec")
@@ -127,13 +132,17 @@ def check_cluster_reach(path, cluster: dict) -> None:
     if cluster.get("host") is not None:
         reaching.append(("host", cluster["host"], str(cluster["host"])))
     if cluster.get("dashboard_address"):
-        reaching.append(("dashboard_address", cluster["dashboard_address"], _host_of(str(cluster["dashboard_address"]))))
+        reaching.append(
+            ("dashboard_address", cluster["dashboard_address"], _host_of(str(cluster["dashboard_address"])))
+        )
     for key, value, host in reaching:
         if not _is_loopback(host):
-            raise ConfigError(f"{path}: config key 'cluster.{key}': {value} is reachable from other machines, and a "
-                              "config file does not choose where the cluster listens or where the data goes; give it "
-                              f"on the command line (--cluster, --set cluster.{key}=...), or consent with "
-                              f"--allow-remote-cluster or {ALLOW_REMOTE_CLUSTER_ENV}=1")
+            raise ConfigError(
+                f"{path}: config key 'cluster.{key}': {value} is reachable from other machines, and a "
+                "config file does not choose where the cluster listens or where the data goes; give it "
+                f"on the command line (--cluster, --set cluster.{key}=...), or consent with "
+                f"--allow-remote-cluster or {ALLOW_REMOTE_CLUSTER_ENV}=1"
+            )
 
 
 def _host_of(address: str) -> str:

@@ -14,9 +14,9 @@ from distributed.deploy.utils import nprocesses_nthreads
 
 from shardflow.cluster.config import ClusterConfig
 from shardflow.cluster.plugins import NativeThreadsPlugin
-from shardflow.tasks.threads import native_thread_env
 from shardflow.tasks.backend import gpu_install_hint
 from shardflow.tasks.errors import ShardflowError
+from shardflow.tasks.threads import native_thread_env
 
 logger = logging.getLogger("shardflow.cluster")
 
@@ -76,9 +76,11 @@ class Runtime:
 
 
 def killed_worker_message(task, limit: int) -> str:
-    return (f"task {task!r} killed the worker running it {limit + 1} times and was given up "
-            f"(distributed.scheduler.allowed-failures = {limit}); if workers ran out of memory, raise "
-            "cluster.memory_limit or make partitions smaller (input.max_partition_rows, input.blocksize)")
+    return (
+        f"task {task!r} killed the worker running it {limit + 1} times and was given up "
+        f"(distributed.scheduler.allowed-failures = {limit}); if workers ran out of memory, raise "
+        "cluster.memory_limit or make partitions smaller (input.max_partition_rows, input.blocksize)"
+    )
 
 
 def describe_failure(err: BaseException) -> str | None:
@@ -108,7 +110,7 @@ def cause_of_cancellation(client) -> ClusterError | None:
     """
     try:
         recent = client.run_on_scheduler(_recent_errors)
-    except Exception:  # noqa: BLE001 - best effort: the original error is raised otherwise
+    except Exception:
         return None
     for key, text in recent:
         if "KilledWorker" in text or "workers died" in text:
@@ -222,14 +224,19 @@ def security_for(config: ClusterConfig):
     from distributed.security import Security
 
     if config.tls_ca_file or config.spec.startswith("tls://"):
-        return Security(tls_ca_file=config.tls_ca_file, tls_client_cert=config.tls_cert,
-                        tls_client_key=config.tls_key, require_encryption=True)
+        return Security(
+            tls_ca_file=config.tls_ca_file,
+            tls_client_cert=config.tls_cert,
+            tls_client_key=config.tls_key,
+            require_encryption=True,
+        )
     if config.tls:
         try:
             return Security.temporary()  # a self-signed certificate shared by this cluster only
         except ImportError as err:
-            raise ClusterError(f"cluster.tls needs the 'cryptography' package: pip install cryptography ({err})") \
-                from None
+            raise ClusterError(
+                f"cluster.tls needs the 'cryptography' package: pip install cryptography ({err})"
+            ) from None
     return None
 
 
@@ -238,8 +245,10 @@ def _start_local(config: ClusterConfig) -> Runtime:
     in_process = str(config.processes).lower() == "false"
     if in_process:  # one worker: XGBoost's and torch's collectives are one per process
         if config.n_workers not in (None, 1):
-            raise ClusterError(f"config key 'cluster.processes': false runs one worker in this process, but "
-                               f"cluster.n_workers is {config.n_workers}; remove one of them")
+            raise ClusterError(
+                f"config key 'cluster.processes': false runs one worker in this process, but "
+                f"cluster.n_workers is {config.n_workers}; remove one of them"
+            )
         n_workers, threads = 1, config.threads_per_worker or cores
     elif config.n_workers and config.threads_per_worker:
         n_workers, threads = config.n_workers, config.threads_per_worker
@@ -265,8 +274,9 @@ def _start_local(config: ClusterConfig) -> Runtime:
         resources=config.resources,
         **({} if in_process else {"env": native_thread_env(threads)}),
     )
-    return Runtime(Client(cluster, security=security), backend="pandas", kind="local", cluster=cluster,
-                   processes=not in_process)
+    return Runtime(
+        Client(cluster, security=security), backend="pandas", kind="local", cluster=cluster, processes=not in_process
+    )
 
 
 def _start_local_cuda(config: ClusterConfig) -> Runtime:
@@ -324,17 +334,21 @@ def as_runtime(runtime) -> Runtime | None:
     if runtime is None or isinstance(runtime, Runtime):
         return runtime
     if not isinstance(runtime, Client):
-        raise ClusterError(f"runtime: expected a shardflow Runtime or a distributed.Client, got "
-                           f"{type(runtime).__name__}")
+        raise ClusterError(
+            f"runtime: expected a shardflow Runtime or a distributed.Client, got {type(runtime).__name__}"
+        )
     if runtime.asynchronous:
-        raise ClusterError("runtime: an asynchronous Client cannot run shardflow's blocking API; "
-                           "pass a Client made with asynchronous=False")
+        raise ClusterError(
+            "runtime: an asynchronous Client cannot run shardflow's blocking API; "
+            "pass a Client made with asynchronous=False"
+        )
     runtime.register_plugin(NativeThreadsPlugin())
     return Runtime(runtime, backend=_remote_backend(runtime), kind="client")
 
 
 def _remote_backend(client: Client) -> str:
     """cuDF when every worker has a GPU and cuDF, else pandas."""
+
     def probe():
         return cuda_available()
 

@@ -13,6 +13,7 @@ from shardflow.tasks.threads import use_threads
 
 logger = logging.getLogger("shardflow.cluster")
 
+
 class NativeThreadsPlugin(WorkerPlugin):
     """Give XGBoost, torch and BLAS inside a worker as many threads as the worker has.
 
@@ -89,5 +90,5 @@ class PreloadPlugin(WorkerPlugin):
         for module in self.modules:
             try:
                 importlib.import_module(module)
-            except Exception as err:  # noqa: BLE001 - the task that needs it reports the real error
+            except Exception as err:
                 logger.debug("preload of %s failed: %s", module, err)

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from dataclasses import dataclass
 
 from shardflow.pipelines.rundir import RunDir, read_manifest
 from shardflow.tasks.errors import ShardflowError
@@ -67,16 +66,21 @@ def load_weights(path) -> dict:
     try:
         loaded = torch.load(io.BytesIO(path.read_bytes()), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError:
-        why = "UnpicklingError: torch's weights-only loader refused it, a pickle of other objects or not torch's " \
-              "format; nothing in it was run"
+        why = (
+            "UnpicklingError: torch's weights-only loader refused it, a pickle of other objects or not torch's "
+            "format; nothing in it was run"
+        )
     except (RuntimeError, EOFError, ValueError) as err:  # a truncated or foreign zip archive, an empty file
         why = f"{type(err).__name__}: truncated, or not torch's format"
     else:
-        if isinstance(loaded, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()):
+        if isinstance(loaded, dict) and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+        ):
             return {k: v.numpy() for k, v in loaded.items()}
         why = f"it holds a {type(loaded).__name__}, not {{name: tensor}}"
-    raise ArtifactError(f"{path}: not a weights file shardflow wrote ({why}); it was changed after the run: restore "
-                        "it or train again")
+    raise ArtifactError(
+        f"{path}: not a weights file shardflow wrote ({why}); it was changed after the run: restore it or train again"
+    )
 
 
 def save_models(stage_dir: Path, results: dict, task: str) -> None:
@@ -116,8 +120,10 @@ def verified_path(run_dir: Path, relative: str, manifest: dict | None = None) ->
     if not path.exists():
         raise ArtifactError(f"{path}: missing; the run directory is incomplete (rerun `shardflow run`)")
     if sha256(path) != expected:
-        raise ArtifactError(f"{path}: does not match the run's manifest (sha256 differs); it was changed after "
-                            "the run: restore it or train again")
+        raise ArtifactError(
+            f"{path}: does not match the run's manifest (sha256 differs); it was changed after "
+            "the run: restore it or train again"
+        )
     return path
 
 
@@ -165,8 +171,9 @@ def load_model(run_dir, name: str) -> dict:
     if RunDir.TRAIN not in files.manifest.get("stages", {}):
         raise ArtifactError(f"{run_dir}: has no trained models (no train stage in its manifest)")
     if name not in available_models(run_dir):
-        raise ArtifactError(f"model {name!r} was not trained in {run_dir}; available: "
-                            f"{', '.join(available_models(run_dir))}")
+        raise ArtifactError(
+            f"model {name!r} was not trained in {run_dir}; available: {', '.join(available_models(run_dir))}"
+        )
     task = files.read_json(files.run.trained("task"))["task"]
     return {"task": task, **FAMILIES[name].load(files, FAMILIES[name])}
 
@@ -211,8 +218,11 @@ def scoring_files(run_dir, model: str | None = None, *, option: str = "--run") -
     if RunDir.TRAIN not in manifest.get("stages", {}):
         raise ShardflowError(f"{option} {run_dir}: not a finished run (no train stage in its manifest.json)")
     evaluated = run.relative(run.metrics) in manifest.get("artifacts", {})
-    metrics = json.loads(verified_path(run_dir, run.relative(run.metrics), manifest).read_text()) if evaluated \
+    metrics = (
+        json.loads(verified_path(run_dir, run.relative(run.metrics), manifest).read_text())
+        if evaluated
         else {"metrics": {}}
+    )
     if model is None:
         if not metrics["metrics"]:
             raise ShardflowError(f"{option} {run_dir}: not evaluated, so there is no best model; pass --model")

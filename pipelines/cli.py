@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -23,23 +23,42 @@ DEFAULT_WORK_DIR = Path("shardflow-work")
 
 def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("cluster (override the config's cluster: section)")
-    group.add_argument("--cluster", metavar="SPEC",
-                       help="auto (default), local, local-cuda, or a scheduler address tcp://host:8786")
+    group.add_argument(
+        "--cluster", metavar="SPEC", help="auto (default), local, local-cuda, or a scheduler address tcp://host:8786"
+    )
     group.add_argument("--n-workers", type=int, metavar="N", help="worker processes of a local cluster")
-    group.add_argument("--threads-per-worker", type=int, metavar="N",
-                       help="threads per worker, also given to XGBoost, torch and BLAS inside it")
+    group.add_argument(
+        "--threads-per-worker",
+        type=int,
+        metavar="N",
+        help="threads per worker, also given to XGBoost, torch and BLAS inside it",
+    )
     group.add_argument("--memory-limit", metavar="BYTES", help="per worker, e.g. 2GB")
 
 
 def _add_config_options(parser: argparse.ArgumentParser, required: bool) -> None:
-    parser.add_argument("-c", "--config", required=required, metavar="YAML",
-                        help="job config" + ("" if required else " (default: the built-in trips job)"))
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set features.numeric=[a,b] (repeatable)")
+    parser.add_argument(
+        "-c",
+        "--config",
+        required=required,
+        metavar="YAML",
+        help="job config" + ("" if required else " (default: the built-in trips job)"),
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set features.numeric=[a,b] (repeatable)",
+    )
     parser.add_argument("--runs-dir", metavar="DIR", help="where run directories go (output.runs_dir)")
-    parser.add_argument("--allow-remote-cluster", action="store_true",
-                        help="let the config file's cluster: section name a scheduler on another host or a "
-                             "non-loopback interface (otherwise only the command line may)")
+    parser.add_argument(
+        "--allow-remote-cluster",
+        action="store_true",
+        help="let the config file's cluster: section name a scheduler on another host or a "
+        "non-loopback interface (otherwise only the command line may)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,23 +83,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="the whole job (default dataset and job when no config is given)")
     _add_config_options(run, required=False)
-    run.add_argument("--rows", type=int, default=DEFAULT_ROWS,
-                     help=f"rows of the default dataset, generated when absent (default {DEFAULT_ROWS:,})")
-    run.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
-                     help="where the default dataset and runs go (default ./shardflow-work)")
-    run.add_argument("--resume", type=path_or_url, metavar="RUN",
-                     help="continue an interrupted run: current stages are kept, training resumes from checkpoints")
+    run.add_argument(
+        "--rows",
+        type=int,
+        default=DEFAULT_ROWS,
+        help=f"rows of the default dataset, generated when absent (default {DEFAULT_ROWS:,})",
+    )
+    run.add_argument(
+        "--work-dir",
+        type=Path,
+        default=DEFAULT_WORK_DIR,
+        help="where the default dataset and runs go (default ./shardflow-work)",
+    )
+    run.add_argument(
+        "--resume",
+        type=path_or_url,
+        metavar="RUN",
+        help="continue an interrupted run: current stages are kept, training resumes from checkpoints",
+    )
     run.add_argument("--force", action="store_true", help="recompute every stage in a new run directory")
-    run.add_argument("--performance-report", action="store_true",
-                     help="save Dask's performance report (task stream, profile, bandwidth) in the run directory")
+    run.add_argument(
+        "--performance-report",
+        action="store_true",
+        help="save Dask's performance report (task stream, profile, bandwidth) in the run directory",
+    )
     _add_cluster_options(run)
 
     etl = sub.add_parser("etl", help="the ETL stage: input → features (Parquet + Zarr)")
     _add_config_options(etl, required=True)
     _add_cluster_options(etl)
 
-    plan = sub.add_parser("plan", help="print how a job would run on the cluster (partitions, memory, warnings); "
-                                       "runs nothing")
+    plan = sub.add_parser(
+        "plan", help="print how a job would run on the cluster (partitions, memory, warnings); runs nothing"
+    )
     _add_config_options(plan, required=True)
     _add_cluster_options(plan)
 
@@ -90,38 +125,60 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--output", required=True, type=path_or_url, metavar="PATH", help="output directory (Parquet)")
     pred.add_argument("--model", choices=FAMILY_NAMES, help="default: the run's best model on validation")
     pred.add_argument("--overwrite", action="store_true", help="replace an existing --output directory")
-    pred.add_argument("--engine", choices=("shardflow", "onnxruntime"), default="shardflow",
-                      help="shardflow (default): the run's models; onnxruntime: the model exported as ONNX, one "
-                           "ONNX Runtime session per worker")
-    pred.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
-                      help="with --engine onnxruntime: int8 scores with the dynamically quantized MLP")
+    pred.add_argument(
+        "--engine",
+        choices=("shardflow", "onnxruntime"),
+        default="shardflow",
+        help="shardflow (default): the run's models; onnxruntime: the model exported as ONNX, one "
+        "ONNX Runtime session per worker",
+    )
+    pred.add_argument(
+        "--precision",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help="with --engine onnxruntime: int8 scores with the dynamically quantized MLP",
+    )
     _add_cluster_options(pred)
 
     exp = sub.add_parser("export", help="a run's preprocessing and model as one ONNX model, for serving elsewhere")
     exp.add_argument("run_dir", type=path_or_url, metavar="RUN", help="run directory")
     exp.add_argument("--model", choices=FAMILY_NAMES, help="default: the run's best model on validation")
     exp.add_argument("--format", choices=("onnx",), default="onnx", help="onnx (the only format so far)")
-    exp.add_argument("--out", required=True, type=path_or_url, metavar="DIR",
-                     help="export directory (model.onnx, metadata.json)")
+    exp.add_argument(
+        "--out", required=True, type=path_or_url, metavar="DIR", help="export directory (model.onnx, metadata.json)"
+    )
     exp.add_argument("--quantize", choices=("int8",), help="also write model.int8.onnx (MLP families)")
-    exp.add_argument("--int8-tolerance", type=float, default=0.01, metavar="FRACTION",
-                     help="with --quantize int8: refuse an int8 model whose validation metric is worse than "
-                          "fp32's by more than this fraction of it (default 0.01)")
+    exp.add_argument(
+        "--int8-tolerance",
+        type=float,
+        default=0.01,
+        metavar="FRACTION",
+        help="with --quantize int8: refuse an int8 model whose validation metric is worse than "
+        "fp32's by more than this fraction of it (default 0.01)",
+    )
     exp.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
 
     rep = sub.add_parser("report", help="rebuild a run's report.html")
     rep.add_argument("run_dir", type=path_or_url, metavar="RUN", help="run directory")
 
     runs = sub.add_parser("runs", help="list past runs with their key metrics")
-    runs.add_argument("--runs-dir", type=path_or_url, default=DEFAULT_WORK_DIR / "runs",
-                      help=f"directory of run directories (default {DEFAULT_WORK_DIR / 'runs'})")
+    runs.add_argument(
+        "--runs-dir",
+        type=path_or_url,
+        default=DEFAULT_WORK_DIR / "runs",
+        help=f"directory of run directories (default {DEFAULT_WORK_DIR / 'runs'})",
+    )
 
     gen = sub.add_parser("generate", help="write the synthetic trips dataset")
     gen.add_argument("--rows", type=int, required=True, help="rows to write")
     gen.add_argument("--out", type=Path, required=True, help="output directory (Parquet files and trips.yaml)")
     gen.add_argument("--seed", type=int, default=0, help="random seed (default 0): same seed, same bytes")
-    gen.add_argument("--rows-per-partition", type=int, default=None,
-                     help="rows per Parquet file (default: 8 files or more of 25,000 to 1,000,000 rows)")
+    gen.add_argument(
+        "--rows-per-partition",
+        type=int,
+        default=None,
+        help="rows per Parquet file (default: 8 files or more of 25,000 to 1,000,000 rows)",
+    )
     gen.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     _add_cluster_options(gen)
     return parser
@@ -163,8 +220,12 @@ def _log_warning(message, category, *where, **more) -> None:
 
 
 def _cluster_overrides(args) -> list[str]:
-    pairs = {"spec": args.cluster, "n_workers": args.n_workers,
-             "threads_per_worker": args.threads_per_worker, "memory_limit": args.memory_limit}
+    pairs = {
+        "spec": args.cluster,
+        "n_workers": args.n_workers,
+        "threads_per_worker": args.threads_per_worker,
+        "memory_limit": args.memory_limit,
+    }
     return [f"cluster.{k}={v}" for k, v in pairs.items() if v is not None]
 
 
@@ -191,8 +252,9 @@ def _load(args, base_dir=None):
             raise ConfigError(str(err)) from None
         runs_dir = args.runs_dir if url_scheme(args.runs_dir) else str(location(args.runs_dir).expanduser().resolve())
         overrides.append(f"output.runs_dir={json.dumps(runs_dir)}")
-    return load_config(args.config, overrides, base_dir=base_dir,
-                       allow_remote_cluster=getattr(args, "allow_remote_cluster", False))
+    return load_config(
+        args.config, overrides, base_dir=base_dir, allow_remote_cluster=getattr(args, "allow_remote_cluster", False)
+    )
 
 
 def cmd_generate(args) -> int:
@@ -200,12 +262,21 @@ def cmd_generate(args) -> int:
     from shardflow.cluster.factory import connect
     from shardflow.pipelines.generate import generate
 
-    cluster = ClusterConfig(spec=args.cluster or "local", n_workers=args.n_workers,
-                            threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit)
+    cluster = ClusterConfig(
+        spec=args.cluster or "local",
+        n_workers=args.n_workers,
+        threads_per_worker=args.threads_per_worker,
+        memory_limit=args.memory_limit,
+    )
     with connect(cluster) as runtime:
-        generate(args.out, args.rows, seed=args.seed,
-                 rows_per_partition=args.rows_per_partition,
-                 runtime=runtime, overwrite=args.overwrite)
+        generate(
+            args.out,
+            args.rows,
+            seed=args.seed,
+            rows_per_partition=args.rows_per_partition,
+            runtime=runtime,
+            overwrite=args.overwrite,
+        )
     return 0
 
 
@@ -233,10 +304,22 @@ def cmd_predict(args) -> int:
     from shardflow.cluster.config import ClusterConfig
     from shardflow.pipelines.predict import predict
 
-    cluster = ClusterConfig(spec=args.cluster or "auto", n_workers=args.n_workers,
-                            threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit)
-    result = predict(args.run, args.input, args.output, model=args.model, cluster=cluster,
-                     overwrite=args.overwrite, engine=args.engine, precision=args.precision)
+    cluster = ClusterConfig(
+        spec=args.cluster or "auto",
+        n_workers=args.n_workers,
+        threads_per_worker=args.threads_per_worker,
+        memory_limit=args.memory_limit,
+    )
+    result = predict(
+        args.run,
+        args.input,
+        args.output,
+        model=args.model,
+        cluster=cluster,
+        overwrite=args.overwrite,
+        engine=args.engine,
+        precision=args.precision,
+    )
     print(result.output)
     return 0
 
@@ -244,8 +327,14 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from shardflow.pipelines.export import export
 
-    result = export(args.run_dir, args.out, model=args.model, quantize=args.quantize, overwrite=args.overwrite,
-                    int8_tolerance=args.int8_tolerance)
+    result = export(
+        args.run_dir,
+        args.out,
+        model=args.model,
+        quantize=args.quantize,
+        overwrite=args.overwrite,
+        int8_tolerance=args.int8_tolerance,
+    )
     print(result.path)
     return 0
 
@@ -264,6 +353,7 @@ def cmd_run(args) -> int:
     else:
         data_dir = None
         config = _load(args)
+
     def show_results(run_dir) -> None:  # as soon as they exist: the report is drawn after
         print(RunDir(run_dir).comparison.read_text().strip())
         print(f"run:    {run_dir}", flush=True)
@@ -280,8 +370,7 @@ def cmd_run(args) -> int:
                 logger.info("default dataset %s is absent: generating %d rows", data_dir, args.rows)
                 generate(data_dir, args.rows, runtime=runtime, overwrite=True)
             with _performance_report(args.performance_report) as perf:
-                result = run(config, runtime=runtime, resume=args.resume, force=args.force,
-                             on_evaluated=show_results)
+                result = run(config, runtime=runtime, resume=args.resume, force=args.force, on_evaluated=show_results)
                 perf.run_dir = result.run_dir
         if args.performance_report:
             build_report(result.run_dir)
@@ -343,14 +432,16 @@ def cmd_runs(args) -> int:
         rows = "" if r["rows"] is None else f"{r['rows']:,}"
         model = label(r["best_model"]) if r["best_model"] else ""
         source = _shorten(r["input"] or "", 32)
-        print(f"{r['run']:<24} {r['date'] or '':<17} {source:<32} {rows:>11} {','.join(r['stages']):<20} "
-              f"{model:<32} {value}")
+        print(
+            f"{r['run']:<24} {r['date'] or '':<17} {source:<32} {rows:>11} {','.join(r['stages']):<20} "
+            f"{model:<32} {value}"
+        )
     return 0
 
 
 def _shorten(text: str, width: int) -> str:
     """``text``, its start elided when longer than ``width`` (the file name stays visible)."""
-    return text if len(text) <= width else "…" + text[-(width - 1):]
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
 
 
 def _version() -> str:
@@ -383,9 +474,16 @@ def main(argv=None) -> int:
 
 
 def _dispatch(args) -> int:
-    commands = {"run": cmd_run, "etl": cmd_etl, "generate": cmd_generate, "predict": cmd_predict, "export": cmd_export,
-                "plan": cmd_plan,
-                "report": cmd_report, "runs": cmd_runs}
+    commands = {
+        "run": cmd_run,
+        "etl": cmd_etl,
+        "generate": cmd_generate,
+        "predict": cmd_predict,
+        "export": cmd_export,
+        "plan": cmd_plan,
+        "report": cmd_report,
+        "runs": cmd_runs,
+    }
     try:
         return commands[args.command](args)
     except ShardflowError as err:
@@ -394,7 +492,7 @@ def _dispatch(args) -> int:
     except KeyboardInterrupt:
         print("shardflow: interrupted; no partial output was kept", file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001 - cluster failures get a line a user can act on
+    except Exception as err:
         from shardflow.cluster.factory import describe_failure
 
         message = describe_failure(err)

@@ -17,11 +17,10 @@ from pathlib import Path
 import yaml
 
 from shardflow.cluster.config import ALLOW_REMOTE_CLUSTER_ENV, ClusterConfig, check_cluster_reach
+from shardflow.pipelines.families import FAMILIES, validate_groups
 from shardflow.pipelines.paths import check_config_locations, resolve_path
 from shardflow.pipelines.tracking import TrackingConfig
-from shardflow.pipelines.families import FAMILIES, validate_groups
 from shardflow.pipelines.train_config import TrainConfig
-from shardflow.tasks.storage import location, url_scheme
 from shardflow.pipelines.typed_yaml import (
     MAX_PARTITIONS,
     MAX_ROWS,
@@ -41,9 +40,11 @@ from shardflow.pipelines.typed_yaml import (
     parse_yaml,
 )
 from shardflow.tasks.expressions import ExpressionError, parse_expression
-from shardflow.tasks.schema import COLUMN_KINDS, DATETIME_PARTS
 from shardflow.tasks.labels import MAX_CLASSES
+from shardflow.tasks.schema import COLUMN_KINDS, DATETIME_PARTS
+from shardflow.tasks.storage import location, url_scheme
 from shardflow.tasks.targets import TARGET_TRANSFORMS, TASK_TYPES, target_kind
+
 
 @dataclass
 class InputConfig:
@@ -137,7 +138,9 @@ class FeaturesConfig:
 class CleanConfig:
     """``clean:`` ``valid_ranges`` (outside: row quarantined) and outlier clipping."""
 
-    valid_ranges: dict[str, list] = option(factory=dict, check=Anything("[min, max] per column, checked with the columns"))
+    valid_ranges: dict[str, list] = option(
+        factory=dict, check=Anything("[min, max] per column, checked with the columns")
+    )
     clip_sigma: float | None = option(5.0, check=Between(0, 1_000, open_low=True))  # null: no clipping
 
 
@@ -200,7 +203,7 @@ class Config:
         or a :class:`~shardflow.tasks.storage.StorePath` with ``storage_options``."""
         return location(self.resolve(self.output.runs_dir), self.storage_options).resolve()
 
-    def resolved(self) -> "Config":
+    def resolved(self) -> Config:
         """A copy whose paths are absolute (as saved in a run directory)."""
         data = copy.deepcopy(self)
         data.output.runs_dir = str(self.runs_dir)
@@ -273,11 +276,19 @@ def load_config(path=None, overrides=(), base_dir=None, *, allow_remote_cluster:
     raw = apply_overrides(raw, overrides)
     if not (allow_remote_cluster or os.environ.get(ALLOW_REMOTE_CLUSTER_ENV) == "1"):
         overridden = {item.partition("=")[0].strip() for item in overrides}
-        check_cluster_reach(path, {key: value for key, value in from_file.items()
-                                   if f"cluster.{key}" not in overridden and "cluster" not in overridden})
+        check_cluster_reach(
+            path,
+            {
+                key: value
+                for key, value in from_file.items()
+                if f"cluster.{key}" not in overridden and "cluster" not in overridden
+            },
+        )
     try:
         config = build_section(Config, raw, "")
-        config.base_dir = str(base_dir if url_scheme(base_dir) else Path(base_dir)) if base_dir else str(path.resolve().parent)
+        config.base_dir = (
+            str(base_dir if url_scheme(base_dir) else Path(base_dir)) if base_dir else str(path.resolve().parent)
+        )
         validate(config)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
@@ -290,8 +301,10 @@ def validate(config: Config) -> None:
     problems = field_problems(config)
     if problems:
         raise ConfigError("; ".join(problems))
-    for key, expression in [("target.expression", config.target.expression), *(
-            (f"features.derived.{k}", v) for k, v in config.features.derived.items())]:
+    for key, expression in [
+        ("target.expression", config.target.expression),
+        *((f"features.derived.{k}", v) for k, v in config.features.derived.items()),
+    ]:
         if expression is None:
             continue
         try:
@@ -299,15 +312,18 @@ def validate(config: Config) -> None:
         except ExpressionError as err:
             raise ConfigError(str(err)) from None
     f = config.features
-    names = f.numeric + f.categorical + list(f.derived) + [
-        f"{c}_{p}" for c in f.datetime for p in f.datetime_parts]
+    names = f.numeric + f.categorical + list(f.derived) + [f"{c}_{p}" for c in f.datetime for p in f.datetime_parts]
     for name in names:
         if names.count(name) > 1:
             raise ConfigError(f"config key 'features': column {name!r} is listed more than once")
     if config.target.column in names:
-        raise ConfigError(f"config key 'target.column': {config.target.column!r} is also a feature; remove it from features")
+        raise ConfigError(
+            f"config key 'target.column': {config.target.column!r} is also a feature; remove it from features"
+        )
     if not names:
-        raise ConfigError("config key 'features': no feature columns configured (numeric, categorical, datetime or derived)")
+        raise ConfigError(
+            "config key 'features': no feature columns configured (numeric, categorical, datetime or derived)"
+        )
     _validate_target(config.target, names, config.train.xgboost.params)
     check_config_locations(config)
     partitions = config.input.partitions
@@ -316,14 +332,19 @@ def validate(config: Config) -> None:
     elif isinstance(partitions, str) and _whole_number(partitions) is not None:  # 1e3, 1000.0
         partitions = config.input.partitions = _whole_number(partitions)
     if partitions != "auto" and not (isinstance(partitions, int) and partitions >= 1):
-        raise ConfigError(f"config key 'input.partitions': expected auto or a whole number of at least 1, got "
-                          f"{partitions!r}")
+        raise ConfigError(
+            f"config key 'input.partitions': expected auto or a whole number of at least 1, got {partitions!r}"
+        )
     if partitions != "auto" and partitions > MAX_PARTITIONS:
-        raise ConfigError(f"config key 'input.partitions': {partitions:,} partitions, at most {MAX_PARTITIONS:,} "
-                          "(a task costs about 1 ms to schedule); write auto, or fewer")
+        raise ConfigError(
+            f"config key 'input.partitions': {partitions:,} partitions, at most {MAX_PARTITIONS:,} "
+            "(a task costs about 1 ms to schedule); write auto, or fewer"
+        )
     for col, bounds in config.clean.valid_ranges.items():
         if not isinstance(bounds, list) or len(bounds) != 2:
-            raise ConfigError(f"config key 'clean.valid_ranges.{col}': expected [min, max] (null for open), got {bounds!r}")
+            raise ConfigError(
+                f"config key 'clean.valid_ranges.{col}': expected [min, max] (null for open), got {bounds!r}"
+            )
     for i, join in enumerate(config.joins):
         if not join.on:
             raise ConfigError(f"config key 'joins[{i}].on': the key column(s) are required")
@@ -333,12 +354,14 @@ def validate(config: Config) -> None:
     for model in t.models:
         for needed in FAMILIES[model].needs:
             if needed not in t.models:
-                raise ConfigError(f"config key 'train.models': {model!r} is built on the {needed!r} models; "
-                                  f"add {needed!r}")
+                raise ConfigError(
+                    f"config key 'train.models': {model!r} is built on the {needed!r} models; add {needed!r}"
+                )
     validate_groups(t, config.features)
     if any(not isinstance(width, int) or width < 1 for width in t.mlp.hidden):
-        raise ConfigError(f"config key 'train.mlp.hidden': layer widths must be whole numbers of at least 1, got "
-                          f"{t.mlp.hidden}")
+        raise ConfigError(
+            f"config key 'train.mlp.hidden': layer widths must be whole numbers of at least 1, got {t.mlp.hidden}"
+        )
     try:
         config.cluster.validate()
     except ValueError as err:
@@ -358,22 +381,34 @@ def _validate_target(target: TargetConfig, features: list, xgboost_params: dict)
     """The ``target`` keys that depend on each other and on the features."""
     classification = target_kind(target.task).is_classification
     if target.transform != "none" and classification:
-        raise ConfigError(f"config key 'target.transform': {target.transform!r} transforms a regression target; "
-                          "remove it, or set target.task: regression")
+        raise ConfigError(
+            f"config key 'target.transform': {target.transform!r} transforms a regression target; "
+            "remove it, or set target.task: regression"
+        )
     if target.classes is not None:
         if not classification:
-            raise ConfigError("config key 'target.classes': only a classification target has classes; remove it, "
-                              "or set target.task: classification")
-        if not isinstance(target.classes, list) or len(target.classes) < 2 or any(
-                isinstance(c, (list, dict)) or c is None or str(c).strip() == "" for c in target.classes):
-            raise ConfigError(f"config key 'target.classes': expected a list of at least two labels, got "
-                              f"{target.classes!r}")
+            raise ConfigError(
+                "config key 'target.classes': only a classification target has classes; remove it, "
+                "or set target.task: classification"
+            )
+        if (
+            not isinstance(target.classes, list)
+            or len(target.classes) < 2
+            or any(isinstance(c, (list, dict)) or c is None or str(c).strip() == "" for c in target.classes)
+        ):
+            raise ConfigError(
+                f"config key 'target.classes': expected a list of at least two labels, got {target.classes!r}"
+            )
         if len(target.classes) > MAX_CLASSES:
             raise ConfigError(f"config key 'target.classes': {len(target.classes)} classes, at most {MAX_CLASSES}")
     alpha = xgboost_params.get("quantile_alpha")
     if isinstance(alpha, list) and len(alpha) != 1:
-        raise ConfigError("config key 'train.xgboost.params.quantile_alpha': one quantile per job (several would "
-                          "give each row several predictions); run one job per quantile")
+        raise ConfigError(
+            "config key 'train.xgboost.params.quantile_alpha': one quantile per job (several would "
+            "give each row several predictions); run one job per quantile"
+        )
     if target.weight is not None and (target.weight in features or target.weight == target.column):
-        raise ConfigError(f"config key 'target.weight': {target.weight!r} is also the target or a feature; "
-                          "give a column of sample weights of its own")
+        raise ConfigError(
+            f"config key 'target.weight': {target.weight!r} is also the target or a feature; "
+            "give a column of sample weights of its own"
+        )

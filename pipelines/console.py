@@ -36,8 +36,10 @@ _REPORTED_BY_SHARDFLOW = ("Compute Failed", "Run Failed")
 _FATAL = ("Fatal Python error", "Segmentation fault", "terminate called", "Aborted", "Killed")
 #: ``WARNING: /__w/xgboost/xgboost/src/learner.cc:782: text``: where in XGBoost's sources (its
 #: build machine's path) a native message was logged, before its text.
-_NATIVE_SOURCE = re.compile(r"^(?P<level>[A-Z]+): \S*?(?P<file>[^/\s]+\.(?:cc|cpp|cu|cuh|h|hpp)):(?P<line>\d+):\s*"
-                            r"(?P<text>.*)$")
+_NATIVE_SOURCE = re.compile(
+    r"^(?P<level>[A-Z]+): \S*?(?P<file>[^/\s]+\.(?:cc|cpp|cu|cuh|h|hpp)):(?P<line>\d+):\s*"
+    r"(?P<text>.*)$"
+)
 #: Lines folded into a warning whose text starts on the next line, at most (the rest: debug).
 MAX_CONTINUATION_LINES = 20
 
@@ -140,8 +142,7 @@ class CapturedStderr:
         os.close(write_end)
         self._saved_stderr = sys.stderr
         sys.stderr = self.terminal
-        self._reader = threading.Thread(target=self._pump, args=(read_end,), daemon=True,
-                                        name="shardflow-stderr")
+        self._reader = threading.Thread(target=self._pump, args=(read_end,), daemon=True, name="shardflow-stderr")
         self._reader.start()
         return self
 
@@ -150,7 +151,7 @@ class CapturedStderr:
             for raw in pipe:
                 try:
                     self._emit(raw.decode("utf-8", errors="replace").rstrip())
-                except Exception:  # noqa: BLE001 - one bad line must not stop the reading
+                except Exception:
                     pass
 
     def _emit(self, line: str) -> None:

@@ -42,23 +42,26 @@ def load_dimensions(config: Config, source) -> list[Dimension]:
         options = config.storage_options
         try:
             found = list_input_files(path, options) == [path]
-        except Exception as err:  # noqa: BLE001 - an unreachable store, refused credentials, ...
-            raise InputError(f"joins[{i}].path {join.path!r}: cannot reach it ({type(err).__name__}); check the URL, "
-                             "storage_options and the credentials in the environment") from None
+        except Exception as err:
+            raise InputError(
+                f"joins[{i}].path {join.path!r}: cannot reach it ({type(err).__name__}); check the URL, "
+                "storage_options and the credentials in the environment"
+            ) from None
         if not found:
             raise InputError(f"joins[{i}].path {join.path!r}: no such file (resolved to {path})")
         try:
             if path.endswith(CSV_SUFFIXES):
                 csv_header(path, config.input.csv_delimiter, options)  # refuses duplicated column names
                 with open_file(path, "rb", options) as handle:
-                    table = pd.read_csv(handle, sep=config.input.csv_delimiter,
-                                        compression="gzip" if path.endswith(".gz") else None)
+                    table = pd.read_csv(
+                        handle, sep=config.input.csv_delimiter, compression="gzip" if path.endswith(".gz") else None
+                    )
             else:
                 with open_file(path, "rb", options) as handle:
                     table = pq.read_table(handle).to_pandas()
         except InputError:
             raise
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             raise InputError(f"{path}: cannot read the dimension table ({type(err).__name__}: {err})") from None
         right_on = join.right_on or join.on
         for key_cfg, key in (("on", join.on), ("right_on", right_on)):
@@ -73,7 +76,9 @@ def load_dimensions(config: Config, source) -> list[Dimension]:
         columns = join.columns if join.columns is not None else [c for c in table.columns if c not in right_on]
         for col in columns:
             if col not in table.columns:
-                raise InputError(f"joins[{i}].columns: column {col!r} is not in {path}; available: {', '.join(table.columns)}")
+                raise InputError(
+                    f"joins[{i}].columns: column {col!r} is not in {path}; available: {', '.join(table.columns)}"
+                )
         if table.duplicated(list(right_on)).any():
             dup = table[table.duplicated(list(right_on), keep=False)][list(right_on)].iloc[0].tolist()
             raise InputError(
@@ -88,8 +93,10 @@ def load_dimensions(config: Config, source) -> list[Dimension]:
         table = table[table[list(join.on)].notna().all(axis=1)].reset_index(drop=True)
         if table.duplicated(list(join.on)).any():
             dup = table[table.duplicated(list(join.on), keep=False)][list(join.on)].iloc[0].tolist()
-            raise InputError(f"{path}: keys that differ as text are equal as numbers (e.g. {dup}); a dimension "
-                             "table needs unique keys: deduplicate it")
+            raise InputError(
+                f"{path}: keys that differ as text are equal as numbers (e.g. {dup}); a dimension "
+                "table needs unique keys: deduplicate it"
+            )
         rename = {}
         for col in columns:
             if col in taken or col in join.on:
@@ -110,21 +117,29 @@ def _key_kind(index: int, column: str, source, dim_values: pd.Series, path: str)
     same rows.
     """
     fact = source.schema[column]
-    fact_numeric = pa.types.is_integer(fact) or pa.types.is_floating(fact) or pa.types.is_decimal(fact) \
+    fact_numeric = (
+        pa.types.is_integer(fact)
+        or pa.types.is_floating(fact)
+        or pa.types.is_decimal(fact)
         or pa.types.is_boolean(fact)
+    )
     fact_moment = pa.types.is_timestamp(fact) or pa.types.is_date(fact)
     present = dim_values.dropna()
     dim_moment = pd.api.types.is_datetime64_any_dtype(dim_values.dtype) or (
-        len(present) > 0 and not pd.api.types.is_numeric_dtype(present.dtype)
-        and bool(present.astype("string").str.strip().str.fullmatch(ISO_DATETIME).all()))
+        len(present) > 0
+        and not pd.api.types.is_numeric_dtype(present.dtype)
+        and bool(present.astype("string").str.strip().str.fullmatch(ISO_DATETIME).all())
+    )
     if dim_moment and not fact_numeric:
         return "datetime"
     if fact_moment:
         example = present.iloc[0] if len(present) else None
-        raise InputError(f"joins[{index}].on: key {column!r} holds datetimes ({fact}) in the input but "
-                         f"{'values such as ' + repr(example) if example is not None else 'no values'} in {path}, "
-                         "which are not ISO 8601 datetimes; they can never match: fix the key column's type in one "
-                         "of them")
+        raise InputError(
+            f"joins[{index}].on: key {column!r} holds datetimes ({fact}) in the input but "
+            f"{'values such as ' + repr(example) if example is not None else 'no values'} in {path}, "
+            "which are not ISO 8601 datetimes; they can never match: fix the key column's type in one "
+            "of them"
+        )
     if pd.api.types.is_numeric_dtype(dim_values.dtype) and not pd.api.types.is_bool_dtype(dim_values.dtype):
         whole = pd.api.types.is_integer_dtype(present.dtype) or bool((present == present.round()).all())
         fact_whole = pa.types.is_integer(fact) or not fact_numeric
@@ -135,7 +150,8 @@ def _key_kind(index: int, column: str, source, dim_values: pd.Series, path: str)
             example = present[parsed.isna()].iloc[0]
             raise InputError(
                 f"joins[{index}].on: key {column!r} holds numbers ({fact}) in the input but text such as "
-                f"{example!r} in {path}; they can never match: fix the key column's type in one of them")
+                f"{example!r} in {path}; they can never match: fix the key column's type in one of them"
+            )
         return "number"
     return "string"
 

@@ -55,7 +55,7 @@ class Estimator:
     def get_params(self, deep: bool = True) -> dict:
         return {"config": self.config, "runtime": self.runtime}
 
-    def set_params(self, **params) -> "Estimator":
+    def set_params(self, **params) -> Estimator:
         for name, value in params.items():
             if name not in ("config", "runtime"):
                 raise ValueError(f"Estimator has no parameter {name!r}; it takes config and runtime")
@@ -67,7 +67,7 @@ class Estimator:
             return copy.deepcopy(self.config)
         return load_config(self.config)
 
-    def fit(self, X, y=None) -> "Estimator":
+    def fit(self, X, y=None) -> Estimator:
         """Run the job on ``X`` (a Dask or pandas DataFrame with the config's input columns;
         ``y``, if given, is the target column ``target.column``: for a pandas ``X`` any
         sequence, paired by position; for a Dask ``X`` a Dask Series partitioned as ``X``). A
@@ -105,21 +105,28 @@ class Estimator:
             X = X.reset_index() if X.index.name is not None else X
             if y is not None:
                 if not isinstance(y, dd.Series):
-                    raise InputError(f"Estimator.fit: X is a Dask DataFrame and y a {type(y).__name__}; give y "
-                                     f"as a Dask Series partitioned as X, or put column {target!r} in X")
+                    raise InputError(
+                        f"Estimator.fit: X is a Dask DataFrame and y a {type(y).__name__}; give y "
+                        f"as a Dask Series partitioned as X, or put column {target!r} in X"
+                    )
                 X = X.assign(**{target: y})
         else:
             raise InputError(f"Estimator.fit: X is a {type(X).__name__}; give a pandas or Dask DataFrame")
         if config.target.expression is None and config.target.column not in X.columns:
-            raise InputError(f"Estimator.fit: X has no column {config.target.column!r} (target.column); add it, "
-                             "or pass y")
+            raise InputError(
+                f"Estimator.fit: X has no column {config.target.column!r} (target.column); add it, or pass y"
+            )
         table = prepare_runs_dir(config.runs_dir) / ".inputs" / tokenize(X, config.storage_options)[:16]
         # In an object store a table is complete once its commit object is there.
         if not (table / COMMIT_FILE if isinstance(table, StorePath) else table).exists():
             logger.info("fit: writing the %d partitions of X as Parquet to %s", X.npartitions, table)
             with atomic_directory(table) as tmp:
-                X.to_parquet(str(tmp), write_index=False, storage_options=getattr(tmp, "storage_options", None),
-                             name_function=lambda i: f"part-{i:05d}.parquet")
+                X.to_parquet(
+                    str(tmp),
+                    write_index=False,
+                    storage_options=getattr(tmp, "storage_options", None),
+                    name_function=lambda i: f"part-{i:05d}.parquet",
+                )
         config.input.path, config.input.format = str(table), "parquet"
         result = run(config, runtime=self.runtime)
         self.run_dir_, self.metrics_ = result.run_dir, result.metrics

@@ -32,22 +32,20 @@ from shardflow.pipelines.config import Config
 from shardflow.pipelines.families import FAMILIES
 from shardflow.pipelines.graph import named_delayed, shuffled_partitions, task_names, tree_reduce
 from shardflow.pipelines.ownership import prepare_runs_dir
+from shardflow.pipelines.plan import InputPlan, shuffled_for
 from shardflow.pipelines.rundir import (
     RunDir,
     library_versions,
     new_run_id,
-    stage_output,
     record_config,
+    stage_output,
     update_manifest,
 )
 from shardflow.pipelines.stages import stage_keys
-from shardflow.pipelines.plan import InputPlan, shuffled_for
+from shardflow.pipelines.target_fit import check_labels, check_target_type, target_encoding
 from shardflow.tasks.encode import Preprocessor, fit_vocabulary
-from shardflow.tasks.storage import location
 from shardflow.tasks.errors import InputError
 from shardflow.tasks.prepare import prepare_partition
-from shardflow.pipelines.target_fit import check_labels, check_target_type, target_encoding
-from shardflow.tasks.targets import target_kind
 from shardflow.tasks.stats import (
     Moments,
     combine_moments,
@@ -56,6 +54,8 @@ from shardflow.tasks.stats import (
     partition_differences,
     partition_profile,
 )
+from shardflow.tasks.storage import location
+from shardflow.tasks.targets import target_kind
 
 logger = logging.getLogger("shardflow.etl")
 
@@ -103,8 +103,14 @@ class EtlResult:
         return total / self.seconds if self.seconds else float("nan")
 
 
-def etl(config: Config, runtime: Runtime | None = None, run_dir=None, key: str | None = None, *,
-        plan: InputPlan | None = None) -> EtlResult:
+def etl(
+    config: Config,
+    runtime: Runtime | None = None,
+    run_dir=None,
+    key: str | None = None,
+    *,
+    plan: InputPlan | None = None,
+) -> EtlResult:
     """Run the ETL stage of a job and write its output into a run directory.
 
     Parameters
@@ -164,12 +170,18 @@ def _log_differences(differences: dict, config, *, shuffled: bool) -> None:
     gap = differences["target_gap"]
     per_partition = any(FAMILIES[m].assumes_exchangeable_partitions for m in config.train.models)
     worst = max(differences["numeric_gap"].items(), key=lambda kv: kv[1], default=(None, 0.0))
-    logger.info("etl partitions differ by up to %.2f std in the target%s", gap,
-                f", {worst[1]:.2f} std in {worst[0]!r}" if worst[0] else "")
+    logger.info(
+        "etl partitions differ by up to %.2f std in the target%s",
+        gap,
+        f", {worst[1]:.2f} std in {worst[0]!r}" if worst[0] else "",
+    )
     if per_partition and gap > TARGET_GAP_WARNING and len(differences["partitions"]) > 1:
-        logger.warning("partitions differ by %.2f std in the target mean: per-partition models and data-parallel "
-                       "SGD each see a slice of it%s", gap, "" if shuffled else " (input.exchangeable: true skips the shuffle; "
-                       "set it to false to mix the rows)")
+        logger.warning(
+            "partitions differ by %.2f std in the target mean: per-partition models and data-parallel "
+            "SGD each see a slice of it%s",
+            gap,
+            "" if shuffled else " (input.exchangeable: true skips the shuffle; set it to false to mix the rows)",
+        )
 
 
 def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
@@ -178,8 +190,11 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
     plan.check_expressions(backend_name)  # fails early on a bad expression
     shuffle = plan.shuffles
     if shuffle:
-        logger.info("etl: rows shuffled by a seeded hash (%s assume partitions alike; set input.exchangeable: true "
-                    "if the input's partitions are random samples already)", ", ".join(shuffled_for(config)))
+        logger.info(
+            "etl: rows shuffled by a seeded hash (%s assume partitions alike; set input.exchangeable: true "
+            "if the input's partitions are random samples already)",
+            ", ".join(shuffled_for(config)),
+        )
     started = time.perf_counter()
     reset_peak_memory(client)
     timings = {}
@@ -194,17 +209,26 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
             return cached
         raw = plan.read(backend_name)
         name = task_names(f"{stage}-prepare", source.fingerprint, spec)
-        parts = [dask.delayed(prepare_partition, pure=True)(part, spec, dim_frames, dask_key_name=name(i))
-                 for i, part in enumerate(raw.to_delayed())]
+        parts = [
+            dask.delayed(prepare_partition, pure=True)(part, spec, dim_frames, dask_key_name=name(i))
+            for i, part in enumerate(raw.to_delayed())
+        ]
         if shuffle:
-            parts = shuffled_partitions(parts, seed=config.split.seed, name=f"{stage}-shuffle",
-                                        token=(source.fingerprint, spec))
+            parts = shuffled_partitions(
+                parts, seed=config.split.seed, name=f"{stage}-shuffle", token=(source.fingerprint, spec)
+            )
         return parts
 
     described = plan.describe(runtime)
-    logger.info("etl plan: %d partitions (%s), rows per partition min/median/max %d/%d/%d, %s",
-                described["partitions"]["count"], described["partitions"]["how"], described["partitions"]["rows_min"],
-                described["partitions"]["rows_median"], described["partitions"]["rows_max"], described["etl"])
+    logger.info(
+        "etl plan: %d partitions (%s), rows per partition min/median/max %d/%d/%d, %s",
+        described["partitions"]["count"],
+        described["partitions"]["how"],
+        described["partitions"]["rows_min"],
+        described["partitions"]["rows_median"],
+        described["partitions"]["rows_max"],
+        described["etl"],
+    )
     for warning in described["warnings"]:
         logger.warning("etl plan: %s", warning)
     persist = described["persist"]
@@ -219,16 +243,23 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
     t = time.perf_counter()
     name = task_names("etl-profile", source.fingerprint, spec)
     parts = prepared("etl-profile")
-    profiles = [dask.delayed(partition_profile, pure=True)(p, spec, i, dask_key_name=name(i))
-                for i, p in enumerate(parts)]
-    profile = progress.compute(client, tree_reduce(profiles, combine_profiles, "etl-profile-combine"),
-                               "etl pass 1/3 (profile)")
+    profiles = [
+        dask.delayed(partition_profile, pure=True)(p, spec, i, dask_key_name=name(i)) for i, p in enumerate(parts)
+    ]
+    profile = progress.compute(
+        client, tree_reduce(profiles, combine_profiles, "etl-profile-combine"), "etl pass 1/3 (profile)"
+    )
     timings["profile"] = time.perf_counter() - t
     _check_profile(profile, config, source)
     joins = _join_report(profile, config, dims)
     partition_rows = profile.partition_rows + [0] * (len(parts) - len(profile.partition_rows))
-    logger.info("etl pass 1/3 (profile): %d rows valid, %d quarantined, %d partitions, %.1fs",
-                profile.rows, sum(profile.quarantined.values()), len(parts), timings["profile"])
+    logger.info(
+        "etl pass 1/3 (profile): %d rows valid, %d quarantined, %d partitions, %.1fs",
+        profile.rows,
+        sum(profile.quarantined.values()),
+        len(parts),
+        timings["profile"],
+    )
 
     # Pass 2: statistics of the clipped numerics.
     t = time.perf_counter()
@@ -242,10 +273,13 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
         hi = [np.inf if v is None else v for v in upper]
         name = task_names("etl-clipstats", source.fingerprint, spec, lo, hi)
         parts = prepared("etl-clipstats")
-        moments = [dask.delayed(partition_clipped_moments, pure=True)(p, numeric, lo, hi, dask_key_name=name(i))
-                   for i, p in enumerate(parts)]
-        clipped: Moments = progress.compute(client, tree_reduce(moments, combine_moments, "etl-clipstats-combine"),
-                                            "etl pass 2/3 (clip statistics)")
+        moments = [
+            dask.delayed(partition_clipped_moments, pure=True)(p, numeric, lo, hi, dask_key_name=name(i))
+            for i, p in enumerate(parts)
+        ]
+        clipped: Moments = progress.compute(
+            client, tree_reduce(moments, combine_moments, "etl-clipstats-combine"), "etl pass 2/3 (clip statistics)"
+        )
         logger.info("etl pass 2/3 (clip statistics): %.1fs", time.perf_counter() - t)
     else:
         lower = upper = [None] * len(numeric)
@@ -262,8 +296,10 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
         mean=[float(m) if c > 0 else 0.0 for m, c in zip(clipped.mean, clipped.count)],
         std=[float(s) if c > 0 and s > 0 else 1.0 for s, c in zip(clipped.std, clipped.count)],
         categorical=list(spec.categorical),
-        vocabularies={col: fit_vocabulary(profile.category_counts[col], config.encode.min_frequency,
-                                          config.encode.max_categories) for col in spec.categorical},
+        vocabularies={
+            col: fit_vocabulary(profile.category_counts[col], config.encode.min_frequency, config.encode.max_categories)
+            for col in spec.categorical
+        },
         target=spec.target,
         keep_columns=list(spec.keep_columns),
     )
@@ -277,20 +313,34 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
     with stage_output(run_dir, RunDir.ETL) as stage_dir:
         RunDir.etl_file(stage_dir, "features").mkdir()
         RunDir.etl_file(stage_dir, "quarantine").mkdir()
-        outputs.create_feature_arrays(stage_dir, rows=profile.rows, n_features=n_features, chunk_rows=chunk_rows,
-                                      attributes={
-            "feature_names": preprocessor.feature_names,
-            "target": spec.target,
-            "partition_offsets": offsets,
-            "partition_rows": partition_rows,
-        }, weighted=preprocessor.weighted)
+        outputs.create_feature_arrays(
+            stage_dir,
+            rows=profile.rows,
+            n_features=n_features,
+            chunk_rows=chunk_rows,
+            attributes={
+                "feature_names": preprocessor.feature_names,
+                "target": spec.target,
+                "partition_offsets": offsets,
+                "partition_rows": partition_rows,
+            },
+            weighted=preprocessor.weighted,
+        )
         name = task_names("etl-write", source.fingerprint, spec, str(stage_dir))
         parts = prepared("etl-write")
         writes = [
             dask.delayed(outputs.write_etl_partition, pure=False)(
-                p, i, preprocessor=preprocessor, stage_dir=stage_dir, offset=offsets[i],
-                expected_rows=partition_rows[i], total_rows=profile.rows, chunk_rows=chunk_rows,
-                lock_prefix=f"shardflow-zarr-{stage_dir.name}", dask_key_name=name(i))
+                p,
+                i,
+                preprocessor=preprocessor,
+                stage_dir=stage_dir,
+                offset=offsets[i],
+                expected_rows=partition_rows[i],
+                total_rows=profile.rows,
+                chunk_rows=chunk_rows,
+                lock_prefix=f"shardflow-zarr-{stage_dir.name}",
+                dask_key_name=name(i),
+            )
             for i, p in enumerate(parts)
         ]
         written = progress.compute(client, writes, "etl pass 3/3 (write)")
@@ -299,7 +349,8 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
         peaks = peak_memory(client)
         logger.info("etl pass 3/3 (write): %.1fs", timings["write"])
         differences = partition_differences(
-            profile, numeric, list(preprocessor.classes) if target_kind(preprocessor.task).is_classification else None)
+            profile, numeric, list(preprocessor.classes) if target_kind(preprocessor.task).is_classification else None
+        )
         _log_differences(differences, config, shuffled=shuffle)
         summary = {
             "rows": profile.rows,
@@ -333,25 +384,50 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
         # What scoring later reads from the run directory; predict refuses edited copies.
         artifacts={run.relative(path): sha256(path) for path in (run.preprocessor, run.summary)},
         run_id=run_dir.name,
-        input={"path": config.resolve(config.input.path), "format": source.format, "files": len(source.files),
-               "fingerprint": source.fingerprint},
+        input={
+            "path": config.resolve(config.input.path),
+            "format": source.format,
+            "files": len(source.files),
+            "fingerprint": source.fingerprint,
+        },
         # Scoring reads the dimension tables again: their content must be what was trained on.
         joins=[{"path": d.path, "sha256": sha256(location(d.path, config.storage_options))} for d in dims],
         versions=library_versions(),
         cluster=runtime.layout(),
         plan=described,
         seeds={"split": config.split.seed},
-        stages={RunDir.ETL: {"completed": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": profile.rows,
-                        "partitions": len(partition_rows), "seconds": round(seconds, 3), "key": key}},
+        stages={
+            RunDir.ETL: {
+                "completed": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "rows": profile.rows,
+                "partitions": len(partition_rows),
+                "seconds": round(seconds, 3),
+                "key": key,
+            }
+        },
     )
     if cached is not None:
         client.cancel(cached)  # release the cluster memory now, not at garbage collection
-    result = EtlResult(run_dir, profile.rows, len(partition_rows), profile.validation_rows,
-                       profile.quarantined, seconds, peaks, preprocessor, timings)
+    result = EtlResult(
+        run_dir,
+        profile.rows,
+        len(partition_rows),
+        profile.validation_rows,
+        profile.quarantined,
+        seconds,
+        peaks,
+        preprocessor,
+        timings,
+    )
     logger.info(
         "etl done: %d rows (%d quarantined) in %d partitions, %.1fs, %.0f rows/s, peak worker memory %s → %s",
-        result.rows, summary["quarantined_rows"], result.partitions, seconds, result.rows_per_second,
-        _format_bytes(max(peaks.values()) if peaks else 0), result.stage_dir,
+        result.rows,
+        summary["quarantined_rows"],
+        result.partitions,
+        seconds,
+        result.rows_per_second,
+        _format_bytes(max(peaks.values()) if peaks else 0),
+        result.stage_dir,
     )
     return result
 
@@ -364,8 +440,7 @@ def _check_profile(profile, config: Config, source) -> None:
     if profile.missing_targets == profile.rows + quarantined:
         what = "target.expression" if config.target.expression else "target.column"
         raise InputError(
-            f"target {config.target.column!r} is null in every row of {config.input.path!r}; "
-            f"check config key '{what}'"
+            f"target {config.target.column!r} is null in every row of {config.input.path!r}; check config key '{what}'"
         )
     if profile.rows == 0:
         reasons = ", ".join(f"{k} ({v})" for k, v in sorted(profile.quarantined.items(), key=lambda kv: -kv[1]))
@@ -379,15 +454,19 @@ def _check_profile(profile, config: Config, source) -> None:
         raise InputError(
             f"the split of {config.input.path!r} left {train_rows} training and {profile.validation_rows} "
             "validation rows; both are needed: adjust split.validation_fraction (or split.key, if few "
-            "distinct keys decide the split)")
+            "distinct keys decide the split)"
+        )
     for rows, total, (split, consequence) in zip(
-            (train_rows, profile.validation_rows), profile.weight_sums or (),
-            (("training", "no model can learn from them"), ("validation", "no metric can be computed on them"))):
+        (train_rows, profile.validation_rows),
+        profile.weight_sums or (),
+        (("training", "no model can learn from them"), ("validation", "no metric can be computed on them")),
+    ):
         if not total > 0:  # XGBoost fails on a zero weight sum (a native stack), metrics divide by it
             raise InputError(
                 f"target.weight {config.target.weight!r}: the {rows:,} {split} rows kept weigh 0 in total, so "
                 f"{consequence}: check the column in {config.input.path!r} (rows with missing, negative or "
-                "non-finite weights are quarantined), or remove target.weight")
+                "non-finite weights are quarantined), or remove target.weight"
+            )
 
 
 def _join_report(profile, config: Config, dims) -> dict:
@@ -398,9 +477,18 @@ def _join_report(profile, config: Config, dims) -> dict:
         report[dim.join.name] = {"rows": rows, "matched": matched, "match_rate": rate, "path": dim.path}
         threshold = config.joins[i].min_match_rate
         if rows and rate < threshold:
-            logger.warning("join %r (joins[%d], %s): only %d of %d rows (%.1f%%) found a row of the dimension "
-                           "table on %s; check the key columns (or lower joins[%d].min_match_rate)", dim.join.name,
-                           i, dim.path, matched, rows, 100 * rate, list(dim.join.on), i)
+            logger.warning(
+                "join %r (joins[%d], %s): only %d of %d rows (%.1f%%) found a row of the dimension "
+                "table on %s; check the key columns (or lower joins[%d].min_match_rate)",
+                dim.join.name,
+                i,
+                dim.path,
+                matched,
+                rows,
+                100 * rate,
+                list(dim.join.on),
+                i,
+            )
         else:
             logger.info("join %r: %d of %d rows matched (%.1f%%)", dim.join.name, matched, rows, 100 * rate)
     return report

@@ -11,9 +11,9 @@ import math
 import time
 
 from shardflow.pipelines import progress
+from shardflow.pipelines.families import FAMILIES, label
 from shardflow.pipelines.graph import scatter_named, tree_reduce_futures
 from shardflow.pipelines.training import TrainingData, call_token
-from shardflow.pipelines.families import FAMILIES, label
 from shardflow.tasks.evaluation import combine_partitions, evaluate_partition, finish_partition
 from shardflow.tasks.metrics import curves, finish_metrics
 from shardflow.tasks.targets import target_kind
@@ -38,22 +38,33 @@ def evaluate(runtime, data: TrainingData, payloads: dict) -> dict:
     client = runtime.client
     started = time.perf_counter()
     token = call_token(data.token)
-    predictors = {name: (FAMILIES[name].validation_predict or FAMILIES[name].predict, payload)
-                  for name, payload in payloads.items()}
+    predictors = {
+        name: (FAMILIES[name].validation_predict or FAMILIES[name].predict, payload)
+        for name, payload in payloads.items()
+    }
     predictors_f = scatter_named(client, "evaluate-models", predictors)
     scoring = data.scoring
-    partials = [client.submit(evaluate_partition, f, predictors_f, scoring,
-                              key=f"evaluate-partition-{token}-{i}") for i, f in enumerate(data.futures)]
-    per_partition = [client.submit(finish_partition, p, scoring, key=f"evaluate-partition-metrics-{token}-{i}")
-                     for i, p in enumerate(partials)]
+    partials = [
+        client.submit(evaluate_partition, f, predictors_f, scoring, key=f"evaluate-partition-{token}-{i}")
+        for i, f in enumerate(data.futures)
+    ]
+    per_partition = [
+        client.submit(finish_partition, p, scoring, key=f"evaluate-partition-metrics-{token}-{i}")
+        for i, p in enumerate(partials)
+    ]
     total = tree_reduce_futures(client, partials, combine_partitions, f"evaluate-combine-{token}")
     *per_partition, total = progress.compute(client, [*per_partition, total], "evaluate")
     metrics = {name: finish_metrics(total[name], scoring) for name in payloads}
     plots = {name: curves(total[name], scoring) for name in payloads}
-    partition_metrics = {name: [{"partition": i, **pm[name]} for i, pm in enumerate(per_partition)]
-                         for name in payloads}
-    return {"metrics": metrics, "partition_metrics": partition_metrics, "curves": plots,
-            "seconds": time.perf_counter() - started}
+    partition_metrics = {
+        name: [{"partition": i, **pm[name]} for i, pm in enumerate(per_partition)] for name in payloads
+    }
+    return {
+        "metrics": metrics,
+        "partition_metrics": partition_metrics,
+        "curves": plots,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def comparison_table(metrics: dict, train_seconds: dict, task: str) -> str:
@@ -62,6 +73,5 @@ def comparison_table(metrics: dict, train_seconds: dict, task: str) -> str:
     lines = ["| model | " + " | ".join(cols) + " | train s |", "|---|" + "---:|" * (len(cols) + 1)]
     for name, m in metrics.items():
         values = [f"{m.get(c, math.nan):.4f}" for c in cols]
-        lines.append(f"| {label(name)} | " + " | ".join(values) +
-                     f" | {train_seconds.get(name, math.nan):.1f} |")
+        lines.append(f"| {label(name)} | " + " | ".join(values) + f" | {train_seconds.get(name, math.nan):.1f} |")
     return "\n".join(lines)

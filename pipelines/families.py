@@ -15,9 +15,9 @@ others (``needs``), then the data-parallel MLP.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import import_module
-from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -157,41 +157,101 @@ def _members_payload(files, family) -> dict:
     return members.load(files, members)
 
 
-FAMILIES = {f.name: f for f in (
-    Family("xgboost", "global XGBoost", "global", 0,
-           train=_lazy("xgboost_global", "train_family"), save=_lazy("xgboost_global", "save_family"),
-           load=_lazy("xgboost_global", "load_family"), predict=_predictor("predict_booster"),
-           curves=_lazy("xgboost_global", "curves"), export=_exporter("export_booster"),
-           small_data_on_one_worker=True, tracking=_lazy("xgboost_global", "tracking")),
-    Family("xgboost_partitions", "per-partition XGBoost ensemble", "per_partition", 1,
-           partition_job=_lazy("partitions", "xgboost_job"), save=_lazy("partitions", "save_boosters"),
-           load=_lazy("partitions", "load_boosters"), predict=_predictor("predict_booster_ensemble"),
-           curves=_lazy("partitions", "booster_curves"), export=_exporter("export_booster_ensemble")),
-    Family("stacked", "stacked ensemble", "combined", 2, needs=("xgboost_partitions",),
-           train=_lazy("stacking", "train_family"), save=_lazy("stacking", "save_family"),
-           load=lambda files, family: {**_members_payload(files, family),
-                                       **_lazy("stacking", "load_coefficients")(files, family)},
-           predict=_predictor("predict_stacked"),
-           validation_predict=_predictor("predict_stacked_out_of_fold"), curves=_lazy("stacking", "curves"),
-           export=_exporter("export_stacked")),
-    Family("mlp", "data-parallel MLP", "global", 3,
-           train=_lazy("mlp", "train_family"), save=_lazy("mlp", "save_family"), load=_lazy("mlp", "load_family"),
-           predict=_predictor("predict_mlp"), curves=_lazy("mlp", "curves"), export=_exporter("export_mlp"),
-           tracking=_lazy("mlp", "tracking"), averages_worker_updates=True, quantizable=True,
-           libraries=("shardflow.tasks.neural",)),
-    Family("mlp_partitions", "per-partition MLP ensemble", "per_partition", 1,
-           partition_job=_lazy("partitions", "mlp_job"), save=_lazy("partitions", "save_mlps"),
-           load=_lazy("partitions", "load_mlps"), predict=_predictor("predict_mlp_ensemble"),
-           curves=_lazy("partitions", "mlp_curves"), export=_exporter("export_mlp_ensemble"), quantizable=True,
-           libraries=("shardflow.tasks.neural",)),
-    Family("xgboost_groups", "per-group XGBoost (train.groups)", "per_group", 2, needs=("xgboost",),
-           train=_lazy("groups", "train_family"), save=_lazy("groups", "save_family"),
-           load=lambda files, family: {**_lazy("groups", "load_family")(files, family),
-                                       "fallback": _members_payload(files, family)["model"]},
-           predict=Deferred("tasks.groups", "predict_by_group"), curves=_lazy("groups", "curves"),
-           export=_exporter("export_by_group"),
-           default=False),
-)}
+FAMILIES = {
+    f.name: f
+    for f in (
+        Family(
+            "xgboost",
+            "global XGBoost",
+            "global",
+            0,
+            train=_lazy("xgboost_global", "train_family"),
+            save=_lazy("xgboost_global", "save_family"),
+            load=_lazy("xgboost_global", "load_family"),
+            predict=_predictor("predict_booster"),
+            curves=_lazy("xgboost_global", "curves"),
+            export=_exporter("export_booster"),
+            small_data_on_one_worker=True,
+            tracking=_lazy("xgboost_global", "tracking"),
+        ),
+        Family(
+            "xgboost_partitions",
+            "per-partition XGBoost ensemble",
+            "per_partition",
+            1,
+            partition_job=_lazy("partitions", "xgboost_job"),
+            save=_lazy("partitions", "save_boosters"),
+            load=_lazy("partitions", "load_boosters"),
+            predict=_predictor("predict_booster_ensemble"),
+            curves=_lazy("partitions", "booster_curves"),
+            export=_exporter("export_booster_ensemble"),
+        ),
+        Family(
+            "stacked",
+            "stacked ensemble",
+            "combined",
+            2,
+            needs=("xgboost_partitions",),
+            train=_lazy("stacking", "train_family"),
+            save=_lazy("stacking", "save_family"),
+            load=lambda files, family: {
+                **_members_payload(files, family),
+                **_lazy("stacking", "load_coefficients")(files, family),
+            },
+            predict=_predictor("predict_stacked"),
+            validation_predict=_predictor("predict_stacked_out_of_fold"),
+            curves=_lazy("stacking", "curves"),
+            export=_exporter("export_stacked"),
+        ),
+        Family(
+            "mlp",
+            "data-parallel MLP",
+            "global",
+            3,
+            train=_lazy("mlp", "train_family"),
+            save=_lazy("mlp", "save_family"),
+            load=_lazy("mlp", "load_family"),
+            predict=_predictor("predict_mlp"),
+            curves=_lazy("mlp", "curves"),
+            export=_exporter("export_mlp"),
+            tracking=_lazy("mlp", "tracking"),
+            averages_worker_updates=True,
+            quantizable=True,
+            libraries=("shardflow.tasks.neural",),
+        ),
+        Family(
+            "mlp_partitions",
+            "per-partition MLP ensemble",
+            "per_partition",
+            1,
+            partition_job=_lazy("partitions", "mlp_job"),
+            save=_lazy("partitions", "save_mlps"),
+            load=_lazy("partitions", "load_mlps"),
+            predict=_predictor("predict_mlp_ensemble"),
+            curves=_lazy("partitions", "mlp_curves"),
+            export=_exporter("export_mlp_ensemble"),
+            quantizable=True,
+            libraries=("shardflow.tasks.neural",),
+        ),
+        Family(
+            "xgboost_groups",
+            "per-group XGBoost (train.groups)",
+            "per_group",
+            2,
+            needs=("xgboost",),
+            train=_lazy("groups", "train_family"),
+            save=_lazy("groups", "save_family"),
+            load=lambda files, family: {
+                **_lazy("groups", "load_family")(files, family),
+                "fallback": _members_payload(files, family)["model"],
+            },
+            predict=Deferred("tasks.groups", "predict_by_group"),
+            curves=_lazy("groups", "curves"),
+            export=_exporter("export_by_group"),
+            default=False,
+        ),
+    )
+}
 
 #: Every family's name, in the order tables and reports list them.
 FAMILY_NAMES = tuple(FAMILIES)
@@ -231,14 +291,20 @@ def validate_groups(train, features) -> None:
         raise ConfigError(f"config key 'train.groups.partition_by': expected a list of column names, got {by!r}")
     wanted = name in train.models
     if wanted and not by:
-        raise ConfigError(f"config key 'train.models': {name!r} needs train.groups.partition_by (the "
-                          "categorical column(s) whose values define the groups)")
+        raise ConfigError(
+            f"config key 'train.models': {name!r} needs train.groups.partition_by (the "
+            "categorical column(s) whose values define the groups)"
+        )
     if by and not wanted:
-        raise ConfigError(f"config key 'train.groups.partition_by' is set but {name!r} is not in "
-                          "train.models: add it, or remove partition_by")
+        raise ConfigError(
+            f"config key 'train.groups.partition_by' is set but {name!r} is not in "
+            "train.models: add it, or remove partition_by"
+        )
     for col in by:
         if col not in features.categorical:
-            raise ConfigError(f"config key 'train.groups.partition_by': {col!r} is not a categorical feature; "
-                              "list it under features.categorical")
+            raise ConfigError(
+                f"config key 'train.groups.partition_by': {col!r} is not a categorical feature; "
+                "list it under features.categorical"
+            )
     if len(set(by)) != len(by):
         raise ConfigError(f"config key 'train.groups.partition_by': a column is named twice in {by}")

@@ -8,8 +8,9 @@ import threading
 def warm_up() -> None:
     """Import matplotlib's figure and PNG renderer in a background thread (about half a
     second), while the cluster trains: the report is then drawn without waiting for it."""
+
     def load():
-        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.backends.backend_agg
         import matplotlib.figure  # noqa: F401
 
     threading.Thread(target=load, name="shardflow-import-matplotlib", daemon=True).start()

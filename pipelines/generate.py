@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 
 from shardflow.cluster.factory import Runtime, as_runtime, start
 from shardflow.data import trips
-from shardflow.pipelines.config import default_config_path
 from shardflow.pipelines import progress
+from shardflow.pipelines.config import default_config_path
 from shardflow.pipelines.graph import task_names
 from shardflow.pipelines.rundir import atomic_directory
 from shardflow.tasks.errors import ShardflowError
@@ -58,8 +58,15 @@ def auto_rows_per_partition(rows: int) -> int:
     return min(DEFAULT_ROWS_PER_PARTITION, max(MIN_ROWS_PER_PARTITION, -(-rows // MIN_PARTITIONS)))
 
 
-def generate(out, rows: int, *, seed: int = 0, rows_per_partition: int | None = None,
-             runtime: Runtime | None = None, overwrite: bool = False) -> GenerateResult:
+def generate(
+    out,
+    rows: int,
+    *,
+    seed: int = 0,
+    rows_per_partition: int | None = None,
+    runtime: Runtime | None = None,
+    overwrite: bool = False,
+) -> GenerateResult:
     """Write the synthetic trips dataset: ``out/trips/*.parquet``, ``out/zones.parquet`` and
     the default job config ``out/trips.yaml`` (run it with ``shardflow etl -c out/trips.yaml``).
 
@@ -101,15 +108,19 @@ def generate(out, rows: int, *, seed: int = 0, rows_per_partition: int | None = 
             tasks = []
             for i, n in enumerate(sizes):
                 path = str(tmp / "trips" / f"part-{i:05d}.parquet")
-                tasks.append(dask.delayed(write_trips_partition, pure=False)(seed, i, n, first, path,
-                                                                           dask_key_name=name(i)))
+                tasks.append(
+                    dask.delayed(write_trips_partition, pure=False)(seed, i, n, first, path, dask_key_name=name(i))
+                )
                 first += n
             progress.compute(runtime.client, tasks, "generate")
             pq.write_table(trips.zones_table(seed), tmp / "zones.parquet")
             # The default job, next to the data it describes: `shardflow etl -c OUT/trips.yaml`.
             shutil.copyfile(default_config_path(), tmp / "trips.yaml")
-            (tmp / MARKER).write_text(json.dumps({"rows": rows, "seed": seed, "partitions": len(sizes),
-                                                  "rows_per_partition": rows_per_partition}))
+            (tmp / MARKER).write_text(
+                json.dumps(
+                    {"rows": rows, "seed": seed, "partitions": len(sizes), "rows_per_partition": rows_per_partition}
+                )
+            )
     finally:
         if owns_runtime:
             runtime.close()

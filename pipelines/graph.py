@@ -66,9 +66,16 @@ def tree_reduce_futures(client, futures, combine, name: str, split_every: int = 
     """
     level = 0
     while len(futures) > 1:
-        futures = [client.submit(_combine_all, combine, *futures[i:i + split_every],
-                                 key=f"{name}-L{level}-{i // split_every}", pure=False)
-                   for i in range(0, len(futures), split_every)]
+        futures = [
+            client.submit(
+                _combine_all,
+                combine,
+                *futures[i : i + split_every],
+                key=f"{name}-L{level}-{i // split_every}",
+                pure=False,
+            )
+            for i in range(0, len(futures), split_every)
+        ]
         level += 1
     return futures[0]
 
@@ -102,24 +109,27 @@ def shuffled_partitions(parts: list, *, seed: int, name: str, token, max_branch:
     stages = 1 if n <= max_branch else math.ceil(math.log(n) / math.log(max_branch))
     base = n if stages == 1 else math.ceil(n ** (1 / stages))
     width = base**stages
-    keys, split, take, concat, combine = (task_names(f"{name}-{step}", token)
-                                          for step in ("keys", "split", "take", "concat", "combine"))
+    keys, split, take, concat, combine = (
+        task_names(f"{name}-{step}", token) for step in ("keys", "split", "take", "concat", "combine")
+    )
     keyed = [dask.delayed(keyed_rows, pure=True)(p, seed, dask_key_name=keys(i)) for i, p in enumerate(parts)]
     # Positions beyond N start empty: no rows of the first partition (its columns kept).
     empty = dask.delayed(concat_keyed, pure=True)(keyed[0], rows=0, dask_key_name=concat(-1)) if width > n else None
     current = keyed + [empty] * (width - n)
     for stage in range(stages):
         step = base**stage
-        pieces = [dask.delayed(split_keyed, pure=True)(c, n, base, stage, dask_key_name=split(stage, i))
-                  for i, c in enumerate(current)]
+        pieces = [
+            dask.delayed(split_keyed, pure=True)(c, n, base, stage, dask_key_name=split(stage, i))
+            for i, c in enumerate(current)
+        ]
         following = []
         for i in range(width):
             digit = (i // step) % base
             sources = [i + (d - digit) * step for d in range(base)]  # i's group: the same other digits
-            taken = [dask.delayed(operator.getitem, pure=True)(pieces[src], digit,
-                                                               dask_key_name=take(stage, src, digit))
-                     for src in sources]
+            taken = [
+                dask.delayed(operator.getitem, pure=True)(pieces[src], digit, dask_key_name=take(stage, src, digit))
+                for src in sources
+            ]
             following.append(dask.delayed(concat_keyed, pure=True)(*taken, dask_key_name=concat(stage, i)))
         current = following
-    return [dask.delayed(gather_shuffled, pure=True)(parts[j], current[j], dask_key_name=combine(j))
-            for j in range(n)]
+    return [dask.delayed(gather_shuffled, pure=True)(parts[j], current[j], dask_key_name=combine(j)) for j in range(n)]

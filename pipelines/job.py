@@ -20,22 +20,22 @@ from shardflow.cluster.memory import peak_memory, reset_peak_memory
 from shardflow.cluster.plugins import PreloadPlugin
 from shardflow.pipelines import artifacts
 from shardflow.pipelines.config import Config
-from shardflow.pipelines.train_config import TrainConfig
 from shardflow.pipelines.evaluate import comparison_table, evaluate
+from shardflow.pipelines.families import FAMILIES, FAMILY_NAMES, libraries, training_order
 from shardflow.pipelines.figures import warm_up
+from shardflow.pipelines.ownership import RunInUseError, claim_run, prepare_runs_dir, release_run, run_holder
 from shardflow.pipelines.report import ReportDrawing
-from shardflow.pipelines.stages import evaluate_key, stage_keys
-from shardflow.pipelines.ownership import claim_run, prepare_runs_dir, release_run, run_holder, RunInUseError
 from shardflow.pipelines.rundir import (
     ManifestError,
     RunDir,
     new_run_id,
     read_manifest,
-    stage_output,
     record_config,
+    stage_output,
     update_manifest,
 )
-from shardflow.pipelines.families import FAMILIES, FAMILY_NAMES, libraries, training_order
+from shardflow.pipelines.stages import evaluate_key, stage_keys
+from shardflow.pipelines.train_config import TrainConfig
 from shardflow.pipelines.training import TrainingData, load_training_data, train_partition_models
 from shardflow.tasks.errors import ShardflowError
 from shardflow.tasks.storage import location, remove_tree
@@ -101,8 +101,7 @@ def find_run(runs_dir, etl_key: str) -> Path | None:
     runs_dir = location(runs_dir)
     if not runs_dir.is_dir():
         return None
-    for run_dir in sorted((p for p in runs_dir.iterdir() if not p.name.startswith(".") and p.is_dir()),
-                          reverse=True):
+    for run_dir in sorted((p for p in runs_dir.iterdir() if not p.name.startswith(".") and p.is_dir()), reverse=True):
         try:
             if is_current(run_dir, RunDir.ETL, etl_key):
                 return run_dir
@@ -143,8 +142,13 @@ def train(config: Config, runtime: Runtime, run_dir, xgboost_callbacks=(), key: 
     reset_peak_memory(runtime.client)
     run = RunDir(run_dir)
     data = load_training_data(runtime, run.stage(RunDir.ETL), tc.seed)
-    logger.info("train: %d partitions on %d workers, %d training and %d validation rows", len(data.futures),
-                len(set(data.workers)), sum(data.train_rows), sum(data.valid_rows))
+    logger.info(
+        "train: %d partitions on %d workers, %d training and %d validation rows",
+        len(data.futures),
+        len(set(data.workers)),
+        sum(data.train_rows),
+        sum(data.valid_rows),
+    )
     context = TrainContext(runtime, data, tc, run_dir, tuple(xgboost_callbacks))
     for family in training_order(tc.models):
         if family.name in context.results:
@@ -153,8 +157,9 @@ def train(config: Config, runtime: Runtime, run_dir, xgboost_callbacks=(), key: 
             # Every per-partition family in one graph: the workers stay busy while the others train.
             together = [f for f in training_order(tc.models) if f.kind == "per_partition"]
             jobs = {f.name: f.partition_job(context, f) for f in together}
-            trained = train_partition_models(runtime, data, tc.partitions,
-                                             {name: job[:2] for name, job in jobs.items()})
+            trained = train_partition_models(
+                runtime, data, tc.partitions, {name: job[:2] for name, job in jobs.items()}
+            )
             for name, out in trained.items():
                 context.results[name] = {**out, **jobs[name][2]}
                 logger.info("%s: %d models, %.1fs", name, len(out["members"]), out["seconds"])
@@ -169,10 +174,20 @@ def train(config: Config, runtime: Runtime, run_dir, xgboost_callbacks=(), key: 
         RunDir.train_file(tmp, "peak_memory").write_text(json.dumps(peaks, indent=1))
     hashes = artifacts.artifact_hashes(run_dir, RunDir.TRAIN)
     key = key or stage_keys(config)[RunDir.TRAIN]
-    update_manifest(run_dir, artifacts=hashes, replace_artifacts=RunDir.TRAIN,
-                    seeds={"split": config.split.seed, "train": tc.seed},
-                    stages={RunDir.TRAIN: {"completed": time.strftime("%Y-%m-%dT%H:%M:%S"), "models": list(results),
-                                      "key": key, "seconds": {k: round(v, 3) for k, v in seconds.items()}}})
+    update_manifest(
+        run_dir,
+        artifacts=hashes,
+        replace_artifacts=RunDir.TRAIN,
+        seeds={"split": config.split.seed, "train": tc.seed},
+        stages={
+            RunDir.TRAIN: {
+                "completed": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "models": list(results),
+                "key": key,
+                "seconds": {k: round(v, 3) for k, v in seconds.items()},
+            }
+        },
+    )
     return TrainResult(run_dir, results, seconds, peaks, data)
 
 
@@ -199,23 +214,54 @@ def evaluate_run(runtime: Runtime, run_dir, data: TrainingData | None = None, ke
     out = evaluate(runtime, data, payloads)
     seconds = json.loads(run.trained("seconds").read_text())
     peaks = json.loads(run.trained("peak_memory").read_text())
-    partition_models = {f: json.loads(run.trained(FAMILIES[f].file()).read_text())["partition_metrics"]
-                        for f in names if FAMILIES[f].kind == "per_partition"}
+    partition_models = {
+        f: json.loads(run.trained(FAMILIES[f].file()).read_text())["partition_metrics"]
+        for f in names
+        if FAMILIES[f].kind == "per_partition"
+    }
     table = comparison_table(out["metrics"], seconds, task)
     with stage_output(run_dir, RunDir.EVALUATE) as tmp:
-        RunDir.evaluate_file(tmp, "metrics").write_text(json.dumps({
-            "task": task, "classes": data.preprocessor.classes, "metrics": out["metrics"], "train_seconds": seconds,
-            "partition_metrics": out["partition_metrics"], "curves": out["curves"],
-            "partition_models": partition_models, "peak_memory": peaks}, indent=1, default=float))
+        RunDir.evaluate_file(tmp, "metrics").write_text(
+            json.dumps(
+                {
+                    "task": task,
+                    "classes": data.preprocessor.classes,
+                    "metrics": out["metrics"],
+                    "train_seconds": seconds,
+                    "partition_metrics": out["partition_metrics"],
+                    "curves": out["curves"],
+                    "partition_models": partition_models,
+                    "peak_memory": peaks,
+                },
+                indent=1,
+                default=float,
+            )
+        )
         RunDir.evaluate_file(tmp, "comparison").write_text(table + "\n")
-    update_manifest(run_dir, artifacts={run.relative(run.metrics): artifacts.sha256(run.metrics)},
-                    stages={RunDir.EVALUATE: {"completed": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                                  "key": key, "seconds": round(out["seconds"], 3)}})
+    update_manifest(
+        run_dir,
+        artifacts={run.relative(run.metrics): artifacts.sha256(run.metrics)},
+        stages={
+            RunDir.EVALUATE: {
+                "completed": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "key": key,
+                "seconds": round(out["seconds"], 3),
+            }
+        },
+    )
     return {**out, "table": table}
 
 
-def run(config: Config, runtime: Runtime | None = None, run_dir=None, resume=None, force: bool = False, *,
-        plan=None, on_evaluated=None) -> RunResult:
+def run(
+    config: Config,
+    runtime: Runtime | None = None,
+    run_dir=None,
+    resume=None,
+    force: bool = False,
+    *,
+    plan=None,
+    on_evaluated=None,
+) -> RunResult:
     """ETL, training of the configured models and evaluation, in one run directory.
 
     Parameters
@@ -253,8 +299,9 @@ def run(config: Config, runtime: Runtime | None = None, run_dir=None, resume=Non
     if resume is not None:
         run_dir = location(str(resume), config.storage_options)
         if not RunDir(run_dir).manifest.exists():
-            raise ShardflowError(f"--resume {resume}: not a run directory (no manifest.json); "
-                                 "give a directory under output.runs_dir")
+            raise ShardflowError(
+                f"--resume {resume}: not a run directory (no manifest.json); give a directory under output.runs_dir"
+            )
     elif run_dir is None and not force:
         run_dir = find_run(runs_dir, keys[RunDir.ETL])
         if run_dir is not None and not claim_run(run_dir):
@@ -262,9 +309,11 @@ def run(config: Config, runtime: Runtime | None = None, run_dir=None, resume=Non
             run_dir = None
     run_dir = location(run_dir, config.storage_options) if run_dir else runs_dir / new_run_id()
     if not claim_run(run_dir):
-        raise RunInUseError(f"{'--resume ' if resume is not None else ''}{run_dir}: in use by {run_holder(run_dir)}, "
-                            "which writes its stages; wait for it, or stop it (if it is gone from another host, "
-                            f"remove {RunDir(run_dir).lock})")
+        raise RunInUseError(
+            f"{'--resume ' if resume is not None else ''}{run_dir}: in use by {run_holder(run_dir)}, "
+            "which writes its stages; wait for it, or stop it (if it is gone from another host, "
+            f"remove {RunDir(run_dir).lock})"
+        )
     try:
         return _run_claimed(config, runtime, run_dir, plan=plan, keys=keys, force=force, on_evaluated=on_evaluated)
     finally:
@@ -289,8 +338,12 @@ def _run_claimed(config: Config, runtime, run_dir, *, plan, keys: dict, force: b
         from shardflow.pipelines.tracking import MLflowRun
 
         tracked = MLflowRun(config.tracking.mlflow, run_dir)  # a resumed run continues its MLflow run
-        logger.info("run %s: tracked in MLflow run %s (experiment %r)", run_dir.name, tracked.run_id,
-                    config.tracking.mlflow.experiment)
+        logger.info(
+            "run %s: tracked in MLflow run %s (experiment %r)",
+            run_dir.name,
+            tracked.run_id,
+            config.tracking.mlflow.experiment,
+        )
     owns, drawing = runtime is None, None
     try:
         runtime = as_runtime(runtime) or plan.start_cluster()
@@ -318,16 +371,23 @@ def _run_claimed(config: Config, runtime, run_dir, *, plan, keys: dict, force: b
                 drawing.result()
             try:
                 log_run(tracked, config, run_dir)
-            except Exception as err:  # noqa: BLE001 - the run's stages are complete: say so, do not fail it
-                logger.warning("tracking: logging run %s to MLflow run %s failed (%s: %s); its stages are "
-                               "complete, and `shardflow run --resume %s` logs it again", run_dir.name,
-                               tracked.run_id, type(err).__name__, str(err).splitlines()[0] if str(err) else "",
-                               run_dir)
+            except Exception as err:
+                logger.warning(
+                    "tracking: logging run %s to MLflow run %s failed (%s: %s); its stages are "
+                    "complete, and `shardflow run --resume %s` logs it again",
+                    run_dir.name,
+                    tracked.run_id,
+                    type(err).__name__,
+                    str(err).splitlines()[0] if str(err) else "",
+                    run_dir,
+                )
                 tracked.finish("FAILED")
                 tracked = None
             else:
-                update_manifest(run_dir, tracking={"mlflow": {"experiment": config.tracking.mlflow.experiment,
-                                                              "run_id": tracked.run_id}})
+                update_manifest(
+                    run_dir,
+                    tracking={"mlflow": {"experiment": config.tracking.mlflow.experiment, "run_id": tracked.run_id}},
+                )
     except BaseException as err:
         if tracked is not None:
             tracked.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
@@ -343,7 +403,17 @@ def _run_claimed(config: Config, runtime, run_dir, *, plan, keys: dict, force: b
     table = RunDir(run_dir).comparison.read_text().strip()
     from dask.utils import format_bytes
 
-    logger.info("run done: %s; peak worker memory in training %s", run_dir,
-                ", ".join(format_bytes(int(v)) for v in metrics["peak_memory"].values()))
-    return RunResult(run_dir, metrics["metrics"], table, metrics["train_seconds"], skipped,
-                     metrics["partition_metrics"], metrics["peak_memory"])
+    logger.info(
+        "run done: %s; peak worker memory in training %s",
+        run_dir,
+        ", ".join(format_bytes(int(v)) for v in metrics["peak_memory"].values()),
+    )
+    return RunResult(
+        run_dir,
+        metrics["metrics"],
+        table,
+        metrics["train_seconds"],
+        skipped,
+        metrics["partition_metrics"],
+        metrics["peak_memory"],
+    )

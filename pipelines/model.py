@@ -103,8 +103,11 @@ class TrainedModel:
         if kind.multi_output:
             return out[columns]
         negative, positive = columns
-        return out[[PREDICTION]].rename(columns={PREDICTION: positive}).assign(
-            **{negative: lambda f: 1.0 - f[positive]})[[negative, positive]]
+        return (
+            out[[PREDICTION]]
+            .rename(columns={PREDICTION: positive})
+            .assign(**{negative: lambda f: 1.0 - f[positive]})[[negative, positive]]
+        )
 
     def _score(self, frame: pd.DataFrame, warn: bool) -> pd.DataFrame:
         from shardflow.pipelines.dimensions import dimension_frames, load_dimensions
@@ -121,12 +124,22 @@ class TrainedModel:
             self._dimensions[columns] = load_dimensions(self._config, source)
         dimensions = self._dimensions[columns]
         spec = table_spec(self._config, source, dimensions, for_prediction=True)
-        out, prepared = score_rows(frame, spec, dimension_frames(dimensions, "pandas"),
-                                   preprocessor=self.preprocessor, predictor=self._predictor, payload=self._payload)
+        out, prepared = score_rows(
+            frame,
+            spec,
+            dimension_frames(dimensions, "pandas"),
+            preprocessor=self.preprocessor,
+            predictor=self._predictor,
+            payload=self._payload,
+        )
         if warn and len(prepared.quarantine):
             reasons = prepared.quarantine[REASON_COLUMN].value_counts()
-            logger.warning("%s: %d row(s) have no prediction (quarantined as the ETL would: %s)", self.name,
-                           len(prepared.quarantine), ", ".join(f"{r}: {n}" for r, n in reasons.items()))
+            logger.warning(
+                "%s: %d row(s) have no prediction (quarantined as the ETL would: %s)",
+                self.name,
+                len(prepared.quarantine),
+                ", ".join(f"{r}: {n}" for r, n in reasons.items()),
+            )
         # Every row of the input, by position; a quarantined row's values are missing. Nullable
         # dtypes, so a column's dtype does not depend on whether a row was quarantined.
         positions = np.asarray(prepared.features.index, dtype=np.int64)
@@ -167,8 +180,10 @@ def _schema(frame: pd.DataFrame) -> dict:
 
     if frame.columns.duplicated().any():
         twice = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
-        raise InputError(f"predict: column(s) {', '.join(map(repr, twice))} appear more than once in the frame; "
-                         "give each column once")
+        raise InputError(
+            f"predict: column(s) {', '.join(map(repr, twice))} appear more than once in the frame; "
+            "give each column once"
+        )
     try:
         with warnings.catch_warnings():  # pyarrow reads a time-zone column through .values, which pandas 3.1 deprecates
             warnings.filterwarnings("ignore", message="Series.values returning an ndarray that drops timezone")

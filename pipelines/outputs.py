@@ -15,13 +15,13 @@ from shardflow.tasks.schema import SPLIT_COLUMN, WEIGHT_COLUMN
 from shardflow.tasks.storage import location, zarr_store
 
 
-
 def part_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
 
-def create_feature_arrays(stage_dir: Path, *, rows: int, n_features: int, chunk_rows: int,
-                          attributes: dict, weighted: bool = False) -> None:
+def create_feature_arrays(
+    stage_dir: Path, *, rows: int, n_features: int, chunk_rows: int, attributes: dict, weighted: bool = False
+) -> None:
     """Create the empty Zarr arrays ``X`` (rows × features, float32), ``y``, ``is_validation``
     and, with ``weighted``, ``w`` (sample weights)."""
     group = zarr.open_group(zarr_store(RunDir.etl_file(stage_dir, "zarr")), mode="w")
@@ -29,20 +29,36 @@ def create_feature_arrays(stage_dir: Path, *, rows: int, n_features: int, chunk_
     chunk_rows = max(1, chunk_rows)
     # LZ4 with byte shuffling: several times faster than Zarr's default Zstd on float columns.
     codec = [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]
-    group.create_array("X", shape=(rows, n_features), chunks=(chunk_rows, max(1, n_features)),
-                       dtype="float32", fill_value=np.nan, compressors=codec)
-    group.create_array("y", shape=(rows,), chunks=(chunk_rows,), dtype="float32", fill_value=np.nan,
-                       compressors=codec)
-    group.create_array("is_validation", shape=(rows,), chunks=(chunk_rows,), dtype="bool", fill_value=False,
-                       compressors=codec)
+    group.create_array(
+        "X",
+        shape=(rows, n_features),
+        chunks=(chunk_rows, max(1, n_features)),
+        dtype="float32",
+        fill_value=np.nan,
+        compressors=codec,
+    )
+    group.create_array("y", shape=(rows,), chunks=(chunk_rows,), dtype="float32", fill_value=np.nan, compressors=codec)
+    group.create_array(
+        "is_validation", shape=(rows,), chunks=(chunk_rows,), dtype="bool", fill_value=False, compressors=codec
+    )
     if weighted:
-        group.create_array("w", shape=(rows,), chunks=(chunk_rows,), dtype="float32", fill_value=np.nan,
-                           compressors=codec)
+        group.create_array(
+            "w", shape=(rows,), chunks=(chunk_rows,), dtype="float32", fill_value=np.nan, compressors=codec
+        )
 
 
-def write_etl_partition(part: PreparedPartition, index: int, *, preprocessor: Preprocessor, stage_dir,
-                        offset: int, expected_rows: int, total_rows: int, chunk_rows: int,
-                        lock_prefix: str) -> dict:
+def write_etl_partition(
+    part: PreparedPartition,
+    index: int,
+    *,
+    preprocessor: Preprocessor,
+    stage_dir,
+    offset: int,
+    expected_rows: int,
+    total_rows: int,
+    chunk_rows: int,
+    lock_prefix: str,
+) -> dict:
     """Transform one prepared partition and write its Parquet file, quarantine and Zarr rows.
 
     Returns
@@ -68,13 +84,18 @@ def write_etl_partition(part: PreparedPartition, index: int, *, preprocessor: Pr
     }
     if preprocessor.weighted:
         arrays["w"] = backend.to_host_array(table[WEIGHT_COLUMN], np.float32)
-    write_rows(RunDir.etl_file(stage, "zarr"), arrays, offset=offset, total_rows=total_rows, chunk_rows=chunk_rows,
-               lock_prefix=lock_prefix)
+    write_rows(
+        RunDir.etl_file(stage, "zarr"),
+        arrays,
+        offset=offset,
+        total_rows=total_rows,
+        chunk_rows=chunk_rows,
+        lock_prefix=lock_prefix,
+    )
     return {"partition": index, "rows": len(features), "quarantined": len(quarantine)}
 
 
-def write_rows(root: Path, arrays: dict, *, offset: int, total_rows: int, chunk_rows: int,
-               lock_prefix: str) -> None:
+def write_rows(root: Path, arrays: dict, *, offset: int, total_rows: int, chunk_rows: int, lock_prefix: str) -> None:
     """Write rows ``[offset, offset + n)`` of several row-chunked Zarr arrays.
 
     Chunks wholly inside the range are written directly. A chunk shared with a

@@ -42,7 +42,8 @@ def new_output_dir(path, option: str, overwrite: bool, keep: dict | None = None,
     >>> new_output_dir("/runs/r1/scores", "--output", True, keep={"--run": "/runs/r1"})
     Traceback (most recent call last):
     ...
-    shardflow.tasks.errors.ShardflowError: --output /runs/r1/scores: lies inside --run /runs/r1, which it would change; write the output elsewhere
+    shardflow.tasks.errors.ShardflowError: --output /runs/r1/scores: lies inside --run /runs/r1, which it would
+    change; write the output elsewhere
     """
     from shardflow.tasks.errors import ShardflowError
 
@@ -54,8 +55,10 @@ def new_output_dir(path, option: str, overwrite: bool, keep: dict | None = None,
         other = location(other).expanduser().resolve()
         relation = _nesting(out, other)
         if relation is not None and (inside_too or relation != "lies inside"):
-            raise ShardflowError(f"{option} {out}: {relation} {other_option} {other}, which it would "
-                                 f"{'destroy' if relation != 'lies inside' else 'change'}; write the output elsewhere")
+            raise ShardflowError(
+                f"{option} {out}: {relation} {other_option} {other}, which it would "
+                f"{'destroy' if relation != 'lies inside' else 'change'}; write the output elsewhere"
+            )
     if out.exists() and not overwrite:
         raise ShardflowError(f"{option} {out}: already exists; choose another path or pass --overwrite")
     return out
@@ -249,21 +252,29 @@ def prepare_runs_dir(runs_dir, key: str = "output.runs_dir") -> Path:
         try:
             probe.write_bytes(b"")
         except FileNotFoundError:
-            raise ShardflowError(f"{key} {runs_dir}: bucket {runs_dir.bucket!r} does not exist (or these "
-                                 "credentials cannot see it); create it or choose another") from None
+            raise ShardflowError(
+                f"{key} {runs_dir}: bucket {runs_dir.bucket!r} does not exist (or these "
+                "credentials cannot see it); create it or choose another"
+            ) from None
         except PermissionError:
-            raise ShardflowError(f"{key} {runs_dir}: these credentials cannot write there; give them write "
-                                 "access to the prefix, or choose another") from None
-        except Exception as err:  # noqa: BLE001 - any client failure: say which store and why
-            raise ShardflowError(f"{key} {runs_dir}: cannot reach the store ({type(err).__name__}: "
-                                 f"{str(err).splitlines()[0] if str(err) else ''}); check the URL, "
-                                 "storage_options and the credentials in the environment") from None
+            raise ShardflowError(
+                f"{key} {runs_dir}: these credentials cannot write there; give them write "
+                "access to the prefix, or choose another"
+            ) from None
+        except Exception as err:
+            raise ShardflowError(
+                f"{key} {runs_dir}: cannot reach the store ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}); check the URL, "
+                "storage_options and the credentials in the environment"
+            ) from None
         try:
             probe.unlink(missing_ok=True)
         except OSError as err:
-            raise ShardflowError(f"{key} {runs_dir}: these credentials can write there but not delete "
-                                 f"({type(err).__name__}); shardflow replaces stages: give them delete access "
-                                 f"(and remove {probe.name})") from None
+            raise ShardflowError(
+                f"{key} {runs_dir}: these credentials can write there but not delete "
+                f"({type(err).__name__}); shardflow replaces stages: give them delete access "
+                f"(and remove {probe.name})"
+            ) from None
         return runs_dir
     # Nothing is created here (bad input must leave no trace): the directory, or the
     # nearest ancestor it would be created in, is probed.
@@ -278,8 +289,10 @@ def prepare_runs_dir(runs_dir, key: str = "output.runs_dir") -> Path:
         probe.mkdir()
         probe.rmdir()
     except OSError as err:
-        raise ShardflowError(f"{key} {runs_dir}: cannot write in {existing} ({err.strerror or type(err).__name__}); "
-                             "choose a writable directory") from None
+        raise ShardflowError(
+            f"{key} {runs_dir}: cannot write in {existing} ({err.strerror or type(err).__name__}); "
+            "choose a writable directory"
+        ) from None
     if existing != runs_dir:
         return runs_dir
     now = time.time()

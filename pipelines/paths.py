@@ -17,8 +17,11 @@ def check_config_locations(config) -> None:
         config.storage_options = {}
     try:
         check_storage_options(config.storage_options)
-        for key, path in [("input.path", config.input.path), ("output.runs_dir", config.output.runs_dir),
-                          *((f"joins[{i}].path", j.path) for i, j in enumerate(config.joins))]:
+        for key, path in [
+            ("input.path", config.input.path),
+            ("output.runs_dir", config.output.runs_dir),
+            *((f"joins[{i}].path", j.path) for i, j in enumerate(config.joins)),
+        ]:
             check_url(path, f"config key '{key}':")
     except ValueError as err:
         raise ConfigError(str(err)) from None
@@ -37,5 +40,5 @@ def resolve_path(path: str, base_dir: str) -> str:
         return str(path)
     if url_scheme(base_dir):  # a config in an object store: its relative paths are there too
         return f"{str(base_dir).rstrip('/')}/{path}"
-    p = Path(path[len("file://"):] if str(path).lower().startswith("file://") else path).expanduser()
+    p = Path(path[len("file://") :] if str(path).lower().startswith("file://") else path).expanduser()
     return str(p if p.is_absolute() else Path(base_dir) / p)

@@ -40,13 +40,13 @@ class InputPlan:
         self._dimensions = None
         self._spec = None
 
-    def with_threads(self, threads: int) -> "InputPlan":
+    def with_threads(self, threads: int) -> InputPlan:
         """This plan for a cluster of ``threads`` worker threads: the input inspected again
         only when ``input.partitions: auto`` would split it differently."""
         if self.config.input.partitions != "auto" or threads == self.threads:
             return self
         planned = InputPlan(self.config, for_prediction=self.for_prediction, threads=threads)
-        if [p for p in planned.source.pieces] == list(self.source.pieces):
+        if list(planned.source.pieces) == list(self.source.pieces):
             return self
         planned._dimensions = self._dimensions
         return planned
@@ -68,7 +68,7 @@ class InputPlan:
         """Whether the ETL shuffles this input's rows: :func:`shuffles` and more than one partition."""
         return shuffles(self.config) and len(self.source.pieces) > 1
 
-    def execution(self) -> "Execution":
+    def execution(self) -> Execution:
         """Where this job's local cluster runs its workers (:func:`execution_for`)."""
         return execution_for(self.config, self.source.bytes, sum(_piece_rows(self.source)))
 
@@ -80,8 +80,9 @@ class InputPlan:
         execution = self.execution()
         if execution.processes is False:
             logger.info("cluster: threads in this process (%s)", execution.reason)
-        return start(self.config.cluster, processes=None if execution.processes is None
-                     else str(execution.processes).lower())
+        return start(
+            self.config.cluster, processes=None if execution.processes is None else str(execution.processes).lower()
+        )
 
     def dimension_paths(self) -> list:
         """The dimension tables' paths, resolved (without reading them)."""
@@ -120,55 +121,81 @@ class InputPlan:
         partition_bytes = [r * per_row for r in rows]
         persist = persist_decision(self.config.input.persist, in_memory, memory)
         per_worker = max(threads or [1]) * 3 * max(partition_bytes or [0]) + (
-            in_memory / max(1, len(workers)) if persist else 0)
+            in_memory / max(1, len(workers)) if persist else 0
+        )
         warnings = []
         if source.partitions_bounded:
-            warnings.append(f"input.partitions: {source.partitions_bounded:,} would make partitions of about "
-                            f"{total_rows // source.partitions_bounded:,} rows; bounded by the data to {len(rows):,} "
-                            f"partition(s) of at least {MIN_PARTITION_ROWS:,} rows (each costs scheduling time): "
-                            "write auto, or fewer")
+            warnings.append(
+                f"input.partitions: {source.partitions_bounded:,} would make partitions of about "
+                f"{total_rows // source.partitions_bounded:,} rows; bounded by the data to {len(rows):,} "
+                f"partition(s) of at least {MIN_PARTITION_ROWS:,} rows (each costs scheduling time): "
+                "write auto, or fewer"
+            )
         limit = min(memory) if memory and all(memory) else 0
         if limit and max(partition_bytes or [0]) * 3 > limit / max(threads or [1]):
             largest = format_bytes(int(max(partition_bytes)))
-            warnings.append(f"a partition of about {largest} may not fit a worker thread's share "
-                            f"of {format_bytes(limit)}: lower input.blocksize / input.max_partition_rows or raise "
-                            "cluster.memory_limit")
+            warnings.append(
+                f"a partition of about {largest} may not fit a worker thread's share "
+                f"of {format_bytes(limit)}: lower input.blocksize / input.max_partition_rows or raise "
+                "cluster.memory_limit"
+            )
         if len(rows) < sum(threads):
-            warnings.append(f"{len(rows)} partition(s) for {sum(threads)} worker threads: some will idle"
-                            + (" (a CSV file with quotes is read whole: split it, or set input.blocksize)"
-                               if source.format == "csv" and any(p.end is None for p in source.pieces) else ""))
+            warnings.append(
+                f"{len(rows)} partition(s) for {sum(threads)} worker threads: some will idle"
+                + (
+                    " (a CSV file with quotes is read whole: split it, or set input.blocksize)"
+                    if source.format == "csv" and any(p.end is None for p in source.pieces)
+                    else ""
+                )
+            )
         if self.shuffles and len(rows) > 64 and not persist:
-            warnings.append(f"{len(rows)} partitions are shuffled again on each of the ETL's three passes (they are "
-                            "not kept in memory): set input.exchangeable: true if they are random samples already, or "
-                            "input.persist: true if the cluster's memory holds them")
+            warnings.append(
+                f"{len(rows)} partitions are shuffled again on each of the ETL's three passes (they are "
+                "not kept in memory): set input.exchangeable: true if they are random samples already, or "
+                "input.persist: true if the cluster's memory holds them"
+            )
         from shardflow.pipelines.families import FAMILIES
 
         per_partition = [m for m in self.config.train.models if FAMILIES[m].kind == "per_partition"]
         if per_partition and len(rows) <= self.config.train.partitions.partitions_per_model:
-            warnings.append(f"{len(rows)} partition(s): {', '.join(per_partition)} will train one model on all "
-                            "training rows (nothing to combine); lower input.max_partition_rows or "
-                            "train.partitions.partitions_per_model for several")
+            warnings.append(
+                f"{len(rows)} partition(s): {', '.join(per_partition)} will train one model on all "
+                "training rows (nothing to combine); lower input.max_partition_rows or "
+                "train.partitions.partitions_per_model for several"
+            )
         if rows and np.median(rows) > 0 and max(rows) > 2 * np.median(rows):
-            warnings.append(f"skewed partitions: the largest holds {max(rows):,} rows, the median "
-                            f"{int(np.median(rows)):,}")
+            warnings.append(
+                f"skewed partitions: the largest holds {max(rows):,} rows, the median {int(np.median(rows)):,}"
+            )
         execution = self.execution()
         array_bytes = total_rows * (len(self.spec.feature_names) + 3) * 4  # X, y, weight, split as float32
         one_worker = trains_on_one_worker(self.config.train.xgboost.single_worker, array_bytes, memory)
         return {
-            "input": {"format": source.format, "files": len(source.files), "bytes": source.bytes,
-                      "rows": total_rows, "rows_exact": source.format == "parquet"},
+            "input": {
+                "format": source.format,
+                "files": len(source.files),
+                "bytes": source.bytes,
+                "rows": total_rows,
+                "rows_exact": source.format == "parquet",
+            },
             "cluster": {"workers": len(workers), "threads": sum(threads), "memory_per_worker": limit},
             "shuffle": self.shuffles,
             "shuffle_for": shuffled_for(self.config) if self.shuffles else [],
-            "partitions": {"count": len(rows), "how": self.config.input.partitions,
-                           "rows_min": min(rows, default=0), "rows_median": int(np.median(rows)) if rows else 0,
-                           "rows_max": max(rows, default=0), "bytes_max": int(max(partition_bytes, default=0))},
+            "partitions": {
+                "count": len(rows),
+                "how": self.config.input.partitions,
+                "rows_min": min(rows, default=0),
+                "rows_median": int(np.median(rows)) if rows else 0,
+                "rows_max": max(rows, default=0),
+                "bytes_max": int(max(partition_bytes, default=0)),
+            },
             "persist": persist,
-            "etl": "partitions kept in cluster memory between passes" if persist else
-                   "input read again for each pass (streaming)",
+            "etl": "partitions kept in cluster memory between passes"
+            if persist
+            else "input read again for each pass (streaming)",
             "training": _training_line(self.config.train.models, len(workers), one_worker),
             "execution": ("worker processes" if getattr(runtime, "processes", True) else "threads in this process")
-                         + f" ({execution.reason})",
+            + f" ({execution.reason})",
             "peak_memory_per_worker": int(per_worker),
             "warnings": warnings,
         }
@@ -199,7 +226,8 @@ def execution_for(config: Config, input_bytes: int, rows: int) -> Execution:
     >>> execution_for(config, 5 * 2**20, 50_000).processes
     False
     >>> execution_for(config, 2**30, 20_000_000).reason
-    'input 1.00 GiB, ~20,000,000 rows: above cluster.in_process_max_bytes 64.00 MiB or cluster.in_process_max_rows 500,000'
+    'input 1.00 GiB, ~20,000,000 rows: above cluster.in_process_max_bytes 64.00 MiB or cluster.in_process_max_rows
+    500,000'
     """
     from shardflow.cluster.factory import resolve_spec
 
@@ -209,16 +237,24 @@ def execution_for(config: Config, input_bytes: int, rows: int) -> Execution:
     if resolve_spec(cluster) != "local":
         return Execution(None, "GPU workers, one per device")
     if str(cluster.processes).lower() in ("true", "false"):
-        return Execution(str(cluster.processes).lower() == "true", f"cluster.processes: {str(cluster.processes).lower()}")
+        return Execution(
+            str(cluster.processes).lower() == "true", f"cluster.processes: {str(cluster.processes).lower()}"
+        )
     if cluster.n_workers not in (None, 1):
         return Execution(True, f"cluster.n_workers: {cluster.n_workers}")
     max_bytes = parse_bytes(cluster.in_process_max_bytes)
     size = f"input {format_bytes(input_bytes)}, ~{rows:,} rows"
     if input_bytes <= max_bytes and rows <= cluster.in_process_max_rows:
-        return Execution(False, f"{size}: within cluster.in_process_max_bytes {format_bytes(max_bytes)} and "
-                                f"cluster.in_process_max_rows {cluster.in_process_max_rows:,}")
-    return Execution(True, f"{size}: above cluster.in_process_max_bytes {format_bytes(max_bytes)} or "
-                           f"cluster.in_process_max_rows {cluster.in_process_max_rows:,}")
+        return Execution(
+            False,
+            f"{size}: within cluster.in_process_max_bytes {format_bytes(max_bytes)} and "
+            f"cluster.in_process_max_rows {cluster.in_process_max_rows:,}",
+        )
+    return Execution(
+        True,
+        f"{size}: above cluster.in_process_max_bytes {format_bytes(max_bytes)} or "
+        f"cluster.in_process_max_rows {cluster.in_process_max_rows:,}",
+    )
 
 
 def shuffles(config: Config) -> bool:
@@ -265,8 +301,11 @@ def _training_line(models: list, n_workers: int, one_worker: bool) -> str:
     for name in models:
         family = FAMILIES[name]
         if family.kind == "global":
-            parts.append(f"{name} on one worker with its host's threads (small data: no allreduce)"
-                         if family.small_data_on_one_worker and one_worker else f"{name} across all workers")
+            parts.append(
+                f"{name} on one worker with its host's threads (small data: no allreduce)"
+                if family.small_data_on_one_worker and one_worker
+                else f"{name} across all workers"
+            )
         elif family.kind == "per_group":
             parts.append(f"{name}: each key group's rows gathered on one worker, groups balanced by rows")
     return "; ".join(parts)
@@ -295,8 +334,13 @@ def _piece_rows(source) -> list:
             head = handle.read(2**20)
         lines = max(1, head.count(b"\n"))
         per_line[f] = len(head) / lines
-    return [int(((piece.end if piece.end is not None else file_size(piece.path, options)) - piece.start)
-                / per_line[piece.path]) for piece in source.pieces]
+    return [
+        int(
+            ((piece.end if piece.end is not None else file_size(piece.path, options)) - piece.start)
+            / per_line[piece.path]
+        )
+        for piece in source.pieces
+    ]
 
 
 def format_plan(plan: dict) -> str:
@@ -309,9 +353,13 @@ def format_plan(plan: dict) -> str:
         f"{format_bytes(c['memory_per_worker']) if c['memory_per_worker'] else 'no memory limit'} per worker",
         f"partitions  {p['count']} ({p['how']}), rows per partition {p['rows_min']:,} / {p['rows_median']:,} / "
         f"{p['rows_max']:,} (min / median / max), largest ~{format_bytes(p['bytes_max'])} in memory",
-        f"etl         {plan['etl']}" + (f"; rows shuffled by a seeded hash (for {', '.join(plan.get('shuffle_for') or ['per-partition models'])}: "
-                                             "they assume partitions alike; input.exchangeable: false)"
-                                             if plan.get("shuffle") else ""),
+        f"etl         {plan['etl']}"
+        + (
+            f"; rows shuffled by a seeded hash (for {', '.join(plan.get('shuffle_for') or ['per-partition models'])}: "
+            "they assume partitions alike; input.exchangeable: false)"
+            if plan.get("shuffle")
+            else ""
+        ),
         f"execution   {plan['execution']}",
         f"training    {plan['training']}",
         f"memory      peak ~{format_bytes(plan['peak_memory_per_worker'])} per worker (estimate)",

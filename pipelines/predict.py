@@ -15,17 +15,18 @@ from shardflow.cluster.config import ClusterConfig
 from shardflow.cluster.factory import Runtime, as_runtime
 from shardflow.pipelines import artifacts, progress
 from shardflow.pipelines.config import load_config
+from shardflow.pipelines.families import FAMILIES
 from shardflow.pipelines.graph import named_delayed, scatter_named, task_names
 from shardflow.pipelines.ownership import new_output_dir
-from shardflow.pipelines.rundir import atomic_directory
 from shardflow.pipelines.plan import InputPlan
-from shardflow.pipelines.families import FAMILIES
+from shardflow.pipelines.rundir import atomic_directory
 from shardflow.tasks.errors import InputError, ShardflowError
-from shardflow.tasks.storage import check_url, location, url_scheme
 from shardflow.tasks.exported import INT8_FILE, METADATA_FILE, MODEL_FILE, ExportedSessions
 from shardflow.tasks.scoring import QUARANTINE_DIR, predict_partition, score_exported_partition
+from shardflow.tasks.storage import check_url, location, url_scheme
 
 logger = logging.getLogger("shardflow.predict")
+
 
 def check_dimension_tables(config, manifest: dict) -> None:
     """The join tables hold what the run was trained with (their SHA-256, from its manifest)."""
@@ -33,12 +34,16 @@ def check_dimension_tables(config, manifest: dict) -> None:
     for i, join in enumerate(config.joins):
         path = config.resolve(join.path)
         if path not in recorded:
-            raise artifacts.ArtifactError(f"joins[{i}].path {path}: not recorded in the run's manifest; the run was "
-                                          "made by an older shardflow or edited: train again")
+            raise artifacts.ArtifactError(
+                f"joins[{i}].path {path}: not recorded in the run's manifest; the run was "
+                "made by an older shardflow or edited: train again"
+            )
         table = location(path, config.storage_options)
         if not table.is_file() or artifacts.sha256(table) != recorded[path]:
-            raise artifacts.ArtifactError(f"{path}: the dimension table changed since the run (sha256 differs); "
-                                          "restore it, or train again on the new table")
+            raise artifacts.ArtifactError(
+                f"{path}: the dimension table changed since the run (sha256 differs); "
+                "restore it, or train again on the new table"
+            )
 
 
 @dataclass
@@ -68,9 +73,19 @@ def input_extent(path: str) -> tuple:
     return root, "/" in path[first:] or "**" in path
 
 
-def predict(run_dir, input_path, output_path, *, model: str | None = None, runtime: Runtime | None = None,
-            overwrite: bool = False, engine: str = "shardflow", precision: str = "fp32",
-            storage_options: dict | None = None, cluster: ClusterConfig | None = None) -> PredictResult:
+def predict(
+    run_dir,
+    input_path,
+    output_path,
+    *,
+    model: str | None = None,
+    runtime: Runtime | None = None,
+    overwrite: bool = False,
+    engine: str = "shardflow",
+    precision: str = "fp32",
+    storage_options: dict | None = None,
+    cluster: ClusterConfig | None = None,
+) -> PredictResult:
     """Score new data with a finished run's preprocessing and one of its models.
 
     Parameters
@@ -123,9 +138,13 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
     root, anywhere_below = input_extent(str(input_path))
     root = location(root, storage_options)
     # An output may lie beside or below the files a pattern reads, never in a folder it may read.
-    output = new_output_dir(location(output_path, storage_options), "--output", overwrite,
-                            keep={"--run": run_dir, **({"--input": root} if anywhere_below else {})},
-                            inputs={} if anywhere_below else {"--input": root})
+    output = new_output_dir(
+        location(output_path, storage_options),
+        "--output",
+        overwrite,
+        keep={"--run": run_dir, **({"--input": root} if anywhere_below else {})},
+        inputs={} if anywhere_below else {"--input": root},
+    )
     model, payload, preprocessor, manifest = files.model, files.payload, files.preprocessor, files.manifest
     config_path = files.config_path
     if url_scheme(input_path):
@@ -136,8 +155,9 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
         input_abs = str(location(input_path).expanduser().resolve())
     # The caller's storage options and cluster, never the run's: a run directory does not
     # choose what is reached or where the data goes.
-    config = load_config(config_path, [f"input.path={json.dumps(input_abs)}", "input.format=auto",
-                                       "storage_options={}", "cluster={}"])
+    config = load_config(
+        config_path, [f"input.path={json.dumps(input_abs)}", "input.format=auto", "storage_options={}", "cluster={}"]
+    )
     config.storage_options = dict(storage_options or {})
     config.cluster = cluster or ClusterConfig()
     plan = InputPlan(config, for_prediction=True)
@@ -155,24 +175,46 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
         with atomic_directory(output) as tmp:
             (tmp / QUARANTINE_DIR).mkdir()
             client = runtime.client
-            dim_frames = named_delayed("predict-dimension-tables", plan.dimension_frames(runtime.backend)) \
-                if plan.dimensions else []
+            dim_frames = (
+                named_delayed("predict-dimension-tables", plan.dimension_frames(runtime.backend))
+                if plan.dimensions
+                else []
+            )
             raw = plan.read(runtime.backend)
             name = task_names(f"predict-{model}", plan.source.fingerprint, str(tmp))
             if engine == "onnxruntime":
                 exported = _exported_model(run_dir, model, precision, storage_options)
                 client.register_plugin(ExportedSessions())
                 model_f = scatter_named(client, f"predict-onnx-{model}", exported)
-                tasks = [dask.delayed(score_exported_partition, pure=False)(
-                    part, spec, dim_frames, exported=model_f,
-                    keep_columns=preprocessor.keep_columns, output=tmp, index=i, dask_key_name=name(i))
-                         for i, part in enumerate(raw.to_delayed())]
+                tasks = [
+                    dask.delayed(score_exported_partition, pure=False)(
+                        part,
+                        spec,
+                        dim_frames,
+                        exported=model_f,
+                        keep_columns=preprocessor.keep_columns,
+                        output=tmp,
+                        index=i,
+                        dask_key_name=name(i),
+                    )
+                    for i, part in enumerate(raw.to_delayed())
+                ]
             else:
                 payload_f = scatter_named(client, f"predict-model-{model}", payload)
-                tasks = [dask.delayed(predict_partition, pure=False)(
-                    part, spec, dim_frames, preprocessor=preprocessor, predictor=FAMILIES[model].predict,
-                    payload=payload_f, output=tmp, index=i, dask_key_name=name(i))
-                         for i, part in enumerate(raw.to_delayed())]
+                tasks = [
+                    dask.delayed(predict_partition, pure=False)(
+                        part,
+                        spec,
+                        dim_frames,
+                        preprocessor=preprocessor,
+                        predictor=FAMILIES[model].predict,
+                        payload=payload_f,
+                        output=tmp,
+                        index=i,
+                        dask_key_name=name(i),
+                    )
+                    for i, part in enumerate(raw.to_delayed())
+                ]
             counts = progress.compute(client, tasks, f"predict ({model})")
     finally:
         if owns:
@@ -180,8 +222,9 @@ def predict(run_dir, input_path, output_path, *, model: str | None = None, runti
     rows = sum(c["rows"] for c in counts)
     quarantined = sum(c["quarantined"] for c in counts)
     seconds = time.perf_counter() - started
-    logger.info("predict: %d rows scored with %s (%d quarantined) in %.1fs → %s", rows, model, quarantined,
-                seconds, output)
+    logger.info(
+        "predict: %d rows scored with %s (%d quarantined) in %.1fs → %s", rows, model, quarantined, seconds, output
+    )
     return PredictResult(output, model, rows, quarantined, seconds)
 
 
@@ -194,7 +237,8 @@ def _exported_model(run_dir: Path, model: str, precision: str, storage_options: 
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "export"
-        export(run_dir, out, model=model, quantize="int8" if precision == "int8" else None,
-               storage_options=storage_options)
+        export(
+            run_dir, out, model=model, quantize="int8" if precision == "int8" else None, storage_options=storage_options
+        )
         name = INT8_FILE if precision == "int8" else MODEL_FILE
         return (out / name).read_bytes(), json.loads((out / METADATA_FILE).read_text())

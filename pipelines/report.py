@@ -20,8 +20,8 @@ from shardflow.pipelines.families import FAMILIES, label
 from shardflow.pipelines.figures import subplots
 from shardflow.pipelines.plan import format_plan
 from shardflow.pipelines.rundir import ManifestError, RunDir, read_manifest, write_text_atomic
-from shardflow.tasks.storage import location
 from shardflow.tasks.metrics import best_model, primary_metric
+from shardflow.tasks.storage import location
 from shardflow.tasks.targets import TASK_TYPES, target_kind
 
 logger = logging.getLogger("shardflow.report")
@@ -48,8 +48,10 @@ def _figure_png(fig) -> str:
 
 
 def _img(src: str, alt: str) -> str:
-    return f'<figure><img alt="{html.escape(alt)}" src="{src}"><figcaption class="muted">{html.escape(alt)}' \
-           "</figcaption></figure>"
+    return (
+        f'<figure><img alt="{html.escape(alt)}" src="{src}"><figcaption class="muted">{html.escape(alt)}'
+        "</figcaption></figure>"
+    )
 
 
 def _table(rows: list, header: list) -> str:
@@ -86,7 +88,7 @@ class ReportDrawing:
     def _draw(self, run_dir) -> None:
         try:
             self._path = build_report(run_dir)
-        except BaseException as err:  # noqa: BLE001 - raised again in the caller's thread by result()
+        except BaseException as err:
             self._error = err
 
     def result(self) -> Path:
@@ -114,25 +116,45 @@ def build_report(run_dir) -> Path:
     evaluation = _load(run.metrics) or {}
     seconds = _load(run.trained("seconds")) or {}
     task = evaluation.get("task", TASK_TYPES[0])
-    parts = [f"<h1>shardflow run {html.escape(run_dir.name)}</h1>",
-             f"<p class='muted'>stages: {', '.join(manifest.get('stages', {})) or 'none'}</p>"]
+    parts = [
+        f"<h1>shardflow run {html.escape(run_dir.name)}</h1>",
+        f"<p class='muted'>stages: {', '.join(manifest.get('stages', {})) or 'none'}</p>",
+    ]
 
     # Dataset.
     parts.append("<h2>Dataset</h2>")
     inp = manifest.get("input", {})
-    parts.append(_table([["input", inp.get("path", "")], ["format", inp.get("format", "")],
-                         ["files", inp.get("files", "")], ["fingerprint", inp.get("fingerprint", "")],
-                         ["rows (kept)", summary.get("rows", "")], ["validation rows", summary.get("validation_rows", "")],
-                         ["quarantined rows", summary.get("quarantined_rows", "")],
-                         ["partitions", summary.get("partitions", "")]], ["", ""]))
+    parts.append(
+        _table(
+            [
+                ["input", inp.get("path", "")],
+                ["format", inp.get("format", "")],
+                ["files", inp.get("files", "")],
+                ["fingerprint", inp.get("fingerprint", "")],
+                ["rows (kept)", summary.get("rows", "")],
+                ["validation rows", summary.get("validation_rows", "")],
+                ["quarantined rows", summary.get("quarantined_rows", "")],
+                ["partitions", summary.get("partitions", "")],
+            ],
+            ["", ""],
+        )
+    )
     if summary.get("quarantined"):
-        parts.append("<h3>Quarantined rows by reason</h3>" + _table(
-            sorted(summary["quarantined"].items(), key=lambda kv: -kv[1]), ["reason", "rows"]))
+        parts.append(
+            "<h3>Quarantined rows by reason</h3>"
+            + _table(sorted(summary["quarantined"].items(), key=lambda kv: -kv[1]), ["reason", "rows"])
+        )
     if summary.get("joins"):
-        parts.append("<h3>Joins</h3>" + _table(
-            [[name, j.get("path", ""), j["rows"], j["matched"], f"{100 * j['match_rate']:.1f}%"]
-             for name, j in summary["joins"].items()], ["join", "dimension table", "input rows", "matched",
-                                                         "match rate"]))
+        parts.append(
+            "<h3>Joins</h3>"
+            + _table(
+                [
+                    [name, j.get("path", ""), j["rows"], j["matched"], f"{100 * j['match_rate']:.1f}%"]
+                    for name, j in summary["joins"].items()
+                ],
+                ["join", "dimension table", "input rows", "matched", "match rate"],
+            )
+        )
     plan = manifest.get("plan")
     if plan:
         parts.append("<h3>Plan</h3><pre>" + html.escape(format_plan(plan)) + "</pre>")
@@ -159,9 +181,15 @@ def build_report(run_dir) -> Path:
     if metrics:
         parts.append("<h2>Model comparison (validation split)</h2>")
         cols = list(target_kind(task).columns)
-        parts.append(_table([[label(n), *[m.get(c, float("nan")) for c in cols],
-                              seconds.get(n, float("nan"))] for n, m in metrics.items()],
-                            ["model", *cols, "train seconds"]))
+        parts.append(
+            _table(
+                [
+                    [label(n), *[m.get(c, float("nan")) for c in cols], seconds.get(n, float("nan"))]
+                    for n, m in metrics.items()
+                ],
+                ["model", *cols, "train seconds"],
+            )
+        )
         parts.append(_quality_plots(evaluation, task))
     parts.append(_training_curves(run_dir))
     if evaluation.get("partition_metrics"):
@@ -170,22 +198,31 @@ def build_report(run_dir) -> Path:
     # Cluster and configuration.
     parts.append("<h2>Cluster</h2>")
     cluster = manifest.get("cluster", {})
-    parts.append(_table([[k, json.dumps(v) if isinstance(v, (list, dict)) else v] for k, v in cluster.items()],
-                        ["", ""]))
+    parts.append(
+        _table([[k, json.dumps(v) if isinstance(v, (list, dict)) else v] for k, v in cluster.items()], ["", ""])
+    )
     if evaluation.get("peak_memory"):
         from dask.utils import format_bytes
 
-        parts.append("<h3>Peak worker memory (training)</h3>" + _table(
-            [[w, format_bytes(int(v))] for w, v in evaluation["peak_memory"].items()], ["worker", "peak RSS"]))
-    parts.append("<h3>Library versions</h3>" + _table(list(manifest.get("versions", {}).items()),
-                                                     ["library", "version"]))
+        parts.append(
+            "<h3>Peak worker memory (training)</h3>"
+            + _table([[w, format_bytes(int(v))] for w, v in evaluation["peak_memory"].items()], ["worker", "peak RSS"])
+        )
+    parts.append(
+        "<h3>Library versions</h3>" + _table(list(manifest.get("versions", {}).items()), ["library", "version"])
+    )
     if run.performance_report.exists():
         parts.append(f"<p><a href='{run.relative(run.performance_report)}'>Dask performance report</a></p>")
     config = run.config.read_text() if run.config.exists() else ""
     parts.append("<h2>Configuration</h2><pre>" + html.escape(config) + "</pre>")
 
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>shardflow run " + html.escape(run_dir.name) +
-            f"</title><style>{_CSS}</style></head><body>" + "\n".join(p for p in parts if p) + "</body></html>")
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>shardflow run "
+        + html.escape(run_dir.name)
+        + f"</title><style>{_CSS}</style></head><body>"
+        + "\n".join(p for p in parts if p)
+        + "</body></html>"
+    )
     out = run.report
     write_text_atomic(out, page)
     return out
@@ -214,10 +251,18 @@ def _partition_differences(summary: dict) -> str:
     ax.set_ylabel(what)
     ax.set_title("How different the partitions are")
     gaps = sorted(differences["numeric_gap"].items(), key=lambda kv: -kv[1])[:8]
-    table = _table([["target", differences["target_gap"]], *[[f"feature {k}", v] for k, v in gaps]],
-                   ["largest |partition mean − table mean| / table std", ""])
-    return (_img(_figure_png(fig), f"{what} per partition: per-partition models assume partitions alike "
-                 "(the ETL shuffles the rows when it trains them)") + table)
+    table = _table(
+        [["target", differences["target_gap"]], *[[f"feature {k}", v] for k, v in gaps]],
+        ["largest |partition mean − table mean| / table std", ""],
+    )
+    return (
+        _img(
+            _figure_png(fig),
+            f"{what} per partition: per-partition models assume partitions alike "
+            "(the ETL shuffles the rows when it trains them)",
+        )
+        + table
+    )
 
 
 def _quality_plots(evaluation, task) -> str:
@@ -227,8 +272,7 @@ def _quality_plots(evaluation, task) -> str:
     fig, ax = subplots(figsize=(6, 4.5))
     if target_kind(task).curve == "roc":
         for name, c in curves.items():
-            ax.plot(c["fpr"], c["tpr"], label=f"{label(name)} "
-                                              f"(AUC {evaluation['metrics'][name]['auc']:.4f})")
+            ax.plot(c["fpr"], c["tpr"], label=f"{label(name)} (AUC {evaluation['metrics'][name]['auc']:.4f})")
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")
@@ -275,9 +319,12 @@ def _regression_grids(evaluation, task) -> str:
     right.set_xlabel("predicted")
     right.set_ylabel("residual (prediction − target)")
     right.set_title(f"Residuals vs predictions, {label(name)}")
-    return _img(_figure_png(fig), f"Predicted vs actual and residuals vs predictions of the best model "
-                                  f"({label(name)}); colour: log(1 + rows); values outside the ranges are "
-                                  "counted at the edges")
+    return _img(
+        _figure_png(fig),
+        f"Predicted vs actual and residuals vs predictions of the best model "
+        f"({label(name)}); colour: log(1 + rows); values outside the ranges are "
+        "counted at the edges",
+    )
 
 
 def _class_report(evaluation) -> str:
@@ -298,21 +345,37 @@ def _class_report(evaluation) -> str:
     if len(classes) <= 16:
         for i in range(len(classes)):
             for j in range(len(classes)):
-                ax.text(j, i, f"{confusion[i, j]:.0f}", ha="center", va="center", fontsize=7,
-                        color="white" if shares[i, j] > 0.6 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{confusion[i, j]:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if shares[i, j] > 0.6 else "black",
+                )
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     ax.set_title(f"Confusion matrix, {label(name)}")
-    parts = [_img(_figure_png(fig), f"Confusion matrix of the best model ({label(name)}) on the validation "
-                                    "split; colour: share of each actual class")]
+    parts = [
+        _img(
+            _figure_png(fig),
+            f"Confusion matrix of the best model ({label(name)}) on the validation "
+            "split; colour: share of each actual class",
+        )
+    ]
     for model, m in metrics.items():
         per = m.get("per_class")
         if not per:
             continue
-        rows = [[cls, per["precision"][i], per["recall"][i], per["f1"][i], per["auc"][i], per["support"][i]]
-                for i, cls in enumerate(classes)]
-        parts.append(f"<h3>Per class: {html.escape(label(model))}</h3>" + _table(
-            rows, ["class", "precision", "recall", "F1", "AUC (one vs rest)", "support"]))
+        rows = [
+            [cls, per["precision"][i], per["recall"][i], per["f1"][i], per["auc"][i], per["support"][i]]
+            for i, cls in enumerate(classes)
+        ]
+        parts.append(
+            f"<h3>Per class: {html.escape(label(model))}</h3>"
+            + _table(rows, ["class", "precision", "recall", "F1", "AUC (one vs rest)", "support"])
+        )
     return "".join(parts)
 
 
@@ -353,11 +416,23 @@ def _partition_plots(evaluation, task) -> str:
     models = evaluation.get("partition_models", {})
     for family, members in models.items():
         for m in members:
-            rows.append([label(family), str(m.get("partitions")), m.get("train_rows", ""),
-                         m.get("validation_rows", m.get("rows", 0)), m.get(key, float("nan"))])
-    table = _table(rows, ["per-partition model", "partitions", "train rows", "validation rows",
-                          f"{key} on own validation rows"]) \
-        if rows else ""
+            rows.append(
+                [
+                    label(family),
+                    str(m.get("partitions")),
+                    m.get("train_rows", ""),
+                    m.get("validation_rows", m.get("rows", 0)),
+                    m.get(key, float("nan")),
+                ]
+            )
+    table = (
+        _table(
+            rows,
+            ["per-partition model", "partitions", "train rows", "validation rows", f"{key} on own validation rows"],
+        )
+        if rows
+        else ""
+    )
     return "<h2>Per-partition metrics</h2>" + _img(_figure_png(fig), f"{key} of every model on each partition") + table
 
 
@@ -383,15 +458,26 @@ def list_runs(runs_dir) -> list:
                 name = best_model(metrics, task)
                 best = (name, metrics[name].get(primary_metric(task)))
         except (ValueError, TypeError, AttributeError, KeyError, OSError) as err:  # a damaged file: listed without
-            logger.warning("%s: damaged (%s); run %s is listed without its metrics", RunDir(run_dir).metrics,
-                           type(err).__name__, run_dir.name)
+            logger.warning(
+                "%s: damaged (%s); run %s is listed without its metrics",
+                RunDir(run_dir).metrics,
+                type(err).__name__,
+                run_dir.name,
+            )
             task, best = TASK_TYPES[0], None
         key = primary_metric(task)
         started = min((info.get("completed", "") for info in manifest.get("stages", {}).values()), default="")
-        runs.append({"run": run_dir.name, "stages": list(manifest.get("stages", {})),
-                     "date": started.replace("T", " ")[:16] or None,
-                     "rows": manifest.get("stages", {}).get(RunDir.ETL, {}).get("rows"),
-                     "input": manifest.get("input", {}).get("path"), "metric": key,
-                     "best_model": best[0] if best else None, "best_value": best[1] if best else None,
-                     "path": str(run_dir)})
+        runs.append(
+            {
+                "run": run_dir.name,
+                "stages": list(manifest.get("stages", {})),
+                "date": started.replace("T", " ")[:16] or None,
+                "rows": manifest.get("stages", {}).get(RunDir.ETL, {}).get("rows"),
+                "input": manifest.get("input", {}).get("path"),
+                "metric": key,
+                "best_model": best[0] if best else None,
+                "best_value": best[1] if best else None,
+                "path": str(run_dir),
+            }
+        )
     return runs

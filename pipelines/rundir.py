@@ -18,11 +18,11 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import logging
 import os
 import re
 import socket
 import time
-import logging
 import uuid
 from pathlib import Path
 
@@ -46,6 +46,8 @@ def _host_id() -> str:
 
 #: This host (and PID namespace): the owner part of staging names and claims.
 HOST_ID = _host_id()
+
+
 def new_run_id() -> str:
     now = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{now}-{uuid.uuid4().hex[:6]}"
@@ -169,8 +171,13 @@ def _object_store_stage(run_dir: StorePath, stage: str):
     write_text_atomic(run_dir / MANIFEST, json.dumps(manifest, indent=1, default=str))
     for entry in run_dir.iterdir():
         match = _STAGE_PREFIX.match(entry.name)
-        if entry.name == old or (match and match["stage"] == stage and entry != prefix
-                                 and match["host"] == HOST_ID and not pid_alive(int(match["pid"]))):
+        if entry.name == old or (
+            match
+            and match["stage"] == stage
+            and entry != prefix
+            and match["host"] == HOST_ID
+            and not pid_alive(int(match["pid"]))
+        ):
             remove_tree(entry)  # the replaced stage, and this host's abandoned attempts
 
 
@@ -181,16 +188,28 @@ def stage_of(relative: str) -> str:
 
 #: The manifest's sections and what each holds: a manifest whose sections are of another
 #: type would fail later with a traceback far from the file, so it is damaged too.
-_MANIFEST_SECTIONS = {"stages": dict, "artifacts": dict, "locations": dict, "seeds": dict, "input": dict,
-                      "cluster": dict, "versions": dict, "plan": dict, "tracking": dict, "joins": list}
+_MANIFEST_SECTIONS = {
+    "stages": dict,
+    "artifacts": dict,
+    "locations": dict,
+    "seeds": dict,
+    "input": dict,
+    "cluster": dict,
+    "versions": dict,
+    "plan": dict,
+    "tracking": dict,
+    "joins": list,
+}
 
 
 class ManifestError(ShardflowError):
     """A run's ``manifest.json`` cannot be read: the message names the file and why."""
 
     def __init__(self, path, why: str):
-        super().__init__(f"{path}: damaged ({why}); the run cannot be used: restore the file, or remove the run "
-                         f"directory {location(path).parent} and run again")
+        super().__init__(
+            f"{path}: damaged ({why}); the run cannot be used: restore the file, or remove the run "
+            f"directory {location(path).parent} and run again"
+        )
         self.path = path
 
 
@@ -215,7 +234,11 @@ def read_manifest(run_dir) -> dict:
     except IsADirectoryError:
         raise ManifestError(path, "a directory, not a file") from None
     except json.JSONDecodeError as err:
-        why = "empty file" if not err.doc.strip() else f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}"
+        why = (
+            "empty file"
+            if not err.doc.strip()
+            else f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}"
+        )
         raise ManifestError(path, why) from None
     if not isinstance(manifest, dict):
         raise ManifestError(path, f"holds a {type(manifest).__name__}, not a JSON object")
@@ -263,8 +286,20 @@ def library_versions() -> dict:
     """Versions of the libraries a run's results depend on (absent ones omitted)."""
     from importlib import metadata
 
-    names = ["shardflow", "dask", "distributed", "pandas", "pyarrow", "numpy", "zarr", "xgboost",
-             "torch", "scikit-learn", "cudf-cu13", "dask-cuda"]
+    names = [
+        "shardflow",
+        "dask",
+        "distributed",
+        "pandas",
+        "pyarrow",
+        "numpy",
+        "zarr",
+        "xgboost",
+        "torch",
+        "scikit-learn",
+        "cudf-cu13",
+        "dask-cuda",
+    ]
     versions = {}
     for name in names:
         try:
@@ -299,8 +334,13 @@ class RunDir:
 
     ETL, TRAIN, EVALUATE = "etl", "train", "evaluate"
     STAGES = (ETL, TRAIN, EVALUATE)
-    _ETL_FILES = {"features": "features", "quarantine": "quarantine", "zarr": "features.zarr",
-                  "preprocessor": "preprocessor.json", "summary": "summary.json"}
+    _ETL_FILES = {
+        "features": "features",
+        "quarantine": "quarantine",
+        "zarr": "features.zarr",
+        "preprocessor": "preprocessor.json",
+        "summary": "summary.json",
+    }
     _TRAIN_FILES = {"seconds": "seconds.json", "peak_memory": "peak_memory.json", "task": "task.json"}
     _EVALUATE_FILES = {"metrics": "metrics.json", "comparison": "comparison.md"}
     _CHECKPOINT_FILES = {"model": "model.ubj", "state": "state.json", "params": "params.pt", "best": "best.pt"}

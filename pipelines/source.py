@@ -18,18 +18,17 @@ import pyarrow.parquet as pq
 from dask.utils import parse_bytes
 
 from shardflow.pipelines.config import Config
+from shardflow.pipelines.dimensions import Dimension, dimension_frames, load_dimensions
 from shardflow.tasks import backend
 from shardflow.tasks.errors import InputError
 from shardflow.tasks.expression_kinds import arrow_kind, check_kinds
 from shardflow.tasks.expressions import ExpressionError, parse_expression
-from shardflow.pipelines.dimensions import Dimension, dimension_frames, load_dimensions
 from shardflow.tasks.io import CSV_SUFFIXES, ROW_ERROR_COLUMN, Piece, csv_header, read_piece
-from shardflow.tasks.prepare import prepare_partition
 from shardflow.tasks.labels import label_keys
+from shardflow.tasks.prepare import prepare_partition
 from shardflow.tasks.schema import TableSpec
 from shardflow.tasks.storage import file_identity, file_size, list_input_files, open_file
 from shardflow.tasks.targets import target_kind
-
 
 
 @dataclass
@@ -76,14 +75,15 @@ def inspect_source(config: Config, threads: int | None = None) -> Source:
     options = config.storage_options
     try:
         files = list_input_files(path, options)
-    except Exception as err:  # noqa: BLE001 - an unreachable store, refused credentials, ...
-        raise InputError(f"input.path {raw_path!r}: cannot list it ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''}); check the URL, storage_options and "
-                         "the credentials in the environment") from None
+    except Exception as err:
+        raise InputError(
+            f"input.path {raw_path!r}: cannot list it ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); check the URL, storage_options and "
+            "the credentials in the environment"
+        ) from None
     if files is None:
         raise InputError(
-            f"input.path {raw_path!r}: no such file or directory (resolved to {path}); "
-            "check config key 'input.path'"
+            f"input.path {raw_path!r}: no such file or directory (resolved to {path}); check config key 'input.path'"
         )
     if any(ch in path for ch in "*?["):
         if not files:
@@ -100,16 +100,22 @@ def inspect_source(config: Config, threads: int | None = None) -> Source:
     target = int(wanted) if wanted != "auto" else threads
     forced = wanted != "auto"
     if fmt == "parquet":
-        source = _inspect_parquet(files, config.input.max_partition_rows, target=target, forced=forced,
-                                  options=options)
+        source = _inspect_parquet(files, config.input.max_partition_rows, target=target, forced=forced, options=options)
     else:
-        source = _inspect_csv(files, config.input.csv_delimiter, parse_bytes(config.input.blocksize), target=target,
-                              forced=forced, options=options)
+        source = _inspect_csv(
+            files,
+            config.input.csv_delimiter,
+            parse_bytes(config.input.blocksize),
+            target=target,
+            forced=forced,
+            options=options,
+        )
     return source
 
 
-def _inspect_parquet(files, max_rows: int, *, target: int | None = None, forced: bool = False,
-                     options: dict | None = None) -> Source:
+def _inspect_parquet(
+    files, max_rows: int, *, target: int | None = None, forced: bool = False, options: dict | None = None
+) -> Source:
     schema: dict = {}
     first_seen: dict = {}
     pieces, piece_rows, rows, file_rows, size, metas = [], [], 0, {}, 0, []
@@ -118,15 +124,17 @@ def _inspect_parquet(files, max_rows: int, *, target: int | None = None, forced:
             with open_file(f, "rb", options) as handle:
                 meta = pq.ParquetFile(handle).metadata
             file_schema = meta.schema.to_arrow_schema()
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             raise InputError(
                 f"{f}: not a readable Parquet file ({type(err).__name__}: {str(err).splitlines()[0]}); "
                 "it may be truncated or still being written: repair or remove it"
             ) from None
         duplicated = sorted({n for n in file_schema.names if file_schema.names.count(n) > 1})
         if duplicated:
-            raise InputError(f"{f}: column name(s) {', '.join(map(repr, duplicated))} appear more than once; "
-                             "rewrite the file with one name per column")
+            raise InputError(
+                f"{f}: column name(s) {', '.join(map(repr, duplicated))} appear more than once; "
+                "rewrite the file with one name per column"
+            )
         for name, typ in zip(file_schema.names, file_schema.types):
             if name in schema and not _compatible(schema[name], typ):
                 raise InputError(
@@ -162,8 +170,18 @@ def _inspect_parquet(files, max_rows: int, *, target: int | None = None, forced:
             whole = meta.num_row_groups == len(group)
             pieces.append(Piece(f, "parquet", None if whole else tuple(group), storage_options=options))
             piece_rows.append(group_rows)
-    return Source("parquet", files, schema, pieces, rows, file_fingerprint(files, options), file_rows=file_rows, bytes=size,
-                  piece_rows=piece_rows, partitions_bounded=bounded)
+    return Source(
+        "parquet",
+        files,
+        schema,
+        pieces,
+        rows,
+        file_fingerprint(files, options),
+        file_rows=file_rows,
+        bytes=size,
+        piece_rows=piece_rows,
+        partitions_bounded=bounded,
+    )
 
 
 def _kind(typ: pa.DataType) -> str:
@@ -183,8 +201,15 @@ def _compatible(a: pa.DataType, b: pa.DataType) -> bool:
     return _kind(a) == _kind(b)
 
 
-def _inspect_csv(files, delimiter: str, blocksize: int, *, target: int | None = None, forced: bool = False,
-                 options: dict | None = None) -> Source:
+def _inspect_csv(
+    files,
+    delimiter: str,
+    blocksize: int,
+    *,
+    target: int | None = None,
+    forced: bool = False,
+    options: dict | None = None,
+) -> Source:
     schema: dict = {}
     pieces = []
     sizes = {f: file_size(f, options) for f in files}
@@ -202,11 +227,13 @@ def _inspect_csv(files, delimiter: str, blocksize: int, *, target: int | None = 
             header = csv_header(f, delimiter, options)
         except InputError:
             raise
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             raise InputError(f"{f}: cannot read the CSV header ({type(err).__name__}); check the file") from None
         if schema and set(header) != set(schema):
             missing = sorted(set(schema) - set(header)) or sorted(set(header) - set(schema))
-            raise InputError(f"{f}: its columns differ from {files[0]} (e.g. {missing[0]!r}); give all CSV files one header")
+            raise InputError(
+                f"{f}: its columns differ from {files[0]} (e.g. {missing[0]!r}); give all CSV files one header"
+            )
         schema = {name: pa.string() for name in header}
         length = sizes[f]
         if f.endswith(".gz") or length <= blocksize or (length <= configured and _has_quotes(f, options)):
@@ -214,10 +241,20 @@ def _inspect_csv(files, delimiter: str, blocksize: int, *, target: int | None = 
         else:
             count = -(-length // blocksize)
             bounds = [round(i * length / count) for i in range(count + 1)]  # equal ranges
-            pieces.extend(Piece(f, "csv", start=a, end=b, storage_options=options)
-                          for a, b in zip(bounds[:-1], bounds[1:]))
-    return Source("csv", files, schema, pieces, None, file_fingerprint(files, options), csv_delimiter=delimiter,
-                  bytes=size, partitions_bounded=bounded)
+            pieces.extend(
+                Piece(f, "csv", start=a, end=b, storage_options=options) for a, b in zip(bounds[:-1], bounds[1:])
+            )
+    return Source(
+        "csv",
+        files,
+        schema,
+        pieces,
+        None,
+        file_fingerprint(files, options),
+        csv_delimiter=delimiter,
+        bytes=size,
+        partitions_bounded=bounded,
+    )
 
 
 def _csv_bytes_per_row(path: str, options: dict | None = None) -> float:
@@ -260,9 +297,9 @@ def table_spec(config: Config, source: Source, dims: list[Dimension], for_predic
         categorical=tuple(f.categorical),
         datetime=tuple(f.datetime),
         datetime_parts=tuple(f.datetime_parts),
-        derived=tuple((name, parse_expression(text, f"features.derived.{name}"))
-                      for name, text in f.derived.items()),
-        target_expression=None if config.target.expression is None
+        derived=tuple((name, parse_expression(text, f"features.derived.{name}")) for name, text in f.derived.items()),
+        target_expression=None
+        if config.target.expression is None
         else parse_expression(config.target.expression, "target.expression"),
         valid_ranges=tuple((c, b[0], b[1]) for c, b in config.clean.valid_ranges.items()),
         joins=tuple(d.join for d in dims),
@@ -271,14 +308,16 @@ def table_spec(config: Config, source: Source, dims: list[Dimension], for_predic
         split_seed=config.split.seed,
         keep_columns=tuple(config.output.keep_columns),
         classes=tuple(str(k) for k in label_keys(pd.Series(config.target.classes, dtype=object)))
-        if config.target.classes else (),
+        if config.target.classes
+        else (),
         target_transform=config.target.transform,
         weight=None if for_prediction else config.target.weight,
     )
     keys = list(spec.classes)
     if len(set(keys)) < len(keys):
-        raise InputError(f"config key 'target.classes': {config.target.classes} names a label twice "
-                         f"(as labels compare: {keys})")
+        raise InputError(
+            f"config key 'target.classes': {config.target.classes} names a label twice (as labels compare: {keys})"
+        )
     available = dict(source.schema)
     for d in dims:
         dim_schema = pa.Schema.from_pandas(d.frame, preserve_index=False)
@@ -304,25 +343,39 @@ def table_spec(config: Config, source: Source, dims: list[Dimension], for_predic
                     f"available: {', '.join(sorted(available))}"
                 )
     if source.format == "parquet":  # CSV has no types: its values are parsed, and quarantined if malformed
-        number = ("a number", "list it under features.categorical or convert it",
-                  (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_decimal))
-        when = ("a timestamp, date or string", "convert it",
-                (pa.types.is_timestamp, pa.types.is_date, pa.types.is_string, pa.types.is_large_string))
-        label = ("a number, boolean or string", "convert it",
-                 (*number[2], pa.types.is_string, pa.types.is_large_string, pa.types.is_dictionary))
+        number = (
+            "a number",
+            "list it under features.categorical or convert it",
+            (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_decimal),
+        )
+        when = (
+            "a timestamp, date or string",
+            "convert it",
+            (pa.types.is_timestamp, pa.types.is_date, pa.types.is_string, pa.types.is_large_string),
+        )
+        label = (
+            "a number, boolean or string",
+            "convert it",
+            (*number[2], pa.types.is_string, pa.types.is_large_string, pa.types.is_dictionary),
+        )
         checks = [("features.numeric", f.numeric, number), ("features.datetime", f.datetime, when)]
         if not (config.target.expression or for_prediction):
             labels = target_kind(config.target.task).is_classification
-            regression_target = ("a number", "it holds labels: set target.task: classification (or convert it)",
-                                 number[2])
+            regression_target = (
+                "a number",
+                "it holds labels: set target.task: classification (or convert it)",
+                number[2],
+            )
             checks.append(("target.column", [config.target.column], label if labels else regression_target))
         if spec.weight:
             checks.append(("target.weight", [spec.weight], number))
         for key, columns, (expected, fix, kinds) in checks:
             for col in columns:
                 if not any(kind(available[col]) for kind in kinds):
-                    raise InputError(f"column {col!r} (config key '{key}') has type {available[col]} in {first}, "
-                                     f"expected {expected}; {fix}")
+                    raise InputError(
+                        f"column {col!r} (config key '{key}') has type {available[col]} in {first}, "
+                        f"expected {expected}; {fix}"
+                    )
     spec = replace(spec, column_types=_column_types(config, source, spec))
     check_expression_kinds(spec, available)
     if not spec.split_key:
@@ -337,8 +390,12 @@ def _column_types(config: Config, source: Source, spec: TableSpec) -> tuple:
     typed = set(spec.numeric) | set(spec.categorical) | set(spec.datetime)
     if target_kind(spec.task).is_classification and spec.target_expression is None:
         typed.add(spec.target)  # labels: read as written (numbers, booleans or strings)
-    used = [*spec.target_inputs, *([spec.weight] if spec.weight else []), *spec.derived_inputs,
-            *(c for c, _, _ in spec.valid_ranges)]
+    used = [
+        *spec.target_inputs,
+        *([spec.weight] if spec.weight else []),
+        *spec.derived_inputs,
+        *(c for c, _, _ in spec.valid_ranges),
+    ]
     kinds = {}
     for col in used:
         if col in typed or col in kinds:
@@ -373,8 +430,8 @@ def check_expression_kinds(spec: TableSpec, available: dict) -> None:
     kinds = {col: arrow_kind(arrow_type) for col, arrow_type in available.items()}
     kinds.update(dict(spec.column_types))
     kinds.update({col: "number" for col, _, _ in spec.valid_ranges if kinds.get(col) != "datetime"})
-    kinds.update({col: "number" for col in spec.numeric})
-    kinds.update({col: "datetime" for col in spec.datetime})
+    kinds.update(dict.fromkeys(spec.numeric, "number"))
+    kinds.update(dict.fromkeys(spec.datetime, "datetime"))
     expressions = [(f"features.derived.{name}", expression) for name, expression in spec.derived]
     if spec.target_expression is not None:
         expressions.append(("target.expression", spec.target_expression))
@@ -396,8 +453,9 @@ def raw_meta(source: Source, columns, backend_name: str):
     return backend.from_arrow(pa.schema(fields).empty_table(), backend_name)
 
 
-def read_source(config: Config, backend_name: str = "pandas", source: Source | None = None,
-                spec: TableSpec | None = None) -> dd.DataFrame:
+def read_source(
+    config: Config, backend_name: str = "pandas", source: Source | None = None, spec: TableSpec | None = None
+) -> dd.DataFrame:
     """The raw input as a lazy Dask DataFrame: one partition per piece, configured columns only.
 
     Examples
@@ -427,9 +485,8 @@ def prepared_meta(source: Source, spec: TableSpec, dims, backend_name: str):
     empty = raw_meta(source, spec.source_columns(), backend_name)
     try:
         return prepare_partition(empty, spec, dimension_frames(dims, backend_name))
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise InputError(
             f"the configured features cannot be computed on the input's columns "
             f"({type(err).__name__}: {err}); check features.derived and target.expression"
         ) from None
-

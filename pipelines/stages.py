@@ -9,7 +9,7 @@ recomputed.
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from dask.base import tokenize
@@ -17,32 +17,78 @@ from dask.base import tokenize
 from shardflow.pipelines.config import Config
 from shardflow.pipelines.rundir import RunDir
 
-
 #: The source files (relative to the installed ``shardflow`` package) whose code decides
 #: each stage's output. A stage's key covers its own files and its inputs' stages', so
 #: editing the report, the CLI or the README never invalidates a completed stage.
 STAGE_CODE = {
-    RunDir.ETL: ("tasks/backend.py", "tasks/encode.py", "tasks/errors.py", "tasks/expressions.py", "tasks/io.py",
-            "tasks/prepare.py", "tasks/schema.py", "tasks/stats.py", "pipelines/config.py", "pipelines/etl.py",
-            "pipelines/graph.py", "pipelines/outputs.py", "pipelines/paths.py", "pipelines/plan.py", "pipelines/source.py",
-            "pipelines/dimensions.py", "tasks/storage.py", "tasks/storage_options.py", "tasks/keys.py",
-            "tasks/expression_kinds.py",
-            "pipelines/typed_yaml.py", "tasks/targets.py", "tasks/labels.py", "tasks/combiners.py",
-            "pipelines/target_fit.py"),
-    RunDir.TRAIN: ("tasks/metrics.py", "tasks/mlp_steps.py", "tasks/models.py", "tasks/neural.py", "tasks/shards.py",
-                   "tasks/process_group.py", "tasks/groups.py",
-                   "pipelines/families.py", "pipelines/job.py", "pipelines/artifacts.py", "pipelines/train_config.py",
-                   "pipelines/training/*.py"),
+    RunDir.ETL: (
+        "tasks/backend.py",
+        "tasks/encode.py",
+        "tasks/errors.py",
+        "tasks/expressions.py",
+        "tasks/io.py",
+        "tasks/prepare.py",
+        "tasks/schema.py",
+        "tasks/stats.py",
+        "pipelines/config.py",
+        "pipelines/etl.py",
+        "pipelines/graph.py",
+        "pipelines/outputs.py",
+        "pipelines/paths.py",
+        "pipelines/plan.py",
+        "pipelines/source.py",
+        "pipelines/dimensions.py",
+        "tasks/storage.py",
+        "tasks/storage_options.py",
+        "tasks/keys.py",
+        "tasks/expression_kinds.py",
+        "pipelines/typed_yaml.py",
+        "tasks/targets.py",
+        "tasks/labels.py",
+        "tasks/combiners.py",
+        "pipelines/target_fit.py",
+    ),
+    RunDir.TRAIN: (
+        "tasks/metrics.py",
+        "tasks/mlp_steps.py",
+        "tasks/models.py",
+        "tasks/neural.py",
+        "tasks/shards.py",
+        "tasks/process_group.py",
+        "tasks/groups.py",
+        "pipelines/families.py",
+        "pipelines/job.py",
+        "pipelines/artifacts.py",
+        "pipelines/train_config.py",
+        "pipelines/training/*.py",
+    ),
     RunDir.EVALUATE: ("tasks/evaluation.py", "pipelines/evaluate.py"),
 }
 #: Code that changes how a run looks or where it runs, never what it computes.
-COSMETIC_CODE = ("pipelines/cli.py", "pipelines/console.py", "pipelines/figures.py", "pipelines/progress.py",
-                 "pipelines/report.py", "pipelines/rundir.py", "pipelines/ownership.py", "pipelines/stages.py",
-                 "pipelines/generate.py",
-                 "pipelines/predict.py", "pipelines/model.py", "tasks/scoring.py", "pipelines/export.py", "tasks/exported.py",
-                 "tasks/onnx_graph.py", "tasks/threads.py", "pipelines/tracking.py", "pipelines/estimator.py", "cluster/*.py", "data/*.py",
-                 "*/__init__.py",
-                 "pipelines/training/__init__.py")
+COSMETIC_CODE = (
+    "pipelines/cli.py",
+    "pipelines/console.py",
+    "pipelines/figures.py",
+    "pipelines/progress.py",
+    "pipelines/report.py",
+    "pipelines/rundir.py",
+    "pipelines/ownership.py",
+    "pipelines/stages.py",
+    "pipelines/generate.py",
+    "pipelines/predict.py",
+    "pipelines/model.py",
+    "tasks/scoring.py",
+    "pipelines/export.py",
+    "tasks/exported.py",
+    "tasks/onnx_graph.py",
+    "tasks/threads.py",
+    "pipelines/tracking.py",
+    "pipelines/estimator.py",
+    "cluster/*.py",
+    "data/*.py",
+    "*/__init__.py",
+    "pipelines/training/__init__.py",
+)
 
 
 def stage_files(patterns) -> list:
@@ -52,9 +98,15 @@ def stage_files(patterns) -> list:
     import shardflow.pipelines
     import shardflow.tasks
 
-    roots = {name: Path(pkg.__file__).resolve().parent for name, pkg in (
-        ("tasks", shardflow.tasks), ("pipelines", shardflow.pipelines), ("cluster", shardflow.cluster),
-        ("data", shardflow.data))}
+    roots = {
+        name: Path(pkg.__file__).resolve().parent
+        for name, pkg in (
+            ("tasks", shardflow.tasks),
+            ("pipelines", shardflow.pipelines),
+            ("cluster", shardflow.cluster),
+            ("data", shardflow.data),
+        )
+    }
     found = []
     for pattern in patterns:
         top, _, rest = pattern.partition("/")
@@ -64,7 +116,7 @@ def stage_files(patterns) -> list:
     return found
 
 
-@lru_cache(maxsize=None)
+@cache
 def code_version(stage: str) -> str:
     """Hash of the code that decides ``stage``'s output (see :data:`STAGE_CODE`)."""
     digest = hashlib.sha256()
@@ -91,7 +143,12 @@ def stage_keys(config: Config, plan=None) -> dict:
     etl_config["input"] = {k: v for k, v in data["input"].items() if k != "persist"}  # how, not what
     etl_config["output"] = {k: data["output"][k] for k in ("keep_columns", "zarr_chunk_rows")}
     etl_config["shuffle"] = shuffles(config)  # the models decide whether the ETL shuffles
-    etl = tokenize(source.fingerprint, file_fingerprint(dims, config.storage_options) if dims else "", etl_config, code_version(RunDir.ETL))
+    etl = tokenize(
+        source.fingerprint,
+        file_fingerprint(dims, config.storage_options) if dims else "",
+        etl_config,
+        code_version(RunDir.ETL),
+    )
     train = tokenize(etl, data["train"], code_version(RunDir.TRAIN))
     return {RunDir.ETL: etl[:16], RunDir.TRAIN: train[:16], RunDir.EVALUATE: evaluate_key(train[:16])}
 

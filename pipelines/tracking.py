@@ -37,13 +37,17 @@ def uri_credentials_problem(uri: str) -> str | None:
     except ValueError as err:
         return f"is not a valid URI ({err})"
     if "@" in parts.netloc:
-        return ("holds a user name or password; set MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD in the "
-                "environment instead")
+        return (
+            "holds a user name or password; set MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD in the "
+            "environment instead"
+        )
     for text in (parts.query, parts.fragment):
         for name, _ in parse_qsl(text, keep_blank_values=True):
             if any(word in name.lower() for word in URI_CREDENTIAL_WORDS):
-                return (f"holds a credential (the parameter {name!r}); set MLFLOW_TRACKING_TOKEN (or "
-                        "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD) in the environment instead")
+                return (
+                    f"holds a credential (the parameter {name!r}); set MLFLOW_TRACKING_TOKEN (or "
+                    "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD) in the environment instead"
+                )
     return None
 
 
@@ -60,8 +64,9 @@ class TrackingURI(Text):
 class MLflowConfig:
     """``tracking.mlflow:`` the MLflow tracking server and experiment a run is logged to."""
 
-    tracking_uri: str | None = option(None, check=TrackingURI("an MLflow tracking URI (http://host:5000, sqlite:///...) "
-                                                              "without credentials"))
+    tracking_uri: str | None = option(
+        None, check=TrackingURI("an MLflow tracking URI (http://host:5000, sqlite:///...) without credentials")
+    )
     experiment: str = option("shardflow", check=Text("an experiment name", nonempty=True))
 
 
@@ -94,36 +99,48 @@ class MLflowRun:
         except ImportError:
             from shardflow.tasks.errors import ShardflowError
 
-            raise ShardflowError("config key 'tracking.mlflow': MLflow is not installed; "
-                                 "pip install 'shardflow[tracking]', or remove the key") from None
+            raise ShardflowError(
+                "config key 'tracking.mlflow': MLflow is not installed; "
+                "pip install 'shardflow[tracking]', or remove the key"
+            ) from None
         self.mlflow = mlflow
         _check_tracking_uri(config.tracking_uri)
         self.uri = config.tracking_uri or mlflow.get_tracking_uri()
         self.client = MlflowClient(tracking_uri=self.uri)
         try:
             self._open(config, run_dir)
-        except Exception as err:  # noqa: BLE001 - before any stage: one line naming the server
+        except Exception as err:
             from shardflow.tasks.errors import ShardflowError
 
             message = str(err).splitlines()[0] if str(err) else ""
-            raise ShardflowError(f"config key 'tracking.mlflow': cannot open an MLflow run at {self.uri} "
-                                 f"({type(err).__name__}: {message[:300]}); start the server or fix "
-                                 "tracking_uri") from None
+            raise ShardflowError(
+                f"config key 'tracking.mlflow': cannot open an MLflow run at {self.uri} "
+                f"({type(err).__name__}: {message[:300]}); start the server or fix "
+                "tracking_uri"
+            ) from None
 
     def _open(self, config: MLflowConfig, run_dir) -> None:
         experiment = self.client.get_experiment_by_name(config.experiment)
-        self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(config.experiment)
+        self.experiment_id = (
+            experiment.experiment_id if experiment else self.client.create_experiment(config.experiment)
+        )
         name = run_dir.name
-        found = [] if "'" in name else self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{name}'", max_results=1)
+        found = (
+            []
+            if "'" in name
+            else self.client.search_runs(
+                [self.experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{name}'", max_results=1
+            )
+        )
         if found:
             self.run_id = found[0].info.run_id
             self.client.update_run(self.run_id, status="RUNNING")
             self.tags = dict(found[0].data.tags)
             self.params = dict(found[0].data.params)
         else:
-            self.run_id = self.client.create_run(self.experiment_id, run_name=name,
-                                                 tags={RUN_TAG: name, "shardflow.run_dir": str(run_dir)}).info.run_id
+            self.run_id = self.client.create_run(
+                self.experiment_id, run_name=name, tags={RUN_TAG: name, "shardflow.run_dir": str(run_dir)}
+            ).info.run_id
             self.tags, self.params = {}, {}
         self.resumed = bool(found)
 
@@ -132,7 +149,7 @@ class MLflowRun:
         (the shardflow run's own outcome, or its exception, is what counts)."""
         try:
             self.client.set_terminated(self.run_id, status)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             _warn(f"cannot mark MLflow run {self.run_id} {status} ({type(err).__name__}: {err})")
 
     def log_params(self, params: dict) -> None:
@@ -144,7 +161,7 @@ class MLflowRun:
         new = {k: v for k, v in params.items() if k not in self.params}
         changed = sorted(k for k, v in params.items() if k in self.params and self.params[k] != v)
         for start in range(0, len(new), 100):
-            chunk = list(new.items())[start:start + 100]
+            chunk = list(new.items())[start : start + 100]
             self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in chunk])
         self.params.update(new)
         if changed:
@@ -152,7 +169,10 @@ class MLflowRun:
 
             logging.getLogger("shardflow.tracking").warning(
                 "tracking: MLflow run %s keeps its first value of %s (parameters cannot change); the run "
-                "directory's config.yaml has the current ones", self.run_id, ", ".join(changed[:5]))
+                "directory's config.yaml has the current ones",
+                self.run_id,
+                ", ".join(changed[:5]),
+            )
             self.client.set_tag(self.run_id, "shardflow.params_changed", ",".join(changed)[:5000])
 
     def log_metrics(self, series: dict) -> None:
@@ -167,13 +187,17 @@ class MLflowRun:
         for name, values in series.items():
             offset = 0
             if self.resumed and isinstance(values, list):
-                offset = max((m.step + 1 for m in self.client.get_metric_history(self.run_id, metric_name(name))),
-                             default=0)
+                offset = max(
+                    (m.step + 1 for m in self.client.get_metric_history(self.run_id, metric_name(name))), default=0
+                )
             values = values if isinstance(values, list) else [values]
-            metrics.extend(Metric(metric_name(name), float(v), now, offset + i) for i, v in enumerate(values)
-                           if v is not None and v == v)
+            metrics.extend(
+                Metric(metric_name(name), float(v), now, offset + i)
+                for i, v in enumerate(values)
+                if v is not None and v == v
+            )
         for start in range(0, len(metrics), 1000):
-            self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
+            self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
 
 
 def metric_name(name: str) -> str:
@@ -202,15 +226,18 @@ def _check_tracking_uri(uri: str | None) -> None:
     problem = uri_credentials_problem(uri)  # checked by load_config too; an MLflowConfig may be built in Python
     if problem:
         raise ShardflowError(f"config key 'tracking.mlflow.tracking_uri': {problem}")
-    secrets = [k for k in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_AUTH")
-               if os.environ.get(k)]
+    secrets = [
+        k for k in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_AUTH") if os.environ.get(k)
+    ]
     credentials_file = os.path.join(os.path.expanduser("~"), ".mlflow", "credentials")  # MLflow reads it too
     if os.path.exists(credentials_file):
         secrets.append(credentials_file)
     if secrets and uri.rstrip("/") != os.environ.get("MLFLOW_TRACKING_URI", "").rstrip("/"):
-        raise ShardflowError(f"config key 'tracking.mlflow.tracking_uri': {uri!r} would receive {secrets[0]} from "
-                             "the environment, and a config does not choose where credentials go; set "
-                             "MLFLOW_TRACKING_URI to it in the environment (or remove the key)")
+        raise ShardflowError(
+            f"config key 'tracking.mlflow.tracking_uri': {uri!r} would receive {secrets[0]} from "
+            "the environment, and a config does not choose where credentials go; set "
+            "MLFLOW_TRACKING_URI to it in the environment (or remove the key)"
+        )
 
 
 def _warn(message: str) -> None:
@@ -252,8 +279,9 @@ def log_run(tracked: MLflowRun, config, run_dir) -> None:
     stages = manifest.get("stages", {})
     files = RunFiles(run_dir, manifest)
     preprocessor = Preprocessor.from_json(files.path(run.preprocessor).read_text())
-    sample = pd.DataFrame(zarr.open_group(zarr_store(run.zarr, read_only=True), mode="r")["X"][:20],
-                          columns=preprocessor.feature_names)
+    sample = pd.DataFrame(
+        zarr.open_group(zarr_store(run.zarr, read_only=True), mode="r")["X"][:20], columns=preprocessor.feature_names
+    )
     tracked_families = [FAMILIES[name] for name in available_models(run_dir) if FAMILIES[name].tracking]
     logged = {family.name: family.tracking(files, family, sample) for family in tracked_families}
     params = _flatten({k: v for k, v in config.resolved().to_dict().items() if k != "tracking"})
@@ -268,14 +296,21 @@ def log_run(tracked: MLflowRun, config, run_dir) -> None:
         for out in logged.values():
             tracked.log_metrics(out["curves"])
         tracked.client.set_tag(tracked.run_id, TRAIN_TAG, train_key)
-    missing = {name: out["log_model"] for name, out in logged.items()
-               if tracked.tags.get(f"{MODEL_TAG}.{name}") != train_key}
+    missing = {
+        name: out["log_model"] for name, out in logged.items() if tracked.tags.get(f"{MODEL_TAG}.{name}") != train_key
+    }
     _log_models(tracked, missing, train_key)
     evaluate_key = stages.get(RunDir.EVALUATE, {}).get("key", "")
     if tracked.tags.get(EVALUATE_TAG) != evaluate_key and run.relative(run.metrics) in manifest.get("artifacts", {}):
         metrics = files.read_json(run.metrics)["metrics"]
-        tracked.log_metrics({f"{model}.{name}": value for model, values in metrics.items()
-                             for name, value in values.items() if isinstance(value, (int, float))})
+        tracked.log_metrics(
+            {
+                f"{model}.{name}": value
+                for model, values in metrics.items()
+                for name, value in values.items()
+                if isinstance(value, (int, float))
+            }
+        )
         tracked.client.log_text(tracked.run_id, run.comparison.read_text(), run.comparison.name)
         tracked.client.set_tag(tracked.run_id, EVALUATE_TAG, evaluate_key)
     if run.report.exists():
@@ -294,8 +329,7 @@ def _log_models(tracked: MLflowRun, calls: dict, train_key: str) -> None:
     mlflow.set_tracking_uri(tracked.uri)
     try:
         for name, call in calls.items():
-            model = tracked.client.create_logged_model(tracked.experiment_id, name=name,
-                                                       source_run_id=tracked.run_id)
+            model = tracked.client.create_logged_model(tracked.experiment_id, name=name, source_run_id=tracked.run_id)
             call(tracked.run_id, model.model_id)
             tracked.client.set_tag(tracked.run_id, f"{MODEL_TAG}.{name}", train_key)
     finally:

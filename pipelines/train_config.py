@@ -21,6 +21,7 @@ from shardflow.pipelines.typed_yaml import (
     option,
 )
 
+
 @dataclass
 class XGBoostConfig:
     """``train.xgboost:`` the global model, trained with allreduce across all workers.
@@ -28,23 +29,28 @@ class XGBoostConfig:
     ``params`` are XGBoost parameters merged over shardflow's defaults (``hist``,
     ``max_depth`` 8, ``eta`` 0.1, the objective from ``target.task``, ``device`` cuda
     on GPU clusters). Checkpoints are taken by training time (``train.checkpoint_seconds``);
-    a run that failed resumes from the last one (see ``train.max_attempts``). ``single_worker: auto`` trains on one worker with
-    its host's threads, no allreduce, when the arrays fit in it (:func:`~shardflow.pipelines.plan.trains_on_one_worker`).
+    a run that failed resumes from the last one (see ``train.max_attempts``). ``single_worker:
+    auto`` trains on one worker with its host's threads, no allreduce, when the arrays fit in
+    it (:func:`~shardflow.pipelines.plan.trains_on_one_worker`).
     """
 
     #: Keys that moved, with where they live now (a config using them gets that answer).
-    MOVED_KEYS: typing.ClassVar[dict] = {"max_attempts": "train.max_attempts",
-                                         "collective_timeout": "train.collective_timeout"}
+    MOVED_KEYS: typing.ClassVar[dict] = {
+        "max_attempts": "train.max_attempts",
+        "collective_timeout": "train.collective_timeout",
+    }
     #: Keys that were replaced by an option of another meaning: the new key, and what it means.
     REPLACED_KEYS: typing.ClassVar[dict] = {
-        "checkpoint_every": ("train.checkpoint_seconds", "seconds of training between checkpoints, not rounds")}
+        "checkpoint_every": ("train.checkpoint_seconds", "seconds of training between checkpoints, not rounds")
+    }
 
     num_boost_round: int = option(300, check=Between(1, MAX_ROUNDS))
     early_stopping_rounds: int | None = option(20, check=Between(1, MAX_ROUNDS))
     categorical: bool = option(True, check=OneOf((True, False)))
     single_worker: str = option("auto", check=OneOf(("auto", "true", "false")))
-    params: dict = option(factory=dict, check=Anything("XGBoost's own parameters, checked by XGBoost",
-                                                       allows_non_finite=True))  # missing: .nan
+    params: dict = option(
+        factory=dict, check=Anything("XGBoost's own parameters, checked by XGBoost", allows_non_finite=True)
+    )  # missing: .nan
 
 
 @dataclass

@@ -20,7 +20,6 @@ import yaml
 
 from shardflow.tasks.errors import ShardflowError
 
-
 #: Upper bounds of the numeric options: far above any real job, below what fails deep inside
 #: a library (a seed NumPy's legacy generator refuses, a layer whose weights no memory holds)
 #: or runs for ever (a billion boosting rounds).
@@ -75,14 +74,16 @@ def parse_yaml(text: str, source="the value"):
     >>> parse_yaml("a: &x [1, 2]\\nb: *x")
     {'a': [1, 2], 'b': [1, 2]}
     """
-    data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    data = yaml.load(text, Loader=_Loader)
     count, stack = 0, [data]
     while stack:  # every value as the YAML's aliases repeat it (no memo: that is what expands)
         value = stack.pop()
         count += 1
         if count > MAX_VALUES:
-            raise ConfigError(f"{source}: the YAML expands to more than {MAX_VALUES:,} values (through its aliases, "
-                              "`*name`); write the values out")
+            raise ConfigError(
+                f"{source}: the YAML expands to more than {MAX_VALUES:,} values (through its aliases, "
+                "`*name`); write the values out"
+            )
         if isinstance(value, dict):
             stack.extend(value.keys())
             stack.extend(value.values())
@@ -108,8 +109,10 @@ def apply_overrides(raw: dict, overrides) -> dict:
             node[parts[-1]] = parse_yaml(value, source=f"override {key!r}")
         except yaml.YAMLError as err:
             problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise ConfigError(f"override {item!r}: the value of '{key.strip()}' is not valid YAML ({problem}); "
-                              "close the brackets or quote the value, e.g. train.models=[xgboost]") from None
+            raise ConfigError(
+                f"override {item!r}: the value of '{key.strip()}' is not valid YAML ({problem}); "
+                "close the brackets or quote the value, e.g. train.models=[xgboost]"
+            ) from None
     return raw
 
 
@@ -128,8 +131,9 @@ def build_section(cls, data, prefix: str):
             raise ConfigError(f"config key '{prefix}{key}' has moved: set '{moved}' instead")
         replaced = getattr(cls, "REPLACED_KEYS", {}).get(key)
         if replaced:
-            raise ConfigError(f"config key '{prefix}{key}' was replaced by '{replaced[0]}' ({replaced[1]}): "
-                              f"set that instead")
+            raise ConfigError(
+                f"config key '{prefix}{key}' was replaced by '{replaced[0]}' ({replaced[1]}): set that instead"
+            )
         close = difflib.get_close_matches(key, fields, n=1)
         hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; known: {', '.join(fields)}"
         raise ConfigError(f"config key '{prefix}{key}' is not a known option{hint}")
@@ -425,9 +429,14 @@ def number_problem(value) -> str | None:
         elif isinstance(item, list):
             queue.extend((f"{where}[{i}]", v) for i, v in enumerate(item))
         elif isinstance(item, float) and not math.isfinite(item):
-            return (f"holds {item!r} (at {where}); write finite numbers (null for none)" if where
-                    else f"must be a finite number, got {item!r}")
+            return (
+                f"holds {item!r} (at {where}); write finite numbers (null for none)"
+                if where
+                else f"must be a finite number, got {item!r}"
+            )
         elif isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_INTEGER:
             bound = f"at most {MAX_INTEGER:,} (64 bits)"
-            return f"holds {item!r} (at {where}); numbers must be {bound}" if where else f"must be {bound}, got {item!r}"
+            return (
+                f"holds {item!r} (at {where}); numbers must be {bound}" if where else f"must be {bound}, got {item!r}"
+            )
     return None

@@ -1,3 +1,5 @@
-from shardflow.pipelines.cli import main
 import sys
+
+from shardflow.pipelines.cli import main
+
 sys.exit(main())

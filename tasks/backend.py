@@ -40,10 +40,7 @@ concat_frames = Dispatch("concat_frames")
 
 
 def gpu_install_hint() -> str:
-    return (
-        "install the GPU stack: `pip install \"shardflow[gpu]\"` (CUDA 13) or "
-        "`conda env create -f environment.yml`"
-    )
+    return 'install the GPU stack: `pip install "shardflow[gpu]"` (CUDA 13) or `conda env create -f environment.yml`'
 
 
 def frame_module(backend: str):
@@ -110,10 +107,35 @@ def _take_rows_pandas(table, positions):
 
 
 #: What ``infer_dtype`` calls an object column of scalars only (the rest is checked value by value).
-_SCALAR_KINDS = {"string", "empty", "integer", "floating", "mixed-integer-float", "boolean", "decimal", "datetime",
-                 "datetime64", "date", "time", "timedelta", "bytes"}
-_SCALAR_TYPES = (str, bytes, int, float, bool, np.generic, pd.Timestamp, pd.Timedelta, _dt.date, _dt.time,
-                 _dt.timedelta, _decimal.Decimal)
+_SCALAR_KINDS = {
+    "string",
+    "empty",
+    "integer",
+    "floating",
+    "mixed-integer-float",
+    "boolean",
+    "decimal",
+    "datetime",
+    "datetime64",
+    "date",
+    "time",
+    "timedelta",
+    "bytes",
+}
+_SCALAR_TYPES = (
+    str,
+    bytes,
+    int,
+    float,
+    bool,
+    np.generic,
+    pd.Timestamp,
+    pd.Timedelta,
+    _dt.date,
+    _dt.time,
+    _dt.timedelta,
+    _decimal.Decimal,
+)
 
 
 @as_strings.register(pd.Series)
@@ -139,14 +161,17 @@ def require_scalars(series: pd.Series, name=None) -> None:
     >>> require_scalars(pd.Series(["a", {"k": 1}], dtype=object), "city")
     Traceback (most recent call last):
     ...
-    shardflow.tasks.errors.InputError: column 'city': holds dict values (such as "{'k': 1}"); a categorical or key column takes text, numbers or booleans: flatten it first (for example to JSON text)
+    shardflow.tasks.errors.InputError: column 'city': holds dict values (such as "{'k': 1}"); a categorical or key
+    column takes text, numbers or booleans: flatten it first (for example to JSON text)
     """
     from shardflow.tasks.errors import InputError
 
     label = name if name is not None else series.name
     if isinstance(series.dtype, pd.ArrowDtype) and pa.types.is_nested(series.dtype.pyarrow_dtype):
-        raise InputError(f"column {label!r}: holds {series.dtype.pyarrow_dtype} values; a categorical or key column "
-                         "takes text, numbers or booleans: flatten it first (for example to JSON text)")
+        raise InputError(
+            f"column {label!r}: holds {series.dtype.pyarrow_dtype} values; a categorical or key column "
+            "takes text, numbers or booleans: flatten it first (for example to JSON text)"
+        )
     if isinstance(series.dtype, pd.CategoricalDtype):
         series = pd.Series(series.cat.categories, dtype=object)
     if series.dtype != object or pd.api.types.infer_dtype(series, skipna=True) in _SCALAR_KINDS:
@@ -154,9 +179,11 @@ def require_scalars(series: pd.Series, name=None) -> None:
     odd = series[series.map(lambda v: not (v is None or v is pd.NA or isinstance(v, _SCALAR_TYPES)))]
     if len(odd):
         example = odd.iloc[0]
-        raise InputError(f"column {label!r}: holds {type(example).__name__} "
-                         f"values (such as {str(example)[:40]!r}); a categorical or key column takes text, numbers "
-                         "or booleans: flatten it first (for example to JSON text)")
+        raise InputError(
+            f"column {label!r}: holds {type(example).__name__} "
+            f"values (such as {str(example)[:40]!r}); a categorical or key column takes text, numbers "
+            "or booleans: flatten it first (for example to JSON text)"
+        )
 
 
 @concat_frames.register(pd.DataFrame)
@@ -251,8 +278,7 @@ def _register_cudf():
     @category_codes.register(cudf.Series)
     def _category_codes_cudf(series, vocabulary):
         lookup = cudf.DataFrame(
-            {"_value": cudf.Series(list(vocabulary), dtype="str"),
-             "_code": cupy.arange(len(vocabulary), dtype="int64")}
+            {"_value": cudf.Series(list(vocabulary), dtype="str"), "_code": cupy.arange(len(vocabulary), dtype="int64")}
         )
         left = cudf.DataFrame({"_value": series.astype("str"), "_row": cupy.arange(len(series))})
         merged = left.merge(lookup, on="_value", how="left").sort_values("_row")

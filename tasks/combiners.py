@@ -33,8 +33,9 @@ class GLMCombiner:
 
     def inputs(self, predictions: list) -> np.ndarray:
         """The design matrix: an intercept and each member's prediction through the link."""
-        return np.column_stack([np.ones(len(predictions[0]))] + [self.link(np.asarray(p, dtype=np.float64))
-                                                                  for p in predictions])
+        return np.column_stack(
+            [np.ones(len(predictions[0]))] + [self.link(np.asarray(p, dtype=np.float64)) for p in predictions]
+        )
 
     def average(self, members: int, classes: int = 2) -> np.ndarray:
         """Coefficients of the members' equally weighted mean (through the link)."""
@@ -57,8 +58,12 @@ class GLMCombiner:
         y = np.asarray(y, dtype=np.float64)
         r = w * (p - y)
         s = w * self.newton_weights(p)
-        return {"loss": float(w @ self.row_loss(p, y)), "grad": design.T @ r,
-                "hess": (design * s[:, None]).T @ design, "n": float(w.sum())}
+        return {
+            "loss": float(w @ self.row_loss(p, y)),
+            "grad": design.T @ r,
+            "hess": (design * s[:, None]).T @ design,
+            "n": float(w.sum()),
+        }
 
 
 class MultinomialCombiner:
@@ -150,8 +155,9 @@ def fold_losses(combiner, design, y, w, candidates) -> np.ndarray:
     return out
 
 
-def fit_combiner(terms_at, losses_at, combiner, *, members: int, classes: int, ridge: float = 1e-4,
-                 max_iter: int = 100) -> dict:
+def fit_combiner(
+    terms_at, losses_at, combiner, *, members: int, classes: int, ridge: float = 1e-4, max_iter: int = 100
+) -> dict:
     """The three stacked fits (:class:`DampedNewton`, from the members' average), then their
     quality: the whole algorithm, wherever the sums come from.
 
@@ -169,23 +175,35 @@ def fit_combiner(terms_at, losses_at, combiner, *, members: int, classes: int, r
         if all(fit.done for fit in fits):
             break
     even, odd, every = (fit.theta for fit in fits)
-    candidates = [("odd", even), ("even", odd), ("all", every)] + \
-        [("all", combiner.member(m, members, classes)) for m in range(members)]
-    return {"coef_even": even.tolist(), "coef_odd": odd.tolist(), "coef": every.tolist(),
-            "newton_steps": newton_steps, "objective": objective,
-            "converged": all(fit.converged for fit in fits), "stalled": all(fit.done for fit in fits)
-            and not all(fit.converged for fit in fits), **stack_quality(losses_at(candidates), members)}
+    candidates = [("odd", even), ("even", odd), ("all", every)] + [
+        ("all", combiner.member(m, members, classes)) for m in range(members)
+    ]
+    return {
+        "coef_even": even.tolist(),
+        "coef_odd": odd.tolist(),
+        "coef": every.tolist(),
+        "newton_steps": newton_steps,
+        "objective": objective,
+        "converged": all(fit.converged for fit in fits),
+        "stalled": all(fit.done for fit in fits) and not all(fit.converged for fit in fits),
+        **stack_quality(losses_at(candidates), members),
+    }
 
 
 def stack_quality(sums: np.ndarray, members: int) -> dict:
     """The cross-fitted combiner's and each member's mean loss on the validation rows."""
     mean = sums[:, 0] / np.maximum(sums[:, 1], 1e-300)
     out_of_fold = (sums[0, 0] + sums[1, 0]) / max(sums[0, 1] + sums[1, 1], 1e-300)
-    member_losses = mean[3:3 + members]
+    member_losses = mean[3 : 3 + members]
     best = int(np.argmin(member_losses))
-    return {"out_of_fold_loss": float(out_of_fold), "fit_loss": float(mean[2]),
-            "member_losses": member_losses.tolist(), "best_member": best,
-            "best_member_loss": float(member_losses[best]), "average_loss": float(np.mean(member_losses))}
+    return {
+        "out_of_fold_loss": float(out_of_fold),
+        "fit_loss": float(mean[2]),
+        "member_losses": member_losses.tolist(),
+        "best_member": best,
+        "best_member_loss": float(member_losses[best]),
+        "average_loss": float(np.mean(member_losses)),
+    }
 
 
 class DampedNewton:
@@ -224,14 +242,16 @@ class DampedNewton:
         n = terms["n"] if terms["n"] > 0 else 1.0  # weights below 1 in all: the mean is still a mean
         value = terms["loss"] / n + 0.5 * self.ridge * float(self.trial @ self.trial)
         accepted = self.direction is None or (
-            np.isfinite(value) and value <= self.objective - self.armijo * self.step * self.decrement)
+            np.isfinite(value) and value <= self.objective - self.armijo * self.step * self.decrement
+        )
         if accepted:
             self.theta, self.objective = self.trial, value
             hess = terms["hess"] / n + self.ridge * np.eye(len(self.theta))
             grad = terms["grad"] / n + self.ridge * self.theta
             try:
-                direction = np.linalg.lstsq(hess, grad, rcond=None)[0] if self.ridge == 0 else \
-                    np.linalg.solve(hess, grad)
+                direction = (
+                    np.linalg.lstsq(hess, grad, rcond=None)[0] if self.ridge == 0 else np.linalg.solve(hess, grad)
+                )
             except np.linalg.LinAlgError:
                 direction = grad  # a singular Hessian: a gradient step, still line-searched
             self.decrement = float(grad @ direction)

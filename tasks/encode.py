@@ -11,8 +11,8 @@ import pandas as pd
 from shardflow.tasks import backend
 from shardflow.tasks.labels import encode_labels
 from shardflow.tasks.schema import SPLIT_COLUMN, WEIGHT_COLUMN
-from shardflow.tasks.targets import target_kind, target_transform
 from shardflow.tasks.stats import clip_columns
+from shardflow.tasks.targets import target_kind, target_transform
 
 #: Code of a missing categorical value.
 MISSING_CODE = 0
@@ -100,7 +100,7 @@ class Preprocessor:
         return json.dumps(asdict(self), indent=1, allow_nan=False)
 
     @classmethod
-    def from_json(cls, text: str) -> "Preprocessor":
+    def from_json(cls, text: str) -> Preprocessor:
         data = json.loads(text)
         if target_kind(data["task"]).is_classification and not data.get("classes"):
             data["classes"] = ["0", "1"]  # a run made before labels were fitted: 0/1 targets only

@@ -14,16 +14,19 @@ def evaluate_partition(shard, predictors: dict, scoring) -> dict:
     """
     threads = worker_threads()
     cache: dict = {}
-    return {name: partial_metrics(shard.y_valid, predict(payload, shard.x_valid, threads, cache), scoring,
-                                  shard.w_valid)
-            for name, (predict, payload) in predictors.items()}
+    return {
+        name: partial_metrics(shard.y_valid, predict(payload, shard.x_valid, threads, cache), scoring, shard.w_valid)
+        for name, (predict, payload) in predictors.items()
+    }
 
 
 def finish_partition(partials: dict, scoring) -> dict:
     """One partition's metrics per family, from its sums (the scalar ones: per-class lists
     and confusion matrices are reported for the whole validation split only)."""
-    return {name: {k: v for k, v in finish_metrics(part, scoring).items() if not isinstance(v, (list, dict))}
-            for name, part in partials.items()}
+    return {
+        name: {k: v for k, v in finish_metrics(part, scoring).items() if not isinstance(v, (list, dict))}
+        for name, part in partials.items()
+    }
 
 
 def combine_partitions(a: dict, b: dict) -> dict:

@@ -43,9 +43,11 @@ class ExportedModel:
 
         for tensor in _tensors(_parse(model, "the ONNX model")):
             if _is_external(tensor):
-                raise ExportedModelError(f"the ONNX model's tensor {tensor.name!r} keeps its data in another file "
-                                         f"({_external_entries(tensor).get('location', '')!r}); refused: a model "
-                                         "given as bytes holds all its data (load an export with load_exported)")
+                raise ExportedModelError(
+                    f"the ONNX model's tensor {tensor.name!r} keeps its data in another file "
+                    f"({_external_entries(tensor).get('location', '')!r}); refused: a model "
+                    "given as bytes holds all its data (load an export with load_exported)"
+                )
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -74,9 +76,8 @@ class ExportedModel:
                 check_kinds(expression, _frame_kinds(frame, expression.names), key)
                 column = evaluate(expression, frame)
             elif spec.get("datetime"):
-                from shardflow.tasks.prepare import datetime_part
-
                 from shardflow.tasks.backend import to_datetime
+                from shardflow.tasks.prepare import datetime_part
 
                 source, part = spec["datetime"]
                 column = datetime_part(to_datetime(frame[source]), part)
@@ -195,7 +196,9 @@ def load_exported(path, precision: str = "fp32", threads: int | None = None) -> 
         raise ExportedModelError(f"{root / METADATA_FILE}: not JSON ({err}); export the run again") from None
     hashes = metadata.get("files") if isinstance(metadata, dict) else None
     if not isinstance(hashes, dict):
-        raise ExportedModelError(f"{root / METADATA_FILE}: no 'files' mapping of names to SHA-256; export the run again")
+        raise ExportedModelError(
+            f"{root / METADATA_FILE}: no 'files' mapping of names to SHA-256; export the run again"
+        )
     name = {"fp32": MODEL_FILE, "int8": INT8_FILE}[precision]
     model = _read_verified(root, name, hashes)
     return ExportedModel(_inline_external_data(model, root, name, hashes), metadata, threads)
@@ -206,8 +209,10 @@ def _read_inside(root: Path, name: str) -> bytes:
     target = root / name
     resolved = target.resolve()
     if not resolved.is_relative_to(root):
-        raise ExportedModelError(f"{target}: a link to {resolved}, outside the export directory; refused: "
-                                 "copy the file into the export (or export the run again)")
+        raise ExportedModelError(
+            f"{target}: a link to {resolved}, outside the export directory; refused: "
+            "copy the file into the export (or export the run again)"
+        )
     return resolved.read_bytes()
 
 
@@ -217,8 +222,9 @@ def _read_verified(root: Path, name: str, hashes: dict) -> bytes:
     # A check against tampering with one file, corruption and mixed-up files, not a signature:
     # metadata.json itself is not signed.
     if hashes.get(name) is None or hashlib.sha256(data).hexdigest() != hashes[name]:
-        raise ExportedModelError(f"{root / name}: its SHA-256 is not the one {METADATA_FILE} records; "
-                                 "export the run again")
+        raise ExportedModelError(
+            f"{root / name}: its SHA-256 is not the one {METADATA_FILE} records; export the run again"
+        )
     return data
 
 
@@ -234,8 +240,10 @@ def _inline_external_data(model: bytes, root: Path, name: str, hashes: dict) -> 
         location = entries.get("location", "")
         problem = _location_problem(location, root)
         if problem:
-            raise ExportedModelError(f"{root / name}: tensor {tensor.name!r} reads its data from {location!r}, "
-                                     f"{problem}; refused: export the run again")
+            raise ExportedModelError(
+                f"{root / name}: tensor {tensor.name!r} reads its data from {location!r}, "
+                f"{problem}; refused: export the run again"
+            )
         if location not in files:
             files[location] = _read_verified(root, location, hashes)
         data = files[location]
@@ -245,9 +253,11 @@ def _inline_external_data(model: bytes, root: Path, name: str, hashes: dict) -> 
         except ValueError:
             offset = length = -1
         if offset < 0 or length < 0 or offset + length > len(data):
-            raise ExportedModelError(f"{root / name}: tensor {tensor.name!r} reads bytes outside {location!r} "
-                                     "(offset, length); refused: export the run again")
-        tensor.raw_data = data[offset:offset + length]
+            raise ExportedModelError(
+                f"{root / name}: tensor {tensor.name!r} reads bytes outside {location!r} "
+                "(offset, length); refused: export the run again"
+            )
+        tensor.raw_data = data[offset : offset + length]
         del tensor.external_data[:]
         tensor.data_location = tensor.DEFAULT
         changed = True
@@ -259,8 +269,12 @@ def _location_problem(location: str, root: Path) -> str | None:
     name is looked at, and links resolved: nothing is opened."""
     if not location:
         return "which names no file"
-    if PurePosixPath(location).is_absolute() or PureWindowsPath(location).is_absolute() \
-            or PureWindowsPath(location).drive or location.startswith(("/", "\\")):
+    if (
+        PurePosixPath(location).is_absolute()
+        or PureWindowsPath(location).is_absolute()
+        or PureWindowsPath(location).drive
+        or location.startswith(("/", "\\"))
+    ):
         return "an absolute path"
     if ".." in re.split(r"[\\/]", location):
         return "a path with '..'"

@@ -16,8 +16,17 @@ VALUE_KINDS = ("number", "boolean", "datetime", "text", "nested", "unknown")
 #: Kinds that arithmetic refuses: ``*`` repeats text and lists, ``+`` concatenates them, ``%``
 #: formats text, so an innocent-looking expression can grow every row without bound.
 _NOT_ARITHMETIC = ("text", "nested")
-_SYMBOLS = {"Add": "+", "Sub": "-", "Mult": "*", "Div": "/", "FloorDiv": "//", "Mod": "%", "Pow": "**",
-            "BitAnd": "&", "BitOr": "|"}
+_SYMBOLS = {
+    "Add": "+",
+    "Sub": "-",
+    "Mult": "*",
+    "Div": "/",
+    "FloorDiv": "//",
+    "Mod": "%",
+    "Pow": "**",
+    "BitAnd": "&",
+    "BitOr": "|",
+}
 #: Functions that compute on numbers (the others compare, select or fill, which text may).
 _NUMERIC_FUNCTIONS = ("abs", *NUMBER_FUNCTIONS)
 
@@ -58,7 +67,8 @@ def check_kinds(expression: Expression, column_kinds, key: str = "expression") -
     ...     check_kinds(parse_expression("cat * (id + id)"), kinds, "features.derived.blowup")
     ... except ExpressionError as err:
     ...     print(err)
-    config key 'features.derived.blowup': '*' on text column 'cat'; arithmetic takes numbers (list the column under features.numeric, or compare it: cat == 'x')
+    config key 'features.derived.blowup': '*' on text column 'cat'; arithmetic takes numbers (list the column under
+    features.numeric, or compare it: cat == 'x')
     """
     kinds = {name: "text" if kind == "string" else kind for name, kind in dict(column_kinds).items()}
     return _Kinds(key, kinds).kind(expression.tree)[0]
@@ -77,13 +87,19 @@ class _Kinds:
         if origin and origin[0] == "column":
             name = origin[1]
             shown = name if name.isidentifier() else f"`{name}`"
-            fix = (f"list the column under features.numeric, or compare it: {shown} == 'x'" if kind == "text" else
-                   "a column of lists or structs holds no numbers; flatten it before the ETL")
-            raise ExpressionError(f"config key '{self.key}': '{what}' on {kind} column {name!r}; "
-                                  f"arithmetic takes numbers ({fix})")
+            fix = (
+                f"list the column under features.numeric, or compare it: {shown} == 'x'"
+                if kind == "text"
+                else "a column of lists or structs holds no numbers; flatten it before the ETL"
+            )
+            raise ExpressionError(
+                f"config key '{self.key}': '{what}' on {kind} column {name!r}; arithmetic takes numbers ({fix})"
+            )
         literal = repr(origin[1]) if origin else "'x'"
-        raise ExpressionError(f"config key '{self.key}': '{what}' on the text {literal}; arithmetic takes "
-                              f"numbers (compare text instead: column == {literal})")
+        raise ExpressionError(
+            f"config key '{self.key}': '{what}' on the text {literal}; arithmetic takes "
+            f"numbers (compare text instead: column == {literal})"
+        )
 
     def kind(self, node) -> tuple:
         tag = node[0]
@@ -161,8 +177,13 @@ def arrow_kind(arrow_type) -> str:
         return "number"
     if types.is_temporal(arrow_type):
         return "datetime"
-    if (types.is_string(arrow_type) or types.is_large_string(arrow_type) or types.is_binary(arrow_type)
-            or types.is_large_binary(arrow_type) or types.is_fixed_size_binary(arrow_type)):
+    if (
+        types.is_string(arrow_type)
+        or types.is_large_string(arrow_type)
+        or types.is_binary(arrow_type)
+        or types.is_large_binary(arrow_type)
+        or types.is_fixed_size_binary(arrow_type)
+    ):
         return "text"
     if types.is_nested(arrow_type):
         return "nested"

@@ -52,22 +52,40 @@ FUNCTIONS = {
 }
 
 _BINARY = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
-    ast.BitAnd: operator.and_, ast.BitOr: operator.or_,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+    ast.BitAnd: operator.and_,
+    ast.BitOr: operator.or_,
 }
 _COMPARE = {
-    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
-    ast.Gt: operator.gt, ast.GtE: operator.ge,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
 }
-_UFUNCS = {"sqrt": np.sqrt, "exp": np.exp, "log": np.log, "log1p": np.log1p, "log10": np.log10,
-           "floor": np.floor, "ceil": np.ceil}
+_UFUNCS = {
+    "sqrt": np.sqrt,
+    "exp": np.exp,
+    "log": np.log,
+    "log1p": np.log1p,
+    "log10": np.log10,
+    "floor": np.floor,
+    "ceil": np.ceil,
+}
 #: The functions that take numbers only (``abs`` does too).
 NUMBER_FUNCTIONS = tuple(_UFUNCS)
 
-ALLOWED = ("column names, numbers, strings, True/False, + - * / // % **, comparisons, "
-           "and/or/not (& | ~), 'a if condition else b', 'x in [..]', and the functions "
-           + ", ".join(FUNCTIONS))
+ALLOWED = (
+    "column names, numbers, strings, True/False, + - * / // % **, comparisons, "
+    "and/or/not (& | ~), 'a if condition else b', 'x in [..]', and the functions " + ", ".join(FUNCTIONS)
+)
 
 
 class ExpressionError(ShardflowError, ValueError):
@@ -121,8 +139,10 @@ def parse_expression(text: str, key: str = "expression") -> Expression:
     if not isinstance(text, str) or not text.strip():
         raise ExpressionError(f"config key '{key}': an expression must be non-empty text, got {text!r}")
     if len(text) > MAX_LENGTH:
-        raise ExpressionError(f"config key '{key}': an expression of {len(text)} characters is longer than "
-                              f"{MAX_LENGTH}; derive it in steps (one features.derived entry per step)")
+        raise ExpressionError(
+            f"config key '{key}': an expression of {len(text)} characters is longer than "
+            f"{MAX_LENGTH}; derive it in steps (one features.derived entry per step)"
+        )
     source, quoted = _placeholders(text, key)
     try:
         node = ast.parse(source, mode="eval").body
@@ -131,11 +151,11 @@ def parse_expression(text: str, key: str = "expression") -> Expression:
     except SyntaxError as err:
         raise ExpressionError(f"config key '{key}': {text!r} is not a valid expression ({err.msg})") from None
     except (RecursionError, MemoryError):
-        raise ExpressionError(f"config key '{key}': the expression is nested too deeply; derive it in steps") \
-            from None
+        raise ExpressionError(f"config key '{key}': the expression is nested too deeply; derive it in steps") from None
     if not names:
-        raise ExpressionError(f"config key '{key}': {text!r} refers to no column; an expression computes a "
-                              "value per row from columns")
+        raise ExpressionError(
+            f"config key '{key}': {text!r} refers to no column; an expression computes a value per row from columns"
+        )
     return Expression(text, tree, tuple(names))
 
 
@@ -176,7 +196,7 @@ def _placeholders(text: str, key: str) -> tuple:
             if end == i + 1:
                 raise ExpressionError(f"config key '{key}': {text!r} has an empty backticked name")
             placeholder = f"{prefix}{len(quoted)}"
-            quoted[placeholder] = text[i + 1:end]
+            quoted[placeholder] = text[i + 1 : end]
             out.append(f" {placeholder} ")
             i = end
         else:
@@ -214,8 +234,9 @@ class _Builder:
         piece = ast.get_source_segment(self.source, node) or type(node).__name__
         for placeholder, name in self.quoted.items():
             piece = piece.replace(f" {placeholder} ", f"`{name}`").replace(placeholder, f"`{name}`")
-        raise ExpressionError(f"config key '{self.key}': {piece.strip()!r} is not allowed in an expression "
-                              f"({why}); allowed: {ALLOWED}")
+        raise ExpressionError(
+            f"config key '{self.key}': {piece.strip()!r} is not allowed in an expression ({why}); allowed: {ALLOWED}"
+        )
 
     depth = 0
 
@@ -225,8 +246,10 @@ class _Builder:
         self.depth += 1
         try:
             if self.depth > MAX_DEPTH:
-                raise ExpressionError(f"config key '{self.key}': the expression is nested more than {MAX_DEPTH} "
-                                      "levels deep; derive it in steps")
+                raise ExpressionError(
+                    f"config key '{self.key}': the expression is nested more than {MAX_DEPTH} "
+                    "levels deep; derive it in steps"
+                )
             return self._build(node)
         finally:
             self.depth -= 1
@@ -273,8 +296,8 @@ class _Builder:
             for op, right in zip(node.ops, node.comparators):
                 if isinstance(op, (ast.In, ast.NotIn)):
                     if not isinstance(right, (ast.List, ast.Tuple, ast.Set)) or not all(
-                            isinstance(e, ast.Constant) and isinstance(e.value, (int, float, str, bool))
-                            for e in right.elts):
+                        isinstance(e, ast.Constant) and isinstance(e.value, (int, float, str, bool)) for e in right.elts
+                    ):
                         self.refuse(right, "'in' takes a list of literals")
                     term = ("isin", self.build(left), tuple(e.value for e in right.elts))
                     terms.append(("not", term) if isinstance(op, ast.NotIn) else term)

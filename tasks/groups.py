@@ -62,20 +62,41 @@ def split_by_group(shard: Shard, columns: list, bucket_of: dict, n_buckets: int)
         rows = train_inverse == train_index[key] if key in train_index else np.zeros(len(shard.y_train), bool)
         valid = valid_inverse == valid_index[key] if key in valid_index else np.zeros(len(shard.y_valid), bool)
         out[bucket_of[key]][key] = Shard(
-            shard.x_train[rows], shard.y_train[rows], shard.x_valid[valid], shard.y_valid[valid],
+            shard.x_train[rows],
+            shard.y_train[rows],
+            shard.x_valid[valid],
+            shard.y_valid[valid],
             w_train=None if shard.w_train is None else shard.w_train[rows],
-            w_valid=None if shard.w_valid is None else shard.w_valid[valid])
+            w_valid=None if shard.w_valid is None else shard.w_valid[valid],
+        )
     return out
 
 
-def train_bucket_xgboost(*pieces: dict, keys: list, params: dict, rounds: int, feature_names, feature_types,
-                         scoring, early_stopping_rounds: int | None = None) -> dict:
+def train_bucket_xgboost(
+    *pieces: dict,
+    keys: list,
+    params: dict,
+    rounds: int,
+    feature_names,
+    feature_types,
+    scoring,
+    early_stopping_rounds: int | None = None,
+) -> dict:
     """One XGBoost model per group of ``keys``, from the groups' rows in ``pieces`` (one
     dict per partition, see :func:`split_by_group`), trained as a per-partition model is
     (:func:`~shardflow.tasks.models.train_group_xgboost`); ``{key: member}``."""
-    return {key: train_group_xgboost(*[p[key] for p in pieces if key in p], params=params, rounds=rounds,
-                                     feature_names=feature_names, feature_types=feature_types, scoring=scoring,
-                                     early_stopping_rounds=early_stopping_rounds) for key in keys}
+    return {
+        key: train_group_xgboost(
+            *[p[key] for p in pieces if key in p],
+            params=params,
+            rounds=rounds,
+            feature_names=feature_names,
+            feature_types=feature_types,
+            scoring=scoring,
+            early_stopping_rounds=early_stopping_rounds,
+        )
+        for key in keys
+    }
 
 
 def predict_by_group(payload: dict, x: np.ndarray, nthread: int | None = None, cache: dict | None = None):
@@ -83,8 +104,11 @@ def predict_by_group(payload: dict, x: np.ndarray, nthread: int | None = None, c
     of other groups by the global model (``fallback``)."""
     keys, inverse = group_codes(x, payload["columns"])
     model_of = {tuple(k): i for i, k in enumerate(payload["keys"])}
-    which = np.array([model_of.get(k, -1) for k in keys], dtype=np.int64)[inverse] if len(x) else \
-        np.zeros(0, dtype=np.int64)
+    which = (
+        np.array([model_of.get(k, -1) for k in keys], dtype=np.int64)[inverse]
+        if len(x)
+        else np.zeros(0, dtype=np.int64)
+    )
     out = None
     for index in np.unique(which).tolist() or [-1]:
         rows = np.flatnonzero(which == index)

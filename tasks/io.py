@@ -50,7 +50,7 @@ def read_piece(piece: Piece, column_names, backend_name: str = "pandas", csv_del
         return _read_csv(piece, column_names, backend_name, csv_delimiter)
     except InputError:
         raise
-    except Exception as err:  # noqa: BLE001 - any reader failure is this file's fault
+    except Exception as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise InputError(
             f"{piece.path}: cannot read this {piece.format} file ({type(err).__name__}: {message}); "
@@ -62,8 +62,9 @@ def _read_parquet(piece: Piece, columns, backend_name):
     if backend_name == "cudf":
         cudf = backend.frame_module("cudf")
         row_groups = None if piece.row_groups is None else [list(piece.row_groups)]
-        return cudf.read_parquet(piece.path, columns=list(columns), row_groups=row_groups,
-                                 storage_options=piece.storage_options)
+        return cudf.read_parquet(
+            piece.path, columns=list(columns), row_groups=row_groups, storage_options=piece.storage_options
+        )
     with open_file(piece.path, "rb", piece.storage_options) as handle:
         file = pq.ParquetFile(handle)
         if piece.row_groups is None:
@@ -74,8 +75,27 @@ def _read_parquet(piece: Piece, columns, backend_name):
 
 
 #: Strings read as missing in CSV files (pandas' ``read_csv`` defaults).
-CSV_NULL_VALUES = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
-                   "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
+CSV_NULL_VALUES = (
+    "",
+    "#N/A",
+    "#N/A N/A",
+    "#NA",
+    "-1.#IND",
+    "-1.#QNAN",
+    "-NaN",
+    "-nan",
+    "1.#IND",
+    "1.#QNAN",
+    "<NA>",
+    "N/A",
+    "NA",
+    "NULL",
+    "NaN",
+    "None",
+    "n/a",
+    "nan",
+    "null",
+)
 
 
 def _open_text_head(path: str, storage_options: dict | None = None):
@@ -111,14 +131,18 @@ def csv_header(path: str, delimiter: str = ",", storage_options: dict | None = N
     line = first.decode("utf-8-sig").rstrip("\r\n")
     if not line.strip():  # no columns at all: every configured column would be reported missing instead
         what = "the file is empty (0 bytes)" if not first else "its first line is empty"
-        raise InputError(f"{path}: {what}; a CSV file starts with a header line naming its columns: write the "
-                         "header and rows, or remove the file")
+        raise InputError(
+            f"{path}: {what}; a CSV file starts with a header line naming its columns: write the "
+            "header and rows, or remove the file"
+        )
     names = next(csv.reader([line], delimiter=delimiter), [])
     names = [name if name else f"Unnamed: {i}" for i, name in enumerate(names)]
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
-        raise InputError(f"{path}: column name(s) {', '.join(map(repr, duplicated))} appear more than once in "
-                         "the header; give every column its own name")
+        raise InputError(
+            f"{path}: column name(s) {', '.join(map(repr, duplicated))} appear more than once in "
+            "the header; give every column its own name"
+        )
     return names
 
 
@@ -167,11 +191,18 @@ def _read_csv(piece: Piece, columns, backend_name, delimiter):
         # A byte range is cut at line ends: a quoted value spanning lines would be split
         # across pieces, so there such a row is malformed (and quarantined), never glued
         # to the wrong lines. A whole file may hold quoted newlines.
-        parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=keep_apart,
-                                         newlines_in_values=piece.start == 0 and piece.end is None),
+        parse_options=pacsv.ParseOptions(
+            delimiter=delimiter,
+            invalid_row_handler=keep_apart,
+            newlines_in_values=piece.start == 0 and piece.end is None,
+        ),
         convert_options=pacsv.ConvertOptions(
-            column_types={name: pa.string() for name in header}, include_columns=list(columns),
-            strings_can_be_null=True, quoted_strings_can_be_null=True, null_values=list(CSV_NULL_VALUES)),
+            column_types={name: pa.string() for name in header},
+            include_columns=list(columns),
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=True,
+            null_values=list(CSV_NULL_VALUES),
+        ),
     )
     reasons = pa.nulls(table.num_rows, pa.string())
     if ragged:
@@ -185,7 +216,8 @@ def _read_csv(piece: Piece, columns, backend_name, delimiter):
                 values[name].append(None if value in CSV_NULL_VALUES else value)
         extra = pa.table({name: pa.array(values[name], pa.string()) for name in columns})
         table = pa.concat_tables([table, extra])
-        reasons = pa.concat_arrays([reasons, pa.array(
-            [f"{n} fields, expected {len(header)}" for _, n in ragged], pa.string())])
+        reasons = pa.concat_arrays(
+            [reasons, pa.array([f"{n} fields, expected {len(header)}" for _, n in ragged], pa.string())]
+        )
     table = table.append_column(ROW_ERROR_COLUMN, reasons)
     return backend.from_arrow(table, backend_name)

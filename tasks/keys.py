@@ -35,7 +35,8 @@ def split_membership(keys, validation_fraction: float, seed: int) -> np.ndarray:
     --------
     >>> text = pd.DataFrame({"id": ["1", "2.50", "x", None], "when": ["2026-01-05", "", "2026-01-05 10:00", "b"]})
     >>> typed = pd.DataFrame({"id": [1.0, 2.5, "x", np.nan],
-    ...                       "when": pd.to_datetime(["2026-01-05", None, "2026-01-05 10:00", None], format="ISO8601").astype(object)})
+    ...                       "when": pd.to_datetime(["2026-01-05", None, "2026-01-05 10:00", None],
+    ...                                              format="ISO8601").astype(object)})
     >>> typed.loc[3, "when"] = "b"
     >>> bool((split_membership(text, 0.5, 7) == split_membership(typed, 0.5, 7)).all())
     True
@@ -114,8 +115,15 @@ def _hash_mixed(values: pd.Series) -> np.ndarray:
     if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
         return _hash_text(values.astype("str"))
     # A DataFrame's object column: booleans, numbers and timestamps in canonical form, text parsed.
-    kind = values.map(lambda v: "number" if isinstance(v, (bool, np.bool_, int, float, np.number))
-                      else "moment" if isinstance(v, (_dt.datetime, _dt.date, np.datetime64)) else "text")
+    kind = values.map(
+        lambda v: (
+            "number"
+            if isinstance(v, (bool, np.bool_, int, float, np.number))
+            else "moment"
+            if isinstance(v, (_dt.datetime, _dt.date, np.datetime64))
+            else "text"
+        )
+    )
     hashed = np.full(len(values), _MISSING_HASH, dtype=np.uint64)
     present = values.notna().to_numpy()
     for name in ("number", "moment", "text"):
@@ -123,9 +131,13 @@ def _hash_mixed(values: pd.Series) -> np.ndarray:
         if not rows.any():
             continue
         chosen = values[rows]
-        hashed[rows] = _hash_numbers(chosen.to_numpy(np.float64)) if name == "number" else \
-            _hash_moments(chosen) if name == "moment" else \
-            _hash_text(chosen.map(str).astype("str"))
+        hashed[rows] = (
+            _hash_numbers(chosen.to_numpy(np.float64))
+            if name == "number"
+            else _hash_moments(chosen)
+            if name == "moment"
+            else _hash_text(chosen.map(str).astype("str"))
+        )
     return hashed
 
 
@@ -160,8 +172,9 @@ def _hash_text(text: pd.Series) -> np.ndarray:
             moments = _hash_moments(stamps.to_pylist(), text=True)
         hashed[is_moment] = moments
     if rest.any():
-        hashed[rest] = pd.util.hash_array(strings.filter(pa.array(rest)).to_numpy(zero_copy_only=False)
-                                          .astype(object), categorize=False)
+        hashed[rest] = pd.util.hash_array(
+            strings.filter(pa.array(rest)).to_numpy(zero_copy_only=False).astype(object), categorize=False
+        )
     return hashed
 
 
@@ -181,4 +194,5 @@ def instants(values):
         return _utc_microseconds(values).set_axis(values.index)
     text = values.astype("string").str.strip()
     return _utc_microseconds(text.where(text.str.fullmatch(ISO_DATETIME).fillna(False)), text=True).set_axis(
-        values.index)
+        values.index
+    )

@@ -143,7 +143,7 @@ def decode_labels(codes: np.ndarray, classes, kind: str) -> np.ndarray:
     """
     if kind == "number":
         numbers = [int(k) if _INTEGER.fullmatch(k) else float(k) for k in classes]
-        fits = all(isinstance(v, int) and -2**63 <= v < 2**63 for v in numbers)
+        fits = all(isinstance(v, int) and -(2**63) <= v < 2**63 for v in numbers)
         values = np.array(numbers, dtype=np.int64 if fits else object)
     elif kind == "boolean":
         values = np.array([k == "true" for k in classes], dtype=bool)

@@ -69,8 +69,7 @@ def partial_metrics(y: np.ndarray, prediction: np.ndarray, scoring, weight=None)
     if p.ndim == 1:
         p = inverse(p)
     w = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)
-    out = {"n": float(len(y)), "w": float(w.sum()), "sum_y": float((w * y).sum()),
-           "sum_y2": float((w * y * y).sum())}
+    out = {"n": float(len(y)), "w": float(w.sum()), "sum_y": float((w * y).sum()), "sum_y2": float((w * y * y).sum())}
     out.update(target_kind(scoring.task).partial(y, p, w, scoring))
     return out
 
@@ -80,10 +79,12 @@ def binary_partial(y: np.ndarray, p: np.ndarray, w: np.ndarray, scoring: Scoring
     q = np.clip(p, _EPS, 1 - _EPS)
     bins = np.minimum((np.clip(p, 0.0, 1.0) * AUC_BINS).astype(np.int64), AUC_BINS - 1)
     pos = y >= 0.5
-    return {"logloss_sum": float(-(w * (y * np.log(q) + (1 - y) * np.log(1 - q))).sum()),
-            "correct": float(w[(p >= 0.5) == pos].sum()),
-            "pos_hist": np.bincount(bins[pos], weights=w[pos], minlength=AUC_BINS),
-            "neg_hist": np.bincount(bins[~pos], weights=w[~pos], minlength=AUC_BINS)}
+    return {
+        "logloss_sum": float(-(w * (y * np.log(q) + (1 - y) * np.log(1 - q))).sum()),
+        "correct": float(w[(p >= 0.5) == pos].sum()),
+        "pos_hist": np.bincount(bins[pos], weights=w[pos], minlength=AUC_BINS),
+        "neg_hist": np.bincount(bins[~pos], weights=w[~pos], minlength=AUC_BINS),
+    }
 
 
 def multiclass_partial(y: np.ndarray, p: np.ndarray, w: np.ndarray, scoring: Scoring) -> dict:
@@ -102,8 +103,12 @@ def multiclass_partial(y: np.ndarray, p: np.ndarray, w: np.ndarray, scoring: Sco
         mine = codes == c
         pos[c] = np.bincount(bins[mine, c], weights=w[mine], minlength=MULTICLASS_AUC_BINS)
         neg[c] = np.bincount(bins[~mine, c], weights=w[~mine], minlength=MULTICLASS_AUC_BINS)
-    return {"logloss_sum": float(-(w * np.log(np.clip(picked, _EPS, 1.0))).sum()), "confusion": confusion,
-            "pos_hist": pos, "neg_hist": neg}
+    return {
+        "logloss_sum": float(-(w * np.log(np.clip(picked, _EPS, 1.0))).sum()),
+        "confusion": confusion,
+        "pos_hist": pos,
+        "neg_hist": neg,
+    }
 
 
 def regression_partial(y: np.ndarray, p: np.ndarray, w: np.ndarray, scoring: Scoring) -> dict:
@@ -114,14 +119,21 @@ def regression_partial(y: np.ndarray, p: np.ndarray, w: np.ndarray, scoring: Sco
     r = scoring.residual_range
     scaled = (np.clip(err / r, -1, 1) + 1) / 2 * RESIDUAL_BINS
     low, high = scoring.value_range
-    grid = (lambda v: np.clip(((v - low) / ((high - low) or 1.0) * GRID_BINS).astype(np.int64), 0, GRID_BINS - 1))
+
+    def grid(v):
+        return np.clip(((v - low) / ((high - low) or 1.0) * GRID_BINS).astype(np.int64), 0, GRID_BINS - 1)
+
     residual_cells = np.clip(((err / r + 1) / 2 * GRID_BINS).astype(np.int64), 0, GRID_BINS - 1)
     cells = GRID_BINS * GRID_BINS
-    return {"sse": float((w * err * err).sum()), "sae": float((w * np.abs(err)).sum()),
-            "residual_hist": np.bincount(np.minimum(scaled.astype(np.int64), RESIDUAL_BINS - 1), weights=w,
-                                         minlength=RESIDUAL_BINS),
-            "actual_predicted": np.bincount(grid(y) * GRID_BINS + grid(p), weights=w, minlength=cells),
-            "predicted_residual": np.bincount(grid(p) * GRID_BINS + residual_cells, weights=w, minlength=cells)}
+    return {
+        "sse": float((w * err * err).sum()),
+        "sae": float((w * np.abs(err)).sum()),
+        "residual_hist": np.bincount(
+            np.minimum(scaled.astype(np.int64), RESIDUAL_BINS - 1), weights=w, minlength=RESIDUAL_BINS
+        ),
+        "actual_predicted": np.bincount(grid(y) * GRID_BINS + grid(p), weights=w, minlength=cells),
+        "predicted_residual": np.bincount(grid(p) * GRID_BINS + residual_cells, weights=w, minlength=cells),
+    }
 
 
 def combine_metrics(a: dict, b: dict) -> dict:
@@ -163,8 +175,12 @@ def _histogram_auc(pos: np.ndarray, neg: np.ndarray) -> float:
 
 def binary_finish(total: dict, scoring: Scoring) -> dict:
     w = total["w"]
-    return {"auc": _histogram_auc(total["pos_hist"], total["neg_hist"]), "logloss": total["logloss_sum"] / w,
-            "accuracy": total["correct"] / w, "positive_rate": total["sum_y"] / w}
+    return {
+        "auc": _histogram_auc(total["pos_hist"], total["neg_hist"]),
+        "logloss": total["logloss_sum"] / w,
+        "accuracy": total["correct"] / w,
+        "positive_rate": total["sum_y"] / w,
+    }
 
 
 def multiclass_finish(total: dict, scoring: Scoring) -> dict:
@@ -181,20 +197,31 @@ def multiclass_finish(total: dict, scoring: Scoring) -> dict:
     occurring = (truth + predicted) > 0
     aucs = np.array([_histogram_auc(total["pos_hist"][c], total["neg_hist"][c]) for c in range(len(tp))])
     w = total["w"]
-    return {"logloss": total["logloss_sum"] / w, "accuracy": float(tp.sum() / w),
-            "macro_f1": float(f1[occurring].mean()) if occurring.any() else float("nan"),
-            "macro_auc": float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan"),
-            "per_class": {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
-                          "auc": aucs.tolist(), "support": truth.tolist()},
-            "confusion": confusion.tolist()}
+    return {
+        "logloss": total["logloss_sum"] / w,
+        "accuracy": float(tp.sum() / w),
+        "macro_f1": float(f1[occurring].mean()) if occurring.any() else float("nan"),
+        "macro_auc": float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan"),
+        "per_class": {
+            "precision": precision.tolist(),
+            "recall": recall.tolist(),
+            "f1": f1.tolist(),
+            "auc": aucs.tolist(),
+            "support": truth.tolist(),
+        },
+        "confusion": confusion.tolist(),
+    }
 
 
 def regression_finish(total: dict, scoring: Scoring) -> dict:
     w = total["w"]
     mean = total["sum_y"] / w
     sst = total["sum_y2"] - w * mean * mean
-    return {"rmse": float(np.sqrt(total["sse"] / w)), "mae": total["sae"] / w,
-            "r2": float(1.0 - total["sse"] / sst) if sst > 0 else float("nan")}
+    return {
+        "rmse": float(np.sqrt(total["sse"] / w)),
+        "mae": total["sae"] / w,
+        "r2": float(1.0 - total["sse"] / sst) if sst > 0 else float("nan"),
+    }
 
 
 def curves(total: dict, scoring, points: int = 200) -> dict:
@@ -220,11 +247,14 @@ def confusion_counts(total: dict, points: int, scoring: Scoring) -> dict:
 def residual_histogram(total: dict, points: int, scoring: Scoring) -> dict:
     r = scoring.residual_range
     low, high = scoring.value_range
-    return {"residual_edges": np.linspace(-r, r, RESIDUAL_BINS + 1).tolist(),
-            "residual_counts": total["residual_hist"].tolist(),
-            "value_range": [low, high], "residual_range": r,
-            "actual_predicted": total["actual_predicted"].reshape(GRID_BINS, GRID_BINS).tolist(),
-            "predicted_residual": total["predicted_residual"].reshape(GRID_BINS, GRID_BINS).tolist()}
+    return {
+        "residual_edges": np.linspace(-r, r, RESIDUAL_BINS + 1).tolist(),
+        "residual_counts": total["residual_hist"].tolist(),
+        "value_range": [low, high],
+        "residual_range": r,
+        "actual_predicted": total["actual_predicted"].reshape(GRID_BINS, GRID_BINS).tolist(),
+        "predicted_residual": total["predicted_residual"].reshape(GRID_BINS, GRID_BINS).tolist(),
+    }
 
 
 def metric_direction(name: str) -> str:
@@ -250,6 +280,7 @@ def best_model(metrics: dict, task: str) -> str:
     """
     key = primary_metric(task)
     sign = 1 if metric_direction(key) == "max" else -1
+
     def score(name):
         value = metrics[name].get(key, float("nan"))
         return sign * value if value == value else float("-inf")

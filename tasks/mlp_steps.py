@@ -82,11 +82,26 @@ def train_group_mlp(*shards, spec, optim, epochs, seed, schedule, scoring, max_s
 
     _use_worker_threads()
     s = shard_tasks.merge_shards(*shards)
-    out = train_local(s.x_train, s.y_train, s.x_valid, s.y_valid, spec=spec, cfg=optim, epochs=epochs, seed=seed,
-                      schedule=schedule, w_train=s.w_train, w_valid=s.w_valid, max_steps=max_steps,
-                      patience=patience)
-    out["validation"] = finish_metrics(partial_metrics(s.y_valid, predict(out["params"], spec, s.x_valid), scoring,
-                                                       s.w_valid), scoring) if len(s.y_valid) else {"rows": 0}
+    out = train_local(
+        s.x_train,
+        s.y_train,
+        s.x_valid,
+        s.y_valid,
+        spec=spec,
+        cfg=optim,
+        epochs=epochs,
+        seed=seed,
+        schedule=schedule,
+        w_train=s.w_train,
+        w_valid=s.w_valid,
+        max_steps=max_steps,
+        patience=patience,
+    )
+    out["validation"] = (
+        finish_metrics(partial_metrics(s.y_valid, predict(out["params"], spec, s.x_valid), scoring, s.w_valid), scoring)
+        if len(s.y_valid)
+        else {"rows": 0}
+    )
     return out
 
 
@@ -145,7 +160,8 @@ class CollectiveTrainer:
             # would overlap with the backward pass, but on CPU each allreduce costs a round trip
             # that outweighs the overlap (benchmarks/results/mlp_scaling.md).
             self.model = DistributedDataParallel(
-                self.module, device_ids=[self.device] if self.device.startswith("cuda") else None)
+                self.module, device_ids=[self.device] if self.device.startswith("cuda") else None
+            )
         self.opt = make_optimizer(self.module, optim, optim.lr)
         load_optimizer_state(self.opt, optimizer_state, optim.lr)
         # The rows go to the device once and stay there.
@@ -184,8 +200,12 @@ class CollectiveTrainer:
         for epoch in range(first, first + count):
             epoch_seen, epoch_rounds = self._epoch(epoch, loss_total)
             seen, rounds = seen + epoch_seen, rounds + epoch_rounds
-        out = {"loss_sum": float(loss_total), "seen": seen, "rounds": rounds,
-               "validation": loss_of(self.module, self.shard, self.spec, self.device)}
+        out = {
+            "loss_sum": float(loss_total),
+            "seen": seen,
+            "rounds": rounds,
+            "validation": loss_of(self.module, self.shard, self.spec, self.device),
+        }
         if self.rank == 0:
             out["params"] = get_params(self.module)
         return out
@@ -203,17 +223,21 @@ class CollectiveTrainer:
         gradients = plan.sync == "gradients"
         seen, rounds = 0.0, 0
         for step in range(plan.steps_per_epoch):
-            lr = lr_at(plan.lr_schedule, plan.lr, (epoch * plan.steps_per_epoch + step) / plan.total_steps,
-                       plan.warmup)
+            lr = lr_at(plan.lr_schedule, plan.lr, (epoch * plan.steps_per_epoch + step) / plan.total_steps, plan.warmup)
             for group in self.opt.param_groups:
                 group["lr"] = lr
             self.opt.zero_grad(set_to_none=True)
-            batches = [shard.batch(epoch, step * cfg.accumulation_steps + a, cfg.batch_size)
-                       for a in range(cfg.accumulation_steps)]
+            batches = [
+                shard.batch(epoch, step * cfg.accumulation_steps + a, cfg.batch_size)
+                for a in range(cfg.accumulation_steps)
+            ]
             local = float(sum(shard.batch_weights(b).sum(dtype=np.float64) for b in batches))
             if gradients:
-                total = plan.step_weight if plan.step_weight is not None else float(self._allreduce(
-                    torch.tensor([local], dtype=torch.float64, device=self.device))[0])
+                total = (
+                    plan.step_weight
+                    if plan.step_weight is not None
+                    else float(self._allreduce(torch.tensor([local], dtype=torch.float64, device=self.device))[0])
+                )
                 scale = plan.world / total if total else 0.0
             else:
                 scale = 1.0 / local if local else 0.0
@@ -221,10 +245,16 @@ class CollectiveTrainer:
                 index = torch.from_numpy(idx).to(self.device)
                 weights = self.w[index] if self.w is not None else torch.ones(len(idx), device=self.device)
                 # Gradients are allreduced once per step, after its last micro-batch.
-                with self.model.no_sync() if self.model is not self.module and a < len(batches) - 1 \
-                        else nullcontext():
-                    loss = forward_loss(self.model, self.x[index], self.y[index], weights, spec=self.spec,
-                                         bf16=cfg.bf16, device=self.device)
+                with self.model.no_sync() if self.model is not self.module and a < len(batches) - 1 else nullcontext():
+                    loss = forward_loss(
+                        self.model,
+                        self.x[index],
+                        self.y[index],
+                        weights,
+                        spec=self.spec,
+                        bf16=cfg.bf16,
+                        device=self.device,
+                    )
                     (loss * scale).backward()
                 loss_total += loss.detach()
             self.opt.step()
@@ -236,8 +266,20 @@ class CollectiveTrainer:
         return seen, rounds
 
 
-def collective_epoch(shard, params, spec, optim, plan: SyncPlan, *, token: str, rank: int, rendezvous: dict | None,
-                     epoch: int, fresh: bool, epochs: int = 1):
+def collective_epoch(
+    shard,
+    params,
+    spec,
+    optim,
+    plan: SyncPlan,
+    *,
+    token: str,
+    rank: int,
+    rendezvous: dict | None,
+    epoch: int,
+    fresh: bool,
+    epochs: int = 1,
+):
     """One rank's epochs ``epoch`` to ``epoch + epochs - 1`` of a data-parallel training over a
     ``torch.distributed`` group.
 
@@ -258,18 +300,22 @@ def collective_epoch(shard, params, spec, optim, plan: SyncPlan, *, token: str, 
         states[busy] = True
         if fresh:
             if plan.world > 1:
-                join_group(token, rendezvous, rank=rank, world=plan.world, backend=plan.backend,
-                           timeout=plan.timeout)
+                join_group(token, rendezvous, rank=rank, world=plan.world, backend=plan.backend, timeout=plan.timeout)
             states[key] = CollectiveTrainer(shard, params, spec, optim, plan, rank=rank)
         elif key not in states:
-            raise WorkerStateLost(f"rank {rank} of data-parallel MLP training {token} lost its state "
-                                  "(the worker was restarted or replaced)")
+            raise WorkerStateLost(
+                f"rank {rank} of data-parallel MLP training {token} lost its state "
+                "(the worker was restarted or replaced)"
+            )
         return states[key].epochs(epoch, epochs)
     except BaseException as err:
         states.pop(busy, None)
         leave_group(token)
-        if isinstance(err, dist.DistError) or (isinstance(err, RuntimeError) and not isinstance(
-                err, (WorkerStateLost, CollectiveFailed)) and "gloo" in str(err).lower()):
+        if isinstance(err, dist.DistError) or (
+            isinstance(err, RuntimeError)
+            and not isinstance(err, (WorkerStateLost, CollectiveFailed))
+            and "gloo" in str(err).lower()
+        ):
             raise CollectiveFailed(f"rank {rank}: {_collective_message(err)}") from err
         raise
     finally:

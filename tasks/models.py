@@ -25,9 +25,19 @@ def worker_threads() -> int | None:
         return None
 
 
-def train_xgboost_rank(collective_args: dict | None, rank: int, *shards, params: dict, rounds: int,
-                       model: bytes | None, feature_names, feature_types, categorical: bool, callbacks=(),
-                       nthread: int | None = None) -> dict:
+def train_xgboost_rank(
+    collective_args: dict | None,
+    rank: int,
+    *shards,
+    params: dict,
+    rounds: int,
+    model: bytes | None,
+    feature_names,
+    feature_types,
+    categorical: bool,
+    callbacks=(),
+    nthread: int | None = None,
+) -> dict:
     """One rank of the global XGBoost model: join the collective, train on this worker's rows.
 
     Runs as a task pinned to its worker, with that worker's partitions as arguments
@@ -71,16 +81,25 @@ def train_xgboost_rank(collective_args: dict | None, rank: int, *shards, params:
         pool = threadpool_limits(limits=nthread, user_api="openmp")
     nthread = nthread or own
     params = {**params, **({"nthread": nthread} if nthread else {})}
-    types = dict(feature_names=list(feature_names), feature_types=list(feature_types),
-                 enable_categorical=categorical)
-    communicator = contextlib.nullcontext() if collective_args is None else xgb.collective.CommunicatorContext(
-        **collective_args, dmlc_task_id=f"rank-{rank:06d}")
+    types = dict(feature_names=list(feature_names), feature_types=list(feature_types), enable_categorical=categorical)
+    communicator = (
+        contextlib.nullcontext()
+        if collective_args is None
+        else xgb.collective.CommunicatorContext(**collective_args, dmlc_task_id=f"rank-{rank:06d}")
+    )
     with pool, communicator:
         dtrain = xgb.QuantileDMatrix(s.x_train, s.y_train, weight=s.w_train, nthread=nthread, **types)
         dvalid = xgb.QuantileDMatrix(s.x_valid, s.y_valid, weight=s.w_valid, ref=dtrain, nthread=nthread, **types)
         booster = load_booster(model, nthread) if model is not None else None
-        booster = xgb.train(params, dtrain, num_boost_round=rounds, evals=[(dvalid, "validation")],
-                            xgb_model=booster, callbacks=list(callbacks), verbose_eval=False)
+        booster = xgb.train(
+            params,
+            dtrain,
+            num_boost_round=rounds,
+            evals=[(dvalid, "validation")],
+            xgb_model=booster,
+            callbacks=list(callbacks),
+            verbose_eval=False,
+        )
     return {"rank": rank, "rows": int(len(s.y_train)), "rounds": booster.num_boosted_rounds()}
 
 
@@ -111,9 +130,22 @@ def _num_class(booster) -> int:
     return int(config["learner"]["learner_model_param"].get("num_class", "0") or 0)
 
 
-def train_xgboost_local(x_train, y_train, x_valid, y_valid, *, params: dict, rounds: int, feature_names,
-                        feature_types, scoring, nthread: int | None = None, w_train=None, w_valid=None,
-                        early_stopping_rounds: int | None = None) -> dict:
+def train_xgboost_local(
+    x_train,
+    y_train,
+    x_valid,
+    y_valid,
+    *,
+    params: dict,
+    rounds: int,
+    feature_names,
+    feature_types,
+    scoring,
+    nthread: int | None = None,
+    w_train=None,
+    w_valid=None,
+    early_stopping_rounds: int | None = None,
+) -> dict:
     """Train one XGBoost model on one partition's rows, with no communication.
 
     With ``early_stopping_rounds`` (and validation rows), training stops when the last
@@ -129,24 +161,57 @@ def train_xgboost_local(x_train, y_train, x_valid, y_valid, *, params: dict, rou
     params = dict(params)
     if nthread:
         params["nthread"] = nthread
-    dtrain = xgb.QuantileDMatrix(x_train, y_train, weight=w_train, feature_names=list(feature_names),
-                                 feature_types=list(feature_types), enable_categorical=True)
+    dtrain = xgb.QuantileDMatrix(
+        x_train,
+        y_train,
+        weight=w_train,
+        feature_names=list(feature_names),
+        feature_types=list(feature_types),
+        enable_categorical=True,
+    )
     evals, history = [], {}
     if len(y_valid):
-        evals = [(xgb.DMatrix(x_valid, y_valid, weight=w_valid, feature_names=list(feature_names),
-                              feature_types=list(feature_types), enable_categorical=True), "validation")]
+        evals = [
+            (
+                xgb.DMatrix(
+                    x_valid,
+                    y_valid,
+                    weight=w_valid,
+                    feature_names=list(feature_names),
+                    feature_types=list(feature_types),
+                    enable_categorical=True,
+                ),
+                "validation",
+            )
+        ]
     stopping = early_stopping_rounds if evals else None
-    booster = xgb.train(params, dtrain, num_boost_round=rounds, evals=evals, evals_result=history,
-                        early_stopping_rounds=stopping, verbose_eval=False)
+    booster = xgb.train(
+        params,
+        dtrain,
+        num_boost_round=rounds,
+        evals=evals,
+        evals_result=history,
+        early_stopping_rounds=stopping,
+        verbose_eval=False,
+    )
     if stopping is not None:
         booster = booster[: booster.best_iteration + 1]
     model = bytes(booster.save_raw("ubj"))
     seconds = time.perf_counter() - started
-    own = finish_metrics(partial_metrics(y_valid, xgboost_predict(model, x_valid, nthread), scoring, w_valid),
-                         scoring) if len(y_valid) else {"rows": 0}
+    own = (
+        finish_metrics(partial_metrics(y_valid, xgboost_predict(model, x_valid, nthread), scoring, w_valid), scoring)
+        if len(y_valid)
+        else {"rows": 0}
+    )
     weight = float(np.sum(w_train, dtype=np.float64)) if w_train is not None else float(len(y_train))
-    return {"model": model, "rows": int(len(y_train)), "weight": weight, "seconds": seconds, "validation": own,
-            "history": history}
+    return {
+        "model": model,
+        "rows": int(len(y_train)),
+        "weight": weight,
+        "seconds": seconds,
+        "validation": own,
+        "history": history,
+    }
 
 
 def weighted_average(predictions: list, weights) -> np.ndarray:
@@ -210,8 +275,7 @@ def predict_stacked(payload: dict, x: np.ndarray, nthread: int | None = None, ca
     return stack_predict(payload["coef"], stack_inputs(members, payload["task"]), payload["task"])
 
 
-def predict_stacked_out_of_fold(payload: dict, x: np.ndarray, nthread: int | None = None,
-                                cache: dict | None = None):
+def predict_stacked_out_of_fold(payload: dict, x: np.ndarray, nthread: int | None = None, cache: dict | None = None):
     """Evaluation of the stacked combiner on the rows it was fit on, out of fold: even rows
     scored by the fit on the odd rows (``coef_odd``) and vice versa."""
     n = len(x)
@@ -246,15 +310,27 @@ def predict_mlp_ensemble(payload: dict, x: np.ndarray, nthread: int | None = Non
     spec = _spec(payload)
     return weighted_average([predict(p, spec, x) for p in payload["params"]], payload["weights"])
 
+
 def train_group_xgboost(*shards, params, rounds, feature_names, feature_types, scoring, early_stopping_rounds=None):
     """One per-partition XGBoost model on a group of partitions (see :func:`train_xgboost_local`)."""
     from shardflow.tasks.shards import merge_shards
 
     s = merge_shards(*shards)
-    return train_xgboost_local(s.x_train, s.y_train, s.x_valid, s.y_valid, params=params, rounds=rounds,
-                               feature_names=feature_names, feature_types=feature_types, scoring=scoring,
-                               nthread=worker_threads(), w_train=s.w_train, w_valid=s.w_valid,
-                               early_stopping_rounds=early_stopping_rounds)
+    return train_xgboost_local(
+        s.x_train,
+        s.y_train,
+        s.x_valid,
+        s.y_valid,
+        params=params,
+        rounds=rounds,
+        feature_names=feature_names,
+        feature_types=feature_types,
+        scoring=scoring,
+        nthread=worker_threads(),
+        w_train=s.w_train,
+        w_valid=s.w_valid,
+        early_stopping_rounds=early_stopping_rounds,
+    )
 
 
 def member_predictions(shard, models) -> list:
@@ -295,17 +371,24 @@ def stack_partition_losses(design, shard, candidates, task) -> np.ndarray:
     return fold_losses(target_kind(task).combiner, design, *stack_labels(shard), candidates)
 
 
-def fit_stack_in_one_task(designs: list, labels: list, task: str, *, members: int, classes: int, ridge: float,
-                          max_iter: int) -> dict:
+def fit_stack_in_one_task(
+    designs: list, labels: list, task: str, *, members: int, classes: int, ridge: float, max_iter: int
+) -> dict:
     """The whole stacked fit (:func:`~shardflow.tasks.combiners.fit_combiner`) in this task, on
     every partition's design and labels (:func:`stack_labels`): for small validation splits."""
     from shardflow.tasks.combiners import fit_combiner, fold_losses, fold_terms
 
     combiner = target_kind(task).combiner
     parts = [(design, y, w) for design, (y, w) in zip(designs, labels) if design is not None]
-    return fit_combiner(lambda thetas: add_stack_terms(*[fold_terms(combiner, *part, thetas) for part in parts]),
-                        lambda candidates: sum(fold_losses(combiner, *part, candidates) for part in parts),
-                        combiner, members=members, classes=classes, ridge=ridge, max_iter=max_iter)
+    return fit_combiner(
+        lambda thetas: add_stack_terms(*[fold_terms(combiner, *part, thetas) for part in parts]),
+        lambda candidates: sum(fold_losses(combiner, *part, candidates) for part in parts),
+        combiner,
+        members=members,
+        classes=classes,
+        ridge=ridge,
+        max_iter=max_iter,
+    )
 
 
 def add_stack_terms(*parts):

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from shardflow.tasks.targets import target_kind
 from shardflow.tasks.shards import Shard
+from shardflow.tasks.targets import target_kind
 
 Params = dict  # name -> numpy array
 
@@ -43,7 +43,7 @@ class MLPSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "MLPSpec":
+    def from_dict(cls, data: dict) -> MLPSpec:
         return cls(**{**data, "cardinalities": tuple(data["cardinalities"]), "hidden": tuple(data["hidden"])})
 
 
@@ -136,11 +136,15 @@ def make_optimizer(model, cfg: OptimConfig, lr: float):
 
 def load_optimizer_state(opt, state: dict | None, lr: float) -> None:
     if state:
-        opt.load_state_dict({
-            "state": {k: {n: (torch.as_tensor(t) if isinstance(t, np.ndarray) else t) for n, t in v.items()}
-                      for k, v in state["state"].items()},
-            "param_groups": state["param_groups"],
-        })
+        opt.load_state_dict(
+            {
+                "state": {
+                    k: {n: (torch.as_tensor(t) if isinstance(t, np.ndarray) else t) for n, t in v.items()}
+                    for k, v in state["state"].items()
+                },
+                "param_groups": state["param_groups"],
+            }
+        )
     for group in opt.param_groups:
         group["lr"] = lr
 
@@ -166,8 +170,11 @@ def loss_on(shard: Shard, params: Params, spec: MLPSpec, device: str = "cpu", sp
 
 def loss_of(model: nn.Module, shard: Shard, spec: MLPSpec, device: str = "cpu", split: str = "valid") -> dict:
     """Weighted loss sum, rows and weight of ``model`` on this shard's validation (or training) rows."""
-    x, y, w = (shard.x_valid, shard.y_valid, shard.weights_valid) if split == "valid" \
+    x, y, w = (
+        (shard.x_valid, shard.y_valid, shard.weights_valid)
+        if split == "valid"
         else (shard.x_train, shard.y_train, shard.weights_train)
+    )
     if len(y) == 0:
         return {"loss_sum": 0.0, "rows": 0, "weight": 0.0}
     training = model.training
@@ -175,9 +182,9 @@ def loss_of(model: nn.Module, shard: Shard, spec: MLPSpec, device: str = "cpu", 
     total = 0.0
     with torch.no_grad():
         for start in range(0, len(y), 65536):
-            xb = torch.from_numpy(x[start:start + 65536]).to(device)
-            yb = torch.from_numpy(y[start:start + 65536]).to(device)
-            wb = torch.from_numpy(np.ascontiguousarray(w[start:start + 65536], dtype=np.float32)).to(device)
+            xb = torch.from_numpy(x[start : start + 65536]).to(device)
+            yb = torch.from_numpy(y[start : start + 65536]).to(device)
+            wb = torch.from_numpy(np.ascontiguousarray(w[start : start + 65536], dtype=np.float32)).to(device)
             total += float(_weighted_loss(spec, model(xb), yb, wb))
     model.train(training)
     return {"loss_sum": total, "rows": len(y), "weight": float(np.sum(w, dtype=np.float64))}
@@ -192,7 +199,7 @@ def predict(params: Params, spec: MLPSpec, x: np.ndarray, device: str = "cpu") -
     outs = []
     with torch.no_grad():
         for start in range(0, len(x), 65536):
-            out = model(torch.from_numpy(np.ascontiguousarray(x[start:start + 65536], np.float32)).to(device))
+            out = model(torch.from_numpy(np.ascontiguousarray(x[start : start + 65536], np.float32)).to(device))
             outs.append(target_kind(spec.task).activation(out).double().cpu().numpy())
     return np.concatenate(outs) * spec.target_scale + spec.target_shift
 
@@ -251,9 +258,22 @@ def epochs_per_evaluation(steps_per_epoch: int) -> int:
     return max(1, math.ceil(MIN_STEPS_PER_EVALUATION / max(1, steps_per_epoch)))
 
 
-def train_local(x_train, y_train, x_valid, y_valid, *, spec: MLPSpec, cfg: OptimConfig, epochs: int | None,
-                seed: int, schedule: str = "constant", w_train=None, w_valid=None, max_steps: int = 1000,
-                patience: int | None = None) -> dict:
+def train_local(
+    x_train,
+    y_train,
+    x_valid,
+    y_valid,
+    *,
+    spec: MLPSpec,
+    cfg: OptimConfig,
+    epochs: int | None,
+    seed: int,
+    schedule: str = "constant",
+    w_train=None,
+    w_valid=None,
+    max_steps: int = 1000,
+    patience: int | None = None,
+) -> dict:
     """Train one MLP on one partition's rows (the per-partition models): no communication.
 
     ``epochs`` (None: :func:`planned_epochs` of ``max_steps``) epochs of ``batch_size``-row
@@ -278,8 +298,10 @@ def train_local(x_train, y_train, x_valid, y_valid, *, spec: MLPSpec, cfg: Optim
             for group in opt.param_groups:
                 group["lr"] = lr_at(schedule, cfg.lr, (epoch * steps_per_epoch + step) / total_steps)
             opt.zero_grad(set_to_none=True)
-            batches = [shard.batch(epoch, step * cfg.accumulation_steps + a, cfg.batch_size)
-                       for a in range(cfg.accumulation_steps)]
+            batches = [
+                shard.batch(epoch, step * cfg.accumulation_steps + a, cfg.batch_size)
+                for a in range(cfg.accumulation_steps)
+            ]
             total = float(sum(shard.batch_weights(b).sum(dtype=np.float64) for b in batches)) or 1.0
             for idx in batches:
                 x, y, w = _batch(shard, idx, cfg.device)
@@ -304,5 +326,10 @@ def train_local(x_train, y_train, x_valid, y_valid, *, spec: MLPSpec, cfg: Optim
             bad += 1
             if patience is not None and bad >= patience:
                 break
-    return {"params": best, "rows": shard.rows, "weight": shard.weight, "seconds": time.perf_counter() - started,
-            "history": history}
+    return {
+        "params": best,
+        "rows": shard.rows,
+        "weight": shard.weight,
+        "seconds": time.perf_counter() - started,
+        "history": history,
+    }

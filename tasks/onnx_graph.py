@@ -61,9 +61,12 @@ class Graph:
         from onnx import helper
 
         graph = helper.make_graph(self.nodes, "shardflow", self.inputs, self.outputs, self.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
-                                                       helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
-                                  producer_name="shardflow", doc_string=doc)
+        model = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
+            producer_name="shardflow",
+            doc_string=doc,
+        )
         model.ir_version = 10
         return model
 
@@ -78,8 +81,9 @@ def preprocessing(g: Graph, preprocessor) -> str:
     from shardflow.tasks.encode import FIRST_CODE, MISSING_CODE, OTHER_CODE
 
     columns = []
-    for col, lower, upper, mean, std in zip(preprocessor.numeric, preprocessor.lower, preprocessor.upper,
-                                            preprocessor.mean, preprocessor.std):
+    for col, lower, upper, mean, std in zip(
+        preprocessor.numeric, preprocessor.lower, preprocessor.upper, preprocessor.mean, preprocessor.std
+    ):
         g.inputs.append(helper.make_tensor_value_info(col, TensorProto.DOUBLE, ["N"]))
         missing = g.op("Or", [g.op("IsNaN", [col]), g.op("IsInf", [col])])
         x = g.op("Where", [missing, g.const(mean, np.float64), col])
@@ -91,9 +95,14 @@ def preprocessing(g: Graph, preprocessor) -> str:
     for col in preprocessor.categorical:
         g.inputs.append(helper.make_tensor_value_info(col, TensorProto.STRING, ["N"]))
         vocabulary = list(preprocessor.vocabularies[col])
-        codes = g.op("LabelEncoder", [col], domain="ai.onnx.ml", keys_strings=vocabulary + [""],
-                     values_int64s=[FIRST_CODE + i for i in range(len(vocabulary))] + [MISSING_CODE],
-                     default_int64=OTHER_CODE)
+        codes = g.op(
+            "LabelEncoder",
+            [col],
+            domain="ai.onnx.ml",
+            keys_strings=vocabulary + [""],
+            values_int64s=[FIRST_CODE + i for i in range(len(vocabulary))] + [MISSING_CODE],
+            default_int64=OTHER_CODE,
+        )
         columns.append(g.op("Cast", [codes], to=TensorProto.FLOAT))
     axis = g.const([1], np.int64)
     stacked = [g.op("Unsqueeze", [c, axis]) for c in columns]
@@ -105,10 +114,17 @@ def preprocessing(g: Graph, preprocessor) -> str:
 
 #: How each exportable XGBoost objective turns the margin into its prediction.
 OBJECTIVE_ACTIVATIONS = {
-    "binary:logistic": "sigmoid", "reg:logistic": "sigmoid", "multi:softprob": "softmax",
-    "reg:squarederror": "identity", "reg:absoluteerror": "identity", "reg:quantileerror": "identity",
-    "reg:pseudohubererror": "identity", "reg:squaredlogerror": "identity",
-    "count:poisson": "exp", "reg:gamma": "exp", "reg:tweedie": "exp",
+    "binary:logistic": "sigmoid",
+    "reg:logistic": "sigmoid",
+    "multi:softprob": "softmax",
+    "reg:squarederror": "identity",
+    "reg:absoluteerror": "identity",
+    "reg:quantileerror": "identity",
+    "reg:pseudohubererror": "identity",
+    "reg:squaredlogerror": "identity",
+    "count:poisson": "exp",
+    "reg:gamma": "exp",
+    "reg:tweedie": "exp",
 }
 
 
@@ -128,17 +144,30 @@ def xgboost_margin(g: Graph, features: str, model: bytes) -> tuple:
     arrays = _tree_arrays(trees, targets)
     activation = OBJECTIVE_ACTIVATIONS.get(learner["objective"]["name"])
     if activation is None:
-        raise ValueError(f"XGBoost objective {learner['objective']['name']!r} does not export to ONNX yet (exported: "
-                         f"{', '.join(sorted(OBJECTIVE_ACTIVATIONS))})")
-    trees_out = g.op("TreeEnsemble", [features], domain="ai.onnx.ml", n_targets=n_targets, aggregate_function=1,
-                     post_transform=0, tree_roots=arrays["roots"], nodes_featureids=arrays["features"],
-                     nodes_modes=numpy_helper.from_array(np.array(arrays["modes"], np.uint8)),
-                     nodes_splits=numpy_helper.from_array(np.array(arrays["splits"], np.float32)),
-                     nodes_truenodeids=arrays["true_ids"], nodes_trueleafs=arrays["true_leafs"],
-                     nodes_falsenodeids=arrays["false_ids"], nodes_falseleafs=arrays["false_leafs"],
-                     nodes_missing_value_tracks_true=arrays["missing_true"], leaf_targetids=arrays["leaf_targets"],
-                     leaf_weights=numpy_helper.from_array(np.array(arrays["leaf_weights"], np.float32)),
-                     membership_values=numpy_helper.from_array(np.array(arrays["members"] or [np.nan], np.float32)))
+        raise ValueError(
+            f"XGBoost objective {learner['objective']['name']!r} does not export to ONNX yet (exported: "
+            f"{', '.join(sorted(OBJECTIVE_ACTIVATIONS))})"
+        )
+    trees_out = g.op(
+        "TreeEnsemble",
+        [features],
+        domain="ai.onnx.ml",
+        n_targets=n_targets,
+        aggregate_function=1,
+        post_transform=0,
+        tree_roots=arrays["roots"],
+        nodes_featureids=arrays["features"],
+        nodes_modes=numpy_helper.from_array(np.array(arrays["modes"], np.uint8)),
+        nodes_splits=numpy_helper.from_array(np.array(arrays["splits"], np.float32)),
+        nodes_truenodeids=arrays["true_ids"],
+        nodes_trueleafs=arrays["true_leafs"],
+        nodes_falsenodeids=arrays["false_ids"],
+        nodes_falseleafs=arrays["false_leafs"],
+        nodes_missing_value_tracks_true=arrays["missing_true"],
+        leaf_targetids=arrays["leaf_targets"],
+        leaf_weights=numpy_helper.from_array(np.array(arrays["leaf_weights"], np.float32)),
+        membership_values=numpy_helper.from_array(np.array(arrays["members"] or [np.nan], np.float32)),
+    )
     margin = g.op("Add", [trees_out, g.const(_intercept(booster, arrays, n_targets), np.float32)], hint="margin")
     return margin, activation
 
@@ -157,13 +186,32 @@ def _tree_arrays(trees: list, targets: list) -> dict:
     XGBoost sends a row left when ``x < split`` (or, for a categorical split, when its
     category is *not* in the split's set) and missing values the node's default way.
     """
-    out = {k: [] for k in ("roots", "features", "modes", "splits", "true_ids", "true_leafs", "false_ids",
-                           "false_leafs", "missing_true", "leaf_targets", "leaf_weights", "members")}
+    out = {
+        k: []
+        for k in (
+            "roots",
+            "features",
+            "modes",
+            "splits",
+            "true_ids",
+            "true_leafs",
+            "false_ids",
+            "false_leafs",
+            "missing_true",
+            "leaf_targets",
+            "leaf_weights",
+            "members",
+        )
+    }
     for tree, target in zip(trees, targets):
         left, right = tree["left_children"], tree["right_children"]
         values, features = tree["split_conditions"], tree["split_indices"]
-        categories = {node: tree["categories"][start:start + size] for node, start, size in zip(
-            tree.get("categories_nodes", []), tree.get("categories_segments", []), tree.get("categories_sizes", []))}
+        categories = {
+            node: tree["categories"][start : start + size]
+            for node, start, size in zip(
+                tree.get("categories_nodes", []), tree.get("categories_segments", []), tree.get("categories_sizes", [])
+            )
+        }
         node_id, leaf_id = {}, {}
         for i in range(len(left)):
             if left[i] == -1:
@@ -179,16 +227,31 @@ def _tree_arrays(trees: list, targets: list) -> dict:
             continue
         out["roots"].append(node_id[0])
         for i in sorted(node_id):
-            def child(c):
+
+            def child(c, leaf_id=leaf_id, node_id=node_id):
                 return (leaf_id[c], 1) if c in leaf_id else (node_id[c], 0)
 
             if i in categories:  # in the set: right (true); otherwise left
                 out["members"].extend([*map(float, categories[i]), np.nan])
-                _append_node(out, features[i], mode=_MEMBER, split=0.0, true=child(right[i]), false=child(left[i]),
-                             missing_true=not bool(tree["default_left"][i]))
+                _append_node(
+                    out,
+                    features[i],
+                    mode=_MEMBER,
+                    split=0.0,
+                    true=child(right[i]),
+                    false=child(left[i]),
+                    missing_true=not bool(tree["default_left"][i]),
+                )
             else:
-                _append_node(out, features[i], mode=_LT, split=values[i], true=child(left[i]), false=child(right[i]),
-                             missing_true=bool(tree["default_left"][i]))
+                _append_node(
+                    out,
+                    features[i],
+                    mode=_LT,
+                    split=values[i],
+                    true=child(left[i]),
+                    false=child(right[i]),
+                    missing_true=bool(tree["default_left"][i]),
+                )
     return out
 
 
@@ -210,8 +273,13 @@ def _intercept(booster, arrays, n_targets) -> np.ndarray:
 
     n = booster.num_features()
     row = np.full((1, n), np.nan, np.float32)
-    matrix = xgb.DMatrix(row, missing=np.nan, feature_names=booster.feature_names,
-                         feature_types=booster.feature_types, enable_categorical=True)
+    matrix = xgb.DMatrix(
+        row,
+        missing=np.nan,
+        feature_names=booster.feature_names,
+        feature_types=booster.feature_types,
+        enable_categorical=True,
+    )
     margin = np.asarray(booster.predict(matrix, output_margin=True), np.float64)
     reached = np.zeros(n_targets)
     for root in arrays["roots"]:
@@ -231,8 +299,9 @@ def xgboost_scores(g: Graph, features: str, model: bytes, kind) -> str:
     if activation == "softmax":
         return g.op("Softmax", [margin], axis=1)
     flat = g.op("Reshape", [margin, g.const([-1], np.int64)])
-    return {"sigmoid": lambda: g.op("Sigmoid", [flat]), "exp": lambda: g.op("Exp", [flat]),
-            "identity": lambda: flat}[activation]()
+    return {"sigmoid": lambda: g.op("Sigmoid", [flat]), "exp": lambda: g.op("Exp", [flat]), "identity": lambda: flat}[
+        activation
+    ]()
 
 
 # ----------------------------------------------------------------------------- MLP
@@ -254,9 +323,16 @@ def mlp_scores(g: Graph, features: str, params: dict, spec, kind) -> str:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.zeros(2, spec.n_numeric + len(spec.cardinalities)),), buffer,
-                          input_names=["x"], output_names=["out"], dynamic_axes={"x": {0: "N"}, "out": {0: "N"}},
-                          opset_version=OPSET, dynamo=False)
+        torch.onnx.export(
+            net,
+            (torch.zeros(2, spec.n_numeric + len(spec.cardinalities)),),
+            buffer,
+            input_names=["x"],
+            output_names=["out"],
+            dynamic_axes={"x": {0: "N"}, "out": {0: "N"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
     exported = onnx.compose.add_prefix(onnx.load_from_string(buffer.getvalue()), g.name("network") + "/")
     g.nodes.append(onnx.helper.make_node("Identity", [features], [exported.graph.input[0].name]))
     g.nodes.extend(exported.graph.node)
@@ -268,8 +344,10 @@ def mlp_scores(g: Graph, features: str, params: dict, spec, kind) -> str:
     value = g.op("Sigmoid", [out]) if kind.is_classification else out
     value = g.op("Cast", [value], to=TensorProto.DOUBLE)
     if spec.target_scale != 1 or spec.target_shift:
-        value = g.op("Add", [g.op("Mul", [value, g.const(spec.target_scale, np.float64)]),
-                             g.const(spec.target_shift, np.float64)])
+        value = g.op(
+            "Add",
+            [g.op("Mul", [value, g.const(spec.target_scale, np.float64)]), g.const(spec.target_shift, np.float64)],
+        )
     return value
 
 
@@ -295,8 +373,7 @@ def stacked(g: Graph, members: list, coef, kind) -> str:
     members = [as_double(g, m) for m in members]
     if kind.multi_output:
         k = len(coef) - len(members)
-        logs = [g.op("Log", [g.op("Clip", [m, g.const(1e-9, np.float64), g.const(1.0, np.float64)])])
-                for m in members]
+        logs = [g.op("Log", [g.op("Clip", [m, g.const(1e-9, np.float64), g.const(1.0, np.float64)])]) for m in members]
         z = g.const(coef[:k].reshape(1, k), np.float64)
         for a, log in zip(coef[k:], logs):
             z = g.op("Add", [z, g.op("Mul", [log, g.const(a, np.float64)])])

@@ -78,8 +78,11 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
             reject(row_errors == message, str(message))
         raw = raw.drop(columns=[ROW_ERROR_COLUMN])
     frame = raw.copy(deep=False)
-    raw_target = raw[spec.target] if spec.target_required and spec.target_expression is None \
-        and spec.target in raw.columns else None
+    raw_target = (
+        raw[spec.target]
+        if spec.target_required and spec.target_expression is None and spec.target in raw.columns
+        else None
+    )
     join_matches = []
     for join, table in zip(spec.joins, dimensions):
         frame, matched = _left_join(frame, table, join)
@@ -130,8 +133,10 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
             reject(~target.isin(list(spec.classes)), f"{spec.target}: label not in target.classes")
         transform = target_transform(spec.target_transform)
         if transform.above > -np.inf:
-            reject(target <= transform.above,
-                   f"{spec.target}: at or below {transform.above:g}, outside target.transform {transform.name}")
+            reject(
+                target <= transform.above,
+                f"{spec.target}: at or below {transform.above:g}, outside target.transform {transform.name}",
+            )
         # Classification labels are not checked here: the profile counts them and the ETL
         # stops with an error that says what the target holds.
     else:  # prediction: no target, nothing to reject for it
@@ -142,8 +147,10 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
         weight = _as_float(frame[spec.weight])
         reject(weight.isna(), f"{spec.weight}: missing sample weight")
         reject(~(weight >= 0) | (weight == np.inf), f"{spec.weight}: sample weight not a finite number ≥ 0")
-        reject(((weight > 0) & (weight < _FLOAT32_TINY)) | (weight > _FLOAT32_MAX),
-               f"{spec.weight}: sample weight outside float32's range (0, or 1.2e-38 to 3.4e+38)")
+        reject(
+            ((weight > 0) & (weight < _FLOAT32_TINY)) | (weight > _FLOAT32_MAX),
+            f"{spec.weight}: sample weight outside float32's range (0, or 1.2e-38 to 3.4e+38)",
+        )
 
     good = reasons == 0
     split = split_membership(raw[list(spec.split_key)], spec.validation_fraction, spec.split_seed)
@@ -169,8 +176,11 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
 
     quarantine = raw[~good]
     quarantine = quarantine.assign(
-        **{REASON_COLUMN: np.array(messages, dtype=object)[reasons[~good] - 1] if (~good).any()
-           else np.array([], dtype=object)}
+        **{
+            REASON_COLUMN: np.array(messages, dtype=object)[reasons[~good] - 1]
+            if (~good).any()
+            else np.array([], dtype=object)
+        }
     )
     return PreparedPartition(features[good], quarantine, int(target_missing.sum()), tuple(join_matches), examples)
 

@@ -87,8 +87,14 @@ def open_rendezvous(token: str, timeout: float) -> dict:
     listener.listen(128)
     port = listener.getsockname()[1]
     # The store takes the socket over (and closes it when it goes): Python must not close it too.
-    store = dist.TCPStore(host, port, is_master=True, wait_for_workers=False, timeout=_timeout(timeout),
-                          master_listen_fd=listener.detach())
+    store = dist.TCPStore(
+        host,
+        port,
+        is_master=True,
+        wait_for_workers=False,
+        timeout=_timeout(timeout),
+        master_listen_fd=listener.detach(),
+    )
     resident_states()[(token, "rendezvous")] = store
     return {"host": host, "port": port}
 
@@ -107,17 +113,20 @@ def join_group(token: str, rendezvous: dict, *, rank: int, world: int, backend: 
     if interface:  # the group's own sockets on the interface of this worker's Dask address
         os.environ["GLOO_SOCKET_IFNAME" if backend == "gloo" else "NCCL_SOCKET_IFNAME"] = interface
     served = states.get((token, "rendezvous"))
-    store = served if served is not None and rank == 0 else dist.TCPStore(
-        rendezvous["host"], rendezvous["port"], is_master=False, timeout=_timeout(timeout))
+    store = (
+        served
+        if served is not None and rank == 0
+        else dist.TCPStore(rendezvous["host"], rendezvous["port"], is_master=False, timeout=_timeout(timeout))
+    )
     options = {}
     if backend == "nccl":
         options["device_id"] = torch.device("cuda", torch.cuda.current_device())
     try:
-        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=_timeout(timeout),
-                                **options)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=_timeout(timeout), **options)
     except Exception as err:  # a peer that never arrived, a refused connection
-        raise CollectiveFailed(f"rank {rank} could not join the process group at "
-                               f"{rendezvous['host']}:{rendezvous['port']}: {err}") from err
+        raise CollectiveFailed(
+            f"rank {rank} could not join the process group at {rendezvous['host']}:{rendezvous['port']}: {err}"
+        ) from err
     states[GROUP_KEY] = token
 
 

@@ -7,10 +7,10 @@ import pandas as pd
 
 from shardflow.tasks import backend
 from shardflow.tasks.encode import Preprocessor
+from shardflow.tasks.labels import decode_labels, probability_column
 from shardflow.tasks.models import worker_threads
 from shardflow.tasks.prepare import prepare_partition
 from shardflow.tasks.storage import location
-from shardflow.tasks.labels import decode_labels, probability_column
 from shardflow.tasks.targets import target_kind, target_transform
 
 PREDICTION = "prediction"
@@ -31,17 +31,20 @@ def score_rows(raw, spec, dimensions, *, preprocessor: Preprocessor, predictor, 
     table = preprocessor.transform(prepared.features)
     x = backend.to_host_array(table[preprocessor.feature_names], np.float32)
     scores = predictor(payload, x, worker_threads())
-    out = backend.to_pandas(table[list(preprocessor.keep_columns)]).reset_index(drop=True) \
-        if preprocessor.keep_columns else pd.DataFrame(index=range(len(scores)))
+    out = (
+        backend.to_pandas(table[list(preprocessor.keep_columns)]).reset_index(drop=True)
+        if preprocessor.keep_columns
+        else pd.DataFrame(index=range(len(scores)))
+    )
     return out.assign(**prediction_columns(scores, preprocessor)), prepared
 
 
-def predict_partition(raw, spec, dimensions, *, preprocessor: Preprocessor, predictor, payload: dict,
-                      output: str, index: int) -> dict:
+def predict_partition(
+    raw, spec, dimensions, *, preprocessor: Preprocessor, predictor, payload: dict, output: str, index: int
+) -> dict:
     """Score one input partition (:func:`score_rows`); write its predictions (and quarantine).
     Returns the rows scored and quarantined."""
-    out, prepared = score_rows(raw, spec, dimensions, preprocessor=preprocessor, predictor=predictor,
-                               payload=payload)
+    out, prepared = score_rows(raw, spec, dimensions, preprocessor=preprocessor, predictor=predictor, payload=payload)
     part = f"part-{index:05d}.parquet"
     backend.write_parquet(out, location(output) / part)
     if len(prepared.quarantine):
@@ -49,8 +52,7 @@ def predict_partition(raw, spec, dimensions, *, preprocessor: Preprocessor, pred
     return {"rows": len(out), "quarantined": len(prepared.quarantine)}
 
 
-def score_exported_partition(raw, spec, dimensions, *, exported: tuple, keep_columns, output: str,
-                             index: int) -> dict:
+def score_exported_partition(raw, spec, dimensions, *, exported: tuple, keep_columns, output: str, index: int) -> dict:
     """Prepare one input partition and score it with an exported ONNX model (``exported``:
     its bytes and metadata; this worker's ONNX Runtime session, reused across partitions);
     write its predictions and quarantine."""
@@ -90,5 +92,7 @@ def prediction_columns(scores: np.ndarray, preprocessor: Preprocessor) -> dict:
     if not kind.multi_output:
         return {PREDICTION: scores, LABEL: labels}
     probabilities = np.asarray(scores).reshape(len(labels), len(preprocessor.classes))
-    return {LABEL: labels, **{probability_column(key): probabilities[:, i]
-                              for i, key in enumerate(preprocessor.classes)}}
+    return {
+        LABEL: labels,
+        **{probability_column(key): probabilities[:, i] for i, key in enumerate(preprocessor.classes)},
+    }

@@ -73,12 +73,19 @@ def read_shard(zarr_path, offset: int, rows: int, seed: int) -> Shard:
     from shardflow.tasks.storage import zarr_store
 
     group = zarr.open_group(zarr_store(zarr_path, read_only=True), mode="r")
-    x = group["X"][offset:offset + rows]
-    y = group["y"][offset:offset + rows]
-    valid = group["is_validation"][offset:offset + rows]
-    w = group["w"][offset:offset + rows] if "w" in group else None
-    return Shard(x[~valid], y[~valid], x[valid], y[valid], seed=seed,
-                 w_train=None if w is None else w[~valid], w_valid=None if w is None else w[valid])
+    x = group["X"][offset : offset + rows]
+    y = group["y"][offset : offset + rows]
+    valid = group["is_validation"][offset : offset + rows]
+    w = group["w"][offset : offset + rows] if "w" in group else None
+    return Shard(
+        x[~valid],
+        y[~valid],
+        x[valid],
+        y[valid],
+        seed=seed,
+        w_train=None if w is None else w[~valid],
+        w_valid=None if w is None else w[valid],
+    )
 
 
 def merge_shards(*shards: Shard, seed: int = 0) -> Shard:
@@ -98,8 +105,11 @@ def merge_shards(*shards: Shard, seed: int = 0) -> Shard:
         return Shard(s.x_train, s.y_train, s.x_valid, s.y_valid, seed=seed, w_train=s.w_train, w_valid=s.w_valid)
     weighted = any(s.w_train is not None or s.w_valid is not None for s in shards)
     return Shard(
-        np.concatenate([s.x_train for s in shards]), np.concatenate([s.y_train for s in shards]),
-        np.concatenate([s.x_valid for s in shards]), np.concatenate([s.y_valid for s in shards]), seed=seed,
+        np.concatenate([s.x_train for s in shards]),
+        np.concatenate([s.y_train for s in shards]),
+        np.concatenate([s.x_valid for s in shards]),
+        np.concatenate([s.y_valid for s in shards]),
+        seed=seed,
         w_train=np.concatenate([s.weights_train for s in shards]) if weighted else None,
         w_valid=np.concatenate([s.weights_valid for s in shards]) if weighted else None,
     )

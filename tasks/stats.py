@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shardflow.tasks import backend
+from shardflow.tasks.labels import MAX_CLASSES
 from shardflow.tasks.prepare import PreparedPartition
 from shardflow.tasks.schema import REASON_COLUMN, SPLIT_COLUMN, WEIGHT_COLUMN, TableSpec
-from shardflow.tasks.labels import MAX_CLASSES
 from shardflow.tasks.targets import target_kind, target_transform
 
 
@@ -44,7 +44,7 @@ class Moments:
     maximum: np.ndarray
 
     @classmethod
-    def of(cls, frame, columns, lower=None, upper=None) -> "Moments":
+    def of(cls, frame, columns, lower=None, upper=None) -> Moments:
         """Moments of ``frame[columns]``, optionally clipped to per-column bounds first."""
         data = frame[list(columns)]
         if lower is not None:
@@ -61,7 +61,7 @@ class Moments:
             np.where(count > 0, _host(data.max()), -np.inf),
         )
 
-    def merge(self, other: "Moments") -> "Moments":
+    def merge(self, other: Moments) -> Moments:
         n = self.count + other.count
         safe = np.where(n > 0, n, 1.0)
         delta = other.mean - self.mean
@@ -75,7 +75,7 @@ class Moments:
         )
 
     @classmethod
-    def empty(cls, columns) -> "Moments":
+    def empty(cls, columns) -> Moments:
         """The moments of no rows (the identity of :meth:`merge`)."""
         k = len(columns)
         return cls(list(columns), np.zeros(k), np.zeros(k), np.zeros(k), np.full(k, np.inf), np.full(k, -np.inf))
@@ -141,8 +141,9 @@ def partition_profile(part: PreparedPartition, spec: TableSpec, index: int) -> P
     else:
         target = Moments.of(features, target_columns)
         training = features[~features[SPLIT_COLUMN]][target_columns]
-        transformed = training.assign(**{spec.target: target_transform(spec.target_transform).forward(
-            training[spec.target])})
+        transformed = training.assign(
+            **{spec.target: target_transform(spec.target_transform).forward(training[spec.target])}
+        )
         model_target = Moments.of(transformed, target_columns)
         target_mean = float(target.mean[0]) if target.count[0] else None
     numeric = Moments.of(features, spec.numeric_features)
@@ -212,7 +213,8 @@ def combine_profiles(a: Profile, b: Profile) -> Profile:
         model_target=a.model_target.merge(b.model_target),
         target_examples=list(dict.fromkeys(a.target_examples + b.target_examples))[:3],
         partition_means={**a.partition_means, **b.partition_means},
-        weight_sums=None if a.weight_sums is None or b.weight_sums is None
+        weight_sums=None
+        if a.weight_sums is None or b.weight_sums is None
         else [x + y for x, y in zip(a.weight_sums, b.weight_sums)],
     )
 
@@ -259,8 +261,11 @@ def partition_differences(profile: Profile, numeric: list, classes: list | None 
             if m is not None and std[k] > 0:
                 numeric_gaps[k] = max(numeric_gaps[k], abs(m - profile.numeric.mean[k]) / std[k])
         entries.append(entry)
-    return {"partitions": entries, "target_gap": round(max(target_gaps, default=0.0), 4),
-            "numeric_gap": {col: round(float(g), 4) for col, g in zip(numeric, numeric_gaps)}}
+    return {
+        "partitions": entries,
+        "target_gap": round(max(target_gaps, default=0.0), 4),
+        "numeric_gap": {col: round(float(g), 4) for col, g in zip(numeric, numeric_gaps)},
+    }
 
 
 def _combined_target_values(a: Profile, b: Profile) -> dict:
@@ -268,8 +273,10 @@ def _combined_target_values(a: Profile, b: Profile) -> dict:
     for k, v in b.target_values.items():
         merged[k] = merged.get(k, 0) + v
     values, truncated = _kept_values(merged)
-    return {"target_values": values,
-            "target_values_truncated": truncated or a.target_values_truncated or b.target_values_truncated}
+    return {
+        "target_values": values,
+        "target_values_truncated": truncated or a.target_values_truncated or b.target_values_truncated,
+    }
 
 
 def partition_clipped_moments(part: PreparedPartition, columns, lower, upper) -> Moments:
@@ -283,9 +290,7 @@ def combine_moments(a: Moments, b: Moments) -> Moments:
 
 def clip_columns(frame, columns, lower, upper):
     """``frame`` with each of ``columns`` clipped to its own ``[lower, upper]``."""
-    return frame.assign(
-        **{col: frame[col].clip(lo, hi) for col, lo, hi in zip(columns, lower, upper)}
-    )
+    return frame.assign(**{col: frame[col].clip(lo, hi) for col, lo, hi in zip(columns, lower, upper)})
 
 
 def _host(series) -> np.ndarray:

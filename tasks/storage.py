@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 #: Object stores shardflow reads and writes (``memory://`` is one process's store, for tests).
 OBJECT_STORE_SCHEMES = ("s3", "s3a", "gs", "gcs", "abfs", "abfss", "az", "memory")
 
+
 def url_scheme(path) -> str | None:
     """The scheme of a URL (``s3``, ``gs``, ...), None for a local path or a ``file://`` URL;
     also a URL that ``Path`` has folded to one slash (``s3:/b/k``). A drive letter is a path.
@@ -42,8 +43,10 @@ def check_url(url: str, what: str) -> None:
     """
     scheme = url_scheme(url)
     if "::" in str(url) or (scheme and scheme not in OBJECT_STORE_SCHEMES):
-        raise ValueError(f"{what} {url!r}: {scheme or 'chained'}:// URLs are not read; give a local path or "
-                         f"one of {', '.join(s + '://' for s in OBJECT_STORE_SCHEMES)}")
+        raise ValueError(
+            f"{what} {url!r}: {scheme or 'chained'}:// URLs are not read; give a local path or "
+            f"one of {', '.join(s + '://' for s in OBJECT_STORE_SCHEMES)}"
+        )
     if scheme and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/]", str(url)):
         raise ValueError(f"{what} {url!r}: not a URL of the form {scheme}://bucket/key")
 
@@ -65,7 +68,7 @@ def location(path, storage_options: dict | None = None):
     if url_scheme(text):
         return StorePath(text, storage_options)
     if text.lower().startswith("file://"):
-        text = text[len("file://"):]
+        text = text[len("file://") :]
     return Path(text)
 
 
@@ -156,14 +159,18 @@ class StorePath:
             self._fs = fsspec.filesystem(self.protocol, **options)
         return self._fs
 
-    def __truediv__(self, name) -> "StorePath":
+    def __truediv__(self, name) -> StorePath:
         return self._at(f"{self.key}/{str(name).strip('/')}")
 
-    def _at(self, key: str) -> "StorePath":
+    def _at(self, key: str) -> StorePath:
         """The path ``key`` in the same store: the scheme is checked already, the client shared."""
         other = object.__new__(StorePath)
-        other.protocol, other.key, other.storage_options, other._fs = self.protocol, key.strip("/"), \
-            self.storage_options, self._fs
+        other.protocol, other.key, other.storage_options, other._fs = (
+            self.protocol,
+            key.strip("/"),
+            self.storage_options,
+            self._fs,
+        )
         return other
 
     @property
@@ -175,14 +182,14 @@ class StorePath:
         return PurePosixPath(self.name).suffix
 
     @property
-    def parent(self) -> "StorePath":
+    def parent(self) -> StorePath:
         return self._at(self.key.rsplit("/", 1)[0]) if "/" in self.key else self
 
     @property
     def bucket(self) -> str:
         return self.key.split("/", 1)[0]
 
-    def with_name(self, name: str) -> "StorePath":
+    def with_name(self, name: str) -> StorePath:
         return self.parent / name
 
     def relative_to(self, other) -> PurePosixPath:
@@ -191,10 +198,10 @@ class StorePath:
     def as_posix(self) -> str:
         return self.url
 
-    def expanduser(self) -> "StorePath":
+    def expanduser(self) -> StorePath:
         return self
 
-    def resolve(self) -> "StorePath":
+    def resolve(self) -> StorePath:
         return self
 
     def is_absolute(self) -> bool:
@@ -275,10 +282,17 @@ def file_identity(path: str, storage_options: dict | None = None) -> str:
     size and modification time; in an object store also its ETag (or generation, or MD5)."""
     if url_scheme(path):
         info = StorePath(path, storage_options).info()
-        tag = next((str(info[k]) for k in ("ETag", "etag", "generation", "md5Hash", "content_md5", "VersionId")
-                    if info.get(k)), "")
-        when = next((str(info[k]) for k in ("LastModified", "mtime", "updated", "last_modified", "created")
-                     if info.get(k)), "")
+        tag = next(
+            (
+                str(info[k])
+                for k in ("ETag", "etag", "generation", "md5Hash", "content_md5", "VersionId")
+                if info.get(k)
+            ),
+            "",
+        )
+        when = next(
+            (str(info[k]) for k in ("LastModified", "mtime", "updated", "last_modified", "created") if info.get(k)), ""
+        )
         return f"{path}\0{info.get('size')}\0{when}\0{tag}"
     import os
 

@@ -30,8 +30,11 @@ def allowed_endpoints() -> set:
     """The endpoints this environment lets a config choose (normalised: no trailing slash)."""
     import os
 
-    names = [*os.environ.get(ENDPOINTS_VARIABLE, "").split(","), os.environ.get("AWS_ENDPOINT_URL", ""),
-             os.environ.get("AWS_ENDPOINT_URL_S3", "")]
+    names = [
+        *os.environ.get(ENDPOINTS_VARIABLE, "").split(","),
+        os.environ.get("AWS_ENDPOINT_URL", ""),
+        os.environ.get("AWS_ENDPOINT_URL_S3", ""),
+    ]
     return {name.strip().rstrip("/") for name in names if name.strip()}
 
 
@@ -75,28 +78,48 @@ _COUNT = Allowed((int,), low=1, high=1024)
 #: ``HTTPS_PROXY``, ``AWS_CA_BUNDLE``), as do options not listed here, which a config cannot vet.
 CONFIG_STORAGE_OPTIONS = {
     # reads without credentials (public buckets), requester-pays buckets (true: the credentials' own account)
-    "anon": _FLAG, "requester_pays": _FLAG,
+    "anon": _FLAG,
+    "requester_pays": _FLAG,
     # block sizes and the caching of reads
-    "default_block_size": _BYTES, "block_size": _BYTES, "blocksize": _BYTES,
-    "default_cache_type": Allowed((str,), ("none", "readahead", "bytes", "blockcache", "first", "parts", "all",
-                                          "background", "adaptive")),
-    "default_fill_cache": _FLAG, "version_aware": _FLAG, "cache_regions": _FLAG, "fixed_upload_size": _FLAG,
+    "default_block_size": _BYTES,
+    "block_size": _BYTES,
+    "blocksize": _BYTES,
+    "default_cache_type": Allowed(
+        (str,), ("none", "readahead", "bytes", "blockcache", "first", "parts", "all", "background", "adaptive")
+    ),
+    "default_fill_cache": _FLAG,
+    "version_aware": _FLAG,
+    "cache_regions": _FLAG,
+    "fixed_upload_size": _FLAG,
     "max_concurrency": _COUNT,
     # gcsfs: the integrity check of writes, the timeout of a request
-    "consistency": Allowed((str,), ("none", "size", "md5", "crc32c")), "requests_timeout": _SECONDS,
+    "consistency": Allowed((str,), ("none", "size", "md5", "crc32c")),
+    "requests_timeout": _SECONDS,
     # adlfs: the account (its own check below), timeouts, reads from the secondary replica
-    "account_name": _NAME, "timeout": _SECONDS, "connection_timeout": _SECONDS, "read_timeout": _SECONDS,
-    "socket_timeout": _SECONDS, "location_mode": Allowed((str,), ("primary", "secondary")),
+    "account_name": _NAME,
+    "timeout": _SECONDS,
+    "connection_timeout": _SECONDS,
+    "read_timeout": _SECONDS,
+    "socket_timeout": _SECONDS,
+    "location_mode": Allowed((str,), ("primary", "secondary")),
     # endpoints: only those the environment allows
-    "endpoint_url": Endpoint, "account_host": Endpoint,
+    "endpoint_url": Endpoint,
+    "account_host": Endpoint,
     # s3fs: botocore's client and its Config (region, retries, timeouts; never proxies, TLS or certificates)
     "client_kwargs": {"region_name": _NAME, "endpoint_url": Endpoint},
-    "config_kwargs": {"region_name": _NAME, "connect_timeout": _SECONDS, "read_timeout": _SECONDS,
-                      "max_pool_connections": _COUNT, "tcp_keepalive": _FLAG,
-                      "retries": {"max_attempts": Allowed((int,), low=0, high=100),
-                                  "total_max_attempts": Allowed((int,), low=1, high=101),
-                                  "mode": Allowed((str,), ("legacy", "standard", "adaptive"))},
-                      "s3": {"addressing_style": Allowed((str,), ("auto", "virtual", "path"))}},
+    "config_kwargs": {
+        "region_name": _NAME,
+        "connect_timeout": _SECONDS,
+        "read_timeout": _SECONDS,
+        "max_pool_connections": _COUNT,
+        "tcp_keepalive": _FLAG,
+        "retries": {
+            "max_attempts": Allowed((int,), low=0, high=100),
+            "total_max_attempts": Allowed((int,), low=1, high=101),
+            "mode": Allowed((str,), ("legacy", "standard", "adaptive")),
+        },
+        "s3": {"addressing_style": Allowed((str,), ("auto", "virtual", "path"))},
+    },
     # s3fs: encryption at rest may be asked for (it only adds protection; no key is chosen here)
     "s3_additional_kwargs": {"ServerSideEncryption": Allowed((str,), ("AES256", "aws:kms", "aws:kms:dsse"))},
 }
@@ -124,8 +147,9 @@ def check_storage_options(options) -> None:
     config key 'storage_options.client_kwargs.verify': not an option a config
     """
     if not isinstance(options, dict):
-        raise ValueError(f"config key 'storage_options': expected a mapping of option names to values, got "
-                         f"{type(options).__name__}")
+        raise ValueError(
+            f"config key 'storage_options': expected a mapping of option names to values, got {type(options).__name__}"
+        )
     _check_options(options, CONFIG_STORAGE_OPTIONS, ())
 
 
@@ -138,16 +162,20 @@ def _check_options(options: dict, allowed: dict, parents: tuple) -> None:
         if spec is None:
             lowered = str(name).lower()
             if lowered in CREDENTIAL_OPTIONS or any(word in lowered for word in CREDENTIAL_WORDS):
-                raise ValueError(f"{key}: credentials are not read from a config (it is copied into every run); "
-                                 "set them in the environment (AWS_ACCESS_KEY_ID, GOOGLE_APPLICATION_CREDENTIALS, "
-                                 "...) instead")
+                raise ValueError(
+                    f"{key}: credentials are not read from a config (it is copied into every run); "
+                    "set them in the environment (AWS_ACCESS_KEY_ID, GOOGLE_APPLICATION_CREDENTIALS, "
+                    "...) instead"
+                )
             import difflib
 
             close = difflib.get_close_matches(str(name), [str(k) for k in allowed], n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ValueError(f"{key}: not an option a config may set{hint} (it could weaken TLS, make objects "
-                             f"public, pick credentials or a proxy); set it in the environment instead "
-                             f"(FSSPEC_S3='{_nested_json(path)}', or AWS_PROFILE, HTTPS_PROXY, AWS_CA_BUNDLE)")
+            raise ValueError(
+                f"{key}: not an option a config may set{hint} (it could weaken TLS, make objects "
+                f"public, pick credentials or a proxy); set it in the environment instead "
+                f"(FSSPEC_S3='{_nested_json(path)}', or AWS_PROFILE, HTTPS_PROXY, AWS_CA_BUNDLE)"
+            )
         if isinstance(spec, dict):
             if value is None:
                 continue
@@ -156,13 +184,19 @@ def _check_options(options: dict, allowed: dict, parents: tuple) -> None:
             _check_options(value, spec, path)
         elif spec is Endpoint:
             if value is not None and str(value).rstrip("/") not in allowed_endpoints():
-                raise ValueError(f"{key}: {value!r} would receive the environment's credentials, and a config does "
-                                 f"not choose where they go; allow it in the environment "
-                                 f"({ENDPOINTS_VARIABLE}={value}, or AWS_ENDPOINT_URL)")
+                raise ValueError(
+                    f"{key}: {value!r} would receive the environment's credentials, and a config does "
+                    f"not choose where they go; allow it in the environment "
+                    f"({ENDPOINTS_VARIABLE}={value}, or AWS_ENDPOINT_URL)"
+                )
         else:
             problem = spec.problem(value)
-            if problem is None and path == ("account_name",) and value is not None \
-                    and not re.fullmatch(r"[a-z0-9]{3,24}", value):
+            if (
+                problem is None
+                and path == ("account_name",)
+                and value is not None
+                and not re.fullmatch(r"[a-z0-9]{3,24}", value)
+            ):
                 # adlfs puts it into the host name: nothing but an account's name may go there
                 problem = f"{value!r} is not an Azure storage account name (3-24 lowercase letters and digits)"
             if problem:

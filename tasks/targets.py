@@ -13,8 +13,8 @@ the ETL resolves a classification target with three or more classes to ``multicl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -135,19 +135,51 @@ class TargetKind:
         return classes if self.multi_output else 1
 
 
-TARGET_KINDS = {k.name: k for k in (
-    TargetKind("classification", {"objective": "binary:logistic", "eval_metric": ["auc", "logloss"]},
-               ("auc", "logloss", "accuracy"), "roc", metrics.binary_partial, metrics.binary_finish,
-               metrics.roc_points, _bce_loss, _torch_sigmoid, GLMCombiner(_logit, _sigmoid, lambda p: p * (1 - p), _log_loss_rows),
-               _threshold_codes),
-    TargetKind("multiclass", {"objective": "multi:softprob", "eval_metric": ["merror", "mlogloss"]},
-               ("logloss", "accuracy", "macro_f1", "macro_auc"), "confusion", metrics.multiclass_partial,
-               metrics.multiclass_finish, metrics.confusion_counts, _cross_entropy_loss, _torch_softmax,
-               MultinomialCombiner(), _argmax_codes, configurable=False, multi_output=True),
-    TargetKind("regression", {"objective": "reg:squarederror", "eval_metric": ["rmse"]},
-               ("rmse", "mae", "r2"), "residuals", metrics.regression_partial, metrics.regression_finish,
-               metrics.residual_histogram, _mse_loss, _identity, GLMCombiner(_identity, _identity, np.ones_like, _squared_error_rows)),
-)}
+TARGET_KINDS = {
+    k.name: k
+    for k in (
+        TargetKind(
+            "classification",
+            {"objective": "binary:logistic", "eval_metric": ["auc", "logloss"]},
+            ("auc", "logloss", "accuracy"),
+            "roc",
+            metrics.binary_partial,
+            metrics.binary_finish,
+            metrics.roc_points,
+            _bce_loss,
+            _torch_sigmoid,
+            GLMCombiner(_logit, _sigmoid, lambda p: p * (1 - p), _log_loss_rows),
+            _threshold_codes,
+        ),
+        TargetKind(
+            "multiclass",
+            {"objective": "multi:softprob", "eval_metric": ["merror", "mlogloss"]},
+            ("logloss", "accuracy", "macro_f1", "macro_auc"),
+            "confusion",
+            metrics.multiclass_partial,
+            metrics.multiclass_finish,
+            metrics.confusion_counts,
+            _cross_entropy_loss,
+            _torch_softmax,
+            MultinomialCombiner(),
+            _argmax_codes,
+            configurable=False,
+            multi_output=True,
+        ),
+        TargetKind(
+            "regression",
+            {"objective": "reg:squarederror", "eval_metric": ["rmse"]},
+            ("rmse", "mae", "r2"),
+            "residuals",
+            metrics.regression_partial,
+            metrics.regression_finish,
+            metrics.residual_histogram,
+            _mse_loss,
+            _identity,
+            GLMCombiner(_identity, _identity, np.ones_like, _squared_error_rows),
+        ),
+    )
+}
 
 #: The kinds ``target.task`` accepts.
 TASK_TYPES = tuple(name for name, kind in TARGET_KINDS.items() if kind.configurable)
@@ -192,10 +224,13 @@ class TargetTransform:
     above: float = -np.inf
 
 
-TARGET_TRANSFORMS = {t.name: t for t in (
-    TargetTransform("none", _identity, _identity),
-    TargetTransform("log1p", np.log1p, np.expm1, above=-1.0),
-)}
+TARGET_TRANSFORMS = {
+    t.name: t
+    for t in (
+        TargetTransform("none", _identity, _identity),
+        TargetTransform("log1p", np.log1p, np.expm1, above=-1.0),
+    )
+}
 
 
 def target_transform(name: str) -> TargetTransform:

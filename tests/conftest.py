@@ -26,8 +26,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def runtime():
     """A LocalCluster of 2 worker processes, 1 thread each, as on a 2-core CI machine."""
-    rt = start(spec="local", n_workers=2, threads_per_worker=1, memory_limit="2GB",
-               dashboard_address="127.0.0.1:0")
+    rt = start(spec="local", n_workers=2, threads_per_worker=1, memory_limit="2GB", dashboard_address="127.0.0.1:0")
     yield rt
     rt.close()
 

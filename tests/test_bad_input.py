@@ -50,7 +50,7 @@ def test_corrupt_data_pages_are_reported_from_the_worker(trips_copy, runtime, ru
     """The footer is intact, so only the worker reading the pages can notice."""
     victim = trips_copy / "trips" / "part-00005.parquet"
     data = bytearray(victim.read_bytes())
-    data[4:len(data) // 2] = os.urandom(len(data) // 2 - 4)
+    data[4 : len(data) // 2] = os.urandom(len(data) // 2 - 4)
     victim.write_bytes(bytes(data))
     with pytest.raises(InputError, match=r"part-00005.parquet: cannot read this parquet file"):
         run_etl(trips_copy, runtime, runs)
@@ -64,8 +64,11 @@ def test_missing_column(trips_dir, runtime, runs):
 
 
 def test_wrong_column_type(trips_dir, runtime, runs):
-    with pytest.raises(InputError, match=r"column 'vendor' \(config key 'features.numeric'\) has type string"
-                                         r".*list it under features.categorical"):
+    with pytest.raises(
+        InputError,
+        match=r"column 'vendor' \(config key 'features.numeric'\) has type string"
+        r".*list it under features.categorical",
+    ):
         run_etl(trips_dir, runtime, runs, "features.numeric=[vendor]", "features.categorical=[payment_type]")
     assert_no_output(runs)
 
@@ -104,8 +107,14 @@ def test_all_null_target(trips_copy, runtime, runs):
 
 def test_join_key_missing_from_dimension_table(trips_dir, runtime, runs):
     with pytest.raises(InputError, match=r"joins\[0\].right_on: key column 'zone_id' is not in .*zones.parquet"):
-        run_etl(trips_dir, runtime, runs, "joins=[{path: zones.parquet, on: [pickup_zone], right_on: [zone_id]}]",
-                "features.numeric=[trip_distance]", "features.categorical=[vendor]")
+        run_etl(
+            trips_dir,
+            runtime,
+            runs,
+            "joins=[{path: zones.parquet, on: [pickup_zone], right_on: [zone_id]}]",
+            "features.numeric=[trip_distance]",
+            "features.categorical=[vendor]",
+        )
     assert_no_output(runs)
 
 
@@ -123,54 +132,74 @@ def test_bad_expression(trips_dir, runtime, runs):
     assert_no_output(runs)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("features.numerc=[a]", r"'features.numerc' is not a known option \(did you mean 'features.numeric'\?\)"),
-    ("target.task=clustering", r"'target.task': 'clustering' is not one of classification, regression"),
-    ("encode.min_frequency=often", r"'encode.min_frequency': expected an integer"),
-    ("split.validation_fraction=1.5", r"'split.validation_fraction': must be between 0 and 1"),
-    ("cluster.spec=yarn", r"'cluster.spec': 'yarn' is not one of"),
-    ("train.models=[xgboost, xgboost_groups]", r"'train.models': 'xgboost_groups' needs train.groups.partition_by"),
-    ("train.groups.partition_by=[vendor]", r"'train.groups.partition_by' is set but 'xgboost_groups' is not in"),
-    ("train.models=[xgboost_groups]", r"'xgboost_groups' is built on the 'xgboost' models; add 'xgboost'"),
-    # Non-finite and absurd numbers (issue 31, item 14).
-    ("clean.valid_ranges={trip_distance: [.nan, 5]}", r"'clean.valid_ranges': holds nan \(at \['trip_distance'\]\[0\]\)"),
-    ("split.seed=4294967296", r"'split.seed': must be between 0 and 4,294,967,295, got 4294967296"),
-    ("train.seed=1e20", r"'train.seed': must be between 0 and 4,294,967,295"),
-    ("train.mlp.hidden=[64, 1e11]", r"'train.mlp.hidden': item 1 must be between 1 and 16,384, got 100000000000"),
-    ("input.partitions=1e20", r"'input.partitions': 100,000,000,000,000,000,000 partitions, at most 100,000"),
-    ("train.mlp.lr=1e400", r"'train.mlp.lr': must be a finite number, got inf"),
-    ("target.classes=[.nan, 1]", r"'target.classes': holds nan"),
-    # Checkpoints by training time (issue 30, item 3): the old round count names its replacement.
-    ("train.xgboost.checkpoint_every=25", r"config key 'train.xgboost.checkpoint_every' was replaced by "
-                                          r"'train.checkpoint_seconds' \(seconds of training between checkpoints, "
-                                          r"not rounds\): set that instead$"),
-    ("train.checkpoint_seconds=-1", r"'train.checkpoint_seconds': must be between 0 and"),
-    ("train.mlp.max_steps=0", r"'train.mlp.max_steps': must be between 1 and"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("features.numerc=[a]", r"'features.numerc' is not a known option \(did you mean 'features.numeric'\?\)"),
+        ("target.task=clustering", r"'target.task': 'clustering' is not one of classification, regression"),
+        ("encode.min_frequency=often", r"'encode.min_frequency': expected an integer"),
+        ("split.validation_fraction=1.5", r"'split.validation_fraction': must be between 0 and 1"),
+        ("cluster.spec=yarn", r"'cluster.spec': 'yarn' is not one of"),
+        ("train.models=[xgboost, xgboost_groups]", r"'train.models': 'xgboost_groups' needs train.groups.partition_by"),
+        ("train.groups.partition_by=[vendor]", r"'train.groups.partition_by' is set but 'xgboost_groups' is not in"),
+        ("train.models=[xgboost_groups]", r"'xgboost_groups' is built on the 'xgboost' models; add 'xgboost'"),
+        # Non-finite and absurd numbers (issue 31, item 14).
+        (
+            "clean.valid_ranges={trip_distance: [.nan, 5]}",
+            r"'clean.valid_ranges': holds nan \(at \['trip_distance'\]\[0\]\)",
+        ),
+        ("split.seed=4294967296", r"'split.seed': must be between 0 and 4,294,967,295, got 4294967296"),
+        ("train.seed=1e20", r"'train.seed': must be between 0 and 4,294,967,295"),
+        ("train.mlp.hidden=[64, 1e11]", r"'train.mlp.hidden': item 1 must be between 1 and 16,384, got 100000000000"),
+        ("input.partitions=1e20", r"'input.partitions': 100,000,000,000,000,000,000 partitions, at most 100,000"),
+        ("train.mlp.lr=1e400", r"'train.mlp.lr': must be a finite number, got inf"),
+        ("target.classes=[.nan, 1]", r"'target.classes': holds nan"),
+        # Checkpoints by training time (issue 30, item 3): the old round count names its replacement.
+        (
+            "train.xgboost.checkpoint_every=25",
+            r"config key 'train.xgboost.checkpoint_every' was replaced by "
+            r"'train.checkpoint_seconds' \(seconds of training between checkpoints, "
+            r"not rounds\): set that instead$",
+        ),
+        ("train.checkpoint_seconds=-1", r"'train.checkpoint_seconds': must be between 0 and"),
+        ("train.mlp.max_steps=0", r"'train.mlp.max_steps': must be between 1 and"),
+    ],
+)
 def test_config_errors_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(default_config_path(), [override])
 
 
-@pytest.mark.parametrize("partition_by, message", [
-    ("[trip_distance]", r"'trip_distance' is not a categorical feature; list it under features.categorical"),
-    ("[vendor, vendor]", r"a column is named twice"),
-])
+@pytest.mark.parametrize(
+    "partition_by, message",
+    [
+        ("[trip_distance]", r"'trip_distance' is not a categorical feature; list it under features.categorical"),
+        ("[vendor, vendor]", r"a column is named twice"),
+    ],
+)
 def test_partition_by_names_categorical_features(partition_by, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(default_config_path(), ["train.models=[xgboost, xgboost_groups]",
-                                            f"train.groups.partition_by={partition_by}"])
+        load_config(
+            default_config_path(),
+            ["train.models=[xgboost, xgboost_groups]", f"train.groups.partition_by={partition_by}"],
+        )
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     config = tmp_path / "job.yaml"
-    config.write_text(textwrap.dedent("""
+    config.write_text(
+        textwrap.dedent("""
         input: {path: missing/*.parquet}
         target: {column: y}
         features: {numeric: [x]}
-    """))
-    proc = subprocess.run([sys.executable, "-m", "shardflow", "etl", "-c", str(config), "--runs-dir",
-                           str(tmp_path / "runs")], capture_output=True, text=True, timeout=120)
+    """)
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "shardflow", "etl", "-c", str(config), "--runs-dir", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -182,16 +211,23 @@ def test_urls_outside_the_object_stores_and_credentials_in_configs_are_refused(t
     """A config is untrusted: it names object stores only (no http, ssh or chained fsspec
     protocols that would reach other hosts or files), and never carries credentials."""
     for key, url, message in [
-        ("input.path", "http://example.com/trips.csv", r"'input.path': 'http://example.com/trips.csv': http:// URLs "
-                                                      r"are not read; give a local path or one of s3://"),
+        (
+            "input.path",
+            "http://example.com/trips.csv",
+            r"'input.path': 'http://example.com/trips.csv': http:// URLs "
+            r"are not read; give a local path or one of s3://",
+        ),
         ("joins", "[{path: 'ssh://host/zones.csv', on: [zone]}]", r"'joins\[0\].path': 'ssh://host/zones.csv': ssh://"),
         ("output.runs_dir", "simplecache::s3://b/runs", r"'output.runs_dir': 'simplecache::s3://b/runs': chained://"),
         ("input.path", "s3:/b/trips", r"not a URL of the form s3://bucket/key"),
     ]:
         with pytest.raises(ConfigError, match=message):
             load_config(default_config_path(), [f"{key}={url}"])
-    with pytest.raises(ConfigError, match=r"'storage_options.client_kwargs.aws_secret_access_key': credentials are "
-                                          r"not read from a config .* set them in the environment"):
+    with pytest.raises(
+        ConfigError,
+        match=r"'storage_options.client_kwargs.aws_secret_access_key': credentials are "
+        r"not read from a config .* set them in the environment",
+    ):
         load_config(default_config_path(), ["storage_options={client_kwargs: {aws_secret_access_key: x}}"])
     with pytest.raises(ConfigError, match=r"'storage_options.s3_additional_kwargs.SSECustomerKey': credentials"):
         load_config(default_config_path(), ["storage_options={s3_additional_kwargs: {SSECustomerKey: x}}"])
@@ -200,23 +236,38 @@ def test_urls_outside_the_object_stores_and_credentials_in_configs_are_refused(t
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     monkeypatch.delenv("SHARDFLOW_STORAGE_ENDPOINTS", raising=False)
     for options in ["{endpoint_url: 'http://attacker.example'}", "{client_kwargs: {endpoint_url: 'http://a.example'}}"]:
-        with pytest.raises(ConfigError, match=r"would receive the environment's credentials, and a config does not "
-                                              r"choose where they go; allow it in the environment "
-                                              r"\(SHARDFLOW_STORAGE_ENDPOINTS="):
+        with pytest.raises(
+            ConfigError,
+            match=r"would receive the environment's credentials, and a config does not "
+            r"choose where they go; allow it in the environment "
+            r"\(SHARDFLOW_STORAGE_ENDPOINTS=",
+        ):
             load_config(default_config_path(), [f"storage_options={options}"])
     monkeypatch.setenv("SHARDFLOW_STORAGE_ENDPOINTS", "http://127.0.0.1:9,https://minio.internal")
-    config = load_config(default_config_path(), [f"input.path=file://{tmp_path}/trips", "output.runs_dir=s3://b/runs",
-                                                 "storage_options={endpoint_url: 'http://127.0.0.1:9'}"])
+    config = load_config(
+        default_config_path(),
+        [
+            f"input.path=file://{tmp_path}/trips",
+            "output.runs_dir=s3://b/runs",
+            "storage_options={endpoint_url: 'http://127.0.0.1:9'}",
+        ],
+    )
     assert config.resolve(config.input.path) == f"{tmp_path}/trips"
-    assert str(config.runs_dir) == "s3://b/runs" and config.runs_dir.storage_options == {"endpoint_url": "http://127.0.0.1:9"}
+    assert str(config.runs_dir) == "s3://b/runs" and config.runs_dir.storage_options == {
+        "endpoint_url": "http://127.0.0.1:9"
+    }
 
     # A URL that a Path has folded to one slash, and the command line's --runs-dir, say the same.
     from shardflow.pipelines.predict import predict
 
     with pytest.raises(ShardflowError, match=r"--input 's3:/b/new': not a URL of the form s3://bucket/key"):
         predict(tmp_path, Path("s3://b/new"), tmp_path / "out")
-    proc = subprocess.run([sys.executable, "-m", "shardflow", "etl", "-c", str(default_config_path()), "--runs-dir",
-                           "ftp://b/runs"], capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "shardflow", "etl", "-c", str(default_config_path()), "--runs-dir", "ftp://b/runs"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2 and "--runs-dir 'ftp://b/runs': ftp:// URLs are not read" in proc.stderr, proc.stderr
     assert not any(tmp_path.iterdir())
 
@@ -277,11 +328,17 @@ def test_every_number_option_refuses_non_finite_and_absurd_values():
         load_config(default_config_path(), ["joins=[{path: zones.parquet, on: [pickup_zone], min_match_rate: .nan}]"])
 
 
-
-
 def test_sensible_numbers_still_pass():
-    config = load_config(default_config_path(), ["train.mlp.lr=1e-3", "train.seed=4294967295", "input.partitions=1e3",
-                                                 "train.xgboost.params={missing: .nan}", "clean.clip_sigma=null"])
+    config = load_config(
+        default_config_path(),
+        [
+            "train.mlp.lr=1e-3",
+            "train.seed=4294967295",
+            "input.partitions=1e3",
+            "train.xgboost.params={missing: .nan}",
+            "clean.clip_sigma=null",
+        ],
+    )
     assert config.train.mlp.lr == 0.001 and config.input.partitions == 1000 and config.clean.clip_sigma is None
 
 
@@ -289,9 +346,13 @@ def regression_job(directory, data, runs, **input_options):
     """A regression job on ``data`` (columns id, x, y and the weight w) in ``directory/job.yaml``."""
     import yaml
 
-    job = {"input": {"path": str(data), **input_options}, "target": {"column": "y", "task": "regression", "weight": "w"},
-           "features": {"numeric": ["x"]}, "split": {"key": ["id"]},
-           "output": {"runs_dir": str(runs), "keep_columns": ["id"]}}
+    job = {
+        "input": {"path": str(data), **input_options},
+        "target": {"column": "y", "task": "regression", "weight": "w"},
+        "features": {"numeric": ["x"]},
+        "split": {"key": ["id"]},
+        "output": {"runs_dir": str(runs), "keep_columns": ["id"]},
+    }
     (directory / "job.yaml").write_text(yaml.safe_dump(job))
     return load_config(directory / "job.yaml")
 
@@ -303,8 +364,9 @@ def regression_csv(path, rows=3_000, **columns):
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=rows).round(4)
-    table = pd.DataFrame({"id": np.arange(rows), "x": x, "y": (2 * x + rng.normal(size=rows)).round(3),
-                          "w": 1.0}).astype(object)
+    table = pd.DataFrame(
+        {"id": np.arange(rows), "x": x, "y": (2 * x + rng.normal(size=rows)).round(3), "w": 1.0}
+    ).astype(object)
     for name, values in columns.items():
         table[name] = values
     table.to_csv(path, index=False)
@@ -317,15 +379,16 @@ def test_input_partitions_is_bounded_by_the_data(runtime, tmp_path, runs):
     from shardflow.pipelines.plan import InputPlan, format_plan
 
     table = regression_csv(tmp_path / "t.csv", rows=20_000)
-    table.astype({"id": int, "x": float, "y": float, "w": float}).to_parquet(tmp_path / "t.parquet",
-                                                                             row_group_size=500)
+    table.astype({"id": int, "x": float, "y": float, "w": float}).to_parquet(tmp_path / "t.parquet", row_group_size=500)
     for name in ("t.csv", "t.parquet"):
         plan = InputPlan(regression_job(tmp_path, tmp_path / name, runs, partitions=20_000))
         assert 8 <= len(plan.source.pieces) <= 10, name  # at least 2,000 rows each (estimated for CSV)
         text = format_plan(plan.with_threads(runtime.threads).describe(runtime))
         assert f"partitions  {len(plan.source.pieces)} (20000)" in text
-        assert "warning     input.partitions: 20,000 would make partitions of about 1 rows; bounded by the data to" \
-               f" {len(plan.source.pieces)} partition(s) of at least 2,000 rows" in text, text
+        assert (
+            "warning     input.partitions: 20,000 would make partitions of about 1 rows; bounded by the data to"
+            f" {len(plan.source.pieces)} partition(s) of at least 2,000 rows" in text
+        ), text
 
 
 def test_non_finite_targets_and_weights_are_quarantined_with_a_reason(runtime, tmp_path, runs):
@@ -338,10 +401,12 @@ def test_non_finite_targets_and_weights_are_quarantined_with_a_reason(runtime, t
     x[30] = "1e300"  # a feature past float32's range is missing, as inf is: the row is kept
     regression_csv(tmp_path / "t.csv", x=x, y=y, w=w)
     result = etl(regression_job(tmp_path, tmp_path / "t.csv", runs), runtime=runtime)
-    assert result.quarantined == {"y: target not a finite number within ±3.4e+38": 4,
-                                  "w: sample weight not a finite number ≥ 0": 2,
-                                  "w: sample weight outside float32's range (0, or 1.2e-38 to 3.4e+38)": 2,
-                                  "w: missing sample weight": 1}
+    assert result.quarantined == {
+        "y: target not a finite number within ±3.4e+38": 4,
+        "w: sample weight not a finite number ≥ 0": 2,
+        "w: sample weight outside float32's range (0, or 1.2e-38 to 3.4e+38)": 2,
+        "w: missing sample weight": 1,
+    }
     assert result.rows == 3_000 - 9
     quarantine = pd_concat(result.stage_dir / "quarantine")
     assert sorted(quarantine.id.astype(int)) == [0, 1, 2, 3, 10, 11, 12, 13, 14]
@@ -379,8 +444,11 @@ def test_an_empty_csv_file_is_named_as_empty(runtime, tmp_path, runs):
     config.joins = [JoinConfig(path=str(tmp_path / "dims.csv"), on=["id"])]
     for content, what in [(b"", r"the file is empty \(0 bytes\)"), (b"\n1,2,3,1\n", "its first line is empty")]:
         (tmp_path / "t.csv").write_bytes(content)
-        with pytest.raises(InputError, match=rf"t.csv: {what}; a CSV file starts with a header line naming its "
-                                             r"columns"):
+        with pytest.raises(
+            InputError,
+            match=rf"t.csv: {what}; a CSV file starts with a header line naming its "
+            r"columns",
+        ):
             etl(config, runtime=runtime)
         assert_no_output(runs)
     regression_csv(tmp_path / "t.csv")
@@ -395,10 +463,30 @@ def test_xgboost_multi_line_warning_reaches_the_terminal_whole(tmp_path):
     command shows both, in one line."""
     regression_csv(tmp_path / "t.csv", rows=1_000)
     regression_job(tmp_path, tmp_path / "t.csv", tmp_path / "runs")
-    proc = subprocess.run([sys.executable, "-m", "shardflow", "run", "-c", str(tmp_path / "job.yaml"),
-                           "--set", "train.models=[xgboost]", "--set", "train.xgboost.num_boost_round=5",
-                           "--set", "train.xgboost.params={max_dept: 3}", "--cluster", "local", "--n-workers", "1"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shardflow",
+            "run",
+            "-c",
+            str(tmp_path / "job.yaml"),
+            "--set",
+            "train.models=[xgboost]",
+            "--set",
+            "train.xgboost.num_boost_round=5",
+            "--set",
+            "train.xgboost.params={max_dept: 3}",
+            "--cluster",
+            "local",
+            "--n-workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if "max_dept" in line]
     assert len(lines) == 1, proc.stderr

@@ -18,8 +18,20 @@ import pytest
 
 
 def test_run_generates_default_dataset_then_runs_the_pipeline(tmp_path):
-    cmd = [sys.executable, "-m", "shardflow", "run", "--rows", "30000", "--work-dir", str(tmp_path),
-           "--n-workers", "2", "--memory-limit", "1GB"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "shardflow",
+        "run",
+        "--rows",
+        "30000",
+        "--work-dir",
+        str(tmp_path),
+        "--n-workers",
+        "2",
+        "--memory-limit",
+        "1GB",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "dashboard http://127.0.0.1:" in proc.stderr
@@ -51,10 +63,27 @@ def test_terminal_output_of_a_run(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        cmd = [sys.executable, "-m", "shardflow", "run", "--rows", "20000", "--work-dir", str(tmp_path),
-               "--n-workers", "2", "--memory-limit", "1GB", "--performance-report",
-               "--set", "train.xgboost.num_boost_round=40", "--set", "train.mlp.epochs=2",
-               "--set", f"cluster.dashboard_address=127.0.0.1:{port}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "shardflow",
+            "run",
+            "--rows",
+            "20000",
+            "--work-dir",
+            str(tmp_path),
+            "--n-workers",
+            "2",
+            "--memory-limit",
+            "1GB",
+            "--performance-report",
+            "--set",
+            "train.xgboost.num_boost_round=40",
+            "--set",
+            "train.mlp.epochs=2",
+            "--set",
+            f"cluster.dashboard_address=127.0.0.1:{port}",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     err = proc.stderr.splitlines()
@@ -76,26 +105,46 @@ def test_worker_side_failure_is_one_line(tmp_path):
     rows = ["id,city,x,y"] + [f"{i},{'abc'[i % 3]},{i * 0.5},{i % 2}" for i in range(2000)]
     rows[1500] = "1499,caf\xe9,1.0,1"
     (tmp_path / "t.csv").write_bytes("\n".join(rows).encode("latin-1") + b"\n")
-    (tmp_path / "job.yaml").write_text("input: {path: t.csv, blocksize: 8KB}\ntarget: {column: y}\n"
-                                       "features: {numeric: [x], categorical: [city]}\n")
-    proc = subprocess.run([sys.executable, "-m", "shardflow", "etl", "-c", str(tmp_path / "job.yaml"),
-                           "--n-workers", "2"], capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    (tmp_path / "job.yaml").write_text(
+        "input: {path: t.csv, blocksize: 8KB}\ntarget: {column: y}\nfeatures: {numeric: [x], categorical: [city]}\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "shardflow", "etl", "-c", str(tmp_path / "job.yaml"), "--n-workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert "Compute Failed" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("shardflow: error:")]
     assert len(errors) == 1 and "t.csv: cannot read this csv file" in errors[0] and "UTF8" in errors[0]
-    verbose = subprocess.run([sys.executable, "-m", "shardflow", "-v", "etl", "-c", str(tmp_path / "job.yaml"),
-                              "--n-workers", "2"], capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    verbose = subprocess.run(
+        [sys.executable, "-m", "shardflow", "-v", "etl", "-c", str(tmp_path / "job.yaml"), "--n-workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
     assert "Compute Failed" in verbose.stderr  # the details are in the debug log
 
 
 @pytest.fixture
 def logging_restored():
     """The CLI configures loggers for its own process; give the test process its own back."""
-    names = ["shardflow", "distributed", "dask", "tornado", "tornado.application", "tornado.access",
-             "tornado.general", "bokeh"]
-    saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).level, logging.getLogger(n).propagate)
-             for n in names}
+    names = [
+        "shardflow",
+        "distributed",
+        "dask",
+        "tornado",
+        "tornado.application",
+        "tornado.access",
+        "tornado.general",
+        "bokeh",
+    ]
+    saved = {
+        n: (logging.getLogger(n).handlers[:], logging.getLogger(n).level, logging.getLogger(n).propagate) for n in names
+    }
     yield
     for n, (handlers, level, propagate) in saved.items():
         logger = logging.getLogger(n)
@@ -148,12 +197,12 @@ def test_counter_draws_clean_lines_and_a_final_one():
 
 
 def test_bare_command_prints_help_and_runs_nothing(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "shardflow"], capture_output=True, text=True, timeout=60,
-                          cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "shardflow"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout.startswith("usage: shardflow")
     assert list(tmp_path.iterdir()) == []
-    version = subprocess.run([sys.executable, "-m", "shardflow", "--version"], capture_output=True, text=True,
-                             timeout=60)
+    version = subprocess.run(
+        [sys.executable, "-m", "shardflow", "--version"], capture_output=True, text=True, timeout=60
+    )
     assert version.stdout.strip() == f"shardflow {metadata.version('shardflow')}"
 
 
@@ -162,9 +211,12 @@ def test_every_option_has_help():
 
     parser = build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    missing = [f"{name} {'/'.join(action.option_strings) or action.dest}"
-               for name, sub in [("", parser), *subparsers.choices.items()] for action in sub._actions
-               if not isinstance(action, argparse._SubParsersAction) and not action.help]
+    missing = [
+        f"{name} {'/'.join(action.option_strings) or action.dest}"
+        for name, sub in [("", parser), *subparsers.choices.items()]
+        for action in sub._actions
+        if not isinstance(action, argparse._SubParsersAction) and not action.help
+    ]
     assert missing == []
     assert all(choice.help for choice in subparsers._choices_actions)
 
@@ -177,9 +229,16 @@ def quick_config(trips_dir, tmp_path_factory):
     from shardflow.pipelines.config import default_config_path, load_config
 
     runs = tmp_path_factory.mktemp("api-runs")
-    return load_config(default_config_path(), [f"output.runs_dir={runs}", "train.models=[xgboost,mlp]",
-                                               "train.xgboost.num_boost_round=15", "train.mlp.epochs=1"],
-                       base_dir=trips_dir)
+    return load_config(
+        default_config_path(),
+        [
+            f"output.runs_dir={runs}",
+            "train.models=[xgboost,mlp]",
+            "train.xgboost.num_boost_round=15",
+            "train.mlp.epochs=1",
+        ],
+        base_dir=trips_dir,
+    )
 
 
 def test_stages_called_from_python_are_reused_by_run(quick_config, runtime):
@@ -216,10 +275,17 @@ def test_every_task_is_named_for_the_dashboard(trips_dir, tmp_path):
     from shardflow.pipelines.job import run
     from shardflow.pipelines.predict import predict
 
-    config = load_config(default_config_path(), [f"output.runs_dir={tmp_path / 'runs'}",
-                                                 "train.xgboost.num_boost_round=10", "train.mlp.epochs=1",
-                                                 "train.partitions.xgboost_rounds=5", "train.partitions.mlp_epochs=1"],
-                         base_dir=trips_dir)
+    config = load_config(
+        default_config_path(),
+        [
+            f"output.runs_dir={tmp_path / 'runs'}",
+            "train.xgboost.num_boost_round=10",
+            "train.mlp.epochs=1",
+            "train.partitions.xgboost_rounds=5",
+            "train.partitions.mlp_epochs=1",
+        ],
+        base_dir=trips_dir,
+    )
     runtime = start(spec="local", n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0")
     try:
         result = run(config, runtime=runtime)

@@ -8,8 +8,8 @@ import logging
 import pytest
 from distributed import LocalCluster
 
-from shardflow.cluster.factory import ClusterError, resolve_spec, start
 from shardflow.cluster.config import ClusterConfig
+from shardflow.cluster.factory import ClusterError, resolve_spec, start
 from shardflow.cluster.plugins import worker_thread_report
 
 
@@ -28,8 +28,7 @@ def test_local_binds_to_localhost_and_reports_dashboard():
     logger.addHandler(records)
     logger.setLevel(logging.INFO)
     try:
-        rt = start(spec="local", n_workers=1, threads_per_worker=2, memory_limit="1GB",
-                   dashboard_address="127.0.0.1:0")
+        rt = start(spec="local", n_workers=1, threads_per_worker=2, memory_limit="1GB", dashboard_address="127.0.0.1:0")
     finally:
         logger.removeHandler(records)
         logger.setLevel(level)
@@ -54,8 +53,9 @@ def test_local_binds_to_localhost_and_reports_dashboard():
 
 def test_existing_scheduler_by_address():
     """An address spec connects to a cluster shardflow did not start, and fixes its threads."""
-    with LocalCluster(n_workers=1, threads_per_worker=2, host="127.0.0.1", dashboard_address=None,
-                      processes=True) as cluster:
+    with LocalCluster(
+        n_workers=1, threads_per_worker=2, host="127.0.0.1", dashboard_address=None, processes=True
+    ) as cluster:
         rt = start(spec=cluster.scheduler_address)
         try:
             assert rt.kind == "address" and rt.backend == "pandas"
@@ -82,12 +82,24 @@ def test_an_existing_client_runs_a_job_and_stays_open(tmp_path):
     frame = pd.DataFrame({"id": np.arange(2_000), "x": rng.normal(size=2_000).round(4)})
     frame["y"] = (frame.x + rng.normal(scale=0.5, size=2_000) > 0).astype(int)
     frame.to_csv(tmp_path / "t.csv", index=False)
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump({
-        "input": {"path": "t.csv"}, "target": {"column": "y"}, "features": {"numeric": ["x"]},
-        "split": {"key": ["id"]}, "output": {"runs_dir": "runs"},
-        "train": {"models": ["xgboost"], "xgboost": {"num_boost_round": 10}}}))
-    with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
-                      processes=True) as cluster, Client(cluster) as client:
+    (tmp_path / "job.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "input": {"path": "t.csv"},
+                "target": {"column": "y"},
+                "features": {"numeric": ["x"]},
+                "split": {"key": ["id"]},
+                "output": {"runs_dir": "runs"},
+                "train": {"models": ["xgboost"], "xgboost": {"num_boost_round": 10}},
+            }
+        )
+    )
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=None, processes=True
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         result = run(load_config(tmp_path / "job.yaml"), runtime=client)
         assert result.metrics["xgboost"]["auc"] > 0.75
         assert client.status == "running" and client.submit(sum, [1, 2]).result() == 3
@@ -114,12 +126,15 @@ def test_bad_spec_names_the_key():
 # ----------------------------------------------------------------------------- a config does not choose where
 
 
-@pytest.mark.parametrize("section, key", [
-    ("{host: 0.0.0.0}", "cluster.host"),
-    ("{dashboard_address: ':8787'}", "cluster.dashboard_address"),
-    ("{dashboard_address: '0.0.0.0:0'}", "cluster.dashboard_address"),
-    ("{spec: 'tcp://localhost.:{port}'}", "cluster.spec"),
-])
+@pytest.mark.parametrize(
+    "section, key",
+    [
+        ("{host: 0.0.0.0}", "cluster.host"),
+        ("{dashboard_address: ':8787'}", "cluster.dashboard_address"),
+        ("{dashboard_address: '0.0.0.0:0'}", "cluster.dashboard_address"),
+        ("{spec: 'tcp://localhost.:{port}'}", "cluster.spec"),
+    ],
+)
 def test_a_config_file_cannot_open_the_cluster_or_send_the_data_elsewhere(tmp_path, section, key):
     """A shared config made a local cluster listen on 0.0.0.0, or shipped every partition to
     a scheduler it named. Where the cluster runs and listens comes from the command line or
@@ -135,12 +150,20 @@ def test_a_config_file_cannot_open_the_cluster_or_send_the_data_elsewhere(tmp_pa
         recorder.settimeout(0)
         port = recorder.getsockname()[1]
         (tmp_path / "t.csv").write_text("id,x,y\n" + "".join(f"{i},{i * 0.5},{i % 2}\n" for i in range(200)))
-        (tmp_path / "job.yaml").write_text("input: {path: t.csv}\ntarget: {column: y}\nfeatures: {numeric: [x]}\n"
-                                           "output: {runs_dir: runs}\n"
-                                           f"cluster: {section.replace('{port}', str(port))}\n")
+        (tmp_path / "job.yaml").write_text(
+            "input: {path: t.csv}\ntarget: {column: y}\nfeatures: {numeric: [x]}\n"
+            "output: {runs_dir: runs}\n"
+            f"cluster: {section.replace('{port}', str(port))}\n"
+        )
         env = {k: v for k, v in os.environ.items() if k != "SHARDFLOW_ALLOW_REMOTE_CLUSTER"}
-        done = subprocess.run([sys.executable, "-m", "shardflow", "etl", "-c", str(tmp_path / "job.yaml")],
-                              capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+        done = subprocess.run(
+            [sys.executable, "-m", "shardflow", "etl", "-c", str(tmp_path / "job.yaml")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env=env,
+        )
         errors = [line for line in done.stderr.splitlines() if line.startswith("shardflow: error:")]
         assert done.returncode == 2 and len(errors) == 1, done.stderr[-2000:]
         assert f"config key '{key}'" in errors[0] and "--allow-remote-cluster" in errors[0]
@@ -153,20 +176,28 @@ def test_a_config_file_cannot_open_the_cluster_or_send_the_data_elsewhere(tmp_pa
 def test_the_command_line_and_consent_may_choose_where(tmp_path, monkeypatch):
     from shardflow.pipelines.config import ConfigError, load_config
 
-    (tmp_path / "job.yaml").write_text("input: {path: t.csv}\ntarget: {column: y}\nfeatures: {numeric: [x]}\n"
-                                       "cluster: {spec: 'tcp://scheduler.example:8786', host: 0.0.0.0}\n")
+    (tmp_path / "job.yaml").write_text(
+        "input: {path: t.csv}\ntarget: {column: y}\nfeatures: {numeric: [x]}\n"
+        "cluster: {spec: 'tcp://scheduler.example:8786', host: 0.0.0.0}\n"
+    )
     monkeypatch.delenv("SHARDFLOW_ALLOW_REMOTE_CLUSTER", raising=False)
     with pytest.raises(ConfigError, match="config key 'cluster.spec'"):
         load_config(tmp_path / "job.yaml")
     # The person running the command: overrides (--cluster, --set), the flag, the environment.
-    assert load_config(tmp_path / "job.yaml", ["cluster.spec=tcp://scheduler.example:8786",
-                                               "cluster.host=0.0.0.0"]).cluster.host == "0.0.0.0"
+    assert (
+        load_config(
+            tmp_path / "job.yaml", ["cluster.spec=tcp://scheduler.example:8786", "cluster.host=0.0.0.0"]
+        ).cluster.host
+        == "0.0.0.0"
+    )
     assert load_config(tmp_path / "job.yaml", allow_remote_cluster=True).cluster.spec == "tcp://scheduler.example:8786"
     monkeypatch.setenv("SHARDFLOW_ALLOW_REMOTE_CLUSTER", "1")
     assert load_config(tmp_path / "job.yaml").cluster.host == "0.0.0.0"
     # Loopback and a local scheduler address are this machine: a config may name them.
-    (tmp_path / "local.yaml").write_text("input: {path: t.csv}\ntarget: {column: y}\nfeatures: {numeric: [x]}\n"
-                                         "cluster: {spec: 'tcp://127.0.0.1:8786', host: '::1', "
-                                         "dashboard_address: 'localhost:0'}\n")
+    (tmp_path / "local.yaml").write_text(
+        "input: {path: t.csv}\ntarget: {column: y}\nfeatures: {numeric: [x]}\n"
+        "cluster: {spec: 'tcp://127.0.0.1:8786', host: '::1', "
+        "dashboard_address: 'localhost:0'}\n"
+    )
     monkeypatch.delenv("SHARDFLOW_ALLOW_REMOTE_CLUSTER")
     assert load_config(tmp_path / "local.yaml").cluster.spec == "tcp://127.0.0.1:8786"

@@ -20,20 +20,22 @@ def write_flights(directory, rows=6_000, files=3, seed=0):
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)
     n = rows
-    df = pd.DataFrame({
-        "flight_id": np.arange(n),
-        "flight_date": pd.to_datetime("2023-01-01") + pd.to_timedelta(rng.integers(0, 365, n), unit="D"),
-        "carrier": rng.choice(CARRIERS, n),
-        "origin": rng.choice(AIRPORTS, n),
-        "dest": rng.choice(AIRPORTS, n),
-        "dep_hour": rng.integers(5, 23, n),
-        "distance": np.round(rng.uniform(100, 2500, n), 1),
-        "air_time": np.round(rng.uniform(30, 300, n), 1),
-    })
+    df = pd.DataFrame(
+        {
+            "flight_id": np.arange(n),
+            "flight_date": pd.to_datetime("2023-01-01") + pd.to_timedelta(rng.integers(0, 365, n), unit="D"),
+            "carrier": rng.choice(CARRIERS, n),
+            "origin": rng.choice(AIRPORTS, n),
+            "dest": rng.choice(AIRPORTS, n),
+            "dep_hour": rng.integers(5, 23, n),
+            "distance": np.round(rng.uniform(100, 2500, n), 1),
+            "air_time": np.round(rng.uniform(30, 300, n), 1),
+        }
+    )
     df["arr_delay"] = np.round(rng.normal(5, 20, n) + 0.8 * (df.dep_hour - 12), 1)
     frame = df.astype({"distance": object, "arr_delay": object})
     frame.loc[rng.random(n) < 0.01, "distance"] = "12..5 mi"  # malformed
-    frame.loc[rng.random(n) < 0.02, "arr_delay"] = None        # missing target
+    frame.loc[rng.random(n) < 0.02, "arr_delay"] = None  # missing target
     frame["flight_date"] = frame.flight_date.dt.strftime("%Y-%m-%d")
     bounds = np.linspace(0, n, files + 1).astype(int)
     for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
@@ -43,7 +45,8 @@ def write_flights(directory, rows=6_000, files=3, seed=0):
     routes["distance"] = rng.uniform(100, 2500, len(routes)).round(0)  # clashes with flights.distance
     routes.to_csv(directory / "routes.csv", index=False)
     pd.DataFrame({"code": CARRIERS, "alliance": ["oneworld", "skyteam", "star", "none", "none"]}).to_csv(
-        directory / "carriers.csv", index=False)
+        directory / "carriers.csv", index=False
+    )
     return frame
 
 
@@ -99,8 +102,10 @@ def test_csv_join_derived_target(flights, runtime, tmp_path):
     distance = pd.to_numeric(frame.distance, errors="coerce")
     malformed = frame.distance.notna() & distance.isna()
     missing_target = frame.arr_delay.isna() & ~malformed
-    assert result.quarantined == {"distance: not a number": int(malformed.sum()),
-                                  "late: missing target": int(missing_target.sum())}
+    assert result.quarantined == {
+        "distance: not a number": int(malformed.sum()),
+        "late: missing target": int(missing_target.sum()),
+    }
     good = frame[~malformed & ~missing_target]
     assert result.rows == len(good)
 

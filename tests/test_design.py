@@ -23,16 +23,17 @@ def modules():
 
 def docstring_nodes(tree) -> set:
     """``id`` of every docstring constant in ``tree`` (text, not code)."""
-    return {id(n.body[0].value) for n in ast.walk(tree)
-            if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(n)}
+    return {
+        id(n.body[0].value)
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(n)
+    }
 
 
 def module_name(path: Path) -> str:
     parts = path.relative_to(ROOT).with_suffix("").parts
     parts = parts[:-1] if parts[-1] == "__init__" else parts
-    return "shardflow" if parts == ("shardflow",) else "shardflow." + ".".join(
-        p for p in parts if p != "shardflow")
-
+    return "shardflow" if parts == ("shardflow",) else "shardflow." + ".".join(p for p in parts if p != "shardflow")
 
 
 def constants_outside(exempt: str, matches) -> list:
@@ -43,27 +44,40 @@ def constants_outside(exempt: str, matches) -> list:
         if path.relative_to(ROOT) == Path(exempt):
             continue
         docstrings = docstring_nodes(tree)
-        found += [(str(path.relative_to(ROOT)), node.lineno, node.value) for node in ast.walk(tree)
-                  if isinstance(node, ast.Constant) and id(node) not in docstrings and matches(node.value)]
+        found += [
+            (str(path.relative_to(ROOT)), node.lineno, node.value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and id(node) not in docstrings and matches(node.value)
+        ]
     return found
+
 
 def test_family_names_are_spelled_in_the_registry_only():
     from shardflow.pipelines.families import FAMILY_NAMES
 
     # Package names that happen to equal a family's name: not a family switch.
     allowed = {("pipelines/rundir.py", "xgboost")}
-    found = [(str(path.relative_to(ROOT)), node.value, node.lineno)
-             for path, tree in modules() if path.relative_to(ROOT) != Path("pipelines/families.py")
-             for node in ast.walk(tree)
-             if isinstance(node, ast.Constant) and node.value in FAMILY_NAMES
-             and (str(path.relative_to(ROOT)), node.value) not in allowed]
+    found = [
+        (str(path.relative_to(ROOT)), node.value, node.lineno)
+        for path, tree in modules()
+        if path.relative_to(ROOT) != Path("pipelines/families.py")
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and node.value in FAMILY_NAMES
+        and (str(path.relative_to(ROOT)), node.value) not in allowed
+    ]
     assert found == []
 
 
 def test_no_module_imports_another_modules_private_names():
-    found = [(str(path.relative_to(ROOT)), node.module, alias.name) for path, tree in modules()
-             for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
-                 "shardflow") for alias in node.names if alias.name.startswith("_")]
+    found = [
+        (str(path.relative_to(ROOT)), node.module, alias.name)
+        for path, tree in modules()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("shardflow")
+        for alias in node.names
+        if alias.name.startswith("_")
+    ]
     assert found == []
 
 
@@ -72,16 +86,16 @@ def test_no_import_cycles_at_import_time():
     graph = {}
     for path, tree in modules():
         name = module_name(path)
-        graph[name] = {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and (n.module or "").startswith(
-            "shardflow.")} | {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names
-                              if a.name.startswith("shardflow.")}
+        graph[name] = {
+            n.module for n in tree.body if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("shardflow.")
+        } | {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names if a.name.startswith("shardflow.")}
     state, cycles = {}, []
 
     def visit(node, stack):
         state[node] = "open"
         for dep in graph.get(node, ()):
             if state.get(dep) == "open":
-                cycles.append(stack[stack.index(dep):] + [dep])
+                cycles.append(stack[stack.index(dep) :] + [dep])
             elif dep not in state:
                 visit(dep, stack + [dep])
         state[node] = "done"
@@ -105,8 +119,9 @@ def test_every_module_is_classified_for_stage_keys():
 
     deciding = {p for patterns in STAGE_CODE.values() for p in stage_files(patterns)}
     cosmetic = set(stage_files(COSMETIC_CODE))
-    every = {p.resolve() for package in ("pipelines", "tasks", "cluster", "data")
-             for p in (ROOT / package).rglob("*.py")}
+    every = {
+        p.resolve() for package in ("pipelines", "tasks", "cluster", "data") for p in (ROOT / package).rglob("*.py")
+    }
     assert every - deciding - cosmetic == set()
     assert {p.name for p in deciding & cosmetic} <= {"__init__.py"}
     assert not any(p.name in ("report.py", "cli.py", "progress.py") for p in deciding)
@@ -151,10 +166,18 @@ def test_every_config_field_declares_its_constraint():
 def test_values_that_would_break_later_are_refused_up_front_all_at_once():
     from shardflow.pipelines.config import ConfigError, load_config
 
-    bad = {"train.max_attempts": "0", "train.mlp.batch_size": "0", "train.mlp.dropout": "1.5",
-           "train.mlp.lr": "-1", "train.mlp.warmup": "2", "input.blocksize": "12XB",
-           "input.max_partition_rows": "0", "train.partitions.xgboost_rounds": "0", "cluster.n_workers": "0",
-           "joins": "[{path: z.csv, on: [k], min_match_rate: 2}]"}
+    bad = {
+        "train.max_attempts": "0",
+        "train.mlp.batch_size": "0",
+        "train.mlp.dropout": "1.5",
+        "train.mlp.lr": "-1",
+        "train.mlp.warmup": "2",
+        "input.blocksize": "12XB",
+        "input.max_partition_rows": "0",
+        "train.partitions.xgboost_rounds": "0",
+        "cluster.n_workers": "0",
+        "joins": "[{path: z.csv, on: [k], min_match_rate: 2}]",
+    }
     with pytest.raises(ConfigError) as err:
         load_config(overrides=[f"{k}={v}" for k, v in bad.items()])
     message = str(err.value)
@@ -171,13 +194,28 @@ def test_run_directory_paths_are_spelled_in_rundir_only():
 
     from shardflow.pipelines.rundir import MANIFEST, RunDir
 
-    names = {MANIFEST, *RunDir._ETL_FILES.values(), *RunDir._TRAIN_FILES.values(),
-             *RunDir._EVALUATE_FILES.values(), *RunDir._CHECKPOINT_FILES.values(),
-             "config.yaml", "report.html", "performance-report.html"} - {"features", "quarantine"}
+    names = {
+        MANIFEST,
+        *RunDir._ETL_FILES.values(),
+        *RunDir._TRAIN_FILES.values(),
+        *RunDir._EVALUATE_FILES.values(),
+        *RunDir._CHECKPOINT_FILES.values(),
+        "config.yaml",
+        "report.html",
+        "performance-report.html",
+    } - {"features", "quarantine"}
     inside = re.compile(r"^(etl|train|evaluate|checkpoints)/")
-    found = constants_outside("pipelines/rundir.py", lambda value: isinstance(value, str) and (
-        value in names or inside.match(value) or any(
-            value.endswith(f"/{n}") or value.endswith(n) and "/" in value for n in names)))
+    found = constants_outside(
+        "pipelines/rundir.py",
+        lambda value: (
+            isinstance(value, str)
+            and (
+                value in names
+                or inside.match(value)
+                or any(value.endswith(f"/{n}") or value.endswith(n) and "/" in value for n in names)
+            )
+        ),
+    )
     assert found == []
 
 
@@ -195,8 +233,13 @@ def test_every_subpackage_is_packaged():
 
     root = Path(__file__).resolve().parents[1]
     setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
-    folders = {"shardflow": "shardflow", "pipelines": "shardflow.pipelines", "tasks": "shardflow.tasks",
-               "cluster": "shardflow.cluster", "data": "shardflow.data"}
+    folders = {
+        "shardflow": "shardflow",
+        "pipelines": "shardflow.pipelines",
+        "tasks": "shardflow.tasks",
+        "cluster": "shardflow.cluster",
+        "data": "shardflow.data",
+    }
     expected = {}
     for folder, package in folders.items():
         for init in (root / folder).rglob("__init__.py"):

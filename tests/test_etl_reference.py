@@ -16,8 +16,17 @@ from shardflow.pipelines.etl import etl
 
 MIN_FREQUENCY = 3
 MAX_CATEGORIES = 300
-NUMERIC = ["trip_distance", "passenger_count", "fare_amount", "temperature", "congestion", "fare_per_mile",
-           "pickup_datetime_hour", "pickup_datetime_dayofweek", "pickup_datetime_month"]
+NUMERIC = [
+    "trip_distance",
+    "passenger_count",
+    "fare_amount",
+    "temperature",
+    "congestion",
+    "fare_per_mile",
+    "pickup_datetime_hour",
+    "pickup_datetime_dayofweek",
+    "pickup_datetime_month",
+]
 CATEGORICAL = ["vendor", "payment_type", "pickup_zone", "dropoff_zone", "borough", "zone_type"]
 
 
@@ -90,9 +99,12 @@ def skewed_dataset(trips_copy):
 def test_etl_equals_pandas_reference(skewed_dataset, runtime, tmp_path):
     config = load_config(
         default_config_path(),
-        [f"encode.min_frequency={MIN_FREQUENCY}", f"encode.max_categories={MAX_CATEGORIES}",
-         f"output.runs_dir={tmp_path / 'runs'}",
-         "input.exchangeable=true"],  # rows compared in file order (the shuffle: test_planner.py)
+        [
+            f"encode.min_frequency={MIN_FREQUENCY}",
+            f"encode.max_categories={MAX_CATEGORIES}",
+            f"output.runs_dir={tmp_path / 'runs'}",
+            "input.exchangeable=true",
+        ],  # rows compared in file order (the shuffle: test_planner.py)
         base_dir=skewed_dataset,
     )
     result = etl(config, runtime=runtime)
@@ -114,12 +126,12 @@ def test_etl_equals_pandas_reference(skewed_dataset, runtime, tmp_path):
     for col in CATEGORICAL + ["trip_id", "is_delayed", "_is_validation"]:
         np.testing.assert_array_equal(got[col].to_numpy(), expected[col].to_numpy(), err_msg=col)
     for col in NUMERIC:
-        np.testing.assert_allclose(got[col].to_numpy(), expected[col].to_numpy(), rtol=1e-5, atol=1e-5,
-                                   err_msg=col)
+        np.testing.assert_allclose(got[col].to_numpy(), expected[col].to_numpy(), rtol=1e-5, atol=1e-5, err_msg=col)
     assert 0.18 < expected._is_validation.mean() < 0.22
 
-    quarantine = pd.concat([pd.read_parquet(f) for f in sorted((stage / "quarantine").glob("*.parquet"))],
-                           ignore_index=True)
+    quarantine = pd.concat(
+        [pd.read_parquet(f) for f in sorted((stage / "quarantine").glob("*.parquet"))], ignore_index=True
+    )
     assert len(expected_quarantine) > 0
     np.testing.assert_array_equal(quarantine.trip_id, expected_quarantine.trip_id)
     np.testing.assert_array_equal(quarantine._reason, expected_quarantine._reason)
@@ -146,9 +158,11 @@ def test_etl_result_does_not_depend_on_partitioning(trips_dir, runtime, tmp_path
 
     results = []
     for data_dir, max_rows in ((trips_dir, 2_000_000), (other, 1_500)):
-        config = load_config(default_config_path(), [f"input.max_partition_rows={max_rows}",
-                                                      f"output.runs_dir={tmp_path / 'runs'}"],
-                             base_dir=data_dir)
+        config = load_config(
+            default_config_path(),
+            [f"input.max_partition_rows={max_rows}", f"output.runs_dir={tmp_path / 'runs'}"],
+            base_dir=data_dir,
+        )
         results.append(etl(config, runtime=runtime))
     assert results[0].partitions == 8
     assert results[1].partitions > 16

@@ -20,11 +20,14 @@ from shardflow.pipelines.job import run
 from shardflow.pipelines.predict import predict
 from shardflow.tasks.exported import load_exported
 
-FAST = {"models": list(FAMILY_NAMES), "xgboost": {"num_boost_round": 30},
-        "partitions": {"xgboost_rounds": 20, "mlp_epochs": 2},
-        # One model per city; 'west' is made too small below, so it falls back to the global model.
-        "groups": {"partition_by": ["city"], "min_rows": 200, "xgboost_rounds": 20},
-        "mlp": {"epochs": 3, "batch_size": 256, "sync_every": 8}}
+FAST = {
+    "models": list(FAMILY_NAMES),
+    "xgboost": {"num_boost_round": 30},
+    "partitions": {"xgboost_rounds": 20, "mlp_epochs": 2},
+    # One model per city; 'west' is made too small below, so it falls back to the global model.
+    "groups": {"partition_by": ["city"], "min_rows": 200, "xgboost_rounds": 20},
+    "mlp": {"epochs": 3, "batch_size": 256, "sync_every": 8},
+}
 
 
 def table(task: str, n: int = 3000, seed: int = 0) -> pd.DataFrame:
@@ -33,8 +36,15 @@ def table(task: str, n: int = 3000, seed: int = 0) -> pd.DataFrame:
     city = rng.choice(["north", "south", "east", "west"], n)
     when = pd.Timestamp("2026-01-01") + pd.to_timedelta(rng.integers(0, 365 * 24 * 60, n), unit="min")
     score = x1 - 0.7 * x2 + 0.8 * (city == "north") + 0.3 * (when.hour > 12) + rng.normal(scale=0.4, size=n)
-    frame = pd.DataFrame({"id": np.arange(n), "x1": x1.round(4), "x2": x2.round(4), "city": city,
-                          "when": when.strftime("%Y-%m-%d %H:%M:%S")})
+    frame = pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "x1": x1.round(4),
+            "x2": x2.round(4),
+            "city": city,
+            "when": when.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+    )
     if task == "binary":
         frame["y"] = np.where(score > 0.3, "yes", "no")
     elif task == "multiclass":
@@ -52,13 +62,26 @@ def trained_run(request, runtime, tmp_path_factory):
     (directory / "in").mkdir()
     for i, rows in enumerate(np.array_split(np.arange(len(frame)), 2)):
         frame.iloc[rows].to_csv(directory / "in" / f"part{i}.csv", index=False)
-    target = {"column": "y", "task": "regression", "transform": "log1p"} if request.param == "regression" \
+    target = (
+        {"column": "y", "task": "regression", "transform": "log1p"}
+        if request.param == "regression"
         else {"column": "y"}
-    job = {"input": {"path": "in/*.csv"}, "target": target,
-           "features": {"numeric": ["x1", "x2"], "categorical": ["city"], "datetime": ["when"],
-                        "datetime_parts": ["hour", "dayofweek"], "derived": {"ratio": "x1 / (abs(x2) + 1)"}},
-           "split": {"key": ["id"]}, "encode": {"min_frequency": 1}, "output": {"runs_dir": "runs"},
-           "train": FAST}
+    )
+    job = {
+        "input": {"path": "in/*.csv"},
+        "target": target,
+        "features": {
+            "numeric": ["x1", "x2"],
+            "categorical": ["city"],
+            "datetime": ["when"],
+            "datetime_parts": ["hour", "dayofweek"],
+            "derived": {"ratio": "x1 / (abs(x2) + 1)"},
+        },
+        "split": {"key": ["id"]},
+        "encode": {"min_frequency": 1},
+        "output": {"runs_dir": "runs"},
+        "train": FAST,
+    }
     (directory / "job.yaml").write_text(yaml.safe_dump(job))
     result = run(load_config(directory / "job.yaml"), runtime=runtime)
     return request.param, directory, result.run_dir
@@ -81,8 +104,9 @@ def test_every_family_round_trips_against_shardflow_predict(trained_run, runtime
     for model in FAMILY_NAMES:
         exported = export(run_dir, tmp_path / f"onnx-{model}", model=model)
         assert exported.metadata["check"]["max_abs_difference"] <= 1e-5, (task, model)
-        ours = pd.read_parquet(predict(run_dir, tmp_path / "new.csv", tmp_path / f"scores-{model}", model=model,
-                                       runtime=runtime).output)
+        ours = pd.read_parquet(
+            predict(run_dir, tmp_path / "new.csv", tmp_path / f"scores-{model}", model=model, runtime=runtime).output
+        )
         theirs = load_exported(exported.path).predict(frame)
         if model == "xgboost":  # the same file read as text, as a service receives it: the same scores
             text = pd.read_csv(tmp_path / "new.csv", dtype=str, keep_default_na=False).replace("", None)
@@ -110,12 +134,12 @@ def test_the_model_runs_with_onnxruntime_alone(trained_run, tmp_path):
 import sys
 sys.modules["shardflow"] = None  # any import of shardflow fails
 import numpy as np, onnxruntime as ort
-session = ort.InferenceSession({str(exported.path / 'model.onnx')!r}, providers=["CPUExecutionProvider"])
-data = np.load({str(tmp_path / 'inputs.npz')!r})
+session = ort.InferenceSession({str(exported.path / "model.onnx")!r}, providers=["CPUExecutionProvider"])
+data = np.load({str(tmp_path / "inputs.npz")!r})
 feeds = {{i.name: (data[i.name].astype(object) if i.type == "tensor(string)" else data[i.name])
          for i in session.get_inputs()}}
 outputs = session.run(None, feeds)
-np.savez({str(tmp_path / 'outputs.npz')!r}, **{{o.name: v for o, v in zip(session.get_outputs(), outputs)}})
+np.savez({str(tmp_path / "outputs.npz")!r}, **{{o.name: v for o, v in zip(session.get_outputs(), outputs)}})
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -174,8 +198,11 @@ def test_predict_with_the_onnxruntime_engine_equals_shardflow(trained_run, runti
     task, directory, run_dir = trained_run
     new_rows().to_csv(tmp_path / "new.csv", index=False)
     ours = pd.read_parquet(predict(run_dir, tmp_path / "new.csv", tmp_path / "a", model="mlp", runtime=runtime).output)
-    onnx = pd.read_parquet(predict(run_dir, tmp_path / "new.csv", tmp_path / "b", model="mlp", runtime=runtime,
-                                   engine="onnxruntime").output)
+    onnx = pd.read_parquet(
+        predict(
+            run_dir, tmp_path / "new.csv", tmp_path / "b", model="mlp", runtime=runtime, engine="onnxruntime"
+        ).output
+    )
     assert list(onnx.columns) == list(ours.columns)
     probabilities = [c for c in ours.columns if c.startswith("probability_")]
     np.testing.assert_allclose(onnx[probabilities], ours[probabilities], atol=1e-5)
@@ -199,22 +226,29 @@ def test_readme_serving_example_runs_without_shardflow(trips_dir, runtime, tmp_p
 
     from shardflow.pipelines.config import default_config_path
 
-    config = load_config(default_config_path(), [f"output.runs_dir={tmp_path / 'runs'}", "train.models=[mlp]",
-                                                 "train.mlp.epochs=1"], base_dir=trips_dir)
+    config = load_config(
+        default_config_path(),
+        [f"output.runs_dir={tmp_path / 'runs'}", "train.models=[mlp]", "train.mlp.epochs=1"],
+        base_dir=trips_dir,
+    )
     result = run(config, runtime=runtime)
     export(result.run_dir, tmp_path / "exports" / "mlp", model="mlp")
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     block = readme.split("<!-- serving-example")[1].split("```python\n", 1)[1].split("```", 1)[0]
-    script = "import json, sys\nsys.modules['shardflow'] = None\n" + block + \
-        "\nprint(json.dumps([probability.tolist(), label.tolist()]))\n"
+    script = (
+        "import json, sys\nsys.modules['shardflow'] = None\n"
+        + block
+        + "\nprint(json.dumps([probability.tolist(), label.tolist()]))\n"
+    )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     probabilities, labels = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(probabilities) == 2 and all(0 <= p <= 1 for p in probabilities) and set(labels) <= {0, 1}
 
 
-@pytest.mark.parametrize("objective", ["count:poisson", "reg:gamma", "reg:absoluteerror", "binary:logistic",
-                                       "binary:hinge"])
+@pytest.mark.parametrize(
+    "objective", ["count:poisson", "reg:gamma", "reg:absoluteerror", "binary:logistic", "binary:hinge"]
+)
 def test_xgboost_objectives_export_with_their_own_link(objective, tmp_path):
     """Each booster's ONNX graph equals ``booster.predict`` (margins through the objective's
     link), incl. a categorical feature and missing values; an objective without one is refused."""
@@ -238,9 +272,18 @@ def test_xgboost_objectives_export_with_their_own_link(objective, tmp_path):
     matrix = xgb.DMatrix(x, y, feature_names=["a", "city"], feature_types=["q", "c"], enable_categorical=True)
     booster = xgb.train({"objective": objective, "max_depth": 4, "max_cat_to_onehot": 1}, matrix, 20)
     classification = objective.startswith("binary")
-    pre = Preprocessor(["a"], [None], [None], [0.0], [1.0], ["city"], {"city": ["p", "q", "r", "s", "t"]}, "y",
-                       "classification" if classification else "regression",
-                       classes=["0", "1"] if classification else [])
+    pre = Preprocessor(
+        ["a"],
+        [None],
+        [None],
+        [0.0],
+        [1.0],
+        ["city"],
+        {"city": ["p", "q", "r", "s", "t"]},
+        "y",
+        "classification" if classification else "regression",
+        classes=["0", "1"] if classification else [],
+    )
     payload = {"model": bytes(booster.save_raw("ubj"))}
     if objective == "binary:hinge":
         with pytest.raises(ExportError, match="objective 'binary:hinge' does not export"):
@@ -248,12 +291,18 @@ def test_xgboost_objectives_export_with_their_own_link(objective, tmp_path):
         return
     model = build(pre, FAMILIES["xgboost"], payload, target_kind(pre.task))
     frame = pd.DataFrame({"a": a, "city": city})
-    out = ExportedModel(model.SerializeToString(), {"inputs": [{"name": "a", "type": "double"},
-                                                               {"name": "city", "type": "string"}],
-                                                    "derived": {}, "classes": pre.classes}).run(frame)
+    out = ExportedModel(
+        model.SerializeToString(),
+        {
+            "inputs": [{"name": "a", "type": "double"}, {"name": "city", "type": "string"}],
+            "derived": {},
+            "classes": pre.classes,
+        },
+    ).run(frame)
     got = out["probability" if classification else "prediction"]
-    imputed = xgb.DMatrix(np.nan_to_num(x, nan=0.0), feature_names=["a", "city"], feature_types=["q", "c"],
-                          enable_categorical=True)  # the graph imputes a missing `a` with its mean, 0
+    imputed = xgb.DMatrix(
+        np.nan_to_num(x, nan=0.0), feature_names=["a", "city"], feature_types=["q", "c"], enable_categorical=True
+    )  # the graph imputes a missing `a` with its mean, 0
     np.testing.assert_allclose(got, booster.predict(imputed), rtol=2e-6, atol=1e-6)
 
 
@@ -273,8 +322,9 @@ def test_load_model_predicts_pandas_and_dask_frames_as_shardflow_predict(trained
     for name in ("xgboost", "xgboost_groups", "mlp"):
         model = shardflow.load_model(run_dir, name)
         ours = model.predict(frame)
-        files = pd.read_parquet(predict(run_dir, tmp_path / "new.csv", tmp_path / f"scores-{name}", model=name,
-                                        runtime=runtime).output)
+        files = pd.read_parquet(
+            predict(run_dir, tmp_path / "new.csv", tmp_path / f"scores-{name}", model=name, runtime=runtime).output
+        )
         assert list(ours.columns) == list(files.columns) and len(ours) == len(frame), name
         for column in files.columns:
             if files[column].dtype.kind == "f":
@@ -287,8 +337,13 @@ def test_load_model_predicts_pandas_and_dask_frames_as_shardflow_predict(trained
     if task != "regression":
         proba = model.predict_proba(frame)
         np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
-        assert (proba.to_numpy().argmax(axis=1) == [model.classes.index(str(v).lower()) if task == "binary" else
-                                                     model.classes.index(v) for v in ours.predicted_label]).all()
+        assert (
+            proba.to_numpy().argmax(axis=1)
+            == [
+                model.classes.index(str(v).lower()) if task == "binary" else model.classes.index(v)
+                for v in ours.predicted_label
+            ]
+        ).all()
     # A date the ETL cannot parse: that row is quarantined, the others are scored.
     bad = frame.assign(when=frame.when.where(frame.index != 5, "not a date"))
     with caplog.at_level(logging.WARNING, logger="shardflow"):
@@ -309,10 +364,13 @@ def test_estimator_fit_on_a_dask_frame_equals_the_job_on_its_files(trips_dir, ru
     from shardflow.pipelines.config import default_config_path
 
     overrides = ["train.models=[xgboost]", "train.xgboost.num_boost_round=20", "encode.min_frequency=5"]
-    on_files = run(load_config(default_config_path(), [*overrides, f"output.runs_dir={tmp_path / 'files'}"],
-                               base_dir=trips_dir), runtime=runtime)
-    config = load_config(default_config_path(), [*overrides, f"output.runs_dir={tmp_path / 'frames'}"],
-                         base_dir=trips_dir)
+    on_files = run(
+        load_config(default_config_path(), [*overrides, f"output.runs_dir={tmp_path / 'files'}"], base_dir=trips_dir),
+        runtime=runtime,
+    )
+    config = load_config(
+        default_config_path(), [*overrides, f"output.runs_dir={tmp_path / 'frames'}"], base_dir=trips_dir
+    )
     frame = dd.read_parquet(trips_dir / "trips")
     estimator = shardflow.Estimator(config, runtime=runtime).fit(frame)
     assert estimator.metrics_ == on_files.metrics
@@ -323,7 +381,8 @@ def test_estimator_fit_on_a_dask_frame_equals_the_job_on_its_files(trips_dir, ru
     # pandas X and y paired by position (a named index becomes a column): the same table.
     pandas_rows = pd.read_parquet(trips_dir / "trips")
     by_position = shardflow.Estimator(config, runtime=runtime).fit(
-        pandas_rows.drop(columns=["is_delayed"]), pandas_rows["is_delayed"].to_numpy())
+        pandas_rows.drop(columns=["is_delayed"]), pandas_rows["is_delayed"].to_numpy()
+    )
     assert by_position.metrics_.keys() == estimator.metrics_.keys()
     assert by_position.metrics_["xgboost"]["auc"] == pytest.approx(estimator.metrics_["xgboost"]["auc"], abs=0.02)
     from shardflow.tasks.errors import InputError

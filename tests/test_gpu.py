@@ -65,8 +65,16 @@ def test_data_parallel_mlp_over_nccl_equals_gloo(trips_dir, tmp_path):
         config = load_config(default_config_path(), [f"output.runs_dir={tmp_path / 'runs'}"], base_dir=trips_dir)
         run_dir = etl(config, runtime=runtime).run_dir
         data = load_training_data(runtime, run_dir / "etl", seed=0)
-        cfg = MLPConfig(hidden=[32], epochs=4, batch_size=None, optimizer="sgd", lr=0.05, lr_schedule="constant",
-                        sync="gradients", early_stopping_patience=None)
+        cfg = MLPConfig(
+            hidden=[32],
+            epochs=4,
+            batch_size=None,
+            optimizer="sgd",
+            lr=0.05,
+            lr_schedule="constant",
+            sync="gradients",
+            early_stopping_patience=None,
+        )
         gpu = train_data_parallel_mlp(runtime, data, replace(cfg, device="cuda"), seed=1)
         cpu = train_data_parallel_mlp(runtime, data, replace(cfg, device="cpu"), seed=1)
     finally:

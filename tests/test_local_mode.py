@@ -24,8 +24,9 @@ def loaded_modules(code: str, *args: str) -> set:
     command = [sys.executable, "-X", "importtime", *(["-c", code] if code else args)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    return {m.group(1).split(".")[0] for m in re.finditer(r"^import time:\s+\d+ \|\s+\d+ \|\s*([\w.]+)$",
-                                                           done.stderr, re.M)}
+    return {
+        m.group(1).split(".")[0] for m in re.finditer(r"^import time:\s+\d+ \|\s+\d+ \|\s*([\w.]+)$", done.stderr, re.M)
+    }
 
 
 def test_import_shardflow_and_help_load_no_heavy_library():
@@ -45,11 +46,20 @@ def prices(n: int = 3_000, seed: int = 3) -> pd.DataFrame:
 
 
 def job(directory, models, cluster: dict) -> str:
-    spec = {"input": {"path": "prices.csv"}, "target": {"column": "price", "task": "regression"},
-            "features": {"numeric": ["a", "b"], "categorical": ["zone"]}, "split": {"key": ["id"]},
-            "output": {"runs_dir": "runs"}, "cluster": {"dashboard_address": "127.0.0.1:0", **cluster},
-            "train": {"models": models, "xgboost": {"num_boost_round": 40},
-                      "mlp": {"hidden": [16], "epochs": 2}, "partitions": {"mlp_epochs": 2}}}
+    spec = {
+        "input": {"path": "prices.csv"},
+        "target": {"column": "price", "task": "regression"},
+        "features": {"numeric": ["a", "b"], "categorical": ["zone"]},
+        "split": {"key": ["id"]},
+        "output": {"runs_dir": "runs"},
+        "cluster": {"dashboard_address": "127.0.0.1:0", **cluster},
+        "train": {
+            "models": models,
+            "xgboost": {"num_boost_round": 40},
+            "mlp": {"hidden": [16], "epochs": 2},
+            "partitions": {"mlp_epochs": 2},
+        },
+    }
     path = directory / f"job-{len(list(directory.glob('job-*.yaml')))}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return str(path)
@@ -64,8 +74,9 @@ def test_the_plan_runs_small_inputs_in_this_process_and_large_ones_in_worker_pro
     assert InputPlan(load_config(job(tmp_path, ["xgboost"], {"n_workers": 2}))).execution().processes is True
     forced = load_config(job(tmp_path, ["xgboost"], {"processes": True}))
     assert InputPlan(forced).execution().reason == "cluster.processes: true"
-    address = load_config(job(tmp_path, ["xgboost"], {}), ["cluster.spec=tcp://127.0.0.1:8786"],
-                          allow_remote_cluster=True)
+    address = load_config(
+        job(tmp_path, ["xgboost"], {}), ["cluster.spec=tcp://127.0.0.1:8786"], allow_remote_cluster=True
+    )
     assert InputPlan(address).execution().processes is None  # an existing scheduler is never switched
 
 
@@ -86,8 +97,9 @@ if __name__ == "__main__":
 
 
 def run_job(config: str, data) -> dict:
-    done = subprocess.run([sys.executable, "-c", RUN_AND_REPORT, config, str(data)], capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_AND_REPORT, config, str(data)], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -20,8 +20,9 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("SHARDFLOW_WORK", str(tmp_path / "work"))
     monkeypatch.setenv("SHARDFLOW_WORKERS", "2")
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()  # raises CellExecutionError on the first failing cell
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]

@@ -25,6 +25,8 @@ import zarr
 pytest.importorskip("moto.server", reason="the object-store tests need moto's S3 server: pip install -e '.[test]'")
 s3fs = pytest.importorskip("s3fs", reason="the object-store tests need s3fs: pip install -e '.[test]'")
 
+from test_reliability import FAST, kill_a_worker_when  # noqa: E402
+
 from shardflow.cluster.factory import start  # noqa: E402
 from shardflow.pipelines.config import default_config_path, load_config  # noqa: E402
 from shardflow.pipelines.etl import etl  # noqa: E402
@@ -33,8 +35,6 @@ from shardflow.pipelines.model import load_model  # noqa: E402
 from shardflow.pipelines.predict import predict  # noqa: E402
 from shardflow.pipelines.rundir import COMMIT_FILE, RunDir, read_manifest  # noqa: E402
 from shardflow.tasks.storage import zarr_store  # noqa: E402
-
-from test_reliability import FAST, kill_a_worker_when  # noqa: E402
 
 BUCKET = "shardflow-test"
 SECRET = "not-a-real-secret-7f3a"  # must never appear in what a run writes
@@ -51,13 +51,21 @@ def s3(trips_dir):
     """moto's S3 server on 127.0.0.1, a bucket holding the test dataset, and credentials in the
     environment (set before the module's cluster starts, so its worker processes inherit them)."""
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    credentials = {"AWS_ACCESS_KEY_ID": "shardflow-test", "AWS_SECRET_ACCESS_KEY": SECRET,
-                   "AWS_DEFAULT_REGION": "us-east-1"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    credentials = {
+        "AWS_ACCESS_KEY_ID": "shardflow-test",
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in [*credentials, "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
-                                            "SHARDFLOW_STORAGE_ENDPOINTS"]}
+    saved = {
+        k: os.environ.get(k)
+        for k in [*credentials, "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "SHARDFLOW_STORAGE_ENDPOINTS"]
+    }
     os.environ.update(credentials, SHARDFLOW_STORAGE_ENDPOINTS=endpoint)  # configs may name this endpoint
     for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         os.environ.pop(k, None)  # the endpoint comes from the config's storage_options only
@@ -96,15 +104,26 @@ def s3_cluster(s3):
 
 def s3_config(s3, runs: str, extra=()):
     """The job reading ``s3://.../data`` (its input and join table) and writing runs under ``runs``."""
-    return load_config(default_config_path(), [*FAST, "train.models=[xgboost,mlp]", "input.path=trips",
-                                               f"output.runs_dir={s3.url}/{runs}",
-                                               f"storage_options={json.dumps(s3.options)}", *extra],
-                       base_dir=f"{s3.url}/data")
+    return load_config(
+        default_config_path(),
+        [
+            *FAST,
+            "train.models=[xgboost,mlp]",
+            "input.path=trips",
+            f"output.runs_dir={s3.url}/{runs}",
+            f"storage_options={json.dumps(s3.options)}",
+            *extra,
+        ],
+        base_dir=f"{s3.url}/data",
+    )
 
 
 def local_config(trips_dir, tmp_path, extra=()):
-    return load_config(default_config_path(), [*FAST, "train.models=[xgboost,mlp]",
-                                               f"output.runs_dir={tmp_path / 'runs'}", *extra], base_dir=trips_dir)
+    return load_config(
+        default_config_path(),
+        [*FAST, "train.models=[xgboost,mlp]", f"output.runs_dir={tmp_path / 'runs'}", *extra],
+        base_dir=trips_dir,
+    )
 
 
 def zarr_arrays(run_dir):
@@ -132,8 +151,13 @@ def test_job_on_s3_equals_the_job_on_local_disk_and_resumes_there(s3, s3_cluster
     assert set(manifest["locations"]) == {"etl", "train", "evaluate"}
     objects = objects_under(s3, str(remote.run_dir))
     prefixes = {o.split("/")[3] for o in objects}
-    assert prefixes == {*manifest["locations"].values(), "checkpoints", "manifest.json", "config.yaml",
-                        "report.html"}, prefixes
+    assert prefixes == {
+        *manifest["locations"].values(),
+        "checkpoints",
+        "manifest.json",
+        "config.yaml",
+        "report.html",
+    }, prefixes
     assert manifest["input"]["path"] == f"{s3.url}/data/trips"
     for key in objects:  # credentials come from the environment and are written nowhere
         assert SECRET.encode() not in s3.fs.cat_file(key), key
@@ -151,23 +175,51 @@ def test_job_on_s3_equals_the_job_on_local_disk_and_resumes_there(s3, s3_cluster
 
     # Predictions from the store into the store, and the model as an object, equal local ones.
     reference = predict(local.run_dir, trips_dir / "trips", tmp_path / "predictions", runtime=s3_cluster)
-    scored = predict(str(remote.run_dir), f"{s3.url}/data/trips", f"{s3.url}/predictions", runtime=s3_cluster,
-                     storage_options=s3.options)
+    scored = predict(
+        str(remote.run_dir),
+        f"{s3.url}/data/trips",
+        f"{s3.url}/predictions",
+        runtime=s3_cluster,
+        storage_options=s3.options,
+    )
     assert scored.rows == reference.rows and scored.model == reference.model
     written = pd.read_parquet(f"{s3.url}/predictions/", storage_options=s3.options)
     pd.testing.assert_frame_equal(written, pd.read_parquet(tmp_path / "predictions"))
     commit = json.loads(s3.fs.cat_file(f"{BUCKET}/predictions/{COMMIT_FILE}"))
-    assert sorted(commit["files"]) == sorted(o.split("/predictions/")[1] for o in objects_under(
-        s3, f"{s3.url}/predictions") if not o.endswith(COMMIT_FILE))
+    assert sorted(commit["files"]) == sorted(
+        o.split("/predictions/")[1] for o in objects_under(s3, f"{s3.url}/predictions") if not o.endswith(COMMIT_FILE)
+    )
     # The command line: an S3-compatible endpoint from AWS_ENDPOINT_URL, URLs as they are.
     env = {**os.environ, "AWS_ENDPOINT_URL": s3.options["endpoint_url"]}
-    cli = subprocess.run([sys.executable, "-m", "shardflow", "predict", "--run", str(remote.run_dir), "--input",
-                          f"{s3.url}/data/trips", "--output", f"{s3.url}/cli-predictions", "--n-workers", "1"],
-                         capture_output=True, text=True, env=env, timeout=300)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shardflow",
+            "predict",
+            "--run",
+            str(remote.run_dir),
+            "--input",
+            f"{s3.url}/data/trips",
+            "--output",
+            f"{s3.url}/cli-predictions",
+            "--n-workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert cli.returncode == 0, cli.stderr
     pd.testing.assert_frame_equal(pd.read_parquet(f"{s3.url}/cli-predictions/", storage_options=s3.options), written)
-    listed = subprocess.run([sys.executable, "-m", "shardflow", "runs", "--runs-dir", f"{s3.url}/runs"],
-                            capture_output=True, text=True, env=env, timeout=120)
+    listed = subprocess.run(
+        [sys.executable, "-m", "shardflow", "runs", "--runs-dir", f"{s3.url}/runs"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert listed.returncode == 0 and remote.run_dir.name in listed.stdout, listed.stderr
     rows = pd.read_parquet(trips_dir / "trips").head(500)
     model = load_model(str(partial.run_dir), "xgboost", storage_options=s3.options)
@@ -198,8 +250,11 @@ def test_worker_lost_during_an_s3_etl_gives_the_fault_free_output(s3, s3_cluster
     clean = etl(config, runtime=s3_cluster)
 
     def writing():  # pass 3 has written a first partition file of a stage not yet committed
-        return any("/features/part-" in o for o in objects_under(s3, f"{s3.url}/faults")
-                   if not o.startswith(str(clean.run_dir).removeprefix("s3://")))
+        return any(
+            "/features/part-" in o
+            for o in objects_under(s3, f"{s3.url}/faults")
+            if not o.startswith(str(clean.run_dir).removeprefix("s3://"))
+        )
 
     killer = kill_a_worker_when(s3_cluster, writing)
     faulty = etl(config, runtime=s3_cluster)
@@ -216,9 +271,11 @@ def test_fingerprints_follow_the_objects(s3):
     from shardflow.pipelines.stages import stage_keys
 
     s3.fs.copy(f"{BUCKET}/data/", f"{BUCKET}/fingerprint/", recursive=True)
-    config = load_config(default_config_path(), ["input.path=trips", f"output.runs_dir={s3.url}/runs",
-                                                 f"storage_options={json.dumps(s3.options)}"],
-                         base_dir=f"{s3.url}/fingerprint")
+    config = load_config(
+        default_config_path(),
+        ["input.path=trips", f"output.runs_dir={s3.url}/runs", f"storage_options={json.dumps(s3.options)}"],
+        base_dir=f"{s3.url}/fingerprint",
+    )
     before = stage_keys(config, InputPlan(config))
     assert stage_keys(config, InputPlan(config)) == before
     first = sorted(s3.fs.find(f"{BUCKET}/fingerprint/trips"))[0]
@@ -231,14 +288,22 @@ def test_fingerprints_follow_the_objects(s3):
 def test_unreachable_store_and_missing_bucket_say_so_in_one_line(s3, tmp_path):
     from shardflow.tasks.errors import ShardflowError
 
-    config = load_config(default_config_path(), [f"output.runs_dir=s3://no-such-bucket-{os.getpid()}/runs",
-                                                  f"storage_options={json.dumps(s3.options)}"],
-                         base_dir=str(tmp_path))
-    with pytest.raises(ShardflowError, match=r"output.runs_dir s3://no-such-bucket-\d+/runs: bucket "
-                                             r"'no-such-bucket-\d+' does not exist"):
+    config = load_config(
+        default_config_path(),
+        [f"output.runs_dir=s3://no-such-bucket-{os.getpid()}/runs", f"storage_options={json.dumps(s3.options)}"],
+        base_dir=str(tmp_path),
+    )
+    with pytest.raises(
+        ShardflowError,
+        match=r"output.runs_dir s3://no-such-bucket-\d+/runs: bucket "
+        r"'no-such-bucket-\d+' does not exist",
+    ):
         run(config)
     missing = s3_config(s3, "runs", ["input.path=nothing-here"])
-    with pytest.raises(ShardflowError, match=r"input.path 'nothing-here': no such file or directory \(resolved to "
-                                             r"s3://shardflow-test/data/nothing-here\)"):
+    with pytest.raises(
+        ShardflowError,
+        match=r"input.path 'nothing-here': no such file or directory \(resolved to "
+        r"s3://shardflow-test/data/nothing-here\)",
+    ):
         run(missing)
     shutil.rmtree(tmp_path, ignore_errors=True)

@@ -19,14 +19,24 @@ from shardflow.pipelines.plan import InputPlan
 
 def trips(n: int, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({"id": np.arange(n), "distance": rng.uniform(1, 50, n).round(3),
-                         "zone": rng.choice(["a", "b", "c"], n), "y": rng.integers(0, 2, n)})
+    return pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "distance": rng.uniform(1, 50, n).round(3),
+            "zone": rng.choice(["a", "b", "c"], n),
+            "y": rng.integers(0, 2, n),
+        }
+    )
 
 
 def job(directory, path, **input_options):
-    spec = {"input": {"path": path, **input_options}, "target": {"column": "y"},
-            "features": {"numeric": ["distance"], "categorical": ["zone"]}, "split": {"key": ["id"]},
-            "output": {"runs_dir": "runs"}}
+    spec = {
+        "input": {"path": path, **input_options},
+        "target": {"column": "y"},
+        "features": {"numeric": ["distance"], "categorical": ["zone"]},
+        "split": {"key": ["id"]},
+        "output": {"runs_dir": "runs"},
+    }
     (directory / "job.yaml").write_text(yaml.safe_dump(spec))
     return load_config(directory / "job.yaml")
 
@@ -106,17 +116,38 @@ def test_plan_command_explains_the_job_and_runs_nothing(tmp_path):
 
     trips(2_000).to_csv(tmp_path / "t.csv", index=False)
     job(tmp_path, "t.csv")
-    done = subprocess.run([sys.executable, "-m", "shardflow", "plan", "-c", str(tmp_path / "job.yaml"), "--cluster",
-                           "local", "--n-workers", "2", "--threads-per-worker", "1", "--memory-limit", "1GB"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shardflow",
+            "plan",
+            "-c",
+            str(tmp_path / "job.yaml"),
+            "--cluster",
+            "local",
+            "--n-workers",
+            "2",
+            "--threads-per-worker",
+            "1",
+            "--memory-limit",
+            "1GB",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
     assert "input       csv, 1 file(s)" in out and "cluster     2 workers, 2 threads" in out
     assert "partitions  1 (auto)" in out  # 2,000 rows are not worth splitting
     assert "warning     1 partition(s) for 2 worker threads: some will idle" in out
     # The default families include per-partition ones: on one partition each is one model, said up front.
-    assert ("warning     1 partition(s): xgboost_partitions, mlp_partitions will train one model on all training "
-            "rows (nothing to combine)") in out
+    assert (
+        "warning     1 partition(s): xgboost_partitions, mlp_partitions will train one model on all training "
+        "rows (nothing to combine)"
+    ) in out
     assert not (tmp_path / "runs").exists()
 
 
@@ -132,8 +163,9 @@ def test_the_plan_is_kept_in_the_manifest_and_the_report(runtime, tmp_path):
     assert "partitions  3 (3)" in page and "per-partition models assume partitions alike" in page
     # Classification: each partition's class shares, from the rows it holds.
     differences = json.loads((result.run_dir / "etl" / "summary.json").read_text())["partition_differences"]
-    written = [pd.read_parquet(f).y.astype(int).mean()
-               for f in sorted((result.run_dir / "etl" / "features").glob("*.parquet"))]
+    written = [
+        pd.read_parquet(f).y.astype(int).mean() for f in sorted((result.run_dir / "etl" / "features").glob("*.parquet"))
+    ]
     np.testing.assert_allclose([e["class_shares"][1] for e in differences["partitions"]], written, atol=1e-6)
 
 
@@ -142,8 +174,11 @@ def sorted_prices(n: int = 12_000, seed: int = 4) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     a, b = rng.uniform(0, 10, n), rng.normal(size=n)
     price = 100 + 30 * a + 20 * np.sin(b * 2) + rng.normal(scale=5, size=n)
-    return pd.DataFrame({"id": np.arange(n), "a": a.round(4), "b": b.round(4), "price": price.round(2)}) \
-        .sort_values("price").reset_index(drop=True)
+    return (
+        pd.DataFrame({"id": np.arange(n), "a": a.round(4), "b": b.round(4), "price": price.round(2)})
+        .sort_values("price")
+        .reset_index(drop=True)
+    )
 
 
 def test_the_shuffle_keeps_every_row_and_its_order_does_not_depend_on_the_partition_count(runtime, tmp_path):
@@ -151,14 +186,22 @@ def test_the_shuffle_keeps_every_row_and_its_order_does_not_depend_on_the_partit
     results = {}
     for count in (2, 5):
         (tmp_path / str(count)).mkdir()
-        spec = {"input": {"path": str(tmp_path / "t.csv"), "partitions": count},
-                "target": {"column": "price", "task": "regression"}, "features": {"numeric": ["a", "b"]},
-                "split": {"key": ["id"]}, "output": {"runs_dir": "runs", "keep_columns": ["id"]},
-                "train": {"models": ["xgboost", "xgboost_partitions"]}}
+        spec = {
+            "input": {"path": str(tmp_path / "t.csv"), "partitions": count},
+            "target": {"column": "price", "task": "regression"},
+            "features": {"numeric": ["a", "b"]},
+            "split": {"key": ["id"]},
+            "output": {"runs_dir": "runs", "keep_columns": ["id"]},
+            "train": {"models": ["xgboost", "xgboost_partitions"]},
+        }
         (tmp_path / str(count) / "job.yaml").write_text(yaml.safe_dump(spec))
         results[count] = etl(load_config(tmp_path / str(count) / "job.yaml"), runtime=runtime)
-    frames = {c: pd.concat([pd.read_parquet(p) for p in sorted((r.stage_dir / "features").glob("*.parquet"))],
-                           ignore_index=True) for c, r in results.items()}
+    frames = {
+        c: pd.concat(
+            [pd.read_parquet(p) for p in sorted((r.stage_dir / "features").glob("*.parquet"))], ignore_index=True
+        )
+        for c, r in results.items()
+    }
     assert sorted(frames[2].id.astype(int)) == list(range(12_000))  # the same rows, each once
     pd.testing.assert_frame_equal(frames[2], frames[5])  # in the same order, whatever the count
     first = pd.read_parquet(sorted((results[5].stage_dir / "features").glob("*.parquet"))[0])
@@ -171,11 +214,18 @@ def test_per_partition_models_on_a_table_sorted_by_its_target(runtime, tmp_path)
     for exchangeable in (True, False):
         directory = tmp_path / str(exchangeable)
         directory.mkdir()
-        spec = {"input": {"path": str(tmp_path / "t.csv"), "partitions": 4, "exchangeable": exchangeable},
-                "target": {"column": "price", "task": "regression"}, "features": {"numeric": ["a", "b"]},
-                "split": {"key": ["id"]}, "output": {"runs_dir": "runs"},
-                "train": {"models": ["xgboost", "xgboost_partitions"],
-                          "xgboost": {"num_boost_round": 100}, "partitions": {"xgboost_rounds": 100}}}
+        spec = {
+            "input": {"path": str(tmp_path / "t.csv"), "partitions": 4, "exchangeable": exchangeable},
+            "target": {"column": "price", "task": "regression"},
+            "features": {"numeric": ["a", "b"]},
+            "split": {"key": ["id"]},
+            "output": {"runs_dir": "runs"},
+            "train": {
+                "models": ["xgboost", "xgboost_partitions"],
+                "xgboost": {"num_boost_round": 100},
+                "partitions": {"xgboost_rounds": 100},
+            },
+        }
         (directory / "job.yaml").write_text(yaml.safe_dump(spec))
         from shardflow.pipelines.job import run
 
@@ -183,12 +233,15 @@ def test_per_partition_models_on_a_table_sorted_by_its_target(runtime, tmp_path)
         metrics = result.metrics
         r2[exchangeable] = (metrics["xgboost"]["r2"], metrics["xgboost_partitions"]["r2"])
         differences[exchangeable] = json.loads((result.run_dir / "etl" / "summary.json").read_text())[
-            "partition_differences"]
+            "partition_differences"
+        ]
         # The profile's per-partition target means are those of the rows each partition wrote.
-        written = [pd.read_parquet(f).price.mean()
-                   for f in sorted((result.run_dir / "etl" / "features").glob("*.parquet"))]
-        np.testing.assert_allclose([e["target_mean"] for e in differences[exchangeable]["partitions"]], written,
-                                   rtol=1e-6)  # the files hold float32
+        written = [
+            pd.read_parquet(f).price.mean() for f in sorted((result.run_dir / "etl" / "features").glob("*.parquet"))
+        ]
+        np.testing.assert_allclose(
+            [e["target_mean"] for e in differences[exchangeable]["partitions"]], written, rtol=1e-6
+        )  # the files hold float32
     (global_as_read, partitions_as_read), (global_shuffled, partitions_shuffled) = r2[True], r2[False]
     assert partitions_as_read < global_as_read - 0.05  # each model saw one slice of the prices
     assert abs(partitions_shuffled - global_shuffled) <= 0.01, r2
@@ -207,7 +260,7 @@ def stores(n: int = 9_000, seed: int = 7) -> pd.DataFrame:
     store[25:60] = None  # no key: the global model
     a, b = rng.uniform(0, 10, n).round(2), rng.normal(size=n).round(3)
     slope = pd.Series(store).map({"north": 1.0, "south": -2.0, "east": 4.0, "west": 0.5, "kiosk": 3.0}).fillna(0)
-    y = 50 + slope.to_numpy() * a ** 1.5 + 5 * b + rng.normal(scale=0.5, size=n)
+    y = 50 + slope.to_numpy() * a**1.5 + 5 * b + rng.normal(scale=0.5, size=n)
     return pd.DataFrame({"id": np.arange(n), "store": store, "a": a, "b": b, "sales": y.round(3)})
 
 
@@ -221,11 +274,19 @@ def test_partition_by_predicts_each_row_with_its_own_groups_model(runtime, tmp_p
 
     frame = stores()
     frame.to_csv(tmp_path / "sales.csv", index=False)
-    spec = {"input": {"path": "sales.csv", "partitions": 3}, "target": {"column": "sales", "task": "regression"},
-            "features": {"numeric": ["a", "b"], "categorical": ["store"]}, "encode": {"min_frequency": 1},
-            "split": {"key": ["id"]}, "output": {"runs_dir": "runs", "keep_columns": ["id"]},
-            "train": {"models": ["xgboost", "xgboost_groups"], "xgboost": {"num_boost_round": 30},
-                      "groups": {"partition_by": ["store"], "min_rows": 100, "xgboost_rounds": 20}}}
+    spec = {
+        "input": {"path": "sales.csv", "partitions": 3},
+        "target": {"column": "sales", "task": "regression"},
+        "features": {"numeric": ["a", "b"], "categorical": ["store"]},
+        "encode": {"min_frequency": 1},
+        "split": {"key": ["id"]},
+        "output": {"runs_dir": "runs", "keep_columns": ["id"]},
+        "train": {
+            "models": ["xgboost", "xgboost_groups"],
+            "xgboost": {"num_boost_round": 30},
+            "groups": {"partition_by": ["store"], "min_rows": 100, "xgboost_rounds": 20},
+        },
+    }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
     with caplog.at_level(logging.WARNING, logger="shardflow"):
         result = run(load_config(tmp_path / "job.yaml"), runtime=runtime)
@@ -236,14 +297,15 @@ def test_partition_by_predicts_each_row_with_its_own_groups_model(runtime, tmp_p
 
     # The reference: one model per store, trained by xgboost.train on that store's training
     # rows of the ETL's output, in one process; the others scored by the run's global model.
-    written = pd.concat([pd.read_parquet(f) for f in sorted((result.run_dir / "etl" / "features").glob("*.parquet"))],
-                        ignore_index=True)
-    out = predict(result.run_dir, tmp_path / "sales.csv", tmp_path / "scores", model="xgboost_groups",
-                  runtime=runtime)
+    written = pd.concat(
+        [pd.read_parquet(f) for f in sorted((result.run_dir / "etl" / "features").glob("*.parquet"))], ignore_index=True
+    )
+    out = predict(result.run_dir, tmp_path / "sales.csv", tmp_path / "scores", model="xgboost_groups", runtime=runtime)
     scored = pd.concat([pd.read_parquet(f) for f in sorted(out.output.glob("*.parquet"))], ignore_index=True)
     scored = scored.set_index(scored.id.astype(int)).prediction
-    global_scores = predict(result.run_dir, tmp_path / "sales.csv", tmp_path / "global", model="xgboost",
-                            runtime=runtime).output
+    global_scores = predict(
+        result.run_dir, tmp_path / "sales.csv", tmp_path / "global", model="xgboost", runtime=runtime
+    ).output
     global_scored = pd.concat([pd.read_parquet(f) for f in sorted(global_scores.glob("*.parquet"))])
     global_scored = global_scored.set_index(global_scored.id.astype(int)).prediction
     written["store"] = frame.store.to_numpy()[written.id.astype(int).to_numpy()]  # as read (the files hold codes)
@@ -255,8 +317,14 @@ def test_partition_by_predicts_each_row_with_its_own_groups_model(runtime, tmp_p
         training, validation = rows[~rows._is_validation], rows[rows._is_validation]
         dtrain = xgb.QuantileDMatrix(training[["a", "b"]].to_numpy(np.float32), training.sales.to_numpy(np.float32))
         dvalid = xgb.DMatrix(validation[["a", "b"]].to_numpy(np.float32), validation.sales.to_numpy(np.float32))
-        booster = xgb.train(params, dtrain, num_boost_round=20, evals=[(dvalid, "validation")],
-                            early_stopping_rounds=20, verbose_eval=False)  # as train.xgboost's, on its own rows
+        booster = xgb.train(
+            params,
+            dtrain,
+            num_boost_round=20,
+            evals=[(dvalid, "validation")],
+            early_stopping_rounds=20,
+            verbose_eval=False,
+        )  # as train.xgboost's, on its own rows
         booster = booster[: booster.best_iteration + 1]
         reference = booster.predict(xgb.DMatrix(rows[["a", "b"]].to_numpy(np.float32)))
         np.testing.assert_allclose(scored.loc[ids], reference, rtol=1e-4, atol=1e-3, err_msg=name)
@@ -281,8 +349,9 @@ def test_the_staged_shuffle_routes_every_row_to_its_key_range(n, max_branch):
     sizes = rng.integers(0, 60, n)  # uneven, some empty
     frames = [pd.DataFrame({"v": rng.normal(size=k), "i": np.arange(k) + 1000 * p}) for p, k in enumerate(sizes)]
     parts = [dask.delayed(PreparedPartition)(f, f.iloc[:0], p) for p, f in enumerate(frames)]
-    out = dask.compute(shuffled_partitions(parts, seed=3, name="t", token=n, max_branch=max_branch),
-                       scheduler="sync")[0]
+    out = dask.compute(shuffled_partitions(parts, seed=3, name="t", token=n, max_branch=max_branch), scheduler="sync")[
+        0
+    ]
     table = pd.concat(frames, ignore_index=True)
     assert [p.missing_targets for p in out] == list(range(n))  # each keeps its own bookkeeping
     shuffled = pd.concat([p.features for p in out], ignore_index=True)
@@ -320,25 +389,39 @@ def test_partition_by_two_columns_with_a_group_of_one_class(runtime, tmp_path):
 
     rng = np.random.default_rng(3)
     n = 6_000
-    frame = pd.DataFrame({"id": np.arange(n), "store": rng.choice(["a", "b"], n),
-                          "channel": rng.choice(["web", "shop"], n), "x": rng.normal(size=n).round(4)})
+    frame = pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "store": rng.choice(["a", "b"], n),
+            "channel": rng.choice(["web", "shop"], n),
+            "x": rng.normal(size=n).round(4),
+        }
+    )
     logit = np.where(frame.store == "a", 2 * frame.x, -2 * frame.x) + np.where(frame.channel == "web", 0.5, -0.5)
     frame["y"] = np.where(rng.uniform(size=n) < 1 / (1 + np.exp(-logit)), "yes", "no")
     frame.loc[(frame.store == "b") & (frame.channel == "shop"), "y"] = "no"  # one group of one class
     frame.to_csv(tmp_path / "t.csv", index=False)
-    spec = {"input": {"path": "t.csv", "partitions": 2}, "target": {"column": "y"},
-            "features": {"numeric": ["x"], "categorical": ["store", "channel"]}, "encode": {"min_frequency": 1},
-            "split": {"key": ["id"]}, "output": {"runs_dir": "runs", "keep_columns": ["id"]},
-            "train": {"models": ["xgboost", "xgboost_groups"],
-                      "xgboost": {"num_boost_round": 40, "early_stopping_rounds": 5},
-                      "groups": {"partition_by": ["store", "channel"], "min_rows": 100, "xgboost_rounds": 40}}}
+    spec = {
+        "input": {"path": "t.csv", "partitions": 2},
+        "target": {"column": "y"},
+        "features": {"numeric": ["x"], "categorical": ["store", "channel"]},
+        "encode": {"min_frequency": 1},
+        "split": {"key": ["id"]},
+        "output": {"runs_dir": "runs", "keep_columns": ["id"]},
+        "train": {
+            "models": ["xgboost", "xgboost_groups"],
+            "xgboost": {"num_boost_round": 40, "early_stopping_rounds": 5},
+            "groups": {"partition_by": ["store", "channel"], "min_rows": 100, "xgboost_rounds": 40},
+        },
+    }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
     result = run(load_config(tmp_path / "job.yaml"), runtime=runtime)
     meta = json.loads((result.run_dir / "train" / "xgboost_groups.json").read_text())
     assert len(meta["groups"]) == 4 and meta["fallback_groups"] == []
     payload = artifacts.load_model(result.run_dir, "xgboost_groups")
-    written = pd.concat([pd.read_parquet(f) for f in sorted((result.run_dir / "etl" / "features").glob("*.parquet"))],
-                        ignore_index=True)
+    written = pd.concat(
+        [pd.read_parquet(f) for f in sorted((result.run_dir / "etl" / "features").glob("*.parquet"))], ignore_index=True
+    )
     raw = frame.set_index("id").loc[written.id.astype(int)]
     x = zarr.open_group(str(result.run_dir / "etl" / "features.zarr"), mode="r")["X"][:]
     scored = predict_by_group(payload, x)  # the run's own rows, in the ETL's order
@@ -348,9 +431,14 @@ def test_partition_by_two_columns_with_a_group_of_one_class(runtime, tmp_path):
         valid = written._is_validation.to_numpy()[index]
         label = (rows.y == "yes").to_numpy(np.float32)
         features = rows[["x"]].to_numpy(np.float32)
-        booster = xgb.train(params, xgb.QuantileDMatrix(features[~valid], label[~valid]), num_boost_round=40,
-                            evals=[(xgb.DMatrix(features[valid], label[valid]), "validation")], early_stopping_rounds=5,
-                            verbose_eval=False)
+        booster = xgb.train(
+            params,
+            xgb.QuantileDMatrix(features[~valid], label[~valid]),
+            num_boost_round=40,
+            evals=[(xgb.DMatrix(features[valid], label[valid]), "validation")],
+            early_stopping_rounds=5,
+            verbose_eval=False,
+        )
         reference = booster[: booster.best_iteration + 1].predict(xgb.DMatrix(features))
         np.testing.assert_allclose(scored[index], reference, atol=1e-5, err_msg=f"{store} {channel}")
     assert scored[((raw.store == "b") & (raw.channel == "shop")).to_numpy()].max() < 0.05

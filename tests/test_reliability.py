@@ -27,8 +27,16 @@ from shardflow.pipelines.etl import etl
 from shardflow.pipelines.job import run
 from shardflow.tasks.errors import InputError
 
-FAST = ["train.xgboost.single_worker=false", "train.xgboost.num_boost_round=30", "train.checkpoint_seconds=0", "train.partitions.xgboost_rounds=15",
-        "train.partitions.mlp_epochs=1", "train.mlp.epochs=2", "train.mlp.batch_size=512", "encode.min_frequency=5"]
+FAST = [
+    "train.xgboost.single_worker=false",
+    "train.xgboost.num_boost_round=30",
+    "train.checkpoint_seconds=0",
+    "train.partitions.xgboost_rounds=15",
+    "train.partitions.mlp_epochs=1",
+    "train.mlp.epochs=2",
+    "train.mlp.batch_size=512",
+    "encode.min_frequency=5",
+]
 
 
 def features_of(result_dir: Path):
@@ -66,8 +74,9 @@ def kill_a_worker_when(runtime, condition, timeout=60.0):
 
 
 def test_worker_killed_mid_etl_gives_the_fault_free_output(trips_dir, own_cluster, tmp_path):
-    config = load_config(default_config_path(), [f"output.runs_dir={tmp_path / 'runs'}", "input.persist=false"],
-                         base_dir=trips_dir)
+    config = load_config(
+        default_config_path(), [f"output.runs_dir={tmp_path / 'runs'}", "input.persist=false"], base_dir=trips_dir
+    )
     clean = etl(config, runtime=own_cluster)
     runs = tmp_path / "runs"
 
@@ -85,13 +94,17 @@ def test_worker_killed_mid_etl_gives_the_fault_free_output(trips_dir, own_cluste
 
 def test_worker_killed_mid_run_completes_with_equal_results(trips_dir, own_cluster, tmp_path):
     """A worker dies while the per-partition models train; the run finishes with the same metrics."""
-    config = load_config(default_config_path(), [*FAST, "train.models=[xgboost_partitions,stacked]",
-                                                  f"output.runs_dir={tmp_path / 'runs'}"], base_dir=trips_dir)
+    config = load_config(
+        default_config_path(),
+        [*FAST, "train.models=[xgboost_partitions,stacked]", f"output.runs_dir={tmp_path / 'runs'}"],
+        base_dir=trips_dir,
+    )
     clean = run(config, runtime=own_cluster, force=True)
 
     def in_partition_training():
         tasks = own_cluster.client.run_on_scheduler(
-            lambda dask_scheduler: [ts.key for ts in dask_scheduler.tasks.values() if ts.state == "processing"])
+            lambda dask_scheduler: [ts.key for ts in dask_scheduler.tasks.values() if ts.state == "processing"]
+        )
         return any(str(k).startswith("train-xgboost-partition") for k in tasks)
 
     killer = kill_a_worker_when(own_cluster, in_partition_training, timeout=120)
@@ -138,11 +151,31 @@ def run_until_a_checkpoint(trips_dir, tmp_path, models: str, rounds: int):
     process, the checkpoint's state.json)``."""
     runs = tmp_path / "runs"
     config = tmp_path / "job.yaml"
-    config.write_text((trips_dir / "trips.yaml").read_text().replace("path: trips", f"path: {trips_dir / 'trips'}")
-                      .replace("path: zones.parquet", f"path: {trips_dir / 'zones.parquet'}"))
-    cmd = [sys.executable, "-m", "shardflow", "run", "-c", str(config), "--runs-dir", str(runs), "--n-workers", "2",
-           *[a for o in FAST for a in ("--set", o)], "--set", f"train.models=[{models}]",
-           "--set", f"train.xgboost.num_boost_round={rounds}", "--set", "train.xgboost.early_stopping_rounds=null"]
+    config.write_text(
+        (trips_dir / "trips.yaml")
+        .read_text()
+        .replace("path: trips", f"path: {trips_dir / 'trips'}")
+        .replace("path: zones.parquet", f"path: {trips_dir / 'zones.parquet'}")
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "shardflow",
+        "run",
+        "-c",
+        str(config),
+        "--runs-dir",
+        str(runs),
+        "--n-workers",
+        "2",
+        *[a for o in FAST for a in ("--set", o)],
+        "--set",
+        f"train.models=[{models}]",
+        "--set",
+        f"train.xgboost.num_boost_round={rounds}",
+        "--set",
+        "train.xgboost.early_stopping_rounds=null",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
@@ -203,20 +236,46 @@ def test_existing_scheduler_started_by_dask_commands(trips_dir, runtime, tmp_pat
     """`dask scheduler` and two `dask worker` processes, reached by address, give the local result."""
     scheduler_file = tmp_path / "scheduler.json"
     env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
-    procs = [subprocess.Popen(["dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address",
-                               "127.0.0.1:0", "--scheduler-file", str(scheduler_file)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)]
+    procs = [
+        subprocess.Popen(
+            [
+                "dask",
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--dashboard-address",
+                "127.0.0.1:0",
+                "--scheduler-file",
+                str(scheduler_file),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+    ]
     try:
         deadline = time.monotonic() + 30
         while not scheduler_file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         address = json.loads(scheduler_file.read_text())["address"]
         for _ in range(2):
-            procs.append(subprocess.Popen(["dask", "worker", address, "--nthreads", "1", "--host", "127.0.0.1",
-                                           "--memory-limit", "2GB"], stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL, env=env, start_new_session=True))
-        config = load_config(default_config_path(), [f"output.runs_dir={tmp_path / 'runs'}",
-                                                      f"cluster.spec={address}"], base_dir=trips_dir)
+            procs.append(
+                subprocess.Popen(
+                    ["dask", "worker", address, "--nthreads", "1", "--host", "127.0.0.1", "--memory-limit", "2GB"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,
+                )
+            )
+        config = load_config(
+            default_config_path(),
+            [f"output.runs_dir={tmp_path / 'runs'}", f"cluster.spec={address}"],
+            base_dir=trips_dir,
+        )
         remote = start(config.cluster)
         try:
             remote.client.wait_for_workers(2, timeout=60)
@@ -275,8 +334,9 @@ def test_partition_larger_than_worker_memory_fails_with_the_setting_to_change(ru
 
     data = generate(tmp_path / "big", 2_000_000, rows_per_partition=2_000_000, runtime=runtime).path
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-        rt = start(spec="local", n_workers=1, threads_per_worker=1, memory_limit="400MB",
-                   dashboard_address="127.0.0.1:0")
+        rt = start(
+            spec="local", n_workers=1, threads_per_worker=1, memory_limit="400MB", dashboard_address="127.0.0.1:0"
+        )
     try:
         config = load_config(default_config_path(), [f"output.runs_dir={tmp_path / 'runs'}"], base_dir=data)
         with pytest.raises(Exception) as info:
@@ -284,8 +344,9 @@ def test_partition_larger_than_worker_memory_fails_with_the_setting_to_change(ru
         message = describe_failure(info.value)
         assert message is not None, repr(info.value)
         assert "raise cluster.memory_limit" in message and "input.max_partition_rows" in message
-        assert not (tmp_path / "runs").exists() or not [p for p in (tmp_path / "runs").iterdir()
-                                                        if not p.name.startswith(".")]
+        assert not (tmp_path / "runs").exists() or not [
+            p for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")
+        ]
     finally:
         rt.close()
 
@@ -296,21 +357,24 @@ def test_worker_killed_mid_epoch_of_the_data_parallel_mlp_resumes_and_finishes(t
     from shardflow.pipelines.train_config import MLPConfig
     from shardflow.pipelines.training import load_training_data, train_data_parallel_mlp
 
-    config = load_config(default_config_path(), [f"output.runs_dir={tmp_path / 'runs'}", "encode.min_frequency=5"],
-                         base_dir=trips_dir)
+    config = load_config(
+        default_config_path(), [f"output.runs_dir={tmp_path / 'runs'}", "encode.min_frequency=5"], base_dir=trips_dir
+    )
     run_dir = etl(config, runtime=own_cluster).run_dir
     data = load_training_data(own_cluster, run_dir / "etl", seed=0)
     cfg = MLPConfig(hidden=[32], epochs=4, batch_size=32, sync="gradients", early_stopping_patience=None)
 
     def in_second_epoch():
         tasks = own_cluster.client.run_on_scheduler(
-            lambda dask_scheduler: [ts.key for ts in dask_scheduler.tasks.values() if ts.state == "processing"])
+            lambda dask_scheduler: [ts.key for ts in dask_scheduler.tasks.values() if ts.state == "processing"]
+        )
         return any(str(k).startswith("train-mlp-") and "-e1-rank" in str(k) for k in tasks)
 
     killer = kill_a_worker_when(own_cluster, in_second_epoch, timeout=120)
     started = time.monotonic()
-    out = train_data_parallel_mlp(own_cluster, data, cfg, seed=0, checkpoint_dir=tmp_path / "ckpt",
-                                  collective_timeout=60)
+    out = train_data_parallel_mlp(
+        own_cluster, data, cfg, seed=0, checkpoint_dir=tmp_path / "ckpt", collective_timeout=60
+    )
     killer.join()
     assert killer.killed.is_set(), "no worker was killed during the second epoch"
     assert out["restarts"] == [1]  # resumed after the first epoch's checkpoint
@@ -329,19 +393,34 @@ def small_regression_job(directory, rows=2_000, models=("xgboost",)):
 
     rng = np.random.default_rng(0)
     x1, x2 = rng.normal(size=rows), rng.normal(size=rows)
-    pd.DataFrame({"id": np.arange(rows), "x1": x1.round(4), "x2": x2.round(4),
-                  "y": (3 * x1 - x2 + rng.normal(size=rows)).round(3)}).to_csv(directory / "t.csv", index=False)
-    job = {"input": {"path": "t.csv"}, "target": {"column": "y", "task": "regression"},
-           "features": {"numeric": ["x1", "x2"]}, "split": {"key": ["id"]}, "output": {"runs_dir": "runs"},
-           "train": {"models": list(models), "xgboost": {"num_boost_round": 10},
-                     "mlp": {"epochs": 1, "hidden": [16], "batch_size": 512}}}
+    pd.DataFrame(
+        {
+            "id": np.arange(rows),
+            "x1": x1.round(4),
+            "x2": x2.round(4),
+            "y": (3 * x1 - x2 + rng.normal(size=rows)).round(3),
+        }
+    ).to_csv(directory / "t.csv", index=False)
+    job = {
+        "input": {"path": "t.csv"},
+        "target": {"column": "y", "task": "regression"},
+        "features": {"numeric": ["x1", "x2"]},
+        "split": {"key": ["id"]},
+        "output": {"runs_dir": "runs"},
+        "train": {
+            "models": list(models),
+            "xgboost": {"num_boost_round": 10},
+            "mlp": {"epochs": 1, "hidden": [16], "batch_size": 512},
+        },
+    }
     (directory / "job.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
     return directory / "job.yaml"
 
 
 def shardflow_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "shardflow", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "shardflow", *args], capture_output=True, text=True, cwd=cwd, timeout=180
+    )
 
 
 def test_a_damaged_manifest_is_named_and_skipped_and_breaks_no_other_run(runtime, tmp_path):
@@ -362,7 +441,7 @@ def test_a_damaged_manifest_is_named_and_skipped_and_breaks_no_other_run(runtime
     warnings = [line for line in listed.stderr.splitlines() if "manifest.json" in line]
     assert len(warnings) == 1 and f"{damaged / 'manifest.json'}: damaged (not valid JSON" in warnings[0]
     # A damaged metrics.json: the run is listed without its metrics, the others as they are.
-    (good / "evaluate" / "metrics.json").write_text("{\"metrics\": ")
+    (good / "evaluate" / "metrics.json").write_text('{"metrics": ')
     listed = shardflow_cli("runs", "--runs-dir", str(good.parent), cwd=tmp_path)
     assert listed.returncode == 0 and good.name in listed.stdout, listed.stderr
     assert f"{good / 'evaluate' / 'metrics.json'}: damaged (JSONDecodeError)" in listed.stderr
@@ -372,10 +451,24 @@ def test_a_damaged_manifest_is_named_and_skipped_and_breaks_no_other_run(runtime
     shutil.copytree(damaged / "evaluate", good / "evaluate")  # the copy's is intact (the same run)
 
     message = f"shardflow: error: {damaged / 'manifest.json'}: damaged (not valid JSON: "
-    for command in (["report", str(damaged)], ["export", str(damaged), "--out", str(tmp_path / "onnx")],
-                    ["predict", "--run", str(damaged), "--input", "t.csv", "--output", "scores",
-                     "--cluster", "local", "--n-workers", "1"],
-                    ["run", "-c", "job.yaml", "--resume", str(damaged), "--cluster", "local", "--n-workers", "1"]):
+    for command in (
+        ["report", str(damaged)],
+        ["export", str(damaged), "--out", str(tmp_path / "onnx")],
+        [
+            "predict",
+            "--run",
+            str(damaged),
+            "--input",
+            "t.csv",
+            "--output",
+            "scores",
+            "--cluster",
+            "local",
+            "--n-workers",
+            "1",
+        ],
+        ["run", "-c", "job.yaml", "--resume", str(damaged), "--cluster", "local", "--n-workers", "1"],
+    ):
         proc = shardflow_cli(*command, cwd=tmp_path)
         errors = [line for line in proc.stderr.splitlines() if "shardflow: error" in line or "Traceback" in line]
         assert proc.returncode == 2 and len(errors) == 1 and errors[0].startswith(message), (command, proc.stderr)
@@ -383,9 +476,12 @@ def test_a_damaged_manifest_is_named_and_skipped_and_breaks_no_other_run(runtime
 
     from shardflow.pipelines.rundir import ManifestError, read_manifest
 
-    for text, why in [("", "empty file"), ("[1, 2]", "holds a list, not a JSON object"),
-                      ('{"stages": {"etl": 3}}', "a stage's entry is not a JSON object"),
-                      ('{"artifacts": []}', "'artifacts' is not a JSON object")]:
+    for text, why in [
+        ("", "empty file"),
+        ("[1, 2]", "holds a list, not a JSON object"),
+        ('{"stages": {"etl": 3}}', "a stage's entry is not a JSON object"),
+        ('{"artifacts": []}', "'artifacts' is not a JSON object"),
+    ]:
         (damaged / "manifest.json").write_text(text)
         with pytest.raises(ManifestError, match=f"manifest.json: damaged \\({why}\\)"):
             read_manifest(damaged)
@@ -412,8 +508,10 @@ def test_a_pickle_in_a_runs_weights_file_is_refused_in_one_line(runtime, tmp_pat
     proc = shardflow_cli("export", str(run_dir), "--model", "mlp", "--out", str(tmp_path / "onnx"), cwd=tmp_path)
     errors = [line for line in proc.stderr.splitlines() if "shardflow: error" in line or "Traceback" in line]
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr
-    assert errors[0].startswith(f"shardflow: error: {weights}: not a weights file shardflow wrote (UnpicklingError: "
-                                "torch's weights-only loader refused it"), errors[0]
+    assert errors[0].startswith(
+        f"shardflow: error: {weights}: not a weights file shardflow wrote (UnpicklingError: "
+        "torch's weights-only loader refused it"
+    ), errors[0]
     assert "weights_only" not in errors[0]  # not torch's advice to load it unsafely
     assert not marker.exists() and not (tmp_path / "onnx").exists()
 
@@ -434,14 +532,27 @@ def test_two_jobs_on_one_runs_directory_never_share_a_run(runtime, tmp_path):
     import pandas as pd
 
     pd.DataFrame(table).to_csv(tmp_path / "t.csv", index=False)
-    (tmp_path / "job.yaml").write_text("input: {path: t.csv}\ntarget: {column: y}\nfeatures: {numeric: [x, z]}\n"
-                                       "split: {key: [id]}\noutput: {runs_dir: runs}\n"
-                                       "train: {models: [xgboost], xgboost: {num_boost_round: 20}}\n")
+    (tmp_path / "job.yaml").write_text(
+        "input: {path: t.csv}\ntarget: {column: y}\nfeatures: {numeric: [x, z]}\n"
+        "split: {key: [id]}\noutput: {runs_dir: runs}\n"
+        "train: {models: [xgboost], xgboost: {num_boost_round: 20}}\n"
+    )
     reusable = etl(load_config(tmp_path / "job.yaml"), runtime=runtime).run_dir
 
     def command(depth, *extra):
-        return [sys.executable, "-m", "shardflow", "run", "-c", str(tmp_path / "job.yaml"), "--n-workers", "1",
-                "--set", f"train.xgboost.params={{max_depth: {depth}}}", *extra]
+        return [
+            sys.executable,
+            "-m",
+            "shardflow",
+            "run",
+            "-c",
+            str(tmp_path / "job.yaml"),
+            "--n-workers",
+            "1",
+            "--set",
+            f"train.xgboost.params={{max_depth: {depth}}}",
+            *extra,
+        ]
 
     def consistent(run_dir: Path) -> int:
         """The run's config and its model agree; returns their max_depth."""
@@ -461,8 +572,9 @@ def test_two_jobs_on_one_runs_directory_never_share_a_run(runtime, tmp_path):
         assert elsewhere != reusable and consistent(elsewhere) == 2
         assert not (reusable / "train").exists()  # the held run was not touched
         assert f"run {reusable.name}: in use by process {os.getpid()}" in done.stderr
-        resumed = subprocess.run(command(2, "--resume", str(reusable)), capture_output=True, text=True, timeout=300,
-                                 cwd=tmp_path)
+        resumed = subprocess.run(
+            command(2, "--resume", str(reusable)), capture_output=True, text=True, timeout=300, cwd=tmp_path
+        )
         errors = [line for line in resumed.stderr.splitlines() if line.startswith("shardflow: error:")]
         assert resumed.returncode == 2 and len(errors) == 1 and f"in use by process {os.getpid()}" in errors[0]
     finally:
@@ -470,8 +582,10 @@ def test_two_jobs_on_one_runs_directory_never_share_a_run(runtime, tmp_path):
     assert not (reusable / ".lock").exists()
 
     # Two jobs at once, both finding the reusable run: each prints a directory holding its own model.
-    jobs = {depth: subprocess.Popen(command(depth), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    cwd=tmp_path) for depth in (3, 5)}
+    jobs = {
+        depth: subprocess.Popen(command(depth), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        for depth in (3, 5)
+    }
     printed = {}
     for depth, job in jobs.items():
         out, err = job.communicate(timeout=300)
@@ -490,11 +604,11 @@ def test_an_output_over_the_run_or_the_input_is_refused_and_nothing_is_lost(runt
     be, hold or lie inside the run being read, nor be or hold its input."""
     import hashlib
 
+    import pandas as pd
+
     from shardflow.pipelines.export import export
     from shardflow.pipelines.predict import predict
     from shardflow.tasks.errors import ShardflowError
-
-    import pandas as pd
 
     rng = np.random.default_rng(1)
     n = 2000
@@ -502,20 +616,29 @@ def test_an_output_over_the_run_or_the_input_is_refused_and_nothing_is_lost(runt
     frame["y"] = (frame.x + rng.normal(scale=0.5, size=n) > 0).astype(int)
     (tmp_path / "in").mkdir()
     frame.to_csv(tmp_path / "in" / "t.csv", index=False)
-    (tmp_path / "job.yaml").write_text("input: {path: in/t.csv}\ntarget: {column: y}\nfeatures: {numeric: [x]}\n"
-                                       "output: {runs_dir: runs}\n"
-                                       "train: {models: [xgboost], xgboost: {num_boost_round: 10}}\n")
+    (tmp_path / "job.yaml").write_text(
+        "input: {path: in/t.csv}\ntarget: {column: y}\nfeatures: {numeric: [x]}\n"
+        "output: {runs_dir: runs}\n"
+        "train: {models: [xgboost], xgboost: {num_boost_round: 10}}\n"
+    )
     run_dir = run(load_config(tmp_path / "job.yaml"), runtime=runtime).run_dir
 
     def snapshot():
-        return {p.relative_to(tmp_path): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+        return {
+            p.relative_to(tmp_path): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(tmp_path.rglob("*"))
+            if p.is_file()
+        }
 
     before = snapshot()
-    for output, words in ((run_dir, "is --run"), (run_dir / "scores", "lies inside --run"),
-                          (run_dir.parent, "holds --run"), (tmp_path / "in", "holds --input"),
-                          (tmp_path / "in" / "t.csv", "is --input"),
-                          (tmp_path, "holds --run")):
+    for output, words in (
+        (run_dir, "is --run"),
+        (run_dir / "scores", "lies inside --run"),
+        (run_dir.parent, "holds --run"),
+        (tmp_path / "in", "holds --input"),
+        (tmp_path / "in" / "t.csv", "is --input"),
+        (tmp_path, "holds --run"),
+    ):
         with pytest.raises(ShardflowError, match=words):
             predict(run_dir, tmp_path / "in" / "t.csv", output, overwrite=True, runtime=runtime)
     with pytest.raises(ShardflowError, match="is --input"):  # the directory a glob reads
@@ -523,15 +646,32 @@ def test_an_output_over_the_run_or_the_input_is_refused_and_nothing_is_lost(runt
     (tmp_path / "in" / "2026").mkdir()
     (tmp_path / "in" / "t.csv").rename(tmp_path / "in" / "2026" / "t.csv")
     with pytest.raises(ShardflowError, match="lies inside --input"):  # a pattern that reads every folder below
-        predict(run_dir, str(tmp_path / "in" / "*" / "t.csv"), tmp_path / "in" / "2026", overwrite=True,
-                runtime=runtime)
+        predict(
+            run_dir, str(tmp_path / "in" / "*" / "t.csv"), tmp_path / "in" / "2026", overwrite=True, runtime=runtime
+        )
     (tmp_path / "in" / "2026" / "t.csv").rename(tmp_path / "in" / "t.csv")
     (tmp_path / "in" / "2026").rmdir()
     with pytest.raises(ShardflowError, match="lies inside run"):
         export(run_dir, run_dir / "onnx")
-    done = subprocess.run([sys.executable, "-m", "shardflow", "predict", "--run", str(run_dir), "--input",
-                           str(tmp_path / "in" / "t.csv"), "--output", str(run_dir), "--overwrite"],
-                          capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shardflow",
+            "predict",
+            "--run",
+            str(run_dir),
+            "--input",
+            str(tmp_path / "in" / "t.csv"),
+            "--output",
+            str(run_dir),
+            "--overwrite",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
     errors = [line for line in done.stderr.splitlines() if line.startswith("shardflow: error:")]
     assert done.returncode == 2 and len(errors) == 1 and "is --run" in errors[0], done.stderr[-2000:]
     assert snapshot() == before  # nothing written, nothing lost

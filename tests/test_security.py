@@ -28,8 +28,13 @@ from shardflow.pipelines.predict import predict
 from shardflow.pipelines.rundir import read_manifest, update_manifest
 from shardflow.tasks.expressions import evaluate, parse_expression
 
-FAST = ["train.models=[xgboost]", "train.xgboost.single_worker=false", "train.xgboost.num_boost_round=12", "train.checkpoint_seconds=0",
-        "encode.min_frequency=5"]
+FAST = [
+    "train.models=[xgboost]",
+    "train.xgboost.single_worker=false",
+    "train.xgboost.num_boost_round=12",
+    "train.checkpoint_seconds=0",
+    "encode.min_frequency=5",
+]
 
 
 def payloads(marker):
@@ -68,15 +73,18 @@ def test_config_expression_payloads_are_refused_and_run_nothing(trips_dir, runti
 def test_refusal_names_the_offending_piece():
     with pytest.raises(ValueError, match=r"'distance.to_csv' is not allowed in an expression \(attribute access\)"):
         parse_expression("distance.to_csv('/tmp/x.csv')", "features.derived.x")
-    with pytest.raises(ValueError, match=r"'open' is not allowed in an expression \(function 'open' is not in the list"):
+    with pytest.raises(
+        ValueError, match=r"'open' is not allowed in an expression \(function 'open' is not in the list"
+    ):
         parse_expression("distance + 0 * open('x')", "target.expression")
     with pytest.raises(ValueError, match=r"'__class__' is not allowed.*dunder"):
         parse_expression("where(__class__ > 1, 1, 0)", "target.expression")
 
 
 def test_whitelisted_expressions_match_pandas():
-    frame = pd.DataFrame({"dist ance": [1.0, 2.0, np.nan, 4.0], "fare": [10.0, 0.0, 5.0, -2.0],
-                          "kind": ["a", "b", "a", None]})
+    frame = pd.DataFrame(
+        {"dist ance": [1.0, 2.0, np.nan, 4.0], "fare": [10.0, 0.0, 5.0, -2.0], "kind": ["a", "b", "a", None]}
+    )
     cases = {
         "`dist ance` * 1.6": frame["dist ance"] * 1.6,
         "fare / `dist ance`": frame["fare"] / frame["dist ance"],
@@ -94,8 +102,9 @@ def test_whitelisted_expressions_match_pandas():
     # `&` and `|` bind looser than comparisons, as in pandas' eval (Python's own would not).
     plain = frame.rename(columns={"dist ance": "dist"})
     for text in ("fare > 0 & kind == 'a'", "dist == 1 | fare > 5", "fare > 0 & dist > 1 | kind == 'b'"):
-        pd.testing.assert_series_equal(evaluate(parse_expression(text), plain), plain.eval(text),
-                                       check_names=False, obj=text)
+        pd.testing.assert_series_equal(
+            evaluate(parse_expression(text), plain), plain.eval(text), check_names=False, obj=text
+        )
 
 
 def test_expressions_cannot_exhaust_a_worker():
@@ -119,10 +128,18 @@ def test_backticked_column_names_work_end_to_end(runtime, tmp_path):
     n = 600
     data = pd.DataFrame({"id": np.arange(n), "dist ance": rng.uniform(1, 10, n), "y": rng.integers(0, 2, n)})
     data.to_csv(tmp_path / "t.csv", index=False)
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump({
-        "input": {"path": "t.csv"}, "target": {"column": "y"},
-        "features": {"derived": {"km": "`dist ance` * 1.6"}}, "split": {"key": ["id"]},
-        "clean": {"clip_sigma": None}, "output": {"keep_columns": ["id"], "runs_dir": "runs"}}))
+    (tmp_path / "job.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "input": {"path": "t.csv"},
+                "target": {"column": "y"},
+                "features": {"derived": {"km": "`dist ance` * 1.6"}},
+                "split": {"key": ["id"]},
+                "clean": {"clip_sigma": None},
+                "output": {"keep_columns": ["id"], "runs_dir": "runs"},
+            }
+        )
+    )
     result = etl(load_config(tmp_path / "job.yaml"), runtime=runtime)
     features = pd.read_parquet(result.stage_dir / "features")
     features = features.assign(id=features["id"].astype(int)).sort_values("id")
@@ -152,7 +169,8 @@ def test_predict_refuses_an_edited_config_and_runs_nothing(small_run, trips_dir,
     config_path = run_dir / "config.yaml"
     config = yaml.safe_load(config_path.read_text())
     config["features"]["derived"]["fare_per_mile"] = (
-        f"fare_amount + 0 * fare_amount.__class__.__init__.__globals__['sys'].modules['os'].system('touch {marker}')")
+        f"fare_amount + 0 * fare_amount.__class__.__init__.__globals__['sys'].modules['os'].system('touch {marker}')"
+    )
     config_path.write_text(yaml.safe_dump(config))
     with pytest.raises(ArtifactError, match=r"config.yaml: does not match the run's manifest"):
         predict(run_dir, str(trips_dir / "trips"), tmp_path / "scores", runtime=runtime)
@@ -176,8 +194,11 @@ def test_predict_refuses_a_changed_dimension_table(small_run, trips_dir, runtime
     text = config_path.read_text().replace(str(trips_dir), str(data))
     config_path.write_text(text)
     manifest = read_manifest(run_dir)
-    update_manifest(run_dir, artifacts={**manifest["artifacts"], "config.yaml": sha256(config_path)},
-                    joins=[{**j, "path": j["path"].replace(str(trips_dir), str(data))} for j in manifest["joins"]])
+    update_manifest(
+        run_dir,
+        artifacts={**manifest["artifacts"], "config.yaml": sha256(config_path)},
+        joins=[{**j, "path": j["path"].replace(str(trips_dir), str(data))} for j in manifest["joins"]],
+    )
     predict(run_dir, str(data / "trips"), tmp_path / "scores-before", runtime=runtime)  # unchanged: scores
     zones = pq.read_table(data / "zones.parquet")
     pq.write_table(zones.slice(1), data / "zones.parquet")  # a zone less
@@ -207,8 +228,11 @@ class ListenerSnapshot(xgb.callback.TrainingCallback):
         if model.num_boosted_rounds() == 3 and xgb.collective.get_rank() == 0:
             seen = {}
             for role, pid in self.pids.items():
-                seen[role] = [(c.laddr.ip, c.laddr.port) for c in psutil.Process(pid).net_connections(kind="inet")
-                              if c.status == psutil.CONN_LISTEN]
+                seen[role] = [
+                    (c.laddr.ip, c.laddr.port)
+                    for c in psutil.Process(pid).net_connections(kind="inet")
+                    if c.status == psutil.CONN_LISTEN
+                ]
             with open(self.out, "w") as f:
                 json.dump(seen, f)
         return False
@@ -224,8 +248,11 @@ def test_global_xgboost_collective_binds_where_the_cluster_binds(trips_dir, runt
     config = load_config(default_config_path(), [*FAST, f"output.runs_dir={tmp_path / 'runs'}"], base_dir=trips_dir)
     result = etl(config, runtime=runtime)
     client = runtime.client
-    pids = {"driver": os.getpid(), **{f"worker {w}": pid for w, pid in client.run(os.getpid).items()},
-            **{f"nanny {w}": pid for w, pid in client.run(os.getpid, nanny=True).items()}}
+    pids = {
+        "driver": os.getpid(),
+        **{f"worker {w}": pid for w, pid in client.run(os.getpid).items()},
+        **{f"nanny {w}": pid for w, pid in client.run(os.getpid, nanny=True).items()},
+    }
     out = tmp_path / "listening.json"
     train(config, runtime, result.run_dir, xgboost_callbacks=[ListenerSnapshot(pids, out)])
     seen = json.loads(out.read_text())
@@ -292,27 +319,44 @@ def test_config_yaml_builds_no_python_objects_and_no_alias_bomb(tmp_path):
     marker = tmp_path / "ran"
     tagged = tmp_path / "tagged.yaml"
     tagged.write_text(base + f"storage_options: {{x: !!python/object/apply:os.system ['touch {marker}']}}\n")
-    with pytest.raises(ConfigError, match=r"tagged.yaml: not valid YAML: could not determine a constructor for the "
-                                          r"tag 'tag:yaml.org,2002:python/object/apply"):
+    with pytest.raises(
+        ConfigError,
+        match=r"tagged.yaml: not valid YAML: could not determine a constructor for the "
+        r"tag 'tag:yaml.org,2002:python/object/apply",
+    ):
         load_config(tagged)
     assert not marker.exists()
     levels = ['    l0: &l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]'] + [
-        f"    l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 8)]
+        f"    l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 8)
+    ]
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text(base + "storage_options:\n  config_kwargs:\n" + "\n".join(levels) + "\n")
     started = time.perf_counter()
-    with pytest.raises(ConfigError, match=r"bomb.yaml: the YAML expands to more than 100,000 values \(through its "
-                                          r"aliases"):
+    with pytest.raises(
+        ConfigError,
+        match=r"bomb.yaml: the YAML expands to more than 100,000 values \(through its "
+        r"aliases",
+    ):
         load_config(bomb)
     assert time.perf_counter() - started < 5
     with pytest.raises(ConfigError, match=r"override 'storage_options': the YAML expands"):
-        load_config(default_config_path(), ["storage_options={a: &a [1,1,1,1,1,1,1,1,1,1], b: &b [*a,*a,*a,*a,*a,*a,"
-                                            "*a,*a,*a,*a], c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b], d: &d [*c,*c,*c,*c,"
-                                            "*c,*c,*c,*c,*c,*c], e: [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]}"])
+        load_config(
+            default_config_path(),
+            [
+                "storage_options={a: &a [1,1,1,1,1,1,1,1,1,1], b: &b [*a,*a,*a,*a,*a,*a,"
+                "*a,*a,*a,*a], c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b], d: &d [*c,*c,*c,*c,"
+                "*c,*c,*c,*c,*c,*c], e: [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]}"
+            ],
+        )
 
 
-@pytest.mark.parametrize("uri, what", [("http://user:s3cret@127.0.0.1:5000", "user name or password"),
-                                       ("http://127.0.0.1:5000/?token=s3cret", "the parameter 'token'")])
+@pytest.mark.parametrize(
+    "uri, what",
+    [
+        ("http://user:s3cret@127.0.0.1:5000", "user name or password"),
+        ("http://127.0.0.1:5000/?token=s3cret", "the parameter 'token'"),
+    ],
+)
 def test_a_tracking_uri_with_credentials_is_refused_before_anything_is_written(tmp_path, uri, what):
     """A password in ``tracking.mlflow.tracking_uri`` would be copied into the run's config.yaml:
     every command that loads the config refuses it in one line, and no file holds it."""
@@ -321,12 +365,25 @@ def test_a_tracking_uri_with_credentials_is_refused_before_anything_is_written(t
 
     rows = ["id,x,y"] + [f"{i},{i * 0.5},{i % 2}" for i in range(200)]
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump({
-        "input": {"path": "t.csv"}, "target": {"column": "y"}, "features": {"numeric": ["x"]},
-        "output": {"runs_dir": "work/runs"}, "tracking": {"mlflow": {"tracking_uri": uri}}}))
+    (tmp_path / "job.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "input": {"path": "t.csv"},
+                "target": {"column": "y"},
+                "features": {"numeric": ["x"]},
+                "output": {"runs_dir": "work/runs"},
+                "tracking": {"mlflow": {"tracking_uri": uri}},
+            }
+        )
+    )
     for command in ("etl", "run", "plan"):
-        proc = subprocess.run([sys.executable, "-m", "shardflow", command, "-c", str(tmp_path / "job.yaml"),
-                               "--n-workers", "1"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        proc = subprocess.run(
+            [sys.executable, "-m", "shardflow", command, "-c", str(tmp_path / "job.yaml"), "--n-workers", "1"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
         assert proc.returncode == 2, (command, proc.stderr[-2000:])
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("shardflow: error:"), (command, proc.stderr[-2000:])
@@ -388,9 +445,17 @@ def test_storage_options_that_weaken_transport_or_access_are_refused(runtime, tm
             options = {"endpoint_url": endpoint, **payload}
             options["config_kwargs"] = {**quick, **payload.get("config_kwargs", {})}
             job = tmp_path / "job.yaml"
-            job.write_text(yaml.safe_dump({**base, "input": {**base["input"], "path": "s3://lake/trips"},
-                                           "joins": [], "output": {"runs_dir": "s3://lake/runs"},
-                                           "storage_options": options}))
+            job.write_text(
+                yaml.safe_dump(
+                    {
+                        **base,
+                        "input": {**base["input"], "path": "s3://lake/trips"},
+                        "joins": [],
+                        "output": {"runs_dir": "s3://lake/runs"},
+                        "storage_options": options,
+                    }
+                )
+            )
             with pytest.raises(ConfigError) as err:
                 etl(load_config(job), runtime=runtime)  # only reached if the config were accepted
             message = str(err.value)
@@ -403,16 +468,27 @@ def test_storage_options_that_weaken_transport_or_access_are_refused(runtime, tm
         listener.close()
     assert connections == []  # the store was never reached: nothing read, written or sent
     # The harmless options stay a config's to choose (an endpoint: only one the environment allows).
-    allowed = {"anon": False, "requester_pays": True, "default_block_size": 8 << 20, "default_cache_type": "readahead",
-               "endpoint_url": endpoint, "client_kwargs": {"region_name": "eu-west-1"},
-               "config_kwargs": {"retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 5,
-                                 "s3": {"addressing_style": "path"}},
-               "s3_additional_kwargs": {"ServerSideEncryption": "AES256"}}
+    allowed = {
+        "anon": False,
+        "requester_pays": True,
+        "default_block_size": 8 << 20,
+        "default_cache_type": "readahead",
+        "endpoint_url": endpoint,
+        "client_kwargs": {"region_name": "eu-west-1"},
+        "config_kwargs": {
+            "retries": {"max_attempts": 2, "mode": "standard"},
+            "connect_timeout": 5,
+            "s3": {"addressing_style": "path"},
+        },
+        "s3_additional_kwargs": {"ServerSideEncryption": "AES256"},
+    }
     config = load_config(default_config_path(), [f"storage_options={json.dumps(allowed)}"])
     assert config.storage_options == allowed
-    for options, problem in [({"default_block_size": 1 << 40}, "must be between"),
-                             ({"anon": "yes"}, "expected true or false"),
-                             ({"requester_pays": "billing-project"}, "expected true or false")]:
+    for options, problem in [
+        ({"default_block_size": 1 << 40}, "must be between"),
+        ({"anon": "yes"}, "expected true or false"),
+        ({"requester_pays": "billing-project"}, "expected true or false"),
+    ]:
         with pytest.raises(ConfigError, match=problem):
             load_config(default_config_path(), [f"storage_options={json.dumps(options)}"])
 
@@ -432,9 +508,13 @@ def _tiny_onnx_export(directory, external: str | None = None, files: dict | None
         for key, value in (("location", external), ("offset", "0"), ("length", "8")):
             entry = weights.external_data.add()
             entry.key, entry.value = key, value
-    graph = helper.make_graph([helper.make_node("Add", ["x", "W"], ["y"])], "tiny",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], [weights])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "W"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        [weights],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "model.onnx").write_bytes(model)
@@ -464,24 +544,30 @@ def test_a_tampered_onnx_export_reads_no_file_outside_it(tmp_path, monkeypatch):
         return real_session(model, *args, **kwargs)
 
     monkeypatch.setattr(onnxruntime, "InferenceSession", recording_session)
-    sys.addaudithook(lambda event, args: opened.append(args[0]) if event == "open" and args and str(
-        args[0]).endswith("secret") else None)  # every open() of this process: the secret's name is watched
+    sys.addaudithook(
+        lambda event, args: (
+            opened.append(args[0]) if event == "open" and args and str(args[0]).endswith("secret") else None
+        )
+    )  # every open() of this process: the secret's name is watched
     exports = tmp_path / "exports"
     (exports / "linked").mkdir(parents=True)
     (exports / "linked" / "weights.bin").symlink_to(secret)
     digest = hashlib.sha256(b"s3cret!!").hexdigest()  # known: whoever planted the link recorded it
-    for name, location, why in [("tampered", "../../secret", "a path with '..'"),
-                                ("nested", "data/../../../secret", "a path with '..'"),
-                                ("absolute", str(secret), "an absolute path"),
-                                ("linked", "weights.bin", "outside the export directory")]:
+    for name, location, why in [
+        ("tampered", "../../secret", "a path with '..'"),
+        ("nested", "data/../../../secret", "a path with '..'"),
+        ("absolute", str(secret), "an absolute path"),
+        ("linked", "weights.bin", "outside the export directory"),
+    ]:
         directory = exports / name
         _tiny_onnx_export(directory, location, files={location: digest})
         monkeypatch.chdir(directory)  # where ONNX Runtime would look for a model given as bytes
         with pytest.raises(ValueError) as err:
             load_exported(directory)
         message = str(err.value)
-        assert len(message.splitlines()) == 1 and message.startswith(f"{directory / 'model.onnx'}: tensor 'W' "
-                                                                     f"reads its data from {location!r}, "), message
+        assert len(message.splitlines()) == 1 and message.startswith(
+            f"{directory / 'model.onnx'}: tensor 'W' reads its data from {location!r}, "
+        ), message
         assert why in message, message
         assert "s3cret" not in message
     assert given == [] and opened == []  # ONNX Runtime was given nothing; the secret was never opened
@@ -525,8 +611,15 @@ def _text_and_int_table(directory, fmt: str):
     and a target ``y``, as CSV or Parquet (where ``id`` stays int64 as read)."""
     rng = np.random.default_rng(11)
     n = 300
-    frame = pd.DataFrame({"id": np.arange(n), "cat": rng.choice(["a", "b", "c"], n),
-                          "code": rng.integers(0, 4, n), "x": rng.normal(size=n), "y": rng.integers(0, 2, n)})
+    frame = pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "cat": rng.choice(["a", "b", "c"], n),
+            "code": rng.integers(0, 4, n),
+            "x": rng.normal(size=n),
+            "y": rng.integers(0, 2, n),
+        }
+    )
     path = directory / f"t.{fmt}"
     frame.to_csv(path, index=False) if fmt == "csv" else frame.to_parquet(path, index=False)
     return path
@@ -544,19 +637,33 @@ def test_text_arithmetic_payload_is_refused_by_the_cli_before_any_worker_runs(tm
     import sys
 
     path = _text_and_int_table(tmp_path, fmt)
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump({
-        "input": {"path": path.name}, "target": {"column": "y"},
-        "features": {"numeric": ["x"], "categorical": ["cat"], "derived": {"blowup": BLOWUP}},
-        "split": {"key": ["id"]}, "output": {"runs_dir": "runs"}, "cluster": {"spec": "local", "n_workers": 1}}))
+    (tmp_path / "job.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "input": {"path": path.name},
+                "target": {"column": "y"},
+                "features": {"numeric": ["x"], "categorical": ["cat"], "derived": {"blowup": BLOWUP}},
+                "split": {"key": ["id"]},
+                "output": {"runs_dir": "runs"},
+                "cluster": {"spec": "local", "n_workers": 1},
+            }
+        )
+    )
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "shardflow", "etl", "-c", str(tmp_path / "job.yaml")],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "shardflow", "etl", "-c", str(tmp_path / "job.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     elapsed = time.perf_counter() - started
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
-    assert errors == ["shardflow: error: config key 'features.derived.blowup': '*' on text column 'cat'; "
-                      "arithmetic takes numbers (list the column under features.numeric, or compare it: cat == 'x')"], \
-        proc.stderr[-2000:]
+    assert errors == [
+        "shardflow: error: config key 'features.derived.blowup': '*' on text column 'cat'; "
+        "arithmetic takes numbers (list the column under features.numeric, or compare it: cat == 'x')"
+    ], proc.stderr[-2000:]
     assert "cluster" not in proc.stderr  # refused from the kinds, before a cluster (or a worker) started
     assert elapsed < 30, elapsed
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*"))
@@ -590,10 +697,15 @@ def test_arithmetic_on_text_is_refused_from_the_columns_kinds(tmp_path):
         assert str(err.value).startswith(f"config key 'features.derived.d': {message}; arithmetic takes numbers"), text
         assert len(str(err.value).splitlines()) == 1
     accepted = {
-        "cat == 'x'": "boolean", "cat != 'x' and cat in ['a', 'b']": "boolean", "not cat in ['a']": "boolean",
-        "clip(cat, 'a', 'm') == 'b'": "boolean", "isnull(cat) or notnull(tags)": "boolean",
-        "(cat == 'x') * id + flag": "number", "where(cat == 'x', id, -id) ** 2": "number",
-        "id ** 10**9 + log1p(abs(id)) // 3 % 2": "number", "when - when": "datetime",
+        "cat == 'x'": "boolean",
+        "cat != 'x' and cat in ['a', 'b']": "boolean",
+        "not cat in ['a']": "boolean",
+        "clip(cat, 'a', 'm') == 'b'": "boolean",
+        "isnull(cat) or notnull(tags)": "boolean",
+        "(cat == 'x') * id + flag": "number",
+        "where(cat == 'x', id, -id) ** 2": "number",
+        "id ** 10**9 + log1p(abs(id)) // 3 % 2": "number",
+        "when - when": "datetime",
     }
     for text, kind in accepted.items():
         assert check_kinds(parse_expression(text), kinds) == kind, text
@@ -607,18 +719,36 @@ def test_arithmetic_on_text_is_refused_from_the_columns_kinds(tmp_path):
 
     # Through the table spec: the kinds come from the input's schema and the config.
     path = _text_and_int_table(tmp_path, "parquet")
-    base = [f"input.path={path}", "target.column=y", "features.numeric=[x]", "features.categorical=[cat]",
-            "features.datetime=[]", "features.derived={}", "output.keep_columns=[]", "split.key=[id]",
-            "clean.valid_ranges={}", "joins=[]"]
+    base = [
+        f"input.path={path}",
+        "target.column=y",
+        "features.numeric=[x]",
+        "features.categorical=[cat]",
+        "features.datetime=[]",
+        "features.derived={}",
+        "output.keep_columns=[]",
+        "split.key=[id]",
+        "clean.valid_ranges={}",
+        "joins=[]",
+    ]
     for override, message in [
-            ("target.expression='(cat * id) > 5'", "config key 'target.expression': '*' on text column 'cat'"),
-            ("features.derived={blowup: 'code + cat'}", "config key 'features.derived.blowup': '+' on text column 'cat'")]:
+        ("target.expression='(cat * id) > 5'", "config key 'target.expression': '*' on text column 'cat'"),
+        ("features.derived={blowup: 'code + cat'}", "config key 'features.derived.blowup': '+' on text column 'cat'"),
+    ]:
         with pytest.raises(InputError, match=re.escape(message)):
             InputPlan(load_config(default_config_path(), [*base, override])).spec  # noqa: B018
     # An int category, a text comparison, and a text column read as a number are fine.
-    plan = InputPlan(load_config(default_config_path(), [
-        *base, "features.categorical=[code]", "input.types={cat: number}",
-        "features.derived={twice: 'code * 2 + x', is_a: \"cat == 'a'\", n: 'cat * id'}"]))
+    plan = InputPlan(
+        load_config(
+            default_config_path(),
+            [
+                *base,
+                "features.categorical=[code]",
+                "input.types={cat: number}",
+                "features.derived={twice: 'code * 2 + x', is_a: \"cat == 'a'\", n: 'cat * id'}",
+            ],
+        )
+    )
     assert [name for name, _ in plan.spec.derived] == ["twice", "is_a", "n"]
 
 

@@ -33,9 +33,11 @@ from shardflow.pipelines.predict import predict
 from shardflow.tasks.errors import InputError
 from shardflow.tasks.labels import label_keys
 
-FAST = {"xgboost": {"num_boost_round": 60},
-        "partitions": {"xgboost_rounds": 30, "mlp_epochs": 3},
-        "mlp": {"epochs": 4, "batch_size": 256, "sync_every": 8}}
+FAST = {
+    "xgboost": {"num_boost_round": 60},
+    "partitions": {"xgboost_rounds": 30, "mlp_epochs": 3},
+    "mlp": {"epochs": 4, "batch_size": 256, "sync_every": 8},
+}
 
 
 def write_job(directory, **sections):
@@ -62,10 +64,10 @@ def gathered_predictions(run_dir):
         predictor = family.validation_predict or family.predict
         pieces = []
         for off, n in zip(offsets, rows):
-            mask = valid[off:off + n]
-            pieces.append(predictor(payload, x[off:off + n][mask], 1, {}))
+            mask = valid[off : off + n]
+            pieces.append(predictor(payload, x[off : off + n][mask], 1, {}))
         out[name] = np.concatenate(pieces)
-    order = np.concatenate([np.arange(off, off + n)[valid[off:off + n]] for off, n in zip(offsets, rows)])
+    order = np.concatenate([np.arange(off, off + n)[valid[off : off + n]] for off, n in zip(offsets, rows)])
     return out, y[order], w[order]
 
 
@@ -98,8 +100,12 @@ def test_multinomial_combiner_terms_are_the_gradient_and_hessian_of_its_loss():
     terms = combiner.terms(design, y, w, coef)
     steps = np.eye(7) * 1e-6
     gradient = np.array([(loss(coef + e) - loss(coef - e)) / 2e-6 for e in steps])
-    hessian = np.array([(combiner.terms(design, y, w, coef + e)["grad"] - combiner.terms(design, y, w, coef - e)["grad"])
-                        / 2e-6 for e in steps])
+    hessian = np.array(
+        [
+            (combiner.terms(design, y, w, coef + e)["grad"] - combiner.terms(design, y, w, coef - e)["grad"]) / 2e-6
+            for e in steps
+        ]
+    )
     np.testing.assert_allclose(terms["grad"], gradient, atol=1e-6)
     np.testing.assert_allclose(terms["hess"], hessian, atol=1e-6)
 
@@ -107,8 +113,10 @@ def test_multinomial_combiner_terms_are_the_gradient_and_hessian_of_its_loss():
 def test_runs_from_before_fitted_labels_still_predict_0_1():
     from shardflow.tasks.encode import Preprocessor
 
-    old = '{"numeric": [], "lower": [], "upper": [], "mean": [], "std": [], "categorical": [], ' \
-          '"vocabularies": {}, "target": "y", "task": "classification", "keep_columns": []}'
+    old = (
+        '{"numeric": [], "lower": [], "upper": [], "mean": [], "std": [], "categorical": [], '
+        '"vocabularies": {}, "target": "y", "task": "classification", "keep_columns": []}'
+    )
     assert Preprocessor.from_json(old).classes == ["0", "1"]
 
 
@@ -133,11 +141,17 @@ def multiclass_run(runtime, tmp_path_factory):
             part = part[part.plan != "enterprise"]
         part.to_csv(directory / "in" / f"part{i}.csv", index=False)
     # exchangeable: the partitions stay as written, so one of them really lacks a class
-    config = write_job(directory, input={"path": "in/*.csv", "exchangeable": True},
-                       target={"column": "plan", "task": "classification"},
-                       features={"numeric": ["x1", "x2"], "categorical": ["city"]},
-                       train={**FAST, "models": list(FAMILIES),
-                              "groups": {"partition_by": ["city"], "min_rows": 50, "xgboost_rounds": 30}})
+    config = write_job(
+        directory,
+        input={"path": "in/*.csv", "exchangeable": True},
+        target={"column": "plan", "task": "classification"},
+        features={"numeric": ["x1", "x2"], "categorical": ["city"]},
+        train={
+            **FAST,
+            "models": list(FAMILIES),
+            "groups": {"partition_by": ["city"], "min_rows": 50, "xgboost_rounds": 30},
+        },
+    )
     result = etl(config, runtime=runtime)
     trained = train(config, runtime, result.run_dir)
     evaluated = evaluate_run(runtime, result.run_dir, trained.data)
@@ -163,8 +177,11 @@ def test_multiclass_string_labels_every_family_matches_scikit_learn(multiclass_r
         # AUC from 4096-bin histograms: equal to the exact one up to ties within a bin.
         exact = roc_auc_score(y, p, multi_class="ovr", average="macro", labels=labels)
         assert ours["macro_auc"] == pytest.approx(exact, abs=2e-3), name
-        confusion = pd.crosstab(pd.Series(y.astype(int)), pd.Series(p.argmax(axis=1))).reindex(
-            index=labels, columns=labels, fill_value=0).to_numpy()
+        confusion = (
+            pd.crosstab(pd.Series(y.astype(int)), pd.Series(p.argmax(axis=1)))
+            .reindex(index=labels, columns=labels, fill_value=0)
+            .to_numpy()
+        )
         np.testing.assert_array_equal(np.asarray(ours["confusion"]), confusion)
     # The per-partition models all have the four outputs, the one that never saw a class too.
     members = trained.results["xgboost_partitions"]["partition_metrics"]
@@ -181,11 +198,13 @@ def test_multiclass_global_xgboost_matches_single_process_softprob(multiclass_ru
     params = {**trained.results["xgboost"]["params"], "nthread": 2}
     assert params["objective"] == "multi:softprob" and params["num_class"] == 4
     names, types = trained.data.feature_names, trained.data.feature_types(True)
-    dtrain = xgb.QuantileDMatrix(x[~valid], y[~valid], feature_names=names, feature_types=types,
-                                 enable_categorical=True)
+    dtrain = xgb.QuantileDMatrix(
+        x[~valid], y[~valid], feature_names=names, feature_types=types, enable_categorical=True
+    )
     dvalid = xgb.DMatrix(x[valid], y[valid], feature_names=names, feature_types=types, enable_categorical=True)
-    reference = xgb.train(params, dtrain, num_boost_round=60, evals=[(dvalid, "validation")],
-                          early_stopping_rounds=20, verbose_eval=False)
+    reference = xgb.train(
+        params, dtrain, num_boost_round=60, evals=[(dvalid, "validation")], early_stopping_rounds=20, verbose_eval=False
+    )
     ref = reference.predict(dvalid, iteration_range=(0, reference.best_iteration + 1))
     ref_accuracy = accuracy_score(y[valid], ref.argmax(axis=1))
     assert abs(evaluated["metrics"]["xgboost"]["accuracy"] - ref_accuracy) <= 0.005
@@ -196,8 +215,9 @@ def test_multiclass_predict_writes_labels_and_class_probabilities(multiclass_run
     new = four_class_table(500, seed=5).drop(columns=["plan"])
     new.to_csv(directory / "new.csv", index=False)
     for model in ("xgboost", "stacked", "mlp"):
-        out = predict(result.run_dir, directory / "new.csv", directory / f"scores-{model}", model=model,
-                      runtime=runtime)
+        out = predict(
+            result.run_dir, directory / "new.csv", directory / f"scores-{model}", model=model, runtime=runtime
+        )
         scores = pd.read_parquet(out.output)
         columns = [f"probability_{c}" for c in ("basic", "enterprise", "plus", "pro")]
         assert list(scores.columns) == ["predicted_label", *columns]
@@ -225,8 +245,7 @@ def binary_table(n=5000, seed=1):
     p = 1 / (1 + np.exp(-(1.5 * x1 - x2)))
     churned = np.where(rng.uniform(size=n) < p, "yes", "no")
     weight = rng.choice([0.5, 1.0, 4.0], n)
-    return pd.DataFrame({"id": np.arange(n), "x1": x1.round(4), "x2": x2.round(4), "churned": churned,
-                         "w": weight})
+    return pd.DataFrame({"id": np.arange(n), "x1": x1.round(4), "x2": x2.round(4), "churned": churned, "w": weight})
 
 
 def test_weighted_yes_no_target_every_family_matches_scikit_learn(runtime, tmp_path):
@@ -234,8 +253,13 @@ def test_weighted_yes_no_target_every_family_matches_scikit_learn(runtime, tmp_p
     (tmp_path / "in").mkdir()
     for i, rows in enumerate(np.array_split(np.arange(len(table)), 3)):
         table.iloc[rows].to_csv(tmp_path / "in" / f"part{i}.csv", index=False)
-    config = write_job(tmp_path, input={"path": "in/*.csv"}, target={"column": "churned", "weight": "w"},
-                       features={"numeric": ["x1", "x2"]}, train=FAST)
+    config = write_job(
+        tmp_path,
+        input={"path": "in/*.csv"},
+        target={"column": "churned", "weight": "w"},
+        features={"numeric": ["x1", "x2"]},
+        train=FAST,
+    )
     result = run(config, runtime=runtime)
     pre = artifacts.load_model(result.run_dir, "xgboost")["task"]
     assert pre == "classification"
@@ -253,13 +277,24 @@ def test_weighted_yes_no_target_every_family_matches_scikit_learn(runtime, tmp_p
     params = json.loads((result.run_dir / "train" / "xgboost.json").read_text())["params"]
     dtrain = xgb.QuantileDMatrix(x[~valid], yy[~valid], weight=ww[~valid])
     dvalid = xgb.DMatrix(x[valid], yy[valid], weight=ww[valid])
-    reference = xgb.train({**params, "nthread": 2}, dtrain, num_boost_round=60, evals=[(dvalid, "v")],
-                          early_stopping_rounds=20, verbose_eval=False)
+    reference = xgb.train(
+        {**params, "nthread": 2},
+        dtrain,
+        num_boost_round=60,
+        evals=[(dvalid, "v")],
+        early_stopping_rounds=20,
+        verbose_eval=False,
+    )
     ref = reference.predict(dvalid, iteration_range=(0, reference.best_iteration + 1))
     booster = xgb.Booster()
     booster.load_model(bytearray(meta["model"]))
-    assert abs(roc_auc_score(yy[valid], booster.inplace_predict(x[valid]), sample_weight=ww[valid])
-               - roc_auc_score(yy[valid], ref, sample_weight=ww[valid])) < 0.005
+    assert (
+        abs(
+            roc_auc_score(yy[valid], booster.inplace_predict(x[valid]), sample_weight=ww[valid])
+            - roc_auc_score(yy[valid], ref, sample_weight=ww[valid])
+        )
+        < 0.005
+    )
     # Labels come back as written.
     scored = predict(result.run_dir, tmp_path / "in" / "part1.csv", tmp_path / "scores", runtime=runtime)
     labels = pd.read_parquet(scored.output)["predicted_label"]
@@ -274,8 +309,13 @@ def test_a_partition_whose_rows_all_weigh_zero_trains_and_scores(runtime, tmp_pa
         if i == 1:
             part["w"] = 0.0  # e.g. a file of zero-exposure rows
         part.to_csv(tmp_path / "in" / f"part{i}.csv", index=False)
-    config = write_job(tmp_path, input={"path": "in/*.csv", "exchangeable": True},  # keep the weightless file whole
-                       target={"column": "churned", "weight": "w"}, features={"numeric": ["x1", "x2"]}, train=FAST)
+    config = write_job(
+        tmp_path,
+        input={"path": "in/*.csv", "exchangeable": True},  # keep the weightless file whole
+        target={"column": "churned", "weight": "w"},
+        features={"numeric": ["x1", "x2"]},
+        train=FAST,
+    )
     result = run(config, runtime=runtime)
     meta = json.loads((result.run_dir / "train" / "xgboost_partitions.json").read_text())
     assert meta["groups"] == [[0], [2]]  # the weightless partition trains no member
@@ -293,9 +333,14 @@ def test_weights_change_the_model(runtime, tmp_path):
     rates = {}
     for weighted in (False, True):
         target = {"column": "churned", **({"weight": "w"} if weighted else {})}
-        config = write_job(tmp_path, input={"path": "t.csv"}, target=target, features={"numeric": ["x1", "x2"]},
-                           train={**FAST, "models": ["xgboost", "mlp"]},
-                           output={"runs_dir": f"runs-{weighted}"})
+        config = write_job(
+            tmp_path,
+            input={"path": "t.csv"},
+            target=target,
+            features={"numeric": ["x1", "x2"]},
+            train={**FAST, "models": ["xgboost", "mlp"]},
+            output={"runs_dir": f"runs-{weighted}"},
+        )
         result = run(config, runtime=runtime)
         predictions, y, w = gathered_predictions(result.run_dir)
         rates[weighted] = {name: float((p >= 0.5).mean()) for name, p in predictions.items()}
@@ -326,10 +371,10 @@ def reference_mlp_r2(x_train, y_train, x_valid, y_valid, *, hidden, epochs, batc
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     xt, yt = torch.from_numpy(x_train), torch.from_numpy(((y_train - mean) / std).astype(np.float32))
     rng = np.random.default_rng(seed)
-    for epoch in range(epochs):
+    for _ in range(epochs):
         order = rng.permutation(len(xt))
         for start in range(0, len(order), batch):
-            idx = order[start:start + batch]
+            idx = order[start : start + batch]
             opt.zero_grad()
             loss = ((net(xt[idx]).squeeze(1) - yt[idx]) ** 2).mean()
             loss.backward()
@@ -341,18 +386,30 @@ def reference_mlp_r2(x_train, y_train, x_valid, y_valid, *, hidden, epochs, batc
 
 def test_regression_mlp_on_a_target_in_the_thousands_matches_a_torch_loop(runtime, tmp_path):
     prices_table().to_csv(tmp_path / "prices.csv", index=False)
-    mlp = {"epochs": 8, "batch_size": 256, "sync": "gradients", "lr": 0.003, "lr_schedule": "constant",
-           "hidden": [64, 32], "early_stopping_patience": None}
-    config = write_job(tmp_path, input={"path": "prices.csv"}, target={"column": "price", "task": "regression"},
-                       features={"numeric": ["area", "rooms"]},
-                       train={"models": ["xgboost", "mlp"], "xgboost": FAST["xgboost"], "mlp": mlp})
+    mlp = {
+        "epochs": 8,
+        "batch_size": 256,
+        "sync": "gradients",
+        "lr": 0.003,
+        "lr_schedule": "constant",
+        "hidden": [64, 32],
+        "early_stopping_patience": None,
+    }
+    config = write_job(
+        tmp_path,
+        input={"path": "prices.csv"},
+        target={"column": "price", "task": "regression"},
+        features={"numeric": ["area", "rooms"]},
+        train={"models": ["xgboost", "mlp"], "xgboost": FAST["xgboost"], "mlp": mlp},
+    )
     result = run(config, runtime=runtime)
     group = zarr.open_group(str(result.run_dir / "etl" / "features.zarr"), mode="r")
     x, y, valid = group["X"][:], group["y"][:], group["is_validation"][:]
     assert y.max() > 1000  # the ETL keeps the target in its units; only the MLP standardises it
     ours = result.metrics["mlp"]["r2"]
-    reference = reference_mlp_r2(x[~valid], y[~valid], x[valid], y[valid], hidden=[64, 32], epochs=8, batch=256,
-                                 lr=0.003, seed=0)
+    reference = reference_mlp_r2(
+        x[~valid], y[~valid], x[valid], y[valid], hidden=[64, 32], epochs=8, batch=256, lr=0.003, seed=0
+    )
     assert reference > 0.8
     assert abs(ours - reference) <= 0.02, (ours, reference)
     assert ours >= 0.9 * result.metrics["xgboost"]["r2"]
@@ -366,10 +423,13 @@ def test_log1p_transform_with_weights_predicts_in_the_target_units(runtime, tmp_
     table = prices_table(4000, seed=4)
     table["w"] = np.random.default_rng(0).uniform(0.2, 3.0, len(table)).round(2)
     table.to_csv(tmp_path / "prices.csv", index=False)
-    config = write_job(tmp_path, input={"path": "prices.csv"},
-                       target={"column": "price", "task": "regression", "transform": "log1p", "weight": "w"},
-                       features={"numeric": ["area", "rooms"]},
-                       train={"models": ["xgboost", "xgboost_partitions", "stacked"], **FAST})
+    config = write_job(
+        tmp_path,
+        input={"path": "prices.csv"},
+        target={"column": "price", "task": "regression", "transform": "log1p", "weight": "w"},
+        features={"numeric": ["area", "rooms"]},
+        train={"models": ["xgboost", "xgboost_partitions", "stacked"], **FAST},
+    )
     result = run(config, runtime=runtime)
     group = zarr.open_group(str(result.run_dir / "etl" / "features.zarr"), mode="r")
     # One CSV file, one partition in file order: the models' target is log1p(price).
@@ -378,8 +438,9 @@ def test_log1p_transform_with_weights_predicts_in_the_target_units(runtime, tmp_
     truth = np.expm1(yy.astype(np.float64))
     for name, p in predictions.items():  # models predict log1p(price); metrics are in price units
         value = np.expm1(p)
-        assert result.metrics[name]["mae"] == pytest.approx(mean_absolute_error(truth, value, sample_weight=w),
-                                                            rel=1e-5), name
+        assert result.metrics[name]["mae"] == pytest.approx(
+            mean_absolute_error(truth, value, sample_weight=w), rel=1e-5
+        ), name
         assert result.metrics[name]["r2"] == pytest.approx(r2_score(truth, value, sample_weight=w), abs=1e-6), name
     assert result.metrics["xgboost"]["r2"] > 0.8
     scored = predict(result.run_dir, tmp_path / "prices.csv", tmp_path / "scores", model="xgboost", runtime=runtime)
@@ -390,9 +451,13 @@ def test_log1p_transform_with_weights_predicts_in_the_target_units(runtime, tmp_
 def test_quantile_objective_is_passed_through(runtime, tmp_path):
     prices_table(3000).to_csv(tmp_path / "prices.csv", index=False)
     params = {"objective": "reg:quantileerror", "quantile_alpha": 0.9}
-    config = write_job(tmp_path, input={"path": "prices.csv"}, target={"column": "price", "task": "regression"},
-                       features={"numeric": ["area", "rooms"]},
-                       train={"models": ["xgboost"], "xgboost": {**FAST["xgboost"], "params": params}})
+    config = write_job(
+        tmp_path,
+        input={"path": "prices.csv"},
+        target={"column": "price", "task": "regression"},
+        features={"numeric": ["area", "rooms"]},
+        train={"models": ["xgboost"], "xgboost": {**FAST["xgboost"], "params": params}},
+    )
     result = run(config, runtime=runtime)
     predictions, y, w = gathered_predictions(result.run_dir)
     covered = float((y <= predictions["xgboost"]).mean())
@@ -405,10 +470,14 @@ def test_quantile_objective_is_passed_through(runtime, tmp_path):
 def test_string_target_under_regression_says_what_it_found(runtime, tmp_path):
     table = four_class_table(300)
     table.to_csv(tmp_path / "t.csv", index=False)
-    config = write_job(tmp_path, input={"path": "t.csv"}, target={"column": "plan", "task": "regression"},
-                       features={"numeric": ["x1"]})
-    with pytest.raises(InputError, match=r"target 'plan' holds strings such as '\w+', .* but target.task is "
-                                         r"regression, which needs numbers; set target.task: classification"):
+    config = write_job(
+        tmp_path, input={"path": "t.csv"}, target={"column": "plan", "task": "regression"}, features={"numeric": ["x1"]}
+    )
+    with pytest.raises(
+        InputError,
+        match=r"target 'plan' holds strings such as '\w+', .* but target.task is "
+        r"regression, which needs numbers; set target.task: classification",
+    ):
         etl(config, runtime=runtime)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
@@ -418,32 +487,46 @@ def test_fractional_target_under_classification_is_refused(runtime, tmp_path):
     table["y"] = np.random.default_rng(0).choice([0.5, 1.5, 2.5], len(table))
     table.to_csv(tmp_path / "t.csv", index=False)
     config = write_job(tmp_path, input={"path": "t.csv"}, target={"column": "y"}, features={"numeric": ["x1"]})
-    with pytest.raises(InputError, match=r"target 'y' holds fractional numbers such as 0.5, .* set target.task: "
-                                         "regression"):
+    with pytest.raises(
+        InputError,
+        match=r"target 'y' holds fractional numbers such as 0.5, .* set target.task: "
+        "regression",
+    ):
         etl(config, runtime=runtime)
 
 
 def test_target_options_that_do_not_fit_the_task_are_refused(tmp_path):
-    cases = [({"column": "y", "task": "classification", "transform": "log1p"}, "'target.transform'"),
-             ({"column": "y", "task": "regression", "classes": ["a", "b"]}, "'target.classes'"),
-             ({"column": "y", "classes": ["a"]}, "at least two labels"),
-             ({"column": "y", "weight": "x1"}, "'target.weight': 'x1' is also the target or a feature"),
-             ({"column": "y", "transform": "sqrt", "task": "regression"}, "'target.transform'"),
-             ({"column": "y", "classes": ["a", ""]}, "at least two labels")]
+    cases = [
+        ({"column": "y", "task": "classification", "transform": "log1p"}, "'target.transform'"),
+        ({"column": "y", "task": "regression", "classes": ["a", "b"]}, "'target.classes'"),
+        ({"column": "y", "classes": ["a"]}, "at least two labels"),
+        ({"column": "y", "weight": "x1"}, "'target.weight': 'x1' is also the target or a feature"),
+        ({"column": "y", "transform": "sqrt", "task": "regression"}, "'target.transform'"),
+        ({"column": "y", "classes": ["a", ""]}, "at least two labels"),
+    ]
     for target, message in cases:
         with pytest.raises(ConfigError, match=message):
             write_job(tmp_path, input={"path": "t.csv"}, target=target, features={"numeric": ["x1"]})
     with pytest.raises(ConfigError, match="'train.xgboost.params.quantile_alpha': one quantile per job"):
-        write_job(tmp_path, input={"path": "t.csv"}, target={"column": "y", "task": "regression"},
-                  features={"numeric": ["x1"]}, train={"xgboost": {"params": {"quantile_alpha": [0.1, 0.9]}}})
+        write_job(
+            tmp_path,
+            input={"path": "t.csv"},
+            target={"column": "y", "task": "regression"},
+            features={"numeric": ["x1"]},
+            train={"xgboost": {"params": {"quantile_alpha": [0.1, 0.9]}}},
+        )
 
 
 def test_configured_classes_fix_the_order_and_quarantine_other_labels(runtime, tmp_path):
     table = binary_table(1200)
     table.loc[:9, "churned"] = "maybe"
     table.to_csv(tmp_path / "t.csv", index=False)
-    config = write_job(tmp_path, input={"path": "t.csv"},
-                       target={"column": "churned", "classes": ["yes", "no"]}, features={"numeric": ["x1", "x2"]})
+    config = write_job(
+        tmp_path,
+        input={"path": "t.csv"},
+        target={"column": "churned", "classes": ["yes", "no"]},
+        features={"numeric": ["x1", "x2"]},
+    )
     result = etl(config, runtime=runtime)
     assert result.preprocessor.classes == ["yes", "no"]  # "no" is the positive class now
     assert result.quarantined == {"churned: label not in target.classes": 10}
@@ -455,13 +538,19 @@ def test_boolean_parquet_target_predicts_booleans(runtime, tmp_path):
     table = binary_table(2000, seed=6)
     table["churned"] = table.churned == "yes"  # a boolean column
     table.to_parquet(tmp_path / "t.parquet", index=False)
-    config = write_job(tmp_path, input={"path": "t.parquet"}, target={"column": "churned"},
-                       features={"numeric": ["x1", "x2"]}, train={"models": ["xgboost"], "xgboost": FAST["xgboost"]})
+    config = write_job(
+        tmp_path,
+        input={"path": "t.parquet"},
+        target={"column": "churned"},
+        features={"numeric": ["x1", "x2"]},
+        train={"models": ["xgboost"], "xgboost": FAST["xgboost"]},
+    )
     result = run(config, runtime=runtime)
     pre = json.loads((result.run_dir / "etl" / "preprocessor.json").read_text())
     assert (pre["classes"], pre["label_type"], pre["task"]) == (["false", "true"], "boolean", "classification")
-    scored = pd.read_parquet(predict(result.run_dir, tmp_path / "t.parquet", tmp_path / "scores",
-                                     runtime=runtime).output)
+    scored = pd.read_parquet(
+        predict(result.run_dir, tmp_path / "t.parquet", tmp_path / "scores", runtime=runtime).output
+    )
     assert scored["predicted_label"].dtype == bool
     assert ((scored["prediction"] >= 0.5) == scored["predicted_label"]).all()
     assert accuracy_score(table.churned, scored["predicted_label"]) > 0.7
@@ -477,8 +566,14 @@ def many_classes_table(n: int = 8000, classes: int = 16, seed: int = 3) -> pd.Da
     label = rng.integers(0, classes, n)
     x1 = label + rng.normal(scale=0.35, size=n)
     x2 = (label % 4) + rng.normal(scale=0.35, size=n)
-    return pd.DataFrame({"id": np.arange(n), "x1": x1.round(4), "x2": x2.round(4),
-                         "carrier": np.array([f"C{k:02d}" for k in range(classes)])[label]})
+    return pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "x1": x1.round(4),
+            "x2": x2.round(4),
+            "carrier": np.array([f"C{k:02d}" for k in range(classes)])[label],
+        }
+    )
 
 
 def test_stacked_combiner_on_sixteen_classes_is_no_worse_than_its_members(runtime, tmp_path):
@@ -490,10 +585,13 @@ def test_stacked_combiner_on_sixteen_classes_is_no_worse_than_its_members(runtim
     ordered = table.sort_values("x1").reset_index(drop=True)
     for i, rows in enumerate(np.array_split(np.arange(len(ordered)), 4)):
         ordered.iloc[rows].to_csv(tmp_path / "in" / f"part{i}.csv", index=False)  # files sorted by the label's signal
-    config = write_job(tmp_path, input={"path": "in/*.csv"}, target={"column": "carrier"},
-                       features={"numeric": ["x1", "x2"]},
-                       train={"models": ["xgboost_partitions", "stacked"],
-                              "partitions": {"xgboost_rounds": 30}})
+    config = write_job(
+        tmp_path,
+        input={"path": "in/*.csv"},
+        target={"column": "carrier"},
+        features={"numeric": ["x1", "x2"]},
+        train={"models": ["xgboost_partitions", "stacked"], "partitions": {"xgboost_rounds": 30}},
+    )
     result = run(config, runtime=runtime)
     predictions, y, w = gathered_predictions(result.run_dir)
     labels = np.arange(16)
@@ -522,9 +620,13 @@ def test_stacked_fit_in_one_task_equals_the_fit_by_reductions(runtime, tmp_path)
     (tmp_path / "in").mkdir()
     for i, rows in enumerate(np.array_split(np.arange(len(table)), 3)):
         table.iloc[rows].to_csv(tmp_path / "in" / f"part{i}.csv", index=False)
-    config = write_job(tmp_path, input={"path": "in/*.csv"}, target={"column": "carrier"},
-                       features={"numeric": ["x1", "x2"]},
-                       train={"models": ["xgboost_partitions", "stacked"], "partitions": {"xgboost_rounds": 10}})
+    config = write_job(
+        tmp_path,
+        input={"path": "in/*.csv"},
+        target={"column": "carrier"},
+        features={"numeric": ["x1", "x2"]},
+        train={"models": ["xgboost_partitions", "stacked"], "partitions": {"xgboost_rounds": 10}},
+    )
     result = run(config, runtime=runtime)
     payload = artifacts.load_model(result.run_dir, "xgboost_partitions")
     data = load_training_data(runtime, result.run_dir / "etl", seed=0)

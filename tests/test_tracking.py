@@ -17,12 +17,11 @@ import zarr
 mlflow = pytest.importorskip("mlflow", reason="the tracking tests need MLflow: pip install -e '.[test]'")
 
 from mlflow.tracking import MlflowClient  # noqa: E402
+from test_reliability import FAST  # noqa: E402
 
 from shardflow.pipelines.config import default_config_path, load_config  # noqa: E402
 from shardflow.pipelines.job import run  # noqa: E402
 from shardflow.pipelines.rundir import RunDir, read_manifest  # noqa: E402
-
-from test_reliability import FAST  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +31,26 @@ def tracking_server(tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                               f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
-                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -45,8 +60,9 @@ def tracking_server(tmp_path_factory):
                 break
             except OSError:
                 if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"the MLflow server did not start: {(root / 'server.log').read_text()[-2000:]}") \
-                        from None
+                    raise RuntimeError(
+                        f"the MLflow server did not start: {(root / 'server.log').read_text()[-2000:]}"
+                    ) from None
                 time.sleep(0.3)
         yield uri
     finally:
@@ -56,8 +72,13 @@ def tracking_server(tmp_path_factory):
 
 
 def test_run_is_logged_to_mlflow_and_a_resumed_run_continues_it(tracking_server, trips_dir, runtime, tmp_path):
-    base = [*FAST, "train.models=[xgboost,mlp,xgboost_partitions]", f"output.runs_dir={tmp_path / 'runs'}",
-            f"tracking.mlflow.tracking_uri={tracking_server}", "tracking.mlflow.experiment=shardflow-test"]
+    base = [
+        *FAST,
+        "train.models=[xgboost,mlp,xgboost_partitions]",
+        f"output.runs_dir={tmp_path / 'runs'}",
+        f"tracking.mlflow.tracking_uri={tracking_server}",
+        "tracking.mlflow.experiment=shardflow-test",
+    ]
     # The process's own MLflow state (a notebook's experiment) is neither used nor changed.
     mlflow.set_tracking_uri(tracking_server)
     own = mlflow.set_experiment("a-notebook-experiment").experiment_id
@@ -99,8 +120,9 @@ def test_run_is_logged_to_mlflow_and_a_resumed_run_continues_it(tracking_server,
 
     # Models in MLflow's flavours, with signatures, predict as shardflow's own files.
     mlflow.set_tracking_uri(tracking_server)
-    logged = {m.name: m for m in mlflow.search_logged_models(experiment_ids=[experiment.experiment_id],
-                                                              output_format="list")}
+    logged = {
+        m.name: m for m in mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list")
+    }
     assert set(logged) == {"xgboost", "mlp"}
     from shardflow.tasks.encode import Preprocessor
 
@@ -123,15 +145,17 @@ def test_run_is_logged_to_mlflow_and_a_resumed_run_continues_it(tracking_server,
         module = mlflow.pytorch.load_model(logged["mlp"].model_uri)
         own = network(MLPSpec.from_dict(mlp_meta["spec"]), load_weights(run_dir.trained("mlp.pt"))).eval()
         with torch.no_grad():
-            np.testing.assert_allclose(module(torch.from_numpy(x)).numpy(), own(torch.from_numpy(x)).numpy(),
-                                       rtol=1e-6)
+            np.testing.assert_allclose(module(torch.from_numpy(x)).numpy(), own(torch.from_numpy(x)).numpy(), rtol=1e-6)
         assert mlflow.models.get_model_info(logged["mlp"].model_uri).signature is not None
     finally:
         mlflow.set_tracking_uri(None)
 
     # --resume with a new train section: the same MLflow run goes on (its curves continue).
-    resumed = run(load_config(default_config_path(), [*base, "train.mlp.epochs=1"], base_dir=trips_dir),
-                  runtime=runtime, resume=first.run_dir)
+    resumed = run(
+        load_config(default_config_path(), [*base, "train.mlp.epochs=1"], base_dir=trips_dir),
+        runtime=runtime,
+        resume=first.run_dir,
+    )
     assert resumed.skipped == ["etl"]
     runs = client.search_runs([experiment.experiment_id])
     assert [r.info.run_id for r in runs] == [tracked.info.run_id] and runs[0].info.status == "FINISHED"
@@ -147,8 +171,11 @@ def test_tracking_without_mlflow_installed_names_the_extra(tmp_path, monkeypatch
     from shardflow.tasks.errors import ShardflowError
 
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the extra were not installed
-    with pytest.raises(ShardflowError, match=r"tracking.mlflow': MLflow is not installed; pip install "
-                                             r"'shardflow\[tracking\]'"):
+    with pytest.raises(
+        ShardflowError,
+        match=r"tracking.mlflow': MLflow is not installed; pip install "
+        r"'shardflow\[tracking\]'",
+    ):
         MLflowRun(MLflowConfig(tracking_uri="http://127.0.0.1:9"), tmp_path)
 
 
@@ -160,8 +187,11 @@ def test_a_config_does_not_send_mlflow_credentials_elsewhere(tmp_path, monkeypat
         MLflowRun(MLflowConfig(tracking_uri="http://me:pw@127.0.0.1:9"), tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "t0ken")
-    with pytest.raises(ShardflowError, match=r"'http://attacker.example' would receive MLFLOW_TRACKING_TOKEN from "
-                                             r"the environment"):
+    with pytest.raises(
+        ShardflowError,
+        match=r"'http://attacker.example' would receive MLFLOW_TRACKING_TOKEN from "
+        r"the environment",
+    ):
         MLflowRun(MLflowConfig(tracking_uri="http://attacker.example"), tmp_path)
 
 
@@ -173,6 +203,9 @@ def test_a_tracking_server_that_is_down_is_named_before_any_stage(tmp_path, monk
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once closed
-    with pytest.raises(ShardflowError, match=rf"tracking.mlflow': cannot open an MLflow run at "
-                                             rf"http://127.0.0.1:{port} .*start the server or fix tracking_uri"):
+    with pytest.raises(
+        ShardflowError,
+        match=rf"tracking.mlflow': cannot open an MLflow run at "
+        rf"http://127.0.0.1:{port} .*start the server or fix tracking_uri",
+    ):
         MLflowRun(MLflowConfig(tracking_uri=f"http://127.0.0.1:{port}"), tmp_path)

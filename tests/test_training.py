@@ -16,19 +16,27 @@ from sklearn.metrics import accuracy_score, log_loss, mean_absolute_error, mean_
 
 from shardflow.pipelines import artifacts
 from shardflow.pipelines.config import default_config_path, load_config
-from shardflow.pipelines.train_config import MLPConfig
 from shardflow.pipelines.etl import etl
+from shardflow.pipelines.families import FAMILIES
 from shardflow.pipelines.job import evaluate_run, train
 from shardflow.pipelines.predict import predict
+from shardflow.pipelines.train_config import MLPConfig
 from shardflow.pipelines.training import load_training_data, train_data_parallel_mlp
-from shardflow.pipelines.families import FAMILIES
 from shardflow.tasks.models import xgboost_predict
 from shardflow.tasks.neural import MLPSpec, TabularMLP, init_params
 
 # The small data here would train on one worker (single_worker: auto): these tests are of the allreduce.
-FAST = ["train.xgboost.single_worker=false", "train.xgboost.num_boost_round=40", "train.checkpoint_seconds=0", "train.partitions.xgboost_rounds=20",
-        "train.partitions.mlp_epochs=2", "train.mlp.epochs=2", "train.mlp.batch_size=512", "train.mlp.sync_every=8",
-        "encode.min_frequency=5"]
+FAST = [
+    "train.xgboost.single_worker=false",
+    "train.xgboost.num_boost_round=40",
+    "train.checkpoint_seconds=0",
+    "train.partitions.xgboost_rounds=20",
+    "train.partitions.mlp_epochs=2",
+    "train.mlp.epochs=2",
+    "train.mlp.batch_size=512",
+    "train.mlp.sync_every=8",
+    "encode.min_frequency=5",
+]
 
 
 def zarr_split(stage_dir, split="valid"):
@@ -58,8 +66,9 @@ def test_global_xgboost_matches_single_process_train(trained):
     types = result.data.feature_types(True)
     dtrain = xgb.QuantileDMatrix(x_train, y_train, feature_names=names, feature_types=types, enable_categorical=True)
     dvalid = xgb.DMatrix(x_valid, y_valid, feature_names=names, feature_types=types, enable_categorical=True)
-    reference = xgb.train(params, dtrain, num_boost_round=40, evals=[(dvalid, "validation")],
-                          early_stopping_rounds=20, verbose_eval=False)
+    reference = xgb.train(
+        params, dtrain, num_boost_round=40, evals=[(dvalid, "validation")], early_stopping_rounds=20, verbose_eval=False
+    )
     ref_auc = roc_auc_score(y_valid, reference.predict(dvalid, iteration_range=(0, reference.best_iteration + 1)))
     ours = xgboost_predict(artifacts.load_model(run_dir, "xgboost")["model"], x_valid)
     auc = roc_auc_score(y_valid, ours)
@@ -78,8 +87,11 @@ def test_small_data_trains_the_global_xgboost_on_one_worker_and_matches(trained,
     config, trained_dir, result, _ = trained
     run_dir = tmp_path / trained_dir.name  # the ETL output copied, without the allreduce model's checkpoint
     shutil.copytree(trained_dir, run_dir, ignore=shutil.ignore_patterns("checkpoints", "train", "evaluate"))
-    auto = load_config(default_config_path(), [*FAST, "train.xgboost.single_worker=auto", "train.models=[xgboost]",
-                                               f"output.runs_dir={run_dir.parent}"], base_dir=config.base_dir)
+    auto = load_config(
+        default_config_path(),
+        [*FAST, "train.xgboost.single_worker=auto", "train.models=[xgboost]", f"output.runs_dir={run_dir.parent}"],
+        base_dir=config.base_dir,
+    )
     with caplog.at_level(logging.INFO, logger="shardflow"), get_task_stream(runtime.client) as stream:
         single = train(auto, runtime, run_dir)
     ranks = {t["key"] for t in stream.data if "train-xgboost-global" in str(t["key"])}
@@ -93,8 +105,9 @@ def test_small_data_trains_the_global_xgboost_on_one_worker_and_matches(trained,
     dvalid = xgb.DMatrix(x_valid, feature_names=names, feature_types=types, enable_categorical=True)
     np.testing.assert_allclose(xgboost_predict(meta["model"], x_valid), reference.predict(dvalid), atol=1e-5)
     allreduce = xgboost_predict(artifacts.load_model(trained_dir, "xgboost")["model"], x_valid)
-    assert abs(roc_auc_score(y_valid, xgboost_predict(meta["model"], x_valid))
-               - roc_auc_score(y_valid, allreduce)) < 0.005
+    assert (
+        abs(roc_auc_score(y_valid, xgboost_predict(meta["model"], x_valid)) - roc_auc_score(y_valid, allreduce)) < 0.005
+    )
 
 
 def test_row_weighted_averaging_by_hand(trained):
@@ -200,21 +213,28 @@ class FailOnce(xgb.callback.TrainingCallback):
 
 @pytest.mark.parametrize("kill", [False, True], ids=["error", "killed-worker"])
 def test_resumed_xgboost_equals_uninterrupted(trips_dir, runtime, tmp_path, kill):
-    overrides = [*FAST, "train.models=[xgboost]", "train.xgboost.early_stopping_rounds=null",
-                 "train.xgboost.num_boost_round=30", f"output.runs_dir={tmp_path}"]
+    overrides = [
+        *FAST,
+        "train.models=[xgboost]",
+        "train.xgboost.early_stopping_rounds=null",
+        "train.xgboost.num_boost_round=30",
+        f"output.runs_dir={tmp_path}",
+    ]
     config = load_config(default_config_path(), overrides, base_dir=trips_dir)
     first = etl(config, runtime=runtime).run_dir
     straight = train(config, runtime, first).results["xgboost"]
     second = etl(config, runtime=runtime).run_dir
     # Fails after round 18 (epoch 17), checkpointed (checkpoint_seconds: 0); training resumes from it by itself.
-    resumed = train(config, runtime, second,
-                    xgboost_callbacks=[FailOnce(17, tmp_path / "failed", kill=kill)]).results["xgboost"]
+    resumed = train(config, runtime, second, xgboost_callbacks=[FailOnce(17, tmp_path / "failed", kill=kill)]).results[
+        "xgboost"
+    ]
     assert (tmp_path / "failed").exists()
     assert resumed["restarts"] == [18]
     runtime.client.wait_for_workers(2, timeout=60)
     x_valid, _ = zarr_split(second / "etl", "valid")
-    np.testing.assert_array_equal(xgboost_predict(resumed["model"], x_valid),
-                                  xgboost_predict(straight["model"], x_valid))
+    np.testing.assert_array_equal(
+        xgboost_predict(resumed["model"], x_valid), xgboost_predict(straight["model"], x_valid)
+    )
     assert resumed["history"] == straight["history"]
 
 
@@ -227,8 +247,11 @@ class FailAtRound(xgb.callback.TrainingCallback):
     def after_iteration(self, model, epoch, evals_log):
         import os
 
-        if model.num_boosted_rounds() == self.rounds and xgb.collective.get_rank() == 0 \
-                and not os.path.exists(self.marker):
+        if (
+            model.num_boosted_rounds() == self.rounds
+            and xgb.collective.get_rank() == 0
+            and not os.path.exists(self.marker)
+        ):
             open(self.marker, "w").close()
             raise RuntimeError(f"injected failure at round {self.rounds}")
         return False
@@ -242,9 +265,15 @@ def test_resumed_xgboost_with_early_stopping_saves_the_same_model(trips_dir, run
     ``new-call``: the call fails (``max_attempts=1``, as when the driver dies) and a later
     ``train`` of the same run continues from the checkpoint (``--resume``).
     """
-    overrides = [*FAST, "train.models=[xgboost]", "train.xgboost.num_boost_round=400",
-                 "train.xgboost.early_stopping_rounds=8", "train.checkpoint_seconds=0",
-                 "train.xgboost.params={eta: 0.15}", f"output.runs_dir={tmp_path}"]
+    overrides = [
+        *FAST,
+        "train.models=[xgboost]",
+        "train.xgboost.num_boost_round=400",
+        "train.xgboost.early_stopping_rounds=8",
+        "train.checkpoint_seconds=0",
+        "train.xgboost.params={eta: 0.15}",
+        f"output.runs_dir={tmp_path}",
+    ]
     config = load_config(default_config_path(), overrides, base_dir=trips_dir)
     first = etl(config, runtime=runtime).run_dir
     straight = train(config, runtime, first).results["xgboost"]
@@ -256,7 +285,7 @@ def test_resumed_xgboost_with_early_stopping_saves_the_same_model(trips_dir, run
         assert resumed["restarts"] == [25]
     else:
         once = load_config(default_config_path(), [*overrides, "train.max_attempts=1"], base_dir=trips_dir)
-        with pytest.raises(Exception):  # the injected error, or the peer's broken collective
+        with pytest.raises(Exception):  # noqa: B017 (the injected error, or the peer's broken collective)
             train(once, runtime, second, xgboost_callbacks=[failing])
         resumed = train(config, runtime, second).results["xgboost"]
         assert resumed["resumed_from"] == 25
@@ -291,8 +320,11 @@ def test_xgboost_gives_up_after_max_attempts(trips_dir, runtime, tmp_path):
                 raise RuntimeError("injected failure every time")
             return False
 
-    config = load_config(default_config_path(), [*FAST, "train.models=[xgboost]", "train.max_attempts=2",
-                                                  f"output.runs_dir={tmp_path}"], base_dir=trips_dir)
+    config = load_config(
+        default_config_path(),
+        [*FAST, "train.models=[xgboost]", "train.max_attempts=2", f"output.runs_dir={tmp_path}"],
+        base_dir=trips_dir,
+    )
     run_dir = etl(config, runtime=runtime).run_dir
     with pytest.raises(Exception, match="injected failure every time"):
         train(config, runtime, run_dir, xgboost_callbacks=[AlwaysFail()])
@@ -304,17 +336,32 @@ def test_every_step_averaging_equals_full_batch_sgd(trips_dir, runtime, tmp_path
     """Over the process group, with unequal shards (two partitions on one worker, one on
     the other): gradient allreduce every step, and local SGD with one local step, both
     equal full-batch SGD on all the rows in one process."""
-    config = load_config(default_config_path(), [f"output.runs_dir={tmp_path}", "encode.min_frequency=5"],
-                         base_dir=trips_dir)
+    config = load_config(
+        default_config_path(), [f"output.runs_dir={tmp_path}", "encode.min_frequency=5"], base_dir=trips_dir
+    )
     run_dir = etl(config, runtime=runtime).run_dir
     data = load_training_data(runtime, run_dir / "etl", seed=0)
     keep = [0, 1, 2]  # partitions 0 and 2 on the first worker, 1 on the second
-    data = replace(data, futures=[data.futures[i] for i in keep], workers=[data.workers[i] for i in keep],
-                   train_rows=[data.train_rows[i] for i in keep], valid_rows=[data.valid_rows[i] for i in keep],
-                   train_weights=[data.train_weights[i] for i in keep])
+    data = replace(
+        data,
+        futures=[data.futures[i] for i in keep],
+        workers=[data.workers[i] for i in keep],
+        train_rows=[data.train_rows[i] for i in keep],
+        valid_rows=[data.valid_rows[i] for i in keep],
+        train_weights=[data.train_weights[i] for i in keep],
+    )
     assert len(set(data.workers)) == 2 and data.workers[0] == data.workers[2]
-    cfg = MLPConfig(hidden=[16], epochs=4, batch_size=None, optimizer="sgd", lr=0.05, lr_schedule="constant",
-                    sync=sync, sync_every=1, early_stopping_patience=None)
+    cfg = MLPConfig(
+        hidden=[16],
+        epochs=4,
+        batch_size=None,
+        optimizer="sgd",
+        lr=0.05,
+        lr_schedule="constant",
+        sync=sync,
+        sync_every=1,
+        early_stopping_patience=None,
+    )
     out = train_data_parallel_mlp(runtime, data, cfg, seed=3)
     assert out["backend"] == "gloo" and out["workers"] == 2
 
@@ -326,9 +373,12 @@ def test_every_step_averaging_equals_full_batch_sgd(trips_dir, runtime, tmp_path
     train_rows = ~group["is_validation"][span]
     x_train, y_train = group["X"][span][train_rows], group["y"][span][train_rows]
     assert len(y_train) == sum(data.train_rows)
-    spec = MLPSpec(n_numeric=len(data.preprocessor.numeric),
-                   cardinalities=tuple(data.preprocessor.cardinalities.values()), task="classification",
-                   hidden=(16,))
+    spec = MLPSpec(
+        n_numeric=len(data.preprocessor.numeric),
+        cardinalities=tuple(data.preprocessor.cardinalities.values()),
+        task="classification",
+        hidden=(16,),
+    )
     model = TabularMLP(spec)
     model.load_state_dict({k: torch.as_tensor(v) for k, v in init_params(spec, 3).items()})
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -345,11 +395,19 @@ def test_every_step_averaging_equals_full_batch_sgd(trips_dir, runtime, tmp_path
 def test_gradient_accumulation_over_the_group_equals_the_larger_batch(trips_dir, runtime, tmp_path):
     """DDP with two micro-batches per step (the first without allreduce) takes the same steps
     as one micro-batch of twice the rows: the same rows, the same global mean gradient."""
-    config = load_config(default_config_path(), [f"output.runs_dir={tmp_path}", "encode.min_frequency=5"],
-                         base_dir=trips_dir)
+    config = load_config(
+        default_config_path(), [f"output.runs_dir={tmp_path}", "encode.min_frequency=5"], base_dir=trips_dir
+    )
     data = load_training_data(runtime, etl(config, runtime=runtime).run_dir / "etl", seed=0)
-    base = dict(hidden=[16], epochs=2, optimizer="sgd", lr=0.05, lr_schedule="constant", sync="gradients",
-                early_stopping_patience=None)
+    base = dict(
+        hidden=[16],
+        epochs=2,
+        optimizer="sgd",
+        lr=0.05,
+        lr_schedule="constant",
+        sync="gradients",
+        early_stopping_patience=None,
+    )
     accumulated = train_data_parallel_mlp(runtime, data, MLPConfig(**base, batch_size=256, accumulation_steps=2))
     whole = train_data_parallel_mlp(runtime, data, MLPConfig(**base, batch_size=512, accumulation_steps=1))
     assert accumulated["steps_per_epoch"] == whole["steps_per_epoch"] > 1
@@ -362,8 +420,17 @@ def test_mlp_options_train(trips_dir, runtime, tmp_path):
     config = load_config(default_config_path(), [f"output.runs_dir={tmp_path}"], base_dir=trips_dir)
     run_dir = etl(config, runtime=runtime).run_dir
     data = load_training_data(runtime, run_dir / "etl", seed=0)
-    cfg = MLPConfig(hidden=[32], epochs=3, batch_size=256, accumulation_steps=2, bf16=True, lr_schedule="step",
-                    warmup=0.1, sync_every=4, early_stopping_patience=1)
+    cfg = MLPConfig(
+        hidden=[32],
+        epochs=3,
+        batch_size=256,
+        accumulation_steps=2,
+        bf16=True,
+        lr_schedule="step",
+        warmup=0.1,
+        sync_every=4,
+        early_stopping_patience=1,
+    )
     out = train_data_parallel_mlp(runtime, data, cfg, seed=0)
     assert out["history"]["validation_loss"][-1] < 0.6
     assert len(out["history"]["lr"]) >= 1
@@ -378,8 +445,10 @@ def test_mlp_on_workers_that_share_a_process_is_refused_in_one_line(trips_dir, r
 
     config = load_config(default_config_path(), [f"output.runs_dir={tmp_path}"], base_dir=trips_dir)
     etl_dir = etl(config, runtime=runtime).run_dir / "etl"
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
         threads = Runtime(client, "pandas", "existing")
         data = load_training_data(threads, etl_dir, seed=0)
         with pytest.raises(ShardflowError, match="one process per worker.*processes=True"):
@@ -392,8 +461,14 @@ def smooth_regression_table(n=50_000, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.uniform(-2, 2, size=(n, 5))
     code = rng.integers(0, 8, n)
-    y = (2 * np.sin(1.5 * x[:, 0]) + x[:, 1] ** 2 + 1.5 * (x[:, 2] > 0.5) + x[:, 3] * x[:, 4]
-         + np.linspace(-1, 1, 8)[code] + rng.normal(scale=0.3, size=n))
+    y = (
+        2 * np.sin(1.5 * x[:, 0])
+        + x[:, 1] ** 2
+        + 1.5 * (x[:, 2] > 0.5)
+        + x[:, 3] * x[:, 4]
+        + np.linspace(-1, 1, 8)[code]
+        + rng.normal(scale=0.3, size=n)
+    )
     table = pd.DataFrame(x.round(4), columns=[f"x{i}" for i in range(5)])
     table["c"] = np.array(list("abcdefgh"))[code]
     table["id"], table["y"] = np.arange(n), y.round(4)
@@ -409,10 +484,14 @@ def test_default_mlp_reaches_the_global_xgboost_r2_on_a_50k_row_regression(runti
     from shardflow.pipelines.job import run
 
     smooth_regression_table().to_csv(tmp_path / "t.csv", index=False)
-    job = {"input": {"path": "t.csv", "blocksize": "2MB"},  # two partitions: one for each worker
-           "target": {"column": "y", "task": "regression"},
-           "features": {"numeric": [f"x{i}" for i in range(5)], "categorical": ["c"]}, "split": {"key": ["id"]},
-           "output": {"runs_dir": "runs"}, "train": {"models": ["xgboost", "mlp"]}}
+    job = {
+        "input": {"path": "t.csv", "blocksize": "2MB"},  # two partitions: one for each worker
+        "target": {"column": "y", "task": "regression"},
+        "features": {"numeric": [f"x{i}" for i in range(5)], "categorical": ["c"]},
+        "split": {"key": ["id"]},
+        "output": {"runs_dir": "runs"},
+        "train": {"models": ["xgboost", "mlp"]},
+    }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     result = run(load_config(tmp_path / "job.yaml"), runtime=runtime)
     meta = json.loads((result.run_dir / "train" / "mlp.json").read_text())

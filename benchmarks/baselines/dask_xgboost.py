@@ -20,11 +20,13 @@ def etl(client, data_dir, min_frequency: int = 20, max_categories: int = 5000, c
     trips = dd.read_parquet(f"{data_dir}/trips")
     zones = pd.read_parquet(f"{data_dir}/zones.parquet").rename(columns={"zone": "pickup_zone"})
     df = trips.merge(zones[["pickup_zone", "borough", "zone_type", "congestion"]], on="pickup_zone", how="left")
-    df = df[~((df.trip_distance < 0) | (df.trip_distance > 1000) | (df.passenger_count < 0) |
-              (df.passenger_count > 9))]
-    df = df.assign(fare_per_mile=(df.fare_amount / df.trip_distance).replace([np.inf, -np.inf], np.nan),
-                   hour=df.pickup_datetime.dt.hour, dayofweek=df.pickup_datetime.dt.dayofweek,
-                   month=df.pickup_datetime.dt.month)
+    df = df[~((df.trip_distance < 0) | (df.trip_distance > 1000) | (df.passenger_count < 0) | (df.passenger_count > 9))]
+    df = df.assign(
+        fare_per_mile=(df.fare_amount / df.trip_distance).replace([np.inf, -np.inf], np.nan),
+        hour=df.pickup_datetime.dt.hour,
+        dayofweek=df.pickup_datetime.dt.dayofweek,
+        month=df.pickup_datetime.dt.month,
+    )
     numeric = NUMERIC + ["fare_per_mile", "hour", "dayofweek", "month"]
     df = df.persist()
     x = df[numeric].astype("float64")
@@ -38,8 +40,16 @@ def etl(client, data_dir, min_frequency: int = 20, max_categories: int = 5000, c
         vocab[col] = list(vc.index[:max_categories])
 
     def encode(part, mean, std, vocab):
-        out = ((part[numeric].astype("float64").clip(mean - clip_sigma * std, mean + clip_sigma * std, axis=1)
-                .fillna(mean) - mean) / std.replace(0, 1)).astype("float32")
+        out = (
+            (
+                part[numeric]
+                .astype("float64")
+                .clip(mean - clip_sigma * std, mean + clip_sigma * std, axis=1)
+                .fillna(mean)
+                - mean
+            )
+            / std.replace(0, 1)
+        ).astype("float32")
         for col in CATEGORICAL:
             codes = pd.Categorical(part[col], categories=vocab[col]).codes.astype("int32") + 2
             codes[part[col].isna().to_numpy()] = 0
@@ -60,14 +70,17 @@ def etl(client, data_dir, min_frequency: int = 20, max_categories: int = 5000, c
 def train(client, X_train, y_train, X_valid, y_valid, feature_types, params: dict, rounds: int):
     """xgboost.dask with the encoded categoricals as categorical features (``feature_types``)."""
     import xgboost as xgb
-    import xgboost.dask  # noqa: F401
+    import xgboost.dask
 
-    dtrain = xgb.dask.DaskQuantileDMatrix(client, X_train, y_train, feature_types=feature_types,
-                                          enable_categorical=True)
-    dvalid = xgb.dask.DaskQuantileDMatrix(client, X_valid, y_valid, ref=dtrain, feature_types=feature_types,
-                                          enable_categorical=True)
-    return xgb.dask.train(client, params, dtrain, num_boost_round=rounds, evals=[(dvalid, "validation")],
-                          verbose_eval=False)
+    dtrain = xgb.dask.DaskQuantileDMatrix(
+        client, X_train, y_train, feature_types=feature_types, enable_categorical=True
+    )
+    dvalid = xgb.dask.DaskQuantileDMatrix(
+        client, X_valid, y_valid, ref=dtrain, feature_types=feature_types, enable_categorical=True
+    )
+    return xgb.dask.train(
+        client, params, dtrain, num_boost_round=rounds, evals=[(dvalid, "validation")], verbose_eval=False
+    )
 
 
 def etl_from_features(client, etl_dir):

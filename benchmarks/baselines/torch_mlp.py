@@ -11,8 +11,18 @@ import torch
 from shardflow.tasks.neural import MLPSpec, TabularMLP
 
 
-def train(x_train, y_train, x_valid, y_valid, spec: MLPSpec, epochs: int, batch_size: int, lr: float,
-          threads: int, seed: int = 0) -> dict:
+def train(
+    x_train,
+    y_train,
+    x_valid,
+    y_valid,
+    spec: MLPSpec,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    threads: int,
+    seed: int = 0,
+) -> dict:
     """Adam with a cosine schedule, like shardflow's default; returns loss and samples/s."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -28,7 +38,7 @@ def train(x_train, y_train, x_valid, y_valid, spec: MLPSpec, epochs: int, batch_
         for step in range(steps):
             for group in opt.param_groups:
                 group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (epoch * steps + step) / (epochs * steps)))
-            idx = order[step * batch_size:(step + 1) * batch_size]
+            idx = order[step * batch_size : (step + 1) * batch_size]
             opt.zero_grad()
             loss_fn(model(x[idx]), y[idx]).backward()
             opt.step()

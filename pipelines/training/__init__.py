@@ -18,6 +18,17 @@ from shardflow.pipelines.training.partitions import partition_groups, train_part
 from shardflow.pipelines.training.stacking import fit_stacker
 from shardflow.pipelines.training.xgboost_global import train_global_xgboost, xgboost_params
 
-__all__ = ["TrainingData", "call_token", "fit_stacker", "load_training_data", "mlp_optim_for", "mlp_spec_for",
-           "partition_groups", "sorted_workers", "train_data_parallel_mlp", "train_global_xgboost",
-           "train_partition_models", "xgboost_params"]
+__all__ = [
+    "TrainingData",
+    "call_token",
+    "fit_stacker",
+    "load_training_data",
+    "mlp_optim_for",
+    "mlp_spec_for",
+    "partition_groups",
+    "sorted_workers",
+    "train_data_parallel_mlp",
+    "train_global_xgboost",
+    "train_partition_models",
+    "xgboost_params",
+]

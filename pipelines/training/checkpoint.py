@@ -31,6 +31,7 @@ def checkpoint_due(since_last: float, seconds: float | None) -> bool:
     """
     return seconds is not None and since_last >= seconds
 
+
 # ----------------------------------------------------------------------------- data-parallel MLP
 
 

@@ -54,8 +54,9 @@ def start_xgboost_tracker(client, n_workers: int, timeout: int | None) -> dict:
     """
     # Without a limit a rank that never arrives would keep the others waiting for ever.
     args = client.run_on_scheduler(_start_tracker, n_workers, int(timeout or DEFAULT_TRACKER_TIMEOUT))
-    logger.debug("xgboost tracker for %d ranks at %s:%s", n_workers, args.get("dmlc_tracker_uri"),
-                 args.get("dmlc_tracker_port"))
+    logger.debug(
+        "xgboost tracker for %d ranks at %s:%s", n_workers, args.get("dmlc_tracker_uri"), args.get("dmlc_tracker_port")
+    )
     return args
 
 

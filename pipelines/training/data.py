@@ -110,17 +110,37 @@ def load_training_data(runtime: Runtime, etl_dir, seed: int = 0, attempt: int = 
     placement = [workers[i % len(workers)] for i in range(len(rows))]
     prefix = f"train-load-partition-{token}" + (f"-retry{attempt}" if attempt else "")
     futures = [
-        client.submit(shard_tasks.read_shard, zarr_path, offsets[i], rows[i], seed * 1_000_003 + i,
-                      key=f"{prefix}-{i}", workers=[placement[i]],
-                      # a preference: if the worker is lost, the partition is read again elsewhere
-                      allow_other_workers=True)
+        client.submit(
+            shard_tasks.read_shard,
+            zarr_path,
+            offsets[i],
+            rows[i],
+            seed * 1_000_003 + i,
+            key=f"{prefix}-{i}",
+            workers=[placement[i]],
+            # a preference: if the worker is lost, the partition is read again elsewhere
+            allow_other_workers=True,
+        )
         for i in range(len(rows))
     ]
-    sizes = client.gather([client.submit(shard_tasks.shard_sizes, f, key=f"{prefix}-sizes-{i}",
-                                         workers=[placement[i]]) for i, f in enumerate(futures)])
-    return TrainingData(futures, placement, [s[0] for s in sizes], [s[1] for s in sizes], preprocessor, token,
-                        etl_dir, seed, scoring=scoring_for(preprocessor, summary),
-                        train_weights=[s[2] for s in sizes])
+    sizes = client.gather(
+        [
+            client.submit(shard_tasks.shard_sizes, f, key=f"{prefix}-sizes-{i}", workers=[placement[i]])
+            for i, f in enumerate(futures)
+        ]
+    )
+    return TrainingData(
+        futures,
+        placement,
+        [s[0] for s in sizes],
+        [s[1] for s in sizes],
+        preprocessor,
+        token,
+        etl_dir,
+        seed,
+        scoring=scoring_for(preprocessor, summary),
+        train_weights=[s[2] for s in sizes],
+    )
 
 
 def scoring_for(preprocessor: Preprocessor, summary: dict) -> Scoring:
@@ -128,8 +148,13 @@ def scoring_for(preprocessor: Preprocessor, summary: dict) -> Scoring:
     target's spread (from the ETL summary) for the report's residual histograms."""
     std = summary.get("target_std") or 1.0
     low, high = summary.get("target_min", 0.0), summary.get("target_max", 1.0)
-    return Scoring(preprocessor.task, preprocessor.target_transform, residual_range=4 * std,
-                   value_range=(low, high if high > low else low + 1.0), classes=len(preprocessor.classes))
+    return Scoring(
+        preprocessor.task,
+        preprocessor.target_transform,
+        residual_range=4 * std,
+        value_range=(low, high if high > low else low + 1.0),
+        classes=len(preprocessor.classes),
+    )
 
 
 def call_token(prefix: str) -> str:
@@ -158,8 +183,9 @@ def recover(runtime, data: TrainingData, n_workers: int, timeout: float = 60.0) 
         previous = current
         time.sleep(1.0)
     if len(current) < n_workers:
-        logger.warning("only %d of %d workers came back within %.0fs; continuing on them", len(current),
-                       n_workers, timeout)
+        logger.warning(
+            "only %d of %d workers came back within %.0fs; continuing on them", len(current), n_workers, timeout
+        )
     data.attempt += 1
     fresh = load_training_data(runtime, data.etl_dir, data.seed, attempt=data.attempt)
     # In place: every later stage of this training must use the data as it is now placed.

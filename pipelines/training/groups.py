@@ -61,8 +61,10 @@ def train_family(context, family) -> dict:
     by = list(cfg.partition_by)
     columns = [data.feature_names.index(col) for col in by]
     token = call_token(f"{data.token}-{family.name}")
-    counted = [client.submit(group_row_counts, f, columns, key=f"train-groups-count-{token}-{i}", pure=False)
-               for i, f in enumerate(data.futures)]
+    counted = [
+        client.submit(group_row_counts, f, columns, key=f"train-groups-count-{token}-{i}", pure=False)
+        for i, f in enumerate(data.futures)
+    ]
     counts = {}
     for part in progress.compute(client, counted, "groups: count rows per key"):
         for key, (train_rows, valid_rows) in part.items():
@@ -73,29 +75,53 @@ def train_family(context, family) -> dict:
     fallback = sorted((k for k in counts if k not in trained), key=lambda k: -counts[k][0])
     if fallback:
         shown = "; ".join(f"{describe_key(k, by, data.preprocessor)} ({counts[k][0]} rows)" for k in fallback[:5])
-        logger.warning("%s: %d of %d groups use the global model (fewer than train.groups.min_rows=%d training "
-                       "rows, or a missing or rare key): %s%s", family.name, len(fallback), len(counts),
-                       cfg.min_rows, shown, "; …" if len(fallback) > 5 else "")
+        logger.warning(
+            "%s: %d of %d groups use the global model (fewer than train.groups.min_rows=%d training "
+            "rows, or a missing or rare key): %s%s",
+            family.name,
+            len(fallback),
+            len(counts),
+            cfg.min_rows,
+            shown,
+            "; …" if len(fallback) > 5 else "",
+        )
     workers = sorted(set(data.workers))
     bucket_of = balance(trained, len(workers))
     params = xgboost_params(data.task, tc.xgboost, context.runtime.backend, tc.seed, classes=data.classes)
     # Each split runs where its partition is (data locality); no pin, so a lost worker's
     # partitions are split wherever they are recomputed.
-    splits = [client.submit(split_by_group, f, columns, bucket_of, len(workers), key=f"train-groups-split-{token}-{i}",
-                            pure=False) for i, f in enumerate(data.futures)]
+    splits = [
+        client.submit(
+            split_by_group, f, columns, bucket_of, len(workers), key=f"train-groups-split-{token}-{i}", pure=False
+        )
+        for i, f in enumerate(data.futures)
+    ]
     tasks = []
     for b, worker in enumerate(workers):
         keys = [k for k, bucket in bucket_of.items() if bucket == b]
         if not keys:
             continue
-        pieces = [client.submit(operator.getitem, s, b, key=f"train-groups-take-{token}-{i}-{b}", pure=False)
-                  for i, s in enumerate(splits)]
-        tasks.append(client.submit(train_bucket_xgboost, *pieces, keys=keys, params=params, rounds=cfg.xgboost_rounds,
-                                   feature_names=data.feature_names,
-                                   feature_types=data.feature_types(tc.xgboost.categorical), scoring=data.scoring,
-                                   early_stopping_rounds=tc.xgboost.early_stopping_rounds,
-                                   key=f"train-xgboost-groups-{token}-{b}", workers=[worker],
-                                   allow_other_workers=True, pure=False))
+        pieces = [
+            client.submit(operator.getitem, s, b, key=f"train-groups-take-{token}-{i}-{b}", pure=False)
+            for i, s in enumerate(splits)
+        ]
+        tasks.append(
+            client.submit(
+                train_bucket_xgboost,
+                *pieces,
+                keys=keys,
+                params=params,
+                rounds=cfg.xgboost_rounds,
+                feature_names=data.feature_names,
+                feature_types=data.feature_types(tc.xgboost.categorical),
+                scoring=data.scoring,
+                early_stopping_rounds=tc.xgboost.early_stopping_rounds,
+                key=f"train-xgboost-groups-{token}-{b}",
+                workers=[worker],
+                allow_other_workers=True,
+                pure=False,
+            )
+        )
     del splits, counted  # the pieces hold what the training tasks need
     members = {}
     for part in progress.compute(client, tasks, f"train {family.name}"):
@@ -104,12 +130,20 @@ def train_family(context, family) -> dict:
     seconds = time.perf_counter() - started
     logger.info("%s: %d group models by %s, %.1fs", family.name, len(keys), ", ".join(by), seconds)
     names = [describe_key(k, by, data.preprocessor) for k in keys]
-    return {"partition_by": by, "columns": columns, "keys": keys, "members": [members[k] for k in keys],
-            "groups": names,
-            "fallback_groups": [[describe_key(k, by, data.preprocessor), counts[k][0]] for k in fallback],
-            "weights": [members[k]["weight"] for k in keys], "seconds": seconds,
-            "group_metrics": [{"group": name, **members[k]["validation"], "train_rows": members[k]["rows"]}
-                              for name, k in zip(names, keys)]}
+    return {
+        "partition_by": by,
+        "columns": columns,
+        "keys": keys,
+        "members": [members[k] for k in keys],
+        "groups": names,
+        "fallback_groups": [[describe_key(k, by, data.preprocessor), counts[k][0]] for k in fallback],
+        "weights": [members[k]["weight"] for k in keys],
+        "seconds": seconds,
+        "group_metrics": [
+            {"group": name, **members[k]["validation"], "train_rows": members[k]["rows"]}
+            for name, k in zip(names, keys)
+        ],
+    }
 
 
 def save_family(stage_dir, family, result: dict) -> None:
@@ -118,8 +152,10 @@ def save_family(stage_dir, family, result: dict) -> None:
     RunDir.train_file(stage_dir, family.name).mkdir()
     for i, member in enumerate(result["members"]):
         RunDir.train_file(stage_dir, family.member_file(i, "ubj")).write_bytes(member["model"])
-    meta = {k: result[k] for k in ("partition_by", "columns", "groups", "fallback_groups", "weights", "seconds",
-                                   "group_metrics")}
+    meta = {
+        k: result[k]
+        for k in ("partition_by", "columns", "groups", "fallback_groups", "weights", "seconds", "group_metrics")
+    }
     meta["keys"] = [list(k) for k in result["keys"]]
     meta["histories"] = [member.get("history", {}) for member in result["members"]]
     write_json(RunDir.train_file(stage_dir, family.file("json")), meta)
@@ -149,5 +185,4 @@ def curves(run_dir, family) -> list:
     ax.set_xlabel("training rows of the group")
     ax.set_ylabel(f"{metric} on the group's validation rows")
     ax.set_title(family.label)
-    return [(fig, f"{family.label}: one point per group ({len(meta['fallback_groups'])} groups use the global "
-                  "model)")]
+    return [(fig, f"{family.label}: one point per group ({len(meta['fallback_groups'])} groups use the global model)")]

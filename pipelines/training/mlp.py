@@ -16,12 +16,11 @@ import math
 import os
 import time
 
-from shardflow.pipelines.rundir import RunDir
-from shardflow.tasks.storage import location
 from shardflow.cluster.factory import Runtime
 from shardflow.pipelines import progress
-from shardflow.pipelines.train_config import MLPConfig
 from shardflow.pipelines.graph import scatter_named
+from shardflow.pipelines.rundir import RunDir
+from shardflow.pipelines.train_config import MLPConfig
 from shardflow.pipelines.training.checkpoint import (
     checkpoint_due,
     mlp_checkpoint_token,
@@ -35,6 +34,7 @@ from shardflow.tasks import shards as shard_tasks
 from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.errors import ShardflowError
 from shardflow.tasks.process_group import CollectiveFailed, leave_group, open_rendezvous
+from shardflow.tasks.storage import location
 
 logger = logging.getLogger("shardflow.train")
 
@@ -48,25 +48,47 @@ def mlp_spec_for(preprocessor: Preprocessor, cfg: MLPConfig):
     from shardflow.tasks.neural import MLPSpec
     from shardflow.tasks.targets import target_kind
 
-    return MLPSpec(n_numeric=len(preprocessor.numeric),
-                   cardinalities=tuple(preprocessor.cardinalities[c] for c in preprocessor.categorical),
-                   task=preprocessor.task, hidden=tuple(cfg.hidden), embedding_dim=cfg.embedding_dim,
-                   dropout=cfg.dropout, outputs=target_kind(preprocessor.task).outputs(len(preprocessor.classes)),
-                   target_shift=preprocessor.target_shift, target_scale=preprocessor.target_scale)
+    return MLPSpec(
+        n_numeric=len(preprocessor.numeric),
+        cardinalities=tuple(preprocessor.cardinalities[c] for c in preprocessor.categorical),
+        task=preprocessor.task,
+        hidden=tuple(cfg.hidden),
+        embedding_dim=cfg.embedding_dim,
+        dropout=cfg.dropout,
+        outputs=target_kind(preprocessor.task).outputs(len(preprocessor.classes)),
+        target_shift=preprocessor.target_shift,
+        target_scale=preprocessor.target_scale,
+    )
 
 
 def mlp_optim_for(cfg: MLPConfig, backend: str):
     from shardflow.tasks.neural import OptimConfig
 
     device = cfg.device if cfg.device != "auto" else ("cuda" if backend == "cudf" else "cpu")
-    return OptimConfig(optimizer=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                       batch_size=cfg.batch_size, accumulation_steps=cfg.accumulation_steps, bf16=cfg.bf16,
-                       device=device)
+    return OptimConfig(
+        optimizer=cfg.optimizer,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        batch_size=cfg.batch_size,
+        accumulation_steps=cfg.accumulation_steps,
+        bf16=cfg.bf16,
+        device=device,
+    )
 
 
-def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig, seed: int = 0, *,
-                            checkpoint_dir=None, max_attempts: int = 3, collective_timeout: float | None = 600,
-                            label: str = "data-parallel MLP", checkpoint_seconds: float | None = 60.0) -> dict:
+def train_data_parallel_mlp(
+    runtime: Runtime,
+    data: TrainingData,
+    cfg: MLPConfig,
+    seed: int = 0,
+    *,
+    checkpoint_dir=None,
+    max_attempts: int = 3,
+    collective_timeout: float | None = 600,
+    label: str = "data-parallel MLP",
+    checkpoint_seconds: float | None = 60.0,
+) -> dict:
     """Train the MLP across workers, each rank on the rows its worker holds.
 
     ``sync: gradients``: DistributedDataParallel, gradients allreduced every step (in
@@ -103,29 +125,55 @@ def train_data_parallel_mlp(runtime: Runtime, data: TrainingData, cfg: MLPConfig
     state = read_mlp_checkpoint(ckpt, data, cfg, seed)
     if state is None:
         params = init_params(spec, seed)
-        state = {"epoch": 0, "params": params, "best_params": params, "best_loss": math.inf, "best_epoch": -1,
-                 "bad_epochs": 0, "rounds": 0, "samples": 0,
-                 "history": {"train_loss": [], "validation_loss": [], "lr": [], "seconds": [], "epoch": []}}
+        state = {
+            "epoch": 0,
+            "params": params,
+            "best_params": params,
+            "best_loss": math.inf,
+            "best_epoch": -1,
+            "bad_epochs": 0,
+            "rounds": 0,
+            "samples": 0,
+            "history": {"train_loss": [], "validation_loss": [], "lr": [], "seconds": [], "epoch": []},
+        }
     else:
         logger.info("mlp: resuming after epoch %d from %s", state["epoch"], ckpt)
     n_workers = len(runtime.client.scheduler_info(n_workers=-1)["workers"])
     restarts = []
     for attempt in range(1, max_attempts + 1):
         try:
-            info = _collective_epochs(runtime, data, cfg, seed=seed, spec=spec, state=state,
-                                      ckpt=(ckpt, checkpoint_seconds), started=started, label=label,
-                                      timeout=collective_timeout or DEFAULT_COLLECTIVE_TIMEOUT)
+            info = _collective_epochs(
+                runtime,
+                data,
+                cfg,
+                seed=seed,
+                spec=spec,
+                state=state,
+                ckpt=(ckpt, checkpoint_seconds),
+                started=started,
+                label=label,
+                timeout=collective_timeout or DEFAULT_COLLECTIVE_TIMEOUT,
+            )
             break
         except (WorkerLost, mlp_steps.WorkerStateLost, CollectiveFailed) as err:
             if attempt == max_attempts:
                 raise
-            logger.warning("mlp: %s; attempt %d/%d resumes after epoch %d", err, attempt + 1, max_attempts,
-                           state["epoch"])
+            logger.warning(
+                "mlp: %s; attempt %d/%d resumes after epoch %d", err, attempt + 1, max_attempts, state["epoch"]
+            )
             restarts.append(state["epoch"])
             recover(runtime, data, n_workers)
-    return {"params": state["best_params"], "spec": spec, "history": state["history"],
-            "best_epoch": state["best_epoch"], "rounds": state["rounds"], "seconds": time.perf_counter() - started,
-            "samples": state["samples"], "restarts": restarts, **info}
+    return {
+        "params": state["best_params"],
+        "spec": spec,
+        "history": state["history"],
+        "best_epoch": state["best_epoch"],
+        "rounds": state["rounds"],
+        "seconds": time.perf_counter() - started,
+        "samples": state["samples"],
+        "restarts": restarts,
+        **info,
+    }
 
 
 def _worker_shards(client, data: TrainingData, token: str, seed: int):
@@ -136,8 +184,14 @@ def _worker_shards(client, data: TrainingData, token: str, seed: int):
         held = [i for i, pw in enumerate(data.workers) if pw == w]
         rows[w] = sum(data.train_rows[i] for i in held)
         weights[w] = sum(data.train_weights[i] for i in held) if data.train_weights else float(rows[w])
-        shards[w] = client.submit(shard_tasks.merge_shards, *[data.futures[i] for i in held], seed=seed * 101 + wi,
-                                  key=f"train-mlp-shard-{token}-{wi}", workers=[w], allow_other_workers=False)
+        shards[w] = client.submit(
+            shard_tasks.merge_shards,
+            *[data.futures[i] for i in held],
+            seed=seed * 101 + wi,
+            key=f"train-mlp-shard-{token}-{wi}",
+            workers=[w],
+            allow_other_workers=False,
+        )
     return shards, rows, weights
 
 
@@ -157,22 +211,37 @@ def _collective_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, 
     steps_per_epoch = max(1, math.ceil(max(rows[w] for w in workers) / rows_per_step))
     total_epochs = planned_epochs(cfg.epochs, cfg.max_steps, steps_per_epoch)
     per_evaluation = epochs_per_evaluation(steps_per_epoch)
-    sync_every = 1 if cfg.sync == "gradients" else (
-        steps_per_epoch if cfg.sync_every is None else min(cfg.sync_every, steps_per_epoch))
+    sync_every = (
+        1
+        if cfg.sync == "gradients"
+        else (steps_per_epoch if cfg.sync_every is None else min(cfg.sync_every, steps_per_epoch))
+    )
     weighted = bool(data.preprocessor.weighted)
     plan = mlp_steps.SyncPlan(
-        sync=cfg.sync, sync_every=sync_every, steps_per_epoch=steps_per_epoch,
+        sync=cfg.sync,
+        sync_every=sync_every,
+        steps_per_epoch=steps_per_epoch,
         total_steps=total_epochs * steps_per_epoch,
-        world=len(workers), total_weight=sum(weights[w] for w in workers),
-        step_weight=None if weighted else float(cfg.accumulation_steps * sum(
-            min(cfg.batch_size, rows[w]) if cfg.batch_size else rows[w] for w in workers)),
-        lr=cfg.lr, lr_schedule=cfg.lr_schedule, warmup=cfg.warmup,
-        backend="nccl" if optim.device == "cuda" else "gloo", timeout=float(timeout))
+        world=len(workers),
+        total_weight=sum(weights[w] for w in workers),
+        step_weight=None
+        if weighted
+        else float(
+            cfg.accumulation_steps * sum(min(cfg.batch_size, rows[w]) if cfg.batch_size else rows[w] for w in workers)
+        ),
+        lr=cfg.lr,
+        lr_schedule=cfg.lr_schedule,
+        warmup=cfg.warmup,
+        backend="nccl" if optim.device == "cuda" else "gloo",
+        timeout=float(timeout),
+    )
     pids = client.run(os.getpid, workers=workers) if len(workers) > 1 else {}
     if len(set(pids.values())) < len(pids):
-        raise ShardflowError("train.mlp: the data-parallel MLP needs one process per worker (each rank joins a "
-                             "torch.distributed process group), and some workers of this cluster share a process: "
-                             "start the cluster with processes=True, or train mlp_partitions instead")
+        raise ShardflowError(
+            "train.mlp: the data-parallel MLP needs one process per worker (each rank joins a "
+            "torch.distributed process group), and some workers of this cluster share a process: "
+            "start the cluster with processes=True, or train mlp_partitions instead"
+        )
     epochs = progress.Counter(label, total_epochs, "epochs", done=state["epoch"]) if progress.enabled() else None
     fresh = True  # the first call of this attempt joins the group and builds the ranks' models
     ckpt, checkpoint_seconds = ckpt
@@ -180,35 +249,76 @@ def _collective_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, 
     try:
         rendezvous = None  # one worker: no process group at all
         if len(workers) > 1:
-            rendezvous = client.submit(open_rendezvous, token, timeout, key=f"train-mlp-rendezvous-{token}",
-                                       workers=[workers[0]], allow_other_workers=False, pure=False)
+            rendezvous = client.submit(
+                open_rendezvous,
+                token,
+                timeout,
+                key=f"train-mlp-rendezvous-{token}",
+                workers=[workers[0]],
+                allow_other_workers=False,
+                pure=False,
+            )
             rendezvous = gather_watching(client, [rendezvous], workers[:1], "the MLP's rendezvous")[0]
-            logger.debug("mlp: %s process group of %d ranks, rendezvous at %s:%s", plan.backend, plan.world,
-                         rendezvous["host"], rendezvous["port"])
+            logger.debug(
+                "mlp: %s process group of %d ranks, rendezvous at %s:%s",
+                plan.backend,
+                plan.world,
+                rendezvous["host"],
+                rendezvous["port"],
+            )
         params_f = scatter_named(client, f"train-mlp-params-{token}", state["params"])
         epoch = state["epoch"]
         while epoch < total_epochs:
             count = min(per_evaluation, total_epochs - epoch)
-            futures = [client.submit(mlp_steps.collective_epoch, shards[w], params_f if fresh else None, spec, optim,
-                                     plan, token=token, rank=rank, rendezvous=rendezvous, epoch=epoch, fresh=fresh,
-                                     epochs=count, key=f"train-mlp-{token}-e{epoch}-rank{rank}", workers=[w],
-                                     allow_other_workers=False)
-                       for rank, w in enumerate(workers)]
+            futures = [
+                client.submit(
+                    mlp_steps.collective_epoch,
+                    shards[w],
+                    params_f if fresh else None,
+                    spec,
+                    optim,
+                    plan,
+                    token=token,
+                    rank=rank,
+                    rendezvous=rendezvous,
+                    epoch=epoch,
+                    fresh=fresh,
+                    epochs=count,
+                    key=f"train-mlp-{token}-e{epoch}-rank{rank}",
+                    workers=[w],
+                    allow_other_workers=False,
+                )
+                for rank, w in enumerate(workers)
+            ]
             results = gather_watching(client, futures, workers, "data-parallel MLP training")
             fresh = False
             current = results[0]["params"]
             train_loss = sum(r["loss_sum"] for r in results) / (sum(r["seen"] for r in results) or 1.0)
             valid_weight = sum(r["validation"]["weight"] for r in results)
-            valid_loss = (sum(r["validation"]["loss_sum"] for r in results) / valid_weight if valid_weight
-                          else float("nan"))
+            valid_loss = (
+                sum(r["validation"]["loss_sum"] for r in results) / valid_weight if valid_weight else float("nan")
+            )
             state["rounds"] += results[0]["rounds"]
             epoch += count
             lr = lr_at(cfg.lr_schedule, cfg.lr, (epoch * steps_per_epoch - 1) / plan.total_steps, cfg.warmup)
-            if _end_of_epoch(state, epoch - 1, cfg, current=current, train_loss=train_loss, valid_loss=valid_loss,
-                             valid_weight=valid_weight, lr=lr,
-                             seen=count * epoch_rows(rows, workers, steps_per_epoch, cfg), started=started,
-                             epochs=epochs, total_epochs=total_epochs, ckpt=ckpt, clock=clock, data=data,
-                             seed=seed):
+            if _end_of_epoch(
+                state,
+                epoch - 1,
+                cfg,
+                current=current,
+                train_loss=train_loss,
+                valid_loss=valid_loss,
+                valid_weight=valid_weight,
+                lr=lr,
+                seen=count * epoch_rows(rows, workers, steps_per_epoch, cfg),
+                started=started,
+                epochs=epochs,
+                total_epochs=total_epochs,
+                ckpt=ckpt,
+                clock=clock,
+                data=data,
+                seed=seed,
+            ):
                 break
     except BaseException:
         if epochs is not None:
@@ -220,14 +330,36 @@ def _collective_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, 
     finally:
         try:
             client.run(leave_group, token)
-        except Exception as err:  # noqa: BLE001 - a worker lost mid-call: its group went with it
+        except Exception as err:
             logger.debug("mlp: leaving the process group on every worker failed: %s", err)
-    return {"steps_per_epoch": steps_per_epoch, "sync_every": sync_every, "workers": len(workers),
-            "backend": plan.backend if len(workers) > 1 else None, "epochs": total_epochs}
+    return {
+        "steps_per_epoch": steps_per_epoch,
+        "sync_every": sync_every,
+        "workers": len(workers),
+        "backend": plan.backend if len(workers) > 1 else None,
+        "epochs": total_epochs,
+    }
 
 
-def _end_of_epoch(state, epoch, cfg, *, current, train_loss, valid_loss, valid_weight, lr, seen, started, epochs,
-                  total_epochs, ckpt, clock, data, seed) -> bool:
+def _end_of_epoch(
+    state,
+    epoch,
+    cfg,
+    *,
+    current,
+    train_loss,
+    valid_loss,
+    valid_weight,
+    lr,
+    seen,
+    started,
+    epochs,
+    total_epochs,
+    ckpt,
+    clock,
+    data,
+    seed,
+) -> bool:
     """Record an evaluation after ``epoch`` in ``state`` (history, best parameters, early
     stopping), checkpoint it if one is due, and say whether training stops early.
     ``epochs``: the progress counter or None; ``clock``: ``{"checkpoint": time of the last
@@ -241,8 +373,9 @@ def _end_of_epoch(state, epoch, cfg, *, current, train_loss, valid_loss, valid_w
     state["samples"] += seen
     state["epoch"] = epoch + 1
     state["params"] = current
-    logger.debug("mlp epoch %d/%d: train loss %.5f, validation loss %.5f", epoch + 1, total_epochs, train_loss,
-                 valid_loss)
+    logger.debug(
+        "mlp epoch %d/%d: train loss %.5f, validation loss %.5f", epoch + 1, total_epochs, train_loss, valid_loss
+    )
     if epochs is not None:
         epochs.update(epoch + 1, f"train loss {train_loss:.5f}, validation loss {valid_loss:.5f}")
     stop = False
@@ -253,8 +386,9 @@ def _end_of_epoch(state, epoch, cfg, *, current, train_loss, valid_loss, valid_w
         stop = cfg.early_stopping_patience is not None and state["bad_epochs"] >= cfg.early_stopping_patience
     if stop:
         state["epoch"] = total_epochs  # a resumed run must not train past an early stop
-    if ckpt is not None and (state["epoch"] >= total_epochs or checkpoint_due(
-            time.perf_counter() - clock["checkpoint"], clock["seconds"])):
+    if ckpt is not None and (
+        state["epoch"] >= total_epochs or checkpoint_due(time.perf_counter() - clock["checkpoint"], clock["seconds"])
+    ):
         write_mlp_checkpoint(ckpt, state, mlp_checkpoint_token(data, cfg, seed))
         clock["checkpoint"] = time.perf_counter()
     if stop:
@@ -264,29 +398,51 @@ def _end_of_epoch(state, epoch, cfg, *, current, train_loss, valid_loss, valid_w
 
 def epoch_rows(rows: dict, workers, steps_per_epoch: int, cfg: MLPConfig) -> int:
     """Rows processed in one epoch over all workers (each takes ``steps_per_epoch`` steps)."""
-    return sum(steps_per_epoch * cfg.accumulation_steps * (min(cfg.batch_size, rows[w]) if cfg.batch_size else rows[w])
-               for w in workers)
+    return sum(
+        steps_per_epoch * cfg.accumulation_steps * (min(cfg.batch_size, rows[w]) if cfg.batch_size else rows[w])
+        for w in workers
+    )
 
 
 # ----------------------------------------------------------------------------- as a model family
 
-_META = ("history", "best_epoch", "rounds", "steps_per_epoch", "sync_every", "seconds", "workers", "samples",
-         "restarts", "epochs")
+_META = (
+    "history",
+    "best_epoch",
+    "rounds",
+    "steps_per_epoch",
+    "sync_every",
+    "seconds",
+    "workers",
+    "samples",
+    "restarts",
+    "epochs",
+)
 
 
 def train_family(context, family) -> dict:
     tc = context.config
-    return train_data_parallel_mlp(context.runtime, context.data, tc.mlp, tc.seed, label=family.name,
-                                   checkpoint_dir=RunDir(context.run_dir).checkpoints(family.name),
-                                   max_attempts=tc.max_attempts, collective_timeout=tc.collective_timeout,
-                                   checkpoint_seconds=tc.checkpoint_seconds)
+    return train_data_parallel_mlp(
+        context.runtime,
+        context.data,
+        tc.mlp,
+        tc.seed,
+        label=family.name,
+        checkpoint_dir=RunDir(context.run_dir).checkpoints(family.name),
+        max_attempts=tc.max_attempts,
+        collective_timeout=tc.collective_timeout,
+        checkpoint_seconds=tc.checkpoint_seconds,
+    )
 
 
 def save_family(stage_dir, family, result: dict) -> None:
     from shardflow.pipelines.artifacts import save_weights, write_json
 
     save_weights(result["params"], RunDir.train_file(stage_dir, family.file("pt")))
-    write_json(RunDir.train_file(stage_dir, family.file("json")), {"spec": result["spec"].to_dict(), **{k: result[k] for k in _META}})
+    write_json(
+        RunDir.train_file(stage_dir, family.file("json")),
+        {"spec": result["spec"].to_dict(), **{k: result[k] for k in _META}},
+    )
 
 
 def load_family(files, family) -> dict:
@@ -330,8 +486,17 @@ def tracking(files, family, sample) -> dict:
         with torch.no_grad():
             output = module(torch.from_numpy(x)).numpy()
         # MLflow's ``pt2`` format (``torch.export``): a traced graph, not a pickled module.
-        Model.log(None, name=family.name, flavor=mlflow.pytorch, run_id=run_id, model_id=model_id, pytorch_model=module,
-                  signature=infer_signature(x, output), input_example=x, serialization_format="pt2")
+        Model.log(
+            None,
+            name=family.name,
+            flavor=mlflow.pytorch,
+            run_id=run_id,
+            model_id=model_id,
+            pytorch_model=module,
+            signature=infer_signature(x, output),
+            input_example=x,
+            serialization_format="pt2",
+        )
 
     curves = {f"{family.name}.{k}": v for k, v in meta.get("history", {}).items() if k not in ("seconds", "epoch")}
     return {"params": meta["spec"], "curves": curves, "log_model": log_model}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import time
 
-from shardflow.pipelines.rundir import RunDir
 from shardflow.cluster.factory import Runtime
 from shardflow.pipelines import progress
+from shardflow.pipelines.rundir import RunDir
 from shardflow.pipelines.train_config import PartitionModelsConfig
 from shardflow.pipelines.training.data import TrainingData, call_token
 from shardflow.tasks.mlp_steps import train_group_mlp
@@ -42,18 +42,30 @@ def train_partition_models(runtime: Runtime, data: TrainingData, cfg: PartitionM
         and ``partition_metrics``.
     """
     client = runtime.client
-    groups = [g for g in partition_groups(len(data.futures), cfg.partitions_per_model)
-              if sum(data.train_weights[i] for i in g) > 0]
+    groups = [
+        g
+        for g in partition_groups(len(data.futures), cfg.partitions_per_model)
+        if sum(data.train_weights[i] for i in g) > 0
+    ]
     if len(groups) == 1:
-        logger.warning("%s: the training rows are one group of %d partition(s): one model each, trained once on "
-                       "all of them (nothing to combine); lower input.max_partition_rows or "
-                       "train.partitions.partitions_per_model for several", ", ".join(jobs), len(groups[0]))
+        logger.warning(
+            "%s: the training rows are one group of %d partition(s): one model each, trained once on "
+            "all of them (nothing to combine); lower input.max_partition_rows or "
+            "train.partitions.partitions_per_model for several",
+            ", ".join(jobs),
+            len(groups[0]),
+        )
     token = call_token(data.token)
     pending = {}
     for name, (task, kwargs_of_group) in jobs.items():
         for gi, group in enumerate(groups):
-            pending[(name, gi)] = client.submit(task, *[data.futures[i] for i in group], **kwargs_of_group(gi),
-                                                key=f"train-{name.replace('_', '-')}-{token}-{gi}", pure=False)
+            pending[(name, gi)] = client.submit(
+                task,
+                *[data.futures[i] for i in group],
+                **kwargs_of_group(gi),
+                key=f"train-{name.replace('_', '-')}-{token}-{gi}",
+                pure=False,
+            )
     started = time.perf_counter()
     results = dict(zip(pending, progress.compute(client, list(pending.values()), f"train {', '.join(jobs)}")))
     wall = time.perf_counter() - started
@@ -66,10 +78,12 @@ def train_partition_models(runtime: Runtime, data: TrainingData, cfg: PartitionM
             "members": members,
             # Training time of the family alone: its models' seconds spread over the workers
             # (the families train side by side, so the shared wall time would count both).
-            "seconds": wall if len(jobs) == 1 else sum(m["seconds"] for m in members) / max(
-                1, min(len(members), len(set(data.workers)))),
-            "partition_metrics": [partition_model_metrics(g, m["rows"], m["validation"])
-                                  for g, m in zip(groups, members)],
+            "seconds": wall
+            if len(jobs) == 1
+            else sum(m["seconds"] for m in members) / max(1, min(len(members), len(set(data.workers)))),
+            "partition_metrics": [
+                partition_model_metrics(g, m["rows"], m["validation"]) for g, m in zip(groups, members)
+            ],
         }
     return out
 
@@ -77,8 +91,12 @@ def train_partition_models(runtime: Runtime, data: TrainingData, cfg: PartitionM
 def partition_model_metrics(partitions: list, train_rows: int, validation: dict) -> dict:
     """One per-partition model's entry of the report: its partitions, training rows, and
     metrics on its own validation rows (whose count the metrics' ``rows`` is)."""
-    return {"partitions": partitions, **validation, "train_rows": train_rows,
-            "validation_rows": validation.get("rows", 0)}
+    return {
+        "partitions": partitions,
+        **validation,
+        "train_rows": train_rows,
+        "validation_rows": validation.get("rows", 0),
+    }
 
 
 # ----------------------------------------------------------------------------- as model families
@@ -94,9 +112,14 @@ def xgboost_job(context, family):
 
     data, tc = context.data, context.config
     params = xgboost_params(data.task, tc.xgboost, context.runtime.backend, tc.seed, classes=data.classes)
-    kwargs = dict(params=params, rounds=tc.partitions.xgboost_rounds,
-                  feature_names=data.feature_names, feature_types=data.feature_types(tc.xgboost.categorical),
-                  scoring=data.scoring, early_stopping_rounds=tc.xgboost.early_stopping_rounds)
+    kwargs = dict(
+        params=params,
+        rounds=tc.partitions.xgboost_rounds,
+        feature_names=data.feature_names,
+        feature_types=data.feature_types(tc.xgboost.categorical),
+        scoring=data.scoring,
+        early_stopping_rounds=tc.xgboost.early_stopping_rounds,
+    )
     return train_group_xgboost, lambda group: kwargs, {}
 
 
@@ -107,11 +130,20 @@ def mlp_job(context, family):
 
     tc = context.config
     spec, optim = mlp_spec_for(context.data.preprocessor, tc.mlp), mlp_optim_for(tc.mlp, context.runtime.backend)
-    return train_group_mlp, lambda group: dict(spec=spec, optim=optim, epochs=tc.partitions.mlp_epochs,
-                                               seed=tc.seed * 7919 + group, schedule=tc.mlp.lr_schedule,
-                                               scoring=context.data.scoring, max_steps=tc.mlp.max_steps,
-                                               patience=tc.mlp.early_stopping_patience), \
-        {"spec": spec}
+    return (
+        train_group_mlp,
+        lambda group: dict(
+            spec=spec,
+            optim=optim,
+            epochs=tc.partitions.mlp_epochs,
+            seed=tc.seed * 7919 + group,
+            schedule=tc.mlp.lr_schedule,
+            scoring=context.data.scoring,
+            max_steps=tc.mlp.max_steps,
+            patience=tc.mlp.early_stopping_patience,
+        ),
+        {"spec": spec},
+    )
 
 
 def _save_members(stage_dir, family, result: dict, suffix: str, write) -> None:

@@ -5,13 +5,20 @@ from __future__ import annotations
 import logging
 import time
 
-from shardflow.pipelines.rundir import RunDir
 from shardflow.cluster.factory import Runtime
 from shardflow.pipelines.graph import scatter_named, tree_reduce_futures
+from shardflow.pipelines.rundir import RunDir
 from shardflow.pipelines.training.data import TrainingData, call_token
 from shardflow.tasks.combiners import fit_combiner
-from shardflow.tasks.models import (add_stack_terms, fit_stack_in_one_task, member_predictions, stack_design,
-                                    stack_labels, stack_partition_losses, stack_partition_terms)
+from shardflow.tasks.models import (
+    add_stack_terms,
+    fit_stack_in_one_task,
+    member_predictions,
+    stack_design,
+    stack_labels,
+    stack_partition_losses,
+    stack_partition_terms,
+)
 from shardflow.tasks.targets import target_kind
 
 logger = logging.getLogger(__name__)
@@ -22,8 +29,15 @@ logger = logging.getLogger(__name__)
 ONE_TASK_BYTES = 64 * 2**20
 
 
-def fit_stacker(runtime: Runtime, data: TrainingData, member_models: list, *, max_iter: int = 100,
-                ridge: float = 1e-4, in_one_task: bool | None = None) -> dict:
+def fit_stacker(
+    runtime: Runtime,
+    data: TrainingData,
+    member_models: list,
+    *,
+    max_iter: int = 100,
+    ridge: float = 1e-4,
+    in_one_task: bool | None = None,
+) -> dict:
     """Fit the stacked combiner on the validation split, by a damped Newton method on reductions.
 
     Inputs are the per-partition models' predictions (logits for a binary target, log
@@ -48,10 +62,13 @@ def fit_stacker(runtime: Runtime, data: TrainingData, member_models: list, *, ma
     started = time.perf_counter()
     token = call_token(data.token)
     models_f = scatter_named(client, f"train-stack-members-{token}", member_models)
-    preds = [client.submit(member_predictions, f, models_f, key=f"train-stack-predict-{token}-{i}")
-             for i, f in enumerate(data.futures)]
-    designs = [client.submit(stack_design, p, data.task, key=f"train-stack-design-{token}-{i}")
-               for i, p in enumerate(preds)]
+    preds = [
+        client.submit(member_predictions, f, models_f, key=f"train-stack-predict-{token}-{i}")
+        for i, f in enumerate(data.futures)
+    ]
+    designs = [
+        client.submit(stack_design, p, data.task, key=f"train-stack-design-{token}-{i}") for i, p in enumerate(preds)
+    ]
     del preds  # the designs hold what the Newton steps need
     combiner = target_kind(data.task).combiner
     members, classes = len(member_models), data.classes
@@ -61,38 +78,63 @@ def fit_stacker(runtime: Runtime, data: TrainingData, member_models: list, *, ma
     if one_task:
         # Small: the designs and labels go to one task, and every Newton pass runs there
         # (one round trip instead of one per pass).
-        labels = [client.submit(stack_labels, f, key=f"train-stack-labels-{token}-{i}")
-                  for i, f in enumerate(data.futures)]
-        fitted = client.submit(fit_stack_in_one_task, designs, labels, data.task, members=members, classes=classes,
-                               ridge=ridge, max_iter=max_iter, key=f"train-stack-fit-{token}").result()
+        labels = [
+            client.submit(stack_labels, f, key=f"train-stack-labels-{token}-{i}") for i, f in enumerate(data.futures)
+        ]
+        fitted = client.submit(
+            fit_stack_in_one_task,
+            designs,
+            labels,
+            data.task,
+            members=members,
+            classes=classes,
+            ridge=ridge,
+            max_iter=max_iter,
+            key=f"train-stack-fit-{token}",
+        ).result()
     else:
         passes = iter(range(max_iter + 1))
 
         def terms_at(thetas):
             step = next(passes)
-            terms = [client.submit(stack_partition_terms, design, f, thetas, data.task,
-                                   key=f"train-stack-terms-{token}-{step}-{i}")
-                     for i, (design, f) in enumerate(zip(designs, data.futures))]
+            terms = [
+                client.submit(
+                    stack_partition_terms, design, f, thetas, data.task, key=f"train-stack-terms-{token}-{step}-{i}"
+                )
+                for i, (design, f) in enumerate(zip(designs, data.futures))
+            ]
             return tree_reduce_futures(client, terms, add_stack_terms, f"train-stack-newton-{token}-{step}").result()
 
         def losses_at(candidates):
-            losses = [client.submit(stack_partition_losses, design, f, candidates, data.task,
-                                    key=f"train-stack-losses-{token}-{i}")
-                      for i, (design, f) in enumerate(zip(designs, data.futures))]
+            losses = [
+                client.submit(
+                    stack_partition_losses, design, f, candidates, data.task, key=f"train-stack-losses-{token}-{i}"
+                )
+                for i, (design, f) in enumerate(zip(designs, data.futures))
+            ]
             return tree_reduce_futures(client, losses, add_stack_terms, f"train-stack-check-{token}").result()
 
-        fitted = fit_combiner(terms_at, losses_at, combiner, members=members, classes=classes, ridge=ridge,
-                              max_iter=max_iter)
+        fitted = fit_combiner(
+            terms_at, losses_at, combiner, members=members, classes=classes, ridge=ridge, max_iter=max_iter
+        )
     fitted["one_task"] = one_task
     if not fitted["converged"]:
-        logger.warning("stacked: the combiner's fit did not converge in %d Newton passes%s; it is kept where its "
-                       "loss was lowest (never above the members' average on its rows)", len(fitted["newton_steps"]),
-                       " (its line search stalled)" if fitted["stalled"] else "")
+        logger.warning(
+            "stacked: the combiner's fit did not converge in %d Newton passes%s; it is kept where its "
+            "loss was lowest (never above the members' average on its rows)",
+            len(fitted["newton_steps"]),
+            " (its line search stalled)" if fitted["stalled"] else "",
+        )
     if fitted["out_of_fold_loss"] > fitted["best_member_loss"]:
-        logger.warning("stacked: WORSE THAN ITS BEST MEMBER: out-of-fold validation loss %.5g against %.5g for "
-                       "member %d of %d (their average: %.5g); prefer xgboost_partitions or the global model",
-                       fitted["out_of_fold_loss"], fitted["best_member_loss"], fitted["best_member"] + 1,
-                       members, fitted["average_loss"])
+        logger.warning(
+            "stacked: WORSE THAN ITS BEST MEMBER: out-of-fold validation loss %.5g against %.5g for "
+            "member %d of %d (their average: %.5g); prefer xgboost_partitions or the global model",
+            fitted["out_of_fold_loss"],
+            fitted["best_member_loss"],
+            fitted["best_member"] + 1,
+            members,
+            fitted["average_loss"],
+        )
     return {**fitted, "seconds": time.perf_counter() - started}
 
 
@@ -109,10 +151,33 @@ def train_family(context, family) -> dict:
 def save_family(stage_dir, family, result: dict) -> None:
     from shardflow.pipelines.artifacts import write_json
 
-    write_json(RunDir.train_file(stage_dir, family.file("json")), {"members": family.needs[0], **{k: result[k] for k in (
-        "coef", "coef_even", "coef_odd", "fit_seconds", "seconds", "newton_steps", "objective", "converged",
-        "stalled", "one_task", "out_of_fold_loss",
-        "fit_loss", "member_losses", "best_member", "best_member_loss", "average_loss")}})
+    write_json(
+        RunDir.train_file(stage_dir, family.file("json")),
+        {
+            "members": family.needs[0],
+            **{
+                k: result[k]
+                for k in (
+                    "coef",
+                    "coef_even",
+                    "coef_odd",
+                    "fit_seconds",
+                    "seconds",
+                    "newton_steps",
+                    "objective",
+                    "converged",
+                    "stalled",
+                    "one_task",
+                    "out_of_fold_loss",
+                    "fit_loss",
+                    "member_losses",
+                    "best_member",
+                    "best_member_loss",
+                    "average_loss",
+                )
+            },
+        },
+    )
 
 
 def load_coefficients(files, family) -> dict:

@@ -59,8 +59,18 @@ class ResumableState(xgb.callback.TrainingCallback):
     checkpoint, and early stopping would then keep the wrong best round.
     """
 
-    def __init__(self, directory, *, seconds: float | None, token: str, metric: str, maximize: bool,
-                 patience: int | None, state: dict | None = None, progress_topic: str | None = None):
+    def __init__(
+        self,
+        directory,
+        *,
+        seconds: float | None,
+        token: str,
+        metric: str,
+        maximize: bool,
+        patience: int | None,
+        state: dict | None = None,
+        progress_topic: str | None = None,
+    ):
         super().__init__()
         self.progress_topic = progress_topic
         self.directory = directory
@@ -104,8 +114,16 @@ class ResumableState(xgb.callback.TrainingCallback):
             self._write(model, epoch + 1, stop)
             self._written = time.perf_counter()  # the write itself is not training time
         if self.progress_topic and xgb.collective.get_rank() == 0:
-            _report(self.progress_topic, {"done": epoch + 1, "metric": self.metric, "score": score,
-                                          "best": self.best_score, "best_round": self.best_iteration + 1})
+            _report(
+                self.progress_topic,
+                {
+                    "done": epoch + 1,
+                    "metric": self.metric,
+                    "score": score,
+                    "best": self.best_score,
+                    "best_round": self.best_iteration + 1,
+                },
+            )
         return stop
 
     def after_training(self, model):
@@ -117,8 +135,14 @@ class ResumableState(xgb.callback.TrainingCallback):
             return
         directory = location(self.directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {"token": self.token, "rounds": rounds, "history": self.history, "best_score": self.best_score,
-                 "best_iteration": self.best_iteration, "round_seconds": self.round_seconds}
+        state = {
+            "token": self.token,
+            "rounds": rounds,
+            "history": self.history,
+            "best_score": self.best_score,
+            "best_iteration": self.best_iteration,
+            "round_seconds": self.round_seconds,
+        }
         if stopped is not None:
             state["stopped"] = bool(stopped)
         else:

@@ -12,11 +12,11 @@ import time
 from dask.base import tokenize
 from dask.utils import format_bytes
 
-from shardflow.pipelines.rundir import RunDir
 from shardflow.cluster.factory import Runtime
 from shardflow.pipelines import progress
-from shardflow.pipelines.train_config import XGBoostConfig
 from shardflow.pipelines.plan import trains_on_one_worker
+from shardflow.pipelines.rundir import RunDir
+from shardflow.pipelines.train_config import XGBoostConfig
 from shardflow.pipelines.training.data import TrainingData, call_token, recover
 from shardflow.tasks.errors import ShardflowError
 from shardflow.tasks.metrics import metric_direction
@@ -27,9 +27,14 @@ logger = logging.getLogger("shardflow.train")
 
 #: The metric early stopping watches when ``train.xgboost.params`` sets a regression
 #: objective of its own but no ``eval_metric``: the objective's own loss.
-OBJECTIVE_METRICS = {"reg:absoluteerror": "mae", "reg:quantileerror": "quantile", "reg:pseudohubererror": "mphe",
-                     "reg:squaredlogerror": "rmsle", "reg:gamma": "gamma-nloglik",
-                     "count:poisson": "poisson-nloglik"}
+OBJECTIVE_METRICS = {
+    "reg:absoluteerror": "mae",
+    "reg:quantileerror": "quantile",
+    "reg:pseudohubererror": "mphe",
+    "reg:squaredlogerror": "rmsle",
+    "reg:gamma": "gamma-nloglik",
+    "count:poisson": "poisson-nloglik",
+}
 
 
 def xgboost_params(task: str, cfg: XGBoostConfig, backend: str, seed: int, classes: int = 2) -> dict:
@@ -67,18 +72,37 @@ def xgboost_params(task: str, cfg: XGBoostConfig, backend: str, seed: int, class
     return params
 
 
-def _xgboost_rounds(client, data, *, params, cfg, collective_timeout, booster, state, remaining, checkpoint_dir,
-                    token, metric, callbacks, label, single, checkpoint_seconds):
+def _xgboost_rounds(
+    client,
+    data,
+    *,
+    params,
+    cfg,
+    collective_timeout,
+    booster,
+    state,
+    remaining,
+    checkpoint_dir,
+    token,
+    metric,
+    callbacks,
+    label,
+    single,
+    checkpoint_seconds,
+):
     """Train ``remaining`` rounds with one pinned task per worker, joined by a tracker on
     the scheduler (see :mod:`shardflow.pipelines.training.collective`); ``single``: one
     task on one worker, no tracker."""
-    from shardflow.pipelines.training.xgboost_checkpoint import ResumableState
     from shardflow.pipelines.training.collective import gather_watching, start_xgboost_tracker
+    from shardflow.pipelines.training.xgboost_checkpoint import ResumableState
     from shardflow.tasks.models import train_xgboost_rank
 
     # A partition with no rows at all has nothing to contribute.
-    useful = [(f, w) for f, w, n_train, n_valid in zip(data.futures, data.workers, data.train_rows, data.valid_rows)
-              if n_train or n_valid]
+    useful = [
+        (f, w)
+        for f, w, n_train, n_valid in zip(data.futures, data.workers, data.train_rows, data.valid_rows)
+        if n_train or n_valid
+    ]
     held = {}
     for f, w in useful:
         held.setdefault(w, []).append(f)
@@ -91,9 +115,16 @@ def _xgboost_rounds(client, data, *, params, cfg, collective_timeout, booster, s
         nthread = host_threads(client, worker)
         held = {worker: [f for f, _ in useful]}
     workers = sorted(held)
-    tracker = ResumableState(checkpoint_dir, seconds=checkpoint_seconds, token=token, metric=metric,
-                             maximize=metric_direction(metric) == "max", patience=cfg.early_stopping_rounds,
-                             state=state, progress_topic=f"shardflow-progress-{token}")
+    tracker = ResumableState(
+        checkpoint_dir,
+        seconds=checkpoint_seconds,
+        token=token,
+        metric=metric,
+        maximize=metric_direction(metric) == "max",
+        patience=cfg.early_stopping_rounds,
+        state=state,
+        progress_topic=f"shardflow-progress-{token}",
+    )
     coll = None
     if not single:
         # A collective that loses a member must fail, not wait forever for it.
@@ -104,13 +135,27 @@ def _xgboost_rounds(client, data, *, params, cfg, collective_timeout, booster, s
     name = call_token(f"train-xgboost-global-{token}")
     done = state["rounds"] if state else 0
     with progress.Rounds(client, tracker.progress_topic, label, total=done + remaining, done=done):
-        futures = [client.submit(train_xgboost_rank, coll, rank, *held[w], params=params, rounds=remaining,
-                                 model=model, feature_names=data.feature_names,
-                                 feature_types=data.feature_types(cfg.categorical), categorical=cfg.categorical,
-                                 callbacks=[tracker, *callbacks], nthread=nthread, key=f"{name}-rank{rank}",
-                                 workers=[w],
-                                 allow_other_workers=False, pure=False)
-                   for rank, w in enumerate(workers)]
+        futures = [
+            client.submit(
+                train_xgboost_rank,
+                coll,
+                rank,
+                *held[w],
+                params=params,
+                rounds=remaining,
+                model=model,
+                feature_names=data.feature_names,
+                feature_types=data.feature_types(cfg.categorical),
+                categorical=cfg.categorical,
+                callbacks=[tracker, *callbacks],
+                nthread=nthread,
+                key=f"{name}-rank{rank}",
+                workers=[w],
+                allow_other_workers=False,
+                pure=False,
+            )
+            for rank, w in enumerate(workers)
+        ]
         gather_watching(client, futures, workers, "global XGBoost training")
 
 
@@ -126,9 +171,19 @@ def _stopping_metric(params: dict) -> str:
     return metrics[-1] if isinstance(metrics, (list, tuple)) else metrics
 
 
-def train_global_xgboost(runtime: Runtime, data: TrainingData, cfg: XGBoostConfig, *, checkpoint_dir,
-                         seed: int = 0, callbacks=(), label: str = "global XGBoost", max_attempts: int = 3,
-                         collective_timeout: int | None = 600, checkpoint_seconds: float | None = 60.0) -> dict:
+def train_global_xgboost(
+    runtime: Runtime,
+    data: TrainingData,
+    cfg: XGBoostConfig,
+    *,
+    checkpoint_dir,
+    seed: int = 0,
+    callbacks=(),
+    label: str = "global XGBoost",
+    max_attempts: int = 3,
+    collective_timeout: int | None = 600,
+    checkpoint_seconds: float | None = 60.0,
+) -> dict:
     """One exact XGBoost model over all partitions, trained with allreduce.
 
     Early stopping watches the validation split; after the first round that ends
@@ -158,11 +213,16 @@ def train_global_xgboost(runtime: Runtime, data: TrainingData, cfg: XGBoostConfi
     workers_info = client.scheduler_info(n_workers=-1)["workers"]
     n_workers = len(workers_info)
     array_bytes = (sum(data.train_rows) + sum(data.valid_rows)) * (data.n_features + 3) * 4
-    single = trains_on_one_worker(cfg.single_worker, array_bytes,
-                                  [w.get("memory_limit") or 0 for w in workers_info.values()])
+    single = trains_on_one_worker(
+        cfg.single_worker, array_bytes, [w.get("memory_limit") or 0 for w in workers_info.values()]
+    )
     if single and n_workers > 1:
-        logger.info("xgboost: %s of training arrays: one worker with its host's threads, no allreduce "
-                    "(train.xgboost.single_worker: %s)", format_bytes(int(array_bytes)), cfg.single_worker)
+        logger.info(
+            "xgboost: %s of training arrays: one worker with its host's threads, no allreduce "
+            "(train.xgboost.single_worker: %s)",
+            format_bytes(int(array_bytes)),
+            cfg.single_worker,
+        )
     restarts = []
     for attempt in range(1, max_attempts + 1):
         booster, state = read_checkpoint(checkpoint_dir, token)
@@ -175,26 +235,53 @@ def train_global_xgboost(runtime: Runtime, data: TrainingData, cfg: XGBoostConfi
         if remaining <= 0:
             break
         try:
-            _xgboost_rounds(client, data, params=params, cfg=cfg, collective_timeout=collective_timeout,
-                            booster=booster, state=state, remaining=remaining, checkpoint_dir=checkpoint_dir,
-                            token=token, metric=metric, callbacks=callbacks, label=label, single=single,
-                            checkpoint_seconds=checkpoint_seconds)
+            _xgboost_rounds(
+                client,
+                data,
+                params=params,
+                cfg=cfg,
+                collective_timeout=collective_timeout,
+                booster=booster,
+                state=state,
+                remaining=remaining,
+                checkpoint_dir=checkpoint_dir,
+                token=token,
+                metric=metric,
+                callbacks=callbacks,
+                label=label,
+                single=single,
+                checkpoint_seconds=checkpoint_seconds,
+            )
             break
-        except Exception as err:  # noqa: BLE001 - collective training cannot survive a lost member
+        except Exception as err:
             if attempt == max_attempts or isinstance(err, ShardflowError):
                 raise
-            logger.warning("xgboost: training failed (%s: %s); attempt %d/%d resumes from the last checkpoint",
-                           type(err).__name__, str(err).splitlines()[0][:200], attempt + 1, max_attempts)
+            logger.warning(
+                "xgboost: training failed (%s: %s); attempt %d/%d resumes from the last checkpoint",
+                type(err).__name__,
+                str(err).splitlines()[0][:200],
+                attempt + 1,
+                max_attempts,
+            )
             data = recover(runtime, data, n_workers)
     booster, state = read_checkpoint(checkpoint_dir, token)
     best = int(state["best_iteration"])
     final = booster[: best + 1] if cfg.early_stopping_rounds is not None else booster
     seconds = time.perf_counter() - started
-    logger.info("xgboost: %d rounds, best %d (%s %.5f), %.1fs", state["rounds"], best, metric,
-                state["best_score"], seconds)
-    return {"model": bytes(final.save_raw("ubj")), "history": state["history"], "best_iteration": best,
-            "rounds": state["rounds"], "round_seconds": state["round_seconds"], "seconds": seconds,
-            "resumed_from": resumed_from, "restarts": restarts, "params": params}
+    logger.info(
+        "xgboost: %d rounds, best %d (%s %.5f), %.1fs", state["rounds"], best, metric, state["best_score"], seconds
+    )
+    return {
+        "model": bytes(final.save_raw("ubj")),
+        "history": state["history"],
+        "best_iteration": best,
+        "rounds": state["rounds"],
+        "round_seconds": state["round_seconds"],
+        "seconds": seconds,
+        "resumed_from": resumed_from,
+        "restarts": restarts,
+        "params": params,
+    }
 
 
 # ----------------------------------------------------------------------------- as a model family
@@ -204,11 +291,18 @@ _META = ("history", "best_iteration", "rounds", "round_seconds", "seconds", "res
 
 def train_family(context, family) -> dict:
     tc = context.config
-    return train_global_xgboost(context.runtime, context.data, tc.xgboost,
-                                checkpoint_dir=RunDir(context.run_dir).checkpoints(family.name), seed=tc.seed,
-                                callbacks=context.xgboost_callbacks, label=family.name,
-                                max_attempts=tc.max_attempts, collective_timeout=tc.collective_timeout,
-                                checkpoint_seconds=tc.checkpoint_seconds)
+    return train_global_xgboost(
+        context.runtime,
+        context.data,
+        tc.xgboost,
+        checkpoint_dir=RunDir(context.run_dir).checkpoints(family.name),
+        seed=tc.seed,
+        callbacks=context.xgboost_callbacks,
+        label=family.name,
+        max_attempts=tc.max_attempts,
+        collective_timeout=tc.collective_timeout,
+        checkpoint_seconds=tc.checkpoint_seconds,
+    )
 
 
 def save_family(stage_dir, family, result: dict) -> None:
@@ -264,9 +358,20 @@ def tracking(files, family, sample) -> dict:
         from mlflow.models import Model, infer_signature
 
         output = booster.predict(xgb.DMatrix(sample))
-        Model.log(None, name=family.name, flavor=mlflow.xgboost, run_id=run_id, model_id=model_id, xgb_model=booster,
-                  model_format="ubj", signature=infer_signature(sample, output))
+        Model.log(
+            None,
+            name=family.name,
+            flavor=mlflow.xgboost,
+            run_id=run_id,
+            model_id=model_id,
+            xgb_model=booster,
+            model_format="ubj",
+            signature=infer_signature(sample, output),
+        )
 
-    curves = {f"{family.name}.{split}.{metric}": values
-              for split, by_metric in meta.get("history", {}).items() for metric, values in by_metric.items()}
+    curves = {
+        f"{family.name}.{split}.{metric}": values
+        for split, by_metric in meta.get("history", {}).items()
+        for metric, values in by_metric.items()
+    }
     return {"params": meta.get("params") or {}, "curves": curves, "log_model": log_model}
