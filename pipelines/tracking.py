@@ -107,6 +107,7 @@ class MLflowRun:
         _check_tracking_uri(config.tracking_uri)
         self.uri = config.tracking_uri or mlflow.get_tracking_uri()
         self.client = MlflowClient(tracking_uri=self.uri)
+        check_reachable(self.uri)  # MLflow's own retries of a dead server take minutes
         try:
             self._open(config, run_dir)
         except Exception as err:
@@ -198,6 +199,43 @@ class MLflowRun:
             )
         for start in range(0, len(metrics), 1000):
             self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
+
+
+#: Seconds :func:`check_reachable` waits for a tracking server to accept a connection.
+PROBE_TIMEOUT = 5.0
+
+
+def check_reachable(uri: str, timeout: float = PROBE_TIMEOUT) -> None:
+    """Raise one line when nothing accepts a connection at an ``http(s)://`` tracking URI.
+
+    One TCP connection, at most ``timeout`` seconds, before any stage runs: MLflow's HTTP
+    client retries a dead server with backoff for minutes. Other schemes (``file:``,
+    ``sqlite:``, ``databricks``) and URIs reached through a proxy are left to MLflow.
+
+    Examples
+    --------
+    >>> check_reachable("sqlite:///mlflow.db")  # not a network address: nothing to probe
+    """
+    import socket
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    from shardflow.tasks.errors import ShardflowError
+
+    parts = urlsplit(str(uri))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    if urllib.request.getproxies().get(parts.scheme) and not urllib.request.proxy_bypass(parts.hostname):
+        return  # the proxy, not this machine, connects to the server
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as err:
+        reason = f"no answer within {timeout:g}s" if isinstance(err, TimeoutError) else type(err).__name__
+        raise ShardflowError(
+            f"config key 'tracking.mlflow': cannot open an MLflow run at {uri} (nothing accepts a connection "
+            f"at {parts.hostname}:{port}: {reason}); start the server or fix tracking_uri"
+        ) from None
 
 
 def metric_name(name: str) -> str:
