@@ -45,3 +45,24 @@ def trips_copy(trips_dir, tmp_path) -> Path:
     dest = tmp_path / "trips-copy"
     shutil.copytree(trips_dir, dest)
     return dest
+
+
+@pytest.fixture
+def constant_logloss():
+    """``of(run_dir)``: the validation log loss of the best constant predictor (the training
+    rows' positive rate) of a binary run, the bar a trained model must clearly beat."""
+
+    def of(run_dir) -> float:
+        import numpy as np
+        import pandas as pd
+
+        from shardflow.pipelines.rundir import RunDir
+        from shardflow.tasks.encode import Preprocessor
+
+        target = Preprocessor.from_json(RunDir(run_dir).preprocessor.read_text()).target
+        frame = pd.read_parquet(Path(run_dir) / "etl" / "features", columns=[target, "_is_validation"])
+        rate = frame.loc[~frame["_is_validation"], target].mean()
+        y = frame.loc[frame["_is_validation"], target].to_numpy()
+        return float(-np.mean(y * np.log(rate) + (1 - y) * np.log(1 - rate)))
+
+    return of

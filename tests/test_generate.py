@@ -43,7 +43,12 @@ def test_dataset_has_the_documented_shape():
     rush = df.pickup_datetime.dt.hour.isin([7, 8, 9, 16, 17, 18]) & (df.pickup_datetime.dt.day_of_week < 5)
     assert df.is_delayed[rush].mean() > df.is_delayed[~rush].mean() + 0.1
     assert np.corrcoef(df.delay_min, df.trip_distance.clip(0, 30).fillna(0))[0, 1] > 0.2
-    assert isinstance(df, pd.DataFrame)
+    # Partition-independent: a partition's rows depend on the seed and its index only, its
+    # trip ids continue from the rows before it.
+    second = generate_partition(0, 1, 1_000, 50_000).to_pandas()
+    assert second.trip_id.min() == 50_000 and not second.trip_id.isin(df.trip_id).any()
+    pd.testing.assert_frame_equal(generate_partition(0, 1, 1_000, 50_000).to_pandas(), second)
+    assert not second.trip_distance.head(100).equals(df.trip_distance.head(100).reset_index(drop=True))
 
 
 def test_a_table_without_rows_per_partition_is_written_in_several_files(runtime, tmp_path):

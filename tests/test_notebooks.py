@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -17,7 +18,7 @@ def test_there_are_notebooks():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs(path, tmp_path, monkeypatch):
-    monkeypatch.setenv("SHARDFLOW_WORK", str(tmp_path / "work"))
+    monkeypatch.setenv("SHARDFLOW_WORK", "work")  # relative, as a user's would be: to the kernel's folder
     monkeypatch.setenv("SHARDFLOW_WORKERS", "2")
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(
@@ -27,4 +28,10 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(o.get("text", "") for o in outputs)
-    assert "validation AUC on the sample" in text and "report:" in text
+    assert "validation AUC on the sample" in text
+    # What the notebook shows: the report it names exists, and its last listing shows that run.
+    report = Path(re.search(r"report: (\S+)", text).group(1))
+    assert report.name == "report.html" and (tmp_path / report).is_file()
+    assert report.parent.parent.resolve() == (tmp_path / "work" / "runs").resolve()
+    listing = [o for o in outputs if o.get("output_type") == "execute_result"][-1]["data"]["text/plain"]
+    assert report.parent.name in listing

@@ -351,7 +351,9 @@ def test_partition_larger_than_worker_memory_fails_with_the_setting_to_change(ru
         rt.close()
 
 
-def test_worker_killed_mid_epoch_of_the_data_parallel_mlp_resumes_and_finishes(trips_dir, own_cluster, tmp_path):
+def test_worker_killed_mid_epoch_of_the_data_parallel_mlp_resumes_and_finishes(
+    trips_dir, own_cluster, tmp_path, constant_logloss
+):
     """SIGKILL a rank mid-epoch: its peer's collective fails at once (no hang), and training
     resumes from the last epoch's checkpoint on the restarted worker and finishes."""
     from shardflow.pipelines.train_config import MLPConfig
@@ -379,7 +381,9 @@ def test_worker_killed_mid_epoch_of_the_data_parallel_mlp_resumes_and_finishes(t
     assert killer.killed.is_set(), "no worker was killed during the second epoch"
     assert out["restarts"] == [1]  # resumed after the first epoch's checkpoint
     assert len(out["history"]["validation_loss"]) == 4
-    assert out["history"]["validation_loss"][-1] < 0.6
+    constant = constant_logloss(run_dir)
+    print(f"validation loss {out['history']['validation_loss'][-1]:.4f}, constant predictor {constant:.4f}")
+    assert out["history"]["validation_loss"][-1] < 0.9 * constant
     assert time.monotonic() - started < 60  # the survivor did not wait for the 60 s collective timeout
 
 

@@ -415,7 +415,7 @@ def test_gradient_accumulation_over_the_group_equals_the_larger_batch(trips_dir,
         np.testing.assert_allclose(accumulated["params"][name], value, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-def test_mlp_options_train(trips_dir, runtime, tmp_path):
+def test_mlp_options_train(trips_dir, runtime, tmp_path, constant_logloss):
     """bf16, gradient accumulation, a schedule and early stopping run and improve on the start."""
     config = load_config(default_config_path(), [f"output.runs_dir={tmp_path}"], base_dir=trips_dir)
     run_dir = etl(config, runtime=runtime).run_dir
@@ -432,7 +432,9 @@ def test_mlp_options_train(trips_dir, runtime, tmp_path):
         early_stopping_patience=1,
     )
     out = train_data_parallel_mlp(runtime, data, cfg, seed=0)
-    assert out["history"]["validation_loss"][-1] < 0.6
+    constant = constant_logloss(run_dir)
+    print(f"validation loss {out['history']['validation_loss'][-1]:.4f}, constant predictor {constant:.4f}")
+    assert out["history"]["validation_loss"][-1] < 0.9 * constant
     assert len(out["history"]["lr"]) >= 1
 
 
