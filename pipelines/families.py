@@ -6,7 +6,8 @@ loads them back, how it predicts (a function of :mod:`shardflow.tasks.models`, r
 workers) and, optionally, how it draws its training curves in the report. Everything
 else — the config's choices, the CLI, training, saving, evaluation, prediction, the
 report — iterates over :data:`FAMILIES`. A new family is one entry here and a module
-of its own.
+of its own; its report curves and MLflow logging are adapters in
+:mod:`shardflow.pipelines.family_views`, outside the training code.
 
 Training order follows ``stage``: the global XGBoost first, then every per-partition
 family in one graph (their models train side by side), then the families built on
@@ -48,6 +49,11 @@ class Deferred:
 def _lazy(module: str, name: str) -> Deferred:
     """A training function of ``pipelines/training/<module>.py``."""
     return Deferred(f"pipelines.training.{module}", name)
+
+
+def _view(name: str) -> Deferred:
+    """A presentation adapter of :mod:`shardflow.pipelines.family_views` (report curves, MLflow)."""
+    return Deferred("pipelines.family_views", name)
 
 
 def _predictor(name: str) -> Deferred:
@@ -93,7 +99,8 @@ class Family:
     validation_predict : callable, optional
         What evaluation uses instead of ``predict`` (the stacked combiner's out-of-fold fit).
     curves : callable, optional
-        ``curves(run_dir, family) -> [(figure, caption)]`` for the report.
+        ``curves(run_dir, family) -> [(figure, caption)]`` for the report
+        (:mod:`shardflow.pipelines.family_views`).
     export : callable
         ``export(graph, features, payload, kind) -> scores``: the family's predictions as ONNX
         operators (:mod:`shardflow.tasks.onnx_graph`), for ``shardflow export``.
@@ -109,9 +116,11 @@ class Family:
         cluster starts, overlapped with the ETL: :class:`~shardflow.cluster.plugins.PreloadPlugin`).
     tracking : callable, optional
         ``tracking(files, family, sample) -> {"params", "curves", "log_model"}`` for MLflow
-        (:mod:`shardflow.pipelines.tracking`): the effective hyperparameters, the metrics per
-        round or epoch, and ``log_model(run_id, model_id)`` that logs the model in its MLflow
-        flavour to that run and logged model (``sample``: rows of the feature matrix, for the signature).
+        (:mod:`shardflow.pipelines.tracking`; the adapters are in
+        :mod:`shardflow.pipelines.family_views`): the effective hyperparameters, the metrics
+        per round or epoch, and ``log_model(run_id, model_id)`` that logs the model in its
+        MLflow flavour to that run and logged model (``sample``: rows of the feature matrix,
+        for the signature).
     """
 
     name: str
@@ -169,10 +178,10 @@ FAMILIES = {
             save=_lazy("xgboost_global", "save_family"),
             load=_lazy("xgboost_global", "load_family"),
             predict=_predictor("predict_booster"),
-            curves=_lazy("xgboost_global", "curves"),
+            curves=_view("global_xgboost_curves"),
             export=_exporter("export_booster"),
             small_data_on_one_worker=True,
-            tracking=_lazy("xgboost_global", "tracking"),
+            tracking=_view("global_xgboost_tracking"),
         ),
         Family(
             "xgboost_partitions",
@@ -183,7 +192,7 @@ FAMILIES = {
             save=_lazy("partitions", "save_boosters"),
             load=_lazy("partitions", "load_boosters"),
             predict=_predictor("predict_booster_ensemble"),
-            curves=_lazy("partitions", "booster_curves"),
+            curves=_view("xgboost_ensemble_curves"),
             export=_exporter("export_booster_ensemble"),
         ),
         Family(
@@ -200,7 +209,7 @@ FAMILIES = {
             },
             predict=_predictor("predict_stacked"),
             validation_predict=_predictor("predict_stacked_out_of_fold"),
-            curves=_lazy("stacking", "curves"),
+            curves=_view("stacked_curves"),
             export=_exporter("export_stacked"),
         ),
         Family(
@@ -212,9 +221,9 @@ FAMILIES = {
             save=_lazy("mlp", "save_family"),
             load=_lazy("mlp", "load_family"),
             predict=_predictor("predict_mlp"),
-            curves=_lazy("mlp", "curves"),
+            curves=_view("data_parallel_mlp_curves"),
             export=_exporter("export_mlp"),
-            tracking=_lazy("mlp", "tracking"),
+            tracking=_view("data_parallel_mlp_tracking"),
             averages_worker_updates=True,
             quantizable=True,
             libraries=("shardflow.tasks.neural",),
@@ -228,7 +237,7 @@ FAMILIES = {
             save=_lazy("partitions", "save_mlps"),
             load=_lazy("partitions", "load_mlps"),
             predict=_predictor("predict_mlp_ensemble"),
-            curves=_lazy("partitions", "mlp_curves"),
+            curves=_view("mlp_ensemble_curves"),
             export=_exporter("export_mlp_ensemble"),
             quantizable=True,
             libraries=("shardflow.tasks.neural",),
@@ -246,7 +255,7 @@ FAMILIES = {
                 "fallback": _members_payload(files, family)["model"],
             },
             predict=Deferred("tasks.groups", "predict_by_group"),
-            curves=_lazy("groups", "curves"),
+            curves=_view("group_curves"),
             export=_exporter("export_by_group"),
             default=False,
         ),

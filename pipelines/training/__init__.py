@@ -4,7 +4,8 @@
 - :mod:`~shardflow.pipelines.training.xgboost_global` and
   :mod:`~shardflow.pipelines.training.collective`: the global XGBoost model (allreduce);
 - :mod:`~shardflow.pipelines.training.partitions`: per-partition models;
-- :mod:`~shardflow.pipelines.training.mlp`: the data-parallel MLP;
+- :mod:`~shardflow.pipelines.training.mlp`: the data-parallel MLP, and
+  :mod:`~shardflow.pipelines.training.mlp_setup`: the MLP families' network and optimizer;
 - :mod:`~shardflow.pipelines.training.stacking`: the stacked combiner;
 - :mod:`~shardflow.pipelines.training.checkpoint` and
   :mod:`~shardflow.pipelines.training.xgboost_checkpoint`: checkpoints of the global models.
@@ -13,7 +14,8 @@ What runs on a worker lives in :mod:`shardflow.tasks`.
 """
 
 from shardflow.pipelines.training.data import TrainingData, call_token, load_training_data, sorted_workers
-from shardflow.pipelines.training.mlp import mlp_optim_for, mlp_spec_for, train_data_parallel_mlp
+from shardflow.pipelines.training.mlp import train_data_parallel_mlp
+from shardflow.pipelines.training.mlp_setup import mlp_optim_for, mlp_spec_for
 from shardflow.pipelines.training.partitions import partition_groups, train_partition_models
 from shardflow.pipelines.training.stacking import fit_stacker
 from shardflow.pipelines.training.xgboost_global import train_global_xgboost, xgboost_params

@@ -166,23 +166,3 @@ def load_family(files, family) -> dict:
     meta = files.read_json(files.run.trained(family.file()))
     models = [files.read_bytes(files.run.trained(family.member_file(i, "ubj"))) for i in range(len(meta["keys"]))]
     return {"columns": meta["columns"], "keys": [tuple(k) for k in meta["keys"]], "models": models}
-
-
-def curves(run_dir, family) -> list:
-    """Each group model's metric on its own validation rows against its training rows."""
-    import json
-
-    from shardflow.pipelines.figures import subplots
-
-    meta = json.loads(RunDir(run_dir).trained(family.file()).read_text())
-    rows = [m for m in meta["group_metrics"] if m.get("rows")]
-    metric = next((k for k in ("auc", "r2", "accuracy") if rows and k in rows[0]), None)
-    if metric is None:
-        return []
-    fig, ax = subplots((5.5, 3.5))
-    ax.scatter([m["train_rows"] for m in rows], [m[metric] for m in rows], s=12)
-    ax.set_xscale("log")
-    ax.set_xlabel("training rows of the group")
-    ax.set_ylabel(f"{metric} on the group's validation rows")
-    ax.set_title(family.label)
-    return [(fig, f"{family.label}: one point per group ({len(meta['fallback_groups'])} groups use the global model)")]

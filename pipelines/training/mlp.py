@@ -29,9 +29,9 @@ from shardflow.pipelines.training.checkpoint import (
 )
 from shardflow.pipelines.training.collective import WorkerLost, gather_watching
 from shardflow.pipelines.training.data import TrainingData, call_token, recover
+from shardflow.pipelines.training.mlp_setup import mlp_optim_for, mlp_spec_for
 from shardflow.tasks import mlp_steps
 from shardflow.tasks import shards as shard_tasks
-from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.errors import ShardflowError
 from shardflow.tasks.process_group import CollectiveFailed, leave_group, open_rendezvous
 from shardflow.tasks.storage import location
@@ -40,41 +40,6 @@ logger = logging.getLogger("shardflow.train")
 
 #: Seconds a collective waits for a silent peer when ``train.collective_timeout`` is null.
 DEFAULT_COLLECTIVE_TIMEOUT = 600
-
-
-def mlp_spec_for(preprocessor: Preprocessor, cfg: MLPConfig):
-    """The MLP for the run's features and target: one output per class for a multi-class
-    target, and a regression target standardised with the training split's statistics."""
-    from shardflow.tasks.neural import MLPSpec
-    from shardflow.tasks.targets import target_kind
-
-    return MLPSpec(
-        n_numeric=len(preprocessor.numeric),
-        cardinalities=tuple(preprocessor.cardinalities[c] for c in preprocessor.categorical),
-        task=preprocessor.task,
-        hidden=tuple(cfg.hidden),
-        embedding_dim=cfg.embedding_dim,
-        dropout=cfg.dropout,
-        outputs=target_kind(preprocessor.task).outputs(len(preprocessor.classes)),
-        target_shift=preprocessor.target_shift,
-        target_scale=preprocessor.target_scale,
-    )
-
-
-def mlp_optim_for(cfg: MLPConfig, backend: str):
-    from shardflow.tasks.neural import OptimConfig
-
-    device = cfg.device if cfg.device != "auto" else ("cuda" if backend == "cudf" else "cpu")
-    return OptimConfig(
-        optimizer=cfg.optimizer,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-        batch_size=cfg.batch_size,
-        accumulation_steps=cfg.accumulation_steps,
-        bf16=cfg.bf16,
-        device=device,
-    )
 
 
 def train_data_parallel_mlp(
@@ -448,55 +413,3 @@ def save_family(stage_dir, family, result: dict) -> None:
 def load_family(files, family) -> dict:
     meta = files.read_json(files.run.trained(family.file()))
     return {"spec": meta["spec"], "params": files.read_weights(files.run.trained(family.file("pt")))}
-
-
-def curves(run_dir, family) -> list:
-    import json
-
-    from shardflow.pipelines.figures import subplots
-
-    meta = json.loads(RunDir(run_dir).trained(family.file()).read_text())
-    fig, ax = subplots((5.5, 3.5))
-    epochs = meta["history"].get("epoch") or range(1, len(meta["history"]["train_loss"]) + 1)
-    ax.plot(epochs, meta["history"]["train_loss"], marker="o", label="train loss")
-    ax.plot(epochs, meta["history"]["validation_loss"], marker="o", label="validation loss")
-    ax.set_xlabel("epoch")
-    ax.set_title(f"{family.label} ({meta['workers']} workers, sync every {meta['sync_every']} steps)")
-    ax.legend(fontsize=8)
-    return [(fig, f"{family.label}: loss per epoch")]
-
-
-def tracking(files, family, sample) -> dict:
-    """MLflow: the network's architecture, losses per epoch, and the network in MLflow's
-    pytorch flavour (feature matrix in; logits, or the standardised regression output, out)."""
-    import numpy as np
-
-    from shardflow.tasks.neural import MLPSpec, network
-
-    meta = files.read_json(files.run.trained(family.file()))
-    module = network(MLPSpec.from_dict(meta["spec"]), files.read_weights(files.run.trained(family.file("pt"))))
-
-    def log_model(run_id: str, model_id: str):
-        import mlflow.pytorch
-        import torch
-        from mlflow.models import Model, infer_signature
-
-        x = np.ascontiguousarray(sample.to_numpy(), dtype=np.float32)
-        module.eval()
-        with torch.no_grad():
-            output = module(torch.from_numpy(x)).numpy()
-        # MLflow's ``pt2`` format (``torch.export``): a traced graph, not a pickled module.
-        Model.log(
-            None,
-            name=family.name,
-            flavor=mlflow.pytorch,
-            run_id=run_id,
-            model_id=model_id,
-            pytorch_model=module,
-            signature=infer_signature(x, output),
-            input_example=x,
-            serialization_format="pt2",
-        )
-
-    curves = {f"{family.name}.{k}": v for k, v in meta.get("history", {}).items() if k not in ("seconds", "epoch")}
-    return {"params": meta["spec"], "curves": curves, "log_model": log_model}

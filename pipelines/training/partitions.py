@@ -126,7 +126,7 @@ def xgboost_job(context, family):
 def mlp_job(context, family):
     """One MLP per group, trained locally for ``partitions.mlp_epochs`` epochs, or (null) by
     ``train.mlp``'s step budget with early stopping on the group's own validation rows."""
-    from shardflow.pipelines.training.mlp import mlp_optim_for, mlp_spec_for
+    from shardflow.pipelines.training.mlp_setup import mlp_optim_for, mlp_spec_for
 
     tc = context.config
     spec, optim = mlp_spec_for(context.data.preprocessor, tc.mlp), mlp_optim_for(tc.mlp, context.runtime.backend)
@@ -179,39 +179,3 @@ def load_mlps(files, family) -> dict:
     meta = files.read_json(files.run.trained(family.file()))
     params = [files.read_weights(files.run.trained(family.member_file(i, "pt"))) for i in range(len(meta["weights"]))]
     return {"spec": meta["spec"], "params": params, "weights": meta["weights"]}
-
-
-def booster_curves(run_dir, family) -> list:
-    import json
-
-    from shardflow.pipelines.figures import subplots
-
-    meta = json.loads(RunDir(run_dir).trained(family.file()).read_text())
-    if not any(meta.get("histories", [])):
-        return []
-    fig, ax = subplots((5.5, 3.5))
-    for i, hist in enumerate(meta["histories"]):
-        for metric, values in hist.get("validation", {}).items():
-            ax.plot(values, lw=0.8, alpha=0.7, label=f"{metric}" if i == 0 else None)
-    ax.set_xlabel("round")
-    ax.set_title(f"{family.label} (own validation rows)")
-    ax.legend(fontsize=8)
-    return [(fig, f"{family.label}: one line per model and metric")]
-
-
-def mlp_curves(run_dir, family) -> list:
-    import json
-
-    from shardflow.pipelines.figures import subplots
-
-    meta = json.loads(RunDir(run_dir).trained(family.file()).read_text())
-    if not any(meta.get("histories", [])):
-        return []
-    fig, ax = subplots((5.5, 3.5))
-    for hist in meta["histories"]:
-        values = hist.get("train_loss", [])
-        ax.plot(hist.get("epoch") or range(1, len(values) + 1), values, marker=".", lw=0.8, alpha=0.7)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("train loss")
-    ax.set_title(family.label)
-    return [(fig, f"{family.label}: training loss per epoch, one line each")]

@@ -184,19 +184,3 @@ def load_coefficients(files, family) -> dict:
     """The combiner's own part of the payload (the registry adds its members')."""
     meta = files.read_json(files.run.trained(family.file()))
     return {k: meta[k] for k in ("coef", "coef_even", "coef_odd")}
-
-
-def curves(run_dir, family) -> list:
-    import json
-
-    from shardflow.pipelines.figures import subplots
-
-    meta = json.loads(RunDir(run_dir).trained(family.file()).read_text())
-    if not meta.get("objective"):
-        return []
-    fig, ax = subplots((5.5, 3.5))
-    ax.plot(range(1, len(meta["objective"]) + 1), meta["objective"], marker="o")
-    ax.set_xlabel("Newton pass (a rejected step is halved and tried again)")
-    ax.set_ylabel("penalised loss on the validation rows")
-    ax.set_title(f"{family.label}: combiner fit")
-    return [(fig, f"{family.label}: its damped Newton fit, from the members' average")]

@@ -1,0 +1,303 @@
+"""How the model families look outside training: their curves in the report and their MLflow logging.
+
+The presentation side of :data:`~shardflow.pipelines.families.FAMILIES`: each function here
+is an adapter a family binds by name (its ``curves`` or ``tracking``), reading the files
+the family's training module wrote in the train stage (boosters, networks, per-round or
+per-epoch metrics, the combiner's fit) and drawing them as report figures, or handing the
+model to MLflow in the family's flavour. Training modules stay free of matplotlib and
+MLflow, and no stage's code version covers this module, so editing a figure or a logged
+model never invalidates a completed training stage.
+"""
+
+from __future__ import annotations
+
+import json
+
+from shardflow.pipelines.figures import subplots
+from shardflow.pipelines.rundir import RunDir
+
+# ----------------------------------------------------------------------------- global XGBoost
+
+
+def global_xgboost_curves(run_dir, family) -> list:
+    """Validation metrics per round, the best round dotted; feature importance (gain).
+
+    Parameters
+    ----------
+    run_dir : path
+        The run directory whose train stage holds the family's files.
+    family : Family
+        The family (its files' names and its label).
+
+    Returns
+    -------
+    list of (Figure, str)
+        The report's panels and their captions.
+    """
+    import xgboost as xgb
+
+    meta = json.loads(RunDir(run_dir).trained(family.file()).read_text())
+    fig, ax = subplots((5.5, 3.5))
+    for metric, values in meta["history"].get("validation", {}).items():
+        ax.plot(values, label=f"validation {metric}")
+    ax.axvline(meta["best_iteration"], color="k", ls=":", lw=0.8)
+    ax.set_xlabel("round")
+    ax.set_title(family.label)
+    ax.legend(fontsize=8)
+    panels = [(fig, f"{family.label}: validation metrics per round (dotted: best)")]
+    booster = xgb.Booster(model_file=bytearray(RunDir(run_dir).trained(family.file("ubj")).read_bytes()))
+    gain = booster.get_score(importance_type="gain")
+    if gain:
+        top = sorted(gain.items(), key=lambda kv: kv[1])[-20:]
+        fig, ax = subplots((5.5, 0.3 * len(top) + 1))
+        ax.barh([k for k, _ in top], [v for _, v in top], color="#6a9f58")
+        ax.set_xlabel("total gain / splits (XGBoost 'gain')")
+        ax.set_title(f"Feature importance, {family.label}")
+        panels.append((fig, f"Feature importance (gain) of the {family.label}"))
+    return panels
+
+
+def global_xgboost_tracking(files, family, sample) -> dict:
+    """MLflow: the effective XGBoost parameters, validation metrics per round, and the booster
+    in MLflow's xgboost flavour (UBJSON) with its signature.
+
+    Parameters
+    ----------
+    files
+        The run's files, read through the manifest's hashes.
+    family : Family
+        The family (its files' names and its name in MLflow).
+    sample : DataFrame
+        Rows of the feature matrix, for the model's signature.
+
+    Returns
+    -------
+    dict
+        ``params``, ``curves`` (metric name to values per round) and
+        ``log_model(run_id, model_id)``.
+    """
+    import xgboost as xgb
+
+    meta = files.read_json(files.run.trained(family.file()))
+    booster = xgb.Booster(model_file=bytearray(files.read_bytes(files.run.trained(family.file("ubj")))))
+
+    def log_model(run_id: str, model_id: str):
+        import mlflow.xgboost
+        from mlflow.models import Model, infer_signature
+
+        output = booster.predict(xgb.DMatrix(sample))
+        Model.log(
+            None,
+            name=family.name,
+            flavor=mlflow.xgboost,
+            run_id=run_id,
+            model_id=model_id,
+            xgb_model=booster,
+            model_format="ubj",
+            signature=infer_signature(sample, output),
+        )
+
+    curves = {
+        f"{family.name}.{split}.{metric}": values
+        for split, by_metric in meta.get("history", {}).items()
+        for metric, values in by_metric.items()
+    }
+    return {"params": meta.get("params") or {}, "curves": curves, "log_model": log_model}
+
+
+# ----------------------------------------------------------------------------- data-parallel MLP
+
+
+def data_parallel_mlp_curves(run_dir, family) -> list:
+    """Training and validation loss per evaluation (an epoch, or a few short ones).
+
+    Parameters
+    ----------
+    run_dir : path
+        The run directory whose train stage holds the family's files.
+    family : Family
+        The family (its files' names and its label).
+
+    Returns
+    -------
+    list of (Figure, str)
+        The report's panel and its caption.
+    """
+    meta = json.loads(RunDir(run_dir).trained(family.file()).read_text())
+    fig, ax = subplots((5.5, 3.5))
+    epochs = meta["history"].get("epoch") or range(1, len(meta["history"]["train_loss"]) + 1)
+    ax.plot(epochs, meta["history"]["train_loss"], marker="o", label="train loss")
+    ax.plot(epochs, meta["history"]["validation_loss"], marker="o", label="validation loss")
+    ax.set_xlabel("epoch")
+    ax.set_title(f"{family.label} ({meta['workers']} workers, sync every {meta['sync_every']} steps)")
+    ax.legend(fontsize=8)
+    return [(fig, f"{family.label}: loss per epoch")]
+
+
+def data_parallel_mlp_tracking(files, family, sample) -> dict:
+    """MLflow: the network's architecture, losses per epoch, and the network in MLflow's
+    pytorch flavour (feature matrix in; logits, or the standardised regression output, out).
+
+    Parameters
+    ----------
+    files
+        The run's files, read through the manifest's hashes.
+    family : Family
+        The family (its files' names and its name in MLflow).
+    sample : DataFrame
+        Rows of the feature matrix, for the model's signature and input example.
+
+    Returns
+    -------
+    dict
+        ``params`` (the network's spec), ``curves`` (metric name to values per
+        evaluation) and ``log_model(run_id, model_id)``.
+    """
+    import numpy as np
+
+    from shardflow.tasks.neural import MLPSpec, network
+
+    meta = files.read_json(files.run.trained(family.file()))
+    module = network(MLPSpec.from_dict(meta["spec"]), files.read_weights(files.run.trained(family.file("pt"))))
+
+    def log_model(run_id: str, model_id: str):
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import Model, infer_signature
+
+        x = np.ascontiguousarray(sample.to_numpy(), dtype=np.float32)
+        module.eval()
+        with torch.no_grad():
+            output = module(torch.from_numpy(x)).numpy()
+        # MLflow's ``pt2`` format (``torch.export``): a traced graph, not a pickled module.
+        Model.log(
+            None,
+            name=family.name,
+            flavor=mlflow.pytorch,
+            run_id=run_id,
+            model_id=model_id,
+            pytorch_model=module,
+            signature=infer_signature(x, output),
+            input_example=x,
+            serialization_format="pt2",
+        )
+
+    curves = {f"{family.name}.{k}": v for k, v in meta.get("history", {}).items() if k not in ("seconds", "epoch")}
+    return {"params": meta["spec"], "curves": curves, "log_model": log_model}
+
+
+# ----------------------------------------------------------------------------- per-partition ensembles
+
+
+def xgboost_ensemble_curves(run_dir, family) -> list:
+    """Each per-partition booster's validation metrics per round, on its own validation rows.
+
+    Parameters
+    ----------
+    run_dir : path
+        The run directory whose train stage holds the family's files.
+    family : Family
+        The family (its files' names and its label).
+
+    Returns
+    -------
+    list of (Figure, str)
+        The report's panel and its caption; none when no member recorded a history.
+    """
+    meta = json.loads(RunDir(run_dir).trained(family.file()).read_text())
+    if not any(meta.get("histories", [])):
+        return []
+    fig, ax = subplots((5.5, 3.5))
+    for i, hist in enumerate(meta["histories"]):
+        for metric, values in hist.get("validation", {}).items():
+            ax.plot(values, lw=0.8, alpha=0.7, label=f"{metric}" if i == 0 else None)
+    ax.set_xlabel("round")
+    ax.set_title(f"{family.label} (own validation rows)")
+    ax.legend(fontsize=8)
+    return [(fig, f"{family.label}: one line per model and metric")]
+
+
+def mlp_ensemble_curves(run_dir, family) -> list:
+    """Each per-partition network's training loss per epoch.
+
+    Parameters
+    ----------
+    run_dir : path
+        The run directory whose train stage holds the family's files.
+    family : Family
+        The family (its files' names and its label).
+
+    Returns
+    -------
+    list of (Figure, str)
+        The report's panel and its caption; none when no member recorded a history.
+    """
+    meta = json.loads(RunDir(run_dir).trained(family.file()).read_text())
+    if not any(meta.get("histories", [])):
+        return []
+    fig, ax = subplots((5.5, 3.5))
+    for hist in meta["histories"]:
+        values = hist.get("train_loss", [])
+        ax.plot(hist.get("epoch") or range(1, len(values) + 1), values, marker=".", lw=0.8, alpha=0.7)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("train loss")
+    ax.set_title(family.label)
+    return [(fig, f"{family.label}: training loss per epoch, one line each")]
+
+
+# ----------------------------------------------------------------------------- combined and per-group families
+
+
+def stacked_curves(run_dir, family) -> list:
+    """The stacked combiner's penalised loss per Newton pass, from the members' average.
+
+    Parameters
+    ----------
+    run_dir : path
+        The run directory whose train stage holds the family's files.
+    family : Family
+        The family (its files' names and its label).
+
+    Returns
+    -------
+    list of (Figure, str)
+        The report's panel and its caption; none when the fit recorded no objective.
+    """
+    meta = json.loads(RunDir(run_dir).trained(family.file()).read_text())
+    if not meta.get("objective"):
+        return []
+    fig, ax = subplots((5.5, 3.5))
+    ax.plot(range(1, len(meta["objective"]) + 1), meta["objective"], marker="o")
+    ax.set_xlabel("Newton pass (a rejected step is halved and tried again)")
+    ax.set_ylabel("penalised loss on the validation rows")
+    ax.set_title(f"{family.label}: combiner fit")
+    return [(fig, f"{family.label}: its damped Newton fit, from the members' average")]
+
+
+def group_curves(run_dir, family) -> list:
+    """Each group model's metric on its own validation rows against its training rows.
+
+    Parameters
+    ----------
+    run_dir : path
+        The run directory whose train stage holds the family's files.
+    family : Family
+        The family (its files' names and its label).
+
+    Returns
+    -------
+    list of (Figure, str)
+        The report's panel and its caption; none when no group has a metric to show.
+    """
+    meta = json.loads(RunDir(run_dir).trained(family.file()).read_text())
+    rows = [m for m in meta["group_metrics"] if m.get("rows")]
+    metric = next((k for k in ("auc", "r2", "accuracy") if rows and k in rows[0]), None)
+    if metric is None:
+        return []
+    fig, ax = subplots((5.5, 3.5))
+    ax.scatter([m["train_rows"] for m in rows], [m[metric] for m in rows], s=12)
+    ax.set_xscale("log")
+    ax.set_xlabel("training rows of the group")
+    ax.set_ylabel(f"{metric} on the group's validation rows")
+    ax.set_title(family.label)
+    return [(fig, f"{family.label}: one point per group ({len(meta['fallback_groups'])} groups use the global model)")]
