@@ -29,7 +29,7 @@ from shardflow.cluster.memory import peak_memory, reset_peak_memory
 from shardflow.pipelines import outputs, progress
 from shardflow.pipelines.artifacts import sha256
 from shardflow.pipelines.config import Config
-from shardflow.pipelines.families import FAMILIES
+from shardflow.pipelines.etl_summary import check_profile, join_report, partition_report, stage_summary
 from shardflow.pipelines.graph import named_delayed, shuffled_partitions, task_names, tree_reduce
 from shardflow.pipelines.ownership import prepare_runs_dir
 from shardflow.pipelines.plan import InputPlan, shuffled_for
@@ -42,7 +42,7 @@ from shardflow.pipelines.rundir import (
     update_manifest,
 )
 from shardflow.pipelines.stages import stage_keys
-from shardflow.pipelines.target_fit import check_labels, check_target_type, target_encoding
+from shardflow.pipelines.target_fit import target_encoding
 from shardflow.tasks.encode import Preprocessor, fit_vocabulary
 from shardflow.tasks.errors import InputError
 from shardflow.tasks.prepare import prepare_partition
@@ -51,11 +51,9 @@ from shardflow.tasks.stats import (
     combine_moments,
     combine_profiles,
     partition_clipped_moments,
-    partition_differences,
     partition_profile,
 )
 from shardflow.tasks.storage import location
-from shardflow.tasks.targets import target_kind
 
 logger = logging.getLogger("shardflow.etl")
 
@@ -161,29 +159,6 @@ def etl(
             runtime.close()
 
 
-#: A partition whose target mean is this many of the table's standard deviations from the
-#: table's mean makes per-partition models extrapolate: the ETL says so.
-TARGET_GAP_WARNING = 0.25
-
-
-def _log_differences(differences: dict, config, *, shuffled: bool) -> None:
-    gap = differences["target_gap"]
-    per_partition = any(FAMILIES[m].assumes_exchangeable_partitions for m in config.train.models)
-    worst = max(differences["numeric_gap"].items(), key=lambda kv: kv[1], default=(None, 0.0))
-    logger.info(
-        "etl partitions differ by up to %.2f std in the target%s",
-        gap,
-        f", {worst[1]:.2f} std in {worst[0]!r}" if worst[0] else "",
-    )
-    if per_partition and gap > TARGET_GAP_WARNING and len(differences["partitions"]) > 1:
-        logger.warning(
-            "partitions differ by %.2f std in the target mean: per-partition models and data-parallel "
-            "SGD each see a slice of it%s",
-            gap,
-            "" if shuffled else " (input.exchangeable: true skips the shuffle; set it to false to mix the rows)",
-        )
-
-
 def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
     client, backend_name = runtime.client, runtime.backend
     source, dims, spec = plan.source, plan.dimensions, plan.spec
@@ -250,8 +225,8 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
         client, tree_reduce(profiles, combine_profiles, "etl-profile-combine"), "etl pass 1/3 (profile)"
     )
     timings["profile"] = time.perf_counter() - t
-    _check_profile(profile, config, source)
-    joins = _join_report(profile, config, dims)
+    check_profile(profile, config, source)
+    joins = join_report(profile, config, dims)
     partition_rows = profile.partition_rows + [0] * (len(parts) - len(profile.partition_rows))
     logger.info(
         "etl pass 1/3 (profile): %d rows valid, %d quarantined, %d partitions, %.1fs",
@@ -348,33 +323,20 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
         seconds = time.perf_counter() - started
         peaks = peak_memory(client)
         logger.info("etl pass 3/3 (write): %.1fs", timings["write"])
-        differences = partition_differences(
-            profile, numeric, list(preprocessor.classes) if target_kind(preprocessor.task).is_classification else None
+        differences = partition_report(profile, preprocessor, config, shuffled=shuffle)
+        summary = stage_summary(
+            profile,
+            preprocessor,
+            partition_rows=partition_rows,
+            written=written,
+            chunk_rows=chunk_rows,
+            seconds=seconds,
+            timings=timings,
+            peaks=peaks,
+            backend=backend_name,
+            joins=joins,
+            differences=differences,
         )
-        _log_differences(differences, config, shuffled=shuffle)
-        summary = {
-            "rows": profile.rows,
-            "partitions": len(partition_rows),
-            "validation_rows": profile.validation_rows,
-            "quarantined": profile.quarantined,
-            "quarantined_rows": sum(profile.quarantined.values()),
-            "partition_rows": partition_rows,
-            "partition_quarantined": [w["quarantined"] for w in written],
-            "feature_names": preprocessor.feature_names,
-            "zarr_chunk_rows": chunk_rows,
-            "seconds": seconds,
-            "timings": timings,
-            "peak_memory": peaks,
-            "backend": backend_name,
-            "joins": joins,
-            "target_mean": float(profile.target.mean[0]),
-            "target_std": float(np.nan_to_num(profile.target.std[0])),
-            "target_min": float(profile.target.minimum[0]) if profile.target.count[0] else 0.0,
-            "target_max": float(profile.target.maximum[0]) if profile.target.count[0] else 1.0,
-            "task": preprocessor.task,
-            "classes": {key: profile.target_values.get(key, 0) for key in preprocessor.classes},
-            "partition_differences": differences,
-        }
         RunDir.etl_file(stage_dir, "preprocessor").write_text(preprocessor.to_json())
         RunDir.etl_file(stage_dir, "summary").write_text(json.dumps(summary, indent=1))
     run = RunDir(run_dir)
@@ -430,68 +392,6 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
         result.stage_dir,
     )
     return result
-
-
-def _check_profile(profile, config: Config, source) -> None:
-    quarantined = sum(profile.quarantined.values())
-    if profile.rows + quarantined == 0:
-        raise InputError(f"input.path {config.input.path!r}: the dataset has no rows")
-    check_target_type(profile, config)
-    if profile.missing_targets == profile.rows + quarantined:
-        what = "target.expression" if config.target.expression else "target.column"
-        raise InputError(
-            f"target {config.target.column!r} is null in every row of {config.input.path!r}; check config key '{what}'"
-        )
-    if profile.rows == 0:
-        reasons = ", ".join(f"{k} ({v})" for k, v in sorted(profile.quarantined.items(), key=lambda kv: -kv[1]))
-        raise InputError(
-            f"every row of {config.input.path!r} was quarantined: {reasons}; check clean.valid_ranges and the input"
-        )
-    if target_kind(config.target.task).is_classification:
-        check_labels(profile, config)
-    train_rows = profile.rows - profile.validation_rows
-    if train_rows == 0 or profile.validation_rows == 0:
-        raise InputError(
-            f"the split of {config.input.path!r} left {train_rows} training and {profile.validation_rows} "
-            "validation rows; both are needed: adjust split.validation_fraction (or split.key, if few "
-            "distinct keys decide the split)"
-        )
-    for rows, total, (split, consequence) in zip(
-        (train_rows, profile.validation_rows),
-        profile.weight_sums or (),
-        (("training", "no model can learn from them"), ("validation", "no metric can be computed on them")),
-    ):
-        if not total > 0:  # XGBoost fails on a zero weight sum (a native stack), metrics divide by it
-            raise InputError(
-                f"target.weight {config.target.weight!r}: the {rows:,} {split} rows kept weigh 0 in total, so "
-                f"{consequence}: check the column in {config.input.path!r} (rows with missing, negative or "
-                "non-finite weights are quarantined), or remove target.weight"
-            )
-
-
-def _join_report(profile, config: Config, dims) -> dict:
-    """``{join name: rows, matched, match_rate}``; a warning for each join under its threshold."""
-    report = {}
-    for i, (dim, (matched, rows)) in enumerate(zip(dims, profile.join_matches)):
-        rate = matched / rows if rows else float("nan")
-        report[dim.join.name] = {"rows": rows, "matched": matched, "match_rate": rate, "path": dim.path}
-        threshold = config.joins[i].min_match_rate
-        if rows and rate < threshold:
-            logger.warning(
-                "join %r (joins[%d], %s): only %d of %d rows (%.1f%%) found a row of the dimension "
-                "table on %s; check the key columns (or lower joins[%d].min_match_rate)",
-                dim.join.name,
-                i,
-                dim.path,
-                matched,
-                rows,
-                100 * rate,
-                list(dim.join.on),
-                i,
-            )
-        else:
-            logger.info("join %r: %d of %d rows matched (%.1f%%)", dim.join.name, matched, rows, 100 * rate)
-    return report
 
 
 def _auto_chunk_rows(rows: int, partitions: int, n_features: int) -> int:

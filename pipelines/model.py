@@ -111,7 +111,7 @@ class TrainedModel:
 
     def _score(self, frame: pd.DataFrame, warn: bool) -> pd.DataFrame:
         from shardflow.pipelines.dimensions import dimension_frames, load_dimensions
-        from shardflow.pipelines.source import table_spec
+        from shardflow.pipelines.read import table_spec
         from shardflow.tasks.schema import REASON_COLUMN
         from shardflow.tasks.scoring import score_rows
 

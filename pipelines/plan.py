@@ -11,7 +11,8 @@ from dask.utils import format_bytes, parse_bytes
 
 from shardflow.pipelines.config import Config
 from shardflow.pipelines.dimensions import dimension_frames, load_dimensions
-from shardflow.pipelines.source import MIN_PARTITION_ROWS, inspect_source, prepared_meta, read_source, table_spec
+from shardflow.pipelines.read import prepared_meta, read_source, table_spec
+from shardflow.pipelines.source import MIN_PARTITION_ROWS, inspect_source
 from shardflow.tasks.schema import TableSpec
 
 logger = logging.getLogger("shardflow.plan")

@@ -25,7 +25,7 @@ _PUBLIC = {
     "generate": "shardflow.pipelines.generate",
     "etl": "shardflow.pipelines.etl",
     "read_features": "shardflow.pipelines.etl",
-    "read_source": "shardflow.pipelines.source",
+    "read_source": "shardflow.pipelines.read",
     "train": "shardflow.pipelines.job",
     "evaluate_run": "shardflow.pipelines.job",
     "run": "shardflow.pipelines.job",

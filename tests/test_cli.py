@@ -315,7 +315,7 @@ def test_readme_python_example_runs_as_a_script(trips_dir, tmp_path):
 
 
 def test_runs_lists_dates_inputs_and_readable_model_names(quick_config, runtime, capsys):
-    from shardflow.pipelines.cli import cmd_runs
+    from shardflow.pipelines.commands import cmd_runs
     from shardflow.pipelines.job import run
 
     result = run(quick_config, runtime=runtime)
