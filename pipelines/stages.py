@@ -4,10 +4,16 @@ The ETL's key covers the input files' fingerprint, the config sections it reads 
 the code version; training's covers the ETL key and the ``train`` section; evaluation's
 covers the training key. A stage whose recorded key equals the current one is not
 recomputed.
+
+The code version hashes what the code *does*: each file's syntax tree without its
+docstrings (comments and formatting are not in the tree), so editing documentation,
+reformatting or retitling a figure (presentation code is in no stage) reuses every stage,
+while changing a default or an algorithm recomputes the stages it decides.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 from functools import cache
 from pathlib import Path
@@ -49,6 +55,7 @@ STAGE_CODE = {
         "tasks/labels.py",
         "tasks/combiners.py",
         "pipelines/target_fit.py",
+        "pipelines/rundir.py",  # names the stage files every stage writes and reads
     ),
     RunDir.TRAIN: (
         "tasks/metrics.py",
@@ -77,7 +84,6 @@ COSMETIC_CODE = (
     "pipelines/report_html.py",
     "pipelines/report_quality.py",
     "pipelines/family_views.py",
-    "pipelines/rundir.py",
     "pipelines/ownership.py",
     "pipelines/stages.py",
     "pipelines/generate.py",
@@ -98,14 +104,14 @@ COSMETIC_CODE = (
 )
 
 
-def stage_files(patterns) -> list:
-    """The files of ``patterns`` (paths of the repository layout: tasks/, pipelines/, ...)."""
+def package_roots() -> dict:
+    """``{layer: directory}`` of the installed layers (tasks/, pipelines/, cluster/, data/)."""
     import shardflow.cluster
     import shardflow.data
     import shardflow.pipelines
     import shardflow.tasks
 
-    roots = {
+    return {
         name: Path(pkg.__file__).resolve().parent
         for name, pkg in (
             ("tasks", shardflow.tasks),
@@ -114,6 +120,12 @@ def stage_files(patterns) -> list:
             ("data", shardflow.data),
         )
     }
+
+
+def stage_files(patterns, roots: dict | None = None) -> list:
+    """The files of ``patterns`` (paths of the repository layout: tasks/, pipelines/, ...)
+    under ``roots`` (default: :func:`package_roots`)."""
+    roots = {layer: Path(directory) for layer, directory in (roots or package_roots()).items()}
     found = []
     for pattern in patterns:
         top, _, rest = pattern.partition("/")
@@ -123,13 +135,56 @@ def stage_files(patterns) -> list:
     return found
 
 
+def code_meaning(source: str) -> str:
+    r"""What a module's code does, as text: its syntax tree without docstrings.
+
+    Comments, formatting and docstrings (of the module, classes and functions) do not
+    change it; any change to what runs does, constants included.
+
+    Examples
+    --------
+    >>> before = 'def f(x=1):\n    "Add one."\n    return x + 1  # plus one\n'
+    >>> code_meaning(before) == code_meaning('def f(x = 1):\n    "Adds one (doc)."\n    return x + 1\n')
+    True
+    >>> code_meaning(before) == code_meaning('def f(x=2):\n    "Add one."\n    return x + 1\n')
+    False
+    """
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and is_docstring(
+            node.body[0] if node.body else None
+        ):
+            node.body = node.body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=False, include_attributes=False)
+
+
+def is_docstring(statement) -> bool:
+    """Whether ``statement`` is a string literal standing alone (a docstring where it comes first)."""
+    return (
+        isinstance(statement, ast.Expr)
+        and isinstance(statement.value, ast.Constant)
+        and isinstance(statement.value.value, str)
+    )
+
+
 @cache
 def code_version(stage: str) -> str:
-    """Hash of the code that decides ``stage``'s output (see :data:`STAGE_CODE`)."""
+    """Hash of the installed code that decides ``stage``'s output (see :data:`STAGE_CODE`):
+    :func:`hash_code` of the package, once per process."""
+    return hash_code(stage)
+
+
+def hash_code(stage: str, roots: dict | None = None) -> str:
+    """Hash of the code that decides ``stage``'s output: :func:`code_meaning` of each of its
+    files (:data:`STAGE_CODE`), so documentation and formatting do not count.
+
+    ``roots``: ``{layer: directory}`` of another copy of the layers (default: the installed
+    package).
+    """
     digest = hashlib.sha256()
-    for path in stage_files(STAGE_CODE[stage]):
+    for path in stage_files(STAGE_CODE[stage], roots):
         digest.update(path.name.encode())
-        digest.update(path.read_bytes())
+        digest.update(code_meaning(path.read_text(encoding="utf-8")).encode())
     return digest.hexdigest()[:16]
 
 

@@ -127,6 +127,51 @@ def test_every_module_is_classified_for_stage_keys():
     assert not any(p.name in ("report.py", "cli.py", "progress.py") for p in deciding)
 
 
+def test_stage_keys_follow_what_the_code_does_not_its_documentation(tmp_path):
+    """On a copy of the layers: docstrings, comments and formatting of stage code, and any
+    edit of presentation code (a figure's title), keep every stage's code version; a
+    training default recomputes training, and the ETL only when ETL code changes."""
+    import shutil
+
+    from shardflow.pipelines.rundir import RunDir
+    from shardflow.pipelines.stages import STAGE_CODE, hash_code, package_roots, stage_files
+
+    roots = {}
+    for layer, directory in package_roots().items():
+        shutil.copytree(directory, tmp_path / layer, ignore=shutil.ignore_patterns("__pycache__"))
+        roots[layer] = tmp_path / layer
+    stages = list(STAGE_CODE)
+
+    def versions():
+        return {stage: hash_code(stage, roots) for stage in stages}
+
+    def edit(relative, old, new):
+        path = tmp_path / relative
+        text = path.read_text()
+        assert old in text, (relative, old)
+        path.write_text(text.replace(old, new, 1))
+
+    original = versions()
+    # Documentation and formatting of code that decides a stage: no stage recomputes.
+    edit(
+        "pipelines/train_config.py",
+        '"""',
+        '"""A reworded first line.\n\n    ',
+    )
+    edit("tasks/encode.py", "\nimport ", "\n# a new comment\n\n\nimport ")
+    # Presentation: retitle every figure of the report.
+    deciding = {p.resolve() for s in stages for p in stage_files(STAGE_CODE[s], roots)}
+    titled = [p for p in (tmp_path / "pipelines").rglob("*.py") if "set_title(" in p.read_text()]
+    assert titled and not deciding & {p.resolve() for p in titled}, "figure code must not decide a stage"
+    for path in titled:
+        path.write_text(path.read_text().replace("set_title(", "set_title('retitled') or (lambda *a, **k: 0)("))
+    assert versions() == original
+    # A training default: training (and evaluation, keyed by training) recompute, the ETL does not.
+    edit("pipelines/train_config.py", "max_steps: int = option(1000,", "max_steps: int = option(2000,")
+    changed = versions()
+    assert changed[RunDir.ETL] == original[RunDir.ETL] and changed[RunDir.TRAIN] != original[RunDir.TRAIN]
+
+
 def test_long_signatures_are_keyword_only():
     """More than five parameters: the rest are keyword-only, so call sites say what they pass."""
     found = []
