@@ -35,7 +35,10 @@ from shardflow.tasks.targets import target_kind
 def table_spec(config: Config, source: Source, dims: list[Dimension], for_prediction: bool = False) -> TableSpec:
     """The :class:`TableSpec` for ``config``, checked against the columns really present.
 
-    ``for_prediction`` drops the target: new data to score need not have it.
+    ``for_prediction`` drops what only training reads: new data to score needs the
+    features (and the join keys) only. Its target, weight and split key are not read; the
+    ``output.keep_columns`` and ``clean.valid_ranges`` columns it lacks are left out (a
+    range still applies to a column that is there).
     """
     f = config.features
     spec = TableSpec(
@@ -72,13 +75,21 @@ def table_spec(config: Config, source: Source, dims: list[Dimension], for_predic
         dim_schema = pa.Schema.from_pandas(d.frame, preserve_index=False)
         for col in d.join.columns:
             available[d.join.rename.get(col, col)] = dim_schema.field(col).type
+    if for_prediction:
+        present = set(available) | {name for name, _ in spec.derived}
+        spec = replace(
+            spec,
+            split_key=(),
+            keep_columns=tuple(c for c in spec.keep_columns if c in present),
+            valid_ranges=tuple(r for r in spec.valid_ranges if r[0] in present),
+        )
     where = {
         "features.numeric": f.numeric,
         "features.categorical": f.categorical,
         "features.datetime": f.datetime,
-        "output.keep_columns": config.output.keep_columns,
-        "split.key": config.split.key or [],
-        "clean.valid_ranges": list(config.clean.valid_ranges),
+        "output.keep_columns": spec.keep_columns,
+        "split.key": spec.split_key,
+        "clean.valid_ranges": [c for c, _, _ in spec.valid_ranges],
         "target.expression" if config.target.expression else "target.column": spec.target_inputs,
         "features.derived": spec.derived_inputs,
         "target.weight": [spec.weight] if spec.weight else [],

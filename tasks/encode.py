@@ -117,10 +117,12 @@ class Preprocessor:
         Returns
         -------
         DataFrame
-            ``keep_columns``, numeric features as float32, categorical codes as int32,
-            the target as float32 and the boolean ``_is_validation`` column.
+            ``keep_columns`` (those present: rows to score may lack them), numeric features
+            as float32, categorical codes as int32, the target as float32 and the boolean
+            ``_is_validation`` column.
         """
-        out = features[list(self.keep_columns)].copy() if self.keep_columns else features[[]].copy()
+        kept = [c for c in self.keep_columns if c in features.columns]
+        out = features[kept].copy() if kept else features[[]].copy()
         if self.numeric:
             lower = [-np.inf if v is None else v for v in self.lower]
             upper = [np.inf if v is None else v for v in self.upper]

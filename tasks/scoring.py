@@ -31,11 +31,8 @@ def score_rows(raw, spec, dimensions, *, preprocessor: Preprocessor, predictor, 
     table = preprocessor.transform(prepared.features)
     x = backend.to_host_array(table[preprocessor.feature_names], np.float32)
     scores = predictor(payload, x, worker_threads())
-    out = (
-        backend.to_pandas(table[list(preprocessor.keep_columns)]).reset_index(drop=True)
-        if preprocessor.keep_columns
-        else pd.DataFrame(index=range(len(scores)))
-    )
+    kept = [c for c in preprocessor.keep_columns if c in table.columns]  # new rows may lack some
+    out = backend.to_pandas(table[kept]).reset_index(drop=True) if kept else pd.DataFrame(index=range(len(scores)))
     return out.assign(**prediction_columns(scores, preprocessor)), prepared
 
 

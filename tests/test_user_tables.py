@@ -594,3 +594,37 @@ def test_key_values_in_canonical_form_edge_cases():
     ):
         with pytest.raises(InputError, match="column 'c': holds "):
             as_strings(odd)
+
+
+# ----------------------------------------------------------------------------- scoring reads the features only
+
+
+def test_scoring_needs_the_features_only(runtime, tmp_path):
+    """A split key on the target, kept columns and a range on the target are training's
+    business: new rows without them score (predict, load_model), equal to rows with them."""
+    from shardflow.pipelines.model import load_model
+    from shardflow.pipelines.predict import predict
+
+    table = small_table(3_000)
+    table["price"] = 5 * table["distance"] + np.where(table["city"] == "a", 40.0, 0.0)
+    table.drop(columns="y").to_csv(tmp_path / "listings.csv", index=False)
+    config = write_job(
+        tmp_path,
+        input={"path": "listings.csv"},
+        target={"column": "price", "task": "regression"},
+        features={"numeric": ["distance", "fare"], "categorical": ["city"]},
+        split={"key": ["price"]},
+        clean={"valid_ranges": {"price": [0, 1000], "fare": [0, 1000]}},
+        output={"runs_dir": "runs", "keep_columns": ["id"]},
+        train={"models": ["xgboost"]},
+    )
+    result = run(load_config(config), runtime=runtime)
+    new_rows = table[["distance", "fare", "city"]].head(200)
+    new_rows.to_csv(tmp_path / "new.csv", index=False)
+    scored = load_model(result.run_dir, "xgboost").predict(new_rows)
+    with_everything = load_model(result.run_dir, "xgboost").predict(table.head(200))
+    np.testing.assert_allclose(scored["prediction"], with_everything["prediction"])
+    out = predict(result.run_dir, tmp_path / "new.csv", tmp_path / "scores", runtime=runtime)
+    written = pd.read_parquet(out.output)
+    assert out.rows == len(written) == 200 and "id" not in written.columns
+    np.testing.assert_allclose(np.sort(written["prediction"]), np.sort(scored["prediction"]), rtol=1e-6)
