@@ -70,9 +70,24 @@ class Runtime:
         }
 
     def close(self) -> None:
+        """Close the client and the cluster this runtime started (never an existing scheduler's).
+
+        A nanny still restarting a worker that a task just killed makes distributed's close
+        fail ("can only join a started process"); that is logged, not raised, so the job's own
+        error is the one the user sees (the half-started worker process is a child of this
+        one and ends with it).
+        """
         self.client.close()
-        if self.cluster is not None:
+        if self.cluster is None:
+            return
+        try:
             self.cluster.close()
+        except AssertionError as err:  # distributed's restart race (see above)
+            if "started process" not in str(err):
+                raise
+            logging.getLogger("shardflow.cluster").warning(
+                "cluster close: a worker was being restarted (%s); its process ends with this one", err
+            )
 
 
 def killed_worker_message(task, limit: int) -> str:

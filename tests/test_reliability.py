@@ -125,6 +125,7 @@ def test_task_that_kills_every_worker_stops_with_a_clear_error(tmp_path):
         assert message is not None
         assert "'etl-write-poisoned-7'" in message and "cluster.memory_limit" in message
         assert "allowed-failures = 1" in message
+        rt.client.wait_for_workers(1, timeout=60)  # the nanny's restart, before the close
     finally:
         rt.close()
 
