@@ -29,7 +29,8 @@ from shardflow.pipelines.rundir import RunDir, atomic_directory, read_manifest, 
 from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.errors import ShardflowError
 from shardflow.tasks.exported import INT8_FILE, METADATA_FILE, MODEL_FILE, ExportedModel
-from shardflow.tasks.metrics import Scoring, finish_metrics, metric_direction, partial_metrics, primary_metric
+from shardflow.tasks.metric_sums import Scoring, metric_direction
+from shardflow.tasks.metrics import finish_metrics, partial_metrics, primary_metric
 from shardflow.tasks.schema import SPLIT_COLUMN
 from shardflow.tasks.storage import location
 from shardflow.tasks.targets import target_kind

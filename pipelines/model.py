@@ -91,8 +91,7 @@ class TrainedModel:
     def predict_proba(self, frame):
         """Class probabilities, one column per class (classification only), as ``predict``
         aligns them: ``probability_<label>``; for a binary target both classes."""
-        from shardflow.tasks.labels import probability_column
-        from shardflow.tasks.scoring import PREDICTION
+        from shardflow.tasks.labels import PREDICTION, probability_column
         from shardflow.tasks.targets import target_kind
 
         kind = target_kind(self.task)

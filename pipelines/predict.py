@@ -21,9 +21,10 @@ from shardflow.pipelines.ownership import new_output_dir
 from shardflow.pipelines.plan import InputPlan
 from shardflow.pipelines.rundir import atomic_directory
 from shardflow.tasks.errors import InputError, ShardflowError
-from shardflow.tasks.exported import INT8_FILE, METADATA_FILE, MODEL_FILE, ExportedSessions
+from shardflow.tasks.exported import INT8_FILE, METADATA_FILE, MODEL_FILE
 from shardflow.tasks.scoring import QUARANTINE_DIR, predict_partition, score_exported_partition
 from shardflow.tasks.storage import check_url, location, url_scheme
+from shardflow.tasks.worker_state import ExportedSessions
 
 logger = logging.getLogger("shardflow.predict")
 

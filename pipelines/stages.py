@@ -59,7 +59,9 @@ STAGE_CODE = {
     ),
     RunDir.TRAIN: (
         "tasks/metrics.py",
+        "tasks/metric_sums.py",
         "tasks/mlp_steps.py",
+        "tasks/worker_state.py",
         "tasks/models.py",
         "tasks/neural.py",
         "tasks/shards.py",

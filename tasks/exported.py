@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from shardflow.tasks.errors import ShardflowError
-from shardflow.tasks.mlp_steps import ResidentState
 
 #: File names inside an export directory.
 MODEL_FILE = "model.onnx"
@@ -99,8 +98,7 @@ class ExportedModel:
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The columns ``shardflow predict`` writes: ``prediction`` and/or ``predicted_label``,
         and ``probability_<label>`` per class for a multi-class target."""
-        from shardflow.tasks.labels import probability_column
-        from shardflow.tasks.scoring import LABEL, PREDICTION
+        from shardflow.tasks.labels import LABEL, PREDICTION, probability_column
 
         out = self.run(frame)
         columns = {}
@@ -317,27 +315,3 @@ def _is_external(tensor) -> bool:
 
 def _external_entries(tensor) -> dict:
     return {entry.key: entry.value for entry in tensor.external_data}
-
-
-class ExportedSessions(ResidentState):
-    """One ONNX Runtime session per worker and model, reused across partitions (kept in the
-    worker's resident state, keyed by the model's SHA-256)."""
-
-    name = "shardflow-onnx-sessions"
-
-    def get(self, model: bytes, metadata: dict, threads: int | None) -> ExportedModel:
-        key = hashlib.sha256(model).hexdigest()
-        if key not in self.states:
-            self.states[key] = ExportedModel(model, metadata, threads)
-        return self.states[key]
-
-
-def worker_session(model: bytes, metadata: dict) -> ExportedModel:
-    """This worker's session for ``model`` (created on first use)."""
-    from distributed import get_worker
-
-    # One thread per session: the worker runs one task per thread, each with its own session call.
-    plugin = get_worker().plugins.get(ExportedSessions.name)
-    if plugin is None:  # a worker that joined after the plugin was registered
-        return ExportedModel(model, metadata, 1)
-    return plugin.get(model, metadata, 1)

@@ -17,6 +17,11 @@ import re
 import numpy as np
 import pandas as pd
 
+#: The prediction columns ``shardflow predict`` writes: the value or positive-class
+#: probability, and the predicted label of a classifier.
+PREDICTION = "prediction"
+LABEL = "predicted_label"
+
 #: Most classes a classification target may have (the metrics keep a K×K confusion matrix
 #: and K score histograms per partition).
 MAX_CLASSES = 64

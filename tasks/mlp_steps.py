@@ -1,9 +1,9 @@
 """The data-parallel MLP's steps, as they run on a worker next to its shard.
 
 Each rank of a training keeps its model, optimizer and rows between epochs (they never
-leave the worker) in :class:`ResidentState`, a ``WorkerPlugin`` that the driver
+leave the worker) in :class:`~shardflow.tasks.worker_state.ResidentState`, a ``WorkerPlugin`` that the driver
 registers before training and that is torn down with the worker: no module global, and
-a restarted worker visibly has no state (:class:`WorkerStateLost`). The ranks
+a restarted worker visibly has no state (:class:`~shardflow.tasks.worker_state.WorkerStateLost`). The ranks
 synchronise over a ``torch.distributed`` process group (:mod:`shardflow.tasks.process_group`).
 """
 
@@ -11,59 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from distributed.diagnostics.plugin import WorkerPlugin
-
 from shardflow.tasks import shards as shard_tasks
-from shardflow.tasks.models import worker_threads
-from shardflow.tasks.threads import use_threads
-
-
-class WorkerStateLost(RuntimeError):
-    """A data-parallel epoch ran on a worker that does not hold the training's state."""
-
-
-class ResidentState(WorkerPlugin):
-    """Per-worker storage that lives and dies with the worker: a data-parallel MLP rank's
-    :class:`CollectiveTrainer` keyed by ``(training token, rank)``, the rendezvous store it
-    serves, the process group it belongs to (subclasses keep other state).
-
-    Examples
-    --------
-    >>> plugin = ResidentState()
-    >>> plugin.states[("t", 0)] = {"step": 1}
-    >>> plugin.forget("t"); plugin.states
-    {}
-    """
-
-    name = "shardflow-resident-state"
-    idempotent = True
-
-    def __init__(self):
-        self.states: dict = {}
-
-    def setup(self, worker):
-        self.states = {}
-
-    def teardown(self, worker):
-        self.states.clear()
-
-    def forget(self, token: str) -> None:
-        for key in [k for k in self.states if k[0] == token]:
-            del self.states[key]
-
-
-def _resident() -> ResidentState:
-    from distributed import get_worker
-
-    plugin = get_worker().plugins.get(ResidentState.name)
-    if plugin is None:
-        raise WorkerStateLost("this worker has no shardflow resident-state plugin (it joined during training)")
-    return plugin
-
-
-def resident_states() -> dict:
-    """The calling worker's resident state (see :class:`ResidentState`)."""
-    return _resident().states
+from shardflow.tasks.threads import use_threads, worker_threads
+from shardflow.tasks.worker_state import WorkerStateLost, resident_plugin
 
 
 def _use_worker_threads() -> None:
@@ -293,7 +243,7 @@ def collective_epoch(
     from shardflow.tasks.process_group import CollectiveFailed, join_group, leave_group
 
     _use_worker_threads()
-    states = _resident().states
+    states = resident_plugin().states
     key = (token, rank)
     busy = (token, "busy")
     try:

@@ -13,16 +13,7 @@ import numpy as np
 
 from shardflow.tasks.metrics import finish_metrics, partial_metrics
 from shardflow.tasks.targets import target_kind
-
-
-def worker_threads() -> int | None:
-    """Threads of the Dask worker running the calling task (None outside a worker)."""
-    try:
-        from distributed import get_worker
-
-        return get_worker().state.nthreads
-    except ValueError:
-        return None
+from shardflow.tasks.threads import openmp_threads, worker_threads
 
 
 def train_xgboost_rank(
@@ -71,14 +62,9 @@ def train_xgboost_rank(
 
     s = merge_shards(*shards)
     own = worker_threads()
-    # More threads than the worker's: its OpenMP pool is capped at its own count (see
-    # shardflow.tasks.threads), so the cap is raised while this task runs. The cap is
-    # process-wide: it is given only to the single-worker path, which trains alone.
-    pool = contextlib.nullcontext()
-    if nthread and nthread != own:
-        from threadpoolctl import threadpool_limits
-
-        pool = threadpool_limits(limits=nthread, user_api="openmp")
+    # More threads than the worker's (the single-worker path, which trains alone): the
+    # process's OpenMP cap is raised while this task runs.
+    pool = openmp_threads(nthread) if nthread and nthread != own else contextlib.nullcontext()
     nthread = nthread or own
     params = {**params, **({"nthread": nthread} if nthread else {})}
     types = dict(feature_names=list(feature_names), feature_types=list(feature_types), enable_categorical=categorical)

@@ -10,7 +10,7 @@ set it up, but bound where the cluster binds:
 - each rank's gloo/NCCL sockets use the network interface of its own Dask address.
 
 A process holds one default process group; a worker keeps it (with the store) in its
-:class:`~shardflow.tasks.mlp_steps.ResidentState` under the training's token, and a
+:class:`~shardflow.tasks.worker_state.ResidentState` under the training's token, and a
 group left behind by a failed training is destroyed before a new one is joined.
 """
 
@@ -19,6 +19,8 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+
+from shardflow.tasks.worker_state import ResidentState, resident_states
 
 #: Key of the resident-state entry naming the token of the group this process belongs to.
 GROUP_KEY = ("torch-process-group",)
@@ -77,8 +79,6 @@ def open_rendezvous(token: str, timeout: float) -> dict:
     """
     import torch.distributed as dist
 
-    from shardflow.tasks.mlp_steps import resident_states
-
     host = worker_host()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
@@ -103,8 +103,6 @@ def join_group(token: str, rendezvous: dict, *, rank: int, world: int, backend: 
     """Join the training's process group as ``rank`` of ``world`` (a stale group is left first)."""
     import torch
     import torch.distributed as dist
-
-    from shardflow.tasks.mlp_steps import resident_states
 
     states = resident_states()
     _wait_for_other_trainings(states, token, timeout)
@@ -145,16 +143,12 @@ def leave_group(token: str | None, dask_worker=None) -> None:
     every worker after a training, failed or not). Safe to call when not a member."""
     import torch.distributed as dist
 
-    from shardflow.tasks.mlp_steps import ResidentState
-
     if token is None:
         return
     if dask_worker is not None:
         plugin = dask_worker.plugins.get(ResidentState.name)
         states = plugin.states if plugin is not None else {}
     else:
-        from shardflow.tasks.mlp_steps import resident_states
-
         states = resident_states()
     if dask_worker is not None and (token, "busy") in states:
         return  # an epoch still runs (its peer failed): it leaves the group itself on its way out

@@ -7,14 +7,13 @@ import pandas as pd
 
 from shardflow.tasks import backend
 from shardflow.tasks.encode import Preprocessor
-from shardflow.tasks.labels import decode_labels, probability_column
-from shardflow.tasks.models import worker_threads
+from shardflow.tasks.labels import LABEL, PREDICTION, decode_labels, probability_column
 from shardflow.tasks.prepare import prepare_partition
 from shardflow.tasks.storage import location
 from shardflow.tasks.targets import target_kind, target_transform
+from shardflow.tasks.threads import worker_threads
+from shardflow.tasks.worker_state import worker_session
 
-PREDICTION = "prediction"
-LABEL = "predicted_label"
 QUARANTINE_DIR = "_quarantine"
 
 
@@ -53,8 +52,6 @@ def score_exported_partition(raw, spec, dimensions, *, exported: tuple, keep_col
     """Prepare one input partition and score it with an exported ONNX model (``exported``:
     its bytes and metadata; this worker's ONNX Runtime session, reused across partitions);
     write its predictions and quarantine."""
-    from shardflow.tasks.exported import worker_session
-
     model, metadata = exported
     prepared = prepare_partition(raw, spec, dimensions)
     features = backend.to_pandas(prepared.features).reset_index(drop=True)

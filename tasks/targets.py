@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shardflow.tasks import metrics
+from shardflow.tasks import metric_sums
 from shardflow.tasks.combiners import GLMCombiner, MultinomialCombiner
 
 
@@ -143,9 +143,9 @@ TARGET_KINDS = {
             {"objective": "binary:logistic", "eval_metric": ["auc", "logloss"]},
             ("auc", "logloss", "accuracy"),
             "roc",
-            metrics.binary_partial,
-            metrics.binary_finish,
-            metrics.roc_points,
+            metric_sums.binary_partial,
+            metric_sums.binary_finish,
+            metric_sums.roc_points,
             _bce_loss,
             _torch_sigmoid,
             GLMCombiner(_logit, _sigmoid, lambda p: p * (1 - p), _log_loss_rows),
@@ -156,9 +156,9 @@ TARGET_KINDS = {
             {"objective": "multi:softprob", "eval_metric": ["merror", "mlogloss"]},
             ("logloss", "accuracy", "macro_f1", "macro_auc"),
             "confusion",
-            metrics.multiclass_partial,
-            metrics.multiclass_finish,
-            metrics.confusion_counts,
+            metric_sums.multiclass_partial,
+            metric_sums.multiclass_finish,
+            metric_sums.confusion_counts,
             _cross_entropy_loss,
             _torch_softmax,
             MultinomialCombiner(),
@@ -171,9 +171,9 @@ TARGET_KINDS = {
             {"objective": "reg:squarederror", "eval_metric": ["rmse"]},
             ("rmse", "mae", "r2"),
             "residuals",
-            metrics.regression_partial,
-            metrics.regression_finish,
-            metrics.residual_histogram,
+            metric_sums.regression_partial,
+            metric_sums.regression_finish,
+            metric_sums.residual_histogram,
             _mse_loss,
             _identity,
             GLMCombiner(_identity, _identity, np.ones_like, _squared_error_rows),

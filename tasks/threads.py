@@ -42,3 +42,22 @@ def use_threads(threads: int) -> None:
         pass
     if "torch" in sys.modules and sys.modules["torch"].get_num_threads() != threads:
         sys.modules["torch"].set_num_threads(threads)
+
+
+def worker_threads() -> int | None:
+    """Threads of the Dask worker running the calling task (None outside a worker)."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().state.nthreads
+    except ValueError:
+        return None
+
+
+def openmp_threads(threads: int):
+    """A context in which this process's OpenMP pool has ``threads`` threads (process-wide:
+    for a task that runs alone on its worker, e.g. training on one worker with its host's
+    threads); the pool's previous size is restored on exit."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=threads, user_api="openmp")

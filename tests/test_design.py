@@ -81,29 +81,69 @@ def test_no_module_imports_another_modules_private_names():
     assert found == []
 
 
-def test_no_import_cycles_at_import_time():
-    """Module-level imports between shardflow modules form no cycle (lazy imports in functions are fine)."""
-    graph = {}
-    for path, tree in modules():
-        name = module_name(path)
-        graph[name] = {
-            n.module for n in tree.body if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("shardflow.")
-        } | {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names if a.name.startswith("shardflow.")}
+def runtime_imports(tree) -> list:
+    """Every import in ``tree``, at module level or inside functions (they run too), but not
+    under ``if TYPE_CHECKING:`` (annotations only): ``(node, imported names)``."""
+    skipped = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for child in node.body
+        for inner in ast.walk(child)
+    }
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found.append((node, [a.name for a in node.names]))
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.append((node, [node.module, *(f"{node.module}.{a.name}" for a in node.names)]))
+    return found
+
+
+def import_graph() -> dict:
+    """``{module: shardflow modules it imports}`` over all runtime imports (:func:`runtime_imports`);
+    ``from shardflow.tasks import metrics`` imports the module ``shardflow.tasks.metrics``."""
+    trees = {module_name(path): tree for path, tree in modules()}
+    return {
+        name: {t for _, names in runtime_imports(tree) for t in names if t in trees and t != name}
+        for name, tree in trees.items()
+    }
+
+
+def test_no_import_cycles_counting_imports_inside_functions():
+    """No cycle among shardflow's modules, counting the imports inside functions: a lazy import
+    defers a module's cost, it does not make two modules independent."""
+    graph = import_graph()
     state, cycles = {}, []
 
     def visit(node, stack):
         state[node] = "open"
-        for dep in graph.get(node, ()):
+        for dep in sorted(graph.get(node, ())):
             if state.get(dep) == "open":
                 cycles.append(stack[stack.index(dep) :] + [dep])
             elif dep not in state:
-                visit(dep, stack + [dep])
+                visit(dep, [*stack, dep])
         state[node] = "done"
 
-    for node in graph:
+    for node in sorted(graph):
         if node not in state:
             visit(node, [node])
     assert cycles == []
+
+
+def test_layers_import_downwards_only():
+    """``tasks`` (what runs on workers) imports neither ``pipelines`` nor ``cluster``."""
+    graph = import_graph()
+    upward = {
+        (name, dep)
+        for name, deps in graph.items()
+        if name.startswith("shardflow.tasks")
+        for dep in deps
+        if dep.startswith(("shardflow.pipelines", "shardflow.cluster"))
+    }
+    assert upward == set()
 
 
 @pytest.mark.parametrize("package", ["pipelines", "tasks"])

@@ -141,7 +141,8 @@ def test_distributed_metrics_equal_sklearn(trained):
 
 
 def test_regression_metrics_equal_sklearn():
-    from shardflow.tasks.metrics import combine_metrics, finish_metrics, partial_metrics
+    from shardflow.tasks.metric_sums import combine_metrics
+    from shardflow.tasks.metrics import finish_metrics, partial_metrics
 
     rng = np.random.default_rng(0)
     y, p = rng.normal(size=1000), rng.normal(size=1000)

@@ -19,7 +19,7 @@ from shardflow.cluster.factory import Runtime
 from shardflow.pipelines.rundir import RunDir
 from shardflow.tasks import shards as shard_tasks
 from shardflow.tasks.encode import Preprocessor
-from shardflow.tasks.metrics import Scoring
+from shardflow.tasks.metric_sums import Scoring
 from shardflow.tasks.storage import location, zarr_store
 
 logger = logging.getLogger("shardflow.train")
@@ -38,7 +38,7 @@ class TrainingData:
     etl_dir: Path = None
     seed: int = 0
     attempt: int = 0
-    #: How predictions are scored (see :class:`~shardflow.tasks.metrics.Scoring`).
+    #: How predictions are scored (see :class:`~shardflow.tasks.metric_sums.Scoring`).
     scoring: Scoring = None
     #: Training weight of each partition (its rows, or the sum of their sample weights).
     train_weights: list = None

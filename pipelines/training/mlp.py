@@ -35,6 +35,7 @@ from shardflow.tasks import shards as shard_tasks
 from shardflow.tasks.errors import ShardflowError
 from shardflow.tasks.process_group import CollectiveFailed, leave_group, open_rendezvous
 from shardflow.tasks.storage import location
+from shardflow.tasks.worker_state import ResidentState, WorkerStateLost
 
 logger = logging.getLogger("shardflow.train")
 
@@ -120,7 +121,7 @@ def train_data_parallel_mlp(
                 timeout=collective_timeout or DEFAULT_COLLECTIVE_TIMEOUT,
             )
             break
-        except (WorkerLost, mlp_steps.WorkerStateLost, CollectiveFailed) as err:
+        except (WorkerLost, WorkerStateLost, CollectiveFailed) as err:
             if attempt == max_attempts:
                 raise
             logger.warning(
@@ -167,7 +168,7 @@ def _collective_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, 
     from shardflow.tasks.neural import epochs_per_evaluation, lr_at, planned_epochs
 
     client = runtime.client
-    client.register_plugin(mlp_steps.ResidentState())  # idempotent: workers that join later get it too
+    client.register_plugin(ResidentState())  # idempotent: workers that join later get it too
     optim = mlp_optim_for(cfg, runtime.backend)
     token = call_token(data.token)
     shards, rows, weights = _worker_shards(client, data, token, seed)

@@ -19,7 +19,7 @@ from shardflow.pipelines.rundir import RunDir
 from shardflow.pipelines.train_config import XGBoostConfig
 from shardflow.pipelines.training.data import TrainingData, call_token, recover
 from shardflow.tasks.errors import ShardflowError
-from shardflow.tasks.metrics import metric_direction
+from shardflow.tasks.metric_sums import metric_direction
 from shardflow.tasks.targets import target_kind
 
 logger = logging.getLogger("shardflow.train")
