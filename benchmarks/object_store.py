@@ -101,8 +101,7 @@ def main(argv=None) -> None:
                     result = run(config, runtime=runtime, force=True)
                     seconds = time.perf_counter() - started
                     stages = {
-                        stage: info.get("seconds")
-                        for stage, info in read_manifest(result.run_dir).get("stages", {}).items()
+                        stage: record.seconds for stage, record in read_manifest(result.run_dir).stages.items()
                     }
                     stages = {k: sum(v.values()) if isinstance(v, dict) else v for k, v in stages.items()}
                     results[name].append({"seconds": seconds, "stages": stages, "run": str(result.run_dir)})

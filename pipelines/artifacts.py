@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shardflow.pipelines.records import Manifest
 from shardflow.pipelines.rundir import RunDir, read_manifest
 from shardflow.tasks.errors import ShardflowError
 from shardflow.tasks.storage import location
@@ -99,7 +100,7 @@ def artifact_hashes(run_dir: Path, stage: str) -> dict:
     return {run.relative(p): sha256(p) for p in sorted(run.stage(stage).rglob("*")) if p.is_file()}
 
 
-def verified_path(run_dir: Path, relative: str, manifest: dict | None = None) -> Path:
+def verified_path(run_dir: Path, relative: str, manifest: Manifest | None = None) -> Path:
     """``run_dir / relative``, after checking it against the SHA-256 the manifest recorded.
 
     Everything that scoring reads from a run directory (models, the fitted
@@ -114,7 +115,7 @@ def verified_path(run_dir: Path, relative: str, manifest: dict | None = None) ->
     """
     manifest = read_manifest(run_dir) if manifest is None else manifest
     path = location(run_dir) / relative
-    expected = manifest.get("artifacts", {}).get(relative)
+    expected = manifest.artifacts.get(relative)
     if expected is None:
         raise ArtifactError(f"{path}: not listed in the run's manifest; it was not written by this run")
     if not path.exists():
@@ -130,7 +131,7 @@ def verified_path(run_dir: Path, relative: str, manifest: dict | None = None) ->
 class RunFiles:
     """A run directory's files, each read only after its hash is checked (:func:`verified_path`)."""
 
-    def __init__(self, run_dir, manifest: dict | None = None):
+    def __init__(self, run_dir, manifest: Manifest | None = None):
         self.run = RunDir(run_dir)
         self.manifest = read_manifest(self.run.path) if manifest is None else manifest
 
@@ -153,7 +154,7 @@ def available_models(run_dir: Path) -> list:
     from shardflow.pipelines.families import FAMILIES
 
     run = RunDir(run_dir)
-    recorded = read_manifest(run_dir).get("artifacts", {})
+    recorded = read_manifest(run_dir).artifacts
     return [name for name, family in FAMILIES.items() if run.relative(run.trained(family.file())) in recorded]
 
 
@@ -168,7 +169,7 @@ def load_model(run_dir, name: str) -> dict:
     from shardflow.pipelines.families import FAMILIES
 
     files = RunFiles(run_dir)
-    if RunDir.TRAIN not in files.manifest.get("stages", {}):
+    if not files.manifest.has(RunDir.TRAIN):
         raise ArtifactError(f"{run_dir}: has no trained models (no train stage in its manifest)")
     if name not in available_models(run_dir):
         raise ArtifactError(
@@ -195,7 +196,7 @@ def _jsonable(value):
 class ScoringFiles:
     """What scoring with a finished run reads from it, every file checked against the manifest."""
 
-    manifest: dict
+    manifest: Manifest
     model: str
     payload: dict
     preprocessor: object  #: :class:`~shardflow.tasks.encode.Preprocessor`
@@ -215,9 +216,9 @@ def scoring_files(run_dir, model: str | None = None, *, option: str = "--run") -
     run_dir = location(run_dir)
     manifest = read_manifest(run_dir)
     run = RunDir(run_dir)
-    if RunDir.TRAIN not in manifest.get("stages", {}):
+    if not manifest.has(RunDir.TRAIN):
         raise ShardflowError(f"{option} {run_dir}: not a finished run (no train stage in its manifest.json)")
-    evaluated = run.relative(run.metrics) in manifest.get("artifacts", {})
+    evaluated = run.relative(run.metrics) in manifest.artifacts
     metrics = (
         json.loads(verified_path(run_dir, run.relative(run.metrics), manifest).read_text())
         if evaluated

@@ -15,7 +15,6 @@ many times larger than the cluster's memory.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -33,14 +32,8 @@ from shardflow.pipelines.etl_summary import check_profile, join_report, partitio
 from shardflow.pipelines.graph import named_delayed, shuffled_partitions, task_names, tree_reduce
 from shardflow.pipelines.ownership import prepare_runs_dir
 from shardflow.pipelines.plan import InputPlan, shuffled_for
-from shardflow.pipelines.rundir import (
-    RunDir,
-    library_versions,
-    new_run_id,
-    record_config,
-    stage_output,
-    update_manifest,
-)
+from shardflow.pipelines.records import StageRecord, library_versions
+from shardflow.pipelines.rundir import RunDir, new_run_id, record_config, stage_output
 from shardflow.pipelines.stages import stage_keys
 from shardflow.pipelines.target_fit import target_encoding
 from shardflow.tasks.encode import Preprocessor, fit_vocabulary
@@ -338,11 +331,19 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
             differences=differences,
         )
         RunDir.etl_file(stage_dir, "preprocessor").write_text(preprocessor.to_json())
-        RunDir.etl_file(stage_dir, "summary").write_text(json.dumps(summary, indent=1))
+        RunDir.etl_file(stage_dir, "summary").write_text(summary.to_json())
     run = RunDir(run_dir)
     record_config(run_dir, config.resolved().to_yaml())
-    update_manifest(
-        run_dir,
+    stage = StageRecord(
+        completed=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        key=key,
+        seconds=round(seconds, 3),
+        rows=profile.rows,
+        partitions=len(partition_rows),
+    )
+    run.record_stage(
+        RunDir.ETL,
+        stage,
         # What scoring later reads from the run directory; predict refuses edited copies.
         artifacts={run.relative(path): sha256(path) for path in (run.preprocessor, run.summary)},
         run_id=run_dir.name,
@@ -358,15 +359,6 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
         cluster=runtime.layout(),
         plan=described,
         seeds={"split": config.split.seed},
-        stages={
-            RunDir.ETL: {
-                "completed": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "rows": profile.rows,
-                "partitions": len(partition_rows),
-                "seconds": round(seconds, 3),
-                "key": key,
-            }
-        },
     )
     if cached is not None:
         client.cancel(cached)  # release the cluster memory now, not at garbage collection
@@ -384,7 +376,7 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
     logger.info(
         "etl done: %d rows (%d quarantined) in %d partitions, %.1fs, %.0f rows/s, peak worker memory %s → %s",
         result.rows,
-        summary["quarantined_rows"],
+        summary.quarantined_rows,
         result.partitions,
         seconds,
         result.rows_per_second,

@@ -15,6 +15,7 @@ import numpy as np
 
 from shardflow.pipelines.config import Config
 from shardflow.pipelines.families import FAMILIES
+from shardflow.pipelines.records import EtlSummary
 from shardflow.pipelines.target_fit import check_labels, check_target_type
 from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.errors import InputError
@@ -147,7 +148,7 @@ def stage_summary(
     backend: str,
     joins: dict,
     differences: dict,
-) -> dict:
+) -> EtlSummary:
     """The ETL stage's ``summary.json``: what was written, how long it took, the target's
     statistics and what the joins and partitions looked like.
 
@@ -170,26 +171,26 @@ def stage_summary(
     joins, differences : dict
         :func:`join_report` and :func:`partition_report`.
     """
-    return {
-        "rows": profile.rows,
-        "partitions": len(partition_rows),
-        "validation_rows": profile.validation_rows,
-        "quarantined": profile.quarantined,
-        "quarantined_rows": sum(profile.quarantined.values()),
-        "partition_rows": partition_rows,
-        "partition_quarantined": [w["quarantined"] for w in written],
-        "feature_names": preprocessor.feature_names,
-        "zarr_chunk_rows": chunk_rows,
-        "seconds": seconds,
-        "timings": timings,
-        "peak_memory": peaks,
-        "backend": backend,
-        "joins": joins,
-        "target_mean": float(profile.target.mean[0]),
-        "target_std": float(np.nan_to_num(profile.target.std[0])),
-        "target_min": float(profile.target.minimum[0]) if profile.target.count[0] else 0.0,
-        "target_max": float(profile.target.maximum[0]) if profile.target.count[0] else 1.0,
-        "task": preprocessor.task,
-        "classes": {key: profile.target_values.get(key, 0) for key in preprocessor.classes},
-        "partition_differences": differences,
-    }
+    return EtlSummary(
+        rows=profile.rows,
+        partitions=len(partition_rows),
+        validation_rows=profile.validation_rows,
+        quarantined=profile.quarantined,
+        quarantined_rows=sum(profile.quarantined.values()),
+        partition_rows=partition_rows,
+        partition_quarantined=[w["quarantined"] for w in written],
+        feature_names=preprocessor.feature_names,
+        zarr_chunk_rows=chunk_rows,
+        seconds=seconds,
+        timings=timings,
+        peak_memory=peaks,
+        backend=backend,
+        joins=joins,
+        target_mean=float(profile.target.mean[0]),
+        target_std=float(np.nan_to_num(profile.target.std[0])),
+        target_min=float(profile.target.minimum[0]) if profile.target.count[0] else 0.0,
+        target_max=float(profile.target.maximum[0]) if profile.target.count[0] else 1.0,
+        task=preprocessor.task,
+        classes={key: profile.target_values.get(key, 0) for key in preprocessor.classes},
+        partition_differences=differences,
+    )

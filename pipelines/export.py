@@ -25,7 +25,8 @@ from shardflow.pipelines import artifacts
 from shardflow.pipelines.config import load_config
 from shardflow.pipelines.families import FAMILIES
 from shardflow.pipelines.ownership import new_output_dir
-from shardflow.pipelines.rundir import RunDir, atomic_directory, read_manifest, stage_of
+from shardflow.pipelines.records import stage_of
+from shardflow.pipelines.rundir import RunDir, atomic_directory, read_manifest
 from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.errors import ShardflowError
 from shardflow.tasks.exported import INT8_FILE, METADATA_FILE, MODEL_FILE, ExportedModel
@@ -253,10 +254,10 @@ def describe(onnx_model, preprocessor: Preprocessor, *, config, family, run_dir:
         "joins": [j.path for j in config.joins],
         "source_run": {
             "path": str(run_dir.resolve()),
-            "run_id": manifest.get("run_id", run_dir.name),
+            "run_id": manifest.run_id or run_dir.name,
             "model_files": {
                 k: v
-                for k, v in manifest.get("artifacts", {}).items()
+                for k, v in manifest.artifacts.items()
                 if stage_of(k) == RunDir.TRAIN and k.split("/", 1)[1].split("/")[0].split(".")[0] == family.name
             },
         },

@@ -24,16 +24,9 @@ from shardflow.pipelines.evaluate import comparison_table, evaluate
 from shardflow.pipelines.families import FAMILIES, FAMILY_NAMES, libraries, training_order
 from shardflow.pipelines.figures import warm_up
 from shardflow.pipelines.ownership import RunInUseError, claim_run, prepare_runs_dir, release_run, run_holder
+from shardflow.pipelines.records import StageRecord
 from shardflow.pipelines.report import ReportDrawing
-from shardflow.pipelines.rundir import (
-    ManifestError,
-    RunDir,
-    new_run_id,
-    read_manifest,
-    record_config,
-    stage_output,
-    update_manifest,
-)
+from shardflow.pipelines.rundir import RunDir, find_run, new_run_id, record_config, stage_output, update_manifest
 from shardflow.pipelines.stages import evaluate_key, stage_keys
 from shardflow.pipelines.train_config import TrainConfig
 from shardflow.pipelines.training import TrainingData, load_training_data, train_partition_models
@@ -84,30 +77,6 @@ class RunResult:
     skipped: list = field(default_factory=list)
     partition_metrics: dict = field(default_factory=dict)
     peak_memory: dict = field(default_factory=dict)
-
-
-# ----------------------------------------------------------------------------- stage keys
-
-
-def is_current(run_dir: Path, stage: str, key: str) -> bool:
-    """The stage's output exists in ``run_dir`` and was produced under ``key``."""
-    info = read_manifest(run_dir).get("stages", {}).get(stage, {})
-    return info.get("key") == key and RunDir(run_dir).stage(stage).is_dir()
-
-
-def find_run(runs_dir, etl_key: str) -> Path | None:
-    """The newest run under ``runs_dir`` whose ETL output is current for ``etl_key``; a run
-    whose manifest is damaged is reported and passed over (it is not this job's to repair)."""
-    runs_dir = location(runs_dir)
-    if not runs_dir.is_dir():
-        return None
-    for run_dir in sorted((p for p in runs_dir.iterdir() if not p.name.startswith(".") and p.is_dir()), reverse=True):
-        try:
-            if is_current(run_dir, RunDir.ETL, etl_key):
-                return run_dir
-        except ManifestError as err:
-            logger.warning("not reused: %s", err)
-    return None
 
 
 # ----------------------------------------------------------------------------- stages
@@ -174,20 +143,13 @@ def train(config: Config, runtime: Runtime, run_dir, xgboost_callbacks=(), key: 
         RunDir.train_file(tmp, "peak_memory").write_text(json.dumps(peaks, indent=1))
     hashes = artifacts.artifact_hashes(run_dir, RunDir.TRAIN)
     key = key or stage_keys(config)[RunDir.TRAIN]
-    update_manifest(
-        run_dir,
-        artifacts=hashes,
-        replace_artifacts=RunDir.TRAIN,
-        seeds={"split": config.split.seed, "train": tc.seed},
-        stages={
-            RunDir.TRAIN: {
-                "completed": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "models": list(results),
-                "key": key,
-                "seconds": {k: round(v, 3) for k, v in seconds.items()},
-            }
-        },
+    stage = StageRecord(
+        completed=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        key=key,
+        seconds={k: round(v, 3) for k, v in seconds.items()},
+        models=list(results),
     )
+    run.record_stage(RunDir.TRAIN, stage, artifacts=hashes, seeds={"split": config.split.seed, "train": tc.seed})
     return TrainResult(run_dir, results, seconds, peaks, data)
 
 
@@ -201,15 +163,15 @@ def evaluate_run(runtime: Runtime, run_dir, data: TrainingData | None = None, ke
     """
     run_dir = location(run_dir)
     runtime = as_runtime(runtime)
-    manifest = read_manifest(run_dir)
+    manifest = RunDir(run_dir).read_manifest()
     run = RunDir(run_dir)
-    if RunDir.TRAIN not in manifest.get("stages", {}):
+    if not manifest.has(RunDir.TRAIN):
         raise ShardflowError(f"{run_dir}: has no trained models to evaluate")
-    key = key or evaluate_key(manifest["stages"][RunDir.TRAIN].get("key") or "")
+    key = key or evaluate_key(manifest.key_of(RunDir.TRAIN) or "")
     names = artifacts.available_models(run_dir)
     payloads = {name: artifacts.load_model(run_dir, name) for name in names}
     task = next(iter(payloads.values()))["task"]
-    seed = manifest.get("seeds", {}).get("train", 0)
+    seed = manifest.seeds.get("train", 0)
     data = data or load_training_data(runtime, run.stage(RunDir.ETL), seed)
     out = evaluate(runtime, data, payloads)
     seconds = json.loads(run.trained("seconds").read_text())
@@ -238,17 +200,8 @@ def evaluate_run(runtime: Runtime, run_dir, data: TrainingData | None = None, ke
             )
         )
         RunDir.evaluate_file(tmp, "comparison").write_text(table + "\n")
-    update_manifest(
-        run_dir,
-        artifacts={run.relative(run.metrics): artifacts.sha256(run.metrics)},
-        stages={
-            RunDir.EVALUATE: {
-                "completed": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "key": key,
-                "seconds": round(out["seconds"], 3),
-            }
-        },
-    )
+    stage = StageRecord(completed=time.strftime("%Y-%m-%dT%H:%M:%S"), key=key, seconds=round(out["seconds"], 3))
+    run.record_stage(RunDir.EVALUATE, stage, artifacts={run.relative(run.metrics): artifacts.sha256(run.metrics)})
     return {**out, "table": table}
 
 
@@ -261,6 +214,7 @@ def run(
     *,
     plan=None,
     on_evaluated=None,
+    on_started=None,
 ) -> RunResult:
     """ETL, training of the configured models and evaluation, in one run directory.
 
@@ -284,6 +238,9 @@ def run(
     on_evaluated : callable, optional
         ``on_evaluated(run_dir)`` as soon as the evaluation is written (the comparison
         table can be shown), before the report is drawn and the cluster closed.
+    on_started : callable, optional
+        ``on_started(run_dir)`` once the run directory is chosen and claimed (an interrupted
+        command can then say which run to resume).
 
     Examples
     --------
@@ -315,6 +272,8 @@ def run(
             f"remove {RunDir(run_dir).lock})"
         )
     try:
+        if on_started is not None:
+            on_started(run_dir)
         return _run_claimed(config, runtime, run_dir, plan=plan, keys=keys, force=force, on_evaluated=on_evaluated)
     finally:
         release_run(run_dir)
@@ -324,7 +283,7 @@ def _run_claimed(config: Config, runtime, run_dir, *, plan, keys: dict, force: b
     """:func:`run` in a run directory this process has claimed."""
     from shardflow.pipelines.etl import etl
 
-    current = {stage: not force and is_current(run_dir, stage, keys[stage]) for stage in STAGES}
+    current = {stage: not force and RunDir(run_dir).is_current(stage, keys[stage]) for stage in STAGES}
     if not current[RunDir.ETL]:
         current[RunDir.TRAIN] = current[RunDir.EVALUATE] = False
         remove_tree(RunDir(run_dir).checkpoints())  # they belong to the old features

@@ -19,6 +19,7 @@ from shardflow.pipelines.families import FAMILIES
 from shardflow.pipelines.graph import named_delayed, scatter_named, task_names
 from shardflow.pipelines.ownership import new_output_dir
 from shardflow.pipelines.plan import InputPlan
+from shardflow.pipelines.records import Manifest
 from shardflow.pipelines.rundir import atomic_directory
 from shardflow.tasks.errors import InputError, ShardflowError
 from shardflow.tasks.exported import INT8_FILE, METADATA_FILE, MODEL_FILE
@@ -29,9 +30,9 @@ from shardflow.tasks.worker_state import ExportedSessions
 logger = logging.getLogger("shardflow.predict")
 
 
-def check_dimension_tables(config, manifest: dict) -> None:
+def check_dimension_tables(config, manifest: Manifest) -> None:
     """The join tables hold what the run was trained with (their SHA-256, from its manifest)."""
-    recorded = {j["path"]: j["sha256"] for j in manifest.get("joins", [])}
+    recorded = {j["path"]: j["sha256"] for j in manifest.joins}
     for i, join in enumerate(config.joins):
         path = config.resolve(join.path)
         if path not in recorded:

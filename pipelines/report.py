@@ -19,9 +19,10 @@ from pathlib import Path
 from shardflow.pipelines.families import FAMILIES, label
 from shardflow.pipelines.figures import subplots
 from shardflow.pipelines.plan import format_plan
+from shardflow.pipelines.records import EtlSummary, ManifestError
 from shardflow.pipelines.report_html import CSS, figure_html, png_data_uri, table_html
 from shardflow.pipelines.report_quality import partition_metrics_section, quality_section
-from shardflow.pipelines.rundir import ManifestError, RunDir, read_manifest, write_text_atomic
+from shardflow.pipelines.rundir import RunDir, read_manifest, write_text_atomic
 from shardflow.tasks.metrics import best_model, primary_metric
 from shardflow.tasks.storage import location
 from shardflow.tasks.targets import TASK_TYPES, target_kind
@@ -77,18 +78,18 @@ def build_report(run_dir) -> Path:
 
         raise ShardflowError(f"{run_dir}: not a run directory (no manifest.json)")
     run = RunDir(run_dir)
-    summary = _load(run.summary) or {}
+    summary = EtlSummary.read(run.summary)
     evaluation = _load(run.metrics) or {}
     seconds = _load(run.trained("seconds")) or {}
     task = evaluation.get("task", TASK_TYPES[0])
     parts = [
         f"<h1>shardflow run {html.escape(run_dir.name)}</h1>",
-        f"<p class='muted'>stages: {', '.join(manifest.get('stages', {})) or 'none'}</p>",
+        f"<p class='muted'>stages: {', '.join(manifest.stages) or 'none'}</p>",
     ]
 
     # Dataset.
     parts.append("<h2>Dataset</h2>")
-    inp = manifest.get("input", {})
+    inp = manifest.input
     parts.append(
         table_html(
             [
@@ -96,49 +97,49 @@ def build_report(run_dir) -> Path:
                 ["format", inp.get("format", "")],
                 ["files", inp.get("files", "")],
                 ["fingerprint", inp.get("fingerprint", "")],
-                ["rows (kept)", summary.get("rows", "")],
-                ["validation rows", summary.get("validation_rows", "")],
-                ["quarantined rows", summary.get("quarantined_rows", "")],
-                ["partitions", summary.get("partitions", "")],
+                ["rows (kept)", (summary.rows if summary else "")],
+                ["validation rows", (summary.validation_rows if summary else "")],
+                ["quarantined rows", (summary.quarantined_rows if summary else "")],
+                ["partitions", (summary.partitions if summary else "")],
             ],
             ["", ""],
         )
     )
-    if summary.get("quarantined"):
+    if summary and summary.quarantined:
         parts.append(
             "<h3>Quarantined rows by reason</h3>"
-            + table_html(sorted(summary["quarantined"].items(), key=lambda kv: -kv[1]), ["reason", "rows"])
+            + table_html(sorted(summary.quarantined.items(), key=lambda kv: -kv[1]), ["reason", "rows"])
         )
-    if summary.get("joins"):
+    if summary and summary.joins:
         parts.append(
             "<h3>Joins</h3>"
             + table_html(
                 [
                     [name, j.get("path", ""), j["rows"], j["matched"], f"{100 * j['match_rate']:.1f}%"]
-                    for name, j in summary["joins"].items()
+                    for name, j in summary.joins.items()
                 ],
                 ["join", "dimension table", "input rows", "matched", "match rate"],
             )
         )
-    plan = manifest.get("plan")
+    plan = manifest.plan
     if plan:
         parts.append("<h3>Plan</h3><pre>" + html.escape(format_plan(plan)) + "</pre>")
-    if summary.get("partition_rows"):
+    if summary and summary.partition_rows:
         fig, ax = subplots(figsize=(7, 2.8))
-        ax.bar(range(len(summary["partition_rows"])), summary["partition_rows"], color="#4878a8")
+        ax.bar(range(len(summary.partition_rows)), summary.partition_rows, color="#4878a8")
         ax.set_xlabel("partition")
         ax.set_ylabel("rows")
         ax.set_title("Partition sizes")
         parts.append(figure_html(png_data_uri(fig), "Rows per partition (skew shows here)"))
-    parts.append(_partition_differences(summary))
+    parts.append(_partition_differences(summary) if summary else "")
 
     # Stage timings.
     parts.append("<h2>Stage timings</h2>")
-    timing_rows = [[f"etl: {k}", v] for k, v in summary.get("timings", {}).items()]
+    timing_rows = [[f"etl: {k}", v] for k, v in (summary.timings if summary else {}).items()]
     timing_rows += [[f"train: {label(k)}", v] for k, v in seconds.items()]
-    for stage, info in manifest.get("stages", {}).items():
-        if "seconds" in info and not isinstance(info["seconds"], dict):
-            timing_rows.append([f"stage {stage} (total)", info["seconds"]])
+    for stage, record in manifest.stages.items():
+        if record.seconds is not None and not isinstance(record.seconds, dict):
+            timing_rows.append([f"stage {stage} (total)", record.seconds])
     parts.append(table_html(timing_rows, ["step", "seconds"]))
 
     # Models.
@@ -162,7 +163,7 @@ def build_report(run_dir) -> Path:
 
     # Cluster and configuration.
     parts.append("<h2>Cluster</h2>")
-    cluster = manifest.get("cluster", {})
+    cluster = manifest.cluster
     parts.append(
         table_html([[k, json.dumps(v) if isinstance(v, (list, dict)) else v] for k, v in cluster.items()], ["", ""])
     )
@@ -175,9 +176,7 @@ def build_report(run_dir) -> Path:
                 [[w, format_bytes(int(v))] for w, v in evaluation["peak_memory"].items()], ["worker", "peak RSS"]
             )
         )
-    parts.append(
-        "<h3>Library versions</h3>" + table_html(list(manifest.get("versions", {}).items()), ["library", "version"])
-    )
+    parts.append("<h3>Library versions</h3>" + table_html(list(manifest.versions.items()), ["library", "version"]))
     if run.performance_report.exists():
         parts.append(f"<p><a href='{run.relative(run.performance_report)}'>Dask performance report</a></p>")
     config = run.config.read_text() if run.config.exists() else ""
@@ -195,14 +194,14 @@ def build_report(run_dir) -> Path:
     return out
 
 
-def _partition_differences(summary: dict) -> str:
+def _partition_differences(summary: EtlSummary) -> str:
     """The partitions' target mean (classification: the last class's share) against the
     table's, and the largest gaps in the features' means, in standard deviations."""
-    differences = summary.get("partition_differences")
+    differences = summary.partition_differences
     if not differences or len(differences["partitions"]) < 2:
         return ""
     entries = differences["partitions"]
-    classes = list(summary.get("classes") or [])
+    classes = list(summary.classes or [])
     if "class_shares" in entries[0]:
         values = [e["class_shares"][-1] if e["rows"] else float("nan") for e in entries]
         what = f"share of class {classes[-1]!r}" if classes else "share of the last class"
@@ -211,7 +210,7 @@ def _partition_differences(summary: dict) -> str:
         what = "target mean"
     fig, ax = subplots(figsize=(7, 2.8))
     ax.bar(range(len(values)), values, color="#b07aa1")
-    overall = summary.get("target_mean") if what == "target mean" else None
+    overall = summary.target_mean if what == "target mean" else None
     if overall is not None:
         ax.axhline(overall, color="k", ls=":", lw=0.8)
     ax.set_xlabel("partition")
@@ -278,14 +277,14 @@ def list_runs(runs_dir) -> list:
             )
             task, best = TASK_TYPES[0], None
         key = primary_metric(task)
-        started = min((info.get("completed", "") for info in manifest.get("stages", {}).values()), default="")
+        started = min((record.completed for record in manifest.stages.values()), default="")
         runs.append(
             {
                 "run": run_dir.name,
-                "stages": list(manifest.get("stages", {})),
+                "stages": list(manifest.stages),
                 "date": started.replace("T", " ")[:16] or None,
-                "rows": manifest.get("stages", {}).get(RunDir.ETL, {}).get("rows"),
-                "input": manifest.get("input", {}).get("path"),
+                "rows": manifest.stages[RunDir.ETL].rows if manifest.has(RunDir.ETL) else None,
+                "input": manifest.input.get("path"),
                 "metric": key,
                 "best_model": best[0] if best else None,
                 "best_value": best[1] if best else None,

@@ -26,7 +26,7 @@ import time
 import uuid
 from pathlib import Path
 
-from shardflow.tasks.errors import ShardflowError
+from shardflow.pipelines.records import Manifest, ManifestError, StageRecord
 from shardflow.tasks.storage import StorePath, location, remove_tree
 
 logger = logging.getLogger("shardflow.rundir")
@@ -162,13 +162,10 @@ def _object_store_stage(run_dir: StorePath, stage: str):
         remove_tree(prefix)
         raise
     manifest = read_manifest(run_dir)
-    old = manifest.get("locations", {}).get(stage)
+    old = manifest.locations.get(stage)
     # The commit: one object, naming the new prefix. The stage's record (its key, what it
     # holds) is written by the caller next; until then the stage does not count as current.
-    manifest["locations"] = {**manifest.get("locations", {}), stage: prefix.name}
-    manifest.setdefault("stages", {}).pop(stage, None)
-    manifest["artifacts"] = {k: v for k, v in manifest.get("artifacts", {}).items() if stage_of(k) != stage}
-    write_text_atomic(run_dir / MANIFEST, json.dumps(manifest, indent=1, default=str))
+    write_manifest(run_dir, manifest.without_stage(stage, location=prefix.name))
     for entry in run_dir.iterdir():
         match = _STAGE_PREFIX.match(entry.name)
         if entry.name == old or (
@@ -181,43 +178,9 @@ def _object_store_stage(run_dir: StorePath, stage: str):
             remove_tree(entry)  # the replaced stage, and this host's abandoned attempts
 
 
-def stage_of(relative: str) -> str:
-    """The stage an artifact's manifest name belongs to (``train@x-1-ab12cd34/a.json`` → ``train``)."""
-    return relative.split("/", 1)[0].split("@", 1)[0]
-
-
-#: The manifest's sections and what each holds: a manifest whose sections are of another
-#: type would fail later with a traceback far from the file, so it is damaged too.
-_MANIFEST_SECTIONS = {
-    "stages": dict,
-    "artifacts": dict,
-    "locations": dict,
-    "seeds": dict,
-    "input": dict,
-    "cluster": dict,
-    "versions": dict,
-    "plan": dict,
-    "tracking": dict,
-    "joins": list,
-}
-
-
-class ManifestError(ShardflowError):
-    """A run's ``manifest.json`` cannot be read: the message names the file and why."""
-
-    def __init__(self, path, why: str):
-        super().__init__(
-            f"{path}: damaged ({why}); the run cannot be used: restore the file, or remove the run "
-            f"directory {location(path).parent} and run again"
-        )
-        self.path = path
-
-
-def read_manifest(run_dir) -> dict:
-    """The run's manifest (``{}`` for a directory that has none): the one place it is read.
-
-    A run directory is untrusted (shared, copied, cut short by a full disk): the file must be
-    a JSON object whose sections have their types.
+def read_manifest(run_dir) -> Manifest:
+    """The run's manifest (an empty one, false, for a directory that has none): the one place
+    it is read (validated by :meth:`Manifest.from_bytes`).
 
     Raises
     ------
@@ -226,28 +189,17 @@ def read_manifest(run_dir) -> dict:
     """
     path = location(run_dir) / MANIFEST
     if not path.exists():
-        return {}
+        return Manifest()
     try:
-        manifest = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ManifestError(path, "not UTF-8 text") from None
+        raw = path.read_bytes()
     except IsADirectoryError:
         raise ManifestError(path, "a directory, not a file") from None
-    except json.JSONDecodeError as err:
-        why = (
-            "empty file"
-            if not err.doc.strip()
-            else f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}"
-        )
-        raise ManifestError(path, why) from None
-    if not isinstance(manifest, dict):
-        raise ManifestError(path, f"holds a {type(manifest).__name__}, not a JSON object")
-    for section, kind in _MANIFEST_SECTIONS.items():
-        if section in manifest and not isinstance(manifest[section], kind):
-            raise ManifestError(path, f"'{section}' is not a JSON {'object' if kind is dict else 'array'}")
-    if not all(isinstance(info, dict) for info in manifest.get("stages", {}).values()):
-        raise ManifestError(path, "a stage's entry is not a JSON object")
-    return manifest
+    return Manifest.from_bytes(raw, path)
+
+
+def write_manifest(run_dir, manifest: Manifest) -> None:
+    """Write ``manifest`` as the run's ``manifest.json`` (atomically: one rename, or one object)."""
+    write_text_atomic(location(run_dir) / MANIFEST, manifest.to_json())
 
 
 def record_config(run_dir, text: str) -> None:
@@ -262,51 +214,27 @@ def record_config(run_dir, text: str) -> None:
     update_manifest(run_dir, artifacts={run.relative(run.config): hashlib.sha256(run.config.read_bytes()).hexdigest()})
 
 
-def update_manifest(run_dir: Path, *, replace_artifacts: str | None = None, **fields) -> dict:
-    """Merge ``fields`` into the run's manifest (atomically).
-
-    ``stages`` and ``artifacts`` (``{relative path: sha256}``) are merged by key;
-    ``replace_artifacts`` (a stage such as ``"train"``) first drops the recorded hashes of
-    its files, so a recomputed stage leaves no stale entry behind.
-    """
-    manifest = read_manifest(run_dir)
-    stages = {**manifest.get("stages", {}), **fields.pop("stages", {})}
-    artifacts = dict(manifest.get("artifacts", {}))
-    if replace_artifacts is not None:
-        artifacts = {k: v for k, v in artifacts.items() if stage_of(k) != replace_artifacts}
-    artifacts.update(fields.pop("artifacts", {}))
-    manifest.update(fields)
-    manifest["stages"] = stages
-    manifest["artifacts"] = artifacts
-    write_text_atomic(location(run_dir) / MANIFEST, json.dumps(manifest, indent=1, default=str))
+def update_manifest(run_dir, *, replace_artifacts: str | None = None, **fields) -> Manifest:
+    """Merge ``fields`` into the run's manifest (atomically; see :meth:`Manifest.merged`)."""
+    manifest = read_manifest(run_dir).merged(replace_artifacts=replace_artifacts, **fields)
+    write_manifest(run_dir, manifest)
     return manifest
 
 
-def library_versions() -> dict:
-    """Versions of the libraries a run's results depend on (absent ones omitted)."""
-    from importlib import metadata
-
-    names = [
-        "shardflow",
-        "dask",
-        "distributed",
-        "pandas",
-        "pyarrow",
-        "numpy",
-        "zarr",
-        "xgboost",
-        "torch",
-        "scikit-learn",
-        "cudf-cu13",
-        "dask-cuda",
-    ]
-    versions = {}
-    for name in names:
+def find_run(runs_dir, etl_key: str):
+    """The newest run under ``runs_dir`` whose ETL output is current for ``etl_key`` (None if
+    none); a run whose manifest is damaged is reported and passed over (it is not this job's
+    to repair)."""
+    runs_dir = location(runs_dir)
+    if not runs_dir.is_dir():
+        return None
+    for run_dir in sorted((p for p in runs_dir.iterdir() if not p.name.startswith(".") and p.is_dir()), reverse=True):
         try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
+            if RunDir(run_dir).is_current(RunDir.ETL, etl_key):
+                return run_dir
+        except ManifestError as err:
+            logger.warning("not reused: %s", err)
+    return None
 
 
 class RunDir:
@@ -382,8 +310,23 @@ class RunDir:
     def stage(self, name: str) -> Path:
         """The stage's directory; on an object store, the prefix the manifest committed."""
         if isinstance(self.path, StorePath):
-            return self.path / read_manifest(self.path).get("locations", {}).get(name, name)
+            return self.path / read_manifest(self.path).locations.get(name, name)
         return self.path / name
+
+    def read_manifest(self) -> Manifest:
+        """The run's :class:`~shardflow.pipelines.records.Manifest` (see :func:`read_manifest`)."""
+        return read_manifest(self.path)
+
+    def is_current(self, stage: str, key: str) -> bool:
+        """Whether ``stage``'s output exists here and was produced under ``key``."""
+        return self.read_manifest().key_of(stage) == key and self.stage(stage).is_dir()
+
+    def record_stage(self, stage: str, record: StageRecord, *, artifacts: dict, **sections) -> Manifest:
+        """Record ``stage`` as completed (its ``record``, the SHA-256 of its files in
+        ``artifacts``, which replace the stage's old ones) and any other manifest ``sections``."""
+        return update_manifest(
+            self.path, stages={stage: record}, artifacts=artifacts, replace_artifacts=stage, **sections
+        )
 
     def checkpoints(self, family: str | None = None) -> Path:
         root = self.path / "checkpoints"

@@ -56,6 +56,7 @@ STAGE_CODE = {
         "tasks/combiners.py",
         "pipelines/target_fit.py",
         "pipelines/rundir.py",  # names the stage files every stage writes and reads
+        "pipelines/records.py",  # what the manifest and the ETL summary hold
     ),
     RunDir.TRAIN: (
         "tasks/metrics.py",
@@ -67,6 +68,7 @@ STAGE_CODE = {
         "tasks/shards.py",
         "tasks/process_group.py",
         "tasks/groups.py",
+        "tasks/linear.py",
         "pipelines/families.py",
         "pipelines/job.py",
         "pipelines/artifacts.py",
@@ -99,6 +101,7 @@ COSMETIC_CODE = (
     "tasks/threads.py",
     "pipelines/tracking.py",
     "pipelines/estimator.py",
+    "pipelines/hyperparameters.py",
     "cluster/*.py",
     "data/*.py",
     "*/__init__.py",

@@ -314,7 +314,6 @@ def log_run(tracked: MLflowRun, config, run_dir) -> None:
 
     run = RunDir(run_dir)
     manifest = read_manifest(run_dir)
-    stages = manifest.get("stages", {})
     files = RunFiles(run_dir, manifest)
     preprocessor = Preprocessor.from_json(files.path(run.preprocessor).read_text())
     sample = pd.DataFrame(
@@ -327,7 +326,7 @@ def log_run(tracked: MLflowRun, config, run_dir) -> None:
         params.update(_flatten(out["params"], f"effective.{name}."))
     tracked.log_params(params)
 
-    train_key = stages.get(RunDir.TRAIN, {}).get("key", "")
+    train_key = manifest.key_of(RunDir.TRAIN) or ""
     # Each step is tagged done for this train key as soon as it is: logging again after a
     # failure (--resume) neither repeats the curves nor a model already logged.
     if tracked.tags.get(TRAIN_TAG) != train_key:
@@ -338,8 +337,8 @@ def log_run(tracked: MLflowRun, config, run_dir) -> None:
         name: out["log_model"] for name, out in logged.items() if tracked.tags.get(f"{MODEL_TAG}.{name}") != train_key
     }
     _log_models(tracked, missing, train_key)
-    evaluate_key = stages.get(RunDir.EVALUATE, {}).get("key", "")
-    if tracked.tags.get(EVALUATE_TAG) != evaluate_key and run.relative(run.metrics) in manifest.get("artifacts", {}):
+    evaluate_key = manifest.key_of(RunDir.EVALUATE) or ""
+    if tracked.tags.get(EVALUATE_TAG) != evaluate_key and run.relative(run.metrics) in manifest.artifacts:
         metrics = files.read_json(run.metrics)["metrics"]
         tracked.log_metrics(
             {

@@ -148,29 +148,29 @@ def test_job_on_s3_equals_the_job_on_local_disk_and_resumes_there(s3, s3_cluster
 
     # Each stage lies under the prefix the manifest committed; nothing else is left in the run.
     manifest = read_manifest(remote.run_dir)
-    assert set(manifest["locations"]) == {"etl", "train", "evaluate"}
+    assert set(manifest.locations) == {"etl", "train", "evaluate"}
     objects = objects_under(s3, str(remote.run_dir))
     prefixes = {o.split("/")[3] for o in objects}
     assert prefixes == {
-        *manifest["locations"].values(),
+        *manifest.locations.values(),
         "checkpoints",
         "manifest.json",
         "config.yaml",
         "report.html",
     }, prefixes
-    assert manifest["input"]["path"] == f"{s3.url}/data/trips"
+    assert manifest.input["path"] == f"{s3.url}/data/trips"
     for key in objects:  # credentials come from the environment and are written nowhere
         assert SECRET.encode() not in s3.fs.cat_file(key), key
 
     # A second run finds the run in the store; a changed train section reuses its ETL.
     again = run(config, runtime=s3_cluster)
     assert again.run_dir == remote.run_dir and again.skipped == ["etl", "train", "evaluate"]
-    old_train = manifest["locations"]["train"]
+    old_train = manifest.locations["train"]
     changed = s3_config(s3, "runs", ["train.mlp.epochs=1"])
     partial = run(changed, runtime=s3_cluster, resume=str(remote.run_dir))
     assert partial.run_dir == remote.run_dir and partial.skipped == ["etl"]
     assert partial.metrics["xgboost"] == local.metrics["xgboost"]
-    assert read_manifest(remote.run_dir)["locations"]["train"] != old_train
+    assert read_manifest(remote.run_dir).locations["train"] != old_train
     assert not [o for o in objects_under(s3, str(remote.run_dir)) if f"/{old_train}/" in o]  # replaced: deleted
 
     # Predictions from the store into the store, and the model as an object, equal local ones.
@@ -241,7 +241,7 @@ def test_a_failed_stage_on_s3_commits_nothing(s3, s3_cluster):
     with pytest.raises(Exception, match="boom in round 3"):
         train(config, s3_cluster, done.run_dir, xgboost_callbacks=[Boom()])
     after = read_manifest(done.run_dir)
-    assert after == before and "train" not in after["stages"]
+    assert after == before and not after.has("train")
     assert not [o for o in objects_under(s3, str(done.run_dir)) if "/train@" in o]
 
 

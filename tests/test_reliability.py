@@ -479,12 +479,14 @@ def test_a_damaged_manifest_is_named_and_skipped_and_breaks_no_other_run(runtime
         assert proc.returncode == 2 and len(errors) == 1 and errors[0].startswith(message), (command, proc.stderr)
     assert not (tmp_path / "onnx").exists() and not (tmp_path / "scores").exists()
 
-    from shardflow.pipelines.rundir import ManifestError, read_manifest
+    from shardflow.pipelines.records import ManifestError
+    from shardflow.pipelines.rundir import read_manifest
 
     for text, why in [
         ("", "empty file"),
         ("[1, 2]", "holds a list, not a JSON object"),
-        ('{"stages": {"etl": 3}}', "a stage's entry is not a JSON object"),
+        ('{"stages": {"etl": 3}}', "a stage's entry \\('etl'\\) is not a JSON object"),
+        ('{"stages": {"etl": {"key": 3}}}', "a stage's key or completion time \\('etl'\\) is not text"),
         ('{"artifacts": []}', "'artifacts' is not a JSON object"),
     ]:
         (damaged / "manifest.json").write_text(text)

@@ -177,7 +177,7 @@ def test_predict_refuses_an_edited_config_and_runs_nothing(small_run, trips_dir,
     # Whoever can edit the run directory can also edit the manifest's hashes: the
     # expression still goes through the whitelist, and nothing runs.
     manifest = read_manifest(run_dir)
-    update_manifest(run_dir, artifacts={**manifest["artifacts"], "config.yaml": sha256(config_path)})
+    update_manifest(run_dir, artifacts={**manifest.artifacts, "config.yaml": sha256(config_path)})
     with pytest.raises(ConfigError, match=r"features.derived.fare_per_mile.*is not allowed"):
         predict(run_dir, str(trips_dir / "trips"), tmp_path / "scores", runtime=runtime)
     assert not marker.exists()
@@ -196,8 +196,8 @@ def test_predict_refuses_a_changed_dimension_table(small_run, trips_dir, runtime
     manifest = read_manifest(run_dir)
     update_manifest(
         run_dir,
-        artifacts={**manifest["artifacts"], "config.yaml": sha256(config_path)},
-        joins=[{**j, "path": j["path"].replace(str(trips_dir), str(data))} for j in manifest["joins"]],
+        artifacts={**manifest.artifacts, "config.yaml": sha256(config_path)},
+        joins=[{**j, "path": j["path"].replace(str(trips_dir), str(data))} for j in manifest.joins],
     )
     predict(run_dir, str(data / "trips"), tmp_path / "scores-before", runtime=runtime)  # unchanged: scores
     zones = pq.read_table(data / "zones.parquet")

@@ -92,7 +92,7 @@ def test_run_is_logged_to_mlflow_and_a_resumed_run_continues_it(tracking_server,
     assert len(runs) == 1
     tracked = runs[0]
     assert tracked.info.status == "FINISHED" and tracked.data.tags["shardflow.run_id"] == first.run_dir.name
-    assert read_manifest(first.run_dir)["tracking"]["mlflow"]["run_id"] == tracked.info.run_id
+    assert read_manifest(first.run_dir).tracking["mlflow"]["run_id"] == tracked.info.run_id
 
     # Parameters: the resolved config with its defaults, and the effective hyperparameters.
     run_dir = RunDir(first.run_dir)

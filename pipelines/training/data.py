@@ -16,6 +16,7 @@ from pathlib import Path
 from dask.base import tokenize
 
 from shardflow.cluster.factory import Runtime
+from shardflow.pipelines.records import EtlSummary
 from shardflow.pipelines.rundir import RunDir
 from shardflow.tasks import shards as shard_tasks
 from shardflow.tasks.encode import Preprocessor
@@ -92,7 +93,6 @@ def load_training_data(runtime: Runtime, etl_dir, seed: int = 0, attempt: int = 
     attempt : int
         Reloads after a failure use new task keys, so they never race the old ones.
     """
-    import json
 
     import zarr
 
@@ -105,8 +105,9 @@ def load_training_data(runtime: Runtime, etl_dir, seed: int = 0, attempt: int = 
     client = runtime.client
     workers = sorted_workers(client)
     # The token names the data: the same ETL output (its fitted preprocessing included) and seed.
-    summary = json.loads(RunDir.etl_file(etl_dir, "summary").read_text())
-    token = tokenize(str(etl_dir.resolve()), preprocessor_text, summary["rows"], seed)[:10]
+    summary_path = RunDir.etl_file(etl_dir, "summary")
+    summary = EtlSummary.from_json(summary_path.read_text(), summary_path)
+    token = tokenize(str(etl_dir.resolve()), preprocessor_text, summary.rows, seed)[:10]
     placement = [workers[i % len(workers)] for i in range(len(rows))]
     prefix = f"train-load-partition-{token}" + (f"-retry{attempt}" if attempt else "")
     futures = [
@@ -143,11 +144,11 @@ def load_training_data(runtime: Runtime, etl_dir, seed: int = 0, attempt: int = 
     )
 
 
-def scoring_for(preprocessor: Preprocessor, summary: dict) -> Scoring:
+def scoring_for(preprocessor: Preprocessor, summary: EtlSummary) -> Scoring:
     """How a run's predictions are scored: its target kind, transform and classes, and the
     target's spread (from the ETL summary) for the report's residual histograms."""
-    std = summary.get("target_std") or 1.0
-    low, high = summary.get("target_min", 0.0), summary.get("target_max", 1.0)
+    std = summary.target_std or 1.0
+    low, high = summary.target_min, summary.target_max
     return Scoring(
         preprocessor.task,
         preprocessor.target_transform,
