@@ -9,9 +9,10 @@ report — iterates over :data:`FAMILIES`. A new family is one entry here and a 
 of its own; its report curves and MLflow logging are adapters in
 :mod:`shardflow.pipelines.family_views`, outside the training code.
 
-Training order follows ``stage``: the global XGBoost first, then every per-partition
-family in one graph (their models train side by side), then the families built on
-others (``needs``), then the data-parallel MLP.
+Training order follows ``stage``: the linear baseline and the global XGBoost first, then
+every per-partition family in one graph (their models train side by side), then the
+families built on others (``needs``), then the data-parallel MLP. Tables and reports list
+the families in the registry's order, the linear baseline first.
 """
 
 from __future__ import annotations
@@ -169,6 +170,19 @@ def _members_payload(files, family) -> dict:
 FAMILIES = {
     f.name: f
     for f in (
+        Family(
+            "linear",
+            "linear baseline",
+            "global",
+            0,
+            train=_lazy("linear", "train_family"),
+            save=_lazy("linear", "save_family"),
+            load=_lazy("linear", "load_family"),
+            predict=Deferred("tasks.linear", "predict_linear"),
+            curves=_view("linear_curves"),
+            export=_exporter("export_linear"),
+            libraries=("shardflow.tasks.linear",),
+        ),
         Family(
             "xgboost",
             "global XGBoost",

@@ -16,6 +16,46 @@ import json
 from shardflow.pipelines.figures import subplots
 from shardflow.pipelines.rundir import RunDir
 
+# ----------------------------------------------------------------------------- linear baseline
+
+
+def linear_curves(run_dir, family) -> list:
+    """The penalised training loss per Newton pass, and the largest coefficients.
+
+    Parameters
+    ----------
+    run_dir : path
+        The run directory whose train stage holds the family's files.
+    family : Family
+        The family (its files' names and its label).
+
+    Returns
+    -------
+    list of (Figure, str)
+        The report's panels and their captions.
+    """
+    import numpy as np
+
+    meta = json.loads(RunDir(run_dir).trained(family.file()).read_text())
+    fig, ax = subplots((5.5, 3.5))
+    ax.plot(range(1, len(meta["objective"]) + 1), meta["objective"], marker="o")
+    ax.set_xlabel("Newton pass (a rejected step is halved and tried again)")
+    ax.set_ylabel("penalised loss on the training rows")
+    ax.set_title(f"{family.label}: Newton fit")
+    panels = [(fig, f"{family.label}: its damped Newton fit, one reduction over the partitions per pass")]
+    coef = np.asarray(meta["coef"], dtype=np.float64)[1:]  # the intercept apart
+    if len(coef):
+        # One output: the signed coefficient; one per class: their norm (how much the feature moves the classes).
+        size = coef[:, 0] if coef.shape[1] == 1 else np.linalg.norm(coef, axis=1)
+        top = np.argsort(np.abs(size))[-20:]
+        fig, ax = subplots((5.5, 0.3 * len(top) + 1))
+        ax.barh([meta["columns"][1 + i] for i in top], size[top], color="#5b7fb5")
+        ax.set_xlabel("coefficient (numerics standardised)" if coef.shape[1] == 1 else "norm of the class coefficients")
+        ax.set_title(f"Largest coefficients, {family.label}")
+        panels.append((fig, f"The {family.label}'s largest coefficients"))
+    return panels
+
+
 # ----------------------------------------------------------------------------- global XGBoost
 
 

@@ -12,6 +12,8 @@ operators only, so a model runs wherever ONNX Runtime runs.
 - XGBoost models: ``ai.onnx.ml.TreeEnsemble`` (opset 5) converted from the booster's JSON
   (:mod:`shardflow.tasks.onnx_trees`);
 - MLPs: exported with ``torch.onnx`` and spliced in;
+- the linear baseline: ``MatMul`` of the numerics, a ``Gather`` of each categorical's
+  coefficients (its one-hot product), ``Sigmoid``/``Softmax``;
 - ensembles: the members' probabilities (or values) averaged with their weights; the stacked
   combiner's logistic / multinomial / linear model on top.
 """
@@ -231,6 +233,41 @@ def outputs(g: Graph, scores: str, preprocessor, kind) -> list:
 
 
 # ----------------------------------------------------------------------------- per family (see FAMILIES)
+
+
+def export_linear(g: Graph, features: str, payload: dict, kind) -> str:
+    """The linear baseline, as :func:`~shardflow.tasks.linear.predict_linear`: the intercept, the
+    numerics' ``MatMul``, each categorical's coefficient looked up by its code (its one-hot
+    product; a code without a column of its own takes ``other``'s), then ``Sigmoid``,
+    ``Softmax`` or nothing (regression), in double."""
+    from onnx import TensorProto
+
+    from shardflow.tasks.encode import OTHER_CODE
+
+    numeric = payload["numeric"]
+    coef = np.asarray(payload["coef"], dtype=np.float64).reshape(-1, payload["outputs"])
+    if not kind.multi_output:
+        coef = coef[:, 0]
+    z = g.const(coef[0], np.float64, hint="intercept")
+    if numeric:
+        ends = [g.const([0], np.int64), g.const([numeric], np.int64), g.const([1], np.int64)]
+        x = as_double(g, g.op("Slice", [features, *ends]))
+        z = g.op("Add", [z, g.op("MatMul", [x, g.const(coef[1 : 1 + numeric], np.float64, hint="weights")])])
+    start = 1 + numeric
+    for j, width in enumerate(payload["codes"]):
+        code = g.op("Gather", [features, g.const(numeric + j, np.int64)], axis=1)
+        code = g.op("Cast", [code], to=TensorProto.INT64)
+        own = g.op(
+            "And",
+            [g.op("GreaterOrEqual", [code, g.const(0, np.int64)]), g.op("Less", [code, g.const(width, np.int64)])],
+        )
+        index = g.op("Where", [own, code, g.const(OTHER_CODE, np.int64)])
+        table = g.const(coef[start : start + width], np.float64, hint="categories")
+        z = g.op("Add", [z, g.op("Gather", [table, index], axis=0)])
+        start += width
+    if kind.multi_output:
+        return g.op("Softmax", [z], axis=1)
+    return g.op("Sigmoid", [z]) if kind.is_classification else z
 
 
 def export_booster(g: Graph, features: str, payload: dict, kind) -> str:

@@ -135,7 +135,7 @@ def test_distributed_metrics_equal_sklearn(trained):
         assert metrics["auc"] == pytest.approx(roc_auc_score(y_valid, p), abs=1e-4), name
         assert metrics["logloss"] == pytest.approx(log_loss(y_valid, np.clip(p, 1e-15, 1 - 1e-15)), rel=1e-6), name
         assert metrics["accuracy"] == pytest.approx(accuracy_score(y_valid, p >= 0.5), abs=1e-12), name
-    assert set(evaluated["metrics"]) == {"xgboost", "xgboost_partitions", "stacked", "mlp", "mlp_partitions"}
+    assert set(evaluated["metrics"]) == {"linear", "xgboost", "xgboost_partitions", "stacked", "mlp", "mlp_partitions"}
     per_partition = evaluated["partition_metrics"]["xgboost"]
     assert len(per_partition) == 8 and sum(p["rows"] for p in per_partition) == len(y_valid)
 

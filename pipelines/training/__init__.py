@@ -7,6 +7,7 @@
 - :mod:`~shardflow.pipelines.training.mlp`: the data-parallel MLP, and
   :mod:`~shardflow.pipelines.training.mlp_setup`: the MLP families' network and optimizer;
 - :mod:`~shardflow.pipelines.training.stacking`: the stacked combiner;
+- :mod:`~shardflow.pipelines.training.linear`: the linear baseline (Newton passes over reductions);
 - :mod:`~shardflow.pipelines.training.checkpoint` and
   :mod:`~shardflow.pipelines.training.xgboost_checkpoint`: checkpoints of the global models.
 
