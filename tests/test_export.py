@@ -375,7 +375,10 @@ def test_estimator_fit_on_a_dask_frame_equals_the_job_on_its_files(trips_dir, ru
     estimator = shardflow.Estimator(config, runtime=runtime).fit(frame)
     assert estimator.metrics_ == on_files.metrics
     rows = pd.read_parquet(trips_dir / "trips").head(300)
-    pd.testing.assert_frame_equal(estimator.predict(rows), shardflow.load_model(on_files.run_dir).predict(rows))
+    expected = shardflow.load_model(on_files.run_dir).predict(rows)
+    pd.testing.assert_frame_equal(estimator.model_.predict(rows), expected)
+    labels = expected["predicted_label"].to_numpy(dtype=object, na_value=None)  # None: a quarantined row
+    np.testing.assert_array_equal(estimator.predict(rows), labels)
     again = shardflow.Estimator(config, runtime=runtime).fit(dd.read_parquet(trips_dir / "trips"))
     assert again.run_dir_ == estimator.run_dir_  # the frame's files and run are found again
     # pandas X and y paired by position (a named index becomes a column): the same table.
