@@ -100,9 +100,7 @@ def main(argv=None) -> None:
                     started = time.perf_counter()
                     result = run(config, runtime=runtime, force=True)
                     seconds = time.perf_counter() - started
-                    stages = {
-                        stage: record.seconds for stage, record in read_manifest(result.run_dir).stages.items()
-                    }
+                    stages = {stage: record.seconds for stage, record in read_manifest(result.run_dir).stages.items()}
                     stages = {k: sum(v.values()) if isinstance(v, dict) else v for k, v in stages.items()}
                     results[name].append({"seconds": seconds, "stages": stages, "run": str(result.run_dir)})
                     print(f"{name}, repeat {repeat + 1}: {seconds:.1f}s {stages}", flush=True)

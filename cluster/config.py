@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shardflow.pipelines.typed_yaml import Anything, Between, ByteSize, ConfigError, OneOf, Text, option
+from shardflow.core.constraints import Anything, Between, ByteSize, ConfigError, OneOf, Text, option
 
 CLUSTER_SPECS = ("auto", "local", "local-cuda")
 ADDRESS_SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://", "ws://", "wss://")
@@ -120,7 +120,7 @@ def check_cluster_reach(path, cluster: dict) -> None:
     >>> check_cluster_reach("job.yaml", {"host": "0.0.0.0"})
     Traceback (most recent call last):
     ...
-    shardflow.pipelines.typed_yaml.ConfigError: job.yaml: config key 'cluster.host': 0.0.0.0 is reachable from other
+    shardflow.core.constraints.ConfigError: job.yaml: config key 'cluster.host': 0.0.0.0 is reachable from other
     machines, and a config file does not choose where the cluster listens or where the data goes; give it on the
     command line (--cluster, --set cluster.host=...), or consent with --allow-remote-cluster or
     SHARDFLOW_ALLOW_REMOTE_CLUSTER=1

@@ -14,9 +14,9 @@ from distributed.deploy.utils import nprocesses_nthreads
 
 from shardflow.cluster.config import ClusterConfig
 from shardflow.cluster.plugins import NativeThreadsPlugin
-from shardflow.tasks.backend import gpu_install_hint
-from shardflow.tasks.errors import ShardflowError
-from shardflow.tasks.threads import native_thread_env
+from shardflow.core.backend import gpu_install_hint
+from shardflow.core.errors import ShardflowError
+from shardflow.core.threads import native_thread_env
 
 logger = logging.getLogger("shardflow.cluster")
 

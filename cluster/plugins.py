@@ -9,7 +9,7 @@ import threading
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from shardflow.tasks.threads import use_threads
+from shardflow.core.threads import use_threads
 
 logger = logging.getLogger("shardflow.cluster")
 

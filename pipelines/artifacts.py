@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from shardflow.core.errors import ShardflowError
+from shardflow.core.storage import location
 from shardflow.pipelines.records import Manifest
 from shardflow.pipelines.rundir import RunDir, read_manifest
-from shardflow.tasks.errors import ShardflowError
-from shardflow.tasks.storage import location
 
 
 class ArtifactError(ShardflowError):
@@ -90,7 +90,7 @@ def save_models(stage_dir: Path, results: dict, task: str) -> None:
 
     stage_dir = location(stage_dir)
     for name, result in results.items():
-        FAMILIES[name].save(stage_dir, FAMILIES[name], result)
+        FAMILIES[name].save(stage_dir, result)
     write_json(RunDir.train_file(stage_dir, "task"), {"task": task})
 
 
@@ -176,7 +176,7 @@ def load_model(run_dir, name: str) -> dict:
             f"model {name!r} was not trained in {run_dir}; available: {', '.join(available_models(run_dir))}"
         )
     task = files.read_json(files.run.trained("task"))["task"]
-    return {"task": task, **FAMILIES[name].load(files, FAMILIES[name])}
+    return {"task": task, **FAMILIES[name].load(files)}
 
 
 def write_json(path: Path, data) -> None:

@@ -14,6 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from shardflow.core.errors import ShardflowError
 from shardflow.pipelines.commands import (
     cmd_etl,
     cmd_export,
@@ -24,8 +25,7 @@ from shardflow.pipelines.commands import (
     cmd_run,
     cmd_runs,
 )
-from shardflow.pipelines.families import FAMILY_NAMES
-from shardflow.tasks.errors import ShardflowError
+from shardflow.pipelines.family_specs import family_names
 
 DEFAULT_ROWS = 1_000_000
 DEFAULT_WORK_DIR = Path("shardflow-work")
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--run", required=True, type=path_or_url, metavar="RUN", help="run directory")
     pred.add_argument("--input", required=True, metavar="PATH", help="Parquet file/directory or CSV glob")
     pred.add_argument("--output", required=True, type=path_or_url, metavar="PATH", help="output directory (Parquet)")
-    pred.add_argument("--model", choices=FAMILY_NAMES, help="default: the run's best model on validation")
+    pred.add_argument("--model", choices=family_names(), help="default: the run's best model on validation")
     pred.add_argument("--overwrite", action="store_true", help="replace an existing --output directory")
     pred.add_argument(
         "--engine",
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser("export", help="a run's preprocessing and model as one ONNX model, for serving elsewhere")
     exp.add_argument("run_dir", type=path_or_url, metavar="RUN", help="run directory")
-    exp.add_argument("--model", choices=FAMILY_NAMES, help="default: the run's best model on validation")
+    exp.add_argument("--model", choices=family_names(), help="default: the run's best model on validation")
     exp.add_argument("--format", choices=("onnx",), default="onnx", help="onnx (the only format so far)")
     exp.add_argument(
         "--out", required=True, type=path_or_url, metavar="DIR", help="export directory (model.onnx, metadata.json)"
@@ -231,7 +231,7 @@ def _log_warning(message, category, *where, **more) -> None:
 
 def path_or_url(value: str):
     """A command-line path: a local path, or an object-store URL (not folded by ``Path``)."""
-    from shardflow.tasks.storage import check_url, location
+    from shardflow.core.storage import check_url, location
 
     try:
         check_url(value, "")

@@ -30,8 +30,8 @@ def _cluster_overrides(args) -> list[str]:
 
 
 def _load(args, base_dir=None):
+    from shardflow.core.storage import check_url, location, url_scheme
     from shardflow.pipelines.config import ConfigError, load_config
-    from shardflow.tasks.storage import check_url, location, url_scheme
 
     overrides = list(args.overrides) + _cluster_overrides(args)
     if args.runs_dir:  # a command-line path is relative to the working directory
@@ -213,7 +213,7 @@ def cmd_runs(args) -> int:
     if not runs:
         print(f"no runs in {args.runs_dir}")
         return 0
-    from shardflow.pipelines.families import label
+    from shardflow.pipelines.family_specs import label
 
     print(f"{'run':<24} {'date':<17} {'input':<32} {'rows':>11} {'stages':<20} {'best model':<32} metric")
     for r in runs:

@@ -17,11 +17,7 @@ from pathlib import Path
 import yaml
 
 from shardflow.cluster.config import ALLOW_REMOTE_CLUSTER_ENV, ClusterConfig, check_cluster_reach
-from shardflow.pipelines.families import FAMILIES, validate_groups
-from shardflow.pipelines.paths import check_config_locations, resolve_path
-from shardflow.pipelines.tracking import TrackingConfig
-from shardflow.pipelines.train_config import TrainConfig
-from shardflow.pipelines.typed_yaml import (
+from shardflow.core.constraints import (
     MAX_PARTITIONS,
     MAX_ROWS,
     MAX_SEED,
@@ -39,10 +35,14 @@ from shardflow.pipelines.typed_yaml import (
     option,
     parse_yaml,
 )
+from shardflow.core.storage import location, url_scheme
+from shardflow.pipelines.family_specs import SPECS
+from shardflow.pipelines.paths import check_config_locations, resolve_path
+from shardflow.pipelines.tracking_config import TrackingConfig
+from shardflow.pipelines.train_config import TrainConfig, check_groups
 from shardflow.tasks.expressions import ExpressionError, parse_expression
 from shardflow.tasks.labels import MAX_CLASSES
 from shardflow.tasks.schema import COLUMN_KINDS, DATETIME_PARTS
-from shardflow.tasks.storage import location, url_scheme
 from shardflow.tasks.targets import TARGET_TRANSFORMS, TASK_TYPES, target_kind
 
 
@@ -200,7 +200,7 @@ class Config:
     @property
     def runs_dir(self):
         """``output.runs_dir`` as an absolute path (relative ones against the config's directory),
-        or a :class:`~shardflow.tasks.storage.StorePath` with ``storage_options``."""
+        or a :class:`~shardflow.core.storage.StorePath` with ``storage_options``."""
         return location(self.resolve(self.output.runs_dir), self.storage_options).resolve()
 
     def resolved(self) -> Config:
@@ -352,12 +352,14 @@ def validate(config: Config) -> None:
             raise ConfigError(f"config key 'joins[{i}].right_on': needs as many columns as 'on' ({len(join.on)})")
     t = config.train
     for model in t.models:
-        for needed in FAMILIES[model].needs:
+        for needed in SPECS[model].needs:
             if needed not in t.models:
                 raise ConfigError(
                     f"config key 'train.models': {model!r} is built on the {needed!r} models; add {needed!r}"
                 )
-    validate_groups(t, config.features)
+    for spec in SPECS.values():  # train.groups holds the options of the per-group family
+        if spec.kind == "per_group":
+            check_groups(t, config.features, spec.name)
     if any(not isinstance(width, int) or width < 1 for width in t.mlp.hidden):
         raise ConfigError(
             f"config key 'train.mlp.hidden': layer widths must be whole numbers of at least 1, got {t.mlp.hidden}"

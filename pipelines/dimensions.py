@@ -14,14 +14,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from shardflow.core import backend
+from shardflow.core.errors import InputError
+from shardflow.core.storage import list_input_files, open_file
 from shardflow.pipelines.config import Config
-from shardflow.tasks import backend
-from shardflow.tasks.errors import InputError
 from shardflow.tasks.io import CSV_SUFFIXES, csv_header
 from shardflow.tasks.keys import ISO_DATETIME
 from shardflow.tasks.prepare import join_key
 from shardflow.tasks.schema import JoinSpec
-from shardflow.tasks.storage import list_input_files, open_file
 
 
 @dataclass

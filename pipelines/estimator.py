@@ -17,13 +17,13 @@ from __future__ import annotations
 import copy
 import logging
 
+from shardflow.core.errors import InputError, ShardflowError
+from shardflow.core.storage import StorePath
 from shardflow.pipelines.config import Config
 from shardflow.pipelines.families import FAMILIES, Deferred
 from shardflow.pipelines.hyperparameters import HYPERPARAMETERS, check_names, job_config
 from shardflow.pipelines.ownership import prepare_runs_dir
 from shardflow.pipelines.rundir import COMMIT_FILE, atomic_directory
-from shardflow.tasks.errors import InputError, ShardflowError
-from shardflow.tasks.storage import StorePath
 
 logger = logging.getLogger("shardflow.estimator")
 
@@ -391,7 +391,7 @@ def probability_values(out):
 def gain_importances(run_dir, name: str, features: list):
     """Gain importances of the run's model ``name`` over ``features``, summing to 1 (all 0
     for a model without a split), if it is one XGBoost booster; else None."""
-    if FAMILIES[name].predict != ONE_BOOSTER:
+    if FAMILIES[name].predictor() != ONE_BOOSTER:
         return None
     import numpy as np
     import xgboost

@@ -25,6 +25,8 @@ import numpy as np
 
 from shardflow.cluster.factory import Runtime, as_runtime
 from shardflow.cluster.memory import peak_memory, reset_peak_memory
+from shardflow.core.errors import InputError
+from shardflow.core.storage import location
 from shardflow.pipelines import outputs, progress
 from shardflow.pipelines.artifacts import sha256
 from shardflow.pipelines.config import Config
@@ -37,7 +39,6 @@ from shardflow.pipelines.rundir import RunDir, new_run_id, record_config, stage_
 from shardflow.pipelines.stages import stage_keys
 from shardflow.pipelines.target_fit import target_encoding
 from shardflow.tasks.encode import Preprocessor, fit_vocabulary
-from shardflow.tasks.errors import InputError
 from shardflow.tasks.prepare import prepare_partition
 from shardflow.tasks.stats import (
     Moments,
@@ -46,7 +47,6 @@ from shardflow.tasks.stats import (
     partition_clipped_moments,
     partition_profile,
 )
-from shardflow.tasks.storage import location
 
 logger = logging.getLogger("shardflow.etl")
 

@@ -13,12 +13,12 @@ import logging
 
 import numpy as np
 
+from shardflow.core.errors import InputError
 from shardflow.pipelines.config import Config
-from shardflow.pipelines.families import FAMILIES
+from shardflow.pipelines.family_specs import SPECS
 from shardflow.pipelines.records import EtlSummary
 from shardflow.pipelines.target_fit import check_labels, check_target_type
 from shardflow.tasks.encode import Preprocessor
-from shardflow.tasks.errors import InputError
 from shardflow.tasks.stats import partition_differences
 from shardflow.tasks.targets import target_kind
 
@@ -118,7 +118,7 @@ def partition_report(profile, preprocessor: Preprocessor, config: Config, *, shu
         profile, preprocessor.numeric, list(preprocessor.classes) if classification else None
     )
     gap = differences["target_gap"]
-    per_partition = any(FAMILIES[m].assumes_exchangeable_partitions for m in config.train.models)
+    per_partition = any(SPECS[m].assumes_exchangeable_partitions for m in config.train.models)
     worst = max(differences["numeric_gap"].items(), key=lambda kv: kv[1], default=(None, 0.0))
     logger.info(
         "etl partitions differ by up to %.2f std in the target%s",

@@ -11,7 +11,8 @@ import math
 import time
 
 from shardflow.pipelines import progress
-from shardflow.pipelines.families import FAMILIES, label
+from shardflow.pipelines.families import FAMILIES
+from shardflow.pipelines.family_specs import label
 from shardflow.pipelines.graph import scatter_named, tree_reduce_futures
 from shardflow.pipelines.training import TrainingData, call_token
 from shardflow.tasks.evaluation import combine_partitions, evaluate_partition, finish_partition
@@ -38,10 +39,7 @@ def evaluate(runtime, data: TrainingData, payloads: dict) -> dict:
     client = runtime.client
     started = time.perf_counter()
     token = call_token(data.token)
-    predictors = {
-        name: (FAMILIES[name].validation_predict or FAMILIES[name].predict, payload)
-        for name, payload in payloads.items()
-    }
+    predictors = {name: (FAMILIES[name].validation_predictor(), payload) for name, payload in payloads.items()}
     predictors_f = scatter_named(client, "evaluate-models", predictors)
     scoring = data.scoring
     partials = [

@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 from dask.utils import format_bytes
 
+from shardflow.core.errors import ShardflowError
+from shardflow.core.storage import location
 from shardflow.pipelines import artifacts
 from shardflow.pipelines.config import load_config
 from shardflow.pipelines.families import FAMILIES
@@ -28,12 +30,10 @@ from shardflow.pipelines.ownership import new_output_dir
 from shardflow.pipelines.records import stage_of
 from shardflow.pipelines.rundir import RunDir, atomic_directory, read_manifest
 from shardflow.tasks.encode import Preprocessor
-from shardflow.tasks.errors import ShardflowError
 from shardflow.tasks.exported import INT8_FILE, METADATA_FILE, MODEL_FILE, ExportedModel
 from shardflow.tasks.metric_sums import Scoring, metric_direction
 from shardflow.tasks.metrics import finish_metrics, partial_metrics, primary_metric
 from shardflow.tasks.schema import SPLIT_COLUMN
-from shardflow.tasks.storage import location
 from shardflow.tasks.targets import target_kind
 
 logger = logging.getLogger("shardflow.export")

@@ -1,34 +1,39 @@
-"""The model families: the one place that knows each family's name, label and code.
+"""The model families as classes: each binds a :class:`~shardflow.pipelines.family_specs.FamilySpec`
+to its code.
 
-A family is a name and a label plus five functions: how it trains (on the driver,
-scheduling work on the cluster), how it writes its files into the train stage, how it
-loads them back, how it predicts (a function of :mod:`shardflow.tasks.models`, run on the
-workers) and, optionally, how it draws its training curves in the report. Everything
-else — the config's choices, the CLI, training, saving, evaluation, prediction, the
-report — iterates over :data:`FAMILIES`. A new family is one entry here and a module
-of its own; its report curves and MLflow logging are adapters in
-:mod:`shardflow.pipelines.family_views`, outside the training code.
+A family trains (on the driver, scheduling work on the cluster) and returns a
+:class:`FamilyResult`; saves it into the train stage; loads it back as the payload its
+predictor takes; and names its predictor (a function run on the workers). What differs
+between kinds — which families train together in one graph, what the plan says of them,
+which record per-partition metrics — is behaviour of the kind's class, not a switch on a
+string elsewhere. Everything else — the config's choices, the CLI, evaluation, prediction,
+the report — iterates over :data:`FAMILIES`.
 
-Training order follows ``stage``: the linear baseline and the global XGBoost first, then
-every per-partition family in one graph (their models train side by side), then the
-families built on others (``needs``), then the data-parallel MLP. Tables and reports list
-the families in the registry's order, the linear baseline first.
+A family's code is imported when it is used: the command line and the config import this
+module to list the families, and must not import pandas, XGBoost or torch to print their
+help. Its report curves, MLflow logging and ONNX operators are adapters on the
+presentation side (:mod:`shardflow.pipelines.family_views`, :mod:`shardflow.tasks.onnx_graph`)
+that the class binds by name.
+
+A family of one's own is a subclass registered from Python (:func:`register_family`;
+:mod:`shardflow.pipelines.custom_families` wraps an estimator or a PyTorch module), never
+from a config: configs are untrusted, and name only families already registered.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass
 from importlib import import_module
+
+from shardflow.pipelines.family_specs import SPECS, FamilySpec, add_spec
 
 
 @dataclass(frozen=True)
 class Deferred:
     """Function ``name`` of module ``shardflow.<module>``, imported on its first call.
 
-    The registry is imported by the config and the command line, which must not import
-    pandas, XGBoost or torch to print their help; a family's code is imported when the
-    family is used. Picklable by reference (it travels to workers as two strings).
+    Picklable by reference (it travels to workers as two strings).
 
     Examples
     --------
@@ -47,11 +52,6 @@ class Deferred:
         return self.name
 
 
-def _lazy(module: str, name: str) -> Deferred:
-    """A training function of ``pipelines/training/<module>.py``."""
-    return Deferred(f"pipelines.training.{module}", name)
-
-
 def _view(name: str) -> Deferred:
     """A presentation adapter of :mod:`shardflow.pipelines.family_views` (report curves, MLflow)."""
     return Deferred("pipelines.family_views", name)
@@ -67,267 +67,272 @@ def _exporter(name: str) -> Deferred:
     return Deferred("tasks.onnx_graph", name)
 
 
-@dataclass(frozen=True)
-class Family:
-    """One model family; see the module docstring.
+@dataclass
+class FamilyResult:
+    """What a family's :meth:`ModelFamily.train` returns.
 
     Attributes
     ----------
-    name, label : str
-        The config's and files' name (``train.models``), and what tables and plots say.
-    kind : str
-        ``global`` (one model over all partitions), ``per_partition`` (one model per
-        group of partitions, trained together in one graph), ``combined`` (built on
-        the models of the families in ``needs``) or ``per_group`` (one model per key
-        group, its rows gathered from every partition).
-    default : bool
-        Trained when the config lists no ``train.models`` (a family that needs options
-        of its own is not).
-    small_data_on_one_worker : bool
-        A global family that trains on one worker, without collectives, when the data is
-        small (``train.xgboost.single_worker``).
-    stage : int
-        Training order (see the module docstring).
-    train : callable
-        ``train(context, family) -> result`` for ``global`` and ``combined`` families;
-        ``per_partition`` families give ``partition_job(context, family) -> (task,
-        kwargs_of_group)`` instead.
-    save, load : callable
-        ``save(stage_dir, family, result)`` writes the family's files;
-        ``load(files, family) -> payload`` reads them back through the manifest's hashes.
-    predict : callable
-        ``predict(payload, x, nthread, cache) -> ndarray`` on a worker.
-    validation_predict : callable, optional
-        What evaluation uses instead of ``predict`` (the stacked combiner's out-of-fold fit).
-    curves : callable, optional
-        ``curves(run_dir, family) -> [(figure, caption)]`` for the report
-        (:mod:`shardflow.pipelines.family_views`).
-    export : callable
-        ``export(graph, features, payload, kind) -> scores``: the family's predictions as ONNX
-        operators (:mod:`shardflow.tasks.onnx_graph`), for ``shardflow export``.
-    averages_worker_updates : bool
-        A global family trained data-parallel by averaging what each worker learned on its
-        own partitions (local SGD's parameters, or each step's gradients): like a
-        per-partition family, it assumes the partitions are samples of one table.
-    quantizable : bool
-        Its models are matrix products whose weights ``shardflow export --quantize int8``
-        can quantize (the MLP families; trees have nothing to quantize).
-    libraries : tuple of str
-        Modules its training and prediction load on the workers (imported there as the
-        cluster starts, overlapped with the ETL: :class:`~shardflow.cluster.plugins.PreloadPlugin`).
-    tracking : callable, optional
-        ``tracking(files, family, sample) -> {"params", "curves", "log_model"}`` for MLflow
-        (:mod:`shardflow.pipelines.tracking`; the adapters are in
-        :mod:`shardflow.pipelines.family_views`): the effective hyperparameters, the metrics
-        per round or epoch, and ``log_model(run_id, model_id)`` that logs the model in its
-        MLflow flavour to that run and logged model (``sample``: rows of the feature matrix,
-        for the signature).
+    seconds : float
+        Its training time (a combined family's includes its members').
+    state : dict
+        The family's own record of what it trained (models, histories, weights): what its
+        :meth:`ModelFamily.save` writes.
     """
 
-    name: str
-    label: str
-    kind: str
-    stage: int
-    save: Callable
-    load: Callable
-    predict: Callable
-    train: Callable | None = None
-    partition_job: Callable | None = None
-    validation_predict: Callable | None = None
-    curves: Callable | None = None
-    needs: tuple = field(default_factory=tuple)
-    export: Callable | None = None
-    default: bool = True
-    small_data_on_one_worker: bool = False
-    averages_worker_updates: bool = False
-    quantizable: bool = False
-    libraries: tuple = ("xgboost",)
-    tracking: Callable | None = None
+    seconds: float
+    state: dict
 
-    @property
-    def assumes_exchangeable_partitions(self) -> bool:
-        """Whether the family's models are built on partitions as samples of one table (so
-        the ETL shuffles the rows for it): per-partition models, a combiner of them, and
-        data-parallel SGD over the workers' own partitions (a file sorted by its target
-        gives each worker one slice of it: the averaged model is worse)."""
-        return self.kind in ("per_partition", "combined") or self.averages_worker_updates
-
-    def file(self, suffix: str = "json") -> str:
-        """A file of the family in the train stage; ``json`` (its metadata) marks it as trained."""
-        return f"{self.name}.{suffix}"
-
-    def member_file(self, index: int, suffix: str) -> str:
-        """The file of member model ``index`` of a per-partition family."""
-        return f"{self.name}/model-{index:05d}.{suffix}"
+    @classmethod
+    def of(cls, state: dict) -> FamilyResult:
+        """A result from a training function's record (which holds its ``seconds``)."""
+        return cls(float(state["seconds"]), state)
 
 
-def _members_payload(files, family) -> dict:
-    """The payload of the family whose models ``family`` is built on."""
-    members = FAMILIES[family.needs[0]]
-    return members.load(files, members)
+class ModelFamily:
+    """A model family: a spec and its code (see the module docstring).
+
+    Subclasses set :attr:`spec` and the names of their code: ``training_module`` (a module
+    of :mod:`shardflow.pipelines.training` with ``train_family``, ``save_family`` and
+    ``load_family``), :attr:`predict` (a worker function ``predict(payload, x, nthread,
+    cache)``), and the presentation adapters :attr:`curves` (``curves(run_dir, family)``),
+    :attr:`tracking` (``tracking(files, family, sample)``) and :attr:`export`
+    (``export(graph, features, payload, kind)``), each optional.
+    """
+
+    spec: FamilySpec
+    training_module: str = ""
+    predict = None
+    validation_predict = None
+    curves = None
+    tracking = None
+    export = None
+
+    def __init__(self, spec: FamilySpec | None = None):
+        if spec is not None:
+            self.spec = spec
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec.name!r})"
+
+    def __getattr__(self, attribute):
+        # The spec's fields (name, label, kind, needs, ...) read as the family's own.
+        if attribute == "spec":
+            raise AttributeError(attribute)
+        return getattr(self.spec, attribute)
+
+    def _code(self, function: str) -> Deferred:
+        return Deferred(f"pipelines.training.{self.training_module}", function)
+
+    # ------------------------------------------------------------------------- the code
+
+    def train(self, context) -> FamilyResult:
+        """Train on ``context`` (:class:`~shardflow.pipelines.job.TrainContext`)."""
+        return FamilyResult.of(self._code("train_family")(context, self))
+
+    def save(self, stage_dir, result: FamilyResult) -> None:
+        """Write the family's files into the (temporary) train stage directory."""
+        self._code("save_family")(stage_dir, self, result.state)
+
+    def load(self, files) -> dict:
+        """The payload of :meth:`predictor`, read through the manifest's hashes (``files``:
+        :class:`~shardflow.pipelines.artifacts.RunFiles`)."""
+        return self._code("load_family")(files, self)
+
+    def predictor(self):
+        """The worker function that scores rows with the loaded payload."""
+        return self.predict
+
+    def validation_predictor(self):
+        """What evaluation scores the validation rows with (an out-of-fold fit may differ)."""
+        return self.validation_predict or self.predict
+
+    # ------------------------------------------------------------------------- the kind's behaviour
+
+    #: Its trained record lists each member model's metrics on its own rows.
+    records_partition_metrics = False
+
+    def plan_line(self, n_workers: int, one_worker: bool) -> str | None:
+        """Where the family trains, as ``shardflow plan`` says it (None: nothing to add)."""
+        return None
 
 
-FAMILIES = {
-    f.name: f
-    for f in (
-        Family(
-            "linear",
-            "linear baseline",
-            "global",
-            0,
-            train=_lazy("linear", "train_family"),
-            save=_lazy("linear", "save_family"),
-            load=_lazy("linear", "load_family"),
-            predict=Deferred("tasks.linear", "predict_linear"),
-            curves=_view("linear_curves"),
-            export=_exporter("export_linear"),
-            libraries=("shardflow.tasks.linear",),
-        ),
-        Family(
-            "xgboost",
-            "global XGBoost",
-            "global",
-            0,
-            train=_lazy("xgboost_global", "train_family"),
-            save=_lazy("xgboost_global", "save_family"),
-            load=_lazy("xgboost_global", "load_family"),
-            predict=_predictor("predict_booster"),
-            curves=_view("global_xgboost_curves"),
-            export=_exporter("export_booster"),
-            small_data_on_one_worker=True,
-            tracking=_view("global_xgboost_tracking"),
-        ),
-        Family(
-            "xgboost_partitions",
-            "per-partition XGBoost ensemble",
-            "per_partition",
-            1,
-            partition_job=_lazy("partitions", "xgboost_job"),
-            save=_lazy("partitions", "save_boosters"),
-            load=_lazy("partitions", "load_boosters"),
-            predict=_predictor("predict_booster_ensemble"),
-            curves=_view("xgboost_ensemble_curves"),
-            export=_exporter("export_booster_ensemble"),
-        ),
-        Family(
-            "stacked",
-            "stacked ensemble",
-            "combined",
-            2,
-            needs=("xgboost_partitions",),
-            train=_lazy("stacking", "train_family"),
-            save=_lazy("stacking", "save_family"),
-            load=lambda files, family: {
-                **_members_payload(files, family),
-                **_lazy("stacking", "load_coefficients")(files, family),
-            },
-            predict=_predictor("predict_stacked"),
-            validation_predict=_predictor("predict_stacked_out_of_fold"),
-            curves=_view("stacked_curves"),
-            export=_exporter("export_stacked"),
-        ),
-        Family(
-            "mlp",
-            "data-parallel MLP",
-            "global",
-            3,
-            train=_lazy("mlp", "train_family"),
-            save=_lazy("mlp", "save_family"),
-            load=_lazy("mlp", "load_family"),
-            predict=_predictor("predict_mlp"),
-            curves=_view("data_parallel_mlp_curves"),
-            export=_exporter("export_mlp"),
-            tracking=_view("data_parallel_mlp_tracking"),
-            averages_worker_updates=True,
-            quantizable=True,
-            libraries=("shardflow.tasks.neural",),
-        ),
-        Family(
-            "mlp_partitions",
-            "per-partition MLP ensemble",
-            "per_partition",
-            1,
-            partition_job=_lazy("partitions", "mlp_job"),
-            save=_lazy("partitions", "save_mlps"),
-            load=_lazy("partitions", "load_mlps"),
-            predict=_predictor("predict_mlp_ensemble"),
-            curves=_view("mlp_ensemble_curves"),
-            export=_exporter("export_mlp_ensemble"),
-            quantizable=True,
-            libraries=("shardflow.tasks.neural",),
-        ),
-        Family(
-            "xgboost_groups",
-            "per-group XGBoost (train.groups)",
-            "per_group",
-            2,
-            needs=("xgboost",),
-            train=_lazy("groups", "train_family"),
-            save=_lazy("groups", "save_family"),
-            load=lambda files, family: {
-                **_lazy("groups", "load_family")(files, family),
-                "fallback": _members_payload(files, family)["model"],
-            },
-            predict=Deferred("tasks.groups", "predict_by_group"),
-            curves=_view("group_curves"),
-            export=_exporter("export_by_group"),
-            default=False,
-        ),
+class GlobalFamily(ModelFamily):
+    """One model over all partitions."""
+
+    def plan_line(self, n_workers: int, one_worker: bool) -> str:
+        if self.small_data_on_one_worker and one_worker:
+            return f"{self.name} on one worker with its host's threads (small data: no allreduce)"
+        return f"{self.name} across all workers"
+
+
+class PerPartitionFamily(ModelFamily):
+    """One model per group of partitions, each trained where its partitions are. Every
+    configured family of this kind trains in one graph, so the workers stay busy."""
+
+    records_partition_metrics = True
+
+    def partition_job(self, context) -> tuple:
+        """``(task, kwargs_of_group, extra)``: ``task(*shards, **kwargs_of_group(g))`` trains
+        group ``g``'s model on a worker; ``extra`` joins the family's record."""
+        return self._code(self.job_function)(context, self)
+
+    def train(self, context) -> FamilyResult:
+        from shardflow.pipelines.training.partition_graph import train_partition_models
+
+        together = [
+            family
+            for family in training_order(context.config.models)
+            if isinstance(family, PerPartitionFamily) and family.name not in context.results
+        ]
+        jobs = {family.name: family.partition_job(context) for family in together}
+        trained = train_partition_models(
+            context.runtime, context.data, context.config.partitions, {name: job[:2] for name, job in jobs.items()}
+        )
+        for name, out in trained.items():
+            context.results[name] = FamilyResult.of({**out, **jobs[name][2]})
+            logging.getLogger("shardflow.job").info("%s: %d models, %.1fs", name, len(out["members"]), out["seconds"])
+        return context.results[self.name]
+
+
+class CombinedFamily(ModelFamily):
+    """Built on the trained models of the families it ``needs``."""
+
+    def load(self, files) -> dict:
+        members = FAMILIES[self.needs[0]]
+        return {**members.load(files), **super().load(files)}
+
+
+class PerGroupFamily(ModelFamily):
+    """One model per key group, the group's rows gathered from every partition."""
+
+    def plan_line(self, n_workers: int, one_worker: bool) -> str:
+        return f"{self.name}: each key group's rows gathered on one worker, groups balanced by rows"
+
+    def load(self, files) -> dict:
+        fallback = FAMILIES[self.needs[0]]
+        return {**super().load(files), "fallback": fallback.load(files)["model"]}
+
+
+# ----------------------------------------------------------------------------- the built-in families
+
+
+class LinearBaseline(GlobalFamily):
+    spec = SPECS["linear"]
+    training_module = "linear"
+    predict = Deferred("tasks.linear", "predict_linear")
+    curves = _view("linear_curves")
+    export = _exporter("export_linear")
+
+
+class GlobalXGBoost(GlobalFamily):
+    spec = SPECS["xgboost"]
+    training_module = "xgboost_global"
+    predict = _predictor("predict_booster")
+    curves = _view("global_xgboost_curves")
+    tracking = _view("global_xgboost_tracking")
+    export = _exporter("export_booster")
+
+
+class XGBoostEnsemble(PerPartitionFamily):
+    spec = SPECS["xgboost_partitions"]
+    training_module = "partitions"
+    job_function = "xgboost_job"
+    predict = _predictor("predict_booster_ensemble")
+    curves = _view("xgboost_ensemble_curves")
+    export = _exporter("export_booster_ensemble")
+
+    def save(self, stage_dir, result: FamilyResult) -> None:
+        self._code("save_boosters")(stage_dir, self, result.state)
+
+    def load(self, files) -> dict:
+        return self._code("load_boosters")(files, self)
+
+
+class StackedEnsemble(CombinedFamily):
+    spec = SPECS["stacked"]
+    training_module = "stacking"
+    predict = _predictor("predict_stacked")
+    validation_predict = _predictor("predict_stacked_out_of_fold")
+    curves = _view("stacked_curves")
+    export = _exporter("export_stacked")
+
+
+class DataParallelMLP(GlobalFamily):
+    spec = SPECS["mlp"]
+    training_module = "mlp"
+    predict = _predictor("predict_mlp")
+    curves = _view("data_parallel_mlp_curves")
+    tracking = _view("data_parallel_mlp_tracking")
+    export = _exporter("export_mlp")
+
+
+class MLPEnsemble(PerPartitionFamily):
+    spec = SPECS["mlp_partitions"]
+    training_module = "partitions"
+    job_function = "mlp_job"
+    predict = _predictor("predict_mlp_ensemble")
+    curves = _view("mlp_ensemble_curves")
+    export = _exporter("export_mlp_ensemble")
+
+    def save(self, stage_dir, result: FamilyResult) -> None:
+        self._code("save_mlps")(stage_dir, self, result.state)
+
+    def load(self, files) -> dict:
+        return self._code("load_mlps")(files, self)
+
+
+class XGBoostGroups(PerGroupFamily):
+    spec = SPECS["xgboost_groups"]
+    training_module = "groups"
+    predict = Deferred("tasks.groups", "predict_by_group")
+    curves = _view("group_curves")
+    export = _exporter("export_by_group")
+
+
+#: Every family by name, in the order tables and reports list them (the linear baseline first).
+FAMILIES: dict = {
+    family.name: family
+    for family in (
+        LinearBaseline(),
+        GlobalXGBoost(),
+        XGBoostEnsemble(),
+        StackedEnsemble(),
+        DataParallelMLP(),
+        MLPEnsemble(),
+        XGBoostGroups(),
     )
 }
 
-#: Every family's name, in the order tables and reports list them.
-FAMILY_NAMES = tuple(FAMILIES)
-#: The families a config without ``train.models`` trains.
-DEFAULT_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.default)
 
+def register_family(family: ModelFamily, *, replace: bool = False) -> ModelFamily:
+    """Make ``family`` (an instance of a :class:`ModelFamily` subclass) a family like the
+    built-in ones: ``train.models`` may name it, and it appears in the comparison, the
+    report, ``predict`` and ``load_model``.
 
-def label(name: str) -> str:
-    """The family's label (the name itself for a name no family has)."""
-    family = FAMILIES.get(name)
-    return family.label if family else name
+    From Python only (configs are untrusted and cannot bring code); a process that loads a
+    run trained with it must register it too. See
+    :mod:`shardflow.pipelines.custom_families` for an estimator's or a PyTorch module's.
 
-
-def libraries(names) -> list:
-    """The modules the families named load on the workers.
-
-    Examples
-    --------
-    >>> libraries(["stacked", "mlp"])
-    ['shardflow.tasks.neural', 'xgboost']
+    Raises
+    ------
+    ValueError
+        Its name is taken (unless ``replace``), is not an identifier, or it needs a family
+        that is not registered.
     """
-    return sorted({module for name in names for module in FAMILIES[name].libraries})
+    if not isinstance(family, ModelFamily):
+        raise TypeError(f"register_family takes a ModelFamily, got {type(family).__name__}")
+    add_spec(family.spec, replace=replace)
+    FAMILIES[family.name] = family
+    return family
 
 
 def training_order(names) -> list:
     """The families named, in the order they train."""
-    return sorted((FAMILIES[n] for n in names), key=lambda f: (f.stage, FAMILY_NAMES.index(f.name)))
+    order = list(FAMILIES)
+    return sorted((FAMILIES[n] for n in names), key=lambda f: (f.stage, order.index(f.name)))
 
 
-def validate_groups(train, features) -> None:
-    """``train.groups`` against ``train.models`` and the categorical features."""
-    from shardflow.pipelines.typed_yaml import ConfigError
-
-    name = next(f.name for f in FAMILIES.values() if f.kind == "per_group")
-    by = train.groups.partition_by
-    if not isinstance(by, list) or not all(isinstance(c, str) for c in by):
-        raise ConfigError(f"config key 'train.groups.partition_by': expected a list of column names, got {by!r}")
-    wanted = name in train.models
-    if wanted and not by:
-        raise ConfigError(
-            f"config key 'train.models': {name!r} needs train.groups.partition_by (the "
-            "categorical column(s) whose values define the groups)"
-        )
-    if by and not wanted:
-        raise ConfigError(
-            f"config key 'train.groups.partition_by' is set but {name!r} is not in "
-            "train.models: add it, or remove partition_by"
-        )
-    for col in by:
-        if col not in features.categorical:
-            raise ConfigError(
-                f"config key 'train.groups.partition_by': {col!r} is not a categorical feature; "
-                "list it under features.categorical"
-            )
-    if len(set(by)) != len(by):
-        raise ConfigError(f"config key 'train.groups.partition_by': a column is named twice in {by}")
+def partition_model_families() -> list:
+    """Names of the families whose record holds each member model's own metrics."""
+    return [name for name, family in FAMILIES.items() if family.records_partition_metrics]

@@ -13,12 +13,12 @@ import dask
 import pyarrow.parquet as pq
 
 from shardflow.cluster.factory import Runtime, as_runtime, start
+from shardflow.core.errors import ShardflowError
 from shardflow.data import trips
 from shardflow.pipelines import progress
 from shardflow.pipelines.config import default_config_path
 from shardflow.pipelines.graph import task_names
 from shardflow.pipelines.rundir import atomic_directory
-from shardflow.tasks.errors import ShardflowError
 
 logger = logging.getLogger("shardflow.generate")
 

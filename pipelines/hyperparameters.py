@@ -1,6 +1,6 @@
 """The hyperparameters of :class:`~shardflow.pipelines.estimator.Estimator`: which keyword sets
 which key of a job's ``train:`` section, and the job config they make, checked as the config's
-own keys are (the constraints of :mod:`shardflow.pipelines.typed_yaml`)."""
+own keys are (the constraints of :mod:`shardflow.core.constraints`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import copy
 import dataclasses
 import difflib
 
+from shardflow.core.constraints import Between, ConfigError, OneOf, build_section, coerce, number_problem
 from shardflow.pipelines.config import Config, load_config, validate
 from shardflow.pipelines.train_config import MLPConfig
-from shardflow.pipelines.typed_yaml import Between, ConfigError, OneOf, build_section, coerce, number_problem
 
 #: XGBoost parameters an :class:`Estimator` takes, set in ``train.xgboost.params``: keyword →
 #: (XGBoost's name, type, constraint). A keyword and XGBoost's name for it are aliases (one

@@ -18,10 +18,13 @@ from pathlib import Path
 from shardflow.cluster.factory import Runtime, as_runtime
 from shardflow.cluster.memory import peak_memory, reset_peak_memory
 from shardflow.cluster.plugins import PreloadPlugin
+from shardflow.core.errors import ShardflowError
+from shardflow.core.storage import location, remove_tree
 from shardflow.pipelines import artifacts
 from shardflow.pipelines.config import Config
 from shardflow.pipelines.evaluate import comparison_table, evaluate
-from shardflow.pipelines.families import FAMILIES, FAMILY_NAMES, libraries, training_order
+from shardflow.pipelines.families import FAMILIES, training_order
+from shardflow.pipelines.family_specs import libraries
 from shardflow.pipelines.figures import warm_up
 from shardflow.pipelines.ownership import RunInUseError, claim_run, prepare_runs_dir, release_run, run_holder
 from shardflow.pipelines.records import StageRecord
@@ -29,9 +32,7 @@ from shardflow.pipelines.report import ReportDrawing
 from shardflow.pipelines.rundir import RunDir, find_run, new_run_id, record_config, stage_output, update_manifest
 from shardflow.pipelines.stages import evaluate_key, stage_keys
 from shardflow.pipelines.train_config import TrainConfig
-from shardflow.pipelines.training import TrainingData, load_training_data, train_partition_models
-from shardflow.tasks.errors import ShardflowError
-from shardflow.tasks.storage import location, remove_tree
+from shardflow.pipelines.training import TrainingData, load_training_data
 
 logger = logging.getLogger("shardflow.job")
 
@@ -120,22 +121,10 @@ def train(config: Config, runtime: Runtime, run_dir, xgboost_callbacks=(), key: 
     )
     context = TrainContext(runtime, data, tc, run_dir, tuple(xgboost_callbacks))
     for family in training_order(tc.models):
-        if family.name in context.results:
-            continue
-        if family.kind == "per_partition":
-            # Every per-partition family in one graph: the workers stay busy while the others train.
-            together = [f for f in training_order(tc.models) if f.kind == "per_partition"]
-            jobs = {f.name: f.partition_job(context, f) for f in together}
-            trained = train_partition_models(
-                runtime, data, tc.partitions, {name: job[:2] for name, job in jobs.items()}
-            )
-            for name, out in trained.items():
-                context.results[name] = {**out, **jobs[name][2]}
-                logger.info("%s: %d models, %.1fs", name, len(out["members"]), out["seconds"])
-        else:
-            context.results[family.name] = family.train(context, family)
-    results = {name: context.results[name] for name in FAMILY_NAMES if name in context.results}
-    seconds = {name: result["seconds"] for name, result in results.items()}
+        if family.name not in context.results:  # a family may train others with it (one graph)
+            context.results[family.name] = family.train(context)
+    results = {name: context.results[name] for name in FAMILIES if name in context.results}
+    seconds = {name: result.seconds for name, result in results.items()}
     peaks = peak_memory(runtime.client)
     with stage_output(run_dir, RunDir.TRAIN) as tmp:
         artifacts.save_models(tmp, results, data.task)
@@ -150,7 +139,7 @@ def train(config: Config, runtime: Runtime, run_dir, xgboost_callbacks=(), key: 
         models=list(results),
     )
     run.record_stage(RunDir.TRAIN, stage, artifacts=hashes, seeds={"split": config.split.seed, "train": tc.seed})
-    return TrainResult(run_dir, results, seconds, peaks, data)
+    return TrainResult(run_dir, {name: result.state for name, result in results.items()}, seconds, peaks, data)
 
 
 def evaluate_run(runtime: Runtime, run_dir, data: TrainingData | None = None, key: str | None = None) -> dict:
@@ -179,7 +168,7 @@ def evaluate_run(runtime: Runtime, run_dir, data: TrainingData | None = None, ke
     partition_models = {
         f: json.loads(run.trained(FAMILIES[f].file()).read_text())["partition_metrics"]
         for f in names
-        if FAMILIES[f].kind == "per_partition"
+        if FAMILIES[f].records_partition_metrics
     }
     table = comparison_table(out["metrics"], seconds, task)
     with stage_output(run_dir, RunDir.EVALUATE) as tmp:

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from shardflow.core.errors import InputError, ShardflowError
+from shardflow.core.storage import location
 from shardflow.pipelines import artifacts
 from shardflow.pipelines.config import load_config
-from shardflow.tasks.errors import InputError, ShardflowError
-from shardflow.tasks.storage import location
 
 logger = logging.getLogger("shardflow.model")
 
@@ -46,7 +46,7 @@ class TrainedModel:
         files = artifacts.scoring_files(self.run_dir, name, option="load_model")
         self.name = files.model
         self.preprocessor, self._payload = files.preprocessor, files.payload
-        self._predictor = FAMILIES[files.model].predict
+        self._predictor = FAMILIES[files.model].predictor()
         # The caller's storage options (for the join tables), never the run's.
         self._config = load_config(files.config_path, ["storage_options={}", "cluster={}"])
         self._config.storage_options = dict(storage_options or {})
@@ -198,7 +198,7 @@ ARROW_REFUSALS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedErro
 
 def table_column_error(frame: pd.DataFrame, err: Exception, where: str) -> InputError:
     """The error for a frame Arrow cannot read as a table, naming the column at fault."""
-    from shardflow.tasks.backend import require_scalars
+    from shardflow.core.backend import require_scalars
 
     for name in frame.columns:
         column = frame[name]

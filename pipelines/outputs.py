@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from shardflow.core import backend
+from shardflow.core.storage import location, zarr_store
 from shardflow.pipelines.rundir import RunDir
-from shardflow.tasks import backend
 from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.prepare import PreparedPartition
 from shardflow.tasks.schema import SPLIT_COLUMN, WEIGHT_COLUMN
-from shardflow.tasks.storage import location, zarr_store
 
 
 def part_name(index: int) -> str:

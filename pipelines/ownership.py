@@ -17,9 +17,9 @@ import time
 import uuid
 from pathlib import Path
 
+from shardflow.core.errors import ShardflowError
+from shardflow.core.storage import StorePath, location, remove_tree
 from shardflow.pipelines.rundir import HOST_ID, RunDir, owner, pid_alive
-from shardflow.tasks.errors import ShardflowError
-from shardflow.tasks.storage import StorePath, location, remove_tree
 
 logger = logging.getLogger("shardflow.ownership")
 
@@ -42,10 +42,10 @@ def new_output_dir(path, option: str, overwrite: bool, keep: dict | None = None,
     >>> new_output_dir("/runs/r1/scores", "--output", True, keep={"--run": "/runs/r1"})
     Traceback (most recent call last):
     ...
-    shardflow.tasks.errors.ShardflowError: --output /runs/r1/scores: lies inside --run /runs/r1, which it would
+    shardflow.core.errors.ShardflowError: --output /runs/r1/scores: lies inside --run /runs/r1, which it would
     change; write the output elsewhere
     """
-    from shardflow.tasks.errors import ShardflowError
+    from shardflow.core.errors import ShardflowError
 
     out = location(path).expanduser().resolve()
     if isinstance(out, StorePath) and "/" not in out.key:
@@ -242,7 +242,7 @@ def prepare_runs_dir(runs_dir, key: str = "output.runs_dir") -> Path:
     ShardflowError
         ``runs_dir`` is a file, or cannot be created or written; the message names ``key``.
     """
-    from shardflow.tasks.errors import ShardflowError
+    from shardflow.core.errors import ShardflowError
 
     runs_dir = location(runs_dir)
     if isinstance(runs_dir, StorePath):

@@ -1,13 +1,13 @@
 """Paths a config or a command names: local paths, ``file://`` URLs and object-store URLs,
-checked before anything is read (see :mod:`shardflow.tasks.storage`)."""
+checked before anything is read (see :mod:`shardflow.core.storage`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from shardflow.pipelines.typed_yaml import ConfigError
-from shardflow.tasks.storage import check_url, url_scheme
-from shardflow.tasks.storage_options import check_storage_options
+from shardflow.core.constraints import ConfigError
+from shardflow.core.storage import check_url, url_scheme
+from shardflow.core.storage_options import check_storage_options
 
 
 def check_config_locations(config) -> None:

@@ -13,6 +13,7 @@ from shardflow.pipelines.config import Config
 from shardflow.pipelines.dimensions import dimension_frames, load_dimensions
 from shardflow.pipelines.read import prepared_meta, read_source, table_spec
 from shardflow.pipelines.source import MIN_PARTITION_ROWS, inspect_source
+from shardflow.pipelines.train_config import trains_on_one_worker
 from shardflow.tasks.schema import TableSpec
 
 logger = logging.getLogger("shardflow.plan")
@@ -155,9 +156,9 @@ class InputPlan:
                 "not kept in memory): set input.exchangeable: true if they are random samples already, or "
                 "input.persist: true if the cluster's memory holds them"
             )
-        from shardflow.pipelines.families import FAMILIES
+        from shardflow.pipelines.families import FAMILIES, PerPartitionFamily
 
-        per_partition = [m for m in self.config.train.models if FAMILIES[m].kind == "per_partition"]
+        per_partition = [m for m in self.config.train.models if isinstance(FAMILIES[m], PerPartitionFamily)]
         if per_partition and len(rows) <= self.config.train.partitions.partitions_per_model:
             warnings.append(
                 f"{len(rows)} partition(s): {', '.join(per_partition)} will train one model on all "
@@ -268,48 +269,17 @@ def shuffles(config: Config) -> bool:
 def shuffled_for(config: Config) -> list:
     """The configured families that assume the partitions are samples of one table
     (per-partition models, their combiners, data-parallel SGD)."""
-    from shardflow.pipelines.families import FAMILIES
+    from shardflow.pipelines.family_specs import SPECS
 
-    return [m for m in config.train.models if FAMILIES[m].assumes_exchangeable_partitions]
-
-
-#: Training arrays up to this size train the global XGBoost on one worker (``auto``): below
-#: it, an allreduce per tree level costs more than the second worker's rows save.
-SINGLE_WORKER_BYTES = 256 * 2**20
-
-
-def trains_on_one_worker(setting: str, array_bytes: float, memory_limits: list) -> bool:
-    """Whether the global XGBoost trains on one worker with all its host's threads (no
-    allreduce): ``auto`` when the training arrays (``array_bytes``) take at most
-    :data:`SINGLE_WORKER_BYTES` and an eighth of the smallest worker's memory limit.
-
-    Examples
-    --------
-    >>> trains_on_one_worker("auto", 8e6, [4e9, 4e9]), trains_on_one_worker("auto", 8e8, [4e9, 4e9])
-    (True, False)
-    """
-    if setting in ("true", "false"):
-        return setting == "true"
-    limit = min(memory_limits) if memory_limits and all(memory_limits) else 8 * SINGLE_WORKER_BYTES
-    return array_bytes <= min(SINGLE_WORKER_BYTES, limit / 8)
+    return [m for m in config.train.models if SPECS[m].assumes_exchangeable_partitions]
 
 
 def _training_line(models: list, n_workers: int, one_worker: bool) -> str:
     """Where each configured family trains, as the plan prints it."""
     from shardflow.pipelines.families import FAMILIES
 
-    parts = [f"partition i on worker i mod {n_workers}"]
-    for name in models:
-        family = FAMILIES[name]
-        if family.kind == "global":
-            parts.append(
-                f"{name} on one worker with its host's threads (small data: no allreduce)"
-                if family.small_data_on_one_worker and one_worker
-                else f"{name} across all workers"
-            )
-        elif family.kind == "per_group":
-            parts.append(f"{name}: each key group's rows gathered on one worker, groups balanced by rows")
-    return "; ".join(parts)
+    lines = [FAMILIES[name].plan_line(n_workers, one_worker) for name in models]
+    return "; ".join([f"partition i on worker i mod {n_workers}", *(line for line in lines if line)])
 
 
 def persist_decision(setting: str, in_memory: float, memory_limits: list) -> bool:
@@ -327,7 +297,7 @@ def _piece_rows(source) -> list:
     and line length for CSV."""
     if source.format == "parquet":
         return list(source.piece_rows)
-    from shardflow.tasks.storage import file_size, open_file
+    from shardflow.core.storage import file_size, open_file
 
     per_line, options = {}, source.pieces[0].storage_options if source.pieces else None
     for f in source.files:

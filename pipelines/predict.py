@@ -13,6 +13,8 @@ import dask
 
 from shardflow.cluster.config import ClusterConfig
 from shardflow.cluster.factory import Runtime, as_runtime
+from shardflow.core.errors import InputError, ShardflowError
+from shardflow.core.storage import check_url, location, url_scheme
 from shardflow.pipelines import artifacts, progress
 from shardflow.pipelines.config import load_config
 from shardflow.pipelines.families import FAMILIES
@@ -21,10 +23,8 @@ from shardflow.pipelines.ownership import new_output_dir
 from shardflow.pipelines.plan import InputPlan
 from shardflow.pipelines.records import Manifest
 from shardflow.pipelines.rundir import atomic_directory
-from shardflow.tasks.errors import InputError, ShardflowError
 from shardflow.tasks.exported import INT8_FILE, METADATA_FILE, MODEL_FILE
 from shardflow.tasks.scoring import QUARANTINE_DIR, predict_partition, score_exported_partition
-from shardflow.tasks.storage import check_url, location, url_scheme
 from shardflow.tasks.worker_state import ExportedSessions
 
 logger = logging.getLogger("shardflow.predict")
@@ -209,7 +209,7 @@ def predict(
                         spec,
                         dim_frames,
                         preprocessor=preprocessor,
-                        predictor=FAMILIES[model].predict,
+                        predictor=FAMILIES[model].predictor(),
                         payload=payload_f,
                         output=tmp,
                         index=i,

@@ -18,11 +18,11 @@ import dask.dataframe as dd
 import pandas as pd
 import pyarrow as pa
 
+from shardflow.core import backend
+from shardflow.core.errors import InputError
 from shardflow.pipelines.config import Config
 from shardflow.pipelines.dimensions import Dimension, dimension_frames, load_dimensions
 from shardflow.pipelines.source import Source, inspect_source
-from shardflow.tasks import backend
-from shardflow.tasks.errors import InputError
 from shardflow.tasks.expression_kinds import arrow_kind, check_kinds
 from shardflow.tasks.expressions import ExpressionError, parse_expression
 from shardflow.tasks.io import ROW_ERROR_COLUMN, read_piece

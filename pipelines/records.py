@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from shardflow.tasks.errors import ShardflowError
+from shardflow.core.errors import ShardflowError
 
 
 class ManifestError(ShardflowError):
     """A run's ``manifest.json`` cannot be read: the message names the file and why."""
 
     def __init__(self, path, why: str):
-        from shardflow.tasks.storage import location
+        from shardflow.core.storage import location
 
         super().__init__(
             f"{path}: damaged ({why}); the run cannot be used: restore the file, or remove the run "
@@ -249,7 +249,7 @@ class EtlSummary:
     @classmethod
     def read(cls, path) -> EtlSummary | None:
         """The summary at ``path`` (None where the ETL has not completed)."""
-        from shardflow.tasks.storage import location
+        from shardflow.core.storage import location
 
         path = location(path)
         return cls.from_json(path.read_text(), path) if path.exists() else None

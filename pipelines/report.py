@@ -16,7 +16,9 @@ import logging
 import threading
 from pathlib import Path
 
-from shardflow.pipelines.families import FAMILIES, label
+from shardflow.core.storage import location
+from shardflow.pipelines.families import FAMILIES
+from shardflow.pipelines.family_specs import label
 from shardflow.pipelines.figures import subplots
 from shardflow.pipelines.plan import format_plan
 from shardflow.pipelines.records import EtlSummary, ManifestError
@@ -24,7 +26,6 @@ from shardflow.pipelines.report_html import CSS, figure_html, png_data_uri, tabl
 from shardflow.pipelines.report_quality import partition_metrics_section, quality_section
 from shardflow.pipelines.rundir import RunDir, read_manifest, write_text_atomic
 from shardflow.tasks.metrics import best_model, primary_metric
-from shardflow.tasks.storage import location
 from shardflow.tasks.targets import TASK_TYPES, target_kind
 
 logger = logging.getLogger("shardflow.report")
@@ -74,7 +75,7 @@ def build_report(run_dir) -> Path:
     run_dir = location(run_dir)
     manifest = read_manifest(run_dir)
     if not manifest:
-        from shardflow.tasks.errors import ShardflowError
+        from shardflow.core.errors import ShardflowError
 
         raise ShardflowError(f"{run_dir}: not a run directory (no manifest.json)")
     run = RunDir(run_dir)

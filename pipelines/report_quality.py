@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 
-from shardflow.pipelines.families import label
+from shardflow.pipelines.family_specs import label
 from shardflow.pipelines.figures import subplots
 from shardflow.pipelines.report_html import figure_html, png_data_uri, table_html
 from shardflow.tasks.metrics import best_model, primary_metric

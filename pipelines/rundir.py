@@ -26,8 +26,8 @@ import time
 import uuid
 from pathlib import Path
 
+from shardflow.core.storage import StorePath, location, remove_tree
 from shardflow.pipelines.records import Manifest, ManifestError, StageRecord
-from shardflow.tasks.storage import StorePath, location, remove_tree
 
 logger = logging.getLogger("shardflow.rundir")
 

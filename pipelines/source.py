@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from dask.utils import parse_bytes
 
+from shardflow.core.errors import InputError
+from shardflow.core.storage import file_identity, file_size, list_input_files, open_file
 from shardflow.pipelines.config import Config
-from shardflow.tasks.errors import InputError
 from shardflow.tasks.io import CSV_SUFFIXES, Piece, csv_header
-from shardflow.tasks.storage import file_identity, file_size, list_input_files, open_file
 
 
 @dataclass

@@ -28,14 +28,15 @@ from shardflow.pipelines.rundir import RunDir
 #: editing the report, the CLI or the README never invalidates a completed stage.
 STAGE_CODE = {
     RunDir.ETL: (
-        "tasks/backend.py",
+        "core/backend.py",
         "tasks/encode.py",
-        "tasks/errors.py",
+        "core/errors.py",
         "tasks/expressions.py",
         "tasks/io.py",
         "tasks/prepare.py",
         "tasks/schema.py",
         "tasks/stats.py",
+        "tasks/drift.py",
         "pipelines/config.py",
         "pipelines/etl.py",
         "pipelines/etl_summary.py",
@@ -46,11 +47,11 @@ STAGE_CODE = {
         "pipelines/source.py",
         "pipelines/read.py",
         "pipelines/dimensions.py",
-        "tasks/storage.py",
-        "tasks/storage_options.py",
+        "core/storage.py",
+        "core/storage_options.py",
         "tasks/keys.py",
         "tasks/expression_kinds.py",
-        "pipelines/typed_yaml.py",
+        "core/constraints.py",
         "tasks/targets.py",
         "tasks/labels.py",
         "tasks/combiners.py",
@@ -70,6 +71,7 @@ STAGE_CODE = {
         "tasks/groups.py",
         "tasks/linear.py",
         "pipelines/families.py",
+        "pipelines/family_specs.py",
         "pipelines/job.py",
         "pipelines/artifacts.py",
         "pipelines/train_config.py",
@@ -92,14 +94,16 @@ COSMETIC_CODE = (
     "pipelines/stages.py",
     "pipelines/generate.py",
     "pipelines/predict.py",
+    "pipelines/drift.py",
     "pipelines/model.py",
     "tasks/scoring.py",
     "pipelines/export.py",
     "tasks/exported.py",
     "tasks/onnx_graph.py",
     "tasks/onnx_trees.py",
-    "tasks/threads.py",
+    "core/threads.py",
     "pipelines/tracking.py",
+    "pipelines/tracking_config.py",
     "pipelines/estimator.py",
     "pipelines/hyperparameters.py",
     "cluster/*.py",
@@ -112,6 +116,7 @@ COSMETIC_CODE = (
 def package_roots() -> dict:
     """``{layer: directory}`` of the installed layers (tasks/, pipelines/, cluster/, data/)."""
     import shardflow.cluster
+    import shardflow.core
     import shardflow.data
     import shardflow.pipelines
     import shardflow.tasks
@@ -123,6 +128,7 @@ def package_roots() -> dict:
             ("pipelines", shardflow.pipelines),
             ("cluster", shardflow.cluster),
             ("data", shardflow.data),
+            ("core", shardflow.core),
         )
     }
 

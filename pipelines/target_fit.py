@@ -11,8 +11,8 @@ import logging
 
 import numpy as np
 
+from shardflow.core.errors import InputError
 from shardflow.pipelines.config import Config
-from shardflow.tasks.errors import InputError
 from shardflow.tasks.labels import MAX_CLASSES, label_type, non_whole_numbers, sorted_classes
 from shardflow.tasks.targets import resolve_kind, target_kind
 

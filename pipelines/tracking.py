@@ -7,75 +7,7 @@ shardflow run to one MLflow run (see :func:`log_run`). MLflow is an optional ext
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from shardflow.pipelines.typed_yaml import Section, Text, option
-
-#: Words in a URI's query or fragment parameter names that mark a credential (``?token=``,
-#: ``&password=``, ``api_key``, an Azure SAS ``sig``).
-URI_CREDENTIAL_WORDS = ("token", "password", "passwd", "pwd", "secret", "key", "auth", "credential", "sig")
-
-
-def uri_credentials_problem(uri: str) -> str | None:
-    """What in ``uri`` is a credential (a user name or password, a token parameter), or None.
-
-    The value itself is never repeated: the message goes to logs and terminals.
-
-    Examples
-    --------
-    >>> uri_credentials_problem("http://127.0.0.1:5000") is None
-    True
-    >>> uri_credentials_problem("http://me:pw@host:5000")[:32]
-    'holds a user name or password; s'
-    >>> uri_credentials_problem("https://host/?access_token=x")[:40]
-    "holds a credential (the parameter 'acces"
-    """
-    from urllib.parse import parse_qsl, urlsplit
-
-    try:
-        parts = urlsplit(str(uri))
-    except ValueError as err:
-        return f"is not a valid URI ({err})"
-    if "@" in parts.netloc:
-        return (
-            "holds a user name or password; set MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD in the "
-            "environment instead"
-        )
-    for text in (parts.query, parts.fragment):
-        for name, _ in parse_qsl(text, keep_blank_values=True):
-            if any(word in name.lower() for word in URI_CREDENTIAL_WORDS):
-                return (
-                    f"holds a credential (the parameter {name!r}); set MLFLOW_TRACKING_TOKEN (or "
-                    "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD) in the environment instead"
-                )
-    return None
-
-
-@dataclass(frozen=True)
-class TrackingURI(Text):
-    """An MLflow tracking URI without credentials: a config is copied into every run directory
-    (``config.yaml``), so it is refused when the config is loaded, before anything is written."""
-
-    def problem(self, value):
-        return super().problem(value) or uri_credentials_problem(value)
-
-
-@dataclass
-class MLflowConfig:
-    """``tracking.mlflow:`` the MLflow tracking server and experiment a run is logged to."""
-
-    tracking_uri: str | None = option(
-        None, check=TrackingURI("an MLflow tracking URI (http://host:5000, sqlite:///...) without credentials")
-    )
-    experiment: str = option("shardflow", check=Text("an experiment name", nonempty=True))
-
-
-@dataclass
-class TrackingConfig:
-    """``tracking:`` where runs are logged besides their run directory (none by default)."""
-
-    mlflow: MLflowConfig | None = option(None, check=Section())
-
+from shardflow.pipelines.tracking_config import MLflowConfig, uri_credentials_problem
 
 #: Tags that tie an MLflow run to a shardflow run, and what of it was logged already.
 RUN_TAG, TRAIN_TAG, EVALUATE_TAG = "shardflow.run_id", "shardflow.logged_train_key", "shardflow.logged_evaluate_key"
@@ -97,7 +29,7 @@ class MLflowRun:
             import mlflow
             from mlflow.tracking import MlflowClient
         except ImportError:
-            from shardflow.tasks.errors import ShardflowError
+            from shardflow.core.errors import ShardflowError
 
             raise ShardflowError(
                 "config key 'tracking.mlflow': MLflow is not installed; "
@@ -111,7 +43,7 @@ class MLflowRun:
         try:
             self._open(config, run_dir)
         except Exception as err:
-            from shardflow.tasks.errors import ShardflowError
+            from shardflow.core.errors import ShardflowError
 
             message = str(err).splitlines()[0] if str(err) else ""
             raise ShardflowError(
@@ -220,7 +152,7 @@ def check_reachable(uri: str, timeout: float = PROBE_TIMEOUT) -> None:
     import urllib.request
     from urllib.parse import urlsplit
 
-    from shardflow.tasks.errors import ShardflowError
+    from shardflow.core.errors import ShardflowError
 
     parts = urlsplit(str(uri))
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -257,7 +189,7 @@ def _check_tracking_uri(uri: str | None) -> None:
     credentials to another server than the environment's own ``MLFLOW_TRACKING_URI``."""
     import os
 
-    from shardflow.tasks.errors import ShardflowError
+    from shardflow.core.errors import ShardflowError
 
     if uri is None:
         return
@@ -306,11 +238,11 @@ def log_run(tracked: MLflowRun, config, run_dir) -> None:
     import pandas as pd
     import zarr
 
+    from shardflow.core.storage import zarr_store
     from shardflow.pipelines.artifacts import RunFiles, available_models
     from shardflow.pipelines.families import FAMILIES
     from shardflow.pipelines.rundir import RunDir, read_manifest
     from shardflow.tasks.encode import Preprocessor
-    from shardflow.tasks.storage import zarr_store
 
     run = RunDir(run_dir)
     manifest = read_manifest(run_dir)

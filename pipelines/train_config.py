@@ -5,8 +5,7 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass
 
-from shardflow.pipelines.families import DEFAULT_FAMILIES, FAMILY_NAMES
-from shardflow.pipelines.typed_yaml import (
+from shardflow.core.constraints import (
     MAX_EMBEDDING_DIM,
     MAX_LAYER_WIDTH,
     MAX_PARTITIONS,
@@ -20,6 +19,7 @@ from shardflow.pipelines.typed_yaml import (
     Section,
     option,
 )
+from shardflow.pipelines.family_specs import default_families, family_names
 
 
 @dataclass
@@ -31,7 +31,7 @@ class XGBoostConfig:
     on GPU clusters). Checkpoints are taken by training time (``train.checkpoint_seconds``);
     a run that failed resumes from the last one (see ``train.max_attempts``). ``single_worker:
     auto`` trains on one worker with its host's threads, no allreduce, when the arrays fit in
-    it (:func:`~shardflow.pipelines.plan.trains_on_one_worker`).
+    it (:func:`trains_on_one_worker`).
     """
 
     #: Keys that moved, with where they live now (a config using them gets that answer).
@@ -140,7 +140,7 @@ class TrainConfig:
     costs well under 1% of training while a long model loses at most a minute of it.
     """
 
-    models: list[str] = option(factory=lambda: list(DEFAULT_FAMILIES), check=OneOf(FAMILY_NAMES))
+    models: list[str] = option(factory=default_families, check=OneOf(family_names))
     seed: int = option(0, check=Between(0, MAX_SEED))
     max_attempts: int = option(3, check=Between(1, 100))
     collective_timeout: int | None = option(600, check=Between(1, MAX_SECONDS))
@@ -149,3 +149,53 @@ class TrainConfig:
     partitions: PartitionModelsConfig = option(factory=PartitionModelsConfig, check=Section())
     groups: GroupModelsConfig = option(factory=GroupModelsConfig, check=Section())
     mlp: MLPConfig = option(factory=MLPConfig, check=Section())
+
+
+def check_groups(train, features, name: str) -> None:
+    """``train.groups`` (the options of the per-group family ``name``) against ``train.models``
+    and the categorical features."""
+    from shardflow.core.constraints import ConfigError
+
+    by = train.groups.partition_by
+    if not isinstance(by, list) or not all(isinstance(c, str) for c in by):
+        raise ConfigError(f"config key 'train.groups.partition_by': expected a list of column names, got {by!r}")
+    wanted = name in train.models
+    if wanted and not by:
+        raise ConfigError(
+            f"config key 'train.models': {name!r} needs train.groups.partition_by (the "
+            "categorical column(s) whose values define the groups)"
+        )
+    if by and not wanted:
+        raise ConfigError(
+            f"config key 'train.groups.partition_by' is set but {name!r} is not in "
+            "train.models: add it, or remove partition_by"
+        )
+    for col in by:
+        if col not in features.categorical:
+            raise ConfigError(
+                f"config key 'train.groups.partition_by': {col!r} is not a categorical feature; "
+                "list it under features.categorical"
+            )
+    if len(set(by)) != len(by):
+        raise ConfigError(f"config key 'train.groups.partition_by': a column is named twice in {by}")
+
+
+#: Training arrays up to this size train the global XGBoost on one worker (``auto``): below
+#: it, an allreduce per tree level costs more than the second worker's rows save.
+SINGLE_WORKER_BYTES = 256 * 2**20
+
+
+def trains_on_one_worker(setting: str, array_bytes: float, memory_limits: list) -> bool:
+    """Whether the global XGBoost trains on one worker with all its host's threads (no
+    allreduce): ``auto`` when the training arrays (``array_bytes``) take at most
+    :data:`SINGLE_WORKER_BYTES` and an eighth of the smallest worker's memory limit.
+
+    Examples
+    --------
+    >>> trains_on_one_worker("auto", 8e6, [4e9, 4e9]), trains_on_one_worker("auto", 8e8, [4e9, 4e9])
+    (True, False)
+    """
+    if setting in ("true", "false"):
+        return setting == "true"
+    limit = min(memory_limits) if memory_limits and all(memory_limits) else 8 * SINGLE_WORKER_BYTES
+    return array_bytes <= min(SINGLE_WORKER_BYTES, limit / 8)

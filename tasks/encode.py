@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from shardflow.tasks import backend
+from shardflow.core import backend
 from shardflow.tasks.labels import encode_labels
 from shardflow.tasks.schema import SPLIT_COLUMN, WEIGHT_COLUMN
 from shardflow.tasks.stats import clip_columns

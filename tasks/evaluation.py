@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from shardflow.core.threads import worker_threads
 from shardflow.tasks.metric_sums import combine_metrics
 from shardflow.tasks.metrics import finish_metrics, partial_metrics
-from shardflow.tasks.threads import worker_threads
 
 
 def evaluate_partition(shard, predictors: dict, scoring) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 import pandas as pd
 
-from shardflow.tasks.errors import ShardflowError
+from shardflow.core.errors import ShardflowError
 
 #: File names inside an export directory.
 MODEL_FILE = "model.onnx"
@@ -75,7 +75,7 @@ class ExportedModel:
                 check_kinds(expression, _frame_kinds(frame, expression.names), key)
                 column = evaluate(expression, frame)
             elif spec.get("datetime"):
-                from shardflow.tasks.backend import to_datetime
+                from shardflow.core.backend import to_datetime
                 from shardflow.tasks.prepare import datetime_part
 
                 source, part = spec["datetime"]

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shardflow.tasks.errors import ShardflowError
+from shardflow.core.errors import ShardflowError
 
 #: Functions an expression may call: name -> (number of arguments, description).
 FUNCTIONS = {

@@ -1,6 +1,6 @@
 """Read one piece of the input (a Parquet file's row groups, or a CSV byte range).
 
-Errors are re-raised as :class:`~shardflow.tasks.errors.InputError` naming the file, so
+Errors are re-raised as :class:`~shardflow.core.errors.InputError` naming the file, so
 a corrupt file among hundreds is reported as that file, not as a worker traceback.
 """
 
@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shardflow.tasks import backend
-from shardflow.tasks.errors import InputError
-from shardflow.tasks.storage import open_file
+from shardflow.core import backend
+from shardflow.core.errors import InputError
+from shardflow.core.storage import open_file
 
 #: CSV pieces carry this column: why a row could not be parsed (null for good rows).
 #: File name endings read as CSV (``format: auto``).

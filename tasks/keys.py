@@ -13,7 +13,7 @@ import datetime as _dt
 import numpy as np
 import pandas as pd
 
-from shardflow.tasks import backend
+from shardflow.core import backend
 
 _SPLIT_BUCKETS = 1 << 20
 _SPLIT_OFFSET = 0x243F6A8885A308D3  # π's first 64 fraction bits: any odd constant does

@@ -129,7 +129,7 @@ def non_whole_numbers(keys) -> list:
 
 def encode_labels(keys, classes) -> np.ndarray:
     """Class code (position in ``classes``) of each key; -1 for a key not in it or missing."""
-    from shardflow.tasks import backend
+    from shardflow.core import backend
 
     return backend.category_codes(keys, list(classes))
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shardflow.core.threads import use_threads, worker_threads
 from shardflow.tasks import shards as shard_tasks
-from shardflow.tasks.threads import use_threads, worker_threads
 from shardflow.tasks.worker_state import WorkerStateLost, resident_plugin
 
 

@@ -11,9 +11,9 @@ import time
 
 import numpy as np
 
+from shardflow.core.threads import openmp_threads, worker_threads
 from shardflow.tasks.metrics import finish_metrics, partial_metrics
 from shardflow.tasks.targets import target_kind
-from shardflow.tasks.threads import openmp_threads, worker_threads
 
 
 def train_xgboost_rank(

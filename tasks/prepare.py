@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from shardflow.tasks import backend
+from shardflow.core import backend
 from shardflow.tasks.expressions import evaluate
 from shardflow.tasks.io import ROW_ERROR_COLUMN
 from shardflow.tasks.keys import instants, mix_hashes, split_membership

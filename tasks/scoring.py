@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from shardflow.tasks import backend
+from shardflow.core import backend
+from shardflow.core.storage import location
+from shardflow.core.threads import worker_threads
 from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.labels import LABEL, PREDICTION, decode_labels, probability_column
 from shardflow.tasks.prepare import prepare_partition
-from shardflow.tasks.storage import location
 from shardflow.tasks.targets import target_kind, target_transform
-from shardflow.tasks.threads import worker_threads
 from shardflow.tasks.worker_state import worker_session
 
 QUARANTINE_DIR = "_quarantine"

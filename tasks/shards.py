@@ -67,10 +67,10 @@ class Shard:
 
 def read_shard(zarr_path, offset: int, rows: int, seed: int) -> Shard:
     """Rows ``[offset, offset + rows)`` of ``X``/``y``/``w``/``is_validation`` as a :class:`Shard`
-    (``zarr_path`` local, or a :class:`~shardflow.tasks.storage.StorePath`)."""
+    (``zarr_path`` local, or a :class:`~shardflow.core.storage.StorePath`)."""
     import zarr
 
-    from shardflow.tasks.storage import zarr_store
+    from shardflow.core.storage import zarr_store
 
     group = zarr.open_group(zarr_store(zarr_path, read_only=True), mode="r")
     x = group["X"][offset : offset + rows]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shardflow.tasks import backend
+from shardflow.core import backend
 from shardflow.tasks.labels import MAX_CLASSES
 from shardflow.tasks.prepare import PreparedPartition
 from shardflow.tasks.schema import REASON_COLUMN, SPLIT_COLUMN, WEIGHT_COLUMN, TableSpec

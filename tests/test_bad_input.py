@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from shardflow.core.errors import InputError, ShardflowError
 from shardflow.pipelines.config import ConfigError, default_config_path, load_config
 from shardflow.pipelines.etl import etl
-from shardflow.tasks.errors import InputError, ShardflowError
 
 
 def run_etl(data_dir, runtime, runs, *overrides):

@@ -16,11 +16,11 @@ from sklearn.base import clone, is_classifier, is_regressor
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
+from shardflow.core.constraints import ConfigError
+from shardflow.core.errors import ShardflowError
 from shardflow.pipelines.config import load_config
 from shardflow.pipelines.estimator import Estimator
 from shardflow.pipelines.hyperparameters import HYPERPARAMETERS, job_config
-from shardflow.pipelines.typed_yaml import ConfigError
-from shardflow.tasks.errors import ShardflowError
 
 
 def table(n: int = 3000, seed: int = 0):

@@ -15,13 +15,13 @@ import yaml
 
 from shardflow.pipelines.config import load_config
 from shardflow.pipelines.export import ExportError, export
-from shardflow.pipelines.families import FAMILY_NAMES
+from shardflow.pipelines.family_specs import family_names
 from shardflow.pipelines.job import run
 from shardflow.pipelines.predict import predict
 from shardflow.tasks.exported import load_exported
 
 FAST = {
-    "models": list(FAMILY_NAMES),
+    "models": list(family_names()),
     "xgboost": {"num_boost_round": 30},
     "partitions": {"xgboost_rounds": 20, "mlp_epochs": 2},
     # One model per city; 'west' is made too small below, so it falls back to the global model.
@@ -101,7 +101,7 @@ def test_every_family_round_trips_against_shardflow_predict(trained_run, runtime
     task, directory, run_dir = trained_run
     frame = new_rows()
     frame.to_csv(tmp_path / "new.csv", index=False)
-    for model in FAMILY_NAMES:
+    for model in family_names():
         exported = export(run_dir, tmp_path / f"onnx-{model}", model=model)
         assert exported.metadata["check"]["max_abs_difference"] <= 1e-5, (task, model)
         ours = pd.read_parquet(
@@ -388,7 +388,7 @@ def test_estimator_fit_on_a_dask_frame_equals_the_job_on_its_files(trips_dir, ru
     )
     assert by_position.metrics_.keys() == estimator.metrics_.keys()
     assert by_position.metrics_["xgboost"]["auc"] == pytest.approx(estimator.metrics_["xgboost"]["auc"], abs=0.02)
-    from shardflow.tasks.errors import InputError
+    from shardflow.core.errors import InputError
 
     with pytest.raises(InputError, match=r"X is a Dask DataFrame and y a ndarray; give y as a Dask Series"):
         shardflow.Estimator(config, runtime=runtime).fit(frame, pandas_rows["is_delayed"].to_numpy())

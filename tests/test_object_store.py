@@ -28,13 +28,13 @@ s3fs = pytest.importorskip("s3fs", reason="the object-store tests need s3fs: pip
 from test_reliability import FAST, kill_a_worker_when  # noqa: E402
 
 from shardflow.cluster.factory import start  # noqa: E402
+from shardflow.core.storage import zarr_store  # noqa: E402
 from shardflow.pipelines.config import default_config_path, load_config  # noqa: E402
 from shardflow.pipelines.etl import etl  # noqa: E402
 from shardflow.pipelines.job import run, train  # noqa: E402
 from shardflow.pipelines.model import load_model  # noqa: E402
 from shardflow.pipelines.predict import predict  # noqa: E402
 from shardflow.pipelines.rundir import COMMIT_FILE, RunDir, read_manifest  # noqa: E402
-from shardflow.tasks.storage import zarr_store  # noqa: E402
 
 BUCKET = "shardflow-test"
 SECRET = "not-a-real-secret-7f3a"  # must never appear in what a run writes
@@ -286,7 +286,7 @@ def test_fingerprints_follow_the_objects(s3):
 
 
 def test_unreachable_store_and_missing_bucket_say_so_in_one_line(s3, tmp_path):
-    from shardflow.tasks.errors import ShardflowError
+    from shardflow.core.errors import ShardflowError
 
     config = load_config(
         default_config_path(),

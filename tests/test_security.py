@@ -673,8 +673,8 @@ def test_arithmetic_on_text_is_refused_from_the_columns_kinds(tmp_path):
     """The parse-time check: text arithmetic is refused naming the operator and the column (or
     literal), text comparisons and numeric expressions are accepted, and the kinds are the ones
     the ETL gives the columns (from the schema, features and ``input.types``)."""
+    from shardflow.core.errors import InputError
     from shardflow.pipelines.plan import InputPlan
-    from shardflow.tasks.errors import InputError
     from shardflow.tasks.expression_kinds import check_kinds
     from shardflow.tasks.expressions import ExpressionError
 

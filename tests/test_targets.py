@@ -24,13 +24,13 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from shardflow.core.errors import InputError
 from shardflow.pipelines import artifacts
 from shardflow.pipelines.config import ConfigError, load_config
 from shardflow.pipelines.etl import etl
 from shardflow.pipelines.families import FAMILIES
 from shardflow.pipelines.job import evaluate_run, run, train
 from shardflow.pipelines.predict import predict
-from shardflow.tasks.errors import InputError
 from shardflow.tasks.labels import label_keys
 
 FAST = {

@@ -167,8 +167,8 @@ def test_run_is_logged_to_mlflow_and_a_resumed_run_continues_it(tracking_server,
 
 
 def test_tracking_without_mlflow_installed_names_the_extra(tmp_path, monkeypatch):
+    from shardflow.core.errors import ShardflowError
     from shardflow.pipelines.tracking import MLflowConfig, MLflowRun
-    from shardflow.tasks.errors import ShardflowError
 
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the extra were not installed
     with pytest.raises(
@@ -180,8 +180,8 @@ def test_tracking_without_mlflow_installed_names_the_extra(tmp_path, monkeypatch
 
 
 def test_a_config_does_not_send_mlflow_credentials_elsewhere(tmp_path, monkeypatch):
+    from shardflow.core.errors import ShardflowError
     from shardflow.pipelines.tracking import MLflowConfig, MLflowRun
-    from shardflow.tasks.errors import ShardflowError
 
     with pytest.raises(ShardflowError, match=r"tracking_uri': holds a user name or password"):
         MLflowRun(MLflowConfig(tracking_uri="http://me:pw@127.0.0.1:9"), tmp_path)
@@ -196,8 +196,8 @@ def test_a_config_does_not_send_mlflow_credentials_elsewhere(tmp_path, monkeypat
 
 
 def test_a_tracking_server_that_is_down_is_named_before_any_stage(tmp_path, monkeypatch):
+    from shardflow.core.errors import ShardflowError
     from shardflow.pipelines.tracking import MLflowConfig, MLflowRun
-    from shardflow.tasks.errors import ShardflowError
 
     # Without lowering MLflow's retries (they take minutes): one probe, before any stage.
     with socket.socket() as s:

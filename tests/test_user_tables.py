@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from shardflow.core.errors import InputError, ShardflowError
 from shardflow.pipelines.config import ConfigError, default_config_path, load_config
 from shardflow.pipelines.etl import etl
 from shardflow.pipelines.job import run
-from shardflow.tasks.errors import InputError, ShardflowError
 
 
 def write_job(directory, **sections):
@@ -561,7 +561,7 @@ def test_key_values_in_canonical_form_edge_cases():
     object time zones; non-scalar categories in every container pandas and Arrow have."""
     import datetime as dt
 
-    from shardflow.tasks.backend import as_strings
+    from shardflow.core.backend import as_strings
     from shardflow.tasks.keys import canonical_key_hash, instants
 
     utc = pd.Series(

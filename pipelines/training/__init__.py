@@ -17,7 +17,7 @@ What runs on a worker lives in :mod:`shardflow.tasks`.
 from shardflow.pipelines.training.data import TrainingData, call_token, load_training_data, sorted_workers
 from shardflow.pipelines.training.mlp import train_data_parallel_mlp
 from shardflow.pipelines.training.mlp_setup import mlp_optim_for, mlp_spec_for
-from shardflow.pipelines.training.partitions import partition_groups, train_partition_models
+from shardflow.pipelines.training.partition_graph import partition_groups, train_partition_models
 from shardflow.pipelines.training.stacking import fit_stacker
 from shardflow.pipelines.training.xgboost_global import train_global_xgboost, xgboost_params
 

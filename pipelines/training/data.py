@@ -16,12 +16,12 @@ from pathlib import Path
 from dask.base import tokenize
 
 from shardflow.cluster.factory import Runtime
+from shardflow.core.storage import location, zarr_store
 from shardflow.pipelines.records import EtlSummary
 from shardflow.pipelines.rundir import RunDir
 from shardflow.tasks import shards as shard_tasks
 from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.metric_sums import Scoring
-from shardflow.tasks.storage import location, zarr_store
 
 logger = logging.getLogger("shardflow.train")
 

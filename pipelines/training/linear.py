@@ -14,10 +14,10 @@ import logging
 import time
 
 from shardflow.cluster.factory import Runtime
+from shardflow.core.errors import ShardflowError
 from shardflow.pipelines.graph import tree_reduce_futures
 from shardflow.pipelines.rundir import RunDir
 from shardflow.pipelines.training.data import TrainingData, call_token
-from shardflow.tasks.errors import ShardflowError
 from shardflow.tasks.linear import MAX_ITER, LinearLayout, add_terms, fit_in_one_task, newton_fit, partition_terms
 from shardflow.tasks.targets import target_kind
 

@@ -17,6 +17,8 @@ import os
 import time
 
 from shardflow.cluster.factory import Runtime
+from shardflow.core.errors import ShardflowError
+from shardflow.core.storage import location
 from shardflow.pipelines import progress
 from shardflow.pipelines.graph import scatter_named
 from shardflow.pipelines.rundir import RunDir
@@ -32,9 +34,7 @@ from shardflow.pipelines.training.data import TrainingData, call_token, recover
 from shardflow.pipelines.training.mlp_setup import mlp_optim_for, mlp_spec_for
 from shardflow.tasks import mlp_steps
 from shardflow.tasks import shards as shard_tasks
-from shardflow.tasks.errors import ShardflowError
 from shardflow.tasks.process_group import CollectiveFailed, leave_group, open_rendezvous
-from shardflow.tasks.storage import location
 from shardflow.tasks.worker_state import ResidentState, WorkerStateLost
 
 logger = logging.getLogger("shardflow.train")

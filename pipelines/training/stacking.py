@@ -144,8 +144,8 @@ def fit_stacker(
 def train_family(context, family) -> dict:
     """Fit the combiner on the models of ``family.needs[0]``; its time includes theirs."""
     members = context.results[family.needs[0]]
-    stack = fit_stacker(context.runtime, context.data, [m["model"] for m in members["members"]])
-    return {**stack, "seconds": members["seconds"] + stack["seconds"], "fit_seconds": stack["seconds"]}
+    stack = fit_stacker(context.runtime, context.data, [m["model"] for m in members.state["members"]])
+    return {**stack, "seconds": members.seconds + stack["seconds"], "fit_seconds": stack["seconds"]}
 
 
 def save_family(stage_dir, family, result: dict) -> None:
@@ -180,7 +180,7 @@ def save_family(stage_dir, family, result: dict) -> None:
     )
 
 
-def load_coefficients(files, family) -> dict:
+def load_family(files, family) -> dict:
     """The combiner's own part of the payload (the registry adds its members')."""
     meta = files.read_json(files.run.trained(family.file()))
     return {k: meta[k] for k in ("coef", "coef_even", "coef_odd")}

@@ -11,9 +11,9 @@ import time
 
 import xgboost as xgb
 
+from shardflow.core.storage import location
 from shardflow.pipelines.rundir import RunDir, write_bytes_atomic, write_text_atomic
 from shardflow.pipelines.training.checkpoint import checkpoint_due
-from shardflow.tasks.storage import location
 
 
 def read_checkpoint(directory, token: str):

@@ -13,12 +13,11 @@ from dask.base import tokenize
 from dask.utils import format_bytes
 
 from shardflow.cluster.factory import Runtime
+from shardflow.core.errors import ShardflowError
 from shardflow.pipelines import progress
-from shardflow.pipelines.plan import trains_on_one_worker
 from shardflow.pipelines.rundir import RunDir
-from shardflow.pipelines.train_config import XGBoostConfig
+from shardflow.pipelines.train_config import XGBoostConfig, trains_on_one_worker
 from shardflow.pipelines.training.data import TrainingData, call_token, recover
-from shardflow.tasks.errors import ShardflowError
 from shardflow.tasks.metric_sums import metric_direction
 from shardflow.tasks.targets import target_kind
 

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 from dask.utils import Dispatch
 
-from shardflow.tasks.storage import write_table
+from shardflow.core.storage import write_table
 
 BACKENDS = ("pandas", "cudf")
 
@@ -161,10 +161,10 @@ def require_scalars(series: pd.Series, name=None) -> None:
     >>> require_scalars(pd.Series(["a", {"k": 1}], dtype=object), "city")
     Traceback (most recent call last):
     ...
-    shardflow.tasks.errors.InputError: column 'city': holds dict values (such as "{'k': 1}"); a categorical or key
+    shardflow.core.errors.InputError: column 'city': holds dict values (such as "{'k': 1}"); a categorical or key
     column takes text, numbers or booleans: flatten it first (for example to JSON text)
     """
-    from shardflow.tasks.errors import InputError
+    from shardflow.core.errors import InputError
 
     label = name if name is not None else series.name
     if isinstance(series.dtype, pd.ArrowDtype) and pa.types.is_nested(series.dtype.pyarrow_dtype):

@@ -14,11 +14,12 @@ import math
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import yaml
 
-from shardflow.tasks.errors import ShardflowError
+from shardflow.core.errors import ShardflowError
 
 #: Upper bounds of the numeric options: far above any real job, below what fails deep inside
 #: a library (a seed NumPy's legacy generator refuses, a layer whose weights no memory holds)
@@ -116,6 +117,13 @@ def apply_overrides(raw: dict, overrides) -> dict:
     return raw
 
 
+def list_hint(key: str, value) -> str:
+    """How a list is written, for a one-item list of a comma list (``--set train.models=a,b``)."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str) and "," in value[0]:
+        return f"; a list is written in brackets: {key}=[{value[0]}]"
+    return ""
+
+
 def build_section(cls, data, prefix: str):
     if data is None:
         data = {}
@@ -155,7 +163,7 @@ def coerce(value, hint, key: str):
         if isinstance(value, (str, int, float)) and args and args[0] is str:
             value = [value]
         if not isinstance(value, list):
-            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}{list_hint(key, [value])}")
         return [coerce(v, args[0], f"{key}[{i}]") if args else v for i, v in enumerate(value)]
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
@@ -297,14 +305,15 @@ def _bound(value) -> str:
 
 @dataclass(frozen=True)
 class OneOf(Constraint):
-    """One of ``options`` (each item, for a list)."""
+    """One of ``options`` (each item, for a list), or of what a function gives (options that grow)."""
 
-    options: tuple
+    options: tuple | Callable
 
     def problem(self, value):
+        options = tuple(self.options()) if callable(self.options) else self.options
         items = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else [value]
-        bad = [v for v in items if v not in self.options]
-        return None if not bad else f"{bad[0]!r} is not one of {', '.join(map(str, self.options))}"
+        bad = [v for v in items if v not in options]
+        return None if not bad else f"{bad[0]!r} is not one of {', '.join(map(str, options))}"
 
 
 @dataclass(frozen=True)
@@ -396,7 +405,7 @@ def field_problems(section, prefix: str = "") -> list:
             continue
         problem = check.problem(value) or (None if check.allows_non_finite else number_problem(value))
         if problem:
-            problems.append(f"config key '{key}': {problem}")
+            problems.append(f"config key '{key}': {problem}{list_hint(key, value)}")
     return problems
 
 
