@@ -38,6 +38,7 @@ from shardflow.pipelines.records import StageRecord, library_versions
 from shardflow.pipelines.rundir import RunDir, new_run_id, record_config, stage_output
 from shardflow.pipelines.stages import stage_keys
 from shardflow.pipelines.target_fit import target_encoding
+from shardflow.tasks.drift import combine_drift_counts, partition_reference_counts, reference_layout, reference_of
 from shardflow.tasks.encode import Preprocessor, fit_vocabulary
 from shardflow.tasks.prepare import prepare_partition
 from shardflow.tasks.stats import (
@@ -219,6 +220,7 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
     )
     timings["profile"] = time.perf_counter() - t
     check_profile(profile, config, source)
+    drift_layout = reference_layout(profile.sketches, profile.category_counts)  # counted in pass 3
     joins = join_report(profile, config, dims)
     partition_rows = profile.partition_rows + [0] * (len(parts) - len(profile.partition_rows))
     logger.info(
@@ -311,7 +313,16 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
             )
             for i, p in enumerate(parts)
         ]
-        written = progress.compute(client, writes, "etl pass 3/3 (write)")
+        # The training rows' counts in each feature's drift bins, from the partitions this pass reads.
+        name = task_names("etl-drift", source.fingerprint, spec, drift_layout)
+        layout = named_delayed("etl-drift-layout", drift_layout)  # in the graph once, not in every task
+        counts = [
+            dask.delayed(partition_reference_counts, pure=True)(p, layout, dask_key_name=name(i))
+            for i, p in enumerate(parts)
+        ]
+        *written, counted = progress.compute(
+            client, [*writes, tree_reduce(counts, combine_drift_counts, "etl-drift-combine")], "etl pass 3/3 (write)"
+        )
         timings["write"] = time.perf_counter() - t
         seconds = time.perf_counter() - started
         peaks = peak_memory(client)
@@ -329,6 +340,7 @@ def _run(config, runtime, *, plan: InputPlan, run_dir, key) -> EtlResult:
             backend=backend_name,
             joins=joins,
             differences=differences,
+            drift_reference=reference_of(drift_layout, counted),
         )
         RunDir.etl_file(stage_dir, "preprocessor").write_text(preprocessor.to_json())
         RunDir.etl_file(stage_dir, "summary").write_text(summary.to_json())

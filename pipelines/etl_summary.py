@@ -148,6 +148,7 @@ def stage_summary(
     backend: str,
     joins: dict,
     differences: dict,
+    drift_reference: dict | None = None,
 ) -> EtlSummary:
     """The ETL stage's ``summary.json``: what was written, how long it took, the target's
     statistics and what the joins and partitions looked like.
@@ -170,6 +171,9 @@ def stage_summary(
         The partitions' backend (``pandas``, ``cudf``).
     joins, differences : dict
         :func:`join_report` and :func:`partition_report`.
+    drift_reference : dict, optional
+        Each feature's bins and its training rows' counts in them
+        (:func:`~shardflow.tasks.drift.reference_of`), what scoring measures drift against.
     """
     return EtlSummary(
         rows=profile.rows,
@@ -193,4 +197,5 @@ def stage_summary(
         task=preprocessor.task,
         classes={key: profile.target_values.get(key, 0) for key in preprocessor.classes},
         partition_differences=differences,
+        drift_reference=drift_reference or {},
     )

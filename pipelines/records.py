@@ -221,7 +221,11 @@ class Manifest:
 @dataclass(frozen=True)
 class EtlSummary:
     """The ETL stage's ``summary.json``: what was written, the target's statistics, and what
-    the joins and partitions looked like (the report and training read it)."""
+    the joins and partitions looked like (the report and training read it).
+
+    ``drift_reference``: each feature's bins and its training rows' counts in them, what
+    ``predict`` measures drift against (:func:`~shardflow.tasks.drift.reference_of`); empty
+    for a run made before the ETL kept it."""
 
     rows: int = 0
     partitions: int = 0
@@ -244,6 +248,7 @@ class EtlSummary:
     task: str = ""
     classes: dict = field(default_factory=dict)
     partition_differences: dict = field(default_factory=dict)
+    drift_reference: dict = field(default_factory=dict)
     other: dict = field(default_factory=dict)
 
     @classmethod

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shardflow.core import backend
+from shardflow.tasks.drift import QuantileSketch
 from shardflow.tasks.labels import MAX_CLASSES
 from shardflow.tasks.prepare import PreparedPartition
 from shardflow.tasks.schema import REASON_COLUMN, SPLIT_COLUMN, WEIGHT_COLUMN, TableSpec
@@ -118,6 +119,9 @@ class Profile:
     #: With sample weights: ``[training rows' total weight, validation rows' total weight]``
     #: (float64, as the weights are kept), else None.
     weight_sums: list | None = None
+    #: Per numeric feature: the :class:`~shardflow.tasks.drift.QuantileSketch` of its training
+    #: rows (the edges of the bins drift is measured in at scoring).
+    sketches: dict = field(default_factory=dict)
 
 
 def partition_profile(part: PreparedPartition, spec: TableSpec, index: int) -> Profile:
@@ -153,6 +157,11 @@ def partition_profile(part: PreparedPartition, spec: TableSpec, index: int) -> P
         weights = backend.to_host_array(features[WEIGHT_COLUMN], np.float64)
         validation = backend.to_host_array(features[SPLIT_COLUMN], bool)
         weight_sums = [float(weights[~validation].sum()), float(weights[validation].sum())]
+    training = ~backend.to_host_array(features[SPLIT_COLUMN], bool)
+    sketches = {
+        col: QuantileSketch.of(backend.to_host_array(features[col], np.float64)[training], seed=index)
+        for col in spec.numeric_features
+    }
     return Profile(
         rows=len(features),
         partition_rows=partition_rows,
@@ -169,6 +178,7 @@ def partition_profile(part: PreparedPartition, spec: TableSpec, index: int) -> P
         target_examples=list(part.target_examples),
         partition_means={index: [target_mean, means, values]},
         weight_sums=weight_sums,
+        sketches=sketches,
     )
 
 
@@ -216,6 +226,7 @@ def combine_profiles(a: Profile, b: Profile) -> Profile:
         weight_sums=None
         if a.weight_sums is None or b.weight_sums is None
         else [x + y for x, y in zip(a.weight_sums, b.weight_sums)],
+        sketches={col: sketch.merge(b.sketches[col]) for col, sketch in a.sketches.items()},
     )
 
 
