@@ -148,6 +148,19 @@ def build_parser() -> argparse.ArgumentParser:
         default="fp32",
         help="with --engine onnxruntime: int8 scores with the dynamically quantized MLP",
     )
+    pred.add_argument(
+        "--fail-on-drift",
+        action="store_true",
+        help="fail, writing nothing, when a feature of the input drifted from the training rows (its PSI over "
+        "--psi-threshold, or over 1%% of rows with categories never seen in training); without it drifted "
+        "features are warnings and _drift.json in --output",
+    )
+    pred.add_argument(
+        "--psi-threshold",
+        type=float,
+        metavar="PSI",
+        help="population stability index over which a feature has drifted (default 0.2)",
+    )
     _add_cluster_options(pred)
 
     exp = sub.add_parser("export", help="a run's preprocessing and model as one ONNX model, for serving elsewhere")

@@ -108,6 +108,8 @@ def cmd_predict(args) -> int:
         overwrite=args.overwrite,
         engine=args.engine,
         precision=args.precision,
+        fail_on_drift=args.fail_on_drift,
+        **({"psi_threshold": args.psi_threshold} if args.psi_threshold is not None else {}),
     )
     print(result.output)
     return 0

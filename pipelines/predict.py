@@ -17,6 +17,14 @@ from shardflow.core.errors import InputError, ShardflowError
 from shardflow.core.storage import check_url, location, url_scheme
 from shardflow.pipelines import artifacts, progress
 from shardflow.pipelines.config import load_config
+from shardflow.pipelines.drift import (
+    PSI_THRESHOLD,
+    UNSEEN_THRESHOLD,
+    drift_counts,
+    drift_report,
+    read_reference,
+    record_drift,
+)
 from shardflow.pipelines.families import FAMILIES
 from shardflow.pipelines.graph import named_delayed, scatter_named, task_names
 from shardflow.pipelines.ownership import new_output_dir
@@ -55,6 +63,9 @@ class PredictResult:
     rows: int
     quarantined: int
     seconds: float
+    #: The drift report (:func:`~shardflow.pipelines.drift.drift_report`); None for a run
+    #: made before the ETL kept a drift reference.
+    drift: dict | None = None
 
 
 def input_extent(path: str) -> tuple:
@@ -87,6 +98,9 @@ def predict(
     precision: str = "fp32",
     storage_options: dict | None = None,
     cluster: ClusterConfig | None = None,
+    fail_on_drift: bool = False,
+    psi_threshold: float = PSI_THRESHOLD,
+    unseen_threshold: float = UNSEEN_THRESHOLD,
 ) -> PredictResult:
     """Score new data with a finished run's preprocessing and one of its models.
 
@@ -120,6 +134,16 @@ def predict(
     cluster : ClusterConfig, optional
         Where the cluster started here runs (default: this machine, processes or threads
         as the input's size decides); never the run's own ``cluster:`` section.
+    fail_on_drift : bool
+        Raise :class:`~shardflow.pipelines.drift.DriftError` (one line naming the features),
+        and write nothing, when a feature drifted from the training rows. Either way the
+        drift of each feature is measured (:mod:`shardflow.pipelines.drift`), written to
+        ``_drift.json`` beside the predictions and logged as a warning per drifted feature;
+        a run made before the ETL kept a drift reference is scored without the check.
+    psi_threshold, unseen_threshold : float
+        A feature has drifted when its population stability index exceeds ``psi_threshold``
+        (default 0.2) or, categorical, the share of rows with a category never seen in
+        training exceeds ``unseen_threshold`` (default 0.01).
 
     Examples
     --------
@@ -148,6 +172,14 @@ def predict(
         inputs={} if anywhere_below else {"--input": root},
     )
     model, payload, preprocessor, manifest = files.model, files.payload, files.preprocessor, files.manifest
+    for option, value in (("--psi-threshold", psi_threshold), ("unseen_threshold", unseen_threshold)):
+        if not value >= 0:
+            raise ShardflowError(f"{option} {value}: must be a number >= 0")
+    reference = read_reference(run_dir, manifest)
+    if reference is None:
+        (logger.warning if fail_on_drift else logger.info)(
+            "predict: %s was made before shardflow kept a drift reference; input drift is not measured", run_dir
+        )
     config_path = files.config_path
     if url_scheme(input_path):
         input_abs = str(input_path)
@@ -217,7 +249,16 @@ def predict(
                     )
                     for i, part in enumerate(raw.to_delayed())
                 ]
+            if reference:  # counted in the same compute, on the cluster; only the sums come back
+                tasks.append(drift_counts(raw.to_delayed(), spec, dim_frames, reference, name(0)))
             counts = progress.compute(client, tasks, f"predict ({model})")
+            report = None
+            if reference:
+                *counts, measured = counts
+                report = drift_report(
+                    reference, measured, psi_threshold=psi_threshold, unseen_threshold=unseen_threshold
+                )
+                record_drift(report, tmp, fail=fail_on_drift, output=output)
     finally:
         if owns:
             runtime.close()
@@ -227,7 +268,7 @@ def predict(
     logger.info(
         "predict: %d rows scored with %s (%d quarantined) in %.1fs → %s", rows, model, quarantined, seconds, output
     )
-    return PredictResult(output, model, rows, quarantined, seconds)
+    return PredictResult(output, model, rows, quarantined, seconds, drift=report)
 
 
 def _exported_model(run_dir: Path, model: str, precision: str, storage_options: dict | None = None) -> tuple:
