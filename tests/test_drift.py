@@ -208,3 +208,42 @@ def test_a_run_without_a_reference_is_scored_unchecked(runtime, trained, tmp_pat
     said = [r.getMessage() for r in caplog.records if "drift reference" in r.getMessage()]
     assert out.drift is None and len(said) == 1 and not (out.output / "_drift.json").exists()
     assert out.rows == len(validation)
+
+
+def test_counts_and_sketches_on_edge_partitions():
+    """Empty partitions, all-null columns, skewed partitions merged in any order, a column with
+    more categories than the reference keeps (its unseen share is then not measured)."""
+    from shardflow.pipelines.drift import drift_report
+    from shardflow.tasks.drift import QuantileSketch, bin_counts, layout_of, reference_layout, reference_of
+
+    rng = np.random.default_rng(1)
+    values = np.concatenate([rng.normal(0, 1, 50_000), rng.normal(5, 1, 200), np.full(100, np.nan)])
+    pieces = [values[:10], values[10:60_000], values[60_000:], np.zeros(0)]  # skewed, one empty
+    left = QuantileSketch.of(pieces[0])
+    for piece in pieces[1:]:
+        left = left.merge(QuantileSketch.of(piece, seed=7))
+    right = QuantileSketch.of(pieces[3]).merge(QuantileSketch.of(pieces[2]).merge(QuantileSketch.of(pieces[1])))
+    right = right.merge(QuantileSketch.of(pieces[0]))
+    truth = np.nanquantile(values, np.arange(1, 10) / 10)
+    for sketch in (left, right):  # the edges, however merged, are within 1% of rank of the deciles
+        assert float(sketch.weights.sum()) == pytest.approx(np.isfinite(values).sum())
+        ranks = np.searchsorted(np.sort(values[np.isfinite(values)]), sketch.quantiles(np.arange(1, 10) / 10))
+        assert np.abs(ranks / np.isfinite(values).sum() - np.arange(1, 10) / 10).max() < 0.01, (ranks, truth)
+
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0, np.nan], "empty": [np.nan] * 4, "c": ["a", "b", "c", None]})
+    frame["none"] = pd.Series([None] * 4, dtype=object)
+    sketches = {col: QuantileSketch.of(frame[col].to_numpy()) for col in ("x", "empty")}
+    counts = {"c": frame["c"].value_counts(), "none": frame["none"].value_counts()}
+    layout = reference_layout(sketches, counts, kept=2)
+    assert layout["numeric"]["empty"] == [] and layout["categorical"]["c"] == {
+        "categories": ["a", "b"],
+        "complete": False,
+    }
+    reference = reference_of(layout, bin_counts(frame, layout))
+    assert reference["categorical"]["c"]["other"] == 1 and reference["numeric"]["empty"]["missing"] == 4
+    assert bin_counts(frame.iloc[:0], layout).rows == 0  # an empty partition counts nothing
+    new = pd.DataFrame({"x": [9.0, 9.0], "empty": [np.nan, 1.0], "c": ["zz", "a"], "none": ["q", None]})
+    report = drift_report(reference, bin_counts(new, layout_of(reference)))
+    assert report["features"]["c"]["unseen_share"] is None  # 'zz' may be one of the categories not kept
+    assert report["features"]["none"]["unseen_share"] == 0.5 and "none" in report["drifted"]
+    assert report["features"]["empty"]["missing_share"] == 0.5 and report["features"]["empty"]["psi"] > 0.2
