@@ -67,6 +67,11 @@ def _exporter(name: str) -> Deferred:
     return Deferred("tasks.onnx_graph", name)
 
 
+class FamilySkipped(Exception):
+    """Raised by a family's ``train`` that cannot train on this data (the linear baseline on
+    more coefficients than its Newton fit holds): the run goes on without it, and says why."""
+
+
 @dataclass
 class FamilyResult:
     """What a family's :meth:`ModelFamily.train` returns.
@@ -145,7 +150,7 @@ class ModelFamily:
 
     def validation_predictor(self):
         """What evaluation scores the validation rows with (an out-of-fold fit may differ)."""
-        return self.validation_predict or self.predict
+        return self.validation_predict or self.predictor()
 
     # ------------------------------------------------------------------------- the kind's behaviour
 

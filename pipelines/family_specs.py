@@ -156,10 +156,10 @@ def add_spec(new: FamilySpec, *, replace: bool = False) -> None:
     """Add a registered family's spec (its name must be new, unless ``replace``)."""
     if not isinstance(new.name, str) or not new.name.isidentifier():
         raise ValueError(f"family name {new.name!r}: use letters, digits and underscores (a Python identifier)")
-    if new.name in SPECS and not replace:
-        raise ValueError(f"family {new.name!r} is registered already; pass replace=True to replace it")
     if new.name in {s.name for s in BUILT_IN}:
         raise ValueError(f"family {new.name!r} is built in; choose another name")
+    if new.name in SPECS and not replace:
+        raise ValueError(f"family {new.name!r} is registered already; pass replace=True to replace it")
     missing = [n for n in new.needs if n not in SPECS]
     if missing:
         raise ValueError(f"family {new.name!r} needs {missing}, which no registered family is")

@@ -23,7 +23,7 @@ from shardflow.core.storage import location, remove_tree
 from shardflow.pipelines import artifacts
 from shardflow.pipelines.config import Config
 from shardflow.pipelines.evaluate import comparison_table, evaluate
-from shardflow.pipelines.families import FAMILIES, training_order
+from shardflow.pipelines.families import FAMILIES, FamilySkipped, training_order
 from shardflow.pipelines.family_specs import libraries
 from shardflow.pipelines.figures import warm_up
 from shardflow.pipelines.ownership import RunInUseError, claim_run, prepare_runs_dir, release_run, run_holder
@@ -121,8 +121,14 @@ def train(config: Config, runtime: Runtime, run_dir, xgboost_callbacks=(), key: 
     )
     context = TrainContext(runtime, data, tc, run_dir, tuple(xgboost_callbacks))
     for family in training_order(tc.models):
-        if family.name not in context.results:  # a family may train others with it (one graph)
+        if family.name in context.results:  # a family may train others with it (one graph)
+            continue
+        try:
             context.results[family.name] = family.train(context)
+        except FamilySkipped as skipped:
+            logger.warning("%s", skipped)
+    if not context.results:
+        raise ShardflowError(f"train.models: no family could train on this data ({', '.join(tc.models)})")
     results = {name: context.results[name] for name in FAMILIES if name in context.results}
     seconds = {name: result.seconds for name, result in results.items()}
     peaks = peak_memory(runtime.client)

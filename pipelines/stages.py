@@ -72,6 +72,8 @@ STAGE_CODE = {
         "tasks/linear.py",
         "pipelines/families.py",
         "pipelines/family_specs.py",
+        "pipelines/custom_families.py",
+        "tasks/custom_models.py",
         "pipelines/job.py",
         "pipelines/artifacts.py",
         "pipelines/train_config.py",
@@ -222,7 +224,11 @@ def stage_keys(config: Config, plan=None) -> dict:
         etl_config,
         code_version(RunDir.ETL),
     )
-    train = tokenize(etl, data["train"], code_version(RunDir.TRAIN))
+    from shardflow.pipelines.families import FAMILIES
+
+    # A family registered from Python is not in the code version: its estimator's description is.
+    registered = [getattr(FAMILIES[m], "fingerprint", "") for m in config.train.models]
+    train = tokenize(etl, data["train"], code_version(RunDir.TRAIN), registered)
     return {RunDir.ETL: etl[:16], RunDir.TRAIN: train[:16], RunDir.EVALUATE: evaluate_key(train[:16])}
 
 

@@ -37,6 +37,11 @@ _PUBLIC = {
     "Estimator": "shardflow.pipelines.estimator",
     "export": "shardflow.pipelines.export",
     "load_exported": "shardflow.tasks.exported",
+    "register_family": "shardflow.pipelines.families",
+    "ModelFamily": "shardflow.pipelines.families",
+    "FamilyResult": "shardflow.pipelines.families",
+    "estimator_family": "shardflow.pipelines.custom_families",
+    "torch_module_family": "shardflow.pipelines.custom_families",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -14,7 +14,7 @@ import logging
 import time
 
 from shardflow.cluster.factory import Runtime
-from shardflow.core.errors import ShardflowError
+from shardflow.pipelines.families import FamilySkipped
 from shardflow.pipelines.graph import tree_reduce_futures
 from shardflow.pipelines.rundir import RunDir
 from shardflow.pipelines.training.data import TrainingData, call_token
@@ -66,8 +66,8 @@ def fit_linear(
     client = runtime.client
     try:
         layout = LinearLayout.of(data.preprocessor)
-    except ValueError as err:
-        raise ShardflowError(f"train.models: {name}: {err}") from None
+    except ValueError as err:  # a baseline too wide to fit is left out, the run goes on
+        raise FamilySkipped(f"{name}: left out: {err}") from None
     scale = 1.0 if target_kind(data.task).is_classification else data.preprocessor.target_scale
     ridge = penalty * scale**2
     token = call_token(data.token)
