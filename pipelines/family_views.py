@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 
 from shardflow.pipelines.figures import subplots
+from shardflow.pipelines.report_curves import epoch_lines, loss_scale, metric_panels, splits_note, target_of
 from shardflow.pipelines.rundir import RunDir
 
 # ----------------------------------------------------------------------------- linear baseline
@@ -36,11 +37,14 @@ def linear_curves(run_dir, family) -> list:
     """
     import numpy as np
 
+    from shardflow.pipelines.figures import integer_ticks
+
     meta = json.loads(RunDir(run_dir).trained(family.file()).read_text())
-    fig, ax = subplots((5.5, 3.5))
+    fig, ax = subplots((5.8, 3.8))
     ax.plot(range(1, len(meta["objective"]) + 1), meta["objective"], marker="o")
     ax.set_xlabel("Newton pass (a rejected step is halved and tried again)")
-    ax.set_ylabel("penalised loss on the training rows")
+    ax.set_ylabel("penalised loss, training rows")
+    integer_ticks(ax.xaxis)
     ax.set_title(f"{family.label}: Newton fit")
     panels = [(fig, f"{family.label}: its damped Newton fit, one reduction over the partitions per pass")]
     coef = np.asarray(meta["coef"], dtype=np.float64)[1:]  # the intercept apart
@@ -48,11 +52,16 @@ def linear_curves(run_dir, family) -> list:
         # One output: the signed coefficient; one per class: their norm (how much the feature moves the classes).
         size = coef[:, 0] if coef.shape[1] == 1 else np.linalg.norm(coef, axis=1)
         top = np.argsort(np.abs(size))[-20:]
-        fig, ax = subplots((5.5, 0.3 * len(top) + 1))
+        fig, ax = subplots((5.8, 0.3 * len(top) + 1.2))
         ax.barh([meta["columns"][1 + i] for i in top], size[top], color="#5b7fb5")
-        ax.set_xlabel("coefficient (numerics standardised)" if coef.shape[1] == 1 else "norm of the class coefficients")
+        ax.axvline(0, color="#555", lw=0.8)
+        ax.set_xlabel(
+            "coefficient (per standard deviation of a numeric)"
+            if coef.shape[1] == 1
+            else "norm of the class coefficients"
+        )
         ax.set_title(f"Largest coefficients, {family.label}")
-        panels.append((fig, f"The {family.label}'s largest coefficients"))
+        panels.append((fig, f"The {family.label}'s largest coefficients (numerics standardised)"))
     return panels
 
 
@@ -60,7 +69,8 @@ def linear_curves(run_dir, family) -> list:
 
 
 def global_xgboost_curves(run_dir, family) -> list:
-    """Validation metrics per round, the best round dotted; feature importance (gain).
+    """Metrics per round, one axes per metric (training dashed where recorded, validation
+    solid), the best round dotted; feature importance (gain).
 
     Parameters
     ----------
@@ -77,21 +87,18 @@ def global_xgboost_curves(run_dir, family) -> list:
     import xgboost as xgb
 
     meta = json.loads(RunDir(run_dir).trained(family.file()).read_text())
-    fig, ax = subplots((5.5, 3.5))
-    for metric, values in meta["history"].get("validation", {}).items():
-        ax.plot(values, label=f"validation {metric}")
-    ax.axvline(meta["best_iteration"], color="k", ls=":", lw=0.8)
-    ax.set_xlabel("round")
-    ax.set_title(family.label)
-    ax.legend(fontsize=8)
-    panels = [(fig, f"{family.label}: validation metrics per round (dotted: best)")]
+    history = meta.get("history") or {}
+    panels = []
+    if history:
+        fig = metric_panels([history], target_of(run_dir), best=meta.get("best_iteration"), title=family.label)
+        panels.append((fig, f"{family.label}: metrics per boosting round{splits_note([history])}"))
     booster = xgb.Booster(model_file=bytearray(RunDir(run_dir).trained(family.file("ubj")).read_bytes()))
     gain = booster.get_score(importance_type="gain")
     if gain:
         top = sorted(gain.items(), key=lambda kv: kv[1])[-20:]
-        fig, ax = subplots((5.5, 0.3 * len(top) + 1))
+        fig, ax = subplots((5.8, 0.3 * len(top) + 1.2))
         ax.barh([k for k, _ in top], [v for _, v in top], color="#6a9f58")
-        ax.set_xlabel("total gain / splits (XGBoost 'gain')")
+        ax.set_xlabel("mean loss reduction per split (XGBoost gain)")
         ax.set_title(f"Feature importance, {family.label}")
         panels.append((fig, f"Feature importance (gain) of the {family.label}"))
     return panels
@@ -149,7 +156,8 @@ def global_xgboost_tracking(files, family, sample) -> dict:
 
 
 def data_parallel_mlp_curves(run_dir, family) -> list:
-    """Training and validation loss per evaluation (an epoch, or a few short ones).
+    """Training and validation loss per evaluation (an epoch, or a few short ones), in the
+    target's units (a regression MLP trains on the standardised target).
 
     Parameters
     ----------
@@ -163,15 +171,20 @@ def data_parallel_mlp_curves(run_dir, family) -> list:
     list of (Figure, str)
         The report's panel and its caption.
     """
+    from shardflow.pipelines.figures import legend_below
+
     meta = json.loads(RunDir(run_dir).trained(family.file()).read_text())
-    fig, ax = subplots((5.5, 3.5))
-    epochs = meta["history"].get("epoch") or range(1, len(meta["history"]["train_loss"]) + 1)
-    ax.plot(epochs, meta["history"]["train_loss"], marker="o", label="train loss")
-    ax.plot(epochs, meta["history"]["validation_loss"], marker="o", label="validation loss")
-    ax.set_xlabel("epoch")
-    ax.set_title(f"{family.label} ({meta['workers']} workers, sync every {meta['sync_every']} steps)")
-    ax.legend(fontsize=8)
-    return [(fig, f"{family.label}: loss per epoch")]
+    shown, unit = loss_scale(meta.get("spec", {}), target_of(run_dir))
+    fig, ax = subplots((5.8, 3.8))
+    epoch_lines(ax, meta["history"], shown)
+    best = meta.get("best_epoch")
+    epochs = meta["history"].get("epoch") or []
+    if best is not None and 0 <= best < len(epochs):
+        ax.axvline(epochs[best], color="k", ls=":", lw=0.8, label=f"best epoch ({epochs[best]}): weights kept")
+    ax.set_ylabel(unit)
+    ax.set_title(f"{family.label} ({meta['workers']} workers, sync every {meta['sync_every']} steps)", fontsize=10)
+    legend_below(ax, ncol=2)
+    return [(fig, f"{family.label}: {unit} per epoch, training and validation splits")]
 
 
 def data_parallel_mlp_tracking(files, family, sample) -> dict:
@@ -230,7 +243,7 @@ def data_parallel_mlp_tracking(files, family, sample) -> dict:
 
 
 def xgboost_ensemble_curves(run_dir, family) -> list:
-    """Each per-partition booster's validation metrics per round, on its own validation rows.
+    """Each per-partition booster's metrics per round on its own validation rows, one axes per metric.
 
     Parameters
     ----------
@@ -245,20 +258,21 @@ def xgboost_ensemble_curves(run_dir, family) -> list:
         The report's panel and its caption; none when no member recorded a history.
     """
     meta = json.loads(RunDir(run_dir).trained(family.file()).read_text())
-    if not any(meta.get("histories", [])):
+    histories = [h for h in meta.get("histories", []) if h]
+    if not histories:
         return []
-    fig, ax = subplots((5.5, 3.5))
-    for i, hist in enumerate(meta["histories"]):
-        for metric, values in hist.get("validation", {}).items():
-            ax.plot(values, lw=0.8, alpha=0.7, label=f"{metric}" if i == 0 else None)
-    ax.set_xlabel("round")
-    ax.set_title(f"{family.label} (own validation rows)")
-    ax.legend(fontsize=8)
-    return [(fig, f"{family.label}: one line per model and metric")]
+    fig = metric_panels(histories, target_of(run_dir), title=family.label)
+    return [
+        (
+            fig,
+            f"{family.label}: one line per member model ({len(histories)}), each on its own validation "
+            f"rows{splits_note(histories)}",
+        )
+    ]
 
 
 def mlp_ensemble_curves(run_dir, family) -> list:
-    """Each per-partition network's training loss per epoch.
+    """Each per-partition network's training (dashed) and validation (solid) loss per epoch.
 
     Parameters
     ----------
@@ -272,17 +286,22 @@ def mlp_ensemble_curves(run_dir, family) -> list:
     list of (Figure, str)
         The report's panel and its caption; none when no member recorded a history.
     """
+    from shardflow.pipelines.figures import TRAIN_STYLE, legend_below
+
     meta = json.loads(RunDir(run_dir).trained(family.file()).read_text())
-    if not any(meta.get("histories", [])):
+    histories = [h for h in meta.get("histories", []) if h]
+    if not histories:
         return []
-    fig, ax = subplots((5.5, 3.5))
-    for hist in meta["histories"]:
-        values = hist.get("train_loss", [])
-        ax.plot(hist.get("epoch") or range(1, len(values) + 1), values, marker=".", lw=0.8, alpha=0.7)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("train loss")
-    ax.set_title(family.label)
-    return [(fig, f"{family.label}: training loss per epoch, one line each")]
+    shown, unit = loss_scale(meta.get("spec", {}), target_of(run_dir))
+    fig, ax = subplots((5.8, 3.8))
+    for i, hist in enumerate(histories):
+        epoch_lines(ax, hist, shown, color=f"C{i % 10}", lw=1.0, legend=False)
+    ax.plot([], [], color="#555", label="training (mean over the epoch)", **TRAIN_STYLE)
+    ax.plot([], [], color="#555", label="validation (own rows)")
+    ax.set_ylabel(unit)
+    ax.set_title(family.label, fontsize=10)
+    legend_below(ax, ncol=2)
+    return [(fig, f"{family.label}: {unit} per epoch, one colour per member model ({len(histories)})")]
 
 
 # ----------------------------------------------------------------------------- combined and per-group families
@@ -303,19 +322,23 @@ def stacked_curves(run_dir, family) -> list:
     list of (Figure, str)
         The report's panel and its caption; none when the fit recorded no objective.
     """
+    from shardflow.pipelines.figures import integer_ticks
+
     meta = json.loads(RunDir(run_dir).trained(family.file()).read_text())
     if not meta.get("objective"):
         return []
-    fig, ax = subplots((5.5, 3.5))
+    fig, ax = subplots((5.8, 3.8))
     ax.plot(range(1, len(meta["objective"]) + 1), meta["objective"], marker="o")
     ax.set_xlabel("Newton pass (a rejected step is halved and tried again)")
-    ax.set_ylabel("penalised loss on the validation rows")
-    ax.set_title(f"{family.label}: combiner fit")
+    ax.set_ylabel("penalised loss, validation rows")
+    integer_ticks(ax.xaxis)
+    ax.set_title(f"{family.label}: combiner fit", fontsize=10)
     return [(fig, f"{family.label}: its damped Newton fit, from the members' average")]
 
 
 def group_curves(run_dir, family) -> list:
-    """Each group model's metric on its own validation rows against its training rows.
+    """Each group model's metric on its own validation rows against its training rows, each
+    point named by its group.
 
     Parameters
     ----------
@@ -329,15 +352,29 @@ def group_curves(run_dir, family) -> list:
     list of (Figure, str)
         The report's panel and its caption; none when no group has a metric to show.
     """
+    from shardflow.pipelines.figures import thousands
+    from shardflow.pipelines.report_format import TARGET_UNIT_METRICS
+    from shardflow.tasks.metrics import primary_metric
+
     meta = json.loads(RunDir(run_dir).trained(family.file()).read_text())
+    facts = target_of(run_dir)
     rows = [m for m in meta["group_metrics"] if m.get("rows")]
-    metric = next((k for k in ("auc", "r2", "accuracy") if rows and k in rows[0]), None)
+    wanted = primary_metric(facts.task) if facts.task else None
+    metric = next((k for k in (wanted, "auc", "r2", "accuracy") if k and rows and k in rows[0]), None)
     if metric is None:
         return []
-    fig, ax = subplots((5.5, 3.5))
-    ax.scatter([m["train_rows"] for m in rows], [m[metric] for m in rows], s=12)
-    ax.set_xscale("log")
+    fig, ax = subplots((5.8, 3.8))
+    x, y = [m["train_rows"] for m in rows], [m[metric] for m in rows]
+    ax.scatter(x, y, s=18, color="#1f77b4", zorder=3)
+    if len(rows) <= 30:
+        for m, xi, yi in zip(rows, x, y):
+            ax.annotate(str(m.get("group", "")), (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize=7)
+    if min(x) > 0 and max(x) > 10 * min(x):
+        ax.set_xscale("log")
     ax.set_xlabel("training rows of the group")
-    ax.set_ylabel(f"{metric} on the group's validation rows")
-    ax.set_title(family.label)
-    return [(fig, f"{family.label}: one point per group ({len(meta['fallback_groups'])} groups use the global model)")]
+    ax.set_ylabel(f"{facts.metric_header(metric)}, group's validation rows")
+    if metric in TARGET_UNIT_METRICS:
+        thousands(ax.yaxis)
+    ax.set_title(family.label, fontsize=10)
+    fallback = len(meta.get("fallback_groups", []))
+    return [(fig, f"{family.label}: one point per group ({fallback} groups use the fallback model)")]

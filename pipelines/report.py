@@ -1,11 +1,15 @@
 """The run report (``report.html``, readable offline) and the list of past runs.
 
 Everything comes from the files a run already wrote (manifest, config, stage summaries,
-model metadata, evaluation); the report can be rebuilt at any time with
-``shardflow report RUN``. Plots are PNGs embedded as data URIs
-(:mod:`shardflow.pipelines.report_html`); the sections on the models' quality are in
-:mod:`shardflow.pipelines.report_quality`, the families' training curves in
-:mod:`shardflow.pipelines.family_views`.
+model records, evaluation); the report can be rebuilt at any time with ``shardflow
+report RUN``. The page opens with what was trained on what — the target and its kind,
+the rows, the class balance or the target's spread, the best model and its metric —
+then compares the models, shows their quality (:mod:`shardflow.pipelines.report_quality`),
+training curves (:mod:`shardflow.pipelines.family_views`) and effective hyperparameters
+(:mod:`shardflow.pipelines.report_settings`), and ends with the data, the time spent and
+the cluster (:mod:`shardflow.pipelines.report_data`). Numbers are written by what they
+measure (:mod:`shardflow.pipelines.report_format`); plots are PNGs embedded as data URIs
+(:mod:`shardflow.pipelines.report_html`).
 """
 
 from __future__ import annotations
@@ -14,19 +18,28 @@ import html
 import json
 import logging
 import threading
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from shardflow.core.storage import location
 from shardflow.pipelines.families import FAMILIES
 from shardflow.pipelines.family_specs import label
-from shardflow.pipelines.figures import subplots
-from shardflow.pipelines.plan import format_plan
 from shardflow.pipelines.records import EtlSummary, ManifestError
-from shardflow.pipelines.report_html import CSS, figure_html, png_data_uri, table_html
+from shardflow.pipelines.report_data import (
+    cluster_section,
+    cluster_summary,
+    data_section,
+    stage_seconds,
+    timings_section,
+)
+from shardflow.pipelines.report_format import TargetFacts, count, metric_name, seconds, share, target_facts
+from shardflow.pipelines.report_html import CSS, facts_html, figure_html, png_data_uri, section, table_html
 from shardflow.pipelines.report_quality import partition_metrics_section, quality_section
+from shardflow.pipelines.report_settings import settings_section
 from shardflow.pipelines.rundir import RunDir, read_manifest, write_text_atomic
 from shardflow.tasks.metrics import best_model, primary_metric
-from shardflow.tasks.targets import TASK_TYPES, target_kind
+from shardflow.tasks.targets import TARGET_KINDS, TASK_TYPES, target_kind
 
 logger = logging.getLogger("shardflow.report")
 
@@ -81,113 +94,46 @@ def build_report(run_dir) -> Path:
     run = RunDir(run_dir)
     summary = EtlSummary.read(run.summary)
     evaluation = _load(run.metrics) or {}
-    seconds = _load(run.trained("seconds")) or {}
-    task = evaluation.get("task", TASK_TYPES[0])
-    parts = [
-        f"<h1>shardflow run {html.escape(run_dir.name)}</h1>",
-        f"<p class='muted'>stages: {', '.join(manifest.stages) or 'none'}</p>",
-    ]
-
-    # Dataset.
-    parts.append("<h2>Dataset</h2>")
-    inp = manifest.input
-    parts.append(
-        table_html(
-            [
-                ["input", inp.get("path", "")],
-                ["format", inp.get("format", "")],
-                ["files", inp.get("files", "")],
-                ["fingerprint", inp.get("fingerprint", "")],
-                ["rows (kept)", (summary.rows if summary else "")],
-                ["validation rows", (summary.validation_rows if summary else "")],
-                ["quarantined rows", (summary.quarantined_rows if summary else "")],
-                ["partitions", (summary.partitions if summary else "")],
-            ],
-            ["", ""],
-        )
-    )
-    if summary and summary.quarantined:
-        parts.append(
-            "<h3>Quarantined rows by reason</h3>"
-            + table_html(sorted(summary.quarantined.items(), key=lambda kv: -kv[1]), ["reason", "rows"])
-        )
-    if summary and summary.joins:
-        parts.append(
-            "<h3>Joins</h3>"
-            + table_html(
-                [
-                    [name, j.get("path", ""), j["rows"], j["matched"], f"{100 * j['match_rate']:.1f}%"]
-                    for name, j in summary.joins.items()
-                ],
-                ["join", "dimension table", "input rows", "matched", "match rate"],
-            )
-        )
-    plan = manifest.plan
-    if plan:
-        parts.append("<h3>Plan</h3><pre>" + html.escape(format_plan(plan)) + "</pre>")
-    if summary and summary.partition_rows:
-        fig, ax = subplots(figsize=(7, 2.8))
-        ax.bar(range(len(summary.partition_rows)), summary.partition_rows, color="#4878a8")
-        ax.set_xlabel("partition")
-        ax.set_ylabel("rows")
-        ax.set_title("Partition sizes")
-        parts.append(figure_html(png_data_uri(fig), "Rows per partition (skew shows here)"))
-    parts.append(_partition_differences(summary) if summary else "")
-
-    # Stage timings.
-    parts.append("<h2>Stage timings</h2>")
-    timing_rows = [[f"etl: {k}", v] for k, v in (summary.timings if summary else {}).items()]
-    timing_rows += [[f"train: {label(k)}", v] for k, v in seconds.items()]
-    for stage, record in manifest.stages.items():
-        if record.seconds is not None and not isinstance(record.seconds, dict):
-            timing_rows.append([f"stage {stage} (total)", record.seconds])
-    parts.append(table_html(timing_rows, ["step", "seconds"]))
-
-    # Models.
+    train_seconds = _load(run.trained("seconds")) or {}
+    facts = target_facts(run)
+    task = evaluation.get("task") or facts.task or TASK_TYPES[0]
+    if not facts.task:
+        facts = replace(facts, task=task)
     metrics = evaluation.get("metrics", {})
-    if metrics:
-        parts.append("<h2>Model comparison (validation split)</h2>")
-        cols = list(target_kind(task).columns)
-        parts.append(
-            table_html(
-                [
-                    [label(n), *[m.get(c, float("nan")) for c in cols], seconds.get(n, float("nan"))]
-                    for n, m in metrics.items()
-                ],
-                ["model", *cols, "train seconds"],
-            )
-        )
-        parts.append(quality_section(evaluation, task))
-    parts.append(_training_curves(run_dir))
-    if evaluation.get("partition_metrics"):
-        parts.append(partition_metrics_section(evaluation, task))
-
-    # Cluster and configuration.
-    parts.append("<h2>Cluster</h2>")
-    cluster = manifest.cluster
-    parts.append(
-        table_html([[k, json.dumps(v) if isinstance(v, (list, dict)) else v] for k, v in cluster.items()], ["", ""])
-    )
-    if evaluation.get("peak_memory"):
-        from dask.utils import format_bytes
-
-        parts.append(
-            "<h3>Peak worker memory (training)</h3>"
-            + table_html(
-                [[w, format_bytes(int(v))] for w, v in evaluation["peak_memory"].items()], ["worker", "peak RSS"]
-            )
-        )
-    parts.append("<h3>Library versions</h3>" + table_html(list(manifest.versions.items()), ["library", "version"]))
-    if run.performance_report.exists():
-        parts.append(f"<p><a href='{run.relative(run.performance_report)}'>Dask performance report</a></p>")
     config = run.config.read_text() if run.config.exists() else ""
-    parts.append("<h2>Configuration</h2><pre>" + html.escape(config) + "</pre>")
+    from shardflow.pipelines.artifacts import available_models
 
+    trained = available_models(run_dir)
+    sections = [
+        ("models", "Model comparison (validation split)", _comparison(metrics, train_seconds, task, facts)),
+        ("quality", "Quality on the validation split", quality_section(evaluation, task, facts) if metrics else ""),
+        ("curves", "Training curves", _training_curves(run_dir, trained)),
+        ("hyperparameters", "Hyperparameters", settings_section(run, trained, config)),
+        (
+            "partitions",
+            "Per-partition metrics",
+            partition_metrics_section(evaluation, task, facts) if evaluation.get("partition_metrics") else "",
+        ),
+        ("data", "Data", data_section(manifest, summary, facts)),
+        ("timings", "Timings", timings_section(manifest, summary, train_seconds)),
+        (
+            "cluster",
+            "Cluster",
+            cluster_section(manifest.cluster, evaluation.get("peak_memory") or {}, manifest.versions),
+        ),
+        ("config", "Configuration", _configuration(run, config)),
+    ]
+    nav = "".join(
+        f'<a href="#{anchor}">{html.escape(title.split(" (")[0])}</a>' for anchor, title, body in sections if body
+    )
     page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>shardflow run "
-        + html.escape(run_dir.name)
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'><title>"
+        + html.escape(f"{facts.column} · shardflow run {run_dir.name}")
         + f"</title><style>{CSS}</style></head><body>"
-        + "\n".join(p for p in parts if p)
+        + _header(run_dir, manifest, summary, evaluation, facts=facts, task=task)
+        + f"<nav>{nav}</nav>"
+        + "\n".join(section(anchor, title, body) for anchor, title, body in sections)
         + "</body></html>"
     )
     out = run.report
@@ -195,49 +141,157 @@ def build_report(run_dir) -> Path:
     return out
 
 
-def _partition_differences(summary: EtlSummary) -> str:
-    """The partitions' target mean (classification: the last class's share) against the
-    table's, and the largest gaps in the features' means, in standard deviations."""
-    differences = summary.partition_differences
-    if not differences or len(differences["partitions"]) < 2:
-        return ""
-    entries = differences["partitions"]
-    classes = list(summary.classes or [])
-    if "class_shares" in entries[0]:
-        values = [e["class_shares"][-1] if e["rows"] else float("nan") for e in entries]
-        what = f"share of class {classes[-1]!r}" if classes else "share of the last class"
+def task_text(facts: TargetFacts, task: str) -> str:
+    """What the target's kind means, in words: ``binary classification, positive class 'yes'``,
+    ``multiclass, 4 classes``, ``regression, trained on log(1 + price)``.
+
+    Examples
+    --------
+    >>> task_text(TargetFacts("churned", classes=["no", "yes"]), TASK_TYPES[0])
+    "binary classification, positive class 'yes'"
+    """
+    kind = target_kind(task)
+    if kind.is_classification:
+        base = next(k.name for k in TARGET_KINDS.values() if k.configurable and k.is_classification)
+        if len(facts.classes) == 2:
+            return f"binary {base}, positive class '{facts.positive}'"
+        return f"{kind.name}, {len(facts.classes)} classes" if kind.name != base else base
+    if facts.transform != "none":
+        return f"{kind.name}, trained on {facts.model_scale}"
+    return kind.name
+
+
+def _balance(facts: TargetFacts, evaluation: dict):
+    """The header's card on the target's distribution: class shares, or the target's spread."""
+    if facts.counts:
+        total = sum(facts.counts.values()) or 1
+        shares = sorted(facts.counts.items(), key=lambda kv: -kv[1])
+        rows = " · ".join(f"{k} {count(v)}" for k, v in facts.counts.items())
+        if facts.positive is not None and facts.positive in facts.counts:
+            value = f"{share(facts.counts[facts.positive] / total)} '{facts.positive}'"
+            rate = next((m.get("positive_rate") for m in evaluation.get("metrics", {}).values()), None)
+            valid = f"; validation: {share(rate)}" if rate is not None else ""
+            return ("class balance", value, f"rows: {rows}{valid}")
+        shown = " · ".join(f"{k} {share(v / total, 0)}" for k, v in shares[:4])
+        more = f" · {len(shares) - 4} more" if len(shares) > 4 else ""
+        return ("class balance", shown + more, f"rows: {rows}" if len(shares) <= 8 else f"{len(shares)} classes")
+    if facts.std == facts.std:
+        return (
+            f"{facts.column} (kept rows)",
+            f"mean {facts.value(facts.mean)}",
+            f"std {facts.value(facts.std)} · range {facts.value(facts.low)} to {facts.value(facts.high)}",
+        )
+    return ("class balance", None, "")
+
+
+def _header(run_dir, manifest, summary, evaluation, *, facts: TargetFacts, task: str) -> str:
+    """The page's top: what was trained on what, and how well."""
+    metrics = evaluation.get("metrics", {})
+    if facts.is_classification and facts.classes:
+        note = f"classes: {', '.join(facts.classes)}" if len(facts.classes) <= 8 else f"{len(facts.classes)} classes"
     else:
-        values = [e["target_mean"] if e["target_mean"] is not None else float("nan") for e in entries]
-        what = "target mean"
-    fig, ax = subplots(figsize=(7, 2.8))
-    ax.bar(range(len(values)), values, color="#b07aa1")
-    overall = summary.target_mean if what == "target mean" else None
-    if overall is not None:
-        ax.axhline(overall, color="k", ls=":", lw=0.8)
-    ax.set_xlabel("partition")
-    ax.set_ylabel(what)
-    ax.set_title("How different the partitions are")
-    gaps = sorted(differences["numeric_gap"].items(), key=lambda kv: -kv[1])[:8]
-    table = table_html(
-        [["target", differences["target_gap"]], *[[f"feature {k}", v] for k, v in gaps]],
-        ["largest |partition mean − table mean| / table std", ""],
+        note = task_text(facts, task)
+    weighted = "; rows weighted by their sample weights" if facts.weighted else ""
+    cards = [("target", facts.column, note + weighted)]
+    if summary:
+        cards.append(
+            (
+                "rows",
+                count(summary.rows),
+                f"{count(summary.rows - summary.validation_rows)} training · {count(summary.validation_rows)} "
+                f"validation · {count(summary.quarantined_rows)} quarantined",
+            )
+        )
+    cards.append(_balance(facts, evaluation))
+    if metrics:
+        best, key = best_model(metrics, task), primary_metric(task)
+        others = [
+            f"{metric_name(c)} {facts.metric(c, metrics[best].get(c))}"
+            for c in target_kind(task).columns[1:]
+            if c in metrics[best]
+        ]
+        cards.append(
+            (
+                "best model",
+                f"{label(best)}: {metric_name(key)} {facts.metric(key, metrics[best].get(key))}",
+                f"{' · '.join(others)} (validation; {len(metrics)} models compared)",
+            )
+        )
+    if summary:
+        names = summary.feature_names
+        cards.append(("features", count(len(names)), ", ".join(names[:8]) + (" …" if len(names) > 8 else "")))
+    stage_times = {stage: stage_seconds(record) for stage, record in manifest.stages.items()}
+    known = {k: v for k, v in stage_times.items() if v is not None}
+    if known:
+        cards.append(
+            (
+                "run time",
+                f"{seconds(sum(known.values()))} s",
+                " · ".join(f"{k} {seconds(v)} s" for k, v in known.items()),
+            )
+        )
+    workers, detail = cluster_summary(manifest.cluster)
+    cards.append(("cluster", workers, detail))
+    completed = max((r.completed for r in manifest.stages.values() if r.completed), default="")
+    inp = manifest.input
+    where = f"{inp.get('path', '')} ({inp.get('format', '')})" if inp.get("path") else ""
+    sub = " · ".join(
+        p
+        for p in (
+            f"shardflow run {run_dir.name}",
+            completed.replace("T", " "),
+            f"stages: {', '.join(manifest.stages) or 'none'}",
+            where,
+        )
+        if p
     )
     return (
-        figure_html(
-            png_data_uri(fig),
-            f"{what} per partition: per-partition models assume partitions alike "
-            "(the ETL shuffles the rows when it trains them)",
-        )
-        + table
+        f"<h1>{html.escape(facts.column)} <span class='muted'>— {html.escape(task_text(facts, task))}</span></h1>"
+        f"<p class='sub'>{html.escape(sub)}</p>" + facts_html(cards)
     )
 
 
-def _training_curves(run_dir: Path) -> str:
-    """Each trained family's own curves (see :data:`shardflow.pipelines.families.FAMILIES`)."""
-    from shardflow.pipelines.artifacts import available_models
+def _comparison(metrics: dict, train_seconds: dict, task: str, facts: TargetFacts) -> str:
+    """Every model's validation metrics and training time, the best row highlighted."""
+    if not metrics:
+        return ""
+    cols = list(target_kind(task).columns)
+    best = best_model(metrics, task)
+    rows = [
+        [label(n), *[m.get(c, float("nan")) for c in cols], train_seconds.get(n, float("nan"))]
+        for n, m in metrics.items()
+    ]
+    key = primary_metric(task)
+    return table_html(
+        rows,
+        ["model", *[facts.metric_header(c) for c in cols], "train seconds"],
+        [None, *[partial(facts.metric, c) for c in cols], seconds],
+        row_classes=["best" if n == best else "" for n in metrics],
+    ) + (
+        f"<p class='note'>Highlighted: the best model by {metric_name(key)}. Metrics on the validation "
+        f"split{', weighted by the sample weights' if facts.weighted else ''}"
+        f"{f', in {facts.unit} (the models trained on {facts.model_scale})' if facts.transform != 'none' else ''}."
+        "</p>"
+    )
 
+
+def _configuration(run: RunDir, config: str) -> str:
+    parts = []
+    if run.performance_report.exists():
+        parts.append(f"<p><a href='{run.relative(run.performance_report)}'>Dask performance report</a></p>")
+    if config:
+        parts.append(
+            "<details><summary>The job's configuration as the run used it</summary><pre>"
+            + html.escape(config)
+            + "</pre></details>"
+        )
+    return "".join(parts)
+
+
+def _training_curves(run_dir: Path, names) -> str:
+    """Each trained family's own curves (see :data:`shardflow.pipelines.families.FAMILIES`)."""
     panels = []
-    for name in available_models(run_dir):
+    for name in names:
         family = FAMILIES[name]
         if family.curves is None:
             continue
@@ -245,7 +299,7 @@ def _training_curves(run_dir: Path) -> str:
             panels.append(figure_html(png_data_uri(fig), caption))
     if not panels:
         return ""
-    return "<h2>Training curves</h2><div class='grid'>" + "".join(panels) + "</div>"
+    return "<div class='grid'>" + "".join(panels) + "</div>"
 
 
 def list_runs(runs_dir) -> list:

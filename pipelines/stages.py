@@ -91,6 +91,7 @@ COSMETIC_CODE = (
     "pipelines/report.py",
     "pipelines/report_html.py",
     "pipelines/report_quality.py",
+    "pipelines/report_*.py",  # the report's sections, formats and curves
     "pipelines/family_views.py",
     "pipelines/ownership.py",
     "pipelines/stages.py",
