@@ -27,15 +27,13 @@ from __future__ import annotations
 import json
 import logging
 
-import dask
 import numpy as np
 
 from shardflow.core.errors import ShardflowError
 from shardflow.pipelines.artifacts import verified_path
-from shardflow.pipelines.graph import named_delayed, task_names, tree_reduce
 from shardflow.pipelines.records import EtlSummary
 from shardflow.pipelines.rundir import RunDir
-from shardflow.tasks.drift import DRIFT_BINS, combine_drift_counts, layout_of, partition_drift_counts
+from shardflow.tasks.drift import DRIFT_BINS
 
 logger = logging.getLogger("shardflow.predict")
 
@@ -80,18 +78,6 @@ def read_reference(run_dir, manifest) -> dict | None:
         return None
     path = verified_path(run.path, run.relative(run.summary), manifest)
     return EtlSummary.from_json(path.read_text(), path).drift_reference or None
-
-
-def drift_counts(parts: list, spec, dimensions, reference: dict, token):
-    """One Delayed: the new rows of ``parts`` (raw partitions) counted into the reference's
-    bins, per partition, reduced in a tree (``token``: what makes the keys unique)."""
-    layout = named_delayed("predict-drift-layout", layout_of(reference))
-    name = task_names("predict-drift", token)
-    counted = [
-        dask.delayed(partition_drift_counts, pure=True)(part, spec, dimensions, layout=layout, dask_key_name=name(i))
-        for i, part in enumerate(parts)
-    ]
-    return tree_reduce(counted, combine_drift_counts, "predict-drift-combine")
 
 
 def _shares(counts, rows: int) -> list:

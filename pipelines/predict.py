@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -20,7 +21,6 @@ from shardflow.pipelines.config import load_config
 from shardflow.pipelines.drift import (
     PSI_THRESHOLD,
     UNSEEN_THRESHOLD,
-    drift_counts,
     drift_report,
     read_reference,
     record_drift,
@@ -31,6 +31,7 @@ from shardflow.pipelines.ownership import new_output_dir
 from shardflow.pipelines.plan import InputPlan
 from shardflow.pipelines.records import Manifest
 from shardflow.pipelines.rundir import atomic_directory
+from shardflow.tasks.drift import combine_drift_counts, layout_of
 from shardflow.tasks.exported import INT8_FILE, METADATA_FILE, MODEL_FILE
 from shardflow.tasks.scoring import QUARANTINE_DIR, predict_partition, score_exported_partition
 from shardflow.tasks.worker_state import ExportedSessions
@@ -216,6 +217,9 @@ def predict(
             )
             raw = plan.read(runtime.backend)
             name = task_names(f"predict-{model}", plan.source.fingerprint, str(tmp))
+            # Drift: each partition, prepared once for its predictions, is also counted into
+            # the reference's bins; only those sums come back.
+            layout = named_delayed("predict-drift-layout", layout_of(reference)) if reference else None
             if engine == "onnxruntime":
                 exported = _exported_model(run_dir, model, precision, storage_options)
                 client.register_plugin(ExportedSessions())
@@ -229,6 +233,7 @@ def predict(
                         keep_columns=preprocessor.keep_columns,
                         output=tmp,
                         index=i,
+                        drift_layout=layout,
                         dask_key_name=name(i),
                     )
                     for i, part in enumerate(raw.to_delayed())
@@ -245,16 +250,15 @@ def predict(
                         payload=payload_f,
                         output=tmp,
                         index=i,
+                        drift_layout=layout,
                         dask_key_name=name(i),
                     )
                     for i, part in enumerate(raw.to_delayed())
                 ]
-            if reference:  # counted in the same compute, on the cluster; only the sums come back
-                tasks.append(drift_counts(raw.to_delayed(), spec, dim_frames, reference, name(0)))
             counts = progress.compute(client, tasks, f"predict ({model})")
             report = None
             if reference:
-                *counts, measured = counts
+                measured = functools.reduce(combine_drift_counts, [c.pop("drift") for c in counts])
                 report = drift_report(
                     reference, measured, psi_threshold=psi_threshold, unseen_threshold=unseen_threshold
                 )

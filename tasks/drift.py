@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shardflow.core import backend
-from shardflow.tasks.prepare import PreparedPartition, prepare_partition
+from shardflow.tasks.prepare import PreparedPartition
 from shardflow.tasks.schema import SPLIT_COLUMN
 
 #: Quantile bins of a numeric feature (deciles); fewer where quantiles coincide (a
@@ -187,12 +187,6 @@ def partition_reference_counts(part: PreparedPartition, layout: dict) -> DriftCo
     """The training rows of one prepared partition (the ETL's), counted into their bins."""
     training = ~backend.to_host_array(part.features[SPLIT_COLUMN], bool)
     return bin_counts(part.features, layout, training)
-
-
-def partition_drift_counts(raw, spec, dimensions, *, layout: dict) -> DriftCounts:
-    """One partition of new rows, prepared as the ETL prepared the training rows (quarantined
-    rows left out, as scoring leaves them out) and counted into the reference's bins."""
-    return bin_counts(prepare_partition(raw, spec, dimensions).features, layout)
 
 
 def combine_drift_counts(a: DriftCounts, b: DriftCounts) -> DriftCounts:

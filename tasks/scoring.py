@@ -8,6 +8,7 @@ import pandas as pd
 from shardflow.core import backend
 from shardflow.core.storage import location
 from shardflow.core.threads import worker_threads
+from shardflow.tasks.drift import bin_counts
 from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.labels import LABEL, PREDICTION, decode_labels, probability_column
 from shardflow.tasks.prepare import prepare_partition
@@ -36,33 +37,48 @@ def score_rows(raw, spec, dimensions, *, preprocessor: Preprocessor, predictor, 
 
 
 def predict_partition(
-    raw, spec, dimensions, *, preprocessor: Preprocessor, predictor, payload: dict, output: str, index: int
+    raw,
+    spec,
+    dimensions,
+    *,
+    preprocessor: Preprocessor,
+    predictor,
+    payload: dict,
+    output: str,
+    index: int,
+    drift_layout: dict | None = None,
 ) -> dict:
     """Score one input partition (:func:`score_rows`); write its predictions (and quarantine).
-    Returns the rows scored and quarantined."""
+    Returns the rows scored and quarantined, and with ``drift_layout`` the prepared rows
+    counted into the drift reference's bins (:func:`~shardflow.tasks.drift.bin_counts`)."""
     out, prepared = score_rows(raw, spec, dimensions, preprocessor=preprocessor, predictor=predictor, payload=payload)
+    return _written(out, prepared, output, index, drift_layout)
+
+
+def _written(out, prepared, output: str, index: int, drift_layout: dict | None) -> dict:
+    """Write one partition's predictions and quarantine; what the caller is told of them."""
     part = f"part-{index:05d}.parquet"
     backend.write_parquet(out, location(output) / part)
     if len(prepared.quarantine):
         backend.write_parquet(prepared.quarantine, location(output) / QUARANTINE_DIR / part)
-    return {"rows": len(out), "quarantined": len(prepared.quarantine)}
+    written = {"rows": len(out), "quarantined": len(prepared.quarantine)}
+    if drift_layout is not None:
+        written["drift"] = bin_counts(prepared.features, drift_layout)
+    return written
 
 
-def score_exported_partition(raw, spec, dimensions, *, exported: tuple, keep_columns, output: str, index: int) -> dict:
+def score_exported_partition(
+    raw, spec, dimensions, *, exported: tuple, keep_columns, output: str, index: int, drift_layout: dict | None = None
+) -> dict:
     """Prepare one input partition and score it with an exported ONNX model (``exported``:
     its bytes and metadata; this worker's ONNX Runtime session, reused across partitions);
-    write its predictions and quarantine."""
+    write its predictions and quarantine (see :func:`predict_partition`)."""
     model, metadata = exported
     prepared = prepare_partition(raw, spec, dimensions)
     features = backend.to_pandas(prepared.features).reset_index(drop=True)
     out = features[list(keep_columns)].copy() if keep_columns else pd.DataFrame(index=features.index)
     scores = worker_session(model, metadata).predict(features)
-    out = pd.concat([out, scores], axis=1)
-    part = f"part-{index:05d}.parquet"
-    backend.write_parquet(out, location(output) / part)
-    if len(prepared.quarantine):
-        backend.write_parquet(prepared.quarantine, location(output) / QUARANTINE_DIR / part)
-    return {"rows": len(out), "quarantined": len(prepared.quarantine)}
+    return _written(pd.concat([out, scores], axis=1), prepared, output, index, drift_layout)
 
 
 def prediction_columns(scores: np.ndarray, preprocessor: Preprocessor) -> dict:
