@@ -192,3 +192,61 @@ class CapturedStderr:
             self._flush_pending()  # a warning whose closing blank line never came
         self.terminal.flush()
         return False
+
+
+def aligned_table(header, rows, *, marked=None, note: str = "") -> str:
+    """``rows`` of text under ``header`` in fixed-width columns, for a terminal: the first
+    column left-aligned, the others (numbers) right-aligned; row ``marked`` starts with
+    ``*``, and ``note`` below the table says what the ``*`` means.
+
+    Examples
+    --------
+    >>> print(aligned_table(["model", "auc"], [["global XGBoost", "0.8100"], ["MLP", "0.7900"]],
+    ...                     marked=0, note="best validation auc"))
+      model              auc
+    * global XGBoost  0.8100
+      MLP             0.7900
+    * best validation auc
+    """
+    table = [list(header), *(list(row) for row in rows)]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+
+    def line(row, mark: str) -> str:
+        cells = [str(row[0]).ljust(widths[0]), *(str(v).rjust(w) for v, w in zip(row[1:], widths[1:]))]
+        return f"{mark} " + "  ".join(cells)
+
+    lines = [line(header, " ")]
+    lines += [line(row, "*" if i == marked else " ") for i, row in enumerate(rows)]
+    if marked is not None and note:
+        lines.append(f"* {note}")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+#: Optional packages by import name: what needs them and how to install them.
+OPTIONAL_PACKAGES = {
+    "s3fs": ("s3:// paths", 'pip install "shardflow[s3]"'),
+    "gcsfs": ("gs:// paths", "pip install gcsfs"),
+    "adlfs": ("abfs:// paths", "pip install adlfs"),
+    "onnx": ("ONNX export", 'pip install "shardflow[export]"'),
+    "onnxruntime": ("ONNX Runtime scoring", 'pip install "shardflow[export]"'),
+    "mlflow": ("tracking: {mlflow: ...}", 'pip install "shardflow[tracking]"'),
+}
+
+
+def missing_extra(err: BaseException) -> str | None:
+    """What to install for an ``ImportError`` of an optional package (also one that another
+    library raised from it, as fsspec does for s3fs), or None for any other error.
+
+    Examples
+    --------
+    >>> missing_extra(ModuleNotFoundError("No module named 's3fs'", name="s3fs"))
+    's3fs is not installed (needed for s3:// paths): pip install "shardflow[s3]"'
+    """
+    seen = 0
+    while err is not None and seen < 8:
+        name = (getattr(err, "name", None) or "").split(".")[0] if isinstance(err, ImportError) else ""
+        if name in OPTIONAL_PACKAGES:
+            what, install = OPTIONAL_PACKAGES[name]
+            return f"{name} is not installed (needed for {what}): {install}"
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
