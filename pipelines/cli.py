@@ -16,6 +16,7 @@ from pathlib import Path
 
 from shardflow.core.errors import ShardflowError
 from shardflow.pipelines.commands import (
+    DEFAULT_WORK_DIR,
     cmd_etl,
     cmd_export,
     cmd_generate,
@@ -28,7 +29,63 @@ from shardflow.pipelines.commands import (
 from shardflow.pipelines.family_specs import family_names
 
 DEFAULT_ROWS = 1_000_000
-DEFAULT_WORK_DIR = Path("shardflow-work")
+#: What each command's ``--help`` says above its options (``description``) and below them
+#: (``epilog``: examples, as they are typed).
+COMMAND_HELP = {
+    "run": (
+        "Run the whole job: ETL, training of every configured model, evaluation and report, in a run\n"
+        "directory under the runs directory. Without -c, the built-in trips job on the default dataset\n"
+        "(generated under --work-dir on first use). Stages that are complete and current are reused.",
+        "examples:\n"
+        "  shardflow run                                   # the default job, 1M generated rows\n"
+        "  shardflow run -c job.yaml --set train.models=[xgboost,mlp]\n"
+        "  shardflow run -c job.yaml --resume 20260101-120000-ab12cd   # an id that `shardflow runs` lists",
+    ),
+    "etl": (
+        "Run the ETL stage only: read, validate, clean, join, encode and split the input, and write the\n"
+        "features (Parquet + Zarr) in a run directory. Prints that stage's directory.",
+        "example:\n  shardflow etl -c job.yaml --n-workers 2 --memory-limit 2GB",
+    ),
+    "plan": (
+        "Print how a job would run on the cluster: partitions, memory per worker, joins, warnings.\n"
+        "Reads the input's metadata and runs nothing. Without -c, the default job (as `shardflow run`).",
+        "examples:\n  shardflow plan -c job.yaml\n  shardflow plan --rows 30000 --work-dir shardflow-work",
+    ),
+    "predict": (
+        "Score new data with a finished run's preprocessing and model; writes Parquet files.\n"
+        "RUN is an id that `shardflow runs` lists, looked up in the runs directory as `shardflow run`\n"
+        "finds it (--runs-dir, else the -c config's output.runs_dir, else ./shardflow-work/runs),\n"
+        "or a run's directory.",
+        "examples:\n"
+        "  shardflow predict 20260101-120000-ab12cd --input new/*.csv --output scores/\n"
+        "  shardflow predict --run shardflow-work/runs/20260101-120000-ab12cd --input new/ --output scores/ \\\n"
+        "      --model mlp",
+    ),
+    "export": (
+        "Write a run's preprocessing and model as one ONNX model (model.onnx, metadata.json), for serving\n"
+        "elsewhere. RUN is an id that `shardflow runs` lists or a run's directory.",
+        "examples:\n"
+        "  shardflow export 20260101-120000-ab12cd --out exports/best\n"
+        "  shardflow export --run 20260101-120000-ab12cd --out exports/mlp --model mlp --quantize int8",
+    ),
+    "report": (
+        "Rebuild a run's report.html (config, data summary, model comparison, curves, per-partition\n"
+        "metrics) and print its path. RUN is an id that `shardflow runs` lists or a run's directory.",
+        "examples:\n"
+        "  shardflow report 20260101-120000-ab12cd\n"
+        "  shardflow report -c job.yaml --run 20260101-120000-ab12cd",
+    ),
+    "runs": (
+        "List past runs, newest first, with their date, input, rows, stages and best model. The first\n"
+        "column is the run's id, which report, export, predict and run --resume accept.",
+        "examples:\n  shardflow runs\n  shardflow runs -c job.yaml           # the job's output.runs_dir",
+    ),
+    "generate": (
+        "Write the synthetic trips dataset (Parquet files and trips.yaml, a job config for it).\n"
+        "The same rows and seed give the same bytes.",
+        "example:\n  shardflow generate --rows 20000000 --out data/trips-20m",
+    ),
+}
 
 
 def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +128,48 @@ def _add_config_options(parser: argparse.ArgumentParser, required: bool) -> None
     )
 
 
+def _add_default_job_options(parser: argparse.ArgumentParser, generated: str) -> None:
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=DEFAULT_ROWS,
+        help=f"rows of the default dataset{generated} (default {DEFAULT_ROWS:,})",
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=DEFAULT_WORK_DIR,
+        metavar="DIR",
+        help="where the default dataset and runs go (default ./shardflow-work)",
+    )
+
+
+def _add_run_argument(parser: argparse.ArgumentParser) -> None:
+    """RUN, positional or ``--run`` (either, in every command), and where its id is looked up."""
+    parser.add_argument(
+        "run_positional",
+        nargs="?",
+        type=run_arg,
+        metavar="RUN",
+        help="a run id from `shardflow runs`, or a run directory",
+    )
+    parser.add_argument("--run", dest="run_option", type=run_arg, metavar="RUN", help="the same as RUN")
+    _add_runs_dir_options(parser)
+
+
+def _add_runs_dir_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("runs directory (where run ids are; found as `shardflow run` finds it)")
+    group.add_argument("--runs-dir", metavar="DIR", help="the runs directory itself")
+    group.add_argument("-c", "--config", metavar="YAML", help="else the output.runs_dir of this job config")
+    group.add_argument(
+        "--work-dir",
+        type=Path,
+        default=DEFAULT_WORK_DIR,
+        metavar="DIR",
+        help="else DIR/runs (default ./shardflow-work)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shardflow",
@@ -87,29 +186,29 @@ def build_parser() -> argparse.ArgumentParser:
     _parser = sub.add_parser
 
     def add_parser(name, **kwargs):
-        return _parser(name, parents=[common], **kwargs)
+        description, epilog = COMMAND_HELP[name]
+        made = _parser(
+            name,
+            parents=[common],
+            description=description,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            **kwargs,
+        )
+        made.set_defaults(command_parser=made)
+        return made
 
     sub.add_parser = add_parser
 
     run = sub.add_parser("run", help="the whole job (default dataset and job when no config is given)")
     _add_config_options(run, required=False)
-    run.add_argument(
-        "--rows",
-        type=int,
-        default=DEFAULT_ROWS,
-        help=f"rows of the default dataset, generated when absent (default {DEFAULT_ROWS:,})",
-    )
-    run.add_argument(
-        "--work-dir",
-        type=Path,
-        default=DEFAULT_WORK_DIR,
-        help="where the default dataset and runs go (default ./shardflow-work)",
-    )
+    _add_default_job_options(run, ", generated when absent")
     run.add_argument(
         "--resume",
-        type=path_or_url,
+        type=run_arg,
         metavar="RUN",
-        help="continue an interrupted run: current stages are kept, training resumes from checkpoints",
+        help="continue an interrupted run (an id from `shardflow runs`, or a run directory): current "
+        "stages are kept, training resumes from checkpoints",
     )
     run.add_argument("--force", action="store_true", help="recompute every stage in a new run directory")
     run.add_argument(
@@ -126,11 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser(
         "plan", help="print how a job would run on the cluster (partitions, memory, warnings); runs nothing"
     )
-    _add_config_options(plan, required=True)
+    _add_config_options(plan, required=False)
+    _add_default_job_options(plan, "")
     _add_cluster_options(plan)
 
     pred = sub.add_parser("predict", help="score new data with a finished run's preprocessing and model")
-    pred.add_argument("--run", required=True, type=path_or_url, metavar="RUN", help="run directory")
+    _add_run_argument(pred)
     pred.add_argument("--input", required=True, metavar="PATH", help="Parquet file/directory or CSV glob")
     pred.add_argument("--output", required=True, type=path_or_url, metavar="PATH", help="output directory (Parquet)")
     pred.add_argument("--model", choices=family_names(), help="default: the run's best model on validation")
@@ -164,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_options(pred)
 
     exp = sub.add_parser("export", help="a run's preprocessing and model as one ONNX model, for serving elsewhere")
-    exp.add_argument("run_dir", type=path_or_url, metavar="RUN", help="run directory")
+    _add_run_argument(exp)
     exp.add_argument("--model", choices=family_names(), help="default: the run's best model on validation")
     exp.add_argument("--format", choices=("onnx",), default="onnx", help="onnx (the only format so far)")
     exp.add_argument(
@@ -182,15 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
 
     rep = sub.add_parser("report", help="rebuild a run's report.html")
-    rep.add_argument("run_dir", type=path_or_url, metavar="RUN", help="run directory")
+    _add_run_argument(rep)
 
     runs = sub.add_parser("runs", help="list past runs with their key metrics")
-    runs.add_argument(
-        "--runs-dir",
-        type=path_or_url,
-        default=DEFAULT_WORK_DIR / "runs",
-        help=f"directory of run directories (default {DEFAULT_WORK_DIR / 'runs'})",
-    )
+    _add_runs_dir_options(runs)
 
     gen = sub.add_parser("generate", help="write the synthetic trips dataset")
     gen.add_argument("--rows", type=int, required=True, help="rows to write")
@@ -226,7 +321,9 @@ def _setup_logging(quiet: bool, verbose: bool, stream=None) -> None:
     # The dashboard's web server logs a traceback for every failed page load: the job's
     # terminal gets them only with -v, in shardflow's format. (Dask configures these
     # loggers when it is imported: main() imports it first, so this setting comes last.)
-    for web in ("tornado", "tornado.application", "tornado.access", "tornado.general", "bokeh"):
+    # So does asyncio for the Dask client's tasks that a Ctrl-C leaves unfinished ("Task
+    # exception was never retrieved" and a traceback each, as the cluster closes).
+    for web in ("tornado", "tornado.application", "tornado.access", "tornado.general", "bokeh", "asyncio"):
         web_logger = logging.getLogger(web)
         web_logger.handlers[:] = [handler()]
         web_logger.propagate = False
@@ -253,6 +350,13 @@ def path_or_url(value: str):
     return location(value)
 
 
+def run_arg(value: str) -> str:
+    """A run on the command line: an id or a path, as typed (resolved by the command, which
+    knows the runs directory); an object-store URL is checked here."""
+    path_or_url(value)
+    return value
+
+
 def _version() -> str:
     from importlib import metadata
 
@@ -268,6 +372,8 @@ def main(argv=None) -> int:
     if args.command is None:  # `shardflow` alone: say what it can do, run nothing
         parser.print_help()
         return 0
+    _merge_run(args)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the command that resumes a run
     # Imported before stderr is captured: Dask's log handlers, made at import, then write
     # to file descriptor 2, where the capture reads them.
     import distributed  # noqa: F401
@@ -280,6 +386,18 @@ def main(argv=None) -> int:
     with CapturedStderr() as console:
         _setup_logging(args.quiet, args.verbose, console.terminal)
         return _dispatch(args)
+
+
+def _merge_run(args) -> None:
+    """``args.run`` from RUN or ``--run`` (the same run if both are given; one is required)."""
+    if not hasattr(args, "run_positional"):
+        return
+    given = {value for value in (args.run_positional, args.run_option) if value is not None}
+    if len(given) > 1:
+        args.command_parser.error(f"RUN {args.run_positional} and --run {args.run_option}: give the run once")
+    if not given:
+        args.command_parser.error("which run? give RUN (an id that `shardflow runs` lists, or a run directory)")
+    args.run = given.pop()
 
 
 def _dispatch(args) -> int:
@@ -301,6 +419,14 @@ def _dispatch(args) -> int:
     except KeyboardInterrupt:
         print("shardflow: interrupted; no partial output was kept", file=sys.stderr)
         return 130
+    except ImportError as err:
+        from shardflow.pipelines.console import missing_extra
+
+        message = missing_extra(err)
+        if message is None:
+            raise
+        print(f"shardflow: error: {message}", file=sys.stderr)
+        return 2
     except Exception as err:
         from shardflow.cluster.factory import describe_failure
 

@@ -141,6 +141,7 @@ def logging_restored():
         "tornado.access",
         "tornado.general",
         "bokeh",
+        "asyncio",
     ]
     saved = {
         n: (logging.getLogger(n).handlers[:], logging.getLogger(n).level, logging.getLogger(n).propagate) for n in names
@@ -164,6 +165,9 @@ def test_dashboard_tracebacks_stay_out_of_the_terminal(logging_restored):
         except ValueError:
             logging.getLogger("tornado.application").error("Uncaught exception GET /status", exc_info=True)
         assert ("Uncaught exception" in stream.getvalue()) is shown
+        # asyncio's "Task exception was never retrieved" (the client's tasks after a Ctrl-C): the same
+        logging.getLogger("asyncio").error("Task exception was never retrieved")
+        assert ("never retrieved" in stream.getvalue()) is shown
         if shown:
             assert re.match(r"\d\d:\d\d:\d\d tornado.application ERROR: Uncaught", stream.getvalue())
 
