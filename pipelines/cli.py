@@ -249,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --engine onnxruntime: int8 scores with the dynamically quantized MLP",
     )
     pred.add_argument(
+        "--explain",
+        action="store_true",
+        help="add each row's exact feature contributions (contribution_<feature>, contribution_bias; XGBoost models)",
+    )
+    pred.add_argument(
         "--fail-on-drift",
         action="store_true",
         help="fail, writing nothing, when a feature of the input drifted from the training rows (its PSI over "

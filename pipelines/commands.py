@@ -233,6 +233,7 @@ def cmd_predict(args) -> int:
         engine=args.engine,
         precision=args.precision,
         fail_on_drift=args.fail_on_drift,
+        explain=args.explain,
         **({"psi_threshold": args.psi_threshold} if args.psi_threshold is not None else {}),
     )
     print(result.output)

@@ -108,6 +108,9 @@ class ModelFamily:
     spec: FamilySpec
     training_module: str = ""
     predict = None
+    #: ``explain(payload, x, nthread)``: exact per-row feature contributions (TreeSHAP), bias
+    #: last (:mod:`shardflow.tasks.explain`); None: its importance is measured by permutation.
+    explain = None
     validation_predict = None
     curves = None
     tracking = None
@@ -234,6 +237,7 @@ class GlobalXGBoost(GlobalFamily):
     spec = SPECS["xgboost"]
     training_module = "xgboost_global"
     predict = _predictor("predict_booster")
+    explain = Deferred("tasks.explain", "contributions_of_booster")
     curves = _view("global_xgboost_curves")
     tracking = _view("global_xgboost_tracking")
     export = _exporter("export_booster")
@@ -244,6 +248,7 @@ class XGBoostEnsemble(PerPartitionFamily):
     training_module = "partitions"
     job_function = "xgboost_job"
     predict = _predictor("predict_booster_ensemble")
+    explain = Deferred("tasks.explain", "contributions_of_ensemble")
     curves = _view("xgboost_ensemble_curves")
     export = _exporter("export_booster_ensemble")
 
@@ -291,6 +296,7 @@ class XGBoostGroups(PerGroupFamily):
     spec = SPECS["xgboost_groups"]
     training_module = "groups"
     predict = Deferred("tasks.groups", "predict_by_group")
+    explain = Deferred("tasks.explain", "contributions_by_group")
     curves = _view("group_curves")
     export = _exporter("export_by_group")
 

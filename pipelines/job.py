@@ -23,6 +23,7 @@ from shardflow.core.storage import location, remove_tree
 from shardflow.pipelines import artifacts
 from shardflow.pipelines.config import Config
 from shardflow.pipelines.evaluate import comparison_table, evaluate
+from shardflow.pipelines.explanations import explain
 from shardflow.pipelines.families import FAMILIES, FamilySkipped, training_order
 from shardflow.pipelines.family_specs import libraries
 from shardflow.pipelines.figures import warm_up
@@ -169,6 +170,7 @@ def evaluate_run(runtime: Runtime, run_dir, data: TrainingData | None = None, ke
     seed = manifest.seeds.get("train", 0)
     data = data or load_training_data(runtime, run.stage(RunDir.ETL), seed)
     out = evaluate(runtime, data, payloads)
+    explained = explain(runtime, data, payloads, seed=seed)
     seconds = json.loads(run.trained("seconds").read_text())
     peaks = json.loads(run.trained("peak_memory").read_text())
     partition_models = {
@@ -195,6 +197,7 @@ def evaluate_run(runtime: Runtime, run_dir, data: TrainingData | None = None, ke
             )
         )
         RunDir.evaluate_file(tmp, "comparison").write_text(table + "\n")
+        RunDir.evaluate_file(tmp, "explanations").write_text(json.dumps(explained, default=float))
     stage = StageRecord(completed=time.strftime("%Y-%m-%dT%H:%M:%S"), key=key, seconds=round(out["seconds"], 3))
     run.record_stage(RunDir.EVALUATE, stage, artifacts={run.relative(run.metrics): artifacts.sha256(run.metrics)})
     return {**out, "table": table}

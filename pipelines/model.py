@@ -57,12 +57,23 @@ class TrainedModel:
     def __repr__(self) -> str:
         return f"TrainedModel({self.name!r}, task={self.task!r}, run={str(self.run_dir)!r})"
 
+    def _explainer(self):
+        from shardflow.pipelines.families import FAMILIES
+
+        found = FAMILIES[self.name].explain
+        if found is None:
+            raise ShardflowError(
+                f"predict(explain=True): {self.name!r} has no exact contributions (XGBoost models only); its "
+                "permutation importance is in the run's evaluate/explanations.json"
+            )
+        return found
+
     @property
     def classes(self) -> list:
         """The class labels' keys, in the order of ``predict_proba``'s columns (classification)."""
         return list(self.preprocessor.classes)
 
-    def predict(self, frame):
+    def predict(self, frame, explain: bool = False):
         """Predictions for ``frame``'s rows: the columns ``shardflow predict`` writes (the
         run's ``keep_columns``, ``prediction`` and/or ``predicted_label``, and
         ``probability_<label>`` for a multi-class target).
@@ -70,6 +81,9 @@ class TrainedModel:
         Parameters
         ----------
         frame : pandas.DataFrame or dask.dataframe.DataFrame
+        explain : bool
+            Add each row's exact feature contributions, as ``shardflow predict --explain``
+            (XGBoost models; a pandas frame).
 
         Returns
         -------
@@ -86,7 +100,7 @@ class TrainedModel:
             return frame.map_partitions(_score_partition, model, meta=meta)
         if not isinstance(frame, pd.DataFrame):
             raise ShardflowError(f"predict: expected a pandas or Dask DataFrame, got {type(frame).__name__}")
-        return self._score(frame, warn=True)
+        return self._score(frame, warn=True, explain=explain)
 
     def predict_proba(self, frame):
         """Class probabilities, one column per class (classification only), as ``predict``
@@ -108,7 +122,7 @@ class TrainedModel:
             .assign(**{negative: lambda f: 1.0 - f[positive]})[[negative, positive]]
         )
 
-    def _score(self, frame: pd.DataFrame, warn: bool) -> pd.DataFrame:
+    def _score(self, frame: pd.DataFrame, warn: bool, explain: bool = False) -> pd.DataFrame:
         from shardflow.pipelines.dimensions import dimension_frames, load_dimensions
         from shardflow.pipelines.read import table_spec
         from shardflow.tasks.schema import REASON_COLUMN
@@ -130,6 +144,7 @@ class TrainedModel:
             preprocessor=self.preprocessor,
             predictor=self._predictor,
             payload=self._payload,
+            explain=self._explainer() if explain else None,
         )
         if warn and len(prepared.quarantine):
             reasons = prepared.quarantine[REASON_COLUMN].value_counts()

@@ -100,6 +100,7 @@ def predict(
     storage_options: dict | None = None,
     cluster: ClusterConfig | None = None,
     fail_on_drift: bool = False,
+    explain: bool = False,
     psi_threshold: float = PSI_THRESHOLD,
     unseen_threshold: float = UNSEEN_THRESHOLD,
 ) -> PredictResult:
@@ -135,6 +136,10 @@ def predict(
     cluster : ClusterConfig, optional
         Where the cluster started here runs (default: this machine, processes or threads
         as the input's size decides); never the run's own ``cluster:`` section.
+    explain : bool
+        Add each row's exact feature contributions (``contribution_<feature>`` and
+        ``contribution_bias``, in the model's margin; XGBoost models only, see
+        :func:`~shardflow.tasks.scoring.contribution_columns`).
     fail_on_drift : bool
         Raise :class:`~shardflow.pipelines.drift.DriftError` (one line naming the features),
         and write nothing, when a feature drifted from the training rows. Either way the
@@ -162,6 +167,11 @@ def predict(
             raise ShardflowError(str(err)) from None
     run_dir = location(run_dir, storage_options)
     files = artifacts.scoring_files(run_dir, model)  # every file checked against the manifest's hashes
+    if explain and (FAMILIES[files.model].explain is None or engine != "shardflow"):
+        raise ShardflowError(
+            f"--explain: exact contributions are for the XGBoost models with --engine shardflow; {files.model!r} "
+            "has none here (its permutation importance is in the run's evaluate/explanations.json)"
+        )
     root, anywhere_below = input_extent(str(input_path))
     root = location(root, storage_options)
     # An output may lie beside or below the files a pattern reads, never in a folder it may read.
@@ -251,6 +261,7 @@ def predict(
                         output=tmp,
                         index=i,
                         drift_layout=layout,
+                        explain=FAMILIES[model].explain if explain else None,
                         dask_key_name=name(i),
                     )
                     for i, part in enumerate(raw.to_delayed())

@@ -270,7 +270,7 @@ class RunDir:
         "summary": "summary.json",
     }
     _TRAIN_FILES = {"seconds": "seconds.json", "peak_memory": "peak_memory.json", "task": "task.json"}
-    _EVALUATE_FILES = {"metrics": "metrics.json", "comparison": "comparison.md"}
+    _EVALUATE_FILES = {"metrics": "metrics.json", "comparison": "comparison.md", "explanations": "explanations.json"}
     _CHECKPOINT_FILES = {"model": "model.ubj", "state": "state.json", "params": "params.pt", "best": "best.pt"}
 
     def __init__(self, path):

@@ -79,7 +79,7 @@ STAGE_CODE = {
         "pipelines/train_config.py",
         "pipelines/training/*.py",
     ),
-    RunDir.EVALUATE: ("tasks/evaluation.py", "pipelines/evaluate.py"),
+    RunDir.EVALUATE: ("tasks/evaluation.py", "pipelines/evaluate.py", "tasks/explain.py", "pipelines/explanations.py"),
 }
 #: Code that changes how a run looks or where it runs, never what it computes.
 COSMETIC_CODE = (

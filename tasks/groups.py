@@ -99,9 +99,9 @@ def train_bucket_xgboost(
     }
 
 
-def predict_by_group(payload: dict, x: np.ndarray, nthread: int | None = None, cache: dict | None = None):
-    """Each row predicted by its own group's model (``columns``, ``keys``, ``models``); rows
-    of other groups by the global model (``fallback``)."""
+def rows_by_model(payload: dict, x: np.ndarray) -> list:
+    """``[(model, rows)]``: the rows of ``x`` of each group's model (``columns``, ``keys``,
+    ``models``), and of the global model (``fallback``) for rows of other groups."""
     keys, inverse = group_codes(x, payload["columns"])
     model_of = {tuple(k): i for i, k in enumerate(payload["keys"])}
     which = (
@@ -109,10 +109,17 @@ def predict_by_group(payload: dict, x: np.ndarray, nthread: int | None = None, c
         if len(x)
         else np.zeros(0, dtype=np.int64)
     )
+    return [
+        (payload["fallback"] if index < 0 else payload["models"][index], np.flatnonzero(which == index))
+        for index in np.unique(which).tolist() or [-1]
+    ]
+
+
+def predict_by_group(payload: dict, x: np.ndarray, nthread: int | None = None, cache: dict | None = None):
+    """Each row predicted by its own group's model; rows of other groups by the global model
+    (see :func:`rows_by_model`)."""
     out = None
-    for index in np.unique(which).tolist() or [-1]:
-        rows = np.flatnonzero(which == index)
-        model = payload["fallback"] if index < 0 else payload["models"][index]
+    for model, rows in rows_by_model(payload, x):
         predicted = xgboost_predict(model, x[rows], nthread)
         if out is None:
             out = np.empty((len(x),) + predicted.shape[1:], dtype=predicted.dtype)

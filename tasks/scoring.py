@@ -18,14 +18,15 @@ from shardflow.tasks.worker_state import worker_session
 QUARANTINE_DIR = "_quarantine"
 
 
-def score_rows(raw, spec, dimensions, *, preprocessor: Preprocessor, predictor, payload: dict) -> tuple:
+def score_rows(raw, spec, dimensions, *, preprocessor: Preprocessor, predictor, payload: dict, explain=None) -> tuple:
     """Prepare, transform and score rows as the ETL prepared the training rows.
 
     ``predictor(payload, x, nthread)`` is the model family's prediction function
-    (:mod:`shardflow.tasks.models`). Returns ``(out, prepared)``: the run's
-    ``keep_columns`` and :func:`prediction_columns` of the rows kept (a fresh index), and
-    the :class:`~shardflow.tasks.prepare.PreparedPartition` (its features' index says which
-    input rows were kept; its quarantine, which were not).
+    (:mod:`shardflow.tasks.models`); ``explain(payload, x, nthread)``, if given, its exact
+    feature contributions (:func:`contribution_columns`). Returns ``(out, prepared)``: the
+    run's ``keep_columns`` and :func:`prediction_columns` of the rows kept (a fresh index),
+    and the :class:`~shardflow.tasks.prepare.PreparedPartition` (its features' index says
+    which input rows were kept; its quarantine, which were not).
     """
     prepared = prepare_partition(raw, spec, dimensions)
     table = preprocessor.transform(prepared.features)
@@ -33,7 +34,31 @@ def score_rows(raw, spec, dimensions, *, preprocessor: Preprocessor, predictor, 
     scores = predictor(payload, x, worker_threads())
     kept = [c for c in preprocessor.keep_columns if c in table.columns]  # new rows may lack some
     out = backend.to_pandas(table[kept]).reset_index(drop=True) if kept else pd.DataFrame(index=range(len(scores)))
-    return out.assign(**prediction_columns(scores, preprocessor)), prepared
+    out = out.assign(**prediction_columns(scores, preprocessor))
+    if explain is not None:
+        out = out.assign(**contribution_columns(explain(payload, x, worker_threads()), preprocessor.feature_names))
+    return out, prepared
+
+
+#: The prefix of ``predict --explain``'s columns: ``contribution_<feature>`` and ``contribution_bias``.
+CONTRIBUTION = "contribution_"
+
+
+def contribution_columns(contributions: np.ndarray, features: list) -> dict:
+    """One column per feature and one for the bias, in the model's margin (log-odds, class
+    score, or the transformed value): per row they add up to it. A multi-class model's are
+    toward each row's highest-scoring class.
+
+    Examples
+    --------
+    >>> sorted(contribution_columns(np.array([[0.5, -0.25, 1.0]]), ["a", "b"]).items())
+    [('contribution_a', array([0.5])), ('contribution_b', array([-0.25])), ('contribution_bias', array([1.]))]
+    """
+    if contributions.ndim == 3:  # (rows, classes, features + 1)
+        top = np.argmax(contributions.sum(axis=2), axis=1)
+        contributions = contributions[np.arange(len(contributions)), top]
+    names = [*(f"{CONTRIBUTION}{name}" for name in features), f"{CONTRIBUTION}bias"]
+    return {name: contributions[:, j] for j, name in enumerate(names)}
 
 
 def predict_partition(
@@ -47,11 +72,15 @@ def predict_partition(
     output: str,
     index: int,
     drift_layout: dict | None = None,
+    explain=None,
 ) -> dict:
-    """Score one input partition (:func:`score_rows`); write its predictions (and quarantine).
-    Returns the rows scored and quarantined, and with ``drift_layout`` the prepared rows
-    counted into the drift reference's bins (:func:`~shardflow.tasks.drift.bin_counts`)."""
-    out, prepared = score_rows(raw, spec, dimensions, preprocessor=preprocessor, predictor=predictor, payload=payload)
+    """Score one input partition (:func:`score_rows`, with ``explain`` its contributions);
+    write its predictions (and quarantine). Returns the rows scored and quarantined, and with
+    ``drift_layout`` the prepared rows counted into the drift reference's bins
+    (:func:`~shardflow.tasks.drift.bin_counts`)."""
+    out, prepared = score_rows(
+        raw, spec, dimensions, preprocessor=preprocessor, predictor=predictor, payload=payload, explain=explain
+    )
     return _written(out, prepared, output, index, drift_layout)
 
 

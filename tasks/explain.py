@@ -1,0 +1,135 @@
+"""Why a model predicts what it does, on a worker: exact per-row feature contributions of the
+XGBoost models (TreeSHAP, by XGBoost itself), and permutation importance for the others,
+as fixed-size sums per partition that are added on the cluster.
+
+Contributions are in the model's margin (log-odds for a binary target, each class's score
+for a multi-class one, the value — transformed, e.g. ``log1p`` — for regression): per row
+they add up, with the bias (the last column), to the model's raw prediction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from shardflow.tasks.metrics import finish_metrics, partial_metrics, primary_metric
+from shardflow.tasks.models import load_booster, weighted_average
+
+#: Rows per partition kept for the report's per-feature summary (value against contribution).
+SAMPLE_ROWS = 200
+#: Validation rows per partition that permutation importance scores (a seeded sample above it).
+PERMUTATION_ROWS = 20_000
+
+
+def xgboost_contributions(model: bytes, x: np.ndarray, nthread: int | None = None) -> np.ndarray:
+    """Exact TreeSHAP contributions of one XGBoost model: ``(rows, features + 1)``, or
+    ``(rows, classes, features + 1)`` for a multi-class model; the last column is the bias."""
+    import xgboost as xgb
+
+    booster = load_booster(model, nthread)
+    matrix = xgb.DMatrix(
+        np.ascontiguousarray(x, dtype=np.float32),
+        feature_names=booster.feature_names,
+        feature_types=booster.feature_types,
+        enable_categorical=True,
+    )
+    return booster.predict(matrix, pred_contribs=True).astype(np.float64)
+
+
+def contributions_of_booster(payload: dict, x: np.ndarray, nthread: int | None = None) -> np.ndarray:
+    """The global XGBoost's contributions (``payload["model"]``)."""
+    return xgboost_contributions(payload["model"], x, nthread)
+
+
+def contributions_of_ensemble(payload: dict, x: np.ndarray, nthread: int | None = None) -> np.ndarray:
+    """Per-partition models (``models``, ``weights``): their contributions averaged with the
+    ensemble's weights (each member's add up to its margin; the average, to the members'
+    weighted mean margin)."""
+    return weighted_average([xgboost_contributions(m, x, nthread) for m in payload["models"]], payload["weights"])
+
+
+def contributions_by_group(payload: dict, x: np.ndarray, nthread: int | None = None) -> np.ndarray:
+    """Each row's contributions from its own group's model, or the global one (``fallback``)."""
+    from shardflow.tasks.groups import rows_by_model
+
+    out = None
+    for model, rows in rows_by_model(payload, x):
+        found = xgboost_contributions(model, x[rows], nthread)
+        if out is None:
+            out = np.zeros((len(x),) + found.shape[1:])
+        out[rows] = found
+    return out if out is not None else np.zeros((0, x.shape[1] + 1))
+
+
+@dataclass
+class Explanation:
+    """One family's contribution sums over some validation rows (added across partitions)."""
+
+    rows: int
+    abs_sum: np.ndarray  #: Σ |contribution| per feature (and class), bias last
+    sample_x: np.ndarray  #: sampled rows' feature values
+    sample_c: np.ndarray  #: their contributions
+
+    def merge(self, other: Explanation) -> Explanation:
+        return Explanation(
+            self.rows + other.rows,
+            self.abs_sum + other.abs_sum,
+            np.concatenate([self.sample_x, other.sample_x]),
+            np.concatenate([self.sample_c, other.sample_c]),
+        )
+
+
+def explain_partition(shard, explainers: dict, *, seed: int, nthread: int | None = None) -> dict:
+    """``{family: Explanation}`` of this partition's validation rows; ``explainers`` maps a
+    family to ``(contributions function, payload)``."""
+    x = shard.x_valid
+    rng = np.random.default_rng(seed)
+    keep = np.sort(rng.choice(len(x), min(SAMPLE_ROWS, len(x)), replace=False)) if len(x) else np.zeros(0, int)
+    out = {}
+    for name, (explain, payload) in explainers.items():
+        found = explain(payload, x, nthread)
+        out[name] = Explanation(len(x), np.abs(found).sum(axis=0), x[keep], found[keep])
+    return out
+
+
+def combine_explanations(a: dict, b: dict) -> dict:
+    return {name: a[name].merge(b[name]) for name in a}
+
+
+def permutation_partials(shard, predictors: dict, scoring, *, seed: int, nthread: int | None = None) -> dict:
+    """``{family: [partial metric sums with feature j's values permuted, for every j], plus
+    the unpermuted sums last}`` on (a sample of) this partition's validation rows."""
+    rng = np.random.default_rng(seed)
+    rows = np.arange(len(shard.y_valid))
+    if len(rows) > PERMUTATION_ROWS:
+        rows = np.sort(rng.choice(rows, PERMUTATION_ROWS, replace=False))
+    x, y = shard.x_valid[rows], shard.y_valid[rows]
+    w = None if shard.w_valid is None else shard.w_valid[rows]
+    out = {}
+    for name, (predict, payload) in predictors.items():
+        sums = []
+        for j in range(x.shape[1]):
+            permuted = x.copy()
+            permuted[:, j] = rng.permutation(permuted[:, j])
+            sums.append(partial_metrics(y, predict(payload, permuted, nthread, {}), scoring, w))
+        sums.append(partial_metrics(y, predict(payload, x, nthread, {}), scoring, w))
+        out[name] = sums
+    return out
+
+
+def combine_permutations(a: dict, b: dict) -> dict:
+    from shardflow.tasks.metric_sums import combine_metrics
+
+    return {name: [combine_metrics(p, q) for p, q in zip(a[name], b[name])] for name in a}
+
+
+def permutation_importance(sums: list, scoring) -> list:
+    """Each feature's importance: how much worse the task's primary metric is with its
+    values permuted (positive: the model relies on it)."""
+    from shardflow.tasks.metric_sums import metric_direction
+
+    metric = primary_metric(scoring.task)
+    base = finish_metrics(sums[-1], scoring).get(metric, float("nan"))
+    sign = 1.0 if metric_direction(metric) == "max" else -1.0
+    return [sign * (base - finish_metrics(s, scoring).get(metric, float("nan"))) for s in sums[:-1]]
