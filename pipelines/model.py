@@ -13,6 +13,7 @@ from shardflow.core.errors import InputError, ShardflowError
 from shardflow.core.storage import location
 from shardflow.pipelines import artifacts
 from shardflow.pipelines.config import load_config
+from shardflow.pipelines.rundir import RunDir
 
 logger = logging.getLogger("shardflow.model")
 
@@ -64,7 +65,7 @@ class TrainedModel:
         if found is None:
             raise ShardflowError(
                 f"predict(explain=True): {self.name!r} has no exact contributions (XGBoost models only); its "
-                "permutation importance is in the run's evaluate/explanations.json"
+                f"permutation importance is in {RunDir(self.run_dir).explanations}"
             )
         return found
 

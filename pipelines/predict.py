@@ -30,7 +30,7 @@ from shardflow.pipelines.graph import named_delayed, scatter_named, task_names
 from shardflow.pipelines.ownership import new_output_dir
 from shardflow.pipelines.plan import InputPlan
 from shardflow.pipelines.records import Manifest
-from shardflow.pipelines.rundir import atomic_directory
+from shardflow.pipelines.rundir import RunDir, atomic_directory
 from shardflow.tasks.drift import combine_drift_counts, layout_of
 from shardflow.tasks.exported import INT8_FILE, METADATA_FILE, MODEL_FILE
 from shardflow.tasks.scoring import QUARANTINE_DIR, predict_partition, score_exported_partition
@@ -170,7 +170,7 @@ def predict(
     if explain and (FAMILIES[files.model].explain is None or engine != "shardflow"):
         raise ShardflowError(
             f"--explain: exact contributions are for the XGBoost models with --engine shardflow; {files.model!r} "
-            "has none here (its permutation importance is in the run's evaluate/explanations.json)"
+            f"has none here (its permutation importance is in {RunDir(run_dir).explanations})"
         )
     root, anywhere_below = input_extent(str(input_path))
     root = location(root, storage_options)

@@ -385,5 +385,9 @@ class RunDir:
         return self.evaluate_file(self.stage(self.EVALUATE), "metrics")
 
     @property
+    def explanations(self) -> Path:
+        return self.evaluate_file(self.stage(self.EVALUATE), "explanations")
+
+    @property
     def comparison(self) -> Path:
         return self.evaluate_file(self.stage(self.EVALUATE), "comparison")
