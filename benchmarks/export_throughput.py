@@ -50,11 +50,11 @@ def main() -> None:
     import torch
 
     from shardflow.cluster.factory import start
-    from shardflow.pipelines import artifacts
-    from shardflow.pipelines.config import default_config_path, load_config
-    from shardflow.pipelines.export import export, quantize_int8, validation_rows
-    from shardflow.pipelines.generate import generate
     from shardflow.pipelines.job import run
+    from shardflow.pipelines.records import artifacts
+    from shardflow.pipelines.serving.export import export, quantize_int8, validation_rows
+    from shardflow.pipelines.setup.config import default_config_path, load_config
+    from shardflow.pipelines.setup.generate import generate
     from shardflow.tasks.exported import load_exported
     from shardflow.tasks.models import predict_booster, predict_mlp
     from shardflow.tasks.neural import MLPSpec, network

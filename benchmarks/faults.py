@@ -47,8 +47,8 @@ def main(argv=None) -> int:
     import zarr
 
     from shardflow.cluster.factory import connect
-    from shardflow.pipelines.etl import etl
-    from shardflow.pipelines.train_config import XGBoostConfig
+    from shardflow.pipelines.etl.stage import etl
+    from shardflow.pipelines.setup.train_config import XGBoostConfig
     from shardflow.pipelines.training import load_training_data, train_global_xgboost
     from shardflow.tasks.models import xgboost_predict
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from benchmarks.mlp_scaling import steady_rate
 from shardflow.cluster.factory import start
-from shardflow.pipelines.config import default_config_path, load_config
-from shardflow.pipelines.etl import etl
-from shardflow.pipelines.generate import generate
-from shardflow.pipelines.train_config import MLPConfig
+from shardflow.pipelines.etl.stage import etl
+from shardflow.pipelines.setup.config import default_config_path, load_config
+from shardflow.pipelines.setup.generate import generate
+from shardflow.pipelines.setup.train_config import MLPConfig
 from shardflow.pipelines.training import load_training_data, train_data_parallel_mlp
 
 

@@ -34,10 +34,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from shardflow.cluster.factory import start
-from shardflow.pipelines.config import default_config_path, load_config
-from shardflow.pipelines.etl import etl
-from shardflow.pipelines.generate import generate
-from shardflow.pipelines.train_config import MLPConfig
+from shardflow.pipelines.etl.stage import etl
+from shardflow.pipelines.setup.config import default_config_path, load_config
+from shardflow.pipelines.setup.generate import generate
+from shardflow.pipelines.setup.train_config import MLPConfig
 from shardflow.pipelines.training import load_training_data, train_data_parallel_mlp
 
 RESULTS = Path(__file__).parent / "results"

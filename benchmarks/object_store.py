@@ -69,10 +69,10 @@ def main(argv=None) -> None:
 
     from shardflow.cluster.config import ClusterConfig
     from shardflow.cluster.factory import start
-    from shardflow.pipelines.config import load_config
-    from shardflow.pipelines.generate import generate
     from shardflow.pipelines.job import run
-    from shardflow.pipelines.rundir import read_manifest
+    from shardflow.pipelines.records.rundir import read_manifest
+    from shardflow.pipelines.setup.config import load_config
+    from shardflow.pipelines.setup.generate import generate
 
     options = {"endpoint_url": endpoint}
     runtime = start(ClusterConfig())

@@ -77,9 +77,9 @@ def demo_table(n: int = 6000, seed: int = 0) -> pd.DataFrame:
 
 def run_jobs(directory: Path, rows: int, runtime=None) -> dict:
     """Run the three :data:`JOBS` under ``directory``; ``{name: run directory}``."""
-    from shardflow.pipelines.config import load_config
-    from shardflow.pipelines.families import FAMILIES
+    from shardflow.pipelines.families.registry import FAMILIES
     from shardflow.pipelines.job import run
+    from shardflow.pipelines.setup.config import load_config
 
     table = demo_table(rows)
     (directory / "in").mkdir(parents=True, exist_ok=True)
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     parser.add_argument("--height", type=int, default=4000, help="pixels of each page drawn (1280 wide)")
     args = parser.parse_args(argv)
 
-    from shardflow.pipelines.report import build_report
+    from shardflow.pipelines.interface.report import build_report
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.runs:

@@ -70,7 +70,7 @@ def _short(result):
 
 
 def dataset(rows: int, rows_per_partition: int, runtime) -> Path:
-    from shardflow.pipelines.generate import generate, is_generated
+    from shardflow.pipelines.setup.generate import generate, is_generated
 
     path = DATA / f"trips-{rows}-{rows_per_partition}"
     if not is_generated(path, rows, 0):
@@ -81,7 +81,7 @@ def dataset(rows: int, rows_per_partition: int, runtime) -> Path:
 
 
 def config_for(data_dir: Path, runs: Path, *overrides):
-    from shardflow.pipelines.config import load_config
+    from shardflow.pipelines.setup.config import load_config
 
     return load_config(data_dir / "trips.yaml", [f"output.runs_dir={runs}", *overrides])
 
@@ -99,7 +99,7 @@ def task_count(client, fn):
 
 def bench_overhead(spec: str, runs: Path, small: Path, cli_data: Path) -> dict:
     from shardflow.cluster.factory import start
-    from shardflow.pipelines.plan import InputPlan
+    from shardflow.pipelines.setup.plan import InputPlan
 
     starts = []
     for _ in range(3):
@@ -149,7 +149,7 @@ def bench_overhead(spec: str, runs: Path, small: Path, cli_data: Path) -> dict:
 def bench_etl_vs_pandas(runtime, data: Path, runs: Path, repeats: int, rows: int) -> dict:
     from benchmarks.baselines import pandas_xgboost
     from shardflow.cluster.memory import reset_peak_memory
-    from shardflow.pipelines.etl import etl
+    from shardflow.pipelines.etl.stage import etl
 
     def ours():
         reset_peak_memory(runtime.client)
@@ -183,7 +183,7 @@ def bench_etl_vs_pandas(runtime, data: Path, runs: Path, repeats: int, rows: int
 
 
 def bench_scaling(runtime_factory, sizes: dict, runs: Path, worker_rows: int) -> dict:
-    from shardflow.pipelines.etl import etl
+    from shardflow.pipelines.etl.stage import etl
 
     points = []
     with runtime_factory(2) as rt:
@@ -218,8 +218,8 @@ def bench_xgboost(runtime, data: Path, runs: Path, repeats: int, rounds: int) ->
     import tempfile as tf
 
     from benchmarks.baselines import dask_xgboost, pandas_xgboost
-    from shardflow.pipelines.etl import etl
-    from shardflow.pipelines.train_config import XGBoostConfig
+    from shardflow.pipelines.etl.stage import etl
+    from shardflow.pipelines.setup.train_config import XGBoostConfig
     from shardflow.pipelines.training import load_training_data, train_global_xgboost, xgboost_params
 
     etl_result = etl(config_for(data, runs), runtime=runtime)
@@ -316,8 +316,8 @@ def bench_end_to_end(runtime, data: Path, runs: Path, repeats: int, rounds: int)
 
 def bench_mlp(runtime, data: Path, runs: Path, repeats: int, epochs: int) -> dict:
     from benchmarks.baselines import torch_mlp
-    from shardflow.pipelines.etl import etl
-    from shardflow.pipelines.train_config import MLPConfig
+    from shardflow.pipelines.etl.stage import etl
+    from shardflow.pipelines.setup.train_config import MLPConfig
     from shardflow.pipelines.training import load_training_data, mlp_spec_for, train_data_parallel_mlp
     from shardflow.tasks.shards import read_shard
 
@@ -365,7 +365,7 @@ def bench_out_of_core(spec: str, data: Path, runs: Path, memory_limit: str) -> d
     from dask.utils import parse_bytes
 
     from shardflow.cluster.factory import connect
-    from shardflow.pipelines.etl import etl
+    from shardflow.pipelines.etl.stage import etl
 
     files = sorted((data / "trips").glob("*.parquet"))
     per_row = pq.read_table(files[0]).to_pandas().memory_usage(deep=True).sum() / pq.read_metadata(files[0]).num_rows

@@ -50,8 +50,8 @@ def house_prices(n: int, seed: int = 0) -> pd.DataFrame:
 
 def run_once(label: str, rows: int, extra_target: dict) -> dict:
     import shardflow
-    from shardflow.pipelines.config import load_config
     from shardflow.pipelines.job import run
+    from shardflow.pipelines.setup.config import load_config
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -22,7 +22,7 @@ from pathlib import Path
 import dask.dataframe as dd
 
 from shardflow.cluster.factory import start
-from shardflow.pipelines.train_config import XGBoostConfig
+from shardflow.pipelines.setup.train_config import XGBoostConfig
 from shardflow.pipelines.training import load_training_data, train_global_xgboost, xgboost_params
 
 RESULTS = Path(__file__).parent / "results"

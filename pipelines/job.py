@@ -20,19 +20,26 @@ from shardflow.cluster.memory import peak_memory, reset_peak_memory
 from shardflow.cluster.plugins import PreloadPlugin
 from shardflow.core.errors import ShardflowError
 from shardflow.core.storage import location, remove_tree
-from shardflow.pipelines import artifacts
-from shardflow.pipelines.config import Config
-from shardflow.pipelines.evaluate import comparison_table, evaluate
-from shardflow.pipelines.explanations import explain
-from shardflow.pipelines.families import FAMILIES, FamilySkipped, training_order
-from shardflow.pipelines.family_specs import libraries
-from shardflow.pipelines.figures import warm_up
-from shardflow.pipelines.ownership import RunInUseError, claim_run, prepare_runs_dir, release_run, run_holder
-from shardflow.pipelines.records import StageRecord
-from shardflow.pipelines.report import ReportDrawing
-from shardflow.pipelines.rundir import RunDir, find_run, new_run_id, record_config, stage_output, update_manifest
-from shardflow.pipelines.stages import evaluate_key, stage_keys
-from shardflow.pipelines.train_config import TrainConfig
+from shardflow.pipelines.evaluation.evaluate import comparison_table, evaluate
+from shardflow.pipelines.evaluation.explanations import explain
+from shardflow.pipelines.families.registry import FAMILIES, FamilySkipped, training_order
+from shardflow.pipelines.families.specs import libraries
+from shardflow.pipelines.interface.figures import warm_up
+from shardflow.pipelines.interface.report import ReportDrawing
+from shardflow.pipelines.records import artifacts
+from shardflow.pipelines.records.manifest import StageRecord
+from shardflow.pipelines.records.ownership import RunInUseError, claim_run, prepare_runs_dir, release_run, run_holder
+from shardflow.pipelines.records.rundir import (
+    RunDir,
+    find_run,
+    new_run_id,
+    record_config,
+    stage_output,
+    update_manifest,
+)
+from shardflow.pipelines.records.stages import evaluate_key, stage_keys
+from shardflow.pipelines.setup.config import Config
+from shardflow.pipelines.setup.train_config import TrainConfig
 from shardflow.pipelines.training import TrainingData, load_training_data
 
 logger = logging.getLogger("shardflow.job")
@@ -242,11 +249,11 @@ def run(
 
     Examples
     --------
-    >>> from shardflow.pipelines.config import load_config
+    >>> from shardflow.pipelines.setup.config import load_config
     >>> result = run(load_config("job.yaml"))  # doctest: +SKIP
     >>> print(result.table)  # doctest: +SKIP
     """
-    from shardflow.pipelines.plan import InputPlan
+    from shardflow.pipelines.setup.plan import InputPlan
 
     runs_dir = prepare_runs_dir(config.runs_dir)
     plan = plan or InputPlan(config)  # inspected once: for the stage keys, the cluster and, if needed, the ETL
@@ -279,7 +286,7 @@ def run(
 
 def _run_claimed(config: Config, runtime, run_dir, *, plan, keys: dict, force: bool, on_evaluated) -> RunResult:
     """:func:`run` in a run directory this process has claimed."""
-    from shardflow.pipelines.etl import etl
+    from shardflow.pipelines.etl.stage import etl
 
     current = {stage: not force and RunDir(run_dir).is_current(stage, keys[stage]) for stage in STAGES}
     if not current[RunDir.ETL]:
@@ -292,7 +299,7 @@ def _run_claimed(config: Config, runtime, run_dir, *, plan, keys: dict, force: b
         logger.info("run %s: %s current, not recomputed", run_dir.name, ", ".join(skipped))
     tracked = None
     if config.tracking.mlflow is not None:
-        from shardflow.pipelines.tracking import MLflowRun
+        from shardflow.pipelines.interface.tracking import MLflowRun
 
         tracked = MLflowRun(config.tracking.mlflow, run_dir)  # a resumed run continues its MLflow run
         logger.info(
@@ -322,7 +329,7 @@ def _run_claimed(config: Config, runtime, run_dir, *, plan, keys: dict, force: b
         if not all(current.values()) or not RunDir(run_dir).report.exists():
             drawing = ReportDrawing(run_dir)  # drawn while the job finishes (MLflow waits for it: it logs it)
         if tracked is not None:
-            from shardflow.pipelines.tracking import log_run
+            from shardflow.pipelines.interface.tracking import log_run
 
             if drawing is not None:
                 drawing.result()

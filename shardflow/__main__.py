@@ -1,5 +1,5 @@
 import sys
 
-from shardflow.pipelines.cli import main
+from shardflow.pipelines.interface.cli import main
 
 sys.exit(main())

@@ -1,7 +1,7 @@
 """Families of one's own, on a worker: an estimator with ``fit``/``predict`` (scikit-learn's
 API), or a PyTorch module wrapped as one (:class:`TorchModuleEstimator`).
 
-The driver side is :mod:`shardflow.pipelines.custom_families`. What is fitted here is the
+The driver side is :mod:`shardflow.pipelines.families.custom`. What is fitted here is the
 user's own code, registered from Python (never named by a config); its models are written
 with the family's ``save`` (bytes) and read with its ``load``, never pickled to disk.
 """

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+from pathlib import Path
 
 from shardflow.tasks.worker_state import ResidentState, resident_states
 
@@ -41,6 +42,25 @@ def worker_host() -> str:
     from distributed.comm import get_address_host
 
     return get_address_host(_worker().address).strip("[]")
+
+
+def process_identity() -> str:
+    """This process among every process of a cluster: the machine's boot id, the PID namespace
+    and the pid. A pid alone repeats on other machines and in other containers (each one's
+    worker often has the same small pid), so it cannot tell two workers' processes apart.
+
+    Examples
+    --------
+    >>> process_identity() == process_identity()
+    True
+    """
+    parts = []
+    for path, read in (("/proc/sys/kernel/random/boot_id", "text"), ("/proc/self/ns/pid", "inode")):
+        try:
+            parts.append(Path(path).read_text().strip() if read == "text" else str(os.stat(path).st_ino))
+        except OSError:
+            parts.append(socket.gethostname())
+    return "-".join([*parts, str(os.getpid())])
 
 
 def interface_of(host: str) -> str | None:

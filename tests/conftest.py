@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from shardflow.cluster.factory import cuda_available, start
-from shardflow.pipelines.generate import generate
+from shardflow.pipelines.setup.generate import generate
 
 TEST_ROWS = 24_000
 TEST_ROWS_PER_PARTITION = 3_000  # 8 partitions
@@ -56,7 +56,7 @@ def constant_logloss():
         import numpy as np
         import pandas as pd
 
-        from shardflow.pipelines.rundir import RunDir
+        from shardflow.pipelines.records.rundir import RunDir
         from shardflow.tasks.encode import Preprocessor
 
         target = Preprocessor.from_json(RunDir(run_dir).preprocessor.read_text()).target

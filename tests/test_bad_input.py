@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from shardflow.core.errors import InputError, ShardflowError
-from shardflow.pipelines.config import ConfigError, default_config_path, load_config
-from shardflow.pipelines.etl import etl
+from shardflow.pipelines.etl.stage import etl
+from shardflow.pipelines.setup.config import ConfigError, default_config_path, load_config
 
 
 def run_etl(data_dir, runtime, runs, *overrides):
@@ -258,7 +258,7 @@ def test_urls_outside_the_object_stores_and_credentials_in_configs_are_refused(t
     }
 
     # A URL that a Path has folded to one slash, and the command line's --runs-dir, say the same.
-    from shardflow.pipelines.predict import predict
+    from shardflow.pipelines.serving.predict import predict
 
     with pytest.raises(ShardflowError, match=r"--input 's3:/b/new': not a URL of the form s3://bucket/key"):
         predict(tmp_path, Path("s3://b/new"), tmp_path / "out")
@@ -272,13 +272,13 @@ def test_urls_outside_the_object_stores_and_credentials_in_configs_are_refused(t
     assert not any(tmp_path.iterdir())
 
     # An output is a prefix, never a whole bucket (an overwrite would empty it).
-    from shardflow.pipelines.ownership import new_output_dir
+    from shardflow.pipelines.records.ownership import new_output_dir
 
     with pytest.raises(ShardflowError, match=r"--output s3://lake: a whole bucket; give a prefix in it"):
         new_output_dir("s3://lake", "--output", overwrite=True)
 
     # No other protocol is opened from Python either (a config file, a run to load).
-    from shardflow.pipelines.model import load_model
+    from shardflow.pipelines.serving.model import load_model
 
     with pytest.raises(ConfigError, match=r"http:// URLs are not read"):
         load_config("http://example.com/job.yaml")
@@ -294,7 +294,7 @@ def config_options(cls=None, prefix=""):
     import dataclasses
     import typing
 
-    from shardflow.pipelines.config import Config
+    from shardflow.pipelines.setup.config import Config
 
     cls = cls or Config
     hints = typing.get_type_hints(cls)
@@ -376,7 +376,7 @@ def regression_csv(path, rows=3_000, **columns):
 def test_input_partitions_is_bounded_by_the_data(runtime, tmp_path, runs):
     """20,000 partitions of a 20,000-row file would hold one row each (and make no progress for
     minutes): the plan bounds them by the data and says so."""
-    from shardflow.pipelines.plan import InputPlan, format_plan
+    from shardflow.pipelines.setup.plan import InputPlan, format_plan
 
     table = regression_csv(tmp_path / "t.csv", rows=20_000)
     table.astype({"id": int, "x": float, "y": float, "w": float}).to_parquet(tmp_path / "t.parquet", row_group_size=500)
@@ -437,7 +437,7 @@ def test_weights_that_sum_to_zero_are_one_clear_error(runtime, tmp_path, runs):
 def test_an_empty_csv_file_is_named_as_empty(runtime, tmp_path, runs):
     """A 0-byte file (or one whose first line is blank) has no header: said so, not that the
     join's key column is missing from it."""
-    from shardflow.pipelines.config import JoinConfig
+    from shardflow.pipelines.setup.config import JoinConfig
 
     (tmp_path / "dims.csv").write_text("id,extra\n1,2\n")
     config = regression_job(tmp_path, tmp_path / "t.csv", runs)

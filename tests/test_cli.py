@@ -155,7 +155,7 @@ def logging_restored():
 
 def test_dashboard_tracebacks_stay_out_of_the_terminal(logging_restored):
     """The web server's errors are logged at debug level only, in shardflow's format."""
-    from shardflow.pipelines.cli import _setup_logging
+    from shardflow.pipelines.interface.cli import _setup_logging
 
     for verbose, shown in ((False, False), (True, True)):
         stream = io.StringIO()
@@ -173,7 +173,7 @@ def test_dashboard_tracebacks_stay_out_of_the_terminal(logging_restored):
 
 
 def test_counter_draws_clean_lines_and_a_final_one():
-    from shardflow.pipelines.progress import Counter
+    from shardflow.pipelines.interface.progress import Counter
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -211,7 +211,7 @@ def test_bare_command_prints_help_and_runs_nothing(tmp_path):
 
 
 def test_every_option_has_help():
-    from shardflow.pipelines.cli import build_parser
+    from shardflow.pipelines.interface.cli import build_parser
 
     parser = build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -230,7 +230,7 @@ def test_every_option_has_help():
 
 @pytest.fixture(scope="module")
 def quick_config(trips_dir, tmp_path_factory):
-    from shardflow.pipelines.config import default_config_path, load_config
+    from shardflow.pipelines.setup.config import default_config_path, load_config
 
     runs = tmp_path_factory.mktemp("api-runs")
     return load_config(
@@ -246,7 +246,7 @@ def quick_config(trips_dir, tmp_path_factory):
 
 
 def test_stages_called_from_python_are_reused_by_run(quick_config, runtime):
-    from shardflow.pipelines.etl import etl
+    from shardflow.pipelines.etl.stage import etl
     from shardflow.pipelines.job import evaluate_run, run, train
 
     staged = etl(quick_config, runtime=runtime)
@@ -275,9 +275,9 @@ def test_report_leaves_the_plotting_backend_alone(quick_config, runtime):
 def test_every_task_is_named_for_the_dashboard(trips_dir, tmp_path):
     """No generic ``fn``, ``dict``, ``list`` or ``concatenate`` tasks: every key says its stage."""
     from shardflow.cluster.factory import start
-    from shardflow.pipelines.config import default_config_path, load_config
     from shardflow.pipelines.job import run
-    from shardflow.pipelines.predict import predict
+    from shardflow.pipelines.serving.predict import predict
+    from shardflow.pipelines.setup.config import default_config_path, load_config
 
     config = load_config(
         default_config_path(),
@@ -319,7 +319,7 @@ def test_readme_python_example_runs_as_a_script(trips_dir, tmp_path):
 
 
 def test_runs_lists_dates_inputs_and_readable_model_names(quick_config, runtime, capsys):
-    from shardflow.pipelines.commands import cmd_runs
+    from shardflow.pipelines.interface.commands import cmd_runs
     from shardflow.pipelines.job import run
 
     result = run(quick_config, runtime=runtime)

@@ -55,8 +55,8 @@ def job_yaml(trips_dir: Path, directory: Path, runs_dir: str) -> Path:
 @pytest.fixture(scope="module")
 def finished_run(trips_dir, runtime, tmp_path_factory):
     """A finished run in ``<tmp>/work/runs``, made by a job whose config is ``<tmp>/jobs/job.yaml``."""
-    from shardflow.pipelines.config import load_config
     from shardflow.pipelines.job import run
+    from shardflow.pipelines.setup.config import load_config
 
     root = tmp_path_factory.mktemp("by-id")
     config = job_yaml(trips_dir, root / "jobs", "../work/runs")
@@ -147,7 +147,7 @@ def test_a_run_that_does_not_exist_is_one_line_and_nothing_is_written(tmp_path):
 
 
 def test_run_ids_are_names_inside_the_runs_directory(tmp_path, monkeypatch):
-    from shardflow.pipelines.commands import ShardflowError, is_run_id, resolve_run
+    from shardflow.pipelines.interface.commands import ShardflowError, is_run_id, resolve_run
 
     runs = tmp_path / "runs"
     (tmp_path / "x").mkdir()
@@ -170,7 +170,7 @@ def test_run_ids_are_names_inside_the_runs_directory(tmp_path, monkeypatch):
 
 
 def test_every_command_has_a_description_and_an_example():
-    from shardflow.pipelines.cli import build_parser
+    from shardflow.pipelines.interface.cli import build_parser
 
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
@@ -184,7 +184,7 @@ def test_every_command_has_a_description_and_an_example():
 
 
 def test_plan_finds_the_default_job_as_run_does(runtime, tmp_path):
-    from shardflow.pipelines.generate import generate
+    from shardflow.pipelines.setup.generate import generate
 
     absent = shardflow("plan", "--work-dir", tmp_path / "w", "--rows", 3000, cwd=tmp_path, timeout=60)
     errors = error_lines(absent)
@@ -197,7 +197,7 @@ def test_plan_finds_the_default_job_as_run_does(runtime, tmp_path):
 
 
 def test_a_comma_list_for_a_list_key_shows_the_list_syntax():
-    from shardflow.pipelines.config import ConfigError, load_config
+    from shardflow.pipelines.setup.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match=r"a list is written in brackets: train\.models=\[xgboost,mlp\]"):
         load_config(overrides=["train.models=xgboost,mlp"])
@@ -220,7 +220,7 @@ def test_a_missing_optional_package_names_the_extra_to_install(tmp_path):
     script = (
         "import sys\n"
         "sys.modules['s3fs'] = None  # as if it were not installed\n"
-        "from shardflow.pipelines.cli import main\n"
+        "from shardflow.pipelines.interface.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     (tmp_path / "no_s3fs.py").write_text(script)
@@ -237,7 +237,7 @@ def test_a_missing_optional_package_names_the_extra_to_install(tmp_path):
 
 
 def test_the_comparison_table_is_aligned_with_the_best_model_marked(tmp_path):
-    from shardflow.pipelines.commands import comparison_text
+    from shardflow.pipelines.interface.commands import comparison_text
 
     (tmp_path / "evaluate").mkdir()
     metrics = {

@@ -75,8 +75,8 @@ def test_an_existing_client_runs_a_job_and_stays_open(tmp_path):
     import yaml
     from distributed import Client
 
-    from shardflow.pipelines.config import load_config
     from shardflow.pipelines.job import run
+    from shardflow.pipelines.setup.config import load_config
 
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"id": np.arange(2_000), "x": rng.normal(size=2_000).round(4)})
@@ -174,7 +174,7 @@ def test_a_config_file_cannot_open_the_cluster_or_send_the_data_elsewhere(tmp_pa
 
 
 def test_the_command_line_and_consent_may_choose_where(tmp_path, monkeypatch):
-    from shardflow.pipelines.config import ConfigError, load_config
+    from shardflow.pipelines.setup.config import ConfigError, load_config
 
     (tmp_path / "job.yaml").write_text(
         "input: {path: t.csv}\ntarget: {column: y}\nfeatures: {numeric: [x]}\n"

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shardflow.pipelines.config import load_config
-from shardflow.pipelines.etl import etl
+from shardflow.pipelines.etl.stage import etl
+from shardflow.pipelines.setup.config import load_config
 
 CARRIERS = ["AA", "DL", "UA", "WN", "B6"]
 AIRPORTS = ["ATL", "ORD", "DFW", "DEN", "LAX", "JFK", "SFO", "SEA"]

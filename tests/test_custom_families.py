@@ -12,9 +12,9 @@ import yaml
 import zarr
 
 from shardflow.core.constraints import ConfigError
-from shardflow.pipelines.config import load_config
-from shardflow.pipelines.families import FAMILIES, register_family
-from shardflow.pipelines.family_specs import SPECS
+from shardflow.pipelines.families.registry import FAMILIES, register_family
+from shardflow.pipelines.families.specs import SPECS
+from shardflow.pipelines.setup.config import load_config
 
 
 def logistic_to_bytes(model) -> bytes:
@@ -53,7 +53,7 @@ def make_net():
 
 @pytest.fixture
 def registered():
-    from shardflow.pipelines.custom_families import estimator_family, torch_module_family
+    from shardflow.pipelines.families.custom import estimator_family, torch_module_family
 
     families = [
         estimator_family(
@@ -102,10 +102,10 @@ def job(tmp_path, models) -> str:
 def test_families_of_ones_own_train_score_and_report_like_the_built_in_ones(registered, runtime, tmp_path):
     from sklearn.metrics import roc_auc_score
 
-    from shardflow.pipelines import artifacts
     from shardflow.pipelines.job import run
-    from shardflow.pipelines.model import load_model
-    from shardflow.pipelines.predict import predict
+    from shardflow.pipelines.records import artifacts
+    from shardflow.pipelines.serving.model import load_model
+    from shardflow.pipelines.serving.predict import predict
 
     result = run(load_config(job(tmp_path, ["xgboost", "own_logistic", "own_boosters", "own_net"])), runtime=runtime)
     assert set(result.metrics) == {"xgboost", "own_logistic", "own_boosters", "own_net"}
@@ -137,7 +137,7 @@ def test_families_of_ones_own_train_score_and_report_like_the_built_in_ones(regi
 
 
 def test_a_config_names_only_registered_families_and_registration_is_checked(tmp_path):
-    from shardflow.pipelines.custom_families import estimator_family
+    from shardflow.pipelines.families.custom import estimator_family
 
     with pytest.raises(ConfigError, match=r"'train.models'.*'not_registered' is not one of"):
         load_config(job(tmp_path, ["xgboost", "not_registered"]))

@@ -53,16 +53,16 @@ def constants_outside(exempt: str, matches) -> list:
 
 
 def test_family_names_are_spelled_in_the_registry_only():
-    from shardflow.pipelines.family_specs import family_names
+    from shardflow.pipelines.families.specs import family_names
 
     FAMILY_NAMES = family_names()
 
     # Package names that happen to equal a family's name: not a family switch.
-    allowed = {("pipelines/records.py", "xgboost")}
+    allowed = {("pipelines/records/manifest.py", "xgboost")}
     found = [
         (str(path.relative_to(ROOT)), node.value, node.lineno)
         for path, tree in modules()
-        if path.relative_to(ROOT) not in (Path("pipelines/families.py"), Path("pipelines/family_specs.py"))
+        if path.relative_to(ROOT) not in (Path("pipelines/families/registry.py"), Path("pipelines/families/specs.py"))
         for node in ast.walk(tree)
         if isinstance(node, ast.Constant)
         and node.value in FAMILY_NAMES
@@ -164,7 +164,7 @@ def test_modules_stay_small(package):
 def test_every_module_is_classified_for_stage_keys():
     """Each module either decides a stage's output (its edits recompute that stage) or is
     cosmetic (the report, the CLI: its edits keep every completed stage)."""
-    from shardflow.pipelines.stages import COSMETIC_CODE, STAGE_CODE, stage_files
+    from shardflow.pipelines.records.stages import COSMETIC_CODE, STAGE_CODE, stage_files
 
     deciding = {p for patterns in STAGE_CODE.values() for p in stage_files(patterns)}
     cosmetic = set(stage_files(COSMETIC_CODE))
@@ -184,8 +184,8 @@ def test_stage_keys_follow_what_the_code_does_not_its_documentation(tmp_path):
     training default recomputes training, and the ETL only when ETL code changes."""
     import shutil
 
-    from shardflow.pipelines.rundir import RunDir
-    from shardflow.pipelines.stages import STAGE_CODE, hash_code, package_roots, stage_files
+    from shardflow.pipelines.records.rundir import RunDir
+    from shardflow.pipelines.records.stages import STAGE_CODE, hash_code, package_roots, stage_files
 
     roots = {}
     for layer, directory in package_roots().items():
@@ -205,7 +205,7 @@ def test_stage_keys_follow_what_the_code_does_not_its_documentation(tmp_path):
     original = versions()
     # Documentation and formatting of code that decides a stage: no stage recomputes.
     edit(
-        "pipelines/train_config.py",
+        "pipelines/setup/train_config.py",
         '"""',
         '"""A reworded first line.\n\n    ',
     )
@@ -218,7 +218,7 @@ def test_stage_keys_follow_what_the_code_does_not_its_documentation(tmp_path):
         path.write_text(path.read_text().replace("set_title(", "set_title('retitled') or (lambda *a, **k: 0)("))
     assert versions() == original
     # A training default: training (and evaluation, keyed by training) recompute, the ETL does not.
-    edit("pipelines/train_config.py", "max_steps: int = option(1000,", "max_steps: int = option(2000,")
+    edit("pipelines/setup/train_config.py", "max_steps: int = option(1000,", "max_steps: int = option(2000,")
     changed = versions()
     assert changed[RunDir.ETL] == original[RunDir.ETL] and changed[RunDir.TRAIN] != original[RunDir.TRAIN]
 
@@ -239,7 +239,7 @@ def test_every_config_field_declares_its_constraint():
     import dataclasses
     import typing
 
-    from shardflow.pipelines.config import Config
+    from shardflow.pipelines.setup.config import Config
 
     missing = []
 
@@ -260,7 +260,7 @@ def test_every_config_field_declares_its_constraint():
 
 
 def test_values_that_would_break_later_are_refused_up_front_all_at_once():
-    from shardflow.pipelines.config import ConfigError, load_config
+    from shardflow.pipelines.setup.config import ConfigError, load_config
 
     bad = {
         "train.max_attempts": "0",
@@ -285,10 +285,10 @@ def test_values_that_would_break_later_are_refused_up_front_all_at_once():
 
 
 def test_run_directory_paths_are_spelled_in_rundir_only():
-    """No module but ``pipelines/rundir.py`` spells a path inside a run directory."""
+    """No module but ``pipelines/records/rundir.py`` spells a path inside a run directory."""
     import re
 
-    from shardflow.pipelines.rundir import MANIFEST, RunDir
+    from shardflow.pipelines.records.rundir import MANIFEST, RunDir
 
     names = {
         MANIFEST,
@@ -302,7 +302,7 @@ def test_run_directory_paths_are_spelled_in_rundir_only():
     } - {"features", "quarantine"}
     inside = re.compile(r"^(etl|train|evaluate|checkpoints)/")
     found = constants_outside(
-        "pipelines/rundir.py",
+        "pipelines/records/rundir.py",
         lambda value: (
             isinstance(value, str)
             and (
@@ -347,7 +347,7 @@ def test_every_subpackage_is_packaged():
 
 
 def test_a_moved_option_says_where_it_lives_now():
-    from shardflow.pipelines.config import ConfigError, default_config_path, load_config
+    from shardflow.pipelines.setup.config import ConfigError, default_config_path, load_config
 
     with pytest.raises(ConfigError, match=r"'train.xgboost.max_attempts' has moved: set 'train.max_attempts'"):
         load_config(default_config_path(), ["train.xgboost.max_attempts=2"])

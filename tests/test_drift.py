@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from shardflow.pipelines.artifacts import sha256
-from shardflow.pipelines.config import load_config
-from shardflow.pipelines.drift import PSI_EPSILON, DriftError
 from shardflow.pipelines.job import run
-from shardflow.pipelines.predict import predict
-from shardflow.pipelines.rundir import RunDir
+from shardflow.pipelines.records.artifacts import sha256
+from shardflow.pipelines.records.rundir import RunDir
+from shardflow.pipelines.serving.drift import PSI_EPSILON, DriftError
+from shardflow.pipelines.serving.predict import predict
+from shardflow.pipelines.setup.config import load_config
 from shardflow.tasks.drift import DRIFT_BINS
 
 NUMERIC = ["x", "size", "level"]
@@ -213,7 +213,7 @@ def test_a_run_without_a_reference_is_scored_unchecked(runtime, trained, tmp_pat
 def test_counts_and_sketches_on_edge_partitions():
     """Empty partitions, all-null columns, skewed partitions merged in any order, a column with
     more categories than the reference keeps (its unseen share is then not measured)."""
-    from shardflow.pipelines.drift import drift_report
+    from shardflow.pipelines.serving.drift import drift_report
     from shardflow.tasks.drift import QuantileSketch, bin_counts, layout_of, reference_layout, reference_of
 
     rng = np.random.default_rng(1)

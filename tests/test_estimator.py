@@ -18,9 +18,9 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
 from shardflow.core.constraints import ConfigError
 from shardflow.core.errors import ShardflowError
-from shardflow.pipelines.config import load_config
-from shardflow.pipelines.estimator import Estimator
-from shardflow.pipelines.hyperparameters import HYPERPARAMETERS, job_config
+from shardflow.pipelines.interface.estimator import Estimator
+from shardflow.pipelines.interface.hyperparameters import HYPERPARAMETERS, job_config
+from shardflow.pipelines.setup.config import load_config
 
 
 def table(n: int = 3000, seed: int = 0):

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
-from shardflow.pipelines.config import default_config_path, load_config
-from shardflow.pipelines.etl import etl
+from shardflow.pipelines.etl.stage import etl
+from shardflow.pipelines.setup.config import default_config_path, load_config
 
 MIN_FREQUENCY = 3
 MAX_CATEGORIES = 300

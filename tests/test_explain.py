@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from shardflow.pipelines.config import load_config
 from shardflow.pipelines.job import run
+from shardflow.pipelines.setup.config import load_config
 
 
 def table(rows=8_000, seed=3) -> pd.DataFrame:
@@ -80,9 +80,9 @@ def test_the_evaluation_explains_every_model_in_the_users_feature_names(explaine
 def test_predict_explain_adds_exact_contributions_that_sum_to_the_margin(explained_run, runtime):
     import xgboost as xgb
 
-    from shardflow.pipelines import artifacts
-    from shardflow.pipelines.model import load_model
-    from shardflow.pipelines.predict import predict
+    from shardflow.pipelines.records import artifacts
+    from shardflow.pipelines.serving.model import load_model
+    from shardflow.pipelines.serving.predict import predict
     from shardflow.tasks.encode import Preprocessor
 
     directory, result = explained_run

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from shardflow.pipelines.config import load_config
-from shardflow.pipelines.export import ExportError, export
-from shardflow.pipelines.family_specs import family_names
+from shardflow.pipelines.families.specs import family_names
 from shardflow.pipelines.job import run
-from shardflow.pipelines.predict import predict
+from shardflow.pipelines.serving.export import ExportError, export
+from shardflow.pipelines.serving.predict import predict
+from shardflow.pipelines.setup.config import load_config
 from shardflow.tasks.exported import load_exported
 
 FAST = {
@@ -224,7 +224,7 @@ def test_export_command_writes_the_model_and_refuses_an_existing_directory(train
 def test_readme_serving_example_runs_without_shardflow(trips_dir, runtime, tmp_path):
     from pathlib import Path
 
-    from shardflow.pipelines.config import default_config_path
+    from shardflow.pipelines.setup.config import default_config_path
 
     config = load_config(
         default_config_path(),
@@ -254,8 +254,8 @@ def test_xgboost_objectives_export_with_their_own_link(objective, tmp_path):
     link), incl. a categorical feature and missing values; an objective without one is refused."""
     import xgboost as xgb
 
-    from shardflow.pipelines.export import build
-    from shardflow.pipelines.families import FAMILIES
+    from shardflow.pipelines.families.registry import FAMILIES
+    from shardflow.pipelines.serving.export import build
     from shardflow.tasks.encode import Preprocessor
     from shardflow.tasks.exported import ExportedModel
     from shardflow.tasks.targets import target_kind
@@ -361,7 +361,7 @@ def test_estimator_fit_on_a_dask_frame_equals_the_job_on_its_files(trips_dir, ru
     import dask.dataframe as dd
 
     import shardflow
-    from shardflow.pipelines.config import default_config_path
+    from shardflow.pipelines.setup.config import default_config_path
 
     overrides = ["train.models=[xgboost]", "train.xgboost.num_boost_round=20", "encode.min_frequency=5"]
     on_files = run(

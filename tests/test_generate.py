@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from shardflow.data.trips import generate_partition
-from shardflow.pipelines.generate import generate, write_trips_partition
+from shardflow.pipelines.setup.generate import generate, write_trips_partition
 
 
 def test_same_seed_same_bytes(runtime, tmp_path):
@@ -52,7 +52,7 @@ def test_dataset_has_the_documented_shape():
 
 
 def test_a_table_without_rows_per_partition_is_written_in_several_files(runtime, tmp_path):
-    from shardflow.pipelines.generate import MIN_PARTITIONS
+    from shardflow.pipelines.setup.generate import MIN_PARTITIONS
 
     result = generate(tmp_path / "t", 300_000, runtime=runtime)  # issue 12: this was one file
     files = sorted((result.path / "trips").glob("*.parquet"))

@@ -11,8 +11,8 @@ import pytest
 import zarr
 
 from shardflow.cluster.factory import start
-from shardflow.pipelines.config import default_config_path, load_config
-from shardflow.pipelines.etl import etl
+from shardflow.pipelines.etl.stage import etl
+from shardflow.pipelines.setup.config import default_config_path, load_config
 
 
 @pytest.mark.gpu
@@ -56,7 +56,7 @@ def test_data_parallel_mlp_over_nccl_equals_gloo(trips_dir, tmp_path):
     (full-batch SGD, one rank per GPU: the worker sees its GPU first, as dask-cuda sets it)."""
     from dataclasses import replace
 
-    from shardflow.pipelines.train_config import MLPConfig
+    from shardflow.pipelines.setup.train_config import MLPConfig
     from shardflow.pipelines.training import load_training_data, train_data_parallel_mlp
 
     # One rank: the workers of a plain LocalCluster would all see the same first GPU.

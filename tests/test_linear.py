@@ -17,15 +17,15 @@ import zarr
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import log_loss, mean_absolute_error, r2_score, roc_auc_score
 
-from shardflow.pipelines import artifacts
-from shardflow.pipelines.config import load_config
-from shardflow.pipelines.export import export
-from shardflow.pipelines.families import FAMILIES
-from shardflow.pipelines.family_specs import default_families, family_names
+from shardflow.pipelines.families.registry import FAMILIES
+from shardflow.pipelines.families.specs import default_families, family_names
 from shardflow.pipelines.job import run
-from shardflow.pipelines.model import load_model
-from shardflow.pipelines.predict import predict
-from shardflow.pipelines.rundir import RunDir
+from shardflow.pipelines.records import artifacts
+from shardflow.pipelines.records.rundir import RunDir
+from shardflow.pipelines.serving.export import export
+from shardflow.pipelines.serving.model import load_model
+from shardflow.pipelines.serving.predict import predict
+from shardflow.pipelines.setup.config import load_config
 from shardflow.pipelines.training import linear as linear_training
 from shardflow.pipelines.training import load_training_data
 from shardflow.tasks.encode import FIRST_CODE, Preprocessor

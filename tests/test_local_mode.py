@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from shardflow.pipelines.config import load_config
-from shardflow.pipelines.plan import InputPlan
+from shardflow.pipelines.setup.config import load_config
+from shardflow.pipelines.setup.plan import InputPlan
 
 HEAVY = ("pandas", "numpy", "dask", "distributed", "torch", "xgboost", "matplotlib", "sklearn", "pyarrow")
 
@@ -34,7 +34,7 @@ def test_import_shardflow_and_help_load_no_heavy_library():
     assert not loaded_modules("", "-m", "shardflow", "--help") & set(HEAVY)
     assert not loaded_modules("", "-m", "shardflow", "run", "--help") & set(HEAVY)
     # The check itself can fail: a module that does import them is seen.
-    assert {"pandas", "dask"} <= loaded_modules("import shardflow.pipelines.plan")
+    assert {"pandas", "dask"} <= loaded_modules("import shardflow.pipelines.setup.plan")
 
 
 def prices(n: int = 3_000, seed: int = 3) -> pd.DataFrame:
@@ -82,9 +82,9 @@ def test_the_plan_runs_small_inputs_in_this_process_and_large_ones_in_worker_pro
 
 RUN_AND_REPORT = """
 import json, sys
-from shardflow.pipelines.config import load_config
+from shardflow.pipelines.setup.config import load_config
 from shardflow.pipelines.job import run
-from shardflow.pipelines.model import load_model
+from shardflow.pipelines.serving.model import load_model
 import pandas as pd
 if __name__ == "__main__":
     result = run(load_config(sys.argv[1]), force=True)

@@ -29,12 +29,12 @@ from test_reliability import FAST, kill_a_worker_when  # noqa: E402
 
 from shardflow.cluster.factory import start  # noqa: E402
 from shardflow.core.storage import zarr_store  # noqa: E402
-from shardflow.pipelines.config import default_config_path, load_config  # noqa: E402
-from shardflow.pipelines.etl import etl  # noqa: E402
+from shardflow.pipelines.etl.stage import etl  # noqa: E402
 from shardflow.pipelines.job import run, train  # noqa: E402
-from shardflow.pipelines.model import load_model  # noqa: E402
-from shardflow.pipelines.predict import predict  # noqa: E402
-from shardflow.pipelines.rundir import COMMIT_FILE, RunDir, read_manifest  # noqa: E402
+from shardflow.pipelines.records.rundir import COMMIT_FILE, RunDir, read_manifest  # noqa: E402
+from shardflow.pipelines.serving.model import load_model  # noqa: E402
+from shardflow.pipelines.serving.predict import predict  # noqa: E402
+from shardflow.pipelines.setup.config import default_config_path, load_config  # noqa: E402
 
 BUCKET = "shardflow-test"
 SECRET = "not-a-real-secret-7f3a"  # must never appear in what a run writes
@@ -267,8 +267,8 @@ def test_worker_lost_during_an_s3_etl_gives_the_fault_free_output(s3, s3_cluster
 
 def test_fingerprints_follow_the_objects(s3):
     """An object replaced in the store (same name, new content) changes the ETL's key."""
-    from shardflow.pipelines.plan import InputPlan
-    from shardflow.pipelines.stages import stage_keys
+    from shardflow.pipelines.records.stages import stage_keys
+    from shardflow.pipelines.setup.plan import InputPlan
 
     s3.fs.copy(f"{BUCKET}/data/", f"{BUCKET}/fingerprint/", recursive=True)
     config = load_config(

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from shardflow.pipelines.config import load_config
-from shardflow.pipelines.etl import etl
-from shardflow.pipelines.plan import InputPlan
+from shardflow.pipelines.etl.stage import etl
+from shardflow.pipelines.setup.config import load_config
+from shardflow.pipelines.setup.plan import InputPlan
 
 
 def trips(n: int, seed: int = 0) -> pd.DataFrame:
@@ -103,7 +103,7 @@ def test_a_csv_with_quotes_is_not_cut_into_byte_ranges(tmp_path):
 def test_input_partitions_is_checked(tmp_path):
     import pytest
 
-    from shardflow.pipelines.config import ConfigError
+    from shardflow.pipelines.setup.config import ConfigError
 
     for value in (0, "many", -2):
         with pytest.raises(ConfigError, match="'input.partitions': expected auto or a whole number of at least 1"):
@@ -152,7 +152,7 @@ def test_plan_command_explains_the_job_and_runs_nothing(tmp_path):
 
 
 def test_the_plan_is_kept_in_the_manifest_and_the_report(runtime, tmp_path):
-    from shardflow.pipelines.report import build_report
+    from shardflow.pipelines.interface.report import build_report
 
     trips(20_000).to_csv(tmp_path / "t.csv", index=False)
     result = etl(job(tmp_path, "t.csv", partitions=3), runtime=runtime)
@@ -270,7 +270,7 @@ def test_partition_by_predicts_each_row_with_its_own_groups_model(runtime, tmp_p
     import xgboost as xgb
 
     from shardflow.pipelines.job import run
-    from shardflow.pipelines.predict import predict
+    from shardflow.pipelines.serving.predict import predict
 
     frame = stores()
     frame.to_csv(tmp_path / "sales.csv", index=False)
@@ -383,8 +383,8 @@ def test_partition_by_two_columns_with_a_group_of_one_class(runtime, tmp_path):
     import xgboost as xgb
     import zarr
 
-    from shardflow.pipelines import artifacts
     from shardflow.pipelines.job import run
+    from shardflow.pipelines.records import artifacts
     from shardflow.tasks.groups import predict_by_group
 
     rng = np.random.default_rng(3)

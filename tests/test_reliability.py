@@ -23,9 +23,9 @@ from distributed import Client
 
 from shardflow.cluster.factory import describe_failure, start
 from shardflow.core.errors import InputError
-from shardflow.pipelines.config import default_config_path, load_config
-from shardflow.pipelines.etl import etl
+from shardflow.pipelines.etl.stage import etl
 from shardflow.pipelines.job import run
+from shardflow.pipelines.setup.config import default_config_path, load_config
 
 FAST = [
     "train.xgboost.single_worker=false",
@@ -331,7 +331,7 @@ def test_partition_of_malformed_rows_is_quarantined_with_counts(many_files, runt
 
 def test_partition_larger_than_worker_memory_fails_with_the_setting_to_change(runtime, tmp_path):
     """The nanny kills a worker that passes 95% of its memory limit; the job says what to change."""
-    from shardflow.pipelines.generate import generate
+    from shardflow.pipelines.setup.generate import generate
 
     data = generate(tmp_path / "big", 2_000_000, rows_per_partition=2_000_000, runtime=runtime).path
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
@@ -357,7 +357,7 @@ def test_worker_killed_mid_epoch_of_the_data_parallel_mlp_resumes_and_finishes(
 ):
     """SIGKILL a rank mid-epoch: its peer's collective fails at once (no hang), and training
     resumes from the last epoch's checkpoint on the restarted worker and finishes."""
-    from shardflow.pipelines.train_config import MLPConfig
+    from shardflow.pipelines.setup.train_config import MLPConfig
     from shardflow.pipelines.training import load_training_data, train_data_parallel_mlp
 
     config = load_config(
@@ -479,8 +479,8 @@ def test_a_damaged_manifest_is_named_and_skipped_and_breaks_no_other_run(runtime
         assert proc.returncode == 2 and len(errors) == 1 and errors[0].startswith(message), (command, proc.stderr)
     assert not (tmp_path / "onnx").exists() and not (tmp_path / "scores").exists()
 
-    from shardflow.pipelines.records import ManifestError
-    from shardflow.pipelines.rundir import read_manifest
+    from shardflow.pipelines.records.manifest import ManifestError
+    from shardflow.pipelines.records.rundir import read_manifest
 
     for text, why in [
         ("", "empty file"),
@@ -530,7 +530,7 @@ def test_two_jobs_on_one_runs_directory_never_share_a_run(runtime, tmp_path):
     """Two `shardflow run`s on one runs_dir both found the same reusable run: one printed
     its table while the directory held the other's models (config.yaml max_depth 8,
     train/xgboost.json 2). A run directory now belongs to one process at a time."""
-    from shardflow.pipelines.ownership import claim_run, release_run
+    from shardflow.pipelines.records.ownership import claim_run, release_run
 
     rng = np.random.default_rng(0)
     n = 3000
@@ -614,8 +614,8 @@ def test_an_output_over_the_run_or_the_input_is_refused_and_nothing_is_lost(runt
     import pandas as pd
 
     from shardflow.core.errors import ShardflowError
-    from shardflow.pipelines.export import export
-    from shardflow.pipelines.predict import predict
+    from shardflow.pipelines.serving.export import export
+    from shardflow.pipelines.serving.predict import predict
 
     rng = np.random.default_rng(1)
     n = 2000

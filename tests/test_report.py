@@ -19,11 +19,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from shardflow.pipelines.config import load_config
-from shardflow.pipelines.families import FAMILIES
-from shardflow.pipelines.family_specs import label
+from shardflow.pipelines.families.registry import FAMILIES
+from shardflow.pipelines.families.specs import label
+from shardflow.pipelines.interface.report import build_report
 from shardflow.pipelines.job import run
-from shardflow.pipelines.report import build_report
+from shardflow.pipelines.setup.config import load_config
 from shardflow.tasks.metrics import best_model
 
 FAST = {
@@ -273,7 +273,7 @@ def test_precision_recall_and_calibration_from_the_roc_points_match_scikit_learn
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import average_precision_score
 
-    from shardflow.pipelines.report_quality import calibration, precision_recall
+    from shardflow.pipelines.interface.report_quality import calibration, precision_recall
     from shardflow.tasks.metrics import curves, finish_metrics, partial_metrics
 
     rng = np.random.default_rng(3)
@@ -294,7 +294,7 @@ def test_precision_recall_and_calibration_from_the_roc_points_match_scikit_learn
 
 
 def test_residual_quantiles_from_the_histogram_are_within_one_bin():
-    from shardflow.pipelines.report_regression import histogram_quantile
+    from shardflow.pipelines.interface.report_regression import histogram_quantile
     from shardflow.tasks.metric_sums import Scoring
     from shardflow.tasks.metrics import curves, partial_metrics
 

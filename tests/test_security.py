@@ -20,12 +20,12 @@ import pytest
 import xgboost as xgb
 import yaml
 
-from shardflow.pipelines.artifacts import ArtifactError, sha256
-from shardflow.pipelines.config import ConfigError, default_config_path, load_config
-from shardflow.pipelines.etl import etl
+from shardflow.pipelines.etl.stage import etl
 from shardflow.pipelines.job import train
-from shardflow.pipelines.predict import predict
-from shardflow.pipelines.rundir import read_manifest, update_manifest
+from shardflow.pipelines.records.artifacts import ArtifactError, sha256
+from shardflow.pipelines.records.rundir import read_manifest, update_manifest
+from shardflow.pipelines.serving.predict import predict
+from shardflow.pipelines.setup.config import ConfigError, default_config_path, load_config
 from shardflow.tasks.expressions import evaluate, parse_expression
 
 FAST = [
@@ -272,7 +272,7 @@ def test_mlp_process_group_binds_where_the_cluster_binds(trips_dir, runtime, tmp
     training opens nothing new that stays)."""
     import threading
 
-    from shardflow.pipelines.train_config import MLPConfig
+    from shardflow.pipelines.setup.train_config import MLPConfig
     from shardflow.pipelines.training import load_training_data, train_data_parallel_mlp
 
     config = load_config(default_config_path(), [f"output.runs_dir={tmp_path / 'runs'}"], base_dir=trips_dir)
@@ -674,7 +674,7 @@ def test_arithmetic_on_text_is_refused_from_the_columns_kinds(tmp_path):
     literal), text comparisons and numeric expressions are accepted, and the kinds are the ones
     the ETL gives the columns (from the schema, features and ``input.types``)."""
     from shardflow.core.errors import InputError
-    from shardflow.pipelines.plan import InputPlan
+    from shardflow.pipelines.setup.plan import InputPlan
     from shardflow.tasks.expression_kinds import check_kinds
     from shardflow.tasks.expressions import ExpressionError
 

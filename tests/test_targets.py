@@ -25,12 +25,12 @@ from sklearn.metrics import (
 )
 
 from shardflow.core.errors import InputError
-from shardflow.pipelines import artifacts
-from shardflow.pipelines.config import ConfigError, load_config
-from shardflow.pipelines.etl import etl
-from shardflow.pipelines.families import FAMILIES
+from shardflow.pipelines.etl.stage import etl
+from shardflow.pipelines.families.registry import FAMILIES
 from shardflow.pipelines.job import evaluate_run, run, train
-from shardflow.pipelines.predict import predict
+from shardflow.pipelines.records import artifacts
+from shardflow.pipelines.serving.predict import predict
+from shardflow.pipelines.setup.config import ConfigError, load_config
 from shardflow.tasks.labels import label_keys
 
 FAST = {
@@ -228,7 +228,7 @@ def test_multiclass_predict_writes_labels_and_class_probabilities(multiclass_run
 
 
 def test_report_shows_the_confusion_matrix_and_per_class_metrics(multiclass_run):
-    from shardflow.pipelines.report import build_report
+    from shardflow.pipelines.interface.report import build_report
 
     directory, config, result, trained, evaluated = multiclass_run
     page = build_report(result.run_dir).read_text()

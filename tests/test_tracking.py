@@ -19,9 +19,9 @@ mlflow = pytest.importorskip("mlflow", reason="the tracking tests need MLflow: p
 from mlflow.tracking import MlflowClient  # noqa: E402
 from test_reliability import FAST  # noqa: E402
 
-from shardflow.pipelines.config import default_config_path, load_config  # noqa: E402
 from shardflow.pipelines.job import run  # noqa: E402
-from shardflow.pipelines.rundir import RunDir, read_manifest  # noqa: E402
+from shardflow.pipelines.records.rundir import RunDir, read_manifest  # noqa: E402
+from shardflow.pipelines.setup.config import default_config_path, load_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_run_is_logged_to_mlflow_and_a_resumed_run_continues_it(tracking_server,
         assert info.signature.inputs.input_names() == features
         import torch
 
-        from shardflow.pipelines.artifacts import load_weights
+        from shardflow.pipelines.records.artifacts import load_weights
         from shardflow.tasks.neural import MLPSpec, network
 
         module = mlflow.pytorch.load_model(logged["mlp"].model_uri)
@@ -168,7 +168,7 @@ def test_run_is_logged_to_mlflow_and_a_resumed_run_continues_it(tracking_server,
 
 def test_tracking_without_mlflow_installed_names_the_extra(tmp_path, monkeypatch):
     from shardflow.core.errors import ShardflowError
-    from shardflow.pipelines.tracking import MLflowConfig, MLflowRun
+    from shardflow.pipelines.interface.tracking import MLflowConfig, MLflowRun
 
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the extra were not installed
     with pytest.raises(
@@ -181,7 +181,7 @@ def test_tracking_without_mlflow_installed_names_the_extra(tmp_path, monkeypatch
 
 def test_a_config_does_not_send_mlflow_credentials_elsewhere(tmp_path, monkeypatch):
     from shardflow.core.errors import ShardflowError
-    from shardflow.pipelines.tracking import MLflowConfig, MLflowRun
+    from shardflow.pipelines.interface.tracking import MLflowConfig, MLflowRun
 
     with pytest.raises(ShardflowError, match=r"tracking_uri': holds a user name or password"):
         MLflowRun(MLflowConfig(tracking_uri="http://me:pw@127.0.0.1:9"), tmp_path)
@@ -197,7 +197,7 @@ def test_a_config_does_not_send_mlflow_credentials_elsewhere(tmp_path, monkeypat
 
 def test_a_tracking_server_that_is_down_is_named_before_any_stage(tmp_path, monkeypatch):
     from shardflow.core.errors import ShardflowError
-    from shardflow.pipelines.tracking import MLflowConfig, MLflowRun
+    from shardflow.pipelines.interface.tracking import MLflowConfig, MLflowRun
 
     # Without lowering MLflow's retries (they take minutes): one probe, before any stage.
     with socket.socket() as s:

@@ -14,13 +14,13 @@ import xgboost as xgb
 import zarr
 from sklearn.metrics import accuracy_score, log_loss, mean_absolute_error, mean_squared_error, r2_score, roc_auc_score
 
-from shardflow.pipelines import artifacts
-from shardflow.pipelines.config import default_config_path, load_config
-from shardflow.pipelines.etl import etl
-from shardflow.pipelines.families import FAMILIES
+from shardflow.pipelines.etl.stage import etl
+from shardflow.pipelines.families.registry import FAMILIES
 from shardflow.pipelines.job import evaluate_run, train
-from shardflow.pipelines.predict import predict
-from shardflow.pipelines.train_config import MLPConfig
+from shardflow.pipelines.records import artifacts
+from shardflow.pipelines.serving.predict import predict
+from shardflow.pipelines.setup.config import default_config_path, load_config
+from shardflow.pipelines.setup.train_config import MLPConfig
 from shardflow.pipelines.training import load_training_data, train_data_parallel_mlp
 from shardflow.tasks.models import xgboost_predict
 from shardflow.tasks.neural import MLPSpec, TabularMLP, init_params
@@ -306,7 +306,7 @@ def test_per_partition_metrics_keep_training_and_validation_rows_apart(trained):
             (i,) = entry["partitions"]
             assert entry["train_rows"] == data.train_rows[i]
             assert entry["validation_rows"] == data.valid_rows[i] == entry["rows"]
-    from shardflow.pipelines.report import build_report
+    from shardflow.pipelines.interface.report import build_report
 
     page = build_report(run_dir).read_text()
     assert "<th>train rows</th><th>validation rows</th>" in page

@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from shardflow.core.errors import InputError, ShardflowError
-from shardflow.pipelines.config import ConfigError, default_config_path, load_config
-from shardflow.pipelines.etl import etl
+from shardflow.pipelines.etl.stage import etl
 from shardflow.pipelines.job import run
+from shardflow.pipelines.setup.config import ConfigError, default_config_path, load_config
 
 
 def write_job(directory, **sections):
@@ -333,12 +333,12 @@ def test_runs_dir_is_relative_to_the_config_file(runtime, tmp_path, monkeypatch)
 
 
 def test_stale_temporary_directories_are_cleaned_at_the_next_start(tmp_path):
-    from shardflow.pipelines.ownership import prepare_runs_dir
+    from shardflow.pipelines.records.ownership import prepare_runs_dir
 
     runs = tmp_path / "runs"
     runs.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    from shardflow.pipelines import rundir
+    from shardflow.pipelines.records import rundir
 
     host = rundir.HOST_ID
     stale = runs / f".etl.tmp-{host}-{int(dead.stdout)}-0123abcd"  # its process is gone
@@ -366,7 +366,7 @@ def test_csv_parquet_and_a_dataframe_of_the_same_rows_get_the_same_split(runtime
     """The split hashes each key value's canonical form: the CSV's text ``"0.23"``, a Parquet
     float32 ``0.23``, a DataFrame's float64 ``0.23``, and ``"2026-01-05 10:00:00"`` as text or
     as a timestamp are one value each (diamonds once split 10,626 and 10,830 ways)."""
-    from shardflow.pipelines.estimator import Estimator
+    from shardflow.pipelines.interface.estimator import Estimator
 
     rng = np.random.default_rng(5)
     n = 3000
@@ -414,7 +414,7 @@ def test_data_parallel_mlp_on_a_file_sorted_by_its_target_trains_as_on_a_shuffle
     price gave each worker one slice of the target (diamonds: R² 0.87 against 0.96; here RMSE
     379 against 318 before the fix). The ETL shuffles
     for the MLP as for per-partition models, so the file's order no longer matters."""
-    from shardflow.pipelines.plan import InputPlan
+    from shardflow.pipelines.setup.plan import InputPlan
 
     rng = np.random.default_rng(2)
     n = 6000
@@ -459,7 +459,7 @@ def test_data_parallel_mlp_on_a_file_sorted_by_its_target_trains_as_on_a_shuffle
 def test_categorical_values_that_are_not_scalars_are_refused_naming_the_column(runtime, tmp_path):
     """A column of dicts became its repr ("{'a': 1}"), a category no file spells, silently."""
     import shardflow
-    from shardflow.pipelines.estimator import Estimator
+    from shardflow.pipelines.interface.estimator import Estimator
 
     table = small_table(600)
     table.to_csv(tmp_path / "t.csv", index=False)
@@ -505,7 +505,7 @@ def test_a_datetime_join_key_scores_alike_as_text_or_as_a_pandas_datetime(runtim
     from a frame read with parse_dates, 1,960 of 2,000 predictions differed silently (the
     weather never joined). Keys compare as instants, however the fact table stores them."""
     import shardflow
-    from shardflow.pipelines.predict import predict
+    from shardflow.pipelines.serving.predict import predict
 
     rng = np.random.default_rng(3)
     hours = pd.date_range("2013-01-01", periods=300, freq="h", tz="UTC")
@@ -602,8 +602,8 @@ def test_key_values_in_canonical_form_edge_cases():
 def test_scoring_needs_the_features_only(runtime, tmp_path):
     """A split key on the target, kept columns and a range on the target are training's
     business: new rows without them score (predict, load_model), equal to rows with them."""
-    from shardflow.pipelines.model import load_model
-    from shardflow.pipelines.predict import predict
+    from shardflow.pipelines.serving.model import load_model
+    from shardflow.pipelines.serving.predict import predict
 
     table = small_table(3_000)
     table["price"] = 5 * table["distance"] + np.where(table["city"] == "a", 40.0, 0.0)

@@ -17,7 +17,7 @@ import json
 
 from dask.base import tokenize
 
-from shardflow.pipelines.rundir import RunDir, write_bytes_atomic, write_text_atomic
+from shardflow.pipelines.records.rundir import RunDir, write_bytes_atomic, write_text_atomic
 
 
 def checkpoint_due(since_last: float, seconds: float | None) -> bool:
@@ -46,7 +46,7 @@ def read_mlp_checkpoint(ckpt, data, cfg, seed):
     meta = json.loads(RunDir.checkpoint_file(ckpt, "state").read_text())
     if meta.get("token") != mlp_checkpoint_token(data, cfg, seed):
         return None
-    from shardflow.pipelines.artifacts import load_weights
+    from shardflow.pipelines.records.artifacts import load_weights
 
     meta["params"] = load_weights(RunDir.checkpoint_file(ckpt, "params"))
     meta["best_params"] = load_weights(RunDir.checkpoint_file(ckpt, "best"))
@@ -55,7 +55,7 @@ def read_mlp_checkpoint(ckpt, data, cfg, seed):
 
 def write_mlp_checkpoint(ckpt, state, token) -> None:
 
-    from shardflow.pipelines.artifacts import weights_bytes
+    from shardflow.pipelines.records.artifacts import weights_bytes
 
     ckpt.mkdir(parents=True, exist_ok=True)
     for what, key in (("params", "params"), ("best", "best_params")):

@@ -17,8 +17,8 @@ from dask.base import tokenize
 
 from shardflow.cluster.factory import Runtime
 from shardflow.core.storage import location, zarr_store
-from shardflow.pipelines.records import EtlSummary
-from shardflow.pipelines.rundir import RunDir
+from shardflow.pipelines.records.manifest import EtlSummary
+from shardflow.pipelines.records.rundir import RunDir
 from shardflow.tasks import shards as shard_tasks
 from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.metric_sums import Scoring

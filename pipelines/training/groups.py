@@ -11,8 +11,8 @@ import logging
 import operator
 import time
 
-from shardflow.pipelines import progress
-from shardflow.pipelines.rundir import RunDir
+from shardflow.pipelines.interface import progress
+from shardflow.pipelines.records.rundir import RunDir
 from shardflow.pipelines.training.data import call_token
 from shardflow.tasks.groups import group_row_counts, is_known, split_by_group, train_bucket_xgboost
 
@@ -147,7 +147,7 @@ def train_family(context, family) -> dict:
 
 
 def save_family(stage_dir, family, result: dict) -> None:
-    from shardflow.pipelines.artifacts import write_json
+    from shardflow.pipelines.records.artifacts import write_json
 
     RunDir.train_file(stage_dir, family.name).mkdir()
     for i, member in enumerate(result["members"]):

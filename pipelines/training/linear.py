@@ -14,9 +14,9 @@ import logging
 import time
 
 from shardflow.cluster.factory import Runtime
-from shardflow.pipelines.families import FamilySkipped
+from shardflow.pipelines.families.registry import FamilySkipped
 from shardflow.pipelines.graph import tree_reduce_futures
-from shardflow.pipelines.rundir import RunDir
+from shardflow.pipelines.records.rundir import RunDir
 from shardflow.pipelines.training.data import TrainingData, call_token
 from shardflow.tasks.linear import MAX_ITER, LinearLayout, add_terms, fit_in_one_task, newton_fit, partition_terms
 from shardflow.tasks.targets import target_kind
@@ -140,7 +140,7 @@ def train_family(context, family) -> dict:
 
 
 def save_family(stage_dir, family, result: dict) -> None:
-    from shardflow.pipelines.artifacts import write_json
+    from shardflow.pipelines.records.artifacts import write_json
 
     write_json(RunDir.train_file(stage_dir, family.file("json")), {k: result[k] for k in _PAYLOAD + _META})
 

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 
 from shardflow.cluster.factory import Runtime
 from shardflow.core.errors import ShardflowError
 from shardflow.core.storage import location
-from shardflow.pipelines import progress
 from shardflow.pipelines.graph import scatter_named
-from shardflow.pipelines.rundir import RunDir
-from shardflow.pipelines.train_config import MLPConfig
+from shardflow.pipelines.interface import progress
+from shardflow.pipelines.records.rundir import RunDir
+from shardflow.pipelines.setup.train_config import MLPConfig
 from shardflow.pipelines.training.checkpoint import (
     checkpoint_due,
     mlp_checkpoint_token,
@@ -34,7 +33,7 @@ from shardflow.pipelines.training.data import TrainingData, call_token, recover
 from shardflow.pipelines.training.mlp_setup import mlp_optim_for, mlp_spec_for
 from shardflow.tasks import mlp_steps
 from shardflow.tasks import shards as shard_tasks
-from shardflow.tasks.process_group import CollectiveFailed, leave_group, open_rendezvous
+from shardflow.tasks.process_group import CollectiveFailed, leave_group, open_rendezvous, process_identity
 from shardflow.tasks.worker_state import ResidentState, WorkerStateLost
 
 logger = logging.getLogger("shardflow.train")
@@ -201,7 +200,8 @@ def _collective_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, 
         backend="nccl" if optim.device == "cuda" else "gloo",
         timeout=float(timeout),
     )
-    pids = client.run(os.getpid, workers=workers) if len(workers) > 1 else {}
+    # One process per worker, told apart across machines and containers (not by pid alone).
+    pids = client.run(process_identity, workers=workers) if len(workers) > 1 else {}
     if len(set(pids.values())) < len(pids):
         raise ShardflowError(
             "train.mlp: the data-parallel MLP needs one process per worker (each rank joins a "
@@ -402,7 +402,7 @@ def train_family(context, family) -> dict:
 
 
 def save_family(stage_dir, family, result: dict) -> None:
-    from shardflow.pipelines.artifacts import save_weights, write_json
+    from shardflow.pipelines.records.artifacts import save_weights, write_json
 
     save_weights(result["params"], RunDir.train_file(stage_dir, family.file("pt")))
     write_json(

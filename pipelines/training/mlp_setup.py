@@ -10,7 +10,7 @@ outputs, the target's standardisation) and an :class:`~shardflow.tasks.neural.Op
 
 from __future__ import annotations
 
-from shardflow.pipelines.train_config import MLPConfig
+from shardflow.pipelines.setup.train_config import MLPConfig
 from shardflow.tasks.encode import Preprocessor
 
 

@@ -7,8 +7,8 @@ import logging
 import time
 
 from shardflow.cluster.factory import Runtime
-from shardflow.pipelines import progress
-from shardflow.pipelines.train_config import PartitionModelsConfig
+from shardflow.pipelines.interface import progress
+from shardflow.pipelines.setup.train_config import PartitionModelsConfig
 from shardflow.pipelines.training.data import TrainingData, call_token
 
 logger = logging.getLogger("shardflow.train")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from shardflow.pipelines.rundir import RunDir
+from shardflow.pipelines.records.rundir import RunDir
 from shardflow.tasks.mlp_steps import train_group_mlp
 from shardflow.tasks.models import train_group_xgboost
 
@@ -59,7 +59,7 @@ def mlp_job(context, family):
 
 
 def _save_members(stage_dir, family, result: dict, suffix: str, write) -> None:
-    from shardflow.pipelines.artifacts import write_json
+    from shardflow.pipelines.records.artifacts import write_json
 
     RunDir.train_file(stage_dir, family.name).mkdir()
     for i, member in enumerate(result["members"]):
@@ -82,7 +82,7 @@ def load_boosters(files, family) -> dict:
 
 
 def save_mlps(stage_dir, family, result: dict) -> None:
-    from shardflow.pipelines.artifacts import save_weights
+    from shardflow.pipelines.records.artifacts import save_weights
 
     _save_members(stage_dir, family, result, "pt", lambda member, path: save_weights(member["params"], path))
 

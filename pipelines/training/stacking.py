@@ -7,7 +7,7 @@ import time
 
 from shardflow.cluster.factory import Runtime
 from shardflow.pipelines.graph import scatter_named, tree_reduce_futures
-from shardflow.pipelines.rundir import RunDir
+from shardflow.pipelines.records.rundir import RunDir
 from shardflow.pipelines.training.data import TrainingData, call_token
 from shardflow.tasks.combiners import fit_combiner
 from shardflow.tasks.models import (
@@ -149,7 +149,7 @@ def train_family(context, family) -> dict:
 
 
 def save_family(stage_dir, family, result: dict) -> None:
-    from shardflow.pipelines.artifacts import write_json
+    from shardflow.pipelines.records.artifacts import write_json
 
     write_json(
         RunDir.train_file(stage_dir, family.file("json")),

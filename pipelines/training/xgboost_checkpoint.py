@@ -12,7 +12,7 @@ import time
 import xgboost as xgb
 
 from shardflow.core.storage import location
-from shardflow.pipelines.rundir import RunDir, write_bytes_atomic, write_text_atomic
+from shardflow.pipelines.records.rundir import RunDir, write_bytes_atomic, write_text_atomic
 from shardflow.pipelines.training.checkpoint import checkpoint_due
 
 
@@ -52,7 +52,7 @@ class ResumableState(xgb.callback.TrainingCallback):
         State read from a checkpoint, to continue from.
     progress_topic : str, optional
         Rank 0 reports each round as a Dask event on this topic (see
-        :class:`shardflow.pipelines.progress.Rounds`).
+        :class:`shardflow.pipelines.interface.progress.Rounds`).
 
     Rounds are counted on the model (``num_boosted_rounds``), never by the epoch
     XGBoost passes to callbacks: that one restarts at 0 when training continues from a

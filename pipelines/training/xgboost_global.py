@@ -14,9 +14,9 @@ from dask.utils import format_bytes
 
 from shardflow.cluster.factory import Runtime
 from shardflow.core.errors import ShardflowError
-from shardflow.pipelines import progress
-from shardflow.pipelines.rundir import RunDir
-from shardflow.pipelines.train_config import XGBoostConfig, trains_on_one_worker
+from shardflow.pipelines.interface import progress
+from shardflow.pipelines.records.rundir import RunDir
+from shardflow.pipelines.setup.train_config import XGBoostConfig, trains_on_one_worker
 from shardflow.pipelines.training.data import TrainingData, call_token, recover
 from shardflow.tasks.metric_sums import metric_direction
 from shardflow.tasks.targets import target_kind
@@ -45,7 +45,7 @@ def xgboost_params(task: str, cfg: XGBoostConfig, backend: str, seed: int, class
 
     Examples
     --------
-    >>> from shardflow.pipelines.train_config import XGBoostConfig
+    >>> from shardflow.pipelines.setup.train_config import XGBoostConfig
     >>> p = xgboost_params("regression", XGBoostConfig(params={"objective": "reg:absoluteerror"}), "pandas", 0)
     >>> p["objective"], p["eval_metric"]
     ('reg:absoluteerror', ['mae'])
@@ -305,7 +305,7 @@ def train_family(context, family) -> dict:
 
 
 def save_family(stage_dir, family, result: dict) -> None:
-    from shardflow.pipelines.artifacts import write_json
+    from shardflow.pipelines.records.artifacts import write_json
 
     (RunDir.train_file(stage_dir, family.file("ubj"))).write_bytes(result["model"])
     write_json(RunDir.train_file(stage_dir, family.file("json")), {k: result[k] for k in _META})

@@ -1,0 +1,101 @@
+"""The evaluation's explanations: every XGBoost model's exact feature contributions
+(TreeSHAP, by XGBoost) and every other model's permutation importance, on the validation
+split, computed where its partitions are and reduced on the cluster
+(:mod:`shardflow.tasks.explain`).
+
+Written as ``evaluate/explanations.json``: per family, the mean absolute contribution of each
+feature (in the model's margin units) with a sample of (value, contribution) pairs per
+feature, or the drop of the primary validation metric with each feature's values permuted.
+Features are named as the run's preprocessor names them (datetime parts, derived and joined
+columns as the config names them).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shardflow.pipelines.families.registry import FAMILIES
+from shardflow.pipelines.graph import scatter_named, tree_reduce_futures
+from shardflow.pipelines.interface import progress
+from shardflow.pipelines.training.data import TrainingData, call_token
+from shardflow.tasks.explain import (
+    combine_explanations,
+    combine_permutations,
+    explain_partition,
+    permutation_importance,
+    permutation_partials,
+)
+from shardflow.tasks.metrics import primary_metric
+
+
+def explain(runtime, data: TrainingData, payloads: dict, *, seed: int = 0) -> dict:
+    """``{family: explanation}`` for every model in ``payloads`` (see the module docstring)."""
+    client = runtime.client
+    token = call_token(f"{data.token}-explain")
+    contributions = {n: (FAMILIES[n].explain, p) for n, p in payloads.items() if FAMILIES[n].explain is not None}
+    permuted = {n: (FAMILIES[n].predictor(), p) for n, p in payloads.items() if FAMILIES[n].explain is None}
+    pending = {}
+    if contributions:
+        explainers = scatter_named(client, "evaluate-explain-models", contributions)
+        parts = [
+            client.submit(
+                explain_partition, f, explainers, seed=seed + i, key=f"evaluate-explain-partition-{token}-{i}"
+            )
+            for i, f in enumerate(data.futures)
+        ]
+        pending["contributions"] = tree_reduce_futures(client, parts, combine_explanations, f"evaluate-explain-{token}")
+    if permuted:
+        predictors = scatter_named(client, "evaluate-permute-models", permuted)
+        parts = [
+            client.submit(
+                permutation_partials,
+                f,
+                predictors,
+                data.scoring,
+                seed=seed + i,
+                key=f"evaluate-permute-partition-{token}-{i}",
+            )
+            for i, f in enumerate(data.futures)
+        ]
+        pending["permutation"] = tree_reduce_futures(client, parts, combine_permutations, f"evaluate-permute-{token}")
+    done = dict(zip(pending, progress.compute(client, list(pending.values()), "explain")))
+    features = list(data.feature_names)
+    out = {}
+    for name, found in done.get("contributions", {}).items():
+        out[name] = contribution_summary(found, features, data.classes if data.scoring.classes > 2 else 0)
+    metric = primary_metric(data.task)
+    for name, sums in done.get("permutation", {}).items():
+        importance = permutation_importance(sums, data.scoring)
+        out[name] = {"kind": "permutation", "metric": metric, "importance": dict(zip(features, importance))}
+    return {name: out[name] for name in payloads if name in out}
+
+
+def contribution_summary(found, features: list, classes: int) -> dict:
+    """One family's reduced contributions as the report shows them: the mean absolute
+    contribution per feature (summed over classes for a multi-class model) and up to 2,000
+    sampled rows' (value, contribution) per feature (a multi-class model's toward the
+    sample rows' largest class score)."""
+    rows = max(found.rows, 1)
+    mean_abs = found.abs_sum / rows
+    sample_c = found.sample_c
+    if mean_abs.ndim == 2:  # (classes, features + 1)
+        by_class = mean_abs[:, :-1]
+        mean_abs = mean_abs.sum(axis=0)
+        sample_c = (
+            sample_c[np.arange(len(sample_c)), np.argmax(sample_c.sum(axis=2), axis=1)] if len(sample_c) else sample_c
+        )
+    keep = slice(0, 2_000)
+    summary = {
+        "kind": "contributions",
+        "units": "margin",
+        "rows": int(found.rows),
+        "mean_abs": dict(zip(features, mean_abs[:-1].tolist())),
+        "mean_abs_bias": float(mean_abs[-1]),
+        "sample": {
+            feature: {"value": found.sample_x[keep, j].tolist(), "contribution": sample_c[keep, j].tolist()}
+            for j, feature in enumerate(features)
+        },
+    }
+    if classes:
+        summary["mean_abs_by_class"] = by_class.tolist()
+    return summary

@@ -1,0 +1,3 @@
+"""What people see and call: the command line, the terminal, progress, the HTML report,
+MLflow, and the scikit-learn-style Estimator.
+"""
