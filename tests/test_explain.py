@@ -75,6 +75,11 @@ def test_the_evaluation_explains_every_model_in_the_users_feature_names(explaine
         found = explained[name]
         assert found["kind"] == "permutation" and found["metric"] == "auc"
         assert found["importance"]["distance"] > 0.05 > abs(found["importance"]["noise"]), found["importance"]
+    # The report shows them: a row per feature (most important first), a column per model.
+    page = (result.run_dir / "report.html").read_text()
+    section = page.split('id="explanations"', 1)[1].split("<h2", 1)[0]
+    assert "<td>distance</td>" in section and "metric drop" in section and "|contribution|" in section
+    assert section.index("<td>distance</td>") < section.index("<td>noise</td>") if "<td>noise</td>" in section else True
 
 
 def test_predict_explain_adds_exact_contributions_that_sum_to_the_margin(explained_run, runtime):

@@ -32,6 +32,7 @@ from shardflow.pipelines.interface.report_data import (
     stage_seconds,
     timings_section,
 )
+from shardflow.pipelines.interface.report_explanations import explanations_section
 from shardflow.pipelines.interface.report_format import TargetFacts, count, metric_name, seconds, share, target_facts
 from shardflow.pipelines.interface.report_html import CSS, facts_html, figure_html, png_data_uri, section, table_html
 from shardflow.pipelines.interface.report_quality import partition_metrics_section, quality_section
@@ -108,6 +109,7 @@ def build_report(run_dir) -> Path:
         ("models", "Model comparison (validation split)", _comparison(metrics, train_seconds, task, facts)),
         ("quality", "Quality on the validation split", quality_section(evaluation, task, facts) if metrics else ""),
         ("curves", "Training curves", _training_curves(run_dir, trained)),
+        ("explanations", "What the models rely on", explanations_section(run.explanations)),
         ("hyperparameters", "Hyperparameters", settings_section(run, trained, config)),
         (
             "partitions",
