@@ -51,7 +51,7 @@ def main() -> None:
 
     from shardflow.cluster.factory import start
     from shardflow.pipelines.job import run
-    from shardflow.pipelines.records import artifacts
+    from shardflow.pipelines.records import trained_models
     from shardflow.pipelines.serving.export import export, quantize_int8, validation_rows
     from shardflow.pipelines.setup.config import default_config_path, load_config
     from shardflow.pipelines.setup.generate import generate
@@ -87,7 +87,7 @@ def main() -> None:
         results = {"rows": n, "threads": args.threads, "dataset_rows": args.rows, "whole_path": {}, "model_only": {}}
 
         def shardflow_path(family):
-            payload = artifacts.load_model(run_dir, family)
+            payload = trained_models.load_model(run_dir, family)
             predictor = predict_mlp if family == "mlp" else predict_booster
 
             def call():
@@ -114,7 +114,7 @@ def main() -> None:
             results["whole_path"][name] = {"rows_per_second": n / best, "median_seconds": median}
 
         # The network alone, on the encoded matrix.
-        payload = artifacts.load_model(run_dir, "mlp")
+        payload = trained_models.load_model(run_dir, "mlp")
         spec = MLPSpec.from_dict(payload["spec"])
         net = network(spec, payload["params"]).eval()
         x = preprocessor.transform(rows)[preprocessor.feature_names].to_numpy(np.float32)

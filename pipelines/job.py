@@ -22,11 +22,11 @@ from shardflow.core.errors import ShardflowError
 from shardflow.core.storage import location, remove_tree
 from shardflow.pipelines.evaluation.evaluate import comparison_table, evaluate
 from shardflow.pipelines.evaluation.explanations import explain
-from shardflow.pipelines.families.registry import FAMILIES, FamilySkipped, training_order
-from shardflow.pipelines.families.specs import libraries
+from shardflow.pipelines.families.registry import FAMILIES, training_order
+from shardflow.pipelines.families.specs import FamilySkipped, libraries
 from shardflow.pipelines.interface.figures import warm_up
 from shardflow.pipelines.interface.report import ReportDrawing
-from shardflow.pipelines.records import artifacts
+from shardflow.pipelines.records import artifacts, trained_models
 from shardflow.pipelines.records.manifest import StageRecord
 from shardflow.pipelines.records.ownership import RunInUseError, claim_run, prepare_runs_dir, release_run, run_holder
 from shardflow.pipelines.records.rundir import (
@@ -141,7 +141,7 @@ def train(config: Config, runtime: Runtime, run_dir, xgboost_callbacks=(), key: 
     seconds = {name: result.seconds for name, result in results.items()}
     peaks = peak_memory(runtime.client)
     with stage_output(run_dir, RunDir.TRAIN) as tmp:
-        artifacts.save_models(tmp, results, data.task)
+        trained_models.save_models(tmp, results, data.task)
         RunDir.train_file(tmp, "seconds").write_text(json.dumps(seconds, indent=1))
         RunDir.train_file(tmp, "peak_memory").write_text(json.dumps(peaks, indent=1))
     hashes = artifacts.artifact_hashes(run_dir, RunDir.TRAIN)
@@ -171,8 +171,8 @@ def evaluate_run(runtime: Runtime, run_dir, data: TrainingData | None = None, ke
     if not manifest.has(RunDir.TRAIN):
         raise ShardflowError(f"{run_dir}: has no trained models to evaluate")
     key = key or evaluate_key(manifest.key_of(RunDir.TRAIN) or "")
-    names = artifacts.available_models(run_dir)
-    payloads = {name: artifacts.load_model(run_dir, name) for name in names}
+    names = trained_models.available_models(run_dir)
+    payloads = {name: trained_models.load_model(run_dir, name) for name in names}
     task = next(iter(payloads.values()))["task"]
     seed = manifest.seeds.get("train", 0)
     data = data or load_training_data(runtime, run.stage(RunDir.ETL), seed)

@@ -103,7 +103,7 @@ def test_families_of_ones_own_train_score_and_report_like_the_built_in_ones(regi
     from sklearn.metrics import roc_auc_score
 
     from shardflow.pipelines.job import run
-    from shardflow.pipelines.records import artifacts
+    from shardflow.pipelines.records import trained_models
     from shardflow.pipelines.serving.model import load_model
     from shardflow.pipelines.serving.predict import predict
 
@@ -122,7 +122,7 @@ def test_families_of_ones_own_train_score_and_report_like_the_built_in_ones(regi
     model = load_model(result.run_dir, "own_logistic")
     frame = table().drop(columns="late")
     scored = model.predict(frame)
-    fitted = artifacts.load_model(result.run_dir, "own_logistic")["estimator"]
+    fitted = trained_models.load_model(result.run_dir, "own_logistic")["estimator"]
     np.testing.assert_allclose(fitted.coef_, reference.coef_, rtol=1e-6, atol=1e-8)
     reference_auc = roc_auc_score(y[valid], reference.predict_proba(x[valid])[:, 1])
     assert result.metrics["own_logistic"]["auc"] == pytest.approx(reference_auc, abs=2e-3)  # binned AUC

@@ -85,7 +85,7 @@ def test_the_evaluation_explains_every_model_in_the_users_feature_names(explaine
 def test_predict_explain_adds_exact_contributions_that_sum_to_the_margin(explained_run, runtime):
     import xgboost as xgb
 
-    from shardflow.pipelines.records import artifacts
+    from shardflow.pipelines.records import trained_models
     from shardflow.pipelines.serving.model import load_model
     from shardflow.pipelines.serving.predict import predict
     from shardflow.tasks.encode import Preprocessor
@@ -108,7 +108,7 @@ def test_predict_explain_adds_exact_contributions_that_sum_to_the_margin(explain
     features = features.set_index(features["id"].astype(int)).loc[scored["id"]]
     x = features[preprocessor.feature_names].to_numpy(np.float32)
     booster = xgb.Booster()
-    booster.load_model(bytearray(artifacts.load_model(result.run_dir, "xgboost")["model"]))
+    booster.load_model(bytearray(trained_models.load_model(result.run_dir, "xgboost")["model"]))
     matrix = xgb.DMatrix(x, feature_names=booster.feature_names, feature_types=booster.feature_types,
                          enable_categorical=True)  # fmt: skip
     reference = booster.predict(matrix, pred_contribs=True)

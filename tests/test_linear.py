@@ -20,7 +20,7 @@ from sklearn.metrics import log_loss, mean_absolute_error, r2_score, roc_auc_sco
 from shardflow.pipelines.families.registry import FAMILIES
 from shardflow.pipelines.families.specs import default_families, family_names
 from shardflow.pipelines.job import run
-from shardflow.pipelines.records import artifacts
+from shardflow.pipelines.records import trained_models
 from shardflow.pipelines.records.rundir import RunDir
 from shardflow.pipelines.serving.export import export
 from shardflow.pipelines.serving.model import load_model
@@ -131,7 +131,7 @@ def reference(run_dir):
 def evaluation_predictions(run_dir):
     """The family's validation predictions, partition by partition as the evaluation makes them."""
     x, _, _, valid, _ = features(run_dir)
-    payload = artifacts.load_model(run_dir, NAME)
+    payload = trained_models.load_model(run_dir, NAME)
     return FAMILIES[NAME].predict(payload, x[valid], 1, {})
 
 

@@ -384,7 +384,7 @@ def test_partition_by_two_columns_with_a_group_of_one_class(runtime, tmp_path):
     import zarr
 
     from shardflow.pipelines.job import run
-    from shardflow.pipelines.records import artifacts
+    from shardflow.pipelines.records import trained_models
     from shardflow.tasks.groups import predict_by_group
 
     rng = np.random.default_rng(3)
@@ -418,7 +418,7 @@ def test_partition_by_two_columns_with_a_group_of_one_class(runtime, tmp_path):
     result = run(load_config(tmp_path / "job.yaml"), runtime=runtime)
     meta = json.loads((result.run_dir / "train" / "xgboost_groups.json").read_text())
     assert len(meta["groups"]) == 4 and meta["fallback_groups"] == []
-    payload = artifacts.load_model(result.run_dir, "xgboost_groups")
+    payload = trained_models.load_model(result.run_dir, "xgboost_groups")
     written = pd.concat(
         [pd.read_parquet(f) for f in sorted((result.run_dir / "etl" / "features").glob("*.parquet"))], ignore_index=True
     )

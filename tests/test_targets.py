@@ -28,7 +28,7 @@ from shardflow.core.errors import InputError
 from shardflow.pipelines.etl.stage import etl
 from shardflow.pipelines.families.registry import FAMILIES
 from shardflow.pipelines.job import evaluate_run, run, train
-from shardflow.pipelines.records import artifacts
+from shardflow.pipelines.records import trained_models
 from shardflow.pipelines.serving.predict import predict
 from shardflow.pipelines.setup.config import ConfigError, load_config
 from shardflow.tasks.labels import label_keys
@@ -56,10 +56,10 @@ def gathered_predictions(run_dir):
     x, y, valid = group["X"][:], group["y"][:], group["is_validation"][:]
     w = group["w"][:] if "w" in group else np.ones(len(y), np.float32)
     offsets, rows = group.attrs["partition_offsets"], group.attrs["partition_rows"]
-    names = artifacts.available_models(run_dir)
+    names = trained_models.available_models(run_dir)
     out = {}
     for name in names:
-        payload = artifacts.load_model(run_dir, name)
+        payload = trained_models.load_model(run_dir, name)
         family = FAMILIES[name]
         predictor = family.validation_predict or family.predict
         pieces = []
@@ -261,7 +261,7 @@ def test_weighted_yes_no_target_every_family_matches_scikit_learn(runtime, tmp_p
         train=FAST,
     )
     result = run(config, runtime=runtime)
-    pre = artifacts.load_model(result.run_dir, "xgboost")["task"]
+    pre = trained_models.load_model(result.run_dir, "xgboost")["task"]
     assert pre == "classification"
     predictions, y, w = gathered_predictions(result.run_dir)
     assert sorted(np.unique(w).tolist()) == [0.5, 1.0, 4.0]
@@ -273,7 +273,7 @@ def test_weighted_yes_no_target_every_family_matches_scikit_learn(runtime, tmp_p
     # The global model is trained with the weights: it equals single-process xgboost.train with them.
     group = zarr.open_group(str(result.run_dir / "etl" / "features.zarr"), mode="r")
     x, yy, ww, valid = group["X"][:], group["y"][:], group["w"][:], group["is_validation"][:]
-    meta = artifacts.load_model(result.run_dir, "xgboost")
+    meta = trained_models.load_model(result.run_dir, "xgboost")
     params = json.loads((result.run_dir / "train" / "xgboost.json").read_text())["params"]
     dtrain = xgb.QuantileDMatrix(x[~valid], yy[~valid], weight=ww[~valid])
     dvalid = xgb.DMatrix(x[valid], yy[valid], weight=ww[valid])
@@ -598,7 +598,7 @@ def test_stacked_combiner_on_sixteen_classes_is_no_worse_than_its_members(runtim
     ours = result.metrics["stacked"]["logloss"]
     assert ours == pytest.approx(log_loss(y, predictions["stacked"], sample_weight=w, labels=labels), rel=1e-6)
     # Independent reference: each member and their average, scored here from the saved models.
-    payload = artifacts.load_model(result.run_dir, "xgboost_partitions")
+    payload = trained_models.load_model(result.run_dir, "xgboost_partitions")
     group = zarr.open_group(str(result.run_dir / "etl" / "features.zarr"), mode="r")
     x = group["X"][:][group["is_validation"][:]].astype(np.float32)
     members = [xgb.Booster(model_file=bytearray(m)).inplace_predict(x) for m in payload["models"]]
@@ -628,7 +628,7 @@ def test_stacked_fit_in_one_task_equals_the_fit_by_reductions(runtime, tmp_path)
         train={"models": ["xgboost_partitions", "stacked"], "partitions": {"xgboost_rounds": 10}},
     )
     result = run(config, runtime=runtime)
-    payload = artifacts.load_model(result.run_dir, "xgboost_partitions")
+    payload = trained_models.load_model(result.run_dir, "xgboost_partitions")
     data = load_training_data(runtime, result.run_dir / "etl", seed=0)
     members = [bytearray(m) for m in payload["models"]]
     by_reductions = fit_stacker(runtime, data, members, in_one_task=False)

@@ -17,7 +17,7 @@ from sklearn.metrics import accuracy_score, log_loss, mean_absolute_error, mean_
 from shardflow.pipelines.etl.stage import etl
 from shardflow.pipelines.families.registry import FAMILIES
 from shardflow.pipelines.job import evaluate_run, train
-from shardflow.pipelines.records import artifacts
+from shardflow.pipelines.records import artifacts, trained_models
 from shardflow.pipelines.serving.predict import predict
 from shardflow.pipelines.setup.config import default_config_path, load_config
 from shardflow.pipelines.setup.train_config import MLPConfig
@@ -70,7 +70,7 @@ def test_global_xgboost_matches_single_process_train(trained):
         params, dtrain, num_boost_round=40, evals=[(dvalid, "validation")], early_stopping_rounds=20, verbose_eval=False
     )
     ref_auc = roc_auc_score(y_valid, reference.predict(dvalid, iteration_range=(0, reference.best_iteration + 1)))
-    ours = xgboost_predict(artifacts.load_model(run_dir, "xgboost")["model"], x_valid)
+    ours = xgboost_predict(trained_models.load_model(run_dir, "xgboost")["model"], x_valid)
     auc = roc_auc_score(y_valid, ours)
     assert abs(auc - ref_auc) < 0.005, (auc, ref_auc)
     assert auc > 0.75  # the generated data has signal: a model that learned nothing fails here
@@ -104,7 +104,7 @@ def test_small_data_trains_the_global_xgboost_on_one_worker_and_matches(trained,
     reference = xgb.train({**meta["params"], "nthread": 2}, dtrain, num_boost_round=meta["best_iteration"] + 1)
     dvalid = xgb.DMatrix(x_valid, feature_names=names, feature_types=types, enable_categorical=True)
     np.testing.assert_allclose(xgboost_predict(meta["model"], x_valid), reference.predict(dvalid), atol=1e-5)
-    allreduce = xgboost_predict(artifacts.load_model(trained_dir, "xgboost")["model"], x_valid)
+    allreduce = xgboost_predict(trained_models.load_model(trained_dir, "xgboost")["model"], x_valid)
     assert (
         abs(roc_auc_score(y_valid, xgboost_predict(meta["model"], x_valid)) - roc_auc_score(y_valid, allreduce)) < 0.005
     )
@@ -113,7 +113,7 @@ def test_small_data_trains_the_global_xgboost_on_one_worker_and_matches(trained,
 def test_row_weighted_averaging_by_hand(trained):
     _, run_dir, result, _ = trained
     x_valid, _ = zarr_split(run_dir / "etl", "valid")
-    payload = artifacts.load_model(run_dir, "xgboost_partitions")
+    payload = trained_models.load_model(run_dir, "xgboost_partitions")
     members = [xgb.Booster(model_file=bytearray(m)) for m in payload["models"]]
     rows = result.results["xgboost_partitions"]["weights"]
     assert rows == result.data.train_rows  # one model per partition, weighted by its training rows
@@ -130,7 +130,7 @@ def test_distributed_metrics_equal_sklearn(trained):
     for name, metrics in evaluated["metrics"].items():
         if name == "stacked":
             continue  # scored out-of-fold; checked below
-        p = FAMILIES[name].predict(artifacts.load_model(run_dir, name), x_valid)
+        p = FAMILIES[name].predict(trained_models.load_model(run_dir, name), x_valid)
         assert metrics["rows"] == len(y_valid)
         assert metrics["auc"] == pytest.approx(roc_auc_score(y_valid, p), abs=1e-4), name
         assert metrics["logloss"] == pytest.approx(log_loss(y_valid, np.clip(p, 1e-15, 1 - 1e-15)), rel=1e-6), name
@@ -165,7 +165,7 @@ def test_predict_reproduces_evaluation(trained, tmp_path, runtime):
     for name in ("xgboost", "mlp"):
         out = predict(run_dir, source, tmp_path / name, model=name, runtime=runtime)
         scored = pd.read_parquet(out.output).set_index("trip_id")
-        expected = FAMILIES[name].predict(artifacts.load_model(run_dir, name), x_valid)
+        expected = FAMILIES[name].predict(trained_models.load_model(run_dir, name), x_valid)
         np.testing.assert_allclose(scored.loc[valid_ids, "prediction"].to_numpy(), expected, rtol=1e-6, atol=1e-7)
 
 
@@ -180,8 +180,8 @@ def test_loading_refuses_a_changed_model(trained, tmp_path):
     data[-10] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(artifacts.ArtifactError, match=r"xgboost.ubj: does not match the run's manifest"):
-        artifacts.load_model(copy, "xgboost")
-    assert artifacts.load_model(copy, "mlp")["params"]  # other files still load
+        trained_models.load_model(copy, "xgboost")
+    assert trained_models.load_model(copy, "mlp")["params"]  # other files still load
 
 
 def test_fixed_seed_gives_identical_metrics(trained, runtime):

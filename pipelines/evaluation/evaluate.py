@@ -26,7 +26,7 @@ def evaluate(runtime, data: TrainingData, payloads: dict) -> dict:
     Parameters
     ----------
     payloads : dict
-        ``{family: payload}`` as loaded by :func:`shardflow.pipelines.records.artifacts.load_model`.
+        ``{family: payload}`` as loaded by :func:`shardflow.pipelines.records.trained_models.load_model`.
         The stacked family is scored out-of-fold with its cross-fitted coefficients.
         Metrics are weighted by the sample weights and in the target's units
         (``data.scoring``).

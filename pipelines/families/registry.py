@@ -67,11 +67,6 @@ def _exporter(name: str) -> Deferred:
     return Deferred("tasks.onnx_graph", name)
 
 
-class FamilySkipped(Exception):
-    """Raised by a family's ``train`` that cannot train on this data (the linear baseline on
-    more coefficients than its Newton fit holds): the run goes on without it, and says why."""
-
-
 @dataclass
 class FamilyResult:
     """What a family's :meth:`ModelFamily.train` returns.

@@ -81,6 +81,11 @@ class FamilySpec:
         return f"{self.name}/model-{index:05d}.{suffix}"
 
 
+class FamilySkipped(Exception):
+    """Raised by a family's ``train`` that cannot train on this data (the linear baseline on
+    more coefficients than its Newton fit holds): the run goes on without it, and says why."""
+
+
 NEURAL = ("shardflow.tasks.neural",)
 
 #: The families shardflow ships, in the order tables and reports list them (the linear

@@ -396,10 +396,10 @@ def gain_importances(run_dir, name: str, features: list):
     import numpy as np
     import xgboost
 
-    from shardflow.pipelines.records import artifacts
+    from shardflow.pipelines.records import trained_models
 
     booster = xgboost.Booster()
-    booster.load_model(bytearray(artifacts.load_model(run_dir, name)["model"]))
+    booster.load_model(bytearray(trained_models.load_model(run_dir, name)["model"]))
     gain = booster.get_score(importance_type="gain")
     # Keyed by the booster's feature names when it has them, else by XGBoost's f0, f1, ... in the model's order.
     names = features if booster.feature_names else [f"f{i}" for i in range(len(features))]

@@ -102,7 +102,7 @@ def build_report(run_dir) -> Path:
         facts = replace(facts, task=task)
     metrics = evaluation.get("metrics", {})
     config = run.config.read_text() if run.config.exists() else ""
-    from shardflow.pipelines.records.artifacts import available_models
+    from shardflow.pipelines.records.trained_models import available_models
 
     trained = available_models(run_dir)
     sections = [

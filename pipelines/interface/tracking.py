@@ -240,8 +240,9 @@ def log_run(tracked: MLflowRun, config, run_dir) -> None:
 
     from shardflow.core.storage import zarr_store
     from shardflow.pipelines.families.registry import FAMILIES
-    from shardflow.pipelines.records.artifacts import RunFiles, available_models
+    from shardflow.pipelines.records.artifacts import RunFiles
     from shardflow.pipelines.records.rundir import RunDir, read_manifest
+    from shardflow.pipelines.records.trained_models import available_models
     from shardflow.tasks.encode import Preprocessor
 
     run = RunDir(run_dir)

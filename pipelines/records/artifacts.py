@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -84,16 +83,6 @@ def load_weights(path) -> dict:
     )
 
 
-def save_models(stage_dir: Path, results: dict, task: str) -> None:
-    """Write each trained family's files into ``stage_dir`` (the temporary train stage)."""
-    from shardflow.pipelines.families.registry import FAMILIES
-
-    stage_dir = location(stage_dir)
-    for name, result in results.items():
-        FAMILIES[name].save(stage_dir, result)
-    write_json(RunDir.train_file(stage_dir, "task"), {"task": task})
-
-
 def artifact_hashes(run_dir: Path, stage: str) -> dict:
     """``{relative path: sha256}`` of every file of a stage, for the manifest."""
     run = RunDir(run_dir)
@@ -149,36 +138,6 @@ class RunFiles:
         return load_weights(self.path(path))
 
 
-def available_models(run_dir: Path) -> list:
-    """The families trained in a run, in the registry's order."""
-    from shardflow.pipelines.families.registry import FAMILIES
-
-    run = RunDir(run_dir)
-    recorded = read_manifest(run_dir).artifacts
-    return [name for name, family in FAMILIES.items() if run.relative(run.trained(family.file())) in recorded]
-
-
-def load_model(run_dir, name: str) -> dict:
-    """Load one trained family's payload (what its ``predict`` function takes), with ``task``.
-
-    Raises
-    ------
-    ArtifactError
-        A file is missing, or differs from what the manifest recorded.
-    """
-    from shardflow.pipelines.families.registry import FAMILIES
-
-    files = RunFiles(run_dir)
-    if not files.manifest.has(RunDir.TRAIN):
-        raise ArtifactError(f"{run_dir}: has no trained models (no train stage in its manifest)")
-    if name not in available_models(run_dir):
-        raise ArtifactError(
-            f"model {name!r} was not trained in {run_dir}; available: {', '.join(available_models(run_dir))}"
-        )
-    task = files.read_json(files.run.trained("task"))["task"]
-    return {"task": task, **FAMILIES[name].load(files)}
-
-
 def write_json(path: Path, data) -> None:
     """``data`` as JSON (NumPy arrays and scalars as lists and numbers)."""
     location(path).write_text(json.dumps(data, indent=1, default=_jsonable))
@@ -190,45 +149,3 @@ def _jsonable(value):
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-@dataclass
-class ScoringFiles:
-    """What scoring with a finished run reads from it, every file checked against the manifest."""
-
-    manifest: Manifest
-    model: str
-    payload: dict
-    preprocessor: object  #: :class:`~shardflow.tasks.encode.Preprocessor`
-    config_path: Path
-    metrics: dict  #: ``evaluate/metrics.json`` (``{"metrics": {}}`` for a run not evaluated)
-
-
-def scoring_files(run_dir, model: str | None = None, *, option: str = "--run") -> ScoringFiles:
-    """The verified files ``predict`` and ``export`` score with: the model (default: the run's
-    best on validation), its preprocessing and the run's config.
-
-    A shared run directory edited after the run is refused here, never executed.
-    """
-    from shardflow.tasks.encode import Preprocessor
-    from shardflow.tasks.metrics import best_model
-
-    run_dir = location(run_dir)
-    manifest = read_manifest(run_dir)
-    run = RunDir(run_dir)
-    if not manifest.has(RunDir.TRAIN):
-        raise ShardflowError(f"{option} {run_dir}: not a finished run (no train stage in its manifest.json)")
-    evaluated = run.relative(run.metrics) in manifest.artifacts
-    metrics = (
-        json.loads(verified_path(run_dir, run.relative(run.metrics), manifest).read_text())
-        if evaluated
-        else {"metrics": {}}
-    )
-    if model is None:
-        if not metrics["metrics"]:
-            raise ShardflowError(f"{option} {run_dir}: not evaluated, so there is no best model; pass --model")
-        model = best_model(metrics["metrics"], metrics["task"])
-    payload = load_model(run_dir, model)
-    preprocessor = Preprocessor.from_json(verified_path(run_dir, run.relative(run.preprocessor), manifest).read_text())
-    config_path = verified_path(run_dir, run.relative(run.config), manifest)
-    return ScoringFiles(manifest, model, payload, preprocessor, config_path, metrics)

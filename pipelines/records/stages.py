@@ -76,6 +76,7 @@ STAGE_CODE = {
         "tasks/custom_models.py",
         "pipelines/job.py",
         "pipelines/records/artifacts.py",
+        "pipelines/records/trained_models.py",
         "pipelines/setup/train_config.py",
         "pipelines/training/*.py",
     ),

@@ -24,7 +24,7 @@ from dask.utils import format_bytes
 from shardflow.core.errors import ShardflowError
 from shardflow.core.storage import location
 from shardflow.pipelines.families.registry import FAMILIES
-from shardflow.pipelines.records import artifacts
+from shardflow.pipelines.records import trained_models
 from shardflow.pipelines.records.manifest import stage_of
 from shardflow.pipelines.records.ownership import new_output_dir
 from shardflow.pipelines.records.rundir import RunDir, atomic_directory, read_manifest
@@ -107,7 +107,7 @@ def export(
             "(1: any loss, and an unmeasured one)"
         )
     run_dir = location(run_dir, storage_options)
-    files = artifacts.scoring_files(run_dir, model, option="export")  # checked against the manifest
+    files = trained_models.scoring_files(run_dir, model, option="export")  # checked against the manifest
     if quantize == "int8" and not FAMILIES[files.model].quantizable:
         raise ExportError(
             f"--quantize int8: quantizes the MLP families' weights; {files.model} has no matrix "

@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from shardflow.core.errors import InputError, ShardflowError
 from shardflow.core.storage import location
-from shardflow.pipelines.records import artifacts
+from shardflow.pipelines.records import trained_models
 from shardflow.pipelines.records.rundir import RunDir
 from shardflow.pipelines.setup.config import load_config
 
@@ -44,7 +44,7 @@ class TrainedModel:
         from shardflow.pipelines.serving.predict import check_dimension_tables
 
         self.run_dir = location(run_dir, storage_options)
-        files = artifacts.scoring_files(self.run_dir, name, option="load_model")
+        files = trained_models.scoring_files(self.run_dir, name, option="load_model")
         self.name = files.model
         self.preprocessor, self._payload = files.preprocessor, files.payload
         self._predictor = FAMILIES[files.model].predictor()

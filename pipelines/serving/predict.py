@@ -19,7 +19,7 @@ from shardflow.core.storage import check_url, location, url_scheme
 from shardflow.pipelines.families.registry import FAMILIES
 from shardflow.pipelines.graph import named_delayed, scatter_named, task_names
 from shardflow.pipelines.interface import progress
-from shardflow.pipelines.records import artifacts
+from shardflow.pipelines.records import artifacts, trained_models
 from shardflow.pipelines.records.manifest import Manifest
 from shardflow.pipelines.records.ownership import new_output_dir
 from shardflow.pipelines.records.rundir import RunDir, atomic_directory
@@ -167,7 +167,7 @@ def predict(
         except ValueError as err:
             raise ShardflowError(str(err)) from None
     run_dir = location(run_dir, storage_options)
-    files = artifacts.scoring_files(run_dir, model)  # every file checked against the manifest's hashes
+    files = trained_models.scoring_files(run_dir, model)  # every file checked against the manifest's hashes
     if explain and (FAMILIES[files.model].explain is None or engine != "shardflow"):
         raise ShardflowError(
             f"--explain: exact contributions are for the XGBoost models with --engine shardflow; {files.model!r} "

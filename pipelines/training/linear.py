@@ -14,7 +14,7 @@ import logging
 import time
 
 from shardflow.cluster.factory import Runtime
-from shardflow.pipelines.families.registry import FamilySkipped
+from shardflow.pipelines.families.specs import FamilySkipped
 from shardflow.pipelines.graph import tree_reduce_futures
 from shardflow.pipelines.records.rundir import RunDir
 from shardflow.pipelines.training.data import TrainingData, call_token
