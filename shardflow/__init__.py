@@ -29,6 +29,7 @@ _PUBLIC = {
     "train": "shardflow.pipelines.job",
     "evaluate_run": "shardflow.pipelines.job",
     "run": "shardflow.pipelines.job",
+    "tune": "shardflow.pipelines.tuning.search",
     "predict": "shardflow.pipelines.serving.predict",
     "build_report": "shardflow.pipelines.interface.report",
     "list_runs": "shardflow.pipelines.interface.report",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from shardflow.core.errors import ShardflowError
 from shardflow.pipelines.families.specs import family_names
+from shardflow.pipelines.interface.cli_tune import TUNE_HELP, add_tune_parser, cmd_tune
 from shardflow.pipelines.interface.commands import (
     DEFAULT_WORK_DIR,
     cmd_etl,
@@ -85,6 +86,7 @@ COMMAND_HELP = {
         "The same rows and seed give the same bytes.",
         "example:\n  shardflow generate --rows 20000000 --out data/trips-20m",
     ),
+    "tune": TUNE_HELP,
 }
 
 
@@ -217,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="save Dask's performance report (task stream, profile, bandwidth) in the run directory",
     )
     _add_cluster_options(run)
+    add_tune_parser(sub, _add_config_options, _add_cluster_options, run_arg)
 
     etl = sub.add_parser("etl", help="the ETL stage: input → features (Parquet + Zarr)")
     _add_config_options(etl, required=True)
@@ -415,6 +418,7 @@ def _dispatch(args) -> int:
         "plan": cmd_plan,
         "report": cmd_report,
         "runs": cmd_runs,
+        "tune": cmd_tune,
     }
     try:
         return commands[args.command](args)

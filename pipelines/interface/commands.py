@@ -1,6 +1,6 @@
 """What each sub-command of the ``shardflow`` command does, once its arguments are parsed.
 
-One ``cmd_<name>(args)`` per sub-command (``run``, ``etl``, ``plan``, ``predict``,
+One ``cmd_<name>(args)`` per sub-command (``run``, ``tune``, ``etl``, ``plan``, ``predict``,
 ``export``, ``report``, ``runs``, ``generate``): each loads the job's config with the
 command line's overrides, calls the function of the same name in the layer that owns it,
 prints what the user asked for and returns the exit status. The parser and the entry
@@ -290,6 +290,30 @@ def cmd_run(args) -> int:
         print(interrupted_message(args, started[-1] if started else None, config.runs_dir), file=sys.stderr)
         return 130
     print(f"report: {RunDir(result.run_dir).report}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from shardflow.pipelines.tuning.search import tune
+
+    config = _load(args)
+    resume = resolve_run(args.resume, config.runs_dir) if args.resume is not None else None
+    started = []
+    try:
+        result = tune(
+            config,
+            resume=resume,
+            trials=args.trials,
+            force=args.force,
+            on_evaluated=lambda run_dir: print(comparison_text(run_dir)),
+            on_started=started.append,
+        )
+    except KeyboardInterrupt:
+        print(interrupted_message(args, started[-1] if started else None, config.runs_dir), file=sys.stderr)
+        return 130
+    default = "" if result.default_value is None else f", the defaults' {result.default_value:.6g}"
+    print(f"tuned:  {result.metric} {result.best_value:.6g} (best of {result.trials} trials{default})")
+    print(f"run:    {result.run_dir}\nreport: {RunDir(result.run_dir).report}")
     return 0
 
 

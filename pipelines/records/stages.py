@@ -79,6 +79,8 @@ STAGE_CODE = {
         "pipelines/records/trained_models.py",
         "pipelines/setup/train_config.py",
         "pipelines/training/*.py",
+        "pipelines/tuning/*.py",  # the tuned parameters count in the key too (train.xgboost.params)
+        "tasks/tuning.py",
     ),
     RunDir.EVALUATE: (
         "tasks/evaluation.py",
@@ -90,6 +92,7 @@ STAGE_CODE = {
 #: Code that changes how a run looks or where it runs, never what it computes.
 COSMETIC_CODE = (
     "pipelines/interface/cli.py",
+    "pipelines/interface/cli_tune.py",
     "pipelines/interface/commands.py",
     "pipelines/interface/console.py",
     "pipelines/interface/figures.py",
@@ -236,7 +239,10 @@ def stage_keys(config: Config, plan=None) -> dict:
 
     # A family registered from Python is not in the code version: its estimator's description is.
     registered = [getattr(FAMILIES[m], "fingerprint", "") for m in config.train.models]
-    train = tokenize(etl, data["train"], code_version(RunDir.TRAIN), registered)
+    # How the parameters were searched (train.tune) trains nothing itself: a tuned job's
+    # parameters are in train.xgboost.params, which count.
+    section = {k: v for k, v in data["train"].items() if k != "tune"}
+    train = tokenize(etl, section, code_version(RunDir.TRAIN), registered)
     return {RunDir.ETL: etl[:16], RunDir.TRAIN: train[:16], RunDir.EVALUATE: evaluate_key(train[:16])}
 
 

@@ -20,6 +20,7 @@ from shardflow.core.constraints import (
     option,
 )
 from shardflow.pipelines.families.specs import default_families, family_names
+from shardflow.pipelines.tuning.space import merge_space
 
 
 @dataclass
@@ -123,6 +124,47 @@ class MLPConfig:
 
 
 @dataclass
+class RangeConfig:
+    """One parameter's range in ``train.tune.space``: ``low``..``high`` (``log``: on a log
+    scale; ``integer``: whole numbers), or ``choices``; an option left out keeps the default
+    range's (see :data:`~shardflow.pipelines.tuning.space.XGBOOST_SPACE`)."""
+
+    low: float | None = option(None, check=Between())
+    high: float | None = option(None, check=Between())
+    log: bool | None = option(None, check=OneOf((True, False)))
+    integer: bool | None = option(None, check=OneOf((True, False)))
+    choices: list | None = option(None, check=Anything("the values to choose from, checked by the space"))
+
+
+@dataclass
+class TuneConfig:
+    """``train.tune:`` the search of the global XGBoost's parameters (``shardflow tune``).
+
+    ``trials`` trials (the first trains the untuned parameters), proposed by Optuna's TPE
+    sampler (``startup_trials`` random ones first) over ``space``: the default ranges
+    (:data:`~shardflow.pipelines.tuning.space.XGBOOST_SPACE`), each overridable
+    (``max_depth: {high: 6}``), removable (``alpha: null``), and other XGBoost parameters
+    added with a range. A trial whose per-round validation metric falls behind stops early
+    (``pruner``: ``median`` of the finished trials at the same round, ``halving``: successive
+    halving, ``none``) once ``warmup_rounds`` have passed. ``concurrent: auto`` runs one trial
+    per worker, side by side, when a trial's data fits one worker
+    (:func:`trains_on_one_worker`), else one trial at a time across all workers.
+    """
+
+    trials: int = option(40, check=Between(1, 100_000))
+    startup_trials: int = option(10, check=Between(1, 100_000))
+    pruner: str = option("median", check=OneOf(("median", "halving", "none")))
+    warmup_rounds: int = option(10, check=Between(0, MAX_ROUNDS))
+    concurrent: str = option("auto", check=OneOf(("auto", "true", "false")))
+    space: dict[str, RangeConfig | None] = option(
+        factory=dict, check=Anything("XGBoost parameters and their ranges, checked by merge_space")
+    )
+
+    def __post_init__(self):
+        merge_space(self.space)  # a bad range fails as the config loads, naming its key
+
+
+@dataclass
 class TrainConfig:
     """``train:`` which model families to train, and how.
 
@@ -149,6 +191,7 @@ class TrainConfig:
     partitions: PartitionModelsConfig = option(factory=PartitionModelsConfig, check=Section())
     groups: GroupModelsConfig = option(factory=GroupModelsConfig, check=Section())
     mlp: MLPConfig = option(factory=MLPConfig, check=Section())
+    tune: TuneConfig = option(factory=TuneConfig, check=Section())
 
 
 def check_groups(train, features, name: str) -> None:
