@@ -15,12 +15,12 @@ import pytest
 import xgboost as xgb
 import zarr
 
-from shardflow.pipelines.records.trained_models import load_model
 from shardflow.pipelines.records.rundir import RunDir
 from shardflow.pipelines.records.stages import stage_keys
+from shardflow.pipelines.records.trained_models import load_model
 from shardflow.pipelines.setup.config import ConfigError, load_config
+from shardflow.pipelines.tuning.files import tune_file
 from shardflow.pipelines.tuning.search import tune
-from shardflow.pipelines.tuning.study import tune_file
 from shardflow.tasks.models import xgboost_predict
 
 TRIALS = 6
@@ -86,6 +86,8 @@ def test_the_study_improves_on_the_defaults_where_depth_matters(tuned):
     assert record["importances"] and set(record["importances"]) <= set(record["space"])
     best_so_far = [row["best_so_far"] for row in record["history"] if row["best_so_far"] is not None]
     assert best_so_far == sorted(best_so_far, reverse=True) and best_so_far[-1] == result.best_value
+    page = RunDir(result.run_dir).report.read_text()
+    assert 'id="tuning"' in page and f"{result.best_value:.5g}" in page and "trained with the best trial" in page
 
 
 def test_the_final_model_is_trained_with_the_best_parameters(tuned):

@@ -37,6 +37,7 @@ from shardflow.pipelines.interface.report_format import TargetFacts, count, metr
 from shardflow.pipelines.interface.report_html import CSS, facts_html, figure_html, png_data_uri, section, table_html
 from shardflow.pipelines.interface.report_quality import partition_metrics_section, quality_section
 from shardflow.pipelines.interface.report_settings import settings_section
+from shardflow.pipelines.interface.report_tuning import tuning_section
 from shardflow.pipelines.records.manifest import EtlSummary, ManifestError
 from shardflow.pipelines.records.rundir import RunDir, read_manifest, write_text_atomic
 from shardflow.tasks.metrics import best_model, primary_metric
@@ -111,6 +112,7 @@ def build_report(run_dir) -> Path:
         ("curves", "Training curves", _training_curves(run_dir, trained)),
         ("explanations", "What the models rely on", explanations_section(run.explanations)),
         ("hyperparameters", "Hyperparameters", settings_section(run, trained, config)),
+        ("tuning", "Tuning (the search for the global XGBoost's parameters)", tuning_section(run_dir)),
         (
             "partitions",
             "Per-partition metrics",

@@ -31,6 +31,7 @@ from shardflow.pipelines.records.rundir import RunDir, find_run, new_run_id, wri
 from shardflow.pipelines.records.stages import code_version, stage_keys
 from shardflow.pipelines.setup.config import Config
 from shardflow.pipelines.training import load_training_data
+from shardflow.pipelines.tuning.files import tune_file
 from shardflow.pipelines.tuning.space import merge_space, space_summary, with_params
 from shardflow.pipelines.tuning.study import (
     StudySettings,
@@ -39,7 +40,6 @@ from shardflow.pipelines.tuning.study import (
     optimize,
     study_name,
     study_record,
-    tune_file,
 )
 from shardflow.pipelines.tuning.trials import ClusterTrials, Objective, WorkerTrials, concurrent_trials
 
@@ -139,7 +139,7 @@ def tune(
         if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
             raise ConfigError(f"trials: expected a whole number of at least 1, got {trials!r}")
         config.train.tune.trials = trials
-    tuned_family(config)
+    family = tuned_family(config)
     runs_dir = prepare_runs_dir(config.runs_dir)
     if isinstance(runs_dir, StorePath):
         raise ShardflowError(
@@ -166,7 +166,7 @@ def tune(
             on_started(run_dir)
         runtime = as_runtime(runtime) or plan.start_cluster()
         return _tune_claimed(
-            config, runtime, run_dir, plan=plan, keys=keys, on_trial=on_trial, on_evaluated=on_evaluated
+            config, runtime, run_dir, plan=plan, keys=keys, family=family, on_trial=on_trial, on_evaluated=on_evaluated
         )
     finally:
         if owns and runtime is not None:
@@ -174,7 +174,7 @@ def tune(
         release_run(run_dir)
 
 
-def _tune_claimed(config: Config, runtime, run_dir, *, plan, keys: dict, on_trial, on_evaluated) -> TuneResult:
+def _tune_claimed(config: Config, runtime, run_dir, *, plan, keys: dict, family, on_trial, on_evaluated) -> TuneResult:
     from shardflow.pipelines.etl.stage import etl
 
     tc = config.train
@@ -201,7 +201,9 @@ def _tune_claimed(config: Config, runtime, run_dir, *, plan, keys: dict, on_tria
             runner.close()
     mode = "concurrent" if concurrent else "distributed"
     record = study_record(study, settings, trials=tc.tune.trials, mode=mode, seconds=time.perf_counter() - started)
-    record.update(metric=objective.metric, space=space_summary(space), workers=len(set(data.workers)))
+    record.update(
+        family=family.name, metric=objective.metric, space=space_summary(space), workers=len(set(data.workers))
+    )
     write_text_atomic(tune_file(run_dir, "result"), json.dumps(record, indent=1, default=float))
     best, default = record["best"], record["default"]
     if best is None:

@@ -23,20 +23,10 @@ from dask.base import tokenize
 
 from shardflow.core.errors import ShardflowError
 from shardflow.pipelines.interface import progress
-from shardflow.pipelines.records.rundir import RunDir
+from shardflow.pipelines.tuning.files import tune_file
 from shardflow.pipelines.tuning.space import default_point
 
 logger = logging.getLogger("shardflow.tune")
-
-#: The tuning's folder in a run directory, and its files there.
-TUNE_DIR = "tune"
-TUNE_FILES = {"study": "study.journal", "result": "tune.json", "scratch": "trials"}
-
-
-def tune_file(run_dir, what: str):
-    """``<run>/tune/<file>``: the study's journal (``study``), the record (``result``), the
-    distributed trials' checkpoints (``scratch``)."""
-    return RunDir(run_dir).path / TUNE_DIR / TUNE_FILES[what]
 
 
 def load_optuna():
