@@ -98,10 +98,45 @@ def killed_worker_message(task, limit: int) -> str:
     )
 
 
+#: The reason Dask gives the futures of a client that lost its scheduler.
+SCHEDULER_LOST = "scheduler-connection-lost"
+
+
+def scheduler_lost_message(address: str | None = None, run: str | None = None) -> str:
+    """What to do when the scheduler is gone (its host lost, the process killed).
+
+    Examples
+    --------
+    >>> scheduler_lost_message("tcp://10.0.0.1:8786", "20260101-120000-ab12cd")  # doctest: +ELLIPSIS
+    'lost the connection to the scheduler at tcp://10.0.0.1:8786; ... --resume 20260101-120000-ab12cd'
+    """
+    where = f" at {address}" if address else ""
+    resume = run or "RUN (its id: `shardflow runs` lists it)"
+    return (
+        f"lost the connection to the scheduler{where}; the run keeps its completed stages and "
+        f"checkpoints: once a scheduler and its workers are back, run the same command with --resume {resume}"
+    )
+
+
+def check_scheduler(client, run: str | None = None) -> None:
+    """Raise :class:`ClusterError` (:func:`scheduler_lost_message`) if ``client`` lost its scheduler.
+
+    Everything the scheduler held (data, futures, a collective's tracker) is gone with it, and
+    the workers leave when it does: waiting for them cannot help; ``--resume`` can.
+    """
+    if client.status != "running" or "workers" not in client.scheduler_info(n_workers=-1):
+        raise ClusterError(scheduler_lost_message(getattr(client.scheduler, "address", None), run))
+
+
 def describe_failure(err: BaseException) -> str | None:
     """A one-line explanation, naming the task and the setting to change, of a cluster failure."""
     from distributed.scheduler import KilledWorker
 
+    seen = err
+    while seen is not None:  # the futures a lost scheduler took, also behind a later error
+        if "Cancelled" in type(seen).__name__ and SCHEDULER_LOST in str(seen):
+            return scheduler_lost_message()
+        seen = seen.__cause__ or seen.__context__
     if isinstance(err, KilledWorker):
         task = getattr(err, "task", None) or (err.args[0] if err.args else "?")
         allowed = getattr(err, "allowed_failures", None)

@@ -87,7 +87,7 @@ def gather_watching(client, futures, workers, what: str, poll: float = 2.0):
         try:
             wait(running, timeout=poll, return_when="FIRST_COMPLETED")
         except TimeoutError:
-            alive = set(client.scheduler_info(n_workers=-1)["workers"])
+            alive = set(client.scheduler_info(n_workers=-1).get("workers", {}))  # empty: the scheduler is gone
             gone = [w for w in workers if w not in alive]
             if gone:
                 client.cancel(futures)

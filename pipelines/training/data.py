@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dask.base import tokenize
 
-from shardflow.cluster.factory import Runtime
+from shardflow.cluster.factory import Runtime, check_scheduler
 from shardflow.core.storage import location, zarr_store
 from shardflow.pipelines.records.manifest import EtlSummary
 from shardflow.pipelines.records.rundir import RunDir
@@ -166,6 +166,12 @@ def call_token(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+def stop_if_scheduler_lost(runtime, data: TrainingData) -> None:
+    """Raise a one-line ``ClusterError`` naming the run to ``--resume`` if the scheduler is gone:
+    it took the workers and every future with it, so no retry can help."""
+    check_scheduler(runtime.client, run=location(data.etl_dir).parent.name if data.etl_dir else None)
+
+
 def recover(runtime, data: TrainingData, n_workers: int, timeout: float = 60.0) -> TrainingData:
     """After a failed collective step: wait for the workers to come back, place the data again.
 
@@ -173,6 +179,7 @@ def recover(runtime, data: TrainingData, n_workers: int, timeout: float = 60.0) 
     the worker set must stay unchanged for a moment before the data is placed again.
     """
     client = runtime.client
+    stop_if_scheduler_lost(runtime, data)
     deadline = time.monotonic() + timeout
     previous = None
     while True:

@@ -17,7 +17,7 @@ from shardflow.core.errors import ShardflowError
 from shardflow.pipelines.interface import progress
 from shardflow.pipelines.records.rundir import RunDir
 from shardflow.pipelines.setup.train_config import XGBoostConfig, trains_on_one_worker
-from shardflow.pipelines.training.data import TrainingData, call_token, recover
+from shardflow.pipelines.training.data import TrainingData, call_token, recover, stop_if_scheduler_lost
 from shardflow.tasks.metric_sums import metric_direction
 from shardflow.tasks.targets import target_kind
 
@@ -255,6 +255,7 @@ def train_global_xgboost(
         except Exception as err:
             if attempt == max_attempts or isinstance(err, ShardflowError):
                 raise
+            stop_if_scheduler_lost(runtime, data)
             logger.warning(
                 "xgboost: training failed (%s: %s); attempt %d/%d resumes from the last checkpoint",
                 type(err).__name__,
