@@ -610,7 +610,7 @@ def main(argv=None) -> int:
         description=__doc__.split("\n\n")[0],
         epilog="Needs Linux, root, ip, unshare, nsenter and ss. See tests/multihost.py's docstring.",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{up,run,clean}")
     up = commands.add_parser("up", help="start the hosts and the cluster, print how to enter them, wait for Ctrl-C")
     up.add_argument("--workers", type=int, default=2)
     job = commands.add_parser("run", help="run the default job across the hosts, data and runs in S3")

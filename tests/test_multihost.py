@@ -31,7 +31,7 @@ REASON = unavailable()
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(REASON is not None, reason=str(REASON)),
-    pytest.mark.timeout(600),
+    pytest.mark.timeout(900),  # a shared 2-core machine: the first test runs both jobs
 ]
 
 pytest.importorskip("moto.server", reason="the multi-host tests need moto's S3 server: pip install -e '.[test]'")
