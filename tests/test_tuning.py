@@ -221,3 +221,28 @@ def test_the_tune_command_says_what_it_tuned(table, tmp_path):
     tuned_line = next(line for line in lines if line.startswith("tuned:"))
     assert "rmse" in tuned_line and "best of 2 trials, the defaults'" in tuned_line
     assert any(line.startswith("report: ") for line in lines)
+
+
+def test_each_trial_is_an_mlflow_child_run_of_the_run(table, runtime, tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow", reason="the tracking tests need MLflow: pip install -e '.[test]'")
+    monkeypatch.chdir(tmp_path)  # a SQLite store keeps its artifacts under ./mlruns
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = job(
+        table,
+        tmp_path / "runs",
+        f"tracking.mlflow.tracking_uri={uri}",
+        "tracking.mlflow.experiment=tuning",
+        "train.xgboost.num_boost_round=20",
+    )
+    result = tune(config, runtime, trials=3)
+    again = tune(config, runtime, trials=3)  # nothing new: no trial is logged twice
+    assert again.run_dir == result.run_dir
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("tuning").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("shardflow.run_id") == result.run_dir.name]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(int(c.data.tags["shardflow.trial"]) for c in children) == [0, 1, 2]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["tune.best.rmse"] == pytest.approx(result.best_value)
+    best = next(c for c in children if c.data.tags["shardflow.trial"] == "0")
+    assert best.data.params["max_depth"] == "1" and "validation.rmse" in best.data.metrics

@@ -115,6 +115,7 @@ COSMETIC_CODE = (
     "tasks/onnx_trees.py",
     "core/threads.py",
     "pipelines/interface/tracking.py",
+    "pipelines/interface/tracking_tuning.py",
     "pipelines/setup/tracking_config.py",
     "pipelines/interface/estimator.py",
     "pipelines/interface/hyperparameters.py",

@@ -222,6 +222,8 @@ def _tune_claimed(config: Config, runtime, run_dir, *, plan, keys: dict, family,
     final.train.xgboost.params = with_params(tc.xgboost.params, best["params"])
     result = run(final, runtime, run_dir=run_dir, plan=plan, on_evaluated=on_evaluated)
     del data
+    if config.tracking.mlflow is not None:
+        _log_trials(config, run_dir, record)
     return TuneResult(
         run_dir=run_dir,
         metric=objective.metric,
@@ -234,3 +236,23 @@ def _tune_claimed(config: Config, runtime, run_dir, *, plan, keys: dict, family,
         mode=mode,
         run=result,
     )
+
+
+def _log_trials(config: Config, run_dir, record: dict) -> None:
+    """One MLflow child run per trial under the run's MLflow run (``tracking.mlflow``); a
+    failure is a warning: the run is complete, and the same command logs the trials again."""
+    from shardflow.pipelines.interface.tracking_tuning import log_trials
+
+    try:
+        logged = log_trials(config.tracking.mlflow, run_dir, record)
+    except Exception as err:
+        logger.warning(
+            "tracking: logging the trials of run %s to MLflow failed (%s: %s); `shardflow tune --resume %s` "
+            "logs them again",
+            run_dir.name,
+            type(err).__name__,
+            str(err).splitlines()[0] if str(err) else "",
+            run_dir,
+        )
+        return
+    logger.info("tracking: %d trials logged to MLflow as child runs of run %s", logged, run_dir.name)

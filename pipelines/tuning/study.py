@@ -169,8 +169,7 @@ def optimize(study, runner, settings: StudySettings, *, trials: int, default_par
                 _tell(study, trial, result, replay(again, result["values"]))
                 done += 1
                 if counter is not None:
-                    best = study.best_trial
-                    counter.update(done, f"best {settings.metric} {best.value:.5g} (trial {best.number})")
+                    counter.update(done, _best_so_far(study, settings.metric))
                 if on_trial is not None:
                     on_trial(study, study.get_trials(deepcopy=False)[trial.number])
             if failed is not None and not flying:
@@ -185,6 +184,14 @@ def optimize(study, runner, settings: StudySettings, *, trials: int, default_par
         raise
     if counter is not None:
         counter.close()
+
+
+def _best_so_far(study, metric: str) -> str:
+    try:
+        best = study.best_trial
+    except ValueError:  # every finished trial was pruned so far
+        return ""
+    return f"best {metric} {best.value:.5g} (trial {best.number})"
 
 
 def _state(name: str):
