@@ -158,7 +158,7 @@ def markdown(out: dict) -> str:
         "| table | rows | study metric | defaults | best of 40 | change | pruned | study s |",
         "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
-    for q in out["quality"]:
+    for q in out.get("quality", []):
         change = 100 * (q["best"] - q["default"]) / abs(q["default"])
         lines.append(
             f"| {q['table']} | {q['rows']:,} | {q['metric']} | {q['default']:.4f} | {q['best']:.4f} | "
@@ -166,15 +166,15 @@ def markdown(out: dict) -> str:
         )
     lines += ["", "The final models (the train stage, evaluated on the validation split):", ""]
     lines += ["| table | metric | untuned run | tuned run |", "|---|---|---:|---:|"]
-    for q in out["quality"]:
+    for q in out.get("quality", []):
         for metric, value in q["evaluation"]["untuned"].items():
             lines.append(f"| {q['table']} | {metric} | {value:.4f} | {q['evaluation']['tuned'][metric]:.4f} |")
     lines += ["", "Best parameters and their importances (fANOVA):", ""]
-    for q in out["quality"]:
+    for q in out.get("quality", []):
         params = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in q["best_params"].items())
         importance = ", ".join(f"{k} {100 * v:.0f}%" for k, v in q["importances"].items())
         lines += [f"- {q['table']}: {params}", f"  - importances: {importance}"]
-    rates = {r["workers"]: r for r in out["rate"]}
+    rates = {r["workers"]: r for r in out.get("rate", [])}
     lines += [
         "",
         "## Trial rate: the same study of 24 trials (random proposals, no pruning: the same 24 models) on 10,000 rows",
@@ -182,7 +182,7 @@ def markdown(out: dict) -> str:
         "| workers × threads | mode | trials | study s | trials per minute |",
         "|---|---|---:|---:|---:|",
     ]
-    for r in out["rate"]:
+    for r in out.get("rate", []):
         rate = f"{r['trials_per_minute']:.1f}"
         lines.append(f"| {r['workers']} × 1 | {r['mode']} | {r['trials']} | {r['study_seconds']:.1f} | {rate} |")
     if 1 in rates and 2 in rates:

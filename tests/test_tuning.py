@@ -163,9 +163,22 @@ def test_an_interrupted_tuning_resumes_and_ends_with_all_its_trials(table, runti
 
 
 def test_trials_run_one_at_a_time_across_the_workers_when_told(table, runtime, tmp_path):
-    config = job(table, tmp_path / "runs", "train.tune.concurrent=false", "train.xgboost.num_boost_round=20")
-    result = tune(config, runtime, trials=3)
-    assert result.mode == "distributed" and result.trials == 3
+    """Each trial an allreduce over both workers (2 ranks); the pruner decides alike on every rank
+    (a rank that stopped alone would leave the other waiting in the collective)."""
+    config = job(
+        table,
+        tmp_path / "runs",
+        "train.tune.concurrent=false",
+        "train.xgboost.single_worker=false",
+        "train.xgboost.num_boost_round=20",
+        "train.tune.warmup_rounds=2",
+    )
+    result = tune(config, runtime, trials=8)
+    assert result.mode == "distributed" and result.trials == 8
+    record = json.loads(tune_file(result.run_dir, "result").read_text())
+    assert {row["worker"] for row in record["history"]} == {"all"}
+    assert {row["state"] for row in record["history"]} <= {"COMPLETE", "PRUNED"}
+    assert all(row["rounds"] > 2 for row in record["history"] if row["state"] == "PRUNED")  # after the warmup
     assert not tune_file(result.run_dir, "scratch").exists() or not any(tune_file(result.run_dir, "scratch").iterdir())
 
 

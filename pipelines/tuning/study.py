@@ -75,7 +75,7 @@ class StudySettings:
 
 def study_name(etl_key: str, objective, space: dict, tune, *, seed: int, code: str) -> str:
     """The study's name: a hash of what its trials' values depend on (see the module)."""
-    settings = (tune.pruner, tune.warmup_rounds, tune.startup_trials)
+    settings = (tune.pruner, tune.warmup_rounds)  # they decide a pruned trial's value; startup_trials does not
     return "xgb-" + tokenize(etl_key, objective.params, space, settings, seed, code)[:16]
 
 
