@@ -20,6 +20,7 @@ def test_there_are_notebooks():
 def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("SHARDFLOW_WORK", "work")  # relative, as a user's would be: to the kernel's folder
     monkeypatch.setenv("SHARDFLOW_WORKERS", "2")
+    monkeypatch.setenv("SHARDFLOW_ROWS", "40000")  # eight partitions of 5,000 rows: every cell, quickly
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(
         notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
@@ -29,6 +30,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(o.get("text", "") for o in outputs)
     assert "validation AUC on the sample" in text
+    assert re.search(r"most influential: \S+", text)  # the explanation plot read the run's contributions
     # What the notebook shows: the report it names exists, and its last listing shows that run.
     report = Path(re.search(r"report: (\S+)", text).group(1))
     assert report.name == "report.html" and (tmp_path / report).is_file()
