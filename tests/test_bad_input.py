@@ -170,6 +170,17 @@ def test_config_errors_name_the_key(override, message):
         load_config(default_config_path(), [override])
 
 
+@pytest.mark.parametrize("key", ["true", "false", "3"])
+def test_a_yaml_key_that_is_not_a_string_is_named(tmp_path, key):
+    """YAML reads an unquoted true/false or number as a bool or an int: one line naming the key."""
+    path = tmp_path / "job.yaml"
+    path.write_text(f"input: {{path: trips.csv}}\ntrain:\n  {key}: 3\n")
+    with pytest.raises(
+        ConfigError, match=r"config key 'train\.(True|False|3)' is a (bool|int), not a name .*quote the key"
+    ):
+        load_config(path)
+
+
 @pytest.mark.parametrize(
     "partition_by, message",
     [

@@ -133,6 +133,12 @@ def build_section(cls, data, prefix: str):
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     unknown = set(data) - set(fields)
     if unknown:
+        odd = [key for key in unknown if not isinstance(key, str)]
+        if odd:  # YAML reads an unquoted true/false or number as a non-string key
+            raise ConfigError(
+                f"config key '{prefix}{odd[0]}' is a {type(odd[0]).__name__}, not a name (YAML reads unquoted "
+                "true/false and numbers so): quote the key, or remove it"
+            )
         key = sorted(unknown)[0]
         moved = getattr(cls, "MOVED_KEYS", {}).get(key)
         if moved:
