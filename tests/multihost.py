@@ -80,6 +80,9 @@ def unavailable() -> str | None:
     missing = [tool for tool in ("ip", "unshare", "nsenter", "ss") if shutil.which(tool) is None]
     if missing:
         return f"multi-host tests need {', '.join(missing)} (iproute2, util-linux)"
+    for what, path in (("the Python", Path(sys.executable).resolve()), ("the checkout", HERE.resolve())):
+        if Path("/tmp") in path.parents:  # every host mounts a /tmp of its own over it
+            return f"multi-host tests cannot run with {what} under /tmp ({path}): each host's private /tmp hides it"
     probe = f"{PREFIX}-{os.getpid()}-probe{uuid.uuid4().hex[:4]}"
     made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
     if made.returncode:

@@ -711,7 +711,7 @@ def test_ctrl_c_during_training_exits_cleanly_and_the_next_run_resumes(trips_dir
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"run {run_dir.name}: etl current" in again.stderr
-    assert "resuming from the checkpoint at round" in again.stderr
+    assert "resuming from the checkpoint at round" in again.stderr, again.stderr[-4000:]
 
 
 def _in_group(process, group: int) -> bool:
