@@ -1,4 +1,5 @@
-"""Tuning the global XGBoost (``shardflow tune``): what 40 trials gain, and how trials scale with workers.
+"""Tuning (``shardflow tune``): what 40 trials gain for the global XGBoost and for the MLP, and
+how trials scale with workers.
 
 Two tables generated here (not the default trips generator):
 
@@ -11,7 +12,9 @@ Two tables generated here (not the default trips generator):
 on a LocalCluster of 2 workers × 1 thread; the study's first trial is the untuned parameters,
 so the table reports the defaults' validation metric (the metric early stopping watches:
 RMSE, log loss) beside the best trial's, and the final model's evaluation (trained by the train
-stage with the best parameters) beside the untuned run's.
+stage with the best parameters) beside the untuned run's. The ``mlp`` part does the same for
+the MLP's study (a job training the data-parallel MLP only; its study's value is the MLP's
+validation loss).
 
 **Trial rate.** The same study (24 trials on 10,000 rows, 24 random startup trials and no
 pruner, so both clusters train exactly the same 24 models) on 1 worker × 1 thread and on
@@ -19,7 +22,8 @@ pruner, so both clusters train exactly the same 24 models) on 1 worker × 1 thre
 ETL, the features' loading included) to its last trial.
 
     python benchmarks/tuning.py            # writes benchmarks/results/tuning.json and tuning.md
-    python benchmarks/tuning.py rate       # only the trial rates (the quality results are kept)
+    python benchmarks/tuning.py rate       # only the trial rates (the other results are kept)
+    python benchmarks/tuning.py mlp        # only the MLP's study on both tables (train.models: [mlp])
 
 Run it alone on the machine (see the design notes: XGBoost's OpenMP threads spin).
 """
@@ -61,7 +65,9 @@ def classification(n: int, seed: int = 0) -> pd.DataFrame:
     return frame
 
 
-def write_job(directory: Path, frame: pd.DataFrame, target: str, task: str, tune: dict, rounds: int = 300) -> Path:
+def write_job(
+    directory: Path, frame: pd.DataFrame, target: str, task: str, tune: dict, rounds: int = 300, family: str = "xgboost"
+) -> Path:
     (directory / "in").mkdir(parents=True)
     for i, part in enumerate(np.array_split(np.arange(len(frame)), 4)):
         frame.iloc[part].to_parquet(directory / "in" / f"part-{i}.parquet")
@@ -71,7 +77,7 @@ def write_job(directory: Path, frame: pd.DataFrame, target: str, task: str, tune
         "features": {"numeric": [c for c in frame.columns if c != target]},
         "output": {"runs_dir": "runs"},
         "train": {
-            "models": ["xgboost"],
+            "models": [family],
             "xgboost": {"num_boost_round": rounds, "early_stopping_rounds": 20},
             "tune": tune,
         },
@@ -87,13 +93,13 @@ def cluster(workers: int):
     return start(spec="local", n_workers=workers, threads_per_worker=1, memory_limit="3GB", dashboard_address=":0")
 
 
-def quality(name: str, frame: pd.DataFrame, target: str, task: str, metrics: tuple) -> dict:
+def quality(name: str, frame: pd.DataFrame, target: str, task: str, metrics: tuple, family: str = "xgboost") -> dict:
     from shardflow.pipelines.job import run
     from shardflow.pipelines.setup.config import load_config
     from shardflow.pipelines.tuning.search import tune
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = write_job(Path(tmp), frame, target, task, {"trials": 40})
+        path = write_job(Path(tmp), frame, target, task, {"trials": 40}, family=family)
         runtime = cluster(2)
         try:
             started = time.perf_counter()
@@ -102,22 +108,24 @@ def quality(name: str, frame: pd.DataFrame, target: str, task: str, metrics: tup
             seconds = time.perf_counter() - started
         finally:
             runtime.close()
-        record = json.loads((tuned.run_dir / "tune" / "tune.json").read_text())
+        record = json.loads((tuned.run_dir / "tune" / "tune.json").read_text())["studies"][family]
+    study = tuned.studies[family]
     return {
         "table": name,
+        "family": family,
         "rows": len(frame),
-        "metric": tuned.metric,
-        "default": tuned.default_value,
-        "best": tuned.best_value,
-        "trials": tuned.trials,
-        "pruned": tuned.pruned,
-        "best_params": tuned.best_params,
+        "metric": study.metric,
+        "default": study.default_value,
+        "best": study.best_value,
+        "trials": study.trials,
+        "pruned": study.pruned,
+        "best_params": study.best_params,
         "importances": record["importances"],
         "study_seconds": record["seconds"],
         "seconds": round(seconds, 1),
         "evaluation": {
-            "untuned": {m: untuned.metrics["xgboost"][m] for m in metrics},
-            "tuned": {m: tuned.run.metrics["xgboost"][m] for m in metrics},
+            "untuned": {m: untuned.metrics[family][m] for m in metrics},
+            "tuned": {m: tuned.run.metrics[family][m] for m in metrics},
         },
     }
 
@@ -134,20 +142,20 @@ def trial_rate(workers: int) -> dict:
             result = tune(load_config(path), runtime)
         finally:
             runtime.close()
-        record = json.loads((result.run_dir / "tune" / "tune.json").read_text())
+        record = json.loads((result.run_dir / "tune" / "tune.json").read_text())["studies"]["xgboost"]
     return {
         "workers": workers,
         "trials": record["finished"],
         "mode": record["mode"],
         "study_seconds": record["seconds"],
         "trials_per_minute": round(60 * record["finished"] / record["seconds"], 2),
-        "best": result.best_value,
+        "best": result.studies["xgboost"].best_value,
     }
 
 
 def markdown(out: dict) -> str:
     lines = [
-        "# Tuning the global XGBoost: 40 trials against the defaults, and trials per minute by workers",
+        "# Tuning the global XGBoost and the MLP: 40 trials against the defaults, and trials per minute by workers",
         "",
         f"Machine: {out['machine']}. Generated by `python benchmarks/tuning.py`.",
         "",
@@ -155,25 +163,26 @@ def markdown(out: dict) -> str:
         "",
         "The study's value is the validation metric early stopping watches; trial 0 is the untuned parameters.",
         "",
-        "| table | rows | study metric | defaults | best of 40 | change | pruned | study s |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        "| family | table | rows | study metric | defaults | best of 40 | change | pruned | study s |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for q in out.get("quality", []):
         change = 100 * (q["best"] - q["default"]) / abs(q["default"])
         lines.append(
-            f"| {q['table']} | {q['rows']:,} | {q['metric']} | {q['default']:.4f} | {q['best']:.4f} | "
-            f"{change:+.1f}% | {q['pruned']} | {q['study_seconds']:.0f} |"
+            f"| {q.get('family', 'xgboost')} | {q['table']} | {q['rows']:,} | {q['metric']} | {q['default']:.4f} | "
+            f"{q['best']:.4f} | {change:+.1f}% | {q['pruned']} | {q['study_seconds']:.0f} |"
         )
     lines += ["", "The final models (the train stage, evaluated on the validation split):", ""]
-    lines += ["| table | metric | untuned run | tuned run |", "|---|---|---:|---:|"]
+    lines += ["| family | table | metric | untuned run | tuned run |", "|---|---|---|---:|---:|"]
     for q in out.get("quality", []):
         for metric, value in q["evaluation"]["untuned"].items():
-            lines.append(f"| {q['table']} | {metric} | {value:.4f} | {q['evaluation']['tuned'][metric]:.4f} |")
+            tuned = q["evaluation"]["tuned"][metric]
+            lines.append(f"| {q.get('family', 'xgboost')} | {q['table']} | {metric} | {value:.4f} | {tuned:.4f} |")
     lines += ["", "Best parameters and their importances (fANOVA):", ""]
     for q in out.get("quality", []):
         params = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in q["best_params"].items())
         importance = ", ".join(f"{k} {100 * v:.0f}%" for k, v in q["importances"].items())
-        lines += [f"- {q['table']}: {params}", f"  - importances: {importance}"]
+        lines += [f"- {q.get('family', 'xgboost')}, {q['table']}: {params}", f"  - importances: {importance}"]
     rates = {r["workers"]: r for r in out.get("rate", [])}
     lines += [
         "",
@@ -192,17 +201,24 @@ def markdown(out: dict) -> str:
 
 
 def main() -> None:
-    parts = sys.argv[1:] or ["quality", "rate"]  # one part alone keeps the other's last results
+    parts = sys.argv[1:] or ["xgboost", "mlp", "rate"]  # one part alone keeps the others' last results
     saved = RESULTS / "tuning.json"
     out = json.loads(saved.read_text()) if saved.exists() else {}
     out["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    if "quality" in parts:
-        regression = friedman(20_000)
-        labels = classification(20_000)
-        out["quality"] = [
-            quality("regression (Friedman #1)", regression, "y", "regression", ("rmse", "r2")),
-            quality("classification (make_classification)", labels, "label", "classification", ("logloss", "auc")),
+    families = [f for f in ("xgboost", "mlp") if f in parts or (f == "xgboost" and "quality" in parts)]
+    if families:
+        tables = [
+            ("regression (Friedman #1)", friedman(20_000), "y", "regression", ("rmse", "r2")),
+            (
+                "classification (make_classification)",
+                classification(20_000),
+                "label",
+                "classification",
+                ("logloss", "auc"),
+            ),
         ]
+        kept = [q for q in out.get("quality", []) if q.get("family", "xgboost") not in families]
+        out["quality"] = kept + [quality(*table, family=family) for family in families for table in tables]
     if "rate" in parts:
         out["rate"] = [trial_rate(1), trial_rate(2)]
     RESULTS.mkdir(exist_ok=True)

@@ -16,7 +16,8 @@ from shardflow.tasks import shards as shard_tasks
 from shardflow.tasks.worker_state import WorkerStateLost, resident_plugin
 
 
-def _use_worker_threads() -> None:
+def use_worker_threads() -> None:
+    """torch (and OpenMP) sized to the worker's threads, as the training tasks run."""
     import torch  # noqa: F401 - loaded first, so that use_threads sizes it too
 
     threads = worker_threads()
@@ -24,13 +25,13 @@ def _use_worker_threads() -> None:
         use_threads(threads)
 
 
-def train_group_mlp(*shards, spec, optim, epochs, seed, schedule, scoring, max_steps=1000, patience=None):
+def train_group_mlp(*shards, spec, optim, epochs, seed, schedule, scoring, max_steps=1000, patience=None, warmup=0.0):
     """One per-partition MLP on a group of partitions, with its own validation metrics
     (its length: see :func:`~shardflow.tasks.neural.train_local`)."""
     from shardflow.tasks.metrics import finish_metrics, partial_metrics
     from shardflow.tasks.neural import predict, train_local
 
-    _use_worker_threads()
+    use_worker_threads()
     s = shard_tasks.merge_shards(*shards)
     out = train_local(
         s.x_train,
@@ -42,6 +43,7 @@ def train_group_mlp(*shards, spec, optim, epochs, seed, schedule, scoring, max_s
         epochs=epochs,
         seed=seed,
         schedule=schedule,
+        warmup=warmup,
         w_train=s.w_train,
         w_valid=s.w_valid,
         max_steps=max_steps,
@@ -242,7 +244,7 @@ def collective_epoch(
 
     from shardflow.tasks.process_group import CollectiveFailed, join_group, leave_group
 
-    _use_worker_threads()
+    use_worker_threads()
     states = resident_plugin().states
     key = (token, rank)
     busy = (token, "busy")

@@ -269,18 +269,23 @@ def train_local(
     epochs: int | None,
     seed: int,
     schedule: str = "constant",
+    warmup: float = 0.0,
     w_train=None,
     w_valid=None,
     max_steps: int = 1000,
     patience: int | None = None,
+    stop=None,
 ) -> dict:
-    """Train one MLP on one partition's rows (the per-partition models): no communication.
+    """Train one MLP on one partition's rows (the per-partition models, a tuning trial): no
+    communication.
 
     ``epochs`` (None: :func:`planned_epochs` of ``max_steps``) epochs of ``batch_size``-row
-    steps, the learning rate following ``schedule`` step by step. The validation loss is
+    steps, the learning rate following ``schedule`` step by step (after ``warmup``, the share
+    of the steps it rises over, as :func:`lr_at` says). The validation loss is
     evaluated every :func:`epochs_per_evaluation` epochs (when there are validation rows);
-    training stops after ``patience`` evaluations without improvement (None: never) and
-    returns the best parameters.
+    training stops after ``patience`` evaluations without improvement (None: never), or when
+    ``stop(evaluation, validation_loss)`` says so (a tuning trial's pruner), and returns the
+    best parameters (``stopped``: the evaluation ``stop`` ended it at, or None).
     """
     started = time.perf_counter()
     shard = Shard(x_train, y_train, x_valid, y_valid, seed=seed, w_train=w_train, w_valid=w_valid)
@@ -293,10 +298,11 @@ def train_local(
     best, best_loss, bad = get_params(model), math.inf, 0
     history = {"train_loss": [], "validation_loss": [], "epoch": []}
     loss_sum, seen = 0.0, 0.0
+    stopped = None
     for epoch in range(epochs):
         for step in range(steps_per_epoch):
             for group in opt.param_groups:
-                group["lr"] = lr_at(schedule, cfg.lr, (epoch * steps_per_epoch + step) / total_steps)
+                group["lr"] = lr_at(schedule, cfg.lr, (epoch * steps_per_epoch + step) / total_steps, warmup)
             opt.zero_grad(set_to_none=True)
             batches = [
                 shard.batch(epoch, step * cfg.accumulation_steps + a, cfg.batch_size)
@@ -326,7 +332,11 @@ def train_local(
             bad += 1
             if patience is not None and bad >= patience:
                 break
+        if stop is not None and stop(len(history["validation_loss"]) - 1, history["validation_loss"][-1]):
+            stopped = len(history["validation_loss"]) - 1
+            break
     return {
+        "stopped": stopped,
         "params": best,
         "rows": shard.rows,
         "weight": shard.weight,

@@ -1,4 +1,5 @@
-"""Tuning trials on a worker: the rounds of one XGBoost trial, and the pruner that stops it.
+"""Tuning trials on a worker: one XGBoost trial (its rounds) or one MLP trial (its epochs), and
+the pruner that stops it.
 
 A trial is stopped early by Optuna's own pruner, asked after every round. The pruner runs
 where the rounds run (on the worker, or on every rank of a distributed trial), against a
@@ -10,6 +11,7 @@ trial's history through :class:`Pruning` to record where it was pruned.
 
 from __future__ import annotations
 
+import math
 import time
 
 import xgboost as xgb
@@ -119,6 +121,30 @@ class PruningCallback(xgb.callback.TrainingCallback):
         return self.patience is not None and step - self.best_iteration >= self.patience
 
 
+def _best_index(values: list, maximize: bool) -> int:
+    """The position of the best of ``values``.
+
+    Examples
+    --------
+    >>> _best_index([0.5, 0.3, 0.4], maximize=False), _best_index([0.5, 0.3, 0.4], maximize=True)
+    (1, 0)
+    """
+    pick = max if maximize else min
+    return values.index(pick(values))
+
+
+def finite_losses(values) -> list:
+    """Losses as a study ranks them: a diverged evaluation (NaN, infinite) is the worst value,
+    +inf, not a failed trial.
+
+    Examples
+    --------
+    >>> finite_losses([0.5, float("nan")])
+    [0.5, inf]
+    """
+    return [float(v) if math.isfinite(v) else math.inf for v in values]
+
+
 def gather_for_trials(*shards):
     """Every partition's rows in one shard, kept on the worker that runs trials (its copy)."""
     from shardflow.tasks.shards import merge_shards
@@ -165,6 +191,55 @@ def train_xgboost_trial(
         "best_iteration": callback.best_iteration,
         "best_score": callback.values[callback.best_iteration],
         "pruned_at": callback.pruned_at,
+        "seconds": time.perf_counter() - started,
+        "rows": int(len(shard.y_train)),
+    }
+
+
+def train_mlp_trial(
+    shard, *, spec, optim, epochs, max_steps: int, schedule: str, warmup: float, patience, seed: int, pruning
+) -> dict:
+    """One MLP trial on one worker: train on ``shard``'s training rows with the worker's threads
+    (:func:`~shardflow.tasks.neural.train_local`), evaluate the validation loss as the MLP
+    families do, stop early (``patience`` evaluations without improvement) or when pruned.
+
+    Returns
+    -------
+    dict
+        As :func:`train_xgboost_trial`: ``values`` (the validation loss per evaluation),
+        ``best_iteration``, ``best_score``, ``pruned_at``, ``seconds`` and ``rows``.
+    """
+    from shardflow.tasks.mlp_steps import use_worker_threads
+    from shardflow.tasks.neural import train_local
+
+    started = time.perf_counter()
+    use_worker_threads()
+    out = train_local(
+        shard.x_train,
+        shard.y_train,
+        shard.x_valid,
+        shard.y_valid,
+        spec=spec,
+        cfg=optim,
+        epochs=epochs,
+        seed=seed,
+        schedule=schedule,
+        warmup=warmup,
+        w_train=shard.w_train,
+        w_valid=shard.w_valid,
+        max_steps=max_steps,
+        patience=patience,
+        stop=None if pruning is None else pruning.prune,
+    )
+    values = finite_losses(out["history"]["validation_loss"])
+    if not values:
+        raise ValueError("an MLP trial needs validation rows to rank it (the validation split is empty)")
+    best = _best_index(values, maximize=False)
+    return {
+        "values": values,
+        "best_iteration": best,
+        "best_score": values[best],
+        "pruned_at": out["stopped"],
         "seconds": time.perf_counter() - started,
         "rows": int(len(shard.y_train)),
     }

@@ -75,33 +75,35 @@ def zarr_split(run_dir, split):
 
 def test_the_study_improves_on_the_defaults_where_depth_matters(tuned):
     config, result = tuned
-    assert result.mode == "concurrent" and result.trials == TRIALS and result.metric == "rmse"
-    assert result.best_value <= result.default_value  # the defaults are the first trial
-    assert result.best_params["max_depth"] > 1 and result.best_value < result.default_value
-    record = json.loads(tune_file(result.run_dir, "result").read_text())
+    assert list(result.studies) == ["xgboost"]  # train.models lists no MLP
+    study = result.studies["xgboost"]
+    assert study.mode == "concurrent" and study.trials == TRIALS and study.metric == "rmse"
+    assert study.best_value <= study.default_value  # the defaults are the first trial
+    assert study.best_params["max_depth"] > 1 and study.best_value < study.default_value
+    record = json.loads(tune_file(result.run_dir, "result").read_text())["studies"]["xgboost"]
     assert record["default"]["trial"] == 0
     assert len(record["history"]) == TRIALS and record["finished"] == TRIALS
     assert record["space"] == {"max_depth": "1 to 6, whole numbers", "eta": "0.1 to 0.5, log scale"}
     assert record["default"]["params"] == {"max_depth": 1, "eta": 0.1}
     assert record["importances"] and set(record["importances"]) <= set(record["space"])
     best_so_far = [row["best_so_far"] for row in record["history"] if row["best_so_far"] is not None]
-    assert best_so_far == sorted(best_so_far, reverse=True) and best_so_far[-1] == result.best_value
+    assert best_so_far == sorted(best_so_far, reverse=True) and best_so_far[-1] == study.best_value
     page = RunDir(result.run_dir).report.read_text()
-    assert 'id="tuning"' in page and f"{result.best_value:.5g}" in page and "trained with the best trial" in page
+    assert 'id="tuning"' in page and f"{study.best_value:.5g}" in page and "trained with the best trial" in page
 
 
 def test_the_final_model_is_trained_with_the_best_parameters(tuned):
     config, result = tuned
-    run_dir = result.run_dir
+    run_dir, study = result.run_dir, result.studies["xgboost"]
     recorded = load_config(RunDir(run_dir).config)
-    for name, value in result.best_params.items():
+    for name, value in study.best_params.items():
         assert recorded.train.xgboost.params[name] == pytest.approx(value)
     # The tuned parameters count in the train stage's key: the run's training is current for them.
     manifest = RunDir(run_dir).read_manifest()
     assert manifest.key_of(RunDir.TRAIN) == stage_keys(recorded)[RunDir.TRAIN]
     assert manifest.key_of(RunDir.TRAIN) != stage_keys(config)[RunDir.TRAIN]
     meta = json.loads(RunDir(run_dir).trained("xgboost.json").read_text())
-    for name, value in result.best_params.items():
+    for name, value in study.best_params.items():
         assert meta["params"][name] == pytest.approx(value)
     x_train, y_train = zarr_split(run_dir, "train")
     x_valid, y_valid = zarr_split(run_dir, "valid")
@@ -119,13 +121,13 @@ def test_the_final_model_is_trained_with_the_best_parameters(tuned):
     ours = xgboost_predict(load_model(run_dir, "xgboost")["model"], x_valid)
     np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
     # ... and it scores what its trial scored on the same validation rows.
-    assert result.run.metrics["xgboost"]["rmse"] == pytest.approx(result.best_value, rel=1e-3)
+    assert result.run.metrics["xgboost"]["rmse"] == pytest.approx(study.best_value, rel=1e-3)
 
 
 def test_a_finished_study_is_reused_and_nothing_is_recomputed(tuned, runtime):
     config, result = tuned
     again = tune(config, runtime, trials=TRIALS)
-    assert again.run_dir == result.run_dir and again.best_params == result.best_params
+    assert again.run_dir == result.run_dir and again.studies["xgboost"] == result.studies["xgboost"]
     assert set(again.run.skipped) == {RunDir.ETL, RunDir.TRAIN, RunDir.EVALUATE}
 
 
@@ -146,7 +148,7 @@ def test_an_interrupted_tuning_resumes_and_ends_with_all_its_trials(table, runti
     (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")]
     assert not RunDir(run_dir).read_manifest().has(RunDir.TRAIN)  # stopped in the study, before training
     result = tune(config, runtime, resume=run_dir, trials=TRIALS)
-    assert result.run_dir == run_dir and result.trials == TRIALS
+    assert result.run_dir == run_dir and result.studies["xgboost"].trials == TRIALS
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tune_file(run_dir, "study")))
     )
@@ -174,8 +176,8 @@ def test_trials_run_one_at_a_time_across_the_workers_when_told(table, runtime, t
         "train.tune.warmup_rounds=2",
     )
     result = tune(config, runtime, trials=8)
-    assert result.mode == "distributed" and result.trials == 8
-    record = json.loads(tune_file(result.run_dir, "result").read_text())
+    assert result.studies["xgboost"].mode == "distributed" and result.studies["xgboost"].trials == 8
+    record = json.loads(tune_file(result.run_dir, "result").read_text())["studies"]["xgboost"]
     assert {row["worker"] for row in record["history"]} == {"all"}
     assert {row["state"] for row in record["history"]} <= {"COMPLETE", "PRUNED"}
     assert all(row["rounds"] > 2 for row in record["history"] if row["state"] == "PRUNED")  # after the warmup
@@ -200,6 +202,21 @@ def test_trials_run_one_at_a_time_across_the_workers_when_told(table, runtime, t
         ("train.tune.space.gamma.low=1", "config key 'train.tune.space.gamma': gamma has no default range"),
         ("train.tune.space.eta.low=0", "config key 'train.tune.space.eta': a log-scale range must be above 0"),
         ("train.tune.space.objective.low=1", "config key 'train.tune.space.objective': objective is not searched"),
+        ("train.tune.mlp_space.lr.low=0.5", "config key 'train.tune.mlp_space.lr': low (0.5) is above high (0.03)"),
+        (
+            "train.tune.mlp_space.colour.low=1",
+            "config key 'train.tune.mlp_space.colour': colour is not a parameter that can be searched; use one of lr,",
+        ),
+        ("train.tune.mlp_space.epochs.low=1", "config key 'train.tune.mlp_space.epochs': epochs is not searched"),
+        (
+            "train.tune.mlp_space.optimizer.choices=[adam, rmsprop]",
+            "config key 'train.tune.mlp_space.optimizer': 'rmsprop' is not one of adam, sgd",
+        ),
+        (
+            "train.tune.mlp_space.dropout.high=1",
+            "config key 'train.tune.mlp_space.dropout': must be between 0 and 1 (excluding 1), got 1",
+        ),
+        ("train.tune.families=[linear]", "config key 'train.tune.families': 'linear' is not one of xgboost, mlp"),
     ],
 )
 def test_a_bad_tune_key_is_named(override, message):
@@ -213,6 +230,80 @@ def test_tuning_needs_the_global_xgboost_in_the_models(table, tmp_path):
     with pytest.raises(ConfigError, match=r"config key 'train.models': tuning searches the parameters of"):
         tune(config, trials=2)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_searched_family_must_be_trained(table, tmp_path):
+    config = job(table, tmp_path / "runs", "train.tune.families=[mlp]")
+    with pytest.raises(ConfigError, match=r"config key 'train.tune.families': 'mlp' is not trained"):
+        tune(config, trials=2)
+
+
+def mlp_job(table, runs_dir, *overrides):
+    """The table's job training the MLP too, whose untuned learning rate is far too low for its
+    200 steps: the MLP's study has something to find."""
+    return job(
+        table,
+        runs_dir,
+        "train.models=[xgboost, mlp]",
+        "train.mlp.lr=0.0001",
+        "train.mlp.max_steps=200",
+        "train.mlp.batch_size=256",
+        "train.tune.mlp_space={lr: {low: 0.0001, high: 0.03}, weight_decay: null, dropout: null, batch_size: null, "
+        "embedding_dim: null}",
+        *overrides,
+    )
+
+
+def test_the_mlp_is_tuned_beside_the_xgboost_and_trains_with_its_best(table, runtime, tmp_path):
+    config = mlp_job(table, tmp_path / "runs")
+    result = tune(config, runtime, trials=4)
+    assert list(result.studies) == ["xgboost", "mlp"]
+    study = result.studies["mlp"]
+    assert study.mode == "concurrent" and study.trials == 4 and study.metric == "loss"
+    assert study.best_value < study.default_value and study.best_params["lr"] > 0.0001
+    records = json.loads(tune_file(result.run_dir, "result").read_text())["studies"]
+    record = records["mlp"]
+    assert record["default"]["trial"] == 0 and record["step"] == "evaluation"
+    assert record["default"]["params"] == {"lr": 0.0001, "width": 128, "layers": 2}
+    assert set(record["space"]) == {"lr", "width", "layers"}
+    # Every trial ranked by its best validation loss over its evaluations.
+    for row in record["history"]:
+        assert row["state"] in ("COMPLETE", "PRUNED") and row["worker"] in {
+            str(w) for w in runtime.client.scheduler_info()["workers"]
+        }
+    # The run's MLPs train with the best point: train.mlp in config.yaml, the network's layers.
+    recorded = load_config(RunDir(result.run_dir).config)
+    best = study.best_params
+    assert recorded.train.mlp.lr == pytest.approx(best["lr"])
+    expected_hidden = [max(8, best["width"] >> i) for i in range(best["layers"])]
+    if (best["width"], best["layers"]) == (128, 2):
+        expected_hidden = [128, 64]
+    assert recorded.train.mlp.hidden == expected_hidden
+    meta = json.loads(RunDir(result.run_dir).trained("mlp.json").read_text())
+    assert meta["spec"]["hidden"] == expected_hidden
+    assert recorded.train.xgboost.params["max_depth"] == result.studies["xgboost"].best_params["max_depth"]
+    page = RunDir(result.run_dir).report.read_text()
+    assert page.count("trained with the best trial") == 2 and "data-parallel MLP</h3>" in page
+
+
+def test_mlp_trials_run_one_at_a_time_across_the_workers_when_told(table, runtime, tmp_path):
+    """Each MLP trial the data-parallel MLP over both workers (gloo); a pruned trial stops every rank."""
+    config = mlp_job(
+        table,
+        tmp_path / "runs",
+        "train.models=[mlp]",
+        "train.tune.concurrent=false",
+        "train.mlp.max_steps=120",
+        "train.tune.warmup_evaluations=1",
+    )
+    result = tune(config, runtime, trials=4)
+    study = result.studies["mlp"]
+    assert list(result.studies) == ["mlp"] and study.mode == "distributed" and study.trials == 4
+    assert study.best_value <= study.default_value
+    record = json.loads(tune_file(result.run_dir, "result").read_text())["studies"]["mlp"]
+    assert {row["worker"] for row in record["history"]} == {"all"}
+    assert all(row["rounds"] > 1 for row in record["history"] if row["state"] == "PRUNED")  # after the warmup
+    assert load_config(RunDir(result.run_dir).config).train.mlp.lr == pytest.approx(study.best_params["lr"])
 
 
 def test_the_tune_command_says_what_it_tuned(table, tmp_path):
@@ -232,7 +323,7 @@ def test_the_tune_command_says_what_it_tuned(table, tmp_path):
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     tuned_line = next(line for line in lines if line.startswith("tuned:"))
-    assert "rmse" in tuned_line and "best of 2 trials, the defaults'" in tuned_line
+    assert "xgboost validation rmse" in tuned_line and "best of 2 trials, the defaults'" in tuned_line
     assert any(line.startswith("report: ") for line in lines)
 
 
@@ -256,6 +347,6 @@ def test_each_trial_is_an_mlflow_child_run_of_the_run(table, runtime, tmp_path, 
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(int(c.data.tags["shardflow.trial"]) for c in children) == [0, 1, 2]
     assert parent.info.status == "FINISHED"
-    assert parent.data.metrics["tune.best.rmse"] == pytest.approx(result.best_value)
+    assert parent.data.metrics["tune.xgboost.best.rmse"] == pytest.approx(result.studies["xgboost"].best_value)
     best = next(c for c in children if c.data.tags["shardflow.trial"] == "0")
     assert best.data.params["max_depth"] == "1" and "validation.rmse" in best.data.metrics

@@ -97,7 +97,9 @@ class ModelFamily:
     ``load_family``), :attr:`predict` (a worker function ``predict(payload, x, nthread,
     cache)``), and the presentation adapters :attr:`curves` (``curves(run_dir, family)``),
     :attr:`tracking` (``tracking(files, family, sample)``) and :attr:`export`
-    (``export(graph, features, payload, kind)``), each optional.
+    (``export(graph, features, payload, kind)``), each optional; a family whose spec is
+    ``searchable`` sets :attr:`tuning`, the search of its hyperparameters (a class of
+    :mod:`shardflow.pipelines.tuning.trials`, built as ``tuning(family, data, train, backend)``).
     """
 
     spec: FamilySpec
@@ -110,6 +112,7 @@ class ModelFamily:
     curves = None
     tracking = None
     export = None
+    tuning = None
 
     def __init__(self, spec: FamilySpec | None = None):
         if spec is not None:
@@ -236,6 +239,7 @@ class GlobalXGBoost(GlobalFamily):
     curves = _view("global_xgboost_curves")
     tracking = _view("global_xgboost_tracking")
     export = _exporter("export_booster")
+    tuning = Deferred("pipelines.tuning.trials", "XGBoostSearch")
 
 
 class XGBoostEnsemble(PerPartitionFamily):
@@ -270,6 +274,7 @@ class DataParallelMLP(GlobalFamily):
     curves = _view("data_parallel_mlp_curves")
     tracking = _view("data_parallel_mlp_tracking")
     export = _exporter("export_mlp")
+    tuning = Deferred("pipelines.tuning.trials", "MLPSearch")
 
 
 class MLPEnsemble(PerPartitionFamily):

@@ -48,6 +48,9 @@ class FamilySpec:
     libraries : tuple of str
         Modules its training and prediction load on the workers (imported there as the
         cluster starts, overlapped with the ETL).
+    searchable : bool
+        ``shardflow tune`` searches its hyperparameters (``train.tune.families``; the search
+        itself is the registered family's ``tuning``).
     """
 
     name: str
@@ -60,6 +63,7 @@ class FamilySpec:
     averages_worker_updates: bool = False
     quantizable: bool = False
     libraries: tuple = ("xgboost",)
+    searchable: bool = False
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -92,7 +96,7 @@ NEURAL = ("shardflow.tasks.neural",)
 #: baseline first).
 BUILT_IN = (
     FamilySpec("linear", "linear baseline", "global", 0, libraries=("shardflow.tasks.linear",)),
-    FamilySpec("xgboost", "global XGBoost", "global", 0, small_data_on_one_worker=True),
+    FamilySpec("xgboost", "global XGBoost", "global", 0, small_data_on_one_worker=True, searchable=True),
     FamilySpec("xgboost_partitions", "per-partition XGBoost ensemble", "per_partition", 1),
     FamilySpec("stacked", "stacked ensemble", "combined", 2, needs=("xgboost_partitions",)),
     FamilySpec(
@@ -103,6 +107,7 @@ BUILT_IN = (
         averages_worker_updates=True,
         quantizable=True,
         libraries=NEURAL,
+        searchable=True,
     ),
     FamilySpec("mlp_partitions", "per-partition MLP ensemble", "per_partition", 1, quantizable=True, libraries=NEURAL),
     FamilySpec(
@@ -128,6 +133,17 @@ def family_names() -> tuple:
     ('linear', 'xgboost')
     """
     return tuple(SPECS)
+
+
+def searchable_families() -> tuple:
+    """The families whose hyperparameters ``shardflow tune`` searches.
+
+    Examples
+    --------
+    >>> searchable_families()
+    ('xgboost', 'mlp')
+    """
+    return tuple(name for name, spec in SPECS.items() if spec.searchable)
 
 
 def default_families() -> list:

@@ -9,15 +9,17 @@ __all__ = ["TUNE_HELP", "add_tune_parser", "cmd_tune"]
 
 #: ``shardflow tune --help``: what it does (description) and examples (epilog).
 TUNE_HELP = (
-    "Search the global XGBoost's hyperparameters (Optuna's TPE sampler, bad trials pruned by their\n"
-    "per-round validation metric), then train and evaluate the job with the best of them. The ETL\n"
-    "runs once (current features are reused); trials run one per worker when a trial's data fits\n"
-    "one worker, else one at a time across all workers. The study is kept in the run directory\n"
-    "(tune/), so an interrupted tuning continues with --resume; train.tune in the config sets the\n"
-    "search space, the pruner and the number of trials.",
+    "Search the hyperparameters of the global XGBoost and of the MLP (each that train.models lists;\n"
+    "train.tune.families chooses), one Optuna study each (TPE sampler; bad trials pruned by their\n"
+    "validation metric per round or per evaluation of the MLP's loss), then train and evaluate the\n"
+    "job with the best of them. The ETL runs once (current features are reused); trials run one per\n"
+    "worker when a trial's data fits one worker, else one at a time across all workers. The studies\n"
+    "are kept in the run directory (tune/), so an interrupted tuning continues with --resume;\n"
+    "train.tune in the config sets the search spaces, the pruner and the number of trials.",
     "examples:\n"
     "  shardflow tune -c job.yaml --trials 40\n"
     "  shardflow tune -c job.yaml --set train.tune.space.max_depth.high=6 --set train.tune.pruner=halving\n"
+    "  shardflow tune -c job.yaml --set 'train.tune.families=[mlp]' --set train.tune.mlp_space.lr.high=0.01\n"
     "  shardflow tune -c job.yaml --trials 60 --resume 20260101-120000-ab12cd   # 20 more trials",
 )
 
@@ -25,13 +27,13 @@ TUNE_HELP = (
 def add_tune_parser(sub, config_options, cluster_options, run_arg) -> None:
     """Declare ``shardflow tune`` on ``sub`` (the sub-parsers), with the shared option groups
     ``config_options(parser, required)`` and ``cluster_options(parser)`` and the RUN type ``run_arg``."""
-    tune = sub.add_parser("tune", help="search the global XGBoost's hyperparameters, then train with the best")
+    tune = sub.add_parser("tune", help="search the XGBoost's and the MLP's hyperparameters, then train with the best")
     config_options(tune, True)
     tune.add_argument(
         "--trials",
         type=int,
         metavar="N",
-        help="trials the study should have finished (default: train.tune.trials, 40); a larger N "
+        help="trials each study should have finished (default: train.tune.trials, 40); a larger N "
         "continues a finished study",
     )
     tune.add_argument(

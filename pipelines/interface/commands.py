@@ -311,8 +311,12 @@ def cmd_tune(args) -> int:
     except KeyboardInterrupt:
         print(interrupted_message(args, started[-1] if started else None, config.runs_dir), file=sys.stderr)
         return 130
-    default = "" if result.default_value is None else f", the defaults' {result.default_value:.6g}"
-    print(f"tuned:  {result.metric} {result.best_value:.6g} (best of {result.trials} trials{default})")
+    for study in result.studies.values():
+        default = "" if study.default_value is None else f", the defaults' {study.default_value:.6g}"
+        print(
+            f"tuned:  {study.family} validation {study.metric} {study.best_value:.6g} "
+            f"(best of {study.trials} trials{default})"
+        )
     print(f"run:    {result.run_dir}\nreport: {RunDir(result.run_dir).report}")
     return 0
 

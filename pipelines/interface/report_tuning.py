@@ -1,6 +1,6 @@
-"""The report's tuning section: the study behind a tuned run (``tune/tune.json``, written by
-:func:`shardflow.pipelines.tuning.search.tune`): its trials, the best against the defaults,
-and the parameters' importances."""
+"""The report's tuning section: the studies behind a tuned run (``tune/tune.json``, written by
+:func:`shardflow.pipelines.tuning.search.tune`): each family's trials, the best against the
+defaults, and the parameters' importances."""
 
 from __future__ import annotations
 
@@ -8,17 +8,25 @@ import numpy as np
 
 from shardflow.pipelines.interface.figures import integer_ticks, subplots
 from shardflow.pipelines.interface.report_html import facts_html, figure_html, png_data_uri, table_html
-from shardflow.pipelines.tuning.files import read_record
+from shardflow.pipelines.tuning.files import read_records
 
 
 def tuning_section(run_dir) -> str:
-    """The study's facts, its trial history (each trial's value, the best so far), the best
+    """Each study's facts, its trial history (each trial's value, the best so far), the best
     parameters beside the defaults, and the parameters' importances; empty for a run that
     was not tuned."""
-    record = read_record(run_dir)
-    if not record or not record.get("best"):
+    records = [record for record in read_records(run_dir) if record.get("best")]
+    if not records:
         return ""
+    config = _run_config(run_dir)
+    return "".join(_study_html(record, config, heading=len(records) > 1) for record in records)
+
+
+def _study_html(record: dict, config: dict, *, heading: bool) -> str:
+    from shardflow.pipelines.families.specs import label
+
     metric, best, default = record["metric"], record["best"], record.get("default") or {}
+    step = record.get("step", "round")
     where = (
         f"one per worker, side by side ({record.get('workers', '?')} workers)"
         if record["mode"] == "concurrent"
@@ -35,12 +43,14 @@ def tuning_section(run_dir) -> str:
     ]
     trained = (
         "The run's models were trained with the best trial's parameters."
-        if _trained_with(run_dir, record.get("family"), best["params"])
+        if _trained_with(config, record.get("options") or {})
         else "The run was trained again since with other parameters (see its configuration)."
     )
+    units = f" ({record['value_note']})" if record.get("value_note") else ""
     parts = [
-        "<p class='muted'>Optuna's TPE sampler proposed each trial's parameters; a trial whose per-round "
-        f"validation {metric} fell behind the finished trials' was pruned. {trained}</p>",
+        f"<h3>{label(record['family'])}</h3>" if heading else "",
+        "<p class='muted'>Optuna's TPE sampler proposed each trial's parameters; a trial whose validation "
+        f"{metric}{units} fell behind the finished trials' at the same {step} was pruned. {trained}</p>",
         facts_html(facts),
         figure_html(png_data_uri(_history_plot(record)), f"validation {metric} of each trial, and the best so far"),
     ]
@@ -63,18 +73,35 @@ def tuning_section(run_dir) -> str:
     return "".join(parts)
 
 
-def _trained_with(run_dir, family: str | None, params: dict) -> bool:
-    """Whether the run's trained ``family`` (its train record) used ``params``."""
-    import json
-
-    from shardflow.pipelines.families.specs import SPECS
+def _run_config(run_dir) -> dict:
+    """The run's resolved ``config.yaml`` as YAML reads it (empty when it has none)."""
+    from shardflow.core.constraints import parse_yaml
     from shardflow.pipelines.records.rundir import RunDir
 
-    if family not in SPECS:
+    path = RunDir(run_dir).config
+    return (parse_yaml(path.read_text(), path) or {}) if path.exists() else {}
+
+
+def _trained_with(config: dict, options: dict) -> bool:
+    """Whether the run's configuration holds ``options`` (``{"train.mlp.lr": 0.01}``): what the
+    best trial set, which the train stage trains with (a later run with other values rewrites it).
+
+    Examples
+    --------
+    >>> _trained_with({"train": {"mlp": {"lr": 0.01}}}, {"train.mlp.lr": 0.01})
+    True
+    >>> _trained_with({"train": {"mlp": {"lr": 0.02}}}, {"train.mlp.lr": 0.01}), _trained_with({}, {})
+    (False, False)
+    """
+    if not options:
         return False
-    path = RunDir(run_dir).trained(SPECS[family].file())
-    used = json.loads(path.read_text()).get("params", {}) if path.exists() else {}
-    return all(used.get(name) == value for name, value in params.items())
+    for key, value in options.items():
+        found = config
+        for part in key.split("."):
+            found = found.get(part) if isinstance(found, dict) else None
+        if found != value:
+            return False
+    return True
 
 
 def _value(value) -> str:

@@ -1,6 +1,7 @@
 """A tuned run's trials in MLflow: one child run per trial under the run's own MLflow run
 (:class:`~shardflow.pipelines.interface.tracking.MLflowRun`, found by its ``shardflow.run_id``
-tag), with the trial's parameters, its value, rounds and time, and its state as a tag."""
+tag), with the trial's parameters, its value, rounds and time, and its state as a tag; the
+parent run gets each family's best value (``tune.<family>.best.<metric>``)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def log_trials(config, run_dir, record: dict) -> int:
     run_dir : path
         The tuned run.
     record : dict
-        Its tuning record (:func:`shardflow.pipelines.tuning.files.read_record`).
+        One study's record (:func:`shardflow.pipelines.tuning.files.read_records`).
     """
     from mlflow.entities import Metric, Param, RunTag
 
@@ -49,7 +50,9 @@ def log_trials(config, run_dir, record: dict) -> int:
                 TRIAL_TAG: str(row["trial"]),
                 STATE_TAG: row["state"],
             }
-            child = client.create_run(tracked.experiment_id, run_name=f"trial {row['trial']}", tags=tags).info.run_id
+            child = client.create_run(
+                tracked.experiment_id, run_name=f"{record['family']} trial {row['trial']}", tags=tags
+            ).info.run_id
             now = _millis()
             values = {metric: row["value"], f"{metric}.reached": row["reached"], "rounds": row["rounds"],
                       "seconds": row["seconds"]}  # fmt: skip
@@ -63,10 +66,16 @@ def log_trials(config, run_dir, record: dict) -> int:
             count += 1
         best = record.get("best") or {}
         if best:
+            family = record["family"]
             client.log_batch(
                 tracked.run_id,
-                metrics=[Metric(metric_name(f"tune.best.{record['metric']}"), float(best["value"]), _millis(), 0)],
-                tags=[RunTag(STUDY_TAG, record["study"]), RunTag("shardflow.tune.best_trial", str(best["trial"]))],
+                metrics=[
+                    Metric(metric_name(f"tune.{family}.best.{record['metric']}"), float(best["value"]), _millis(), 0)
+                ],
+                tags=[
+                    RunTag(f"shardflow.tune.{family}.study", record["study"]),
+                    RunTag(f"shardflow.tune.{family}.best_trial", str(best["trial"])),
+                ],
             )
     finally:
         tracked.finish()

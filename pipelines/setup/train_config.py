@@ -19,8 +19,14 @@ from shardflow.core.constraints import (
     Section,
     option,
 )
-from shardflow.pipelines.families.specs import default_families, family_names
-from shardflow.pipelines.tuning.space import merge_space
+from shardflow.pipelines.families.specs import default_families, family_names, searchable_families
+from shardflow.pipelines.tuning.space import (
+    MIN_LAYER_WIDTH,
+    MLP_FIXED,
+    MLP_SEARCHABLE,
+    MLP_SPACE,
+    merge_space,
+)
 
 
 @dataclass
@@ -138,30 +144,57 @@ class RangeConfig:
 
 @dataclass
 class TuneConfig:
-    """``train.tune:`` the search of the global XGBoost's parameters (``shardflow tune``).
+    """``train.tune:`` the search of the global XGBoost's and the MLP's parameters (``shardflow tune``).
 
+    ``families`` names what is searched: ``xgboost`` (the global XGBoost, over ``space``) and
+    ``mlp`` (``train.mlp``, which the data-parallel and the per-partition MLPs train with, over
+    ``mlp_space``); by default both that ``train.models`` lists. Each has its own study of
     ``trials`` trials (the first trains the untuned parameters), proposed by Optuna's TPE
-    sampler (``startup_trials`` random ones first) over ``space``: the default ranges
-    (:data:`~shardflow.pipelines.tuning.space.XGBOOST_SPACE`), each overridable
-    (``max_depth: {high: 6}``), removable (``alpha: null``), and other XGBoost parameters
-    added with a range. A trial whose per-round validation metric falls behind stops early
-    (``pruner``: ``median`` of the finished trials at the same round, ``halving``: successive
-    halving, ``none``) once ``warmup_rounds`` have passed. ``concurrent: auto`` runs one trial
-    per worker, side by side, when a trial's data fits one worker
-    (:func:`trains_on_one_worker`), else one trial at a time across all workers.
+    sampler (``startup_trials`` random ones first) over the default ranges
+    (:data:`~shardflow.pipelines.tuning.space.XGBOOST_SPACE`,
+    :data:`~shardflow.pipelines.tuning.space.MLP_SPACE`), each overridable
+    (``max_depth: {high: 6}``), removable (``alpha: null``), and other parameters added with a
+    range (any of XGBoost's; :data:`~shardflow.pipelines.tuning.space.MLP_SEARCHABLE` of the
+    MLP's). A trial whose validation metric falls behind stops early (``pruner``: ``median`` of
+    the finished trials at the same step, ``halving``: successive halving, ``none``): an XGBoost
+    trial after any round past ``warmup_rounds``, an MLP trial after any evaluation of its
+    validation loss past ``warmup_evaluations``. ``concurrent: auto`` runs one trial per worker,
+    side by side, when a trial's data fits one worker (:func:`trains_on_one_worker`), else one
+    trial at a time across all workers.
     """
 
     trials: int = option(40, check=Between(1, 100_000))
+    families: list[str] | None = option(None, check=OneOf(searchable_families))
     startup_trials: int = option(10, check=Between(1, 100_000))
     pruner: str = option("median", check=OneOf(("median", "halving", "none")))
     warmup_rounds: int = option(10, check=Between(0, MAX_ROUNDS))
+    warmup_evaluations: int = option(2, check=Between(0, MAX_ROUNDS))
     concurrent: str = option("auto", check=OneOf(("auto", "true", "false")))
     space: dict[str, RangeConfig | None] = option(
         factory=dict, check=Anything("XGBoost parameters and their ranges, checked by merge_space")
     )
+    mlp_space: dict[str, RangeConfig | None] = option(
+        factory=dict, check=Anything("train.mlp options and their ranges, checked by merge_space")
+    )
 
     def __post_init__(self):
-        merge_space(self.space)  # a bad range fails as the config loads, naming its key
+        # A bad range fails as the config loads, naming its key.
+        merge_space(self.space)
+        merge_space(self.mlp_space, **mlp_space_rules())
+
+
+def mlp_space_rules() -> dict:
+    """How :func:`~shardflow.pipelines.tuning.space.merge_space` reads ``train.tune.mlp_space``:
+    the MLP's default ranges, its searchable options and each option's own constraint."""
+    from dataclasses import fields
+
+    checks = {f.name: f.metadata["check"] for f in fields(MLPConfig) if f.name in MLP_SEARCHABLE}
+    checks.update(width=Between(MIN_LAYER_WIDTH, MAX_LAYER_WIDTH), layers=Between(1, MAX_HIDDEN_LAYERS))
+    return dict(defaults=MLP_SPACE, prefix="train.tune.mlp_space", fixed=MLP_FIXED, known=MLP_SEARCHABLE, checks=checks)
+
+
+#: The most hidden layers ``train.tune.mlp_space.layers`` searches.
+MAX_HIDDEN_LAYERS = 8
 
 
 @dataclass

@@ -53,6 +53,7 @@ def train_data_parallel_mlp(
     collective_timeout: float | None = 600,
     label: str = "data-parallel MLP",
     checkpoint_seconds: float | None = 60.0,
+    stop=None,
 ) -> dict:
     """Train the MLP across workers, each rank on the rows its worker holds.
 
@@ -74,7 +75,9 @@ def train_data_parallel_mlp(
     so the result matches an uninterrupted run within tolerance). With
     ``checkpoint_dir`` the state is saved there after the first evaluation that ends
     ``checkpoint_seconds`` or more after the last checkpoint (0: after every one; None:
-    only the final state), and a later call continues from it.
+    only the final state), and a later call continues from it. ``stop(evaluation,
+    validation_loss)``, if given, ends training when it returns True (a tuning trial's
+    pruner); ``stopped`` in the result is that evaluation's index, else None.
 
     Examples
     --------
@@ -97,6 +100,7 @@ def train_data_parallel_mlp(
             "best_loss": math.inf,
             "best_epoch": -1,
             "bad_epochs": 0,
+            "stopped": None,
             "rounds": 0,
             "samples": 0,
             "history": {"train_loss": [], "validation_loss": [], "lr": [], "seconds": [], "epoch": []},
@@ -118,6 +122,7 @@ def train_data_parallel_mlp(
                 started=started,
                 label=label,
                 timeout=collective_timeout or DEFAULT_COLLECTIVE_TIMEOUT,
+                stop=stop,
             )
             break
         except (WorkerLost, WorkerStateLost, CollectiveFailed) as err:
@@ -137,6 +142,7 @@ def train_data_parallel_mlp(
         "seconds": time.perf_counter() - started,
         "samples": state["samples"],
         "restarts": restarts,
+        "stopped": state.get("stopped"),
         **info,
     }
 
@@ -160,7 +166,7 @@ def _worker_shards(client, data: TrainingData, token: str, seed: int):
     return shards, rows, weights
 
 
-def _collective_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, label, timeout) -> dict:
+def _collective_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, label, timeout, stop=None) -> dict:
     """Run the remaining epochs from ``state`` over a ``torch.distributed`` group: one pinned
     task per worker and evaluation, the model and rows resident on the workers in between;
     ``ckpt``: ``(directory or None, checkpoint_seconds)``."""
@@ -284,6 +290,7 @@ def _collective_epochs(runtime, data, cfg, *, seed, spec, state, ckpt, started, 
                 clock=clock,
                 data=data,
                 seed=seed,
+                stop=stop,
             ):
                 break
     except BaseException:
@@ -325,11 +332,12 @@ def _end_of_epoch(
     clock,
     data,
     seed,
+    stop=None,
 ) -> bool:
     """Record an evaluation after ``epoch`` in ``state`` (history, best parameters, early
     stopping), checkpoint it if one is due, and say whether training stops early.
     ``epochs``: the progress counter or None; ``clock``: ``{"checkpoint": time of the last
-    checkpoint, "seconds": checkpoint_seconds}``."""
+    checkpoint, "seconds": checkpoint_seconds}``; ``stop``: see :func:`train_data_parallel_mlp`."""
     h = state["history"]
     h.setdefault("epoch", []).append(epoch + 1)
     h["train_loss"].append(train_loss)
@@ -344,22 +352,25 @@ def _end_of_epoch(
     )
     if epochs is not None:
         epochs.update(epoch + 1, f"train loss {train_loss:.5f}, validation loss {valid_loss:.5f}")
-    stop = False
+    finished = False
     if valid_loss < state["best_loss"] or not valid_weight:
         state.update(best_loss=valid_loss, best_params=current, best_epoch=epoch, bad_epochs=0)
     else:
         state["bad_epochs"] += 1
-        stop = cfg.early_stopping_patience is not None and state["bad_epochs"] >= cfg.early_stopping_patience
-    if stop:
+        finished = cfg.early_stopping_patience is not None and state["bad_epochs"] >= cfg.early_stopping_patience
+    if stop is not None and stop(len(h["validation_loss"]) - 1, valid_loss):
+        state["stopped"] = len(h["validation_loss"]) - 1
+        finished = True
+    if finished:
         state["epoch"] = total_epochs  # a resumed run must not train past an early stop
     if ckpt is not None and (
         state["epoch"] >= total_epochs or checkpoint_due(time.perf_counter() - clock["checkpoint"], clock["seconds"])
     ):
         write_mlp_checkpoint(ckpt, state, mlp_checkpoint_token(data, cfg, seed))
         clock["checkpoint"] = time.perf_counter()
-    if stop:
+    if finished:
         logger.info("mlp: early stop after epoch %d (best %d)", epoch + 1, state["best_epoch"] + 1)
-    return stop
+    return finished
 
 
 def epoch_rows(rows: dict, workers, steps_per_epoch: int, cfg: MLPConfig) -> int:

@@ -50,6 +50,7 @@ def mlp_job(context, family):
             epochs=tc.partitions.mlp_epochs,
             seed=tc.seed * 7919 + group,
             schedule=tc.mlp.lr_schedule,
+            warmup=tc.mlp.warmup,
             scoring=context.data.scoring,
             max_steps=tc.mlp.max_steps,
             patience=tc.mlp.early_stopping_patience,

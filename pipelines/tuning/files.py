@@ -1,5 +1,5 @@
-"""Where a run keeps its tuning: ``<run>/tune/`` (the study's journal, ``tune.json``), read
-without loading Optuna (the report reads the record)."""
+"""Where a run keeps its tuning: ``<run>/tune/`` (the studies' journal, ``tune.json``), read
+without loading Optuna (the report reads the records)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def tune_file(run_dir, what: str):
     return RunDir(run_dir).path / TUNE_DIR / TUNE_FILES[what]
 
 
-def read_record(run_dir) -> dict | None:
-    """The run's ``tune.json`` (None: the run was not tuned)."""
+def read_records(run_dir) -> list:
+    """The studies of the run's ``tune.json``, one record per searched family (empty: the run
+    was not tuned)."""
     path = tune_file(run_dir, "result")
-    return json.loads(path.read_text()) if path.exists() else None
+    return list(json.loads(path.read_text())["studies"].values()) if path.exists() else []

@@ -1,14 +1,15 @@
-"""``shardflow tune`` and :func:`tune`: search the global XGBoost's parameters on a run's
-features, then run the job's training and evaluation with the best of them.
+"""``shardflow tune`` and :func:`tune`: search the global XGBoost's and the MLP's parameters on
+a run's features, then run the job's training and evaluation with the best of them.
 
 The ETL runs once (a run whose features are current is reused, as :func:`~shardflow.pipelines.job.run`
-reuses it); the features are placed on the workers once and every trial trains on them where
-they lie (:mod:`~shardflow.pipelines.tuning.trials`). The study lives in the run directory
-(:mod:`~shardflow.pipelines.tuning.study`); its record, ``tune/tune.json``, holds the best and
-the default trial, every trial and the parameters' importances. The best parameters are then
-the job's ``train.xgboost.params`` (merged over the config's own): the normal train stage
-trains the run's final model with them, ``config.yaml`` records them and they count in the
-train stage's key, so ``predict``, ``export`` and ``load_model`` use that model like any other.
+reuses it); the features are placed on the workers once and every trial of every study trains
+on them where they lie (:mod:`~shardflow.pipelines.tuning.trials`). The studies live in the run
+directory (:mod:`~shardflow.pipelines.tuning.study`); their record, ``tune/tune.json``, holds
+each family's best and default trial, every trial and the parameters' importances. The best
+parameters then set the job's options (``train.xgboost.params`` merged over the config's own;
+``train.mlp``'s options): the normal train stage trains the run's final models with them,
+``config.yaml`` records them and they count in the train stage's key, so ``predict``,
+``export`` and ``load_model`` use those models like any other.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from shardflow.pipelines.records.stages import code_version, stage_keys
 from shardflow.pipelines.setup.config import Config
 from shardflow.pipelines.training import load_training_data
 from shardflow.pipelines.tuning.files import tune_file
-from shardflow.pipelines.tuning.space import merge_space, space_summary, with_params
+from shardflow.pipelines.tuning.space import space_summary
 from shardflow.pipelines.tuning.study import (
     StudySettings,
     finished_trials,
@@ -41,19 +42,16 @@ from shardflow.pipelines.tuning.study import (
     study_name,
     study_record,
 )
-from shardflow.pipelines.tuning.trials import ClusterTrials, Objective, WorkerTrials, concurrent_trials
+from shardflow.pipelines.tuning.trials import ClusterTrials, WorkerTrials, concurrent_trials
 
 logger = logging.getLogger("shardflow.tune")
 
-#: The training module of the family whose parameters are searched (the global XGBoost).
-TUNED_MODULE = "xgboost_global"
-
 
 @dataclass
-class TuneResult:
-    """What :func:`tune` produced: the study's outcome and the run trained with its best."""
+class StudyOutcome:
+    """One family's study: its best trial against the untuned defaults."""
 
-    run_dir: Path
+    family: str
     metric: str
     direction: str
     best_params: dict
@@ -62,23 +60,42 @@ class TuneResult:
     trials: int  #: finished trials (completed or pruned)
     pruned: int
     mode: str  #: ``concurrent`` (one trial per worker) or ``distributed`` (one at a time)
+
+
+@dataclass
+class TuneResult:
+    """What :func:`tune` produced: each searched family's study, and the run trained with their best."""
+
+    run_dir: Path
+    studies: dict  #: ``{family: StudyOutcome}``, in the order they were searched
     run: RunResult
 
     @property
     def table(self) -> str:
-        """The run's model comparison (the final model trained with the best parameters)."""
+        """The run's model comparison (the final models trained with the best parameters)."""
         return self.run.table
 
 
-def tuned_family(config: Config):
-    """The family whose parameters are searched, which ``train.models`` must list."""
-    family = next(f for f in FAMILIES.values() if getattr(f, "training_module", "") == TUNED_MODULE)
-    if family.name not in config.train.models:
+def searched_families(config: Config) -> list:
+    """The families ``train.tune.families`` names (default: every searchable family that
+    ``train.models`` lists), each of which ``train.models`` must list."""
+    searchable = [family for family in FAMILIES.values() if family.searchable]
+    models = config.train.models
+    chosen = config.train.tune.families
+    if chosen is None:
+        chosen = [family.name for family in searchable if family.name in models]
+        if not chosen:
+            names = " and ".join(f"{family.label} ({family.name!r})" for family in searchable)
+            raise ConfigError(
+                f"config key 'train.models': tuning searches the parameters of {names}; add one of them to train.models"
+            )
+    missing = [name for name in chosen if name not in models]
+    if missing:
         raise ConfigError(
-            f"config key 'train.models': tuning searches the parameters of {family.label} "
-            f"({family.name!r}); add {family.name!r} to train.models"
+            f"config key 'train.tune.families': {missing[0]!r} is not trained (train.models lists "
+            f"{', '.join(models)}); add it to train.models or leave it out of train.tune.families"
         )
-    return family
+    return [FAMILIES[name] for name in dict.fromkeys(chosen)]
 
 
 def tune(
@@ -94,8 +111,8 @@ def tune(
     on_evaluated=None,
     on_started=None,
 ) -> TuneResult:
-    """Search the global XGBoost's parameters (``train.tune``), then train and evaluate the
-    job with the best of them, in one run directory.
+    """Search the global XGBoost's and the MLP's parameters (``train.tune``), then train and
+    evaluate the job with the best of them, in one run directory.
 
     Parameters
     ----------
@@ -107,7 +124,7 @@ def tune(
         study resumes where it stopped). Default: the newest run whose features are current
         for this config (its study is continued when it is the same study), else a new one.
     trials : int, optional
-        Finished trials the study should have (default ``train.tune.trials``); a study that
+        Finished trials each study should have (default ``train.tune.trials``); a study that
         has them already runs none.
     force : bool
         A new run directory: the ETL and the study start over.
@@ -130,7 +147,8 @@ def tune(
     --------
     >>> from shardflow.pipelines.setup.config import load_config
     >>> result = tune(load_config("job.yaml"), trials=40)  # doctest: +SKIP
-    >>> result.best_params, result.best_value, result.default_value  # doctest: +SKIP
+    >>> study = result.studies["xgboost"]  # doctest: +SKIP
+    >>> study.best_params, study.best_value, study.default_value  # doctest: +SKIP
     """
     from shardflow.pipelines.setup.plan import InputPlan
 
@@ -139,7 +157,7 @@ def tune(
         if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
             raise ConfigError(f"trials: expected a whole number of at least 1, got {trials!r}")
         config.train.tune.trials = trials
-    family = tuned_family(config)
+    searches = searched_families(config)
     runs_dir = prepare_runs_dir(config.runs_dir)
     if isinstance(runs_dir, StorePath):
         raise ShardflowError(
@@ -166,7 +184,14 @@ def tune(
             on_started(run_dir)
         runtime = as_runtime(runtime) or plan.start_cluster()
         return _tune_claimed(
-            config, runtime, run_dir, plan=plan, keys=keys, family=family, on_trial=on_trial, on_evaluated=on_evaluated
+            config,
+            runtime,
+            run_dir,
+            plan=plan,
+            keys=keys,
+            searches=searches,
+            on_trial=on_trial,
+            on_evaluated=on_evaluated,
         )
     finally:
         if owns and runtime is not None:
@@ -174,43 +199,89 @@ def tune(
         release_run(run_dir)
 
 
-def _tune_claimed(config: Config, runtime, run_dir, *, plan, keys: dict, family, on_trial, on_evaluated) -> TuneResult:
+def _tune_claimed(
+    config: Config, runtime, run_dir, *, plan, keys: dict, searches: list, on_trial, on_evaluated
+) -> TuneResult:
     from shardflow.pipelines.etl.stage import etl
 
     tc = config.train
     if not RunDir(run_dir).is_current(RunDir.ETL, keys[RunDir.ETL]):
         etl(config, runtime=runtime, run_dir=run_dir, key=keys[RunDir.ETL], plan=plan)
-    started = time.perf_counter()
     # Kept until the run has trained: its training finds these partitions in memory (same keys).
     data = load_training_data(runtime, RunDir(run_dir).stage(RunDir.ETL), tc.seed)
-    objective = Objective.of(data, tc.xgboost, runtime.backend, tc.seed)
-    space = merge_space(tc.tune.space)
-    name = study_name(keys[RunDir.ETL], objective, space, tc.tune, seed=tc.seed, code=code_version(RunDir.TRAIN))
-    settings = StudySettings(name, objective.metric, objective.direction, space, tc.tune, tc.seed)
-    study = open_study(run_dir, settings)
     concurrent = concurrent_trials(tc.tune.concurrent, data, runtime.client)
-    if len(finished_trials(study)) < tc.tune.trials:
-        runner = (
-            WorkerTrials(runtime, data, tc.xgboost, objective)
-            if concurrent
-            else ClusterTrials(runtime, data, tc.xgboost, objective, train=tc, scratch=tune_file(run_dir, "scratch"))
-        )
-        try:
-            optimize(study, runner, settings, trials=tc.tune.trials, default_params=objective.params, on_trial=on_trial)
-        finally:
-            runner.close()
     mode = "concurrent" if concurrent else "distributed"
-    record = study_record(study, settings, trials=tc.tune.trials, mode=mode, seconds=time.perf_counter() - started)
-    record.update(
-        family=family.name, metric=objective.metric, space=space_summary(space), workers=len(set(data.workers))
-    )
-    write_text_atomic(tune_file(run_dir, "result"), json.dumps(record, indent=1, default=float))
+    final = copy.deepcopy(config)
+    records, outcomes, runner = {}, {}, None
+    try:
+        for family in searches:
+            search = family.tuning(family, data, tc, runtime.backend)
+            started = time.perf_counter()
+            name = study_name(
+                search, keys[RunDir.ETL], tc.tune, seed=tc.seed, code=code_version(RunDir.TRAIN), mode=mode
+            )
+            objective = search.objective
+            settings = StudySettings(
+                name, objective.metric, objective.direction, search.space, tc.tune, tc.seed, search.warmup
+            )
+            study = open_study(run_dir, settings)
+            if len(finished_trials(study)) < tc.tune.trials:
+                if runner is None:
+                    runner = (
+                        WorkerTrials(runtime, data)
+                        if concurrent
+                        else ClusterTrials(runtime, scratch=tune_file(run_dir, "scratch"))
+                    )
+                optimize(study, runner, search, settings, trials=tc.tune.trials, on_trial=on_trial)
+            record = study_record(
+                study, settings, trials=tc.tune.trials, mode=mode, seconds=time.perf_counter() - started
+            )
+            best, default = record["best"], record["default"]
+            if best is None:
+                raise ShardflowError(
+                    f"tune {search.family}: no trial of study {name} completed (all were pruned or failed); "
+                    "run more trials"
+                )
+            record.update(
+                family=search.family,
+                metric=objective.metric,
+                step=search.step,
+                value_note=search.value_note,
+                space=space_summary(search.space),
+                options=search.options(best["params"]),
+                workers=len(set(data.workers)),
+            )
+            records[search.family] = record
+            _log_outcome(record)
+            search.apply(final, best["params"])
+            outcomes[search.family] = StudyOutcome(
+                family=search.family,
+                metric=objective.metric,
+                direction=objective.direction,
+                best_params=best["params"],
+                best_value=best["value"],
+                default_value=default["value"] if default else None,
+                trials=record["finished"],
+                pruned=record["pruned"],
+                mode=mode,
+            )
+    finally:
+        if runner is not None:
+            runner.close()
+    write_text_atomic(tune_file(run_dir, "result"), json.dumps({"studies": records}, indent=1, default=float))
+    result = run(final, runtime, run_dir=run_dir, plan=plan, on_evaluated=on_evaluated)
+    del data
+    if config.tracking.mlflow is not None:
+        _log_trials(config, run_dir, list(records.values()))
+    return TuneResult(run_dir=run_dir, studies=outcomes, run=result)
+
+
+def _log_outcome(record: dict) -> None:
     best, default = record["best"], record["default"]
-    if best is None:
-        raise ShardflowError(f"tune: no trial of study {name} completed (all were pruned or failed); run more trials")
     logger.info(
-        "tune: best %s %.6g (trial %d) against the defaults' %s, %d trials (%d pruned) in %.1fs",
-        objective.metric,
+        "tune %s: best %s %.6g (trial %d) against the defaults' %s, %d trials (%d pruned) in %.1fs",
+        record["family"],
+        record["metric"],
         best["value"],
         best["trial"],
         "—" if not default or default["value"] is None else f"{default['value']:.6g}",
@@ -218,33 +289,15 @@ def _tune_claimed(config: Config, runtime, run_dir, *, plan, keys: dict, family,
         record["pruned"],
         record["seconds"],
     )
-    final = copy.deepcopy(config)
-    final.train.xgboost.params = with_params(tc.xgboost.params, best["params"])
-    result = run(final, runtime, run_dir=run_dir, plan=plan, on_evaluated=on_evaluated)
-    del data
-    if config.tracking.mlflow is not None:
-        _log_trials(config, run_dir, record)
-    return TuneResult(
-        run_dir=run_dir,
-        metric=objective.metric,
-        direction=objective.direction,
-        best_params=best["params"],
-        best_value=best["value"],
-        default_value=default["value"] if default else None,
-        trials=record["finished"],
-        pruned=record["pruned"],
-        mode=mode,
-        run=result,
-    )
 
 
-def _log_trials(config: Config, run_dir, record: dict) -> None:
+def _log_trials(config: Config, run_dir, records: list) -> None:
     """One MLflow child run per trial under the run's MLflow run (``tracking.mlflow``); a
     failure is a warning: the run is complete, and the same command logs the trials again."""
     from shardflow.pipelines.interface.tracking_tuning import log_trials
 
     try:
-        logged = log_trials(config.tracking.mlflow, run_dir, record)
+        logged = sum(log_trials(config.tracking.mlflow, run_dir, record) for record in records)
     except Exception as err:
         logger.warning(
             "tracking: logging the trials of run %s to MLflow failed (%s: %s); `shardflow tune --resume %s` "

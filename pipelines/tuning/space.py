@@ -1,5 +1,6 @@
-"""Search spaces: the documented default ranges of the global XGBoost's parameters, a config's
-overrides merged over them (``train.tune.space``), and the defaults' own point in them.
+"""Search spaces: the documented default ranges of the global XGBoost's parameters
+(``train.tune.space``) and of the MLP's (``train.tune.mlp_space``), a config's overrides merged
+over them, and the untuned job's own point in them.
 
 Pure Python (no Optuna): the config validates a space without loading the tuning libraries.
 """
@@ -101,17 +102,63 @@ FIXED = {
     "num_parallel_tree": "train.xgboost.params",
 }
 
+#: The default search space of the MLP (``train.mlp``; ``train.tune.mlp_space`` overrides a
+#: range, removes one with ``null``, or adds one of :data:`MLP_SEARCHABLE`). ``width`` is the
+#: first hidden layer's width and ``layers`` the number of hidden layers, each half as wide as
+#: the one before (at least :data:`MIN_LAYER_WIDTH`). The length is not searched: early
+#: stopping on the validation loss chooses it within ``train.mlp.max_steps``.
+MLP_SPACE = {
+    "lr": Range(1e-4, 3e-2, log=True),
+    "weight_decay": Range(1e-6, 1e-1, log=True),
+    "dropout": Range(0.0, 0.5),
+    "batch_size": Range(choices=(256, 512, 1024, 2048)),
+    "width": Range(32, 512, log=True, integer=True),
+    "layers": Range(1, 4, integer=True),
+    "embedding_dim": Range(4, 32, log=True, integer=True),
+}
+
+#: The MLP's searchable parameters: the default space's, and these ``train.mlp`` options (which
+#: need a whole range in ``train.tune.mlp_space``, e.g. ``momentum: {low: 0, high: 0.9}``).
+MLP_SEARCHABLE = (*MLP_SPACE, "momentum", "optimizer", "lr_schedule", "warmup")
+
+#: The narrowest hidden layer the ``width``/``layers`` parameters make.
+MIN_LAYER_WIDTH = 8
+
+#: ``train.mlp`` options never searched: what sets them instead.
+MLP_FIXED = {
+    "hidden": "width and layers (the first layer's width, and how many layers)",
+    "epochs": "early stopping, within train.mlp.max_steps",
+    "max_steps": "early stopping, within train.mlp.max_steps",
+    "early_stopping_patience": "train.mlp.early_stopping_patience",
+    "sync": "train.mlp.sync",
+    "sync_every": "train.mlp.sync_every",
+    "accumulation_steps": "train.mlp.accumulation_steps",
+    "bf16": "train.mlp.bf16",
+    "device": "the cluster's backend (train.mlp.device)",
+}
+
 #: The options of one range in a config, as :func:`merge_space` reads them.
 RANGE_OPTIONS = ("low", "high", "log", "integer", "choices")
 
 
-def merge_space(overrides: dict, defaults: dict | None = None, prefix: str = "train.tune.space") -> dict:
+def merge_space(
+    overrides: dict,
+    defaults: dict | None = None,
+    prefix: str = "train.tune.space",
+    *,
+    fixed: dict | None = None,
+    known: tuple | None = None,
+    checks: dict | None = None,
+) -> dict:
     """The search space: ``defaults`` (:data:`XGBOOST_SPACE`) with a config's ``overrides``.
 
     Each override is a mapping of :data:`RANGE_OPTIONS` (or an object with them as attributes,
     None where unset) merged over the parameter's default range, or None to leave the
     parameter out. A parameter outside the defaults needs a whole range (``low`` and ``high``,
-    or ``choices``).
+    or ``choices``). ``fixed`` names the parameters never searched (default: :data:`FIXED`),
+    ``known`` the only ones that may be (None: any, as XGBoost's), and ``checks`` maps a
+    parameter to the :class:`~shardflow.core.constraints.Constraint` every value of its range
+    must meet (its config option's own).
 
     Raises
     ------
@@ -129,11 +176,16 @@ def merge_space(overrides: dict, defaults: dict | None = None, prefix: str = "tr
     shardflow.core.constraints.ConfigError: config key 'train.tune.space.max_depth': low (9) is above high (3)
     """
     defaults = XGBOOST_SPACE if defaults is None else defaults
+    fixed = FIXED if fixed is None else fixed
     space = dict(defaults)
     for name, given in overrides.items():
         key = f"{prefix}.{name}"
-        if name in FIXED:
-            raise ConfigError(f"config key '{key}': {name} is not searched; it comes from {FIXED[name]}")
+        if name in fixed:
+            raise ConfigError(f"config key '{key}': {name} is not searched; it comes from {fixed[name]}")
+        if known is not None and name not in known:
+            raise ConfigError(
+                f"config key '{key}': {name} is not a parameter that can be searched; use one of {', '.join(known)}"
+            )
         if given is None:
             space.pop(name, None)
             continue
@@ -149,6 +201,8 @@ def merge_space(overrides: dict, defaults: dict | None = None, prefix: str = "tr
                 f"e.g. {name}: {{low: 0, high: 5}}"
             )
         space[name] = _checked(key, _merged(base, options))
+        if checks and name in checks:
+            _meets(key, space[name], checks[name])
     if not space:
         raise ConfigError(f"config key '{prefix}': every parameter is left out; search at least one")
     return space
@@ -202,6 +256,15 @@ def _checked(key: str, found: Range) -> Range:
     return found
 
 
+def _meets(key: str, found: Range, constraint) -> None:
+    """Every end (or choice) of ``found`` meets the option's own ``constraint``."""
+    values = found.choices if found.choices is not None else (found.low, found.high)
+    for value in values:
+        problem = constraint.problem(value)
+        if problem:
+            raise ConfigError(f"config key '{key}': {problem}")
+
+
 def default_point(space: dict, params: dict) -> dict:
     """The point of ``space`` the untuned job trains with: ``params`` (shardflow's defaults and
     ``train.xgboost.params``, under any alias), else XGBoost's defaults; a value outside its range is
@@ -249,3 +312,39 @@ def with_params(params: dict, tuned: dict) -> dict:
 def space_summary(space: dict) -> dict:
     """``{parameter: its range in words}`` (for tune.json and the report)."""
     return {name: found.describe() for name, found in space.items()}
+
+
+def mlp_point(mlp) -> dict:
+    """The ``train.mlp`` options (an object with them as attributes) as the MLP's searched
+    parameters: ``width`` and ``layers`` from ``hidden``.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> mlp_point(SimpleNamespace(hidden=[128, 64], lr=0.003, batch_size=1024))["width"]
+    128
+    """
+    point = {name: getattr(mlp, name) for name in MLP_SEARCHABLE if hasattr(mlp, name)}
+    point.update(width=mlp.hidden[0] if mlp.hidden else MIN_LAYER_WIDTH, layers=len(mlp.hidden))
+    return point
+
+
+def mlp_options(hidden: list, tuned: dict) -> dict:
+    """The ``train.mlp`` options a point of the MLP's space sets: its parameters, with
+    ``width`` and ``layers`` as ``hidden`` (kept as it is when they describe it already).
+
+    Examples
+    --------
+    >>> mlp_options([128, 64], {"width": 256, "layers": 3, "lr": 0.01})
+    {'lr': 0.01, 'hidden': [256, 128, 64]}
+    >>> mlp_options([100, 100], {"width": 100, "layers": 2})
+    {'hidden': [100, 100]}
+    """
+    options = {k: v for k, v in tuned.items() if k not in ("width", "layers")}
+    width = tuned.get("width", hidden[0] if hidden else MIN_LAYER_WIDTH)
+    layers = tuned.get("layers", len(hidden))
+    if hidden and (width, layers) == (hidden[0], len(hidden)):
+        options["hidden"] = list(hidden)
+    else:
+        options["hidden"] = [max(MIN_LAYER_WIDTH, int(width) >> i) for i in range(int(layers))]
+    return options

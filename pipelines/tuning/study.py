@@ -1,13 +1,14 @@
-"""The study: Optuna's TPE sampler and pruner, its store in the run directory, and the loop
-that asks for trials, runs them on the cluster and tells their results.
+"""The studies: Optuna's TPE sampler and pruner, their store in the run directory, and the loop
+that asks for trials, runs them on the cluster and tells their results. Each searched family
+(:mod:`~shardflow.pipelines.tuning.trials`) has its own study, in one journal.
 
 The study is stored with Optuna's journal storage (``JournalFileBackend``: an append-only
 log, no database) in the run directory, so a tuning that was killed resumes where it
 stopped: the finished trials are kept, a trial that was running is marked failed and its
 parameters are tried again first, and the study goes on until ``train.tune.trials`` trials
-have finished (completed or pruned). Its name is a hash of what its trials' values depend
-on (the features, the untuned parameters, the space, the pruner, the seed and the training
-code): a change of any starts a new study, a larger ``trials`` continues the same one.
+have finished (completed or pruned). Its name is the family's and a hash of what its trials'
+values depend on (the features, the untuned options, the space, the pruner, the seed and the
+training code): a change of any starts a new study, a larger ``trials`` continues the same one.
 
 The first trial is the untuned job's point of the space, so the study's best is never
 worse than the defaults on the validation split that ranks the trials.
@@ -24,7 +25,6 @@ from dask.base import tokenize
 from shardflow.core.errors import ShardflowError
 from shardflow.pipelines.interface import progress
 from shardflow.pipelines.tuning.files import tune_file
-from shardflow.pipelines.tuning.space import default_point
 
 logger = logging.getLogger("shardflow.tune")
 
@@ -49,10 +49,11 @@ class StudySettings:
     space: dict
     tune: object  #: the ``train.tune`` section
     seed: int
+    warmup: int  #: steps (rounds, evaluations) before a trial may be pruned
 
     def pruner(self):
         optuna = load_optuna()
-        warmup = self.tune.warmup_rounds
+        warmup = self.warmup
         if self.tune.pruner == "median":
             return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup)
         if self.tune.pruner == "halving":
@@ -73,10 +74,12 @@ class StudySettings:
         return out
 
 
-def study_name(etl_key: str, objective, space: dict, tune, *, seed: int, code: str) -> str:
-    """The study's name: a hash of what its trials' values depend on (see the module)."""
-    settings = (tune.pruner, tune.warmup_rounds)  # they decide a pruned trial's value; startup_trials does not
-    return "xgb-" + tokenize(etl_key, objective.params, space, settings, seed, code)[:16]
+def study_name(search, etl_key: str, tune, *, seed: int, code: str, mode: str) -> str:
+    """The study's name: the family's, and a hash of what its trials' values depend on (see the
+    module; ``mode``: how trials use the cluster, ``concurrent`` or ``distributed``)."""
+    settings = (tune.pruner, search.warmup)  # they decide a pruned trial's value; startup_trials does not
+    inputs = (etl_key, search.study_inputs(mode), search.space, settings, seed, code)
+    return f"{search.family}-" + tokenize(*inputs)[:16]
 
 
 def open_study(run_dir, settings: StudySettings):
@@ -132,8 +135,8 @@ def snapshot(study) -> list:
     ]
 
 
-def optimize(study, runner, settings: StudySettings, *, trials: int, default_params: dict, on_trial=None) -> None:
-    """Run trials until ``trials`` have finished: ``runner`` (a
+def optimize(study, runner, search, settings: StudySettings, *, trials: int, on_trial=None) -> None:
+    """Run ``search``'s trials until ``trials`` have finished: ``runner`` (a
     :class:`~shardflow.pipelines.tuning.trials.WorkerTrials` or ``ClusterTrials``) keeps its
     slots busy, each finished trial is told to the study as it ends.
 
@@ -143,10 +146,14 @@ def optimize(study, runner, settings: StudySettings, *, trials: int, default_par
     from shardflow.tasks.tuning import Pruning, replay
 
     if not study.trials:
-        study.enqueue_trial(default_point(settings.space, default_params), user_attrs={"default": True})
+        study.enqueue_trial(search.untuned(), user_attrs={"default": True})
     distributions = settings.distributions()
     done = len(finished_trials(study))
-    counter = progress.Counter("tune", total=trials, unit="trials", done=done) if progress.enabled() else None
+    counter = (
+        progress.Counter(f"tune {search.family}", total=trials, unit="trials", done=done)
+        if progress.enabled()
+        else None
+    )
     flying = {}
     failed = None
     try:
@@ -156,7 +163,7 @@ def optimize(study, runner, settings: StudySettings, *, trials: int, default_par
                 finished = snapshot(study)
                 pruner = settings.pruner()
                 pruning = Pruning(pruner, settings.direction, finished) if pruner is not None else None
-                handle = runner.start(trial.number, trial.params, pruning)
+                handle = runner.start(search, trial.number, trial.params, pruning)
                 flying[handle] = (trial, finished)
             for handle, result in runner.wait(list(flying)):
                 trial, finished = flying.pop(handle)
@@ -175,10 +182,11 @@ def optimize(study, runner, settings: StudySettings, *, trials: int, default_par
             if failed is not None and not flying:
                 trial, err = failed
                 raise ShardflowError(
-                    f"tune: trial {trial.number} failed with {trial.params}: {type(err).__name__}: {err}"
+                    f"tune {search.family}: trial {trial.number} failed with {trial.params}: "
+                    f"{type(err).__name__}: {err}"
                 ) from err
     except BaseException:
-        runner.close()
+        runner.cancel()
         if counter is not None:
             counter.close(failed=True)
         raise

@@ -1,12 +1,14 @@
-"""How trials use the cluster: side by side on the workers, or one at a time across all of them.
+"""What a study searches (:class:`XGBoostSearch`, :class:`MLPSearch`) and how its trials use the
+cluster: side by side on the workers, or one at a time across all of them.
 
 When one trial's data fits one worker (:func:`~shardflow.pipelines.setup.train_config.trains_on_one_worker`),
 every worker gets a copy of the whole training split once (its partitions gathered there) and
 trains one trial at a time on it with its own threads: ``W`` workers run ``W`` trials at once
-(:class:`WorkerTrials`). Otherwise each trial is the global XGBoost's own distributed training
-(:func:`~shardflow.pipelines.training.xgboost_global.train_global_xgboost`, allreduce over every
-worker's partitions), one trial after another (:class:`ClusterTrials`). Either way the
-partitions stay where :func:`~shardflow.pipelines.training.load_training_data` placed them.
+(:class:`WorkerTrials`; an MLP trial trains as one per-partition MLP does). Otherwise each trial
+is the family's own distributed training (the global XGBoost's allreduce, the data-parallel
+MLP's process group, over every worker's partitions), one trial after another
+(:class:`ClusterTrials`). Either way the partitions stay where
+:func:`~shardflow.pipelines.training.load_training_data` placed them.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ from contextlib import contextmanager
 from dask.utils import format_bytes
 
 from shardflow.core.storage import remove_tree
-from shardflow.pipelines.setup.train_config import trains_on_one_worker
+from shardflow.pipelines.setup.train_config import mlp_space_rules, trains_on_one_worker
 from shardflow.pipelines.training.data import call_token
 from shardflow.pipelines.training.xgboost_global import train_global_xgboost, xgboost_params
-from shardflow.pipelines.tuning.space import with_params
+from shardflow.pipelines.tuning.space import default_point, merge_space, mlp_options, mlp_point, with_params
 from shardflow.tasks.metric_sums import metric_direction
 
 logger = logging.getLogger("shardflow.tune")
@@ -30,22 +32,162 @@ logger = logging.getLogger("shardflow.tune")
 
 @dataclasses.dataclass
 class Objective:
-    """What every trial shares: the job's XGBoost options and the metric that ranks trials."""
+    """What every trial of one study shares: the untuned options and the metric that ranks trials."""
 
-    params: dict  #: the untuned parameters (shardflow's defaults and train.xgboost.params)
+    params: dict  #: the untuned options (XGBoost: shardflow's defaults and train.xgboost.params)
     metric: str  #: the validation metric early stopping watches (the trials' value)
     maximize: bool
-
-    @classmethod
-    def of(cls, data, cfg, backend: str, seed: int) -> Objective:
-        params = xgboost_params(data.task, cfg, backend, seed, classes=data.classes)
-        metrics = params["eval_metric"]
-        metric = metrics[-1] if isinstance(metrics, (list, tuple)) else metrics
-        return cls(params, metric, metric_direction(metric) == "max")
 
     @property
     def direction(self) -> str:
         return "maximize" if self.maximize else "minimize"
+
+
+class XGBoostSearch:
+    """The global XGBoost's parameters (``train.tune.space``): a trial trains it as the train
+    stage does, with early stopping on the validation split's ``eval_metric``; its steps are
+    boosting rounds."""
+
+    step = "round"
+    value_note = ""  #: what the study's value is, where its metric's name does not say
+
+    def __init__(self, family, data, train, backend: str):
+        self.family, self.label = family.name, family.label
+        self.data, self.train, self.cfg = data, train, train.xgboost
+        params = xgboost_params(data.task, self.cfg, backend, train.seed, classes=data.classes)
+        metrics = params["eval_metric"]
+        metric = metrics[-1] if isinstance(metrics, (list, tuple)) else metrics
+        self.objective = Objective(params, metric, metric_direction(metric) == "max")
+        self.space = merge_space(train.tune.space)
+        self.warmup = train.tune.warmup_rounds
+
+    def untuned(self) -> dict:
+        """The untuned job's point of the space (the study's first trial)."""
+        return default_point(self.space, self.objective.params)
+
+    def worker_trial(self, held, tuned: dict, pruning) -> tuple:
+        """``(function, kwargs)`` of a trial on one worker's copy ``held`` of the training split."""
+        from shardflow.tasks.tuning import train_xgboost_trial
+
+        return train_xgboost_trial, dict(
+            shard=held,
+            params=with_params(self.objective.params, tuned),
+            rounds=self.cfg.num_boost_round,
+            patience=self.cfg.early_stopping_rounds,
+            metric=self.objective.metric,
+            maximize=self.objective.maximize,
+            feature_names=self.data.feature_names,
+            feature_types=self.data.feature_types(self.cfg.categorical),
+            categorical=self.cfg.categorical,
+            pruning=pruning,
+        )
+
+    def cluster_trial(self, runtime, tuned: dict, pruning, *, label: str, scratch) -> dict:
+        """A trial as the global XGBoost's distributed training over all workers."""
+        from shardflow.tasks.tuning import PruningCallback
+
+        cfg = dataclasses.replace(self.cfg, params=with_params(self.cfg.params, tuned))
+        callback = PruningCallback(pruning, self.objective.metric, maximize=self.objective.maximize)
+        out = train_global_xgboost(
+            runtime,
+            self.data,
+            cfg,
+            checkpoint_dir=scratch,
+            seed=self.train.seed,
+            callbacks=[callback],
+            label=label,
+            max_attempts=self.train.max_attempts,
+            collective_timeout=self.train.collective_timeout,
+            checkpoint_seconds=None,
+        )
+        values = out["history"]["validation"][self.objective.metric]
+        return {"values": values, "best_iteration": out["best_iteration"], "best_score": values[out["best_iteration"]]}
+
+    def options(self, tuned: dict) -> dict:
+        """The config keys a point sets, as the run's ``config.yaml`` records them."""
+        return {f"train.xgboost.params.{name}": value for name, value in tuned.items()}
+
+    def apply(self, config, tuned: dict) -> None:
+        """Set ``config``'s options to the point ``tuned`` (the final model trains with them)."""
+        config.train.xgboost.params = with_params(config.train.xgboost.params, tuned)
+
+    def study_inputs(self, mode: str) -> tuple:
+        """What the trials' values depend on besides the features, the space and the code; the
+        ``mode`` trials run in does not change an XGBoost trial (one worker or allreduce train
+        the same trees)."""
+        return (self.objective.params, self.cfg.num_boost_round, self.cfg.early_stopping_rounds)
+
+
+class MLPSearch:
+    """The MLP's options (``train.tune.mlp_space``): a trial trains it as the MLP families do
+    (its length by ``train.mlp.max_steps`` and early stopping on the validation loss); its steps
+    are evaluations of the validation loss. Its value is that loss, in the MLP's own units
+    (log loss; the mean squared error of the standardised target for a regression)."""
+
+    step = "evaluation"
+    value_note = "the MLP's own loss: log loss, or the mean squared error of the standardised target"
+
+    def __init__(self, family, data, train, backend: str):
+        self.family, self.label = family.name, family.label
+        self.data, self.train, self.cfg, self.backend = data, train, train.mlp, backend
+        self.objective = Objective(dataclasses.asdict(self.cfg), "loss", maximize=False)
+        self.space = merge_space(train.tune.mlp_space, **mlp_space_rules())
+        self.warmup = train.tune.warmup_evaluations
+
+    def untuned(self) -> dict:
+        return default_point(self.space, mlp_point(self.cfg))
+
+    def configured(self, tuned: dict):
+        """``train.mlp`` with the point ``tuned``."""
+        return dataclasses.replace(self.cfg, **mlp_options(self.cfg.hidden, tuned))
+
+    def worker_trial(self, held, tuned: dict, pruning) -> tuple:
+        from shardflow.pipelines.training.mlp_setup import mlp_optim_for, mlp_spec_for
+        from shardflow.tasks.tuning import train_mlp_trial
+
+        cfg = self.configured(tuned)
+        return train_mlp_trial, dict(
+            shard=held,
+            spec=mlp_spec_for(self.data.preprocessor, cfg),
+            optim=mlp_optim_for(cfg, self.backend),
+            epochs=cfg.epochs,
+            max_steps=cfg.max_steps,
+            schedule=cfg.lr_schedule,
+            warmup=cfg.warmup,
+            patience=cfg.early_stopping_patience,
+            seed=self.train.seed,
+            pruning=pruning,
+        )
+
+    def cluster_trial(self, runtime, tuned: dict, pruning, *, label: str, scratch) -> dict:
+        """A trial as the data-parallel MLP's training over all workers."""
+        from shardflow.pipelines.training.mlp import train_data_parallel_mlp
+        from shardflow.tasks.tuning import finite_losses
+
+        out = train_data_parallel_mlp(
+            runtime,
+            self.data,
+            self.configured(tuned),
+            self.train.seed,
+            label=label,
+            max_attempts=self.train.max_attempts,
+            collective_timeout=self.train.collective_timeout,
+            checkpoint_seconds=None,
+            stop=None if pruning is None else pruning.prune,
+        )
+        values = finite_losses(out["history"]["validation_loss"])
+        best = values.index(min(values))
+        return {"values": values, "best_iteration": best, "best_score": values[best]}
+
+    def options(self, tuned: dict) -> dict:
+        return {f"train.mlp.{name}": value for name, value in mlp_options(self.cfg.hidden, tuned).items()}
+
+    def apply(self, config, tuned: dict) -> None:
+        config.train.mlp = dataclasses.replace(config.train.mlp, **mlp_options(config.train.mlp.hidden, tuned))
+
+    def study_inputs(self, mode: str) -> tuple:
+        # One worker's SGD on the whole split and the workers' averaged SGD are different trials.
+        return (self.objective.params, mode)
 
 
 def concurrent_trials(setting: str, data, client) -> bool:
@@ -67,10 +209,10 @@ def concurrent_trials(setting: str, data, client) -> bool:
 class WorkerTrials:
     """Trials side by side, one per worker, each on the whole training split (see the module)."""
 
-    def __init__(self, runtime, data, cfg, objective: Objective):
+    def __init__(self, runtime, data):
         from shardflow.tasks.tuning import gather_for_trials
 
-        self.client, self.data, self.cfg, self.objective = runtime.client, data, cfg, objective
+        self.client, self.data = runtime.client, data
         useful = [
             f for f, n_train, n_valid in zip(data.futures, data.train_rows, data.valid_rows) if n_train or n_valid
         ]
@@ -91,23 +233,13 @@ class WorkerTrials:
     def slots(self) -> int:
         return len(self.workers)
 
-    def start(self, number: int, tuned: dict, pruning):
-        from shardflow.tasks.tuning import train_xgboost_trial
-
+    def start(self, search, number: int, tuned: dict, pruning):
         worker = next(w for w in self.workers if w not in self.running.values())
+        function, kwargs = search.worker_trial(self.held[worker], tuned, pruning)
         future = self.client.submit(
-            train_xgboost_trial,
-            self.held[worker],
-            params=with_params(self.objective.params, tuned),
-            rounds=self.cfg.num_boost_round,
-            patience=self.cfg.early_stopping_rounds,
-            metric=self.objective.metric,
-            maximize=self.objective.maximize,
-            feature_names=self.data.feature_names,
-            feature_types=self.data.feature_types(self.cfg.categorical),
-            categorical=self.cfg.categorical,
-            pruning=pruning,
-            key=f"{call_token('tune-trial')}-{number}",
+            function,
+            **kwargs,
+            key=f"{call_token(f'tune-{search.family}-trial')}-{number}",
             workers=[worker],
             allow_other_workers=True,
             pure=False,
@@ -130,67 +262,50 @@ class WorkerTrials:
                 out.append((future, err))
         return out
 
-    def close(self) -> None:
+    def cancel(self) -> None:
+        """Cancel the running trials (the workers' copies stay, for the next study)."""
         for future in self.running:
             future.cancel()
+        self.running.clear()
+
+    def close(self) -> None:
+        self.cancel()
         for future in self.held.values():
             future.release()
 
 
 class ClusterTrials:
-    """One trial at a time, each the global XGBoost's distributed training over all workers."""
+    """One trial at a time, each the family's own distributed training over all workers."""
 
     slots = 1
 
-    def __init__(self, runtime, data, cfg, objective: Objective, *, train, scratch):
-        self.runtime, self.data, self.cfg, self.objective = runtime, data, cfg, objective
-        self.train, self.scratch = train, scratch  # the train section; where trials checkpoint
+    def __init__(self, runtime, *, scratch):
+        self.runtime, self.scratch = runtime, scratch  # where trials checkpoint
         self.pending = {}
 
-    def start(self, number: int, tuned: dict, pruning):
-        self.pending[number] = (tuned, pruning)
+    def start(self, search, number: int, tuned: dict, pruning):
+        self.pending[number] = (search, tuned, pruning)
         return number
 
     def wait(self, handles) -> list:
-        from shardflow.tasks.tuning import PruningCallback
-
         number = next(iter(handles))
-        tuned, pruning = self.pending.pop(number)
-        cfg = dataclasses.replace(self.cfg, params=with_params(self.cfg.params, tuned))
-        callback = PruningCallback(pruning, self.objective.metric, maximize=self.objective.maximize)
-        directory = self.scratch / f"trial-{number}"
+        search, tuned, pruning = self.pending.pop(number)
+        directory = self.scratch / f"{search.family}-trial-{number}"
         started = time.perf_counter()
         try:
             with quiet():
-                out = train_global_xgboost(
-                    self.runtime,
-                    self.data,
-                    cfg,
-                    checkpoint_dir=directory,
-                    seed=self.train.seed,
-                    callbacks=[callback],
-                    label=f"trial {number}",
-                    max_attempts=self.train.max_attempts,
-                    collective_timeout=self.train.collective_timeout,
-                    checkpoint_seconds=None,
-                )
+                result = search.cluster_trial(self.runtime, tuned, pruning, label=f"trial {number}", scratch=directory)
         except Exception as err:  # the study records the trial as failed
             return [(number, err)]
         finally:
             remove_tree(directory)
-        values = out["history"]["validation"][self.objective.metric]
-        best = out["best_iteration"]
-        result = {
-            "values": values,
-            "best_iteration": best,
-            "best_score": values[best],
-            "seconds": time.perf_counter() - started,
-            "worker": "all",
-        }
-        return [(number, result)]
+        return [(number, {**result, "seconds": time.perf_counter() - started, "worker": "all"})]
+
+    def cancel(self) -> None:
+        self.pending.clear()
 
     def close(self) -> None:
-        self.pending.clear()
+        self.cancel()
 
 
 @contextmanager
