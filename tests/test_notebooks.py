@@ -20,7 +20,7 @@ def test_there_are_notebooks():
 def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("SHARDFLOW_WORK", "work")  # relative, as a user's would be: to the kernel's folder
     monkeypatch.setenv("SHARDFLOW_WORKERS", "2")
-    monkeypatch.setenv("SHARDFLOW_ROWS", "40000")  # eight partitions of 5,000 rows: every cell, quickly
+    monkeypatch.setenv("SHARDFLOW_ROWS", "12000")  # every cell, quickly
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(
         notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
