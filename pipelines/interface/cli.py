@@ -28,6 +28,7 @@ from shardflow.pipelines.interface.commands import (
     cmd_run,
     cmd_runs,
 )
+from shardflow.pipelines.interface.console import DASHBOARD_LOGGERS
 
 DEFAULT_ROWS = 1_000_000
 #: What each command's ``--help`` says above its options (``description``) and below them
@@ -326,12 +327,14 @@ def _setup_logging(quiet: bool, verbose: bool, stream=None) -> None:
     if not verbose:
         for noisy in ("distributed", "dask"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
-    # The dashboard's web server logs a traceback for every failed page load: the job's
-    # terminal gets them only with -v, in shardflow's format. (Dask configures these
+    # The dashboard's web server logs a traceback for every failed page load, and Dask's
+    # dashboard components log their own errors (the Groups page fails with a KeyError
+    # naming a task group whose tasks were released: an upstream bug, not the job's): the
+    # job's terminal gets them only with -v, in shardflow's format. (Dask configures these
     # loggers when it is imported: main() imports it first, so this setting comes last.)
     # So does asyncio for the Dask client's tasks that a Ctrl-C leaves unfinished ("Task
     # exception was never retrieved" and a traceback each, as the cluster closes).
-    for web in ("tornado", "tornado.application", "tornado.access", "tornado.general", "bokeh", "asyncio"):
+    for web in (*DASHBOARD_LOGGERS, "tornado.application", "tornado.access", "tornado.general", "asyncio"):
         web_logger = logging.getLogger(web)
         web_logger.handlers[:] = [handler()]
         web_logger.propagate = False

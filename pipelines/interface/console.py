@@ -32,6 +32,9 @@ _PY_WARNING = re.compile(r"^(?P<where>\S+:\d+): (?P<category>\w*Warning): (?P<me
 _NATIVE = re.compile(r"^\[\d\d:\d\d:\d\d\] (?P<message>.*)$")
 #: Dask messages that shardflow reports itself, better (the failed task's own error).
 _REPORTED_BY_SHARDFLOW = ("Compute Failed", "Run Failed")
+#: Loggers of the dashboard's web server and of Dask's dashboard pages: their errors are the
+#: dashboard's, not the job's (a page that fails to draw), so the job logs them at debug level.
+DASHBOARD_LOGGERS = ("distributed.dashboard", "distributed.http", "bokeh", "tornado")
 #: A process dying: always shown.
 _FATAL = ("Fatal Python error", "Segmentation fault", "terminate called", "Aborted", "Killed")
 #: ``WARNING: /__w/xgboost/xgboost/src/learner.cc:782: text``: where in XGBoost's sources (its
@@ -54,6 +57,8 @@ def classify(line: str, continuation=()) -> tuple[int, str]:
     True
     >>> classify("2026-11-22 21:12:41,123 - distributed.worker.memory - WARNING - Unmanaged memory use is high")
     (30, 'distributed.worker.memory: Unmanaged memory use is high')
+    >>> classify("2026-11-22 21:12:41,123 - distributed.dashboard.components.scheduler - ERROR - 'etl-write'")[0]
+    10
     >>> classify("[21:12:41] Task rank-000001 got rank 1")
     (10, 'xgboost: Task rank-000001 got rank 1')
     >>> classify("/x/y.py:3: RuntimeWarning: divide by zero")
@@ -70,7 +75,9 @@ def classify(line: str, continuation=()) -> tuple[int, str]:
         level = level if isinstance(level, int) else logging.INFO
         message = match["message"]
         # An empty message introduces a traceback (a cancelled coroutine at shutdown, say).
-        if level >= logging.WARNING and message.strip() and not message.startswith(_REPORTED_BY_SHARDFLOW):
+        from_dashboard = match["name"].startswith(DASHBOARD_LOGGERS)
+        shown = message.strip() and not message.startswith(_REPORTED_BY_SHARDFLOW) and not from_dashboard
+        if level >= logging.WARNING and shown:
             return logging.WARNING, f"{match['name']}: {message}"
         return logging.DEBUG, f"{match['name']}: {message}"
     match = _PY_WARNING.match(line)
