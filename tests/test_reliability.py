@@ -176,6 +176,8 @@ def run_until_a_checkpoint(trips_dir, tmp_path, models: str, rounds: int):
         f"train.xgboost.num_boost_round={rounds}",
         "--set",
         "train.xgboost.early_stopping_rounds=null",
+        "--set",  # shallow trees: many rounds (the interruption lands mid-training), cheap to explain
+        "train.xgboost.params.max_depth=4",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 180
@@ -189,7 +191,7 @@ def run_until_a_checkpoint(trips_dir, tmp_path, models: str, rounds: int):
 
 def test_resume_after_the_driver_is_killed(trips_dir, tmp_path):
     """SIGKILL the `shardflow run` process during training; `--resume` finishes without redoing the ETL."""
-    cmd, proc, state = run_until_a_checkpoint(trips_dir, tmp_path, "xgboost,mlp", rounds=200)
+    cmd, proc, state = run_until_a_checkpoint(trips_dir, tmp_path, "xgboost,mlp", rounds=300)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver, its scheduler and its workers
     proc.wait()
     run_dir = state.parent.parent.parent
@@ -202,7 +204,7 @@ def test_resume_after_the_driver_is_killed(trips_dir, tmp_path):
     assert "run " + run_dir.name + ": etl current" in done.stderr
     assert "resuming from the checkpoint at round" in done.stderr
     xgb_meta = json.loads((run_dir / "train" / "xgboost.json").read_text())
-    assert xgb_meta["resumed_from"] > 0 and xgb_meta["rounds"] == 200
+    assert xgb_meta["resumed_from"] > 0 and xgb_meta["rounds"] == 300
 
 
 def test_local_cluster_listens_only_on_localhost(runtime):
@@ -692,7 +694,7 @@ def test_ctrl_c_during_training_exits_cleanly_and_the_next_run_resumes(trips_dir
     its workers) while the global XGBoost trains: exit 130 with one line, no process of the
     group left, no half-written stage; the same command then reuses the ETL and resumes."""
     runs = tmp_path / "runs"
-    cmd, proc, state = run_until_a_checkpoint(trips_dir, tmp_path, "xgboost", rounds=300)
+    cmd, proc, state = run_until_a_checkpoint(trips_dir, tmp_path, "xgboost", rounds=400)
     group = proc.pid  # start_new_session: the group's id is the driver's pid, as a shell's job is
     members = [p for p in psutil.process_iter(["pid"]) if _in_group(p, group)]
     assert len(members) >= 3  # the driver and two worker processes (with their nannies)
@@ -719,3 +721,32 @@ def _in_group(process, group: int) -> bool:
         return os.getpgid(process.pid) == group
     except (ProcessLookupError, psutil.NoSuchProcess):
         return False
+
+
+def test_a_checkpoint_stopped_between_its_model_and_its_state_resumes_at_the_state(tmp_path):
+    """The model is written before the state: a process killed between the two leaves a model
+    with more rounds than the state says. The checkpoint is the model's first rounds (the
+    model the state describes), not a restart from round 0."""
+    import json
+
+    import xgboost as xgb
+
+    from shardflow.pipelines.records.rundir import RunDir
+    from shardflow.pipelines.training.xgboost_checkpoint import read_checkpoint
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 4))
+    train = xgb.DMatrix(x, label=x[:, 0] + rng.normal(0, 0.1, 500))
+    params = {"max_depth": 3, "eta": 0.3, "seed": 0, "nthread": 1}
+    seven = xgb.train(params, train, num_boost_round=7)
+    RunDir.checkpoint_file(tmp_path, "model").write_bytes(bytes(seven.save_raw(raw_format="ubj")))
+    RunDir.checkpoint_file(tmp_path, "state").write_text(json.dumps({"token": "t", "rounds": 5}))
+    booster, state = read_checkpoint(tmp_path, "t")
+    assert state["rounds"] == 5 and booster.num_boosted_rounds() == 5
+    five = xgb.train(params, train, num_boost_round=5)
+    np.testing.assert_array_equal(booster.predict(train), five.predict(train))
+    # Going on from it gives the model trained without the stop.
+    np.testing.assert_allclose(
+        xgb.train(params, train, num_boost_round=2, xgb_model=booster).predict(train), seven.predict(train), rtol=1e-6
+    )
+    assert read_checkpoint(tmp_path, "another job") == (None, None)

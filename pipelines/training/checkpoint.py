@@ -14,10 +14,13 @@ long one loses at most ``train.checkpoint_seconds`` of work.
 from __future__ import annotations
 
 import json
+import logging
 
 from dask.base import tokenize
 
 from shardflow.pipelines.records.rundir import RunDir, write_bytes_atomic, write_text_atomic
+
+logger = logging.getLogger("shardflow.train")
 
 
 def checkpoint_due(since_last: float, seconds: float | None) -> bool:
@@ -35,6 +38,10 @@ def checkpoint_due(since_last: float, seconds: float | None) -> bool:
 # ----------------------------------------------------------------------------- data-parallel MLP
 
 
+#: The MLP checkpoint's weight files (``RunDir.checkpoint_file`` names) and their state keys.
+_WEIGHTS = (("params", "params"), ("best", "best_params"))
+
+
 def mlp_checkpoint_token(data, cfg, seed) -> str:
     return tokenize(data.token, cfg, seed)[:16]
 
@@ -46,21 +53,35 @@ def read_mlp_checkpoint(ckpt, data, cfg, seed):
     meta = json.loads(RunDir.checkpoint_file(ckpt, "state").read_text())
     if meta.get("token") != mlp_checkpoint_token(data, cfg, seed):
         return None
-    from shardflow.pipelines.records.artifacts import load_weights
+    from shardflow.pipelines.records.artifacts import load_weights, sha256
 
-    meta["params"] = load_weights(RunDir.checkpoint_file(ckpt, "params"))
-    meta["best_params"] = load_weights(RunDir.checkpoint_file(ckpt, "best"))
+    files = {key: RunDir.checkpoint_file(ckpt, what) for what, key in _WEIGHTS}
+    recorded = meta.pop("sha256", None)
+    if not all(path.exists() for path in files.values()):
+        return None
+    if recorded is not None and any(sha256(files[key]) != recorded.get(key) for key in files):
+        # Stopped between the weights' write and the state's: the weights are a later
+        # epoch's than the state says; resuming from them would not be the same training.
+        logger.info("mlp: the checkpoint in %s is incomplete (stopped while written); not resumed", ckpt)
+        return None
+    for key, path in files.items():
+        meta[key] = load_weights(path)
     return meta
 
 
 def write_mlp_checkpoint(ckpt, state, token) -> None:
 
+    import hashlib
+
     from shardflow.pipelines.records.artifacts import weights_bytes
 
     ckpt.mkdir(parents=True, exist_ok=True)
-    for what, key in (("params", "params"), ("best", "best_params")):
-        write_bytes_atomic(RunDir.checkpoint_file(ckpt, what), weights_bytes(state[key]))
+    digests = {}
+    for what, key in _WEIGHTS:
+        payload = weights_bytes(state[key])
+        write_bytes_atomic(RunDir.checkpoint_file(ckpt, what), payload)
+        digests[key] = hashlib.sha256(payload).hexdigest()
     meta = {k: v for k, v in state.items() if k not in ("params", "best_params")}
-    meta["token"] = token
+    meta["token"], meta["sha256"] = token, digests
     # last: the weights it names are in place
     write_text_atomic(RunDir.checkpoint_file(ckpt, "state"), json.dumps(meta, default=float))

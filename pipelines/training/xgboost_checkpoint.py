@@ -7,6 +7,7 @@ its own because it loads XGBoost: a job that trains no XGBoost model never impor
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import xgboost as xgb
@@ -14,6 +15,8 @@ import xgboost as xgb
 from shardflow.core.storage import location
 from shardflow.pipelines.records.rundir import RunDir, write_bytes_atomic, write_text_atomic
 from shardflow.pipelines.training.checkpoint import checkpoint_due
+
+logger = logging.getLogger("shardflow.train")
 
 
 def read_checkpoint(directory, token: str):
@@ -24,11 +27,26 @@ def read_checkpoint(directory, token: str):
         return None, None
     state = json.loads(state_path.read_text())
     if state.get("token") != token:
+        logger.info("xgboost: the checkpoint in %s was written for other data or parameters; not resumed", directory)
         return None, None
     booster = xgb.Booster()
     booster.load_model(bytearray(model_path.read_bytes()))
+    rounds = booster.num_boosted_rounds()
+    if rounds > state["rounds"]:
+        # Stopped between the model's write and the state's (the model is written first):
+        # the model's first rounds are the model the state describes.
+        try:
+            booster = booster[: state["rounds"]]
+        except (xgb.core.XGBoostError, ValueError, IndexError):
+            pass
     if booster.num_boosted_rounds() != state["rounds"]:
-        return None, None  # model and state from different moments: start over
+        logger.info(
+            "xgboost: the checkpoint in %s holds %d rounds where its state says %d; not resumed",
+            directory,
+            rounds,
+            state["rounds"],
+        )
+        return None, None
     return booster, state
 
 
