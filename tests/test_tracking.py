@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -123,7 +124,12 @@ def test_run_is_logged_to_mlflow_and_a_resumed_run_continues_it(tracking_server,
     logged = {
         m.name: m for m in mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list")
     }
-    assert set(logged) == {"xgboost", "mlp"}
+    # MLflow's own flavours for the global models; python functions for the ensembles and the best.
+    assert set(logged) == {"xgboost", "mlp", "xgboost_partitions", "best_model"}
+    best = max(first.metrics, key=lambda name: first.metrics[name]["auc"])
+    assert tracked.data.tags["best_model"] == best
+    assert tracked.data.tags["mlflow.source.name"] == "shardflow" and tracked.data.tags["mlflow.source.type"] == "JOB"
+    assert params[f"{best}.rows"] == str(first.metrics[best]["rows"]) and f"{best}.rows" not in tracked.data.metrics
     from shardflow.tasks.encode import Preprocessor
 
     features = Preprocessor.from_json(run_dir.preprocessor.read_text()).feature_names
@@ -147,6 +153,17 @@ def test_run_is_logged_to_mlflow_and_a_resumed_run_continues_it(tracking_server,
         with torch.no_grad():
             np.testing.assert_allclose(module(torch.from_numpy(x)).numpy(), own(torch.from_numpy(x)).numpy(), rtol=1e-6)
         assert mlflow.models.get_model_info(logged["mlp"].model_uri).signature is not None
+
+        # The python functions score raw input rows (joins, features, encoding included), as
+        # shardflow's own loader does; their artifacts hold code and the run's files, no pickle.
+        from shardflow.pipelines.serving.model import load_model
+
+        raw = pd.read_parquet(trips_dir / "trips").head(300).drop(columns=["is_delayed"])
+        for name, family in (("best_model", best), ("xgboost_partitions", "xgboost_partitions")):
+            pyfunc = mlflow.pyfunc.load_model(logged[name].model_uri)
+            pd.testing.assert_frame_equal(pyfunc.predict(raw), load_model(first.run_dir, family).predict(raw))
+            stored = mlflow.artifacts.download_artifacts(logged[name].model_uri)
+            assert not list(Path(stored).rglob("*.pkl")) and (Path(stored) / "mlflow_pyfunc.py").is_file()
     finally:
         mlflow.set_tracking_uri(None)
 

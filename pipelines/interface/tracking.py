@@ -12,6 +12,8 @@ from shardflow.pipelines.setup.tracking_config import MLflowConfig, uri_credenti
 #: Tags that tie an MLflow run to a shardflow run, and what of it was logged already.
 RUN_TAG, TRAIN_TAG, EVALUATE_TAG = "shardflow.run_id", "shardflow.logged_train_key", "shardflow.logged_evaluate_key"
 MODEL_TAG = "shardflow.logged_model"
+#: Entries of the evaluation's metrics that are counts (logged as parameters).
+_COUNTS = ("rows",)
 
 
 class MLflowRun:
@@ -72,10 +74,13 @@ class MLflowRun:
             self.params = dict(found[0].data.params)
         else:
             self.run_id = self.client.create_run(
-                self.experiment_id, run_name=name, tags={RUN_TAG: name, "shardflow.run_dir": str(run_dir)}
+                self.experiment_id,
+                run_name=name,
+                tags={RUN_TAG: name, "shardflow.run_dir": str(run_dir), **_source_tags()},
             ).info.run_id
             self.tags, self.params = {}, {}
         self.resumed = bool(found)
+        self.changed = set(filter(None, self.tags.get("shardflow.params_changed", "").split(",")))
 
     def finish(self, status: str = "FINISHED") -> None:
         """Mark the MLflow run ended; a tracking server that is gone is warned about, not raised
@@ -90,7 +95,7 @@ class MLflowRun:
         with another config) cannot be changed in MLflow: it is tagged and warned about."""
         from mlflow.entities import Param
 
-        params = {metric_name(k): v for k, v in params.items()}
+        params = {metric_name(k): str(v) for k, v in params.items()}
         new = {k: v for k, v in params.items() if k not in self.params}
         changed = sorted(k for k, v in params.items() if k in self.params and self.params[k] != v)
         for start in range(0, len(new), 100):
@@ -106,7 +111,8 @@ class MLflowRun:
                 self.run_id,
                 ", ".join(changed[:5]),
             )
-            self.client.set_tag(self.run_id, "shardflow.params_changed", ",".join(changed)[:5000])
+            self.changed.update(changed)
+            self.client.set_tag(self.run_id, "shardflow.params_changed", ",".join(sorted(self.changed))[:5000])
 
     def log_metrics(self, series: dict) -> None:
         """``{name: [value per step]}`` or ``{name: value}``. In a resumed MLflow run a curve goes
@@ -135,6 +141,17 @@ class MLflowRun:
 
 #: Seconds :func:`check_reachable` waits for a tracking server to accept a connection.
 PROBE_TIMEOUT = 5.0
+
+
+def _source_tags() -> dict:
+    """MLflow's source tags for a run made by shardflow (what made it, which version)."""
+    from importlib import metadata
+
+    return {
+        "mlflow.source.type": "JOB",
+        "mlflow.source.name": "shardflow",
+        "shardflow.version": metadata.version("shardflow"),
+    }
 
 
 def check_reachable(uri: str, timeout: float = PROBE_TIMEOUT) -> None:
@@ -266,19 +283,30 @@ def log_run(tracked: MLflowRun, config, run_dir) -> None:
         for out in logged.values():
             tracked.log_metrics(out["curves"])
         tracked.client.set_tag(tracked.run_id, TRAIN_TAG, train_key)
-    missing = {
-        name: out["log_model"] for name, out in logged.items() if tracked.tags.get(f"{MODEL_TAG}.{name}") != train_key
-    }
-    _log_models(tracked, missing, train_key)
+    calls = {name: (out["log_model"], train_key) for name, out in logged.items()}
+    pyfuncs, best = _pyfunc_models(files, train_key)
+    calls.update(pyfuncs)
+    _log_models(
+        tracked, {name: call for name, call in calls.items() if tracked.tags.get(f"{MODEL_TAG}.{name}") != call[1]}
+    )
+    if best:
+        tracked.client.set_tag(tracked.run_id, "best_model", best)
     evaluate_key = manifest.key_of(RunDir.EVALUATE) or ""
     if tracked.tags.get(EVALUATE_TAG) != evaluate_key and run.relative(run.metrics) in manifest.artifacts:
         metrics = files.read_json(run.metrics)["metrics"]
+        counts = {
+            f"{model}.{name}": value
+            for model, values in metrics.items()
+            for name, value in values.items()
+            if name in _COUNTS
+        }
+        tracked.log_params(counts)  # counts describe the evaluation: parameters, not metrics
         tracked.log_metrics(
             {
                 f"{model}.{name}": value
                 for model, values in metrics.items()
                 for name, value in values.items()
-                if isinstance(value, (int, float))
+                if isinstance(value, (int, float)) and name not in _COUNTS
             }
         )
         tracked.client.log_text(tracked.run_id, run.comparison.read_text(), run.comparison.name)
@@ -288,19 +316,75 @@ def log_run(tracked: MLflowRun, config, run_dir) -> None:
     tracked.client.log_text(tracked.run_id, run.config.read_text(), run.config.name)
 
 
-def _log_models(tracked: MLflowRun, calls: dict, train_key: str) -> None:
-    """Run the families' ``log_model(run_id, model_id)`` (MLflow's ``Model.log``, given the run
+def _pyfunc_models(files, train_key: str) -> dict:
+    """The run's models that MLflow gets as python functions scoring raw rows
+    (:mod:`~shardflow.pipelines.serving.mlflow_pyfunc`): ``best_model`` (the run's best on
+    validation) and every family MLflow has no flavour for (the ensembles and per-partition or
+    per-group models): ``{logged name: (log_model, tag)}``, and the best model's family (None
+    for a run not evaluated)."""
+    from shardflow.pipelines.families.registry import FAMILIES
+    from shardflow.pipelines.records.trained_models import available_models
+    from shardflow.tasks.metrics import best_model
+
+    names = {name: name for name in available_models(files.run.path) if FAMILIES[name].tracking is None}
+    if files.run.relative(files.run.metrics) in files.manifest.artifacts:
+        metrics = files.read_json(files.run.metrics)
+        if metrics["metrics"]:
+            names["best_model"] = best_model(metrics["metrics"], metrics["task"])
+    calls = {
+        logged: (_pyfunc_logger(files.run.path, family, logged), f"{train_key}:{family}")
+        for logged, family in names.items()
+    }
+    return calls, names.get("best_model")
+
+
+def _pyfunc_logger(run_dir, family: str, logged_name: str):
+    """``log_model(run_id, model_id)`` for one family of the run as an MLflow python function."""
+
+    def log_model(run_id: str, model_id: str):
+        import importlib.util
+        import tempfile
+        from importlib import metadata
+        from pathlib import Path
+
+        import mlflow.pyfunc
+        from mlflow.models import Model
+
+        from shardflow.pipelines.records.trained_models import copy_scoring_files
+        from shardflow.pipelines.serving import mlflow_pyfunc
+
+        code = importlib.util.find_spec(mlflow_pyfunc.__name__).origin  # not imported here: MLflow runs it
+        with tempfile.TemporaryDirectory(prefix="shardflow-pyfunc-") as tmp:
+            bundle = copy_scoring_files(run_dir, Path(tmp) / mlflow_pyfunc.RUN_ARTIFACT)
+            (bundle / mlflow_pyfunc.MODEL_FILE).write_text(family)
+            Model.log(
+                None,
+                name=logged_name,
+                flavor=mlflow.pyfunc,
+                run_id=run_id,
+                model_id=model_id,
+                python_model=code,
+                artifacts={mlflow_pyfunc.RUN_ARTIFACT: str(bundle)},
+                pip_requirements=[f"shardflow=={metadata.version('shardflow')}", f"mlflow=={mlflow.__version__}"],
+            )
+
+    return log_model
+
+
+def _log_models(tracked: MLflowRun, calls: dict) -> None:
+    """Run the models' ``log_model(run_id, model_id)`` (MLflow's ``Model.log``, given the run
     and a logged model created in the run's experiment: no active run or experiment is used or
-    changed) against the tracked run's server; MLflow's process-wide tracking URI is restored."""
+    changed) against the tracked run's server, and tag each logged (``calls``: ``{name:
+    (log_model, tag value)}``); MLflow's process-wide tracking URI is restored."""
     if not calls:
         return
     mlflow = tracked.mlflow
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracked.uri)
     try:
-        for name, call in calls.items():
+        for name, (call, tag) in calls.items():
             model = tracked.client.create_logged_model(tracked.experiment_id, name=name, source_run_id=tracked.run_id)
             call(tracked.run_id, model.model_id)
-            tracked.client.set_tag(tracked.run_id, f"{MODEL_TAG}.{name}", train_key)
+            tracked.client.set_tag(tracked.run_id, f"{MODEL_TAG}.{name}", tag)
     finally:
         mlflow.set_tracking_uri(previous)

@@ -96,3 +96,33 @@ def scoring_files(run_dir, model: str | None = None, *, option: str = "--run") -
     preprocessor = Preprocessor.from_json(verified_path(run_dir, run.relative(run.preprocessor), manifest).read_text())
     config_path = verified_path(run_dir, run.relative(run.config), manifest)
     return ScoringFiles(manifest, model, payload, preprocessor, config_path, metrics)
+
+
+def copy_scoring_files(run_dir, destination) -> Path:
+    """Copy what scoring one of the run's models reads into ``destination`` (a new local
+    folder, the same layout): the manifest, the config, the fitted preprocessing, the
+    evaluation's metrics and the train stage's files, each checked against the manifest
+    first. :func:`~shardflow.pipelines.serving.model.load_model` opens the copy like the run
+    (its dimension tables, when it joins any, are read where the run recorded them).
+
+    Returns
+    -------
+    pathlib.Path
+        ``destination``.
+    """
+    from shardflow.pipelines.records.manifest import stage_of
+    from shardflow.pipelines.records.rundir import MANIFEST
+
+    files = RunFiles(run_dir)
+    run = files.run
+    wanted = {run.relative(run.config), run.relative(run.preprocessor)}
+    if run.relative(run.metrics) in files.manifest.artifacts:
+        wanted.add(run.relative(run.metrics))
+    wanted |= {name for name in files.manifest.artifacts if stage_of(name) == RunDir.TRAIN}
+    destination = Path(destination)
+    for relative in sorted(wanted):
+        target = destination / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(verified_path(run.path, relative, files.manifest).read_bytes())
+    (destination / MANIFEST).write_text(files.manifest.to_json())  # the manifest the files were checked against
+    return destination
