@@ -86,6 +86,17 @@ class RunResult:
     skipped: list = field(default_factory=list)
     partition_metrics: dict = field(default_factory=dict)
     peak_memory: dict = field(default_factory=dict)
+    task: str = ""  #: the target's kind (``binary``, ``multiclass``, ``regression``)
+
+    def _repr_html_(self) -> str:
+        """The comparison as a table in a notebook, the best model marked."""
+        import html
+
+        from shardflow.pipelines.interface.notebook_html import metrics_html
+
+        caption = f"shardflow run {self.run_dir.name} ({self.task})"
+        links = f"<p>{html.escape(str(self.run_dir))} · report: {html.escape(str(RunDir(self.run_dir).report))}</p>"
+        return metrics_html(self.metrics, self.train_seconds, self.task, caption) + links
 
 
 # ----------------------------------------------------------------------------- stages
@@ -380,4 +391,5 @@ def _run_claimed(config: Config, runtime, run_dir, *, plan, keys: dict, force: b
         skipped,
         metrics["partition_metrics"],
         metrics["peak_memory"],
+        metrics["task"],
     )

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from shardflow.core import backend
-from shardflow.tasks.labels import encode_labels
+from shardflow.tasks.labels import decode_labels, encode_labels
 from shardflow.tasks.schema import SPLIT_COLUMN, WEIGHT_COLUMN
 from shardflow.tasks.stats import clip_columns
 from shardflow.tasks.targets import target_kind, target_transform
@@ -18,6 +18,8 @@ from shardflow.tasks.targets import target_kind, target_transform
 MISSING_CODE = 0
 #: Code of a category that is rare in the training data or unseen at prediction time.
 OTHER_CODE = 1
+#: How :meth:`Preprocessor.inverse_transform` spells ``OTHER_CODE``.
+OTHER_LABEL = "(other)"
 #: Code of ``vocabulary[0]``; ``vocabulary[k]`` is ``FIRST_CODE + k``.
 FIRST_CODE = 2
 
@@ -142,6 +144,54 @@ class Preprocessor:
             out[SPLIT_COLUMN] = features[SPLIT_COLUMN]
         if WEIGHT_COLUMN in features.columns:
             out[WEIGHT_COLUMN] = features[WEIGHT_COLUMN].astype("float32")
+        return out
+
+    def inverse_transform(self, encoded) -> pd.DataFrame:
+        """The features of :meth:`transform` in the input's terms: numeric columns in their
+        units (un-standardised; clipped values stay clipped and imputed ones read as the
+        mean), categorical codes as their categories (``OTHER_LABEL`` for a rare or unseen
+        one, missing for a missing one), the target as its labels or in its units (the
+        target transform undone). Other columns pass through. A pandas DataFrame in and out
+        (a cuDF one is brought to the host); for exploring, not for training.
+
+        Examples
+        --------
+        >>> prep = Preprocessor(numeric=["fare"], lower=[None], upper=[None], mean=[10.0], std=[2.0],
+        ...                     categorical=["city"], vocabularies={"city": ["north", "south"]},
+        ...                     target="late", task="binary", classes=["no", "yes"], label_type="string")
+        >>> codes = pd.DataFrame({"fare": [0.5, -1.0], "city": [2, 1], "late": [1.0, 0.0]})
+        >>> prep.inverse_transform(codes)
+           fare     city late
+        0  11.0    north  yes
+        1   8.0  (other)   no
+        """
+        frame = encoded if isinstance(encoded, pd.DataFrame) else encoded.to_pandas()
+        out = frame.copy()
+        for col, mean, std in zip(self.numeric, self.mean, self.std):
+            if col in out.columns:
+                scale = std if std and std > 0 else 1.0
+                out[col] = frame[col].astype("float64") * scale + mean
+        for col in self.categorical:
+            if col in out.columns:
+                labels = np.array([None, OTHER_LABEL, *self.vocabularies[col]], dtype=object)
+                out[col] = pd.Series(labels[frame[col].to_numpy(np.int64)], index=frame.index, dtype="string")
+        if self.target in out.columns:
+            target = frame[self.target].to_numpy(np.float64)
+            if self.classes:
+                known = ~np.isnan(target)
+                decoded = decode_labels(target[known].astype(np.int64), self.classes, self.label_type)
+                labels = np.full(len(target), None, dtype=object)
+                labels[known] = decoded
+                # Missing labels (rows to score) as missing, in the labels' own kind.
+                kind = {"boolean": "boolean", "string": "string"}.get(self.label_type)
+                kind = kind or (
+                    "Int64"
+                    if decode_labels(np.arange(len(self.classes)), self.classes, "number").dtype.kind == "i"
+                    else "Float64"
+                )
+                out[self.target] = pd.Series(pd.array(list(labels), dtype=kind), index=frame.index)
+            else:
+                out[self.target] = target_transform(self.target_transform).inverse(target)
         return out
 
     def _encode_target(self, target):

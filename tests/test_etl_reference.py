@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
-from shardflow.pipelines.etl.stage import etl
+from shardflow.pipelines.etl.stage import etl, read_features
 from shardflow.pipelines.setup.config import default_config_path, load_config
 
 MIN_FREQUENCY = 3
@@ -144,6 +144,18 @@ def test_etl_equals_pandas_reference(skewed_dataset, runtime, tmp_path):
     np.testing.assert_array_equal(group["is_validation"][:], expected._is_validation.to_numpy())
     # Chunks follow the partitions: about one partition's rows each.
     assert group["X"].chunks[0] == round(result.rows / 10)
+
+    # Decoded, the features read in the input's terms: categories and units, the target's labels.
+    decoded = read_features(result.run_dir, decoded=True).compute()
+    assert list(decoded.columns) == list(expected.columns) and len(decoded) == len(expected)
+    for col in NUMERIC:
+        in_units = expected[col].to_numpy(np.float64) * stats["std"][col] + stats["mean"][col]
+        np.testing.assert_allclose(decoded[col].to_numpy(), in_units, rtol=1e-5, atol=1e-4 * stats["std"][col])
+    for col in CATEGORICAL:
+        labels = np.array([None, "(other)", *vocab[col]], dtype=object)[expected[col].to_numpy()]
+        shown = decoded[col].astype(object).where(decoded[col].notna(), None)  # <NA>: a missing category
+        assert shown.tolist() == labels.tolist(), col
+    assert decoded.is_delayed.tolist() == expected.is_delayed.astype(bool).tolist()
 
 
 def test_etl_result_does_not_depend_on_partitioning(trips_dir, runtime, tmp_path):

@@ -123,3 +123,20 @@ def test_predict_explain_adds_exact_contributions_that_sum_to_the_margin(explain
         predict(result.run_dir, directory / "new.csv", directory / "mlp-scores", model="mlp", explain=True,
                 runtime=runtime)  # fmt: skip
     assert not (directory / "mlp-scores").exists()
+
+
+def test_results_show_as_tables_in_a_notebook(explained_run):
+    """``RunResult`` and ``TrainedModel`` render as HTML tables (Jupyter's ``_repr_html_``)."""
+    from shardflow.pipelines.families.specs import label
+    from shardflow.pipelines.serving.model import load_model
+    from shardflow.tasks.metrics import best_model
+
+    _, result = explained_run
+    page = result._repr_html_()
+    assert page.startswith("<p><b>shardflow run") and result.task in page
+    best = best_model(result.metrics, result.task)
+    assert f'<tr class="best"><td>{label(best)} ★</td>' in page and page.count("★") == 1
+    assert f"<td>{result.metrics[best]['auc']:.4f}</td>" in page
+    assert f"<td>{result.metrics[best]['rows']:,}</td>" in page  # a count, as an integer
+    model = load_model(result.run_dir, "xgboost")._repr_html_()
+    assert "<tr><th>classes</th><td>on time, late</td></tr>" in model

@@ -411,17 +411,37 @@ def _format_bytes(n: float) -> str:
     return format_bytes(int(n))
 
 
-def read_features(run_dir):
+def read_features(run_dir, decoded: bool = False):
     """A finished run's feature table as a lazy Dask DataFrame (one partition per file).
+
+    Parameters
+    ----------
+    run_dir : path
+        A run directory with a completed ``etl`` stage.
+    decoded : bool
+        The features in the input's terms instead of as the models see them: numeric
+        columns in their units, categorical codes as their categories, the target as its
+        labels or in its units (:meth:`~shardflow.tasks.encode.Preprocessor.inverse_transform`,
+        partition by partition).
 
     Examples
     --------
     >>> features = read_features("shardflow-work/runs/20261122-101500-ab12cd")  # doctest: +SKIP
     >>> features.groupby("pickup_datetime_hour").is_delayed.mean().compute()  # doctest: +SKIP
+    >>> read_features(run_dir, decoded=True).groupby("payment_type").fare_amount.mean().compute()  # doctest: +SKIP
     """
     import dask.dataframe as dd
 
     path = RunDir(run_dir).features
     if not path.is_dir():
         raise InputError(f"{run_dir}: has no ETL output ({path} is missing)")
-    return dd.read_parquet(str(path), storage_options=getattr(path, "storage_options", None))
+    features = dd.read_parquet(str(path), storage_options=getattr(path, "storage_options", None))
+    if not decoded:
+        return features
+    from shardflow.pipelines.records.artifacts import RunFiles
+    from shardflow.tasks.encode import Preprocessor
+
+    files = RunFiles(run_dir)
+    preprocessor = Preprocessor.from_json(files.path(files.run.preprocessor).read_text())
+    meta = preprocessor.inverse_transform(features._meta)
+    return features.map_partitions(preprocessor.inverse_transform, meta=meta)

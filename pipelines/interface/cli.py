@@ -327,13 +327,10 @@ def _setup_logging(quiet: bool, verbose: bool, stream=None) -> None:
     if not verbose:
         for noisy in ("distributed", "dask"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
-    # The dashboard's web server logs a traceback for every failed page load, and Dask's
-    # dashboard components log their own errors (the Groups page fails with a KeyError
-    # naming a task group whose tasks were released: an upstream bug, not the job's): the
-    # job's terminal gets them only with -v, in shardflow's format. (Dask configures these
-    # loggers when it is imported: main() imports it first, so this setting comes last.)
-    # So does asyncio for the Dask client's tasks that a Ctrl-C leaves unfinished ("Task
-    # exception was never retrieved" and a traceback each, as the cluster closes).
+    # The dashboard's errors (a traceback per failed page load; Dask's Groups page fails on a
+    # released task group, an upstream bug) and asyncio's for the client's tasks a Ctrl-C
+    # leaves unfinished reach the terminal only with -v, in shardflow's format. (Dask sets
+    # these loggers up when imported: main() imports it first, so this comes last.)
     for web in (*DASHBOARD_LOGGERS, "tornado.application", "tornado.access", "tornado.general", "asyncio"):
         web_logger = logging.getLogger(web)
         web_logger.handlers[:] = [handler()]

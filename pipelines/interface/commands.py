@@ -196,7 +196,7 @@ def cmd_etl(args) -> int:
 
 def cmd_plan(args) -> int:
     from shardflow.pipelines.setup.generate import is_generated
-    from shardflow.pipelines.setup.plan import InputPlan, format_plan
+    from shardflow.pipelines.setup.plan import plan
 
     config, data_dir = _job(args)
     if data_dir is not None and not is_generated(data_dir, args.rows, seed=0):
@@ -205,10 +205,7 @@ def cmd_plan(args) -> int:
             f"generates it (or `shardflow generate --rows {args.rows} --out {data_dir}`); or plan a job: "
             "shardflow plan -c job.yaml"
         )
-    plan = InputPlan(config)
-    plan.spec  # noqa: B018 - the columns and joins are checked, as the ETL would first
-    with contextlib.closing(plan.start_cluster()) as runtime:
-        print(format_plan(plan.with_threads(runtime.threads).describe(runtime)))
+    print(plan(config))
     return 0
 
 

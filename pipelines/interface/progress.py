@@ -2,7 +2,8 @@
 
 On a terminal the bar redraws in place (tasks done / total, elapsed, rate); when
 stderr is a file or a CI log it prints a plain line at each quarter instead, with no
-control characters. ``--quiet`` (log level above INFO) turns it off.
+control characters. ``--quiet`` (log level above INFO) turns it off; library calls (a script,
+a notebook) draw it unless logging was configured above INFO (see :func:`enabled`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,16 @@ logger = logging.getLogger("shardflow.progress")
 
 
 def enabled() -> bool:
-    """Progress is drawn at log level INFO or below, when there is a stderr to draw on."""
-    return sys.stderr is not None and logging.getLogger("shardflow").getEffectiveLevel() <= logging.INFO
+    """Progress is drawn when there is a stderr to draw on, at log level INFO or below, or
+    when logging was never configured (a script or a notebook that calls ``shardflow.run``:
+    no level set on the ``shardflow`` logger, no handler on the root logger).
+    ``logging.getLogger("shardflow").setLevel("WARNING")`` silences it."""
+    if sys.stderr is None:
+        return False
+    own = logging.getLogger("shardflow")
+    if own.level == logging.NOTSET and not own.handlers and not logging.getLogger().handlers:
+        return True
+    return own.getEffectiveLevel() <= logging.INFO
 
 
 class Counter:

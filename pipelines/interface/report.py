@@ -18,7 +18,7 @@ import html
 import json
 import logging
 import threading
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -88,6 +88,73 @@ def build_report(run_dir) -> Path:
     >>> build_report("shardflow-work/runs/20261122-101500-ab12cd")  # doctest: +SKIP
     """
     run_dir = location(run_dir)
+    header, sections = _report(run_dir)
+    nav = "".join(
+        f'<a href="#{anchor}">{html.escape(title.split(" (")[0])}</a>' for anchor, title, body in sections if body
+    )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'><title>"
+        + html.escape(header.title)
+        + f"</title><style>{CSS}</style></head><body>"
+        + header.html
+        + f"<nav>{nav}</nav>"
+        + "\n".join(section(anchor, title, body) for anchor, title, body in sections)
+        + "</body></html>"
+    )
+    out = RunDir(run_dir).report
+    write_text_atomic(out, page)
+    return out
+
+
+class ReportView:
+    """Sections of a run's report, shown in a notebook (``_repr_html_``): the report's
+    tables and figures, without its page style."""
+
+    def __init__(self, page: str):
+        self.html = page
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+
+def report_sections(run_dir, *anchors: str) -> ReportView:
+    """Sections of a run's report to show inline in a notebook, drawn from the run's files.
+
+    Parameters
+    ----------
+    run_dir : path
+        A finished run.
+    *anchors : str
+        The sections, by their anchor in ``report.html``: ``models``, ``quality``,
+        ``curves``, ``explanations``, ``hyperparameters``, ``tuning``, ``partitions``,
+        ``data``, ``timings``, ``cluster``, ``config`` (default: the first three).
+
+    Examples
+    --------
+    >>> report_sections(result.run_dir, "quality", "explanations")  # doctest: +SKIP
+    """
+    from shardflow.core.errors import ShardflowError
+
+    header, sections = _report(location(run_dir))
+    known = [anchor for anchor, _, _ in sections]
+    unknown = [a for a in anchors if a not in known]
+    if unknown:
+        raise ShardflowError(f"report_sections: no section {unknown[0]!r}; the sections are {', '.join(known)}")
+    wanted = anchors or tuple(known[:3])
+    return ReportView(
+        header.html + "\n".join(section(anchor, title, body) for anchor, title, body in sections if anchor in wanted)
+    )
+
+
+@dataclass
+class _Header:
+    title: str
+    html: str
+
+
+def _report(run_dir) -> tuple:
+    """The report's header and its sections (``(anchor, title, html)``; an empty html: none)."""
     manifest = read_manifest(run_dir)
     if not manifest:
         from shardflow.core.errors import ShardflowError
@@ -127,22 +194,11 @@ def build_report(run_dir) -> Path:
         ),
         ("config", "Configuration", _configuration(run, config)),
     ]
-    nav = "".join(
-        f'<a href="#{anchor}">{html.escape(title.split(" (")[0])}</a>' for anchor, title, body in sections if body
+    header = _Header(
+        f"{facts.column} · shardflow run {run_dir.name}",
+        _header(run_dir, manifest, summary, evaluation, facts=facts, task=task),
     )
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        "<meta name='viewport' content='width=device-width, initial-scale=1'><title>"
-        + html.escape(f"{facts.column} · shardflow run {run_dir.name}")
-        + f"</title><style>{CSS}</style></head><body>"
-        + _header(run_dir, manifest, summary, evaluation, facts=facts, task=task)
-        + f"<nav>{nav}</nav>"
-        + "\n".join(section(anchor, title, body) for anchor, title, body in sections)
-        + "</body></html>"
-    )
-    out = run.report
-    write_text_atomic(out, page)
-    return out
+    return header, sections
 
 
 def task_text(facts: TargetFacts, task: str) -> str:

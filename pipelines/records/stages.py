@@ -118,6 +118,8 @@ COSMETIC_CODE = (
     "pipelines/interface/tracking_tuning.py",
     "pipelines/setup/tracking_config.py",
     "pipelines/interface/estimator.py",
+    "pipelines/interface/notebook_html.py",
+    "pipelines/serving/mlflow_pyfunc.py",
     "pipelines/interface/hyperparameters.py",
     "cluster/*.py",
     "data/*.py",

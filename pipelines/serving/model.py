@@ -58,6 +58,23 @@ class TrainedModel:
     def __repr__(self) -> str:
         return f"TrainedModel({self.name!r}, task={self.task!r}, run={str(self.run_dir)!r})"
 
+    def _repr_html_(self) -> str:
+        """What the model is, as a table in a notebook."""
+        from shardflow.pipelines.families.specs import label
+        from shardflow.pipelines.interface.report_html import kv_table
+
+        prep = self.preprocessor
+        return "<p><b>shardflow TrainedModel</b></p>" + kv_table(
+            [
+                ("model", f"{label(self.name)} ({self.name})"),
+                ("task", self.task),
+                ("target", prep.target),
+                ("classes", ", ".join(map(str, self.classes))),
+                ("features", f"{len(prep.numeric)} numeric, {len(prep.categorical)} categorical"),
+                ("run", str(self.run_dir)),
+            ]
+        )
+
     def _explainer(self):
         from shardflow.pipelines.families.registry import FAMILIES
 

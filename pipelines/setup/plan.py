@@ -337,3 +337,47 @@ def format_plan(plan: dict) -> str:
     ]
     lines += [f"warning     {w}" for w in plan["warnings"]] or ["warnings    none"]
     return "\n".join(lines)
+
+
+class JobPlan(str):
+    """The plan's text (:func:`format_plan`), shown as such in a notebook."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<pre>{html.escape(str(self))}</pre>"
+
+
+def plan(config: Config, runtime=None) -> JobPlan:
+    """What a job will do with its input, before anything runs (``shardflow plan``): the
+    input's size, the partitions, where it runs and how it trains.
+
+    Parameters
+    ----------
+    config : Config
+    runtime : Runtime or distributed.Client, optional
+        The cluster the job would run on (default: the one the job would start, started
+        and closed here).
+
+    Returns
+    -------
+    JobPlan
+        A ``str``; a notebook shows it as it is.
+
+    Examples
+    --------
+    >>> print(plan(load_config("job.yaml")))  # doctest: +SKIP
+    input       csv, 1 file(s), 18.3 MiB, ~400,000 rows
+    """
+    import contextlib
+
+    from shardflow.cluster.factory import as_runtime
+
+    planned = InputPlan(config)
+    planned.spec  # noqa: B018 - the columns and joins are checked, as the ETL would first
+    given = as_runtime(runtime)
+    with contextlib.closing(planned.start_cluster()) if given is None else contextlib.nullcontext(given) as used:
+        return JobPlan(format_plan(planned.with_threads(used.threads).describe(used)))
