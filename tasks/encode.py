@@ -149,8 +149,10 @@ class Preprocessor:
     def inverse_transform(self, encoded) -> pd.DataFrame:
         """The features of :meth:`transform` in the input's terms: numeric columns in their
         units (un-standardised; clipped values stay clipped and imputed ones read as the
-        mean), categorical codes as their categories (``OTHER_LABEL`` for a rare or unseen
-        one, missing for a missing one), the target as its labels or in its units (the
+        mean), categorical codes as their categories (text, as the vocabulary keeps them;
+        ``OTHER_LABEL`` for a rare or unseen one, missing for a missing one), the target as
+        its labels (boolean, integer or text, as the labels are; missing where a row has
+        none) or in its units (the
         target transform undone). Other columns pass through. A pandas DataFrame in and out
         (a cuDF one is brought to the host); for exploring, not for training.
 

@@ -155,6 +155,7 @@ def test_etl_equals_pandas_reference(skewed_dataset, runtime, tmp_path):
         labels = np.array([None, "(other)", *vocab[col]], dtype=object)[expected[col].to_numpy()]
         shown = decoded[col].astype(object).where(decoded[col].notna(), None)  # <NA>: a missing category
         assert shown.tolist() == labels.tolist(), col
+    assert decoded.is_delayed.dtype == "boolean"  # the labels' own kind (a boolean target)
     assert decoded.is_delayed.tolist() == expected.is_delayed.astype(bool).tolist()
 
 

@@ -224,6 +224,13 @@ def test_job_on_s3_equals_the_job_on_local_disk_and_resumes_there(s3, s3_cluster
     rows = pd.read_parquet(trips_dir / "trips").head(500)
     model = load_model(str(partial.run_dir), "xgboost", storage_options=s3.options)
     pd.testing.assert_frame_equal(model.predict(rows), load_model(local.run_dir, "xgboost").predict(rows))
+    # The copy of its scoring files (what an MLflow python function carries) opens as a local run.
+    from shardflow.pipelines.records.trained_models import copy_scoring_files
+
+    copied = copy_scoring_files(partial.run_dir, tmp_path / "scoring-files")
+    assert not [p for p in copied.rglob("*") if "@" in p.name]  # each stage under its own name
+    model = load_model(copied, "xgboost", storage_options=s3.options)  # the join table: in the store
+    pd.testing.assert_frame_equal(model.predict(rows), load_model(local.run_dir, "xgboost").predict(rows))
 
 
 def test_a_failed_stage_on_s3_commits_nothing(s3, s3_cluster):

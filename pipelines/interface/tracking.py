@@ -145,13 +145,9 @@ PROBE_TIMEOUT = 5.0
 
 def _source_tags() -> dict:
     """MLflow's source tags for a run made by shardflow (what made it, which version)."""
-    from importlib import metadata
+    import shardflow
 
-    return {
-        "mlflow.source.type": "JOB",
-        "mlflow.source.name": "shardflow",
-        "shardflow.version": metadata.version("shardflow"),
-    }
+    return {"mlflow.source.type": "JOB", "mlflow.source.name": "shardflow", "shardflow.version": shardflow.__version__}
 
 
 def check_reachable(uri: str, timeout: float = PROBE_TIMEOUT) -> None:
@@ -316,7 +312,7 @@ def log_run(tracked: MLflowRun, config, run_dir) -> None:
     tracked.client.log_text(tracked.run_id, run.config.read_text(), run.config.name)
 
 
-def _pyfunc_models(files, train_key: str) -> dict:
+def _pyfunc_models(files, train_key: str) -> tuple:
     """The run's models that MLflow gets as python functions scoring raw rows
     (:mod:`~shardflow.pipelines.serving.mlflow_pyfunc`): ``best_model`` (the run's best on
     validation) and every family MLflow has no flavour for (the ensembles and per-partition or
@@ -344,12 +340,12 @@ def _pyfunc_logger(run_dir, family: str, logged_name: str):
     def log_model(run_id: str, model_id: str):
         import importlib.util
         import tempfile
-        from importlib import metadata
         from pathlib import Path
 
         import mlflow.pyfunc
         from mlflow.models import Model
 
+        import shardflow
         from shardflow.pipelines.records.trained_models import copy_scoring_files
         from shardflow.pipelines.serving import mlflow_pyfunc
 
@@ -365,7 +361,7 @@ def _pyfunc_logger(run_dir, family: str, logged_name: str):
                 model_id=model_id,
                 python_model=code,
                 artifacts={mlflow_pyfunc.RUN_ARTIFACT: str(bundle)},
-                pip_requirements=[f"shardflow=={metadata.version('shardflow')}", f"mlflow=={mlflow.__version__}"],
+                pip_requirements=[f"shardflow=={shardflow.__version__}", f"mlflow=={mlflow.__version__}"],
             )
 
     return log_model

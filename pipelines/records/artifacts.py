@@ -57,14 +57,19 @@ def load_weights(path) -> dict:
         The file is not such a file (a pickle of other objects, truncated, not torch's format,
         not a ``{name: tensor}`` dict); one line naming it, not torch's advice to load it unsafely.
     """
+    path = location(path)
+    return weights_from_bytes(path.read_bytes(), path)
+
+
+def weights_from_bytes(data: bytes, path) -> dict:
+    """:func:`load_weights` of bytes already read from ``path`` (named in the error)."""
     import io
     import pickle
 
     import torch
 
-    path = location(path)
     try:
-        loaded = torch.load(io.BytesIO(path.read_bytes()), weights_only=True, map_location="cpu")
+        loaded = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError:
         why = (
             "UnpicklingError: torch's weights-only loader refused it, a pickle of other objects or not torch's "

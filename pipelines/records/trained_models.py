@@ -15,7 +15,7 @@ from shardflow.core.errors import ShardflowError
 from shardflow.core.storage import location
 from shardflow.pipelines.families.registry import FAMILIES
 from shardflow.pipelines.records.artifacts import ArtifactError, RunFiles, verified_path, write_json
-from shardflow.pipelines.records.manifest import Manifest
+from shardflow.pipelines.records.manifest import Manifest, stage_of
 from shardflow.pipelines.records.rundir import RunDir, read_manifest
 
 
@@ -99,30 +99,71 @@ def scoring_files(run_dir, model: str | None = None, *, option: str = "--run") -
 
 
 def copy_scoring_files(run_dir, destination) -> Path:
-    """Copy what scoring one of the run's models reads into ``destination`` (a new local
-    folder, the same layout): the manifest, the config, the fitted preprocessing, the
-    evaluation's metrics and the train stage's files, each checked against the manifest
-    first. :func:`~shardflow.pipelines.serving.model.load_model` opens the copy like the run
-    (its dimension tables, when it joins any, are read where the run recorded them).
+    """Copy what scoring the run's models reads into ``destination`` (a new local folder): the
+    manifest, the config, the fitted preprocessing, the evaluation's metrics and the train
+    stage's files, each checked against the manifest first, in a local run's layout (a run in
+    an object store keeps each stage under a prefix of its own: here under the stage's name).
+    :func:`~shardflow.pipelines.serving.model.load_model` opens the copy like the run (its
+    dimension tables, when it joins any, are read where the run recorded them).
+
+    A manifest is untrusted: a file name in it that leaves its folder (absolute, ``..``, an
+    empty part) or a file that is a link out of the run is refused; nothing is written
+    outside ``destination``.
 
     Returns
     -------
     pathlib.Path
         ``destination``.
+
+    Raises
+    ------
+    ArtifactError
+        One line naming the file refused and why.
     """
-    from shardflow.pipelines.records.manifest import stage_of
+    from dataclasses import replace
+
+    from shardflow.core.storage import StorePath
     from shardflow.pipelines.records.rundir import MANIFEST
 
     files = RunFiles(run_dir)
-    run = files.run
+    run, manifest = files.run, files.manifest
     wanted = {run.relative(run.config), run.relative(run.preprocessor)}
-    if run.relative(run.metrics) in files.manifest.artifacts:
+    if run.relative(run.metrics) in manifest.artifacts:
         wanted.add(run.relative(run.metrics))
-    wanted |= {name for name in files.manifest.artifacts if stage_of(name) == RunDir.TRAIN}
-    destination = Path(destination)
-    for relative in sorted(wanted):
-        target = destination / relative
+    wanted |= {name for name in manifest.artifacts if stage_of(name) == RunDir.TRAIN}
+    destination = Path(destination).resolve()
+    inside = None if isinstance(run.path, StorePath) else Path(run.path).resolve()
+    copied = {}
+    for name in sorted(wanted):
+        local = _local_name(name, run.path)
+        source = verified_path(run.path, name, manifest)
+        if inside is not None and not Path(source).resolve().is_relative_to(inside):
+            raise ArtifactError(f"{source}: a link out of the run directory; it was changed after the run")
+        target = destination / local
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(verified_path(run.path, relative, files.manifest).read_bytes())
-    (destination / MANIFEST).write_text(files.manifest.to_json())  # the manifest the files were checked against
+        target.write_bytes(source.read_bytes())
+        copied[local] = manifest.artifacts[name]
+    # The manifest the files were checked against, naming them as they lie here.
+    (destination / MANIFEST).write_text(replace(manifest, artifacts=copied, locations={}).to_json())
     return destination
+
+
+def _local_name(name: str, run_dir) -> str:
+    """A manifest's file name in a local run's layout (``train@host-1-ab12/x.ubj`` → ``train/x.ubj``).
+
+    Examples
+    --------
+    >>> _local_name("train@host-1-ab12/xgboost.ubj", "run"), _local_name("config.yaml", "run")
+    ('train/xgboost.ubj', 'config.yaml')
+    >>> _local_name("train/../../.bashrc", "run")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    shardflow...ArtifactError: run/manifest.json: names the file 'train/../../.bashrc', which leaves ...
+    """
+    parts = name.split("/")
+    if name.startswith("/") or "\\" in name or any(part in ("", ".", "..") for part in parts):
+        raise ArtifactError(
+            f"{run_dir}/manifest.json: names the file {name!r}, which leaves the run directory; "
+            "the manifest was changed after the run"
+        )
+    return "/".join([stage_of(name), *parts[1:]]) if len(parts) > 1 else name

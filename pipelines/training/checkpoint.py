@@ -52,20 +52,25 @@ def read_mlp_checkpoint(ckpt, data, cfg, seed):
         return None
     meta = json.loads(RunDir.checkpoint_file(ckpt, "state").read_text())
     if meta.get("token") != mlp_checkpoint_token(data, cfg, seed):
+        logger.info("mlp: the checkpoint in %s was written for other data or options; not resumed", ckpt)
         return None
-    from shardflow.pipelines.records.artifacts import load_weights, sha256
+    import hashlib
+
+    from shardflow.pipelines.records.artifacts import weights_from_bytes
 
     files = {key: RunDir.checkpoint_file(ckpt, what) for what, key in _WEIGHTS}
-    recorded = meta.pop("sha256", None)
     if not all(path.exists() for path in files.values()):
+        logger.info("mlp: the checkpoint in %s has no weights; not resumed", ckpt)
         return None
-    if recorded is not None and any(sha256(files[key]) != recorded.get(key) for key in files):
+    contents = {key: path.read_bytes() for key, path in files.items()}  # read once: checked, then loaded
+    recorded = meta.pop("sha256", None)
+    if recorded is not None and any(hashlib.sha256(contents[key]).hexdigest() != recorded.get(key) for key in files):
         # Stopped between the weights' write and the state's: the weights are a later
         # epoch's than the state says; resuming from them would not be the same training.
         logger.info("mlp: the checkpoint in %s is incomplete (stopped while written); not resumed", ckpt)
         return None
-    for key, path in files.items():
-        meta[key] = load_weights(path)
+    for key, content in contents.items():
+        meta[key] = weights_from_bytes(content, files[key])
     return meta
 
 

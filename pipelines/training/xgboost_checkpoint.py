@@ -19,6 +19,17 @@ from shardflow.pipelines.training.checkpoint import checkpoint_due
 logger = logging.getLogger("shardflow.train")
 
 
+_said: set = set()
+
+
+def _say_once(message: str, *args) -> None:
+    """Log why a checkpoint is not resumed, once per process (it is read more than once per run)."""
+    text = message % args
+    if text not in _said:
+        _said.add(text)
+        logger.info("%s", text)
+
+
 def read_checkpoint(directory, token: str):
     """``(booster, state)`` of a checkpoint written for the same job ``token``, else ``(None, None)``."""
     directory = location(directory)
@@ -27,7 +38,7 @@ def read_checkpoint(directory, token: str):
         return None, None
     state = json.loads(state_path.read_text())
     if state.get("token") != token:
-        logger.info("xgboost: the checkpoint in %s was written for other data or parameters; not resumed", directory)
+        _say_once("xgboost: the checkpoint in %s was written for other data or parameters; not resumed", directory)
         return None, None
     booster = xgb.Booster()
     booster.load_model(bytearray(model_path.read_bytes()))
@@ -40,7 +51,7 @@ def read_checkpoint(directory, token: str):
         except (xgb.core.XGBoostError, ValueError, IndexError):
             pass
     if booster.num_boosted_rounds() != state["rounds"]:
-        logger.info(
+        _say_once(
             "xgboost: the checkpoint in %s holds %d rounds where its state says %d; not resumed",
             directory,
             rounds,
