@@ -10,8 +10,9 @@ One job (ETL, the global XGBoost, the data-parallel MLP, the per-partition famil
 and the report) runs from the driver against the scheduler host with its input and runs in
 ``s3://``, and is compared with the same job, same data and same config, on a LocalCluster on
 the driver's 127.0.0.1; ``predict`` and ``export`` read the run from another host. Then hosts are
-lost: a worker host mid-XGBoost (the run completes with the undisturbed model), and the
-scheduler host (the run fails in one line; ``--resume`` finishes it once a scheduler is back).
+lost: a worker host mid-ETL and mid-XGBoost (the run completes with the undisturbed features and
+model), and the scheduler host (the run fails in one line; ``--resume`` finishes it once a
+scheduler is back).
 """
 
 from __future__ import annotations
@@ -258,13 +259,30 @@ def wait_for_checkpoint(hosts, runs: str, rounds: int, timeout: float = 240) -> 
     return done.returncode == 0
 
 
-def test_losing_a_worker_host_mid_xgboost_gives_the_undisturbed_model(hosts, across):
-    """Every process of worker host 2 is killed after the global XGBoost's 10th round and a fresh
-    worker starts on that host again: training resumes from its checkpoint on both hosts and the
-    model equals the undisturbed run's, byte for byte (the data are placed again as before:
-    partition i on the i-th worker by address, and the hosts keep their addresses)."""
+def wait_for_log(host, name: str, text: str, timeout: float = 120) -> bool:
+    """Block until ``text`` appears in the host's log ``name`` (polled)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in host.log(name):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_losing_a_worker_host_mid_etl_and_mid_xgboost_gives_the_undisturbed_outputs(hosts, across):
+    """Every process of worker host 2 is killed twice in one run, and each time a fresh worker
+    starts on that host again: during the ETL (as soon as its first pass reports progress) and
+    after the global XGBoost's 10th round. The ETL's lost tasks run again and its features equal
+    the undisturbed run's; training resumes from its checkpoint on both hosts and the model
+    equals the undisturbed run's, byte for byte (the data are placed again as before: partition
+    i on the i-th worker by address, and the hosts keep their addresses)."""
     job = in_background(hosts, "lost-worker", "--set", "train.models=[xgboost]")
     driver = hosts["driver"]
+    assert wait_for_log(driver, "lost-worker.log", "etl read + prepare"), driver.log("lost-worker.log")[-3000:]
+    etl_lost = time.time()
+    hosts["worker2"].crash()
+    assert job.poll() is None, "the job ended before the host was lost"
+    hosts.restart_worker_host(hosts["worker2"])
     assert wait_for_checkpoint(hosts, "lost-worker", rounds=10), driver.log("lost-worker.log")[-3000:]
     lost = time.monotonic()
     hosts["worker2"].crash()
@@ -272,9 +290,16 @@ def test_losing_a_worker_host_mid_xgboost_gives_the_undisturbed_model(hosts, acr
     hosts.restart_worker_host(hosts["worker2"])
     assert job.wait(timeout=300) == 0, driver.log("lost-worker.log")[-4000:]
     log = driver.log("lost-worker.log")
-    print(f"\nworker host lost at round >= 10: the run finished {time.monotonic() - lost:.1f}s later")
+    print(f"\nworker host lost mid-ETL and at round >= 10: the run finished {time.monotonic() - lost:.1f}s later")
     assert "resuming from the checkpoint at round" in log, log[-4000:]
     faulty = Run(hosts.get(f"{STORE}/lost-worker"), log=log)
+    etl_done = time.mktime(time.strptime(faulty.manifest["stages"]["etl"]["completed"], "%Y-%m-%dT%H:%M:%S"))
+    assert etl_done >= int(etl_lost), "the ETL ended before the host was lost: nothing was lost mid-ETL"
+
+    def features(run: Run) -> pd.DataFrame:
+        return pd.read_parquet(run.stage("etl") / "features").sort_values("trip_id", ignore_index=True)
+
+    pd.testing.assert_frame_equal(features(faulty), features(across))
     assert faulty.models()["xgboost.ubj"] == across.models()["xgboost.ubj"]
     assert faulty.metrics()["metrics"]["xgboost"] == across.metrics()["metrics"]["xgboost"]
 
