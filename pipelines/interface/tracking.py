@@ -12,6 +12,11 @@ from shardflow.pipelines.setup.tracking_config import MLflowConfig, uri_credenti
 #: Tags that tie an MLflow run to a shardflow run, and what of it was logged already.
 RUN_TAG, TRAIN_TAG, EVALUATE_TAG = "shardflow.run_id", "shardflow.logged_train_key", "shardflow.logged_evaluate_key"
 MODEL_TAG = "shardflow.logged_model"
+#: The python-function models' artifact (a folder) holding the run's scoring files, and the file
+#: in it naming the family scored (not a model config: MLflow would log that as run parameters).
+PYFUNC_RUN_ARTIFACT, PYFUNC_MODEL_FILE = "run", "shardflow-model.txt"
+#: The module MLflow runs to load them (never imported by shardflow: it registers the model).
+PYFUNC_CODE = "shardflow.pipelines.serving.mlflow_pyfunc"
 #: Entries of the evaluation's metrics that are counts (logged as parameters).
 _COUNTS = ("rows",)
 
@@ -347,12 +352,11 @@ def _pyfunc_logger(run_dir, family: str, logged_name: str):
 
         import shardflow
         from shardflow.pipelines.records.trained_models import copy_scoring_files
-        from shardflow.pipelines.serving import mlflow_pyfunc
 
-        code = importlib.util.find_spec(mlflow_pyfunc.__name__).origin  # not imported here: MLflow runs it
+        code = importlib.util.find_spec(PYFUNC_CODE).origin  # not imported here: MLflow runs it
         with tempfile.TemporaryDirectory(prefix="shardflow-pyfunc-") as tmp:
-            bundle = copy_scoring_files(run_dir, Path(tmp) / mlflow_pyfunc.RUN_ARTIFACT)
-            (bundle / mlflow_pyfunc.MODEL_FILE).write_text(family)
+            bundle = copy_scoring_files(run_dir, Path(tmp) / PYFUNC_RUN_ARTIFACT)
+            (bundle / PYFUNC_MODEL_FILE).write_text(family)
             Model.log(
                 None,
                 name=logged_name,
@@ -360,7 +364,7 @@ def _pyfunc_logger(run_dir, family: str, logged_name: str):
                 run_id=run_id,
                 model_id=model_id,
                 python_model=code,
-                artifacts={mlflow_pyfunc.RUN_ARTIFACT: str(bundle)},
+                artifacts={PYFUNC_RUN_ARTIFACT: str(bundle)},
                 pip_requirements=[f"shardflow=={shardflow.__version__}", f"mlflow=={mlflow.__version__}"],
             )
 

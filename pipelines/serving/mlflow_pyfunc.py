@@ -19,9 +19,8 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-#: The artifact (a folder) that holds the run's scoring files, and the file in it naming the
-#: family scored (not a model config: MLflow would log that as the run's parameters).
-RUN_ARTIFACT, MODEL_FILE = "run", "shardflow-model.txt"
+from shardflow.pipelines.interface.tracking import PYFUNC_MODEL_FILE as MODEL_FILE
+from shardflow.pipelines.interface.tracking import PYFUNC_RUN_ARTIFACT as RUN_ARTIFACT
 
 
 class ShardflowModel(PythonModel):
