@@ -8,7 +8,8 @@ import copy
 import dataclasses
 import difflib
 
-from shardflow.core.constraints import Between, ConfigError, OneOf, build_section, coerce, number_problem
+from shardflow.core.constraints import Between, ConfigError, OneOf, build_section, coerce
+from shardflow.core.numbers import number_problem
 from shardflow.pipelines.setup.config import Config, load_config, validate
 from shardflow.pipelines.setup.train_config import MLPConfig
 

@@ -52,6 +52,7 @@ STAGE_CODE = {
         "tasks/keys.py",
         "tasks/expression_kinds.py",
         "core/constraints.py",
+        "core/numbers.py",
         "tasks/targets.py",
         "tasks/labels.py",
         "tasks/combiners.py",
