@@ -218,13 +218,13 @@ def shardflow_run(config: Path) -> dict:
 
 
 def profile_of(run_dir: Path) -> dict:
-    """Where the time of a run went: seconds of each stage (training: the sum of its
-    families'); what is in none (interpreter, imports, cluster start and close, report)
-    is the rest."""
+    """Where the time of a run went: seconds of each stage (training: its wall time, or the
+    sum of its families' in runs that did not record it); what is in none (interpreter,
+    imports, cluster start and close, report) is the rest."""
     manifest = json.loads((run_dir / "manifest.json").read_text())
     out = {}
     for stage, info in manifest.get("stages", {}).items():
-        seconds = info.get("seconds")
+        seconds = info.get("wall_seconds", info.get("seconds"))
         out[stage] = sum(seconds.values()) if isinstance(seconds, dict) else seconds
     return out
 

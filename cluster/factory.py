@@ -393,7 +393,8 @@ def as_runtime(runtime) -> Runtime | None:
             "pass a Client made with asynchronous=False"
         )
     runtime.register_plugin(NativeThreadsPlugin())
-    return Runtime(runtime, backend=_remote_backend(runtime), kind="client")
+    in_process = str(runtime.scheduler.address).startswith("inproc://")  # LocalCluster(processes=False)
+    return Runtime(runtime, backend=_remote_backend(runtime), kind="client", processes=not in_process)
 
 
 def _remote_backend(client: Client) -> str:

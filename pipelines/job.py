@@ -23,7 +23,7 @@ from shardflow.core.storage import location, remove_tree
 from shardflow.pipelines.evaluation.evaluate import comparison_table, evaluate
 from shardflow.pipelines.evaluation.explanations import explain
 from shardflow.pipelines.families.registry import FAMILIES, training_order
-from shardflow.pipelines.families.specs import FamilySkipped, libraries
+from shardflow.pipelines.families.specs import libraries
 from shardflow.pipelines.interface.figures import warm_up
 from shardflow.pipelines.interface.report import ReportDrawing
 from shardflow.pipelines.records import artifacts, trained_models
@@ -41,6 +41,7 @@ from shardflow.pipelines.records.stages import evaluate_key, stage_keys
 from shardflow.pipelines.setup.config import Config
 from shardflow.pipelines.setup.train_config import TrainConfig
 from shardflow.pipelines.training import TrainingData, load_training_data
+from shardflow.pipelines.training.schedule import overlap_decision, train_units, training_units
 
 logger = logging.getLogger("shardflow.job")
 
@@ -129,6 +130,7 @@ def train(config: Config, runtime: Runtime, run_dir, xgboost_callbacks=(), key: 
     runtime = as_runtime(runtime)
     tc = config.train
     reset_peak_memory(runtime.client)
+    started = time.perf_counter()
     run = RunDir(run_dir)
     data = load_training_data(runtime, run.stage(RunDir.ETL), tc.seed)
     logger.info(
@@ -139,13 +141,12 @@ def train(config: Config, runtime: Runtime, run_dir, xgboost_callbacks=(), key: 
         sum(data.valid_rows),
     )
     context = TrainContext(runtime, data, tc, run_dir, tuple(xgboost_callbacks))
-    for family in training_order(tc.models):
-        if family.name in context.results:  # a family may train others with it (one graph)
-            continue
-        try:
-            context.results[family.name] = family.train(context)
-        except FamilySkipped as skipped:
-            logger.warning("%s", skipped)
+    units = training_units(training_order(tc.models), context)
+    workers = len(runtime.client.scheduler_info(n_workers=-1)["workers"])
+    overlap = overlap_decision(tc.overlap, runtime.processes, workers)
+    if overlap.overlap and sum(not unit.alone for unit in units) > 1:
+        logger.info("train: %s", overlap.reason)
+    train_units(context, units, overlap.overlap)
     if not context.results:
         raise ShardflowError(f"train.models: no family could train on this data ({', '.join(tc.models)})")
     results = {name: context.results[name] for name in FAMILIES if name in context.results}
@@ -161,6 +162,7 @@ def train(config: Config, runtime: Runtime, run_dir, xgboost_callbacks=(), key: 
         completed=time.strftime("%Y-%m-%dT%H:%M:%S"),
         key=key,
         seconds={k: round(v, 3) for k, v in seconds.items()},
+        wall_seconds=round(time.perf_counter() - started, 3),
         models=list(results),
     )
     run.record_stage(RunDir.TRAIN, stage, artifacts=hashes, seeds={"split": config.split.seed, "train": tc.seed})
@@ -187,8 +189,10 @@ def evaluate_run(runtime: Runtime, run_dir, data: TrainingData | None = None, ke
     task = next(iter(payloads.values()))["task"]
     seed = manifest.seeds.get("train", 0)
     data = data or load_training_data(runtime, run.stage(RunDir.ETL), seed)
+    started = time.perf_counter()
     out = evaluate(runtime, data, payloads)
     explained = explain(runtime, data, payloads, seed=seed)
+    out["seconds"] = time.perf_counter() - started  # scoring and explaining
     seconds = json.loads(run.trained("seconds").read_text())
     peaks = json.loads(run.trained("peak_memory").read_text())
     partition_models = {

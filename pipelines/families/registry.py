@@ -158,6 +158,16 @@ class ModelFamily:
     #: Its trained record lists each member model's metrics on its own rows.
     records_partition_metrics = False
 
+    def trained_together(self, names) -> tuple:
+        """The families of ``names`` that this family's :meth:`train` trains with it (one graph)."""
+        return (self.name,)
+
+    def holds_every_worker(self, context) -> bool:
+        """Whether its training holds every worker at once (a collective, or a task sizing a
+        whole process's thread pools), so it must not share the cluster with another family
+        (:mod:`shardflow.pipelines.training.schedule`). A family of one's own is assumed to."""
+        return True
+
     def plan_line(self, n_workers: int, one_worker: bool) -> str | None:
         """Where the family trains, as ``shardflow plan`` says it (None: nothing to add)."""
         return None
@@ -178,6 +188,12 @@ class PerPartitionFamily(ModelFamily):
 
     records_partition_metrics = True
 
+    def trained_together(self, names) -> tuple:
+        return tuple(f.name for f in training_order(names) if isinstance(f, PerPartitionFamily))
+
+    def holds_every_worker(self, context) -> bool:
+        return False  # ordinary tasks, each with its worker's threads
+
     def partition_job(self, context) -> tuple:
         """``(task, kwargs_of_group, extra)``: ``task(*shards, **kwargs_of_group(g))`` trains
         group ``g``'s model on a worker; ``extra`` joins the family's record."""
@@ -187,9 +203,7 @@ class PerPartitionFamily(ModelFamily):
         from shardflow.pipelines.training.partition_graph import train_partition_models
 
         together = [
-            family
-            for family in training_order(context.config.models)
-            if isinstance(family, PerPartitionFamily) and family.name not in context.results
+            FAMILIES[name] for name in self.trained_together(context.config.models) if name not in context.results
         ]
         jobs = {family.name: family.partition_job(context) for family in together}
         trained = train_partition_models(
@@ -204,6 +218,9 @@ class PerPartitionFamily(ModelFamily):
 class CombinedFamily(ModelFamily):
     """Built on the trained models of the families it ``needs``."""
 
+    def holds_every_worker(self, context) -> bool:
+        return False  # ordinary tasks over its members' predictions
+
     def load(self, files) -> dict:
         members = FAMILIES[self.needs[0]]
         return {**members.load(files), **super().load(files)}
@@ -214,6 +231,9 @@ class PerGroupFamily(ModelFamily):
 
     def plan_line(self, n_workers: int, one_worker: bool) -> str:
         return f"{self.name}: each key group's rows gathered on one worker, groups balanced by rows"
+
+    def holds_every_worker(self, context) -> bool:
+        return False  # one ordinary task per key group
 
     def load(self, files) -> dict:
         fallback = FAMILIES[self.needs[0]]
@@ -229,6 +249,9 @@ class LinearBaseline(GlobalFamily):
     predict = Deferred("tasks.linear", "predict_linear")
     curves = _view("linear_curves")
     export = _exporter("export_linear")
+
+    def holds_every_worker(self, context) -> bool:
+        return False  # ordinary tasks: per-partition sums, or one task for a small design
 
 
 class GlobalXGBoost(GlobalFamily):

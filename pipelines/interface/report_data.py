@@ -144,9 +144,11 @@ def _gaps(summary: EtlSummary) -> str:
 
 
 def stage_seconds(record) -> float | None:
-    """A stage's wall time (training's: the sum over its families)."""
+    """A stage's wall time (training's: as a whole where recorded, else the sum over its families)."""
     if record is None or record.seconds is None:
         return None
+    if record.wall_seconds is not None:
+        return float(record.wall_seconds)
     return float(sum(record.seconds.values())) if isinstance(record.seconds, dict) else float(record.seconds)
 
 

@@ -56,6 +56,9 @@ class StageRecord:
         whose key is equal.
     seconds : float or dict, optional
         Its wall time (per family for training).
+    wall_seconds : float, optional
+        Training's wall time as a whole (less than the sum of its families' where they
+        overlapped).
     rows, partitions : int, optional
         Rows and partitions written (the ETL).
     models : list of str, optional
@@ -65,6 +68,7 @@ class StageRecord:
     completed: str = ""
     key: str | None = None
     seconds: float | dict | None = None
+    wall_seconds: float | None = None
     rows: int | None = None
     partitions: int | None = None
     models: list | None = None

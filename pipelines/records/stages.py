@@ -245,7 +245,8 @@ def stage_keys(config: Config, plan=None) -> dict:
     registered = [getattr(FAMILIES[m], "fingerprint", "") for m in config.train.models]
     # How the parameters were searched (train.tune) trains nothing itself: a tuned job's
     # parameters are in train.xgboost.params, which count.
-    section = {k: v for k, v in data["train"].items() if k != "tune"}
+    # Nor does whether families overlap (train.overlap): each family's model is the same.
+    section = {k: v for k, v in data["train"].items() if k not in ("tune", "overlap")}
     train = tokenize(etl, section, code_version(RunDir.TRAIN), registered)
     return {RunDir.ETL: etl[:16], RunDir.TRAIN: train[:16], RunDir.EVALUATE: evaluate_key(train[:16])}
 

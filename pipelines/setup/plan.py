@@ -195,7 +195,9 @@ class InputPlan:
             "etl": "partitions kept in cluster memory between passes"
             if persist
             else "input read again for each pass (streaming)",
-            "training": _training_line(self.config.train.models, len(workers), one_worker),
+            "training": _training_line(self.config.train.models, len(workers), one_worker)
+            + "; "
+            + _overlap_line(self.config.train, getattr(runtime, "processes", True), len(workers)),
             "execution": ("worker processes" if getattr(runtime, "processes", True) else "threads in this process")
             + f" ({execution.reason})",
             "peak_memory_per_worker": int(per_worker),
@@ -280,6 +282,14 @@ def _training_line(models: list, n_workers: int, one_worker: bool) -> str:
 
     lines = [FAMILIES[name].plan_line(n_workers, one_worker) for name in models]
     return "; ".join([f"partition i on worker i mod {n_workers}", *(line for line in lines if line)])
+
+
+def _overlap_line(train, processes: bool, n_workers: int) -> str:
+    """Whether the families train one after another or overlap, and why."""
+    from shardflow.pipelines.families.registry import training_order
+    from shardflow.pipelines.training.schedule import overlap_decision, overlap_line
+
+    return overlap_line(training_order(train.models), overlap_decision(train.overlap, processes, n_workers))
 
 
 def persist_decision(setting: str, in_memory: float, memory_limits: list) -> bool:

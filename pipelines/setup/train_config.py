@@ -213,6 +213,12 @@ class TrainConfig:
     ``checkpoint_seconds`` writes only its final state (which a ``--resume`` reuses). One
     checkpoint costs milliseconds at 100k rows (a model of a few MB), so the default (60 s)
     costs well under 1% of training while a long model loses at most a minute of it.
+
+    ``overlap``: families that submit ordinary tasks (the per-partition models, the linear
+    baseline, the stacked combiner, per-group models) share the cluster at once instead of
+    training one after another; a collective (the global XGBoost, the data-parallel MLP) always
+    runs alone. ``auto`` overlaps on worker processes with two workers or more (``shardflow
+    plan`` says which); every family's model is the same either way.
     """
 
     models: list[str] = option(factory=default_families, check=OneOf(family_names))
@@ -220,6 +226,7 @@ class TrainConfig:
     max_attempts: int = option(3, check=Between(1, 100))
     collective_timeout: int | None = option(600, check=Between(1, MAX_SECONDS))
     checkpoint_seconds: float = option(60.0, check=Between(0, MAX_SECONDS))
+    overlap: str = option("auto", check=OneOf(("auto", "true", "false")))
     xgboost: XGBoostConfig = option(factory=XGBoostConfig, check=Section())
     partitions: PartitionModelsConfig = option(factory=PartitionModelsConfig, check=Section())
     groups: GroupModelsConfig = option(factory=GroupModelsConfig, check=Section())

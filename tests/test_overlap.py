@@ -1,0 +1,101 @@
+"""Families that share the cluster (issue 30, item 7): the plan says which overlap, they do
+overlap, and every model equals the one trained with the families one after another."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from test_local_mode import features, job, prices
+
+from shardflow.pipelines.families.registry import training_order
+from shardflow.pipelines.setup.config import load_config
+from shardflow.pipelines.setup.plan import InputPlan
+from shardflow.pipelines.training.schedule import overlap_decision, overlap_line, training_units
+
+MODELS = ["linear", "xgboost", "xgboost_partitions", "mlp_partitions", "stacked"]
+
+RUN = """
+import json, logging, sys
+from shardflow.pipelines.setup.config import load_config
+from shardflow.pipelines.job import run
+from shardflow.pipelines.serving.model import load_model
+import pandas as pd
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    logging.getLogger("shardflow.job").setLevel(logging.DEBUG)
+    result = run(load_config(sys.argv[1]), force=True)
+    frame = pd.read_csv(sys.argv[2])
+    predictions = {name: load_model(result.run_dir, name).predict(frame)["prediction"].tolist()
+                   for name in result.metrics}
+    print(json.dumps({"run_dir": str(result.run_dir), "metrics": result.metrics, "predictions": predictions}))
+"""
+
+
+def run_logged(config: str, data) -> tuple:
+    done = subprocess.run([sys.executable, "-c", RUN, config, str(data)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+
+def test_the_units_and_what_runs_alone():
+    units = training_units(training_order(MODELS + ["mlp"]), None)
+    assert [u.names for u in units] == [
+        ("linear",),
+        ("xgboost",),
+        ("xgboost_partitions", "mlp_partitions"),
+        ("stacked",),
+        ("mlp",),
+    ]
+    assert [u.alone for u in units] == [False, True, False, False, True]
+    assert units[3].needs == {"xgboost_partitions"}
+    assert "xgboost" in training_units(training_order(["xgboost", "xgboost_groups"]), None)[1].needs
+    assert overlap_decision("auto", processes=True, n_workers=1).overlap is False
+    assert overlap_decision("false", processes=True, n_workers=8).overlap is False
+    assert overlap_line(training_order(["xgboost", "mlp"]), overlap_decision("auto", True, 4)) == (
+        "families one after another: no two families can share"
+    )
+
+
+def test_the_plan_says_whether_families_overlap(tmp_path):
+    prices(2_000).to_csv(tmp_path / "prices.csv", index=False)
+    plan = InputPlan(load_config(job(tmp_path, MODELS, {"spec": "local", "processes": True, "n_workers": 2})))
+    runtime = plan.start_cluster()
+    try:
+        described = plan.describe(runtime)
+    finally:
+        runtime.close()
+    assert (
+        "families overlap: linear, xgboost_partitions, mlp_partitions, stacked share the cluster; xgboost alone"
+        in described["training"]
+    )
+    plan = InputPlan(load_config(job(tmp_path, MODELS, {"spec": "local", "processes": False})))
+    runtime = plan.start_cluster()
+    try:
+        assert "one after another: one worker of threads" in plan.describe(runtime)["training"]
+    finally:
+        runtime.close()
+
+
+@pytest.mark.slow
+def test_overlapping_families_train_the_same_models_as_one_after_another(tmp_path):
+    prices(4_000).to_csv(tmp_path / "prices.csv", index=False)
+    shape = {"spec": "local", "processes": True, "n_workers": 2, "threads_per_worker": 1}
+    overlapped, log = run_logged(job(tmp_path, MODELS, shape), tmp_path / "prices.csv")
+    spec = yaml.safe_load(Path(job(tmp_path, MODELS, shape)).read_text())
+    spec["train"]["overlap"] = "false"
+    (tmp_path / "sequential.yaml").write_text(yaml.safe_dump(spec))
+    sequential, sequential_log = run_logged(str(tmp_path / "sequential.yaml"), tmp_path / "prices.csv")
+    # They did overlap (and the sequential run did not): the shared families ran at once.
+    assert "train: independent families share the 2 workers; collectives run alone" in log
+    assert "training together: linear, xgboost_partitions, mlp_partitions" in log
+    assert "training together" not in sequential_log
+    pd_features = features(overlapped["run_dir"]), features(sequential["run_dir"])
+    assert pd_features[0].equals(pd_features[1])
+    assert set(overlapped["metrics"]) == set(MODELS)
+    assert overlapped["metrics"] == sequential["metrics"]
+    assert overlapped["predictions"] == sequential["predictions"]
