@@ -41,9 +41,15 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     assert "partitions" in plan["text/plain"] and "execution" in plan["text/plain"] and "<pre>" in plan["text/html"]
     # The run: progress drawn without configuring logging, the comparison as a table, best marked.
     run_cell = notebook.cells[cell_of["result = shardflow.run(config, runtime=runtime)"]]
-    progress = "".join(o.get("text", "") for o in run_cell.outputs if o.get("name") == "stderr")
-    assert re.search(r"etl pass \d/\d \(\w+\): \d+/\d+ tasks", progress), progress[-2000:]
-    assert "xgboost:" in progress and "rounds" in progress
+    # Progress is an output that updates in place (one per stage, at its final state), not stderr lines.
+    progress = "\n".join(
+        "".join(o["data"]["text/plain"])
+        for o in run_cell.outputs
+        if o.get("output_type") == "display_data" and "transient" not in o and "text/html" not in o["data"]
+    )
+    assert re.search(r"etl pass \d/\d \(\w+\): (\d+)/\1 tasks", progress), progress[-2000:]
+    assert re.search(r"xgboost: (\d+)/\d+ rounds", progress), progress[-2000:]
+    assert "tasks" not in "".join(o.get("text", "") for o in run_cell.outputs if o.get("name") == "stderr")
     comparison = shown[cell_of["result = shardflow.run(config, runtime=runtime)"]]["text/html"]
     assert comparison.count("★") == 1 and "<table>" in comparison and "linear baseline" in comparison
     # The report's figures inline.

@@ -1,6 +1,8 @@
 """Progress of long stages in the terminal, fed by the scheduler like Dask's own bar.
 
-On a terminal the bar redraws in place (tasks done / total, elapsed, rate); when
+On a terminal the bar redraws in place (tasks done / total, elapsed, rate; families that
+train at once share the line); in a Jupyter notebook it is an output of the running cell
+that updates in place; when
 stderr is a file or a CI log it prints a plain line at each quarter instead, with no
 control characters. ``--quiet`` (log level above INFO) turns it off; library calls (a script,
 a notebook) draw it unless logging was configured above INFO (see :func:`enabled`).
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from contextlib import suppress
 
@@ -52,17 +55,32 @@ class Counter:
     >>> c.close()
     >>> print(out.getvalue().splitlines()[-1].split(",")[0])
     xgboost: 8/8 rounds
+
+    With early stopping, the ETA counts to the round where training stops unless the score
+    improves (``horizon``):
+
+    >>> c = Counter("xgboost", total=300, unit="rounds", stream=io.StringIO())
+    >>> c.horizon = 60
+    >>> c.started -= 4.0  # 40 rounds in 4 seconds
+    >>> c.update(40)
+    >>> c.line().split(", ", 3)[-1]
+    'ETA 2s (early stop at 60 unless it improves)'
     """
 
     def __init__(self, label: str, total: int, unit: str = "tasks", done: int = 0, stream=None):
         self.label, self.total, self.unit = label, total, unit
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._shown_at = 0.0
         self.first = self.done = done
         self.started = time.perf_counter()
         self.extra = ""
+        #: Where the work ends unless it goes on (early stopping's round): the ETA counts to it.
+        self.horizon = None
         self._next_quarter = int(4 * done / total) + 1 if total else 1
         self._closed = False
+        # In a Jupyter notebook: one output that updates in place, instead of lines on stderr.
+        self.notebook = notebook_output(self.line()) if stream is None and not self.tty else None
 
     def line(self) -> str:
         elapsed = time.perf_counter() - self.started
@@ -70,15 +88,37 @@ class Counter:
         text = f"{self.label}: {self.done}/{self.total} {self.unit}, {elapsed:.1f}s"
         if new > 0 and elapsed > 0 and self.done < self.total:
             rate = new / elapsed
-            text += f", {rate:.1f} {self.unit}/s, ETA {(self.total - self.done) / rate:.0f}s"
+            text += f", {rate:.1f} {self.unit}/s"
+            if self.horizon is not None and self.done < self.horizon < self.total:
+                eta = (self.horizon - self.done) / rate
+                text += f", ETA {eta:.0f}s (early stop at {self.horizon} unless it improves)"
+            else:
+                text += f", ETA {(self.total - self.done) / rate:.0f}s"
         return text + (f", {self.extra}" if self.extra else "")
+
+    #: Counters drawn on a terminal now: families that train at once share the line.
+    _drawn: list = []
+    _drawing = threading.Lock()
+
+    def _redraw(self) -> None:
+        """Draw every counter on this terminal on its one line (" | " between them)."""
+        with Counter._drawing:
+            if self not in Counter._drawn and not self._closed:
+                Counter._drawn.append(self)
+            shown = [c for c in Counter._drawn if c.stream is self.stream]
+            if shown:
+                self.stream.write("\33[2K\r" + " | ".join(c.line() for c in shown))
+                self.stream.flush()
 
     def update(self, done: int, extra: str = "") -> None:
         self.done, self.extra = min(done, self.total), extra
         with suppress(ValueError):
-            if self.tty:
-                self.stream.write("\33[2K\r" + self.line())
-                self.stream.flush()
+            if self.notebook is not None:
+                if time.perf_counter() - self._shown_at > 0.2:  # a notebook redraws at most 5 times a second
+                    self._shown_at = time.perf_counter()
+                    self.notebook.update({"text/plain": self.line()}, raw=True)
+            elif self.tty:
+                self._redraw()
             elif self.total and 4 * self.done >= self._next_quarter * self.total and self.done < self.total:
                 self._next_quarter = int(4 * self.done / self.total) + 1
                 self.stream.write(self.line() + "\n")
@@ -88,14 +128,36 @@ class Counter:
         if self._closed:
             return
         self._closed = True
+        if self.notebook is not None:
+            failed_text = f"{self.label}: failed after {time.perf_counter() - self.started:.1f}s"
+            self.notebook.update({"text/plain": failed_text if failed else self.line()}, raw=True)
+            return
         with suppress(ValueError):
             if self.tty:
+                with Counter._drawing:
+                    if self in Counter._drawn:
+                        Counter._drawn.remove(self)
                 self.stream.write("\33[2K\r")
             if failed:
                 self.stream.write(f"{self.label}: failed after {time.perf_counter() - self.started:.1f}s\n")
             elif not self.tty:
                 self.stream.write(self.line() + "\n")
             self.stream.flush()
+            others = [c for c in Counter._drawn if c.stream is self.stream]
+            if self.tty and others:
+                others[0]._redraw()
+
+
+def notebook_output(text: str):
+    """A display showing ``text`` in the running Jupyter cell, updated in place
+    (``IPython.display.DisplayHandle``); None outside a notebook's kernel."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    if shell is None or type(shell).__name__ != "ZMQInteractiveShell":
+        return None
+    from IPython.display import display
+
+    return display({"text/plain": text}, raw=True, display_id=True)
 
 
 class StageProgressBar(TextProgressBar):
@@ -143,6 +205,7 @@ class Rounds:
     def _on_event(self, event) -> None:
         _, message = event
         extra = f"best {message['metric']} {message['best']:.5f} at round {message['best_round']}"
+        self.counter.horizon = message.get("stop_round")
         self.counter.update(int(message["done"]), extra)
 
     def __enter__(self):

@@ -151,6 +151,8 @@ class ResumableState(xgb.callback.TrainingCallback):
                     "score": score,
                     "best": self.best_score,
                     "best_round": self.best_iteration + 1,
+                    # Early stopping ends training here unless a later round scores better.
+                    "stop_round": None if self.patience is None else self.best_iteration + 1 + self.patience,
                 },
             )
         return stop
