@@ -1,6 +1,7 @@
 """The evaluation's explanations: every XGBoost model's exact feature contributions
-(TreeSHAP, by XGBoost) and every other model's permutation importance, on the validation
-split, computed where its partitions are and reduced on the cluster
+(TreeSHAP, by XGBoost, on a seeded sample of 1,000 validation rows split across the
+partitions: :data:`~shardflow.tasks.explain.EXPLAIN_ROWS`) and every other model's permutation
+importance, on the validation split, computed where its partitions are and reduced on the cluster
 (:mod:`shardflow.tasks.explain`).
 
 Written as ``evaluate/explanations.json``: per family, the mean absolute contribution of each
@@ -22,6 +23,7 @@ from shardflow.tasks.explain import (
     combine_explanations,
     combine_permutations,
     explain_partition,
+    explain_rows,
     permutation_importance,
     permutation_partials,
 )
@@ -39,7 +41,12 @@ def explain(runtime, data: TrainingData, payloads: dict, *, seed: int = 0) -> di
         explainers = scatter_named(client, "evaluate-explain-models", contributions)
         parts = [
             client.submit(
-                explain_partition, f, explainers, seed=seed + i, key=f"evaluate-explain-partition-{token}-{i}"
+                explain_partition,
+                f,
+                explainers,
+                seed=seed + i,
+                rows=explain_rows(len(data.futures)),
+                key=f"evaluate-explain-partition-{token}-{i}",
             )
             for i, f in enumerate(data.futures)
         ]
