@@ -152,6 +152,8 @@ np.savez({str(tmp_path / "outputs.npz")!r}, **{{o.name: v for o, v in zip(sessio
     metadata = json.loads((exported.path / "metadata.json").read_text())
     assert {i["name"] for i in metadata["inputs"]} == {"x1", "x2", "ratio", "when_hour", "when_dayofweek", "city"}
     assert metadata["source_run"]["run_id"] == run_dir.name and metadata["opsets"]["ai.onnx.ml"] == 5
+    # It names no path of the machine that exported it (the run, its input or its tables).
+    assert str(run_dir.parent) not in (exported.path / "metadata.json").read_text()
 
 
 def test_int8_export_is_refused_beyond_its_tolerance_and_trees_refuse_quantization(trained_run, tmp_path):

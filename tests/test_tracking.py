@@ -156,6 +156,7 @@ def test_run_is_logged_to_mlflow_and_a_resumed_run_continues_it(tracking_server,
 
         # The python functions score raw input rows (joins, features, encoding included), as
         # shardflow's own loader does; their artifacts hold code and the run's files, no pickle.
+        from shardflow.pipelines.families.registry import FAMILIES
         from shardflow.pipelines.serving.model import load_model
 
         raw = pd.read_parquet(trips_dir / "trips").head(300).drop(columns=["is_delayed"])
@@ -164,6 +165,10 @@ def test_run_is_logged_to_mlflow_and_a_resumed_run_continues_it(tracking_server,
             pd.testing.assert_frame_equal(pyfunc.predict(raw), load_model(first.run_dir, family).predict(raw))
             stored = mlflow.artifacts.download_artifacts(logged[name].model_uri)
             assert not list(Path(stored).rglob("*.pkl")) and (Path(stored) / "mlflow_pyfunc.py").is_file()
+            # Only the scored family's trained files travel with it (and those it is built on).
+            carried = {f.relative_to(d).parts[0] for d in Path(stored).rglob("train") for f in d.rglob("*.*")}
+            own = {"task", "seconds", "peak_memory"}  # the train stage's own files
+            assert {c.split(".")[0] for c in carried} - own == {family, *FAMILIES[family].needs}, carried
     finally:
         mlflow.set_tracking_uri(None)
 

@@ -355,7 +355,7 @@ def _pyfunc_logger(run_dir, family: str, logged_name: str):
 
         code = importlib.util.find_spec(PYFUNC_CODE).origin  # not imported here: MLflow runs it
         with tempfile.TemporaryDirectory(prefix="shardflow-pyfunc-") as tmp:
-            bundle = copy_scoring_files(run_dir, Path(tmp) / PYFUNC_RUN_ARTIFACT)
+            bundle = copy_scoring_files(run_dir, Path(tmp) / PYFUNC_RUN_ARTIFACT, families=[family])
             (bundle / PYFUNC_MODEL_FILE).write_text(family)
             Model.log(
                 None,

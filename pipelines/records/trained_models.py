@@ -98,10 +98,11 @@ def scoring_files(run_dir, model: str | None = None, *, option: str = "--run") -
     return ScoringFiles(manifest, model, payload, preprocessor, config_path, metrics)
 
 
-def copy_scoring_files(run_dir, destination) -> Path:
+def copy_scoring_files(run_dir, destination, families=None) -> Path:
     """Copy what scoring the run's models reads into ``destination`` (a new local folder): the
     manifest, the config, the fitted preprocessing, the evaluation's metrics and the train
-    stage's files, each checked against the manifest first, in a local run's layout (a run in
+    stage's files of ``families`` (default: every family; a family built on others brings
+    theirs), each checked against the manifest first, in a local run's layout (a run in
     an object store keeps each stage under a prefix of its own: here under the stage's name).
     :func:`~shardflow.pipelines.serving.model.load_model` opens the copy like the run (its
     dimension tables, when it joins any, are read where the run recorded them).
@@ -130,7 +131,12 @@ def copy_scoring_files(run_dir, destination) -> Path:
     wanted = {run.relative(run.config), run.relative(run.preprocessor)}
     if run.relative(run.metrics) in manifest.artifacts:
         wanted.add(run.relative(run.metrics))
-    wanted |= {name for name in manifest.artifacts if stage_of(name) == RunDir.TRAIN}
+    kept = None if families is None else _with_needs(families)
+    wanted |= {
+        name
+        for name in manifest.artifacts
+        if stage_of(name) == RunDir.TRAIN and (kept is None or _family_of(name) in kept | {None})
+    }
     destination = Path(destination).resolve()
     inside = None if isinstance(run.path, StorePath) else Path(run.path).resolve()
     copied = {}
@@ -146,6 +152,33 @@ def copy_scoring_files(run_dir, destination) -> Path:
     # The manifest the files were checked against, naming them as they lie here.
     (destination / MANIFEST).write_text(replace(manifest, artifacts=copied, locations={}).to_json())
     return destination
+
+
+def _with_needs(families) -> set:
+    """``families`` and every family they are built on."""
+    out, queue = set(), list(families)
+    while queue:
+        name = queue.pop()
+        if name not in out:
+            out.add(name)
+            queue.extend(FAMILIES[name].needs)
+    return out
+
+
+def _family_of(name: str) -> str | None:
+    """The family a train-stage file belongs to (``train/xgboost_partitions/model-00001.ubj``
+    → ``xgboost_partitions``); None for the stage's own files (its task, seconds, peak memory).
+
+    Examples
+    --------
+    >>> _family_of("train@host-1-ab12/xgboost.ubj"), _family_of("train/mlp_partitions/model-00000.pt")
+    ('xgboost', 'mlp_partitions')
+    >>> _family_of("train/seconds.json") is None
+    True
+    """
+    first = name.split("/", 1)[1].split("/", 1)[0]
+    stem = first.split(".", 1)[0]
+    return stem if stem in FAMILIES else None
 
 
 def _local_name(name: str, run_dir) -> str:

@@ -251,9 +251,12 @@ def describe(onnx_model, preprocessor: Preprocessor, *, config, family, run_dir:
         "target_transform": preprocessor.target_transform,
         "derived": dict(config.features.derived),
         "missing": "numbers: NaN; categories: the empty string",
-        "joins": [j.path for j in config.joins],
+        # Where the model came from, by name and hash: no path of the machine that exported it.
+        "joins": [
+            {"table": Path(str(j.path)).name, "on": j.on, "right_on": j.right_on or j.on, "columns": j.columns}
+            for j in config.joins
+        ],
         "source_run": {
-            "path": str(run_dir.resolve()),
             "run_id": manifest.run_id or run_dir.name,
             "model_files": {
                 k: v
