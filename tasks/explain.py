@@ -23,8 +23,10 @@ from shardflow.tasks.models import load_booster, weighted_average
 EXPLAIN_ROWS = 1_000
 #: Rows per partition kept for the report's per-feature summary (value against contribution).
 SAMPLE_ROWS = 200
-#: Validation rows per partition that permutation importance scores (a seeded sample above it).
-PERMUTATION_ROWS = 5_000
+#: Validation rows, over all partitions, that permutation importance scores (a seeded sample
+#: split evenly across the partitions): each feature costs one prediction of every row by the
+#: model, an ensemble's every member.
+PERMUTATION_ROWS = 20_000
 
 
 def xgboost_contributions(model: bytes, x: np.ndarray, nthread: int | None = None) -> np.ndarray:
@@ -85,54 +87,65 @@ class Explanation:
         )
 
 
-def explain_partition(shard, explainers: dict, *, seed: int, rows: int, nthread: int | None = None) -> dict:
-    """``{family: Explanation}`` of (a seeded sample of at most ``rows`` of) this partition's
-    validation rows; ``explainers`` maps a family to ``(contributions function, payload)``."""
-    rng = np.random.default_rng(seed)
-    x = shard.x_valid
-    if len(x) > rows:
-        x = x[np.sort(rng.choice(len(x), rows, replace=False))]
-    keep = np.sort(rng.choice(len(x), min(SAMPLE_ROWS, len(x)), replace=False)) if len(x) else np.zeros(0, int)
+def explain_partition(shard, explainers: dict, *, seed: int, rows: dict, nthread: int | None = None) -> dict:
+    """``{family: Explanation}`` of (a seeded sample of at most ``rows[family]`` of) this
+    partition's validation rows; ``explainers`` maps a family to ``(contributions function,
+    payload)``."""
     out = {}
     for name, (explain, payload) in explainers.items():
+        rng = np.random.default_rng(seed)
+        x = shard.x_valid
+        if len(x) > rows[name]:
+            x = x[np.sort(rng.choice(len(x), rows[name], replace=False))]
+        keep = np.sort(rng.choice(len(x), min(SAMPLE_ROWS, len(x)), replace=False)) if len(x) else np.zeros(0, int)
         found = explain(payload, x, nthread)
         out[name] = Explanation(len(x), np.abs(found).sum(axis=0), x[keep], found[keep])
     return out
 
 
-def explain_rows(partitions: int) -> int:
-    """Validation rows explained per partition: :data:`EXPLAIN_ROWS` split evenly.
+def explain_rows(partitions: int, total: int = EXPLAIN_ROWS, members: int = 1) -> int:
+    """Validation rows explained per partition: ``total`` (:data:`EXPLAIN_ROWS`, or
+    :data:`PERMUTATION_ROWS`) split evenly, over the model's ``members`` for an ensemble (each
+    row costs a prediction of every member) but never below a quarter of ``total``.
 
     Examples
     --------
-    >>> explain_rows(2), explain_rows(3), explain_rows(5_000)
-    (500, 334, 1)
+    >>> explain_rows(2), explain_rows(3), explain_rows(5_000), explain_rows(16, PERMUTATION_ROWS)
+    (500, 334, 1, 1250)
+    >>> explain_rows(16, EXPLAIN_ROWS, members=16), explain_rows(2, EXPLAIN_ROWS, members=2)
+    (16, 250)
     """
-    return max(1, -(-EXPLAIN_ROWS // max(partitions, 1)))
+    budget = max(total // 4, total // max(members, 1))
+    return max(1, -(-budget // max(partitions, 1)))
 
 
 def combine_explanations(a: dict, b: dict) -> dict:
     return {name: a[name].merge(b[name]) for name in a}
 
 
-def permutation_partials(shard, predictors: dict, scoring, *, seed: int, nthread: int | None = None) -> dict:
+def permutation_partials(
+    shard, predictors: dict, scoring, *, seed: int, rows: dict, nthread: int | None = None
+) -> dict:
     """``{family: [partial metric sums with feature j's values permuted, for every j], plus
-    the unpermuted sums last}`` on (a sample of) this partition's validation rows."""
-    rng = np.random.default_rng(seed)
-    rows = np.arange(len(shard.y_valid))
-    if len(rows) > PERMUTATION_ROWS:
-        rows = np.sort(rng.choice(rows, PERMUTATION_ROWS, replace=False))
-    x, y = shard.x_valid[rows], shard.y_valid[rows]
-    w = None if shard.w_valid is None else shard.w_valid[rows]
+    the unpermuted sums last}`` on (a seeded sample of at most ``rows[family]`` of) this
+    partition's validation rows."""
     out = {}
     for name, (predict, payload) in predictors.items():
-        sums = []
+        rng = np.random.default_rng(seed)
+        kept = np.arange(len(shard.y_valid))
+        if len(kept) > rows[name]:
+            kept = np.sort(rng.choice(kept, rows[name], replace=False))
+        x, y = shard.x_valid[kept], shard.y_valid[kept]
+        w = None if shard.w_valid is None else shard.w_valid[kept]
+        # Every feature's permuted copy and the rows as they are, scored in one call (a call
+        # per copy paid an ensemble's per-member overhead once per feature).
+        copies = []
         for j in range(x.shape[1]):
             permuted = x.copy()
             permuted[:, j] = rng.permutation(permuted[:, j])
-            sums.append(partial_metrics(y, predict(payload, permuted, nthread, {}), scoring, w))
-        sums.append(partial_metrics(y, predict(payload, x, nthread, {}), scoring, w))
-        out[name] = sums
+            copies.append(permuted)
+        scores = np.asarray(predict(payload, np.concatenate([*copies, x]), nthread, {}))
+        out[name] = [partial_metrics(y, block, scoring, w) for block in np.split(scores, len(copies) + 1)]
     return out
 
 

@@ -1,8 +1,9 @@
 """The evaluation's explanations: every XGBoost model's exact feature contributions
 (TreeSHAP, by XGBoost, on a seeded sample of 1,000 validation rows split across the
 partitions: :data:`~shardflow.tasks.explain.EXPLAIN_ROWS`) and every other model's permutation
-importance, on the validation split, computed where its partitions are and reduced on the cluster
-(:mod:`shardflow.tasks.explain`).
+importance (on 20,000 rows split likewise), on the validation split, computed where its
+partitions are and reduced on the cluster (:mod:`shardflow.tasks.explain`). An ensemble's
+rows are fewer (:func:`~shardflow.tasks.explain.explain_rows`): each costs every member.
 
 Written as ``evaluate/explanations.json``: per family, the mean absolute contribution of each
 feature (in the model's margin units) with a sample of (value, contribution) pairs per
@@ -20,6 +21,8 @@ from shardflow.pipelines.graph import scatter_named, tree_reduce_futures
 from shardflow.pipelines.interface import progress
 from shardflow.pipelines.training.data import TrainingData, call_token
 from shardflow.tasks.explain import (
+    EXPLAIN_ROWS,
+    PERMUTATION_ROWS,
     combine_explanations,
     combine_permutations,
     explain_partition,
@@ -45,7 +48,7 @@ def explain(runtime, data: TrainingData, payloads: dict, *, seed: int = 0) -> di
                 f,
                 explainers,
                 seed=seed + i,
-                rows=explain_rows(len(data.futures)),
+                rows=_rows(contributions, len(data.futures), EXPLAIN_ROWS),
                 key=f"evaluate-explain-partition-{token}-{i}",
             )
             for i, f in enumerate(data.futures)
@@ -60,6 +63,7 @@ def explain(runtime, data: TrainingData, payloads: dict, *, seed: int = 0) -> di
                 predictors,
                 data.scoring,
                 seed=seed + i,
+                rows=_rows(permuted, len(data.futures), PERMUTATION_ROWS),
                 key=f"evaluate-permute-partition-{token}-{i}",
             )
             for i, f in enumerate(data.futures)
@@ -75,6 +79,15 @@ def explain(runtime, data: TrainingData, payloads: dict, *, seed: int = 0) -> di
         importance = permutation_importance(sums, data.scoring)
         out[name] = {"kind": "permutation", "metric": metric, "importance": dict(zip(features, importance))}
     return {name: out[name] for name in payloads if name in out}
+
+
+def _rows(explained: dict, partitions: int, total: int) -> dict:
+    """Rows per partition for each family (``{name: (function, payload)}``): an ensemble's
+    budget is shared by its member models (``payload["models"]``)."""
+    return {
+        name: explain_rows(partitions, total, members=len(payload.get("models") or ()) or 1)
+        for name, (_, payload) in explained.items()
+    }
 
 
 def contribution_summary(found, features: list, classes: int) -> dict:
