@@ -374,9 +374,22 @@ def comparison_text(run_dir) -> str:
         for name, m in metrics.items()
     ]
     marked = list(metrics).index(best) if best is not None else None
-    return aligned_table(
+    table = aligned_table(
         ["model", *columns, "train s"], rows, marked=marked, note=f"best validation {primary_metric(task)}"
     )
+    return table + _overlap_note(run_dir, seconds)
+
+
+def _overlap_note(run_dir, seconds: dict) -> str:
+    """A line under the table when families trained at once (their times overlap)."""
+    try:
+        record = RunDir(run_dir).read_manifest().stages.get(RunDir.TRAIN)
+    except (OSError, ShardflowError):  # a damaged manifest: the table is shown without the note
+        return ""
+    wall = getattr(record, "wall_seconds", None)
+    if wall is None or not seconds or wall >= 0.95 * sum(seconds.values()):
+        return ""
+    return f"\n  train s: each family's wall time; families shared the cluster, training took {wall:.1f}s in all"
 
 
 class _PerformanceTarget:
