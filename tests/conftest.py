@@ -15,6 +15,11 @@ TEST_ROWS_PER_PARTITION = 3_000  # 8 partitions
 
 
 def pytest_collection_modifyitems(config, items):
+    # Files with slow tests first (a stable sort keeps each file's order): the two test
+    # processes (`-n 2 --dist loadfile --no-loadscope-reorder`) take files in this order, so the
+    # long ones start first and the short ones fill in at the end.
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
     if cuda_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device with cuDF and dask-cuda")

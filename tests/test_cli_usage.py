@@ -237,7 +237,7 @@ def test_a_missing_optional_package_names_the_extra_to_install(tmp_path):
 
 
 def test_the_comparison_table_is_aligned_with_the_best_model_marked(tmp_path):
-    from shardflow.pipelines.interface.commands import comparison_text
+    from shardflow.pipelines.interface.console import comparison_text
 
     (tmp_path / "evaluate").mkdir()
     metrics = {

@@ -36,6 +36,8 @@ from shardflow.pipelines.serving.model import load_model  # noqa: E402
 from shardflow.pipelines.serving.predict import predict  # noqa: E402
 from shardflow.pipelines.setup.config import default_config_path, load_config  # noqa: E402
 
+pytestmark = pytest.mark.slow  # whole jobs on clusters: scheduled first (tests/conftest.py)
+
 BUCKET = "shardflow-test"
 SECRET = "not-a-real-secret-7f3a"  # must never appear in what a run writes
 

@@ -27,6 +27,8 @@ from shardflow.pipelines.etl.stage import etl
 from shardflow.pipelines.job import run
 from shardflow.pipelines.setup.config import default_config_path, load_config
 
+pytestmark = pytest.mark.slow  # whole jobs on clusters: scheduled first (tests/conftest.py)
+
 FAST = [
     "train.xgboost.single_worker=false",
     "train.xgboost.num_boost_round=30",

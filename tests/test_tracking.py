@@ -24,6 +24,8 @@ from shardflow.pipelines.job import run  # noqa: E402
 from shardflow.pipelines.records.rundir import RunDir, read_manifest  # noqa: E402
 from shardflow.pipelines.setup.config import default_config_path, load_config  # noqa: E402
 
+pytestmark = pytest.mark.slow  # whole jobs on clusters: scheduled first (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def tracking_server(tmp_path_factory):

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from shardflow.core.errors import ShardflowError
+from shardflow.pipelines.interface.console import comparison_text
 from shardflow.pipelines.records.rundir import RunDir, write_bytes_atomic
 
 logger = logging.getLogger("shardflow")
@@ -353,43 +354,6 @@ def resume_command(argv, run_id: str) -> str:
             kept.append(token)
     command = next((i for i, token in enumerate(kept) if not token.startswith("-")), len(kept))
     return shlex.join(["shardflow", *kept[: command + 1], "--resume", run_id, *kept[command + 1 :]])
-
-
-def comparison_text(run_dir) -> str:
-    """The run's model comparison for the terminal: aligned columns, the best model marked."""
-    from shardflow.pipelines.families.specs import label
-    from shardflow.pipelines.interface.console import aligned_table
-    from shardflow.tasks.metrics import best_model, primary_metric
-    from shardflow.tasks.targets import target_kind
-
-    try:
-        evaluation = json.loads(RunDir(run_dir).metrics.read_text())
-        metrics, seconds, task = evaluation["metrics"], evaluation.get("train_seconds", {}), evaluation["task"]
-        columns = target_kind(task).columns
-    except (OSError, ValueError, KeyError, TypeError):  # a damaged metrics.json: the stored table
-        return RunDir(run_dir).comparison.read_text().strip()
-    best = best_model(metrics, task) if metrics else None
-    rows = [
-        [label(name), *(f"{m.get(c, float('nan')):.4f}" for c in columns), f"{seconds.get(name, float('nan')):.1f}"]
-        for name, m in metrics.items()
-    ]
-    marked = list(metrics).index(best) if best is not None else None
-    table = aligned_table(
-        ["model", *columns, "train s"], rows, marked=marked, note=f"best validation {primary_metric(task)}"
-    )
-    return table + _overlap_note(run_dir, seconds)
-
-
-def _overlap_note(run_dir, seconds: dict) -> str:
-    """A line under the table when families trained at once (their times overlap)."""
-    try:
-        record = RunDir(run_dir).read_manifest().stages.get(RunDir.TRAIN)
-    except (OSError, ShardflowError):  # a damaged manifest: the table is shown without the note
-        return ""
-    wall = getattr(record, "wall_seconds", None)
-    if wall is None or not seconds or wall >= 0.95 * sum(seconds.values()):
-        return ""
-    return f"\n  train s: each family's wall time; families shared the cluster, training took {wall:.1f}s in all"
 
 
 class _PerformanceTarget:
