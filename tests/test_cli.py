@@ -17,48 +17,12 @@ from pathlib import Path
 import pytest
 
 
-def test_run_generates_default_dataset_then_runs_the_pipeline(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "shardflow",
-        "run",
-        "--rows",
-        "12000",
-        "--work-dir",
-        str(tmp_path),
-        "--n-workers",
-        "2",
-        "--memory-limit",
-        "1GB",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "dashboard http://127.0.0.1:" in proc.stderr
-    assert "generating 12000 rows" in proc.stderr
-    lines = proc.stdout.strip().splitlines()
-    run_dir = tmp_path / "runs" / lines[-2].split("/")[-1]
-    assert lines[-1] == f"report: {run_dir / 'report.html'}" and (run_dir / "report.html").exists()
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["stages"]["etl"]["rows"] > 11_500
-    assert manifest["cluster"]["workers"] == 2
-    assert (run_dir / "etl" / "features.zarr").is_dir()
-    assert (tmp_path / "data" / "trips-12000" / "trips.yaml").exists()
-
-    # A second run finds the dataset and does not generate it again.
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "generating" not in proc.stderr
-
-
-# ----------------------------------------------------------------------------- the terminal
-
-
-def test_terminal_output_of_a_run(tmp_path):
-    """Progress for the long steps (XGBoost rounds, MLP epochs) with final lines; no native or
-    worker output outside the log format, also when the dashboard's port is taken (another
-    Dask cluster or Jupyter on the machine); an offline performance report; the report's
-    path last."""
+def test_run_generates_default_dataset_then_runs_the_pipeline_with_its_terminal_output(tmp_path):
+    """The default job on a generated dataset, in one run: progress for the long steps (XGBoost
+    rounds, MLP epochs) with final lines; no native or worker output outside the log format, also
+    when the dashboard's port is taken (another Dask cluster or Jupyter on the machine); an
+    offline performance report; the run directory and the report's path last. A second run finds
+    the dataset and its stages current."""
     with socket.socket() as taken:  # a port another program holds, as 8787 often is
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -69,7 +33,7 @@ def test_terminal_output_of_a_run(tmp_path):
             "shardflow",
             "run",
             "--rows",
-            "20000",
+            "12000",
             "--work-dir",
             str(tmp_path),
             "--n-workers",
@@ -86,18 +50,34 @@ def test_terminal_output_of_a_run(tmp_path):
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    assert "generating 12000 rows" in proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    run_dir = tmp_path / "runs" / lines[-2].split("/")[-1]
+    assert lines[-1] == f"report: {run_dir / 'report.html'}" and (run_dir / "report.html").exists()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["stages"]["etl"]["rows"] > 11_500
+    assert manifest["cluster"]["workers"] == 2
+    assert (run_dir / "etl" / "features.zarr").is_dir()
+    assert (tmp_path / "data" / "trips-12000" / "trips.yaml").exists()
+
     err = proc.stderr.splitlines()
     taken_lines = [line for line in err if f"Port {port} is already in use" in line]
     assert len(taken_lines) == 1 and "shardflow.warnings WARNING: UserWarning: " in taken_lines[0], proc.stderr
+    assert any("dashboard http://127.0.0.1:" in line for line in err), proc.stderr
     assert any(line.startswith("xgboost: ") and "/40 rounds" in line for line in err), proc.stderr
     assert any(line.startswith("mlp: 2/2 epochs") for line in err), proc.stderr
     assert any(line.startswith("etl pass 1/3 (profile): ") and "tasks" in line for line in err)
     for line in err:  # every line is shardflow's: a log record or a progress line
         assert re.match(r"^(\d\d:\d\d:\d\d shardflow[.\w]* [A-Z]+: |[\w ./(),+-]+: \d+/\d+ \w+)", line), line
     assert "got rank" not in proc.stderr and "Traceback" not in proc.stderr
-    run_dir = Path(proc.stdout.strip().splitlines()[-2].split()[-1])
     page = (run_dir / "performance-report.html").read_text()
     assert "cdn.bokeh.org" not in page and "Bokeh" in page  # inline: opens offline
+
+    # A second run finds the dataset and does not generate it again; its stages are current.
+    proc = subprocess.run(cmd[: cmd.index("--performance-report")] + cmd[cmd.index("--performance-report") + 1 :],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "generating" not in proc.stderr
 
 
 def test_worker_side_failure_is_one_line(tmp_path):

@@ -3,9 +3,7 @@ overlap, and every model equals the one trained with the families one after anot
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
+import logging
 from pathlib import Path
 
 import pytest
@@ -18,28 +16,6 @@ from shardflow.pipelines.setup.plan import InputPlan
 from shardflow.pipelines.training.schedule import overlap_decision, overlap_line, training_units
 
 MODELS = ["linear", "xgboost", "xgboost_partitions", "mlp_partitions", "stacked"]
-
-RUN = """
-import json, logging, sys
-from shardflow.pipelines.setup.config import load_config
-from shardflow.pipelines.job import run
-from shardflow.pipelines.serving.model import load_model
-import pandas as pd
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    logging.getLogger("shardflow.job").setLevel(logging.DEBUG)
-    result = run(load_config(sys.argv[1]), force=True)
-    frame = pd.read_csv(sys.argv[2])
-    predictions = {name: load_model(result.run_dir, name).predict(frame)["prediction"].tolist()
-                   for name in result.metrics}
-    print(json.dumps({"run_dir": str(result.run_dir), "metrics": result.metrics, "predictions": predictions}))
-"""
-
-
-def run_logged(config: str, data) -> tuple:
-    done = subprocess.run([sys.executable, "-c", RUN, config, str(data)], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
 
 
 def test_the_units_and_what_runs_alone():
@@ -87,20 +63,40 @@ SHARING = ["linear", "xgboost", "xgboost_partitions", "stacked"]
 
 
 @pytest.mark.slow
-def test_overlapping_families_train_the_same_models_as_one_after_another(tmp_path):
+def test_overlapping_families_train_the_same_models_as_one_after_another(tmp_path, caplog):
+    import pandas as pd
+
+    from shardflow.pipelines.job import run
+    from shardflow.pipelines.serving.model import load_model
+
     prices(4_000).to_csv(tmp_path / "prices.csv", index=False)
     shape = {"spec": "local", "processes": True, "n_workers": 2, "threads_per_worker": 1}
-    overlapped, log = run_logged(job(tmp_path, SHARING, shape), tmp_path / "prices.csv")
+    overlapped_config = load_config(job(tmp_path, SHARING, shape))
     spec = yaml.safe_load(Path(job(tmp_path, SHARING, shape)).read_text())
     spec["train"]["overlap"] = "false"
     (tmp_path / "sequential.yaml").write_text(yaml.safe_dump(spec))
-    sequential, sequential_log = run_logged(str(tmp_path / "sequential.yaml"), tmp_path / "prices.csv")
+    sequential_config = load_config(tmp_path / "sequential.yaml")
+    frame = pd.read_csv(tmp_path / "prices.csv")
+    runtime = InputPlan(overlapped_config).start_cluster()  # two worker processes, for both runs
+    caplog.set_level(logging.DEBUG, logger="shardflow.job")
+    try:
+        results, logs = {}, {}
+        for name, config in (("overlapped", overlapped_config), ("sequential", sequential_config)):
+            caplog.clear()
+            result = run(config, runtime=runtime, force=True)
+            logs[name] = caplog.text
+            predictions = {
+                m: load_model(result.run_dir, m).predict(frame)["prediction"].tolist() for m in result.metrics
+            }
+            results[name] = (result, predictions)
+    finally:
+        runtime.close()
     # They did overlap (and the sequential run did not): the shared families ran at once.
-    assert "train: independent families share the 2 workers; collectives run alone" in log
-    assert "training together: linear, xgboost_partitions" in log
-    assert "training together" not in sequential_log
-    pd_features = features(overlapped["run_dir"]), features(sequential["run_dir"])
-    assert pd_features[0].equals(pd_features[1])
-    assert set(overlapped["metrics"]) == set(SHARING)
-    assert overlapped["metrics"] == sequential["metrics"]
-    assert overlapped["predictions"] == sequential["predictions"]
+    assert "train: independent families share the 2 workers; collectives run alone" in logs["overlapped"]
+    assert "training together: linear, xgboost_partitions" in logs["overlapped"]
+    assert "training together" not in logs["sequential"]
+    (overlapped, overlapped_predictions), (sequential, sequential_predictions) = results.values()
+    assert features(overlapped.run_dir).equals(features(sequential.run_dir))
+    assert set(overlapped.metrics) == set(SHARING)
+    assert overlapped.metrics == sequential.metrics
+    assert overlapped_predictions == sequential_predictions
