@@ -11,7 +11,6 @@ Writes ``benchmarks/results/overlap.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.planner import alternate, job, make_tables, shardflow_run
+from benchmarks.planner import alternate, job, make_tables, shardflow_run, write_results
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = ["linear", "xgboost", "xgboost_partitions", "stacked", "mlp", "mlp_partitions"]
@@ -61,10 +60,7 @@ def main(argv=None) -> int:
         "sides": sides,
         "seconds": time.perf_counter() - started,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "overlap.json").write_text(json.dumps(results, indent=1, default=float))
-    (args.out / "overlap.md").write_text(report(results))
-    print(report(results))
+    write_results(args.out, "overlap", results, report(results))
     return 0
 
 

@@ -343,11 +343,16 @@ def main(argv=None) -> int:
             print(f"  {label}: {sorted_results[label]['r2']}", flush=True)
         results["sorted_by_target"] = sorted_results
     results["seconds"] = time.perf_counter() - started
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "planner.json").write_text(json.dumps(results, indent=1, default=float))
-    (args.out / "planner.md").write_text(report(results))
-    print(report(results))
+    write_results(args.out, "planner", results, report(results))
     return 0
+
+
+def write_results(out: Path, name: str, results: dict, text: str) -> None:
+    """``<name>.json`` (the figures) and ``<name>.md`` (``text``) in ``out``; ``text`` printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=1, default=float))
+    (out / f"{name}.md").write_text(text)
+    print(text)
 
 
 def report(r: dict) -> str:
