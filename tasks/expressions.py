@@ -399,9 +399,11 @@ def _eval(node, frame):
 def _as_bool(value):
     if isinstance(value, (bool, np.bool_)) or np.isscalar(value):
         return bool(value)
-    if value.dtype.kind != "b":
-        return value.fillna(0).astype(bool) if hasattr(value, "fillna") else value.astype(bool)
-    return value
+    if value.dtype.kind == "b":
+        return value
+    if hasattr(value, "str") and (value.dtype == object or str(value.dtype) in ("str", "string")):
+        return value.notna() & (value.str.len() > 0)  # text: true when not empty
+    return value.fillna(0).astype(bool) if hasattr(value, "fillna") else value.astype(bool)
 
 
 def _call(name, args, frame):

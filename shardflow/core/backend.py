@@ -100,10 +100,21 @@ def _row_positions_pandas(keys, table_keys):
 
 @take_rows.register(pd.DataFrame)
 def _take_rows_pandas(table, positions):
-    """``table``'s rows at ``positions`` (-1: a row of nulls), indexed like nothing else."""
-    return pd.DataFrame(
-        {col: pd.api.extensions.take(table[col].array, positions, allow_fill=True) for col in table.columns}
-    )
+    """``table``'s rows at ``positions`` (-1: a row of nulls), indexed like nothing else.
+
+    Integer columns come back as float64 and booleans as objects whether or not a position
+    is -1, so a partition whose every key matched types (and spells, as text) a column as
+    the others do: ``7.0``, never ``7`` in one partition and ``7.0`` in the next.
+    """
+    columns = {}
+    for col in table.columns:
+        values = table[col].array
+        if values.dtype.kind in "iu":
+            values = values.astype("float64")
+        elif values.dtype.kind == "b":
+            values = values.astype(object)
+        columns[col] = pd.api.extensions.take(values, positions, allow_fill=True)
+    return pd.DataFrame(columns)
 
 
 #: What ``infer_dtype`` calls an object column of scalars only (the rest is checked value by value).
