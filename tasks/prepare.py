@@ -87,35 +87,7 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
     for join, table in zip(spec.joins, dimensions):
         frame, matched = _left_join(frame, table, join)
         join_matches.append((matched, n))
-    for col in spec.numeric:
-        before = frame[col]
-        frame[col] = _as_float(before)
-        reject(before.notna() & frame[col].isna(), f"{col}: not a number")
-    for col in spec.datetime:
-        before = frame[col]
-        frame[col] = backend.to_datetime(before)
-        reject(before.notna() & frame[col].isna(), f"{col}: not a datetime")
-    for col, kind in spec.column_types:
-        before = frame[col]
-        if kind == "number":
-            frame[col] = _as_float(before, booleans=True)
-            reject(before.notna() & frame[col].isna(), f"{col}: not a number")
-        elif kind == "datetime":
-            frame[col] = backend.to_datetime(before)
-            reject(before.notna() & frame[col].isna(), f"{col}: not a datetime")
-        else:
-            frame[col] = backend.as_strings(before)
-    for col, low, high in spec.valid_ranges:
-        values = frame[col]
-        if values.dtype.kind not in "fiubM":
-            before, values = values, _as_float(values)
-            frame[col] = values
-            reject(before.notna() & values.isna(), f"{col}: not a number")
-        bound = pd.Timestamp if values.dtype.kind == "M" else float
-        if low is not None:
-            reject(values < bound(low), f"{col}: below {low}")
-        if high is not None:
-            reject(values > bound(high), f"{col}: above {high}")
+    frame = type_columns(frame, spec, reject)
 
     examples = ()
     if spec.target_required:
@@ -144,7 +116,7 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
         target_missing = target.isna()
     weight = None
     if spec.weight:
-        weight = _as_float(frame[spec.weight])
+        weight = as_float(frame[spec.weight])
         reject(weight.isna(), f"{spec.weight}: missing sample weight")
         reject(~(weight >= 0) | (weight == np.inf), f"{spec.weight}: sample weight not a finite number ≥ 0")
         reject(
@@ -159,10 +131,10 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
     for col in spec.numeric:
         features[col] = frame[col]
     for name, expression in spec.derived:
-        features[name] = _as_float(evaluate(expression, frame))
+        features[name] = as_float(evaluate(expression, frame))
     for col in spec.datetime:
         for part in spec.datetime_parts:
-            features[f"{col}_{part}"] = _as_float(datetime_part(frame[col], part))
+            features[f"{col}_{part}"] = as_float(datetime_part(frame[col], part))
     for col in spec.categorical:
         features[col] = backend.as_strings(frame[col])
     features[spec.target] = target
@@ -185,6 +157,62 @@ def prepare_partition(raw, spec: TableSpec, dimensions=()) -> PreparedPartition:
     return PreparedPartition(features[good], quarantine, int(target_missing.sum()), tuple(join_matches), examples)
 
 
+def type_columns(frame, spec: TableSpec, reject=None):
+    """``frame``'s columns typed as the spec says (numbers as float64, datetimes parsed,
+    ``input.types``, ``clean.valid_ranges``), each of them that ``frame`` holds.
+
+    ``reject(mask, message)`` is told the rows a column refuses (a value that is not a
+    number, a datetime or within its range); without it nothing is refused, only typed.
+    This is how :func:`prepare_partition` types a partition and how the ONNX export types
+    a dimension table's columns, so both type a value alike.
+    """
+    if reject is None:
+
+        def reject(mask, message):
+            pass
+
+    frame = frame.copy(deep=False)
+
+    def present(columns):
+        return [col for col in columns if col in frame.columns]
+
+    for col in present(spec.numeric):
+        before = frame[col]
+        frame[col] = as_float(before)
+        reject(before.notna() & frame[col].isna(), f"{col}: not a number")
+    for col in present(spec.datetime):
+        before = frame[col]
+        frame[col] = backend.to_datetime(before)
+        reject(before.notna() & frame[col].isna(), f"{col}: not a datetime")
+    for col, kind in spec.column_types:
+        if col not in frame.columns:
+            continue
+        before = frame[col]
+        if kind == "number":
+            frame[col] = as_float(before, booleans=True)
+            reject(before.notna() & frame[col].isna(), f"{col}: not a number")
+        elif kind == "datetime":
+            frame[col] = backend.to_datetime(before)
+            reject(before.notna() & frame[col].isna(), f"{col}: not a datetime")
+        else:
+            frame[col] = backend.as_strings(before)
+    for col, low, high in spec.valid_ranges:
+        if col not in frame.columns:
+            continue
+        values = frame[col]
+        if values.dtype.kind not in "fiubM":
+            before, values = values, as_float(values)
+            frame[col] = values
+            reject(before.notna() & values.isna(), f"{col}: not a number")
+        bound = pd.Timestamp if values.dtype.kind == "M" else float
+        if low is not None:
+            reject(values < bound(low), f"{col}: below {low}")
+        if high is not None:
+            reject(values > bound(high), f"{col}: above {high}")
+
+    return frame
+
+
 def datetime_part(series, part: str):
     """One part (``hour``, ``dayofweek``, ...) of a datetime column, as pandas names it."""
     accessor = series.dt
@@ -192,7 +220,7 @@ def datetime_part(series, part: str):
     return getattr(accessor, modern) if hasattr(accessor, modern) else getattr(accessor, part)
 
 
-def _as_float(series, booleans: bool = False):
+def as_float(series, booleans: bool = False):
     """``series`` as float64; unparseable strings become NaN (the caller quarantines them).
 
     With ``booleans``, the strings true/false (any case) read as 1/0, as CSV writers
@@ -212,8 +240,8 @@ def _target(frame, spec: TableSpec):
     if spec.target_expression is None:
         if target_kind(spec.task).is_classification:
             return frame[spec.target]
-        return _as_float(frame[spec.target])
-    value = _as_float(evaluate(spec.target_expression, frame))
+        return as_float(frame[spec.target])
+    value = as_float(evaluate(spec.target_expression, frame))
     # `NaN > 15` is False in pandas; a target computed from a missing input is missing.
     missing = None
     for col in spec.target_inputs:
@@ -251,7 +279,7 @@ def join_key(values, kind: str):
         whole = text.where(text.str.fullmatch(r"[+-]?\d{1,18}").fillna(False))
         return pd.to_numeric(whole, errors="coerce", dtype_backend="numpy_nullable").astype("Int64")
     if kind in ("number", "integer"):
-        return _as_float(values, booleans=True)
+        return as_float(values, booleans=True)
     return backend.as_strings(values)
 
 

@@ -187,11 +187,7 @@ def check_expression_kinds(spec: TableSpec, available: dict) -> None:
         One line naming the config key, the operator and the text column (an error of the
         input's columns, as a missing or mistyped one is).
     """
-    kinds = {col: arrow_kind(arrow_type) for col, arrow_type in available.items()}
-    kinds.update(dict(spec.column_types))
-    kinds.update({col: "number" for col, _, _ in spec.valid_ranges if kinds.get(col) != "datetime"})
-    kinds.update(dict.fromkeys(spec.numeric, "number"))
-    kinds.update(dict.fromkeys(spec.datetime, "datetime"))
+    kinds = expression_column_kinds(spec, available)
     expressions = [(f"features.derived.{name}", expression) for name, expression in spec.derived]
     if spec.target_expression is not None:
         expressions.append(("target.expression", spec.target_expression))
@@ -200,6 +196,18 @@ def check_expression_kinds(spec: TableSpec, available: dict) -> None:
             check_kinds(expression, kinds, key)
         except ExpressionError as err:
             raise InputError(str(err)) from None
+
+
+def expression_column_kinds(spec: TableSpec, available: dict) -> dict:
+    """Column -> the kind (see :data:`~shardflow.tasks.expression_kinds.VALUE_KINDS`) its
+    values have when :func:`prepare_partition` evaluates the expressions: as typed there, or
+    as read (``available``: column -> Arrow type)."""
+    kinds = {col: arrow_kind(arrow_type) for col, arrow_type in available.items()}
+    kinds.update(dict(spec.column_types))
+    kinds.update({col: "number" for col, _, _ in spec.valid_ranges if kinds.get(col) != "datetime"})
+    kinds.update(dict.fromkeys(spec.numeric, "number"))
+    kinds.update(dict.fromkeys(spec.datetime, "datetime"))
+    return kinds
 
 
 def raw_meta(source: Source, columns, backend_name: str):
