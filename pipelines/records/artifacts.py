@@ -154,3 +154,21 @@ def _jsonable(value):
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def check_dimension_tables(config, manifest: Manifest) -> None:
+    """The join tables hold what the run was trained with (their SHA-256, from its manifest)."""
+    recorded = {j["path"]: j["sha256"] for j in manifest.joins}
+    for i, join in enumerate(config.joins):
+        path = config.resolve(join.path)
+        if path not in recorded:
+            raise ArtifactError(
+                f"joins[{i}].path {path}: not recorded in the run's manifest; the run was "
+                "made by an older shardflow or edited: train again"
+            )
+        table = location(path, config.storage_options)
+        if not table.is_file() or sha256(table) != recorded[path]:
+            raise ArtifactError(
+                f"{path}: the dimension table changed since the run (sha256 differs); "
+                "restore it, or train again on the new table"
+            )

@@ -41,7 +41,7 @@ class TrainedModel:
 
     def __init__(self, run_dir, name: str | None = None, storage_options: dict | None = None):
         from shardflow.pipelines.families.registry import FAMILIES
-        from shardflow.pipelines.serving.predict import check_dimension_tables
+        from shardflow.pipelines.records.artifacts import check_dimension_tables
 
         self.run_dir = location(run_dir, storage_options)
         files = trained_models.scoring_files(self.run_dir, name, option="load_model")

@@ -20,7 +20,6 @@ from shardflow.pipelines.families.registry import FAMILIES
 from shardflow.pipelines.graph import named_delayed, scatter_named, task_names
 from shardflow.pipelines.interface import progress
 from shardflow.pipelines.records import artifacts, trained_models
-from shardflow.pipelines.records.manifest import Manifest
 from shardflow.pipelines.records.ownership import new_output_dir
 from shardflow.pipelines.records.rundir import RunDir, atomic_directory
 from shardflow.pipelines.serving.drift import (
@@ -38,24 +37,6 @@ from shardflow.tasks.scoring import QUARANTINE_DIR, predict_partition, score_exp
 from shardflow.tasks.worker_state import ExportedSessions
 
 logger = logging.getLogger("shardflow.predict")
-
-
-def check_dimension_tables(config, manifest: Manifest) -> None:
-    """The join tables hold what the run was trained with (their SHA-256, from its manifest)."""
-    recorded = {j["path"]: j["sha256"] for j in manifest.joins}
-    for i, join in enumerate(config.joins):
-        path = config.resolve(join.path)
-        if path not in recorded:
-            raise artifacts.ArtifactError(
-                f"joins[{i}].path {path}: not recorded in the run's manifest; the run was "
-                "made by an older shardflow or edited: train again"
-            )
-        table = location(path, config.storage_options)
-        if not table.is_file() or artifacts.sha256(table) != recorded[path]:
-            raise artifacts.ArtifactError(
-                f"{path}: the dimension table changed since the run (sha256 differs); "
-                "restore it, or train again on the new table"
-            )
 
 
 @dataclass
@@ -209,7 +190,7 @@ def predict(
     plan = InputPlan(config, for_prediction=True)
     if plan.source.rows == 0:
         raise InputError(f"--input {input_path}: the dataset has no rows")
-    check_dimension_tables(config, manifest)
+    artifacts.check_dimension_tables(config, manifest)
     spec = plan.spec
     owns = runtime is None
     # Never the run's own cluster section: a run directory must not choose where code runs.
