@@ -1,9 +1,10 @@
 """An exported model (``shardflow export``) as a Python object: ONNX Runtime, no cluster.
 
 ``load_exported(path).predict(df)`` takes a pandas DataFrame of the run's input columns
-(joined columns included: joins are not part of the export), computes the derived
-features and datetime parts the run used, and returns the same columns as ``shardflow
-predict``. Only ONNX Runtime, pandas and NumPy run (and the ``onnx`` package reads the model's
+(the fact rows: the graph joins its dimension tables itself, unless ``metadata.json``'s
+joins say ``in_graph: false``), makes the join keys comparable, computes the datetime parts
+(and any derived feature the graph could not compute) and returns the same columns as
+``shardflow predict``. Only ONNX Runtime, pandas and NumPy run (and the ``onnx`` package reads the model's
 structure to check what files it would read); no Dask, no torch, no XGBoost.
 """
 
@@ -82,7 +83,9 @@ class ExportedModel:
                 column = datetime_part(to_datetime(frame[source]), part)
             else:
                 raise KeyError(f"column {name!r} is missing (the model's inputs: {', '.join(needed)})")
-            if spec["type"] == "string":
+            if spec.get("key"):
+                out[name] = key_feed(column, spec["key"])
+            elif spec["type"] == "string":
                 text = column.astype("string") if not pd.api.types.is_string_dtype(column.dtype) else column
                 out[name] = text.fillna("").to_numpy(dtype=object)
             else:
@@ -127,7 +130,8 @@ def _typed(frame: pd.DataFrame, metadata: dict) -> pd.DataFrame:
     """Text columns that hold only numbers (a CSV read as strings, a JSON payload) as numbers,
     so that derived expressions compute on them as in the ETL; the model's string inputs stay
     text."""
-    strings = {i["name"] for i in metadata["inputs"] if i["type"] == "string"}
+    # Keys are compared as the join compares them (an integer past 2**53 stays exact).
+    strings = {i["name"] for i in metadata["inputs"] if i["type"] == "string" or i.get("key")}
     converted = {}
     for col in frame.columns:
         if col in strings or frame[col].dtype.kind in "biufM":
@@ -136,6 +140,31 @@ def _typed(frame: pd.DataFrame, metadata: dict) -> pd.DataFrame:
         if numbers.notna().sum() == frame[col].notna().sum() and frame[col].notna().any():
             converted[col] = numbers.astype("float64")
     return frame.assign(**converted) if converted else frame
+
+
+def key_feed(values: pd.Series, kind: str) -> np.ndarray:
+    """A join key column as the exported graph takes it (see ``JoinSpec.key_kinds``): text
+    (``""``: missing), a double, or an ``int64`` (integers; datetimes as UTC microseconds),
+    whose smallest value is missing. The same comparable form as the ETL's join.
+
+    Examples
+    --------
+    >>> key_feed(pd.Series(["7", "7.0", None]), "integer").tolist()
+    [7, 7, -9223372036854775808]
+    >>> key_feed(pd.Series(["2013-01-01T00:00:01Z", "soon"]), "datetime").tolist()
+    [1356998401000000, -9223372036854775808]
+    """
+    from shardflow.tasks.onnx_inputs import MISSING_INTEGER
+    from shardflow.tasks.prepare import join_key
+
+    values = values.reset_index(drop=True)
+    if kind == "string":
+        return join_key(values, kind).fillna("").astype(object).to_numpy()
+    if kind == "number":
+        return np.asarray(join_key(values, kind), dtype=np.float64)
+    if kind == "integer":
+        return join_key(values, kind).fillna(MISSING_INTEGER).to_numpy(dtype=np.int64)
+    return join_key(values, kind).to_numpy().astype("datetime64[us]").astype(np.int64)
 
 
 def _frame_kinds(frame: pd.DataFrame, columns) -> dict:

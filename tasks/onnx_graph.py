@@ -40,6 +40,27 @@ class Graph:
         self._count += 1
         return f"sf/{hint}_{self._count}"
 
+    def input(self, name: str, elem_type: str) -> str:
+        """The graph input ``name`` of ``elem_type`` (``"double"``, ``"string"``, ``"int64"``),
+        added on first use; ``ValueError`` if it was added with another type."""
+        from onnx import TensorProto, helper
+
+        existing = self.input_type(name)
+        if existing is None:
+            self.inputs.append(helper.make_tensor_value_info(name, getattr(TensorProto, elem_type.upper()), ["N"]))
+        elif existing != elem_type:
+            raise ValueError(f"column {name!r} is a {existing} input, and would be a {elem_type} one too")
+        return name
+
+    def input_type(self, name: str) -> str | None:
+        """The element type (``"double"``, ...) of the graph input ``name``; None if there is none."""
+        from onnx import TensorProto
+
+        for value in self.inputs:
+            if value.name == name:
+                return TensorProto.DataType.Name(value.type.tensor_type.elem_type).lower()
+        return None
+
     def const(self, value, dtype=None, hint: str = "const") -> str:
         from onnx import numpy_helper
 
@@ -74,17 +95,19 @@ class Graph:
 # ----------------------------------------------------------------------------- preprocessing
 
 
-def preprocessing(g: Graph, preprocessor) -> str:
-    """Graph inputs for every model input column, and the float32 ``[N, F]`` feature matrix."""
-    from onnx import TensorProto, helper
+def preprocessing(g: Graph, preprocessor, sources: dict | None = None) -> str:
+    """The float32 ``[N, F]`` feature matrix; a graph input for every feature column that
+    ``sources`` (column -> a tensor the graph computes: a joined or derived column) lacks."""
+    from onnx import TensorProto
 
     from shardflow.tasks.encode import FIRST_CODE, MISSING_CODE, OTHER_CODE
 
+    sources = sources or {}
     columns = []
-    for col, lower, upper, mean, std in zip(
+    for name, lower, upper, mean, std in zip(
         preprocessor.numeric, preprocessor.lower, preprocessor.upper, preprocessor.mean, preprocessor.std
     ):
-        g.inputs.append(helper.make_tensor_value_info(col, TensorProto.DOUBLE, ["N"]))
+        col = sources.get(name) or g.input(name, "double")
         missing = g.op("Or", [g.op("IsNaN", [col]), g.op("IsInf", [col])])
         x = g.op("Where", [missing, g.const(mean, np.float64), col])
         x = g.op("Max", [x, g.const(-np.inf if lower is None else lower, np.float64)])
@@ -92,12 +115,11 @@ def preprocessing(g: Graph, preprocessor) -> str:
         scale = std if std and std > 0 else 1.0
         x = g.op("Div", [g.op("Sub", [x, g.const(mean, np.float64)]), g.const(scale, np.float64)])
         columns.append(g.op("Cast", [x], to=TensorProto.FLOAT))
-    for col in preprocessor.categorical:
-        g.inputs.append(helper.make_tensor_value_info(col, TensorProto.STRING, ["N"]))
-        vocabulary = list(preprocessor.vocabularies[col])
+    for name in preprocessor.categorical:
+        vocabulary = list(preprocessor.vocabularies[name])
         codes = g.op(
             "LabelEncoder",
-            [col],
+            [sources.get(name) or g.input(name, "string")],
             domain="ai.onnx.ml",
             keys_strings=vocabulary + [""],
             values_int64s=[FIRST_CODE + i for i in range(len(vocabulary))] + [MISSING_CODE],

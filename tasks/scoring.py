@@ -103,11 +103,21 @@ def score_exported_partition(
     its bytes and metadata; this worker's ONNX Runtime session, reused across partitions);
     write its predictions and quarantine (see :func:`predict_partition`)."""
     model, metadata = exported
+    raw = raw.reset_index(drop=True)  # the prepared rows' index: their positions in raw
     prepared = prepare_partition(raw, spec, dimensions)
-    features = backend.to_pandas(prepared.features).reset_index(drop=True)
-    out = features[list(keep_columns)].copy() if keep_columns else pd.DataFrame(index=features.index)
-    scores = worker_session(model, metadata).predict(features)
+    features = backend.to_pandas(prepared.features)
+    rows = with_input_columns(features, backend.to_pandas(raw)).reset_index(drop=True)
+    out = rows[list(keep_columns)].copy() if keep_columns else pd.DataFrame(index=rows.index)
+    scores = worker_session(model, metadata).predict(rows)
     return _written(pd.concat([out, scores], axis=1), prepared, output, index, drift_layout)
+
+
+def with_input_columns(features: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
+    """``features`` (prepared from ``raw``, whose index is its rows' positions) with the raw
+    columns it lacks: what an exported graph reads from the fact rows itself (join keys, the
+    columns its derived features read)."""
+    missing = [col for col in raw.columns if col not in features.columns]
+    return pd.concat([features, raw.loc[features.index, missing]], axis=1) if missing else features
 
 
 def prediction_columns(scores: np.ndarray, preprocessor: Preprocessor) -> dict:

@@ -67,6 +67,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     assert re.search(r"estimator accuracy on the first 500 rows: 0\.\d+", text)
     agreement = re.search(r"ONNX Runtime vs shardflow on (\d+) rows, largest difference: (\S+)", text)
     assert int(agreement[1]) > 400 and float(agreement[2]) < 1e-4
+    assert "('pickup_zone', 'string')" in text and "borough" not in text.split("ONNX Runtime vs")[0].rsplit("[(", 1)[1]
     # What the notebook shows: the report it names exists, and its last listing shows that run.
     report = Path(re.search(r"report: (\S+)", text).group(1))
     assert report.name == "report.html" and (tmp_path / report).is_file()

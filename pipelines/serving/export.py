@@ -28,6 +28,7 @@ from shardflow.pipelines.records import trained_models
 from shardflow.pipelines.records.manifest import stage_of
 from shardflow.pipelines.records.ownership import new_output_dir
 from shardflow.pipelines.records.rundir import RunDir, atomic_directory, read_manifest
+from shardflow.pipelines.serving.export_inputs import JoinsOutside, graph_inputs, input_plan
 from shardflow.pipelines.setup.config import load_config
 from shardflow.tasks.encode import Preprocessor
 from shardflow.tasks.exported import INT8_FILE, METADATA_FILE, MODEL_FILE, ExportedModel
@@ -121,7 +122,8 @@ def export(
     config.storage_options = dict(storage_options or {})
     kind = target_kind(preprocessor.task)
     started = time.perf_counter()
-    onnx_model = build(preprocessor, family, payload, kind)
+    plan = input_plan(config, run_dir)
+    onnx_model, inputs = build(preprocessor, family, payload, kind, plan=plan)
     metadata = describe(
         onnx_model,
         preprocessor,
@@ -129,17 +131,19 @@ def export(
         family=family,
         run_dir=run_dir,
         metrics=metrics["metrics"].get(model, {}),
+        inputs=inputs,
     )
     fp32 = onnx_model.SerializeToString()
     logger.info("export: %s as ONNX (%s), %.1fs", model, format_bytes(len(fp32)), time.perf_counter() - started)
-    rows = validation_rows(config, preprocessor, check_rows)
+    rows = validation_rows(plan, check_rows)
     files = {MODEL_FILE: fp32}
     if rows is None:
         metadata["check"] = {"skipped": "the run's input is not readable here"}
         logger.warning(
             "export: the run's input %s is not readable here: the export is not checked against "
-            "shardflow's predictions",
+            "shardflow's predictions%s",
             config.input.path,
+            ", and its joins stay outside the graph (send the joined columns)" if config.joins else "",
         )
     else:
         metadata["check"] = compare(ExportedModel(fp32, metadata), rows, preprocessor, family, payload)
@@ -184,8 +188,10 @@ def _require_onnx() -> None:
         raise ExportError(f'ONNX export needs {err.name}: pip install "shardflow[export]"') from None
 
 
-def build(preprocessor: Preprocessor, family, payload: dict, kind):
-    """The ONNX model: preprocessing, the family's models, the outputs; checked by ``onnx``."""
+def build(preprocessor: Preprocessor, family, payload: dict, kind, plan=None):
+    """The ONNX model (preprocessing, the family's models, the outputs; checked by ``onnx``)
+    and what :func:`~shardflow.pipelines.serving.export_inputs.graph_inputs` built into it
+    (None: the joins are outside the graph, as without ``plan``)."""
     import onnx
 
     from shardflow.tasks import onnx_graph
@@ -202,8 +208,14 @@ def build(preprocessor: Preprocessor, family, payload: dict, kind):
             f"categorical column(s) {', '.join(empty)} hold the empty string as a category, which the "
             "exported model reads as missing; replace it in the input (e.g. with 'none') and train again"
         )
-    g = onnx_graph.Graph()
-    features = onnx_graph.preprocessing(g, preprocessor)
+    g, inputs = onnx_graph.Graph(), None
+    if plan is not None:
+        try:
+            inputs = graph_inputs(g, preprocessor, plan.spec, plan.dimensions, plan.source.schema)
+        except JoinsOutside as why:
+            logger.warning("export: the joins stay outside the graph (send the joined columns): %s", why)
+            g = onnx_graph.Graph()
+    features = onnx_graph.preprocessing(g, preprocessor, inputs.sources if inputs else None)
     try:
         scores = family.export(g, features, payload, kind)
     except ValueError as err:
@@ -211,10 +223,12 @@ def build(preprocessor: Preprocessor, family, payload: dict, kind):
     onnx_graph.outputs(g, scores, preprocessor, kind)
     model = g.model(doc=f"shardflow {family.label}")
     onnx.checker.check_model(model, full_check=True)
-    return model
+    return model, inputs
 
 
-def describe(onnx_model, preprocessor: Preprocessor, *, config, family, run_dir: Path, metrics: dict) -> dict:
+def describe(
+    onnx_model, preprocessor: Preprocessor, *, config, family, run_dir: Path, metrics: dict, inputs=None
+) -> dict:
     """``metadata.json``: what a server needs to call the model, and where it came from."""
     import onnx
 
@@ -228,13 +242,15 @@ def describe(onnx_model, preprocessor: Preprocessor, *, config, family, run_dir:
     datetime_parts = {
         f"{col}_{part}": [col, part] for col in config.features.datetime for part in config.features.datetime_parts
     }
-    inputs = []
+    built, inputs = inputs, []
     for value in onnx_model.graph.input:
         entry = {"name": value.name, "type": kinds[value.type.tensor_type.elem_type]}
         if value.name in config.features.derived:
             entry["derived"] = config.features.derived[value.name]
         if value.name in datetime_parts:
             entry["datetime"] = datetime_parts[value.name]
+        if built is not None and value.name in built.keys:
+            entry["key"] = built.keys[value.name]
         inputs.append(entry)
     manifest = read_manifest(run_dir)
     return {
@@ -253,8 +269,16 @@ def describe(onnx_model, preprocessor: Preprocessor, *, config, family, run_dir:
         "missing": "numbers: NaN; categories: the empty string",
         # Where the model came from, by name and hash: no path of the machine that exported it.
         "joins": [
-            {"table": Path(str(j.path)).name, "on": j.on, "right_on": j.right_on or j.on, "columns": j.columns}
-            for j in config.joins
+            {
+                "table": Path(str(j.path)).name,
+                "on": j.on,
+                "right_on": j.right_on or j.on,
+                "columns": j.columns,
+                # Inside: the table's rows are in the graph, which takes the fact rows' keys.
+                "in_graph": built is not None,
+                **({"rows": built.rows[i]} if built is not None else {}),
+            }
+            for i, j in enumerate(config.joins)
         ],
         "source_run": {
             "run_id": manifest.run_id or run_dir.name,
@@ -268,21 +292,24 @@ def describe(onnx_model, preprocessor: Preprocessor, *, config, family, run_dir:
     }
 
 
-def validation_rows(config, preprocessor: Preprocessor, limit: int) -> pd.DataFrame | None:
-    """Up to ``limit`` prepared validation rows of the run's input, read in this process."""
-    from shardflow.pipelines.setup.plan import InputPlan
+def validation_rows(plan, limit: int) -> pd.DataFrame | None:
+    """Up to ``limit`` validation rows of the run's input, read in this process: the prepared
+    features, and the input's own columns they lack (join keys, what expressions read)."""
     from shardflow.tasks.prepare import prepare_partition
+    from shardflow.tasks.scoring import with_input_columns
 
+    if plan is None:
+        return None
     try:
-        plan = InputPlan(config)
         raw = plan.read("pandas")
         dims = plan.dimension_frames("pandas")
     except (ShardflowError, OSError):
         return None
     kept, total = [], 0
     for part in raw.to_delayed():
-        features = prepare_partition(part.compute(scheduler="sync"), plan.spec, dims).features
-        valid = features[features[SPLIT_COLUMN]]
+        part = part.compute(scheduler="sync").reset_index(drop=True)
+        features = prepare_partition(part, plan.spec, dims).features
+        valid = with_input_columns(features[features[SPLIT_COLUMN]], part)
         kept.append(valid)
         total += len(valid)
         if total >= limit:
