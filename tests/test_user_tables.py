@@ -628,3 +628,17 @@ def test_scoring_needs_the_features_only(runtime, tmp_path):
     written = pd.read_parquet(out.output)
     assert out.rows == len(written) == 200 and "id" not in written.columns
     np.testing.assert_allclose(np.sort(written["prediction"]), np.sort(scored["prediction"]), rtol=1e-6)
+
+
+def test_a_joined_integer_column_is_spelled_alike_whether_or_not_every_key_matched():
+    """A dimension table's integer column used as a category: a partition whose every key found
+    a dimension row once spelled it '7' and the others '7.0', so one partition's rows took the
+    unseen code."""
+    from shardflow.core import backend
+
+    table = pd.DataFrame({"zone_id": [7, 8], "open": [True, False]})
+    every = backend.take_rows(table, np.array([0, 1]))
+    some = backend.take_rows(table, np.array([0, -1]))
+    assert every.dtypes.to_dict() == some.dtypes.to_dict()
+    assert backend.as_strings(every["zone_id"])[0] == backend.as_strings(some["zone_id"])[0] == "7.0"
+    assert backend.as_strings(every["open"])[0] == backend.as_strings(some["open"])[0] == "True"
