@@ -63,8 +63,9 @@ class ExportedModel:
         needed = {i["name"]: i for i in self.metadata["inputs"]}
         out = {}
         for name, spec in needed.items():
-            if name in frame.columns:
-                column = frame[name]
+            source = spec.get("column", name)  # an input holding a column in a second type
+            if source in frame.columns:
+                column = frame[source]
             elif name in derived:
                 from shardflow.tasks.expression_kinds import check_kinds
                 from shardflow.tasks.expressions import evaluate, parse_expression

@@ -96,7 +96,7 @@ def joined_run(runtime, tmp_path_factory):
         "target": {"column": "revenue", "task": "regression"},
         "features": {
             "numeric": ["quantity", "discount", "base_price", "size_sqm", "holiday"],
-            "categorical": ["category", "region", "store"],
+            "categorical": ["category", "region", "store", "product_id"],  # product_id: also an integer key
             "datetime": ["launched"],
             "datetime_parts": ["month", "dayofweek"],
             "derived": DERIVED,
@@ -130,9 +130,12 @@ def test_the_export_joins_its_dimension_tables_and_scores_fact_rows(joined_run, 
     metadata = json.loads((exported.path / "metadata.json").read_text())
     inputs = {i["name"]: i for i in metadata["inputs"]}
     # Only the fact table's columns: no joined attribute, no derived feature.
-    assert set(inputs) == {"quantity", "discount", "store", "country", "product_id", "day"}, inputs
+    assert set(inputs) == {"quantity", "discount", "store", "country", "product_id", "product_id:int64", "day"}
     assert inputs["day"]["key"] == "datetime" and inputs["day"]["type"] == "int64"
-    assert inputs["product_id"]["key"] == "integer" and inputs["product_id"]["type"] == "int64"
+    # A category (text) and an integer key: one column, two inputs.
+    assert inputs["product_id"]["type"] == "string" and "key" not in inputs["product_id"]
+    key = {"name": "product_id:int64", "type": "int64", "key": "integer", "column": "product_id"}
+    assert inputs["product_id:int64"] == key
     assert inputs["store"]["type"] == "string" and inputs["store"]["key"] == "string"
     assert [j["in_graph"] for j in metadata["joins"]] == [True, True, True]
     assert [j["rows"] for j in metadata["joins"]] == [40, 4, 30]

@@ -251,6 +251,8 @@ def describe(
             entry["datetime"] = datetime_parts[value.name]
         if built is not None and value.name in built.keys:
             entry["key"] = built.keys[value.name]
+        if built is not None and value.name in built.columns:
+            entry["column"] = built.columns[value.name]
         inputs.append(entry)
     manifest = read_manifest(run_dir)
     return {

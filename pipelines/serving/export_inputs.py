@@ -27,7 +27,6 @@ from shardflow.pipelines.setup.read import expression_column_kinds
 from shardflow.tasks.expressions import evaluate
 from shardflow.tasks.onnx_inputs import (
     KEY_TYPES,
-    MISSING_INTEGER,
     NotCompiled,
     compile_expression,
     gathered,
@@ -76,6 +75,8 @@ class GraphInputs:
     keys: dict = field(default_factory=dict)
     #: Per join: rows embedded in the graph.
     rows: list = field(default_factory=list)
+    #: Input -> the fact column it holds, for an input named otherwise (see :func:`fact_input`).
+    columns: dict = field(default_factory=dict)
 
 
 def graph_inputs(g, preprocessor, spec, dimensions, schema: dict) -> GraphInputs:
@@ -110,7 +111,8 @@ def graph_inputs(g, preprocessor, spec, dimensions, schema: dict) -> GraphInputs
         if i not in positions:
             d = dimensions[i]
             kinds = d.join.key_kinds or ("string",) * len(d.join.on)
-            keys = [_key_input(g, col, kind, built) for col, kind in zip(d.join.on, kinds)]
+            keys = [fact_input(g, col, KEY_TYPES[kind], built) for col, kind in zip(d.join.on, kinds)]
+            built.keys.update(zip(keys, kinds))
             values = [_key_values(d.frame[col], kind) for col, kind in zip(d.join.on, kinds)]
             positions[i] = key_positions(g, keys, values)
         return positions[i]
@@ -155,8 +157,10 @@ def graph_inputs(g, preprocessor, spec, dimensions, schema: dict) -> GraphInputs
         try:
             if not expression.names:
                 raise NotCompiled("it reads no column")
-            compile_expression(type(g)(), expression.tree, _columns(kinds, tables, owner, None, g))
-            built.sources[name] = compile_expression(g, expression.tree, _columns(kinds, tables, owner, lookup, g))
+            dry_run = _columns(kinds, tables, owner, None, g, built)
+            compile_expression(type(g)(), expression.tree, dry_run)  # every column given, or NotCompiled
+            column = _columns(kinds, tables, owner, lookup, g, built)
+            built.sources[name] = compile_expression(g, expression.tree, column)
         except NotCompiled as why:
             if joined:
                 raise JoinsOutside(f"features.derived.{name} reads a joined column, and {why}") from None
@@ -164,7 +168,7 @@ def graph_inputs(g, preprocessor, spec, dimensions, schema: dict) -> GraphInputs
     return built
 
 
-def _columns(kinds: dict, tables: list, owner: dict, lookup, g):
+def _columns(kinds: dict, tables: list, owner: dict, lookup, g, built: GraphInputs):
     """``name -> (tensor, kind)`` for :func:`compile_expression`: a fact column as an input of
     ``g``, a joined one looked up; with ``lookup`` None, a dry run (into a scratch graph) that
     adds nothing to ``g`` and only checks that every column can be given."""
@@ -181,10 +185,7 @@ def _columns(kinds: dict, tables: list, owner: dict, lookup, g):
         kind = kinds.get(name, "unknown")
         if kind not in _ELEMENT:
             raise NotCompiled(f"column {name!r} is {kind}")
-        existing = g.input_type(name)
-        if existing not in (None, _ELEMENT[kind]):
-            raise NotCompiled(f"column {name!r} is read as {kind} here but is a {existing} input")
-        return (g.input(name, _ELEMENT[kind]) if lookup is not None else name), kind
+        return (fact_input(g, name, _ELEMENT[kind], built) if lookup is not None else name), kind
 
     return column
 
@@ -202,27 +203,16 @@ def _value_kind(values: pd.Series) -> str | None:
     return None
 
 
-def _key_input(g, col: str, kind: str, built: GraphInputs) -> str:
-    """The fact key ``col`` as the lookup compares it: an input of :data:`KEY_TYPES`'s type, or
-    a double input (a numeric feature) made an ``int64`` key inside the graph."""
-    from onnx import TensorProto
-
-    built.keys[col] = kind
-    try:
-        return g.input(col, KEY_TYPES[kind])
-    except ValueError:
-        if kind != "integer":
-            raise JoinsOutside(f"join key {col!r} is compared as {kind}, and is a feature of another type") from None
-    del built.keys[col]
-    x = col  # a double input: whole numbers as int64, anything else matches nothing
-    whole = g.op(
-        "And",
-        [
-            g.op("Equal", [x, g.op("Floor", [x])]),
-            g.op("Less", [g.op("Abs", [x]), g.const(2.0**63, np.float64)]),
-        ],
-    )
-    return g.op("Where", [whole, g.op("Cast", [x], to=TensorProto.INT64), g.const(MISSING_INTEGER, np.int64)])
+def fact_input(g, col: str, elem_type: str, built: GraphInputs) -> str:
+    """The graph input holding fact column ``col`` as ``elem_type``: named ``col``, or, when
+    ``col`` is already an input of another type (a categorical that is also a numeric join
+    key), ``col:elem_type``, fed from the same column (``metadata.json``'s ``column``)."""
+    existing = g.input_type(col)
+    if existing in (None, elem_type):
+        return g.input(col, elem_type)
+    name = f"{col}:{elem_type}"
+    built.columns[name] = col
+    return g.input(name, elem_type)
 
 
 def _key_values(values: pd.Series, kind: str) -> np.ndarray:
