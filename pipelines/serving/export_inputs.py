@@ -157,9 +157,9 @@ def graph_inputs(g, preprocessor, spec, dimensions, schema: dict) -> GraphInputs
         try:
             if not expression.names:
                 raise NotCompiled("it reads no column")
-            dry_run = _columns(kinds, tables, owner, None, g, built)
+            dry_run = _columns(kinds, tables, owner, lookup=None, g=g, built=built)
             compile_expression(type(g)(), expression.tree, dry_run)  # every column given, or NotCompiled
-            column = _columns(kinds, tables, owner, lookup, g, built)
+            column = _columns(kinds, tables, owner, lookup=lookup, g=g, built=built)
             built.sources[name] = compile_expression(g, expression.tree, column)
         except NotCompiled as why:
             if joined:
@@ -168,7 +168,7 @@ def graph_inputs(g, preprocessor, spec, dimensions, schema: dict) -> GraphInputs
     return built
 
 
-def _columns(kinds: dict, tables: list, owner: dict, lookup, g, built: GraphInputs):
+def _columns(kinds: dict, tables: list, owner: dict, *, lookup, g, built: GraphInputs):
     """``name -> (tensor, kind)`` for :func:`compile_expression`: a fact column as an input of
     ``g``, a joined one looked up; with ``lookup`` None, a dry run (into a scratch graph) that
     adds nothing to ``g`` and only checks that every column can be given."""
