@@ -264,6 +264,19 @@ def test_regression_report(runs):
     assert page.cards["price (kept rows)"]["v"] == f"mean {frame.price.mean():,.0f}"
     assert any("Residuals of the best model" in c for c in page.captions)
     assert any("RMSE of log(1 + price)" in c for c in page.captions)  # the MLP's loss, on the scale it trained
+    # What the models rely on: a permutation's RMSE drop in price like the RMSE itself (not 10108.5644),
+    # TreeSHAP contributions on the log scale the trees predict, to four places.
+    relied = page.table("What the models rely on", first_header="feature")
+    explained = json.loads((run_dir / "evaluate" / "explanations.json").read_text())
+    for name, found in explained.items():
+        kind = "metric drop" if found["kind"] == "permutation" else "|contribution|"
+        cells = page.column(relied, f"{label(name)} ({kind})")
+        values = found["importance"] if found["kind"] == "permutation" else found["mean_abs"]
+        expected = [values[feature] for feature in page.column(relied, "feature")]
+        if found["kind"] == "permutation":
+            assert cells == [f"{v:,.0f}" for v in expected], (name, cells)
+        else:
+            assert cells == [f"{v:.4f}" for v in expected], (name, cells)
 
 
 # ----------------------------------------------------------------------------- the figures derived from the sums

@@ -177,7 +177,7 @@ def _report(run_dir) -> tuple:
         ("models", "Model comparison (validation split)", _comparison(metrics, train_seconds, task, facts)),
         ("quality", "Quality on the validation split", quality_section(evaluation, task, facts) if metrics else ""),
         ("curves", "Training curves", _training_curves(run_dir, trained)),
-        ("explanations", "What the models rely on", explanations_section(run.explanations)),
+        ("explanations", "What the models rely on", explanations_section(run.explanations, facts)),
         ("hyperparameters", "Hyperparameters", settings_section(run, trained, config)),
         ("tuning", "Tuning (the search for the global XGBoost's parameters)", tuning_section(run_dir)),
         (

@@ -9,15 +9,18 @@ import numpy as np
 
 from shardflow.pipelines.families.specs import label
 from shardflow.pipelines.interface.figures import subplots
+from shardflow.pipelines.interface.report_format import score
 from shardflow.pipelines.interface.report_html import figure_html, png_data_uri, table_html
 
 #: Features shown per model, the most important first.
 TOP_FEATURES = 12
 
 
-def explanations_section(path) -> str:
+def explanations_section(path, facts) -> str:
     """Mean absolute contribution per feature (XGBoost models, exact TreeSHAP), the best
-    model's value-against-contribution summary, and permutation importance (the others)."""
+    model's value-against-contribution summary, and permutation importance (the others).
+    ``facts``: the run's :class:`~shardflow.pipelines.interface.report_format.TargetFacts`,
+    which format each column in its quantity's units."""
     if not path.exists():
         return ""
     explained = json.loads(path.read_text())
@@ -38,7 +41,7 @@ def explanations_section(path) -> str:
     header = ["feature", *(f"{label(n)} ({'|contribution|' if f['kind'] == 'contributions' else 'metric drop'})"
                            for n, f, _ in table_rows)]  # fmt: skip
     rows = [[feature, *(float(v.get(feature, np.nan)) for _, _, v in table_rows)] for feature in order]
-    parts.append(table_html(rows, header, [None, *([_four_places] * len(table_rows))]))
+    parts.append(table_html(rows, header, [None, *(_column_format(found, facts) for _, found, _ in table_rows)]))
     contributions = [(n, f) for n, f, _ in table_rows if f["kind"] == "contributions"]
     if contributions:
         name, found = contributions[0]
@@ -48,8 +51,15 @@ def explanations_section(path) -> str:
     return "".join(parts)
 
 
-def _four_places(value) -> str:
-    return "" if value != value else f"{value:.4f}"
+def _column_format(found: dict, facts):
+    """How one model's column reads: a metric drop in its metric's units (a regression's
+    RMSE in the target's), a contribution in the margin's (the target's own units for an
+    untransformed regression, else log-odds or the transformed target, to four places)."""
+    if found["kind"] == "permutation":
+        return lambda value: facts.metric(found.get("metric", ""), value)
+    if not facts.is_classification and facts.transform == "none":
+        return facts.value
+    return score
 
 
 def _summary_plot(found: dict, features: list):
