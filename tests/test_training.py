@@ -22,7 +22,7 @@ from shardflow.pipelines.serving.predict import predict
 from shardflow.pipelines.setup.config import default_config_path, load_config
 from shardflow.pipelines.setup.train_config import MLPConfig
 from shardflow.pipelines.training import load_training_data, train_data_parallel_mlp
-from shardflow.tasks.models import xgboost_predict
+from shardflow.tasks.models import training_curve_rows, xgboost_predict
 from shardflow.tasks.neural import MLPSpec, TabularMLP, init_params
 
 # The small data here would train on one worker (single_worker: auto): these tests are of the allreduce.
@@ -104,6 +104,15 @@ def test_small_data_trains_the_global_xgboost_on_one_worker_and_matches(trained,
     reference = xgb.train({**meta["params"], "nthread": 2}, dtrain, num_boost_round=meta["best_iteration"] + 1)
     dvalid = xgb.DMatrix(x_valid, feature_names=names, feature_types=types, enable_categorical=True)
     np.testing.assert_allclose(xgboost_predict(meta["model"], x_valid), reference.predict(dvalid), atol=1e-5)
+    # The training curve beside the validation one: every k-th training row, scored each round.
+    x_curve, y_curve, _ = training_curve_rows(x_train, y_train, None)
+    assert 0 < len(y_curve) <= 10_000 and len(y_train) > 10_000
+    history = meta["history"]
+    assert len(history["train"]["logloss"]) == len(history["validation"]["logloss"]) == meta["rounds"]
+    best = meta["best_iteration"]
+    at_best = log_loss(y_curve, xgboost_predict(meta["model"], x_curve))
+    assert history["train"]["logloss"][best] == pytest.approx(at_best, rel=1e-4)
+    assert history["train"]["logloss"][best] < history["validation"]["logloss"][best]  # it fits what it saw
     allreduce = xgboost_predict(trained_models.load_model(trained_dir, "xgboost")["model"], x_valid)
     assert (
         abs(roc_auc_score(y_valid, xgboost_predict(meta["model"], x_valid)) - roc_auc_score(y_valid, allreduce)) < 0.005

@@ -21,10 +21,13 @@ def target_of(run_dir):
 
 def round_lines(ax, per_split: dict, *, best=None, label=None, **style) -> None:
     """One metric's values per round of each split (training dashed, validation solid) on
-    ``ax``, rounds counted from 1, the best round dotted."""
+    ``ax``, rounds counted from 1, the best round dotted. A split recorded for fewer rounds
+    (the train split of a model resumed from an older checkpoint) ends at the last round."""
+    rounds = max((len(values) for values in per_split.values()), default=0)
     for split, values in per_split.items():
         extra = TRAIN_STYLE if split == "train" else {}
-        ax.plot(range(1, len(values) + 1), values, label=label or f"{split} split", **{**style, **extra})
+        first = rounds - len(values) + 1
+        ax.plot(range(first, rounds + 1), values, label=label or f"{split} split", **{**style, **extra})
     if best is not None:
         ax.axvline(best + 1, color="k", ls=":", lw=0.8, label=f"best round ({best + 1})")
     ax.set_xlabel("boosting round")
@@ -52,8 +55,18 @@ def metric_panels(histories: list, facts, *, best=None, title: str):
 
 
 def splits_note(histories: list) -> str:
+    """What the curves' splits are: the train split is measured on a sample (see
+    :data:`shardflow.tasks.models.TRAINING_CURVE_ROWS`); runs trained before it was
+    recorded have the validation split only."""
     recorded = {split for h in histories for split in h}
-    return "" if "train" in recorded else " (training stage records the validation split only)"
+    if "train" not in recorded:
+        return " (training stage records the validation split only)"
+    from shardflow.tasks.models import TRAINING_CURVE_ROWS
+
+    return (
+        f"; train split dashed (every k-th training row, at most {TRAINING_CURVE_ROWS:,} per model or "
+        "training process), validation split solid"
+    )
 
 
 def loss_scale(spec: dict, facts):
