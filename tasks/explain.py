@@ -16,11 +16,18 @@ import numpy as np
 from shardflow.tasks.metrics import finish_metrics, partial_metrics, primary_metric
 from shardflow.tasks.models import load_booster, weighted_average
 
-#: Validation rows, over all partitions, whose exact contributions are computed (a seeded
-#: sample, split evenly across the partitions): TreeSHAP costs about 5 ms a row for 300 trees
-#: of depth 8 on one core, so every row of a 10,000-row validation split took 50 s, while the
-#: mean |contribution| of 1,000 rows ranks the features the same.
+#: Most validation rows, over all partitions, whose exact contributions are computed (a
+#: seeded sample, split evenly across the partitions), for models cheap to explain.
 EXPLAIN_ROWS = 1_000
+#: Fewest such rows, however costly the model: the mean |contribution| of 200 rows ranks
+#: the features as 1,000 do, and the report's summary plot keeps its points.
+MIN_EXPLAIN_ROWS = 200
+#: TreeSHAP work per model, in the units of :func:`treeshap_row_cost` (leaves × depth² summed
+#: over the trees: exact TreeSHAP is O(trees · leaves · depth²) a row). A unit took 3.6 ns on
+#: one core here, so the budget is about one core-second: 150 trees of depth 8 (about 1.5M
+#: units a row, 4 ms on two cores) get the 200 rows, 300 trees of depth 4 all 1,000. Without
+#: a budget, 1,000 rows of the former took 4 s of a 20 s job.
+EXPLAIN_BUDGET = 280_000_000
 #: Rows per partition kept for the report's per-feature summary (value against contribution).
 SAMPLE_ROWS = 200
 #: Validation rows, over all partitions, that permutation importance scores (a seeded sample
@@ -42,6 +49,44 @@ def xgboost_contributions(model: bytes, x: np.ndarray, nthread: int | None = Non
         enable_categorical=True,
     )
     return booster.predict(matrix, pred_contribs=True).astype(np.float64)
+
+
+def treeshap_row_cost(model: bytes) -> int:
+    """TreeSHAP's work for one row of an XGBoost model: Σ over its trees of leaves × depth²,
+    the depth estimated as ⌈log₂ leaves⌉ (the trees of ``hist`` grown depth-wise are nearly
+    full); a linear booster's is 0.
+
+    Examples
+    --------
+    >>> import xgboost as xgb
+    >>> x = np.arange(64, dtype=np.float32).reshape(32, 2)
+    >>> booster = xgb.train({"max_depth": 2, "min_child_weight": 0}, xgb.DMatrix(x, x[:, 0] % 5), 3)
+    >>> treeshap_row_cost(bytes(booster.save_raw("ubj")))  # three trees of three leaves, depth 2: 3 × 3 × 2²
+    36
+    """
+    import re
+
+    text = bytes(load_booster(model).save_raw("json"))
+    cost = 0
+    for nodes in re.findall(rb'"num_nodes":"?(\d+)', text):
+        leaves = (int(nodes) + 1) // 2
+        cost += leaves * max(1, (leaves - 1).bit_length()) ** 2
+    return cost
+
+
+def explained_rows(cost: int, partitions: int) -> int:
+    """Validation rows explained per partition for a model whose rows cost ``cost`` each
+    (:func:`treeshap_row_cost`; an ensemble's, the sum of its members'): as many as
+    :data:`EXPLAIN_BUDGET` affords, between :data:`MIN_EXPLAIN_ROWS` and :data:`EXPLAIN_ROWS`
+    over all partitions.
+
+    Examples
+    --------
+    >>> explained_rows(48, 2), explained_rows(1_500_000, 2), explained_rows(76_000, 1), explained_rows(0, 3)
+    (500, 100, 1000, 334)
+    """
+    total = EXPLAIN_ROWS if cost <= 0 else min(EXPLAIN_ROWS, max(MIN_EXPLAIN_ROWS, EXPLAIN_BUDGET // cost))
+    return max(1, -(-total // max(partitions, 1)))
 
 
 def contributions_of_booster(payload: dict, x: np.ndarray, nthread: int | None = None) -> np.ndarray:

@@ -1,9 +1,10 @@
 """The evaluation's explanations: every XGBoost model's exact feature contributions
-(TreeSHAP, by XGBoost, on a seeded sample of 1,000 validation rows split across the
-partitions: :data:`~shardflow.tasks.explain.EXPLAIN_ROWS`) and every other model's permutation
-importance (on 20,000 rows split likewise), on the validation split, computed where its
-partitions are and reduced on the cluster (:mod:`shardflow.tasks.explain`). An ensemble's
-rows are fewer (:func:`~shardflow.tasks.explain.explain_rows`): each costs every member.
+(TreeSHAP, by XGBoost, on a seeded sample of 200 to 1,000 validation rows split across the
+partitions, as many as a budget of TreeSHAP work affords the model:
+:func:`~shardflow.tasks.explain.explained_rows`) and every other model's permutation
+importance (on 20,000 rows split likewise, fewer for an ensemble:
+:func:`~shardflow.tasks.explain.explain_rows`), on the validation split, computed where its
+partitions are and reduced on the cluster (:mod:`shardflow.tasks.explain`).
 
 Written as ``evaluate/explanations.json``: per family, the mean absolute contribution of each
 feature (in the model's margin units) with a sample of (value, contribution) pairs per
@@ -21,14 +22,15 @@ from shardflow.pipelines.graph import scatter_named, tree_reduce_futures
 from shardflow.pipelines.interface import progress
 from shardflow.pipelines.training.data import TrainingData, call_token
 from shardflow.tasks.explain import (
-    EXPLAIN_ROWS,
     PERMUTATION_ROWS,
     combine_explanations,
     combine_permutations,
     explain_partition,
     explain_rows,
+    explained_rows,
     permutation_importance,
     permutation_partials,
+    treeshap_row_cost,
 )
 from shardflow.tasks.metrics import primary_metric
 
@@ -48,7 +50,7 @@ def explain(runtime, data: TrainingData, payloads: dict, *, seed: int = 0) -> di
                 f,
                 explainers,
                 seed=seed + i,
-                rows=_rows(contributions, len(data.futures), EXPLAIN_ROWS),
+                rows=_contribution_rows(contributions, len(data.futures)),
                 key=f"evaluate-explain-partition-{token}-{i}",
             )
             for i, f in enumerate(data.futures)
@@ -79,6 +81,21 @@ def explain(runtime, data: TrainingData, payloads: dict, *, seed: int = 0) -> di
         importance = permutation_importance(sums, data.scoring)
         out[name] = {"kind": "permutation", "metric": metric, "importance": dict(zip(features, importance))}
     return {name: out[name] for name in payloads if name in out}
+
+
+def _contribution_rows(explained: dict, partitions: int) -> dict:
+    """Rows per partition for each XGBoost family (``{name: (function, payload)}``), by the
+    TreeSHAP cost of a row: the model's, the sum of an ensemble's members', the costliest of
+    per-group models (each row is explained by one)."""
+    out = {}
+    for name, (_, payload) in explained.items():
+        if "model" in payload:
+            cost = treeshap_row_cost(payload["model"])
+        else:
+            costs = [treeshap_row_cost(m) for m in [*payload["models"], *filter(None, [payload.get("fallback")])]]
+            cost = max(costs, default=0) if "keys" in payload else sum(costs)
+        out[name] = explained_rows(cost, partitions)
+    return out
 
 
 def _rows(explained: dict, partitions: int, total: int) -> dict:
