@@ -382,12 +382,12 @@ def main(argv=None) -> int:
         return 0
     _merge_run(args)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for the command that resumes a run
-    # Imported before stderr is captured: Dask's log handlers, made at import, then write
-    # to file descriptor 2, where the capture reads them.
+    # Imported before stderr is captured: Dask's log handlers, made at import, write to fd 2, which it reads.
     import distributed  # noqa: F401
 
-    from shardflow.pipelines.interface.console import CapturedStderr
+    from shardflow.pipelines.interface.console import CapturedStderr, skip_exit_collections
 
+    skip_exit_collections()
     if not CapturedStderr.possible():
         _setup_logging(args.quiet, args.verbose, open(os.devnull, "w"))  # noqa: SIM115 - lives with the process
         return _dispatch(args)

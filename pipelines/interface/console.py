@@ -201,6 +201,17 @@ class CapturedStderr:
         return False
 
 
+def skip_exit_collections() -> None:
+    """Let this process end without the interpreter's last garbage collections, which walk
+    every object of the job's libraries (0.8 s of a 9 s ``shardflow run`` at 100,000 rows):
+    objects are frozen at exit, after the handlers registered later (the job's) have run. For
+    a command's process only; a notebook or a library caller keeps its collections."""
+    import atexit
+    import gc
+
+    atexit.register(gc.freeze)
+
+
 def aligned_table(header, rows, *, marked=None, note: str = "") -> str:
     """``rows`` of text under ``header`` in fixed-width columns, for a terminal: the first
     column left-aligned, the others (numbers) right-aligned; row ``marked`` starts with
