@@ -323,7 +323,7 @@ def _run_claimed(config: Config, runtime, run_dir, *, plan, keys: dict, force: b
             tracked.run_id,
             config.tracking.mlflow.experiment,
         )
-    owns, drawing = runtime is None, None
+    owns, drawing, curves = runtime is None, None, None
     try:
         runtime = as_runtime(runtime) or plan.start_cluster()
         if not current[RunDir.TRAIN]:  # training's libraries load on the workers while the ETL runs
@@ -337,12 +337,13 @@ def _run_claimed(config: Config, runtime, run_dir, *, plan, keys: dict, force: b
             warm_up()  # the report's plotting library loads while the cluster trains
             trained = train(config, runtime, run_dir, key=keys[RunDir.TRAIN])
             data = trained.data
+            curves = ReportDrawing.curves(run_dir)  # drawn while the evaluation runs
         if not current[RunDir.EVALUATE]:
             evaluate_run(runtime, run_dir, data, key=keys[RunDir.EVALUATE])
         if on_evaluated is not None:
             on_evaluated(run_dir)
         if not all(current.values()) or not RunDir(run_dir).report.exists():
-            drawing = ReportDrawing(run_dir)  # drawn while the job finishes (MLflow waits for it: it logs it)
+            drawing = ReportDrawing(run_dir, curves=curves)  # drawn while the job ends (MLflow logs it: waits)
         if tracked is not None:
             from shardflow.pipelines.interface.tracking import log_run
 

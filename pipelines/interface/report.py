@@ -53,42 +53,56 @@ def _load(path: Path):
 class ReportDrawing:
     """:func:`build_report` in a background thread, so that a job's last steps (closing the
     cluster, printing the results) do not wait for the drawing; :meth:`result` waits for it
-    and raises what it raised.
+    and raises what it raised. :meth:`curves` draws the training curves alone, as soon as the
+    train stage is written (they need nothing later), so they are drawn while the evaluation
+    runs; the report drawn after it takes them.
 
     Examples
     --------
-    >>> drawing = ReportDrawing("shardflow-work/runs/20261122-101500-ab12cd")  # doctest: +SKIP
+    >>> curves = ReportDrawing.curves("shardflow-work/runs/20261122-101500-ab12cd")  # doctest: +SKIP
+    >>> drawing = ReportDrawing("shardflow-work/runs/20261122-101500-ab12cd", curves=curves)  # doctest: +SKIP
     >>> drawing.result()  # doctest: +SKIP
     PosixPath('shardflow-work/runs/20261122-101500-ab12cd/report.html')
     """
 
-    def __init__(self, run_dir):
-        self._path = self._error = None
-        self._thread = threading.Thread(target=self._draw, args=(run_dir,), name="shardflow-report", daemon=True)
+    def __init__(self, run_dir, *, curves: ReportDrawing | None = None, draw=None):
+        self._value = self._error = None
+        work = draw or (lambda: build_report(run_dir, curves=curves))
+        self._thread = threading.Thread(target=self._draw, args=(work,), name="shardflow-report", daemon=True)
         self._thread.start()
 
-    def _draw(self, run_dir) -> None:
+    @classmethod
+    def curves(cls, run_dir) -> ReportDrawing:
+        """The report's training curves section (its HTML), drawn in the background."""
+        from shardflow.pipelines.records.trained_models import available_models
+
+        run_dir = location(run_dir)
+        return cls(run_dir, draw=lambda: _training_curves(run_dir, available_models(run_dir)))
+
+    def _draw(self, work) -> None:
         try:
-            self._path = build_report(run_dir)
+            self._value = work()
         except BaseException as err:
             self._error = err
 
-    def result(self) -> Path:
+    def result(self):
+        """What was drawn (the report's path, or the curves' HTML), once it is."""
         self._thread.join()
         if self._error is not None:
             raise self._error
-        return self._path
+        return self._value
 
 
-def build_report(run_dir) -> Path:
-    """Write ``run_dir/report.html`` from the run's files and return its path.
+def build_report(run_dir, *, curves: ReportDrawing | None = None) -> Path:
+    """Write ``run_dir/report.html`` from the run's files and return its path; ``curves``:
+    the training curves drawn already (:meth:`ReportDrawing.curves`).
 
     Examples
     --------
     >>> build_report("shardflow-work/runs/20261122-101500-ab12cd")  # doctest: +SKIP
     """
     run_dir = location(run_dir)
-    header, sections = _report(run_dir)
+    header, sections = _report(run_dir, curves)
     nav = "".join(
         f'<a href="#{anchor}">{html.escape(title.split(" (")[0])}</a>' for anchor, title, body in sections if body
     )
@@ -153,7 +167,7 @@ class _Header:
     html: str
 
 
-def _report(run_dir) -> tuple:
+def _report(run_dir, curves: ReportDrawing | None = None) -> tuple:
     """The report's header and its sections (``(anchor, title, html)``; an empty html: none)."""
     manifest = read_manifest(run_dir)
     if not manifest:
@@ -176,7 +190,7 @@ def _report(run_dir) -> tuple:
     sections = [
         ("models", "Model comparison (validation split)", _comparison(metrics, train_seconds, task, facts)),
         ("quality", "Quality on the validation split", quality_section(evaluation, task, facts) if metrics else ""),
-        ("curves", "Training curves", _training_curves(run_dir, trained)),
+        ("curves", "Training curves", curves.result() if curves else _training_curves(run_dir, trained)),
         ("explanations", "What the models rely on", explanations_section(run.explanations, facts)),
         ("hyperparameters", "Hyperparameters", settings_section(run, trained, config)),
         ("tuning", "Tuning (the search for the global XGBoost's parameters)", tuning_section(run_dir)),
