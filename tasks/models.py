@@ -307,6 +307,16 @@ def predict_mlp_ensemble(payload: dict, x: np.ndarray, nthread: int | None = Non
     return weighted_average([predict(p, spec, x) for p in payload["params"]], payload["weights"])
 
 
+def group_validation(*shards, predict, payload, scoring) -> dict:
+    """A model's metrics on a group of partitions' own validation rows (``predict(payload, x)``)."""
+    from shardflow.tasks.shards import merge_shards
+
+    s = merge_shards(*shards)
+    if not len(s.y_valid):
+        return {"rows": 0}
+    return finish_metrics(partial_metrics(s.y_valid, predict(payload, s.x_valid), scoring, s.w_valid), scoring)
+
+
 def train_group_xgboost(*shards, params, rounds, feature_names, feature_types, scoring, early_stopping_rounds=None):
     """One per-partition XGBoost model on a group of partitions (see :func:`train_xgboost_local`)."""
     from shardflow.tasks.shards import merge_shards

@@ -146,7 +146,7 @@ def test_plan_command_explains_the_job_and_runs_nothing(tmp_path):
     # The default families include per-partition ones: on one partition each is one model, said up front.
     assert (
         "warning     1 partition(s): xgboost_partitions, mlp_partitions will train one model on all training "
-        "rows (nothing to combine)"
+        "rows (nothing to combine; with the same options as its global family"
     ) in out
     assert not (tmp_path / "runs").exists()
 

@@ -513,3 +513,50 @@ def test_default_mlp_reaches_the_global_xgboost_r2_on_a_50k_row_regression(tmp_p
     xgb_r2, mlp_r2 = result.metrics["xgboost"]["r2"], result.metrics["mlp"]["r2"]
     assert xgb_r2 > 0.95, xgb_r2
     assert mlp_r2 >= xgb_r2 - 0.03, (mlp_r2, xgb_r2)
+
+
+def test_per_partition_families_on_one_partition_take_their_global_familys_model(runtime, tmp_path, caplog):
+    """Issue 30, item 5: when the training rows are one group of partitions, a per-partition
+    family trained beside its global family with the same options is that family's model,
+    trained once (and the stacked ensemble is built on it). The reference: each per-partition
+    family trained alone, without its global family, on the same rows."""
+    import logging
+
+    import yaml
+
+    from shardflow.pipelines.job import run
+
+    smooth_regression_table(n=4_000).to_csv(tmp_path / "t.csv", index=False)
+    spec = {
+        "input": {"path": "t.csv"},
+        "target": {"column": "y", "task": "regression"},
+        "features": {"numeric": [f"x{i}" for i in range(5)], "categorical": ["c"]},
+        "split": {"key": ["id"]},
+        "output": {"runs_dir": "runs"},
+        "train": {"xgboost": {"num_boost_round": 60}, "partitions": {"xgboost_rounds": 60}, "mlp": {"max_steps": 200}},
+    }
+
+    def job(name, models):
+        (tmp_path / name).write_text(yaml.safe_dump({**spec, "train": {**spec["train"], "models": models}}))
+        return run(load_config(tmp_path / name), runtime=runtime, force=True)
+
+    with caplog.at_level(logging.INFO, logger="shardflow"):
+        both = job("both.yaml", ["xgboost", "xgboost_partitions", "stacked", "mlp", "mlp_partitions"])
+    assert "xgboost_partitions: the training rows are one group of partitions: its one model is xgboost's" in caplog.text
+    assert "mlp_partitions: the training rows are one group of partitions: its one model is mlp's" in caplog.text
+    ensemble = trained_models.load_model(both.run_dir, "xgboost_partitions")
+    assert ensemble["models"] == [trained_models.load_model(both.run_dir, "xgboost")["model"]]
+    mlps = trained_models.load_model(both.run_dir, "mlp_partitions")
+    single = trained_models.load_model(both.run_dir, "mlp")
+    assert len(mlps["params"]) == 1 and all(
+        np.array_equal(a, b) for a, b in zip(mlps["params"][0].values(), single["params"].values())
+    )
+    for name, counterpart in (("xgboost_partitions", "xgboost"), ("mlp_partitions", "mlp")):
+        assert both.metrics[name]["r2"] == pytest.approx(both.metrics[counterpart]["r2"], abs=1e-9)
+        (member,) = both.partition_metrics[name]
+        assert member["r2"] == pytest.approx(both.metrics[counterpart]["r2"], abs=1e-6)  # its own rows: all of them
+    assert "stacked" in both.metrics
+    # Trained alone, without the global families, the per-partition models are the same models.
+    alone = job("alone.yaml", ["xgboost_partitions", "mlp_partitions"])
+    for name in ("xgboost_partitions", "mlp_partitions"):
+        assert alone.metrics[name]["r2"] == pytest.approx(both.metrics[name]["r2"], abs=2e-3), name

@@ -194,6 +194,28 @@ class PerPartitionFamily(ModelFamily):
     def holds_every_worker(self, context) -> bool:
         return False  # ordinary tasks, each with its worker's threads
 
+    #: The global family that trains the same model on the same rows when there is one group.
+    counterpart = ""
+    #: The entries of the counterpart's record that make its model.
+    model_keys = ()
+
+    def same_options(self, config) -> bool:
+        """Whether ``config`` (``train:``) trains this family's models as its counterpart's."""
+        return False
+
+    def reuses_counterpart(self, context) -> bool:
+        """Whether its one model is its counterpart's, trained once: the training rows are one
+        group of partitions, the counterpart is trained too, and with the same options."""
+        from shardflow.pipelines.training.partition_graph import trained_groups
+
+        tc = context.config
+        return (
+            self.counterpart in tc.models
+            and self.same_options(tc)
+            and len(trained_groups(context.data, tc.partitions)) == 1
+            and (self.counterpart != "xgboost" or not context.xgboost_callbacks)
+        )
+
     def partition_job(self, context) -> tuple:
         """``(task, kwargs_of_group, extra)``: ``task(*shards, **kwargs_of_group(g))`` trains
         group ``g``'s model on a worker; ``extra`` joins the family's record."""
@@ -202,8 +224,12 @@ class PerPartitionFamily(ModelFamily):
     def train(self, context) -> FamilyResult:
         from shardflow.pipelines.training.partition_graph import train_partition_models
 
+        if self.counterpart in context.results and self.reuses_counterpart(context):
+            return self._reuse(context)
         together = [
-            FAMILIES[name] for name in self.trained_together(context.config.models) if name not in context.results
+            FAMILIES[name]
+            for name in self.trained_together(context.config.models)
+            if name not in context.results and (name == self.name or not FAMILIES[name].reuses_counterpart(context))
         ]
         jobs = {family.name: family.partition_job(context) for family in together}
         trained = train_partition_models(
@@ -212,6 +238,30 @@ class PerPartitionFamily(ModelFamily):
         for name, out in trained.items():
             context.results[name] = FamilyResult.of({**out, **jobs[name][2]})
             logging.getLogger("shardflow.job").info("%s: %d models, %.1fs", name, len(out["members"]), out["seconds"])
+        return context.results[self.name]
+
+    def _reuse(self, context) -> FamilyResult:
+        from shardflow.pipelines.training.partition_graph import one_model_of
+
+        counterpart = FAMILIES[self.counterpart]
+        state = context.results[counterpart.name].state
+        out = one_model_of(
+            context.runtime,
+            context.data,
+            context.config.partitions,
+            state,
+            predict=counterpart.predictor(),
+            keys=self.model_keys,
+        )
+        if "spec" in state:
+            out["spec"] = state["spec"]
+        logging.getLogger("shardflow.job").info(
+            "%s: the training rows are one group of partitions: its one model is %s's, trained once "
+            "(the same rows and options)",
+            self.name,
+            counterpart.name,
+        )
+        context.results[self.name] = FamilyResult.of(out)
         return context.results[self.name]
 
 
@@ -269,10 +319,15 @@ class XGBoostEnsemble(PerPartitionFamily):
     spec = SPECS["xgboost_partitions"]
     training_module = "partitions"
     job_function = "xgboost_job"
+    counterpart = "xgboost"
+    model_keys = ("model",)
     predict = _predictor("predict_booster_ensemble")
     explain = Deferred("tasks.explain", "contributions_of_ensemble")
     curves = _view("xgboost_ensemble_curves")
     export = _exporter("export_booster_ensemble")
+
+    def same_options(self, config) -> bool:
+        return config.partitions.xgboost_rounds == config.xgboost.num_boost_round
 
     def save(self, stage_dir, result: FamilyResult) -> None:
         self._code("save_boosters")(stage_dir, self, result.state)
@@ -304,9 +359,14 @@ class MLPEnsemble(PerPartitionFamily):
     spec = SPECS["mlp_partitions"]
     training_module = "partitions"
     job_function = "mlp_job"
+    counterpart = "mlp"
+    model_keys = ("params",)
     predict = _predictor("predict_mlp_ensemble")
     curves = _view("mlp_ensemble_curves")
     export = _exporter("export_mlp_ensemble")
+
+    def same_options(self, config) -> bool:
+        return config.partitions.mlp_epochs == config.mlp.epochs
 
     def save(self, stage_dir, result: FamilyResult) -> None:
         self._code("save_mlps")(stage_dir, self, result.state)

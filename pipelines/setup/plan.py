@@ -162,7 +162,8 @@ class InputPlan:
         if per_partition and len(rows) <= self.config.train.partitions.partitions_per_model:
             warnings.append(
                 f"{len(rows)} partition(s): {', '.join(per_partition)} will train one model on all "
-                "training rows (nothing to combine); lower input.max_partition_rows or "
+                "training rows (nothing to combine; with the same options as its global family, trained "
+                "too, that family's model); lower input.max_partition_rows or "
                 "train.partitions.partitions_per_model for several"
             )
         if rows and np.median(rows) > 0 and max(rows) > 2 * np.median(rows):

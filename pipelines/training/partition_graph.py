@@ -18,6 +18,55 @@ def partition_groups(n_partitions: int, per_model: int) -> list:
     return [list(range(i, min(i + per_model, n_partitions))) for i in range(0, n_partitions, per_model)]
 
 
+def trained_groups(data: TrainingData, cfg: PartitionModelsConfig) -> list:
+    """The groups of partitions that get a model: those with training weight."""
+    return [
+        g
+        for g in partition_groups(len(data.futures), cfg.partitions_per_model)
+        if sum(data.train_weights[i] for i in g) > 0
+    ]
+
+
+def one_model_of(
+    runtime: Runtime, data: TrainingData, cfg: PartitionModelsConfig, state: dict, *, predict, keys
+) -> dict:
+    """A per-partition family's result when its one group of partitions holds every training
+    row: its one model is its global counterpart's (``state``: that family's trained record;
+    ``keys``: the record's entries that make the model), scored on the group's own validation
+    rows (``predict(state, x)`` on a worker) like any member."""
+    from shardflow.pipelines.graph import scatter_named
+    from shardflow.tasks.models import group_validation
+
+    (group,) = trained_groups(data, cfg)
+    started = time.perf_counter()
+    model = {k: state[k] for k in (*keys, "spec") if k in state}  # what predict reads, sent once
+    validation = runtime.client.submit(
+        group_validation,
+        *[data.futures[i] for i in group],
+        predict=predict,
+        payload=scatter_named(runtime.client, "train-one-model", model, broadcast=False),
+        scoring=data.scoring,
+        key=f"train-one-model-validation-{call_token(data.token)}",
+        pure=False,
+    ).result()
+    rows = sum(data.train_rows[i] for i in group)
+    member = {
+        **{k: state[k] for k in keys},
+        "history": state.get("history", {}),
+        "rows": rows,
+        "weight": float(sum(data.train_weights[i] for i in group)),
+        "seconds": float(state.get("seconds", 0.0)),
+        "validation": validation,
+    }
+    return {
+        "groups": [group],
+        "weights": [member["weight"]],
+        "members": [member],
+        "seconds": time.perf_counter() - started,
+        "partition_metrics": [partition_model_metrics(group, rows, validation)],
+    }
+
+
 def train_partition_models(runtime: Runtime, data: TrainingData, cfg: PartitionModelsConfig, jobs: dict) -> dict:
     """Train one model per group of partitions, for several families in one graph.
 
@@ -40,11 +89,7 @@ def train_partition_models(runtime: Runtime, data: TrainingData, cfg: PartitionM
         and ``partition_metrics``.
     """
     client = runtime.client
-    groups = [
-        g
-        for g in partition_groups(len(data.futures), cfg.partitions_per_model)
-        if sum(data.train_weights[i] for i in g) > 0
-    ]
+    groups = trained_groups(data, cfg)
     if len(groups) == 1:
         logger.warning(
             "%s: the training rows are one group of %d partition(s): one model each, trained once on "

@@ -78,18 +78,39 @@ class Unit:
 
 
 def training_units(families: list, context) -> list:
-    """The families (in training order) grouped into :class:`Unit` s, in training order."""
+    """The families (in training order) grouped into :class:`Unit` s, in training order; a
+    per-partition family whose one model is its counterpart's is a unit of its own, after it."""
+    reusing = {
+        f.name: f.counterpart
+        for f in families
+        if context is not None and getattr(f, "counterpart", "") and f.reuses_counterpart(context)
+    }
     units, placed = [], set()
     names = [f.name for f in families]
     for family in families:
         if family.name in placed:
             continue
-        members = [f for f in families if f.name in family.trained_together(names)] or [family]
+        together = family.trained_together(names)
+        members = [family] if family.name in reusing else [f for f in families if f.name in together]
+        members = [f for f in members if f.name == family.name or f.name not in reusing] or [family]
         placed.update(f.name for f in members)
         member_names = {f.name for f in members}
-        needs = frozenset(n for f in members for n in f.needs if n in names and n not in member_names)
-        units.append(Unit(tuple(members), needs, any(f.holds_every_worker(context) for f in members)))
-    return units
+        needs = {n for f in members for n in (*f.needs, reusing.get(f.name, "")) if n in names} - member_names
+        units.append(Unit(tuple(members), frozenset(needs), any(f.holds_every_worker(context) for f in members)))
+    return _after_their_needs(units)
+
+
+def _after_their_needs(units: list) -> list:
+    """``units`` in their order, each moved after the units it needs (one whose need is not
+    among them keeps its place)."""
+    ordered, done, pending = [], set(), list(units)
+    names = {n for unit in units for n in unit.names}
+    while pending:
+        unit = next((u for u in pending if (u.needs & names) <= done), pending[0])
+        pending.remove(unit)
+        ordered.append(unit)
+        done.update(unit.names)
+    return ordered
 
 
 def train_units(context, units: list, overlap: bool) -> None:
