@@ -33,7 +33,8 @@ def one_model_of(
     """A per-partition family's result when its one group of partitions holds every training
     row: its one model is its global counterpart's (``state``: that family's trained record;
     ``keys``: the record's entries that make the model), scored on the group's own validation
-    rows (``predict(state, x)`` on a worker) like any member."""
+    rows like any member (``predict(model, x)`` on a worker, ``model`` those entries and the
+    record's ``spec``)."""
     from shardflow.pipelines.graph import scatter_named
     from shardflow.tasks.models import group_validation
 
