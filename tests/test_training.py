@@ -542,8 +542,9 @@ def test_per_partition_families_on_one_partition_take_their_global_familys_model
 
     with caplog.at_level(logging.INFO, logger="shardflow"):
         both = job("both.yaml", ["xgboost", "xgboost_partitions", "stacked", "mlp", "mlp_partitions"])
-    assert "xgboost_partitions: the training rows are one group of partitions: its one model is xgboost's" in caplog.text
-    assert "mlp_partitions: the training rows are one group of partitions: its one model is mlp's" in caplog.text
+    for name, counterpart in (("xgboost_partitions", "xgboost"), ("mlp_partitions", "mlp")):
+        said = f"{name}: the training rows are one group of partitions: its one model is {counterpart}'s"
+        assert said in caplog.text
     ensemble = trained_models.load_model(both.run_dir, "xgboost_partitions")
     assert ensemble["models"] == [trained_models.load_model(both.run_dir, "xgboost")["model"]]
     mlps = trained_models.load_model(both.run_dir, "mlp_partitions")
