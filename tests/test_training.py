@@ -561,3 +561,12 @@ def test_per_partition_families_on_one_partition_take_their_global_familys_model
     alone = job("alone.yaml", ["xgboost_partitions", "mlp_partitions"])
     for name in ("xgboost_partitions", "mlp_partitions"):
         assert alone.metrics[name]["r2"] == pytest.approx(both.metrics[name]["r2"], abs=2e-3), name
+    # Another seed gives the per-partition MLP another seed than the data-parallel one: trained itself.
+    caplog.clear()
+    spec["train"]["seed"] = 1
+    with caplog.at_level(logging.INFO, logger="shardflow"):
+        seeded = job("seeded.yaml", ["mlp", "mlp_partitions"])
+    assert "its one model is mlp's" not in caplog.text
+    member = trained_models.load_model(seeded.run_dir, "mlp_partitions")["params"][0]
+    single = trained_models.load_model(seeded.run_dir, "mlp")["params"]
+    assert not all(np.array_equal(member[k], single[k]) for k in single)

@@ -44,13 +44,14 @@ def explain(runtime, data: TrainingData, payloads: dict, *, seed: int = 0) -> di
     pending = {}
     if contributions:
         explainers = scatter_named(client, "evaluate-explain-models", contributions)
+        rows = _contribution_rows(contributions, len(data.futures))  # each model's cost read once
         parts = [
             client.submit(
                 explain_partition,
                 f,
                 explainers,
                 seed=seed + i,
-                rows=_contribution_rows(contributions, len(data.futures)),
+                rows=rows,
                 key=f"evaluate-explain-partition-{token}-{i}",
             )
             for i, f in enumerate(data.futures)

@@ -199,21 +199,24 @@ class PerPartitionFamily(ModelFamily):
     #: The entries of the counterpart's record that make its model.
     model_keys = ()
 
-    def same_options(self, config) -> bool:
-        """Whether ``config`` (``train:``) trains this family's models as its counterpart's."""
+    def same_training(self, context, group: list) -> bool:
+        """Whether the model of ``group`` (every training and validation row) trains as its
+        counterpart's does: the same options, and what else this kind's training depends on."""
         return False
 
     def reuses_counterpart(self, context) -> bool:
         """Whether its one model is its counterpart's, trained once: the training rows are one
-        group of partitions, the counterpart is trained too, and with the same options."""
+        group of partitions that holds every validation row too (early stopping watches the
+        same rows), and the counterpart is trained in this run, the same way."""
         from shardflow.pipelines.training.partition_graph import trained_groups
 
-        tc = context.config
+        tc, data = context.config, context.data
+        groups = trained_groups(data, tc.partitions)
         return (
             self.counterpart in tc.models
-            and self.same_options(tc)
-            and len(trained_groups(context.data, tc.partitions)) == 1
-            and (self.counterpart != "xgboost" or not context.xgboost_callbacks)
+            and len(groups) == 1
+            and all(i in groups[0] for i, rows in enumerate(data.valid_rows) if rows)
+            and self.same_training(context, groups[0])
         )
 
     def partition_job(self, context) -> tuple:
@@ -326,8 +329,10 @@ class XGBoostEnsemble(PerPartitionFamily):
     curves = _view("xgboost_ensemble_curves")
     export = _exporter("export_booster_ensemble")
 
-    def same_options(self, config) -> bool:
-        return config.partitions.xgboost_rounds == config.xgboost.num_boost_round
+    def same_training(self, context, group: list) -> bool:
+        # Allreduce builds the trees one process would; callbacks (a tuner's) may stop it early.
+        tc = context.config
+        return tc.partitions.xgboost_rounds == tc.xgboost.num_boost_round and not context.xgboost_callbacks
 
     def save(self, stage_dir, result: FamilyResult) -> None:
         self._code("save_boosters")(stage_dir, self, result.state)
@@ -365,8 +370,17 @@ class MLPEnsemble(PerPartitionFamily):
     curves = _view("mlp_ensemble_curves")
     export = _exporter("export_mlp_ensemble")
 
-    def same_options(self, config) -> bool:
-        return config.partitions.mlp_epochs == config.mlp.epochs
+    def same_training(self, context, group: list) -> bool:
+        # The group's seed (partitions.mlp_job) must be the data-parallel MLP's, and its rows on
+        # one worker: across workers the data-parallel MLP averages ranks' parameters.
+        from shardflow.pipelines.training.partitions import group_seed
+
+        tc = context.config
+        return (
+            tc.partitions.mlp_epochs == tc.mlp.epochs
+            and group_seed(tc.seed, 0) == tc.seed
+            and len({context.data.workers[i] for i in group}) == 1
+        )
 
     def save(self, stage_dir, result: FamilyResult) -> None:
         self._code("save_mlps")(stage_dir, self, result.state)

@@ -209,6 +209,7 @@ def skip_exit_collections() -> None:
     import atexit
     import gc
 
+    atexit.unregister(gc.freeze)  # once, however many commands this process runs
     atexit.register(gc.freeze)
 
 

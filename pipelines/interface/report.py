@@ -169,6 +169,7 @@ class _Header:
 
 def _report(run_dir, curves: ReportDrawing | None = None) -> tuple:
     """The report's header and its sections (``(anchor, title, html)``; an empty html: none)."""
+    curves_html = curves.result() if curves else None  # drawn before this thread draws anything
     manifest = read_manifest(run_dir)
     if not manifest:
         from shardflow.core.errors import ShardflowError
@@ -190,7 +191,7 @@ def _report(run_dir, curves: ReportDrawing | None = None) -> tuple:
     sections = [
         ("models", "Model comparison (validation split)", _comparison(metrics, train_seconds, task, facts)),
         ("quality", "Quality on the validation split", quality_section(evaluation, task, facts) if metrics else ""),
-        ("curves", "Training curves", curves.result() if curves else _training_curves(run_dir, trained)),
+        ("curves", "Training curves", _training_curves(run_dir, trained) if curves_html is None else curves_html),
         ("explanations", "What the models rely on", explanations_section(run.explanations, facts)),
         ("hyperparameters", "Hyperparameters", settings_section(run, trained, config)),
         ("tuning", "Tuning (the search for the global XGBoost's parameters)", tuning_section(run_dir)),

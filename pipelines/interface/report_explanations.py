@@ -10,7 +10,7 @@ import numpy as np
 from shardflow.pipelines.families.specs import label
 from shardflow.pipelines.interface.figures import subplots
 from shardflow.pipelines.interface.report_format import score
-from shardflow.pipelines.interface.report_html import figure_html, png_data_uri, table_html
+from shardflow.pipelines.interface.report_html import figure_html, format_cell, png_data_uri, table_html
 
 #: Features shown per model, the most important first.
 TOP_FEATURES = 12
@@ -54,11 +54,12 @@ def explanations_section(path, facts) -> str:
 def _column_format(found: dict, facts):
     """How one model's column reads: a metric drop in its metric's units (a regression's
     RMSE in the target's), a contribution in the margin's (the target's own units for an
-    untransformed regression, else log-odds or the transformed target, to four places)."""
+    untransformed regression, to four significant digits; else log-odds or the transformed
+    target, to four places)."""
     if found["kind"] == "permutation":
         return lambda value: facts.metric(found.get("metric", ""), value)
     if not facts.is_classification and facts.transform == "none":
-        return facts.value
+        return format_cell  # the target's units, small contributions not rounded to 0
     return score
 
 

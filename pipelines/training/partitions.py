@@ -35,6 +35,17 @@ def xgboost_job(context, family):
     return train_group_xgboost, lambda group: kwargs, {}
 
 
+def group_seed(seed: int, group: int) -> int:
+    """The seed of group ``group``'s per-partition MLP (``train.seed`` is ``seed``).
+
+    Examples
+    --------
+    >>> group_seed(0, 0), group_seed(0, 3), group_seed(2, 1)
+    (0, 3, 15839)
+    """
+    return seed * 7919 + group
+
+
 def mlp_job(context, family):
     """One MLP per group, trained locally for ``partitions.mlp_epochs`` epochs, or (null) by
     ``train.mlp``'s step budget with early stopping on the group's own validation rows."""
@@ -48,7 +59,7 @@ def mlp_job(context, family):
             spec=spec,
             optim=optim,
             epochs=tc.partitions.mlp_epochs,
-            seed=tc.seed * 7919 + group,
+            seed=group_seed(tc.seed, group),
             schedule=tc.mlp.lr_schedule,
             warmup=tc.mlp.warmup,
             scoring=context.data.scoring,
