@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from shardflow.core.threads import worker_threads
-from shardflow.tasks.metrics import finish_metrics, partial_metrics
+from shardflow.tasks.metrics import own_metrics
 from shardflow.tasks.models import weighted_average
 from shardflow.tasks.targets import target_kind
 
@@ -51,10 +51,7 @@ def fit_estimator(*shards, make, save, scoring, task: str, classes: int) -> dict
         estimator.fit(s.x_train, y)
     model = bytes(save(estimator))
     seconds = time.perf_counter() - started
-    own = {"rows": 0}
-    if len(s.y_valid):
-        scores = estimator_scores(estimator, s.x_valid, task, classes)
-        own = finish_metrics(partial_metrics(s.y_valid, scores, scoring, s.w_valid), scoring)
+    own = own_metrics(s.y_valid, s.w_valid, lambda: estimator_scores(estimator, s.x_valid, task, classes), scoring)
     weight = float(np.sum(s.w_train, dtype=np.float64)) if s.w_train is not None else float(len(s.y_train))
     return {"model": model, "rows": int(len(s.y_train)), "weight": weight, "seconds": seconds, "validation": own}
 

@@ -68,3 +68,19 @@ def best_model(metrics: dict, task: str) -> str:
         return sign * value if value == value else float("-inf")
 
     return max(metrics, key=score)
+
+
+def own_metrics(y_valid, w_valid, predict, scoring) -> dict:
+    """A model's metrics on its own validation rows (a partition's, a group's): ``predict()``
+    gives its predictions of them, and is not called when there are none (``{"rows": 0}``).
+
+    Examples
+    --------
+    >>> own_metrics(np.zeros(0), None, lambda: 1 / 0, "regression")
+    {'rows': 0}
+    >>> own_metrics(np.array([1.0, 3.0]), None, lambda: np.array([1.0, 1.0]), "regression")["rmse"]
+    1.4142135623730951
+    """
+    if not len(y_valid):
+        return {"rows": 0}
+    return finish_metrics(partial_metrics(y_valid, predict(), scoring, w_valid), scoring)

@@ -28,7 +28,7 @@ def use_worker_threads() -> None:
 def train_group_mlp(*shards, spec, optim, epochs, seed, schedule, scoring, max_steps=1000, patience=None, warmup=0.0):
     """One per-partition MLP on a group of partitions, with its own validation metrics
     (its length: see :func:`~shardflow.tasks.neural.train_local`)."""
-    from shardflow.tasks.metrics import finish_metrics, partial_metrics
+    from shardflow.tasks.metrics import own_metrics
     from shardflow.tasks.neural import predict, train_local
 
     use_worker_threads()
@@ -49,11 +49,7 @@ def train_group_mlp(*shards, spec, optim, epochs, seed, schedule, scoring, max_s
         max_steps=max_steps,
         patience=patience,
     )
-    out["validation"] = (
-        finish_metrics(partial_metrics(s.y_valid, predict(out["params"], spec, s.x_valid), scoring, s.w_valid), scoring)
-        if len(s.y_valid)
-        else {"rows": 0}
-    )
+    out["validation"] = own_metrics(s.y_valid, s.w_valid, lambda: predict(out["params"], spec, s.x_valid), scoring)
     return out
 
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from shardflow.core.threads import openmp_threads, worker_threads
-from shardflow.tasks.metrics import finish_metrics, partial_metrics
+from shardflow.tasks.metrics import own_metrics
 from shardflow.tasks.targets import target_kind
 
 #: Training rows a boosted model's training curve is measured on (per rank of the global
@@ -194,11 +194,7 @@ def train_xgboost_local(
         booster = booster[: booster.best_iteration + 1]
     model = bytes(booster.save_raw("ubj"))
     seconds = time.perf_counter() - started
-    own = (
-        finish_metrics(partial_metrics(y_valid, xgboost_predict(model, x_valid, nthread), scoring, w_valid), scoring)
-        if len(y_valid)
-        else {"rows": 0}
-    )
+    own = own_metrics(y_valid, w_valid, lambda: xgboost_predict(model, x_valid, nthread), scoring)
     weight = float(np.sum(w_train, dtype=np.float64)) if w_train is not None else float(len(y_train))
     return {
         "model": model,
@@ -312,9 +308,7 @@ def group_validation(*shards, predict, payload, scoring) -> dict:
     from shardflow.tasks.shards import merge_shards
 
     s = merge_shards(*shards)
-    if not len(s.y_valid):
-        return {"rows": 0}
-    return finish_metrics(partial_metrics(s.y_valid, predict(payload, s.x_valid), scoring, s.w_valid), scoring)
+    return own_metrics(s.y_valid, s.w_valid, lambda: predict(payload, s.x_valid), scoring)
 
 
 def train_group_xgboost(*shards, params, rounds, feature_names, feature_types, scoring, early_stopping_rounds=None):
