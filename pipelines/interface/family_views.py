@@ -142,6 +142,8 @@ def global_xgboost_tracking(files, family, sample) -> dict:
             xgb_model=booster,
             model_format="ubj",
             signature=infer_signature(sample, output),
+            # MLflow's own list for the flavour: inferring it loads the model in a subprocess (seconds).
+            pip_requirements=mlflow.xgboost.get_default_pip_requirements(),
         )
 
     curves = {
@@ -233,6 +235,8 @@ def data_parallel_mlp_tracking(files, family, sample) -> dict:
             signature=infer_signature(x, output),
             input_example=x,
             serialization_format="pt2",
+            # Given, not inferred (a subprocess that loads the model); the version without a local label (+cpu).
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
 
     curves = {f"{family.name}.{k}": v for k, v in meta.get("history", {}).items() if k not in ("seconds", "epoch")}
