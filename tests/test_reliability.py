@@ -193,7 +193,7 @@ def run_until_a_checkpoint(trips_dir, tmp_path, models: str, rounds: int):
 
 def test_resume_after_the_driver_is_killed(trips_dir, tmp_path):
     """SIGKILL the `shardflow run` process during training; `--resume` finishes without redoing the ETL."""
-    cmd, proc, state = run_until_a_checkpoint(trips_dir, tmp_path, "xgboost,mlp", rounds=300)
+    cmd, proc, state = run_until_a_checkpoint(trips_dir, tmp_path, "xgboost,mlp", rounds=60)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver, its scheduler and its workers
     proc.wait()
     run_dir = state.parent.parent.parent
@@ -206,7 +206,7 @@ def test_resume_after_the_driver_is_killed(trips_dir, tmp_path):
     assert "run " + run_dir.name + ": etl current" in done.stderr
     assert "resuming from the checkpoint at round" in done.stderr
     xgb_meta = json.loads((run_dir / "train" / "xgboost.json").read_text())
-    assert xgb_meta["resumed_from"] > 0 and xgb_meta["rounds"] == 300
+    assert xgb_meta["resumed_from"] > 0 and xgb_meta["rounds"] == 60
 
 
 def test_local_cluster_listens_only_on_localhost(runtime):
