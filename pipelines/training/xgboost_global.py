@@ -264,6 +264,13 @@ def train_global_xgboost(
                 max_attempts,
             )
             data = recover(runtime, data, n_workers)
+            placed = {w: data.workers.count(w) for w in sorted(set(data.workers))}
+            logger.info(
+                "xgboost: attempt %d places the partitions on %d workers (%s)",
+                attempt + 1,
+                len(placed),
+                ", ".join(f"{w}: {n}" for w, n in placed.items()),
+            )
     booster, state = read_checkpoint(checkpoint_dir, token)
     best = int(state["best_iteration"])
     final = booster[: best + 1] if cfg.early_stopping_rounds is not None else booster
